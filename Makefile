@@ -1,0 +1,42 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export OPENBLAS_NUM_THREADS ?= 2
+
+.PHONY: demo test bench lint graphviz clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev,examples]"
+	touch $(STAMP)
+
+# The real `dot` program renders diagrams: install Debian's graphviz when missing.
+graphviz:
+	@command -v dot >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing graphviz (dot) with apt-get"; \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; \
+	  elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	    sudo apt-get update -qq >/dev/null && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; \
+	  else \
+	    echo "warning: Graphviz 'dot' is missing and cannot be installed here;"; \
+	    echo "  install it with 'sudo apt-get install graphviz' (Debian/Ubuntu) or 'brew install graphviz' (macOS)."; \
+	    echo "  Diagrams are still written as .dot files."; \
+	  fi; }
+
+demo: $(STAMP) graphviz
+	$(PY) examples/demo.py
+
+test: $(STAMP) graphviz
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check symbackprop tests examples
+
+clean:
+	rm -rf $(VENV) out build *.egg-info

@@ -1,0 +1,1 @@
+"""NumPy code generation: expression printer and module emitter."""

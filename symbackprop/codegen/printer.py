@@ -1,0 +1,118 @@
+"""NumPy expression printer: SymPy's ``NumPyPrinter`` taught to write what a
+person would (``np.maximum(z, 0)``, ``(h > 0)``, ``1 / (1 + np.exp(-x))``).
+
+SymPy's stock printer writes ``Heaviside`` as a three-branch ``numpy.select``,
+``Max(x, 0)`` as ``functools.reduce(numpy.maximum, ...)`` and ``x**-1`` as
+``x**(-1.0)``; one ``_print_<Class>`` method per kind fixes each.
+"""
+
+from __future__ import annotations
+
+import io
+import keyword
+import tokenize
+
+import sympy as sp
+from sympy.printing.numpy import NumPyPrinter
+
+_BINARY = {"+", "-", "*", "/", "@", "==", "!=", ">", "<", ">=", "<=", "%", "//"}
+
+
+class Printer(NumPyPrinter):
+    """Print elementwise SymPy expressions as NumPy source using ``np.``.
+
+    Examples
+    --------
+    >>> import sympy
+    >>> from symbackprop.codegen.printer import expr_code
+    >>> x, y = sympy.symbols("dh h")
+    >>> expr_code(x * sympy.Heaviside(y, 0))
+    'dh * (h > 0)'
+    >>> expr_code(1 / (1 + sympy.exp(-y)))
+    '1 / (1 + np.exp(-h))'
+    """
+
+    printmethod = "_numpycode"
+
+    def __init__(self, settings=None):
+        super().__init__({"fully_qualified_modules": True, **(settings or {})})
+
+    def _module_format(self, fqn, register=True):
+        fqn = super()._module_format(fqn, register)
+        return "np." + fqn[len("numpy."):] if fqn.startswith("numpy.") else fqn
+
+    def _print_Heaviside(self, e):
+        x = self._print(e.args[0])
+        at0 = e.args[1] if len(e.args) > 1 else sp.S.Half
+        if at0 == 0:
+            return f"({x} > 0)"
+        if at0 == 1:
+            return f"({x} >= 0)"
+        raise ValueError(f"Heaviside({e.args[0]}, {at0}): use Heaviside(x, 0) (relu'(0) = 0).")
+
+    def _print_Max(self, e):
+        return self._pairwise("np.maximum", e.args)
+
+    def _print_Min(self, e):
+        return self._pairwise("np.minimum", e.args)
+
+    def _pairwise(self, fn, args):
+        args = sorted(args, key=lambda a: a.is_number)  # np.maximum(z, 0), not (0, z)
+        code = self._print(args[0])
+        for a in args[1:]:
+            code = f"{fn}({code}, {self._print(a)})"
+        return code
+
+    def _print_Abs(self, e):
+        return f"np.abs({self._print(e.args[0])})"
+
+    def _print_Pow(self, e, rational=False):
+        base, ex = e.args
+        if ex == -1:
+            return f"1 / {self.parenthesize(base, sp.printing.precedence.PRECEDENCE['Mul'])}"
+        if ex.is_Rational and ex.q == 2 and ex.p == 1:
+            return f"np.sqrt({self._print(base)})"
+        return super()._print_Pow(e, rational=rational)
+
+    def _print_Rational(self, e):
+        return f"{e.p}/{e.q}"
+
+    def _print_Float(self, e):
+        return repr(float(e))
+
+
+def spaced(code: str, rename: dict | None = None) -> str:
+    """Put one space around binary operators (``a*b + c`` -> ``a * b + c``) and
+    replace the names in ``rename`` (whole tokens only)."""
+    toks = [t for t in tokenize.generate_tokens(io.StringIO(code).readline)
+            if t.type not in (tokenize.NEWLINE, tokenize.ENDMARKER, tokenize.NL)]
+    out, prev = [], None
+    rename = rename or {}
+    for t in toks:
+        s = rename.get(t.string, t.string) if t.type == tokenize.NAME else t.string
+        binary = (t.type == tokenize.OP and s in _BINARY and prev is not None
+                  and (prev.type in (tokenize.NAME, tokenize.NUMBER)
+                       or prev.string in (")", "]"))
+                  and not (prev.type == tokenize.NAME and keyword.iskeyword(prev.string)))
+        if binary:
+            out.append(f" {s} ")
+        elif t.type == tokenize.OP and s == ",":
+            out.append(", ")
+        elif prev is not None and t.type in (tokenize.NAME, tokenize.NUMBER) \
+                and prev.type in (tokenize.NAME, tokenize.NUMBER):
+            out.append(" " + s)
+        else:
+            out.append(s)
+        prev = t
+    return "".join(out).strip()
+
+
+def expr_code(expr: sp.Expr, names: dict | None = None) -> str:
+    """NumPy source for ``expr``; ``names`` maps symbols to the code of their values.
+
+    The expression is printed in its own symbols (``x0 - x1``, whose order
+    follows the arguments) and the names are put in afterwards, so SymPy's
+    alphabetical ordering of terms cannot reorder ``softmax - onehot``.
+    """
+    rename = {s.name: c for s, c in (names or {}).items()}
+    return spaced(Printer().doprint(expr), rename)

@@ -1,0 +1,285 @@
+"""Elementwise ops, one line each: the forward is a SymPy expression and
+SymPy derives the derivative.
+
+Each op's derivative is taken by :func:`sympy.diff` on its scalar expression,
+then rewritten through the op's output ``y`` where that is no longer than the
+input form and agrees with it numerically (σ' = y(1 − y), tanh' = 1 − y²,
+exp' = y). Conventions at non-smooth points: relu'(0) = 0 (``Heaviside(x, 0)``,
+not SymPy's ½), |x|'(0) = sign(0) = 0.
+
+All elementwise ops broadcast like NumPy; their VJP is one elementwise node
+``g * f'(x, y)`` followed by a sum back to each input's shape.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from functools import lru_cache
+
+import sympy as sp
+
+from .registry import OpDef, ShapeMismatch, register
+
+X = sp.symbols("x0:16", real=True)  # argument symbols of every elementwise expression
+Y = sp.Symbol("y", real=True)  # the op's output, for derivatives through it
+G = sp.Symbol("g", real=True)  # the incoming adjoint, in VJP expressions
+
+
+# -- shapes ---------------------------------------------------------------------
+def broadcast_shapes(shapes, attrs=None, names=None) -> tuple:
+    """NumPy broadcasting on shapes whose entries may be size names ('N')."""
+    ndim = max((len(s) for s in shapes), default=0)
+    out = []
+    for i in range(ndim):
+        dims = {s[len(s) - ndim + i] for s in shapes if len(s) - ndim + i >= 0}
+        dims.discard(1)
+        if len(dims) > 1:
+            raise ShapeMismatch(
+                f"axis {i - ndim} has sizes {' and '.join(map(str, sorted(dims, key=str)))}, "
+                "which do not broadcast",
+                "Make the sizes equal or 1 (reshape, or transpose one argument).")
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
+
+
+def count(shape, axes=None):
+    """Number of elements of ``shape`` over ``axes`` (all when None): an int, or a
+    SymPy product when a size is a name."""
+    axes = range(len(shape)) if axes is None else axes
+    n = sp.Integer(1)
+    for a in axes:
+        d = shape[a]
+        n *= sp.Symbol(d, integer=True, positive=True) if isinstance(d, str) else d
+    return int(n) if n.is_Integer else n
+
+
+def unbroadcast(g, shape):
+    """Sum ``g`` (a node of the broadcast shape) back down to ``shape``."""
+    lead = g.ndim - len(shape)
+    kept = [lead + i for i, d in enumerate(shape) if d == 1 and g.shape[lead + i] != 1]
+    axes = tuple(range(lead)) + tuple(kept)
+    if not axes:
+        return g
+    axis = axes[0] if len(axes) == 1 else axes
+    s = g.graph.apply("sum", [g], {"axis": None if len(axes) == g.ndim else axis})
+    return s if not kept else g.graph.apply("reshape", [s], {"shape": tuple(shape)})
+
+
+# -- derivatives ----------------------------------------------------------------
+_SAMPLES = (0.3, 0.7, 1.3, 2.1, -0.4, -1.7, -2.9)
+
+
+def _agree(a: sp.Expr, b: sp.Expr, x: sp.Symbol, f: sp.Expr) -> bool:
+    """``a(x)`` and ``b(x, y=f(x))`` agree at sample points (checks a branch choice)."""
+    seen = 0
+    for v in _SAMPLES:
+        try:
+            va = complex(a.subs(x, v).evalf())
+            vb = complex(b.subs(Y, f.subs(x, v)).subs(x, v).evalf())
+        except (TypeError, ValueError, ZeroDivisionError):
+            continue
+        if any(map(math.isnan, (va.real, vb.real))) or abs(va.imag) > 1e-12:
+            continue
+        if abs(va - vb) > 1e-9 * (1 + abs(va)):
+            return False
+        seen += 1
+    return seen >= 3
+
+
+def through_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol) -> sp.Expr:
+    """Rewrite the derivative ``d`` of ``f(x)`` through the output ``y = f(x)``
+    when that is no longer and agrees numerically; otherwise return ``d``.
+
+    Examples
+    --------
+    >>> from symbackprop.ops.elementwise import through_output, X
+    >>> x = X[0]
+    >>> through_output(sp.tanh(x), sp.diff(sp.tanh(x), x), x)
+    1 - y**2
+    >>> through_output(1 / (1 + sp.exp(-x)), sp.diff(1 / (1 + sp.exp(-x)), x), x)
+    y*(1 - y)
+    """
+    cands = [d.subs(f, Y)]
+    if f.free_symbols == {x} and f.count_ops() > 0:
+        try:  # invert y = f(x); the numeric check rejects a wrong branch
+            cands += [sp.factor(sp.simplify(d.subs(x, s))) for s in sp.solve(sp.Eq(Y, f), x)]
+        except (NotImplementedError, ValueError, TypeError):
+            pass
+    for c in cands:
+        if x not in c.free_symbols and c.count_ops() <= d.count_ops() and _agree(d, c, x, f):
+            return c
+    return d
+
+
+def _heaviside0(e: sp.Expr) -> sp.Expr:
+    """SymPy's Heaviside(x) is ½ at 0; our convention is relu'(0) = 0."""
+    return e.replace(lambda t: isinstance(t, sp.Heaviside) and len(t.args) == 1,
+                     lambda t: sp.Heaviside(t.args[0], 0))
+
+
+# -- declaring ops -----------------------------------------------------------------
+def _display_as_function(expr: sp.Expr) -> bool:
+    plain = expr.count_ops() <= 1 and not expr.has(sp.Max, sp.Min, sp.Heaviside)
+    return not plain
+
+
+def elementwise(name: str, fn: Callable, grad: Callable | None = None,
+                numpy: Callable | None = None, doc: str = "") -> Callable:
+    """Declare an elementwise op from a SymPy expression and return its builder.
+
+    Parameters
+    ----------
+    name : str
+        The op's name (an identifier), also the name of the returned function.
+    fn : callable
+        Takes one SymPy symbol per argument and returns the scalar expression,
+        e.g. ``lambda x: x / (1 + sympy.exp(-x))``.
+    grad : callable, optional
+        ``grad(*xs, y)`` returning the derivative (one argument) or a tuple of
+        them; only where SymPy's own form is poor (``relu``). By default SymPy
+        differentiates ``fn`` and rewrites the result through the output.
+    numpy : callable, optional
+        ``numpy(*codes) -> str``: NumPy source for the forward, where the
+        printed expression would be unstable (``softplus``).
+    doc : str
+        One line of description.
+
+    Returns
+    -------
+    callable
+        ``f(*nodes)`` adding a node of this op, usable like ``sb.relu``.
+
+    Examples
+    --------
+    >>> import sympy
+    >>> swish = sb.elementwise("swish", lambda x: x / (1 + sympy.exp(-x)))
+    >>> g = sb.Graph(); z = g.input("z")
+    >>> swish(z).op
+    'swish'
+    >>> sb.ops.get("swish").local_grads({})[0]
+    x0*exp(-x0)/(1 + exp(-x0))**2 + 1/(1 + exp(-x0))
+    """
+    from .registry import builder
+
+    if not name.isidentifier():
+        raise ValueError(f"op name {name!r} must be a Python identifier, e.g. 'swish'.")
+    k = len(inspect.signature(fn).parameters)
+    expr = sp.sympify(fn(*X[:k]))
+    if grad is not None:
+        gs = grad(*X[:k], Y)
+        grads = tuple(gs) if isinstance(gs, (tuple, list)) else (gs,)
+        local = lambda attrs: [sp.sympify(g_) for g_ in grads]
+    else:
+        local = lru_cache(maxsize=1)(lambda: [
+            through_output(expr, _heaviside0(sp.diff(expr, x)), x) if k == 1
+            else _heaviside0(sp.diff(expr, x)) for x in X[:k]])
+        local_cached = local
+        local = lambda attrs: list(local_cached())
+
+    if numpy is None:
+        np_template = None
+    else:
+        def np_template(codes, attrs):
+            return numpy(*codes)
+
+    fun = sp.Function(name)
+    display = ((lambda args, attrs: fun(*args)) if _display_as_function(expr)
+               else (lambda args, attrs: expr.subs(dict(zip(X, args)), simultaneous=True)))
+    register(OpDef(name=name, arity=k, shape=broadcast_shapes, numpy=np_template,
+                   vjp=_vjp, expr=lambda attrs: (X[:k], expr), local_grads=local,
+                   elementwise=True, display=display, doc=doc or f"elementwise {expr}"))
+    return builder(name)
+
+
+def _ew_expr(attrs):
+    e = attrs["expr"]
+    syms = sorted((s for s in e.free_symbols if s in X), key=X.index)
+    n = X.index(syms[-1]) + 1 if syms else 0
+    return X[:n], e
+
+
+def _ew_grads(attrs):
+    syms, e = _ew_expr(attrs)
+    return [_heaviside0(sp.diff(e, x)) for x in syms]
+
+
+# The generic elementwise node: any SymPy expression of its arguments x0, x1, ...
+# VJPs build these (``g * y * (1 - y)`` is one node, one NumPy statement), and
+# since their derivative is again taken by SymPy, gradients can be differentiated.
+register(OpDef(
+    name="ew", arity=None, attrs={"expr": None}, shape=broadcast_shapes, numpy=None,
+    elementwise=True, expr=_ew_expr, local_grads=_ew_grads,
+    display=lambda args, attrs: attrs["expr"].subs(dict(zip(X, args)), simultaneous=True),
+    doc="elementwise SymPy expression of its arguments x0, x1, ..."))
+
+
+def ew(args, expr: sp.Expr):
+    """Add one elementwise node computing ``expr`` (in ``X[0..]``) of ``args``."""
+    graph = next(a.graph for a in args)
+    return graph.apply("ew", list(args), {"expr": expr})
+
+
+def scaled(g, d: sp.Expr, args, out):
+    """The node ``g * d`` where ``d`` is a local derivative in ``X`` and ``Y``.
+
+    Scalar constant arguments are folded in as numbers (``2*b``, not ``c*b``);
+    ``g * 1`` is ``g`` itself.
+    """
+    subs = {}
+    for x, a in zip(X, args):
+        if a.op == "const" and a.shape == () and x in d.free_symbols:
+            subs[x] = sp.sympify(a.data["value"])
+    d = d.subs(subs)
+    if d == 1:
+        return g
+    leaves = [(G, g)] + [(x, a) for x, a in zip(X, args) if x in d.free_symbols]
+    if Y in d.free_symbols:
+        leaves.append((Y, out))
+    # One argument per distinct node, so x*x passes x once.
+    nodes, rename = [], {}
+    for s, n in leaves:
+        if n not in nodes:
+            nodes.append(n)
+        rename[s] = X[nodes.index(n)]
+    return ew(nodes, (G * d).subs(rename, simultaneous=True))
+
+
+def _vjp(g, args, out, attrs):
+    from . import registry
+
+    grads = registry.get(out.op).local_grads(attrs)
+    res = []
+    for a, d in zip(args, grads):
+        if a.dtype == "int" or d == 0:
+            res.append(None)
+        else:
+            res.append(unbroadcast(scaled(g, d, args, out), a.shape))
+    return res
+
+
+# -- the built-in set -----------------------------------------------------------------
+elementwise("add", lambda a, b: a + b, doc="a + b")
+elementwise("sub", lambda a, b: a - b, doc="a - b")
+elementwise("mul", lambda a, b: a * b, doc="a * b")
+elementwise("div", lambda a, b: a / b, doc="a / b")
+elementwise("pow", lambda a, b: a ** b, doc="a ** b")
+elementwise("neg", lambda a: -a, doc="-a")
+elementwise("exp", sp.exp, doc="exponential")
+elementwise("log", sp.log, doc="natural logarithm")
+elementwise("sqrt", sp.sqrt, doc="square root")
+elementwise("abs", sp.Abs, doc="absolute value; |x|'(0) = 0")
+elementwise("sin", sp.sin, doc="sine")
+elementwise("cos", sp.cos, doc="cosine")
+elementwise("tanh", sp.tanh, doc="hyperbolic tangent; tanh' = 1 - y**2")
+elementwise("sigmoid", lambda a: 1 / (1 + sp.exp(-a)),
+            numpy=lambda a: f"0.5 * (1 + np.tanh(0.5 * {a}))",  # no overflow
+            doc="logistic sigmoid 1/(1+exp(-x)); sigmoid' = y*(1 - y)")
+elementwise("relu", lambda a: sp.Max(a, 0), grad=lambda a, y: sp.Heaviside(y, 0),
+            numpy=lambda a: f"np.maximum({a}, 0)",
+            doc="max(x, 0); relu'(x) = [y > 0], so relu'(0) = 0")
+elementwise("softplus", lambda a: sp.log(1 + sp.exp(a)),
+            numpy=lambda a: f"np.logaddexp(0, {a})",  # no overflow
+            doc="log(1 + exp(x))")
+elementwise("square", lambda a: a ** 2, doc="x**2")

@@ -1,0 +1,131 @@
+"""The op registry: one :class:`OpDef` per op, looked up by name.
+
+Nothing outside an op's declaration branches on its name: shape checking,
+autodiff, code generation, formulas and rendering all read the fields of the
+``OpDef``. The registry holds no op bodies; those live in
+:mod:`symbackprop.ops.elementwise` and :mod:`symbackprop.ops.tensor`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UnknownOpError
+
+Shape = tuple  # of int or str (a symbolic size such as "N")
+
+
+class ShapeMismatch(Exception):
+    """Raised by a shape rule; the graph adds the node name and the arguments."""
+
+    def __init__(self, found: str, fix: str = ""):
+        super().__init__(found)
+        self.found = found
+        self.fix = fix
+
+
+@dataclass
+class OpDef:
+    """Everything there is to know about one op.
+
+    Attributes
+    ----------
+    name : str
+        The op's name, also the name of its builder function ``sb.<name>``.
+    arity : int or None
+        Number of arguments (``None``: any number, at least one).
+    shape : callable
+        ``shape(shapes, attrs, names) -> shape``; raises :class:`ShapeMismatch`.
+    numpy : callable
+        ``numpy(codes, attrs) -> str``: the NumPy expression computing the op
+        from the source code of its arguments.
+    vjp : callable or None
+        ``vjp(g, args, out, attrs) -> list``: for each argument, a node (built
+        from ordinary ops) holding the gradient contribution, or ``None``.
+    attrs : dict
+        Attribute names with their defaults.
+    differentiable : bool
+        ``False`` for ops with no useful derivative (argmax, onehot).
+    dtype : callable
+        ``dtype(arg_dtypes, attrs) -> "float" | "int"``.
+    expr : callable or None
+        Elementwise ops only: ``expr(attrs) -> (symbols, sympy expression)``.
+    helpers : dict
+        Names and source of module-level helper functions the NumPy code uses.
+    doc : str
+        One line shown in listings and error messages.
+    """
+
+    name: str
+    arity: int | None
+    shape: Callable
+    numpy: Callable
+    vjp: Callable | None = None
+    attrs: dict = field(default_factory=dict)
+    differentiable: bool = True
+    dtype: Callable = lambda dtypes, attrs: "float"
+    expr: Callable | None = None
+    helpers: dict = field(default_factory=dict)
+    doc: str = ""
+    elementwise: bool = False
+    local_grads: Callable | None = None  # elementwise: attrs -> list of sympy exprs
+    display: Callable | None = None  # (arg sympy exprs, attrs) -> sympy expr
+
+
+_OPS: dict[str, OpDef] = {}
+# Pseudo-ops naming the role of a leaf node.
+LEAVES = ("input", "param", "const")
+
+
+def register(op: OpDef) -> OpDef:
+    """Add ``op`` to the registry (replacing an op of the same name)."""
+    if op.name in LEAVES:
+        raise ValueError(f"{op.name!r} is reserved for leaf nodes; choose another op name")
+    _OPS[op.name] = op
+    return op
+
+
+def get(name: str) -> OpDef:
+    """Return the op called ``name``; suggest close names if there is none."""
+    try:
+        return _OPS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_OPS) + list(LEAVES), n=3)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownOpError(
+            f"unknown op {name!r}.{hint} Known ops: {', '.join(sorted(_OPS))}."
+        ) from None
+
+
+def all_ops() -> list[OpDef]:
+    """All registered ops, sorted by name."""
+    return [_OPS[k] for k in sorted(_OPS)]
+
+
+def apply(name: str, *args: Any, **attrs: Any):
+    """Add a node applying op ``name`` to ``args`` in the graph of the first node argument."""
+    for a in args:
+        graph = getattr(a, "graph", None)
+        if graph is not None:
+            return graph.apply(name, list(args), attrs)
+    raise TypeError(
+        f"sb.{name}() needs at least one graph node among its arguments, got "
+        f"{', '.join(type(a).__name__ for a in args) or 'none'}. "
+        "Create nodes with g.input(), g.param() or g.const() first."
+    )
+
+
+def builder(name: str) -> Callable:
+    """The user-facing function ``sb.<name>`` for a registered op."""
+    op = get(name)
+
+    def fn(*args, **attrs):
+        return apply(name, *args, **attrs)
+
+    fn.__name__ = name
+    fn.__qualname__ = name
+    fn.__doc__ = f"Apply op ``{name}``: {op.doc}" if op.doc else f"Apply op ``{name}``."
+    return fn

@@ -1,0 +1,309 @@
+"""Structural ops: matmul, transpose, reductions, reshapes, softmax and losses.
+
+Each declaration carries its shape rule, its NumPy form and its
+vector-Jacobian product, written as a small graph of other ops, so the
+backward graph is made of the same ops as the forward one.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from .elementwise import count, unbroadcast
+from .registry import OpDef, ShapeMismatch, register
+
+
+def _same(a, b) -> bool:
+    return a == b
+
+
+def _axes(axis, ndim: int, what: str = "axis") -> tuple:
+    """Normalise ``axis`` (None, int or tuple) to a sorted tuple of non-negative ints."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    out = []
+    for a in axes:
+        if not isinstance(a, int) or not -ndim <= a < ndim:
+            raise ShapeMismatch(f"{what} {axis!r} is out of range for {ndim} dimension(s)",
+                                f"Use an axis between {-ndim} and {ndim - 1}.")
+        out.append(a % ndim)
+    return tuple(sorted(set(out)))
+
+
+def _axis_code(axis) -> str:
+    return repr(axis if not isinstance(axis, list) else tuple(axis))
+
+
+def _apply(ref, op, args, **attrs):
+    return ref.graph.apply(op, list(args), attrs)
+
+
+# -- identity ----------------------------------------------------------------------
+register(OpDef(
+    name="identity", arity=1, shape=lambda s, a, n: s[0], numpy=lambda c, a: c[0],
+    vjp=lambda g, args, out, attrs: [g], dtype=lambda d, a: d[0],
+    doc="the value itself (names a node twice)"))
+
+
+# -- matmul ------------------------------------------------------------------------
+def _matmul_shape(shapes, attrs, names):
+    a, b = shapes
+    if len(a) != 2 or len(b) != 2:
+        raise ShapeMismatch("matmul needs two 2-D arguments",
+                            "Reshape 1-D arguments, e.g. sb.reshape(v, shape=(1, n)).")
+    if not _same(a[1], b[0]):
+        fix = (f"Declare {names[1]} as ({b[1]}, {b[0]}) or use {names[1]}.T."
+               if _same(a[1], b[1]) else f"The inner sizes ({a[1]} and {b[0]}) must match.")
+        raise ShapeMismatch(f"inner sizes {a[1]} and {b[0]} differ", fix)
+    return (a[0], b[1])
+
+
+register(OpDef(
+    name="matmul", arity=2, shape=_matmul_shape, numpy=lambda c, a: f"{c[0]} @ {c[1]}",
+    vjp=lambda g, args, out, attrs: [
+        _apply(g, "matmul", [g, _apply(g, "transpose", [args[1]])]),
+        _apply(g, "matmul", [_apply(g, "transpose", [args[0]]), g])],
+    doc="matrix product a @ b of 2-D arrays"))
+
+
+# -- transpose ----------------------------------------------------------------------
+def _transpose_shape(shapes, attrs, names):
+    s, axes = shapes[0], attrs["axes"]
+    if axes is None:
+        return tuple(reversed(s))
+    if sorted(axes) != list(range(len(s))):
+        raise ShapeMismatch(f"axes {tuple(axes)} are not a permutation of {len(s)} axes",
+                            f"Pass a permutation of 0..{len(s) - 1}.")
+    return tuple(s[i] for i in axes)
+
+
+def _transpose_vjp(g, args, out, attrs):
+    axes = attrs["axes"]
+    inv = None if axes is None else tuple(sorted(range(len(axes)), key=list(axes).__getitem__))
+    return [_apply(g, "transpose", [g], axes=inv)]
+
+
+register(OpDef(
+    name="transpose", arity=1, attrs={"axes": None}, shape=_transpose_shape,
+    numpy=lambda c, a: f"{c[0]}.T" if a["axes"] is None
+    else f"np.transpose({c[0]}, {_axis_code(a['axes'])})",
+    vjp=_transpose_vjp, dtype=lambda d, a: d[0], doc="reverse (or permute) the axes"))
+
+
+# -- reductions -------------------------------------------------------------------------
+def _reduce_shape(shapes, attrs, names):
+    s = shapes[0]
+    axes = _axes(attrs["axis"], len(s))
+    if attrs["keepdims"]:
+        return tuple(1 if i in axes else d for i, d in enumerate(s))
+    return tuple(d for i, d in enumerate(s) if i not in axes)
+
+
+def _unreduce(g, a, attrs, scale=None):
+    """Spread the gradient of a reduction back over the reduced axes."""
+    axes = _axes(attrs["axis"], a.ndim)
+    if scale is not None:
+        g = g * g.graph.const(scale)
+    if not attrs["keepdims"] and g.ndim != a.ndim:
+        g = _apply(g, "reshape", [g], shape=tuple(1 if i in axes else d
+                                                   for i, d in enumerate(a.shape)))
+    return _apply(g, "broadcast_to", [g], shape=tuple(a.shape)) if g.shape != a.shape else g
+
+
+def _reduce_code(method):
+    def code(c, a):
+        parts = [] if a["axis"] is None else [f"axis={_axis_code(a['axis'])}"]
+        if a["keepdims"]:
+            parts.append("keepdims=True")
+        return f"{c[0]}.{method}({', '.join(parts)})"
+    return code
+
+
+register(OpDef(
+    name="sum", arity=1, attrs={"axis": None, "keepdims": False}, shape=_reduce_shape,
+    numpy=_reduce_code("sum"), vjp=lambda g, args, out, attrs: [_unreduce(g, args[0], attrs)],
+    doc="sum over axis (all axes when None)"))
+register(OpDef(
+    name="mean", arity=1, attrs={"axis": None, "keepdims": False}, shape=_reduce_shape,
+    numpy=_reduce_code("mean"),
+    vjp=lambda g, args, out, attrs: [_unreduce(
+        g, args[0], attrs, 1 / sp.sympify(count(args[0].shape, _axes(attrs["axis"], args[0].ndim))))],
+    doc="mean over axis (all axes when None)"))
+
+
+# -- reshapes -------------------------------------------------------------------------
+def _reshape_shape(shapes, attrs, names):
+    s, new = shapes[0], attrs["shape"]
+    if new is None:
+        raise ShapeMismatch("reshape needs a shape", "Pass shape=(...).")
+    new = tuple(new)
+    if sum(d == -1 for d in new) > 1:
+        raise ShapeMismatch(f"shape {new} has more than one -1", "Use at most one -1.")
+    total, known = sp.sympify(count(s)), sp.sympify(count(tuple(d for d in new if d != -1)))
+    if -1 in new:
+        rest = sp.simplify(total / known)
+        if not (rest.is_Integer or rest.is_Symbol):
+            raise ShapeMismatch(f"cannot infer -1 in {new} from {s}", "Give every size.")
+        return tuple((int(rest) if rest.is_Integer else str(rest)) if d == -1 else d
+                     for d in new)
+    if sp.simplify(total - known) != 0:
+        raise ShapeMismatch(f"cannot reshape {total} elements into {new}",
+                            "Keep the number of elements the same.")
+    return new
+
+
+def _shape_code(shape) -> str:
+    inner = ", ".join(str(d) for d in shape)
+    return f"({inner},)" if len(shape) == 1 else f"({inner})"
+
+
+register(OpDef(
+    name="reshape", arity=1, attrs={"shape": None}, shape=_reshape_shape,
+    numpy=lambda c, a: f"{c[0]}.reshape({_shape_code(a['shape'])})",
+    vjp=lambda g, args, out, attrs: [_apply(g, "reshape", [g], shape=tuple(args[0].shape))],
+    dtype=lambda d, a: d[0], doc="same elements, new shape (sizes may be names such as N)"))
+
+
+def _broadcast_to_shape(shapes, attrs, names):
+    from .elementwise import broadcast_shapes
+
+    target = tuple(attrs["shape"])
+    if broadcast_shapes([shapes[0], target]) != target:
+        raise ShapeMismatch(f"cannot broadcast to {target}", "Check the target shape.")
+    return target
+
+
+register(OpDef(
+    name="broadcast_to", arity=1, attrs={"shape": None}, shape=_broadcast_to_shape,
+    numpy=lambda c, a: f"np.broadcast_to({c[0]}, {_shape_code(a['shape'])})",
+    vjp=lambda g, args, out, attrs: [unbroadcast(g, args[0].shape)],
+    doc="repeat along axes of size 1 or new leading axes, as NumPy broadcasting does"))
+
+
+# -- softmax family -------------------------------------------------------------------
+_SOFTMAX = '''def _softmax(x, axis=-1):
+    """Softmax along axis, shifted by the maximum so exp never overflows."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+'''
+_LOG_SOFTMAX = '''def _log_softmax(x, axis=-1):
+    """log(softmax(x)) along axis, computed without forming softmax."""
+    z = x - x.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+'''
+_XENT = '''def _softmax_cross_entropy(logits, labels):
+    """Mean over the batch of -log softmax(logits)[i, labels[i]]."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return -logp[np.arange(len(labels)), labels].mean()
+'''
+
+
+def _axis_shape(shapes, attrs, names):
+    _axes(attrs["axis"], len(shapes[0]))
+    return shapes[0]
+
+
+def _softmax_vjp(g, args, out, attrs):
+    ax = attrs["axis"]
+    return [out * (g - _apply(g, "sum", [g * out], axis=ax, keepdims=True))]
+
+
+def _log_softmax_vjp(g, args, out, attrs):
+    ax = attrs["axis"]
+    return [g - _apply(g, "exp", [out]) * _apply(g, "sum", [g], axis=ax, keepdims=True)]
+
+
+register(OpDef(
+    name="softmax", arity=1, attrs={"axis": -1}, shape=_axis_shape,
+    numpy=lambda c, a: f"_softmax({c[0]}, axis={a['axis']})", helpers={"_softmax": _SOFTMAX},
+    vjp=_softmax_vjp, doc="exp(x) / sum(exp(x)) along axis"))
+register(OpDef(
+    name="log_softmax", arity=1, attrs={"axis": -1}, shape=_axis_shape,
+    numpy=lambda c, a: f"_log_softmax({c[0]}, axis={a['axis']})",
+    helpers={"_log_softmax": _LOG_SOFTMAX}, vjp=_log_softmax_vjp,
+    doc="log(softmax(x)) along axis, stable"))
+
+
+def _xent_shape(shapes, attrs, names):
+    lg, lb = shapes
+    if len(lg) != 2 or len(lb) != 1 or not _same(lg[0], lb[0]):
+        raise ShapeMismatch("expected logits (N, C) and integer labels (N,)",
+                            f"Declare {names[1]} with shape ({lg[0] if lg else 'N'},) "
+                            "and dtype='int'.")
+    return ()
+
+
+def _xent_vjp(g, args, out, attrs):
+    logits, labels = args
+    n, c = logits.shape
+    p = _apply(g, "softmax", [logits], axis=-1)
+    onehot = _apply(g, "onehot", [labels], num=c)
+    return [(p - onehot) * (g * g.graph.const(1 / sp.sympify(count((n,))))), None]
+
+
+register(OpDef(
+    name="softmax_cross_entropy", arity=2, shape=_xent_shape,
+    numpy=lambda c, a: f"_softmax_cross_entropy({c[0]}, {c[1]})",
+    helpers={"_softmax_cross_entropy": _XENT}, vjp=_xent_vjp,
+    doc="mean over the batch of -log softmax(logits)[label]; labels are integers"))
+
+
+def _onehot_shape(shapes, attrs, names):
+    if not isinstance(attrs["num"], int) or attrs["num"] < 1:
+        raise ShapeMismatch(f"num={attrs['num']!r} is not a positive int",
+                            "Pass num=<number of classes>.")
+    return tuple(shapes[0]) + (attrs["num"],)
+
+
+register(OpDef(
+    name="onehot", arity=1, attrs={"num": None}, shape=_onehot_shape,
+    numpy=lambda c, a: f"np.eye({a['num']}, dtype=DTYPE)[{c[0]}]",
+    vjp=None, differentiable=False, doc="one-hot rows of integer labels"))
+register(OpDef(
+    name="argmax", arity=1, attrs={"axis": -1}, shape=lambda s, a, n: _reduce_shape(
+        s, {"axis": a["axis"], "keepdims": False}, n),
+    numpy=lambda c, a: f"{c[0]}.argmax(axis={a['axis']})", vjp=None, differentiable=False,
+    dtype=lambda d, a: "int", doc="index of the largest entry along axis"))
+
+
+# -- losses and normalisation ----------------------------------------------------------
+def _mse_shape(shapes, attrs, names):
+    if tuple(shapes[0]) != tuple(shapes[1]):
+        raise ShapeMismatch("mse needs pred and target of the same shape",
+                            f"Give {names[1]} the shape of {names[0]}.")
+    return ()
+
+
+def _mse_vjp(g, args, out, attrs):
+    pred, target = args
+    d = (pred - target) * (g * g.graph.const(2 / sp.sympify(count(pred.shape))))
+    return [d if pred.dtype == "float" else None, -d if target.dtype == "float" else None]
+
+
+register(OpDef(
+    name="mse", arity=2, shape=_mse_shape,
+    numpy=lambda c, a: f"np.mean(({c[0]} - {c[1]}) ** 2)", vjp=_mse_vjp,
+    doc="mean squared error over all elements (PyTorch's default reduction)"))
+
+_LAYER_NORM = '''def _layer_norm(x, eps=1e-5):
+    """(x - mean) / sqrt(var + eps) over the last axis."""
+    xc = x - x.mean(axis=-1, keepdims=True)
+    return xc / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
+'''
+
+
+def _layer_norm_vjp(g, args, out, attrs):
+    (x,) = args
+    mean = lambda v: _apply(v, "mean", [v], axis=-1, keepdims=True)
+    xc = x - mean(x)
+    rstd = (mean(xc * xc) + attrs["eps"]) ** -0.5
+    return [rstd * (g - mean(g) - out * mean(g * out))]
+
+
+register(OpDef(
+    name="layer_norm", arity=1, attrs={"eps": 1e-5}, shape=lambda s, a, n: s[0],
+    numpy=lambda c, a: f"_layer_norm({c[0]}, eps={a['eps']!r})",
+    helpers={"_layer_norm": _LAYER_NORM}, vjp=_layer_norm_vjp,
+    doc="normalise over the last axis to mean 0, variance 1 (eps = 1e-5), no scale/shift"))
