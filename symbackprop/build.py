@@ -74,9 +74,8 @@ def parse(text: str, params=(), name: str = "statements") -> Graph:
                 return Node(g, n)
             return g.param(n) if n in params else g.input(n)
 
-        def call(f, args, kwargs, node):
-            if f not in {op.name for op in registry.all_ops()}:
-                registry.get(f)  # raises UnknownOpError with close names
+        def call(f, args, kwargs, node, target=target):
+            registry.get(f, node=target)  # raises UnknownOpError with close names
             if not any(isinstance(a, Node) for a in args):
                 raise _error(text, node, f"{f}() needs at least one variable argument")
             return g.apply(f, args, kwargs)

@@ -205,7 +205,7 @@ class Graph:
     # -- ops -----------------------------------------------------------------
     def apply(self, op: str, args: list, attrs: dict | None = None, name: str | None = None) -> Node:
         """Add a node applying ``op`` to ``args``; checks arity and shapes now."""
-        opdef = registry.get(op)
+        opdef = registry.get(op, node=name)
         attrs = {**opdef.attrs, **(attrs or {})}
         unknown = set(attrs) - set(opdef.attrs)
         if unknown:

@@ -88,15 +88,19 @@ def register(op: OpDef) -> OpDef:
     return op
 
 
-def get(name: str) -> OpDef:
-    """Return the op called ``name``; suggest close names if there is none."""
+def get(name: str, node: str | None = None) -> OpDef:
+    """Return the op called ``name``; suggest close names if there is none.
+
+    ``node`` names the node that uses it, for the error message.
+    """
     try:
         return _OPS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(_OPS) + list(LEAVES), n=3)
+    except (KeyError, TypeError):
+        close = difflib.get_close_matches(str(name), list(_OPS) + list(LEAVES), n=3)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        where = f"node {node!r} uses op {name!r}" if node else f"unknown op {name!r}"
         raise UnknownOpError(
-            f"unknown op {name!r}.{hint} Known ops: {', '.join(sorted(_OPS))}."
+            f"{where}, which is not registered.{hint} Known ops: {', '.join(sorted(_OPS))}."
         ) from None
 
 

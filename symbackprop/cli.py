@@ -1,0 +1,143 @@
+"""The ``symbackprop`` command line; the only module that prints or exits.
+
+Every command takes a SPEC, one of:
+
+* statements: ``"a = 2*x; b = a + 3; c = b**2"``;
+* a ``.json`` file in networkx node-link form (written by ``g.save``);
+* a ``.py`` file defining ``graph`` (an ``sb.Graph``) or ``build()`` returning one;
+* a model shorthand: ``mlp:784-256-256-256-10`` (with ``--activation``, ``--loss``).
+
+Errors print on one line, without a traceback, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+
+from . import models
+from .build import parse
+from .errors import GraphError, ParseError, SymbackpropError
+from .graph import Graph, load
+
+
+def load_spec(spec: str, activation: str = "relu", loss: str = "softmax_cross_entropy") -> Graph:
+    """Turn a SPEC (statements, .json, .py or ``mlp:...``) into a graph."""
+    if spec.startswith("mlp:"):
+        try:
+            sizes = [int(s) for s in spec[4:].split("-")]
+        except ValueError:
+            raise ParseError(f"model spec {spec!r}: expected sizes like mlp:784-256-10.") from None
+        return models.mlp(sizes, activation=activation, loss=loss)
+    if spec.endswith(".json"):
+        if not os.path.exists(spec):
+            raise GraphError(f"file {spec!r} does not exist.")
+        return load(spec)
+    if spec.endswith(".py"):
+        if not os.path.exists(spec):
+            raise GraphError(f"file {spec!r} does not exist.")
+        ns = runpy.run_path(spec)  # the user's own model file, run as they asked
+        g = ns["build"]() if callable(ns.get("build")) else ns.get("graph")
+        if not isinstance(g, Graph):
+            raise GraphError(f"file {spec!r} defines neither 'graph' (an sb.Graph) nor "
+                             "'build()' returning one. Add one of them.")
+        return g
+    return parse(spec)
+
+
+def parse_at(text: str | None) -> dict:
+    """``"w=2,x=3"`` -> ``{"w": 2.0, "x": 3.0}``."""
+    out = {}
+    for part in filter(None, (text or "").split(",")):
+        name, eq, value = part.partition("=")
+        try:
+            if not eq:
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ParseError(f"--at {text!r}: expected name=number pairs separated by commas, "
+                             "e.g. --at w=2,x=3.") from None
+    return out
+
+
+def _names(text: str | None):
+    return None if text is None else [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="statements, a .json or .py file, or mlp:784-256-10")
+    p.add_argument("--of", help="the scalar to differentiate (default: the last scalar output)")
+    p.add_argument("--wrt", help="comma-separated nodes (default: parameters, else inputs)")
+    p.add_argument("--activation", default="relu", help="for mlp: specs (default relu)")
+    p.add_argument("--loss", default="softmax_cross_entropy",
+                   help="for mlp: specs: softmax_cross_entropy or mse")
+
+
+def _write(text: str, out: str | None) -> None:
+    if out in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"wrote {out}", file=sys.stderr)
+
+
+def _graph(a) -> Graph:
+    return load_spec(a.spec, a.activation, a.loss)
+
+
+# -- commands -----------------------------------------------------------------------
+def cmd_codegen(a) -> int:
+    from .codegen.emit import numpy_source
+
+    _write(numpy_source(_graph(a), a.of, _names(a.wrt), dtype=a.dtype), a.output)
+    return 0
+
+
+def cmd_check(a) -> int:
+    from .testing import check_grad
+
+    g = _graph(a)
+    report = check_grad(g, a.of, _names(a.wrt), at=parse_at(a.at), sizes={"N": a.batch},
+                        tol=a.tol, seed=a.seed)
+    print(report)
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="symbackprop", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("codegen", help="write NumPy forward/backward code")
+    _spec_args(c)
+    c.add_argument("-o", "--output", help="output .py file (default: stdout)")
+    c.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    c.set_defaults(run=cmd_codegen)
+
+    c = sub.add_parser("check", help="compare gradients with finite differences on random inputs")
+    _spec_args(c)
+    c.add_argument("--at", help="fixed values, e.g. w=2,x=3 (others are random)")
+    c.add_argument("--batch", type=int, default=4, help="size N of random batches (default 4)")
+    c.add_argument("--tol", type=float, default=1e-5, help="largest relative error (1e-5)")
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(run=cmd_check)
+    return p
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``symbackprop`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except SymbackpropError as e:
+        print(f"error: {type(e).__name__}: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
