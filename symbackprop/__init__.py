@@ -45,3 +45,7 @@ from . import testing
 from .testing import check_grad
 
 __all__ += ["check_grad", "testing"]
+
+from . import optimize
+
+__all__ += ["optimize"]

@@ -167,7 +167,7 @@ def differentiate(g: Graph, of: str | None = None, wrt=None) -> Adjoints:
     for n in order:
         if n == of:
             start = len(G)
-            node = j.const(1.0, name=adjoint_name(j, n))
+            node = j.const(1, name=adjoint_name(j, n))
             mark(start, adjoint_of=n)
         else:
             terms = [t for _, _, t in adj.contributions.get(n, [])]
@@ -177,7 +177,10 @@ def differentiate(g: Graph, of: str | None = None, wrt=None) -> Adjoints:
                 node = node + Node(j, t)
             mark(start, grad_of=n)
             if G.nodes[node.name].get("auto") and "adjoint_of" not in G.nodes[node.name]:
-                node = j.name(node, adjoint_name(j, n))
+                old, node = node.name, j.name(node, adjoint_name(j, n))
+                for key, terms in adj.contributions.items():  # keep term names current
+                    adj.contributions[key] = [(c, i, node.name if t == old else t)
+                                              for c, i, t in terms]
             G.nodes[node.name].setdefault("adjoint_of", n)
         adj.adjoint[n] = node.name
         op = G.nodes[n]["op"]
@@ -203,7 +206,7 @@ def differentiate(g: Graph, of: str | None = None, wrt=None) -> Adjoints:
                            name=adjoint_name(j, w))
             mark(start, adjoint_of=w)
             adj.adjoint[w] = zero.name
-    G.graph["outputs"] = list(dict.fromkeys([of] + [adj.adjoint[w] for w in wrt]))
+    G.graph["outputs"] = list(dict.fromkeys(g.outputs + [of] + [adj.adjoint[w] for w in wrt]))
     # VJP rules build terms for every argument; drop those no adjoint needs
     # (e.g. d(b**2)/d2, or dL/dX when X is data).
     keep = j.ancestors(G.graph["outputs"]) | set(adj.adjoint.values())

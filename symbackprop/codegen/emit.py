@@ -23,6 +23,7 @@ from ..autodiff import Adjoints, differentiate
 from ..errors import CodegenError, GraphError
 from ..graph import Graph, dim_symbol
 from ..ops import registry
+from ..optimize import optimize as run_passes
 from .printer import expr_code, spaced
 
 DTYPES = ("float64", "float32")
@@ -89,13 +90,19 @@ class Emitter:
         self.helpers: dict[str, str] = {}
         self.constants: list[str] = []
         self.namer = Namer(reserved=self.sizes)
+        # node fused away -> the node whose statement now computes it
+        self.absorbed = {a: n for n in j.nx for a in j.nx.nodes[n].get("fused", ())}
         for n in j.topo_order():  # fixed names, shared by every function
             self.namer(n)
 
     # -- codes ------------------------------------------------------------------
     def inline(self, n: str) -> bool:
+        """Written inside its consumer: scalar constants, and views used once."""
         d = self.j.nx.nodes[n]
-        return d["op"] == "const" and d["shape"] == () and "adjoint_of" not in d
+        if d["op"] == "const":
+            return d["shape"] == () and "adjoint_of" not in d
+        return (d["op"] not in registry.LEAVES and registry.get(d["op"]).inline
+                and len(self.j.consumers(n)) == 1 and n not in self.j.outputs)
 
     def value(self, n: str) -> sp.Expr:
         """A scalar constant as a SymPy number or expression of size names."""
@@ -106,7 +113,7 @@ class Emitter:
     def code(self, n: str) -> str:
         """The code that stands for node ``n`` in an expression."""
         if self.inline(n):
-            c = expr_code(self.value(n))
+            c = self.rhs(n)
             return f"({c})" if not re.fullmatch(r"[\w.]+", c) else c
         return self.namer(n)
 
@@ -114,6 +121,8 @@ class Emitter:
         d = self.j.nx.nodes[n]
         if d["op"] == "const":
             if d["shape"] == ():
+                if "adjoint_of" in d:  # the seed dL/dL: a DTYPE scalar, so dL.reshape works
+                    return f"DTYPE({expr_code(self.value(n))})"
                 return expr_code(self.value(n))
             self.constants.append(f"{self.namer(n)} = np.array({d['value']!r}, dtype=DTYPE)")
             return ""
@@ -121,17 +130,21 @@ class Emitter:
         args = self.j.args(n)
         self.helpers.update(op.helpers)
         if op.numpy is not None:
-            return spaced(op.numpy([self.code(a) for a in args], d["attrs"]))
+            # A structural op may call a method on its argument ((1 / N).reshape) or keep
+            # its dtype (np.broadcast_to(0.5, ...)): give it a DTYPE scalar, not a float.
+            codes = [f"DTYPE({self.code(a)})" if not op.elementwise and self.inline(a)
+                     and self.j.nx.nodes[a]["op"] == "const" else self.code(a) for a in args]
+            return spaced(op.numpy(codes, d["attrs"]))
         if not op.elementwise:
             raise CodegenError(f"node {n!r}: op {op.name!r} has no NumPy form. Give its OpDef "
                                "a numpy= template.")
-        syms, e = op.expr(d["attrs"])
+        syms, e = op.code_expr(d["attrs"])
         names = {}
         for s, a in zip(syms, args):
-            if self.inline(a):
+            if self.inline(a) and self.j.nx.nodes[a]["op"] == "const":
                 e = e.subs(s, self.value(a))
             else:
-                names[s] = self.namer(a)
+                names[s] = self.code(a)
         return expr_code(e, names)
 
     def comment(self, n: str, of: str) -> str:
@@ -140,7 +153,9 @@ class Emitter:
             return ""
         nm = self.namer
         if "grad_of" in d and "via" in d:
-            via = d["via"]
+            via = self.absorbed.get(d["via"], d["via"])
+            if via not in self.j.nx:
+                return f"d{nm(of)}/d{nm(d['grad_of'])}"
             return f"d{nm(of)}/d{nm(d['grad_of'])} via {nm(via)} = {self.rhs(via)}"
         if "adjoint_of" in d:
             a = d["adjoint_of"]
@@ -218,9 +233,11 @@ def describe(g: Graph) -> str:
             f"parameters {names('param')}; outputs {', '.join(map(safe_text, g.outputs))}")
 
 
-def emit_model(adj: Adjoints, dtype: str = "float64") -> tuple[str, Emitter, list[Function]]:
-    """The ``forward`` and ``value_and_grad`` functions for a differentiated graph."""
-    em = Emitter(adj.graph, dtype)
+def emit_model(adj: Adjoints, dtype: str = "float64",
+               optimize=True) -> tuple[str, Emitter, list[Function]]:
+    """The ``forward`` and ``value_and_grad`` functions for a differentiated graph,
+    after the optimization passes ``optimize`` (see :func:`symbackprop.optimize.optimize`)."""
+    em = Emitter(run_passes(adj.graph, optimize), dtype)
     fwd_out = [o for o in adj.forward.outputs]
     fwd = em.function("forward", fwd_out,
                       f"Forward pass: returns {', '.join(map(safe_text, fwd_out))} in a dict.")
@@ -237,7 +254,8 @@ def emit_model(adj: Adjoints, dtype: str = "float64") -> tuple[str, Emitter, lis
     return doc, em, [fwd, vg]
 
 
-def numpy_source(g: Graph, of: str | None = None, wrt=None, dtype: str = "float64") -> str:
+def numpy_source(g: Graph, of: str | None = None, wrt=None, dtype: str = "float64",
+                 optimize=True) -> str:
     """Standalone NumPy source with ``forward`` and ``value_and_grad`` functions.
 
     Parameters
@@ -250,6 +268,9 @@ def numpy_source(g: Graph, of: str | None = None, wrt=None, dtype: str = "float6
         Nodes to differentiate with respect to; by default the parameters.
     dtype : {"float64", "float32"}
         The floating dtype of every array in the generated code.
+    optimize : bool, str or list of str
+        Optimization passes to run on the joint graph: ``True`` (default) for
+        all, ``False`` for none, or pass names (see :mod:`symbackprop.optimize`).
 
     Returns
     -------
@@ -277,7 +298,7 @@ def numpy_source(g: Graph, of: str | None = None, wrt=None, dtype: str = "float6
         return L, {'w': dw}
     <BLANKLINE>
     """
-    doc, em, fns = emit_model(differentiate(g, of, wrt), dtype)
+    doc, em, fns = emit_model(differentiate(g, of, wrt), dtype, optimize)
     return render_module(doc, em, fns)
 
 
@@ -324,7 +345,8 @@ def load_source(source: str, name: str = "symbackprop_generated") -> types.Modul
     return module
 
 
-def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float64") -> Compiled:
+def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float64",
+                  optimize=True) -> Compiled:
     """Generate the NumPy code for ``g`` and load it (see :func:`numpy_source`).
 
     Returns
@@ -339,7 +361,7 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
     >>> float(loss), float(grads["w"])
     (16.0, -24.0)
     """
-    return Compiled(numpy_source(g, of, wrt, dtype), name=_module_name(g))
+    return Compiled(numpy_source(g, of, wrt, dtype, optimize), name=_module_name(g))
 
 
 def _module_name(g: Graph) -> str:

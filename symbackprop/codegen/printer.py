@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import keyword
+import re
 import tokenize
 
 import sympy as sp
@@ -75,7 +76,8 @@ class Printer(NumPyPrinter):
         return super()._print_Pow(e, rational=rational)
 
     def _print_Rational(self, e):
-        return f"{e.p}/{e.q}"
+        f = e.p / e.q
+        return repr(f) if sp.Rational(f) == e and len(repr(f)) <= 6 else f"{e.p}/{e.q}"
 
     def _print_Float(self, e):
         return repr(float(e))
@@ -104,7 +106,8 @@ def spaced(code: str, rename: dict | None = None) -> str:
         else:
             out.append(s)
         prev = t
-    return "".join(out).strip()
+    # SymPy parenthesises rational coefficients: "(0.5) * x" -> "0.5 * x" (not calls: f(2)).
+    return re.sub(r"(?<![\w)\]])\((\d+(?:\.\d+)?)\)", r"\1", "".join(out).strip())
 
 
 def expr_code(expr: sp.Expr, names: dict | None = None) -> str:

@@ -104,7 +104,8 @@ def through_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol) -> sp.Expr:
     cands = [d.subs(f, Y)]
     if f.free_symbols == {x} and f.count_ops() > 0:
         try:  # invert y = f(x); the numeric check rejects a wrong branch
-            cands += [sp.factor(sp.simplify(d.subs(x, s))) for s in sp.solve(sp.Eq(Y, f), x)]
+            cands += [_minus_inside(sp.factor(sp.simplify(d.subs(x, s))))
+                      for s in sp.solve(sp.Eq(Y, f), x)]
         except (NotImplementedError, ValueError, TypeError):
             pass
     for c in cands:
@@ -113,8 +114,21 @@ def through_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol) -> sp.Expr:
     return d
 
 
+def _minus_inside(c: sp.Expr) -> sp.Expr:
+    """``-y*(y - 1)`` -> ``y*(1 - y)``: the textbook form, as factor() leaves a -1 outside."""
+    coeff, rest = c.as_coeff_Mul()
+    if coeff == -1 and rest.is_Mul:
+        fs = list(rest.args)
+        for i, f in enumerate(fs):
+            if f.is_Add:
+                return sp.Mul(*fs[:i], -f, *fs[i + 1:])
+    return c
+
+
 def _heaviside0(e: sp.Expr) -> sp.Expr:
-    """SymPy's Heaviside(x) is ½ at 0; our convention is relu'(0) = 0."""
+    """SymPy's Heaviside(x) is ½ at 0; our convention is relu'(0) = 0. The derivative
+    of a step (DiracDelta, from d/dx Heaviside or sign) is 0 wherever it is defined."""
+    e = e.replace(lambda t: isinstance(t, sp.DiracDelta), lambda t: sp.S.Zero)
     return e.replace(lambda t: isinstance(t, sp.Heaviside) and len(t.args) == 1,
                      lambda t: sp.Heaviside(t.args[0], 0))
 
@@ -126,7 +140,8 @@ def _display_as_function(expr: sp.Expr) -> bool:
 
 
 def elementwise(name: str, fn: Callable, grad: Callable | None = None,
-                numpy: Callable | None = None, doc: str = "") -> Callable:
+                numpy: Callable | None = None, stable: Callable | None = None,
+                doc: str = "") -> Callable:
     """Declare an elementwise op from a SymPy expression and return its builder.
 
     Parameters
@@ -141,8 +156,12 @@ def elementwise(name: str, fn: Callable, grad: Callable | None = None,
         them; only where SymPy's own form is poor (``relu``). By default SymPy
         differentiates ``fn`` and rewrites the result through the output.
     numpy : callable, optional
-        ``numpy(*codes) -> str``: NumPy source for the forward, where the
-        printed expression would be unstable (``softplus``).
+        ``numpy(*codes) -> str``: NumPy source for the forward, where no SymPy
+        expression prints a stable form (``softplus`` uses ``np.logaddexp``).
+        Such an op is not fused with its neighbours.
+    stable : callable, optional
+        Like ``fn``, an equal expression that is safer to compute and is the
+        one printed (sigmoid as ``(1 + tanh(x/2))/2``, which never overflows).
     doc : str
         One line of description.
 
@@ -165,7 +184,10 @@ def elementwise(name: str, fn: Callable, grad: Callable | None = None,
 
     if not name.isidentifier():
         raise ValueError(f"op name {name!r} must be a Python identifier, e.g. 'swish'.")
-    k = len(inspect.signature(fn).parameters)
+    # Required positional parameters only: sp.log(arg, base=None) and
+    # sp.sqrt(arg, evaluate=None) take one argument, not two.
+    k = sum(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            for p in inspect.signature(fn).parameters.values())
     expr = sp.sympify(fn(*X[:k]))
     if grad is not None:
         gs = grad(*X[:k], Y)
@@ -187,8 +209,10 @@ def elementwise(name: str, fn: Callable, grad: Callable | None = None,
     fun = sp.Function(name)
     display = ((lambda args, attrs: fun(*args)) if _display_as_function(expr)
                else (lambda args, attrs: expr.subs(dict(zip(X, args)), simultaneous=True)))
+    code = None if stable is None else sp.sympify(stable(*X[:k]))
     register(OpDef(name=name, arity=k, shape=broadcast_shapes, numpy=np_template,
                    vjp=_vjp, expr=lambda attrs: (X[:k], expr), local_grads=local,
+                   code=None if code is None else (lambda attrs: (X[:k], code)),
                    elementwise=True, display=display, doc=doc or f"elementwise {expr}"))
     return builder(name)
 
@@ -211,6 +235,7 @@ def _ew_grads(attrs):
 register(OpDef(
     name="ew", arity=None, attrs={"expr": None}, shape=broadcast_shapes, numpy=None,
     elementwise=True, expr=_ew_expr, local_grads=_ew_grads,
+    vjp=lambda g, args, out, attrs: _vjp(g, args, out, attrs),  # defined below
     display=lambda args, attrs: attrs["expr"].subs(dict(zip(X, args)), simultaneous=True),
     doc="elementwise SymPy expression of its arguments x0, x1, ..."))
 
@@ -274,12 +299,14 @@ elementwise("sin", sp.sin, doc="sine")
 elementwise("cos", sp.cos, doc="cosine")
 elementwise("tanh", sp.tanh, doc="hyperbolic tangent; tanh' = 1 - y**2")
 elementwise("sigmoid", lambda a: 1 / (1 + sp.exp(-a)),
-            numpy=lambda a: f"0.5 * (1 + np.tanh(0.5 * {a}))",  # no overflow
+            stable=lambda a: (1 + sp.tanh(a / 2)) / 2,  # never overflows
             doc="logistic sigmoid 1/(1+exp(-x)); sigmoid' = y*(1 - y)")
 elementwise("relu", lambda a: sp.Max(a, 0), grad=lambda a, y: sp.Heaviside(y, 0),
-            numpy=lambda a: f"np.maximum({a}, 0)",
             doc="max(x, 0); relu'(x) = [y > 0], so relu'(0) = 0")
 elementwise("softplus", lambda a: sp.log(1 + sp.exp(a)),
+            # SymPy's through-output form (exp(y) - 1)*exp(-y) overflows for large y;
+            # 1 - exp(-y) is the same number and y >= 0 keeps exp(-y) <= 1.
+            grad=lambda a, y: 1 - sp.exp(-y),
             numpy=lambda a: f"np.logaddexp(0, {a})",  # no overflow
             doc="log(1 + exp(x))")
 elementwise("square", lambda a: a ** 2, doc="x**2")

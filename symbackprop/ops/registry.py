@@ -73,6 +73,13 @@ class OpDef:
     elementwise: bool = False
     local_grads: Callable | None = None  # elementwise: attrs -> list of sympy exprs
     display: Callable | None = None  # (arg sympy exprs, attrs) -> sympy expr
+    code: Callable | None = None  # elementwise: like expr, a stable form to print
+    inline: bool = False  # a cheap view (W.T): written inside its single consumer
+
+
+    def code_expr(self, attrs: dict):
+        """Elementwise ops: ``(symbols, expression)`` to compute, the stable form if any."""
+        return (self.code or self.expr)(attrs)
 
 
 _OPS: dict[str, OpDef] = {}

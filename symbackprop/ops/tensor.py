@@ -88,7 +88,8 @@ register(OpDef(
     name="transpose", arity=1, attrs={"axes": None}, shape=_transpose_shape,
     numpy=lambda c, a: f"{c[0]}.T" if a["axes"] is None
     else f"np.transpose({c[0]}, {_axis_code(a['axes'])})",
-    vjp=_transpose_vjp, dtype=lambda d, a: d[0], doc="reverse (or permute) the axes"))
+    vjp=_transpose_vjp, dtype=lambda d, a: d[0], inline=True,
+    doc="reverse (or permute) the axes"))
 
 
 # -- reductions -------------------------------------------------------------------------

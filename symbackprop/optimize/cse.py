@@ -1,0 +1,56 @@
+"""Common-subexpression elimination: one node per distinct computation."""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from ..graph import Graph
+from .rewrite import replace_uses
+
+
+def _key(g: Graph, n: str):
+    d = g.nx.nodes[n]
+    if d["op"] in ("input", "param"):
+        return None
+    if d["op"] == "const":
+        v = d["value"]
+        return ("const", d["shape"], repr(v) if not isinstance(v, sp.Basic) else sp.srepr(v))
+    attrs = tuple(sorted((k, sp.srepr(v) if isinstance(v, sp.Basic) else repr(v))
+                         for k, v in d["attrs"].items()))
+    return (d["op"], tuple(g.args(n)), attrs)
+
+
+def cse(g: Graph) -> Graph:
+    """Merge nodes that apply the same op to the same arguments with the same attributes.
+
+    The node kept is the first in topological order, unless the other one is an
+    output, whose name must survive.
+
+    Examples
+    --------
+    >>> g = sb.Graph(); x = g.input("x")
+    >>> _ = g.output("y", sb.exp(x) + sb.exp(x))
+    >>> [n for n in sb.optimize.cse(g).nodes() if n.startswith("exp")]
+    ['exp_1']
+    """
+    g = g.copy()
+    outputs = set(g.outputs)
+    seen: dict = {}
+    for n in g.topo_order():
+        k = _key(g, n)
+        if k is None:
+            continue
+        first = seen.get(k)
+        if first is None:
+            seen[k] = n
+            continue
+        if n in outputs and first in outputs:
+            continue
+        keep, drop = (n, first) if first in outputs or (
+            g.nx.nodes[first].get("auto") and not g.nx.nodes[n].get("auto")) else (first, n)
+        if g.nx.nodes[drop].get("phase") == "forward":  # computed in the forward pass
+            g.nx.nodes[keep]["phase"] = "forward"
+        replace_uses(g, drop, keep)
+        g.nx.remove_node(drop)
+        seen[k] = keep
+    return g
