@@ -92,7 +92,18 @@ def _graph(a) -> Graph:
 def cmd_codegen(a) -> int:
     from .codegen.emit import numpy_source
 
-    _write(numpy_source(_graph(a), a.of, _names(a.wrt), dtype=a.dtype), a.output)
+    explain: list | None = [] if a.explain else None
+    passes = False if a.no_opt else (a.passes or True)
+    src = numpy_source(_graph(a), a.of, _names(a.wrt), dtype=a.dtype, optimize=passes,
+                       explain=explain)
+    if explain is not None:
+        for name, removed, added in explain:
+            print(f"== pass {name}: {len(removed)} line(s) removed, {len(added)} added")
+            print("".join(f"  - {ln}\n" for ln in removed) + "".join(f"  + {ln}\n" for ln in added),
+                  end="")
+        if not a.output:
+            return 0
+    _write(src, a.output)
     return 0
 
 
@@ -114,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     _spec_args(c)
     c.add_argument("-o", "--output", help="output .py file (default: stdout)")
     c.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    c.add_argument("--no-opt", action="store_true", help="skip the optimization passes")
+    c.add_argument("--passes", help="comma-separated passes to run, in order "
+                   "(default: simplify,fold,cse,fuse,dce)")
+    c.add_argument("--explain", action="store_true",
+                   help="print what each pass changed (the code goes to -o only)")
     c.set_defaults(run=cmd_codegen)
 
     c = sub.add_parser("check", help="compare gradients with finite differences on random inputs")

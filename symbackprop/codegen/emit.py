@@ -24,6 +24,7 @@ from ..errors import CodegenError, GraphError
 from ..graph import Graph, dim_symbol
 from ..ops import registry
 from ..optimize import optimize as run_passes
+from ..optimize import resolve as resolve_passes
 from .printer import expr_code, spaced
 
 DTYPES = ("float64", "float32")
@@ -132,7 +133,7 @@ class Emitter:
         if op.numpy is not None:
             # A structural op may call a method on its argument ((1 / N).reshape) or keep
             # its dtype (np.broadcast_to(0.5, ...)): give it a DTYPE scalar, not a float.
-            codes = [f"DTYPE({self.code(a)})" if not op.elementwise and self.inline(a)
+            codes = [f"DTYPE({self.rhs(a)})" if not op.elementwise and self.inline(a)
                      and self.j.nx.nodes[a]["op"] == "const" else self.code(a) for a in args]
             return spaced(op.numpy(codes, d["attrs"]))
         if not op.elementwise:
@@ -145,6 +146,8 @@ class Emitter:
                 e = e.subs(s, self.value(a))
             else:
                 names[s] = self.code(a)
+        if not names:  # constants only: a NumPy scalar of DTYPE, not a Python float
+            return f"DTYPE({expr_code(e)})"
         return expr_code(e, names)
 
     def comment(self, n: str, of: str) -> str:
@@ -233,11 +236,25 @@ def describe(g: Graph) -> str:
             f"parameters {names('param')}; outputs {', '.join(map(safe_text, g.outputs))}")
 
 
-def emit_model(adj: Adjoints, dtype: str = "float64",
-               optimize=True) -> tuple[str, Emitter, list[Function]]:
+def prepare(g: Graph, of: str | None = None, wrt=None, optimize=True,
+            explain: list | None = None) -> Adjoints:
+    """Differentiate ``g`` after simplifying it when ``optimize`` includes ``simplify``:
+    rewrites such as log(softmax) -> log_softmax must happen before the gradient is
+    built, or the backward would still divide by the probabilities."""
+    if "simplify" in resolve_passes(optimize):
+        sub: list | None = [] if explain is not None else None
+        g = run_passes(g, ["simplify"], sub)
+        if explain is not None:
+            explain += [(f"{name} (forward graph)", rm, add) for name, rm, add in sub]
+    return differentiate(g, of, wrt)
+
+
+def emit_model(adj: Adjoints, dtype: str = "float64", optimize=True,
+               explain: list | None = None) -> tuple[str, Emitter, list[Function]]:
     """The ``forward`` and ``value_and_grad`` functions for a differentiated graph,
-    after the optimization passes ``optimize`` (see :func:`symbackprop.optimize.optimize`)."""
-    em = Emitter(run_passes(adj.graph, optimize), dtype)
+    after the optimization passes ``optimize`` (see :func:`symbackprop.optimize.optimize`;
+    ``explain`` collects what each pass changed)."""
+    em = Emitter(run_passes(adj.graph, optimize, explain), dtype)
     fwd_out = [o for o in adj.forward.outputs]
     fwd = em.function("forward", fwd_out,
                       f"Forward pass: returns {', '.join(map(safe_text, fwd_out))} in a dict.")
@@ -255,7 +272,7 @@ def emit_model(adj: Adjoints, dtype: str = "float64",
 
 
 def numpy_source(g: Graph, of: str | None = None, wrt=None, dtype: str = "float64",
-                 optimize=True) -> str:
+                 optimize=True, explain: list | None = None) -> str:
     """Standalone NumPy source with ``forward`` and ``value_and_grad`` functions.
 
     Parameters
@@ -271,6 +288,8 @@ def numpy_source(g: Graph, of: str | None = None, wrt=None, dtype: str = "float6
     optimize : bool, str or list of str
         Optimization passes to run on the joint graph: ``True`` (default) for
         all, ``False`` for none, or pass names (see :mod:`symbackprop.optimize`).
+    explain : list, optional
+        Receives ``(pass, lines removed, lines added)`` for each pass.
 
     Returns
     -------
@@ -298,7 +317,7 @@ def numpy_source(g: Graph, of: str | None = None, wrt=None, dtype: str = "float6
         return L, {'w': dw}
     <BLANKLINE>
     """
-    doc, em, fns = emit_model(differentiate(g, of, wrt), dtype, optimize)
+    doc, em, fns = emit_model(prepare(g, of, wrt, optimize, explain), dtype, optimize, explain)
     return render_module(doc, em, fns)
 
 

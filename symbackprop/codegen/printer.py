@@ -99,9 +99,10 @@ def spaced(code: str, rename: dict | None = None) -> str:
         if binary:
             out.append(f" {s} ")
         elif t.type == tokenize.OP and s == ",":
-            out.append(", ")
-        elif prev is not None and t.type in (tokenize.NAME, tokenize.NUMBER) \
-                and prev.type in (tokenize.NAME, tokenize.NUMBER):
+            out.append(",")
+        elif prev is not None and ((prev.string == "," and s != ")") or (
+                t.type in (tokenize.NAME, tokenize.NUMBER)
+                and prev.type in (tokenize.NAME, tokenize.NUMBER))):
             out.append(" " + s)
         else:
             out.append(s)

@@ -8,6 +8,7 @@ import sympy as sp
 from ..graph import Graph
 from ..ops import registry
 from ..ops.elementwise import X
+from .fold import scalar_value
 from .rewrite import protected, set_args
 
 MAX_OPS = 24  # keep fused statements short enough to read
@@ -21,8 +22,34 @@ def fusable(g: Graph, n: str) -> bool:
     return op.elementwise and op.numpy is None
 
 
+def _expand(g: Graph, n: str, into: str, keep: set) -> tuple[sp.Expr, list[str]]:
+    """Node ``n`` as an expression over the nodes it reads, inlining it if it is an
+    elementwise node used only by ``into``, and scalar constants as numbers."""
+    value = scalar_value(g, n)
+    if value is not None:
+        return value, []
+    inline = (n not in keep and fusable(g, n)
+              and {c for c, _ in g.consumers(n)} == {into})
+    if not inline:
+        s = sp.Dummy(n)
+        return s, [(s, n)]
+    d = g.nx.nodes[n]
+    syms, e = registry.get(d["op"]).code_expr(d["attrs"])
+    leaves = []
+    subs = {}
+    for sym, a in zip(syms, g.args(n)):
+        v = scalar_value(g, a)
+        if v is not None:
+            subs[sym] = v
+        else:
+            subs[sym] = sp.Dummy(a)
+            leaves.append((subs[sym], a))
+    return e.subs(subs, simultaneous=True), leaves
+
+
 def fuse(g: Graph) -> Graph:
-    """Inline every elementwise node used once into its elementwise consumer.
+    """Inline every elementwise node used only once into its elementwise consumer,
+    and scalar constants into the expressions that use them.
 
     Examples
     --------
@@ -40,35 +67,21 @@ def fuse(g: Graph) -> Graph:
         d = g.nx.nodes[n]
         syms, e = registry.get(d["op"]).code_expr(d["attrs"])
         args = g.args(n)
-        parts: list[tuple[str, sp.Expr]] = []  # (node, expression in its own args)
-        new_args: list[str] = []
+        subs, leaves = {}, []
         for s, a in zip(syms, args):
-            inner = [c for c, _ in g.consumers(a)]
-            if a not in keep and fusable(g, a) and set(inner) == {n}:
-                ad = g.nx.nodes[a]
-                asyms, ae = registry.get(ad["op"]).code_expr(ad["attrs"])
-                parts.append((s, ae, g.args(a), asyms))
-            else:
-                parts.append((s, s, [a], [s]))
-        # Build the fused expression with one symbol per distinct argument node.
-        subs = {}
-        for s, ae, aargs, asyms in parts:
-            local = {}
-            for sym, a in zip(asyms, aargs):
-                if a not in new_args:
-                    new_args.append(a)
-                local[sym] = sp.Symbol(f"_t{new_args.index(a)}")
-            subs[s] = ae.subs(local, simultaneous=True) if ae is not s else local[s]
-        if len(new_args) > len(X) or new_args == args:
+            subs[s], found = _expand(g, a, n, keep)
+            leaves += found
+        order = list(dict.fromkeys(a for _, a in leaves))  # one symbol per distinct node
+        if len(order) > len(X) or order == args:
             continue
         fused = e.subs(subs, simultaneous=True)
-        fused = fused.subs({sp.Symbol(f"_t{i}"): X[i] for i in range(len(new_args))},
-                           simultaneous=True)
+        fused = fused.subs({s: X[order.index(a)] for s, a in leaves}, simultaneous=True)
         if sp.count_ops(fused) > MAX_OPS:
             continue
-        absorbed = [a for a in args if a not in new_args]
+        absorbed = [a for a in args if a not in order]
         d.update(op="ew", attrs={"expr": fused})
         d["fused"] = list(d.get("fused", [])) + absorbed
-        set_args(g, n, new_args)
-        g.nx.remove_nodes_from([a for a in absorbed if g.nx.out_degree(a) == 0])
+        set_args(g, n, order)
+        g.nx.remove_nodes_from([a for a in absorbed  # an output (dL = 1) stays
+                                if g.nx.out_degree(a) == 0 and a not in keep])
     return g
