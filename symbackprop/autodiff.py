@@ -133,7 +133,7 @@ def differentiate(g: Graph, of: str | None = None, wrt=None) -> Adjoints:
     >>> g = sb.parse("a = 2*x; b = a + 3; c = b**2")
     >>> adj = sb.differentiate(g, of="c", wrt=["x"])
     >>> adj.adjoint["x"], adj.graph.args(adj.adjoint["x"])
-    ('dx', ['da'])
+    ('dx', ['db'])
     """
     of, wrt = check_of_wrt(g, of, wrt)
     j = g.copy()

@@ -45,3 +45,11 @@ class ParseError(SymbackpropError, SyntaxError):
 
 class CodegenError(SymbackpropError, NotImplementedError):
     """An op has no NumPy emitter."""
+
+
+class GraphvizError(SymbackpropError, RuntimeError):
+    """Graphviz's ``dot`` program failed on a diagram."""
+
+
+class GraphvizNotFoundError(GraphvizError):
+    """Graphviz's ``dot`` program is not installed; the ``.dot`` file is written anyway."""

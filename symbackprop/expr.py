@@ -95,10 +95,10 @@ def to_sympy(text: str, make_symbol: Callable = lambda n: sp.Symbol(n, real=True
     >>> from symbackprop.expr import to_sympy
     >>> to_sympy("2*x0*Heaviside(x1, 0)")
     2*x0*Heaviside(x1, 0)
-    >>> to_sympy("__import__('os')")
+    >>> to_sympy("__import__(os)")
     Traceback (most recent call last):
     ...
-    symbackprop.errors.ParseError: function '__import__' is not allowed ...
+    symbackprop.errors.ParseError: function '__import__' is not allowed...
     """
     symbols: dict[str, sp.Symbol] = {}
     try:

@@ -73,8 +73,8 @@ class Node:
     >>> g = sb.Graph()
     >>> x = g.input("x")
     >>> y = 2 * x + 1
-    >>> y.op, g.args(y.name)[1]
-    ('add', 'const_1')
+    >>> y.op, g.args(y.name)
+    ('add', ['mul_1', 'const_2'])
     """
 
     __slots__ = ("graph", "name")
@@ -443,6 +443,9 @@ def from_networkx(G: nx.Graph, name: str | None = None) -> Graph:
             g.apply(op, [Node(g, a) for a in _arg_list(G, n)],
                     _from_json(d.get("attrs") or {}), name=n)
         g.nx.nodes[n]["auto"] = bool(d.get("auto", False))
+        for k, v in d.items():  # keep other annotations (phase, adjoint_of, ...): lossless
+            if k not in ("op", "shape", "dtype", "attrs", "value", "args", "auto"):
+                g.nx.nodes[n].setdefault(k, v)
     outs = list(G.graph.get("outputs") or [n for n in G if G.out_degree(n) == 0])
     for o in outs:
         if o not in g.nx:

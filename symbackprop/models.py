@@ -8,6 +8,8 @@ pre-activations ``z1, z2, ...``, activations ``h1, h2, ...``, outputs
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from .errors import GraphError
 from .graph import Graph, Node
 from .ops import registry
@@ -31,6 +33,26 @@ def _loss(g: Graph, loss: str, out: Node, n_out: int) -> Node:
     else:
         raise GraphError(f"loss {loss!r} is not one of {LOSSES}.")
     return g.output("L", registry.apply(loss, out, y))
+
+
+@contextmanager
+def block(g: Graph, name: str):
+    """Tag the nodes added (or renamed) inside the ``with`` statement with ``block=name``.
+
+    Diagrams can draw each block as one cluster (``sb.render(g, collapse=True)``).
+
+    Examples
+    --------
+    >>> g = sb.Graph(); x = g.input("x")
+    >>> with sb.models.block(g, "layer1"):
+    ...     h = sb.tanh(x * g.param("w"))
+    >>> [n for n in g.nodes() if g.nx.nodes[n].get("block") == "layer1"]
+    ['w', 'mul_1', 'tanh_1']
+    """
+    start = len(g)
+    yield
+    for n in list(g.nx)[start:]:
+        g.nx.nodes[n].setdefault("block", name)
 
 
 def dense(g: Graph, h: Node, n_in: int, n_out: int, k: int) -> Node:
@@ -74,9 +96,196 @@ def mlp(sizes, activation: str = "relu", loss: str = "softmax_cross_entropy",
     h = g.input("X", shape=("N", sizes[0]))
     depth = len(sizes) - 1
     for k in range(1, depth + 1):
-        z = dense(g, h, sizes[k - 1], sizes[k], k)
-        if k < depth:
-            h = g.name(act(g.name(z, f"z{k}")), f"h{k}")
-    g.output("logits", z)
+        with block(g, f"layer{k}"):
+            z = dense(g, h, sizes[k - 1], sizes[k], k)
+            if k < depth:
+                h = g.name(act(g.name(z, f"z{k}")), f"h{k}")
+            else:
+                g.output("logits", z)
     _loss(g, loss, g["logits"], sizes[-1])
+    return g
+
+
+def _sizes(what: str, **sizes) -> None:
+    for k, v in sizes.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise GraphError(f"{what}: {k}={v!r}; expected a positive int.")
+
+
+def logistic_regression(n_features: int, name: str | None = None) -> Graph:
+    """Binary logistic regression: ``p = sigmoid(X @ W + b)`` with the binary cross-entropy.
+
+    The loss is written with existing ops in its stable *logits* form:
+    ``-[y log p + (1 - y) log(1 - p)] = softplus(z) - y z`` for ``z = logit(p)``,
+    averaged over the batch, so large ``|z|`` never takes the log of 0.
+
+    Parameters
+    ----------
+    n_features : int
+        Number of columns of ``X``.
+
+    Returns
+    -------
+    Graph
+        Inputs ``X`` (N, n_features) and integer labels ``y`` (N,) in {0, 1};
+        parameters ``W`` (n_features, 1) and ``b`` (1,); outputs ``logits`` (N,)
+        (the probability of class 1 is ``sigmoid(logits)``, and ``logits > 0``
+        predicts class 1) and the mean loss ``L = mean(softplus(logits) - logits * y)``.
+
+    Examples
+    --------
+    >>> g = sb.models.logistic_regression(3)
+    >>> g.nodes("param"), g.outputs, g["logits"].shape
+    (['W', 'b'], ['logits', 'L'], ('N',))
+    """
+    _sizes("logistic_regression", n_features=n_features)
+    g = Graph(name=name or f"logistic_regression_{n_features}")
+    X = g.input("X", shape=("N", n_features))
+    y = g.input("y", shape=("N",), dtype="int")
+    W = g.param("W", shape=(n_features, 1))
+    b = g.param("b", shape=(1,))
+    logits = g.output("logits", registry.apply("reshape", X @ W + b, shape=("N",)))
+    softplus = registry.builder("softplus")
+    mean = registry.builder("mean")
+    g.output("L", mean(softplus(logits) - logits * y))
+    return g
+
+
+def softmax_regression(n_features: int, n_classes: int, name: str | None = None) -> Graph:
+    """Multinomial logistic regression: ``logits = X @ W + b``, softmax cross-entropy.
+
+    Parameters
+    ----------
+    n_features : int
+        Number of columns of ``X``.
+    n_classes : int
+        Number of classes.
+
+    Returns
+    -------
+    Graph
+        Inputs ``X`` (N, n_features) and integer labels ``y`` (N,) in
+        0..n_classes-1; parameters ``W`` (n_features, n_classes) and ``b``
+        (n_classes,); outputs ``logits`` (N, n_classes) and the mean loss ``L``.
+
+    Examples
+    --------
+    >>> g = sb.models.softmax_regression(4, 3)
+    >>> g.nodes("param"), g.outputs
+    (['W', 'b'], ['logits', 'L'])
+    """
+    _sizes("softmax_regression", n_features=n_features, n_classes=n_classes)
+    g = Graph(name=name or f"softmax_regression_{n_features}_{n_classes}")
+    X = g.input("X", shape=("N", n_features))
+    W = g.param("W", shape=(n_features, n_classes))
+    b = g.param("b", shape=(n_classes,))
+    logits = g.output("logits", X @ W + b)
+    _loss(g, "softmax_cross_entropy", logits, n_classes)
+    return g
+
+
+def residual_mlp(n_in: int, width: int, n_blocks: int, n_classes: int,
+                 activation: str = "relu", name: str | None = None) -> Graph:
+    """A classifier with a skip connection around every block: ``h = h + act(h @ W + b)``.
+
+    Layer 1 maps the input to the width (``h1 = act(X @ W1 + b1)``); blocks
+    ``k = 2 .. n_blocks + 1`` add ``ak = act(h(k-1) @ Wk + bk)`` to the running
+    ``h``; the last layer gives the logits. The identity path carries the
+    gradient past each block unchanged, so it does not vanish with depth.
+
+    Parameters
+    ----------
+    n_in : int
+        Number of columns of ``X``.
+    width : int
+        Width of every hidden layer (the skip connections need one width).
+    n_blocks : int
+        Number of residual blocks (0 gives a one-hidden-layer MLP).
+    n_classes : int
+        Number of classes.
+    activation : str
+        Elementwise op inside each block (``relu``, ``tanh``, ...).
+
+    Returns
+    -------
+    Graph
+        Inputs ``X`` (N, n_in) and integer labels ``y`` (N,); parameters
+        ``W1`` (n_in, width), ``b1``, ``Wk`` (width, width), ``bk`` for each
+        block and ``W{n_blocks+2}`` (width, n_classes), ``b{n_blocks+2}``;
+        nodes ``z1, h1`` then ``zk, ak, hk`` per block; outputs ``logits``
+        (N, n_classes) and the mean softmax cross-entropy ``L``.
+
+    Examples
+    --------
+    >>> g = sb.models.residual_mlp(4, 3, 2, 2)
+    >>> g.nodes("param")
+    ['W1', 'b1', 'W2', 'b2', 'W3', 'b3', 'W4', 'b4']
+    >>> g.args("h3")
+    ['h2', 'a3']
+    """
+    _sizes("residual_mlp", n_in=n_in, width=width, n_classes=n_classes)
+    if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 0:
+        raise GraphError(f"residual_mlp: n_blocks={n_blocks!r}; expected an int >= 0.")
+    act = _activation(activation)
+    g = Graph(name=name or f"residual_mlp_{n_in}_{width}x{n_blocks}_{n_classes}")
+    X = g.input("X", shape=("N", n_in))
+    with block(g, "layer1"):
+        h = g.name(act(g.name(dense(g, X, n_in, width, 1), "z1")), "h1")
+    for k in range(2, n_blocks + 2):
+        with block(g, f"block{k}"):
+            a = g.name(act(g.name(dense(g, h, width, width, k), f"z{k}")), f"a{k}")
+            h = g.name(h + a, f"h{k}")
+    k = n_blocks + 2
+    with block(g, f"layer{k}"):
+        logits = g.output("logits", dense(g, h, width, n_classes, k))
+    _loss(g, "softmax_cross_entropy", logits, n_classes)
+    return g
+
+
+def autoencoder(sizes, activation: str = "relu", name: str | None = None) -> Graph:
+    """An autoencoder trained to reconstruct ``X`` with the mean squared error.
+
+    ``sizes`` lists the encoder widths from the input to the code, e.g.
+    ``(64, 32, 8)``; the decoder mirrors them (64-32-8-32-64). Every hidden
+    layer, the code included, applies ``activation``; the reconstruction is
+    linear.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Encoder widths, input first, code last (at least two).
+    activation : str
+        Elementwise op of the hidden layers.
+
+    Returns
+    -------
+    Graph
+        One input ``X`` (N, sizes[0]) and no labels; parameters ``W1, b1, ...``
+        (``2 * (len(sizes) - 1)`` layers); nodes ``z1, h1, ...`` with the
+        bottleneck named ``code``; outputs ``pred`` (N, sizes[0]) and
+        ``L = mse(pred, X)`` (the mean over all entries).
+
+    Examples
+    --------
+    >>> g = sb.models.autoencoder([6, 4, 2])
+    >>> g.nodes("input"), g.nodes("param")[::2], g.outputs, g["code"].shape
+    (['X'], ['W1', 'W2', 'W3', 'W4'], ['pred', 'L'], ('N', 2))
+    """
+    sizes = [int(s) for s in sizes]
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise GraphError(f"autoencoder sizes {sizes}: expected at least an input and a code "
+                         "size, all positive, e.g. [64, 32, 8].")
+    act = _activation(activation)
+    widths = sizes + sizes[-2::-1]
+    g = Graph(name=name or "autoencoder_" + "_".join(map(str, widths)))
+    X = g.input("X", shape=("N", sizes[0]))
+    h, depth, code = X, len(widths) - 1, len(sizes) - 1
+    for k in range(1, depth + 1):
+        with block(g, f"layer{k}"):
+            z = dense(g, h, widths[k - 1], widths[k], k)
+            if k < depth:
+                h = g.name(act(g.name(z, f"z{k}")), "code" if k == code else f"h{k}")
+            else:
+                pred = g.output("pred", z)
+    g.output("L", registry.apply("mse", pred, X))
     return g

@@ -39,7 +39,7 @@ class Namer:
     >>> from symbackprop.codegen.emit import Namer
     >>> n = Namer()
     >>> n("h 1"), n("class"), n("x; import os"), n("h_1")
-    ('h_1', 'class_', 'x_import_os', 'h_1_2')
+    ('h_1', 'class_', 'x_import_os', 'h_1_')
     """
 
     def __init__(self, reserved=()):
@@ -302,18 +302,15 @@ def numpy_source(g: Graph, of: str | None = None, wrt=None, dtype: str = "float6
     --------
     >>> src = sb.numpy_source(sb.parse("L = (w*x - y)**2"), wrt=["w"])
     >>> print(src[src.index("def value_and_grad"):])  # doctest: +NORMALIZE_WHITESPACE
-    def value_and_grad(x, w, y):
+    def value_and_grad(w, x, y):
         \"\"\"Loss L and its gradients, keyed by w.\"\"\"
-        x = np.asarray(x, dtype=DTYPE)
         w = np.asarray(w, dtype=DTYPE)
+        x = np.asarray(x, dtype=DTYPE)
         y = np.asarray(y, dtype=DTYPE)
-        mul_1 = w * x
-        sub_1 = mul_1 - y
+        sub_1 = w * x - y
         L = sub_1**2
         # backward: gradients in reverse order of the forward pass
-        dL = 1.0  # dL/dL = 1
-        dsub_1 = 2 * dL * sub_1  # dL/dsub_1 via L = pow(sub_1, const_1)
-        dw = dsub_1 * x  # dL/dw via mul_1 = mul(w, x)
+        dw = 2 * sub_1 * x  # dL/dw via sub_1 = w * x - y
         return L, {'w': dw}
     <BLANKLINE>
     """
@@ -339,6 +336,7 @@ class Compiled:
     def _call(self, fname: str, arrays: dict):
         f = getattr(self.module, fname)
         params = f.__code__.co_varnames[:f.__code__.co_argcount]
+        arrays = {getattr(self, "arg_names", {}).get(k, k): v for k, v in arrays.items()}
         missing = [p for p in params if p not in arrays]
         if missing:
             raise GraphError(f"{fname}() needs the arrays {', '.join(map(repr, missing))}; "
@@ -380,7 +378,11 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
     >>> float(loss), float(grads["w"])
     (16.0, -24.0)
     """
-    return Compiled(numpy_source(g, of, wrt, dtype, optimize), name=_module_name(g))
+    doc, em, fns = emit_model(prepare(g, of, wrt, optimize), dtype, optimize)
+    fn = Compiled(render_module(doc, em, fns), name=_module_name(g))
+    # node name -> parameter name, so arrays are passed by node name ("h 1", "class")
+    fn.arg_names = {n: em.namer(n) for n in g.nodes("input") + g.nodes("param")}
+    return fn
 
 
 def _module_name(g: Graph) -> str:

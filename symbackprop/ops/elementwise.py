@@ -213,7 +213,11 @@ def elementwise(name: str, fn: Callable, grad: Callable | None = None,
     register(OpDef(name=name, arity=k, shape=broadcast_shapes, numpy=np_template,
                    vjp=_vjp, expr=lambda attrs: (X[:k], expr), local_grads=local,
                    code=None if code is None else (lambda attrs: (X[:k], code)),
-                   elementwise=True, display=display, doc=doc or f"elementwise {expr}"))
+                   elementwise=True, display=display, doc=doc or f"elementwise {expr}",
+                   # swapping the arguments leaves a + b and a*b unchanged, not a - b
+                   commutative=k > 1 and expr == expr.xreplace(
+                       {X[i]: X[(i + 1) % k] for i in range(k)})
+                   and expr == expr.xreplace({X[0]: X[1], X[1]: X[0]})))
     return builder(name)
 
 

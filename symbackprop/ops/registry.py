@@ -57,6 +57,13 @@ class OpDef:
         Names and source of module-level helper functions the NumPy code uses.
     doc : str
         One line shown in listings and error messages.
+    commutative : bool
+        ``True`` when the arguments can be swapped (``add``, ``mul``); diagrams
+        label the argument positions of the other ops with more than one argument.
+    notation : str or callable or None
+        How diagrams write a non-elementwise op: a format string over the
+        argument texts ``{0}, {1}, ...`` (``"{0} @ {1}"``) or
+        ``notation(arg_texts, attrs) -> str or None``; ``None`` gives ``name(args, attr=...)``.
     """
 
     name: str
@@ -75,6 +82,8 @@ class OpDef:
     display: Callable | None = None  # (arg sympy exprs, attrs) -> sympy expr
     code: Callable | None = None  # elementwise: like expr, a stable form to print
     inline: bool = False  # a cheap view (W.T): written inside its single consumer
+    commutative: bool = False  # arguments can be swapped (diagrams)
+    notation: str | Callable | None = None  # diagrams: "{0} @ {1}"
 
 
     def code_expr(self, attrs: dict):

@@ -42,7 +42,7 @@ def _apply(ref, op, args, **attrs):
 # -- identity ----------------------------------------------------------------------
 register(OpDef(
     name="identity", arity=1, shape=lambda s, a, n: s[0], numpy=lambda c, a: c[0],
-    vjp=lambda g, args, out, attrs: [g], dtype=lambda d, a: d[0],
+    vjp=lambda g, args, out, attrs: [g], dtype=lambda d, a: d[0], notation="{0}",
     doc="the value itself (names a node twice)"))
 
 
@@ -64,7 +64,7 @@ register(OpDef(
     vjp=lambda g, args, out, attrs: [
         _apply(g, "matmul", [g, _apply(g, "transpose", [args[1]])]),
         _apply(g, "matmul", [_apply(g, "transpose", [args[0]]), g])],
-    doc="matrix product a @ b of 2-D arrays"))
+    notation="{0} @ {1}", doc="matrix product a @ b of 2-D arrays"))
 
 
 # -- transpose ----------------------------------------------------------------------
@@ -89,6 +89,7 @@ register(OpDef(
     numpy=lambda c, a: f"{c[0]}.T" if a["axes"] is None
     else f"np.transpose({c[0]}, {_axis_code(a['axes'])})",
     vjp=_transpose_vjp, dtype=lambda d, a: d[0], inline=True,
+    notation=lambda t, a: f"{t[0]}ᵀ" if a["axes"] is None else None,
     doc="reverse (or permute) the axes"))
 
 
