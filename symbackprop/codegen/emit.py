@@ -194,17 +194,21 @@ class Emitter:
                 backward_started = True
             c = self.comment(n, of) if of else ""
             stmts.append(f"{self.namer(n)} = {rhs}" + (f"  # {safe_text(c)}" if c else ""))
-        # Bind size names (N = X.shape[0]) from the first leaf that has them.
-        text = "\n".join(stmts)
+        fn.body += self.bind_sizes(name, leaves, stmts) + stmts
+        return fn
+
+    def bind_sizes(self, fname: str, leaves: list[str], stmts: list[str]) -> list[str]:
+        """``N = X.shape[0]`` for each size name the statements use, from the first leaf
+        that has it."""
+        text, out = "\n".join(stmts), []
         for s in self.sizes:
             if re.search(rf"\b{s}\b", text):
                 src = next(((n, i) for n in leaves
-                            for i, dd in enumerate(j.nx.nodes[n]["shape"]) if dd == s), None)
+                            for i, d in enumerate(self.j.nx.nodes[n]["shape"]) if d == s), None)
                 if src is None:
-                    raise CodegenError(f"size {s!r} is used but no input of {name}() has it.")
-                fn.body.append(f"{s} = {self.namer(src[0])}.shape[{src[1]}]")
-        fn.body += stmts
-        return fn
+                    raise CodegenError(f"size {s!r} is used but no input of {fname}() has it.")
+                out.append(f"{s} = {self.namer(src[0])}.shape[{src[1]}]")
+        return out
 
 
 def render_function(fn: Function) -> str:
@@ -363,8 +367,13 @@ def load_source(source: str, name: str = "symbackprop_generated") -> types.Modul
 
 
 def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float64",
-                  optimize=True) -> Compiled:
+                  optimize=True, optimizer: str | None = None, **hyper) -> Compiled:
     """Generate the NumPy code for ``g`` and load it (see :func:`numpy_source`).
+
+    With ``optimizer="sgd"|"momentum"|"adam"`` (and ``lr=...``, ``momentum=...``,
+    ``beta1=...``, ...), the code is :func:`symbackprop.train_step`'s and the result a
+    :class:`~symbackprop.codegen.train.CompiledTrainStep` that also has
+    ``init_params``, ``init_state``, ``update`` and ``train_step``.
 
     Returns
     -------
@@ -378,6 +387,13 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
     >>> float(loss), float(grads["w"])
     (16.0, -24.0)
     """
+    if optimizer is not None:
+        from .train import compile_train_step  # here: train.py imports this module
+
+        return compile_train_step(g, of, wrt, dtype, optimize, optimizer, **hyper)
+    if hyper:
+        raise TypeError(f"compile() got {', '.join(sorted(hyper))} without optimizer=; pass "
+                        "optimizer='sgd', 'momentum' or 'adam' to compile a training step.")
     doc, em, fns = emit_model(prepare(g, of, wrt, optimize), dtype, optimize)
     fn = Compiled(render_module(doc, em, fns), name=_module_name(g))
     # node name -> parameter name, so arrays are passed by node name ("h 1", "class")

@@ -81,6 +81,7 @@ class OpDef:
     local_grads: Callable | None = None  # elementwise: attrs -> list of sympy exprs
     display: Callable | None = None  # (arg sympy exprs, attrs) -> sympy expr
     code: Callable | None = None  # elementwise: like expr, a stable form to print
+    numpy_out: Callable | None = None  # (codes, attrs, out) -> NumPy call writing into out
     inline: bool = False  # a cheap view (W.T): written inside its single consumer
     commutative: bool = False  # arguments can be swapped (diagrams)
     notation: str | Callable | None = None  # diagrams: "{0} @ {1}"

@@ -43,7 +43,7 @@ def _apply(ref, op, args, **attrs):
 register(OpDef(
     name="identity", arity=1, shape=lambda s, a, n: s[0], numpy=lambda c, a: c[0],
     vjp=lambda g, args, out, attrs: [g], dtype=lambda d, a: d[0], notation="{0}",
-    doc="the value itself (names a node twice)"))
+    display=lambda args, attrs: args[0], doc="the value itself (names a node twice)"))
 
 
 # -- matmul ------------------------------------------------------------------------
@@ -61,10 +61,12 @@ def _matmul_shape(shapes, attrs, names):
 
 register(OpDef(
     name="matmul", arity=2, shape=_matmul_shape, numpy=lambda c, a: f"{c[0]} @ {c[1]}",
+    numpy_out=lambda c, a, o: f"np.matmul({c[0]}, {c[1]}, out={o})",
     vjp=lambda g, args, out, attrs: [
         _apply(g, "matmul", [g, _apply(g, "transpose", [args[1]])]),
         _apply(g, "matmul", [_apply(g, "transpose", [args[0]]), g])],
-    notation="{0} @ {1}", doc="matrix product a @ b of 2-D arrays"))
+    notation="{0} @ {1}", display=lambda args, attrs: sp.MatMul(*args),
+    doc="matrix product a @ b of 2-D arrays"))
 
 
 # -- transpose ----------------------------------------------------------------------
@@ -90,6 +92,8 @@ register(OpDef(
     else f"np.transpose({c[0]}, {_axis_code(a['axes'])})",
     vjp=_transpose_vjp, dtype=lambda d, a: d[0], inline=True,
     notation=lambda t, a: f"{t[0]}ᵀ" if a["axes"] is None else None,
+    display=lambda args, attrs: sp.Transpose(args[0]) if attrs["axes"] in (None, (1, 0))
+    else sp.Function("transpose")(*args),
     doc="reverse (or permute) the axes"))
 
 
@@ -122,16 +126,54 @@ def _reduce_code(method):
     return code
 
 
+def _reduce_out(fn):
+    def code(c, a, out):
+        keep = ", keepdims=True" if a["keepdims"] else ""
+        return f"np.{fn}({c[0]}, axis={_axis_code(a['axis'])}{keep}, out={out})"
+    return code
+
+
+class _Ones(sp.MatrixSymbol):
+    """𝟙, a column of ones, for formulas: 𝟙ᵀA sums the rows of A."""
+
+    def _sympystr(self, p):
+        return "𝟙"
+
+    def _latex(self, p):
+        return r"\mathbb{1}"
+
+    def _pretty(self, p):
+        from sympy.printing.pretty.stringpict import prettyForm
+        return prettyForm("𝟙")
+
+
+def _reduce_display(method):
+    """Formulas: a 2-D sum over rows is 𝟙ᵀA, over columns A𝟙; a mean divides by the count.
+    (A 1-D node is shown as a 1×n row, so a matrix with one row may be 1-D: no rule.)"""
+    def display(args, attrs):
+        a = args[0]
+        if not isinstance(a, sp.MatrixExpr) or a.rows == 1 or attrs["axis"] is None \
+                or len(_axes(attrs["axis"], 2)) != 1:
+            return sp.Function(method)(a)
+        if _axes(attrs["axis"], 2) == (0,):
+            out, n = sp.Transpose(_Ones("1", a.rows, 1)) * a, a.rows
+        else:
+            out, n = a * _Ones("1", a.cols, 1), a.cols
+            out = out if attrs["keepdims"] else sp.Transpose(out)
+        return out / n if method == "mean" else out
+    return display
+
+
 register(OpDef(
     name="sum", arity=1, attrs={"axis": None, "keepdims": False}, shape=_reduce_shape,
-    numpy=_reduce_code("sum"), vjp=lambda g, args, out, attrs: [_unreduce(g, args[0], attrs)],
-    doc="sum over axis (all axes when None)"))
+    numpy=_reduce_code("sum"), numpy_out=_reduce_out("sum"), vjp=lambda g, args, out, attrs: [_unreduce(g, args[0], attrs)],
+    display=_reduce_display("sum"), doc="sum over axis (all axes when None)"))
 register(OpDef(
     name="mean", arity=1, attrs={"axis": None, "keepdims": False}, shape=_reduce_shape,
-    numpy=_reduce_code("mean"),
+    numpy=_reduce_code("mean"), numpy_out=_reduce_out("mean"),
     vjp=lambda g, args, out, attrs: [_unreduce(
         g, args[0], attrs, 1 / sp.sympify(count(args[0].shape, _axes(attrs["axis"], args[0].ndim))))],
-    doc="mean over axis (all axes when None)"))
+    display=_reduce_display("mean"), doc="mean over axis (all axes when None)"))
 
 
 # -- reshapes -------------------------------------------------------------------------
@@ -164,7 +206,8 @@ register(OpDef(
     name="reshape", arity=1, attrs={"shape": None}, shape=_reshape_shape,
     numpy=lambda c, a: f"{c[0]}.reshape({_shape_code(a['shape'])})",
     vjp=lambda g, args, out, attrs: [_apply(g, "reshape", [g], shape=tuple(args[0].shape))],
-    dtype=lambda d, a: d[0], doc="same elements, new shape (sizes may be names such as N)"))
+    dtype=lambda d, a: d[0], display=lambda args, attrs: args[0],
+    doc="same elements, new shape (sizes may be names such as N)"))
 
 
 def _broadcast_to_shape(shapes, attrs, names):
@@ -180,6 +223,7 @@ register(OpDef(
     name="broadcast_to", arity=1, attrs={"shape": None}, shape=_broadcast_to_shape,
     numpy=lambda c, a: f"np.broadcast_to({c[0]}, {_shape_code(a['shape'])})",
     vjp=lambda g, args, out, attrs: [unbroadcast(g, args[0].shape)],
+    display=lambda args, attrs: args[0],
     doc="repeat along axes of size 1 or new leading axes, as NumPy broadcasting does"))
 
 

@@ -1,0 +1,58 @@
+"""The main job of `make demo`: the lessons' worked examples, end to end.
+
+1. derivations of the two worked examples, with numbers (text);
+2. the MLP's gradient formulas (delta form);
+3. generated NumPy code for a small network, checked against finite differences;
+4. diagrams of the worked examples and the MLP, written to out/;
+5. the digits example: a generated training script against scikit-learn.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import subprocess
+import sys
+
+import symbackprop as sb
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def banner(title: str) -> None:
+    print(f"\n{'=' * 78}\n{title}\n{'=' * 78}")
+
+
+def main() -> int:
+    banner("1. Chain rule, step by step: a = 2x, b = a + 3, c = b², at x = 1")
+    print(sb.derive(sb.parse("a = 2*x; b = a + 3; c = b**2"), of="c", wrt="x",
+                    at={"x": 1}).text())
+
+    banner("   Squared error: L = (w·x − y)² at w = 2, x = 3, y = 10")
+    print(sb.derive(sb.parse("L = (w*x - y)**2"), of="L", wrt="w",
+                    at={"w": 2, "x": 3, "y": 10}).text())
+
+    banner("2. Gradient formulas of a 784-256-256-256-10 ReLU classifier (delta form)")
+    mlp = sb.models.mlp([784, 256, 256, 256, 10])
+    weights = sum(mlp.nx.nodes[p]["shape"][0] * mlp.nx.nodes[p]["shape"][1]
+                  for p in mlp.nodes("param") if len(mlp.nx.nodes[p]["shape"]) == 2)
+    biases = sum(mlp.nx.nodes[p]["shape"][0] for p in mlp.nodes("param")
+                 if len(mlp.nx.nodes[p]["shape"]) == 1)
+    print(f"{weights:,} weights and {biases:,} biases")
+    print(sb.grad(mlp, of="L").text())
+
+    banner("3. Generated NumPy code (64-32-10 classifier), checked by finite differences")
+    small = sb.models.mlp([64, 32, 10])
+    src = sb.numpy_source(small)
+    print(src[src.index("def value_and_grad"):])
+    print(sb.check_grad(small, sizes={"N": 8}))
+
+    banner("4. Diagrams")
+    runpy.run_path(os.path.join(HERE, "diagrams.py"), run_name="__main__")
+
+    banner("5. Digits: a generated NumPy training script against scikit-learn")
+    return subprocess.call([sys.executable, os.path.join(HERE, "digits", "run.py")])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
