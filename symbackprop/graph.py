@@ -362,6 +362,22 @@ class Graph:
         """Write the graph as networkx node-link JSON (see README "Graph schema")."""
         save(self, path)
 
+    # -- display (Jupyter) ------------------------------------------------------------
+    # The display hooks import render lazily, inside the method: graph.py comes first
+    # in the import order and must not depend on render.py at import time.
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """Jupyter display hook: the diagram (``sb.render(self)``) as SVG, or text
+        with the install hint when Graphviz's ``dot`` is missing."""
+        from .render import mimebundle
+
+        return mimebundle(self, include, exclude)
+
+    def _repr_svg_(self) -> str | None:
+        """The diagram as SVG text (``None`` without Graphviz's ``dot``)."""
+        from .render import svg
+
+        return svg(self)
+
 
 def role_of(data: dict) -> str:
     op = data["op"]
@@ -443,6 +459,8 @@ def from_networkx(G: nx.Graph, name: str | None = None) -> Graph:
             g.apply(op, [Node(g, a) for a in _arg_list(G, n)],
                     _from_json(d.get("attrs") or {}), name=n)
         g.nx.nodes[n]["auto"] = bool(d.get("auto", False))
+        if d.get("block") is not None:  # a model's layer, drawn as one cluster
+            g.nx.nodes[n]["block"] = d["block"]
         for k, v in d.items():  # keep other annotations (phase, adjoint_of, ...): lossless
             if k not in ("op", "shape", "dtype", "attrs", "value", "args", "auto"):
                 g.nx.nodes[n].setdefault(k, v)
@@ -533,6 +551,14 @@ def load(path) -> Graph:
     except (KeyError, TypeError, nx.NetworkXError) as e:
         raise ParseError(f"file {str(path)!r}: malformed node-link data ({e}). Each node needs "
                          "an 'id' and each edge a 'source' and 'target'.") from None
+    ids = {d.get("id") for d in data["nodes"] if isinstance(d, dict)}
+    for e in data.get(key) or []:  # networkx would silently add the missing end as a node
+        ends = [e.get(k) for k in ("source", "target")] if isinstance(e, dict) else []
+        for end in ends:
+            if end not in ids:
+                raise ParseError(f"file {str(path)!r}: edge {ends[0]} -> {ends[1]} uses node "
+                                 f"{end!r}, which is not in 'nodes'. Add the node or remove "
+                                 "the edge.")
     for n, d in G.nodes(data=True):
         d.pop("id", None)
     return from_networkx(G)
