@@ -74,13 +74,17 @@ def parse(text: str, params=(), name: str = "statements") -> Graph:
                 return Node(g, n)
             return g.param(n) if n in params else g.input(n)
 
-        def call(f, args, kwargs, node, target=target):
+        def check(f, node, target=target):
+            if f.startswith("_"):
+                raise _error(text, node, f"function {f!r} is not allowed: only ops can be called")
             registry.get(f, node=target)  # raises UnknownOpError with close names
+
+        def call(f, args, kwargs, node):
             if not any(isinstance(a, Node) for a in args):
                 raise _error(text, node, f"{f}() needs at least one variable argument")
             return g.apply(f, args, kwargs)
 
-        value = walk(st.value, text, name_, call, lambda v: v)
+        value = walk(st.value, text, name_, call, lambda v: v, check)
         assigned[target] = last = _name(g, value, target)
     g.nx.graph["outputs"] = [last.name]
     return g

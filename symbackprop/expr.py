@@ -33,11 +33,13 @@ SYMPY_FUNCTIONS: dict[str, Callable] = {
 }
 
 
-def walk(node: ast.AST, source: str, name: Callable, call: Callable, number: Callable):
+def walk(node: ast.AST, source: str, name: Callable, call: Callable, number: Callable,
+         check_call: Callable = lambda func_id, node: None):
     """Evaluate an ``ast`` expression tree with the given leaf/call handlers.
 
     ``name(id, node)``, ``call(func_id, args, kwargs, node)`` and ``number(value)``
     decide what leaves mean; operators map to Python operators on the results.
+    ``check_call(func_id, node)`` may reject a function before its arguments are read.
     """
 
     def go(n):
@@ -51,13 +53,14 @@ def walk(node: ast.AST, source: str, name: Callable, call: Callable, number: Cal
         if isinstance(n, ast.UnaryOp) and type(n.op) in _UNOPS:
             return _UNOPS[type(n.op)](go(n.operand))
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Name):
+            check_call(n.func.id, n)
             kwargs = {}
             for k in n.keywords:
                 if k.arg is None:
                     raise _error(source, k.value, "'**' arguments are not allowed")
                 kwargs[k.arg] = _literal(k.value, source)
             return call(n.func.id, [go(a) for a in n.args], kwargs, n)
-        raise _error(source, n, f"'{ast.get_source_segment(source, n) or type(n).__name__}' "
+        raise _error(source, n, f"{ast.get_source_segment(source, n) or type(n).__name__} "
                      "is not allowed here; use numbers, names, + - * / ** @ and op calls")
 
     return go(node)
@@ -95,7 +98,7 @@ def to_sympy(text: str, make_symbol: Callable = lambda n: sp.Symbol(n, real=True
     >>> from symbackprop.expr import to_sympy
     >>> to_sympy("2*x0*Heaviside(x1, 0)")
     2*x0*Heaviside(x1, 0)
-    >>> to_sympy("__import__(os)")
+    >>> to_sympy("__import__('os')")
     Traceback (most recent call last):
     ...
     symbackprop.errors.ParseError: function '__import__' is not allowed...
@@ -115,10 +118,14 @@ def to_sympy(text: str, make_symbol: Callable = lambda n: sp.Symbol(n, real=True
             symbols[i] = make_symbol(i)
         return symbols[i]
 
-    def call(f, args, kwargs, n):
-        if f not in SYMPY_FUNCTIONS or kwargs:
+    def check(f, n):
+        if f not in SYMPY_FUNCTIONS:
             raise _error(text, n, f"function {f!r} is not allowed; allowed: "
                          f"{', '.join(sorted(SYMPY_FUNCTIONS))}")
+
+    def call(f, args, kwargs, n):
+        if kwargs:
+            raise _error(text, n, f"{f}() takes no keyword arguments here")
         return SYMPY_FUNCTIONS[f](*args)
 
-    return walk(tree.body, text, name, call, sp.sympify)
+    return walk(tree.body, text, name, call, sp.sympify, check)
