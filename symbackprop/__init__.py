@@ -1,12 +1,19 @@
 """symbackprop: a compiler for backpropagation.
 
 Declare a network as a DAG of symbolic ops, get every node's gradient as a
-formula and a step-by-step derivation, and generate standalone NumPy code.
+formula and a step-by-step derivation, generate standalone NumPy code for
+the forward pass, the backward pass and training, and draw it all with
+Graphviz. Import it as ``sb``; every op is a function ``sb.<name>``.
 """
 
-from . import models, ops
+__version__ = "0.1.0"  # before the imports: generated code cites it
+
+from . import models, ops, optimize, testing
 from .autodiff import Adjoints, differentiate
 from .build import parse
+from .codegen.emit import Compiled, numpy_source
+from .codegen.emit import compile_graph as compile
+from .codegen.train import train_step, training_script
 from .errors import (
     ArityError,
     CodegenError,
@@ -18,34 +25,21 @@ from .errors import (
     SymbackpropError,
     UnknownOpError,
 )
+from .formulas import Derivation, Gradients, derive, grad
 from .graph import Graph, Node, from_networkx, load, save, to_networkx
 from .ops.elementwise import elementwise
-
-__version__ = "0.1.0"
-
-# sb.<op> for every built-in op (sb.relu, sb.matmul, sb.softmax_cross_entropy, ...)
-for _op in ops.all_ops():
-    if _op.name != "ew":
-        globals()[_op.name] = ops.builder(_op.name)
-del _op
-
-__all__ = [
-    "Adjoints", "ArityError", "CodegenError", "CycleError", "GradError", "Graph",
-    "GraphError", "Node", "ParseError", "ShapeError", "SymbackpropError", "UnknownOpError",
-    "differentiate", "elementwise", "from_networkx", "load", "models", "ops", "parse",
-    "save", "to_networkx",
-] + [op.name for op in ops.all_ops() if op.name != "ew"]
-
-from .codegen.emit import Compiled, numpy_source
-from .codegen.emit import compile_graph as compile
-
-__all__ += ["Compiled", "compile", "numpy_source"]
-
-from . import testing
+from .render import render, to_dot, write_diagram
 from .testing import check_grad
 
-__all__ += ["check_grad", "testing"]
+# sb.<op> for every built-in op (sb.relu, sb.matmul, sb.softmax_cross_entropy, ...)
+_OP_NAMES = [op.name for op in ops.all_ops() if op.name != "ew"]
+globals().update({name: ops.builder(name) for name in _OP_NAMES})
 
-from . import optimize
-
-__all__ += ["optimize"]
+__all__ = [
+    "Adjoints", "ArityError", "CodegenError", "Compiled", "CycleError", "Derivation",
+    "GradError", "Gradients", "Graph", "GraphError", "Node", "ParseError", "ShapeError",
+    "SymbackpropError", "UnknownOpError", "check_grad", "compile", "derive", "differentiate",
+    "elementwise", "from_networkx", "grad", "load", "models", "numpy_source", "ops",
+    "optimize", "parse", "render", "save", "testing", "to_dot", "to_networkx", "train_step",
+    "training_script", "write_diagram",
+] + [name for name in _OP_NAMES]  # every op, sb.relu ...

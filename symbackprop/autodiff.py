@@ -58,6 +58,13 @@ class Adjoints:
         """``wrt`` name -> adjoint node name."""
         return {w: self.adjoint[w] for w in self.wrt}
 
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """Jupyter display hook: the joint forward + backward diagram as SVG. (render
+        is imported here, not at the top: autodiff comes before render.)"""
+        from .render import mimebundle
+
+        return mimebundle(self, include, exclude)
+
 
 def default_of(g: Graph) -> str:
     """The scalar output to differentiate when none is named: the last scalar output."""

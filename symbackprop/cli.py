@@ -117,6 +117,50 @@ def cmd_check(a) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_train_script(a) -> int:
+    from .codegen.train import OPTIMIZERS, training_script
+
+    hyper = {k: getattr(a, k) for k in OPTIMIZERS[a.optimizer].hyper
+             if k != "lr" and getattr(a, k, None) is not None}
+    others = [k for k in ("momentum", "beta1", "beta2", "eps")
+              if getattr(a, k) is not None and k not in hyper]
+    try:
+        if others:
+            raise ValueError(f"--{others[0]} does not apply to --optimizer {a.optimizer}.")
+        src = training_script(_graph(a), a.of, a.optimizer, a.lr, a.epochs, a.batch_size,
+                              a.seed, _names(a.wrt), dtype=a.dtype, features=a.features,
+                              target=a.target, **hyper)
+    except ValueError as e:
+        if isinstance(e, SymbackpropError):
+            raise
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    _write(src, a.output)
+    return 0
+
+
+def cmd_derive(a) -> int:
+    from .formulas import derive
+
+    d = derive(_graph(a), a.of, _names(a.wrt), at=parse_at(a.at) or None)
+    out = {"text": d.text, "latex": d.latex, "markdown": d.markdown}[a.format]()
+    _write(out if out.endswith("\n") else out + "\n", a.output)
+    return 0
+
+
+def cmd_render(a) -> int:
+    from .render import render, write_diagram
+
+    diagram = render(_graph(a), a.kind, of=a.of, wrt=_names(a.wrt), at=parse_at(a.at),
+                     collapse=a.collapse or None, group=a.group or None, title=a.title)
+    if a.output in (None, "-"):
+        sys.stdout.write(diagram.source)
+        return 0
+    write_diagram(diagram, a.output)  # GraphvizNotFoundError still writes the .dot
+    print(f"wrote {a.output}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="symbackprop", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -139,6 +183,46 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tol", type=float, default=1e-5, help="largest relative error (1e-5)")
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(run=cmd_check)
+
+    c = sub.add_parser("train-script", help="write a standalone NumPy training script")
+    _spec_args(c)
+    c.add_argument("-o", "--output", help="output .py file (default: stdout)")
+    c.add_argument("--optimizer", default="sgd", choices=["sgd", "momentum", "adam"],
+                   help="update rule (default sgd)")
+    c.add_argument("--lr", type=float, help="learning rate (default 0.01; adam 0.001)")
+    c.add_argument("--epochs", type=int, default=10, help="the script's default (10)")
+    c.add_argument("--batch-size", type=int, default=32, help="the script's default (32)")
+    c.add_argument("--seed", type=int, default=0, help="the script's default seed (0)")
+    c.add_argument("--momentum", type=float, help="momentum: velocity decay (0.9)")
+    c.add_argument("--beta1", type=float, help="adam: first-moment decay (0.9)")
+    c.add_argument("--beta2", type=float, help="adam: second-moment decay (0.999)")
+    c.add_argument("--eps", type=float, help="adam: denominator epsilon (1e-8)")
+    c.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    c.add_argument("--features", help="the input fed from the data's X (default: inferred)")
+    c.add_argument("--target", help="the input fed from the data's y (default: inferred)")
+    c.set_defaults(run=cmd_train_script)
+
+    c = sub.add_parser("derive", help="work the chain rule step by step, with numbers")
+    _spec_args(c)
+    c.add_argument("--at", help="the point, e.g. w=2,x=3,y=10 (scalar graphs; exact numbers)")
+    c.add_argument("--format", default="text", choices=["text", "latex", "markdown"])
+    c.add_argument("-o", "--output", help="output file (default: stdout)")
+    c.set_defaults(run=cmd_derive)
+
+    c = sub.add_parser("render", help="draw the graph, its backward graph or a derivation "
+                       "with Graphviz")
+    _spec_args(c)
+    c.add_argument("--kind", default="forward",
+                   choices=["forward", "backward", "joint", "derivation"],
+                   help="the view (default forward)")
+    c.add_argument("--at", help="for --kind derivation: the point, e.g. x=1 or w=2,x=3,y=10")
+    c.add_argument("--collapse", action="store_true",
+                   help="collapse each block (an mlp layer) into one node")
+    c.add_argument("--group", action="store_true", help="draw each block as a cluster")
+    c.add_argument("--title", help="a caption above the diagram")
+    c.add_argument("-o", "--output", help="output .svg, .png, .pdf or .dot (default: DOT "
+                   "on stdout)")
+    c.set_defaults(run=cmd_render)
     return p
 
 

@@ -92,8 +92,9 @@ register(OpDef(
     else f"np.transpose({c[0]}, {_axis_code(a['axes'])})",
     vjp=_transpose_vjp, dtype=lambda d, a: d[0], inline=True,
     notation=lambda t, a: f"{t[0]}ᵀ" if a["axes"] is None else None,
-    display=lambda args, attrs: sp.Transpose(args[0]) if attrs["axes"] in (None, (1, 0))
-    else sp.Function("transpose")(*args),
+    display=lambda args, attrs: sp.Function("transpose")(*args)
+    if attrs["axes"] not in (None, (1, 0)) else args[0].arg
+    if isinstance(args[0], sp.Transpose) else sp.Transpose(args[0]),
     doc="reverse (or permute) the axes"))
 
 

@@ -1,0 +1,943 @@
+"""Graphviz diagrams of networks, of their backward (adjoint) graphs and of derivations.
+
+:func:`render` returns a :class:`graphviz.Digraph`; :func:`to_dot` its source (no
+``dot`` program needed); :func:`write_diagram` runs Graphviz's ``dot`` to write SVG,
+PNG or PDF by the file's extension (or writes DOT).
+
+The views
+---------
+``forward``
+    The network, left to right: inputs (blue ovals), parameters (amber boxes),
+    constants (small grey boxes) and ops (green rounded boxes, written as formulas:
+    ``z1 = X @ W1 + b1``), with shapes such as ``(N, 784)``. Edges go in argument
+    order and carry the argument position where order matters (``sub``, ``matmul``).
+``backward``
+    The adjoint graph (red): one node ``∂L/∂h1`` per forward node, flowing right to
+    left, each linked by a dashed edge to the node it is the gradient of; the
+    forward nodes it mirrors or reads are drawn faint.
+``joint``
+    Both graphs in full: the forward graph on top, the backward sweep below it and
+    reversed, each adjoint under its node, grey edges where the backward graph reads
+    forward values.
+``derivation``
+    The chain rule at a point (from ``sb.derive``): every node shows its formula and
+    value (blue) and its gradient (red, as the product of the local factors); red
+    arrows flowing right to left carry each local derivative, formula and number.
+
+Any view can be coloured by gradient magnitude (``grads=``: pale where gradients
+vanish, red where they explode, with a legend). Blocks of nodes (``sb.models.mlp``
+tags each layer ``layer1``, ``layer2``, ...) can be collapsed into one summary node
+each, inside a cluster (``collapse=``), or only grouped in clusters (``group=``).
+
+Node names reach DOT only as escaped HTML-like labels; node IDs are the names when
+they are plain ASCII identifiers, else ``_n<index>``, so any name is safe.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import graphviz
+import numpy as np
+import sympy as sp
+from sympy.printing.precedence import PRECEDENCE, precedence
+from sympy.printing.str import StrPrinter
+
+from .autodiff import Adjoints, differentiate
+from .errors import GraphError, GraphvizError, GraphvizNotFoundError
+from .graph import Graph, fmt_shape, role_of
+from .ops import registry
+from .ops.elementwise import X
+
+KINDS = ("forward", "backward", "joint", "derivation")
+FORMATS = ("svg", "png", "pdf", "dot")
+INSTALL_HINT = ("Install Graphviz: 'sudo apt-get install graphviz' (Debian/Ubuntu), "
+                "'brew install graphviz' (macOS) or see https://graphviz.org/download/.")
+
+MINUS = "\u2212"
+_ATOM = PRECEDENCE["Atom"]
+_SUP = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
+_INLINE_MAX = 24  # an unnamed node is written inside its consumers' formulas up to this length
+
+
+# -- numbers and formulas -------------------------------------------------------------------
+def fmt_number(v, digits: int = 6) -> str:
+    """A value as people write it: ``20``, ``−24``, ``0.005154``, ``1.2e−7``, or an
+    array summary.
+
+    Examples
+    --------
+    >>> from symbackprop.render import fmt_number
+    >>> fmt_number(-24.0), fmt_number(25.2004), fmt_number(0.9 ** 50), fmt_number(3e-9)
+    ('−24', '25.2004', '0.00515378', '3e−9')
+    """
+    if isinstance(v, sp.Basic) and not v.is_number:
+        return formula(v)
+    a = np.asarray(v, dtype=float) if not isinstance(v, sp.Basic) else np.asarray(float(v))
+    if a.size != 1:
+        if a.size <= 4:
+            return "[" + ", ".join(fmt_number(x, digits) for x in a.ravel()) + "]"
+        return f"{'×'.join(map(str, a.shape))} array, max|·| {fmt_number(np.abs(a).max(), 3)}"
+    x = float(a.ravel()[0])
+    if math.isnan(x) or math.isinf(x):
+        return {"nan": "NaN", "inf": "∞", "-inf": MINUS + "∞"}[str(x)]
+    if x == int(x) and abs(x) < 1e15:
+        s = str(int(x))
+    elif 1e-3 <= abs(x) < 1e6:
+        s = f"{x:.{digits}g}"
+    else:
+        s = f"{x:.{min(digits, 3)}g}".replace("e-0", "e-").replace("e+0", "e").replace("e+", "e")
+    return s.replace("-", MINUS)
+
+
+class FormulaPrinter(StrPrinter):
+    """Compact one-line Unicode formulas: ``2x``, ``b²``, ``w·x − y``, ``[z > 0]``.
+
+    ``names`` maps a symbol's name to ``(text, precedence)``, so a formula in the
+    op symbols ``x0, x1`` prints with argument names, and an unnamed node can be
+    written as its own formula, parenthesized where needed.
+    """
+
+    def __init__(self, names: dict | None = None):
+        super().__init__()
+        self.names = names or {}
+
+    def _prec(self, e) -> int:
+        if isinstance(e, sp.Symbol) and e.name in self.names:
+            return self.names[e.name][1]
+        if isinstance(e, sp.Number) and (e < 0 or not e.is_Integer and e.is_Rational):
+            return PRECEDENCE["Mul"] if e > 0 else PRECEDENCE["Add"]
+        return precedence(e)
+
+    def parenthesize(self, item, level, strict=False):
+        p = self._prec(item)
+        if p < level or (not strict and p <= level):
+            return f"({self._print(item)})"
+        return self._print(item)
+
+    def _print_Symbol(self, e):
+        return self.names.get(e.name, (e.name, _ATOM))[0]
+
+    def _print_Integer(self, e):
+        return str(int(e)).replace("-", MINUS)
+
+    _print_NegativeOne = _print_One = _print_Zero = _print_Integer
+
+    def _print_Rational(self, e):
+        return f"{self._print(sp.Integer(e.p))}/{e.q}"
+
+    _print_Half = _print_Rational
+
+    def _print_Float(self, e):
+        return fmt_number(float(e))
+
+    def _print_Exp1(self, e):
+        return "e"
+
+    def _print_Pi(self, e):
+        return "π"
+
+    def _print_Add(self, e, order=None):
+        terms = self._as_ordered_terms(e, order=order)
+        pos = [t for t in terms if not t.could_extract_minus_sign()]
+        if pos and terms[0].could_extract_minus_sign():  # y − x, not −x + y
+            terms = [pos[0]] + [t for t in terms if t is not pos[0]]
+        out = []
+        for i, t in enumerate(terms):
+            if t.could_extract_minus_sign():
+                s = self.parenthesize(-t, PRECEDENCE["Add"])
+                out.append((f" {MINUS} " if i else MINUS) + s)
+            else:
+                out.append((" + " if i else "") + self.parenthesize(t, PRECEDENCE["Add"], True))
+        return "".join(out)
+
+    def _print_Mul(self, e):
+        if e.could_extract_minus_sign():
+            return MINUS + self.parenthesize(-e, PRECEDENCE["Mul"], strict=True)
+        num, den = [], []
+        for f in e.as_ordered_factors():
+            if f.is_Rational and not f.is_Integer:
+                num += [sp.Integer(f.p)] if f.p != 1 else []
+                den.append(sp.Integer(f.q))
+            elif f.is_Pow and f.exp.is_Rational and f.exp.is_negative:
+                den.append(f.base ** -f.exp)
+            else:
+                num.append(f)
+        texts = [self.parenthesize(f, PRECEDENCE["Mul"], strict=True) for f in num]
+        top = texts[0] if texts else "1"
+        for f, t in zip(num[1:], texts[1:]):
+            juxtapose = top.replace(MINUS, "").isdigit() and re.fullmatch(
+                r"[^\W\d_][⁰¹²³⁴⁵⁶⁷⁸⁹⁻]*", t)
+            top += t if juxtapose else "·" + t
+        if not den:
+            return top
+        bottom = self._print(sp.Mul(*den))
+        if len(den) > 1 or self._prec(den[0]) < PRECEDENCE["Pow"]:
+            bottom = f"({bottom})"
+        if len(num) == 1 and self._prec(num[0]) <= PRECEDENCE["Add"]:
+            top = f"({self._print(num[0])})"
+        return f"{top}/{bottom}"
+
+    def _print_Pow(self, e):
+        b, x = e.as_base_exp()
+        if x == sp.Rational(1, 2):
+            return "√" + self.parenthesize(b, _ATOM)
+        if x.is_Rational and x.is_negative:
+            return "1/" + self.parenthesize(b ** -x, PRECEDENCE["Mul"])
+        base = self.parenthesize(b, PRECEDENCE["Pow"])
+        if x.is_Integer:
+            return base + str(int(x)).translate(_SUP)
+        return base + "^" + self.parenthesize(x, PRECEDENCE["Pow"])
+
+    def _print_Heaviside(self, e):
+        strict = len(e.args) > 1 and e.args[1] == 0  # relu'(0) = 0: the Iverson bracket
+        return f"[{self._print(e.args[0])} > 0]" if strict else f"H({self._print(e.args[0])})"
+
+    def _print_Abs(self, e):
+        return f"|{self._print(e.args[0])}|"
+
+    def _print_Max(self, e):
+        return "max(" + ", ".join(self._print(a) for a in _numbers_last(e.args)) + ")"
+
+    def _print_Min(self, e):
+        return "min(" + ", ".join(self._print(a) for a in _numbers_last(e.args)) + ")"
+
+
+def _numbers_last(args) -> list:
+    return sorted(args, key=lambda a: bool(a.is_number))  # max(z, 0), not max(0, z)
+
+
+def formula(e, names: dict | None = None) -> str:
+    """``e`` (a SymPy expression) as a compact Unicode formula.
+
+    Examples
+    --------
+    >>> import sympy
+    >>> from symbackprop.render import formula
+    >>> w, x, y, b = sympy.symbols("w x y b")
+    >>> formula((w * x - y) ** 2), formula(2 * b), formula(-8 * x / 3)
+    ('(w·x − y)²', '2b', '−8x/3')
+    """
+    return FormulaPrinter(names).doprint(sp.sympify(e))
+
+
+# -- escaping ---------------------------------------------------------------------------------
+def esc(text) -> str:
+    """Text made safe inside an HTML-like Graphviz label (newlines become line breaks)."""
+    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    s = s.replace('"', "&quot;")
+    s = re.sub(r"\r\n?|\n", "<BR/>", s)
+    return re.sub(r"[\x00-\x1f\x7f]", " ", s)
+
+
+def _html(*lines) -> str:
+    """An HTML-like label from already escaped lines (empty ones are dropped)."""
+    return "<" + "<BR/>".join(line for line in lines if line) + ">"
+
+
+def _uncolored(label: str) -> str:
+    """The label in the node's font colour (on a gradient fill, fixed colours may vanish)."""
+    return re.sub(r' COLOR="#[0-9a-f]{6}"', "", label)
+
+
+def _small(text: str, color: str = "#6b7280", size: int = 10) -> str:
+    return f'<FONT POINT-SIZE="{size}" COLOR="{color}">{text}</FONT>'
+
+
+def _colored(text: str, color: str) -> str:
+    return f'<FONT COLOR="{color}">{text}</FONT>'
+
+
+_SAFE_ID = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def _safe(name: str) -> str:
+    """An identifier for graph and cluster names, from any string."""
+    s = re.sub(r"\W", "_", str(name), flags=re.ASCII).strip("_")
+    return s if _SAFE_ID.fullmatch(s or "") else "g_" + s
+
+
+# -- the style table ----------------------------------------------------------------------
+FONT = "DejaVu Sans"
+COLORS = {"value": "#1d4ed8", "grad": "#b91c1c", "muted": "#6b7280", "backward": "#be123c",
+          "read": "#9ca3af", "forward": "#374151", "faint": "#d1d5db"}
+STYLE = {  # one entry per role; _attrs_<role> adds the label
+    "input": {"shape": "ellipse", "style": "filled", "fillcolor": "#dbeafe",
+              "color": "#1d4ed8"},
+    "param": {"shape": "box", "style": "filled", "fillcolor": "#fef3c7", "color": "#b45309",
+              "penwidth": "1.4"},
+    "const": {"shape": "box", "style": "rounded,filled", "fillcolor": "#f3f4f6",
+              "color": "#9ca3af", "fontsize": "10", "margin": "0.05,0.02", "height": "0.3",
+              "width": "0.3"},
+    "op": {"shape": "box", "style": "rounded,filled", "fillcolor": "#ecfdf5",
+           "color": "#047857"},
+    "adjoint": {"shape": "box", "style": "rounded,filled", "fillcolor": "#ffe4e6",
+                "color": "#be123c", "penwidth": "1.6", "fontcolor": "#881337"},
+    "backward": {"shape": "box", "style": "rounded,filled", "fillcolor": "#fff1f2",
+                 "color": "#fda4af", "fontcolor": "#881337", "fontsize": "11"},
+    "ghost": {"style": "rounded,dashed", "color": "#9ca3af", "fontcolor": "#6b7280",
+              "fillcolor": "white"},
+    "block": {"shape": "box", "style": "rounded,filled", "fillcolor": "#ecfdf5",
+              "color": "#047857", "penwidth": "1.6"},
+    "block_backward": {"shape": "box", "style": "rounded,filled", "fillcolor": "#ffe4e6",
+                       "color": "#be123c", "penwidth": "1.6", "fontcolor": "#881337"},
+}
+GRAPH_ATTRS = {"rankdir": "LR", "bgcolor": "white", "fontname": FONT, "nodesep": "0.25",
+               "ranksep": "0.4", "newrank": "true"}
+# Reds, pale to dark: gradient magnitude from vanishing to exploding.
+_REDS = ("#fff5f0", "#fee0d2", "#fcbba1", "#fc9272", "#fb6a4a", "#ef3b2c", "#cb181d", "#99000d")
+GRAD_SCALE = (1e-6, 1e2)  # max|grad| at the pale and at the red end
+VANISHING = 1e-4  # below this, text turns grey too
+
+
+def _heat(m: float, scale=GRAD_SCALE) -> tuple[str, str]:
+    """Fill and font colour for a gradient of largest magnitude ``m``."""
+    lo, hi = (math.log10(s) for s in scale)
+    t = 0.0 if m <= 0 else min(max((math.log10(m) - lo) / (hi - lo), 0.0), 1.0)
+    pos = t * t * (len(_REDS) - 1)  # squared: gradients near 1 stay light, large ones red
+    i = min(int(pos), len(_REDS) - 2)
+    a, b = (tuple(int(c[k:k + 2], 16) for k in (1, 3, 5)) for c in _REDS[i:i + 2])
+    rgb = tuple(round(x + (y - x) * (pos - i)) for x, y in zip(a, b))
+    fill = "#" + "".join(f"{c:02x}" for c in rgb)
+    font = "#ffffff" if t > 0.8 else "#9ca3af" if m < VANISHING else "#111827"
+    return fill, font
+
+
+def _magnitude(v) -> float:
+    a = np.abs(np.asarray(v, dtype=float))
+    return float(a.max()) if a.size else 0.0
+
+
+# -- the views ----------------------------------------------------------------------------
+class _Diagram:
+    """Builds one Digraph; ``_attrs_<role>(node)`` gives each node's attributes."""
+
+    def __init__(self, g: Graph, kind: str, adjoint: dict | None = None, of: str | None = None,
+                 grads: dict | None = None, blocks: dict | None = None, derivation=None,
+                 title: str | None = None, collapse: bool = False,
+                 deltas: dict | None = None):
+        self.g, self.G, self.kind = g, g.nx, kind
+        self.order = {n: i for i, n in enumerate(g.nx)}
+        self.ids = {n: n if _SAFE_ID.fullmatch(str(n)) else f"_n{i}"
+                    for n, i in self.order.items()}
+        # adjoint node -> the forward nodes it is the gradient of
+        self.grad_of: dict[str, list[str]] = {}
+        for n, a in (adjoint or {}).items():
+            self.grad_of.setdefault(a, []).append(n)
+        for n, d in g.nx.nodes(data=True):
+            if d.get("adjoint_of") is not None and n not in self.grad_of:
+                self.grad_of[n] = [d["adjoint_of"]]
+        self.of = of or next((v[0] for k, v in self.grad_of.items()
+                              if role_of(self.G.nodes[k]) == "const"), None)
+        self.grads, self.blocks, self.der, self.title = grads or {}, blocks or {}, derivation, title
+        self.collapse, self.deltas = collapse, deltas or {}
+        self.refs: dict[str, tuple[str, int]] = {}
+        for n in g.topo_order():
+            self.refs[n] = self._ref(n)
+
+    # -- what a node is called and how it is computed --------------------------------------
+    def backward(self, n) -> bool:
+        return self.G.nodes[n].get("phase") == "backward"
+
+    def _ref(self, n) -> tuple[str, int]:
+        """How ``n`` appears inside other formulas: its name, its value (a scalar
+        constant) or, for a short unnamed op, its own formula."""
+        d = self.G.nodes[n]
+        if d["op"] == "const" and d["shape"] == () and n not in self.grad_of:
+            v = sp.sympify(d["value"])
+            return formula(v), FormulaPrinter()._prec(v)
+        if d.get("auto") and role_of(d) == "op" and n not in self.grad_of:
+            text, prec = self.formula(n)
+            if len(text) <= _INLINE_MAX:
+                return text, prec
+        return str(n), _ATOM
+
+    def formula(self, n) -> tuple[str, int]:
+        """The right-hand side of ``n = ...`` in argument names, and its precedence."""
+        d = self.G.nodes[n]
+        op = registry.get(d["op"])
+        args = self.g.args(n)
+        refs = [self.refs[a] for a in args]
+        if op.elementwise and op.display is not None:  # tensor displays are matrix algebra
+            e = op.display(list(X[:len(args)]), d["attrs"])
+            e = sp.sympify(e).xreplace(self._const_args(args))
+            names = {X[i].name: r for i, r in enumerate(refs)}
+            return FormulaPrinter(names).doprint(e), FormulaPrinter(names)._prec(e)
+        texts = [t if p >= PRECEDENCE["Pow"] else f"({t})" for t, p in refs]
+        note = op.notation
+        text = note(texts, d["attrs"]) if callable(note) else \
+            note.format(*texts) if isinstance(note, str) else None
+        if text is not None:
+            return text, PRECEDENCE["Mul"] if " " in text else _ATOM
+        extra = [f"{k}={_attr_text(v)}" for k, v in d["attrs"].items()
+                 if v is not None and v != op.attrs.get(k)]
+        return f"{op.name}({', '.join([t for t, _ in refs] + extra)})", _ATOM
+
+    def _const_args(self, args) -> dict:
+        """``{x_i: value}`` for the scalar constant arguments, written as numbers."""
+        return {X[i]: sp.sympify(self.G.nodes[a]["value"]) for i, a in enumerate(args)
+                if self.G.nodes[a]["op"] == "const" and self.G.nodes[a]["shape"] == ()
+                and a not in self.grad_of}
+
+    def dname(self, n) -> str:
+        """``n`` after ∂: ``h1``, or ``(w·x − y)`` for an unnamed node."""
+        text, prec = self.refs.get(n, (str(n), _ATOM))
+        return text if prec >= _ATOM else f"({text})"
+
+    def role(self, n) -> str:
+        d = self.G.nodes[n]
+        if self.backward(n):
+            return "adjoint" if n in self.grad_of else \
+                "const" if role_of(d) == "const" else "backward"
+        if self.kind == "backward":
+            return "ghost"
+        return role_of(d)
+
+    # -- node attributes, one method per role ----------------------------------------------
+    def attrs(self, n) -> dict:
+        role = self.role(n)
+        out = dict(STYLE["ghost" if role == "ghost" else role])
+        if role == "ghost":
+            out["shape"] = STYLE[role_of(self.G.nodes[n])]["shape"]
+        out.update(getattr(self, f"_attrs_{role}")(n))
+        if n in self.g.outputs and not self.backward(n):
+            out["peripheries"] = "2"
+        heat = self._heat_for([n])
+        if heat is not None:
+            out["fillcolor"], out["fontcolor"] = heat
+            out["style"] = out["style"].replace("dashed", "").strip(",") + ",filled"
+            out["label"] = _uncolored(out["label"])
+        return out
+
+    def _shape_line(self, n, name: str | None = None) -> str:
+        shape = self.G.nodes[n]["shape"]
+        parts = ([esc(name)] if name else []) + ([esc(fmt_shape(shape))] if shape else [])
+        return _small(" · ".join(parts)) if parts else ""
+
+    def _attrs_input(self, n) -> dict:
+        return {"label": _html(self._title(n, f"<B>{esc(n)}</B>"), self._shape_line(n),
+                               self._grad_line(n))}
+
+    _attrs_param = _attrs_input
+
+    def _attrs_const(self, n) -> dict:
+        d = self.G.nodes[n]
+        if d["shape"] == ():
+            return {"label": _html(esc(formula(sp.sympify(d["value"]))))}
+        return {"label": _html(f"<B>{esc(n)}</B>", self._shape_line(n))}
+
+    def _attrs_op(self, n) -> dict:
+        text = esc(self.formula(n)[0])
+        named = not self.G.nodes[n].get("auto")
+        title = f"<B>{esc(n)}</B> = {text}" if named else text
+        small = None if named or self.der is not None else n
+        return {"label": _html(self._title(n, title), self._shape_line(n, small),
+                               self._grad_line(n))}
+
+    def _attrs_ghost(self, n) -> dict:
+        named = not self.G.nodes[n].get("auto") or role_of(self.G.nodes[n]) != "op"
+        title = esc(n) if named else esc(self.formula(n)[0])
+        return {"label": _html(title, self._shape_line(n)), "fontsize": "11"}
+
+    def _attrs_adjoint(self, n) -> dict:
+        of = self.of or "L"
+        head = " = ".join(f"∂{esc(of)}/∂{esc(self.dname(f))}" for f in self.grad_of[n])
+        body = ""
+        if role_of(self.G.nodes[n]) == "op":
+            body = f"{esc(n)} = {esc(self.formula(n)[0])}"
+        elif role_of(self.G.nodes[n]) == "const":
+            body = f"{esc(n)} = {esc(formula(sp.sympify(self.G.nodes[n]['value'])))}"
+        deltas = [f"∂{esc(of)}/∂{esc(self.dname(f))} = {esc(self.deltas[f])}"
+                  for f in self.grad_of[n] if f in self.deltas]
+        return {"label": _html(f"<B>{head}</B>", body, *deltas, self._shape_line(n))}
+
+    def _attrs_backward(self, n) -> dict:
+        return {"label": _html(esc(self.formula(n)[0]), self._shape_line(n, n))}
+
+    # -- derivation values and gradients -----------------------------------------------------
+    def _title(self, n, title: str) -> str:
+        if self.der is None or n not in self.der.values:
+            return title
+        value = f"<B>{esc(fmt_number(self.der.values[n]))}</B>"
+        return f"{title} = {_colored(value, COLORS['value'])}"
+
+    def _grad_line(self, n) -> str:
+        if self.der is not None:
+            step = self.steps.get(n)
+            if step is None:
+                return ""
+            head = f"∂{esc(self.der.of)}/∂{esc(self.dname(n))}"
+            chain = " + ".join(f"{_factor(t.upstream_value)}·{_factor(t.local_value)}"
+                               for t in step.terms if t.local_value is not None
+                               and t.upstream_value is not None)
+            if step.grad_value is None:  # no point given: the formula, in δ-form
+                from .formulas import text
+
+                return _colored(f"{head} = {esc(text(step.formula))}", COLORS["grad"])
+            value = fmt_number(step.grad_value)
+            body = f"{esc(chain)} = <B>{esc(value)}</B>" if chain else f"<B>{esc(value)}</B>"
+            return _colored(f"{head} = {body}", COLORS["grad"])
+        if n in self.grads and self.kind != "backward":
+            of = self.of or "L"
+            m = fmt_number(_magnitude(self.grads[n]), 3)
+            return _small(f"max|∂{esc(of)}/∂{esc(self.dname(n))}| = {esc(m)}", COLORS["grad"])
+        return ""
+
+    def _heat_for(self, nodes):
+        """Colours for the largest gradient among ``nodes`` (an adjoint counts as the
+        nodes it is the gradient of), or ``None`` when no gradient is given."""
+        keys = [k for n in nodes for k in (self.grad_of.get(n, []) if self.backward(n) else [n])]
+        vals = [self.grads[k] for k in keys if k in self.grads]
+        return _heat(max(_magnitude(v) for v in vals)) if vals else None
+
+    # -- the whole picture ------------------------------------------------------------------
+    def nodes(self) -> list[str]:
+        names = list(self.G)
+        if self.kind == "forward":
+            return [n for n in names if not self.backward(n)]
+        if self.kind != "backward":
+            return names
+        back = [n for n in names if self.backward(n)]
+        keep = {f for n in back for f in self.grad_of.get(n, [])}
+        keep |= {a for n in back for a in self.g.args(n) if not self.backward(a)}
+        return [n for n in names if self.backward(n) or n in keep]
+
+    def build(self) -> graphviz.Digraph:
+        if self.der is not None:
+            self.steps = {s.node: s for s in self.der.steps}
+        dot = graphviz.Digraph(name=_safe(self.G.graph.get("name") or "network"),
+                               graph_attr=dict(GRAPH_ATTRS),
+                               node_attr={"fontname": FONT, "fontsize": "12"},
+                               edge_attr={"fontname": FONT, "fontsize": "10",
+                                          "arrowsize": "0.7"})
+        key = "" if self.der is None else _small(
+            f"values {_colored('in blue', COLORS['value'])} flow right; local derivatives "
+            f"and gradients {_colored('in red', COLORS['grad'])} flow left", size=11)
+        if self.title or key:
+            dot.attr(label=_html(esc(self.title or ""), key), labelloc="t", fontsize="14")
+        shown = self.nodes()
+        groups: dict = {}
+        for n in shown:
+            groups.setdefault(self._block(n), []).append(n)
+        # What stands for each node: itself, or its (collapsed) block's summary node.
+        self.rep = {n: self.ids[n] for n in shown}
+        number = {b: i for i, b in enumerate(b for b in groups if b is not None)}
+        if self.collapse:
+            for block, members in groups.items():
+                for n in members if block is not None else []:
+                    side = "backward" if self.backward(n) else "forward"
+                    self.rep[n] = f"_b{number[block]}_{side}"
+        # (forward, adjoint) links, and the pairs drawn in one column
+        links = list(dict.fromkeys(
+            (self.rep[f], self.rep[a]) for a in shown for f in self.grad_of.get(a, [])
+            if f in self.rep and self.rep[f] != self.rep[a]))
+        pairs = list(dict.fromkeys(
+            (self.rep[fs[0]], self.rep[a]) for a in shown for fs in [self.grad_of.get(a)]
+            if fs and fs[0] in self.rep and self.rep[fs[0]] != self.rep[a]))
+        self.beside = set(pairs)
+        for block, members in groups.items():
+            if block is None:
+                self._emit(dot, members, pairs)
+                continue
+            with dot.subgraph(name=f"cluster_{number[block]}_{_safe(block)}") as c:
+                c.attr(label=_html(f"<B>{esc(block)}</B>", self._block_note(members)),
+                       style="rounded,dashed", color="#9ca3af", fontcolor="#374151",
+                       fontsize="11", labeljust="l")
+                self._emit(c, members, pairs, block)
+        self._edges(dot, shown)
+        for f, a in links:
+            dot.edge(f, a, style="dashed", color=COLORS["backward"], arrowhead="none",
+                     penwidth="1.2")
+        if self.grads:
+            self._legend(dot)
+        return dot
+
+    def _block(self, n):
+        if n in self.blocks:
+            return self.blocks[n]
+        d = self.G.nodes[n]
+        for key in (self.grad_of.get(n, [None])[0], d.get("vjp_of"), d.get("grad_of")):
+            if key is not None and key in self.blocks:
+                return self.blocks[key]
+        return None
+
+    def _block_note(self, members) -> str:
+        count = sum(int(np.prod(self.G.nodes[n]["shape"])) for n in members
+                    if self.G.nodes[n]["op"] == "param"
+                    and all(isinstance(s, int) for s in self.G.nodes[n]["shape"]))
+        return _small(f"{count:,} parameters") if count else ""
+
+    def _emit(self, dot, members, pairs, block=None) -> None:
+        if self.collapse and block is not None:
+            fwd = [n for n in members if not self.backward(n)]
+            bwd = [n for n in members if self.backward(n)]
+            for part, role in ((fwd, "block"), (bwd, "block_backward")):
+                if part:
+                    dot.node(self.rep[part[0]], **self._attrs_summary(part, role))
+        else:
+            for n in members:
+                dot.node(self.ids[n], **self.attrs(n))
+        here = {self.rep[n] for n in members}
+        for f, a in pairs:  # each adjoint in the rank (column) of its forward node
+            if f in here and a in here:
+                with dot.subgraph() as s:
+                    s.attr(rank="same")
+                    s.node(f)
+                    s.node(a)
+
+    def _attrs_summary(self, members, role) -> dict:
+        """A collapsed block: one line per named op (adjoint) node, then its parameters."""
+        lines = []
+        for n in members:
+            d = self.G.nodes[n]
+            if role_of(d) == "op" and (not d.get("auto") or self.refs[n][0] == n):
+                lines.append(f"{esc(n)} = {esc(self.formula(n)[0])}")
+            elif role == "block_backward" and n in self.grad_of and role_of(d) != "op":
+                lines.append(f"{esc(n)} = {esc(self.refs[n][0])}")
+        shapes = [f"{n} {fmt_shape(self.G.nodes[n]['shape'])}" for n in members
+                  if self.G.nodes[n]["op"] == "param"]
+        last = self.G.nodes[members[-1]]["shape"]
+        out_shape = f" → {fmt_shape(last)}" if role == "block" and last else ""
+        keys = [n for n in members if n in self.grads and role == "block"]
+        size = "" if not keys else fmt_number(max(_magnitude(self.grads[k]) for k in keys), 3)
+        size = _small(f"max|∂{esc(self.of or 'L')}/∂·| = {esc(size)}", COLORS["grad"]) \
+            if size else ""
+        out = dict(STYLE[role])
+        shapes = ", ".join(shapes) + out_shape
+        out["label"] = _html(*lines, _small(esc(shapes)) if shapes else "", size)
+        heat = self._heat_for(members)
+        if heat is not None:
+            out["fillcolor"], out["fontcolor"] = heat
+            out["label"] = _uncolored(out["label"])
+        return out
+
+    def _labelled(self, v) -> bool:
+        op = registry.get(self.G.nodes[v]["op"])
+        return len(self.g.args(v)) > 1 and not op.commutative
+
+    def _edges(self, dot, shown) -> None:
+        terms = {}
+        if self.der is not None:
+            for s in self.der.steps:
+                for t in s.terms:
+                    terms[(s.node, t.consumer, t.arg)] = t
+        seen = set()
+        for v in shown:
+            for i, u in enumerate(self.g.args(v)):
+                if u not in self.rep:
+                    continue
+                iu, iv = self.rep[u], self.rep[v]
+                if iu == iv or (iu, iv, iv != self.ids[v] or i) in seen:
+                    continue  # inside one collapsed block, or the same block edge again
+                seen.add((iu, iv, iv != self.ids[v] or i))
+                labelled = self._labelled(v) and iv == self.ids[v]
+                label = {"label": _html(_small(str(i + 1)))} if labelled else {}
+                if self.backward(u) and self.backward(v):  # reversed: flows right to left
+                    dot.edge(iv, iu, dir="back", color=COLORS["backward"], **label)
+                elif self.backward(v):
+                    ports = {"tailport": "se", "headport": "ne"} if (iu, iv) in self.beside else {}
+                    dot.edge(iu, iv, color=COLORS["read"], constraint="false", **label, **ports)
+                elif self.kind == "backward":
+                    dot.edge(iu, iv, color=COLORS["faint"])
+                else:
+                    dot.edge(iu, iv, color=COLORS["forward"], **label)
+                t = terms.get((u, v, i))
+                if t is not None:
+                    dot.edge(iu, iv, dir="back", color=COLORS["grad"], fontcolor=COLORS["grad"],
+                             label=_html(esc(self._local_label(u, v, t))), penwidth="1.2",
+                             fontsize="11")
+
+    def _local_label(self, u, v, t) -> str:
+        """``∂c/∂b = 2b = 10``: the local derivative of consumer ``v`` in its argument
+        ``u``, from the op's declaration (so unnamed nodes stay factored, ``2·(w·x − y)``)."""
+        d = self.G.nodes[v]
+        op = registry.get(d["op"])
+        if getattr(t, "vjp", False) or op.local_grads is None:  # a tensor op's whole VJP
+            from .formulas import text
+
+            local = text(t.local)
+            value = "" if t.product_value is None else fmt_number(t.product_value)
+            return f"∂{self.der.of}/∂{self.dname(u)} via {self.dname(v)}: {local}" + (
+                f" = {value}" if value else "")
+        args = self.g.args(v)
+        e = sp.sympify(op.local_grads(d["attrs"])[t.arg])
+        e = e.xreplace(self._const_args(args))
+        names = {X[i].name: self.refs[a] for i, a in enumerate(args)}
+        names["y"] = self.refs[v]
+        local = formula(e, names)
+        value = fmt_number(t.local_value) if t.local_value is not None else ""
+        return f"∂{self.dname(v)}/∂{self.dname(u)} = " + (
+            local if local == value or not value else f"{local} = {value}")
+
+    def _legend(self, dot) -> None:
+        of = self.of or (self.der.of if self.der is not None else "L")
+        lo, hi = GRAD_SCALE
+        marks = [(lo, f"≤ {fmt_number(lo)}"), (VANISHING, f"{fmt_number(VANISHING)}  vanishing"),
+                 (1e-2, fmt_number(1e-2)), (1.0, "1"), (hi, f"≥ {fmt_number(hi)}  exploding")]
+        rows = "".join(
+            f'<TR><TD BGCOLOR="{_heat(m)[0]}" WIDTH="24"> </TD>'
+            f'<TD ALIGN="LEFT"><FONT POINT-SIZE="10">{esc(text)}</FONT></TD></TR>'
+            for m, text in marks)
+        label = (f'<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="3" '
+                 f'COLOR="#d1d5db"><TR><TD COLSPAN="2"><FONT POINT-SIZE="10">'
+                 f"<B>max|∂{esc(of)}/∂·|</B></FONT></TD></TR>{rows}</TABLE>>")
+        dot.node("_legend", label=label, shape="plaintext")
+
+
+def _factor(v) -> str:
+    """A number inside a product: ``(−8)``."""
+    s = fmt_number(v)
+    return f"({s})" if s.startswith(MINUS) else s
+
+
+def _attr_text(v) -> str:
+    if isinstance(v, sp.Basic):
+        return formula(v)
+    if isinstance(v, (list, tuple)):
+        return fmt_shape(tuple(v))
+    return str(v)
+
+
+# -- the public functions --------------------------------------------------------------------
+def _is_derivation(obj) -> bool:
+    return all(hasattr(obj, a) for a in ("steps", "values", "grads", "graph"))
+
+
+def _is_gradients(obj) -> bool:
+    return isinstance(getattr(obj, "adjoints", None), Adjoints) and hasattr(obj, "nodes")
+
+
+def _blocks(g: Graph, spec, option: str) -> dict:
+    """``{node: block}`` from ``collapse=``/``group=``: True (the nodes' ``block``
+    attribute) or a dict ``{node: block}`` or ``{block: [nodes]}``."""
+    if not spec:
+        return {}
+    if spec is True:
+        return {n: d["block"] for n, d in g.nx.nodes(data=True) if d.get("block") is not None}
+    if isinstance(spec, dict):
+        out = {}
+        for k, v in spec.items():
+            if isinstance(v, (list, tuple, set, frozenset)):
+                out.update({n: k for n in v})
+            else:
+                out[k] = v
+        missing = [n for n in out if n not in g]
+        if missing:
+            raise GraphError(f"{option}= names {missing[0]!r}, which is not in the graph. "
+                             "Map node names to block names, or block names to lists of nodes.")
+        return out
+    raise GraphError(f"{option}={spec!r}: expected True (use the nodes' 'block' "
+                     "attribute) or a dict {node: block} or {block: [nodes]}.")
+
+
+def render(obj, kind: str | None = None, *, of: str | None = None, wrt=None, at=None,
+           grads=None, collapse=None, group=None, title: str | None = None) -> graphviz.Digraph:
+    """Draw a network, its backward graph, or a derivation, as a Graphviz diagram.
+
+    Parameters
+    ----------
+    obj : Graph, Adjoints, Gradients or Derivation
+        A network (``sb.parse``, ``sb.models.mlp``, ...), the result of
+        ``sb.differentiate`` (or its ``.graph``), of ``sb.grad`` (adjoint nodes
+        then show their δ-form formulas) or of ``sb.derive``.
+    kind : {"forward", "backward", "joint", "derivation"}, optional
+        The view (see the module notes). Default: ``"derivation"`` for a
+        derivation, ``"backward"`` for gradients, ``"joint"`` for a
+        differentiated graph, else ``"forward"``.
+    of, wrt : optional
+        For ``backward``, ``joint`` and ``derivation`` views of a plain network:
+        passed to :func:`~symbackprop.differentiate` (or ``sb.derive``).
+    at : dict, optional
+        For ``kind="derivation"`` of a plain network: the point, ``{"x": 1}``.
+    grads : dict or True, optional
+        ``{node: gradient value or array}``: colour nodes by the largest
+        magnitude, pale (vanishing, ≤ 1e−4) to red (exploding, ≥ 1e2), with a
+        legend. ``True`` uses a derivation's own gradients.
+    collapse : True or dict, optional
+        Collapse each block of nodes into one summary node (its formulas and
+        parameters) inside a cluster; in the joint and backward views a block has
+        a forward and a backward summary. ``True`` uses the ``block`` attribute of
+        the nodes (``sb.models.mlp`` sets ``layer1``, ``layer2``, ...); a dict maps
+        nodes to blocks, or blocks to lists of nodes.
+    group : True or dict, optional
+        Like ``collapse`` but keeps every node: each block is drawn as a cluster.
+    title : str, optional
+        A caption above the diagram (derivations get one by default).
+
+    Returns
+    -------
+    graphviz.Digraph
+        Show it in Jupyter, write it with :func:`write_diagram`, read its
+        ``.source``.
+
+    Raises
+    ------
+    GraphError
+        For an unknown ``kind`` or a malformed ``collapse``/``group``.
+    GradError
+        From differentiating or deriving (a non-scalar ``of``, an unknown ``wrt``).
+
+    Examples
+    --------
+    >>> g = sb.parse("a = 2*x; b = a + 3; c = b**2")
+    >>> d = sb.render(g)
+    >>> '<B>c</B> = b²' in d.source and 'rankdir=LR' in d.source
+    True
+    >>> 'dir=back' in sb.render(g, "backward", of="c", wrt="x").source
+    True
+    >>> 'subgraph cluster_' in sb.render(sb.models.mlp([4, 3, 2]), collapse=True).source
+    True
+
+    See Also
+    --------
+    write_diagram, to_dot
+    """
+    if kind is not None and kind not in KINDS:
+        raise GraphError(f"kind={kind!r} is not one of {', '.join(KINDS)}.")
+    if collapse and group:
+        raise GraphError("pass collapse= or group=, not both.")
+    spec, option = (collapse, "collapse") if collapse else (group, "group")
+    if _is_derivation(obj):
+        der = obj
+        if kind not in (None, "derivation"):
+            return render(der.graph, kind, of=der.of, wrt=der.wrt, grads=grads,
+                          collapse=collapse, group=group, title=title)
+        grads = der.grads if grads is True else grads
+        point = ", ".join(f"{k} = {fmt_number(v)}" for k, v in (der.at or {}).items()
+                          if np.size(v) == 1)
+        wrts = [der.wrt] if isinstance(der.wrt, str) else list(der.wrt or [])
+        answer = ", ".join(f"∂{der.of}/∂{w} = {fmt_number(der.grads[w])}" for w in wrts
+                           if w in der.grads)
+        default = f"{answer} at {point}" if point and answer else answer
+        g = der.graph
+        return _Diagram(g, "derivation", of=der.of, grads=grads, blocks=_blocks(g, spec, option),
+                        derivation=der, title=title if title is not None else default,
+                        collapse=bool(collapse)).build()
+    deltas = None
+    if _is_gradients(obj):
+        from .formulas import text
+
+        deltas = {n: text(obj[n]) for n in obj.nodes}
+        obj, kind = obj.adjoints, kind or "backward"
+    if isinstance(obj, Adjoints):
+        adj, g = obj, obj.graph
+    elif isinstance(obj, Graph):
+        adj, g = None, obj
+    else:
+        raise GraphError(f"sb.render() takes a Graph, the result of sb.differentiate(), "
+                         f"sb.grad() or sb.derive(), not {type(obj).__name__}.")
+    is_joint = any(d.get("phase") == "backward" for _, d in g.nx.nodes(data=True))
+    kind = kind or ("joint" if is_joint else "forward")
+    if kind == "derivation":
+        from .formulas import derive
+
+        return render(derive(g, of=of, wrt=wrt, at=at or {}), grads=grads, collapse=collapse,
+                      group=group, title=title)
+    if grads is True:
+        raise GraphError("grads=True needs a derivation; pass {node: gradient} for a graph.")
+    if kind in ("backward", "joint") and not is_joint:
+        adj = differentiate(g, of=of, wrt=wrt)
+        g = adj.graph
+    return _Diagram(g, kind, adjoint=adj.adjoint if adj else None, of=adj.of if adj else None,
+                    grads=grads, blocks=_blocks(g, spec, option), title=title,
+                    collapse=bool(collapse), deltas=deltas).build()
+
+
+def to_dot(obj, kind: str | None = None, **kwargs) -> str:
+    """The DOT source of :func:`render` (``obj``, ``kind`` and options as there);
+    needs no ``dot`` program."""
+    return render(obj, kind, **kwargs).source
+
+
+def _source(diagram) -> str:
+    if isinstance(diagram, (graphviz.Digraph, graphviz.Graph, graphviz.Source)):
+        return diagram.source
+    return render(diagram).source
+
+
+def write_diagram(diagram, path, format: str | None = None) -> Path:
+    """Write a diagram to ``path`` as SVG, PNG, PDF or DOT, chosen by the extension.
+
+    Parameters
+    ----------
+    diagram : graphviz.Digraph, or anything :func:`render` takes
+        What to draw (a Graph is drawn with ``render(graph)``).
+    path : str or Path
+        The output file; ``.svg``, ``.png``, ``.pdf``, ``.dot`` or ``.gv``.
+    format : str, optional
+        Overrides the extension.
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    GraphvizNotFoundError
+        When Graphviz's ``dot`` program is missing: the DOT source is then written
+        next to ``path`` (same name, ``.dot``) and the message says how to install it.
+    GraphvizError
+        When ``dot`` fails, or for an unknown extension.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> out = os.path.join(tempfile.mkdtemp(), "chain.dot")
+    >>> sb.write_diagram(sb.render(sb.parse("y = 2*x")), out).suffix
+    '.dot'
+    """
+    path = Path(path)
+    fmt = (format or path.suffix.lstrip(".")).lower()
+    fmt = "dot" if fmt == "gv" else fmt
+    if fmt not in FORMATS:
+        raise GraphvizError(f"cannot write {str(path)!r}: the extension {path.suffix!r} is not "
+                            f"one of .svg, .png, .pdf, .dot. Choose one of them.")
+    source = _source(diagram)
+    if fmt == "dot":
+        path.write_text(source, encoding="utf-8")
+        return path
+    exe = shutil.which("dot")
+    if exe is None:
+        fallback = path.with_suffix(".dot")
+        fallback.write_text(source, encoding="utf-8")
+        raise GraphvizNotFoundError(
+            f"cannot write {str(path)!r}: Graphviz's 'dot' program is not on the PATH. "
+            f"{INSTALL_HINT} The DOT source was written to {str(fallback)!r}; render it later "
+            f"with 'dot -T{fmt} {fallback} -o {path}'.")
+    done = subprocess.run([exe, f"-T{fmt}", "-o", str(path)], input=source.encode("utf-8"),
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        err = done.stderr.decode("utf-8", "replace").strip()
+        raise GraphvizError(f"dot failed writing {str(path)!r} (exit {done.returncode}): {err}")
+    return path
+
+
+def svg(obj, **kwargs) -> str | None:
+    """SVG text of ``render(obj, **kwargs)``, or ``None`` when ``dot`` is missing."""
+    exe = shutil.which("dot")
+    if exe is None:
+        return None
+    source = obj.source if isinstance(obj, graphviz.Digraph) else render(obj, **kwargs).source
+    done = subprocess.run([exe, "-Tsvg"], input=source.encode("utf-8"), capture_output=True,
+                          check=False)
+    if done.returncode != 0:
+        raise GraphvizError(f"dot failed: {done.stderr.decode('utf-8', 'replace').strip()}")
+    return done.stdout.decode("utf-8")
+
+
+def mimebundle(obj, include=None, exclude=None, **kwargs) -> dict:
+    """The Jupyter display of ``obj``: its SVG diagram (and plain text), for
+    ``_repr_mimebundle_``; only text, with the install hint, when ``dot`` is missing."""
+    text = repr(obj)
+    image = svg(obj, **kwargs)
+    if image is None:
+        return {"text/plain": f"{text}\n(no diagram: {INSTALL_HINT})"}
+    bundle = {"image/svg+xml": image, "text/plain": text}
+    if include:
+        bundle = {k: v for k, v in bundle.items() if k in include}
+    return {k: v for k, v in bundle.items() if not exclude or k not in exclude}

@@ -1,0 +1,344 @@
+"""Diagrams: SVG from the real ``dot`` read back as XML, DOT golden files, escaping,
+files, the CLI, Jupyter display, and the formula printer.
+
+Regenerate the golden DOT files with ``pytest tests/test_render.py --update-golden``
+(or ``UPDATE_GOLDEN=1``).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pytest
+import sympy as sp
+
+import symbackprop as sb
+from symbackprop.cli import main
+from symbackprop.errors import GraphError, GraphvizError, GraphvizNotFoundError
+from symbackprop.render import _heat, fmt_number, formula
+
+GOLDEN = Path(__file__).parent / "golden"
+SVG = "{http://www.w3.org/2000/svg}"
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz 'dot' missing")
+
+CHAIN = "a = 2*x; b = a + 3; c = b**2"
+LOSS = "L = (w*x - y)**2"
+
+
+def chain_derivation():
+    return sb.derive(sb.parse(CHAIN), of="c", wrt="x", at={"x": 1})
+
+
+def loss_derivation():
+    return sb.derive(sb.parse(LOSS), of="L", wrt="w", at={"w": 2, "x": 3, "y": 10})
+
+
+def svg_lines(diagram) -> dict:
+    """``{(class, title): [line, ...]}`` for the graph, every node, edge and cluster of the SVG
+    that ``dot`` makes: the <text> pieces of one line (same y) joined left to right."""
+    svg = subprocess.run(["dot", "-Tsvg"], input=diagram.source.encode(), check=True,
+                         capture_output=True).stdout
+    root = ET.fromstring(svg)
+    out = {}
+    for g in root.iter(f"{SVG}g"):
+        kind = g.get("class")
+        if kind not in ("graph", "node", "edge", "cluster"):
+            continue
+        rows: dict = {}
+        for t in g.iter(f"{SVG}text"):
+            rows.setdefault(float(t.get("y")), []).append((float(t.get("x")), t.text or ""))
+        lines = [" ".join("".join(s for _, s in sorted(r)).split())
+                 for _, r in sorted(rows.items())]
+        out[(kind, g.find(f"{SVG}title").text)] = lines
+    return out
+
+
+def node_lines(source: str) -> dict:
+    """``{node ID: its whole DOT line}``."""
+    return {m.group(1): m.group(0)
+            for m in re.finditer(r"^\t(\w+) \[.*$", source, flags=re.MULTILINE)}
+
+
+def all_lines(lines: dict) -> list[str]:
+    return [ln for v in lines.values() for ln in v]
+
+
+# -- SVG from the real dot -------------------------------------------------------------------
+@needs_dot
+def test_chain_derivation_svg_shows_values_local_derivatives_and_gradients():
+    lines = svg_lines(sb.render(chain_derivation()))
+    assert lines[("node", "x")] == ["x = 1", "∂c/∂x = 10·2 = 20"]
+    assert lines[("node", "a")] == ["a = 2x = 2", "∂c/∂a = 10·1 = 10"]
+    assert lines[("node", "b")] == ["b = a + 3 = 5", "∂c/∂b = 1·10 = 10"]
+    assert lines[("node", "c")] == ["c = b² = 25", "∂c/∂c = 1"]
+    edges = all_lines({k: v for k, v in lines.items() if k[0] == "edge"})
+    for label in ("∂c/∂b = 2b = 10", "∂b/∂a = 1", "∂a/∂x = 2"):
+        assert label in edges
+    assert "∂c/∂x = 20 at x = 1" in all_lines(lines)  # the caption
+
+
+@needs_dot
+def test_loss_derivation_svg_shows_minus_24():
+    lines = svg_lines(sb.render(loss_derivation()))
+    text = all_lines(lines)
+    assert "L = (w·x − y)² = 16" in text
+    assert "w·x = 6" in text and "w·x − y = −4" in text
+    assert "∂L/∂(w·x − y) = 1·2·(w·x − y) = −8" not in text  # one factor per consumer
+    assert "∂L/∂(w·x − y) = 1·(−8) = −8" in text
+    assert "∂L/∂w = (−8)·3 = −24" in text
+    assert "∂L/∂(w·x − y) = 2·(w·x − y) = −8" in text  # the edge into L
+    assert "∂(w·x)/∂w = x = 3" in text
+    assert "∂L/∂w = −24 at w = 2, x = 3, y = 10" in text
+
+
+@needs_dot
+def test_mlp_svg_forward_joint_and_collapsed():
+    g = sb.models.mlp([784, 256, 256, 256, 10])
+    fwd = all_lines(svg_lines(sb.render(g)))
+    for label in ("z1 = X @ W1 + b1", "h1 = relu(z1)", "logits = h3 @ W4 + b4",
+                  "L = softmax_cross_entropy(logits, y)", "(N, 784)", "(784, 256)", "(256,)"):
+        assert label in fwd
+    assert "X @ W1" in fwd and "matmul_1 · (N, 256)" in fwd  # an unnamed op: formula, name
+    joint = all_lines(svg_lines(sb.render(g, "joint")))
+    for label in ("∂L/∂W1", "dW1 = Xᵀ @ dz1", "∂L/∂z1 = ∂L/∂(X @ W1)", "dz1 = dh1·[h1 > 0]",
+                  "db1 = sum(dz1, axis=0)", "dh1 = dz2 @ W2ᵀ", "∂L/∂L", "dL = 1"):
+        assert label in joint
+    collapsed = svg_lines(sb.render(g, "joint", collapse=True))
+    clusters = [v for k, v in collapsed.items() if k[0] == "cluster"]
+    assert [c[0] for c in clusters] == ["layer1", "layer2", "layer3", "layer4"]
+    assert clusters[0][1] == "200,960 parameters"
+    text = all_lines(collapsed)
+    assert "z1 = X @ W1 + b1" in text and "dW1 = Xᵀ @ dz1" in text
+    assert "W1 (784, 256), b1 (256,) → (N, 256)" in text
+    nodes = [k for k in collapsed if k[0] == "node"]
+    assert len(nodes) < 20  # 4 blocks × (forward, backward) and the loss
+
+
+def test_mlp_forward_is_one_node_per_op():
+    g = sb.models.mlp([784, 256, 256, 256, 10])
+    source = sb.to_dot(g)
+    declared = re.findall(r"^\t(\w+) \[", source, flags=re.MULTILINE)
+    assert declared[:3] == ["graph", "node", "edge"]  # the defaults, then one line per node
+    assert declared[3:] == list(g.nx)
+    assert "subgraph" not in source
+
+
+# -- DOT golden files --------------------------------------------------------------------------
+GOLDEN_CASES = {
+    "chain_forward": lambda: sb.render(sb.parse(CHAIN)),
+    "chain_backward": lambda: sb.render(sb.parse(CHAIN), "backward", of="c", wrt="x"),
+    "chain_derivation": lambda: sb.render(chain_derivation()),
+    "loss_forward": lambda: sb.render(sb.parse(LOSS)),
+    "loss_joint": lambda: sb.render(sb.parse(LOSS), "joint", of="L", wrt="w"),
+    "loss_derivation": lambda: sb.render(loss_derivation()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_CASES))
+def test_dot_golden(name, update_golden):
+    source = GOLDEN_CASES[name]().source
+    assert source == GOLDEN_CASES[name]().source  # deterministic within a run
+    path = GOLDEN / f"{name}.dot"
+    if update_golden or not path.exists():
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_bytes(source.encode("utf-8"))
+        if not update_golden:
+            pytest.fail(f"wrote missing golden file {path}; check it and commit it")
+    assert source.encode("utf-8") == path.read_bytes(), (
+        f"{path.name} differs; if the change is intended, rerun with --update-golden")
+
+
+# -- edges, roles, options ------------------------------------------------------------------------
+def test_edges_labelled_only_where_argument_order_matters():
+    source = sb.to_dot(sb.parse("d = x - y; s = x + y; q = d / s"))
+    assert re.search(r"\tx -> d \[.*label=<.*>1<", source)
+    assert re.search(r"\ty -> d \[.*label=<.*>2<", source)
+    assert re.search(r"\tx -> s \[color=\"#374151\"\]", source)  # add: no position label
+    assert sb.ops.get("add").commutative and sb.ops.get("mul").commutative
+    assert not sb.ops.get("sub").commutative and not sb.ops.get("matmul").commutative
+
+
+def test_roles_drawn_distinctly_and_backward_reversed():
+    g = sb.Graph()
+    x, w = g.input("x"), g.param("w")
+    g.output("L", sb.tanh(w * x + 1.5))
+    source = sb.to_dot(g, "joint")
+    line = node_lines(source)
+    assert "shape=ellipse" in line["x"] and "#dbeafe" in line["x"]
+    assert "shape=box" in line["w"] and "#fef3c7" in line["w"]
+    assert "#f3f4f6" in line["const_1"]
+    assert "#ecfdf5" in line["L"] and "peripheries=2" in line["L"]
+    assert "#ffe4e6" in line["dw"] and "∂L/∂w" in line["dw"]
+    assert "rankdir=LR" in source
+    assert re.search(r"\tdw -> \w+ \[.*dir=back", source)  # adjoints flow right to left
+    assert re.search(r"\tw -> dw \[.*style=dashed", source)  # linked to their node
+    assert "rank=same" in source
+
+
+def test_gradient_colours_and_legend():
+    g = sb.models.mlp([4, 3, 2])
+    source = sb.to_dot(g, grads={"W1": np.full((4, 3), 1e-9), "W2": np.array([[500.0]])})
+    line = node_lines(source)
+    assert f'fillcolor="{_heat(1e-9)[0]}"' in line["W1"] and _heat(1e-9)[0] == "#fff5f0"
+    assert f'fillcolor="{_heat(500)[0]}"' in line["W2"] and _heat(500)[0] == "#99000d"
+    assert "_legend" in line and "vanishing" in line["_legend"] and "exploding" in line["_legend"]
+    assert "max|∂L/∂W1| = 1e−9" in line["W1"]
+    assert _heat(1.0)[0] != _heat(1e-9)[0] != _heat(500)[0]
+
+
+def test_gradient_colours_from_a_derivation():
+    source = sb.to_dot(loss_derivation(), grads=True)
+    assert "_legend" in source
+
+
+def test_collapse_and_group_options():
+    g = sb.parse(CHAIN)
+    grouped = sb.to_dot(g, group={"affine": ["a", "b"]})
+    assert "subgraph cluster_0_affine" in grouped and "\ta [" in grouped
+    collapsed = sb.to_dot(g, collapse={"a": "affine", "b": "affine"})
+    assert "subgraph cluster_0_affine" in collapsed and "\ta [" not in collapsed
+    assert "a = 2x<BR/>b = a + 3" in collapsed
+    with pytest.raises(GraphError, match="'nope'"):
+        sb.render(g, collapse={"blk": ["nope"]})
+    with pytest.raises(GraphError, match="not both"):
+        sb.render(g, collapse=True, group=True)
+    with pytest.raises(GraphError, match="kind='sideways'"):
+        sb.render(g, "sideways")
+
+
+def test_blocks_survive_json(tmp_path):
+    g = sb.models.mlp([4, 3, 2])
+    g.save(tmp_path / "m.json")
+    assert sb.to_dot(sb.load(tmp_path / "m.json"), collapse=True) == sb.to_dot(g, collapse=True)
+
+
+def test_gradients_object_shows_delta_forms():
+    source = sb.to_dot(sb.grad(sb.models.mlp([4, 3, 2])))
+    assert "∂L/∂W1 = Xᵀ δ_z1" in source
+
+
+# -- escaping -----------------------------------------------------------------------------------
+NASTY = ['x "quoted"', "<b>tag</b>", "back\\slash\\", "two\nlines", "node", "_n1", "a&b", "]["]
+
+
+@needs_dot
+def test_hostile_names_render(tmp_path):
+    G = nx.MultiDiGraph(outputs=["L<>\"\\"])
+    for n in NASTY:
+        G.add_node(n, op="input")
+    G.add_node("s1", op="sub")
+    G.add_edge(NASTY[0], "s1", arg=0)
+    G.add_edge(NASTY[1], "s1", arg=1)
+    prev = "s1"
+    for i, n in enumerate(NASTY[2:]):
+        G.add_node(f"m{i}", op="mul")
+        G.add_edge(prev, f"m{i}", arg=0)
+        G.add_edge(n, f"m{i}", arg=1)
+        prev = f"m{i}"
+    G.add_node("L<>\"\\", op="square")
+    G.add_edge(prev, "L<>\"\\", arg=0)
+    g = sb.from_networkx(G)
+    for kind in ("forward", "joint"):
+        diagram = sb.render(g, kind, wrt=NASTY[:3])
+        out = sb.write_diagram(diagram, tmp_path / f"{kind}.svg")
+        text = "\n".join(t.text or "" for t in ET.parse(out).getroot().iter(f"{SVG}text"))
+        for n in NASTY:
+            for part in n.split("\n"):
+                assert part in text, (kind, part)
+    ids = re.findall(r"^\t(\S+) \[", sb.to_dot(g), flags=re.MULTILINE)[3:]
+    assert len(ids) == len(set(ids)) == len(g)  # one distinct, safe ID per node
+    assert all(re.fullmatch(r'[A-Za-z_]\w*|"node"', i) for i in ids)
+
+
+# -- files -----------------------------------------------------------------------------------------
+@needs_dot
+@pytest.mark.parametrize("ext,magic", [("svg", b"<?xml"), ("png", b"\x89PNG"), ("pdf", b"%PDF")])
+def test_write_diagram_formats(tmp_path, ext, magic):
+    out = sb.write_diagram(sb.render(sb.parse(CHAIN)), tmp_path / f"chain.{ext}")
+    assert out.read_bytes().startswith(magic)
+
+
+def test_write_dot_needs_no_dot_and_unknown_extension(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    d = sb.render(sb.parse(CHAIN))
+    assert sb.write_diagram(d, tmp_path / "c.dot").read_text(encoding="utf-8") == d.source
+    with pytest.raises(GraphvizError, match=r"\.jpgx"):
+        sb.write_diagram(d, tmp_path / "c.jpgx")
+
+
+def test_missing_dot_writes_dot_file_and_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    d = sb.render(sb.parse(CHAIN))
+    with pytest.raises(GraphvizNotFoundError) as e:
+        sb.write_diagram(d, tmp_path / "chain.svg")
+    assert isinstance(e.value, sb.SymbackpropError)
+    assert "sudo apt-get install graphviz" in str(e.value)
+    assert "brew install graphviz" in str(e.value)
+    assert (tmp_path / "chain.dot").read_text(encoding="utf-8") == d.source
+    assert not (tmp_path / "chain.svg").exists()
+    # the CLI says the same on one line and exits 2; the .dot is there
+    assert main(["render", CHAIN, "-o", str(tmp_path / "cli.png")]) == 2
+    assert (tmp_path / "cli.dot").exists()
+
+
+# -- CLI -------------------------------------------------------------------------------------------
+@needs_dot
+def test_cli_render_derivation_svg(tmp_path):
+    out = tmp_path / "loss.svg"
+    assert main(["render", LOSS, "--kind", "derivation", "--wrt", "w", "--at",
+                 "w=2,x=3,y=10", "-o", str(out)]) == 0
+    text = [t.text for t in ET.parse(out).getroot().iter(f"{SVG}text")]
+    assert "−24" in text and "16" in text
+
+
+def test_cli_render_dot_to_stdout(capsys):
+    assert main(["render", "mlp:784-256-10", "--kind", "joint", "--collapse"]) == 0
+    source = capsys.readouterr().out
+    assert source.startswith("digraph mlp_784_256_10 {") and "cluster_" in source
+
+
+# -- Jupyter ---------------------------------------------------------------------------------------
+@needs_dot
+def test_display_hooks():
+    g = sb.parse(CHAIN)
+    bundle = g._repr_mimebundle_()
+    assert bundle["image/svg+xml"].lstrip().startswith("<?xml")
+    assert "<svg" in g._repr_svg_()
+    assert "image/svg+xml" in sb.differentiate(g)._repr_mimebundle_()
+    assert list(g._repr_mimebundle_(include={"text/plain"})) == ["text/plain"]
+
+
+def test_display_without_dot(monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    bundle = sb.parse(CHAIN)._repr_mimebundle_()
+    assert list(bundle) == ["text/plain"] and "apt-get install graphviz" in bundle["text/plain"]
+    assert sb.parse(CHAIN)._repr_svg_() is None
+
+
+# -- formulas and numbers --------------------------------------------------------------------------
+def test_formula_printer():
+    w, x, y, b, z = sp.symbols("w x y b z")
+    assert formula((w * x - y) ** 2) == "(w·x − y)²"
+    assert formula(y - x) == "y − x"
+    assert formula(2 * b) == "2b" and formula(2 * b * z) == "2b·z"
+    assert formula(x * sp.Heaviside(z, 0)) == "x·[z > 0]"
+    assert formula(sp.sqrt(x + 1)) == "√(x + 1)" and formula(1 / x) == "1/x"
+    assert formula(x / (2 * y)) == "x/(2y)" and formula(-x / 3) == "−x/3"
+    assert formula(sp.Max(z, 0)) == "max(z, 0)" and formula(sp.Abs(x)) == "|x|"
+    assert formula(x ** -2) == "1/x²" and formula(sp.exp(-x)) == "exp(−x)"
+    # names map a symbol to a text and precedence: an inlined sum is parenthesized
+    assert formula(2 * b, {"b": ("w·x − y", 40)}) == "2·(w·x − y)"
+    assert formula(b ** 2, {"b": ("Xᵀ", 1000)}) == "Xᵀ²"
+
+
+def test_fmt_number():
+    assert fmt_number(-24.0) == "−24" and fmt_number(sp.Rational(63001, 2500)) == "25.2004"
+    assert fmt_number(np.array([1.0, -2.0])) == "[1, −2]"
+    assert fmt_number(np.ones((3, 4))) == "3×4 array, max|·| 1"
+    assert fmt_number(float("nan")) == "NaN" and fmt_number(2.5e-7) == "2.5e−7"
