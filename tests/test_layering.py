@@ -1,0 +1,62 @@
+"""Imports flow one way: errors -> ops -> graph -> build -> autodiff -> formulas/optimize
+-> codegen -> render -> cli. A module imports (at module level) only from earlier layers.
+
+Display hooks (``Graph._repr_mimebundle_``) import render lazily inside the method:
+that is the one sanctioned exception, and it is not a module-level import.
+"""
+
+import ast
+import pathlib
+
+import pytest
+
+PKG = pathlib.Path(__file__).resolve().parent.parent / "symbackprop"
+LAYERS = [
+    ["errors"],
+    ["expr", "ops.registry"],
+    ["ops.elementwise", "ops.tensor", "ops"],
+    ["graph"],
+    ["build", "models"],
+    ["autodiff"],
+    ["formulas", "optimize", "optimize.rewrite", "optimize.dce", "optimize.cse",
+     "optimize.fold", "optimize.fuse", "optimize.simplify"],
+    ["codegen", "codegen.printer", "codegen.emit", "codegen.plan", "codegen.train", "testing"],
+    ["render"],
+    ["cli"],
+]
+LAYER = {m: i for i, ms in enumerate(LAYERS) for m in ms}
+
+
+def _module(path: pathlib.Path) -> str:
+    rel = path.relative_to(PKG).with_suffix("")
+    parts = [p for p in rel.parts if p != "__init__"]
+    return ".".join(parts)
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    """Package modules imported at module level by the file at ``path``."""
+    mod = _module(path)
+    package = mod.split(".")[:-1] if path.name != "__init__.py" else mod.split(".") if mod else []
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[:len(package) - node.level + 1] if node.level > 1 else package
+            target = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            names = [f"{target}.{a.name}".strip(".") for a in node.names]
+            found |= {n for n in names if n in LAYER} or {target}
+    return {f for f in found if f in LAYER}
+
+
+FILES = sorted(p for p in PKG.rglob("*.py") if p.name != "conftest.py" and _module(p))
+
+
+def test_every_module_has_a_layer():
+    assert sorted({_module(p) for p in FILES} - set(LAYER)) == []
+
+
+@pytest.mark.parametrize("path", FILES, ids=_module)
+def test_imports_flow_one_way(path):
+    mod = _module(path)
+    backward = sorted(m for m in _imports(path) if LAYER[m] > LAYER[mod]
+                      and not (mod.startswith(m + ".") or m == mod))
+    assert not backward, f"{mod} imports {backward}, which come later in the layering"
