@@ -120,9 +120,18 @@ def test_source_keeps_gradient_and_optimizer_separate(optimizer, tmp_path):
     defs = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
     assert {"forward", "value_and_grad", "init_params", "init_state", "update",
             "train_step"} <= set(defs)
-    calls = {n.func.id for n in ast.walk(defs["train_step"]) if isinstance(n, ast.Call)
-             and isinstance(n.func, ast.Name)}
-    assert {"value_and_grad", "update"} <= calls
+    def calls(name, seen=()):  # the module's functions that ``name`` calls, transitively
+        direct = {n.func.id for n in ast.walk(defs[name]) if isinstance(n, ast.Call)
+                  and isinstance(n.func, ast.Name) and n.func.id in defs}
+        return direct | {c for d in direct - set(seen) for c in calls(d, (*seen, *direct))}
+
+    # optimized: the planned gradient function, then the optimizer's update on flat buffers
+    assert {"loss_and_grads_into", "update"} <= calls("train_step")
+    assert "update" not in calls("loss_and_grads_into")
+    plain = ast.parse(sb.train_step(sb.models.mlp([4, 3, 2]), optimizer=optimizer,
+                                    optimize=False))
+    defs = {f.name: f for f in plain.body if isinstance(f, ast.FunctionDef)}
+    assert {"value_and_grad", "update"} <= calls("train_step")
     update_calls = {n.func.id for n in ast.walk(defs["update"]) if isinstance(n, ast.Call)
                     and isinstance(n.func, ast.Name)}
     assert "value_and_grad" not in update_calls

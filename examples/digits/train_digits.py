@@ -110,6 +110,36 @@ def value_and_grad(X, W1, b1, W2, b2, y):
     return L, {'W1': dW1, 'b1': db1, 'W2': dW2, 'b2': db2}
 
 
+def loss_and_grads_into(X, W1, b1, W2, b2, y, dW1, db1, dW2, db2):
+    """Loss L; writes its gradients into dW1, db1, dW2, db2.
+
+    The same computation as value_and_grad, with every intermediate array in a buffer of
+    _workspace() (allocated once per batch size) and NumPy calls writing into it (out=)."""
+    N = X.shape[0]
+    _ws = _workspace(N)
+    matmul_1 = h1 = _ws[0]
+    matmul_2 = logits = dlogits = _ws[1]
+    dh1 = dz1 = _ws[2]
+    np.matmul(X, W1, out=matmul_1)
+    np.add(matmul_1, b1, out=h1)
+    np.maximum(h1, 0, out=h1)
+    np.matmul(h1, W2, out=matmul_2)
+    np.add(matmul_2, b2, out=logits)
+    L = _softmax_cross_entropy(logits, y)
+    softmax_1 = _softmax(logits, axis=-1)  # for the backward of L
+    onehot_1 = np.eye(10, dtype=DTYPE)[y]  # for the backward of L
+    np.subtract(softmax_1, onehot_1, out=dlogits)
+    np.divide(dlogits, N, out=dlogits)  # dL/dlogits via L = _softmax_cross_entropy(logits, y)
+    np.sum(dlogits, axis=0, out=db2)  # dL/db2 via logits = matmul_2 + b2
+    np.matmul(h1.T, dlogits, out=dW2)  # dL/dW2 via matmul_2 = h1 @ W2
+    np.matmul(dlogits, W2.T, out=dh1)  # dL/dh1 via matmul_2 = h1 @ W2
+    np.greater(h1, 0, out=_ws[3])
+    np.multiply(dh1, _ws[3], out=dz1)  # dL/dz1 via h1 = np.maximum(matmul_1 + b1, 0)
+    np.sum(dz1, axis=0, out=db1)  # dL/db1 via h1 = np.maximum(matmul_1 + b1, 0)
+    np.matmul(X.T, dz1, out=dW1)  # dL/dW1 via matmul_1 = X @ W1
+    return L
+
+
 def predict(X, W1, b1, W2, b2):
     """Predicted class of each row: the argmax of logits."""
     X = np.asarray(X, dtype=DTYPE)
@@ -122,6 +152,18 @@ def predict(X, W1, b1, W2, b2):
     matmul_2 = h1 @ W2
     logits = matmul_2 + b2
     return logits.argmax(axis=1)
+
+
+def flat_views(arrays):
+    """The arrays copied into one flat DTYPE buffer, returned as views of it (same keys
+    and shapes). An optimizer rule then updates every parameter in one NumPy call."""
+    flat = np.empty(sum(np.size(a) for a in arrays.values()), dtype=DTYPE)
+    views, start = {}, 0
+    for name, a in arrays.items():
+        views[name] = flat[start:start + np.size(a)].reshape(np.shape(a))
+        views[name][...] = a
+        start += np.size(a)
+    return views
 
 
 def he_normal(rng, shape, fan_in, gain2=2.0):
@@ -140,20 +182,20 @@ def init_params(rng=0):
     weights feeding a rectifier, Xavier/Glorot uniform for the other weights,
     zero biases. Draws in the order below: a seed always gives the same values."""
     rng = np.random.default_rng(rng)
-    return {
+    return flat_views({
         'W1': he_normal(rng, (64, 32), fan_in=64),  # feeds relu at h1
         'b1': np.zeros((32,), dtype=DTYPE),
         'W2': xavier_uniform(rng, (32, 10), fan_in=32, fan_out=10),  # feeds no activation
         'b2': np.zeros((10,), dtype=DTYPE),
-    }
+    })
 
 
 def init_state(params):
     """Adam state: the step count t and, per parameter, the moment estimates m and v."""
     return {
         "t": 0,
-        "m": {name: np.zeros_like(w) for name, w in params.items()},
-        "v": {name: np.zeros_like(w) for name, w in params.items()},
+        "m": flat_views({name: np.zeros_like(w) for name, w in params.items()}),
+        "v": flat_views({name: np.zeros_like(w) for name, w in params.items()}),
     }
 
 
@@ -185,14 +227,100 @@ def check_finite(loss, grads):
             raise FloatingPointError(f"the gradient dL/d{name} has {bad} nan or inf entries")
 
 
+TRAINED = ('W1', 'b1', 'W2', 'b2')  # the parameters train_step updates
+_FLAT = {}
+
+
+def _flat_base(arrays):
+    """The flat buffer that the arrays are consecutive views of, in order, or None."""
+    first = next(iter(arrays.values()))
+    base = getattr(first, "base", None)
+    if not isinstance(base, np.ndarray) or base.ndim != 1 or base.dtype != DTYPE \
+            or base.size != sum(np.size(a) for a in arrays.values()):
+        return None
+    address = base.__array_interface__["data"][0]
+    for a in arrays.values():
+        if getattr(a, "base", None) is not base or not a.flags.c_contiguous \
+                or a.__array_interface__["data"][0] != address:
+            return None
+        address += a.nbytes
+    return base
+
+
+def _flat(params, state):
+    """The trained parameters, their gradients and the optimizer state as views of flat
+    buffers; made on the first call, remade only when other arrays are passed."""
+    f = _FLAT.get("f")
+    if f is not None and f["params"] is params and f["state"] is state \
+            and all(box[name] is view for box, name, view in f["views"]):
+        return f
+    views = []
+
+    def adopt(box):
+        base = _flat_base({name: box[name] for name in TRAINED})
+        if base is None:
+            box.update(flat_views({name: box[name] for name in TRAINED}))
+            base = _flat_base({name: box[name] for name in TRAINED})
+        views.extend((box, name, box[name]) for name in TRAINED)
+        return {"all": base}
+
+    grads = flat_views({name: np.zeros_like(params[name], dtype=DTYPE) for name in TRAINED})
+    f = _FLAT["f"] = {
+        "params": params, "state": state, "grads": grads, "P": adopt(params),
+        "G": {"all": _flat_base(grads)},
+        "S": {k: adopt(v) if isinstance(v, dict) else v for k, v in state.items()},
+    }
+    f["views"] = views
+    return f
+
+
+def _update_flat(flat, state, lr):
+    """update() on the flat buffers: one NumPy call per rule, not one per parameter. The
+    state's scalars (Adam's step count t) go in and come back out."""
+    s = flat["S"]
+    s.update((k, v) for k, v in state.items() if not isinstance(v, dict))
+    update(flat["P"], flat["G"], s, lr=lr)
+    state.update((k, v) for k, v in s.items() if not isinstance(v, dict))
+
+
+_WORKSPACES = {}
+
+
+def _workspace(N):
+    """The arrays of one step for these sizes: allocated on first use, then reused."""
+    ws = _WORKSPACES.get((N,))
+    if ws is None:
+        ws = _WORKSPACES[(N,)] = [
+            np.empty((N, 32), DTYPE),  # _ws[0]
+            np.empty((N, 10), DTYPE),  # _ws[1]
+            np.empty((N, 32), DTYPE),  # _ws[2]
+            np.empty((N, 32), bool),  # _ws[3]
+        ]
+    return ws
+
+
 def train_step(params, state, X, y, lr=LR):
     """One training step on the minibatch (X, y): forward and backward pass
-    (value_and_grad), then one Adam update (update). params and state
+    (loss_and_grads_into), then one Adam update (update). params and state
     change in place. Returns the loss. Raises FloatingPointError, before changing
     anything, when the loss or a gradient is nan or inf."""
-    loss, grads = value_and_grad(X, params['W1'], params['b1'], params['W2'], params['b2'], y)
-    check_finite(loss, grads)
-    update(params, grads, state, lr=lr)
+    flat = _flat(params, state)
+    grads = flat["grads"]
+    loss = loss_and_grads_into(
+        X,
+        params['W1'],
+        params['b1'],
+        params['W2'],
+        params['b2'],
+        y,
+        grads['W1'],
+        grads['b1'],
+        grads['W2'],
+        grads['b2'],
+    )
+    if not (np.isfinite(loss) and np.isfinite(flat["G"]["all"].sum())):
+        check_finite(loss, grads)  # says which gradient
+    _update_flat(flat, state, lr)
     return float(loss)
 
 

@@ -40,7 +40,9 @@ from ..autodiff import check_of_wrt
 from ..errors import CodegenError, GraphError
 from ..graph import Graph, fmt_shape
 from ..ops import registry
+from ..optimize import resolve as resolve_passes
 from .emit import Compiled, Emitter, Function, emit_model, prepare, render_function, safe_text
+from .plan import plan_function, workspace_source
 
 # -- optimizers ------------------------------------------------------------------------
 
@@ -72,7 +74,7 @@ _SGD_UPDATE = '''def update(params, grads, state, lr=LR):
 '''
 _MOMENTUM_INIT = '''def init_state(params):
     """Momentum state: a velocity v per parameter, zero at the start."""
-    return {"v": {name: np.zeros_like(w) for name, w in params.items()}}
+    return {"v": flat_views({name: np.zeros_like(w) for name, w in params.items()})}
 '''
 _MOMENTUM_UPDATE = '''def update(params, grads, state, lr=LR, momentum=MOMENTUM):
     """One momentum step, in place (PyTorch's convention):
@@ -87,8 +89,8 @@ _ADAM_INIT = '''def init_state(params):
     """Adam state: the step count t and, per parameter, the moment estimates m and v."""
     return {
         "t": 0,
-        "m": {name: np.zeros_like(w) for name, w in params.items()},
-        "v": {name: np.zeros_like(w) for name, w in params.items()},
+        "m": flat_views({name: np.zeros_like(w) for name, w in params.items()}),
+        "v": flat_views({name: np.zeros_like(w) for name, w in params.items()}),
     }
 '''
 _ADAM_UPDATE = '''def update(params, grads, state, lr=LR, beta1=BETA1, beta2=BETA2, eps=EPS):
@@ -314,7 +316,7 @@ def _init_blocks(plan: list[_Init]) -> list[str]:
              "    weights feeding a rectifier, Xavier/Glorot uniform for the other weights,",
              '    zero biases. Draws in the order below: a seed always gives the same values."""',
              "    rng = np.random.default_rng(rng)",
-             "    return {"]
+             "    return flat_views({"]
     for i in plan:
         key = repr(i.name)
         if i.kind == "zeros":
@@ -326,7 +328,7 @@ def _init_blocks(plan: list[_Init]) -> list[str]:
         else:
             lines.append(f"        {key}: xavier_uniform(rng, {i.shape!r}, fan_in={i.fan_in}, "
                          f"fan_out={i.fan_out}),  # {safe_text(i.note)}")
-    lines.append("    }")
+    lines.append("    })")
     return blocks + ["\n".join(lines) + "\n"]
 
 
@@ -367,6 +369,8 @@ class _Model:
     hyper: dict
     plan: list
     dtype: str
+    fast: Function | None = None  # loss_and_grads_into: the planned step, if optimizing
+    pool: object = None  # its workspace buffers
 
     def args(self, fn: Function, data: dict | None = None) -> list[str]:
         """Arguments calling an emitted function: ``params['W1']`` for parameters,
@@ -393,15 +397,98 @@ def _model(g: Graph, of, wrt, optimizer, lr, hyper, dtype, optimize, extra_outpu
     for n in extra_outputs:
         if n not in g2.outputs:
             g2.nx.graph["outputs"].append(n)
-    _, em, fns = emit_model(prepare(g2, of, wrt, optimize), dtype, optimize)
+    adj = prepare(g2, of, wrt, optimize)
+    _, em, fns = emit_model(adj, dtype, optimize)
     vg = fns[1]
+    fast, pool = None, None
+    if resolve_passes(optimize):  # memory planning goes with the other optimizations
+        grads = [adj.adjoint[w] for w in wrt]
+        fast, pool = plan_function(
+            em, "loss_and_grads_into", [of, *grads], grads,
+            f"Loss {safe_text(of)}; writes its gradients into {', '.join(map(em.namer, grads))}."
+            "\n\n    The same computation as value_and_grad, with every intermediate array in a "
+            "buffer of\n    _workspace() (allocated once per batch size) and NumPy calls "
+            "writing into it (out=).", of=of)
+        fast.ret = em.code(of)
+        fns = [*fns, fast]
     names = {code: n for n, code in em.namer.names.items()}
     inputs = [names[c] for c in vg.params if em.j.role(names[c]) == "input"]
     clash = [em.namer(n) for n in inputs if em.namer(n) in _STEP_LOCALS]
     if clash:
         raise CodegenError(f"input {clash[0]!r} has the name of a variable of the training "
                            "step; rename the input (e.g. g.rename).")
-    return _Model(g, of, wrt, em, fns, inputs, opt, values, plan_init(g), dtype)
+    return _Model(g, of, wrt, em, fns, inputs, opt, values, plan_init(g), dtype, fast, pool)
+
+
+_FLAT_VIEWS = '''def flat_views(arrays):
+    """The arrays copied into one flat DTYPE buffer, returned as views of it (same keys
+    and shapes). An optimizer rule then updates every parameter in one NumPy call."""
+    flat = np.empty(sum(np.size(a) for a in arrays.values()), dtype=DTYPE)
+    views, start = {}, 0
+    for name, a in arrays.items():
+        views[name] = flat[start:start + np.size(a)].reshape(np.shape(a))
+        views[name][...] = a
+        start += np.size(a)
+    return views
+'''
+
+# train_step's fast path: parameters, gradients and optimizer state each live in one flat
+# buffer (init_params and init_state already make them so; other arrays are copied into
+# one on the first step, and params/state then hold views of it).
+_FLAT = '''_FLAT = {}
+
+
+def _flat_base(arrays):
+    """The flat buffer that the arrays are consecutive views of, in order, or None."""
+    first = next(iter(arrays.values()))
+    base = getattr(first, "base", None)
+    if not isinstance(base, np.ndarray) or base.ndim != 1 or base.dtype != DTYPE \\
+            or base.size != sum(np.size(a) for a in arrays.values()):
+        return None
+    address = base.__array_interface__["data"][0]
+    for a in arrays.values():
+        if getattr(a, "base", None) is not base or not a.flags.c_contiguous \\
+                or a.__array_interface__["data"][0] != address:
+            return None
+        address += a.nbytes
+    return base
+
+
+def _flat(params, state):
+    """The trained parameters, their gradients and the optimizer state as views of flat
+    buffers; made on the first call, remade only when other arrays are passed."""
+    f = _FLAT.get("f")
+    if f is not None and f["params"] is params and f["state"] is state \\
+            and all(box[name] is view for box, name, view in f["views"]):
+        return f
+    views = []
+
+    def adopt(box):
+        base = _flat_base({name: box[name] for name in TRAINED})
+        if base is None:
+            box.update(flat_views({name: box[name] for name in TRAINED}))
+            base = _flat_base({name: box[name] for name in TRAINED})
+        views.extend((box, name, box[name]) for name in TRAINED)
+        return {"all": base}
+
+    grads = flat_views({name: np.zeros_like(params[name], dtype=DTYPE) for name in TRAINED})
+    f = _FLAT["f"] = {
+        "params": params, "state": state, "grads": grads, "P": adopt(params),
+        "G": {"all": _flat_base(grads)},
+        "S": {k: adopt(v) if isinstance(v, dict) else v for k, v in state.items()},
+    }
+    f["views"] = views
+    return f
+
+
+def _update_flat(flat, state, lr):
+    """update() on the flat buffers: one NumPy call per rule, not one per parameter. The
+    state's scalars (Adam's step count t) go in and come back out."""
+    s = flat["S"]
+    s.update((k, v) for k, v in state.items() if not isinstance(v, dict))
+    update(flat["P"], flat["G"], s, lr=lr)
+    state.update((k, v) for k, v in s.items() if not isinstance(v, dict))
+'''
 
 
 _CHECK = '''def check_finite(loss, grads):
@@ -421,12 +508,23 @@ def _train_step_block(m: _Model) -> str:
     batch = ", ".join(data) or "no data"
     lines = [f"def train_step(params, state, {', '.join(data + ['lr=LR'])}):",
              f'    """One training step on the minibatch ({batch}): forward and backward pass',
-             f"    (value_and_grad), then one {m.opt.title} update (update). params and state",
+             (f"    ({m.fast.name if m.fast else 'value_and_grad'}), then one {m.opt.title} "
+              "update (update). params and state"),
              "    change in place. Returns the loss. Raises FloatingPointError, before changing",
              '    anything, when the loss or a gradient is nan or inf."""']
-    lines += ["    " + ln for ln in _call_lines("loss, grads = ", "value_and_grad",
-                                                  m.args(m.functions[1]))]
-    lines += ["    check_finite(loss, grads)", "    update(params, grads, state, lr=lr)",
+    if m.fast is None:
+        lines += ["    " + ln for ln in _call_lines("loss, grads = ", "value_and_grad",
+                                                      m.args(m.functions[1]))]
+        lines += ["    check_finite(loss, grads)", "    update(params, grads, state, lr=lr)",
+                  "    return float(loss)"]
+        return "\n".join(lines) + "\n"
+    # loss_and_grads_into takes the leaves, then one gradient array per trained parameter
+    args = m.args(m.fast)[:-len(m.wrt)] + [f"grads[{w!r}]" for w in m.wrt]
+    lines += ["    flat = _flat(params, state)", '    grads = flat["grads"]']
+    lines += ["    " + ln for ln in _call_lines("loss = ", m.fast.name, args)]
+    lines += ['    if not (np.isfinite(loss) and np.isfinite(flat["G"]["all"].sum())):',
+              "        check_finite(loss, grads)  # says which gradient",
+              "    _update_flat(flat, state, lr)",
               "    return float(loss)"]
     return "\n".join(lines) + "\n"
 
@@ -466,8 +564,11 @@ def _module(doc: str, m: _Model, functions: list, blocks: list, imports=(),
 
 
 def _step_blocks(m: _Model) -> list[str]:
-    return (_init_blocks(m.plan) + [m.opt.init_state, m.opt.update, _CHECK,
-                                    _train_step_block(m)])
+    flat = [] if m.fast is None else [
+        f"TRAINED = {tuple(m.wrt)!r}  # the parameters train_step updates\n" + _FLAT,
+        workspace_source(m.em, m.pool)]
+    return ([_FLAT_VIEWS] + _init_blocks(m.plan) + [m.opt.init_state, m.opt.update, _CHECK]
+            + flat + [_train_step_block(m)])
 
 
 def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: float | None = None,
