@@ -78,3 +78,36 @@ def test_planned_step_matches_value_and_grad(name):
         for w in adj.wrt:
             np.testing.assert_allclose(into[adj.adjoint[w]], grads[w], rtol=1e-10, atol=1e-15)
     assert "np.empty" in src or name == "scalar"
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_planned_train_step_matches_plain(optimizer):
+    """The fast train_step (planned buffers, flat update) follows the plain one step by step."""
+    g = sb.models.mlp([6, 5, 3], activation="tanh")
+    fast = sb.compile(g, optimizer=optimizer, lr=0.05)
+    plain = sb.compile(g, optimizer=optimizer, lr=0.05, optimize=False)
+    assert "loss_and_grads_into" in fast.source and "loss_and_grads_into" not in plain.source
+    pf, pp = fast.init_params(0), plain.init_params(0)
+    sf, sp_ = fast.init_state(pf), plain.init_state(pp)
+    rng = np.random.default_rng(0)
+    for n in (8, 8, 5, 8):
+        X, y = rng.normal(size=(n, 6)), rng.integers(0, 3, size=n)
+        assert fast.train_step(pf, sf, X=X, y=y) == pytest.approx(
+            plain.train_step(pp, sp_, X=X, y=y), rel=1e-12)
+    for k in pp:
+        np.testing.assert_allclose(pf[k], pp[k], rtol=1e-10)
+    assert sf.get("t") == sp_.get("t")
+
+
+def test_train_step_adopts_separate_arrays_once():
+    g = sb.models.mlp([4, 3, 2])
+    step = sb.compile(g, optimizer="momentum", lr=0.1)
+    params = {k: np.array(v) for k, v in step.init_params(1).items()}  # separate arrays
+    state = {"v": {k: np.zeros_like(v) for k, v in params.items()}}
+    X, y = np.ones((3, 4)), np.array([0, 1, 0])
+    step.train_step(params, state, X=X, y=y)
+    adopted = {k: id(v) for k, v in params.items()}
+    bases = {id(v.base) for v in params.values()}
+    assert len(bases) == 1  # now views of one flat buffer
+    step.train_step(params, state, X=X, y=y)
+    assert {k: id(v) for k, v in params.items()} == adopted  # and updated in place after that
