@@ -13,7 +13,9 @@ from .autodiff import Adjoints, differentiate
 from .build import parse
 from .codegen.emit import Compiled, numpy_source
 from .codegen.emit import compile_graph as compile
-from .codegen.train import train_step, training_script
+from .codegen.script import training_script
+from .codegen.train import train_step
+from .derivation import Derivation, derive
 from .errors import (
     ArityError,
     CodegenError,
@@ -25,7 +27,7 @@ from .errors import (
     SymbackpropError,
     UnknownOpError,
 )
-from .formulas import Derivation, Gradients, derive, grad
+from .formulas import Gradients, grad
 from .graph import Graph, Node, from_networkx, load, save, to_networkx
 from .ops.elementwise import elementwise
 from .render import render, to_dot, write_diagram

@@ -118,7 +118,8 @@ def cmd_check(a) -> int:
 
 
 def cmd_train_script(a) -> int:
-    from .codegen.train import OPTIMIZERS, training_script
+    from .codegen.script import training_script
+    from .codegen.train import OPTIMIZERS
 
     hyper = {k: getattr(a, k) for k in OPTIMIZERS[a.optimizer].hyper
              if k != "lr" and getattr(a, k, None) is not None}
@@ -140,7 +141,7 @@ def cmd_train_script(a) -> int:
 
 
 def cmd_derive(a) -> int:
-    from .formulas import derive
+    from .derivation import derive
 
     d = derive(_graph(a), a.of, _names(a.wrt), at=parse_at(a.at) or None)
     out = {"text": d.text, "latex": d.latex, "markdown": d.markdown}[a.format]()

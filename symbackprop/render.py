@@ -475,7 +475,7 @@ class _Diagram:
                                for t in step.terms if t.local_value is not None
                                and t.upstream_value is not None)
             if step.grad_value is None:  # no point given: the formula, in δ-form
-                from .formulas import text
+                from .display import text
 
                 return _colored(f"{head} = {esc(text(step.formula))}", COLORS["grad"])
             value = fmt_number(step.grad_value)
@@ -657,7 +657,7 @@ class _Diagram:
         d = self.G.nodes[v]
         op = registry.get(d["op"])
         if getattr(t, "vjp", False) or op.local_grads is None:  # a tensor op's whole VJP
-            from .formulas import text
+            from .display import text
 
             local = text(t.local)
             value = "" if t.product_value is None else fmt_number(t.product_value)
@@ -819,7 +819,7 @@ def render(obj, kind: str | None = None, *, of: str | None = None, wrt=None, at=
                         collapse=bool(collapse)).build()
     deltas = None
     if _is_gradients(obj):
-        from .formulas import text
+        from .display import text
 
         deltas = {n: text(obj[n]) for n in obj.nodes}
         obj, kind = obj.adjoints, kind or "backward"
@@ -833,7 +833,7 @@ def render(obj, kind: str | None = None, *, of: str | None = None, wrt=None, at=
     is_joint = any(d.get("phase") == "backward" for _, d in g.nx.nodes(data=True))
     kind = kind or ("joint" if is_joint else "forward")
     if kind == "derivation":
-        from .formulas import derive
+        from .derivation import derive
 
         return render(derive(g, of=of, wrt=wrt, at=at or {}), grads=grads, collapse=collapse,
                       group=group, title=title)

@@ -4,7 +4,8 @@ import pytest
 import sympy as sp
 
 import symbackprop as sb
-from symbackprop.formulas import MAX_EXPANDED_NODES, text
+from symbackprop.display import text
+from symbackprop.formulas import MAX_EXPANDED_NODES
 
 w, x, y, b, h = sp.symbols("w x y b h")
 CHAIN = "a = 2*x; b = a + 3; c = b**2"

@@ -1,5 +1,6 @@
-"""Imports flow one way: errors -> ops -> graph -> build -> autodiff -> formulas/optimize
--> codegen -> render -> cli. A module imports (at module level) only from earlier layers.
+"""Imports flow one way: errors -> ops -> graph -> build -> autodiff
+-> display/formulas/optimize -> derive -> codegen -> render -> cli. A module imports
+(at module level) only from earlier layers.
 
 Display hooks (``Graph._repr_mimebundle_``) import render lazily inside the method:
 that is the one sanctioned exception, and it is not a module-level import.
@@ -18,9 +19,11 @@ LAYERS = [
     ["graph"],
     ["build", "models"],
     ["autodiff"],
-    ["formulas", "optimize", "optimize.rewrite", "optimize.dce", "optimize.cse",
+    ["display", "formulas", "optimize", "optimize.rewrite", "optimize.dce", "optimize.cse",
      "optimize.fold", "optimize.fuse", "optimize.simplify"],
-    ["codegen", "codegen.printer", "codegen.emit", "codegen.plan", "codegen.train", "testing"],
+    ["derivation"],
+    ["codegen", "codegen.printer", "codegen.emit", "codegen.plan", "codegen.train",
+     "codegen.script", "testing"],
     ["render"],
     ["cli"],
 ]
