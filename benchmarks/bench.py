@@ -1,0 +1,636 @@
+"""`make bench`: does the generated training step run at NumPy's speed limit?
+
+Times, in one process, per training step (forward + backward + SGD update, lr 0.01, on one
+fixed random minibatch): the generated code, hand-written idiomatic NumPy, hand-written tuned
+NumPy, and the step's matrix multiplications alone ("the floor"), plus PyTorch and JAX when
+they happen to be importable. Also: the generated forward alone, compile time against depth,
+lines of generated backward vs forward code, and peak memory of a step. Prints medians,
+ratios and each target of issue 5 with PASS/MISS, and writes every number to JSON.
+
+How it times (see docs/performance.md): BLAS pinned to 2 threads; contenders interleaved in
+blocks of ~0.4 s, in a fresh random order each round; the first 0.15 s of every block dropped
+(OpenBLAS worker threads keep spinning after a call and slow whatever runs next); garbage
+collector off while timing; medians of the per-call times.
+
+    python benchmarks/bench.py                 # full run, a few minutes
+    python benchmarks/bench.py --quick         # smoke run, under a minute
+    python benchmarks/bench.py --only A,B --json out.json
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Pin BLAS before NumPy is imported anywhere: the targets are measured with 2 threads.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "2"
+# --steady-malloc: glibc reads its malloc settings at start-up, so restart with them set.
+if "--steady-malloc" in sys.argv[1:] and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(32 * 2**20)
+    os.environ["MALLOC_TRIM_THRESHOLD_"] = str(2**30)
+    os.execv(sys.executable, [sys.executable, *sys.argv])
+
+import argparse
+import ast
+import contextlib
+import functools
+import gc
+import json
+import platform
+import random
+import statistics
+import time
+import tracemalloc
+from dataclasses import dataclass
+from pathlib import Path
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import contenders
+import handwritten as hw
+
+import symbackprop as sb
+
+LR = 0.01
+NOISE = 0.15  # differences under ~15% are noise on these machines
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    group: str
+    sizes: tuple
+    activation: str
+    batch: int
+    dtype: str
+
+    @property
+    def title(self) -> str:
+        s = self.sizes
+        body = "-".join(map(str, s)) if len(s) <= 6 else f"{s[0]}-{s[1]}x{len(s) - 2}-{s[-1]}"
+        return f"{body} {self.activation} b{self.batch} {self.dtype.replace('float', 'f')}"
+
+
+WORKLOADS = [
+    Workload("A-b128-f32", "A", (784, 256, 256, 256, 10), "relu", 128, "float32"),
+    Workload("A-b128-f64", "A", (784, 256, 256, 256, 10), "relu", 128, "float64"),
+    Workload("A-b1024-f32", "A", (784, 256, 256, 256, 10), "relu", 1024, "float32"),
+    Workload("A-b1024-f64", "A", (784, 256, 256, 256, 10), "relu", 1024, "float64"),
+    Workload("B", "B", (64, 32, 10), "relu", 32, "float64"),
+    Workload("C", "C", (64,) + (64,) * 50 + (10,), "tanh", 64, "float64"),
+]
+
+
+# -- machine -------------------------------------------------------------------------------
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor()
+    blas = {}
+    with contextlib.suppress(Exception):  # older NumPy has no dict mode
+        b = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        blas = {"name": b.get("name"), "version": b.get("version"),
+                "config": b.get("openblas configuration", "")}
+    threads = None
+    with contextlib.suppress(ImportError):  # threadpoolctl is optional
+        from threadpoolctl import threadpool_info
+
+        threads = [{"api": i.get("internal_api"), "num_threads": i.get("num_threads")}
+                   for i in threadpool_info()]
+    return {
+        "nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+        "numpy": np.__version__, "blas": blas, "blas_threads": threads,
+        "symbackprop": getattr(sb, "__version__", "?"), "platform": platform.platform(),
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+# -- timing --------------------------------------------------------------------------------
+
+def interleave(fns: dict, rounds: int, block: float, drop: float, rng: random.Random) -> dict:
+    """Per-call times of every function, interleaved in blocks, in a fresh order each round.
+
+    Each block first runs the function for ``drop`` seconds (discarded: BLAS threads still
+    spinning from the previous contender), then for ``block - drop`` seconds timing each call.
+    Returns name -> {"median", "block_medians", "samples"} in seconds.
+    """
+    samples = {name: [] for name in fns}
+    blocks = {name: [] for name in fns}
+    faults = {name: [] for name in fns}
+    clock = time.perf_counter
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            order = list(fns)
+            rng.shuffle(order)
+            for name in order:
+                f = fns[name]
+                gc.collect()
+                start = clock()
+                while True:
+                    f()
+                    if clock() - start >= drop:
+                        break
+                ts, end = [], clock() + (block - drop)
+                flt = minor_faults()
+                while True:
+                    t0 = clock()
+                    f()
+                    t1 = clock()
+                    ts.append(t1 - t0)
+                    if t1 >= end:
+                        break
+                faults[name].append((minor_faults() - flt) / len(ts))
+                samples[name] += ts
+                blocks[name].append(statistics.median(ts))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {name: {"median": statistics.median(samples[name]), "block_medians": blocks[name],
+                   "samples": len(samples[name]),
+                   "page_faults_per_call": statistics.median(faults[name])} for name in fns}
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far: a call that allocates large arrays and
+    gets fresh pages from the kernel every time pays for them here."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
+
+
+def peak_memory(make_step) -> dict:
+    """Peak bytes NumPy and Python allocate during one steady-state step, traced by tracemalloc.
+
+    ``make_step()`` builds a fresh contender (untraced: parameters, compiled code). Tracing
+    starts before its first step, so buffers a contender allocates lazily and keeps between
+    steps count; the number is the peak during the second step, less the parameters (see
+    :func:`traced_param_bytes`).
+    """
+    c = make_step()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        c.step()  # first step: lazily allocated buffers are traced and stay live
+        kept, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        c.step()
+        _, peak = tracemalloc.get_traced_memory()
+        params = traced_param_bytes(c.params())
+    finally:
+        tracemalloc.stop()
+    return {"peak": peak - params, "kept_between_steps": kept - params,
+            "raw_peak": peak, "params_moved": params}
+
+
+def traced_param_bytes(params: dict) -> int:
+    """Bytes of parameter storage allocated while tracing: a contender that moves the
+    parameters into buffers of its own (one flat buffer, say) frees the caller's copies,
+    which tracemalloc never saw, so its new copy is taken off rather than charged."""
+    owners = {}
+    for a in params.values():
+        while isinstance(getattr(a, "base", None), np.ndarray):
+            a = a.base
+        if isinstance(a, np.ndarray):
+            owners[id(a)] = a
+    return sum(a.nbytes for a in owners.values() if tracemalloc.get_object_traceback(a))
+
+
+# -- correctness ---------------------------------------------------------------------------
+
+def check_same(name, c, ref_loss, ref_params, p0, dtype, loss) -> None:
+    """Loss and updated parameters of contender ``c`` (after one step) match the reference.
+
+    The update (new - initial) is compared too, scaled by its own size, so a contender that
+    skips or botches the update of some parameter cannot hide inside ``allclose`` on weights.
+    """
+    f32 = np.dtype(dtype) == np.float32
+    rtol = 1e-4 if f32 else 1e-7
+    if not np.allclose(float(loss), float(ref_loss), rtol=rtol, atol=rtol):
+        raise AssertionError(f"{name}: loss {float(loss)!r} differs from the reference "
+                             f"{float(ref_loss)!r}")
+    got = c.params()
+    for k, ref in ref_params.items():
+        new = np.asarray(got[k])
+        if new.shape != ref.shape or not np.allclose(new, ref, rtol=rtol, atol=rtol * 1e-2):
+            raise AssertionError(f"{name}: updated parameter {k} differs from the reference "
+                                 f"(max abs diff {np.max(np.abs(new - ref)):.3g})")
+        d_ref, d_new = ref - p0[k], new - p0[k]
+        scale = float(np.max(np.abs(d_ref))) or 1.0
+        tol = 5e-2 if f32 else 1e-6
+        if np.max(np.abs(d_new - d_ref)) > tol * scale:
+            raise AssertionError(f"{name}: the update of {k} differs from the reference "
+                                 f"(max abs diff {np.max(np.abs(d_new - d_ref)):.3g}, "
+                                 f"update size {scale:.3g})")
+
+
+# -- one workload ----------------------------------------------------------------------------
+
+class Bound:
+    """A hand-written contender with its minibatch bound: ``step()`` takes no arguments."""
+
+    def __init__(self, c, X, y):
+        self.step = functools.partial(c.step, X, y)
+        self.params = c.params
+
+
+def run_workload(w: Workload, args, rng: random.Random) -> dict:
+    dtype = np.dtype(w.dtype)
+    nrng = np.random.default_rng(0)
+    p0 = hw.init_params(w.sizes, w.activation, dtype, nrng)
+    X, y = hw.make_batch(w.sizes, w.batch, dtype, nrng)
+    g = sb.models.mlp(list(w.sizes), activation=w.activation)
+    Gen = contenders.generated_class()
+
+    def make(kind):
+        if kind == "generated":
+            return Gen(g, p0, X, y, LR, dtype)
+        if kind == "idiomatic":
+            c = hw.Idiomatic(p0, w.activation, LR)
+        elif kind == "tuned":
+            c = hw.Tuned(p0, w.activation, LR)
+        else:
+            return contenders.available_frameworks()[kind](g, p0, X, y, LR, dtype,
+                                                           activation=w.activation)
+        return Bound(c, X, y)
+
+    # Correctness first: every contender takes one step from the same parameters.
+    built = {"idiomatic": make("idiomatic")}
+    ref_loss = built["idiomatic"].step()
+    ref_params = {k: v.copy() for k, v in built["idiomatic"].params().items()}
+    extras = {}
+    for kind in ["generated", "tuned"] + list(contenders.available_frameworks()):
+        try:
+            c = make(kind)
+            check_same(kind, c, ref_loss, ref_params, p0, dtype, c.step())
+            built[kind] = c
+        except Exception as e:
+            if kind in ("generated", "tuned"):
+                raise
+            extras[kind] = f"dropped: {type(e).__name__}: {e}"
+            print(f"  {w.key}: {kind} dropped ({type(e).__name__}: {e})", flush=True)
+    gen = built["generated"]
+    gen.rebind()  # the first step may have moved the parameters (into one flat buffer, say)
+    floor = hw.Floor(w.sizes, w.batch, dtype, nrng)
+    fns = {"generated": gen.step, "idiomatic": built["idiomatic"].step,
+           "tuned": built["tuned"].step, "floor": floor.step,
+           "generated forward": gen.forward, "generated forward+backward": gen.value_and_grad}
+    for kind in contenders.available_frameworks():
+        if kind in built:
+            fns[kind] = built[kind].step
+    for f in fns.values():  # warm every code path once before timing
+        f()
+
+    t = interleave(fns, args.rounds, args.block, args.drop, rng)
+    med = {k: v["median"] for k, v in t.items()}
+    ratios = {
+        "generated/tuned": med["generated"] / med["tuned"],
+        "generated/idiomatic": med["generated"] / med["idiomatic"],
+        "generated/floor": med["generated"] / med["floor"],
+        "idiomatic/floor": med["idiomatic"] / med["floor"],
+        "tuned/floor": med["tuned"] / med["floor"],
+        "step/forward": med["generated"] / med["generated forward"],
+        "(forward+backward)/forward": med["generated forward+backward"]
+        / med["generated forward"],
+    }
+    for kind in contenders.available_frameworks():
+        if kind in med:
+            ratios[f"{kind}/floor"] = med[kind] / med["floor"]
+            ratios[f"generated/{kind}"] = med["generated"] / med[kind]
+
+    memory = {}
+    for kind in ("generated", "idiomatic", "tuned"):
+        memory[kind] = peak_memory(lambda kind=kind: make(kind))
+    memory["generated/idiomatic"] = memory["generated"]["peak"] / memory["idiomatic"]["peak"]
+
+    return {
+        "title": w.title, "group": w.group, "sizes": list(w.sizes), "activation": w.activation,
+        "batch": w.batch, "dtype": w.dtype, "generated_kind": gen.label,
+        "loss_first_step": float(ref_loss), "medians_s": med,
+        "timing": {k: {"block_medians_s": v["block_medians"], "samples": v["samples"],
+                       "page_faults_per_call": v["page_faults_per_call"]}
+                   for k, v in t.items()},
+        "ratios": ratios, "memory_bytes": memory, "extras": extras,
+    }
+
+
+# -- compile time and code size ---------------------------------------------------------------
+
+def _is_binding(stmt, params) -> bool:
+    """``x = np.asarray(x, ...)`` (input casts) and ``N = X.shape[0]`` (size bindings)."""
+    if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1:
+        return False
+    target, v = stmt.targets[0], stmt.value
+    if not isinstance(target, ast.Name):
+        return False
+    if (isinstance(v, ast.Call) and isinstance(v.func, ast.Attribute)
+            and v.func.attr in ("asarray", "ascontiguousarray") and v.args
+            and isinstance(v.args[0], ast.Name) and v.args[0].id == target.id
+            and target.id in params):
+        return True
+    return (isinstance(v, ast.Subscript) and isinstance(v.value, ast.Attribute)
+            and v.value.attr == "shape")
+
+
+def _statements(fn: ast.FunctionDef, after_line: int = 0) -> int:
+    params = {a.arg for a in fn.args.args}
+    n = 0
+    for node in ast.walk(fn):
+        if node is fn or not isinstance(node, ast.stmt) or node.lineno <= after_line:
+            continue
+        if (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)):
+            continue  # docstring
+        if _is_binding(node, params):
+            continue
+        n += 1
+    return n
+
+
+def code_size(source: str) -> dict:
+    """Statements of the generated ``forward`` and of the backward part of ``value_and_grad``.
+
+    Statements are counted with ``ast`` (a statement spread over several lines counts once,
+    comments and blank lines count zero), leaving out docstrings, the input casts
+    ``x = np.asarray(x, dtype=DTYPE)`` and size bindings ``N = X.shape[0]``. The backward
+    part is what follows the ``# backward`` marker comment in ``value_and_grad`` (its return
+    included); without the marker, it is value_and_grad's statements minus forward's.
+    """
+    tree = ast.parse(source)
+    fns = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
+    fwd, vg = fns["forward"], fns["value_and_grad"]
+    lines = source.splitlines()
+    marker = next((i + 1 for i in range(vg.lineno - 1, vg.end_lineno)
+                   if lines[i].strip().startswith("# backward")), None)
+    forward = _statements(fwd)
+    if marker is not None:
+        backward, how = _statements(vg, after_line=marker), "after the # backward marker"
+    else:
+        backward, how = _statements(vg) - forward, "value_and_grad minus forward"
+    return {"forward": forward, "backward": backward, "ratio": backward / max(forward, 1),
+            "method": how}
+
+
+def run_compile(depths, args) -> tuple[dict, dict]:
+    """Wall time of declare -> derive -> optimize -> emit -> load -> first step, per depth."""
+    Gen = contenders.generated_class()
+    nrng = np.random.default_rng(1)
+
+    def once(depth):
+        sizes = [64] + [64] * depth + [10]
+        p0 = hw.init_params(sizes, "tanh", np.float64, nrng)
+        X, y = hw.make_batch(sizes, 64, np.float64, nrng)
+        gc.collect()
+        t0 = time.perf_counter()
+        g = sb.models.mlp(sizes, activation="tanh")
+        c = Gen(g, p0, X, y, LR, np.float64)
+        c.step()
+        return time.perf_counter() - t0, g, c
+
+    once(1)  # warm the process (imports, SymPy's derivative of tanh): we time compiles, not imports
+    times, lines, skipped = {}, {}, {}
+    prev = None
+    for d in depths:
+        if prev is not None and prev[1] * (d / prev[0]) ** 2 > args.compile_cap:
+            guess = prev[1] * (d / prev[0]) ** 2
+            skipped[str(d)] = (f"skipped: t({prev[0]}) = {prev[1]:.1f} s, so a quadratic "
+                               f"compile could take {guess:.0f} s (> --compile-cap "
+                               f"{args.compile_cap:.0f} s)")
+            print(f"  depth {d:>3}: {skipped[str(d)]}", flush=True)
+            continue
+        runs, spent = [], 0.0
+        while len(runs) < args.compile_repeats and (not runs or spent < args.compile_budget):
+            dt, g, c = once(d)
+            runs.append(dt)
+            spent += dt
+        times[str(d)] = {"seconds": statistics.median(runs), "runs": runs}
+        prev = (d, times[str(d)]["seconds"])
+        src = c.source
+        if "def forward" not in src or "def value_and_grad" not in src:
+            src = sb.numpy_source(g)
+        lines[str(d)] = code_size(src)
+        print(f"  depth {d:>3}: {times[str(d)]['seconds']:.3f} s to a first step "
+              f"({len(runs)} run{'s' * (len(runs) > 1)}); backward/forward statements "
+              f"{lines[str(d)]['backward']}/{lines[str(d)]['forward']}", flush=True)
+    out = {"depths": times, "skipped": skipped, "generated_kind": Gen.label}
+    if "100" in times and "200" in times:
+        out["ratio_200_100"] = times["200"]["seconds"] / times["100"]["seconds"]
+    return out, lines
+
+
+# -- targets and report --------------------------------------------------------------------------
+
+def targets(res: dict) -> list[dict]:
+    W, out = res["workloads"], []
+
+    def add(name, value, limit, unit="x"):
+        ok = None if value is None else value <= limit
+        out.append({"target": name, "value": value, "limit": limit, "unit": unit, "pass": ok})
+
+    def ratio(key, r):
+        return W[key]["ratios"][r] if key in W else None
+
+    add("A b128 f32: generated / tuned NumPy", ratio("A-b128-f32", "generated/tuned"), 1.00)
+    add("A b128 f64: generated / tuned NumPy", ratio("A-b128-f64", "generated/tuned"), 1.00)
+    add("A b1024 f32: generated / matmul floor", ratio("A-b1024-f32", "generated/floor"), 1.15)
+    add("B: generated / idiomatic NumPy", ratio("B", "generated/idiomatic"), 0.80)
+    add("C: generated / tuned NumPy", ratio("C", "generated/tuned"), 1.00)
+    for key in ("A-b128-f32", "A-b128-f64", "A-b1024-f32", "A-b1024-f64"):
+        add(f"{key}: (forward+backward) / forward", ratio(key, "(forward+backward)/forward"), 3.0)
+    c = res.get("compile", {}).get("depths", {})
+    add("compile: t(200) / t(100)", res.get("compile", {}).get("ratio_200_100"), 2.3)
+    add("compile: depth 100 to a first step", c["100"]["seconds"] if "100" in c else None,
+        1.0, "s")
+    L = res.get("lines", {})
+    worst = max(L, key=lambda d: L[d]["ratio"]) if L else None
+    add(f"backward / forward code at every depth (worst: depth {worst})",
+        L[worst]["ratio"] if worst else None, 3.0)
+    for key, r in W.items():
+        add(f"{key}: peak memory, generated / idiomatic", r["memory_bytes"]["generated/idiomatic"],
+            1.0)
+    return out
+
+
+def fmt_ms(s: float) -> str:
+    ms = s * 1e3
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
+
+
+def spread(block_medians) -> float:
+    """Half the range of the block medians, relative to their median."""
+    m = statistics.median(block_medians)
+    return (max(block_medians) - min(block_medians)) / 2 / m if m else 0.0
+
+
+def report(res: dict) -> str:
+    W = res["workloads"]
+    fw = sorted({k for r in W.values() for k in r["medians_s"]}
+                & set(contenders.available_frameworks()))
+    out = []
+    if W:
+        gen_kind = next(iter(W.values()))["generated_kind"]
+        out.append(f"Per training step (forward + backward + SGD update), median ms "
+                   f"[± half-range of block medians]; generated = {gen_kind}")
+        cols = ["generated", "idiomatic", "tuned", "floor"] + fw
+        head = f"{'workload':<34}" + "".join(f"{c:>17}" for c in cols)
+        out += [head, "-" * len(head)]
+        for key, r in W.items():
+            row = f"{key + ' ' + r['title'].split(' ', 1)[0]:<34}"
+            for c in cols:
+                bm = r["timing"][c]["block_medians_s"]
+                row += f"{fmt_ms(r['medians_s'][c]) + f' ±{spread(bm) * 100:.0f}%':>17}"
+            out.append(row)
+        out.append("")
+        fcols = cols + ["generated forward", "generated forward+backward"]
+        short = {"generated forward": "gen fwd", "generated forward+backward": "gen fwd+bwd"}
+        head = f"{'page faults per call':<28}" + "".join(f"{short.get(c, c):>14}" for c in fcols)
+        out += [head, "-" * len(head)]
+        for key, r in W.items():
+            out.append(f"{key:<28}" + "".join(
+                f"{r['timing'][c]['page_faults_per_call']:>14.0f}" for c in fcols))
+        out.append("")
+        rcols = ["generated/tuned", "generated/idiomatic", "generated/floor", "idiomatic/floor",
+                 "tuned/floor"] + [f"{k}/floor" for k in fw]
+        head = f"{'ratios':<14}" + "".join(f"{c:>20}" for c in rcols)
+        out += [head, "-" * len(head)]
+        for key, r in W.items():
+            out.append(f"{key:<14}" + "".join(f"{r['ratios'].get(c, float('nan')):>20.2f}"
+                                              for c in rcols))
+        out.append("")
+        head = (f"{'generated':<14}{'forward ms':>12}{'fwd+bwd ms':>12}{'step/fwd':>10}"
+                f"{'(f+b)/fwd':>11}{'peak MB gen':>13}{'idiomatic':>11}{'tuned':>9}"
+                f"{'gen/idiom':>11}")
+        out += [head, "-" * len(head)]
+        for key, r in W.items():
+            m, mem = r["medians_s"], r["memory_bytes"]
+            out.append(f"{key:<14}{fmt_ms(m['generated forward']):>12}"
+                       f"{fmt_ms(m['generated forward+backward']):>12}"
+                       f"{r['ratios']['step/forward']:>10.2f}"
+                       f"{r['ratios']['(forward+backward)/forward']:>11.2f}"
+                       f"{mem['generated']['peak'] / 1e6:>13.2f}"
+                       f"{mem['idiomatic']['peak'] / 1e6:>11.2f}{mem['tuned']['peak'] / 1e6:>9.2f}"
+                       f"{mem['generated/idiomatic']:>11.2f}")
+        out.append("")
+    C, L = res.get("compile"), res.get("lines", {})
+    if C:
+        out.append(f"Compile to a first step (tanh, width 64, batch 64; {C['generated_kind']})")
+        out.append(f"{'depth':>6}{'seconds':>10}{'fwd stmts':>11}{'bwd stmts':>11}{'bwd/fwd':>9}")
+        for d, t in C["depths"].items():
+            ln = L[d]
+            out.append(f"{d:>6}{t['seconds']:>10.3f}{ln['forward']:>11}{ln['backward']:>11}"
+                       f"{ln['ratio']:>9.2f}")
+        for d, why in C.get("skipped", {}).items():
+            out.append(f"{d:>6}  {why}")
+        if "ratio_200_100" in C:
+            out.append(f"t(200)/t(100) = {C['ratio_200_100']:.2f}")
+        out.append("")
+    out.append("Targets (issue 5)")
+    for t in res["targets"]:
+        if t["pass"] is None:
+            status, tail = "n/a ", "not measured in this run"
+        else:
+            status = "PASS" if t["pass"] else "MISS"
+            unit = " s" if t["unit"] == "s" else "x"
+            tail = f"{t['value']:.2f}{unit} (target <= {t['limit']:.2f}{unit})"
+            if not t["pass"] and t["value"] <= t["limit"] * (1 + NOISE) and t["unit"] == "x":
+                tail += ", within the ~15% noise band"
+        out.append(f"  [{status}] {t['target']}: {tail}")
+    return "\n".join(out)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="short blocks and few rounds, compile depths 10 and 50: a smoke run")
+    p.add_argument("--only", default="",
+                   help="comma-separated workloads: groups A, B, C or keys such as A-b128-f32")
+    p.add_argument("--json", default="bench-results.json", help="where to write the numbers")
+    p.add_argument("--depths", default=None,
+                   help="compile-time depths (default 10,50,100,200; quick 10,50; 'none' skips)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per workload")
+    p.add_argument("--block", type=float, default=None, help="seconds per block")
+    p.add_argument("--drop", type=float, default=None, help="seconds dropped at each block start")
+    p.add_argument("--seed", type=int, default=0, help="seed of the round order")
+    p.add_argument("--steady-malloc", action="store_true",
+                   help="restart with glibc's MALLOC_MMAP_THRESHOLD_=32 MiB and "
+                   "MALLOC_TRIM_THRESHOLD_=1 GiB, so freed arrays are reused instead of going "
+                   "back to the kernel: separates page-fault costs from compute")
+    p.add_argument("--compile-cap", type=float, default=300.0,
+                   help="skip a compile depth predicted (quadratically) to take longer (s)")
+    a = p.parse_args(argv)
+    a.rounds = a.rounds or (2 if a.quick else 10)
+    a.block = a.block or (0.1 if a.quick else 0.4)
+    a.drop = a.drop if a.drop is not None else (0.03 if a.quick else 0.15)
+    if a.drop >= a.block:
+        p.error("--drop must be shorter than --block")
+    depths = a.depths or ("10,50" if a.quick else "10,50,100,200")
+    a.depths = [] if depths == "none" else [int(d) for d in depths.split(",") if d]
+    a.compile_repeats = 1 if a.quick else 3
+    a.compile_budget = 3.0  # seconds: deep networks are compiled once
+    keys = [s.strip() for s in a.only.split(",") if s.strip()]
+    a.workloads = [w for w in WORKLOADS if not keys or w.group in keys or w.key in keys]
+    unknown = [k for k in keys if k not in {w.group for w in WORKLOADS} | {w.key for w in
+                                                                            WORKLOADS}]
+    if unknown:
+        p.error(f"unknown workload(s) {unknown}; use A, B, C or {[w.key for w in WORKLOADS]}")
+    return a
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    rng = random.Random(args.seed)
+    res = {"meta": machine(), "settings": {
+        "quick": args.quick, "rounds": args.rounds, "block_s": args.block, "drop_s": args.drop,
+        "lr": LR, "malloc_env": {v: os.environ.get(v) for v in
+                                 ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")},
+        "blas_env": {v: os.environ.get(v) for v in
+                               ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+        "frameworks": sorted(contenders.available_frameworks()),
+        "generated_kind": contenders.generated_class().label}}
+    m = res["meta"]
+    print(f"symbackprop bench: {m['cpu']}, {m['nproc']} cpus, NumPy {m['numpy']} "
+          f"({m['blas'].get('name', '?')} {m['blas'].get('version', '')}), Python {m['python']}; "
+          f"load average {m['loadavg_start'][0]:.2f}", flush=True)
+    if m["loadavg_start"][0] > 0.5:
+        print("  warning: the machine is not idle; timings may be noisy", flush=True)
+    res["workloads"] = {}
+    for w in args.workloads:
+        t0 = time.perf_counter()
+        res["workloads"][w.key] = r = run_workload(w, args, rng)
+        print(f"  {w.key:<12} {w.title:<34} generated {fmt_ms(r['medians_s']['generated'])} ms, "
+              f"tuned {fmt_ms(r['medians_s']['tuned'])} ms, floor "
+              f"{fmt_ms(r['medians_s']['floor'])} ms  ({time.perf_counter() - t0:.0f} s)",
+              flush=True)
+    if args.depths:
+        res["compile"], res["lines"] = run_compile(args.depths, args)
+    else:
+        res["compile"], res["lines"] = {}, {}
+    res["targets"] = targets(res)
+    res["meta"]["loadavg_end"] = list(os.getloadavg())
+    res["meta"]["wall_s"] = time.perf_counter() - t_start
+    print()
+    print(report(res))
+    print(f"\n{res['meta']['wall_s']:.0f} s; load average at the end "
+          f"{res['meta']['loadavg_end'][0]:.2f}; numbers in {args.json}")
+    Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""The generated code and the optional framework contenders, behind one small interface.
+
+Each contender is built from the initial parameters (a dict ``W1, b1, ...``) and the fixed
+minibatch, and has ``step()`` (forward, backward and SGD update in place; returns the loss)
+and ``params()`` (the current parameters as NumPy arrays, for the correctness check).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+import numpy as np
+
+import symbackprop as sb
+
+
+def _dtype_name(dtype) -> str:
+    return np.dtype(dtype).name
+
+
+class _Generated:
+    """What both forms of the generated contender share: parameters (updated in place) and
+    the generated ``forward`` and ``value_and_grad`` alone, for the (forward + backward) /
+    forward ratios.
+
+    The generated functions are called straight from the loaded module, with their arguments
+    bound once, as a user calls the standalone file: the ``Compiled`` wrapper's per-call
+    argument checks (a few microseconds) are the API's cost, not the generated code's.
+    """
+
+    label = "generated"
+
+    def _bind(self, compiled, params, X, y):
+        self.compiled = compiled
+        self._params = {k: v.copy() for k, v in params.items()}
+        self._X, self._y = X, y
+        self.rebind()
+
+    def rebind(self):
+        """Bind forward and value_and_grad to the current parameter arrays."""
+        arrays = dict(self._params, X=self._X, y=self._y)
+        self._fwd = self._bound(self.compiled.module.forward, arrays)
+        self._vg = self._bound(self.compiled.module.value_and_grad, arrays)
+
+    @staticmethod
+    def _bound(f, arrays):
+        names = f.__code__.co_varnames[:f.__code__.co_argcount]
+        return functools.partial(f, **{n: arrays[n] for n in names})
+
+    def forward(self):
+        return self._fwd()
+
+    def value_and_grad(self):
+        return self._vg()
+
+    def params(self):
+        return self._params
+
+    @property
+    def source(self) -> str:
+        return self.compiled.source
+
+
+class GeneratedVG(_Generated):
+    """``sb.compile(g)``'s ``value_and_grad``, then ``p -= lr * g`` for every parameter."""
+
+    label = "generated (value_and_grad + update)"
+
+    def __init__(self, g, params, X, y, lr, dtype):
+        self._bind(sb.compile(g, dtype=_dtype_name(dtype)), params, X, y)
+        self.lr = lr
+
+    def step(self):
+        loss, grads = self._vg()
+        lr = self.lr
+        for k, p in self._params.items():
+            p -= lr * grads[k]
+        return loss
+
+
+class GeneratedTrainStep(_Generated):
+    """``sb.train_step(g, of="L", optimizer="sgd", lr=lr)`` loaded by
+    ``sb.compile(g, of="L", optimizer="sgd", lr=lr)``; its ``train_step(params, state, X, y)``
+    runs forward, backward and the update in one call."""
+
+    label = "generated (train_step)"
+
+    def __init__(self, g, params, X, y, lr, dtype):
+        c = sb.compile(g, of="L", optimizer="sgd", lr=lr, dtype=_dtype_name(dtype))
+        self._bind(c, params, X, y)
+        self.state = c.init_state(self._params)
+        batch = {c.arg_names.get(k, k): v for k, v in (("X", X), ("y", y))}
+        self._step = functools.partial(c.module.train_step, self._params, self.state,
+                                       **{n: batch[n] for n in c.inputs})
+
+    def step(self):
+        return self._step()
+
+
+def generated_class():
+    """The generated-code contender this checkout supports: the generated training step
+    when ``sb.train_step`` exists, else value_and_grad plus an update loop."""
+    return GeneratedTrainStep if hasattr(sb, "train_step") else GeneratedVG
+
+
+# -- optional frameworks: used only when importable; never installed by the benchmark ---------
+
+def available_frameworks() -> dict:
+    """Name -> contender class for PyTorch and JAX, when they import."""
+    out = {}
+    for name, module, cls in (("pytorch", "torch", TorchEager), ("jax", "jax", JaxJit)):
+        if module not in _IMPORTABLE:
+            try:
+                importlib.import_module(module)
+                _IMPORTABLE[module] = True
+            except Exception:  # noqa: BLE001 -- a broken install counts as not available
+                _IMPORTABLE[module] = False
+        if _IMPORTABLE[module]:
+            out[name] = cls
+    return out
+
+
+_IMPORTABLE: dict = {}
+
+
+class TorchEager:
+    """PyTorch eager mode: autograd for the gradients, ``p.sub_(lr * g)`` under no_grad."""
+
+    label = "pytorch eager"
+
+    def __init__(self, g, params, X, y, lr, dtype, activation="relu"):
+        import torch
+
+        torch.set_num_threads(2)
+        self.torch = torch
+        depth = len(params) // 2
+        self.names = [n for k in range(1, depth + 1) for n in (f"W{k}", f"b{k}")]
+        self.ps = [torch.tensor(params[n]).requires_grad_(True) for n in self.names]
+        self.X = torch.from_numpy(X)
+        self.y = torch.from_numpy(y).long()
+        self.act = torch.relu if activation == "relu" else torch.tanh
+        self.lr = lr
+
+    def step(self):
+        torch = self.torch
+        ps = self.ps
+        h = self.X
+        depth = len(ps) // 2
+        for k in range(depth):
+            z = torch.addmm(ps[2 * k + 1], h, ps[2 * k])
+            h = self.act(z) if k < depth - 1 else z
+        loss = torch.nn.functional.cross_entropy(h, self.y)
+        grads = torch.autograd.grad(loss, ps)
+        with torch.no_grad():
+            for p, gr in zip(ps, grads):
+                p.sub_(gr, alpha=self.lr)
+        return loss.item()
+
+    def params(self):
+        return {n: p.detach().numpy() for n, p in zip(self.names, self.ps)}
+
+
+class JaxJit:
+    """JAX: ``jax.jit`` of value_and_grad plus the SGD update, parameters donated."""
+
+    label = "jax jit"
+
+    def __init__(self, g, params, X, y, lr, dtype, activation="relu"):
+        import jax
+        import jax.numpy as jnp
+
+        if np.dtype(dtype) == np.float64:
+            jax.config.update("jax_enable_x64", True)
+        self.jax = jax
+        act = jax.nn.relu if activation == "relu" else jnp.tanh
+        depth = len(params) // 2
+
+        def loss_fn(ps, X, y):
+            h = X
+            for k in range(1, depth + 1):
+                h = h @ ps[f"W{k}"] + ps[f"b{k}"]
+                if k < depth:
+                    h = act(h)
+            logp = jax.nn.log_softmax(h, axis=1)
+            return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+        def step(ps, X, y):
+            loss, grads = jax.value_and_grad(loss_fn)(ps, X, y)
+            return loss, jax.tree_util.tree_map(lambda p, gr: p - lr * gr, ps, grads)
+
+        self._step = jax.jit(step, donate_argnums=0)
+        self.ps = {k: jnp.asarray(v) for k, v in params.items()}
+        self.X, self.y = jnp.asarray(X), jnp.asarray(y)
+
+    def step(self):
+        loss, self.ps = self._step(self.ps, self.X, self.y)
+        return float(loss.block_until_ready())
+
+    def params(self):
+        return {k: np.asarray(v) for k, v in self.ps.items()}
