@@ -12,6 +12,7 @@ whole expression: the adjoint graph grows linearly with the network.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import islice
 
 import networkx as nx
 
@@ -166,7 +167,8 @@ def differentiate(g: Graph, of: str | None = None, wrt=None) -> Adjoints:
     adj.order = order
 
     def mark(start: int, **data):
-        for n in list(G)[start:]:
+        # the nodes added since start (networkx keeps nodes in a dict, in insertion order)
+        for n in list(islice(reversed(G._node), len(G) - start)):
             G.nodes[n]["phase"] = "backward"
             for k, v in data.items():
                 G.nodes[n].setdefault(k, v)

@@ -320,9 +320,8 @@ class Graph:
 
     def consumers(self, name: str) -> list[tuple[str, int]]:
         """``(consumer, argument position)`` for every use of ``name``, in a fixed order."""
-        order = {n: i for i, n in enumerate(self.nx)}
-        uses = [(v, a) for _, v, a in self.nx.out_edges(name, data="arg")]
-        return sorted(uses, key=lambda u: (order[u[0]], u[1]))
+        # networkx keeps each node's successors in the order they were added
+        return [(v, a) for _, v, a in self.nx.out_edges(name, data="arg")]
 
     def topo_order(self) -> list[str]:
         """Names in a deterministic topological order (ties broken by insertion)."""
@@ -331,6 +330,8 @@ class Graph:
         return list(nx.lexicographical_topological_sort(self.nx, key=order.__getitem__))
 
     def check_acyclic(self) -> None:
+        if nx.is_directed_acyclic_graph(self.nx):  # fast; find_cycle only to name the cycle
+            return
         try:
             cyc = nx.find_cycle(self.nx)
         except nx.NetworkXNoCycle:
@@ -348,9 +349,13 @@ class Graph:
 
     def ancestors(self, names: Iterable[str]) -> set[str]:
         """The given nodes and everything they depend on."""
-        out = set()
-        for n in names:
-            out |= nx.ancestors(self.nx, n) | {n}
+        out = set(names)
+        todo = list(out)
+        while todo:  # one walk for all names: linear in the graph, not per name
+            for p in self.nx.predecessors(todo.pop()):
+                if p not in out:
+                    out.add(p)
+                    todo.append(p)
         return out
 
     def __repr__(self) -> str:

@@ -109,7 +109,7 @@ class Emitter:
         """A scalar constant as a SymPy number or expression of size names."""
         v = self.j.nx.nodes[n]["value"]
         v = sp.sympify(v)
-        return v.subs({s: dim_symbol(s.name) for s in v.free_symbols})
+        return v.xreplace({s: dim_symbol(s.name) for s in v.free_symbols})
 
     def code(self, n: str) -> str:
         """The code that stands for node ``n`` in an expression."""
@@ -143,7 +143,7 @@ class Emitter:
         names = {}
         for s, a in zip(syms, args):
             if self.inline(a) and self.j.nx.nodes[a]["op"] == "const":
-                e = e.subs(s, self.value(a))
+                e = e.xreplace({s: self.value(a)})
             else:
                 names[s] = self.code(a)
         if not names:  # constants only: a NumPy scalar of DTYPE, not a Python float

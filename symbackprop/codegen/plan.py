@@ -271,7 +271,7 @@ def _lines(em: Emitter, n: str, op, out: str, temp) -> list[tuple[str, set, str]
     leaves, shapes = {}, {}
     for s, a in zip(syms, args):
         if em.inline(a) and j.nx.nodes[a]["op"] == "const":
-            e = e.subs(s, em.value(a))
+            e = e.xreplace({s: em.value(a)})
         else:
             leaves[s], shapes[s] = em.code(a), j.nx.nodes[a]["shape"]
     return lower(e, leaves, shapes, out, d["shape"], temp)

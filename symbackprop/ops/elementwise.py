@@ -260,7 +260,7 @@ def scaled(g, d: sp.Expr, args, out):
     for x, a in zip(X, args):
         if a.op == "const" and a.shape == () and x in d.free_symbols:
             subs[x] = sp.sympify(a.data["value"])
-    d = d.subs(subs)
+    d = d.xreplace(subs)
     if d == 1:
         return g
     leaves = [(G, g)] + [(x, a) for x, a in zip(X, args) if x in d.free_symbols]
@@ -272,7 +272,7 @@ def scaled(g, d: sp.Expr, args, out):
         if n not in nodes:
             nodes.append(n)
         rename[s] = X[nodes.index(n)]
-    return ew(nodes, (G * d).subs(rename, simultaneous=True))
+    return ew(nodes, (G * d).xreplace(rename))
 
 
 def _vjp(g, args, out, attrs):

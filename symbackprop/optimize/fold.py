@@ -17,7 +17,7 @@ def scalar_value(g: Graph, n: str):
     if d["op"] != "const" or d["shape"] != ():
         return None
     v = sp.sympify(d["value"])
-    return v.subs({s: dim_symbol(s.name) for s in v.free_symbols})
+    return v.xreplace({s: dim_symbol(s.name) for s in v.free_symbols})
 
 
 def fold(g: Graph) -> Graph:
@@ -47,12 +47,12 @@ def fold(g: Graph) -> Graph:
         if not any(v is not None for v in consts.values()):
             continue
         syms, e = op.code_expr(d["attrs"])
-        e = e.subs({syms[i]: v for i, v in consts.items() if v is not None}, simultaneous=True)
+        e = e.xreplace({syms[i]: v for i, v in consts.items() if v is not None})
         rest = [a for i, a in enumerate(args) if consts[i] is None]
         old = [syms[i] for i in range(len(args)) if consts[i] is None]
         # Renumber the remaining arguments x0, x1, ... (one per distinct node).
         uniq = list(dict.fromkeys(rest))
-        e = e.subs({s: X[uniq.index(a)] for s, a in zip(old, rest)}, simultaneous=True)
+        e = e.xreplace({s: X[uniq.index(a)] for s, a in zip(old, rest)})
         e = sp.sympify(e)
         if not uniq:  # all constants: the node is a constant
             if n in keep or d["shape"] != ():

@@ -44,7 +44,7 @@ def _expand(g: Graph, n: str, into: str, keep: set) -> tuple[sp.Expr, list[str]]
         else:
             subs[sym] = sp.Dummy(a)
             leaves.append((subs[sym], a))
-    return e.subs(subs, simultaneous=True), leaves
+    return e.xreplace(subs), leaves
 
 
 def fuse(g: Graph) -> Graph:
@@ -74,8 +74,8 @@ def fuse(g: Graph) -> Graph:
         order = list(dict.fromkeys(a for _, a in leaves))  # one symbol per distinct node
         if len(order) > len(X) or order == args:
             continue
-        fused = e.subs(subs, simultaneous=True)
-        fused = fused.subs({s: X[order.index(a)] for s, a in leaves}, simultaneous=True)
+        fused = e.xreplace(subs)
+        fused = fused.xreplace({s: X[order.index(a)] for s, a in leaves})
         if sp.count_ops(fused) > MAX_OPS:
             continue
         absorbed = [a for a in args if a not in order]
