@@ -279,6 +279,12 @@ class TextPrinter(StrPrinter):
 
     _print_MatrixSymbol = _print_Symbol
 
+    def _as_ordered_terms(self, expr, order=None):
+        """SymPy's order, but a positive term first where there is one: ``P − Y``,
+        not ``−Y + P``, as textbooks write it."""
+        terms = super()._as_ordered_terms(expr, order)
+        return sorted(terms, key=lambda t: t.could_extract_minus_sign())
+
     def _print_Mul(self, expr):
         s = super()._print_Mul(expr).replace("*", "·")
         return re.sub(r"^(-?\d+(?:\.\d+)?)·(?=[^\d.])", r"\1", s)  # 2·b -> 2b

@@ -76,6 +76,10 @@ def _xent(logits, labels):
     return -np.mean([logp[i, k] for i, k in enumerate(labels)])
 
 
+def _xent_grad(logits, labels, g, batch):
+    return (_softmax(logits, 1) - np.eye(logits.shape[1])[labels]) * g / len(labels)
+
+
 def _layer_norm(x, eps):
     mu = x.mean(axis=-1, keepdims=True)
     var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
@@ -165,6 +169,8 @@ DOMAINS: dict[str, list[Case]] = {
                     Case([(("N", 5), "real")], {"axis": 0},
                          ref=lambda a, axis: np.log(_softmax(a, axis)), id="axis0")],
     "softmax_cross_entropy": [Case([(("N", 5), "real"), (("N",), "labels:5")], ref=_xent)],
+    "softmax_cross_entropy_grad": [Case([(("N", 5), "real"), (("N",), "labels:5"), ((), "real")],
+                                        {"batch": "N"}, ref=_xent_grad)],
     "mse": [Case([(("N", 3), "real"), (("N", 3), "real")],
                  ref=lambda a, b: np.mean((a - b) ** 2)),
             Case([((), "real"), ((), "real")], ref=lambda a, b: (a - b) ** 2, id="scalar")],

@@ -63,7 +63,8 @@ def test_cse_merges_duplicates():
 def test_fold_constants_and_identities():
     g = sb.parse("y = (x * 1) + 0")
     assert fold(g).args("y") == ["x"]
-    adj = sb.differentiate(sb.models.mlp([3, 2]), of="L")
+    # mse: dlogits = (logits - y) * (2 / (2N)) * dL/dL, with dL/dL = 1 folded away
+    adj = sb.differentiate(sb.models.mlp([3, 2], loss="mse"), of="L")
     folded = fold(adj.graph)
     expr = folded.nx.nodes["dlogits"]["attrs"]["expr"]
     assert expr.free_symbols == {sp.Symbol("x0", real=True), sp.Symbol("N", integer=True,

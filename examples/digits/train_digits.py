@@ -54,17 +54,20 @@ DATA_CSV = 'rows of 64 feature columns then 1 label column'
 METRIC = 'acc'  # evaluate() returns: 'acc' (accuracy) or 'loss'
 
 
-def _softmax(x, axis=-1):
-    """Softmax along axis, shifted by the maximum so exp never overflows."""
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
-
-
 def _softmax_cross_entropy(logits, labels):
     """Mean over the batch of -log softmax(logits)[i, labels[i]]."""
     z = logits - logits.max(axis=1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     return -logp[np.arange(len(labels)), labels].mean()
+
+
+def _softmax_cross_entropy_grad(logits, labels, g, out=None):
+    """dL/dlogits of the mean cross-entropy: (softmax(logits) - onehot(labels)) * g / N."""
+    out = np.subtract(logits, logits.max(axis=1, keepdims=True), out=out)
+    np.exp(out, out=out)
+    out *= g / (len(labels) * out.sum(axis=1, keepdims=True))
+    out[np.arange(len(labels)), labels] -= g / len(labels)
+    return out
 
 
 def forward(X, W1, b1, W2, b2, y):
@@ -91,16 +94,14 @@ def value_and_grad(X, W1, b1, W2, b2, y):
     W2 = np.asarray(W2, dtype=DTYPE)
     b2 = np.asarray(b2, dtype=DTYPE)
     y = np.asarray(y)
-    N = X.shape[0]
     matmul_1 = X @ W1
     h1 = np.maximum(matmul_1 + b1, 0)
     matmul_2 = h1 @ W2
     logits = matmul_2 + b2
     L = _softmax_cross_entropy(logits, y)
     # backward: gradients in reverse order of the forward pass
-    softmax_1 = _softmax(logits, axis=-1)  # for the backward of L
-    onehot_1 = np.eye(10, dtype=DTYPE)[y]  # for the backward of L
-    dlogits = (softmax_1 - onehot_1) / N  # dL/dlogits via L = _softmax_cross_entropy(logits, y)
+    dL = DTYPE(1)  # dL/dL = 1
+    dlogits = _softmax_cross_entropy_grad(logits, y, dL)  # dL/dlogits via L = _softmax_cross_entropy(logits, y)
     db2 = dlogits.sum(axis=0)  # dL/db2 via logits = matmul_2 + b2
     dW2 = h1.T @ dlogits  # dL/dW2 via matmul_2 = h1 @ W2
     dh1 = dlogits @ W2.T  # dL/dh1 via matmul_2 = h1 @ W2
@@ -126,10 +127,8 @@ def loss_and_grads_into(X, W1, b1, W2, b2, y, dW1, db1, dW2, db2):
     np.matmul(h1, W2, out=matmul_2)
     np.add(matmul_2, b2, out=logits)
     L = _softmax_cross_entropy(logits, y)
-    softmax_1 = _softmax(logits, axis=-1)  # for the backward of L
-    onehot_1 = np.eye(10, dtype=DTYPE)[y]  # for the backward of L
-    np.subtract(softmax_1, onehot_1, out=dlogits)
-    np.divide(dlogits, N, out=dlogits)  # dL/dlogits via L = _softmax_cross_entropy(logits, y)
+    dL = DTYPE(1)  # dL/dL = 1
+    _softmax_cross_entropy_grad(logits, y, dL, out=dlogits)  # dL/dlogits via L = _softmax_cross_entropy(logits, y)
     np.sum(dlogits, axis=0, out=db2)  # dL/db2 via logits = matmul_2 + b2
     np.matmul(h1.T, dlogits, out=dW2)  # dL/dW2 via matmul_2 = h1 @ W2
     np.matmul(dlogits, W2.T, out=dh1)  # dL/dh1 via matmul_2 = h1 @ W2

@@ -101,14 +101,17 @@ def through_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol) -> sp.Expr:
     >>> through_output(1 / (1 + sp.exp(-x)), sp.diff(1 / (1 + sp.exp(-x)), x), x)
     y*(1 - y)
     """
-    cands = [d.subs(f, Y)]
-    if f.free_symbols == {x} and f.count_ops() > 0:
-        try:  # invert y = f(x); the numeric check rejects a wrong branch
-            cands += [_minus_inside(sp.factor(sp.simplify(d.subs(x, s))))
-                      for s in sp.solve(sp.Eq(Y, f), x)]
-        except (NotImplementedError, ValueError, TypeError):
-            pass
-    for c in cands:
+    def candidates():  # cheapest first: solving y = f(x) takes SymPy about a second
+        yield d.subs(f, Y)
+        if f.free_symbols == {x} and f.count_ops() > 0:
+            try:  # invert y = f(x); the numeric check rejects a wrong branch
+                sols = sp.solve(sp.Eq(Y, f), x)
+            except (NotImplementedError, ValueError, TypeError):
+                return
+            for sol in sols:
+                yield _minus_inside(sp.factor(sp.simplify(d.subs(x, sol))))
+
+    for c in candidates():
         if x not in c.free_symbols and c.count_ops() <= d.count_ops() and _agree(d, c, x, f):
             return c
     return d

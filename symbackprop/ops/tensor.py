@@ -284,10 +284,8 @@ def _xent_shape(shapes, attrs, names):
 
 def _xent_vjp(g, args, out, attrs):
     logits, labels = args
-    n, c = logits.shape
-    p = _apply(g, "softmax", [logits], axis=-1)
-    onehot = _apply(g, "onehot", [labels], num=c)
-    return [(p - onehot) * (g * g.graph.const(1 / sp.sympify(count((n,))))), None]
+    return [_apply(g, "softmax_cross_entropy_grad", [logits, labels, g],
+                   batch=logits.shape[0]), None]
 
 
 register(OpDef(
@@ -295,6 +293,48 @@ register(OpDef(
     numpy=lambda c, a: f"_softmax_cross_entropy({c[0]}, {c[1]})",
     helpers={"_softmax_cross_entropy": _XENT}, vjp=_xent_vjp,
     doc="mean over the batch of -log softmax(logits)[label]; labels are integers"))
+
+# Its gradient, (softmax(logits) - onehot(labels)) * g / N, is one op so the code computes
+# it in one pass, in place, never dividing by a probability.
+_XENT_GRAD = '''def _softmax_cross_entropy_grad(logits, labels, g, out=None):
+    """dL/dlogits of the mean cross-entropy: (softmax(logits) - onehot(labels)) * g / N."""
+    out = np.subtract(logits, logits.max(axis=1, keepdims=True), out=out)
+    np.exp(out, out=out)
+    out *= g / (len(labels) * out.sum(axis=1, keepdims=True))
+    out[np.arange(len(labels)), labels] -= g / len(labels)
+    return out
+'''
+
+
+def _xent_grad_shape(shapes, attrs, names):
+    _xent_shape(shapes[:2], attrs, names)
+    if tuple(shapes[2]) != ():
+        raise ShapeMismatch("the incoming gradient must be a scalar", "Pass dL/dL.")
+    return shapes[0]
+
+
+def _xent_grad_vjp(G, args, out, attrs):
+    """Second order: out = g/N (P - Y), so d/dlogits is softmax's VJP of G g/N, and
+    d/dg is sum(G (P - Y))/N."""
+    logits, labels, g = args
+    n = G.graph.const(1 / sp.sympify(count((attrs["batch"],))))
+    p = _apply(G, "softmax", [logits], axis=-1)
+    gs = G * (g * n)
+    dz = p * (gs - _apply(G, "sum", [gs * p], axis=-1, keepdims=True))
+    y = _apply(G, "onehot", [labels], num=logits.shape[1])
+    return [dz, None, _apply(G, "sum", [G * (p - y)]) * n]
+
+
+register(OpDef(
+    name="softmax_cross_entropy_grad", arity=3, attrs={"batch": "N"}, shape=_xent_grad_shape,
+    numpy=lambda c, a: f"_softmax_cross_entropy_grad({c[0]}, {c[1]}, {c[2]})",
+    numpy_out=lambda c, a, o: f"_softmax_cross_entropy_grad({c[0]}, {c[1]}, {c[2]}, out={o})",
+    helpers={"_softmax_cross_entropy_grad": _XENT_GRAD}, vjp=_xent_grad_vjp,
+    display=lambda args, attrs: sp.Mul(
+        args[2] / sp.sympify(count((attrs["batch"],))),
+        sp.Add(sp.Function("softmax")(args[0]), -sp.Function("onehot")(args[1]),
+               evaluate=False), evaluate=False),
+    doc="(softmax(logits) - onehot(labels)) * g / N: the gradient of softmax_cross_entropy"))
 
 
 def _onehot_shape(shapes, attrs, names):
