@@ -125,9 +125,10 @@ def test_source_keeps_gradient_and_optimizer_separate(optimizer, tmp_path):
                   and isinstance(n.func, ast.Name) and n.func.id in defs}
         return direct | {c for d in direct - set(seen) for c in calls(d, (*seen, *direct))}
 
-    # optimized: the planned gradient function, then the optimizer's update on flat buffers
-    assert {"loss_and_grads_into", "update"} <= calls("train_step")
-    assert "update" not in calls("loss_and_grads_into")
+    # optimized: the planned gradient function, then the optimizer's rule on flat buffers
+    assert {"loss_and_grads_into", "_update_flat"} <= calls("train_step")
+    assert "_update_flat" not in calls("loss_and_grads_into")
+    assert "loss_and_grads_into" not in calls("_update_flat")
     plain = ast.parse(sb.train_step(sb.models.mlp([4, 3, 2]), optimizer=optimizer,
                                     optimize=False))
     defs = {f.name: f for f in plain.body if isinstance(f, ast.FunctionDef)}

@@ -261,25 +261,36 @@ def _flat(params, state):
             box.update(flat_views({name: box[name] for name in TRAINED}))
             base = _flat_base({name: box[name] for name in TRAINED})
         views.extend((box, name, box[name]) for name in TRAINED)
-        return {"all": base}
+        return base
 
     grads = flat_views({name: np.zeros_like(params[name], dtype=DTYPE) for name in TRAINED})
     f = _FLAT["f"] = {
         "params": params, "state": state, "grads": grads, "P": adopt(params),
-        "G": {"all": _flat_base(grads)},
-        "S": {k: adopt(v) if isinstance(v, dict) else v for k, v in state.items()},
+        "G": _flat_base(grads), "S": {k: adopt(v) for k, v in state.items() if type(v) is dict},
     }
-    f["views"] = views
+    f["tmp"], f["views"] = np.empty_like(f["G"]), views
     return f
 
 
-def _update_flat(flat, state, lr):
-    """update() on the flat buffers: one NumPy call per rule, not one per parameter. The
-    state's scalars (Adam's step count t) go in and come back out."""
-    s = flat["S"]
-    s.update((k, v) for k, v in state.items() if not isinstance(v, dict))
-    update(flat["P"], flat["G"], s, lr=lr)
-    state.update((k, v) for k, v in s.items() if not isinstance(v, dict))
+def _update_flat(flat, state, lr, beta1=BETA1, beta2=BETA2, eps=EPS):
+    """update() on the flat buffers, in place, the same arithmetic in the same order."""
+    state["t"] += 1
+    t = state["t"]
+    g, m, v, tmp = flat["G"], flat["S"]["m"], flat["S"]["v"], flat["tmp"]
+    m *= beta1
+    np.multiply(g, 1 - beta1, out=tmp)
+    m += tmp
+    v *= beta2
+    np.multiply(g, 1 - beta2, out=tmp)
+    tmp *= g
+    v += tmp
+    np.divide(v, 1 - beta2**t, out=tmp)  # v_hat
+    np.sqrt(tmp, out=tmp)
+    tmp += eps
+    np.divide(m, 1 - beta1**t, out=g)  # m_hat
+    g *= lr
+    g /= tmp
+    flat["P"] -= g
 
 
 _WORKSPACES = {}
@@ -317,7 +328,7 @@ def train_step(params, state, X, y, lr=LR):
         grads['W2'],
         grads['b2'],
     )
-    if not (np.isfinite(loss) and np.isfinite(flat["G"]["all"].sum())):
+    if not (np.isfinite(loss) and np.isfinite(flat["G"].sum())):
         check_finite(loss, grads)  # says which gradient
     _update_flat(flat, state, lr)
     return float(loss)

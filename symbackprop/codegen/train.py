@@ -54,6 +54,7 @@ class Optimizer:
     init_state: str
     update: str
     checks: dict = field(default_factory=dict)  # hyper -> (test, what is expected)
+    flat_update: str = ""  # the same rule on train_step's flat buffers, with no temporaries
 
 
 _POSITIVE = (lambda v: v > 0, "a number > 0")
@@ -107,18 +108,56 @@ _ADAM_UPDATE = '''def update(params, grads, state, lr=LR, beta1=BETA1, beta2=BET
         params[name] -= lr * m_hat / (np.sqrt(v_hat) + eps)
 '''
 
+# The fast path: the same rules on the flat buffers of train_step (see _flat), written
+# in place. The gradient buffer and flat["tmp"] are scratch; the arithmetic is the same,
+# in the same order, as update() above.
+_SGD_FLAT = '''def _update_flat(flat, state, lr):
+    """update() on the flat buffers, in place with no temporary: w <- w - lr * g."""
+    g = flat["G"]
+    g *= lr
+    flat["P"] -= g
+'''
+_MOMENTUM_FLAT = '''def _update_flat(flat, state, lr, momentum=MOMENTUM):
+    """update() on the flat buffers, in place: v <- momentum * v + g; w <- w - lr * v."""
+    g, v = flat["G"], flat["S"]["v"]
+    v *= momentum
+    v += g
+    np.multiply(v, lr, out=g)
+    flat["P"] -= g
+'''
+_ADAM_FLAT = '''def _update_flat(flat, state, lr, beta1=BETA1, beta2=BETA2, eps=EPS):
+    """update() on the flat buffers, in place, the same arithmetic in the same order."""
+    state["t"] += 1
+    t = state["t"]
+    g, m, v, tmp = flat["G"], flat["S"]["m"], flat["S"]["v"], flat["tmp"]
+    m *= beta1
+    np.multiply(g, 1 - beta1, out=tmp)
+    m += tmp
+    v *= beta2
+    np.multiply(g, 1 - beta2, out=tmp)
+    tmp *= g
+    v += tmp
+    np.divide(v, 1 - beta2**t, out=tmp)  # v_hat
+    np.sqrt(tmp, out=tmp)
+    tmp += eps
+    np.divide(m, 1 - beta1**t, out=g)  # m_hat
+    g *= lr
+    g /= tmp
+    flat["P"] -= g
+'''
+
 OPTIMIZERS = {
     "sgd": Optimizer("sgd", "SGD", {"lr": 0.01}, "w <- w - lr * dL/dw", _SGD_INIT, _SGD_UPDATE,
-                     {"lr": _POSITIVE}),
+                     {"lr": _POSITIVE}, _SGD_FLAT),
     "momentum": Optimizer("momentum", "SGD with momentum", {"lr": 0.01, "momentum": 0.9},
                           "v <- momentum * v + dL/dw; w <- w - lr * v",
                           _MOMENTUM_INIT, _MOMENTUM_UPDATE,
-                          {"lr": _POSITIVE, "momentum": _FRACTION}),
+                          {"lr": _POSITIVE, "momentum": _FRACTION}, _MOMENTUM_FLAT),
     "adam": Optimizer("adam", "Adam", {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
                       "bias-corrected moment estimates m, v; w <- w - lr * m_hat / "
                       "(sqrt(v_hat) + eps)", _ADAM_INIT, _ADAM_UPDATE,
                       {"lr": _POSITIVE, "beta1": _FRACTION, "beta2": _FRACTION,
-                       "eps": _POSITIVE}),
+                       "eps": _POSITIVE}, _ADAM_FLAT),
 }
 
 
@@ -465,25 +504,15 @@ def _flat(params, state):
             box.update(flat_views({name: box[name] for name in TRAINED}))
             base = _flat_base({name: box[name] for name in TRAINED})
         views.extend((box, name, box[name]) for name in TRAINED)
-        return {"all": base}
+        return base
 
     grads = flat_views({name: np.zeros_like(params[name], dtype=DTYPE) for name in TRAINED})
     f = _FLAT["f"] = {
         "params": params, "state": state, "grads": grads, "P": adopt(params),
-        "G": {"all": _flat_base(grads)},
-        "S": {k: adopt(v) if isinstance(v, dict) else v for k, v in state.items()},
+        "G": _flat_base(grads), "S": {k: adopt(v) for k, v in state.items() if type(v) is dict},
     }
-    f["views"] = views
+    f["tmp"], f["views"] = np.empty_like(f["G"]), views
     return f
-
-
-def _update_flat(flat, state, lr):
-    """update() on the flat buffers: one NumPy call per rule, not one per parameter. The
-    state's scalars (Adam's step count t) go in and come back out."""
-    s = flat["S"]
-    s.update((k, v) for k, v in state.items() if not isinstance(v, dict))
-    update(flat["P"], flat["G"], s, lr=lr)
-    state.update((k, v) for k, v in s.items() if not isinstance(v, dict))
 '''
 
 
@@ -518,7 +547,7 @@ def _train_step_block(m: _Model) -> str:
     args = m.args(m.fast)[:-len(m.wrt)] + [f"grads[{w!r}]" for w in m.wrt]
     lines += ["    flat = _flat(params, state)", '    grads = flat["grads"]']
     lines += ["    " + ln for ln in _call_lines("loss = ", m.fast.name, args)]
-    lines += ['    if not (np.isfinite(loss) and np.isfinite(flat["G"]["all"].sum())):',
+    lines += ['    if not (np.isfinite(loss) and np.isfinite(flat["G"].sum())):',
               "        check_finite(loss, grads)  # says which gradient",
               "    _update_flat(flat, state, lr)",
               "    return float(loss)"]
@@ -562,6 +591,7 @@ def _module(doc: str, m: _Model, functions: list, blocks: list, imports=(),
 def _step_blocks(m: _Model) -> list[str]:
     flat = [] if m.fast is None else [
         f"TRAINED = {tuple(m.wrt)!r}  # the parameters train_step updates\n" + _FLAT,
+        m.opt.flat_update,
         workspace_source(m.em, m.pool)]
     return ([_FLAT_VIEWS] + _init_blocks(m.plan) + [m.opt.init_state, m.opt.update, _CHECK]
             + flat + [_train_step_block(m)])
