@@ -268,7 +268,7 @@ def _flat(params, state):
         "params": params, "state": state, "grads": grads, "P": adopt(params),
         "G": _flat_base(grads), "S": {k: adopt(v) for k, v in state.items() if type(v) is dict},
     }
-    f["tmp"], f["views"] = np.empty_like(f["G"]), views
+    f["views"] = views
     return f
 
 
@@ -276,7 +276,9 @@ def _update_flat(flat, state, lr, beta1=BETA1, beta2=BETA2, eps=EPS):
     """update() on the flat buffers, in place, the same arithmetic in the same order."""
     state["t"] += 1
     t = state["t"]
-    g, m, v, tmp = flat["G"], flat["S"]["m"], flat["S"]["v"], flat["tmp"]
+    g, m, v, tmp = flat["G"], flat["S"]["m"], flat["S"]["v"], flat.get("tmp")
+    if tmp is None:  # scratch for the moments, made once
+        tmp = flat["tmp"] = np.empty_like(g)
     m *= beta1
     np.multiply(g, 1 - beta1, out=tmp)
     m += tmp

@@ -109,7 +109,7 @@ _ADAM_UPDATE = '''def update(params, grads, state, lr=LR, beta1=BETA1, beta2=BET
 '''
 
 # The fast path: the same rules on the flat buffers of train_step (see _flat), written
-# in place. The gradient buffer and flat["tmp"] are scratch; the arithmetic is the same,
+# in place. The gradient buffer (and Adam's flat["tmp"]) is scratch; the arithmetic is the same,
 # in the same order, as update() above.
 _SGD_FLAT = '''def _update_flat(flat, state, lr):
     """update() on the flat buffers, in place with no temporary: w <- w - lr * g."""
@@ -129,7 +129,9 @@ _ADAM_FLAT = '''def _update_flat(flat, state, lr, beta1=BETA1, beta2=BETA2, eps=
     """update() on the flat buffers, in place, the same arithmetic in the same order."""
     state["t"] += 1
     t = state["t"]
-    g, m, v, tmp = flat["G"], flat["S"]["m"], flat["S"]["v"], flat["tmp"]
+    g, m, v, tmp = flat["G"], flat["S"]["m"], flat["S"]["v"], flat.get("tmp")
+    if tmp is None:  # scratch for the moments, made once
+        tmp = flat["tmp"] = np.empty_like(g)
     m *= beta1
     np.multiply(g, 1 - beta1, out=tmp)
     m += tmp
@@ -511,7 +513,7 @@ def _flat(params, state):
         "params": params, "state": state, "grads": grads, "P": adopt(params),
         "G": _flat_base(grads), "S": {k: adopt(v) for k, v in state.items() if type(v) is dict},
     }
-    f["tmp"], f["views"] = np.empty_like(f["G"]), views
+    f["views"] = views
     return f
 '''
 
