@@ -524,13 +524,13 @@ _RUNTIME = ['''class InputError(Exception):
             line += f"  test_{METRIC} {evaluate(params, data['X_test'], data['y_test']):.4f}"
         elif METRIC == "acc":
             line += f"  train_acc {evaluate(params, X, y):.4f}"
-        print(f"{line}  {time.perf_counter() - start:.2f}s", flush=True)
+        print(f"{line}  {time.perf_counter() - start:.3f}s", flush=True)
         seen, loss_sum = 0, 0.0
         if epoch == args.epochs or args.checkpoint_every and epoch % args.checkpoint_every == 0:
             save_checkpoint(args.out, params, state, {"epoch": epoch, "seen": 0,
                                                       "loss_sum": 0.0,
                                                       "rng": rng.bit_generator.state})
-    print(f"done: {epoch} epochs, {train_time:.2f}s training (evaluation excluded), "
+    print(f"done: {epoch} epochs, {train_time:.3f}s training (evaluation excluded), "
           f"checkpoint {args.out}")
     return 0
 ''', '''def option(kind, low, strict=False):
