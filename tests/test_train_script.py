@@ -100,7 +100,7 @@ def test_trains_standalone_and_loss_decreases(go, data, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
     lines = r.stdout.splitlines()
-    assert re.fullmatch(r"epoch 1/6  loss \S+  test_acc [01]\.\d{4}  \d+\.\d\ds", lines[0])
+    assert re.fullmatch(r"epoch 1/6  loss \S+  test_acc [01]\.\d{4}  \d+\.\d{3}s", lines[0])
     ls = losses(r.stdout)
     assert len(ls) == 6 and ls[-1] < ls[0] * 0.5
     assert float(re.findall(r"test_acc (\S+)", r.stdout)[-1]) >= 0.9
