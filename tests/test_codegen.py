@@ -85,7 +85,7 @@ def op_cases():
 
 
 # -- static checks ------------------------------------------------------------------------
-ALLOWED_METHODS = {"sum", "mean", "max", "reshape", "argmax", "astype", "copy", "T"}
+ALLOWED_METHODS = {"sum", "mean", "max", "min", "reshape", "argmax", "astype", "copy", "T"}
 
 
 def check_ast(src: str) -> ast.Module:

@@ -54,18 +54,31 @@ DATA_CSV = 'rows of 64 feature columns then 1 label column'
 METRIC = 'acc'  # evaluate() returns: 'acc' (accuracy) or 'loss'
 
 
+def _shifted_exp(logits, out=None):
+    """exp(logits - m), its row sums and m: the largest logit (of each row where needed)."""
+    m = logits.max()
+    out = np.subtract(logits, m, out=out)
+    np.exp(out, out=out)
+    sums = out.sum(axis=1)
+    if sums.min() < 1e-20:  # a row far below the batch maximum: shift each row by its own
+        m = logits.max(axis=1, keepdims=True)
+        np.exp(np.subtract(logits, m, out=out), out=out)
+        sums, m = out.sum(axis=1), m[:, 0]
+    return out, sums, m
+
+
 def _softmax_cross_entropy(logits, labels):
     """Mean over the batch of -log softmax(logits)[i, labels[i]]."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return -logp[np.arange(len(labels)), labels].mean()
+    rows = np.arange(len(labels))
+    _, sums, m = _shifted_exp(logits)
+    logp = logits[rows, labels] - m - np.log(sums)  # log softmax at the labels, never -inf
+    return -logp.sum() / len(labels)
 
 
 def _softmax_cross_entropy_grad(logits, labels, g, out=None):
     """dL/dlogits of the mean cross-entropy: (softmax(logits) - onehot(labels)) * g / N."""
-    out = np.subtract(logits, logits.max(axis=1, keepdims=True), out=out)
-    np.exp(out, out=out)
-    out *= g / (len(labels) * out.sum(axis=1, keepdims=True))
+    out, sums, _ = _shifted_exp(logits, out)
+    out *= g / (len(labels) * sums[:, None])
     out[np.arange(len(labels)), labels] -= g / len(labels)
     return out
 

@@ -239,11 +239,27 @@ _LOG_SOFTMAX = '''def _log_softmax(x, axis=-1):
     z = x - x.max(axis=axis, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
 '''
+# Both cross-entropy helpers shift the logits by one maximum for the whole batch (a
+# row maximum costs a slow reduction per row) and fall back to row maxima when a row
+# would underflow: exp never overflows, and no row sum is ever near 0.
+_SHIFTED_EXP = '''def _shifted_exp(logits, out=None):
+    """exp(logits - m), its row sums and m: the largest logit (of each row where needed)."""
+    m = logits.max()
+    out = np.subtract(logits, m, out=out)
+    np.exp(out, out=out)
+    sums = out.sum(axis=1)
+    if sums.min() < 1e-20:  # a row far below the batch maximum: shift each row by its own
+        m = logits.max(axis=1, keepdims=True)
+        np.exp(np.subtract(logits, m, out=out), out=out)
+        sums, m = out.sum(axis=1), m[:, 0]
+    return out, sums, m
+'''
 _XENT = '''def _softmax_cross_entropy(logits, labels):
     """Mean over the batch of -log softmax(logits)[i, labels[i]]."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return -logp[np.arange(len(labels)), labels].mean()
+    rows = np.arange(len(labels))
+    _, sums, m = _shifted_exp(logits)
+    logp = logits[rows, labels] - m - np.log(sums)  # log softmax at the labels, never -inf
+    return -logp.sum() / len(labels)
 '''
 
 
@@ -291,16 +307,15 @@ def _xent_vjp(g, args, out, attrs):
 register(OpDef(
     name="softmax_cross_entropy", arity=2, shape=_xent_shape,
     numpy=lambda c, a: f"_softmax_cross_entropy({c[0]}, {c[1]})",
-    helpers={"_softmax_cross_entropy": _XENT}, vjp=_xent_vjp,
+    helpers={"_softmax_cross_entropy": _XENT, "_shifted_exp": _SHIFTED_EXP}, vjp=_xent_vjp,
     doc="mean over the batch of -log softmax(logits)[label]; labels are integers"))
 
 # Its gradient, (softmax(logits) - onehot(labels)) * g / N, is one op so the code computes
 # it in one pass, in place, never dividing by a probability.
 _XENT_GRAD = '''def _softmax_cross_entropy_grad(logits, labels, g, out=None):
     """dL/dlogits of the mean cross-entropy: (softmax(logits) - onehot(labels)) * g / N."""
-    out = np.subtract(logits, logits.max(axis=1, keepdims=True), out=out)
-    np.exp(out, out=out)
-    out *= g / (len(labels) * out.sum(axis=1, keepdims=True))
+    out, sums, _ = _shifted_exp(logits, out)
+    out *= g / (len(labels) * sums[:, None])
     out[np.arange(len(labels)), labels] -= g / len(labels)
     return out
 '''
@@ -329,7 +344,8 @@ register(OpDef(
     name="softmax_cross_entropy_grad", arity=3, attrs={"batch": "N"}, shape=_xent_grad_shape,
     numpy=lambda c, a: f"_softmax_cross_entropy_grad({c[0]}, {c[1]}, {c[2]})",
     numpy_out=lambda c, a, o: f"_softmax_cross_entropy_grad({c[0]}, {c[1]}, {c[2]}, out={o})",
-    helpers={"_softmax_cross_entropy_grad": _XENT_GRAD}, vjp=_xent_grad_vjp,
+    helpers={"_softmax_cross_entropy_grad": _XENT_GRAD, "_shifted_exp": _SHIFTED_EXP},
+    vjp=_xent_grad_vjp,
     display=lambda args, attrs: sp.Mul(
         args[2] / sp.sympify(count((attrs["batch"],))),
         sp.Add(sp.Function("softmax")(args[0]), -sp.Function("onehot")(args[1]),
