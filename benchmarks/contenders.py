@@ -94,6 +94,20 @@ class GeneratedTrainStep(_Generated):
         self._step = functools.partial(c.module.train_step, self._params, self.state,
                                        **{n: batch[n] for n in c.inputs})
 
+    def rebind(self):
+        """Forward + backward is what train_step runs: the memory-planned
+        ``loss_and_grads_into`` (gradients into arrays bound once), where the module has it."""
+        super().rebind()
+        m = self.compiled.module
+        fast = getattr(m, "loss_and_grads_into", None)
+        if fast is None:
+            return
+        arrays = dict(self._params, X=self._X, y=self._y)
+        names = fast.__code__.co_varnames[:fast.__code__.co_argcount]
+        leaves = [n for n in names if n in arrays]
+        grads = {n: np.empty_like(self._params[w]) for n, w in zip(names[len(leaves):], m.TRAINED)}
+        self._vg = functools.partial(fast, **{n: arrays[n] for n in leaves}, **grads)
+
     def step(self):
         return self._step()
 
