@@ -146,11 +146,7 @@ def differentiate(g: Graph, of: str | None = None, wrt=None) -> Adjoints:
     of, wrt = check_of_wrt(g, of, wrt)
     j = g.copy()
     G = j.nx
-    on_path = nx.ancestors(G, of) | {of}
-    reach = set()
-    for w in wrt:
-        reach |= nx.descendants(G, w) | {w}
-    path = on_path & reach
+    path = j.ancestors([of]) & j.descendants(wrt)
     for n in j.topo_order():
         op = G.nodes[n]["op"]
         if n in path and n not in wrt and op not in registry.LEAVES \
@@ -173,6 +169,7 @@ def differentiate(g: Graph, of: str | None = None, wrt=None) -> Adjoints:
             for k, v in data.items():
                 G.nodes[n].setdefault(k, v)
 
+    holders: dict[str, set] = {}  # term node -> the nodes whose contributions list it
     for n in order:
         if n == of:
             start = len(G)
@@ -187,9 +184,9 @@ def differentiate(g: Graph, of: str | None = None, wrt=None) -> Adjoints:
             mark(start, grad_of=n)
             if G.nodes[node.name].get("auto") and "adjoint_of" not in G.nodes[node.name]:
                 old, node = node.name, j.name(node, adjoint_name(j, n))
-                for key, terms in adj.contributions.items():  # keep term names current
+                for key in holders.pop(old, ()):  # keep term names current
                     adj.contributions[key] = [(c, i, node.name if t == old else t)
-                                              for c, i, t in terms]
+                                              for c, i, t in adj.contributions[key]]
             G.nodes[node.name].setdefault("adjoint_of", n)
         adj.adjoint[n] = node.name
         op = G.nodes[n]["op"]
@@ -207,6 +204,7 @@ def differentiate(g: Graph, of: str | None = None, wrt=None) -> Adjoints:
                 G.nodes[t.name].setdefault("grad_of", a)
                 G.nodes[t.name].setdefault("via", n)
                 adj.contributions.setdefault(a, []).append((n, i, t.name))
+                holders.setdefault(t.name, set()).add(a)
 
     for w in wrt:
         if w not in adj.adjoint:  # the loss does not depend on w: its gradient is zero

@@ -349,14 +349,11 @@ class Graph:
 
     def ancestors(self, names: Iterable[str]) -> set[str]:
         """The given nodes and everything they depend on."""
-        out = set(names)
-        todo = list(out)
-        while todo:  # one walk for all names: linear in the graph, not per name
-            for p in self.nx.predecessors(todo.pop()):
-                if p not in out:
-                    out.add(p)
-                    todo.append(p)
-        return out
+        return _closure(names, self.nx.predecessors)
+
+    def descendants(self, names: Iterable[str]) -> set[str]:
+        """The given nodes and everything that depends on them."""
+        return _closure(names, self.nx.successors)
 
     def __repr__(self) -> str:
         return (f"<Graph {self.nx.graph.get('name', '')!r}: {len(self)} nodes, "
@@ -382,6 +379,19 @@ class Graph:
         from .render import svg
 
         return svg(self)
+
+
+def _closure(names: Iterable[str], neighbours) -> set[str]:
+    """``names`` and every node reachable through ``neighbours``, in one walk for all
+    names: linear in the graph, where one networkx walk per name is quadratic."""
+    out = set(names)
+    todo = list(out)
+    while todo:
+        for p in neighbours(todo.pop()):
+            if p not in out:
+                out.add(p)
+                todo.append(p)
+    return out
 
 
 def role_of(data: dict) -> str:
