@@ -83,6 +83,18 @@ def _softmax_cross_entropy_grad(logits, labels, g, out=None):
     return out
 
 
+def _softmax_cross_entropy_with_grad(logits, labels, g, out):
+    """The mean cross-entropy; writes its gradient (softmax - onehot(labels)) * g / N
+    into out. One shifted exp serves both."""
+    rows = np.arange(len(labels))
+    picked = logits[rows, labels]
+    out, sums, m = _shifted_exp(logits, out)
+    loss = -(picked - m - np.log(sums)).sum() / len(labels)
+    out *= g / (len(labels) * sums[:, None])
+    out[rows, labels] -= g / len(labels)
+    return loss
+
+
 def forward(X, W1, b1, W2, b2, y):
     """Forward pass: returns logits, L in a dict."""
     X = np.asarray(X, dtype=DTYPE)
@@ -132,21 +144,20 @@ def loss_and_grads_into(X, W1, b1, W2, b2, y, dW1, db1, dW2, db2):
     N = X.shape[0]
     _ws = _workspace(N)
     matmul_1 = h1 = _ws[0]
-    matmul_2 = logits = dlogits = _ws[1]
-    dh1 = dz1 = _ws[2]
+    matmul_2 = logits = _ws[1]
+    dlogits = _ws[2]
+    dh1 = dz1 = _ws[3]
     np.matmul(X, W1, out=matmul_1)
     np.add(matmul_1, b1, out=h1)
     np.maximum(h1, 0, out=h1)
     np.matmul(h1, W2, out=matmul_2)
     np.add(matmul_2, b2, out=logits)
-    L = _softmax_cross_entropy(logits, y)
-    dL = DTYPE(1)  # dL/dL = 1
-    _softmax_cross_entropy_grad(logits, y, dL, out=dlogits)  # dL/dlogits via L = _softmax_cross_entropy(logits, y)
+    L = _softmax_cross_entropy_with_grad(logits, y, DTYPE(1), dlogits)  # and dlogits, its gradient
     np.sum(dlogits, axis=0, out=db2)  # dL/db2 via logits = matmul_2 + b2
     np.matmul(h1.T, dlogits, out=dW2)  # dL/dW2 via matmul_2 = h1 @ W2
     np.matmul(dlogits, W2.T, out=dh1)  # dL/dh1 via matmul_2 = h1 @ W2
-    np.greater(h1, 0, out=_ws[3])
-    np.multiply(dh1, _ws[3], out=dz1)  # dL/dz1 via h1 = np.maximum(matmul_1 + b1, 0)
+    np.greater(h1, 0, out=_ws[4])
+    np.multiply(dh1, _ws[4], out=dz1)  # dL/dz1 via h1 = np.maximum(matmul_1 + b1, 0)
     np.sum(dz1, axis=0, out=db1)  # dL/db1 via h1 = np.maximum(matmul_1 + b1, 0)
     np.matmul(X.T, dz1, out=dW1)  # dL/dW1 via matmul_1 = X @ W1
     return L
@@ -318,8 +329,9 @@ def _workspace(N):
         ws = _WORKSPACES[(N,)] = [
             np.empty((N, 32), DTYPE),  # _ws[0]
             np.empty((N, 10), DTYPE),  # _ws[1]
-            np.empty((N, 32), DTYPE),  # _ws[2]
-            np.empty((N, 32), bool),  # _ws[3]
+            np.empty((N, 10), DTYPE),  # _ws[2]
+            np.empty((N, 32), DTYPE),  # _ws[3]
+            np.empty((N, 32), bool),  # _ws[4]
         ]
     return ws
 

@@ -208,13 +208,31 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
         last[t] = len(steps)
     pool, owner, body, binds = Pool(), {}, [], {}  # owner: node -> buffer index
     fn = Function(name, [em.namer(n) for n in leaves] + list(into.values()), doc)
+    together = _with_grad(em, steps)  # value node -> its gradient, computed in one call
+    seeds = {j.args(c)[-1] for c in together.values()}  # constants they take as numbers
+    unread = {g for g in seeds if {c for c, _ in j.consumers(g)} <= set(together.values())}
+
+    def buffer_for(n):  # a fresh buffer for n's value, named after it
+        owner[n] = pool.take(j.nx.nodes[n]["shape"], "f", avoid=set(owner.values()))
+        binds.setdefault(owner[n], []).append(em.namer(n))
 
     for i, n in enumerate(steps):
         d = j.nx.nodes[n]
         op = registry.get(d["op"]) if d["op"] != "const" else None
         comment = em.comment(n, of) if of else ""
         planned = op is not None and _out_op(op) and d["shape"] != () and d["dtype"] == "float"
-        if not planned:
+        if n in together.values() or n in unread:
+            pass  # computed with its value, above
+        elif n in together:
+            c = together[n]
+            if c not in into:
+                buffer_for(c)
+            args = j.args(c)
+            call = op.numpy_with_grad([em.code(a) for a in args[:-1]], d["attrs"],
+                                      em.rhs(args[-1]), em.code(c))  # g: a constant
+            em.helpers.update(op.helpers)
+            body.append(f"{em.namer(n)} = {call}  # and {em.namer(c)}, its gradient")
+        elif not planned:
             rhs = em.rhs(n)
             target = f"{into[n]}[...]" if n in into else em.namer(n)
             if rhs:
@@ -238,9 +256,9 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
                                and alias_safe(trial, out, em.code(a))), None)
                 if chosen is not None:
                     owner[n] = owner.pop(chosen)
+                    binds.setdefault(owner[n], []).append(em.namer(n))
                 else:
-                    owner[n] = pool.take(d["shape"], "f", avoid=set(owner.values()))
-                binds.setdefault(owner[n], []).append(em.namer(n))
+                    buffer_for(n)
             lines = _lines(em, n, op, out, temp)
             if comment:
                 lines[-1] = (lines[-1][0] + f"  # {safe_text(comment)}",) + lines[-1][1:]
@@ -257,6 +275,24 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
         fn.body.append(" = ".join(binds[k]) + f" = _ws[{k}]")
     fn.body += body
     return fn, pool
+
+
+def _with_grad(em: Emitter, steps: list[str]) -> dict:
+    """Nodes whose op computes its value and gradient in one call (``numpy_with_grad``),
+    paired with the gradient node its VJP made, when that gradient reads the same
+    arguments and an incoming adjoint known by then (the loss's seed)."""
+    j, out = em.j, {}
+    for n in steps:
+        d = j.nx.nodes[n]
+        if d["op"] in registry.LEAVES or registry.get(d["op"]).numpy_with_grad is None:
+            continue
+        for c in steps:
+            args = j.args(c)
+            g = j.nx.nodes[args[-1]] if args else {}
+            if j.nx.nodes[c].get("vjp_of") == n and args[:-1] == j.args(n) \
+                    and g.get("op") == "const" and g["shape"] == ():
+                out[n] = c
+    return out
 
 
 def _lines(em: Emitter, n: str, op, out: str, temp) -> list[tuple[str, set, str]]:

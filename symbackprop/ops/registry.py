@@ -82,6 +82,9 @@ class OpDef:
     display: Callable | None = None  # (arg sympy exprs, attrs) -> sympy expr
     code: Callable | None = None  # elementwise: like expr, a stable form to print
     numpy_out: Callable | None = None  # (codes, attrs, out) -> NumPy call writing into out
+    # (codes, attrs, g, out) -> one call returning the value and writing the gradient for
+    # the incoming adjoint g into out (the loss computed together with its gradient)
+    numpy_with_grad: Callable | None = None
     inline: bool = False  # a cheap view (W.T): written inside its single consumer
     commutative: bool = False  # arguments can be swapped (diagrams)
     notation: str | Callable | None = None  # diagrams: "{0} @ {1}"

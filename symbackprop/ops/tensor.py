@@ -304,10 +304,24 @@ def _xent_vjp(g, args, out, attrs):
                    batch=logits.shape[0]), None]
 
 
+_XENT_WITH_GRAD = '''def _softmax_cross_entropy_with_grad(logits, labels, g, out):
+    """The mean cross-entropy; writes its gradient (softmax - onehot(labels)) * g / N
+    into out. One shifted exp serves both."""
+    rows = np.arange(len(labels))
+    picked = logits[rows, labels]
+    out, sums, m = _shifted_exp(logits, out)
+    loss = -(picked - m - np.log(sums)).sum() / len(labels)
+    out *= g / (len(labels) * sums[:, None])
+    out[rows, labels] -= g / len(labels)
+    return loss
+'''
+
 register(OpDef(
     name="softmax_cross_entropy", arity=2, shape=_xent_shape,
     numpy=lambda c, a: f"_softmax_cross_entropy({c[0]}, {c[1]})",
-    helpers={"_softmax_cross_entropy": _XENT, "_shifted_exp": _SHIFTED_EXP}, vjp=_xent_vjp,
+    numpy_with_grad=lambda c, a, g, o: f"_softmax_cross_entropy_with_grad({c[0]}, {c[1]}, {g}, {o})",
+    helpers={"_softmax_cross_entropy": _XENT, "_shifted_exp": _SHIFTED_EXP,
+             "_softmax_cross_entropy_with_grad": _XENT_WITH_GRAD}, vjp=_xent_vjp,
     doc="mean over the batch of -log softmax(logits)[label]; labels are integers"))
 
 # Its gradient, (softmax(logits) - onehot(labels)) * g / N, is one op so the code computes
