@@ -111,3 +111,20 @@ def test_train_step_adopts_separate_arrays_once():
     assert len(bases) == 1  # now views of one flat buffer
     step.train_step(params, state, X=X, y=y)
     assert {k: id(v) for k, v in params.items()} == adopted  # and updated in place after that
+
+
+def test_expression_the_lowering_does_not_know_is_computed_the_plain_way():
+    import sympy
+
+    sb.elementwise("arctan_act", lambda x: sympy.atan(x))
+    try:
+        g = sb.models.mlp([4, 3, 2], activation="arctan_act")
+        fast = sb.compile(g, optimizer="sgd", lr=0.1)
+        plain = sb.compile(g, optimizer="sgd", lr=0.1, optimize=False)
+    finally:  # leave the registry as it was (test_ops_grad wants a domain for every op)
+        sb.ops.registry._OPS.pop("arctan_act")
+    assert "np.arctan(" in fast.source
+    X, y = np.linspace(-1, 1, 12).reshape(3, 4), np.array([0, 1, 1])
+    pf, pp = fast.init_params(0), plain.init_params(0)
+    assert fast.train_step(pf, fast.init_state(pf), X=X, y=y) == pytest.approx(
+        plain.train_step(pp, plain.init_state(pp), X=X, y=y), rel=1e-12)

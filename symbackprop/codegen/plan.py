@@ -220,7 +220,8 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
         d = j.nx.nodes[n]
         op = registry.get(d["op"]) if d["op"] != "const" else None
         comment = em.comment(n, of) if of else ""
-        planned = op is not None and _out_op(op) and d["shape"] != () and d["dtype"] == "float"
+        planned = (op is not None and _out_op(op) and d["shape"] != () and d["dtype"] == "float"
+                   and _lowerable(em, n, op))
         if n in together.values() or n in unread:
             pass  # computed with its value, above
         elif n in together:
@@ -275,6 +276,16 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
         fn.body.append(" = ".join(binds[k]) + f" = _ws[{k}]")
     fn.body += body
     return fn, pool
+
+
+def _lowerable(em: Emitter, n: str, op) -> bool:
+    """Whether node ``n`` can be written with out= calls (an elementwise expression with a
+    function the lowering does not know, such as atan, is computed the plain way)."""
+    try:
+        _lines(em, n, op, "_out", lambda shape, kind: "_scratch")
+    except NotImplementedError:
+        return False
+    return True
 
 
 def _with_grad(em: Emitter, steps: list[str]) -> dict:
