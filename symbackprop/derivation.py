@@ -172,6 +172,14 @@ class Derivation:
     def __str__(self) -> str:
         return self.text()
 
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """Jupyter: the derivation diagram as SVG, the steps as LaTeX and Markdown.
+        (render is imported here, not at the top: it comes later in the layering.)"""
+        from .render import mimebundle
+
+        return mimebundle(self, include, exclude, extra={
+            "text/latex": self._repr_latex_(), "text/markdown": self._repr_markdown_()})
+
     def _repr_latex_(self) -> str:
         return "$$\\begin{aligned}\n" + self._latex_body() + "\n\\end{aligned}$$"
 

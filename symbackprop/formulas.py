@@ -191,6 +191,13 @@ class Gradients:
     def __repr__(self) -> str:
         return f"<Gradients of {self.of!r} for {len(self.nodes)} nodes>"
 
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """Jupyter: the joint graph as SVG and the formulas as LaTeX. (render is imported
+        here, not at the top: it comes later in the layering.)"""
+        from .render import mimebundle
+
+        return mimebundle(self, include, exclude, extra={"text/latex": self._repr_latex_()})
+
     def _repr_latex_(self) -> str:
         return "$$" + self.latex() + "$$"
 

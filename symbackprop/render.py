@@ -930,14 +930,16 @@ def svg(obj, **kwargs) -> str | None:
     return done.stdout.decode("utf-8")
 
 
-def mimebundle(obj, include=None, exclude=None, **kwargs) -> dict:
+def mimebundle(obj, include=None, exclude=None, extra: dict | None = None, **kwargs) -> dict:
     """The Jupyter display of ``obj``: its SVG diagram (and plain text), for
-    ``_repr_mimebundle_``; only text, with the install hint, when ``dot`` is missing."""
+    ``_repr_mimebundle_``, plus the ``extra`` forms (LaTeX of formulas); only text, with
+    the install hint, when ``dot`` is missing."""
     text = repr(obj)
     image = svg(obj, **kwargs)
     if image is None:
-        return {"text/plain": f"{text}\n(no diagram: {INSTALL_HINT})"}
-    bundle = {"image/svg+xml": image, "text/plain": text}
+        bundle = {"text/plain": f"{text}\n(no diagram: {INSTALL_HINT})", **(extra or {})}
+    else:
+        bundle = {"image/svg+xml": image, "text/plain": text, **(extra or {})}
     if include:
         bundle = {k: v for k, v in bundle.items() if k in include}
     return {k: v for k, v in bundle.items() if not exclude or k not in exclude}

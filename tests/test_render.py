@@ -314,6 +314,16 @@ def test_display_hooks():
     assert list(g._repr_mimebundle_(include={"text/plain"})) == ["text/plain"]
 
 
+@needs_dot
+def test_gradients_and_derivations_display_svg_and_latex():
+    d = sb.derive(sb.parse(CHAIN), of="c", wrt="x", at={"x": 1})
+    bundle = d._repr_mimebundle_()
+    assert "<svg" in bundle["image/svg+xml"] and "= 20" in bundle["text/latex"]
+    assert "20" in bundle["text/markdown"]
+    bundle = sb.grad(sb.models.mlp([4, 3, 2]), of="L")._repr_mimebundle_()
+    assert "<svg" in bundle["image/svg+xml"] and "W_{1}" in bundle["text/latex"]
+
+
 def test_display_without_dot(monkeypatch):
     monkeypatch.setenv("PATH", "")
     bundle = sb.parse(CHAIN)._repr_mimebundle_()
