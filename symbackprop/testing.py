@@ -136,7 +136,7 @@ def check_grad(g: Graph, of: str | None = None, wrt=None, at: dict | None = None
     report = GradCheck(tol=tol, loss=float(loss))
 
     def f(k, idx, v):
-        x = arrays[k].astype(float).copy()
+        x = np.array(arrays[k], dtype=float)  # a copy, also of a 0-d value
         x[idx] = v
         return float(fn.value_and_grad(**{**arrays, k: x})[0])
 
