@@ -429,6 +429,7 @@ def to_networkx(g: Graph) -> nx.MultiDiGraph:
     """
     G = g.nx.copy()
     G.graph["outputs"] = g.outputs
+    G.graph["counts"] = dict(g._counts)  # so names made after a round trip are the same
     return G
 
 
@@ -484,6 +485,7 @@ def from_networkx(G: nx.Graph, name: str | None = None) -> Graph:
         if o not in g.nx:
             raise GraphError(missing_node_message(g, o, "output"))
     g.nx.graph["outputs"] = outs
+    g._counts.update({str(k): int(v) for k, v in (G.graph.get("counts") or {}).items()})
     return g
 
 

@@ -6,6 +6,7 @@ they are an independent check of the generated backward code.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -153,3 +154,181 @@ def check_grad(g: Graph, of: str | None = None, wrt=None, at: dict | None = None
             worst = max(worst, abs(fd - an) / max(abs(fd), abs(an), 1e-3))
         report.errors[k], report.checked[k] = worst, len(idxs)
     return report
+
+
+# -- random networks for property tests -----------------------------------------------
+_INPUT_SHAPES = ((), (3,), ("N", 3), (3, 3))
+_PARAM_SHAPES = ((), (3,), (3, 3))
+_LIMIT = 30.0  # bound on |value| of every drawn node, so finite differences stay accurate
+_CONSTS = (0.5, 2.0, -1.5, 3.0, 1.0, 0.0)  # scalar constant arguments; no division by 0
+_UNARY = ("neg", "tanh", "sigmoid", "relu", "softplus", "square", "sin", "cos", "exp",
+          "sum", "mean", "transpose")
+_BINARY = ("add", "sub", "mul", "div", "matmul")
+
+
+def _size(d) -> int:
+    return 4 if isinstance(d, str) else d  # a size name is 4, as in random_inputs
+
+
+def random_graphs(min_ops: int = 1, max_ops: int = 8, max_leaves: int = 3):
+    """A hypothesis strategy drawing small random networks with a scalar loss ``L``.
+
+    Nodes are drawn in order and every new op node takes its arguments only from
+    nodes drawn before it, so every graph is a DAG. First come one to ``max_leaves``
+    leaves, parameters ``w<i>`` of shape ``()``, ``(3,)`` or ``(3, 3)`` (the first is
+    always the parameter ``w0``) and inputs ``x<i>`` of those shapes or ``("N", 3)``;
+    then ``min_ops`` to ``max_ops`` steps, each applying one op to earlier nodes or
+    scalar constants:
+    ``add``, ``sub``, ``mul``, ``div``, ``neg``, ``exp``, ``tanh``, ``sigmoid``,
+    ``relu``, ``softplus``, ``square``, ``sin``, ``cos``, ``sum`` or ``mean`` over one
+    axis, ``matmul`` where the inner sizes match (transposing an argument if needed)
+    and ``transpose``. The loss ``L`` is the ``sum`` or ``mean`` of the last node, or a
+    weighted sum of such reductions of a few op nodes; sometimes the last node is also
+    an output ``y``. Op nodes that ``L`` does not use may remain.
+
+    Values stay where the ops are smooth and finite differences accurate, for the
+    arrays of :func:`random_inputs`: ``exp`` is only taken of ``tanh(x)``, division
+    is only by a nonzero constant, ``1 + square(x)`` or ``exp(tanh(x))``, and an op is
+    drawn only if a bound on the magnitude of its result stays below 30. ``relu`` can still
+    meet an argument near 0 at a given point (``x - x`` is exactly 0): tests that
+    need smoothness check the arguments of ``relu`` at the point they use.
+
+    Parameters
+    ----------
+    min_ops, max_ops : int
+        Number of steps; ``exp`` and ``div`` by a node add two or three nodes in one.
+    max_leaves : int
+        Largest number of inputs and parameters.
+
+    Returns
+    -------
+    hypothesis.strategies.SearchStrategy
+        Of :class:`~symbackprop.graph.Graph`. Examples shrink towards fewer leaves
+        and steps, the ops listed first and chains (each op applied to the latest node).
+
+    Examples
+    --------
+    >>> from hypothesis import given
+    >>> @given(sb.testing.random_graphs(max_ops=4))  # doctest: +SKIP
+    ... def test_loss_is_finite(g):
+    ...     arrays = sb.testing.random_inputs(g)
+    ...     assert np.isfinite(sb.compile(g).forward(**arrays)["L"])
+    """
+    from hypothesis import strategies as st  # a dev dependency: imported only here
+
+    from .ops.elementwise import broadcast_shapes
+    from .ops.registry import ShapeMismatch
+
+    def broadcasts(a: tuple, b: tuple) -> bool:
+        try:
+            broadcast_shapes([a, b])
+        except ShapeMismatch:
+            return False
+        return True
+
+    @st.composite
+    def graphs(draw) -> Graph:
+        g = Graph("random")
+        bound: dict[str, float] = {}  # node -> bound on |value|
+        pool: list[str] = []  # nodes later ops may use, in the order they were drawn
+
+        def add(node, b: float):
+            bound[node.name] = b
+            pool.append(node.name)
+            return node
+
+        for i in range(draw(st.integers(1, max_leaves))):
+            if i == 0 or draw(st.booleans()):  # a trained parameter has fixed sizes
+                add(g.param(f"w{i}", draw(st.sampled_from(_PARAM_SHAPES))), 1.0)
+            else:
+                add(g.input(f"x{i}", draw(st.sampled_from(_INPUT_SHAPES))), 1.2)
+
+        for _ in range(draw(st.integers(min_ops, max_ops))):
+            # the first argument counts back from the latest node, so shrinking gives chains
+            a = g[pool[-1 - draw(st.integers(0, len(pool) - 1))]]
+            ba = bound[a.name]
+            unary = {"neg": ba, "tanh": 1.0, "sigmoid": 1.0, "relu": ba, "softplus": ba + 0.7,
+                     "square": ba * ba, "sin": 1.0, "cos": 1.0, "exp": math.e}
+            if a.ndim:
+                unary.update(sum=ba * max(_size(d) for d in a.shape), mean=ba, transpose=ba)
+            choices = {op: [None] for op in _UNARY if unary.get(op, _LIMIT + 1) <= _LIMIT}
+            # binary ops: the second argument, an earlier node or a constant
+            for n in pool:
+                bn = bound[n]
+                if broadcasts(a.shape, g.nx.nodes[n]["shape"]):
+                    for op, b in (("add", ba + bn), ("sub", ba + bn), ("mul", ba * bn),
+                                  ("div", max(ba, bn) * math.e)):
+                        if b <= _LIMIT:
+                            choices.setdefault(op, []).append(n)
+            for c in _CONSTS:
+                for op, b in (("add", ba + abs(c)), ("sub", ba + abs(c)), ("mul", ba * abs(c)),
+                              ("div", ba / (abs(c) or 1))):
+                    if b <= _LIMIT and (op != "div" or c != 0):
+                        choices.setdefault(op, []).append(c)
+            if a.ndim == 2:
+                for n in pool:
+                    s = g.nx.nodes[n]["shape"]
+                    if len(s) != 2 or ba * bound[n] * max(_size(d) for d in s) > _LIMIT:
+                        continue
+                    # (left, right, which argument is transposed)
+                    for case in ((a.name, n, None, s[0] == a.shape[1]),
+                                 (a.name, n, 1, s[1] == a.shape[1]),
+                                 (n, a.name, None, s[1] == a.shape[0]),
+                                 (n, a.name, 0, s[0] == a.shape[0])):
+                        if case[3]:
+                            choices.setdefault("matmul", []).append(case[:3])
+            op = draw(st.sampled_from([o for o in _UNARY + _BINARY if o in choices]))
+            b = draw(st.sampled_from(choices[op]))
+            if op == "exp":
+                add(g.apply("exp", [add(g.apply("tanh", [a]), 1.0)]), math.e)
+            elif op in ("sum", "mean"):
+                axis = draw(st.sampled_from(list(range(a.ndim)) + [-1]))
+                keep = draw(st.booleans())
+                s = _size(a.shape[axis]) if op == "sum" else 1
+                add(g.apply(op, [a], {"axis": axis, "keepdims": keep}), ba * s)
+            elif op == "matmul":
+                left, right, t = b
+                args = [g[left], g[right]]
+                if t is not None:
+                    args[t] = add(args[t].T, bound[args[t].name])
+                k = _size(args[0].shape[1])
+                add(args[0] @ args[1], bound[left] * bound[right] * k)
+            elif op in _BINARY:
+                swap = draw(st.booleans())
+                const = not isinstance(b, str)
+                other = b if const else g[b]
+                bb = abs(b) if const else bound[b]
+                if op == "div":
+                    num, den = (other, a) if swap and not const else (a, other)
+                    bnum = bb if num is other else ba
+                    if not const:  # a denominator >= 1 / e: 1 + den**2 or exp(tanh(den))
+                        bd = bound[den.name]
+                        if 1 + bd * bd <= _LIMIT and draw(st.booleans()):
+                            den = add(1 + add(g.apply("square", [den]), bd * bd), 1 + bd * bd)
+                        else:
+                            den = add(g.apply("exp", [add(g.apply("tanh", [den]), 1.0)]), math.e)
+                        bnum *= math.e
+                    else:
+                        bnum /= abs(b)
+                    add(g.apply("div", [num, den]), bnum)
+                else:
+                    args = [other, a] if swap else [a, other]
+                    add(g.apply(op, args), ba * bb if op == "mul" else ba + bb)
+            else:
+                add(g.apply(op, [a]), unary[op])
+
+        last = pool[-1]
+        if draw(st.booleans()):
+            pool[-1] = last = g.output("y", g[last]).name
+        ops = [n for n in pool if g.role(n) == "op"]
+        terms = [last] + draw(st.lists(st.sampled_from(ops), max_size=2))
+        loss = None
+        for n in terms:
+            r = g.apply(draw(st.sampled_from(["sum", "mean"])), [g[n]])
+            if len(terms) > 1:
+                r = r * draw(st.sampled_from([1.0, 0.5, -2.0]))
+            loss = r if loss is None else loss + r
+        g.output("L", loss)
+        return g
+
+    return graphs()

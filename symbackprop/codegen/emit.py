@@ -21,8 +21,9 @@ import sympy as sp
 from .. import __version__ as _version
 from ..autodiff import Adjoints, differentiate
 from ..errors import CodegenError, GraphError
-from ..graph import Graph, dim_symbol
+from ..graph import Graph, dim_symbol, fmt_shape
 from ..ops import registry
+from ..ops.elementwise import broadcast_shapes
 from ..optimize import optimize as run_passes
 from ..optimize import resolve as resolve_passes
 from .printer import expr_code, spaced
@@ -146,9 +147,12 @@ class Emitter:
                 e = e.xreplace({s: self.value(a)})
             else:
                 names[s] = self.code(a)
-        if not names:  # constants only: a NumPy scalar of DTYPE, not a Python float
-            return f"DTYPE({expr_code(e)})"
-        return expr_code(e, names)
+        # no argument left (constants only, or x * 0): a NumPy scalar of DTYPE, not a Python number
+        code = expr_code(e, names) if e.free_symbols & set(names) else f"DTYPE({expr_code(e)})"
+        kept = [self.j.nx.nodes[a]["shape"] for s, a in zip(syms, args) if s in e.free_symbols]
+        if broadcast_shapes(kept) != tuple(d["shape"]):  # x * 0 for x of shape (3,)
+            return f"np.broadcast_to({code}, {fmt_shape(d['shape'])})"
+        return code
 
     def comment(self, n: str, of: str) -> str:
         d = self.j.nx.nodes[n]
@@ -174,6 +178,11 @@ class Emitter:
         """Statements computing ``targets`` from the leaves they depend on."""
         j = self.j
         need = j.ancestors(targets)
+        # The zero gradient of a leaf the loss does not use, np.broadcast_to(0.0, (N, 3)),
+        # reads no node; the leaf is passed all the same when its shape binds a size name.
+        need |= {a for a in (j.nx.nodes[n].get("adjoint_of") for n in need)
+                 if a in j.nx and j.role(a) in ("input", "param")
+                 and any(isinstance(s, str) for s in j.nx.nodes[a]["shape"])}
         order = [n for n in j.topo_order() if n in need]
         leaves = [n for n in order if j.role(n) in ("input", "param")]
         leaves.sort(key=list(j.nx).index)

@@ -206,6 +206,13 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
             last[a] = i
     for t in targets:
         last[t] = len(steps)
+    # A structural op computed the plain way may return a view of its argument (h.T used
+    # twice, x.reshape(...), np.broadcast_to): the argument's buffer lives as long as it.
+    for n in reversed(steps):
+        op = registry.get(j.nx.nodes[n]["op"]) if j.role(n) == "op" else None
+        if op is not None and not op.elementwise and op.numpy_out is None and n in last:
+            for a in reads(n):
+                last[a] = max(last.get(a, -1), last[n])
     pool, owner, body, binds = Pool(), {}, [], {}  # owner: node -> buffer index
     fn = Function(name, [em.namer(n) for n in leaves] + list(into.values()), doc)
     together = _with_grad(em, steps)  # value node -> its gradient, computed in one call

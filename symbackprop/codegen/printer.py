@@ -51,6 +51,9 @@ class Printer(NumPyPrinter):
             return f"({x} >= 0)"
         raise ValueError(f"Heaviside({e.args[0]}, {at0}): use Heaviside(x, 0) (relu'(0) = 0).")
 
+    def _print_FloatStep(self, e):
+        return f"np.heaviside({self._print(e.args[0])}, {self._print(e.args[1])})"
+
     def _print_Max(self, e):
         return self._pairwise("np.maximum", e.args)
 
@@ -111,6 +114,27 @@ def spaced(code: str, rename: dict | None = None) -> str:
     return re.sub(r"(?<![\w)\]])\((\d+(?:\.\d+)?)\)", r"\1", "".join(out).strip())
 
 
+class FloatStep(sp.Function):
+    """``Heaviside(x, a)`` where the boolean ``(x > 0)`` would not do, printed
+    ``np.heaviside(x, a)``: alone (a bool gradient), negated (``-(x > 0)`` is an error),
+    summed (``(a > 0) + (b > 0)`` is a logical or) or scaled by a number only."""
+
+
+def float_steps(e: sp.Expr) -> sp.Expr:
+    """``e`` with every Heaviside that is not a factor of a product with an array factor
+    (``dh * (h > 0)``) made a :class:`FloatStep`."""
+    if not isinstance(e, sp.Basic) or not e.has(sp.Heaviside):
+        return e
+    if isinstance(e, sp.Heaviside):
+        return FloatStep(e.args[0], e.args[1] if len(e.args) > 1 else sp.S.Half)
+    safe = isinstance(e, sp.Mul) and any(not f.is_number and not isinstance(f, sp.Heaviside)
+                                         for f in e.args)
+    args = [a if safe and isinstance(a, sp.Heaviside) else float_steps(a) for a in e.args]
+    if all(a is b for a, b in zip(args, e.args)):
+        return e
+    return e.func(*args, evaluate=False) if isinstance(e, (sp.Add, sp.Mul)) else e.func(*args)
+
+
 def expr_code(expr: sp.Expr, names: dict | None = None) -> str:
     """NumPy source for ``expr``; ``names`` maps symbols to the code of their values.
 
@@ -119,4 +143,4 @@ def expr_code(expr: sp.Expr, names: dict | None = None) -> str:
     alphabetical ordering of terms cannot reorder ``softmax - onehot``.
     """
     rename = {s.name: c for s, c in (names or {}).items()}
-    return spaced(Printer().doprint(expr), rename)
+    return spaced(Printer().doprint(float_steps(expr)), rename)

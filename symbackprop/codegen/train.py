@@ -408,6 +408,7 @@ class _Model:
     dtype: str
     fast: Function | None = None  # loss_and_grads_into: the planned step, if optimizing
     pool: object = None  # its workspace buffers
+    grads: list = field(default_factory=list)  # the gradient node of each wrt, in order
 
     def args(self, fn: Function, data: dict | None = None) -> list[str]:
         """Arguments calling an emitted function: ``params['W1']`` for parameters,
@@ -454,7 +455,8 @@ def _model(g: Graph, of, wrt, optimizer, lr, hyper, dtype, optimize, extra_outpu
     if clash:
         raise CodegenError(f"input {clash[0]!r} has the name of a variable of the training "
                            "step; rename the input (e.g. g.rename).")
-    return _Model(g, of, wrt, em, fns, inputs, opt, values, plan_init(g), dtype, fast, pool)
+    return _Model(g, of, wrt, em, fns, inputs, opt, values, plan_init(g), dtype, fast, pool,
+                  [adj.adjoint[w] for w in wrt])
 
 
 _FLAT_VIEWS = '''def flat_views(arrays):
@@ -545,10 +547,16 @@ def _train_step_block(m: _Model) -> str:
         lines += ["    check_finite(loss, grads)", "    update(params, grads, state, lr=lr)",
                   "    return float(loss)"]
         return "\n".join(lines) + "\n"
-    # loss_and_grads_into takes the leaves, then one gradient array per trained parameter
-    args = m.args(m.fast)[:-len(m.wrt)] + [f"grads[{w!r}]" for w in m.wrt]
+    # loss_and_grads_into takes the leaves, then one gradient array per gradient node; two
+    # parameters can share one (both arguments of w0 + w1): the second gets a copy
+    first = {}
+    for w, n in zip(m.wrt, m.grads):
+        first.setdefault(n, w)
+    args = m.args(m.fast)[:-len(first)] + [f"grads[{w!r}]" for w in first.values()]
     lines += ["    flat = _flat(params, state)", '    grads = flat["grads"]']
     lines += ["    " + ln for ln in _call_lines("loss = ", m.fast.name, args)]
+    lines += [f"    grads[{w!r}][...] = grads[{first[n]!r}]"
+              for w, n in zip(m.wrt, m.grads) if first[n] != w]
     lines += ['    if not (np.isfinite(loss) and np.isfinite(flat["G"].sum())):',
               "        check_finite(loss, grads)  # says which gradient",
               "    _update_flat(flat, state, lr)",

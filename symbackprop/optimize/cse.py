@@ -46,7 +46,7 @@ def cse(g: Graph) -> Graph:
             continue
         if n in outputs and first in outputs:
             continue
-        keep, drop = (n, first) if first in outputs or (
+        keep, drop = (n, first) if n in outputs or first not in outputs and (
             g.nx.nodes[first].get("auto") and not g.nx.nodes[n].get("auto")) else (first, n)
         if g.nx.nodes[drop].get("phase") == "forward":  # computed in the forward pass
             g.nx.nodes[keep]["phase"] = "forward"

@@ -47,6 +47,7 @@ def fold(g: Graph) -> Graph:
         if not any(v is not None for v in consts.values()):
             continue
         syms, e = op.code_expr(d["attrs"])
+        syms = tuple(syms) + X[len(syms):len(args)]  # an ew expression (0) may skip its last args
         e = e.xreplace({syms[i]: v for i, v in consts.items() if v is not None})
         rest = [a for i, a in enumerate(args) if consts[i] is None]
         old = [syms[i] for i in range(len(args)) if consts[i] is None]

@@ -35,6 +35,7 @@ def _expand(g: Graph, n: str, into: str, keep: set) -> tuple[sp.Expr, list[str]]
         return s, [(s, n)]
     d = g.nx.nodes[n]
     syms, e = registry.get(d["op"]).code_expr(d["attrs"])
+    syms = tuple(syms) + X[len(syms):len(g.args(n))]  # an ew expression may skip its last args
     leaves = []
     subs = {}
     for sym, a in zip(syms, g.args(n)):
@@ -67,6 +68,7 @@ def fuse(g: Graph) -> Graph:
         d = g.nx.nodes[n]
         syms, e = registry.get(d["op"]).code_expr(d["attrs"])
         args = g.args(n)
+        syms = tuple(syms) + X[len(syms):len(args)]  # kept: they may set the shape (x * 0)
         subs, leaves = {}, []
         for s, a in zip(syms, args):
             subs[s], found = _expand(g, a, n, keep)
