@@ -128,3 +128,17 @@ def test_expression_the_lowering_does_not_know_is_computed_the_plain_way():
     pf, pp = fast.init_params(0), plain.init_params(0)
     assert fast.train_step(pf, fast.init_state(pf), X=X, y=y) == pytest.approx(
         plain.train_step(pp, plain.init_state(pp), X=X, y=y), rel=1e-12)
+
+
+def test_relu_steps_summed_are_counted_not_or_ed():
+    """(h1 > 0) + (h2 > 0) on booleans is a logical or; the lowering adds them as floats."""
+    pool = Pool()
+    steps = lower(sp.Heaviside(x0, 0) + sp.Heaviside(x1, 0) - sp.Heaviside(x0 - 1, 0),
+                  {x0: "a", x1: "b"}, {x0: (3,), x1: (3,)}, "out", (3,),
+                  lambda shape, kind: f"_ws[{pool.take(shape, kind)}]")
+    env = {"np": np, "a": np.array([0.5, 2.0, -1.0]), "b": np.array([1.0, -1.0, 1.0]),
+           "out": np.empty(3)}
+    env["_ws"] = [np.empty(3, bool if k == "b" else float) for _, k in pool.buffers]
+    for code, _, _ in steps:
+        exec(code, env)  # noqa: S102 -- the code under test
+    np.testing.assert_array_equal(env["out"], [2.0, 0.0, 1.0])

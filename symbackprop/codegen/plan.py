@@ -22,7 +22,7 @@ import sympy as sp
 from ..ops import registry
 from ..ops.elementwise import broadcast_shapes
 from .emit import Emitter, Function, safe_text
-from .printer import expr_code
+from .printer import FloatStep, expr_code, float_steps
 
 _UNARY = {sp.exp: "np.exp", sp.log: "np.log", sp.tanh: "np.tanh", sp.sin: "np.sin",
           sp.cos: "np.cos", sp.Abs: "np.abs", sp.sign: "np.sign", sp.cosh: "np.cosh",
@@ -82,8 +82,11 @@ class Lowering:
         return self.compute(e, dest, dest_shape)
 
     def compute(self, e, d, ds) -> str:
-        if isinstance(e, sp.Heaviside):
+        if isinstance(e, sp.Heaviside):  # only as a factor next to an array (see float_steps)
             return self.call("np.greater", [self.value(e.args[0]), "0"], d)
+        if isinstance(e, FloatStep):  # a step summed, negated or alone: as floats
+            return self.call("np.heaviside", [self.value(e.args[0], d, ds),
+                                              self.value(e.args[1])], d)
         if isinstance(e, sp.Add):
             terms = [(1, t) if not _negated(t) else (-1, -t) for t in e.args]
             return self.chain(terms, d, ds, "np.add", "np.subtract", "np.negative")
@@ -158,7 +161,7 @@ def lower(expr, leaves: dict, shapes: dict, out: str, out_shape: tuple,
     """Ufunc calls computing ``expr`` into ``out``; ``temp(shape, kind)`` names a scratch
     buffer. ``leaves`` maps symbols to code, ``shapes`` symbols to shapes."""
     low = Lowering(leaves, shapes, temp)
-    code = low.value(expr, out, out_shape)
+    code = low.value(float_steps(expr), out, out_shape)
     if code != out:  # a leaf, a number, or a value of another shape: copy it in
         low.steps.append((f"np.copyto({out}, {code})", {code}, out))
     return low.steps
