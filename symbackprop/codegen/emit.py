@@ -159,14 +159,17 @@ class Emitter:
         if d.get("phase") != "backward":
             return ""
         nm = self.namer
-        if "grad_of" in d and "via" in d:
+        # A node that is some node's adjoint is named as that (the seed dL is also the
+        # term that add passes on to its arguments, but it is dL/dL).
+        if "grad_of" in d and "via" in d and d.get("adjoint_of", d["grad_of"]) == d["grad_of"]:
             via = self.absorbed.get(d["via"], d["via"])
             if via not in self.j.nx:
                 return f"d{nm(of)}/d{nm(d['grad_of'])}"
             return f"d{nm(of)}/d{nm(d['grad_of'])} via {nm(via)} = {self.rhs(via)}"
         if "adjoint_of" in d:
             a = d["adjoint_of"]
-            k = len(self.j.consumers(a)) if a != of else 0
+            k = sum(self.j.nx.nodes[c].get("phase") == "forward"  # uses in the forward pass
+                    for c, _ in self.j.consumers(a)) if a != of else 0
             extra = f", summed over its {k} uses" if "grad_of" in d and k > 1 else ""
             return f"d{nm(of)}/d{nm(a)}{extra}" if a != of else f"d{nm(of)}/d{nm(of)} = 1"
         if "vjp_of" in d:
