@@ -192,16 +192,16 @@ def elementwise(name: str, fn: Callable, grad: Callable | None = None,
     k = sum(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
             for p in inspect.signature(fn).parameters.values())
     expr = sp.sympify(fn(*X[:k]))
-    if grad is not None:
-        gs = grad(*X[:k], Y)
-        grads = tuple(gs) if isinstance(gs, (tuple, list)) else (gs,)
-        local = lambda attrs: [sp.sympify(g_) for g_ in grads]
-    else:
-        local = lru_cache(maxsize=1)(lambda: [
-            through_output(expr, _heaviside0(sp.diff(expr, x)), x) if k == 1
-            else _heaviside0(sp.diff(expr, x)) for x in X[:k]])
-        local_cached = local
-        local = lambda attrs: list(local_cached())
+    @lru_cache(maxsize=1)  # derived on first use: SymPy takes a while for some ops
+    def derivatives() -> tuple:
+        if grad is not None:
+            gs = grad(*X[:k], Y)
+            return tuple(map(sp.sympify, gs if isinstance(gs, (tuple, list)) else (gs,)))
+        return tuple(through_output(expr, _heaviside0(sp.diff(expr, x)), x) if k == 1
+                     else _heaviside0(sp.diff(expr, x)) for x in X[:k])
+
+    def local(attrs):
+        return list(derivatives())
 
     if numpy is None:
         np_template = None
