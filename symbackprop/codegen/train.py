@@ -37,7 +37,16 @@ from ..errors import CodegenError, GraphError
 from ..graph import Graph, fmt_shape
 from ..ops import registry
 from ..optimize import resolve as resolve_passes
-from .emit import Compiled, Emitter, Function, emit_model, prepare, render_function, safe_text
+from .emit import (
+    Compiled,
+    Emitter,
+    Function,
+    describe,
+    emit_model,
+    prepare,
+    render_function,
+    safe_text,
+)
 from .plan import plan_function, workspace_source
 
 # -- optimizers ------------------------------------------------------------------------
@@ -209,19 +218,6 @@ def _formula(g: Graph, n: str, top: bool = True, budget: list | None = None) -> 
     budget[0] -= 1
     args = ", ".join(_formula(g, a, False, budget) for a in g.args(n))
     return f"{d['op']}({args})"
-
-
-def _leaf_text(g: Graph, n: str) -> str:
-    d = g.nx.nodes[n]
-    return f"{n} {fmt_shape(d['shape'])}" + (" int" if d["dtype"] == "int" else "")
-
-
-def _network_text(g: Graph) -> str:
-    name = g.nx.graph.get("name", "network")
-    inputs = ", ".join(_leaf_text(g, n) for n in g.nodes("input")) or "none"
-    params = ", ".join(_leaf_text(g, n) for n in g.nodes("param"))
-    return (f"{name}: inputs {inputs}; parameters {params}; "
-            f"outputs {', '.join(g.outputs)}")
 
 
 def _params_of(g: Graph, of, wrt) -> tuple[str, list[str]]:
@@ -576,7 +572,7 @@ def _wrap(*lines: str) -> str:
 def _step_doc(m: _Model, what: str) -> str:
     g = m.g
     return f"{what}\n\n" + _wrap(
-        f"Network {safe_text(_network_text(g))}.",
+        f"Network {safe_text(describe(g, shapes=True))}.",
         f"Loss: {safe_text(m.of)} = {safe_text(_formula(g, m.of))}.",
         f"Optimizer: {m.opt.title} ({m.opt.rule}); {_hyper_text(m.hyper)}.",
         f"Initialisation: {safe_text(_init_text(m.plan))}.",
