@@ -23,6 +23,7 @@ import numbers
 from collections.abc import Iterable
 
 import networkx as nx
+import numpy as np
 import sympy as sp
 
 from .errors import ArityError, CycleError, GraphError, ShapeError
@@ -173,8 +174,6 @@ class Graph:
 
     def const(self, value, name: str | None = None) -> Node:
         """A constant: a number, a SymPy expression of size names (``1/N``) or an array."""
-        import numpy as np
-
         if isinstance(value, Node):
             return value
         if isinstance(value, (list, tuple, np.ndarray)):
@@ -184,16 +183,16 @@ class Graph:
             shape, stored = (), value
             if isinstance(value, sp.Basic):
                 bad = [s for s in value.free_symbols if not s.name.isidentifier()]
-                if bad or not value.is_number and not value.free_symbols:
+                if bad or not (value.is_number or value.free_symbols):
                     raise GraphError(f"constant {value!r}: only numbers and size names allowed.")
         else:
             raise GraphError(
                 f"constant {value!r} ({type(value).__name__}): expected a number or an array. "
                 "Use g.input() for data.")
-        name = self._fresh(name, "const")
-        self.nx.add_node(name, op="const", shape=tuple(shape), dtype="float", attrs={},
-                         value=stored, auto=True)
-        return Node(self, name)
+        new = self._fresh(name, "const")
+        self.nx.add_node(new, op="const", shape=tuple(shape), dtype="float", attrs={},
+                         value=stored, auto=name is None)
+        return Node(self, new)
 
     def _leaf(self, role, name, shape, dtype) -> Node:
         name = self._check_new_name(name)
