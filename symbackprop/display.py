@@ -60,34 +60,29 @@ class Indicator(sp.Function):
 _LATEX_NAMES: dict[str, str] = {}  # label symbol name -> its LaTeX form
 
 
-class Label(sp.Symbol):
+class _PrintedAsGiven:
+    """Print the symbol's name as it is (its LaTeX from :data:`_LATEX_NAMES`)."""
+
+    def _sympystr(self, p):
+        return self.name
+
+    def _latex(self, p):
+        return _LATEX_NAMES.get(self.name, self.name)
+
+    def _pretty(self, p):
+        return prettyForm(self.name)
+
+
+class Label(_PrintedAsGiven, sp.Symbol):
     """A scalar symbol printed as given: ``δ_(w·x − y)`` (LaTeX ``\\delta_{w x - y}``)."""
 
     @classmethod
     def class_key(cls):
         return sp.Symbol.class_key()  # sorted among symbols by name: x·δ_(w·x)
 
-    def _sympystr(self, p):
-        return self.name
 
-    def _latex(self, p):
-        return _LATEX_NAMES.get(self.name, self.name)
-
-    def _pretty(self, p):
-        return prettyForm(self.name)
-
-
-class MatLabel(sp.MatrixSymbol):
+class MatLabel(_PrintedAsGiven, sp.MatrixSymbol):
     """A matrix symbol printed as given: the δ of an unnamed matrix node."""
-
-    def _sympystr(self, p):
-        return self.name
-
-    def _latex(self, p):
-        return _LATEX_NAMES.get(self.name, self.name)
-
-    def _pretty(self, p):
-        return prettyForm(self.name)
 
 
 def label_symbol(text: str, latex: str, shape=None):
