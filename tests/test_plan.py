@@ -142,3 +142,18 @@ def test_relu_steps_summed_are_counted_not_or_ed():
     for code, _, _ in steps:
         exec(code, env)  # noqa: S102 -- the code under test
     np.testing.assert_array_equal(env["out"], [2.0, 0.0, 1.0])
+
+
+def test_no_in_place_over_an_argument_read_through_a_view():
+    """dtanh = (1 - t**2) * dT.T must not be written over dT's buffer: the calls would
+    overwrite dT before reading it through the transposed view (found by test_properties)."""
+    g = sb.Graph()
+    w0 = g.param("w0", shape=(3, 3))
+    g.output("L", sb.sum(-sb.tanh(w0 @ w0).T))
+    fast = sb.compile(g, optimizer="sgd", lr=0.5)
+    plain = sb.compile(g, optimizer="sgd", lr=0.5, optimize=False)
+    w = np.arange(9.0).reshape(3, 3) / 10
+    pf, pp = {"w0": w.copy()}, {"w0": w.copy()}
+    fast.train_step(pf, fast.init_state(pf))
+    plain.train_step(pp, plain.init_state(pp))
+    np.testing.assert_allclose(pf["w0"], pp["w0"], rtol=1e-12)

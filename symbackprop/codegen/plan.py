@@ -261,7 +261,9 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
                 # Overwrite an argument in place when this is its last read and the
                 # calls read it before they write (checked on a trial lowering).
                 trial = _lines(em, n, op, out, lambda shape, kind: "_scratch")
-                chosen = next((a for a in dict.fromkeys(reads(n))
+                # Only an argument read directly: one read through a view (h.T) is another
+                # layout of the same memory, which the calls would overwrite under it.
+                chosen = next((a for a in dict.fromkeys(j.args(n))
                                if a in owner and last.get(a) == i
                                and j.nx.nodes[a]["shape"] == d["shape"]
                                and alias_safe(trial, out, em.code(a))), None)
