@@ -21,8 +21,6 @@ def pytest_addoption(parser):
 @pytest.fixture
 def update_golden(request) -> bool:
     """True when golden files should be rewritten (--update-golden or UPDATE_GOLDEN=1)."""
-    import os
-
     return bool(request.config.getoption("--update-golden")
                 or os.environ.get("UPDATE_GOLDEN", "") not in ("", "0"))
 
