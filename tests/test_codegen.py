@@ -85,7 +85,8 @@ def op_cases():
 
 
 # -- static checks ------------------------------------------------------------------------
-ALLOWED_METHODS = {"sum", "mean", "max", "min", "reshape", "argmax", "astype", "copy", "T"}
+ALLOWED_METHODS = {"sum", "mean", "max", "min", "reshape", "argmax", "astype", "copy", "T",
+                   "get"}  # get: the dict of cached ones vectors (_ones)
 
 
 def check_ast(src: str) -> ast.Module:

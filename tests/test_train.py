@@ -137,7 +137,9 @@ def test_source_keeps_gradient_and_optimizer_separate(optimizer, tmp_path):
                     and isinstance(n.func, ast.Name)}
     assert "value_and_grad" not in update_calls
     imports = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
-    assert imports == {"numpy"} and not any(isinstance(n, ast.ImportFrom) for n in tree.body)
+    # NumPy, and math for the finiteness screen of the loss
+    assert imports == {"numpy", "math"} and not any(isinstance(n, ast.ImportFrom)
+                                                    for n in tree.body)
     assert ast.get_docstring(tree).startswith("Training step for the mlp_4_3_2 network")
     path = tmp_path / f"step_{optimizer}.py"
     path.write_text(src)
@@ -195,3 +197,22 @@ def test_init_he_for_relu_xavier_otherwise():
     assert not p["b1"].any() and not p["b2"].any()
     q = step.init_params(0)
     assert all(np.array_equal(p[k], q[k]) for k in p)  # the same seed, the same values
+
+
+def test_finite_screen_never_stops_a_finite_step():
+    """train_step screens the loss and the gradients with one sum; a sum that overflows
+    trips the screen, the exact check finds nothing, and the step goes on. An infinite
+    gradient beside a finite loss still stops it, changing nothing."""
+    g = sb.parse("L = u*x + v*x", params=["u", "v"])
+    step = sb.compile(g, optimizer="sgd", lr=0.5)
+    params = {"u": np.array(0.5), "v": np.array(0.5)}
+    # dL/du = dL/dv = x = 1.5e308: finite, but their sum overflows
+    with np.errstate(over="ignore"):  # the screen's sum overflows: that is the point
+        assert step.train_step(params, step.init_state(params), x=1.5e308) == 1.5e308
+    assert float(params["u"]) == float(params["v"]) == 0.5 - 0.5 * 1.5e308
+    g = sb.parse("L = sqrt(w) * x", params=["w"])  # dL/dw = x / (2 sqrt(w)): inf at w = 0
+    step = sb.compile(g, optimizer="sgd", lr=0.5)
+    params = {"w": np.array(0.0)}
+    with np.errstate(divide="ignore"), pytest.raises(FloatingPointError, match="dL/dw has 1"):
+        step.train_step(params, step.init_state(params), x=1.0)
+    assert float(params["w"]) == 0.0

@@ -97,6 +97,17 @@ class Emitter:
         for n in j.topo_order():  # fixed names, shared by every function
             self.namer(n)
 
+    def use(self, op, code: str) -> str:
+        """``code``, after adding the helpers of ``op`` it calls (and those they call)."""
+        todo = [code]
+        while todo:
+            text = todo.pop()
+            for name, src in op.helpers.items():
+                if name not in self.helpers and re.search(rf"\b{name}\(", text):
+                    self.helpers[name] = src
+                    todo.append(src)
+        return code
+
     # -- codes ------------------------------------------------------------------
     def inline(self, n: str) -> bool:
         """Written inside its consumer: scalar constants, and views used once."""
@@ -130,13 +141,12 @@ class Emitter:
             return ""
         op = registry.get(d["op"])
         args = self.j.args(n)
-        self.helpers.update(op.helpers)
         if op.numpy is not None:
             # A structural op may call a method on its argument ((1 / N).reshape) or keep
             # its dtype (np.broadcast_to(0.5, ...)): give it a DTYPE scalar, not a float.
             codes = [f"DTYPE({self.rhs(a)})" if not op.elementwise and self.inline(a)
                      and self.j.nx.nodes[a]["op"] == "const" else self.code(a) for a in args]
-            return spaced(op.numpy(codes, d["attrs"]))
+            return self.use(op, spaced(op.numpy(codes, d["attrs"])))
         if not op.elementwise:
             raise CodegenError(f"node {n!r}: op {op.name!r} has no NumPy form. Give its OpDef "
                                "a numpy= template.")

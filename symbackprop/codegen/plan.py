@@ -239,9 +239,8 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
             if c not in into:
                 buffer_for(c)
             args = j.args(c)
-            call = op.numpy_with_grad([em.code(a) for a in args[:-1]], d["attrs"],
-                                      em.rhs(args[-1]), em.code(c))  # g: a constant
-            em.helpers.update(op.helpers)
+            call = em.use(op, op.numpy_with_grad([em.code(a) for a in args[:-1]], d["attrs"],
+                                                 em.rhs(args[-1]), em.code(c)))  # g: a constant
             body.append(f"{em.namer(n)} = {call}  # and {em.namer(c)}, its gradient")
         elif not planned:
             rhs = em.rhs(n)
@@ -323,8 +322,8 @@ def _lines(em: Emitter, n: str, op, out: str, temp) -> list[tuple[str, set, str]
     d = j.nx.nodes[n]
     args = j.args(n)
     if op.numpy_out is not None:
-        code = op.numpy_out([em.code(a) for a in args], d["attrs"], out)
-        em.helpers.update(op.helpers)
+        code = em.use(op, op.numpy_out([em.code(a) for a in args], d["attrs"], out,
+                                       [j.nx.nodes[a]["shape"] for a in args]))
         return [(code, {em.code(a) for a in args}, out)]
     syms, e = op.code_expr(d["attrs"])
     leaves, shapes = {}, {}

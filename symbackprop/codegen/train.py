@@ -553,7 +553,9 @@ def _train_step_block(m: _Model) -> str:
     lines += ["    " + ln for ln in _call_lines("loss = ", m.fast.name, args)]
     lines += [f"    grads[{w!r}][...] = grads[{first[n]!r}]"
               for w, n in zip(m.wrt, m.grads) if first[n] != w]
-    lines += ['    if not (np.isfinite(loss) and np.isfinite(flat["G"].sum())):',
+    # A sum of finite numbers is finite unless it overflows: one call screens every gradient;
+    # check_finite, exact, runs only when the screen trips (and raises only for a nan or inf).
+    lines += ['    if not math.isfinite(loss + flat["G"].sum()):',
               "        check_finite(loss, grads)  # says which gradient",
               "    _update_flat(flat, state, lr)",
               "    return float(loss)"]
@@ -585,6 +587,7 @@ def _module(doc: str, m: _Model, functions: list, blocks: list, imports=(),
     :func:`~symbackprop.codegen.emit.render_module`, with standard-library imports)."""
     em = m.em
     head = [f'"""{doc}\n"""']
+    imports = {*imports, *(("math",) if m.fast is not None else ())}  # train_step uses math
     if imports:
         head.append("\n".join(f"import {i}" for i in sorted(imports)))
     head += ["import numpy as np", "\n".join(

@@ -81,7 +81,7 @@ class OpDef:
     local_grads: Callable | None = None  # elementwise: attrs -> list of sympy exprs
     display: Callable | None = None  # (arg sympy exprs, attrs) -> sympy expr
     code: Callable | None = None  # elementwise: like expr, a stable form to print
-    numpy_out: Callable | None = None  # (codes, attrs, out) -> NumPy call writing into out
+    numpy_out: Callable | None = None  # (codes, attrs, out, arg shapes) -> call writing into out
     # (codes, attrs, g, out) -> one call returning the value and writing the gradient for
     # the incoming adjoint g into out (the loss computed together with its gradient)
     numpy_with_grad: Callable | None = None

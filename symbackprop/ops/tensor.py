@@ -61,7 +61,10 @@ def _matmul_shape(shapes, attrs, names):
 
 register(OpDef(
     name="matmul", arity=2, shape=_matmul_shape, numpy=lambda c, a: f"{c[0]} @ {c[1]}",
-    numpy_out=lambda c, a, o: f"np.matmul({c[0]}, {c[1]}, out={o})",
+    # np.dot: the same product for 2-D arrays, with less call overhead than np.matmul
+    # (0.3-0.5 us of 1.5-4 us on small layers); it needs a C-contiguous out of the result's
+    # dtype, which planned buffers and the training step's flat views are.
+    numpy_out=lambda c, a, o, s: f"np.dot({c[0]}, {c[1]}, out={o})",
     vjp=lambda g, args, out, attrs: [
         _apply(g, "matmul", [g, _apply(g, "transpose", [args[1]])]),
         _apply(g, "matmul", [_apply(g, "transpose", [args[0]]), g])],
@@ -128,10 +131,30 @@ def _reduce_code(method):
 
 
 def _reduce_out(fn):
-    def code(c, a, out):
+    def code(c, a, out, shapes):
+        if fn == "sum" and len(shapes[0]) == 2 and not a["keepdims"] \
+                and a["axis"] is not None and len(_axes(a["axis"], 2)) == 1:
+            # One matrix-vector product with ones is 2-3x faster than NumPy's
+            # reduction over a 2-D axis (db = dz.sum(axis=0) in every layer).
+            if _axes(a["axis"], 2) == (0,):
+                return f"np.dot(_ones(len({c[0]}), {c[0]}.dtype), {c[0]}, out={out})"
+            return f"np.dot({c[0]}, _ones({c[0]}.shape[1], {c[0]}.dtype), out={out})"
         keep = ", keepdims=True" if a["keepdims"] else ""
         return f"np.{fn}({c[0]}, axis={_axis_code(a['axis'])}{keep}, out={out})"
     return code
+
+
+_ONES = '''_ONES = {}
+
+
+def _ones(n, dtype):
+    """A read-only vector of n ones, made once: ones @ x sums the rows of x."""
+    v = _ONES.get((n, dtype))
+    if v is None:
+        v = _ONES[n, dtype] = np.ones(n, dtype)
+        v.flags.writeable = False
+    return v
+'''
 
 
 class _Ones(sp.MatrixSymbol):
@@ -167,7 +190,7 @@ def _reduce_display(method):
 
 register(OpDef(
     name="sum", arity=1, attrs={"axis": None, "keepdims": False}, shape=_reduce_shape,
-    numpy=_reduce_code("sum"), numpy_out=_reduce_out("sum"), vjp=lambda g, args, out, attrs: [_unreduce(g, args[0], attrs)],
+    numpy=_reduce_code("sum"), numpy_out=_reduce_out("sum"), helpers={"_ones": _ONES}, vjp=lambda g, args, out, attrs: [_unreduce(g, args[0], attrs)],
     display=_reduce_display("sum"), doc="sum over axis (all axes when None)"))
 register(OpDef(
     name="mean", arity=1, attrs={"axis": None, "keepdims": False}, shape=_reduce_shape,
@@ -239,27 +262,31 @@ _LOG_SOFTMAX = '''def _log_softmax(x, axis=-1):
     z = x - x.max(axis=axis, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
 '''
-# Both cross-entropy helpers shift the logits by one maximum for the whole batch (a
-# row maximum costs a slow reduction per row) and fall back to row maxima when a row
-# would underflow: exp never overflows, and no row sum is ever near 0.
+# The cross-entropy helpers shift the logits by one maximum for the whole batch (a row
+# maximum costs a slow reduction per row) and fall back to row maxima when a row would
+# underflow: exp never overflows, and no row sum is ever near 0. Row sums are a product
+# with ones, 2-3x faster than NumPy's reduction along rows.
 _SHIFTED_EXP = '''def _shifted_exp(logits, out=None):
-    """exp(logits - m), its row sums and m: the largest logit (of each row where needed)."""
+    """exp(logits - m), its row sums, and the mean of m: the largest logit (of each row
+    where needed)."""
+    ones = _ones(logits.shape[1], logits.dtype)
     m = logits.max()
     out = np.subtract(logits, m, out=out)
     np.exp(out, out=out)
-    sums = out.sum(axis=1)
+    sums = out @ ones
     if sums.min() < 1e-20:  # a row far below the batch maximum: shift each row by its own
         m = logits.max(axis=1, keepdims=True)
         np.exp(np.subtract(logits, m, out=out), out=out)
-        sums, m = out.sum(axis=1), m[:, 0]
+        sums, m = out @ ones, m.mean()
     return out, sums, m
 '''
 _XENT = '''def _softmax_cross_entropy(logits, labels):
     """Mean over the batch of -log softmax(logits)[i, labels[i]]."""
-    rows = np.arange(len(labels))
+    n = len(labels)
+    at = np.ravel_multi_index((np.arange(n), labels), logits.shape)  # checks 0 <= label < C
     _, sums, m = _shifted_exp(logits)
-    logp = logits[rows, labels] - m - np.log(sums)  # log softmax at the labels, never -inf
-    return -logp.sum() / len(labels)
+    # -log softmax at the labels, never inf
+    return m + (np.log(sums) - logits.reshape(-1)[at]).sum() / n
 '''
 
 
@@ -306,13 +333,17 @@ def _xent_vjp(g, args, out, attrs):
 
 _XENT_WITH_GRAD = '''def _softmax_cross_entropy_with_grad(logits, labels, g, out):
     """The mean cross-entropy; writes its gradient (softmax - onehot(labels)) * g / N
-    into out. One shifted exp serves both."""
-    rows = np.arange(len(labels))
-    picked = logits[rows, labels]
+    into out (C-contiguous). One shifted exp serves both."""
+    n = len(labels)
+    # flat positions of the labels (2x faster to index than [rows, labels]); checks 0 <= label < C
+    at = np.ravel_multi_index((np.arange(n), labels), logits.shape)
+    picked = logits.reshape(-1)[at]
     out, sums, m = _shifted_exp(logits, out)
-    loss = -(picked - m - np.log(sums)).sum() / len(labels)
-    out *= g / (len(labels) * sums[:, None])
-    out[rows, labels] -= g / len(labels)
+    logs = np.log(sums)
+    logs -= picked
+    loss = m + logs.sum() / n
+    out *= (g / n) / sums[:, None]
+    out.reshape(-1)[at] -= g / n
     return loss
 '''
 
@@ -320,7 +351,7 @@ register(OpDef(
     name="softmax_cross_entropy", arity=2, shape=_xent_shape,
     numpy=lambda c, a: f"_softmax_cross_entropy({c[0]}, {c[1]})",
     numpy_with_grad=lambda c, a, g, o: f"_softmax_cross_entropy_with_grad({c[0]}, {c[1]}, {g}, {o})",
-    helpers={"_softmax_cross_entropy": _XENT, "_shifted_exp": _SHIFTED_EXP,
+    helpers={"_softmax_cross_entropy": _XENT, "_shifted_exp": _SHIFTED_EXP, "_ones": _ONES,
              "_softmax_cross_entropy_with_grad": _XENT_WITH_GRAD}, vjp=_xent_vjp,
     doc="mean over the batch of -log softmax(logits)[label]; labels are integers"))
 
@@ -328,9 +359,11 @@ register(OpDef(
 # it in one pass, in place, never dividing by a probability.
 _XENT_GRAD = '''def _softmax_cross_entropy_grad(logits, labels, g, out=None):
     """dL/dlogits of the mean cross-entropy: (softmax(logits) - onehot(labels)) * g / N."""
+    n = len(labels)
+    at = np.ravel_multi_index((np.arange(n), labels), logits.shape)  # checks 0 <= label < C
     out, sums, _ = _shifted_exp(logits, out)
-    out *= g / (len(labels) * sums[:, None])
-    out[np.arange(len(labels)), labels] -= g / len(labels)
+    out *= (g / n) / sums[:, None]
+    out.reshape(-1)[at] -= g / n  # out is C-contiguous: a view
     return out
 '''
 
@@ -357,8 +390,9 @@ def _xent_grad_vjp(G, args, out, attrs):
 register(OpDef(
     name="softmax_cross_entropy_grad", arity=3, attrs={"batch": "N"}, shape=_xent_grad_shape,
     numpy=lambda c, a: f"_softmax_cross_entropy_grad({c[0]}, {c[1]}, {c[2]})",
-    numpy_out=lambda c, a, o: f"_softmax_cross_entropy_grad({c[0]}, {c[1]}, {c[2]}, out={o})",
-    helpers={"_softmax_cross_entropy_grad": _XENT_GRAD, "_shifted_exp": _SHIFTED_EXP},
+    numpy_out=lambda c, a, o, s: f"_softmax_cross_entropy_grad({c[0]}, {c[1]}, {c[2]}, out={o})",
+    helpers={"_softmax_cross_entropy_grad": _XENT_GRAD, "_shifted_exp": _SHIFTED_EXP,
+             "_ones": _ONES},
     vjp=_xent_grad_vjp,
     display=lambda args, attrs: sp.Mul(
         args[2] / sp.sympify(count((attrs["batch"],))),
