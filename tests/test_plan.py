@@ -1,12 +1,23 @@
 """Memory planning: ufunc lowering and the planned step, against plain evaluation."""
 
+import itertools
+
 import numpy as np
 import pytest
 import sympy as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import symbackprop as sb
 from symbackprop.codegen.emit import emit_model, load_source, prepare, render_module
-from symbackprop.codegen.plan import Pool, alias_safe, lower, plan_function, workspace_source
+from symbackprop.codegen.plan import (
+    PACK,
+    Pool,
+    alias_safe,
+    lower,
+    plan_function,
+    workspace_source,
+)
 from symbackprop.ops.elementwise import X
 from symbackprop.testing import random_inputs
 
@@ -32,7 +43,7 @@ def test_lowering_matches_numpy(expr):
     steps = lower(expr, {x0: "a", x1: "b", x2: "c"},
                   {x0: ("N", 4), x1: ("N", 4), x2: (4,)}, "out", ("N", 4), temp)
     env["_ws"] = [np.empty(tuple(5 if d == "N" else d for d in shape), bool if k == "b" else float)
-                  for shape, k in pool.buffers]
+                  for shape, k, *_ in pool.buffers]
     env["out"] = np.empty((5, 4))
     for code, _, _ in steps:
         exec(code, env)  # noqa: S102 -- the code under test
@@ -52,7 +63,7 @@ def _planned(g, **kw):
     into = [adj.adjoint[w] for w in adj.wrt]
     fn, pool = plan_function(em, "step", [adj.of, *into], into, "planned", of=adj.of)
     fn.ret = em.code(adj.of)
-    src = render_module(doc, em, [*fns, fn], extra=workspace_source(em, pool))
+    src = render_module(doc, em, [*fns, fn], extra=PACK + "\n\n" + workspace_source(em, pool))
     return adj, load_source(src), src
 
 
@@ -138,7 +149,7 @@ def test_relu_steps_summed_are_counted_not_or_ed():
                   lambda shape, kind: f"_ws[{pool.take(shape, kind)}]")
     env = {"np": np, "a": np.array([0.5, 2.0, -1.0]), "b": np.array([1.0, -1.0, 1.0]),
            "out": np.empty(3)}
-    env["_ws"] = [np.empty(3, bool if k == "b" else float) for _, k in pool.buffers]
+    env["_ws"] = [np.empty(3, bool if k == "b" else float) for _, k, *_ in pool.buffers]
     for code, _, _ in steps:
         exec(code, env)  # noqa: S102 -- the code under test
     np.testing.assert_array_equal(env["out"], [2.0, 0.0, 1.0])
@@ -157,3 +168,60 @@ def test_no_in_place_over_an_argument_read_through_a_view():
     fast.train_step(pf, fast.init_state(pf))
     plain.train_step(pp, plain.init_state(pp))
     np.testing.assert_allclose(pf["w0"], pp["w0"], rtol=1e-12)
+
+
+def _packer():
+    env = {"np": np, "DTYPE": np.float64}
+    exec(PACK, env)  # noqa: S102 -- the generated packer under test
+    return env["_pack"]
+
+
+def _bytes(a):
+    start = a.__array_interface__["data"][0]
+    return start, start + a.nbytes
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 6), st.integers(0, 4),
+                          st.booleans()), max_size=12),
+       st.lists(st.tuples(st.integers(1, 30), st.integers(0, 14)), max_size=5))
+def test_packed_arrays_never_share_bytes_while_alive(arrays, grads):
+    """Any two arrays alive at one step own disjoint bytes; the gradients are consecutive
+    views of one flat buffer, and an array lies over a gradient only if it is dead before
+    the gradient is written."""
+    specs = [((3, width), bool if flag else np.float64, first, first + alive)
+             for width, first, alive, flag in arrays]
+    gspecs = [(f"g{i}", (n,), first) for i, (n, first) in enumerate(grads)]
+    views, flat, named = _packer()(specs, gspecs)
+    assert [v.shape for v in views] == [s for s, *_ in specs]
+    assert all(v.dtype == d for v, (_, d, _, _) in zip(views, specs))
+    assert flat.size == sum(n for n, _ in grads)
+    start = 0
+    for (name, (n,), _), v in zip(gspecs, named.values()):
+        assert v.base is flat.base and _bytes(v)[0] == _bytes(flat)[0] + 8 * start
+        start += n
+    live = [(v, s[2], s[3]) for v, s in zip(views, specs)]
+    live += [(v, first, 10**9) for v, (_, _, first) in zip(named.values(), gspecs)]
+    for i, (a, fa, la) in enumerate(live):
+        for b, fb, lb in live[i + 1:]:
+            if a.nbytes and b.nbytes and fa <= lb and fb <= la:  # alive at a common step
+                (a0, a1), (b0, b1) = _bytes(a), _bytes(b)
+                assert a1 <= b0 or b1 <= a0
+
+
+def test_deep_step_needs_about_the_larger_of_activations_and_gradients():
+    """In a deep network the backward pass frees each activation before the gradient of
+    the layer below is written, so the arena holds both in about the space of one."""
+    sizes = [16] + [16] * 20 + [4]
+    step = sb.compile(sb.models.mlp(sizes, activation="tanh"), optimizer="sgd", lr=0.1)
+    params = step.init_params(0)
+    n = 16
+    X, y = np.ones((n, 16)), np.zeros(n, dtype=int)
+    step.train_step(params, step.init_state(params), X=X, y=y)
+    _, flat, _ = step.module._WORKSPACES[(n,)]
+    arena = flat.base.nbytes
+    activations = 8 * n * sum(sizes[1:])  # every layer's output, kept for the backward pass
+    grads = 8 * sum(a * b + b for a, b in itertools.pairwise(sizes))
+    assert grads == flat.nbytes
+    assert arena < 0.65 * (activations + grads)
+    assert arena >= max(activations, grads)

@@ -164,7 +164,7 @@ def loss_and_grads_into(X, W1, b1, W2, b2, y, dW1, db1, dW2, db2):
     The same computation as value_and_grad, with every intermediate array in a buffer of
     _workspace() (allocated once per batch size) and NumPy calls writing into it (out=)."""
     N = X.shape[0]
-    _ws = _workspace(N)
+    _ws = _workspace(N)[0]
     matmul_1 = h1 = _ws[0]
     matmul_2 = logits = _ws[1]
     dlogits = _ws[2]
@@ -293,8 +293,8 @@ def _flat_base(arrays):
 
 
 def _flat(params, state):
-    """The trained parameters, their gradients and the optimizer state as views of flat
-    buffers; made on the first call, remade only when other arrays are passed."""
+    """The trained parameters and the optimizer state as views of flat buffers; made on
+    the first call, remade only when other arrays are passed."""
     f = _FLAT.get("f")
     if f is not None and f["params"] is params and f["state"] is state \
             and all(box[name] is view for box, name, view in f["views"]):
@@ -309,20 +309,20 @@ def _flat(params, state):
         views.extend((box, name, box[name]) for name in TRAINED)
         return base
 
-    grads = flat_views({name: np.zeros_like(params[name], dtype=DTYPE) for name in TRAINED})
     f = _FLAT["f"] = {
-        "params": params, "state": state, "grads": grads, "P": adopt(params),
-        "G": _flat_base(grads), "S": {k: adopt(v) for k, v in state.items() if type(v) is dict},
+        "params": params, "state": state, "P": adopt(params),
+        "S": {k: adopt(v) for k, v in state.items() if type(v) is dict},
     }
     f["views"] = views
     return f
 
 
-def _update_flat(flat, state, lr, beta1=BETA1, beta2=BETA2, eps=EPS):
-    """update() on the flat buffers, in place, the same arithmetic in the same order."""
+def _update_flat(flat, g, state, lr, beta1=BETA1, beta2=BETA2, eps=EPS):
+    """update() on the flat buffers (g: the gradients), in place, the same arithmetic in
+    the same order."""
     state["t"] += 1
     t = state["t"]
-    g, m, v, tmp = flat["G"], flat["S"]["m"], flat["S"]["v"], flat.get("tmp")
+    m, v, tmp = flat["S"]["m"], flat["S"]["v"], flat.get("tmp")
     if tmp is None:  # scratch for the moments, made once
         tmp = flat["tmp"] = np.empty_like(g)
     m *= beta1
@@ -341,20 +341,63 @@ def _update_flat(flat, state, lr, beta1=BETA1, beta2=BETA2, eps=EPS):
     flat["P"] -= g
 
 
+def _pack(arrays, grads, align=64):
+    """Views of one arena for the arrays of a step. grads: (name, shape, first step
+    written) of the gradients, laid out first and consecutive: one flat buffer, so an
+    update is one NumPy call. arrays: (shape, dtype, first step, last step) of the other
+    buffers. Two buffers share bytes only if no step uses both; an array may lie over a
+    gradient written after its last step. Returns (array views, flat gradient buffer,
+    gradient views by name)."""
+    itemsize = np.dtype(DTYPE).itemsize
+    size = [int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype, _, _ in arrays]
+    end = max([last for *_, last in arrays] + [first for *_, first in grads], default=0) + 1
+    placed, at = [], 0  # (start byte, end byte, first step, last step)
+    for _, shape, first in grads:
+        placed.append((at, at + int(np.prod(shape)) * itemsize, first, end))
+        at += placed[-1][1] - placed[-1][0]
+    offset = [0] * len(arrays)
+    for i in sorted(range(len(arrays)), key=lambda i: -size[i]):
+        _, _, first, last = arrays[i]
+        for lo, hi, _, _ in sorted(p for p in placed if p[2] <= last and first <= p[3]):
+            if offset[i] + size[i] <= lo:
+                break
+            offset[i] = max(offset[i], -(-hi // align) * align)
+        placed.append((offset[i], offset[i] + size[i], first, last))
+    arena = np.empty(max([hi for _, hi, _, _ in placed], default=0), np.uint8)
+    views = [arena[o:o + n].view(dtype).reshape(shape)
+             for o, n, (shape, dtype, _, _) in zip(offset, size, arrays)]
+    flat = arena[:at].view(DTYPE)
+    named, start = {}, 0
+    for name, shape, _ in grads:
+        named[name] = flat[start:start + int(np.prod(shape))].reshape(shape)
+        start += int(np.prod(shape))
+    return views, flat, named
+
+
 _WORKSPACES = {}
 
 
 def _workspace(N):
-    """The arrays of one step for these sizes: allocated on first use, then reused."""
+    """The arrays of one step for these sizes, as views of one arena made on first use
+    and reused: (arrays, flat gradient buffer, its views by name). Every array lives
+    from its first to its last step; _pack places them."""
     ws = _WORKSPACES.get((N,))
     if ws is None:
-        ws = _WORKSPACES[(N,)] = [
-            np.empty((N, 32), DTYPE),  # _ws[0]
-            np.empty((N, 10), DTYPE),  # _ws[1]
-            np.empty((N, 10), DTYPE),  # _ws[2]
-            np.empty((N, 32), DTYPE),  # _ws[3]
-            np.empty((N, 32), bool),  # _ws[4]
-        ]
+        ws = _WORKSPACES[(N,)] = _pack(
+            [  # shape, dtype, first and last step alive
+            ((N, 32), DTYPE, 0, 10),  # _ws[0]
+            ((N, 10), DTYPE, 2, 6),  # _ws[1]
+            ((N, 10), DTYPE, 4, 9),  # _ws[2]
+            ((N, 32), DTYPE, 9, 12),  # _ws[3]
+            ((N, 32), bool, 10, 10),  # _ws[4]
+            ],
+            [  # the gradients, in order: name, shape, first step writing it
+            ('W1', (64, 32), 12),
+            ('b1', (32,), 11),
+            ('W2', (32, 10), 8),
+            ('b2', (10,), 7),
+            ],
+        )
     return ws
 
 
@@ -364,7 +407,8 @@ def train_step(params, state, X, y, lr=LR):
     change in place. Returns the loss. Raises FloatingPointError, before changing
     anything, when the loss or a gradient is nan or inf."""
     flat = _flat(params, state)
-    grads = flat["grads"]
+    N = X.shape[0]
+    _, G, grads = _workspace(N)  # the gradients: views of G, in the workspace
     loss = loss_and_grads_into(
         X,
         params['W1'],
@@ -377,9 +421,9 @@ def train_step(params, state, X, y, lr=LR):
         grads['W2'],
         grads['b2'],
     )
-    if not math.isfinite(loss + flat["G"].sum()):
+    if not math.isfinite(loss + G.sum()):
         check_finite(loss, grads)  # says which gradient
-    _update_flat(flat, state, lr)
+    _update_flat(flat, G, state, lr)
     return float(loss)
 
 

@@ -1,12 +1,20 @@
-"""Memory planning: compute a step in preallocated buffers.
+"""Memory planning: compute a step in one preallocated arena.
 
-The planned function writes every intermediate array into a buffer from a
+The planned function writes every intermediate array into a buffer of a
 workspace allocated once per batch shape and reused across calls, and writes
-the gradients into arrays the caller owns (views of one flat buffer in the
-training step). Elementwise expressions are lowered to ufunc calls with
-``out=``; a buffer is reused as soon as the last reader of its value has run
-(liveness), and a node may overwrite an argument it is the last reader of
-(in place) when the lowered calls read that argument before writing.
+the gradients into arrays the caller owns (in the training step, views of the
+flat gradient buffer at the start of the same arena). Elementwise expressions
+are lowered to ufunc calls with ``out=``; a node may overwrite an argument it
+is the last reader of (in place) when the lowered calls read that argument
+before writing.
+
+Each buffer is alive from the step that first writes it to the step that last
+reads it. Where buffers go is decided when the workspace is made, for its
+sizes (:data:`PACK`): two buffers share bytes only if they are never alive at
+the same step, and a buffer may lie over a gradient that is written after it
+has died, so a forward value the backward pass is done with makes room for
+the gradients. The step then needs about the larger of its activations and
+its gradients, not their sum.
 
 The plain ``value_and_grad`` keeps allocating: it returns fresh arrays a
 caller may hold on to. The planned function is for the training step, where
@@ -19,6 +27,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from ..graph import fmt_shape
 from ..ops import registry
 from ..ops.elementwise import broadcast_shapes
 from .emit import Emitter, Function, safe_text
@@ -31,22 +40,23 @@ _UNARY = {sp.exp: "np.exp", sp.log: "np.log", sp.tanh: "np.tanh", sp.sin: "np.si
 
 @dataclass
 class Pool:
-    """Buffers by (shape, kind); ``kind`` is "f" (DTYPE) or "b" (bool)."""
+    """The buffers of a planned function: ``[shape, kind, first step, last step]`` each;
+    ``kind`` is "f" (DTYPE) or "b" (bool). A buffer is never handed out twice here:
+    buffers share memory when the workspace is packed, by their steps."""
 
-    buffers: list = field(default_factory=list)  # (shape, kind)
-    free: list = field(default_factory=list)  # indices
+    buffers: list = field(default_factory=list)
+    writes: dict = field(default_factory=dict)  # gradient array -> first step writing it
+    end: int = 0  # the number of steps
+    sizes: list = field(default_factory=list)  # the size names _workspace() takes
 
-    def take(self, shape: tuple, kind: str = "f", avoid=()) -> int:
-        for i in self.free:
-            if self.buffers[i] == (shape, kind) and i not in avoid:
-                self.free.remove(i)
-                return i
-        self.buffers.append((shape, kind))
+    def take(self, shape: tuple, kind: str = "f", step: int = 0) -> int:
+        """A new buffer, alive at ``step``."""
+        self.buffers.append([tuple(shape), kind, step, step])
         return len(self.buffers) - 1
 
-    def give(self, i: int) -> None:
-        if i not in self.free:
-            self.free.append(i)
+    def keep(self, i: int, step: int) -> None:
+        """Buffer ``i`` is still read at ``step``."""
+        self.buffers[i][3] = max(self.buffers[i][3], step)
 
 
 class Lowering:
@@ -211,19 +221,20 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
         last[t] = len(steps)
     # A structural op computed the plain way may return a view of its argument (h.T used
     # twice, x.reshape(...), np.broadcast_to): the argument's buffer lives as long as it.
+    together = _with_grad(em, steps)  # value node -> its gradient, computed in one call
     for n in reversed(steps):
         op = registry.get(j.nx.nodes[n]["op"]) if j.role(n) == "op" else None
-        if op is not None and not op.elementwise and op.numpy_out is None and n in last:
+        if op is not None and not op.elementwise and op.numpy_out is None and n in last \
+                and n not in together:  # (those return a new scalar)
             for a in reads(n):
                 last[a] = max(last.get(a, -1), last[n])
     pool, owner, body, binds = Pool(), {}, [], {}  # owner: node -> buffer index
     fn = Function(name, [em.namer(n) for n in leaves] + list(into.values()), doc)
-    together = _with_grad(em, steps)  # value node -> its gradient, computed in one call
     seeds = {j.args(c)[-1] for c in together.values()}  # constants they take as numbers
     unread = {g for g in seeds if {c for c, _ in j.consumers(g)} <= set(together.values())}
 
-    def buffer_for(n):  # a fresh buffer for n's value, named after it
-        owner[n] = pool.take(j.nx.nodes[n]["shape"], "f", avoid=set(owner.values()))
+    def buffer_for(n, i):  # a fresh buffer for n's value, named after it
+        owner[n] = pool.take(j.nx.nodes[n]["shape"], "f", i)
         binds.setdefault(owner[n], []).append(em.namer(n))
 
     for i, n in enumerate(steps):
@@ -237,7 +248,9 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
         elif n in together:
             c = together[n]
             if c not in into:
-                buffer_for(c)
+                buffer_for(c, i)
+            else:
+                pool.writes.setdefault(into[c], i)
             args = j.args(c)
             call = em.use(op, op.numpy_with_grad([em.code(a) for a in args[:-1]], d["attrs"],
                                                  em.rhs(args[-1]), em.code(c)))  # g: a constant
@@ -248,12 +261,8 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
             if rhs:
                 body.append(f"{target} = {rhs}" + (f"  # {safe_text(comment)}" if comment else ""))
         else:
-            temps: list[int] = []
-
-            def temp(shape, kind, temps=temps):
-                k = pool.take(shape, kind, avoid=set(owner.values()) | set(temps))
-                temps.append(k)
-                return f"_ws[{k}]"
+            def temp(shape, kind, i=i):  # scratch for this step only
+                return f"_ws[{pool.take(shape, kind, i)}]"
 
             out = em.code(n)
             if n not in into:
@@ -270,18 +279,21 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
                     owner[n] = owner.pop(chosen)
                     binds.setdefault(owner[n], []).append(em.namer(n))
                 else:
-                    buffer_for(n)
+                    buffer_for(n, i)
             lines = _lines(em, n, op, out, temp)
             if comment:
                 lines[-1] = (lines[-1][0] + f"  # {safe_text(comment)}",) + lines[-1][1:]
             body += [ln for ln, _, _ in lines]
-            for k in temps:
-                pool.give(k)
         for a in set(reads(n)):  # values read for the last time free their buffers
             if last.get(a) == i and a in owner:
-                pool.give(owner.pop(a))
-    ws_sizes = sorted({x for shape, _ in pool.buffers for x in shape if isinstance(x, str)})
-    ws_call = f"_ws = _workspace({', '.join(ws_sizes)})"
+                pool.keep(owner.pop(a), i)
+        if n in into:
+            pool.writes.setdefault(into[n], i)
+    ws_sizes = sorted({x for shape, *_ in pool.buffers for x in shape if isinstance(x, str)})
+    pool.end, pool.sizes = len(steps), ws_sizes
+    for k in owner.values():  # values read by the caller (the loss): alive to the end
+        pool.keep(k, pool.end)
+    ws_call = f"_ws = _workspace({', '.join(ws_sizes)})[0]"
     fn.body = em.bind_sizes(name, leaves, [*body, ws_call]) + [ws_call]
     for k in sorted(binds):
         fn.body.append(" = ".join(binds[k]) + f" = _ws[{k}]")
@@ -335,25 +347,74 @@ def _lines(em: Emitter, n: str, op, out: str, temp) -> list[tuple[str, set, str]
     return lower(e, leaves, shapes, out, d["shape"], temp)
 
 
-def workspace_source(em: Emitter, pool: Pool) -> str:
-    """The ``_workspace(N, ...)`` function allocating the pool's buffers once per size."""
-    sizes = sorted({d for shape, _ in pool.buffers for d in shape if isinstance(d, str)})
-    key = ", ".join(sizes)
+# Where every buffer of a step goes, decided once per batch size when the workspace is
+# made (the sizes are known only then). Greedy by size, as static memory planners do
+# (TensorFlow Lite's arena planner, XLA's heap simulator): largest first, each at the
+# lowest offset where it overlaps no buffer alive at one of its steps.
+PACK = '''def _pack(arrays, grads, align=64):
+    """Views of one arena for the arrays of a step. grads: (name, shape, first step
+    written) of the gradients, laid out first and consecutive: one flat buffer, so an
+    update is one NumPy call. arrays: (shape, dtype, first step, last step) of the other
+    buffers. Two buffers share bytes only if no step uses both; an array may lie over a
+    gradient written after its last step. Returns (array views, flat gradient buffer,
+    gradient views by name)."""
+    itemsize = np.dtype(DTYPE).itemsize
+    size = [int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype, _, _ in arrays]
+    end = max([last for *_, last in arrays] + [first for *_, first in grads], default=0) + 1
+    placed, at = [], 0  # (start byte, end byte, first step, last step)
+    for _, shape, first in grads:
+        placed.append((at, at + int(np.prod(shape)) * itemsize, first, end))
+        at += placed[-1][1] - placed[-1][0]
+    offset = [0] * len(arrays)
+    for i in sorted(range(len(arrays)), key=lambda i: -size[i]):
+        _, _, first, last = arrays[i]
+        for lo, hi, _, _ in sorted(p for p in placed if p[2] <= last and first <= p[3]):
+            if offset[i] + size[i] <= lo:
+                break
+            offset[i] = max(offset[i], -(-hi // align) * align)
+        placed.append((offset[i], offset[i] + size[i], first, last))
+    arena = np.empty(max([hi for _, hi, _, _ in placed], default=0), np.uint8)
+    views = [arena[o:o + n].view(dtype).reshape(shape)
+             for o, n, (shape, dtype, _, _) in zip(offset, size, arrays)]
+    flat = arena[:at].view(DTYPE)
+    named, start = {}, 0
+    for name, shape, _ in grads:
+        named[name] = flat[start:start + int(np.prod(shape))].reshape(shape)
+        start += int(np.prod(shape))
+    return views, flat, named
+'''
+
+
+def workspace_source(em: Emitter, pool: Pool, grads=()) -> str:
+    """The ``_workspace(N, ...)`` function: the pool's buffers and the flat gradient
+    buffer laid out as ``grads`` (``(name, shape, code)``: ``code`` names the array of
+    the planned function that receives it, ``None`` when the caller fills it after)
+    as views of one arena, made once per size (see :data:`PACK`)."""
+    sizes = sorted({d for shape, *_ in pool.buffers for d in shape if isinstance(d, str)})
+    key = ", ".join(sizes) + ("," if len(sizes) == 1 else "")
     rows = []
-    for i, (shape, kind) in enumerate(pool.buffers):
-        dims = ", ".join(str(x) for x in shape) + ("," if len(shape) == 1 else "")
+    for i, (shape, kind, first, last) in enumerate(pool.buffers):
         dt = "DTYPE" if kind == "f" else "bool"
-        rows.append(f"            np.empty(({dims}), {dt}),  # _ws[{i}]")
+        rows.append(f"            ({fmt_shape(shape)}, {dt}, {first}, {last}),  # _ws[{i}]")
+    grad_rows = [f"            ({name!r}, {fmt_shape(shape)}, {pool.writes.get(code, pool.end)}),"
+                 for name, shape, code in grads]
     return "\n".join([
         "_WORKSPACES = {}",
         "",
         "",
-        f"def _workspace({key}):",
-        '    """The arrays of one step for these sizes: allocated on first use, then reused."""',
-        f"    ws = _WORKSPACES.get(({key}{',' if len(sizes) == 1 else ''}))",
+        f"def _workspace({', '.join(sizes)}):",
+        '    """The arrays of one step for these sizes, as views of one arena made on first use',
+        "    and reused: (arrays, flat gradient buffer, its views by name). Every array lives",
+        '    from its first to its last step; _pack places them."""',
+        f"    ws = _WORKSPACES.get(({key}))",
         "    if ws is None:",
-        f"        ws = _WORKSPACES[({key}{',' if len(sizes) == 1 else ''})] = [",
+        f"        ws = _WORKSPACES[({key})] = _pack(",
+        "            [  # shape, dtype, first and last step alive",
         *rows,
-        "        ]",
+        "            ],",
+        "            [  # the gradients, in order: name, shape, first step writing it",
+        *grad_rows,
+        "            ],",
+        "        )",
         "    return ws",
     ]) + "\n"

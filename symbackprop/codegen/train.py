@@ -47,7 +47,7 @@ from .emit import (
     render_function,
     safe_text,
 )
-from .plan import plan_function, workspace_source
+from .plan import PACK, plan_function, workspace_source
 
 # -- optimizers ------------------------------------------------------------------------
 
@@ -118,27 +118,29 @@ _ADAM_UPDATE = '''def update(params, grads, state, lr=LR, beta1=BETA1, beta2=BET
 '''
 
 # The fast path: the same rules on the flat buffers of train_step (see _flat), written
-# in place. The gradient buffer (and Adam's flat["tmp"]) is scratch; the arithmetic is the same,
-# in the same order, as update() above.
-_SGD_FLAT = '''def _update_flat(flat, state, lr):
-    """update() on the flat buffers, in place with no temporary: w <- w - lr * g."""
-    g = flat["G"]
+# in place. The gradient buffer (part of the step's workspace) and Adam's flat["tmp"] are
+# scratch; the arithmetic is the same, in the same order, as update() above.
+_SGD_FLAT = '''def _update_flat(flat, g, state, lr):
+    """update() on the flat buffers (g: the gradients), in place with no temporary:
+    w <- w - lr * g."""
     g *= lr
     flat["P"] -= g
 '''
-_MOMENTUM_FLAT = '''def _update_flat(flat, state, lr, momentum=MOMENTUM):
-    """update() on the flat buffers, in place: v <- momentum * v + g; w <- w - lr * v."""
-    g, v = flat["G"], flat["S"]["v"]
+_MOMENTUM_FLAT = '''def _update_flat(flat, g, state, lr, momentum=MOMENTUM):
+    """update() on the flat buffers (g: the gradients), in place:
+    v <- momentum * v + g; w <- w - lr * v."""
+    v = flat["S"]["v"]
     v *= momentum
     v += g
     np.multiply(v, lr, out=g)
     flat["P"] -= g
 '''
-_ADAM_FLAT = '''def _update_flat(flat, state, lr, beta1=BETA1, beta2=BETA2, eps=EPS):
-    """update() on the flat buffers, in place, the same arithmetic in the same order."""
+_ADAM_FLAT = '''def _update_flat(flat, g, state, lr, beta1=BETA1, beta2=BETA2, eps=EPS):
+    """update() on the flat buffers (g: the gradients), in place, the same arithmetic in
+    the same order."""
     state["t"] += 1
     t = state["t"]
-    g, m, v, tmp = flat["G"], flat["S"]["m"], flat["S"]["v"], flat.get("tmp")
+    m, v, tmp = flat["S"]["m"], flat["S"]["v"], flat.get("tmp")
     if tmp is None:  # scratch for the moments, made once
         tmp = flat["tmp"] = np.empty_like(g)
     m *= beta1
@@ -490,8 +492,8 @@ def _flat_base(arrays):
 
 
 def _flat(params, state):
-    """The trained parameters, their gradients and the optimizer state as views of flat
-    buffers; made on the first call, remade only when other arrays are passed."""
+    """The trained parameters and the optimizer state as views of flat buffers; made on
+    the first call, remade only when other arrays are passed."""
     f = _FLAT.get("f")
     if f is not None and f["params"] is params and f["state"] is state \\
             and all(box[name] is view for box, name, view in f["views"]):
@@ -506,10 +508,9 @@ def _flat(params, state):
         views.extend((box, name, box[name]) for name in TRAINED)
         return base
 
-    grads = flat_views({name: np.zeros_like(params[name], dtype=DTYPE) for name in TRAINED})
     f = _FLAT["f"] = {
-        "params": params, "state": state, "grads": grads, "P": adopt(params),
-        "G": _flat_base(grads), "S": {k: adopt(v) for k, v in state.items() if type(v) is dict},
+        "params": params, "state": state, "P": adopt(params),
+        "S": {k: adopt(v) for k, v in state.items() if type(v) is dict},
     }
     f["views"] = views
     return f
@@ -549,15 +550,18 @@ def _train_step_block(m: _Model) -> str:
     for w, n in zip(m.wrt, m.grads):
         first.setdefault(n, w)
     args = m.args(m.fast)[:-len(first)] + [f"grads[{w!r}]" for w in first.values()]
-    lines += ["    flat = _flat(params, state)", '    grads = flat["grads"]']
+    ws = f"_workspace({', '.join(m.pool.sizes)})"
+    lines += ["    flat = _flat(params, state)"]
+    lines += ["    " + ln for ln in em.bind_sizes("train_step", m.inputs, [ws])]
+    lines += [f"    _, G, grads = {ws}  # the gradients: views of G, in the workspace"]
     lines += ["    " + ln for ln in _call_lines("loss = ", m.fast.name, args)]
     lines += [f"    grads[{w!r}][...] = grads[{first[n]!r}]"
               for w, n in zip(m.wrt, m.grads) if first[n] != w]
     # A sum of finite numbers is finite unless it overflows: one call screens every gradient;
     # check_finite, exact, runs only when the screen trips (and raises only for a nan or inf).
-    lines += ['    if not math.isfinite(loss + flat["G"].sum()):',
+    lines += ["    if not math.isfinite(loss + G.sum()):",
               "        check_finite(loss, grads)  # says which gradient",
-              "    _update_flat(flat, state, lr)",
+              "    _update_flat(flat, G, state, lr)",
               "    return float(loss)"]
     return "\n".join(lines) + "\n"
 
@@ -598,10 +602,17 @@ def _module(doc: str, m: _Model, functions: list, blocks: list, imports=(),
 
 
 def _step_blocks(m: _Model) -> list[str]:
-    flat = [] if m.fast is None else [
-        f"TRAINED = {tuple(m.wrt)!r}  # the parameters train_step updates\n" + _FLAT,
-        m.opt.flat_update,
-        workspace_source(m.em, m.pool)]
+    flat = []
+    if m.fast is not None:
+        # the flat gradient buffer, in the order of TRAINED; a gradient node shared by two
+        # parameters is written by loss_and_grads_into for the first, copied for the other
+        first, layout = set(), []
+        for w, n in zip(m.wrt, m.grads):
+            layout.append((w, tuple(m.g.nx.nodes[w]["shape"]),
+                           m.em.namer(n) if n not in first else None))
+            first.add(n)
+        flat = [f"TRAINED = {tuple(m.wrt)!r}  # the parameters train_step updates\n" + _FLAT,
+                m.opt.flat_update, PACK, workspace_source(m.em, m.pool, layout)]
     return ([_FLAT_VIEWS] + _init_blocks(m.plan) + [m.opt.init_state, m.opt.update, _CHECK]
             + flat + [_train_step_block(m)])
 
