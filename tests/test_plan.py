@@ -124,6 +124,28 @@ def test_train_step_adopts_separate_arrays_once():
     assert {k: id(v) for k, v in params.items()} == adopted  # and updated in place after that
 
 
+def test_train_step_follows_an_array_put_into_params():
+    """An array put into params (or the state) between steps, e.g. loaded from a
+    checkpoint, is the one the next step reads and updates."""
+    g = sb.models.mlp([4, 3, 2])
+    step = sb.compile(g, optimizer="momentum", lr=0.1)
+    ref = sb.compile(g, optimizer="momentum", lr=0.1, optimize=False)
+    X, y = np.linspace(-1, 1, 12).reshape(3, 4), np.array([0, 1, 0])
+    params, pref = step.init_params(0), ref.init_params(0)
+    state, sref = step.init_state(params), ref.init_state(pref)
+    step.train_step(params, state, X=X, y=y)
+    ref.train_step(pref, sref, X=X, y=y)
+    loaded = np.full((4, 3), 0.25)
+    params["W1"], pref["W1"] = loaded.copy(), loaded.copy()
+    state["v"]["W1"], sref["v"]["W1"] = loaded.copy(), loaded.copy()
+    for _ in range(2):
+        assert step.train_step(params, state, X=X, y=y) == pytest.approx(
+            ref.train_step(pref, sref, X=X, y=y), rel=1e-12)
+    for k in pref:
+        np.testing.assert_allclose(params[k], pref[k], rtol=1e-12)
+        np.testing.assert_allclose(state["v"][k], sref["v"][k], rtol=1e-12)
+
+
 def test_expression_the_lowering_does_not_know_is_computed_the_plain_way():
     import sympy
 

@@ -162,7 +162,8 @@ def loss_and_grads_into(X, W1, b1, W2, b2, y, dW1, db1, dW2, db2):
     """Loss L; writes its gradients into dW1, db1, dW2, db2.
 
     The same computation as value_and_grad, with every intermediate array in a buffer of
-    _workspace() (allocated once per batch size) and NumPy calls writing into it (out=)."""
+    _workspace() (one arena per batch size, made once) and NumPy calls writing into it
+    (out=). The gradient arrays must be C-contiguous, of DTYPE."""
     N = X.shape[0]
     _ws = _workspace(N)[0]
     matmul_1 = h1 = _ws[0]
@@ -296,24 +297,22 @@ def _flat(params, state):
     """The trained parameters and the optimizer state as views of flat buffers; made on
     the first call, remade only when other arrays are passed."""
     f = _FLAT.get("f")
+    # the same dicts holding the same arrays (ids stay unique: f keeps the arrays alive)
     if f is not None and f["params"] is params and f["state"] is state \
-            and all(box[name] is view for box, name, view in f["views"]):
+            and [[*map(id, map(box.__getitem__, TRAINED))] for box in f["boxes"]] == f["ids"]:
         return f
-    views = []
-
-    def adopt(box):
-        base = _flat_base({name: box[name] for name in TRAINED})
-        if base is None:
+    boxes = [params, *(v for v in state.values() if type(v) is dict)]
+    for box in boxes:  # arrays that are not yet views of one flat buffer are copied into one
+        if _flat_base({name: box[name] for name in TRAINED}) is None:
             box.update(flat_views({name: box[name] for name in TRAINED}))
-            base = _flat_base({name: box[name] for name in TRAINED})
-        views.extend((box, name, box[name]) for name in TRAINED)
-        return base
-
     f = _FLAT["f"] = {
-        "params": params, "state": state, "P": adopt(params),
-        "S": {k: adopt(v) for k, v in state.items() if type(v) is dict},
+        "params": params, "state": state, "boxes": boxes,
+        "views": [[box[name] for name in TRAINED] for box in boxes],
+        "ids": [[id(box[name]) for name in TRAINED] for box in boxes],
+        "P": _flat_base({name: params[name] for name in TRAINED}),
+        "S": {k: _flat_base({name: v[name] for name in TRAINED})
+              for k, v in state.items() if type(v) is dict},
     }
-    f["views"] = views
     return f
 
 
@@ -421,7 +420,7 @@ def train_step(params, state, X, y, lr=LR):
         grads['W2'],
         grads['b2'],
     )
-    if not math.isfinite(loss + G.sum()):
+    if not math.isfinite(loss + np.dot(G, G)):
         check_finite(loss, grads)  # says which gradient
     _update_flat(flat, G, state, lr)
     return float(loss)

@@ -48,6 +48,7 @@ class Pool:
     writes: dict = field(default_factory=dict)  # gradient array -> first step writing it
     end: int = 0  # the number of steps
     sizes: list = field(default_factory=list)  # the size names _workspace() takes
+    scaled: bool = False  # the planned function takes scale=, which multiplies the gradients
 
     def take(self, shape: tuple, kind: str = "f", step: int = 0) -> int:
         """A new buffer, alive at ``step``."""
@@ -193,12 +194,17 @@ def _out_op(op) -> bool:
 
 
 def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], doc: str,
-                  of: str | None = None) -> tuple[Function, Pool]:
+                  of: str | None = None, scalable: bool = False) -> tuple[Function, Pool]:
     """Statements computing ``targets`` with every array in a planned buffer.
 
     The nodes in ``into`` (the gradients) are written into arrays the caller
     passes, as parameters named after those nodes (``dW1``). Returns the
     function and the pool of workspace buffers it uses (see :func:`workspace_source`).
+
+    With ``scalable``, when the loss ``of`` computes its own gradient in one call and
+    every other adjoint flows from that one, the function takes ``scale=1.0`` as the
+    seed: backprop is linear in it, so the gradients come out multiplied by ``scale``
+    (``pool.scaled`` says whether it does).
     """
     into = {n: em.namer(n) for n in into}
     j = em.j
@@ -232,6 +238,9 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
     fn = Function(name, [em.namer(n) for n in leaves] + list(into.values()), doc)
     seeds = {j.args(c)[-1] for c in together.values()}  # constants they take as numbers
     unread = {g for g in seeds if {c for c, _ in j.consumers(g)} <= set(together.values())}
+    pool.scaled = scalable and of in together and j.args(together[of])[-1] in unread
+    if pool.scaled:
+        fn.params.append("scale=1.0")
 
     def buffer_for(n, i):  # a fresh buffer for n's value, named after it
         owner[n] = pool.take(j.nx.nodes[n]["shape"], "f", i)
@@ -252,8 +261,9 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
             else:
                 pool.writes.setdefault(into[c], i)
             args = j.args(c)
+            seed = "scale" if pool.scaled and n == of else em.rhs(args[-1])  # a constant
             call = em.use(op, op.numpy_with_grad([em.code(a) for a in args[:-1]], d["attrs"],
-                                                 em.rhs(args[-1]), em.code(c)))  # g: a constant
+                                                 seed, em.code(c)))
             body.append(f"{em.namer(n)} = {call}  # and {em.namer(c)}, its gradient")
         elif not planned:
             rhs = em.rhs(n)

@@ -64,6 +64,7 @@ class Optimizer:
     update: str
     checks: dict = field(default_factory=dict)  # hyper -> (test, what is expected)
     flat_update: str = ""  # the same rule on train_step's flat buffers, with no temporaries
+    scaled_update: str = ""  # the flat rule for gradients that arrive multiplied by lr
 
 
 _POSITIVE = (lambda v: v > 0, "a number > 0")
@@ -126,6 +127,11 @@ _SGD_FLAT = '''def _update_flat(flat, g, state, lr):
     g *= lr
     flat["P"] -= g
 '''
+_SGD_SCALED = '''def _update_flat(flat, g, state, lr):
+    """update() on the flat buffers, in place: w <- w - g, where g already holds
+    lr * dL/dw (train_step passes lr as the seed of backprop, which is linear in it)."""
+    flat["P"] -= g
+'''
 _MOMENTUM_FLAT = '''def _update_flat(flat, g, state, lr, momentum=MOMENTUM):
     """update() on the flat buffers (g: the gradients), in place:
     v <- momentum * v + g; w <- w - lr * v."""
@@ -161,7 +167,7 @@ _ADAM_FLAT = '''def _update_flat(flat, g, state, lr, beta1=BETA1, beta2=BETA2, e
 
 OPTIMIZERS = {
     "sgd": Optimizer("sgd", "SGD", {"lr": 0.01}, "w <- w - lr * dL/dw", _SGD_INIT, _SGD_UPDATE,
-                     {"lr": _POSITIVE}, _SGD_FLAT),
+                     {"lr": _POSITIVE}, _SGD_FLAT, _SGD_SCALED),
     "momentum": Optimizer("momentum", "SGD with momentum", {"lr": 0.01, "momentum": 0.9},
                           "v <- momentum * v + dL/dw; w <- w - lr * v",
                           _MOMENTUM_INIT, _MOMENTUM_UPDATE,
@@ -414,6 +420,8 @@ class _Model:
         names = {code: n for n, code in self.em.namer.names.items()}
         out = []
         for code in fn.params:
+            if "=" in code:  # scale=1.0: passed by name
+                continue
             n = names[code]
             if self.em.j.role(n) == "param":
                 out.append(f"params[{n!r}]")
@@ -443,8 +451,13 @@ def _model(g: Graph, of, wrt, optimizer, lr, hyper, dtype, optimize, extra_outpu
             em, "loss_and_grads_into", [of, *grads], grads,
             f"Loss {safe_text(of)}; writes its gradients into {', '.join(map(em.namer, grads))}."
             "\n\n    The same computation as value_and_grad, with every intermediate array in a "
-            "buffer of\n    _workspace() (allocated once per batch size) and NumPy calls "
-            "writing into it (out=).", of=of)
+            "buffer of\n    _workspace() (one arena per batch size, made once) and NumPy calls "
+            "writing into it\n    (out=). The gradient arrays must be C-contiguous, of DTYPE.",
+            of=of, scalable=opt.scaled_update != "")
+        if pool.scaled:
+            fast.doc += ("\n\n    Every gradient comes out multiplied by scale (backprop is "
+                         "linear in its seed):\n    train_step passes lr, so that SGD's update "
+                         "is one subtraction.")
         fast.ret = em.code(of)
         fns = [*fns, fast]
     names = {code: n for n, code in em.namer.names.items()}
@@ -495,24 +508,22 @@ def _flat(params, state):
     """The trained parameters and the optimizer state as views of flat buffers; made on
     the first call, remade only when other arrays are passed."""
     f = _FLAT.get("f")
+    # the same dicts holding the same arrays (ids stay unique: f keeps the arrays alive)
     if f is not None and f["params"] is params and f["state"] is state \\
-            and all(box[name] is view for box, name, view in f["views"]):
+            and [[*map(id, map(box.__getitem__, TRAINED))] for box in f["boxes"]] == f["ids"]:
         return f
-    views = []
-
-    def adopt(box):
-        base = _flat_base({name: box[name] for name in TRAINED})
-        if base is None:
+    boxes = [params, *(v for v in state.values() if type(v) is dict)]
+    for box in boxes:  # arrays that are not yet views of one flat buffer are copied into one
+        if _flat_base({name: box[name] for name in TRAINED}) is None:
             box.update(flat_views({name: box[name] for name in TRAINED}))
-            base = _flat_base({name: box[name] for name in TRAINED})
-        views.extend((box, name, box[name]) for name in TRAINED)
-        return base
-
     f = _FLAT["f"] = {
-        "params": params, "state": state, "P": adopt(params),
-        "S": {k: adopt(v) for k, v in state.items() if type(v) is dict},
+        "params": params, "state": state, "boxes": boxes,
+        "views": [[box[name] for name in TRAINED] for box in boxes],
+        "ids": [[id(box[name]) for name in TRAINED] for box in boxes],
+        "P": _flat_base({name: params[name] for name in TRAINED}),
+        "S": {k: _flat_base({name: v[name] for name in TRAINED})
+              for k, v in state.items() if type(v) is dict},
     }
-    f["views"] = views
     return f
 '''
 
@@ -554,12 +565,15 @@ def _train_step_block(m: _Model) -> str:
     lines += ["    flat = _flat(params, state)"]
     lines += ["    " + ln for ln in em.bind_sizes("train_step", m.inputs, [ws])]
     lines += [f"    _, G, grads = {ws}  # the gradients: views of G, in the workspace"]
+    if m.pool.scaled:  # the gradients come out as lr * dL/dw
+        args.append("scale=lr")
     lines += ["    " + ln for ln in _call_lines("loss = ", m.fast.name, args)]
     lines += [f"    grads[{w!r}][...] = grads[{first[n]!r}]"
               for w, n in zip(m.wrt, m.grads) if first[n] != w]
-    # A sum of finite numbers is finite unless it overflows: one call screens every gradient;
-    # check_finite, exact, runs only when the screen trips (and raises only for a nan or inf).
-    lines += ["    if not math.isfinite(loss + G.sum()):",
+    # A sum of squares is finite only if every term is (squares cannot cancel an inf): one
+    # BLAS call (3x faster than G.sum()) screens every gradient; check_finite, exact, runs
+    # only when the screen trips (a square can overflow: it then raises only for nan or inf).
+    lines += ["    if not math.isfinite(loss + np.dot(G, G)):",
               "        check_finite(loss, grads)  # says which gradient",
               "    _update_flat(flat, G, state, lr)",
               "    return float(loss)"]
@@ -612,7 +626,8 @@ def _step_blocks(m: _Model) -> list[str]:
                            m.em.namer(n) if n not in first else None))
             first.add(n)
         flat = [f"TRAINED = {tuple(m.wrt)!r}  # the parameters train_step updates\n" + _FLAT,
-                m.opt.flat_update, PACK, workspace_source(m.em, m.pool, layout)]
+                m.opt.scaled_update if m.pool.scaled else m.opt.flat_update, PACK,
+                workspace_source(m.em, m.pool, layout)]
     return ([_FLAT_VIEWS] + _init_blocks(m.plan) + [m.opt.init_state, m.opt.update, _CHECK]
             + flat + [_train_step_block(m)])
 
