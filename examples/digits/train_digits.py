@@ -384,17 +384,17 @@ def _workspace(N):
     if ws is None:
         ws = _WORKSPACES[(N,)] = _pack(
             [  # shape, dtype, first and last step alive
-            ((N, 32), DTYPE, 0, 10),  # _ws[0]
-            ((N, 10), DTYPE, 2, 6),  # _ws[1]
-            ((N, 10), DTYPE, 4, 9),  # _ws[2]
-            ((N, 32), DTYPE, 9, 12),  # _ws[3]
-            ((N, 32), bool, 10, 10),  # _ws[4]
+                ((N, 32), DTYPE, 0, 10),  # _ws[0]
+                ((N, 10), DTYPE, 2, 6),  # _ws[1]
+                ((N, 10), DTYPE, 4, 9),  # _ws[2]
+                ((N, 32), DTYPE, 9, 12),  # _ws[3]
+                ((N, 32), bool, 10, 10),  # _ws[4]
             ],
             [  # the gradients, in order: name, shape, first step writing it
-            ('W1', (64, 32), 12),
-            ('b1', (32,), 11),
-            ('W2', (32, 10), 8),
-            ('b2', (10,), 7),
+                ('W1', (64, 32), 12),
+                ('b1', (32,), 11),
+                ('W2', (32, 10), 8),
+                ('b2', (10,), 7),
             ],
         )
     return ws

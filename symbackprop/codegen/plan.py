@@ -405,8 +405,9 @@ def workspace_source(em: Emitter, pool: Pool, grads=()) -> str:
     rows = []
     for i, (shape, kind, first, last) in enumerate(pool.buffers):
         dt = "DTYPE" if kind == "f" else "bool"
-        rows.append(f"            ({fmt_shape(shape)}, {dt}, {first}, {last}),  # _ws[{i}]")
-    grad_rows = [f"            ({name!r}, {fmt_shape(shape)}, {pool.writes.get(code, pool.end)}),"
+        rows.append(f"                ({fmt_shape(shape)}, {dt}, {first}, {last}),  # _ws[{i}]")
+    grad_rows = [f"                ({name!r}, {fmt_shape(shape)}, "
+                 f"{pool.writes.get(code, pool.end)}),"
                  for name, shape, code in grads]
     return "\n".join([
         "_WORKSPACES = {}",
