@@ -138,6 +138,7 @@ def test_train_step_follows_an_array_put_into_params():
     loaded = np.full((4, 3), 0.25)
     params["W1"], pref["W1"] = loaded.copy(), loaded.copy()
     state["v"]["W1"], sref["v"]["W1"] = loaded.copy(), loaded.copy()
+    state["v"] = dict(state["v"])  # a new dict of velocities, too
     for _ in range(2):
         assert step.train_step(params, state, X=X, y=y) == pytest.approx(
             ref.train_step(pref, sref, X=X, y=y), rel=1e-12)

@@ -297,16 +297,16 @@ def _flat(params, state):
     """The trained parameters and the optimizer state as views of flat buffers; made on
     the first call, remade only when other arrays are passed."""
     f = _FLAT.get("f")
+    boxes = [params, *(v for v in state.values() if type(v) is dict)]
     # the same dicts holding the same arrays (ids stay unique: f keeps the arrays alive)
     if f is not None and f["params"] is params and f["state"] is state \
-            and [[*map(id, map(box.__getitem__, TRAINED))] for box in f["boxes"]] == f["ids"]:
+            and [[*map(id, map(box.__getitem__, TRAINED))] for box in boxes] == f["ids"]:
         return f
-    boxes = [params, *(v for v in state.values() if type(v) is dict)]
     for box in boxes:  # arrays that are not yet views of one flat buffer are copied into one
         if _flat_base({name: box[name] for name in TRAINED}) is None:
             box.update(flat_views({name: box[name] for name in TRAINED}))
     f = _FLAT["f"] = {
-        "params": params, "state": state, "boxes": boxes,
+        "params": params, "state": state,
         "views": [[box[name] for name in TRAINED] for box in boxes],
         "ids": [[id(box[name]) for name in TRAINED] for box in boxes],
         "P": _flat_base({name: params[name] for name in TRAINED}),
