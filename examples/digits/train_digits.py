@@ -92,12 +92,11 @@ def _softmax_cross_entropy(logits, labels):
 
 
 def _softmax_cross_entropy_grad(logits, labels, g, out=None):
-    """dL/dlogits of the mean cross-entropy: (softmax(logits) - onehot(labels)) * g / N."""
-    n = len(labels)
-    at = np.ravel_multi_index((np.arange(n), labels), logits.shape)  # checks 0 <= label < C
-    out, sums, _ = _shifted_exp(logits, out)
-    out *= (g / n) / sums[:, None]
-    out.reshape(-1)[at] -= g / n  # out is C-contiguous: a view
+    """dL/dlogits of the mean cross-entropy: (softmax(logits) - onehot(labels)) * g / N,
+    the gradient that _softmax_cross_entropy_with_grad writes."""
+    if out is None:
+        out = np.empty(logits.shape, logits.dtype)  # C-contiguous, as that call needs
+    _softmax_cross_entropy_with_grad(logits, labels, g, out)
     return out
 
 
@@ -349,11 +348,12 @@ def _pack(arrays, grads, align=64):
     gradient views by name)."""
     itemsize = np.dtype(DTYPE).itemsize
     size = [int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype, _, _ in arrays]
+    count = [int(np.prod(shape)) for _, shape, _ in grads]
     end = max([last for *_, last in arrays] + [first for *_, first in grads], default=0) + 1
     placed, at = [], 0  # (start byte, end byte, first step, last step)
-    for _, shape, first in grads:
-        placed.append((at, at + int(np.prod(shape)) * itemsize, first, end))
-        at += placed[-1][1] - placed[-1][0]
+    for n, (_, _, first) in zip(count, grads):
+        placed.append((at, at + n * itemsize, first, end))
+        at += n * itemsize
     offset = [0] * len(arrays)
     for i in sorted(range(len(arrays)), key=lambda i: -size[i]):
         _, _, first, last = arrays[i]
@@ -367,9 +367,9 @@ def _pack(arrays, grads, align=64):
              for o, n, (shape, dtype, _, _) in zip(offset, size, arrays)]
     flat = arena[:at].view(DTYPE)
     named, start = {}, 0
-    for name, shape, _ in grads:
-        named[name] = flat[start:start + int(np.prod(shape))].reshape(shape)
-        start += int(np.prod(shape))
+    for n, (name, shape, _) in zip(count, grads):
+        named[name] = flat[start:start + n].reshape(shape)
+        start += n
     return views, flat, named
 
 

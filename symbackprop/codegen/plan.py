@@ -370,11 +370,12 @@ PACK = '''def _pack(arrays, grads, align=64):
     gradient views by name)."""
     itemsize = np.dtype(DTYPE).itemsize
     size = [int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype, _, _ in arrays]
+    count = [int(np.prod(shape)) for _, shape, _ in grads]
     end = max([last for *_, last in arrays] + [first for *_, first in grads], default=0) + 1
     placed, at = [], 0  # (start byte, end byte, first step, last step)
-    for _, shape, first in grads:
-        placed.append((at, at + int(np.prod(shape)) * itemsize, first, end))
-        at += placed[-1][1] - placed[-1][0]
+    for n, (_, _, first) in zip(count, grads):
+        placed.append((at, at + n * itemsize, first, end))
+        at += n * itemsize
     offset = [0] * len(arrays)
     for i in sorted(range(len(arrays)), key=lambda i: -size[i]):
         _, _, first, last = arrays[i]
@@ -388,9 +389,9 @@ PACK = '''def _pack(arrays, grads, align=64):
              for o, n, (shape, dtype, _, _) in zip(offset, size, arrays)]
     flat = arena[:at].view(DTYPE)
     named, start = {}, 0
-    for name, shape, _ in grads:
-        named[name] = flat[start:start + int(np.prod(shape))].reshape(shape)
-        start += int(np.prod(shape))
+    for n, (name, shape, _) in zip(count, grads):
+        named[name] = flat[start:start + n].reshape(shape)
+        start += n
     return views, flat, named
 '''
 
@@ -400,7 +401,7 @@ def workspace_source(em: Emitter, pool: Pool, grads=()) -> str:
     buffer laid out as ``grads`` (``(name, shape, code)``: ``code`` names the array of
     the planned function that receives it, ``None`` when the caller fills it after)
     as views of one arena, made once per size (see :data:`PACK`)."""
-    sizes = sorted({d for shape, *_ in pool.buffers for d in shape if isinstance(d, str)})
+    sizes = pool.sizes
     key = ", ".join(sizes) + ("," if len(sizes) == 1 else "")
     rows = []
     for i, (shape, kind, first, last) in enumerate(pool.buffers):

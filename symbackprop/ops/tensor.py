@@ -132,11 +132,11 @@ def _reduce_code(method):
 
 def _reduce_out(fn):
     def code(c, a, out, shapes):
-        if fn == "sum" and len(shapes[0]) == 2 and not a["keepdims"] \
-                and a["axis"] is not None and len(_axes(a["axis"], 2)) == 1:
+        axes = _axes(a["axis"], len(shapes[0]))
+        if fn == "sum" and len(shapes[0]) == 2 and not a["keepdims"] and len(axes) == 1:
             # One matrix-vector product with ones is 2-3x faster than NumPy's
             # reduction over a 2-D axis (db = dz.sum(axis=0) in every layer).
-            if _axes(a["axis"], 2) == (0,):
+            if axes == (0,):
                 return f"np.dot(_ones(len({c[0]}), {c[0]}.dtype), {c[0]}, out={out})"
             return f"np.dot({c[0]}, _ones({c[0]}.shape[1], {c[0]}.dtype), out={out})"
         keep = ", keepdims=True" if a["keepdims"] else ""
@@ -358,12 +358,11 @@ register(OpDef(
 # Its gradient, (softmax(logits) - onehot(labels)) * g / N, is one op so the code computes
 # it in one pass, in place, never dividing by a probability.
 _XENT_GRAD = '''def _softmax_cross_entropy_grad(logits, labels, g, out=None):
-    """dL/dlogits of the mean cross-entropy: (softmax(logits) - onehot(labels)) * g / N."""
-    n = len(labels)
-    at = np.ravel_multi_index((np.arange(n), labels), logits.shape)  # checks 0 <= label < C
-    out, sums, _ = _shifted_exp(logits, out)
-    out *= (g / n) / sums[:, None]
-    out.reshape(-1)[at] -= g / n  # out is C-contiguous: a view
+    """dL/dlogits of the mean cross-entropy: (softmax(logits) - onehot(labels)) * g / N,
+    the gradient that _softmax_cross_entropy_with_grad writes."""
+    if out is None:
+        out = np.empty(logits.shape, logits.dtype)  # C-contiguous, as that call needs
+    _softmax_cross_entropy_with_grad(logits, labels, g, out)
     return out
 '''
 
@@ -392,7 +391,7 @@ register(OpDef(
     numpy=lambda c, a: f"_softmax_cross_entropy_grad({c[0]}, {c[1]}, {c[2]})",
     numpy_out=lambda c, a, o, s: f"_softmax_cross_entropy_grad({c[0]}, {c[1]}, {c[2]}, out={o})",
     helpers={"_softmax_cross_entropy_grad": _XENT_GRAD, "_shifted_exp": _SHIFTED_EXP,
-             "_ones": _ONES},
+             "_softmax_cross_entropy_with_grad": _XENT_WITH_GRAD, "_ones": _ONES},
     vjp=_xent_grad_vjp,
     display=lambda args, attrs: sp.Mul(
         args[2] / sp.sympify(count((attrs["batch"],))),
