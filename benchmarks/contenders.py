@@ -7,6 +7,7 @@ and ``params()`` (the current parameters as NumPy arrays, for the correctness ch
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib
 
@@ -88,28 +89,48 @@ class GeneratedTrainStep(_Generated):
 
     def __init__(self, g, params, X, y, lr, dtype):
         c = sb.compile(g, of="L", optimizer="sgd", lr=lr, dtype=_dtype_name(dtype))
+        self.lr = lr
         self._bind(c, params, X, y)
-        self.state = c.init_state(self._params)
-        batch = {c.arg_names.get(k, k): v for k, v in (("X", X), ("y", y))}
         self._step = functools.partial(c.module.train_step, self._params, self.state,
-                                       **{n: batch[n] for n in c.inputs})
+                                       **self._batch())
+
+    def _batch(self) -> dict:
+        c = self.compiled
+        batch = {c.arg_names.get(k, k): v for k, v in (("X", self._X), ("y", self._y))}
+        return {n: batch[n] for n in c.inputs}
 
     def rebind(self):
         """Forward + backward is what train_step runs: the memory-planned
-        ``loss_and_grads_into`` (gradients into arrays bound once), where the module has it."""
+        ``loss_and_grads_into``, called with the arguments train_step passes it, where the
+        module has it."""
         super().rebind()
-        m = self.compiled.module
-        fast = getattr(m, "loss_and_grads_into", None)
-        if fast is None:
-            return
-        arrays = dict(self._params, X=self._X, y=self._y)
-        names = fast.__code__.co_varnames[:fast.__code__.co_argcount]
-        leaves = [n for n in names if n in arrays]
-        grads = {n: np.empty_like(self._params[w]) for n, w in zip(names[len(leaves):], m.TRAINED)}
-        self._vg = functools.partial(fast, **{n: arrays[n] for n in leaves}, **grads)
+        if not hasattr(self, "state"):
+            self.state = self.compiled.init_state(self._params)
+        if hasattr(self.compiled.module, "loss_and_grads_into"):
+            self._vg = _planned_call(self.compiled, self._params, self.state, self._batch(),
+                                     self.lr)
 
     def step(self):
         return self._step()
+
+
+def _planned_call(compiled, params, state, batch, lr):
+    """``loss_and_grads_into`` bound to exactly the arguments the generated ``train_step``
+    passes it (parameters, views of the flat buffers and of the workspace): train_step's
+    statements before that call run once, then its argument expressions are evaluated."""
+    tree = ast.parse(compiled.source)
+    step = next(f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "train_step")
+    at, call = next((i, s.value) for i, s in enumerate(step.body)
+                    if isinstance(s, ast.Assign) and isinstance(s.value, ast.Call)
+                    and getattr(s.value.func, "id", None) == "loss_and_grads_into")
+    env = dict(vars(compiled.module), params=params, state=state, lr=lr, **batch)
+    exec(compile(ast.Module(step.body[:at], []), "<train_step>", "exec"), env)  # noqa: S102
+
+    def value(node):
+        return eval(compile(ast.Expression(node), "<train_step>", "eval"), env)
+
+    return functools.partial(compiled.module.loss_and_grads_into, *map(value, call.args),
+                             **{k.arg: value(k.value) for k in call.keywords})
 
 
 def generated_class():

@@ -1,6 +1,7 @@
 """Memory planning: ufunc lowering and the planned step, against plain evaluation."""
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -215,7 +216,7 @@ def test_packed_arrays_never_share_bytes_while_alive(arrays, grads):
     specs = [((3, width), bool if flag else np.float64, first, first + alive)
              for width, first, alive, flag in arrays]
     gspecs = [(f"g{i}", (n,), first) for i, (n, first) in enumerate(grads)]
-    views, flat, named = _packer()(specs, gspecs)
+    views, flat, named, _ = _packer()(specs, gspecs)
     assert [v.shape for v in views] == [s for s, *_ in specs]
     assert all(v.dtype == d for v, (_, d, _, _) in zip(views, specs))
     assert flat.size == sum(n for n, _ in grads)
@@ -232,6 +233,19 @@ def test_packed_arrays_never_share_bytes_while_alive(arrays, grads):
                 assert a1 <= b0 or b1 <= a0
 
 
+def test_packed_blocks_view_a_weight_and_its_bias_together():
+    """A block [w; b] of _pack is the (K + 1, M) array whose rows are w's and, last, b's:
+    the same bytes as the two gradient views, so one product writes both."""
+    _, flat, named, blocks = _packer()([], [("a", (5,), 0), ("w", (3, 4), 0), ("b", (4,), 0)],
+                                       [("w", "b")])
+    block = blocks["w", "b"]
+    assert block.shape == (4, 4) and block.base is flat.base
+    block[...] = np.arange(16.0).reshape(4, 4)
+    np.testing.assert_array_equal(named["w"], np.arange(12.0).reshape(3, 4))
+    np.testing.assert_array_equal(named["b"], np.arange(12.0, 16.0))
+    assert not np.shares_memory(block, named["a"])
+
+
 def test_deep_step_needs_about_the_larger_of_activations_and_gradients():
     """In a deep network the backward pass frees each activation before the gradient of
     the layer below is written, so the arena holds both in about the space of one."""
@@ -241,10 +255,56 @@ def test_deep_step_needs_about_the_larger_of_activations_and_gradients():
     n = 16
     X, y = np.ones((n, 16)), np.zeros(n, dtype=int)
     step.train_step(params, step.init_state(params), X=X, y=y)
-    _, flat, _ = step.module._WORKSPACES[(n,)]
+    _, flat, _, _ = step.module._WORKSPACES[(n,)]
     arena = flat.base.nbytes
     activations = 8 * n * sum(sizes[1:])  # every layer's output, kept for the backward pass
     grads = 8 * sum(a * b + b for a, b in itertools.pairwise(sizes))
     assert grads == flat.nbytes
     assert arena < 0.65 * (activations + grads)
     assert arena >= max(activations, grads)
+
+
+def _fast_and_plain(g, **kw):
+    return sb.compile(g, optimizer="sgd", lr=0.1, **kw), \
+        sb.compile(g, optimizer="sgd", lr=0.1, optimize=False, **kw)
+
+
+def _same_steps(fast, plain, n_in, n_out, batches=(8, 8, 5)):
+    pf, pp = fast.init_params(2), plain.init_params(2)
+    sf, sp_ = fast.init_state(pf), plain.init_state(pp)
+    rng = np.random.default_rng(1)
+    for n in batches:
+        X, y = rng.normal(size=(n, n_in)), rng.integers(0, n_out, size=n)
+        assert fast.train_step(pf, sf, X=X, y=y) == pytest.approx(
+            plain.train_step(pp, sp_, X=X, y=y), rel=1e-12)
+    for k in pp:
+        np.testing.assert_allclose(pf[k], pp[k], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_bias_rides_in_the_product(activation):
+    """h @ W + b is one product [h, 1] @ [W; b] and the gradients of W and b one product
+    [h, 1].T @ dz, W and b being consecutive in the flat buffers; the first layer (X is
+    the caller's array, with no column of ones) keeps its bias add."""
+    fast, plain = _fast_and_plain(sb.models.mlp([6, 5, 4, 3], activation=activation))
+    src = fast.source
+    step = src[src.index("def loss_and_grads_into"):src.index("def flat_views")]
+    assert "np.dot(h1_ones, W2_b2, out=matmul_2)" in step
+    assert "(h2_ones.T, dlogits, out=dW3_db3)" in step and "h2_ones[:, -1] = 1" in step
+    assert "np.add(matmul_1, b1, out=h1)" in step
+    code = [line.split("#")[0] for line in step.split('"""')[2].splitlines()]
+    assert not any(re.search(r"\b(b2|b3|db2|db3)\b", c) for c in code)  # no add, no row sum
+    _same_steps(fast, plain, 6, 3)
+
+
+def test_bias_stays_out_of_the_product_when_it_must():
+    """No fold when the bias is read elsewhere (a penalty on it), when it is not trained,
+    or when it does not follow its weight in the flat buffers: each step still matches."""
+    g = sb.models.mlp([6, 5, 3])
+    g.output("J", g["L"] + sb.sum(g["b2"] * g["b2"]))
+    cases = [(g, {"of": "J"}), (sb.models.mlp([6, 5, 3]), {"wrt": ["W1", "b1", "W2"]}),
+             (sb.models.mlp([6, 5, 3]), {"wrt": ["b2", "W2", "W1", "b1"]})]
+    for graph, kw in cases:
+        fast, plain = _fast_and_plain(graph, **kw)
+        assert "_ones" not in fast.source.replace("_ones(", "")
+        _same_steps(fast, plain, 6, 3)

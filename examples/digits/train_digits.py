@@ -157,29 +157,31 @@ def value_and_grad(X, W1, b1, W2, b2, y):
     return L, {'W1': dW1, 'b1': db1, 'W2': dW2, 'b2': db2}
 
 
-def loss_and_grads_into(X, W1, b1, W2, b2, y, dW1, db1, dW2, db2):
-    """Loss L; writes its gradients into dW1, db1, dW2, db2.
+def loss_and_grads_into(X, W1, b1, W2, W2_b2, y, dW1, db1, dW2_db2):
+    """Loss L; writes its gradients into dW1, db1, dW2_db2 = [dW2; db2]. W2_b2 = [W2; b2] is W2
+    with b2 as one more row (the bias rides in the product): views of the flat buffers.
 
     The same computation as value_and_grad, with every intermediate array in a buffer of
     _workspace() (one arena per batch size, made once) and NumPy calls writing into it
     (out=). The gradient arrays must be C-contiguous, of DTYPE."""
     N = X.shape[0]
     _ws = _workspace(N)[0]
-    matmul_1 = h1 = _ws[0]
-    matmul_2 = logits = _ws[1]
-    dlogits = _ws[2]
-    dh1 = dz1 = _ws[3]
+    matmul_1 = _ws[0]
+    h1_ones = _ws[1]
+    h1 = h1_ones[:, :-1]
+    matmul_2 = logits = _ws[2]
+    dlogits = _ws[3]
+    dh1 = dz1 = _ws[4]
     np.dot(X, W1, out=matmul_1)
     np.add(matmul_1, b1, out=h1)
     np.maximum(h1, 0, out=h1)
-    np.dot(h1, W2, out=matmul_2)
-    np.add(matmul_2, b2, out=logits)
+    h1_ones[:, -1] = 1  # [h1, 1] @ W2_b2 adds the bias in the product
+    np.dot(h1_ones, W2_b2, out=matmul_2)  # matmul_2 = h1 @ W2 + b2, as [h1, 1] @ [W2; b2]
     L = _softmax_cross_entropy_with_grad(logits, y, DTYPE(1), dlogits)  # and dlogits, its gradient
-    np.dot(_ones(len(dlogits), dlogits.dtype), dlogits, out=db2)  # dL/db2 via logits = matmul_2 + b2
-    np.dot(h1.T, dlogits, out=dW2)  # dL/dW2 via matmul_2 = h1 @ W2
+    np.dot(h1_ones.T, dlogits, out=dW2_db2)  # dL/dW2, dL/db2 via matmul_2 = h1 @ W2 + b2
     np.dot(dlogits, W2.T, out=dh1)  # dL/dh1 via matmul_2 = h1 @ W2
-    np.greater(h1, 0, out=_ws[4])
-    np.multiply(dh1, _ws[4], out=dz1)  # dL/dz1 via h1 = np.maximum(matmul_1 + b1, 0)
+    np.greater(h1, 0, out=_ws[5])
+    np.multiply(dh1, _ws[5], out=dz1)  # dL/dz1 via h1 = np.maximum(matmul_1 + b1, 0)
     np.dot(_ones(len(dz1), dz1.dtype), dz1, out=db1)  # dL/db1 via h1 = np.maximum(matmul_1 + b1, 0)
     np.dot(X.T, dz1, out=dW1)  # dL/dW1 via matmul_1 = X @ W1
     return L
@@ -273,6 +275,7 @@ def check_finite(loss, grads):
 
 
 TRAINED = ('W1', 'b1', 'W2', 'b2')  # the parameters train_step updates
+FOLDED = (('W2', 'b2'),)  # layers with the bias in the product
 _FLAT = {}
 
 
@@ -296,10 +299,11 @@ def _flat(params, state):
     """The trained parameters and the optimizer state as views of flat buffers; made on
     the first call, remade only when other arrays are passed."""
     f = _FLAT.get("f")
-    boxes = [params, *(v for v in state.values() if type(v) is dict)]
-    # the same dicts holding the same arrays (ids stay unique: f keeps the arrays alive)
-    if f is not None and f["params"] is params and f["state"] is state \
-            and [[*map(id, map(box.__getitem__, TRAINED))] for box in boxes] == f["ids"]:
+    boxes = [params, *[v for v in state.values() if type(v) is dict]] if state else [params]
+    # the same dicts holding the same arrays (ids stay unique: f keeps the arrays alive);
+    # this runs every step, so it touches as few objects as it can
+    ids = [id(a) for box in boxes for a in map(box.__getitem__, TRAINED)]
+    if f is not None and f["params"] is params and f["state"] is state and ids == f["ids"]:
         return f
     for box in boxes:  # arrays that are not yet views of one flat buffer are copied into one
         if _flat_base({name: box[name] for name in TRAINED}) is None:
@@ -307,11 +311,16 @@ def _flat(params, state):
     f = _FLAT["f"] = {
         "params": params, "state": state,
         "views": [[box[name] for name in TRAINED] for box in boxes],
-        "ids": [[id(box[name]) for name in TRAINED] for box in boxes],
+        "ids": [id(box[name]) for box in boxes for name in TRAINED],
         "P": _flat_base({name: params[name] for name in TRAINED}),
         "S": {k: _flat_base({name: v[name] for name in TRAINED})
               for k, v in state.items() if type(v) is dict},
     }
+    start, at = 0, {}
+    for name in TRAINED:
+        at[name], start = start, start + np.size(params[name])
+    for w, b in FOLDED:  # [W; b]: the bias rides in the product [h, 1] @ [W; b]
+        f[w, b] = f["P"][at[w]:at[b] + np.size(params[b])].reshape(-1, np.size(params[b]))
     return f
 
 
@@ -339,13 +348,14 @@ def _update_flat(flat, g, state, lr, beta1=BETA1, beta2=BETA2, eps=EPS):
     flat["P"] -= g
 
 
-def _pack(arrays, grads, align=64):
+def _pack(arrays, grads, blocks=(), align=64):
     """Views of one arena for the arrays of a step. grads: (name, shape, first step
     written) of the gradients, laid out first and consecutive: one flat buffer, so an
     update is one NumPy call. arrays: (shape, dtype, first step, last step) of the other
     buffers. Two buffers share bytes only if no step uses both; an array may lie over a
-    gradient written after its last step. Returns (array views, flat gradient buffer,
-    gradient views by name)."""
+    gradient written after its last step. blocks: pairs (w, b) of consecutive gradients
+    of shapes (K, M) and (M,), viewed together as one (K + 1, M) array [w; b]. Returns
+    (array views, flat gradient buffer, gradient views by name, blocks by pair)."""
     itemsize = np.dtype(DTYPE).itemsize
     size = [int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype, _, _ in arrays]
     count = [int(np.prod(shape)) for _, shape, _ in grads]
@@ -366,11 +376,14 @@ def _pack(arrays, grads, align=64):
     views = [arena[o:o + n].view(dtype).reshape(shape)
              for o, n, (shape, dtype, _, _) in zip(offset, size, arrays)]
     flat = arena[:at].view(DTYPE)
-    named, start = {}, 0
+    named, starts, start = {}, {}, 0
     for n, (name, shape, _) in zip(count, grads):
         named[name] = flat[start:start + n].reshape(shape)
+        starts[name] = start
         start += n
-    return views, flat, named
+    joined = {(w, b): flat[starts[w]:starts[b] + named[b].size].reshape(-1, named[b].size)
+              for w, b in blocks}
+    return views, flat, named, joined
 
 
 _WORKSPACES = {}
@@ -378,24 +391,26 @@ _WORKSPACES = {}
 
 def _workspace(N):
     """The arrays of one step for these sizes, as views of one arena made on first use
-    and reused: (arrays, flat gradient buffer, its views by name). Every array lives
-    from its first to its last step; _pack places them."""
+    and reused: (arrays, flat gradient buffer, its views by name, blocks [dW; db]).
+    Every array lives from its first to its last step; _pack places them."""
     ws = _WORKSPACES.get((N,))
     if ws is None:
         ws = _WORKSPACES[(N,)] = _pack(
             [  # shape, dtype, first and last step alive
-                ((N, 32), DTYPE, 0, 10),  # _ws[0]
-                ((N, 10), DTYPE, 2, 6),  # _ws[1]
-                ((N, 10), DTYPE, 4, 9),  # _ws[2]
-                ((N, 32), DTYPE, 9, 12),  # _ws[3]
-                ((N, 32), bool, 10, 10),  # _ws[4]
+                ((N, 32), DTYPE, 0, 1),  # _ws[0]
+                ((N, 33), DTYPE, 1, 10),  # _ws[1]
+                ((N, 10), DTYPE, 2, 6),  # _ws[2]
+                ((N, 10), DTYPE, 4, 9),  # _ws[3]
+                ((N, 32), DTYPE, 9, 12),  # _ws[4]
+                ((N, 32), bool, 10, 10),  # _ws[5]
             ],
             [  # the gradients, in order: name, shape, first step writing it
                 ('W1', (64, 32), 12),
                 ('b1', (32,), 11),
                 ('W2', (32, 10), 8),
-                ('b2', (10,), 7),
+                ('b2', (10,), 8),
             ],
+            [('W2', 'b2')],  # the gradients [w; b] of layers with the bias in the product
         )
     return ws
 
@@ -407,18 +422,17 @@ def train_step(params, state, X, y, lr=LR):
     anything, when the loss or a gradient is nan or inf."""
     flat = _flat(params, state)
     N = X.shape[0]
-    _, G, grads = _workspace(N)  # the gradients: views of G, in the workspace
+    _, G, grads, blocks = _workspace(N)  # the gradients: views of G, in the workspace
     loss = loss_and_grads_into(
         X,
         params['W1'],
         params['b1'],
         params['W2'],
-        params['b2'],
+        flat['W2', 'b2'],
         y,
         grads['W1'],
         grads['b1'],
-        grads['W2'],
-        grads['b2'],
+        blocks['W2', 'b2'],
     )
     if not math.isfinite(loss + np.dot(G, G)):
         check_finite(loss, grads)  # says which gradient

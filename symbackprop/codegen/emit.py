@@ -47,10 +47,12 @@ class Namer:
         self.taken = set(RESERVED) | set(reserved)
         self.names: dict[str, str] = {}
 
-    def __call__(self, name: str) -> str:
+    def __call__(self, name, base: str | None = None) -> str:
+        """The identifier of ``name`` (a node name, or any other key such as a tuple for a
+        variable that is no node's), made from ``base`` (default: the name) the first time."""
         if name in self.names:
             return self.names[name]
-        base = re.sub(r"\W+", "_", str(name)).strip("_") or "node"
+        base = re.sub(r"\W+", "_", str(name if base is None else base)).strip("_") or "node"
         if base[0].isdigit():
             base = "n" + base
         if keyword.iskeyword(base) or base in self.taken:

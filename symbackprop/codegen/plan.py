@@ -49,6 +49,8 @@ class Pool:
     end: int = 0  # the number of steps
     sizes: list = field(default_factory=list)  # the size names _workspace() takes
     scaled: bool = False  # the planned function takes scale=, which multiplies the gradients
+    # (W, b, code of [W; b], code of [dW; db]) of every fold: the caller passes the blocks
+    folds: list = field(default_factory=list)
 
     def take(self, shape: tuple, kind: str = "f", step: int = 0) -> int:
         """A new buffer, alive at ``step``."""
@@ -189,12 +191,104 @@ def alias_safe(steps, out: str, alias: str) -> bool:
     return True
 
 
+@dataclass(eq=False)  # one object per layer, compared (and hashed) by identity
+class Fold:
+    """``f(h @ W + b)`` computed from one product ``[h, 1] @ [W; b]``, and the gradients
+    of ``W`` and ``b`` as one product ``[h, 1].T @ dz``.
+
+    In the training step W and b lie one after the other in the flat buffers, so
+    ``[W; b]`` (and ``[dW; db]``) is a (K + 1, M) view of them; h is written beside a
+    column of ones. A layer so saves its bias add and its bias-gradient sum: two NumPy
+    calls and two passes over (N, M) arrays, for one more row in each product.
+    """
+
+    node: str  # f(h @ W + b): the elementwise node that adds the bias
+    product: str  # h @ W
+    h: str
+    W: str
+    b: str
+    dW: str
+    db: str
+    expr: tuple  # (symbols, expression) of node with b folded in, and its arguments
+
+    def bias_only(self) -> bool:
+        """Whether ``node`` is ``h @ W + b`` itself: nothing is left to compute."""
+        (syms, e), args = self.expr
+        return e == syms[args.index(self.product)]
+
+    def names(self, em: Emitter) -> tuple[str, str, str]:
+        """Codes of ``[h, 1]``, ``[W; b]`` and ``[dW; db]``."""
+        nm = em.namer
+        return (nm(("ones", self.h), f"{nm(self.h)}_ones"),
+                nm(("block", self.W, self.b), f"{nm(self.W)}_{nm(self.b)}"),
+                nm(("block", self.dW, self.db), f"{nm(self.dW)}_{nm(self.db)}"))
+
+
+def _folds(em: Emitter, steps: list[str], pairs, planned) -> dict[str, Fold]:
+    """The layers ``f(h @ W + b)`` whose bias can ride in the product: ``pairs`` lists
+    ``(W, dW, b, db)`` for parameters consecutive in the caller's flat buffers; ``planned(n)``
+    says whether a step is lowered to ufunc calls. Keyed by every node a fold changes."""
+    j, out, inside = em.j, {}, set(steps)
+    via = {}  # what each gradient node is the gradient of, and through which node
+    for n in steps:
+        d = j.nx.nodes[n]
+        if "grad_of" in d and "via" in d:
+            via[n] = (d["grad_of"], em.absorbed.get(d["via"], d["via"]))
+    for W, dW, b, db in pairs:
+        sw, sb_ = j.nx.nodes[W]["shape"], j.nx.nodes[b]["shape"]
+        if len(sw) != 2 or tuple(sb_) != (sw[1],) or not all(isinstance(x, int) for x in sw):
+            continue
+        # W's only forward use is a product h @ W, whose VJP made dW = h.T @ dz
+        if dW not in via or via[dW][0] != W:
+            continue
+        product = via[dW][1]
+        op = registry.get(j.nx.nodes[product]["op"]) if product in inside else None
+        if op is None or not op.bias_fold or j.args(product)[1:] != [W]:
+            continue
+        h = j.args(product)[0]
+        uses = j.consumers(product)
+        if len(uses) != 1 or j.consumers(b) != [(uses[0][0], j.args(uses[0][0]).index(b))]:
+            continue  # the bare product or the bias is read elsewhere (a derivative, say)
+        node = uses[0][0]
+        dz = j.args(dW)[1] if len(j.args(dW)) == 2 else None
+        if via.get(db) != (b, node) or j.args(db) != [dz] \
+                or [j.args(a) for a in j.args(dW)[:1]] != [[h]]:
+            continue  # db is not the row sum of the same dz, or dW not h.T @ dz
+        if h not in inside or not planned(h) or node not in inside \
+                or not registry.get(j.nx.nodes[node]["op"]).elementwise:
+            continue  # h must be written by ufunc calls, which can write beside the ones
+        expr = _without_bias(j, node, product, b)
+        if expr is not None and planned(node):
+            fold = Fold(node, product, h, W, b, dW, db, expr)
+            for n in (node, product, dW, db):
+                out[n] = fold
+    return out
+
+
+def _without_bias(j, node: str, product: str, b: str):
+    """``node``'s expression with ``x + b`` replaced by ``x`` (x: the product), when the two
+    appear only as that sum: ``((symbols, expression), arguments)``, or ``None``."""
+    op = registry.get(j.nx.nodes[node]["op"])
+    syms, e = op.code_expr(j.nx.nodes[node]["attrs"])
+    args = j.args(node)
+    if args.count(product) != 1 or args.count(b) != 1:
+        return None
+    x, xb = syms[args.index(product)], syms[args.index(b)]
+    u = sp.Dummy("u")
+    e2 = e.subs(x + xb, u)
+    if {x, xb} & e2.free_symbols or e2.xreplace({u: x + xb}) != e:
+        return None
+    keep = [(s, a) for s, a in zip(syms, args) if a != b]
+    return ([s for s, _ in keep], e2.xreplace({u: x})), [a for _, a in keep]
+
+
 def _out_op(op) -> bool:
     return op.elementwise and op.numpy is None or op.numpy_out is not None
 
 
 def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], doc: str,
-                  of: str | None = None, scalable: bool = False) -> tuple[Function, Pool]:
+                  of: str | None = None, scalable: bool = False,
+                  pairs=()) -> tuple[Function, Pool]:
     """Statements computing ``targets`` with every array in a planned buffer.
 
     The nodes in ``into`` (the gradients) are written into arrays the caller
@@ -205,6 +299,12 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
     every other adjoint flows from that one, the function takes ``scale=1.0`` as the
     seed: backprop is linear in it, so the gradients come out multiplied by ``scale``
     (``pool.scaled`` says whether it does).
+
+    ``pairs`` lists ``(W, dW, b, db)`` for parameters ``W``, ``b`` (and their gradient
+    nodes) that the caller keeps one after the other in its flat buffers: a layer
+    ``f(h @ W + b)`` is then computed with its bias inside the product (:class:`Fold`);
+    the function takes ``[W; b]`` after ``W`` instead of ``b``, and ``[dW; db]`` in
+    place of ``dW`` and ``db`` (``pool.folds``).
     """
     into = {n: em.namer(n) for n in into}
     j = em.j
@@ -235,23 +335,50 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
             for a in reads(n):
                 last[a] = max(last.get(a, -1), last[n])
     pool, owner, body, binds = Pool(), {}, [], {}  # owner: node -> buffer index
-    fn = Function(name, [em.namer(n) for n in leaves] + list(into.values()), doc)
+    ones = {}  # buffer index -> code of [h, 1]: the buffer of h, a column of ones beside it
     seeds = {j.args(c)[-1] for c in together.values()}  # constants they take as numbers
     unread = {g for g in seeds if {c for c, _ in j.consumers(g)} <= set(together.values())}
     pool.scaled = scalable and of in together and j.args(together[of])[-1] in unread
+    lowered = {}
+
+    def planned(n):  # computed by calls writing into its buffer (out=)
+        if n not in lowered:
+            d = j.nx.nodes[n]
+            op = registry.get(d["op"]) if d["op"] != "const" else None
+            lowered[n] = (op is not None and _out_op(op) and d["shape"] != ()
+                          and d["dtype"] == "float" and n not in together
+                          and n not in together.values() and n not in unread
+                          and _lowerable(em, n, op))
+        return lowered[n]
+
+    folds = _folds(em, steps, pairs, planned)
+    sources = {f.h: f for f in folds.values()}  # h -> a fold reading [h, 1]
+    fn = Function(name, _fold_params(em, leaves, into, folds), doc)
     if pool.scaled:
         fn.params.append("scale=1.0")
+    for f in dict.fromkeys(folds.values()):
+        _, block, grads = f.names(em)
+        pool.folds.append((f.W, f.b, block, grads))
 
     def buffer_for(n, i):  # a fresh buffer for n's value, named after it
-        owner[n] = pool.take(j.nx.nodes[n]["shape"], "f", i)
+        d = j.nx.nodes[n]
+        if n in sources:  # with a column of ones beside it
+            rows, cols = d["shape"]
+            owner[n] = pool.take((rows, cols + 1), "f", i)
+            ones[owner[n]] = sources[n].names(em)[0]
+        else:
+            owner[n] = pool.take(d["shape"], "f", i)
         binds.setdefault(owner[n], []).append(em.namer(n))
+
+    def product(f, a, b, shapes, out):  # a @ b, written by the op of the fold's product
+        op = registry.get(j.nx.nodes[f.product]["op"])
+        return em.use(op, op.numpy_out([a, b], j.nx.nodes[f.product]["attrs"], out, shapes))
 
     for i, n in enumerate(steps):
         d = j.nx.nodes[n]
         op = registry.get(d["op"]) if d["op"] != "const" else None
         comment = em.comment(n, of) if of else ""
-        planned = (op is not None and _out_op(op) and d["shape"] != () and d["dtype"] == "float"
-                   and _lowerable(em, n, op))
+        f = folds.get(n)
         if n in together.values() or n in unread:
             pass  # computed with its value, above
         elif n in together:
@@ -265,7 +392,28 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
             call = em.use(op, op.numpy_with_grad([em.code(a) for a in args[:-1]], d["attrs"],
                                                  seed, em.code(c)))
             body.append(f"{em.namer(n)} = {call}  # and {em.namer(c)}, its gradient")
-        elif not planned:
+        elif f is not None and n == f.db:
+            pass  # the last row of [dW; db], written with dW
+        elif f is not None and n == f.dW:
+            hb, _, grads = f.names(em)
+            pool.writes[into[f.dW]] = pool.writes[into[f.db]] = i
+            dz = j.args(n)[1]
+            call = product(f, hb + ".T", em.code(dz),
+                           [_ones_shape(j, f.h)[::-1], j.nx.nodes[dz]["shape"]], grads)
+            h, w, b, o = (em.namer(x) for x in (f.h, f.W, f.b, of or "L"))
+            body.append(f"{call}  # d{o}/d{w}, d{o}/d{b} via {em.namer(f.product)} = "
+                        f"{h} @ {w} + {b}")
+        elif f is not None and n == f.product:
+            hb, block, _ = f.names(em)
+            buffer_for(n, i)
+            call = product(f, hb, block, [_ones_shape(j, f.h), _ones_shape(j, f.W)], em.code(n))
+            h, w, b = (em.namer(x) for x in (f.h, f.W, f.b))
+            body.append(f"{call}  # {em.namer(n)} = {h} @ {w} + {b}, as [{h}, 1] @ [{w}; {b}]")
+        elif f is not None and f.bias_only() and n not in sources:
+            # nothing left to compute (logits = h @ W + b): the product's buffer is n's
+            owner[n] = owner.pop(f.product)
+            binds[owner[n]].append(em.namer(n))
+        elif not planned(n):
             rhs = em.rhs(n)
             target = f"{into[n]}[...]" if n in into else em.namer(n)
             if rhs:
@@ -274,15 +422,20 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
             def temp(shape, kind, i=i):  # scratch for this step only
                 return f"_ws[{pool.take(shape, kind, i)}]"
 
+            expr = f.expr if f is not None else None
             out = em.code(n)
             if n not in into:
-                # Overwrite an argument in place when this is its last read and the
-                # calls read it before they write (checked on a trial lowering).
-                trial = _lines(em, n, op, out, lambda shape, kind: "_scratch")
+                # Overwrite an argument in place when this is its last read and the ufunc
+                # calls read it before they write (checked on a trial lowering). Not with
+                # a product (BLAS cannot write over its operand: NumPy would copy it), nor
+                # into or out of the strided buffer of an h of a fold (written beside its
+                # column of ones: ufuncs run slower there than on a contiguous array).
+                trial = _lines(em, n, op, out, lambda shape, kind: "_scratch", expr)
                 # Only an argument read directly: one read through a view (h.T) is another
                 # layout of the same memory, which the calls would overwrite under it.
                 chosen = next((a for a in dict.fromkeys(j.args(n))
-                               if a in owner and last.get(a) == i
+                               if a in owner and last.get(a) == i and op.elementwise
+                               and n not in sources and a not in sources
                                and j.nx.nodes[a]["shape"] == d["shape"]
                                and alias_safe(trial, out, em.code(a))), None)
                 if chosen is not None:
@@ -290,10 +443,14 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
                     binds.setdefault(owner[n], []).append(em.namer(n))
                 else:
                     buffer_for(n, i)
-            lines = _lines(em, n, op, out, temp)
+            lines = _lines(em, n, op, out, temp, expr)
             if comment:
                 lines[-1] = (lines[-1][0] + f"  # {safe_text(comment)}",) + lines[-1][1:]
             body += [ln for ln, _, _ in lines]
+            if n in sources:
+                h, (_, block, _) = em.namer(n), sources[n].names(em)
+                body.append(f"{ones[owner[n]]}[:, -1] = 1  # [{h}, 1] @ {block} adds the bias "
+                            "in the product")
         for a in set(reads(n)):  # values read for the last time free their buffers
             if last.get(a) == i and a in owner:
                 pool.keep(owner.pop(a), i)
@@ -306,9 +463,37 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
     ws_call = f"_ws = _workspace({', '.join(ws_sizes)})[0]"
     fn.body = em.bind_sizes(name, leaves, [*body, ws_call]) + [ws_call]
     for k in sorted(binds):
-        fn.body.append(" = ".join(binds[k]) + f" = _ws[{k}]")
+        if k in ones:
+            fn.body += [f"{ones[k]} = _ws[{k}]", " = ".join(binds[k]) + f" = {ones[k]}[:, :-1]"]
+        else:
+            fn.body.append(" = ".join(binds[k]) + f" = _ws[{k}]")
     fn.body += body
     return fn, pool
+
+
+def _ones_shape(j, n: str) -> tuple:
+    """The shape of ``[h, 1]`` (h: (N, K)) or ``[W; b]`` (W: (K, M))."""
+    shape = j.nx.nodes[n]["shape"]
+    return (shape[0], shape[1] + 1) if j.role(n) != "param" else (shape[0] + 1, shape[1])
+
+
+def _fold_params(em: Emitter, leaves: list[str], into: dict, folds: dict) -> list[str]:
+    """The parameters of a planned function: the leaves, then the gradient arrays; a fold
+    takes ``[W; b]`` after ``W`` instead of ``b``, and ``[dW; db]`` instead of both."""
+    by_w = {f.W: f for f in folds.values()}
+    by_b, by_dw, by_db = ({getattr(f, k) for f in folds.values()} for k in ("b", "dW", "db"))
+    out = []
+    for n in leaves:
+        if n not in by_b:
+            out.append(em.namer(n))
+        if n in by_w:
+            out.append(by_w[n].names(em)[1])
+    for n, code in into.items():
+        if n in by_dw:
+            out.append(folds[n].names(em)[2])
+        elif n not in by_db:
+            out.append(code)
+    return out
 
 
 def _lowerable(em: Emitter, n: str, op) -> bool:
@@ -339,15 +524,17 @@ def _with_grad(em: Emitter, steps: list[str]) -> dict:
     return out
 
 
-def _lines(em: Emitter, n: str, op, out: str, temp) -> list[tuple[str, set, str]]:
+def _lines(em: Emitter, n: str, op, out: str, temp, expr=None) -> list[tuple[str, set, str]]:
+    """The calls computing node ``n`` into ``out``; ``expr``: ``((symbols, expression),
+    arguments)`` to compute instead of the op's own (a fold's, without the bias)."""
     j = em.j
     d = j.nx.nodes[n]
     args = j.args(n)
-    if op.numpy_out is not None:
+    if op.numpy_out is not None and expr is None:
         code = em.use(op, op.numpy_out([em.code(a) for a in args], d["attrs"], out,
                                        [j.nx.nodes[a]["shape"] for a in args]))
         return [(code, {em.code(a) for a in args}, out)]
-    syms, e = op.code_expr(d["attrs"])
+    (syms, e), args = expr if expr is not None else (op.code_expr(d["attrs"]), args)
     leaves, shapes = {}, {}
     for s, a in zip(syms, args):
         if em.inline(a) and j.nx.nodes[a]["op"] == "const":
@@ -361,13 +548,14 @@ def _lines(em: Emitter, n: str, op, out: str, temp) -> list[tuple[str, set, str]
 # made (the sizes are known only then). Greedy by size, as static memory planners do
 # (TensorFlow Lite's arena planner, XLA's heap simulator): largest first, each at the
 # lowest offset where it overlaps no buffer alive at one of its steps.
-PACK = '''def _pack(arrays, grads, align=64):
+PACK = '''def _pack(arrays, grads, blocks=(), align=64):
     """Views of one arena for the arrays of a step. grads: (name, shape, first step
     written) of the gradients, laid out first and consecutive: one flat buffer, so an
     update is one NumPy call. arrays: (shape, dtype, first step, last step) of the other
     buffers. Two buffers share bytes only if no step uses both; an array may lie over a
-    gradient written after its last step. Returns (array views, flat gradient buffer,
-    gradient views by name)."""
+    gradient written after its last step. blocks: pairs (w, b) of consecutive gradients
+    of shapes (K, M) and (M,), viewed together as one (K + 1, M) array [w; b]. Returns
+    (array views, flat gradient buffer, gradient views by name, blocks by pair)."""
     itemsize = np.dtype(DTYPE).itemsize
     size = [int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype, _, _ in arrays]
     count = [int(np.prod(shape)) for _, shape, _ in grads]
@@ -388,11 +576,14 @@ PACK = '''def _pack(arrays, grads, align=64):
     views = [arena[o:o + n].view(dtype).reshape(shape)
              for o, n, (shape, dtype, _, _) in zip(offset, size, arrays)]
     flat = arena[:at].view(DTYPE)
-    named, start = {}, 0
+    named, starts, start = {}, {}, 0
     for n, (name, shape, _) in zip(count, grads):
         named[name] = flat[start:start + n].reshape(shape)
+        starts[name] = start
         start += n
-    return views, flat, named
+    joined = {(w, b): flat[starts[w]:starts[b] + named[b].size].reshape(-1, named[b].size)
+              for w, b in blocks}
+    return views, flat, named, joined
 '''
 
 
@@ -410,14 +601,17 @@ def workspace_source(em: Emitter, pool: Pool, grads=()) -> str:
     grad_rows = [f"                ({name!r}, {fmt_shape(shape)}, "
                  f"{pool.writes.get(code, pool.end)}),"
                  for name, shape, code in grads]
+    pairs = ", ".join(f"({w!r}, {b!r})" for w, b, *_ in pool.folds)
+    note = "# the gradients [w; b] of layers with the bias in the product"
+    blocks = [f"            [{pairs}],  {note}"] if pool.folds else []
     return "\n".join([
         "_WORKSPACES = {}",
         "",
         "",
         f"def _workspace({', '.join(sizes)}):",
         '    """The arrays of one step for these sizes, as views of one arena made on first use',
-        "    and reused: (arrays, flat gradient buffer, its views by name). Every array lives",
-        '    from its first to its last step; _pack places them."""',
+        "    and reused: (arrays, flat gradient buffer, its views by name, blocks [dW; db]).",
+        '    Every array lives from its first to its last step; _pack places them."""',
         f"    ws = _WORKSPACES.get(({key}))",
         "    if ws is None:",
         f"        ws = _WORKSPACES[({key})] = _pack(",
@@ -427,6 +621,7 @@ def workspace_source(em: Emitter, pool: Pool, grads=()) -> str:
         "            [  # the gradients, in order: name, shape, first step writing it",
         *grad_rows,
         "            ],",
+        *blocks,
         "        )",
         "    return ws",
     ]) + "\n"

@@ -25,6 +25,7 @@ parameter.
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import re
@@ -414,13 +415,17 @@ class _Model:
     pool: object = None  # its workspace buffers
     grads: list = field(default_factory=list)  # the gradient node of each wrt, in order
 
-    def args(self, fn: Function, data: dict | None = None) -> list[str]:
+    def args(self, fn: Function, data: dict | None = None, fixed: dict | None = None) -> list[str]:
         """Arguments calling an emitted function: ``params['W1']`` for parameters,
-        ``data[name]`` (default: the input's own code) for inputs."""
+        ``data[name]`` (default: the input's own code) for inputs, ``fixed[code]`` for the
+        parameters of ``fn`` named there."""
         names = {code: n for n, code in self.em.namer.names.items()}
         out = []
         for code in fn.params:
             if "=" in code:  # scale=1.0: passed by name
+                continue
+            if code in (fixed or {}):
+                out.append(fixed[code])
                 continue
             n = names[code]
             if self.em.j.role(n) == "param":
@@ -447,13 +452,29 @@ def _model(g: Graph, of, wrt, optimizer, lr, hyper, dtype, optimize, extra_outpu
     fast, pool = None, None
     if resolve_passes(optimize):  # memory planning goes with the other optimizations
         grads = [adj.adjoint[w] for w in wrt]
+        # consecutive in the flat buffers (TRAINED order), each with a gradient of its own:
+        # a layer h @ W + b may then carry its bias inside the product
+        own = {w for w, n in zip(wrt, grads) if grads.count(n) == 1}
+        pairs = [(w, adj.adjoint[w], b, adj.adjoint[b]) for w, b in itertools.pairwise(wrt)
+                 if w in own and b in own]
         fast, pool = plan_function(
             em, "loss_and_grads_into", [of, *grads], grads,
-            f"Loss {safe_text(of)}; writes its gradients into {', '.join(map(em.namer, grads))}."
-            "\n\n    The same computation as value_and_grad, with every intermediate array in a "
+            "{head}\n\n    The same computation as value_and_grad, with every intermediate array in a "
             "buffer of\n    _workspace() (one arena per batch size, made once) and NumPy calls "
             "writing into it\n    (out=). The gradient arrays must be C-contiguous, of DTYPE.",
-            of=of, scalable=opt.scaled_update != "")
+            of=of, scalable=opt.scaled_update != "", pairs=pairs)
+        into = {em.namer(n) for n in grads} | {gb for *_, gb in pool.folds}
+        nm = em.namer
+        blocks = {gb: f"{gb} = [{nm(adj.adjoint[w])}; {nm(adj.adjoint[b])}]"
+                  for w, b, _, gb in pool.folds}
+        head = (f"Loss {of}; writes its gradients into "
+                + ", ".join(blocks.get(p, p) for p in fast.params if p in into) + ".")
+        if pool.folds:
+            w, b, block, _ = pool.folds[0]
+            head += (f" {block} = [{nm(w)}; {nm(b)}] is {nm(w)} with {nm(b)} as one more row "
+                     "(the bias rides in the product): views of the flat buffers.")
+        fast.doc = fast.doc.replace("{head}", textwrap.fill(
+            safe_text(head), 88, subsequent_indent="    ", break_on_hyphens=False))
         if pool.scaled:
             fast.doc += ("\n\n    Every gradient comes out multiplied by scale (backprop is "
                          "linear in its seed):\n    train_step passes lr, so that SGD's update "
@@ -508,10 +529,11 @@ def _flat(params, state):
     """The trained parameters and the optimizer state as views of flat buffers; made on
     the first call, remade only when other arrays are passed."""
     f = _FLAT.get("f")
-    boxes = [params, *(v for v in state.values() if type(v) is dict)]
-    # the same dicts holding the same arrays (ids stay unique: f keeps the arrays alive)
-    if f is not None and f["params"] is params and f["state"] is state \\
-            and [[*map(id, map(box.__getitem__, TRAINED))] for box in boxes] == f["ids"]:
+    boxes = [params, *[v for v in state.values() if type(v) is dict]] if state else [params]
+    # the same dicts holding the same arrays (ids stay unique: f keeps the arrays alive);
+    # this runs every step, so it touches as few objects as it can
+    ids = [id(a) for box in boxes for a in map(box.__getitem__, TRAINED)]
+    if f is not None and f["params"] is params and f["state"] is state and ids == f["ids"]:
         return f
     for box in boxes:  # arrays that are not yet views of one flat buffer are copied into one
         if _flat_base({name: box[name] for name in TRAINED}) is None:
@@ -519,12 +541,19 @@ def _flat(params, state):
     f = _FLAT["f"] = {
         "params": params, "state": state,
         "views": [[box[name] for name in TRAINED] for box in boxes],
-        "ids": [[id(box[name]) for name in TRAINED] for box in boxes],
+        "ids": [id(box[name]) for box in boxes for name in TRAINED],
         "P": _flat_base({name: params[name] for name in TRAINED}),
         "S": {k: _flat_base({name: v[name] for name in TRAINED})
               for k, v in state.items() if type(v) is dict},
     }
-    return f
+{blocks}    return f
+'''
+# A layer's weight (K, M) and bias (M,) lie one after the other in P: one (K + 1, M) view.
+_FLAT_BLOCKS = '''    start, at = 0, {}
+    for name in TRAINED:
+        at[name], start = start, start + np.size(params[name])
+    for w, b in FOLDED:  # [W; b]: the bias rides in the product [h, 1] @ [W; b]
+        f[w, b] = f["P"][at[w]:at[b] + np.size(params[b])].reshape(-1, np.size(params[b]))
 '''
 
 
@@ -560,11 +589,15 @@ def _train_step_block(m: _Model) -> str:
     first = {}
     for w, n in zip(m.wrt, m.grads):
         first.setdefault(n, w)
-    args = m.args(m.fast)[:-len(first)] + [f"grads[{w!r}]" for w in first.values()]
+    fixed = {em.namer(n): f"grads[{w!r}]" for n, w in first.items()}
+    for w, b, block, grad_block in m.pool.folds:  # [W; b] and [dW; db]: made once
+        fixed[block], fixed[grad_block] = f"flat[{w!r}, {b!r}]", f"blocks[{w!r}, {b!r}]"
+    args = m.args(m.fast, fixed=fixed)
     ws = f"_workspace({', '.join(m.pool.sizes)})"
     lines += ["    flat = _flat(params, state)"]
     lines += ["    " + ln for ln in em.bind_sizes("train_step", m.inputs, [ws])]
-    lines += [f"    _, G, grads = {ws}  # the gradients: views of G, in the workspace"]
+    blocks = "blocks" if m.pool.folds else "_"
+    lines += [f"    _, G, grads, {blocks} = {ws}  # the gradients: views of G, in the workspace"]
     if m.pool.scaled:  # the gradients come out as lr * dL/dw
         args.append("scale=lr")
     lines += ["    " + ln for ln in _call_lines("loss = ", m.fast.name, args)]
@@ -625,7 +658,11 @@ def _step_blocks(m: _Model) -> list[str]:
             layout.append((w, tuple(m.g.nx.nodes[w]["shape"]),
                            m.em.namer(n) if n not in first else None))
             first.add(n)
-        flat = [f"TRAINED = {tuple(m.wrt)!r}  # the parameters train_step updates\n" + _FLAT,
+        consts = f"TRAINED = {tuple(m.wrt)!r}  # the parameters train_step updates\n"
+        if m.pool.folds:
+            consts += (f"FOLDED = {tuple((w, b) for w, b, *_ in m.pool.folds)!r}  # layers with "
+                       "the bias in the product\n")
+        flat = [consts + _FLAT.replace("{blocks}", _FLAT_BLOCKS if m.pool.folds else ""),
                 m.opt.scaled_update if m.pool.scaled else m.opt.flat_update, PACK,
                 workspace_source(m.em, m.pool, layout)]
     return ([_FLAT_VIEWS] + _init_blocks(m.plan) + [m.opt.init_state, m.opt.update, _CHECK]

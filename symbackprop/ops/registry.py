@@ -86,6 +86,10 @@ class OpDef:
     # the incoming adjoint g into out (the loss computed together with its gradient)
     numpy_with_grad: Callable | None = None
     inline: bool = False  # a cheap view (W.T): written inside its single consumer
+    # A matrix product a @ B whose VJP for B is a.T @ g: the planned training step may
+    # compute a @ B + b as one product [a, 1] @ [B; b] and the gradients of B and b as
+    # one product [a, 1].T @ g (see codegen/plan.py).
+    bias_fold: bool = False
     commutative: bool = False  # arguments can be swapped (diagrams)
     notation: str | Callable | None = None  # diagrams: "{0} @ {1}"
 
