@@ -23,6 +23,7 @@ nothing escapes.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -209,8 +210,9 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
     into = {n: em.namer(n) for n in into}
     j = em.j
     need = j.ancestors(targets)
-    order = [n for n in j.topo_order() if n in need]
-    leaves = sorted((n for n in order if j.role(n) in ("input", "param")), key=list(j.nx).index)
+    order = [n for n in em.order if n in need]
+    leaves = sorted((n for n in order if j.role(n) in ("input", "param")),
+                    key=em.index.__getitem__)
     steps = [n for n in order if j.role(n) not in ("input", "param") and not em.inline(n)]
 
     def reads(n):  # the computed nodes whose values n reads (through inlined views)
@@ -250,8 +252,11 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
         d = j.nx.nodes[n]
         op = registry.get(d["op"]) if d["op"] != "const" else None
         comment = em.comment(n, of) if of else ""
-        planned = (op is not None and _out_op(op) and d["shape"] != () and d["dtype"] == "float"
-                   and _lowerable(em, n, op))
+        # n's out= calls, worked out once: they decide whether n is planned, whether it can
+        # overwrite an argument, and are then the code
+        lowered = (_lower_node(em, n, op) if op is not None and _out_op(op) and d["shape"] != ()
+                   and d["dtype"] == "float" else None)
+        planned = lowered is not None
         if n in together.values() or n in unread:
             pass  # computed with its value, above
         elif n in together:
@@ -271,26 +276,23 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
             if rhs:
                 body.append(f"{target} = {rhs}" + (f"  # {safe_text(comment)}" if comment else ""))
         else:
-            def temp(shape, kind, i=i):  # scratch for this step only
-                return f"_ws[{pool.take(shape, kind, i)}]"
-
+            lines, scratch = lowered
             out = em.code(n)
             if n not in into:
                 # Overwrite an argument in place when this is its last read and the
-                # calls read it before they write (checked on a trial lowering).
-                trial = _lines(em, n, op, out, lambda shape, kind: "_scratch")
+                # calls read it before they write.
                 # Only an argument read directly: one read through a view (h.T) is another
                 # layout of the same memory, which the calls would overwrite under it.
                 chosen = next((a for a in dict.fromkeys(j.args(n))
                                if a in owner and last.get(a) == i
                                and j.nx.nodes[a]["shape"] == d["shape"]
-                               and alias_safe(trial, out, em.code(a))), None)
+                               and alias_safe(lines, out, em.code(a))), None)
                 if chosen is not None:
                     owner[n] = owner.pop(chosen)
                     binds.setdefault(owner[n], []).append(em.namer(n))
                 else:
                     buffer_for(n, i)
-            lines = _lines(em, n, op, out, temp)
+            lines = scratch.bind(lines, pool, i)  # after n's own buffer, as they are used
             if comment:
                 lines[-1] = (lines[-1][0] + f"  # {safe_text(comment)}",) + lines[-1][1:]
             body += [ln for ln, _, _ in lines]
@@ -311,14 +313,36 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
     return fn, pool
 
 
-def _lowerable(em: Emitter, n: str, op) -> bool:
-    """Whether node ``n`` can be written with out= calls (an elementwise expression with a
+class _Scratch:
+    """The scratch buffers a lowering asks for, named by placeholders until the pool
+    hands them out: that comes after the choice of the node's own buffer, which reads
+    the same lowering."""
+
+    def __init__(self):
+        self.wanted: list[tuple[tuple, str]] = []
+
+    _PLACEHOLDER = re.compile("\0(\\d+)\0")  # NUL never occurs in generated code
+
+    def __call__(self, shape: tuple, kind: str) -> str:
+        self.wanted.append((tuple(shape), kind))
+        return f"_ws[\0{len(self.wanted) - 1}\0]"
+
+    def bind(self, lines: list, pool: Pool, step: int) -> list:
+        """``lines`` with a buffer of ``pool`` taken, in order, for each placeholder."""
+        taken = [str(pool.take(shape, kind, step)) for shape, kind in self.wanted]
+        return [(self._PLACEHOLDER.sub(lambda m: taken[int(m.group(1))], code), reads, dest)
+                for code, reads, dest in lines]
+
+
+def _lower_node(em: Emitter, n: str, op) -> tuple[list, _Scratch] | None:
+    """Node ``n`` as out= calls writing to its code, with placeholder scratch buffers
+    (see :class:`_Scratch`); ``None`` when it cannot be (an elementwise expression with a
     function the lowering does not know, such as atan, is computed the plain way)."""
+    scratch = _Scratch()
     try:
-        _lines(em, n, op, "_out", lambda shape, kind: "_scratch")
+        return _lines(em, n, op, em.code(n), scratch), scratch
     except NotImplementedError:
-        return False
-    return True
+        return None
 
 
 def _with_grad(em: Emitter, steps: list[str]) -> dict:
