@@ -445,10 +445,12 @@ _STEP_LOCALS = {"params", "state", "lr", "loss", "grads", "value_and_grad", "che
 def _model(g: Graph, of, wrt, optimizer, lr, hyper, dtype, optimize, extra_outputs=()) -> _Model:
     opt, values = resolve_optimizer(optimizer, lr, hyper)
     of, wrt = _params_of(g, of, wrt)
-    g2 = g.copy()
-    for n in extra_outputs:
-        if n not in g2.outputs:
-            g2.nx.graph["outputs"].append(n)
+    g2 = g  # prepare() and differentiate() leave it unchanged: copy it only to add outputs
+    if any(n not in g.outputs for n in extra_outputs):
+        g2 = g.copy()
+        for n in extra_outputs:
+            if n not in g2.outputs:
+                g2.nx.graph["outputs"].append(n)
     adj = prepare(g2, of, wrt, optimize)
     _, em, fns = emit_model(adj, dtype, optimize)
     vg = fns[1]
