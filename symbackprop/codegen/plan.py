@@ -318,10 +318,10 @@ class _Scratch:
     hands them out: that comes after the choice of the node's own buffer, which reads
     the same lowering."""
 
+    _PLACEHOLDER = re.compile("\0(\\d+)\0")  # NUL never occurs in generated code
+
     def __init__(self):
         self.wanted: list[tuple[tuple, str]] = []
-
-    _PLACEHOLDER = re.compile("\0(\\d+)\0")  # NUL never occurs in generated code
 
     def __call__(self, shape: tuple, kind: str) -> str:
         self.wanted.append((tuple(shape), kind))
