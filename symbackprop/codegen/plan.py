@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import sympy as sp
 
@@ -276,7 +277,7 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
             if rhs:
                 body.append(f"{target} = {rhs}" + (f"  # {safe_text(comment)}" if comment else ""))
         else:
-            lines, scratch = lowered
+            lines, wanted = lowered
             out = em.code(n)
             if n not in into:
                 # Overwrite an argument in place when this is its last read and the
@@ -292,7 +293,7 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
                     binds.setdefault(owner[n], []).append(em.namer(n))
                 else:
                     buffer_for(n, i)
-            lines = scratch.bind(lines, pool, i)  # after n's own buffer, as they are used
+            lines = _bind_scratch(lines, wanted, pool, i)  # after n's own buffer, as used
             if comment:
                 lines[-1] = (lines[-1][0] + f"  # {safe_text(comment)}",) + lines[-1][1:]
             body += [ln for ln, _, _ in lines]
@@ -314,11 +315,9 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
 
 
 class _Scratch:
-    """The scratch buffers a lowering asks for, named by placeholders until the pool
-    hands them out: that comes after the choice of the node's own buffer, which reads
-    the same lowering."""
-
-    _PLACEHOLDER = re.compile("\0(\\d+)\0")  # NUL never occurs in generated code
+    """Records the scratch buffers a lowering asks for and names them by placeholders:
+    the pool hands them out later (:func:`_bind_scratch`), after the choice of the node's
+    own buffer, which reads the same lowering."""
 
     def __init__(self):
         self.wanted: list[tuple[tuple, str]] = []
@@ -327,22 +326,62 @@ class _Scratch:
         self.wanted.append((tuple(shape), kind))
         return f"_ws[\0{len(self.wanted) - 1}\0]"
 
-    def bind(self, lines: list, pool: Pool, step: int) -> list:
-        """``lines`` with a buffer of ``pool`` taken, in order, for each placeholder."""
-        taken = [str(pool.take(shape, kind, step)) for shape, kind in self.wanted]
-        return [(self._PLACEHOLDER.sub(lambda m: taken[int(m.group(1))], code), reads, dest)
-                for code, reads, dest in lines]
+
+# Placeholders in lowered code (NUL and SOH never occur in generated code): \0k\0 for the
+# k-th scratch buffer, \1name\1 for the argument of symbol name, \1\1 for the output.
+_SCRATCH = re.compile("\0(\\d+)\0")
+_SLOT = re.compile("\1(\\w*)\1")
 
 
-def _lower_node(em: Emitter, n: str, op) -> tuple[list, _Scratch] | None:
-    """Node ``n`` as out= calls writing to its code, with placeholder scratch buffers
-    (see :class:`_Scratch`); ``None`` when it cannot be (an elementwise expression with a
-    function the lowering does not know, such as atan, is computed the plain way)."""
+def _bind_scratch(lines: list, wanted: tuple, pool: Pool, step: int) -> list:
+    """``lines`` with a buffer of ``pool`` taken, in order, for each scratch placeholder."""
+    taken = [str(pool.take(shape, kind, step)) for shape, kind in wanted]
+    return [(_SCRATCH.sub(lambda m: taken[int(m.group(1))], code), reads, dest)
+            for code, reads, dest in lines]
+
+
+@lru_cache(maxsize=1024)
+def _lowered_form(e, shapes: tuple, out_shape: tuple) -> tuple[tuple, tuple]:
+    """:func:`lower` of ``e`` with placeholders for its arguments (``shapes``: symbol and
+    shape of each), its output and its scratch buffers. Every layer of a network lowers
+    the same expressions over arrays of the same shapes: work each out once (the lowering
+    reads the arguments' symbols and shapes, never their code)."""
     scratch = _Scratch()
+    steps = lower(e, {s: f"\1{s.name}\1" for s, _ in shapes}, dict(shapes), "\1\1",
+                  out_shape, scratch)
+    return tuple(steps), tuple(scratch.wanted)
+
+
+def _lower_node(em: Emitter, n: str, op) -> tuple[list, tuple] | None:
+    """Node ``n`` as out= calls writing to its code, and the scratch buffers they use, still
+    as placeholders (see :func:`_bind_scratch`); ``None`` when it cannot be (an elementwise
+    expression with a function the lowering does not know, such as atan, is computed the
+    plain way)."""
+    j = em.j
+    d = j.nx.nodes[n]
+    args = j.args(n)
+    out = em.code(n)
+    if op.numpy_out is not None:
+        code = em.use(op, op.numpy_out([em.code(a) for a in args], d["attrs"], out,
+                                       [j.nx.nodes[a]["shape"] for a in args]))
+        return [(code, {em.code(a) for a in args}, out)], ()
+    syms, e = op.code_expr(d["attrs"])
+    codes, shapes = {"": out}, []
+    for s, a in zip(syms, args):
+        if em.inline(a) and j.nx.nodes[a]["op"] == "const":
+            e = e.xreplace({s: em.value(a)})
+        else:
+            codes[s.name] = em.code(a)
+            shapes.append((s, j.nx.nodes[a]["shape"]))
     try:
-        return _lines(em, n, op, em.code(n), scratch), scratch
+        steps, wanted = _lowered_form(e, tuple(shapes), tuple(d["shape"]))
     except NotImplementedError:
         return None
+
+    def fill(text):
+        return _SLOT.sub(lambda m: codes[m.group(1)], text)
+    return [(fill(code), {fill(r) for r in reads}, fill(dest)) for code, reads, dest in steps], \
+        wanted
 
 
 def _with_grad(em: Emitter, steps: list[str]) -> dict:
@@ -361,24 +400,6 @@ def _with_grad(em: Emitter, steps: list[str]) -> dict:
                     and g.get("op") == "const" and g["shape"] == ():
                 out[n] = c
     return out
-
-
-def _lines(em: Emitter, n: str, op, out: str, temp) -> list[tuple[str, set, str]]:
-    j = em.j
-    d = j.nx.nodes[n]
-    args = j.args(n)
-    if op.numpy_out is not None:
-        code = em.use(op, op.numpy_out([em.code(a) for a in args], d["attrs"], out,
-                                       [j.nx.nodes[a]["shape"] for a in args]))
-        return [(code, {em.code(a) for a in args}, out)]
-    syms, e = op.code_expr(d["attrs"])
-    leaves, shapes = {}, {}
-    for s, a in zip(syms, args):
-        if em.inline(a) and j.nx.nodes[a]["op"] == "const":
-            e = e.xreplace({s: em.value(a)})
-        else:
-            leaves[s], shapes[s] = em.code(a), j.nx.nodes[a]["shape"]
-    return lower(e, leaves, shapes, out, d["shape"], temp)
 
 
 # Where every buffer of a step goes, decided once per batch size when the workspace is
