@@ -180,9 +180,10 @@ class Emitter:
                 e = e.xreplace({s: self.value(a)})
             else:
                 names[s] = self.code(a)
+        free = e.free_symbols  # a walk of the expression: once
         # no argument left (constants only, or x * 0): a NumPy scalar of DTYPE, not a Python number
-        code = expr_code(e, names) if e.free_symbols & set(names) else f"DTYPE({expr_code(e)})"
-        kept = [self.j.nx.nodes[a]["shape"] for s, a in zip(syms, args) if s in e.free_symbols]
+        code = expr_code(e, names) if free & set(names) else f"DTYPE({expr_code(e)})"
+        kept = [self.j.nx.nodes[a]["shape"] for s, a in zip(syms, args) if s in free]
         if broadcast_shapes(kept) != tuple(d["shape"]):  # x * 0 for x of shape (3,)
             return f"np.broadcast_to({code}, {fmt_shape(d['shape'])})"
         return code
