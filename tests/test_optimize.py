@@ -119,3 +119,13 @@ def test_mlp_optimized_code_is_shorter_and_valid():
     a, b = sb.numpy_source(g, optimize=False), sb.numpy_source(g)
     assert len(b.splitlines()) < len(a.splitlines())
     ast.parse(b)
+
+
+def test_optimize_leaves_its_input_unchanged():
+    """optimize() runs the passes in place, on one copy: the graph given stays as it was."""
+    g = sb.differentiate(sb.models.mlp([4, 3, 3, 2], activation="tanh"), of="L").graph
+    before = (sb.optimize.dump(g), [dict(d) for _, d in g.nx.nodes(data=True)], g.outputs)
+    out = optimize(g)
+    assert out is not g and len(out) < len(g)
+    assert (sb.optimize.dump(g), [dict(d) for _, d in g.nx.nodes(data=True)],
+            g.outputs) == before
