@@ -147,7 +147,8 @@ def differentiate(g: Graph, of: str | None = None, wrt=None) -> Adjoints:
     j = g.copy()
     G = j.nx
     path = j.ancestors([of]) & j.descendants(wrt)
-    for n in j.topo_order():
+    topo = j.topo_order()
+    for n in topo:
         op = G.nodes[n]["op"]
         if n in path and n not in wrt and op not in registry.LEAVES \
                 and not registry.get(op).differentiable \
@@ -159,7 +160,7 @@ def differentiate(g: Graph, of: str | None = None, wrt=None) -> Adjoints:
         G.nodes[n]["phase"] = "forward"
 
     adj = Adjoints(graph=j, forward=g, of=of, wrt=wrt)
-    order = [n for n in reversed(j.topo_order()) if n in path]
+    order = [n for n in reversed(topo) if n in path]  # the graph is as it was above
     adj.order = order
 
     def mark(start: int, **data):

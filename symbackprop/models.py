@@ -9,6 +9,7 @@ pre-activations ``z1, z2, ...``, activations ``h1, h2, ...``, outputs
 from __future__ import annotations
 
 from contextlib import contextmanager
+from itertools import islice
 
 from .errors import GraphError
 from .graph import Graph, Node
@@ -51,7 +52,10 @@ def block(g: Graph, name: str):
     """
     start = len(g)
     yield
-    for n in list(g.nx)[start:]:
+    # the nodes past start in insertion order (networkx keeps them in a dict; a renamed node
+    # moves to the end), read from the end: listing every node for every block would be
+    # quadratic in the depth
+    for n in list(islice(reversed(g.nx._node), max(len(g) - start, 0))):
         g.nx.nodes[n].setdefault("block", name)
 
 

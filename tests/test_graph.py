@@ -304,3 +304,37 @@ def test_topo_order_is_deterministic():
     a = sb.models.mlp([4, 3, 2]).topo_order()
     b = sb.models.mlp([4, 3, 2]).topo_order()
     assert a == b and a[0] == "X"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_topo_order_is_networkx_lexicographic_order_by_insertion(seed):
+    """topo_order is networkx's lexicographical sort keyed by insertion order, also with
+    repeated edges (x * x) and nodes inserted out of dependency order."""
+    import random
+
+    rng = random.Random(seed)
+    names = [f"n{i}" for i in range(30)]
+    rank = {n: rng.random() for n in names}  # a hidden order: edges go up it
+    g = sb.Graph()
+    for n in rng.sample(names, len(names)):  # inserted in another order
+        g.nx.add_node(n, op="input", shape=(), dtype="float", attrs={})
+    for _ in range(60):
+        u, v = sorted(rng.sample(names, 2), key=rank.__getitem__)
+        g.nx.add_edge(u, v, arg=0)
+    order = {n: i for i, n in enumerate(g.nx)}
+    assert g.topo_order() == list(nx.lexicographical_topological_sort(g.nx, key=order.get))
+
+
+def test_topo_order_names_a_cycle():
+    g = sb.parse("a = 2*x; b = a + 3")
+    g.nx.add_edge("b", "a", arg=2)
+    with pytest.raises(sb.CycleError, match="cycle"):
+        g.topo_order()
+
+
+def test_rename_keeps_edges_and_moves_the_node_last():
+    g = sb.parse("a = x * x; b = a + x; c = b * a")
+    g.rename("a", "z")
+    assert list(g.nx)[-1] == "z"
+    assert g.args("z") == ["x", "x"] and g.args("b") == ["z", "x"] and g.args("c") == ["b", "z"]
+    assert [c for c, _ in g.consumers("z")] == ["b", "c"]

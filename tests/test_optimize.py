@@ -119,3 +119,25 @@ def test_mlp_optimized_code_is_shorter_and_valid():
     a, b = sb.numpy_source(g, optimize=False), sb.numpy_source(g)
     assert len(b.splitlines()) < len(a.splitlines())
     ast.parse(b)
+
+
+def test_optimize_leaves_its_input_unchanged():
+    """optimize() runs the passes in place, on one copy: the graph given stays as it was."""
+    g = sb.differentiate(sb.models.mlp([4, 3, 3, 2], activation="tanh"), of="L").graph
+    before = (sb.optimize.dump(g), [dict(d) for _, d in g.nx.nodes(data=True)], g.outputs)
+    out = optimize(g)
+    assert out is not g and len(out) < len(g)
+    assert (sb.optimize.dump(g), [dict(d) for _, d in g.nx.nodes(data=True)],
+            g.outputs) == before
+
+
+def test_code_for_a_gradient_of_a_node_cse_merged_away():
+    """Two equal sums of w0: CSE keeps one, and the comment of the adjoint of the other
+    (which names the merged node) is still written (found by test_properties)."""
+    g = sb.Graph()
+    w = g.param("w0", shape=(3,))
+    s1, s2 = sb.sum(w, axis=-1), sb.sum(w, axis=-1)
+    g.output("L", sb.sum(-(-(-s2))) * 1.0 + sb.sum(s1) * 1.0 + sb.sum(s2) * 1.0)
+    loss, grads = sb.compile(g).value_and_grad(w0=np.array([0.1, 0.2, 0.3]))
+    assert loss == pytest.approx(0.6)  # L = -sum(w) + sum(w) + sum(w) = sum(w)
+    np.testing.assert_allclose(grads["w0"], np.ones(3))

@@ -84,7 +84,12 @@ class Function:
 
 
 class Emitter:
-    """Emit the functions of one module from the joint graph ``j``."""
+    """Emit the functions of one module from the joint graph ``j``.
+
+    The emitter reads ``j`` and never changes it: it works out the order of the nodes
+    once and the code of each node at its first use, so ``j`` must not change while
+    the emitter is in use.
+    """
 
     def __init__(self, j: Graph, dtype: str = "float64"):
         if dtype not in DTYPES:
@@ -96,8 +101,14 @@ class Emitter:
         self.namer = Namer(reserved=self.sizes)
         # node fused away -> the node whose statement now computes it
         self.absorbed = {a: n for n in j.nx for a in j.nx.nodes[n].get("fused", ())}
-        for n in j.topo_order():  # fixed names, shared by every function
+        self.order = j.topo_order()
+        self.index = {n: i for i, n in enumerate(j.nx)}  # insertion order: leaves come in it
+        for n in self.order:  # fixed names, shared by every function
             self.namer(n)
+        # Each node's code is asked for by every reader and by the comments of the
+        # gradients it passes on: work it out once.
+        self._inline: dict[str, bool] = {}
+        self._rhs: dict[str, str] = {}
 
     def use(self, op, code: str) -> str:
         """``code``, after adding the helpers of ``op`` it calls (and those they call)."""
@@ -113,6 +124,11 @@ class Emitter:
     # -- codes ------------------------------------------------------------------
     def inline(self, n: str) -> bool:
         """Written inside its consumer: scalar constants, and views used once."""
+        if n not in self._inline:
+            self._inline[n] = self._is_inline(n)
+        return self._inline[n]
+
+    def _is_inline(self, n: str) -> bool:
         d = self.j.nx.nodes[n]
         if d["op"] == "const":
             return d["shape"] == () and "adjoint_of" not in d
@@ -133,6 +149,13 @@ class Emitter:
         return self.namer(n)
 
     def rhs(self, n: str) -> str:
+        """The expression computing node ``n`` ("" for an array constant, which is
+        defined at the top of the module)."""
+        if n not in self._rhs:
+            self._rhs[n] = self._make_rhs(n)
+        return self._rhs[n]
+
+    def _make_rhs(self, n: str) -> str:
         d = self.j.nx.nodes[n]
         if d["op"] == "const":
             if d["shape"] == ():
@@ -159,9 +182,10 @@ class Emitter:
                 e = e.xreplace({s: self.value(a)})
             else:
                 names[s] = self.code(a)
+        free = e.free_symbols  # a walk of the expression: once
         # no argument left (constants only, or x * 0): a NumPy scalar of DTYPE, not a Python number
-        code = expr_code(e, names) if e.free_symbols & set(names) else f"DTYPE({expr_code(e)})"
-        kept = [self.j.nx.nodes[a]["shape"] for s, a in zip(syms, args) if s in e.free_symbols]
+        code = expr_code(e, names) if free & set(names) else f"DTYPE({expr_code(e)})"
+        kept = [self.j.nx.nodes[a]["shape"] for s, a in zip(syms, args) if s in free]
         if broadcast_shapes(kept) != tuple(d["shape"]):  # x * 0 for x of shape (3,)
             return f"np.broadcast_to({code}, {fmt_shape(d['shape'])})"
         return code
@@ -198,9 +222,9 @@ class Emitter:
         need |= {a for a in (j.nx.nodes[n].get("adjoint_of") for n in need)
                  if a in j.nx and j.role(a) in ("input", "param")
                  and any(isinstance(s, str) for s in j.nx.nodes[a]["shape"])}
-        order = [n for n in j.topo_order() if n in need]
+        order = [n for n in self.order if n in need]
         leaves = [n for n in order if j.role(n) in ("input", "param")]
-        leaves.sort(key=list(j.nx).index)
+        leaves.sort(key=self.index.__getitem__)
         fn = Function(name, [self.namer(n) for n in leaves], doc)
         for n in leaves:
             d = j.nx.nodes[n]

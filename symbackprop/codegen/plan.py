@@ -23,7 +23,9 @@ nothing escapes.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import sympy as sp
 
@@ -309,8 +311,9 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
     into = {n: em.namer(n) for n in into}
     j = em.j
     need = j.ancestors(targets)
-    order = [n for n in j.topo_order() if n in need]
-    leaves = sorted((n for n in order if j.role(n) in ("input", "param")), key=list(j.nx).index)
+    order = [n for n in em.order if n in need]
+    leaves = sorted((n for n in order if j.role(n) in ("input", "param")),
+                    key=em.index.__getitem__)
     steps = [n for n in order if j.role(n) not in ("input", "param") and not em.inline(n)]
 
     def reads(n):  # the computed nodes whose values n reads (through inlined views)
@@ -339,19 +342,23 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
     seeds = {j.args(c)[-1] for c in together.values()}  # constants they take as numbers
     unread = {g for g in seeds if {c for c, _ in j.consumers(g)} <= set(together.values())}
     pool.scaled = scalable and of in together and j.args(together[of])[-1] in unread
-    lowered = {}
+    lowered, folds = {}, {}
 
-    def planned(n):  # computed by calls writing into its buffer (out=)
+    def planned(n):
+        """n's out= calls and scratch buffers, worked out once (they decide whether n is
+        planned and whether it can overwrite an argument, and are then the code), or None."""
         if n not in lowered:
             d = j.nx.nodes[n]
             op = registry.get(d["op"]) if d["op"] != "const" else None
-            lowered[n] = (op is not None and _out_op(op) and d["shape"] != ()
-                          and d["dtype"] == "float" and n not in together
-                          and n not in together.values() and n not in unread
-                          and _lowerable(em, n, op))
+            ok = (op is not None and _out_op(op) and d["shape"] != () and d["dtype"] == "float"
+                  and n not in together and n not in together.values() and n not in unread)
+            fold = folds.get(n)
+            lowered[n] = _lower_node(em, n, op, fold.expr if fold else None) if ok else None
         return lowered[n]
 
-    folds = _folds(em, steps, pairs, planned)
+    folds.update(_folds(em, steps, pairs, planned))
+    for f in folds.values():  # lowered again, with the bias in the product
+        lowered.pop(f.node, None)
     sources = {f.h: f for f in folds.values()}  # h -> a fold reading [h, 1]
     fn = Function(name, _fold_params(em, leaves, into, folds), doc)
     if pool.scaled:
@@ -419,31 +426,27 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
             if rhs:
                 body.append(f"{target} = {rhs}" + (f"  # {safe_text(comment)}" if comment else ""))
         else:
-            def temp(shape, kind, i=i):  # scratch for this step only
-                return f"_ws[{pool.take(shape, kind, i)}]"
-
-            expr = f.expr if f is not None else None
+            lines, wanted = planned(n)
             out = em.code(n)
             if n not in into:
                 # Overwrite an argument in place when this is its last read and the ufunc
-                # calls read it before they write (checked on a trial lowering). Not with
-                # a product (BLAS cannot write over its operand: NumPy would copy it), nor
-                # into or out of the strided buffer of an h of a fold (written beside its
-                # column of ones: ufuncs run slower there than on a contiguous array).
-                trial = _lines(em, n, op, out, lambda shape, kind: "_scratch", expr)
+                # calls read it before they write. Not with a product (BLAS cannot write
+                # over its operand: NumPy would copy it), nor into or out of the strided
+                # buffer of an h of a fold (written beside its column of ones: ufuncs run
+                # slower there than on a contiguous array).
                 # Only an argument read directly: one read through a view (h.T) is another
                 # layout of the same memory, which the calls would overwrite under it.
                 chosen = next((a for a in dict.fromkeys(j.args(n))
                                if a in owner and last.get(a) == i and op.elementwise
                                and n not in sources and a not in sources
                                and j.nx.nodes[a]["shape"] == d["shape"]
-                               and alias_safe(trial, out, em.code(a))), None)
+                               and alias_safe(lines, out, em.code(a))), None)
                 if chosen is not None:
                     owner[n] = owner.pop(chosen)
                     binds.setdefault(owner[n], []).append(em.namer(n))
                 else:
                     buffer_for(n, i)
-            lines = _lines(em, n, op, out, temp, expr)
+            lines = _bind_scratch(lines, wanted, pool, i)  # after n's own buffer, as used
             if comment:
                 lines[-1] = (lines[-1][0] + f"  # {safe_text(comment)}",) + lines[-1][1:]
             body += [ln for ln, _, _ in lines]
@@ -496,14 +499,75 @@ def _fold_params(em: Emitter, leaves: list[str], into: dict, folds: dict) -> lis
     return out
 
 
-def _lowerable(em: Emitter, n: str, op) -> bool:
-    """Whether node ``n`` can be written with out= calls (an elementwise expression with a
-    function the lowering does not know, such as atan, is computed the plain way)."""
+class _Scratch:
+    """Records the scratch buffers a lowering asks for and names them by placeholders:
+    the pool hands them out later (:func:`_bind_scratch`), after the choice of the node's
+    own buffer, which reads the same lowering."""
+
+    def __init__(self):
+        self.wanted: list[tuple[tuple, str]] = []
+
+    def __call__(self, shape: tuple, kind: str) -> str:
+        self.wanted.append((tuple(shape), kind))
+        return f"_ws[\0{len(self.wanted) - 1}\0]"
+
+
+# Placeholders in lowered code (NUL and SOH never occur in generated code): \0k\0 for the
+# k-th scratch buffer, \1name\1 for the argument of symbol name, \1\1 for the output.
+_SCRATCH = re.compile("\0(\\d+)\0")
+_SLOT = re.compile("\1(\\w*)\1")
+
+
+def _bind_scratch(lines: list, wanted: tuple, pool: Pool, step: int) -> list:
+    """``lines`` with a buffer of ``pool`` taken, in order, for each scratch placeholder."""
+    taken = [str(pool.take(shape, kind, step)) for shape, kind in wanted]
+    return [(_SCRATCH.sub(lambda m: taken[int(m.group(1))], code), reads, dest)
+            for code, reads, dest in lines]
+
+
+@lru_cache(maxsize=1024)
+def _lowered_form(e, shapes: tuple, out_shape: tuple) -> tuple[tuple, tuple]:
+    """:func:`lower` of ``e`` with placeholders for its arguments (``shapes``: symbol and
+    shape of each), its output and its scratch buffers. Every layer of a network lowers
+    the same expressions over arrays of the same shapes: work each out once (the lowering
+    reads the arguments' symbols and shapes, never their code)."""
+    scratch = _Scratch()
+    steps = lower(e, {s: f"\1{s.name}\1" for s, _ in shapes}, dict(shapes), "\1\1",
+                  out_shape, scratch)
+    return tuple(steps), tuple(scratch.wanted)
+
+
+def _lower_node(em: Emitter, n: str, op, expr=None) -> tuple[list, tuple] | None:
+    """Node ``n`` as out= calls writing to its code, and the scratch buffers they use, still
+    as placeholders (see :func:`_bind_scratch`); ``None`` when it cannot be (an elementwise
+    expression with a function the lowering does not know, such as atan, is computed the
+    plain way). ``expr``: ``((symbols, expression), arguments)`` to compute instead of the
+    op's own (a fold's, without the bias)."""
+    j = em.j
+    d = j.nx.nodes[n]
+    args = j.args(n)
+    out = em.code(n)
+    if op.numpy_out is not None and expr is None:
+        code = em.use(op, op.numpy_out([em.code(a) for a in args], d["attrs"], out,
+                                       [j.nx.nodes[a]["shape"] for a in args]))
+        return [(code, {em.code(a) for a in args}, out)], ()
+    (syms, e), args = expr if expr is not None else (op.code_expr(d["attrs"]), args)
+    codes, shapes = {"": out}, []
+    for s, a in zip(syms, args):
+        if em.inline(a) and j.nx.nodes[a]["op"] == "const":
+            e = e.xreplace({s: em.value(a)})
+        else:
+            codes[s.name] = em.code(a)
+            shapes.append((s, j.nx.nodes[a]["shape"]))
     try:
-        _lines(em, n, op, "_out", lambda shape, kind: "_scratch")
+        steps, wanted = _lowered_form(e, tuple(shapes), tuple(d["shape"]))
     except NotImplementedError:
-        return False
-    return True
+        return None
+
+    def fill(text):
+        return _SLOT.sub(lambda m: codes[m.group(1)], text)
+    return [(fill(code), {fill(r) for r in reads}, fill(dest)) for code, reads, dest in steps], \
+        wanted
 
 
 def _with_grad(em: Emitter, steps: list[str]) -> dict:
@@ -522,26 +586,6 @@ def _with_grad(em: Emitter, steps: list[str]) -> dict:
                     and g.get("op") == "const" and g["shape"] == ():
                 out[n] = c
     return out
-
-
-def _lines(em: Emitter, n: str, op, out: str, temp, expr=None) -> list[tuple[str, set, str]]:
-    """The calls computing node ``n`` into ``out``; ``expr``: ``((symbols, expression),
-    arguments)`` to compute instead of the op's own (a fold's, without the bias)."""
-    j = em.j
-    d = j.nx.nodes[n]
-    args = j.args(n)
-    if op.numpy_out is not None and expr is None:
-        code = em.use(op, op.numpy_out([em.code(a) for a in args], d["attrs"], out,
-                                       [j.nx.nodes[a]["shape"] for a in args]))
-        return [(code, {em.code(a) for a in args}, out)]
-    (syms, e), args = expr if expr is not None else (op.code_expr(d["attrs"]), args)
-    leaves, shapes = {}, {}
-    for s, a in zip(syms, args):
-        if em.inline(a) and j.nx.nodes[a]["op"] == "const":
-            e = e.xreplace({s: em.value(a)})
-        else:
-            leaves[s], shapes[s] = em.code(a), j.nx.nodes[a]["shape"]
-    return lower(e, leaves, shapes, out, d["shape"], temp)
 
 
 # Where every buffer of a step goes, decided once per batch size when the workspace is

@@ -12,6 +12,7 @@ import io
 import keyword
 import re
 import tokenize
+from functools import lru_cache
 
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
@@ -86,11 +87,17 @@ class Printer(NumPyPrinter):
         return repr(float(e))
 
 
+@lru_cache(maxsize=4096)
+def _tokens(code: str) -> tuple:
+    """The tokens of ``code``; cached, as one template is spaced once per layer."""
+    return tuple(t for t in tokenize.generate_tokens(io.StringIO(code).readline)
+                 if t.type not in (tokenize.NEWLINE, tokenize.ENDMARKER, tokenize.NL))
+
+
 def spaced(code: str, rename: dict | None = None) -> str:
     """Put one space around binary operators (``a*b + c`` -> ``a * b + c``) and
     replace the names in ``rename`` (whole tokens only)."""
-    toks = [t for t in tokenize.generate_tokens(io.StringIO(code).readline)
-            if t.type not in (tokenize.NEWLINE, tokenize.ENDMARKER, tokenize.NL)]
+    toks = _tokens(code)
     out, prev = [], None
     rename = rename or {}
     for t in toks:
@@ -143,4 +150,16 @@ def expr_code(expr: sp.Expr, names: dict | None = None) -> str:
     alphabetical ordering of terms cannot reorder ``softmax - onehot``.
     """
     rename = {s.name: c for s, c in (names or {}).items()}
-    return spaced(Printer().doprint(float_steps(expr)), rename)
+    return spaced(_printed(expr) if isinstance(expr, sp.Basic) else _print(expr), rename)
+
+
+def _print(expr) -> str:
+    return Printer().doprint(float_steps(expr))
+
+
+# Every layer of a network prints the same expressions in their own symbols (tanh(x0 + x1))
+# and differs only in the names put in afterwards: print each once. The key is the
+# expression itself: SymPy's == tells apart Integer(1) and Float(1.0), a Float's precision
+# and a symbol's assumptions, so equal keys print alike (Python numbers, where 1 == 1.0,
+# are printed uncached).
+_printed = lru_cache(maxsize=4096)(_print)

@@ -31,6 +31,7 @@ import numbers
 import re
 import textwrap
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from .. import __version__ as _version
 from ..autodiff import check_of_wrt
@@ -255,9 +256,16 @@ def _rectifier_gain2(op: str, attrs: dict) -> float | None:
         return None
     try:
         syms, e = opdef.expr(attrs)
-        if len(syms) != 1:
-            return None
-        f = {v: complex(e.subs(syms[0], v).evalf()) for v in (0.5, 1, 2, -0.5, -1, -2)}
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return _expr_gain2(e, syms[0]) if len(syms) == 1 else None
+
+
+@lru_cache(maxsize=256)  # every layer asks for the same activation: evaluate it once
+def _expr_gain2(e, x) -> float | None:
+    """:func:`_rectifier_gain2` for the activation ``e`` of the symbol ``x``."""
+    try:
+        f = {v: complex(e.subs(x, v).evalf()) for v in (0.5, 1, 2, -0.5, -1, -2)}
     except (TypeError, ValueError, ZeroDivisionError):
         return None
     if any(abs(z.imag) > 1e-12 for z in f.values()):
@@ -442,10 +450,12 @@ _STEP_LOCALS = {"params", "state", "lr", "loss", "grads", "value_and_grad", "che
 def _model(g: Graph, of, wrt, optimizer, lr, hyper, dtype, optimize, extra_outputs=()) -> _Model:
     opt, values = resolve_optimizer(optimizer, lr, hyper)
     of, wrt = _params_of(g, of, wrt)
-    g2 = g.copy()
-    for n in extra_outputs:
-        if n not in g2.outputs:
-            g2.nx.graph["outputs"].append(n)
+    g2 = g  # prepare() and differentiate() leave it unchanged: copy it only to add outputs
+    if any(n not in g.outputs for n in extra_outputs):
+        g2 = g.copy()
+        for n in extra_outputs:
+            if n not in g2.outputs:
+                g2.nx.graph["outputs"].append(n)
     adj = prepare(g2, of, wrt, optimize)
     _, em, fns = emit_model(adj, dtype, optimize)
     vg = fns[1]

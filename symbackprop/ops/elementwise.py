@@ -260,14 +260,16 @@ def scaled(g, d: sp.Expr, args, out):
     ``g * 1`` is ``g`` itself.
     """
     subs = {}
+    free = d.free_symbols  # SymPy walks the expression for each call: once is enough
     for x, a in zip(X, args):
-        if a.op == "const" and a.shape == () and x in d.free_symbols:
+        if a.op == "const" and a.shape == () and x in free:
             subs[x] = sp.sympify(a.data["value"])
     d = d.xreplace(subs)
     if d == 1:
         return g
-    leaves = [(G, g)] + [(x, a) for x, a in zip(X, args) if x in d.free_symbols]
-    if Y in d.free_symbols:
+    free = d.free_symbols
+    leaves = [(G, g)] + [(x, a) for x, a in zip(X, args) if x in free]
+    if Y in free:
         leaves.append((Y, out))
     # One argument per distinct node, so x*x passes x once.
     nodes, rename = [], {}

@@ -8,14 +8,18 @@ calls the unoptimized graph calls the optimized one.
 from __future__ import annotations
 
 from ..graph import Graph
-from .cse import cse
-from .dce import dce
-from .fold import fold
-from .fuse import fuse
+from .cse import cse, cse_in_place
+from .dce import dce, dce_in_place
+from .fold import fold, fold_in_place
+from .fuse import fuse, fuse_in_place
 from .rewrite import dump
-from .simplify import simplify
+from .simplify import simplify, simplify_in_place
 
 PASSES = {"simplify": simplify, "fold": fold, "cse": cse, "fuse": fuse, "dce": dce}
+# The same passes rewriting the graph they are given: optimize() runs them on one copy,
+# where a copy per pass would cost more than some of the passes do.
+IN_PLACE = {"simplify": simplify_in_place, "fold": fold_in_place, "cse": cse_in_place,
+            "fuse": fuse_in_place, "dce": dce_in_place}
 DEFAULT = ("simplify", "fold", "cse", "fuse", "dce")
 
 
@@ -50,6 +54,7 @@ def optimize(g: Graph, passes=True, explain: list | None = None) -> Graph:
     Returns
     -------
     Graph
+        A new graph (``g`` itself when there are no passes); ``g`` is left unchanged.
 
     Examples
     --------
@@ -57,13 +62,17 @@ def optimize(g: Graph, passes=True, explain: list | None = None) -> Graph:
     >>> len(sb.optimize.optimize(g)) < len(g)
     True
     """
-    for name in resolve(passes):
+    names = resolve(passes)
+    if names:
+        g = g.copy()
+    for name in names:
         before = dump(g) if explain is not None else None
-        g = PASSES[name](g)
+        g = IN_PLACE[name](g)
         if explain is not None:
             after = dump(g)
-            explain.append((name, [ln for ln in before if ln not in after],
-                            [ln for ln in after if ln not in before]))
+            old, new = set(before), set(after)  # a list's `in` would make this quadratic
+            explain.append((name, [ln for ln in before if ln not in new],
+                            [ln for ln in after if ln not in old]))
     return g
 
 

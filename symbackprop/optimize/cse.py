@@ -33,7 +33,11 @@ def cse(g: Graph) -> Graph:
     >>> [n for n in sb.optimize.cse(g).nodes() if n.startswith("exp")]
     ['exp_1']
     """
-    g = g.copy()
+    return cse_in_place(g.copy())
+
+
+def cse_in_place(g: Graph) -> Graph:
+    """:func:`cse` changing ``g`` itself (and returning it)."""
     outputs = set(g.outputs)
     seen: dict = {}
     for n in g.topo_order():

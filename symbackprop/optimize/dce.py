@@ -15,7 +15,11 @@ def dce(g: Graph) -> Graph:
     >>> sb.optimize.dce(g).nodes()
     ['x', 'const_1', 'a']
     """
-    g = g.copy()
+    return dce_in_place(g.copy())
+
+
+def dce_in_place(g: Graph) -> Graph:
+    """:func:`dce` changing ``g`` itself (and returning it)."""
     keep = g.ancestors(g.outputs)
     g.nx.remove_nodes_from([n for n in list(g.nx)
                             if n not in keep and g.role(n) not in ("input", "param")])

@@ -8,6 +8,7 @@ import sympy as sp
 from ..graph import Graph, dim_symbol
 from ..ops import registry
 from ..ops.elementwise import X
+from .dce import dce_in_place
 from .rewrite import protected, replace_uses, set_args
 
 
@@ -33,7 +34,11 @@ def fold(g: Graph) -> Graph:
     >>> sb.optimize.fold(g).args("y")
     ['x']
     """
-    g = g.copy()
+    return fold_in_place(g.copy())
+
+
+def fold_in_place(g: Graph) -> Graph:
+    """:func:`fold` changing ``g`` itself (and returning it)."""
     keep = protected(g)
     for n in g.topo_order():
         d = g.nx.nodes[n]
@@ -67,6 +72,4 @@ def fold(g: Graph) -> Graph:
             continue
         d.update(op="ew", attrs={"expr": e})
         set_args(g, n, uniq)
-    from .dce import dce
-
-    return dce(g)
+    return dce_in_place(g)

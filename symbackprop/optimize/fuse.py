@@ -60,7 +60,11 @@ def fuse(g: Graph) -> Graph:
     >>> f.args("h"), f.nx.nodes["h"]["attrs"]["expr"]
     (['x', 'b'], tanh(2*x0 + x1))
     """
-    g = g.copy()
+    return fuse_in_place(g.copy())
+
+
+def fuse_in_place(g: Graph) -> Graph:
+    """:func:`fuse` changing ``g`` itself (and returning it)."""
     keep = protected(g)
     for n in g.topo_order():
         if not fusable(g, n):

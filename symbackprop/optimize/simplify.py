@@ -16,6 +16,7 @@ rule: it is the VJP declared with ``softmax_cross_entropy``.
 from __future__ import annotations
 
 from ..graph import Graph
+from .dce import dce_in_place
 from .rewrite import protected, replace_uses, set_args
 
 # (outer op, inner op, replacement op or None for "the inner node's argument")
@@ -37,7 +38,11 @@ def simplify(g: Graph) -> Graph:
     >>> g2.nx.nodes["lp"]["op"], g2.args("lp")
     ('log_softmax', ['z'])
     """
-    g = g.copy()
+    return simplify_in_place(g.copy())
+
+
+def simplify_in_place(g: Graph) -> Graph:
+    """:func:`simplify` changing ``g`` itself (and returning it)."""
     keep = protected(g)
     changed = True
     while changed:
@@ -71,6 +76,4 @@ def simplify(g: Graph) -> Graph:
                     set_args(g, n, [x])
                 changed = True
                 break
-    from .dce import dce
-
-    return dce(g)
+    return dce_in_place(g)
