@@ -217,6 +217,8 @@ def check_same(name, c, ref_loss, ref_params, p0, dtype, loss) -> None:
 
     The update (new - initial) is compared too, scaled by its own size, so a contender that
     skips or botches the update of some parameter cannot hide inside ``allclose`` on weights.
+    The dtype is compared as well: a float32 workload computed in float64 (JAX with x64 left
+    on, say) would pass the float32 tolerances while timing something else.
     """
     f32 = np.dtype(dtype) == np.float32
     rtol = 1e-4 if f32 else 1e-7
@@ -226,6 +228,9 @@ def check_same(name, c, ref_loss, ref_params, p0, dtype, loss) -> None:
     got = c.params()
     for k, ref in ref_params.items():
         new = np.asarray(got[k])
+        if new.dtype != ref.dtype:
+            raise AssertionError(f"{name}: updated parameter {k} is {new.dtype}, "
+                                 f"the workload is {ref.dtype}")
         if new.shape != ref.shape or not np.allclose(new, ref, rtol=rtol, atol=rtol * 1e-2):
             raise AssertionError(f"{name}: updated parameter {k} differs from the reference "
                                  f"(max abs diff {np.max(np.abs(new - ref)):.3g})")
@@ -478,7 +483,8 @@ def spread(block_medians) -> float:
 
 def report(res: dict) -> str:
     W = res["workloads"]
-    fw = sorted({k for r in W.values() for k in r["medians_s"]}
+    # extras too: a framework dropped on every workload still gets its "dropped" column
+    fw = sorted({k for r in W.values() for k in (*r["medians_s"], *r["extras"])}
                 & set(contenders.available_frameworks()))
     out = []
     if W:
@@ -491,6 +497,9 @@ def report(res: dict) -> str:
         for key, r in W.items():
             row = f"{key + ' ' + r['title'].split(' ', 1)[0]:<34}"
             for c in cols:
+                if c not in r["medians_s"]:  # a framework dropped on this workload
+                    row += f"{'dropped':>17}"
+                    continue
                 bm = r["timing"][c]["block_medians_s"]
                 row += f"{fmt_ms(r['medians_s'][c]) + f' ±{spread(bm) * 100:.0f}%':>17}"
             out.append(row)
@@ -501,16 +510,26 @@ def report(res: dict) -> str:
         out += [head, "-" * len(head)]
         for key, r in W.items():
             out.append(f"{key:<28}" + "".join(
-                f"{r['timing'][c]['page_faults_per_call']:>14.0f}" for c in fcols))
+                f"{r['timing'][c]['page_faults_per_call']:>14.0f}" if c in r["timing"]
+                else f"{'-':>14}" for c in fcols))
         out.append("")
         rcols = ["generated/tuned", "generated/idiomatic", "generated/floor", "idiomatic/floor",
-                 "tuned/floor"] + [f"{k}/floor" for k in fw]
+                 "tuned/floor"]
         head = f"{'ratios':<14}" + "".join(f"{c:>20}" for c in rcols)
         out += [head, "-" * len(head)]
         for key, r in W.items():
             out.append(f"{key:<14}" + "".join(f"{r['ratios'].get(c, float('nan')):>20.2f}"
                                               for c in rcols))
         out.append("")
+        if fw:  # their own table: four more columns would not fit beside the ones above
+            fcols = [c for k in fw for c in (f"{k}/floor", f"generated/{k}")]
+            head = f"{'frameworks':<14}" + "".join(f"{c:>20}" for c in fcols)
+            out += [head, "-" * len(head)]
+            for key, r in W.items():
+                out.append(f"{key:<14}" + "".join(
+                    f"{r['ratios'][c]:>20.2f}" if c in r["ratios"] else f"{'dropped':>20}"
+                    for c in fcols))
+            out.append("")
         head = (f"{'generated':<14}{'forward ms':>12}{'fwd+bwd ms':>12}{'step/fwd':>10}"
                 f"{'(f+b)/fwd':>11}{'peak MB gen':>13}{'idiomatic':>11}{'tuned':>9}"
                 f"{'gen/idiom':>11}")
@@ -601,7 +620,7 @@ def main(argv=None) -> int:
                                  ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")},
         "blas_env": {v: os.environ.get(v) for v in
                                ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")},
-        "frameworks": sorted(contenders.available_frameworks()),
+        "frameworks": contenders.framework_versions(),
         "generated_kind": contenders.generated_class().label}}
     m = res["meta"]
     print(f"symbackprop bench: {m['cpu']}, {m['nproc']} cpus, NumPy {m['numpy']} "

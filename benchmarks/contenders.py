@@ -144,7 +144,8 @@ def generated_class():
 def available_frameworks() -> dict:
     """Name -> contender class for PyTorch and JAX, when they import."""
     out = {}
-    for name, module, cls in (("pytorch", "torch", TorchEager), ("jax", "jax", JaxJit)):
+    for name, cls in (("pytorch", TorchEager), ("jax", JaxJit)):
+        module = cls.module
         if module not in _IMPORTABLE:
             try:
                 importlib.import_module(module)
@@ -159,10 +160,17 @@ def available_frameworks() -> dict:
 _IMPORTABLE: dict = {}
 
 
+def framework_versions() -> dict:
+    """Name -> version of each available framework, for the JSON."""
+    return {name: getattr(importlib.import_module(cls.module), "__version__", "?")
+            for name, cls in available_frameworks().items()}
+
+
 class TorchEager:
     """PyTorch eager mode: autograd for the gradients, ``p.sub_(lr * g)`` under no_grad."""
 
     label = "pytorch eager"
+    module = "torch"
 
     def __init__(self, g, params, X, y, lr, dtype, activation="relu"):
         import torch
@@ -200,13 +208,16 @@ class JaxJit:
     """JAX: ``jax.jit`` of value_and_grad plus the SGD update, parameters donated."""
 
     label = "jax jit"
+    module = "jax"
 
     def __init__(self, g, params, X, y, lr, dtype, activation="relu"):
         import jax
         import jax.numpy as jnp
 
-        if np.dtype(dtype) == np.float64:
-            jax.config.update("jax_enable_x64", True)
+        # x64 is process-wide and JAX truncates float64 to float32 without it: set it to match
+        # each workload, so float32 runs as a float32 user runs it (int32 labels) whether or
+        # not a float64 workload came first.
+        jax.config.update("jax_enable_x64", np.dtype(dtype) == np.float64)
         self.jax = jax
         act = jax.nn.relu if activation == "relu" else jnp.tanh
         depth = len(params) // 2
@@ -230,7 +241,10 @@ class JaxJit:
 
     def step(self):
         loss, self.ps = self._step(self.ps, self.X, self.y)
-        return float(loss.block_until_ready())
+        # Block on the new parameters too: the loss can be ready while the update is still
+        # running, and that tail would be timed as part of the next call (or contender).
+        self.jax.block_until_ready(self.ps)
+        return float(loss)
 
     def params(self):
         return {k: np.asarray(v) for k, v in self.ps.items()}
