@@ -137,7 +137,7 @@ def test_code_for_a_gradient_of_a_node_cse_merged_away():
     g = sb.Graph()
     w = g.param("w0", shape=(3,))
     s1, s2 = sb.sum(w, axis=-1), sb.sum(w, axis=-1)
-    g.output("L", sb.sum(-(-(-s2))) * 1.0 + sb.sum(s1) * 1.0 + sb.sum(s2) * 1.0)
+    g.output("L", sb.sum(sb.neg(sb.neg(sb.neg(s2)))) * 1.0 + sb.sum(s1) * 1.0 + sb.sum(s2) * 1.0)
     loss, grads = sb.compile(g).value_and_grad(w0=np.array([0.1, 0.2, 0.3]))
     assert loss == pytest.approx(0.6)  # L = -sum(w) + sum(w) + sum(w) = sum(w)
     np.testing.assert_allclose(grads["w0"], np.ones(3))

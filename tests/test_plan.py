@@ -285,13 +285,15 @@ def _same_steps(fast, plain, n_in, n_out, batches=(8, 8, 5)):
 def test_bias_rides_in_the_product(activation):
     """h @ W + b is one product [h, 1] @ [W; b] and the gradients of W and b one product
     [h, 1].T @ dz, W and b being consecutive in the flat buffers; the first layer (X is
-    the caller's array, with no column of ones) keeps its bias add."""
+    the caller's array, with no column of ones) keeps its bias add, in the contiguous
+    buffer of the product, and only the activation writes beside the column of ones."""
     fast, plain = _fast_and_plain(sb.models.mlp([6, 5, 4, 3], activation=activation))
     src = fast.source
     step = src[src.index("def loss_and_grads_into"):src.index("def flat_views")]
     assert "np.dot(h1_ones, W2_b2, out=matmul_2)" in step
     assert "(h2_ones.T, dlogits, out=dW3_db3)" in step and "h2_ones[:, -1] = 1" in step
-    assert "np.add(matmul_1, b1, out=h1)" in step
+    assert "np.add(matmul_1, b1, out=matmul_1)" in step and "(matmul_1, out=h1)" in step \
+        or "np.maximum(matmul_1, 0, out=h1)" in step
     code = [line.split("#")[0] for line in step.split('"""')[2].splitlines()]
     assert not any(re.search(r"\b(b2|b3|db2|db3)\b", c) for c in code)  # no add, no row sum
     _same_steps(fast, plain, 6, 3)

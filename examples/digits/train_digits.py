@@ -67,6 +67,18 @@ def _ones(n, dtype):
     return v
 
 
+_ROWS = {}
+
+
+def _rows(n):
+    """A read-only np.arange(n), made once: the row of each label."""
+    v = _ROWS.get(n)
+    if v is None:
+        v = _ROWS[n] = np.arange(n)
+        v.flags.writeable = False
+    return v
+
+
 def _shifted_exp(logits, out=None):
     """exp(logits - m), its row sums, and the mean of m: the largest logit (of each row
     where needed)."""
@@ -74,18 +86,18 @@ def _shifted_exp(logits, out=None):
     m = logits.max()
     out = np.subtract(logits, m, out=out)
     np.exp(out, out=out)
-    sums = out @ ones
+    sums = np.dot(out, ones)
     if sums.min() < 1e-20:  # a row far below the batch maximum: shift each row by its own
         m = logits.max(axis=1, keepdims=True)
         np.exp(np.subtract(logits, m, out=out), out=out)
-        sums, m = out @ ones, m.mean()
+        sums, m = np.dot(out, ones), m.mean()
     return out, sums, m
 
 
 def _softmax_cross_entropy(logits, labels):
     """Mean over the batch of -log softmax(logits)[i, labels[i]]."""
     n = len(labels)
-    at = np.ravel_multi_index((np.arange(n), labels), logits.shape)  # checks 0 <= label < C
+    at = np.ravel_multi_index((_rows(n), labels), logits.shape)  # checks 0 <= label < C
     _, sums, m = _shifted_exp(logits)
     # -log softmax at the labels, never inf
     return m + (np.log(sums) - logits.reshape(-1)[at]).sum() / n
@@ -105,13 +117,14 @@ def _softmax_cross_entropy_with_grad(logits, labels, g, out):
     into out (C-contiguous). One shifted exp serves both."""
     n = len(labels)
     # flat positions of the labels (2x faster to index than [rows, labels]); checks 0 <= label < C
-    at = np.ravel_multi_index((np.arange(n), labels), logits.shape)
+    at = np.ravel_multi_index((_rows(n), labels), logits.shape)
     picked = logits.reshape(-1)[at]
     out, sums, m = _shifted_exp(logits, out)
     logs = np.log(sums)
     logs -= picked
-    loss = m + logs.sum() / n
-    out *= (g / n) / sums[:, None]
+    loss = m + np.dot(logs, _ones(n, logs.dtype)) / n  # a product with ones: a fast sum
+    np.divide(g / n, sums, out=sums)  # each row's scale
+    out *= sums[:, None]
     out.reshape(-1)[at] -= g / n
     return loss
 
@@ -157,31 +170,29 @@ def value_and_grad(X, W1, b1, W2, b2, y):
     return L, {'W1': dW1, 'b1': db1, 'W2': dW2, 'b2': db2}
 
 
-def loss_and_grads_into(X, W1, b1, W2, W2_b2, y, dW1, db1, dW2_db2):
-    """Loss L; writes its gradients into dW1, db1, dW2_db2 = [dW2; db2]. W2_b2 = [W2; b2] is W2
-    with b2 as one more row (the bias rides in the product): views of the flat buffers.
+def loss_and_grads_into(X, W1, b1, W2, b2, y, dW1, db1, dW2, db2):
+    """Loss L; writes its gradients into dW1, db1, dW2, db2.
 
     The same computation as value_and_grad, with every intermediate array in a buffer of
     _workspace() (one arena per batch size, made once) and NumPy calls writing into it
     (out=). The gradient arrays must be C-contiguous, of DTYPE."""
     N = X.shape[0]
     _ws = _workspace(N)[0]
-    matmul_1 = _ws[0]
-    h1_ones = _ws[1]
-    h1 = h1_ones[:, :-1]
-    matmul_2 = logits = _ws[2]
-    dlogits = _ws[3]
-    dh1 = dz1 = _ws[4]
+    matmul_1 = h1 = _ws[0]
+    matmul_2 = logits = _ws[1]
+    dlogits = _ws[2]
+    dh1 = dz1 = _ws[3]
     np.dot(X, W1, out=matmul_1)
     np.add(matmul_1, b1, out=h1)
     np.maximum(h1, 0, out=h1)
-    h1_ones[:, -1] = 1  # [h1, 1] @ W2_b2 adds the bias in the product
-    np.dot(h1_ones, W2_b2, out=matmul_2)  # matmul_2 = h1 @ W2 + b2, as [h1, 1] @ [W2; b2]
+    np.dot(h1, W2, out=matmul_2)
+    np.add(matmul_2, b2, out=logits)
     L = _softmax_cross_entropy_with_grad(logits, y, DTYPE(1), dlogits)  # and dlogits, its gradient
-    np.dot(h1_ones.T, dlogits, out=dW2_db2)  # dL/dW2, dL/db2 via matmul_2 = h1 @ W2 + b2
+    np.dot(_ones(len(dlogits), dlogits.dtype), dlogits, out=db2)  # dL/db2 via logits = matmul_2 + b2
+    np.dot(h1.T, dlogits, out=dW2)  # dL/dW2 via matmul_2 = h1 @ W2
     np.dot(dlogits, W2.T, out=dh1)  # dL/dh1 via matmul_2 = h1 @ W2
-    np.greater(h1, 0, out=_ws[5])
-    np.multiply(dh1, _ws[5], out=dz1)  # dL/dz1 via h1 = np.maximum(matmul_1 + b1, 0)
+    np.greater(h1, 0, out=_ws[4])
+    np.multiply(dh1, _ws[4], out=dz1)  # dL/dz1 via h1 = np.maximum(matmul_1 + b1, 0)
     np.dot(_ones(len(dz1), dz1.dtype), dz1, out=db1)  # dL/db1 via h1 = np.maximum(matmul_1 + b1, 0)
     np.dot(X.T, dz1, out=dW1)  # dL/dW1 via matmul_1 = X @ W1
     return L
@@ -275,7 +286,6 @@ def check_finite(loss, grads):
 
 
 TRAINED = ('W1', 'b1', 'W2', 'b2')  # the parameters train_step updates
-FOLDED = (('W2', 'b2'),)  # layers with the bias in the product
 _FLAT = {}
 
 
@@ -316,11 +326,6 @@ def _flat(params, state):
         "S": {k: _flat_base({name: v[name] for name in TRAINED})
               for k, v in state.items() if type(v) is dict},
     }
-    start, at = 0, {}
-    for name in TRAINED:
-        at[name], start = start, start + np.size(params[name])
-    for w, b in FOLDED:  # [W; b]: the bias rides in the product [h, 1] @ [W; b]
-        f[w, b] = f["P"][at[w]:at[b] + np.size(params[b])].reshape(-1, np.size(params[b]))
     return f
 
 
@@ -397,20 +402,18 @@ def _workspace(N):
     if ws is None:
         ws = _WORKSPACES[(N,)] = _pack(
             [  # shape, dtype, first and last step alive
-                ((N, 32), DTYPE, 0, 1),  # _ws[0]
-                ((N, 33), DTYPE, 1, 10),  # _ws[1]
-                ((N, 10), DTYPE, 2, 6),  # _ws[2]
-                ((N, 10), DTYPE, 4, 9),  # _ws[3]
-                ((N, 32), DTYPE, 9, 12),  # _ws[4]
-                ((N, 32), bool, 10, 10),  # _ws[5]
+                ((N, 32), DTYPE, 0, 10),  # _ws[0]
+                ((N, 10), DTYPE, 2, 6),  # _ws[1]
+                ((N, 10), DTYPE, 4, 9),  # _ws[2]
+                ((N, 32), DTYPE, 9, 12),  # _ws[3]
+                ((N, 32), bool, 10, 10),  # _ws[4]
             ],
             [  # the gradients, in order: name, shape, first step writing it
                 ('W1', (64, 32), 12),
                 ('b1', (32,), 11),
                 ('W2', (32, 10), 8),
-                ('b2', (10,), 8),
+                ('b2', (10,), 7),
             ],
-            [('W2', 'b2')],  # the gradients [w; b] of layers with the bias in the product
         )
     return ws
 
@@ -422,17 +425,18 @@ def train_step(params, state, X, y, lr=LR):
     anything, when the loss or a gradient is nan or inf."""
     flat = _flat(params, state)
     N = X.shape[0]
-    _, G, grads, blocks = _workspace(N)  # the gradients: views of G, in the workspace
+    _, G, grads, _ = _workspace(N)  # the gradients: views of G, in the workspace
     loss = loss_and_grads_into(
         X,
         params['W1'],
         params['b1'],
         params['W2'],
-        flat['W2', 'b2'],
+        params['b2'],
         y,
         grads['W1'],
         grads['b1'],
-        blocks['W2', 'b2'],
+        grads['W2'],
+        grads['b2'],
     )
     if not math.isfinite(loss + np.dot(G, G)):
         check_finite(loss, grads)  # says which gradient

@@ -154,6 +154,18 @@ def _reduce_out(fn):
     return code
 
 
+_ROWS = '''_ROWS = {}
+
+
+def _rows(n):
+    """A read-only np.arange(n), made once: the row of each label."""
+    v = _ROWS.get(n)
+    if v is None:
+        v = _ROWS[n] = np.arange(n)
+        v.flags.writeable = False
+    return v
+'''
+
 _ONES = '''_ONES = {}
 
 
@@ -283,17 +295,17 @@ _SHIFTED_EXP = '''def _shifted_exp(logits, out=None):
     m = logits.max()
     out = np.subtract(logits, m, out=out)
     np.exp(out, out=out)
-    sums = out @ ones
+    sums = np.dot(out, ones)
     if sums.min() < 1e-20:  # a row far below the batch maximum: shift each row by its own
         m = logits.max(axis=1, keepdims=True)
         np.exp(np.subtract(logits, m, out=out), out=out)
-        sums, m = out @ ones, m.mean()
+        sums, m = np.dot(out, ones), m.mean()
     return out, sums, m
 '''
 _XENT = '''def _softmax_cross_entropy(logits, labels):
     """Mean over the batch of -log softmax(logits)[i, labels[i]]."""
     n = len(labels)
-    at = np.ravel_multi_index((np.arange(n), labels), logits.shape)  # checks 0 <= label < C
+    at = np.ravel_multi_index((_rows(n), labels), logits.shape)  # checks 0 <= label < C
     _, sums, m = _shifted_exp(logits)
     # -log softmax at the labels, never inf
     return m + (np.log(sums) - logits.reshape(-1)[at]).sum() / n
@@ -346,13 +358,14 @@ _XENT_WITH_GRAD = '''def _softmax_cross_entropy_with_grad(logits, labels, g, out
     into out (C-contiguous). One shifted exp serves both."""
     n = len(labels)
     # flat positions of the labels (2x faster to index than [rows, labels]); checks 0 <= label < C
-    at = np.ravel_multi_index((np.arange(n), labels), logits.shape)
+    at = np.ravel_multi_index((_rows(n), labels), logits.shape)
     picked = logits.reshape(-1)[at]
     out, sums, m = _shifted_exp(logits, out)
     logs = np.log(sums)
     logs -= picked
-    loss = m + logs.sum() / n
-    out *= (g / n) / sums[:, None]
+    loss = m + np.dot(logs, _ones(n, logs.dtype)) / n  # a product with ones: a fast sum
+    np.divide(g / n, sums, out=sums)  # each row's scale
+    out *= sums[:, None]
     out.reshape(-1)[at] -= g / n
     return loss
 '''
@@ -362,7 +375,8 @@ register(OpDef(
     numpy=lambda c, a: f"_softmax_cross_entropy({c[0]}, {c[1]})",
     numpy_with_grad=lambda c, a, g, o: f"_softmax_cross_entropy_with_grad({c[0]}, {c[1]}, {g}, {o})",
     helpers={"_softmax_cross_entropy": _XENT, "_shifted_exp": _SHIFTED_EXP, "_ones": _ONES,
-             "_softmax_cross_entropy_with_grad": _XENT_WITH_GRAD}, vjp=_xent_vjp,
+             "_rows": _ROWS, "_softmax_cross_entropy_with_grad": _XENT_WITH_GRAD},
+    vjp=_xent_vjp,
     doc="mean over the batch of -log softmax(logits)[label]; labels are integers"))
 
 # Its gradient, (softmax(logits) - onehot(labels)) * g / N, is one op so the code computes
@@ -401,7 +415,8 @@ register(OpDef(
     numpy=lambda c, a: f"_softmax_cross_entropy_grad({c[0]}, {c[1]}, {c[2]})",
     numpy_out=lambda c, a, o, s: f"_softmax_cross_entropy_grad({c[0]}, {c[1]}, {c[2]}, out={o})",
     helpers={"_softmax_cross_entropy_grad": _XENT_GRAD, "_shifted_exp": _SHIFTED_EXP,
-             "_softmax_cross_entropy_with_grad": _XENT_WITH_GRAD, "_ones": _ONES},
+             "_softmax_cross_entropy_with_grad": _XENT_WITH_GRAD, "_ones": _ONES,
+             "_rows": _ROWS},
     vjp=_xent_grad_vjp,
     display=lambda args, attrs: sp.Mul(
         args[2] / sp.sympify(count((attrs["batch"],))),
