@@ -102,13 +102,19 @@ class GeneratedTrainStep(_Generated):
     def rebind(self):
         """Forward + backward is what train_step runs: the memory-planned
         ``loss_and_grads_into``, called with the arguments train_step passes it, where the
-        module has it."""
+        module has it. Bound on its first call: binding runs train_step's set-up (the
+        flat buffers, the workspace), which belongs to a step, not to construction (the
+        peak-memory measurement traces from the first step)."""
         super().rebind()
         if not hasattr(self, "state"):
             self.state = self.compiled.init_state(self._params)
         if hasattr(self.compiled.module, "loss_and_grads_into"):
-            self._vg = _planned_call(self.compiled, self._params, self.state, self._batch(),
-                                     self.lr)
+            self._vg = self._first_planned_call
+
+    def _first_planned_call(self):
+        self._vg = _planned_call(self.compiled, self._params, self.state, self._batch(),
+                                 self.lr)
+        return self._vg()
 
     def step(self):
         return self._step()

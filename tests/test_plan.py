@@ -287,7 +287,7 @@ def test_bias_rides_in_the_product(activation):
     [h, 1].T @ dz, W and b being consecutive in the flat buffers; the first layer (X is
     the caller's array, with no column of ones) keeps its bias add, in the contiguous
     buffer of the product, and only the activation writes beside the column of ones."""
-    fast, plain = _fast_and_plain(sb.models.mlp([6, 5, 4, 3], activation=activation))
+    fast, plain = _fast_and_plain(sb.models.mlp([6, 128, 128, 64], activation=activation))
     src = fast.source
     step = src[src.index("def loss_and_grads_into"):src.index("def flat_views")]
     assert "np.dot(h1_ones, W2_b2, out=matmul_2)" in step
@@ -296,17 +296,21 @@ def test_bias_rides_in_the_product(activation):
         or "np.maximum(matmul_1, 0, out=h1)" in step
     code = [line.split("#")[0] for line in step.split('"""')[2].splitlines()]
     assert not any(re.search(r"\b(b2|b3|db2|db3)\b", c) for c in code)  # no add, no row sum
-    _same_steps(fast, plain, 6, 3)
+    _same_steps(fast, plain, 6, 64)
 
 
 def test_bias_stays_out_of_the_product_when_it_must():
     """No fold when the bias is read elsewhere (a penalty on it), when it is not trained,
-    or when it does not follow its weight in the flat buffers: each step still matches."""
-    g = sb.models.mlp([6, 5, 3])
-    g.output("J", g["L"] + sb.sum(g["b2"] * g["b2"]))
-    cases = [(g, {"of": "J"}), (sb.models.mlp([6, 5, 3]), {"wrt": ["W1", "b1", "W2"]}),
-             (sb.models.mlp([6, 5, 3]), {"wrt": ["b2", "W2", "W1", "b1"]})]
+    when it does not follow its weight in the flat buffers, or where it does not pay
+    (narrow layers; an output much narrower than its input): each step still matches."""
+    penalised = sb.models.mlp([6, 128, 128])
+    penalised.output("J", penalised["L"] + sb.sum(penalised["b2"] * penalised["b2"]))
+    cases = [(penalised, {"of": "J"}),
+             (sb.models.mlp([6, 128, 128]), {"wrt": ["W1", "b1", "W2"]}),
+             (sb.models.mlp([6, 128, 128]), {"wrt": ["b2", "W2", "W1", "b1"]}),
+             (sb.models.mlp([6, 64, 64, 3]), {}), (sb.models.mlp([6, 256, 10]), {})]
     for graph, kw in cases:
         fast, plain = _fast_and_plain(graph, **kw)
         assert "_ones" not in fast.source.replace("_ones(", "")
-        _same_steps(fast, plain, 6, 3)
+        _same_steps(fast, plain, 6, graph.nx.nodes["logits"]["shape"][1])
+    assert "_ones[:, -1]" in _fast_and_plain(sb.models.mlp([6, 128, 128]))[0].source

@@ -242,10 +242,11 @@ def _folds(em: Emitter, steps: list[str], pairs, planned) -> dict[str, Fold]:
             continue
         # The fold saves two passes over the (N, M) output (bias add, bias-gradient sum)
         # and costs about one over the (N, K) input: ufuncs writing and reading h beside
-        # its column of ones run 30-60% slower than on a contiguous array (measured on
-        # 128 x 256 float64: a 256 -> 10 layer came out 18 us slower folded, a 256 -> 256
-        # one 16 us faster).
-        if 2 * sw[1] < sw[0]:
+        # its column of ones run 30-60% slower than on a contiguous array. Measured at
+        # batch 128, float64: a 256 -> 256 layer 16 us faster folded, a 256 -> 10 one 18 us
+        # slower; 64 -> 64 layers (50 of them, batch 64) as many instructions either way
+        # (callgrind), and their wider buffers cost memory.
+        if 2 * sw[1] < sw[0] or sw[0] < 128:
             continue
         # W's only forward use is a product h @ W, whose VJP made dW = h.T @ dz
         if dW not in via or via[dW][0] != W:
