@@ -302,7 +302,8 @@ def test_bias_rides_in_the_product(activation):
 def test_bias_stays_out_of_the_product_when_it_must():
     """No fold when the bias is read elsewhere (a penalty on it), when it is not trained,
     when it does not follow its weight in the flat buffers, or where it does not pay
-    (narrow layers; an output much narrower than its input): each step still matches."""
+    (narrow layers; an output much narrower than its input; float32): each step still
+    matches."""
     penalised = sb.models.mlp([6, 128, 128])
     penalised.output("J", penalised["L"] + sb.sum(penalised["b2"] * penalised["b2"]))
     cases = [(penalised, {"of": "J"}),
@@ -314,3 +315,6 @@ def test_bias_stays_out_of_the_product_when_it_must():
         assert "_ones" not in fast.source.replace("_ones(", "")
         _same_steps(fast, plain, 6, graph.nx.nodes["logits"]["shape"][1])
     assert "_ones[:, -1]" in _fast_and_plain(sb.models.mlp([6, 128, 128]))[0].source
+    # float32: a pass costs half as much, a strided one as much: no fold
+    f32 = _fast_and_plain(sb.models.mlp([6, 128, 128]), dtype="float32")[0].source
+    assert "_ones[:, -1]" not in f32

@@ -7,6 +7,8 @@ backward graph is made of the same ops as the forward one.
 
 from __future__ import annotations
 
+import math
+
 import sympy as sp
 
 from .elementwise import count, unbroadcast
@@ -59,22 +61,23 @@ def _matmul_shape(shapes, attrs, names):
     return (a[0], b[1])
 
 
-def _product(first: str, shapes) -> str:
+def _product(shapes) -> str:
     """The NumPy call for a product into a planned buffer. np.dot is the same product for
     2-D arrays with less call overhead than np.matmul (0.3-0.7 us of 1.5-8 us on small
     layers; it needs a C-contiguous out of the result's dtype, which planned buffers and
-    the flat gradient views are). But with a transposed first operand (a weight gradient,
-    h.T @ dz) and a large result, OpenBLAS runs np.dot's call 10-25% slower than
-    np.matmul's (measured for 256x256 and 784x256 results, float32 and float64; no
-    difference at 64x64): np.matmul there."""
-    rows, cols = shapes[0][0], shapes[1][1]
-    large = isinstance(rows, int) and isinstance(cols, int) and rows * cols >= 2**15
-    return "np.matmul" if first.endswith(".T") and large else "np.dot"
+    the flat gradient views are), but OpenBLAS runs np.matmul's call of a large product
+    faster: 10-25% with a transposed first operand (a weight gradient h.T @ dz, 256x256
+    and 784x256 results), about 4% for 1024x784 @ 784x256 (float32 and float64). So
+    np.matmul where the sizes known at generation (all but the batch) multiply to 2**15
+    or more."""
+    (rows, inner), (_, cols) = shapes
+    known = [d for d in (rows, inner, cols) if isinstance(d, int)]
+    return "np.matmul" if len(known) >= 2 and math.prod(known) >= 2**15 else "np.dot"
 
 
 register(OpDef(
     name="matmul", arity=2, shape=_matmul_shape, numpy=lambda c, a: f"{c[0]} @ {c[1]}",
-    numpy_out=lambda c, a, o, s: f"{_product(c[0], s)}({c[0]}, {c[1]}, out={o})",
+    numpy_out=lambda c, a, o, s: f"{_product(s)}({c[0]}, {c[1]}, out={o})",
     vjp=lambda g, args, out, attrs: [
         _apply(g, "matmul", [g, _apply(g, "transpose", [args[1]])]),
         _apply(g, "matmul", [_apply(g, "transpose", [args[0]]), g])],
