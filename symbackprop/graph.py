@@ -326,8 +326,11 @@ class Graph:
         """The arguments of node ``name``, in order (none for a node not in the graph)."""
         if name not in self.nx:  # e.g. a node a pass merged away, named by an attribute
             return []
-        # Read the adjacency directly: an in_edges view per call costs more than the sort.
-        ins = [(d.get("arg"), u) for u, keys in self.nx.pred[name].items() for d in keys.values()]
+        # Read networkx's adjacency dicts (_pred, _succ: stable since networkx 2.0 and used by
+        # its own algorithms) directly: a view per call costs more than the sort, and a deep
+        # network's compile asks for the arguments of a node thousands of times.
+        ins = [(d.get("arg"), u) for u, keys in self.nx._pred[name].items()
+               for d in keys.values()]
         ins.sort(key=itemgetter(0))  # stable, as sorting the in_edges by arg was
         return [u for _, u in ins]
 
@@ -337,7 +340,7 @@ class Graph:
         if name not in self.nx:
             return []
         # networkx keeps each node's successors in the order they were added
-        return [(v, d.get("arg")) for v, keys in self.nx.succ[name].items()
+        return [(v, d.get("arg")) for v, keys in self.nx._succ[name].items()
                 for d in keys.values()]
 
     def topo_order(self) -> list[str]:
