@@ -105,6 +105,9 @@ def machine() -> dict:
         b = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         blas = {"name": b.get("name"), "version": b.get("version"),
                 "config": b.get("openblas configuration", "")}
+    simd = {}
+    with contextlib.suppress(Exception):  # which vector units NumPy's loops use (exp, tanh:
+        simd = np.show_config(mode="dicts")["SIMD Extensions"]  # 4x apart without AVX-512)
     threads = None
     with contextlib.suppress(ImportError):  # threadpoolctl is optional
         from threadpoolctl import threadpool_info
@@ -114,6 +117,7 @@ def machine() -> dict:
     return {
         "nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
         "numpy": np.__version__, "blas": blas, "blas_threads": threads,
+        "simd": {k: simd.get(k) for k in ("found", "not found")},
         "symbackprop": getattr(sb, "__version__", "?"), "platform": platform.platform(),
         "loadavg_start": list(os.getloadavg()),
     }
@@ -624,7 +628,8 @@ def main(argv=None) -> int:
         "generated_kind": contenders.generated_class().label}}
     m = res["meta"]
     print(f"symbackprop bench: {m['cpu']}, {m['nproc']} cpus, NumPy {m['numpy']} "
-          f"({m['blas'].get('name', '?')} {m['blas'].get('version', '')}), Python {m['python']}; "
+          f"({m['blas'].get('name', '?')} {m['blas'].get('version', '')}; SIMD "
+          f"{'+'.join(m['simd'].get('found') or ['?'])}), Python {m['python']}; "
           f"load average {m['loadavg_start'][0]:.2f}", flush=True)
     if m["loadavg_start"][0] > 0.5:
         print("  warning: the machine is not idle; timings may be noisy", flush=True)

@@ -55,6 +55,20 @@ DATA_CSV = 'rows of 64 feature columns then 1 label column'
 METRIC = 'acc'  # evaluate() returns: 'acc' (accuracy) or 'loss'
 
 
+_CONSTANTS = {}
+
+
+def _constant(value, like):
+    """A read-only array of like's shape and dtype filled with value, made once (NumPy's
+    maximum and minimum against it run vectorized; against a number they do not)."""
+    key = (value, like.shape, like.dtype)
+    v = _CONSTANTS.get(key)
+    if v is None:
+        v = _CONSTANTS[key] = np.full(like.shape, value, like.dtype)
+        v.flags.writeable = False
+    return v
+
+
 _ONES = {}
 
 
@@ -184,7 +198,7 @@ def loss_and_grads_into(X, W1, b1, W2, b2, y, dW1, db1, dW2, db2):
     dh1 = dz1 = _ws[3]
     np.dot(X, W1, out=matmul_1)
     np.add(matmul_1, b1, out=h1)
-    np.maximum(h1, 0, out=h1)
+    np.maximum(h1, _constant(0, h1), out=h1)
     np.dot(h1, W2, out=matmul_2)
     np.add(matmul_2, b2, out=logits)
     L = _softmax_cross_entropy_with_grad(logits, y, DTYPE(1), dlogits)  # and dlogits, its gradient
