@@ -108,3 +108,25 @@ def test_framework_step_matches_reference_tanh(name, module, tanh_check):
     pytest.importorskip(module)
     for dtype in ("float64", "float32"):
         assert f"{name} {dtype} ok" in tanh_check, tanh_check
+
+
+def test_forward_backward_contender_calls_what_train_step_calls():
+    """The bench's forward+backward column binds loss_and_grads_into to the arguments the
+    generated train_step passes it (blocks [W; b] of folded layers included): same loss as
+    value_and_grad, and the workspace is made on first use, inside the traced step."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import contenders
+
+    import symbackprop as sb
+
+    g = sb.models.mlp([6, 128, 128, 64])
+    rng = np.random.default_rng(0)
+    p0 = {k: v.copy() for k, v in sb.compile(g, optimizer="sgd").init_params(3).items()}
+    X, y = rng.normal(size=(8, 6)), rng.integers(0, 64, size=8)
+    c = contenders.GeneratedTrainStep(g, p0, X, y, 0.01, np.float64)
+    assert "FOLDED" in c.source and not c.compiled.module._WORKSPACES
+    want, _ = c.compiled.value_and_grad(X=X, y=y, **p0)
+    assert float(c.value_and_grad()) == pytest.approx(float(want), rel=1e-12)
+    assert c.compiled.module._WORKSPACES

@@ -20,7 +20,7 @@ from symbackprop.codegen.plan import (
     plan_function,
     workspace_source,
 )
-from symbackprop.ops.elementwise import X
+from symbackprop.ops.elementwise import X, ew
 from symbackprop.testing import random_inputs
 
 x0, x1, x2 = X[:3]
@@ -320,3 +320,42 @@ def test_bias_stays_out_of_the_product_when_it_must():
     # float32: a pass costs half as much, a strided one as much: no fold
     f32 = _fast_and_plain(sb.models.mlp([6, 128, 128]), dtype="float32")[0].source
     assert "_ones[:, -1]" not in f32
+
+
+def _classifier(g, logits):
+    y = g.input("y", shape=("N",), dtype="int")
+    g.output("L", sb.softmax_cross_entropy(g.output("logits", logits), y))
+    return g
+
+
+def test_bias_folds_leave_other_shapes_of_layer_alone():
+    """Found in review: an h that is a bare product (written by np.dot, which needs a
+    contiguous out) is never written beside a column of ones; one node adding two biases
+    (an RNN cell's x @ Wx + bx + h @ Wh + bh) folds at most one of them. Both steps match
+    the plain ones."""
+    g = sb.Graph()
+    data = g.input("X", shape=("N", 6))
+    W1, W2, b2 = g.param("W1", (6, 128)), g.param("W2", (128, 128)), g.param("b2", (128,))
+    h1 = g.name(data @ W1, "h1")
+    h2 = g.name(sb.relu(h1 @ W2 + b2), "h2")
+    W3, b3 = g.param("W3", (128, 64)), g.param("b3", (64,))
+    bare = _classifier(g, h2 @ W3 + b3)
+    g = sb.Graph()
+    data = g.input("X", shape=("N", 6))
+    W1, b1 = g.param("W1", (6, 128)), g.param("b1", (128,))
+    h1 = g.name(sb.relu(data @ W1 + b1), "h1")
+    W2, b2 = g.param("W2", (128, 64)), g.param("b2", (64,))
+    W3, b3 = g.param("W3", (128, 64)), g.param("b3", (64,))
+    two = _classifier(g, ew([h1 @ W2, b2, h1 @ W3, b3], X[0] + X[1] + X[2] + X[3]))
+    for graph in (bare, two):
+        fast, plain = _fast_and_plain(graph)
+        assert fast.source.count("_ones[:, -1] = 1") <= 1
+        _same_steps(fast, plain, 6, 64, batches=(8, 1, 5))
+
+
+@pytest.mark.parametrize("name", ["blocks", "flat", "G", "math"])
+def test_an_input_named_like_a_training_step_variable_is_refused(name):
+    g = sb.models.mlp([6, 128, 128, 64])
+    g.rename("X", name)
+    with pytest.raises(sb.CodegenError, match=f"input '{name}' has the name of a variable"):
+        sb.compile(g, optimizer="sgd")

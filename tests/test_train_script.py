@@ -52,6 +52,10 @@ def scripts(tmp_path_factory) -> Path:
         epochs=30, batch_size=16))
     (d / "ae.py").write_text(sb.training_script(sb.models.autoencoder([4, 2]),
                                                 optimizer="momentum", lr=0.05, epochs=5))
+    # wide enough (float64, 128 -> 128) for the bias to ride in the product
+    (d / "wide.py").write_text(sb.training_script(sb.models.mlp([4, 128, 128, 3]),
+                                                  optimizer="sgd", lr=0.05, epochs=4,
+                                                  batch_size=16))
     return d
 
 
@@ -133,10 +137,11 @@ def test_same_seed_same_numbers(go, data, tmp_path):
     assert all(np.array_equal(A[k], B[k]) for k in A)
 
 
-def test_resume_is_bitwise_identical(go, data, tmp_path):
-    straight = go("clf.py", "--data", data / "blobs.npz", "--epochs", 4, "--out", "full.npz")
-    first = go("clf.py", "--data", data / "blobs.npz", "--epochs", 2, "--out", "part.npz")
-    rest = go("clf.py", "--data", data / "blobs.npz", "--epochs", 4, "--resume", "part.npz",
+@pytest.mark.parametrize("script", ["clf.py", "wide.py"])
+def test_resume_is_bitwise_identical(go, data, tmp_path, script):
+    straight = go(script, "--data", data / "blobs.npz", "--epochs", 4, "--out", "full.npz")
+    first = go(script, "--data", data / "blobs.npz", "--epochs", 2, "--out", "part.npz")
+    rest = go(script, "--data", data / "blobs.npz", "--epochs", 4, "--resume", "part.npz",
               "--out", "part.npz")
     assert straight.returncode == first.returncode == rest.returncode == 0, rest.stderr
     assert losses(first.stdout) + losses(rest.stdout) == losses(straight.stdout)
@@ -281,7 +286,8 @@ def test_help_documents_the_options(go):
 
 # -- the generated file ------------------------------------------------------------------------
 def test_script_is_ruff_clean_stable_and_imports_only_numpy(scripts):
-    for name in ("clf.py", "reg.py", "ae.py"):
+    assert "_ones[:, -1] = 1" in (scripts / "wide.py").read_text()  # a folded bias
+    for name in ("clf.py", "reg.py", "ae.py", "wide.py"):
         src = (scripts / name).read_text()
         tree = ast.parse(src)
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)

@@ -268,16 +268,22 @@ def _folds(em: Emitter, steps: list[str], pairs, planned) -> dict[str, Fold]:
         uses = j.consumers(product)
         if len(uses) != 1 or j.consumers(b) != [(uses[0][0], j.args(uses[0][0]).index(b))]:
             continue  # the bare product or the bias is read elsewhere (a derivative, say)
-        node = uses[0][0]
-        dz = j.args(dW)[1] if len(j.args(dW)) == 2 else None
-        if via.get(db) != (b, node) or j.args(db) != [dz] \
-                or [j.args(a) for a in j.args(dW)[:1]] != [[h]]:
-            continue  # db is not the row sum of the same dz, or dW not h.T @ dz
-        if h not in inside or not planned(h) or node not in inside \
-                or not registry.get(j.nx.nodes[node]["op"]).elementwise:
-            continue  # h must be written by ufunc calls, which can write beside the ones
+        node, grad_args = uses[0][0], j.args(dW)
+        # dW = h.T @ dz, the transpose made by the product's own VJP; db the row sum of
+        # the same dz (the VJP of a bias broadcast over the rows)
+        if len(grad_args) != 2 or j.args(grad_args[0]) != [h] \
+                or j.nx.nodes[grad_args[0]].get("vjp_of") != product \
+                or via.get(db) != (b, node) or j.args(db) != grad_args[1:]:
+            continue
+        if h not in inside or j.role(h) != "op" or node not in inside \
+                or not registry.get(j.nx.nodes[h]["op"]).elementwise or not planned(h):
+            continue  # h must be written by ufunc calls: they can write beside the ones
+        if any(n in out for n in (node, product, dW, db)):
+            continue  # one bias per node (an RNN cell adds two): the first is folded
         expr = _without_bias(j, node, product, b)
-        if expr is not None and planned(node):
+        op = registry.get(j.nx.nodes[node]["op"])
+        if expr is not None and op.elementwise and planned(node) \
+                and _lower_node(em, node, op, expr) is not None:
             fold = Fold(node, product, h, W, b, dW, db, expr)
             for n in (node, product, dW, db):
                 out[n] = fold
@@ -386,6 +392,11 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
     for f in folds.values():  # lowered again, with the bias in the product
         lowered.pop(f.node, None)
     sources = {f.h: f for f in folds.values()}  # h -> a fold reading [h, 1]
+    # an h.T of its own (two products of h share it) that only folded products read, which
+    # read [h, 1].T instead
+    transposes = {j.args(f.dW)[0] for f in folds.values()}
+    unused = {t for t in transposes if not em.inline(t) and t not in targets
+              and all(c in folds and c == folds[c].dW for c, _ in j.consumers(t))}
     fn = Function(name, _fold_params(em, leaves, into, folds), doc)
     if pool.scaled:
         fn.params.append("scale=1.0")
@@ -414,6 +425,8 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
         f = folds.get(n)
         if n in together.values() or n in unread:
             pass  # computed with its value, above
+        elif n in unused:
+            pass  # h.T of a fold: its products read [h, 1].T
         elif n in together:
             c = together[n]
             if c not in into:
@@ -479,7 +492,7 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
                         code, reads_, dest = lines[-1]
                         if code.endswith(f"out={dest})"):
                             lines[-1] = (code[:-len(dest) - 1] + f"{out})", reads_, out)
-                        else:  # np.copyto(dest, value): computed in place after all
+                        else:  # np.copyto(dest, value): straight into n's own buffer
                             lines, wanted = planned(n)
             lines = _bind_scratch(lines, wanted, pool, i)  # after n's own buffer, as used
             if any("_constant(" in code for code, _, _ in lines):

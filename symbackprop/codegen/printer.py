@@ -159,7 +159,7 @@ def _print(expr) -> str:
 
 # Every layer of a network prints the same expressions in their own symbols (tanh(x0 + x1))
 # and differs only in the names put in afterwards: print each once. The key is the
-# expression itself: SymPy's == tells apart Integer(1) and Float(1.0), a Float's precision
-# and a symbol's assumptions, so equal keys print alike (Python numbers, where 1 == 1.0,
-# are printed uncached).
+# expression itself: SymPy's == (from 1.13, which pyproject.toml asks for) tells apart
+# Integer(1) and Float(1.0), a Float's precision and a symbol's assumptions, so equal keys
+# print alike (Python numbers, where 1 == 1.0, are printed uncached).
 _printed = lru_cache(maxsize=4096)(_print)

@@ -30,6 +30,7 @@ import math
 import numbers
 import re
 import textwrap
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -444,7 +445,7 @@ class _Model:
 
 
 _STEP_LOCALS = {"params", "state", "lr", "loss", "grads", "value_and_grad", "check_finite",
-                "update", "float"}
+                "update", "float", "flat", "G", "blocks", "math"}
 
 
 def _model(g: Graph, of, wrt, optimizer, lr, hyper, dtype, optimize, extra_outputs=()) -> _Model:
@@ -464,7 +465,8 @@ def _model(g: Graph, of, wrt, optimizer, lr, hyper, dtype, optimize, extra_outpu
         grads = [adj.adjoint[w] for w in wrt]
         # consecutive in the flat buffers (TRAINED order), each with a gradient of its own:
         # a layer h @ W + b may then carry its bias inside the product
-        own = {w for w, n in zip(wrt, grads) if grads.count(n) == 1}
+        uses = Counter(grads)
+        own = {w for w, n in zip(wrt, grads) if uses[n] == 1}
         pairs = [(w, adj.adjoint[w], b, adj.adjoint[b]) for w, b in itertools.pairwise(wrt)
                  if w in own and b in own]
         fast, pool = plan_function(
@@ -482,9 +484,13 @@ def _model(g: Graph, of, wrt, optimizer, lr, hyper, dtype, optimize, extra_outpu
         if pool.folds:
             w, b, block, _ = pool.folds[0]
             head += (f" {block} = [{nm(w)}; {nm(b)}] is {nm(w)} with {nm(b)} as one more row "
-                     "(the bias rides in the product): views of the flat buffers.")
+                     "(the bias rides in the product)"
+                     + (", and so for the other blocks" if len(pool.folds) > 1 else "")
+                     + ": views of the flat buffers.")
+        opening = '    """'  # the first line starts after the docstring's quotes
         fast.doc = fast.doc.replace("{head}", textwrap.fill(
-            safe_text(head), 88, subsequent_indent="    ", break_on_hyphens=False))
+            safe_text(head), 88, initial_indent=opening, subsequent_indent="    ",
+            break_on_hyphens=False)[len(opening):])
         if pool.scaled:
             fast.doc += ("\n\n    Every gradient comes out multiplied by scale (backprop is "
                          "linear in its seed):\n    train_step passes lr, so that SGD's update "
