@@ -488,9 +488,10 @@ def _model(g: Graph, of, wrt, optimizer, lr, hyper, dtype, optimize, extra_outpu
                      + (", and so for the other blocks" if len(pool.folds) > 1 else "")
                      + ": views of the flat buffers.")
         opening = '    """'  # the first line starts after the docstring's quotes
-        fast.doc = fast.doc.replace("{head}", textwrap.fill(
-            safe_text(head), 88, initial_indent=opening, subsequent_indent="    ",
-            break_on_hyphens=False)[len(opening):])
+        head = re.sub(r"\[[^\[\]]*\]", lambda m: m.group().replace(" ", "\0"), safe_text(head))
+        fast.doc = fast.doc.replace("{head}", textwrap.fill(  # never inside [dW2; db2]
+            head, 88, initial_indent=opening, subsequent_indent="    ",
+            break_on_hyphens=False)[len(opening):].replace("\0", " "))
         if pool.scaled:
             fast.doc += ("\n\n    Every gradient comes out multiplied by scale (backprop is "
                          "linear in its seed):\n    train_step passes lr, so that SGD's update "
