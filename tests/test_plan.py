@@ -209,18 +209,20 @@ def _bytes(a):
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 6), st.integers(0, 4),
-                          st.booleans()), max_size=12),
+                          st.booleans(), st.sampled_from([None, 3, 4])), max_size=12),
        st.lists(st.tuples(st.integers(1, 30), st.integers(0, 14)), max_size=5))
 def test_packed_arrays_never_share_bytes_while_alive(arrays, grads):
     """Any two arrays alive at one step own disjoint bytes; the gradients are consecutive
     views of one flat buffer, and an array lies over a gradient only if it is dead before
-    the gradient is written."""
-    specs = [((3, width), bool if flag else np.float64, first, first + alive)
-             for width, first, alive, flag in arrays]
+    the gradient is written. An array with a width above its 3 rows is stored transposed."""
+    specs = [((3, width), bool if flag else np.float64, first, first + alive, wide)
+             for width, first, alive, flag, wide in arrays]
     gspecs = [(f"g{i}", (n,), first) for i, (n, first) in enumerate(grads)]
     views, flat, named, _ = _packer()(specs, gspecs)
     assert [v.shape for v in views] == [s for s, *_ in specs]
-    assert all(v.dtype == d for v, (_, d, _, _) in zip(views, specs))
+    assert all(v.dtype == d for v, (_, d, *_) in zip(views, specs))
+    for v, (*_, wide) in zip(views, specs):
+        assert v.T.flags.c_contiguous if wide is not None and 3 < wide else v.flags.c_contiguous
     assert flat.size == sum(n for n, _ in grads)
     start = 0
     for (name, (n,), _), v in zip(gspecs, named.values()):
@@ -271,7 +273,7 @@ def _fast_and_plain(g, **kw):
         sb.compile(g, optimizer="sgd", lr=0.1, optimize=False, **kw)
 
 
-def _same_steps(fast, plain, n_in, n_out, batches=(8, 8, 5)):
+def _same_steps(fast, plain, n_in, n_out, batches=(8, 8, 5, 200)):
     pf, pp = fast.init_params(2), plain.init_params(2)
     sf, sp_ = fast.init_state(pf), plain.init_state(pp)
     rng = np.random.default_rng(1)
@@ -292,7 +294,7 @@ def test_bias_rides_in_the_product(activation):
     fast, plain = _fast_and_plain(sb.models.mlp([6, 128, 128, 64], activation=activation))
     src = fast.source
     step = src[src.index("def loss_and_grads_into"):src.index("def flat_views")]
-    assert "np.dot(h1_ones, W2_b2, out=matmul_2)" in step
+    assert "np.matmul(h1_ones, W2_b2, out=matmul_2)" in step
     assert "(h2_ones.T, dlogits, out=dW3_db3)" in step and "h2_ones[:, -1] = 1" in step
     assert "np.add(matmul_1, b1, out=matmul_1)" in step
     assert re.search(r"np\.(tanh|maximum)\(matmul_1\b.*, out=h1\)", step)
@@ -350,7 +352,7 @@ def test_bias_folds_leave_other_shapes_of_layer_alone():
     for graph in (bare, two):
         fast, plain = _fast_and_plain(graph)
         assert fast.source.count("_ones[:, -1] = 1") <= 1
-        _same_steps(fast, plain, 6, 64, batches=(8, 1, 5))
+        _same_steps(fast, plain, 6, 64, batches=(8, 1, 5, 200))
 
 
 @pytest.mark.parametrize("name", ["blocks", "flat", "G", "math"])
@@ -359,3 +361,37 @@ def test_an_input_named_like_a_training_step_variable_is_refused(name):
     g.rename("X", name)
     with pytest.raises(sb.CodegenError, match=f"input '{name}' has the name of a variable"):
         sb.compile(g, optimizer="sgd")
+
+
+@pytest.mark.parametrize("n", [8, 200])
+def test_layers_wider_than_the_batch_are_stored_transposed(n):
+    """A batch narrower than a 128-wide layer stores the layer's arrays transposed (their
+    products run faster so, see PACK), a wider one as they are. Either way the step's loss
+    and gradients (lr = 1: the update is the gradient) match a hand-written forward pass
+    and its central finite differences."""
+    step = sb.compile(sb.models.mlp([6, 128, 128, 3]), optimizer="sgd", lr=1.0)
+    params = step.init_params(3)
+    rng = np.random.default_rng(n)
+    X, y = rng.normal(size=(n, 6)), rng.integers(0, 3, size=n)
+
+    def loss(p):  # relu(X W1 + b1), relu(h1 W2 + b2), h2 W3 + b3, mean cross-entropy
+        h = X
+        for k in (1, 2):
+            h = np.maximum(h @ p[f"W{k}"] + p[f"b{k}"], 0)
+        z = h @ p["W3"] + p["b3"]
+        z = z - z.max(axis=1, keepdims=True)
+        return np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(n), y])
+
+    before = {k: v.copy() for k, v in params.items()}
+    assert step.train_step(params, step.init_state(params), X=X, y=y) == \
+        pytest.approx(loss(before), rel=1e-12)
+    wide = [v for v in step.module._workspace(n)[0] if v.shape[1] in (128, 129)]
+    assert len(wide) >= 4 and "h1_ones" in step.source
+    assert all(v.T.flags.c_contiguous if n < 128 else v.flags.c_contiguous for v in wide)
+    for k, p in before.items():
+        for idx in map(tuple, rng.integers(0, p.shape, size=(4, p.ndim))):
+            up, down = ({**before, k: p.copy()} for _ in range(2))
+            up[k][idx] += 1e-6
+            down[k][idx] -= 1e-6
+            fd = (loss(up) - loss(down)) / 2e-6
+            assert p[idx] - params[k][idx] == pytest.approx(fd, rel=1e-5, abs=1e-9)

@@ -59,12 +59,13 @@ _CONSTANTS = {}
 
 
 def _constant(value, like):
-    """A read-only array of like's shape and dtype filled with value, made once (NumPy's
-    maximum and minimum against it run vectorized; against a number they do not)."""
-    key = (value, like.shape, like.dtype)
+    """A read-only array of like's shape, dtype and layout filled with value, made once
+    (NumPy's maximum and minimum against it run vectorized; against a number they do not)."""
+    order = "F" if np.isfortran(like) else "C"
+    key = (value, like.shape, like.dtype, order)
     v = _CONSTANTS.get(key)
     if v is None:
-        v = _CONSTANTS[key] = np.full(like.shape, value, like.dtype)
+        v = _CONSTANTS[key] = np.full(like.shape, value, like.dtype, order)
         v.flags.writeable = False
     return v
 
@@ -370,30 +371,35 @@ def _update_flat(flat, g, state, lr, beta1=BETA1, beta2=BETA2, eps=EPS):
 def _pack(arrays, grads, blocks=(), align=64):
     """Views of one arena for the arrays of a step. grads: (name, shape, first step
     written) of the gradients, laid out first and consecutive: one flat buffer, so an
-    update is one NumPy call. arrays: (shape, dtype, first step, last step) of the other
-    buffers. Two buffers share bytes only if no step uses both; an array may lie over a
-    gradient written after its last step. blocks: pairs (w, b) of consecutive gradients
-    of shapes (K, M) and (M,), viewed together as one (K + 1, M) array [w; b]. Returns
-    (array views, flat gradient buffer, gradient views by name, blocks by pair)."""
+    update is one NumPy call. arrays: (shape, dtype, first step, last step, width) of the
+    other buffers; an (N, M) array with a width is stored transposed, as an (M, N) array
+    seen through .T, when N < width. Two buffers share bytes only if no step uses both;
+    an array may lie over a gradient written after its last step. blocks: pairs (w, b) of
+    consecutive gradients of shapes (K, M) and (M,), viewed together as one (K + 1, M)
+    array [w; b]. Returns (array views, flat gradient buffer, gradient views by name,
+    blocks by pair)."""
     itemsize = np.dtype(DTYPE).itemsize
-    size = [int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype, _, _ in arrays]
+    size = [int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype, *_ in arrays]
     count = [int(np.prod(shape)) for _, shape, _ in grads]
-    end = max([last for *_, last in arrays] + [first for *_, first in grads], default=0) + 1
+    end = max([a[3] for a in arrays] + [first for *_, first in grads], default=0) + 1
     placed, at = [], 0  # (start byte, end byte, first step, last step)
     for n, (_, _, first) in zip(count, grads):
         placed.append((at, at + n * itemsize, first, end))
         at += n * itemsize
     offset = [0] * len(arrays)
     for i in sorted(range(len(arrays)), key=lambda i: -size[i]):
-        _, _, first, last = arrays[i]
+        _, _, first, last, _ = arrays[i]
         for lo, hi, _, _ in sorted(p for p in placed if p[2] <= last and first <= p[3]):
             if offset[i] + size[i] <= lo:
                 break
             offset[i] = max(offset[i], -(-hi // align) * align)
         placed.append((offset[i], offset[i] + size[i], first, last))
     arena = np.empty(max([hi for _, hi, _, _ in placed], default=0), np.uint8)
-    views = [arena[o:o + n].view(dtype).reshape(shape)
-             for o, n, (shape, dtype, _, _) in zip(offset, size, arrays)]
+    views = []
+    for o, n, (shape, dtype, _, _, width) in zip(offset, size, arrays):
+        view = arena[o:o + n].view(dtype)
+        transposed = width is not None and shape[0] < width
+        views.append(view.reshape(shape[::-1]).T if transposed else view.reshape(shape))
     flat = arena[:at].view(DTYPE)
     named, starts, start = {}, {}, 0
     for n, (name, shape, _) in zip(count, grads):
@@ -415,12 +421,12 @@ def _workspace(N):
     ws = _WORKSPACES.get((N,))
     if ws is None:
         ws = _WORKSPACES[(N,)] = _pack(
-            [  # shape, dtype, first and last step alive
-                ((N, 32), DTYPE, 0, 10),  # _ws[0]
-                ((N, 10), DTYPE, 2, 6),  # _ws[1]
-                ((N, 10), DTYPE, 4, 9),  # _ws[2]
-                ((N, 32), DTYPE, 9, 12),  # _ws[3]
-                ((N, 32), bool, 10, 10),  # _ws[4]
+            [  # shape, dtype, first and last step alive, width (transposed below it)
+                ((N, 32), DTYPE, 0, 10, None),  # _ws[0]
+                ((N, 10), DTYPE, 2, 6, None),  # _ws[1]
+                ((N, 10), DTYPE, 4, 9, None),  # _ws[2]
+                ((N, 32), DTYPE, 9, 12, None),  # _ws[3]
+                ((N, 32), bool, 10, 10, None),  # _ws[4]
             ],
             [  # the gradients, in order: name, shape, first step writing it
                 ('W1', (64, 32), 12),

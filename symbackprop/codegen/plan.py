@@ -42,8 +42,10 @@ _UNARY = {sp.exp: "np.exp", sp.log: "np.log", sp.tanh: "np.tanh", sp.sin: "np.si
 
 @dataclass
 class Pool:
-    """The buffers of a planned function: ``[shape, kind, first step, last step]`` each;
-    ``kind`` is "f" (DTYPE) or "b" (bool). A buffer is never handed out twice here:
+    """The buffers of a planned function: ``[shape, kind, first step, last step, width]``
+    each; ``kind`` is "f" (DTYPE) or "b" (bool); ``width`` is ``None``, or the width of a
+    buffer only ufunc calls and ``np.matmul`` write, stored transposed for a batch
+    narrower than it (see :data:`PACK`). A buffer is never handed out twice here:
     buffers share memory when the workspace is packed, by their steps."""
 
     buffers: list = field(default_factory=list)
@@ -54,9 +56,9 @@ class Pool:
     # (W, b, code of [W; b], code of [dW; db]) of every fold: the caller passes the blocks
     folds: list = field(default_factory=list)
 
-    def take(self, shape: tuple, kind: str = "f", step: int = 0) -> int:
+    def take(self, shape: tuple, kind: str = "f", step: int = 0, width=None) -> int:
         """A new buffer, alive at ``step``."""
-        self.buffers.append([tuple(shape), kind, step, step])
+        self.buffers.append([tuple(shape), kind, step, step, width])
         return len(self.buffers) - 1
 
     def keep(self, i: int, step: int) -> None:
@@ -404,14 +406,16 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
         _, block, grads = f.names(em)
         pool.folds.append((f.W, f.b, block, grads))
 
-    def buffer_for(n, i):  # a fresh buffer for n's value, named after it
+    def buffer_for(n, i, any_layout):  # a fresh buffer for n's value, named after it
+        # any_layout: only calls that write into any memory layout write n (see _width)
         d = j.nx.nodes[n]
+        width = _width(d["shape"]) if any_layout else None
         if n in sources:  # with a column of ones beside it
             rows, cols = d["shape"]
-            owner[n] = pool.take((rows, cols + 1), "f", i)
+            owner[n] = pool.take((rows, cols + 1), "f", i, width)
             ones[owner[n]] = sources[n].names(em)[0]
         else:
-            owner[n] = pool.take(d["shape"], "f", i)
+            owner[n] = pool.take(d["shape"], "f", i, width)
         binds.setdefault(owner[n], []).append(em.namer(n))
 
     def product(f, a, b, shapes, out):  # a @ b, written by the op of the fold's product
@@ -430,7 +434,7 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
         elif n in together:
             c = together[n]
             if c not in into:
-                buffer_for(c, i)
+                buffer_for(c, i, False)
             else:
                 pool.writes.setdefault(into[c], i)
             args = j.args(c)
@@ -451,7 +455,7 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
                         f"{h} @ {w} + {b}")
         elif f is not None and n == f.product:
             hb, block, _ = f.names(em)
-            buffer_for(n, i)
+            buffer_for(n, i, op.out_any_layout)
             call = product(f, hb, block, [_ones_shape(j, f.h), _ones_shape(j, f.W)], em.code(n))
             h, w, b = (em.namer(x) for x in (f.h, f.W, f.b))
             body.append(f"{call}  # {em.namer(n)} = {h} @ {w} + {b}, as [{h}, 1] @ [{w}; {b}]")
@@ -482,8 +486,8 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
                 if chosen is not None and n not in sources:
                     owner[n] = owner.pop(chosen)
                     binds.setdefault(owner[n], []).append(em.namer(n))
-                else:
-                    buffer_for(n, i)
+                else:  # ufunc calls, or the op's own call (fold: ufuncs)
+                    buffer_for(n, i, op.numpy_out is None or f is not None or op.out_any_layout)
                     if chosen is not None and len(lines) > 1:
                         # an h of a fold: the calls run in the contiguous buffer of the
                         # argument, the last writes beside the column of ones
@@ -568,9 +572,16 @@ _SCRATCH = re.compile("\0(\\d+)\0")
 _SLOT = re.compile("\1(\\w*)\1")
 
 
+def _width(shape: tuple):
+    """The width of a buffer of this shape that only ufunc calls and np.matmul (any
+    memory layout) write: the workspace stores it transposed for a batch narrower than it
+    (see :data:`PACK`); ``None`` for a shape that is always stored as it is."""
+    return shape[1] if registry.transposable(shape) else None
+
+
 def _bind_scratch(lines: list, wanted: tuple, pool: Pool, step: int) -> list:
     """``lines`` with a buffer of ``pool`` taken, in order, for each scratch placeholder."""
-    taken = [str(pool.take(shape, kind, step)) for shape, kind in wanted]
+    taken = [str(pool.take(shape, kind, step, _width(shape))) for shape, kind in wanted]
     return [(_SCRATCH.sub(lambda m: taken[int(m.group(1))], code), reads, dest)
             for code, reads, dest in lines]
 
@@ -641,17 +652,19 @@ def _with_grad(em: Emitter, steps: list[str]) -> dict:
 # NumPy's maximum and minimum run vectorized loops against an array but not against a
 # number: np.maximum(z, 0) measured 2-3x slower than np.maximum(z, zeros) (1024 x 256
 # float32: 140 us against 52; 128 x 256 float64: 14 against 10), so relu compares with a
-# read-only array of zeros made once per shape.
+# read-only array of zeros made once per shape and layout (against a C-ordered array, a
+# transposed z runs 4x slower: one strided loop per row).
 CONSTANT = '''_CONSTANTS = {}
 
 
 def _constant(value, like):
-    """A read-only array of like's shape and dtype filled with value, made once (NumPy's
-    maximum and minimum against it run vectorized; against a number they do not)."""
-    key = (value, like.shape, like.dtype)
+    """A read-only array of like's shape, dtype and layout filled with value, made once
+    (NumPy's maximum and minimum against it run vectorized; against a number they do not)."""
+    order = "F" if np.isfortran(like) else "C"
+    key = (value, like.shape, like.dtype, order)
     v = _CONSTANTS.get(key)
     if v is None:
-        v = _CONSTANTS[key] = np.full(like.shape, value, like.dtype)
+        v = _CONSTANTS[key] = np.full(like.shape, value, like.dtype, order)
         v.flags.writeable = False
     return v
 '''
@@ -661,33 +674,48 @@ def _constant(value, like):
 # made (the sizes are known only then). Greedy by size, as static memory planners do
 # (TensorFlow Lite's arena planner, XLA's heap simulator): largest first, each at the
 # lowest offset where it overlaps no buffer alive at one of its steps.
+# The layout is decided there too. OpenBLAS computes a row-major product C = A @ B as the
+# column-major C.T = B.T @ A.T, so for a layer's (N, M) result N is its n dimension; a
+# result stored transposed, as an (M, N) array seen through .T, makes M the n dimension.
+# Measured on 2-core AMD EPYC (OpenBLAS 0.3.31, Haswell kernels) for M = 128, 256 and
+# K = 128 to 784: the products ran 10-30% faster (float32 and float64) with the longer of
+# N and M as n, and up to 2x slower with the shorter; equal sizes tied. So a buffer with
+# a width (a layer at least 128 wide, written only by ufunc calls and np.matmul) is
+# stored transposed when the batch is narrower than the layer, and as it is otherwise.
+# Every buffer of a layer has the layer's width, so its ufunc calls see one layout: one
+# contiguous loop each, and the column of ones of a fold becomes a contiguous row.
 PACK = '''def _pack(arrays, grads, blocks=(), align=64):
     """Views of one arena for the arrays of a step. grads: (name, shape, first step
     written) of the gradients, laid out first and consecutive: one flat buffer, so an
-    update is one NumPy call. arrays: (shape, dtype, first step, last step) of the other
-    buffers. Two buffers share bytes only if no step uses both; an array may lie over a
-    gradient written after its last step. blocks: pairs (w, b) of consecutive gradients
-    of shapes (K, M) and (M,), viewed together as one (K + 1, M) array [w; b]. Returns
-    (array views, flat gradient buffer, gradient views by name, blocks by pair)."""
+    update is one NumPy call. arrays: (shape, dtype, first step, last step, width) of the
+    other buffers; an (N, M) array with a width is stored transposed, as an (M, N) array
+    seen through .T, when N < width. Two buffers share bytes only if no step uses both;
+    an array may lie over a gradient written after its last step. blocks: pairs (w, b) of
+    consecutive gradients of shapes (K, M) and (M,), viewed together as one (K + 1, M)
+    array [w; b]. Returns (array views, flat gradient buffer, gradient views by name,
+    blocks by pair)."""
     itemsize = np.dtype(DTYPE).itemsize
-    size = [int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype, _, _ in arrays]
+    size = [int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype, *_ in arrays]
     count = [int(np.prod(shape)) for _, shape, _ in grads]
-    end = max([last for *_, last in arrays] + [first for *_, first in grads], default=0) + 1
+    end = max([a[3] for a in arrays] + [first for *_, first in grads], default=0) + 1
     placed, at = [], 0  # (start byte, end byte, first step, last step)
     for n, (_, _, first) in zip(count, grads):
         placed.append((at, at + n * itemsize, first, end))
         at += n * itemsize
     offset = [0] * len(arrays)
     for i in sorted(range(len(arrays)), key=lambda i: -size[i]):
-        _, _, first, last = arrays[i]
+        _, _, first, last, _ = arrays[i]
         for lo, hi, _, _ in sorted(p for p in placed if p[2] <= last and first <= p[3]):
             if offset[i] + size[i] <= lo:
                 break
             offset[i] = max(offset[i], -(-hi // align) * align)
         placed.append((offset[i], offset[i] + size[i], first, last))
     arena = np.empty(max([hi for _, hi, _, _ in placed], default=0), np.uint8)
-    views = [arena[o:o + n].view(dtype).reshape(shape)
-             for o, n, (shape, dtype, _, _) in zip(offset, size, arrays)]
+    views = []
+    for o, n, (shape, dtype, _, _, width) in zip(offset, size, arrays):
+        view = arena[o:o + n].view(dtype)
+        transposed = width is not None and shape[0] < width
+        views.append(view.reshape(shape[::-1]).T if transposed else view.reshape(shape))
     flat = arena[:at].view(DTYPE)
     named, starts, start = {}, {}, 0
     for n, (name, shape, _) in zip(count, grads):
@@ -708,9 +736,10 @@ def workspace_source(em: Emitter, pool: Pool, grads=()) -> str:
     sizes = pool.sizes
     key = ", ".join(sizes) + ("," if len(sizes) == 1 else "")
     rows = []
-    for i, (shape, kind, first, last) in enumerate(pool.buffers):
+    for i, (shape, kind, first, last, width) in enumerate(pool.buffers):
         dt = "DTYPE" if kind == "f" else "bool"
-        rows.append(f"                ({fmt_shape(shape)}, {dt}, {first}, {last}),  # _ws[{i}]")
+        rows.append(f"                ({fmt_shape(shape)}, {dt}, {first}, {last}, {width}),"
+                    f"  # _ws[{i}]")
     grad_rows = [f"                ({name!r}, {fmt_shape(shape)}, "
                  f"{pool.writes.get(code, pool.end)}),"
                  for name, shape, code in grads]
@@ -728,7 +757,7 @@ def workspace_source(em: Emitter, pool: Pool, grads=()) -> str:
         f"    ws = _WORKSPACES.get(({key}))",
         "    if ws is None:",
         f"        ws = _WORKSPACES[({key})] = _pack(",
-        "            [  # shape, dtype, first and last step alive",
+        "            [  # shape, dtype, first and last step alive, width (transposed below it)",
         *rows,
         "            ],",
         "            [  # the gradients, in order: name, shape, first step writing it",

@@ -12,7 +12,7 @@ import math
 import sympy as sp
 
 from .elementwise import count, unbroadcast
-from .registry import OpDef, ShapeMismatch, register
+from .registry import OpDef, ShapeMismatch, register, transposable
 
 
 def _same(a, b) -> bool:
@@ -64,15 +64,16 @@ def _matmul_shape(shapes, attrs, names):
 def _product(shapes) -> str:
     """The NumPy call for a product into a planned buffer. np.dot is the same product for
     2-D arrays with less call overhead than np.matmul (0.3-0.7 us of 1.5-8 us on small
-    layers; it needs a C-contiguous out of the result's dtype, which planned buffers and
-    the flat gradient views are), but OpenBLAS runs np.matmul's call of a large product
-    faster: 10-25% with a transposed first operand (a weight gradient h.T @ dz, 256x256
-    and 784x256 results), about 4% for 1024x784 @ 784x256 (float32 and float64). So
-    np.matmul where the sizes known at generation (all but the batch) multiply to 2**15
-    or more."""
+    layers), but it needs a C-contiguous out of the result's dtype, and OpenBLAS runs
+    np.matmul's call of a large product faster: 10-25% with a transposed first operand (a
+    weight gradient h.T @ dz, 256x256 and 784x256 results), about 4% for 1024x784 @
+    784x256 (float32 and float64). So np.matmul where the sizes known at generation (all
+    but the batch) multiply to 2**15 or more, and where the planner may store the result
+    transposed (see transposable), which np.dot cannot write into."""
     (rows, inner), (_, cols) = shapes
     known = [d for d in (rows, inner, cols) if isinstance(d, int)]
-    return "np.matmul" if len(known) >= 2 and math.prod(known) >= 2**15 else "np.dot"
+    large = len(known) >= 2 and math.prod(known) >= 2**15
+    return "np.matmul" if large or transposable((rows, cols)) else "np.dot"
 
 
 register(OpDef(
@@ -82,7 +83,7 @@ register(OpDef(
         _apply(g, "matmul", [g, _apply(g, "transpose", [args[1]])]),
         _apply(g, "matmul", [_apply(g, "transpose", [args[0]]), g])],
     notation="{0} @ {1}", display=lambda args, attrs: sp.MatMul(*args), bias_fold=True,
-    doc="matrix product a @ b of 2-D arrays"))
+    out_any_layout=True, doc="matrix product a @ b of 2-D arrays"))
 
 
 # -- transpose ----------------------------------------------------------------------
