@@ -59,3 +59,25 @@ def test_float32_inputs_given_as_float64_are_cast():
     loss, grads = fn.value_and_grad(**random_inputs(g, {"N": 4}))
     assert np.asarray(loss).dtype == np.float32
     assert grads["W1"].dtype == np.float32
+
+
+@pytest.mark.parametrize("sizes", [[6, 5, 3], [6, 200, 3]])  # np.dot and np.matmul products
+def test_float32_train_step_casts_a_float64_batch_or_a_list(sizes):
+    """The planned train_step takes the data as value_and_grad does: a float64 batch (or
+    nested lists) for a float32 step is cast once, and the step is the one for the float32
+    batch, whichever NumPy call its products use."""
+    g = sb.models.mlp(sizes)
+    fn = sb.compile(g, optimizer="sgd", lr=0.1, dtype="float32")
+    assert "loss_and_grads_into" in fn.source
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(7, 6)), rng.integers(0, 3, size=7)
+    results = []
+    for batch in (X.astype(np.float32), X, X.tolist()):
+        params = fn.init_params(0)
+        loss = fn.train_step(params, fn.init_state(params), X=batch, y=list(y))
+        results.append((loss, params))
+    for loss, params in results[1:]:
+        assert loss == results[0][0]
+        for k, v in params.items():
+            assert v.dtype == np.float32
+            np.testing.assert_array_equal(v, results[0][1][k])

@@ -190,7 +190,8 @@ def loss_and_grads_into(X, W1, b1, W2, b2, y, dW1, db1, dW2, db2):
 
     The same computation as value_and_grad, with every intermediate array in a buffer of
     _workspace() (one arena per batch size, made once) and NumPy calls writing into it
-    (out=). The gradient arrays must be C-contiguous, of DTYPE."""
+    (out=). Every array passed must be of DTYPE (train_step converts the data), the gradient
+    arrays C-contiguous."""
     N = X.shape[0]
     _ws = _workspace(N)[0]
     matmul_1 = h1 = _ws[0]
@@ -443,6 +444,8 @@ def train_step(params, state, X, y, lr=LR):
     (loss_and_grads_into), then one Adam update (update). params and state
     change in place. Returns the loss. Raises FloatingPointError, before changing
     anything, when the loss or a gradient is nan or inf."""
+    X = np.asarray(X, dtype=DTYPE)
+    y = np.asarray(y)
     flat = _flat(params, state)
     N = X.shape[0]
     _, G, grads, _ = _workspace(N)  # the gradients: views of G, in the workspace

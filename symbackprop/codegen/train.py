@@ -473,7 +473,8 @@ def _model(g: Graph, of, wrt, optimizer, lr, hyper, dtype, optimize, extra_outpu
             em, "loss_and_grads_into", [of, *grads], grads,
             "{head}\n\n    The same computation as value_and_grad, with every intermediate array in a "
             "buffer of\n    _workspace() (one arena per batch size, made once) and NumPy calls "
-            "writing into it\n    (out=). The gradient arrays must be C-contiguous, of DTYPE.",
+            "writing into it\n    (out=). Every array passed must be of DTYPE (train_step converts the "
+            "data), the gradient\n    arrays C-contiguous.",
             of=of, scalable=opt.scaled_update != "", pairs=pairs)
         into = {em.namer(n) for n in grads} | {gb for *_, gb in pool.folds}
         nm = em.namer
@@ -611,6 +612,11 @@ def _train_step_block(m: _Model) -> str:
         fixed[block], fixed[grad_block] = f"flat[{w!r}, {b!r}]", f"blocks[{w!r}, {b!r}]"
     args = m.args(m.fast, fixed=fixed)
     ws = f"_workspace({', '.join(m.pool.sizes)})"
+    # the data as arrays of DTYPE, as value_and_grad takes them (a float64 batch for a
+    # float32 step, or a list): loss_and_grads_into's products need that, np.dot above all
+    for n in m.inputs:
+        cast = ", dtype=DTYPE" if em.j.nx.nodes[n]["dtype"] == "float" else ""
+        lines.append(f"    {em.namer(n)} = np.asarray({em.namer(n)}{cast})")
     lines += ["    flat = _flat(params, state)"]
     lines += ["    " + ln for ln in em.bind_sizes("train_step", m.inputs, [ws])]
     blocks = "blocks" if m.pool.folds else "_"
