@@ -395,3 +395,24 @@ def test_layers_wider_than_the_batch_are_stored_transposed(n):
             down[k][idx] -= 1e-6
             fd = (loss(up) - loss(down)) / 2e-6
             assert p[idx] - params[k][idx] == pytest.approx(fd, rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse"])
+def test_a_loss_reads_logits_stored_transposed(loss):
+    """200 classes at batch 8: the logits are stored transposed too, and the loss (which
+    flattens them to pick the labels' logits) still matches the plain step."""
+    g = sb.models.mlp([6, 128, 200], loss=loss)
+    fast, plain = _fast_and_plain(g)
+    assert "(N, 200), DTYPE" in fast.source and ", 200),  # _ws" in fast.source
+    if loss == "mse":
+        pf, pp = fast.init_params(2), plain.init_params(2)
+        sf, sp_ = fast.init_state(pf), plain.init_state(pp)
+        rng = np.random.default_rng(1)
+        for n in (8, 300):
+            X, y = rng.normal(size=(n, 6)), rng.normal(size=(n, 200))
+            assert fast.train_step(pf, sf, X=X, y=y) == pytest.approx(
+                plain.train_step(pp, sp_, X=X, y=y), rel=1e-12)
+        for k in pp:
+            np.testing.assert_allclose(pf[k], pp[k], rtol=1e-10, atol=1e-14)
+    else:
+        _same_steps(fast, plain, 6, 200, batches=(8, 5, 300))
