@@ -26,7 +26,7 @@ from ..ops import registry
 from ..ops.elementwise import broadcast_shapes
 from ..optimize import optimize as run_passes
 from ..optimize import resolve as resolve_passes
-from .printer import expr_code, spaced
+from .printer import MATH_ONLY, expr_code, math_helper, spaced
 
 DTYPES = ("float64", "float32")
 RESERVED = {"np", "DTYPE"} | set(dir(builtins))
@@ -185,6 +185,10 @@ class Emitter:
         free = e.free_symbols  # a walk of the expression: once
         # no argument left (constants only, or x * 0): a NumPy scalar of DTYPE, not a Python number
         code = expr_code(e, names) if free & set(names) else f"DTYPE({expr_code(e)})"
+        for f in e.atoms(sp.Function):  # erf and the like: no ufunc, a helper maps math's
+            name = MATH_ONLY.get(type(f).__name__)
+            if name:
+                self.helpers.setdefault(f"_{name}", math_helper(name))
         kept = [self.j.nx.nodes[a]["shape"] for s, a in zip(syms, args) if s in free]
         if broadcast_shapes(kept) != tuple(d["shape"]):  # x * 0 for x of shape (3,)
             return f"np.broadcast_to({code}, {fmt_shape(d['shape'])})"

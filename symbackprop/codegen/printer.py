@@ -43,6 +43,20 @@ class Printer(NumPyPrinter):
         fqn = super()._module_format(fqn, register)
         return "np." + fqn[len("numpy."):] if fqn.startswith("numpy.") else fqn
 
+    def _print(self, expr, **kwargs):
+        # A constant such as sqrt(2) or exp(-1/2) as a Python float: np.sqrt(2) would be a
+        # float64 scalar, to which NumPy 2 promotes a float32 array (a Python float it does
+        # not). Numbers themselves and pi (np.pi, a Python float) print as they are.
+        if isinstance(expr, sp.Expr) and not expr.is_Atom and expr.is_number \
+                and expr.is_real:
+            return repr(float(expr))
+        return super()._print(expr, **kwargs)
+
+    def _print_math_only(self, e):
+        """A function NumPy has no ufunc for (erf, erfc, gamma, lgamma): SymPy would print
+        math's, which takes one number; the helper _<name> maps it over an array."""
+        return f"_{MATH_ONLY[type(e).__name__]}({', '.join(self._print(a) for a in e.args)})"
+
     def _print_Heaviside(self, e):
         x = self._print(e.args[0])
         at0 = e.args[1] if len(e.args) > 1 else sp.S.Half
@@ -140,6 +154,32 @@ def float_steps(e: sp.Expr) -> sp.Expr:
     if all(a is b for a, b in zip(args, e.args)):
         return e
     return e.func(*args, evaluate=False) if isinstance(e, (sp.Add, sp.Mul)) else e.func(*args)
+
+
+# Functions NumPy has no ufunc for, by SymPy name, with the name of math's function, which
+# SymPy prints and which takes one number: the generated module gets a helper _<name>
+# (math_helper) mapping it over an array, and calls that.
+MATH_ONLY = {k: v[len("math."):] for k, v in Printer({}).known_functions.items()
+             if v.startswith("math.")}
+for _name in MATH_ONLY:  # SymPy's printer binds one method per function name
+    setattr(Printer, f"_print_{_name}", Printer._print_math_only)
+
+
+def math_helper(name: str) -> str:
+    """Source of the generated helper ``_<name>``: ``math.<name>`` on every element.
+
+    Examples
+    --------
+    >>> print(math_helper("erf").splitlines()[0])
+    def _erf(x):
+    """
+    return f'''def _{name}(x):
+    """math.{name}, which NumPy has no ufunc for, on every element of x: an array of DTYPE
+    (exact, but one Python call per element)."""
+    import math
+
+    return np.vectorize(math.{name}, otypes=[DTYPE])(x)
+'''
 
 
 def expr_code(expr: sp.Expr, names: dict | None = None) -> str:
