@@ -230,10 +230,7 @@ class Emitter:
         leaves = [n for n in order if j.role(n) in ("input", "param")]
         leaves.sort(key=self.index.__getitem__)
         fn = Function(name, [self.namer(n) for n in leaves], doc)
-        for n in leaves:
-            d = j.nx.nodes[n]
-            cast = ", dtype=DTYPE" if d["dtype"] == "float" else ""
-            fn.body.append(f"{self.namer(n)} = np.asarray({self.namer(n)}{cast})")
+        fn.body += self.as_arrays(leaves)
         stmts, backward_started = [], False
         for n in order:
             if j.role(n) in ("input", "param") or self.inline(n):
@@ -248,6 +245,15 @@ class Emitter:
             stmts.append(f"{self.namer(n)} = {rhs}" + (f"  # {safe_text(c)}" if c else ""))
         fn.body += self.bind_sizes(name, leaves, stmts) + stmts
         return fn
+
+    def as_arrays(self, leaves: list[str]) -> list[str]:
+        """``X = np.asarray(X, dtype=DTYPE)`` for each leaf (float ones cast to DTYPE): what a
+        generated function does first with the arrays, lists or numbers it is given."""
+        out = []
+        for n in leaves:
+            cast = ", dtype=DTYPE" if self.j.nx.nodes[n]["dtype"] == "float" else ""
+            out.append(f"{self.namer(n)} = np.asarray({self.namer(n)}{cast})")
+        return out
 
     def bind_sizes(self, fname: str, leaves: list[str], stmts: list[str]) -> list[str]:
         """``N = X.shape[0]`` for each size name the statements use, from the first leaf

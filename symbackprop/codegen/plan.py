@@ -474,9 +474,9 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
             if n not in into:
                 # Overwrite an argument in place when this is its last read and the ufunc
                 # calls read it before they write. Not with a product (BLAS cannot write
-                # over its operand: NumPy would copy it), nor into or out of the strided
-                # buffer of an h of a fold (written beside its column of ones: ufuncs run
-                # slower there than on a contiguous array).
+                # over its operand: NumPy would copy it), nor into or out of the buffer of an
+                # h of a fold (written beside its column of ones, strided in the plain layout:
+                # ufuncs run slower there than on a contiguous array).
                 # Only an argument read directly: one read through a view (h.T) is another
                 # layout of the same memory, which the calls would overwrite under it.
                 chosen = next((a for a in dict.fromkeys(j.args(n))

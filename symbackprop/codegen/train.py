@@ -614,9 +614,7 @@ def _train_step_block(m: _Model) -> str:
     ws = f"_workspace({', '.join(m.pool.sizes)})"
     # the data as arrays of DTYPE, as value_and_grad takes them (a float64 batch for a
     # float32 step, or a list): loss_and_grads_into's products need that, np.dot above all
-    for n in m.inputs:
-        cast = ", dtype=DTYPE" if em.j.nx.nodes[n]["dtype"] == "float" else ""
-        lines.append(f"    {em.namer(n)} = np.asarray({em.namer(n)}{cast})")
+    lines += ["    " + ln for ln in em.as_arrays(m.inputs)]
     lines += ["    flat = _flat(params, state)"]
     lines += ["    " + ln for ln in em.bind_sizes("train_step", m.inputs, [ws])]
     blocks = "blocks" if m.pool.folds else "_"
