@@ -13,7 +13,7 @@ import pytest
 
 PKG = pathlib.Path(__file__).resolve().parent.parent / "symbackprop"
 LAYERS = [
-    ["errors"],
+    ["errors", "ops.stable"],
     ["expr", "ops.registry"],
     ["ops.elementwise", "ops.tensor", "ops"],
     ["graph"],

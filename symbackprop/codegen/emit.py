@@ -24,6 +24,7 @@ from ..errors import CodegenError, GraphError
 from ..graph import Graph, dim_symbol, fmt_shape
 from ..ops import registry
 from ..ops.elementwise import broadcast_shapes
+from ..ops.stable import StableFunction
 from ..optimize import optimize as run_passes
 from ..optimize import resolve as resolve_passes
 from .printer import MATH_ONLY, expr_code, math_helper, spaced
@@ -121,6 +122,16 @@ class Emitter:
                     todo.append(src)
         return code
 
+    def use_functions(self, e: sp.Expr) -> None:
+        """Add the helpers that the functions of ``e`` print as: erf and the like (no ufunc:
+        the helper maps math's) and the stable forms of ops/stable.py (``_sigmoid``)."""
+        for f in e.atoms(sp.Function):
+            if isinstance(f, StableFunction):
+                self.helpers.setdefault(f"_{type(f).__name__}", f.helper)
+            elif type(f).__name__ in MATH_ONLY:
+                name = MATH_ONLY[type(f).__name__]
+                self.helpers.setdefault(f"_{name}", math_helper(name))
+
     # -- codes ------------------------------------------------------------------
     def inline(self, n: str) -> bool:
         """Written inside its consumer: scalar constants, and views used once."""
@@ -185,10 +196,7 @@ class Emitter:
         free = e.free_symbols  # a walk of the expression: once
         # no argument left (constants only, or x * 0): a NumPy scalar of DTYPE, not a Python number
         code = expr_code(e, names) if free & set(names) else f"DTYPE({expr_code(e)})"
-        for f in e.atoms(sp.Function):  # erf and the like: no ufunc, a helper maps math's
-            name = MATH_ONLY.get(type(f).__name__)
-            if name:
-                self.helpers.setdefault(f"_{name}", math_helper(name))
+        self.use_functions(e)
         kept = [self.j.nx.nodes[a]["shape"] for s, a in zip(syms, args) if s in free]
         if broadcast_shapes(kept) != tuple(d["shape"]):  # x * 0 for x of shape (3,)
             return f"np.broadcast_to({code}, {fmt_shape(d['shape'])})"

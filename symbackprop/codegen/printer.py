@@ -17,6 +17,8 @@ from functools import lru_cache
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 
+from ..ops.stable import math_helper  # noqa: F401 -- re-exported: emit uses it
+
 _BINARY = {"+", "-", "*", "/", "@", "==", "!=", ">", "<", ">=", "<=", "%", "//"}
 
 
@@ -64,7 +66,7 @@ class Printer(NumPyPrinter):
             return f"({x} > 0)"
         if at0 == 1:
             return f"({x} >= 0)"
-        raise ValueError(f"Heaviside({e.args[0]}, {at0}): use Heaviside(x, 0) (relu'(0) = 0).")
+        return f"np.heaviside({x}, {self._print(at0)})"  # a tie shared: max(a, b) at a = b
 
     def _print_FloatStep(self, e):
         return f"np.heaviside({self._print(e.args[0])}, {self._print(e.args[1])})"
@@ -163,23 +165,6 @@ MATH_ONLY = {k: v[len("math."):] for k, v in Printer({}).known_functions.items()
              if v.startswith("math.")}
 for _name in MATH_ONLY:  # SymPy's printer binds one method per function name
     setattr(Printer, f"_print_{_name}", Printer._print_math_only)
-
-
-def math_helper(name: str) -> str:
-    """Source of the generated helper ``_<name>``: ``math.<name>`` on every element.
-
-    Examples
-    --------
-    >>> print(math_helper("erf").splitlines()[0])
-    def _erf(x):
-    """
-    return f'''def _{name}(x):
-    """math.{name}, which NumPy has no ufunc for, on every element of x: an array of DTYPE
-    (exact, but one Python call per element)."""
-    import math
-
-    return np.vectorize(math.{name}, otypes=[DTYPE])(x)
-'''
 
 
 def expr_code(expr: sp.Expr, names: dict | None = None) -> str:

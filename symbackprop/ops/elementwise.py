@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import signal
+import threading
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -69,6 +71,9 @@ def unbroadcast(g, shape):
 
 # -- derivatives ----------------------------------------------------------------
 _SAMPLES = (0.3, 0.7, 1.3, 2.1, -0.4, -1.7, -2.9)
+SOLVE_SECONDS = 1.0  # at most this long inverting y = f(x) (sympy.solve can run for minutes)
+# Why an op's derivative is not written through its output, by op name (--explain shows it).
+NOTES: dict[str, str] = {}
 
 
 def _agree(a: sp.Expr, b: sp.Expr, x: sp.Symbol, f: sp.Expr) -> bool:
@@ -88,32 +93,73 @@ def _agree(a: sp.Expr, b: sp.Expr, x: sp.Symbol, f: sp.Expr) -> bool:
     return seen >= 3
 
 
-def through_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol) -> sp.Expr:
-    """Rewrite the derivative ``d`` of ``f(x)`` through the output ``y = f(x)``
-    when that is no longer and agrees numerically; otherwise return ``d``.
+class _OutOfTime(Exception):
+    pass
+
+
+def _bounded(fn, seconds: float):
+    """``fn()``, or ``None`` when it runs past ``seconds`` (SymPy is pure Python, so a
+    timer signal interrupts it) or raises. Outside the main thread no timer can be set:
+    ``None`` at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        raise _OutOfTime
+
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return fn()
+    except _OutOfTime:
+        return None
+    except Exception:  # noqa: BLE001 -- SymPy raises many kinds on what it cannot solve
+        return None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def through_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol, name: str = "") -> sp.Expr:
+    """Rewrite the derivative ``d`` of ``f(x)`` through the output ``y = f(x)`` when that
+    is no longer and agrees numerically; otherwise return ``d``. The search is bounded:
+    inverting ``y = f(x)`` stops after :data:`SOLVE_SECONDS`, and why no output form is
+    used is kept in ``NOTES[name]``.
+
+    An output form is as exact as the stored output allows: where ``y`` rounds (tanh(20)
+    is 1.0 in float64), ``1 - y**2`` gives 0 for 1.7e-17, an error below float64's
+    resolution of the derivative's scale, as in PyTorch and JAX. Computing in ``x``
+    instead would keep every pre-activation for the backward pass (docs/formulas.md).
 
     Examples
     --------
     >>> from symbackprop.ops.elementwise import through_output, X
     >>> x = X[0]
+    >>> through_output(sp.exp(2 * x), sp.diff(sp.exp(2 * x), x), x)
+    2*y
     >>> through_output(sp.tanh(x), sp.diff(sp.tanh(x), x), x)
     1 - y**2
-    >>> through_output(1 / (1 + sp.exp(-x)), sp.diff(1 / (1 + sp.exp(-x)), x), x)
-    y*(1 - y)
     """
+    why = []
+
     def candidates():  # cheapest first: solving y = f(x) takes SymPy about a second
         yield d.subs(f, Y)
         if f.free_symbols == {x} and f.count_ops() > 0:
-            try:  # invert y = f(x); the numeric check rejects a wrong branch
-                sols = sp.solve(sp.Eq(Y, f), x)
-            except (NotImplementedError, ValueError, TypeError):
+            sols = _bounded(lambda: sp.solve(sp.Eq(Y, f), x), SOLVE_SECONDS)
+            if sols is None:
+                why.append(f"y = f(x) was not inverted within {SOLVE_SECONDS:g} s")
                 return
-            for sol in sols:
-                yield _minus_inside(sp.factor(sp.simplify(d.subs(x, sol))))
+            for sol in sols:  # the numeric check rejects a wrong branch
+                c = _bounded(lambda sol=sol: _minus_inside(sp.factor(sp.simplify(
+                    d.subs(x, sol)))), SOLVE_SECONDS)
+                if c is not None:
+                    yield c
 
     for c in candidates():
         if x not in c.free_symbols and c.count_ops() <= d.count_ops() and _agree(d, c, x, f):
             return c
+    if name:
+        NOTES[name] = "; ".join(why) or "no form through the output y found"
     return d
 
 
@@ -128,12 +174,19 @@ def _minus_inside(c: sp.Expr) -> sp.Expr:
     return c
 
 
-def _heaviside0(e: sp.Expr) -> sp.Expr:
-    """SymPy's Heaviside(x) is ½ at 0; our convention is relu'(0) = 0. The derivative
-    of a step (DiracDelta, from d/dx Heaviside or sign) is 0 wherever it is defined."""
+def _kinks(e: sp.Expr) -> sp.Expr:
+    """The conventions at non-smooth points. A step of one argument (``Heaviside(x)``,
+    from Max(x, 0), Abs or Piecewise) is 0 at its kink: relu'(0) = 0, as PyTorch and JAX.
+    A step between arguments (``Heaviside(a - b)``, from Max(a, b)) is 1/2 at a tie: each
+    side gets half the gradient, as PyTorch and JAX do for maximum and minimum. The
+    derivative of a step (DiracDelta, from d/dx Heaviside or sign) is 0 wherever it is
+    defined."""
     e = e.replace(lambda t: isinstance(t, sp.DiracDelta), lambda t: sp.S.Zero)
-    return e.replace(lambda t: isinstance(t, sp.Heaviside) and len(t.args) == 1,
-                     lambda t: sp.Heaviside(t.args[0], 0))
+
+    def convention(t):
+        tie = len(t.args[0].free_symbols & set(X)) > 1
+        return sp.Heaviside(t.args[0], sp.S.Half if tie else sp.S.Zero)
+    return e.replace(lambda t: isinstance(t, sp.Heaviside), convention)
 
 
 # -- declaring ops -----------------------------------------------------------------
@@ -197,8 +250,8 @@ def elementwise(name: str, fn: Callable, grad: Callable | None = None,
         if grad is not None:
             gs = grad(*X[:k], Y)
             return tuple(map(sp.sympify, gs if isinstance(gs, (tuple, list)) else (gs,)))
-        return tuple(through_output(expr, _heaviside0(sp.diff(expr, x)), x) if k == 1
-                     else _heaviside0(sp.diff(expr, x)) for x in X[:k])
+        return tuple(through_output(expr, _kinks(sp.diff(expr, x)), x, name) if k == 1
+                     else _kinks(sp.diff(expr, x)) for x in X[:k])
 
     def local(attrs):
         return list(derivatives())
@@ -233,7 +286,7 @@ def _ew_expr(attrs):
 
 def _ew_grads(attrs):
     syms, e = _ew_expr(attrs)
-    return [_heaviside0(sp.diff(e, x)) for x in syms]
+    return [_kinks(sp.diff(e, x)) for x in syms]
 
 
 # The generic elementwise node: any SymPy expression of its arguments x0, x1, ...
@@ -308,14 +361,12 @@ elementwise("sin", sp.sin, doc="sine")
 elementwise("cos", sp.cos, doc="cosine")
 elementwise("tanh", sp.tanh, doc="hyperbolic tangent; tanh' = 1 - y**2")
 elementwise("sigmoid", lambda a: 1 / (1 + sp.exp(-a)),
-            stable=lambda a: (1 + sp.tanh(a / 2)) / 2,  # never overflows
             doc="logistic sigmoid 1/(1+exp(-x)); sigmoid' = y*(1 - y)")
 elementwise("relu", lambda a: sp.Max(a, 0), grad=lambda a, y: sp.Heaviside(y, 0),
             doc="max(x, 0); relu'(x) = [y > 0], so relu'(0) = 0")
 elementwise("softplus", lambda a: sp.log(1 + sp.exp(a)),
             # SymPy's through-output form (exp(y) - 1)*exp(-y) overflows for large y;
-            # 1 - exp(-y) is the same number and y >= 0 keeps exp(-y) <= 1.
+            # 1 - exp(-y) is the same number (computed as -expm1(-y): ops/stable.py)
             grad=lambda a, y: 1 - sp.exp(-y),
-            numpy=lambda a: f"np.logaddexp(0, {a})",  # no overflow
             doc="log(1 + exp(x))")
 elementwise("square", lambda a: a ** 2, doc="x**2")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UnknownOpError
+from .stable import stabilize
 
 Shape = tuple  # of int or str (a symbolic size such as "N")
 
@@ -98,8 +99,11 @@ class OpDef:
 
 
     def code_expr(self, attrs: dict):
-        """Elementwise ops: ``(symbols, expression)`` to compute, the stable form if any."""
-        return (self.code or self.expr)(attrs)
+        """Elementwise ops: ``(symbols, expression)`` to compute: the op's ``code`` form if
+        it has one, else its expression, rewritten by the stability rules of
+        :mod:`symbackprop.ops.stable` (``log(1 + exp(x))`` as ``softplus(x)``)."""
+        syms, e = (self.code or self.expr)(attrs)
+        return syms, stabilize(e)
 
 
 # The planned training step stores an (N, M) intermediate with N a batch size and M at
