@@ -25,8 +25,10 @@ from ..graph import Graph, dim_symbol, fmt_shape
 from ..ops import registry
 from ..ops.elementwise import broadcast_shapes
 from ..ops.stable import StableFunction
+from ..optimize import dump
 from ..optimize import optimize as run_passes
 from ..optimize import resolve as resolve_passes
+from ..optimize.fuse import fuse_for_stability
 from .printer import MATH_ONLY, expr_code, math_helper, spaced
 
 DTYPES = ("float64", "float32")
@@ -314,14 +316,24 @@ def describe(g: Graph, shapes: bool = False) -> str:
 
 def prepare(g: Graph, of: str | None = None, wrt=None, optimize=True,
             explain: list | None = None) -> Adjoints:
-    """Differentiate ``g`` after simplifying it when ``optimize`` includes ``simplify``:
-    rewrites such as log(softmax) -> log_softmax must happen before the gradient is
-    built, or the backward would still divide by the probabilities."""
-    if "simplify" in resolve_passes(optimize):
-        sub: list | None = [] if explain is not None else None
+    """Differentiate ``g`` after simplifying it when ``optimize`` includes ``simplify``
+    (rewrites such as log(softmax) -> log_softmax must happen before the gradient is
+    built, or the backward would still divide by the probabilities) and merging the
+    elementwise chains that have a stable form when ``optimize`` includes ``fuse``
+    (:func:`~symbackprop.optimize.fuse.fuse_for_stability`)."""
+    passes = resolve_passes(optimize)
+    sub: list | None = [] if explain is not None else None
+    if "simplify" in passes:
         g = run_passes(g, ["simplify"], sub)
+    if "fuse" in passes:
+        before = dump(g) if explain is not None else None
+        g = fuse_for_stability(g)
         if explain is not None:
-            explain += [(f"{name} (forward graph)", rm, add) for name, rm, add in sub]
+            after = dump(g)
+            sub.append(("fuse for stability", [ln for ln in before if ln not in after],
+                        [ln for ln in after if ln not in before]))
+    if explain is not None:
+        explain += [(f"{name} (forward graph)", rm, add) for name, rm, add in sub]
     return differentiate(g, of, wrt)
 
 

@@ -270,6 +270,7 @@ def elementwise(name: str, fn: Callable, grad: Callable | None = None,
                    vjp=_vjp, expr=lambda attrs: (X[:k], expr), local_grads=local,
                    code=None if code is None else (lambda attrs: (X[:k], code)),
                    elementwise=True, display=display, doc=doc or f"elementwise {expr}",
+                   grad_declared=grad is not None,
                    # swapping the arguments leaves a + b and a*b unchanged, not a - b
                    commutative=k > 1 and expr == expr.xreplace(
                        {X[i]: X[(i + 1) % k] for i in range(k)})

@@ -80,6 +80,9 @@ class OpDef:
     doc: str = ""
     elementwise: bool = False
     local_grads: Callable | None = None  # elementwise: attrs -> list of sympy exprs
+    # elementwise: local_grads were declared (relu's [y > 0]), not derived by SymPy, so the
+    # op is never merged with its neighbours before differentiation (optimize/fuse.py)
+    grad_declared: bool = False
     display: Callable | None = None  # (arg sympy exprs, attrs) -> sympy expr
     code: Callable | None = None  # elementwise: like expr, a stable form to print
     numpy_out: Callable | None = None  # (codes, attrs, out, arg shapes) -> call writing into out

@@ -8,6 +8,7 @@ import sympy as sp
 from ..graph import Graph
 from ..ops import registry
 from ..ops.elementwise import X
+from ..ops.stable import stabilize
 from .fold import scalar_value
 from .rewrite import protected, set_args
 
@@ -22,13 +23,13 @@ def fusable(g: Graph, n: str) -> bool:
     return op.elementwise and op.numpy is None
 
 
-def _expand(g: Graph, n: str, into: str, keep: set) -> tuple[sp.Expr, list[str]]:
+def _expand(g: Graph, n: str, into: str, keep: set, allow=None) -> tuple[sp.Expr, list[str]]:
     """Node ``n`` as an expression over the nodes it reads, inlining it if it is an
-    elementwise node used only by ``into``, and scalar constants as numbers."""
+    elementwise node used only by ``into`` (and allowed), and scalar constants as numbers."""
     value = scalar_value(g, n)
     if value is not None:
         return value, []
-    inline = (n not in keep and fusable(g, n)
+    inline = (n not in keep and fusable(g, n) and (allow is None or allow(n))
               and {c for c, _ in g.consumers(n)} == {into})
     if not inline:
         s = sp.Dummy(n)
@@ -63,11 +64,12 @@ def fuse(g: Graph) -> Graph:
     return fuse_in_place(g.copy())
 
 
-def fuse_in_place(g: Graph) -> Graph:
-    """:func:`fuse` changing ``g`` itself (and returning it)."""
+def fuse_in_place(g: Graph, allow=None) -> Graph:
+    """:func:`fuse` changing ``g`` itself (and returning it); ``allow(node)``, if given,
+    says which nodes may take part."""
     keep = protected(g)
     for n in g.topo_order():
-        if not fusable(g, n):
+        if not fusable(g, n) or (allow is not None and not allow(n)):
             continue
         d = g.nx.nodes[n]
         syms, e = registry.get(d["op"]).code_expr(d["attrs"])
@@ -75,7 +77,7 @@ def fuse_in_place(g: Graph) -> Graph:
         syms = tuple(syms) + X[len(syms):len(args)]  # kept: they may set the shape (x * 0)
         subs, leaves = {}, []
         for s, a in zip(syms, args):
-            subs[s], found = _expand(g, a, n, keep)
+            subs[s], found = _expand(g, a, n, keep, allow)
             leaves += found
         order = list(dict.fromkeys(a for _, a in leaves))  # one symbol per distinct node
         if len(order) > len(X) or order == args:
@@ -86,8 +88,41 @@ def fuse_in_place(g: Graph) -> Graph:
             continue
         absorbed = [a for a in args if a not in order]
         d.update(op="ew", attrs={"expr": fused})
-        d["fused"] = list(d.get("fused", [])) + absorbed
+        d["fused"] = list(d.get("fused", [])) + [x for a in absorbed  # with what they took in
+                                                 for x in [a, *g.nx.nodes[a].get("fused", ())]]
         set_args(g, n, order)
         g.nx.remove_nodes_from([a for a in absorbed  # an output (dL = 1) stays
                                 if g.nx.out_degree(a) == 0 and a not in keep])
     return g
+
+
+def fuse_for_stability(g: Graph) -> Graph:
+    """Merge, before differentiation, the elementwise chains whose merged expression has a
+    stable form its parts do not (ops/stable.py): ``x / (1 + exp(-x))`` written as four
+    nodes becomes one, computed as ``x * sigmoid(x)``, and SymPy differentiates it whole,
+    so no backward line divides an overflowed ``exp(-x)`` by another. Other chains are
+    left as they are (fused after differentiation, by :func:`fuse`), and ops whose
+    derivative was declared (``relu``) never take part: merging would lose it.
+
+    Examples
+    --------
+    >>> g = sb.parse("L = x / (1 + exp(-x))")
+    >>> f = fuse_for_stability(g)
+    >>> f.args("L"), f.nx.nodes["L"]["attrs"]["expr"]
+    (['x'], x0/(1 + exp(-x0)))
+    >>> len(fuse_for_stability(sb.models.mlp([4, 3, 2], activation="tanh"))) == len(
+    ...     sb.models.mlp([4, 3, 2], activation="tanh"))
+    True
+    """
+    def derived(n):
+        return not registry.get(g.nx.nodes[n]["op"]).grad_declared
+
+    trial = fuse_in_place(g.copy(), derived)
+    chosen = set()
+    for n in trial.nx:
+        d = trial.nx.nodes[n]
+        if d.get("fused") and stabilize(d["attrs"]["expr"]) != d["attrs"]["expr"]:
+            chosen |= {n, *d["fused"]}
+    if not chosen:
+        return g
+    return fuse_in_place(g.copy(), chosen.__contains__)
