@@ -22,6 +22,7 @@ from .errors import (
     CycleError,
     GradError,
     GraphError,
+    NumericalWarning,
     ParseError,
     ShapeError,
     SymbackpropError,
@@ -39,7 +40,7 @@ globals().update({name: ops.builder(name) for name in _OP_NAMES})
 
 __all__ = [
     "Adjoints", "ArityError", "CodegenError", "Compiled", "CycleError", "Derivation",
-    "GradError", "Gradients", "Graph", "GraphError", "Node", "ParseError", "ShapeError",
+    "GradError", "Gradients", "Graph", "GraphError", "Node", "NumericalWarning", "ParseError", "ShapeError",
     "SymbackpropError", "UnknownOpError", "check_grad", "compile", "derive", "differentiate",
     "elementwise", "from_networkx", "grad", "load", "models", "numpy_source", "ops",
     "optimize", "parse", "render", "save", "testing", "to_dot", "to_networkx", "train_step",

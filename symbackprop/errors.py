@@ -53,3 +53,7 @@ class GraphvizError(SymbackpropError, RuntimeError):
 
 class GraphvizNotFoundError(GraphvizError):
     """Graphviz's ``dot`` program is not installed; the ``.dot`` file is written anyway."""
+
+
+class NumericalWarning(UserWarning):
+    """Generated code gives NaN or infinity where the mathematics has a finite value."""

@@ -30,6 +30,7 @@ from ..optimize import optimize as run_passes
 from ..optimize import resolve as resolve_passes
 from ..optimize.fuse import fuse_for_stability
 from .printer import MATH_ONLY, expr_code, math_helper, spaced
+from .stability import warn_unstable
 
 DTYPES = ("float64", "float32")
 RESERVED = {"np", "DTYPE"} | set(dir(builtins))
@@ -320,7 +321,9 @@ def prepare(g: Graph, of: str | None = None, wrt=None, optimize=True,
     (rewrites such as log(softmax) -> log_softmax must happen before the gradient is
     built, or the backward would still divide by the probabilities) and merging the
     elementwise chains that have a stable form when ``optimize`` includes ``fuse``
-    (:func:`~symbackprop.optimize.fuse.fuse_for_stability`)."""
+    (:func:`~symbackprop.optimize.fuse.fuse_for_stability`). An op whose code still gives
+    NaN or infinity where the mathematics does not gets a warning
+    (:func:`~symbackprop.codegen.stability.warn_unstable`)."""
     passes = resolve_passes(optimize)
     sub: list | None = [] if explain is not None else None
     if "simplify" in passes:
@@ -334,6 +337,7 @@ def prepare(g: Graph, of: str | None = None, wrt=None, optimize=True,
                         [ln for ln in after if ln not in before]))
     if explain is not None:
         explain += [(f"{name} (forward graph)", rm, add) for name, rm, add in sub]
+    warn_unstable(g)
     return differentiate(g, of, wrt)
 
 

@@ -20,6 +20,7 @@ pattern                    rewritten to                  why
 ``c - c*tanh(u)**2``       ``c*sech2(u)``                cancels where tanh(u) ~ ±1
 ``c ± c*erf(u)``           ``c*erfc(∓u)``                cancels where erf(u) ~ ∓1
 ``c*exp(u) - c``           ``c*expm1(u)``                cancels where u ~ 0
+``expm1(u) * exp(-u)``     ``-expm1(-u)``                exp(-u) underflows: inf * 0
 ``log(1 + u)``             ``log1p(u)``                  loses u where u ~ 0
 ========================== ============================= =================================
 
@@ -264,6 +265,20 @@ def expm1_rule(e):
     return None
 
 
+def expm1_exp_rule(e):
+    """expm1(u) * exp(-u) -> -expm1(-u) (SymPy's softplus' through its output,
+    (exp(y) - 1)*exp(-y), is inf * 0 for y past exp's range)."""
+    if e.is_Mul:
+        for f in e.args:
+            if isinstance(f, expm1):
+                u = f.args[0]
+                for h in e.args:
+                    if isinstance(h, sp.exp) and h.args[0] == -u:
+                        rest = [x for x in e.args if x is not f and x is not h]
+                        return sp.Mul(-expm1(-u), *rest)
+    return None
+
+
 def log1p_rule(e):
     """log(1 + u) -> log1p(u)."""
     if isinstance(e, sp.log) and e.args[0].is_Add:
@@ -275,7 +290,7 @@ def log1p_rule(e):
 
 # In order: the first rule that applies to a node rewrites it (softplus before log1p).
 RULES = [softplus_rule, sigmoid_rule, exp_sigmoid_rule, complement_rule, sech2_rule,
-         expm1_rule, log1p_rule]
+         expm1_rule, expm1_exp_rule, log1p_rule]
 
 
 @lru_cache(maxsize=4096)
