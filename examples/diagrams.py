@@ -54,7 +54,7 @@ def diagrams() -> dict:
     _, grads = sb.compile(deep).value_and_grad(**arrays)
     out["vanishing_sigmoid"] = sb.render(
         deep, collapse=True, grads=grads,
-        title="sigmoid network at initialization: max |∂L/∂W| shrinks ~10× per layer")
+        title="sigmoid network at initialization: max |∂L/∂W| shrinks ~4× per layer")
     return out
 
 

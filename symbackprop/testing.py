@@ -13,6 +13,7 @@ import numpy as np
 
 from .autodiff import check_of_wrt
 from .codegen.emit import compile_graph
+from .codegen.train import initial_params, plan_init
 from .errors import GradError
 from .graph import Graph, fmt_shape
 
@@ -35,32 +36,60 @@ def _classes(g: Graph, n: str) -> int:
     return 2
 
 
+def _fixed_params(g: Graph, sizes: dict) -> Graph:
+    """``g`` itself, or a copy whose parameters have their size names replaced by numbers."""
+    fixed = {p: resolve_shape(g.nx.nodes[p]["shape"], sizes) for p in g.nodes("param")}
+    if all(tuple(g.nx.nodes[p]["shape"]) == s for p, s in fixed.items()):
+        return g
+    g = g.copy()
+    for p, s in fixed.items():
+        g.nx.nodes[p]["shape"] = s
+    return g
+
+
 def random_inputs(g: Graph, sizes: dict | None = None, seed: int = 0) -> dict:
     """Random arrays for every input and parameter of ``g``.
 
-    Float inputs are uniform in [0.2, 1.2] (inside the domain of log and
-    sqrt), parameters uniform in [-1, 1] scaled by 1/sqrt(fan-in) for 2-D
-    ones, integer inputs are class labels in range.
+    Weights are initialised as the generated training code's ``init_params(seed)``
+    initialises them, with the same values (:func:`~symbackprop.codegen.train.initial_params`):
+    He normal where the layer feeds a rectifier such as relu, Xavier/Glorot uniform
+    otherwise (:func:`~symbackprop.codegen.train.plan_init`), so a deep network starts
+    here as it starts in training. The other parameters (biases, scalars), which
+    ``init_params`` sets to zero, are uniform in [-1, 1]: a gradient checked at zero
+    would miss what a zero hides (a product with the bias, relu's kink at 0). Float
+    inputs are uniform in [0.2, 1.2] (inside the domain of log and sqrt), integer
+    inputs are class labels in range.
 
     Examples
     --------
-    >>> arrays = sb.testing.random_inputs(sb.models.mlp([4, 3, 2]), {"N": 5})
+    >>> g = sb.models.mlp([4, 3, 2])
+    >>> arrays = sb.testing.random_inputs(g, {"N": 5}, seed=1)
     >>> arrays["X"].shape, arrays["y"].dtype.kind, arrays["W1"].shape
     ((5, 4), 'i', (4, 3))
+    >>> bool((arrays["W1"] == sb.compile(g, optimizer="sgd").init_params(1)["W1"]).all())
+    True
     """
     rng = np.random.default_rng(seed)
     sizes = {"N": 4, **(sizes or {})}
     out = {}
-    for n in g.nodes("input") + g.nodes("param"):
+    for n in g.nodes("input"):
         d = g.nx.nodes[n]
         shape = resolve_shape(d["shape"], sizes)
         if d["dtype"] == "int":
             out[n] = rng.integers(0, _classes(g, n), size=shape)
-        elif d["op"] == "param":
-            scale = 1 / np.sqrt(shape[0]) if len(shape) == 2 else 1.0
-            out[n] = rng.uniform(-1, 1, size=shape) * scale
         else:
             out[n] = rng.uniform(0.2, 1.2, size=shape)
+    fixed = _fixed_params(g, sizes)
+    weights = {i.name for i in plan_init(fixed) if i.kind != "zeros"}
+    init = initial_params(fixed, seed) if weights else {}
+    for n in g.nodes("param"):
+        d = fixed.nx.nodes[n]
+        if d["dtype"] == "int":
+            out[n] = rng.integers(0, _classes(g, n), size=d["shape"])
+        elif n in weights:
+            out[n] = np.array(init[n])  # its own array, not a view of init_params' buffer
+        else:
+            out[n] = rng.uniform(-1, 1, size=d["shape"])
     return out
 
 

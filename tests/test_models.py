@@ -61,15 +61,18 @@ def test_residual_mlp_skips_every_block():
     assert shapes(g, "param") == {
         "W1": (6, 4), "b1": (4,), "W2": (4, 4), "b2": (4,), "W3": (4, 4), "b3": (4,),
         "W4": (4, 4), "b4": (4,), "W5": (4, 2), "b5": (2,)}
-    for k in (2, 3, 4):
-        assert g.args(f"h{k}") == [f"h{k - 1}", f"a{k}"]  # h = h + act(h @ W + b)
-        assert g.nx.nodes[f"a{k}"]["op"] == "relu" and g.args(f"a{k}") == [f"z{k}"]
+    for k in (2, 3, 4):  # h = h + s * (act(h) @ W + b), a pre-activation block
+        assert g.args(f"h{k}") == [f"h{k - 1}", f"r{k}"]
+        s, z = g.args(f"r{k}")
+        assert z == f"z{k}" and g.nx.nodes[s]["value"] == pytest.approx(3 ** -0.5)  # 1/sqrt(3)
+        assert g.nx.nodes[f"a{k}"]["op"] == "relu" and g.args(f"a{k}") == [f"h{k - 1}"]
+        assert g.args(g.args(f"z{k}")[0]) == [f"a{k}", f"W{k}"] and g.args(f"z{k}")[1] == f"b{k}"
     assert g.outputs == ["logits", "L"] and g["logits"].shape == ("N", 2)
     assert len(sb.models.residual_mlp(6, 4, 0, 2).nodes("param")) == 4
 
 
 def test_residual_identity_path_carries_the_gradient():
-    # With every block's weights at zero, each block adds act(b) = 0 (relu, b = 0): the
+    # With every block's weights at zero, each block adds s * (act(h) @ 0 + 0) = 0: the
     # gradient reaching h1 is the one leaving the last block, untouched by depth.
     g = sb.models.residual_mlp(3, 4, 5, 2)
     at = {n: np.zeros(g.nx.nodes[n]["shape"]) for n in g.nodes("param")}

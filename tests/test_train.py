@@ -186,7 +186,8 @@ def test_init_he_for_relu_xavier_otherwise():
     tanh = {i.name: i.kind for i in plan_init(sb.models.mlp([4, 3, 2], activation="tanh"))}
     assert tanh["W1"] == "xavier"
     res = {i.name: i.kind for i in plan_init(sb.models.residual_mlp(4, 8, 2, 3))}
-    assert [res[f"W{k}"] for k in range(1, 5)] == ["he", "he", "he", "xavier"]
+    # a block's layer, act(h) @ Wk + bk, is scaled and added to the skip path: no activation
+    assert [res[f"W{k}"] for k in range(1, 5)] == ["he", "xavier", "xavier", "xavier"]
 
     step = sb.compile(sb.models.mlp([400, 300, 10]), optimizer="sgd")
     p = step.init_params(0)

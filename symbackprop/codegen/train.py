@@ -46,6 +46,7 @@ from .emit import (
     Function,
     describe,
     emit_model,
+    load_source,
     prepare,
     render_function,
     safe_text,
@@ -394,6 +395,63 @@ def _init_text(plan: list[_Init]) -> str:
     if zeros:
         parts.append(f"{', '.join(zeros)} zero")
     return "; ".join(parts)
+
+
+
+@lru_cache(maxsize=64)  # random_inputs asks again for every test example of a network
+def _init_module(source: str):
+    return load_source(source, "symbackprop_init_params")
+
+
+def initial_params(g: Graph, rng=0, dtype: str = "float64") -> dict:
+    """The parameters that ``init_params(rng)`` of ``g``'s generated training code returns.
+
+    Drawn by that same code: the ``init_params`` function (with its ``he_normal``,
+    ``xavier_uniform`` and ``flat_views`` helpers) that :func:`train_step` and
+    :func:`~symbackprop.codegen.script.training_script` write for ``g`` is loaded and
+    called, so the rule (:func:`plan_init`) and the draws exist once, and a seed gives
+    the same arrays here, in ``sb.compile(g, optimizer=...).init_params(seed)`` and in
+    a training script run with ``--seed``.
+
+    Parameters
+    ----------
+    g : Graph
+        The network; every parameter needs a fixed size in every axis.
+    rng : int or numpy.random.Generator
+        The seed (or the generator to draw from).
+    dtype : {"float64", "float32"}
+
+    Returns
+    -------
+    dict
+        Parameter name -> array (views of one flat buffer, as ``init_params`` returns
+        them), in the order of ``g.nodes("param")``: He normal weights where the layer
+        feeds a rectifier, Xavier/Glorot uniform for the other weights, zero biases.
+
+    Raises
+    ------
+    CodegenError
+        For a parameter with a size name (such as ``N``) in its shape.
+
+    Examples
+    --------
+    >>> from symbackprop.codegen.train import initial_params
+    >>> g = sb.models.mlp([4, 3, 2])
+    >>> p = initial_params(g, 0)
+    >>> q = sb.compile(g, optimizer="sgd").init_params(0)
+    >>> all(np.array_equal(p[k], q[k]) for k in q), p["b1"].tolist()
+    (True, [0.0, 0.0, 0.0])
+    """
+    if dtype not in ("float64", "float32"):
+        raise ValueError(f"dtype {dtype!r}: expected 'float64' or 'float32'.")
+    for p in g.nodes("param"):
+        shape = g.nx.nodes[p]["shape"]
+        if not all(isinstance(d, int) for d in shape):
+            raise CodegenError(f"parameter {p!r} has shape {fmt_shape(shape)}; initialising it "
+                               "needs a fixed size in every axis.")
+    source = "\n\n".join(["import numpy as np", f"DTYPE = np.{dtype}", _FLAT_VIEWS,
+                           *_init_blocks(plan_init(g))])
+    return _init_module(source).init_params(rng)
 
 
 # -- the training step -------------------------------------------------------------------
@@ -822,5 +880,5 @@ def compile_train_step(g: Graph, of: str | None = None, wrt=None, dtype: str = "
     return fn
 
 
-__all__ = ["OPTIMIZERS", "CompiledTrainStep", "Optimizer", "compile_train_step", "plan_init",
-           "resolve_optimizer", "train_step"]
+__all__ = ["OPTIMIZERS", "CompiledTrainStep", "Optimizer", "compile_train_step", "initial_params",
+           "plan_init", "resolve_optimizer", "train_step"]
