@@ -253,6 +253,7 @@ def explain(j: Graph, n: str, values: dict, dtype: str = "float64") -> str:
     bad = [(v, c) for v, c in exact_values if special(v) is not None]
     if not bad:  # the math is finite: the floating-point type is not wide enough
         v = max((vv for vv, _ in exact_values), key=lambda t: abs(sp.N(t, 20)))
+        fits = abs(sp.N(v, 20)) <= np.finfo(dtype).max  # then the product with g did not
         return (f"{why(fd['op'], labels, None)}: its {what}, {str(sp.N(v, 3)).lower()}, "
-                f"overflows {dtype}{where}")
+                f"{'times the incoming gradient ' if fits else ''}overflows {dtype}{where}")
     return why(fd["op"], labels, bad[0][1]) + where
