@@ -146,14 +146,28 @@ def cmd_derive(a) -> int:
     d = derive(_graph(a), a.of, _names(a.wrt), at=parse_at(a.at) or None)
     out = {"text": d.text, "latex": d.latex, "markdown": d.markdown}[a.format]()
     _write(out if out.endswith("\n") else out + "\n", a.output)
+    _warn(d.warnings)
     return 0
+
+
+def _warn(warnings: list) -> None:
+    """A derivation's values at the edge of a domain (∞, undefined), one line each."""
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
 
 
 def cmd_render(a) -> int:
     from .render import render, write_diagram
 
-    diagram = render(_graph(a), a.kind, of=a.of, wrt=_names(a.wrt), at=parse_at(a.at),
+    obj, warnings = _graph(a), []
+    if a.kind == "derivation":  # derived here, so that its warnings can be printed
+        from .derivation import derive
+
+        obj = derive(obj, a.of, _names(a.wrt), at=parse_at(a.at))
+        warnings = obj.warnings
+    diagram = render(obj, a.kind, of=a.of, wrt=_names(a.wrt), at=parse_at(a.at),
                      collapse=a.collapse or None, group=a.group or None, title=a.title)
+    _warn(warnings)
     if a.output in (None, "-"):
         sys.stdout.write(diagram.source)
         return 0

@@ -18,7 +18,20 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from .autodiff import check_of_wrt
-from .display import _Display, _indicators, _simple, exact, fmt, fmt_latex, latex, put, text
+from .display import (
+    UNDEFINED,
+    _Display,
+    _indicators,
+    _simple,
+    exact,
+    fmt,
+    fmt_latex,
+    latex,
+    put,
+    special,
+    text,
+)
+from .edges import culprit, explain, origin, real_value, why
 from .errors import GradError
 from .formulas import Gradients, grad
 from .graph import Graph, dim_symbol
@@ -97,6 +110,11 @@ class Derivation:
         One per node on the gradient path, in backward-sweep order.
     gradients : Gradients
         The formulas the steps show.
+    warnings : list of str
+        One line per value or gradient that is not a finite real number at the
+        point, naming the node where it starts and why: ``"L is −∞ at x = 0
+        (node 'L': log's argument is 0)"``. Such values are shown as ∞, −∞, ±∞
+        (infinite without a sign, as 1/0) or "undefined" (0/0, √−1).
     """
 
     graph: Graph
@@ -108,6 +126,7 @@ class Derivation:
     steps: list
     gradients: Gradients = field(repr=False, default=None)
     scalar: bool = field(repr=False, default=True)
+    warnings: list = field(default_factory=list)
 
     # -- the numbers ------------------------------------------------------------------
     def finite_difference(self, h: float = 0.01, wrt: str | None = None,
@@ -210,12 +229,18 @@ class _NotExact(Exception):
     """An op on the way has no SymPy form to evaluate (use NumPy instead)."""
 
 
-def point_values(g: Graph, at: dict, scalar: bool) -> dict:
+def point_values(g: Graph, at: dict, scalar: bool, edges: dict | None = None) -> dict:
     """Every node's value at the point: exact SymPy numbers for scalar graphs where
-    every op has a SymPy form, else NumPy arrays (0-d ones made SymPy floats)."""
+    every op has a SymPy form, else NumPy arrays (0-d ones made SymPy floats).
+
+    Exact values that are not finite real numbers are made real where real analysis
+    has a value (:func:`~symbackprop.edges.real_value`: log(0) is ``-oo``, √−1 is
+    ``nan``). ``edges``, if given, receives ``node -> blamed argument index (or
+    None)`` for each node whose exact value is not finite while its arguments are.
+    """
     if scalar:
         try:
-            return _exact_values(g, at)
+            return _exact_values(g, at, {} if edges is None else edges)
         except _NotExact:
             pass
     vals = _numeric_values(g, at)
@@ -224,7 +249,7 @@ def point_values(g: Graph, at: dict, scalar: bool) -> dict:
     return vals
 
 
-def _exact_values(g: Graph, at: dict) -> dict:
+def _exact_values(g: Graph, at: dict, edges: dict) -> dict:
     """SymPy values: exact for rationals, others kept to 30 digits so that finite
     differences stay accurate."""
     vals = {}
@@ -242,7 +267,9 @@ def _exact_values(g: Graph, at: dict) -> dict:
                 v = None
             elif opdef.expr is not None:
                 syms, e = opdef.expr(d["attrs"])
-                v = e.xreplace(dict(zip(syms, args)))
+                v, cause = real_value(e, syms, args)
+                if special(v) is not None and not any(map(special, args)):
+                    edges[n] = cause
             elif opdef.display is not None:
                 v = opdef.display(args, d["attrs"])
             else:
@@ -252,13 +279,22 @@ def _exact_values(g: Graph, at: dict) -> dict:
                 if not v.is_number:
                     raise _NotExact(n)
                 v = v if v.is_Rational else sp.N(v, 30)
+                v = sp.nan if special(v) == UNDEFINED else v  # √−1 is not a real number
         vals[n] = v
     return vals
 
 
 def _numeric_values(j: Graph, at: dict) -> dict:
     """Values of every node of the joint graph with NumPy (tensor derivations),
-    evaluating each op's own NumPy form."""
+    evaluating each op's own NumPy form. NaN and infinities pass silently: the
+    derivation's warnings say where they start."""
+    import numpy as np
+
+    with np.errstate(all="ignore"):
+        return _numeric_sweep(j, at)
+
+
+def _numeric_sweep(j: Graph, at: dict) -> dict:
     import numpy as np
 
     G = j.nx
@@ -298,8 +334,10 @@ def _numeric_op(opdef, args, attrs, sizes):
         codes = [f"_a{i}" for i in range(len(args))]
         ns.update(zip(codes, args))
         return np.asarray(eval(opdef.numpy(codes, attrs), ns))
-    syms, e = opdef.code_expr(attrs)
-    return np.asarray(sp.lambdify(syms, e, "numpy")(*args), dtype=float)
+    _, e = opdef.code_expr(attrs)
+    out = sp.lambdify(X[:len(args)], e, "numpy")(*args)  # all arguments, used or not
+    return np.array(np.broadcast_to(out, np.broadcast_shapes(*map(np.shape, args))),
+                      dtype=float)
 
 
 def derive(g: Graph, of: str | None = None, wrt=None, at: dict | None = None) -> Derivation:
@@ -354,6 +392,17 @@ def derive(g: Graph, of: str | None = None, wrt=None, at: dict | None = None) ->
     Finite-difference check (forward pass only):
       forward, h = 0.01: x = 1.01 gives c = 25.2004; (25.2004 − 25)/0.01 = 20.04
       central, h = 1e-06: (c(x + h) − c(x − h))/(2h) ≈ 20.000000
+
+    At the edge of a domain, values are shown as ∞, −∞, ±∞ or "undefined", and
+    ``.warnings`` says where they start:
+
+    >>> d = sb.derive(sb.parse("L = log(x)"), at={"x": 0})
+    >>> d.values["L"], d.grads["x"]
+    (-oo, oo)
+    >>> for line in d.warnings:
+    ...     print(line)
+    L is −∞ at x = 0 (node 'L': log's argument is 0)
+    dL/dx is ∞ at x = 0 (node 'L': log's argument is 0)
     """
     of, wrt = check_of_wrt(g, of, wrt)
     grads = grad(g, of, wrt)
@@ -361,12 +410,12 @@ def derive(g: Graph, of: str | None = None, wrt=None, at: dict | None = None) ->
     G = adj.graph.nx
     scalar = all(G.nodes[n]["shape"] == () for n in g.ancestors([of]))
     at = dict(at or {})
-    values, jvals, gvals = {}, {}, {}
+    values, jvals, gvals, edges, local_edges = {}, {}, {}, {}, {}
     if at:
         _check_point(g, at, of)
         if scalar:
             at = {k: exact(v, f"at[{k!r}]") for k, v in at.items()}
-        jvals = point_values(adj.graph, at, scalar)
+        jvals = point_values(adj.graph, at, scalar, edges)
         values = {n: jvals[n] for n in g.ancestors([of])}
     steps = []
     for n in grads.nodes:
@@ -375,7 +424,9 @@ def derive(g: Graph, of: str | None = None, wrt=None, at: dict | None = None) ->
             cop = registry.get(G.nodes[c]["op"])
             up = gvals.get(c)
             if scalar and cop.local_grads is not None:
-                local, lval = _local(d, cop, c, i, values)
+                local, lval, blame = _local(d, cop, c, i, values)
+                if blame is not False:
+                    local_edges.setdefault(n, (c, blame))
                 prod = None if lval is None or up is None else up * lval
                 terms.append(Term(c, i, local, lval, up, prod))
             else:
@@ -390,13 +441,19 @@ def derive(g: Graph, of: str | None = None, wrt=None, at: dict | None = None) ->
             gv = jvals[adj.adjoint[n]]
         gvals[n] = gv
         steps.append(Step(n, d.label(n), terms, grads[n], values.get(n), gv))
-    return Derivation(graph=g, of=of, wrt=wrt, at=at, values=values,
-                      grads=gvals if values else {}, steps=steps, gradients=grads,
-                      scalar=scalar)
+    der = Derivation(graph=g, of=of, wrt=wrt, at=at, values=values,
+                     grads=gvals if values else {}, steps=steps, gradients=grads,
+                     scalar=scalar)
+    if values:
+        der.warnings = (_exact_warnings(der, edges, local_edges) if scalar
+                        else _numeric_warnings(der, adj, jvals))
+    return der
 
 
 def _local(d: _Display, cop, c: str, i: int, values: dict):
-    """∂c/∂(argument i) of a scalar elementwise consumer: shown and at the point."""
+    """∂c/∂(argument i) of a scalar elementwise consumer: shown, at the point, and,
+    where the value is not finite though the arguments are, the argument index to
+    blame (or None); ``False`` otherwise."""
     G = d.G
     attrs = G.nodes[c]["attrs"]
     args = d.j.args(c)
@@ -405,9 +462,71 @@ def _local(d: _Display, cop, c: str, i: int, values: dict):
     numbers = {k: v for k, v in shows.items() if isinstance(v, sp.Number)}
     shown = _indicators(put(raw.xreplace(numbers), shows))
     if not values:
-        return shown, None
+        return shown, None, False
     v = raw.xreplace({**{x: values[a] for x, a in zip(X, args)}, Y: values[c]}).doit()
-    return shown, (v if v.is_Rational else sp.N(v, 30))
+    blame = False
+    if special(v) is not None:  # through the op's output y = f(x), so limits see f too
+        syms, e = cop.expr(attrs)
+        point = [values[a] for a in args]
+        v, blame = real_value(sp.sympify(raw).xreplace({Y: e}), syms, point, e)
+        blame = False if any(map(special, point)) else blame
+    return shown, (v if v.is_Rational else sp.N(v, 30)), blame
+
+
+# -- warnings at a domain's edge -------------------------------------------------------------
+def _point_text(der: Derivation) -> str:
+    d = der.gradients._d
+    return ", ".join(f"{text(d.expr(k))} = {fmt(v)}" for k, v in der.at.items()) \
+        if der.scalar else "the point"
+
+
+def _reason(der: Derivation, n: str, blame) -> str:
+    """``log's argument is 0``: why op node ``n`` is not finite, from its arguments."""
+    d, G = der.gradients._d, der.graph.nx
+    args = [(None if G.nodes[a]["op"] == "const" else d.label(a), fmt(der.values[a]))
+            for a in der.graph.args(n)]
+    return why(G.nodes[n]["op"], args, blame)
+
+
+def _exact_warnings(der: Derivation, edges: dict, local_edges: dict) -> list[str]:
+    """Where exact values and gradients stop being finite real numbers, and why."""
+    d, g, of = der.gradients._d, der.graph, der.of
+    at, out = _point_text(der), []
+    starts = [n for n in g.topo_order() if n in edges and n in der.values]
+    for n in starts:
+        out.append(f"{d.label(n)} is {special(der.values[n])} at {at} "
+                   f"(node {n!r}: {_reason(der, n, edges[n])})")
+    for w in der.wrt:
+        kind = special(der.grads.get(w))
+        if kind is None:
+            continue
+        # the first local derivative on the way back to w that is not finite, else the
+        # first value that is not finite on the way from w
+        found = [(c, b) for st in der.steps for n, (c, b) in local_edges.items()
+                 if n == st.node and (n == w or w in g.ancestors([n]))]
+        found += [(n, edges[n]) for n in starts if w in g.ancestors([n])]
+        where = f" (node {found[0][0]!r}: {_reason(der, *found[0])})" if found else ""
+        out.append(f"{_dd(d, of, w, False)} is {kind} at {at}{where}")
+    return out
+
+
+def _numeric_warnings(der: Derivation, adj, jvals: dict) -> list[str]:
+    """The same for a tensor derivation, from its NumPy values."""
+    d, j, of, out = der.gradients._d, adj.graph, der.of, []
+    forward = {n: v for n, v in jvals.items() if n in der.values}
+    n = origin(j, forward)
+    if n is not None:
+        out.append(f"{d.label(n)} is not finite ({special(jvals[n])}) at the point "
+                   f"(node {n!r}: {explain(j, n, jvals)})")
+    for w in der.wrt:
+        a = adj.adjoint.get(w)
+        if a is None or special(jvals.get(a)) is None:
+            continue
+        n = origin(j, jvals, a)
+        where = f" (node {culprit(j, n)!r}: {explain(j, n, jvals)})" if n is not None else ""
+        out.append(f"{_dd(d, of, w, False)} is not finite ({special(jvals[a])}) at the "
+                   f"point{where}")
+    return out
 
 
 # -- derivation text ---------------------------------------------------------------------
@@ -424,7 +543,7 @@ def _dd(d: _Display, top: str, n: str, tex: bool) -> str:
 
 def _num(v, tex: bool, factor: bool = False) -> str:
     s = fmt_latex(v) if tex else fmt(v)
-    if factor and s.startswith(("−", "-")):
+    if factor and s.startswith(("−", "-", "±", r"\pm")):
         s = f"({s})"
     return s
 
@@ -559,8 +678,12 @@ def _fd_lines(der: Derivation, tex: bool) -> list[tuple[str, str]]:
         x1 = _num(der.at[w] + exact(0.01), tex)
         fp, f0 = _num(fwd.f_plus, tex), _num(fwd.f_minus, tex, factor=True)
         slope = _num(fwd.slope, tex)
-        c = float(sp.N(cen.slope, 30))
-        cval = (f"{c:.6f}" if abs(c) >= 1 else f"{c:.6g}").replace("-", "−" if not tex else "-")
+        if special(cen.slope) is not None:
+            cval = _num(cen.slope, tex)
+        else:
+            c = float(sp.N(cen.slope, 30))
+            cval = f"{c:.6f}" if abs(c) >= 1 else f"{c:.6g}"
+            cval = cval.replace("-", "−" if not tex else "-")
         if tex:
             rhs = rf"\frac{{{fp} - {f0}}}{{0.01}} = {slope} \quad (h = 0.01,\ {W} + h = {x1})"
             lines.append((rf"\frac{{{F}({W} + h) - {F}({W})}}{{h}}", rhs))
@@ -601,9 +724,8 @@ def _markdown(der: Derivation) -> str:
         out.append("")
         for w in der.wrt:
             chain = _chain(der, w)
-            rhs = " · ".join(fmt(v) if i == 0 or not fmt(v).startswith("−") else f"({fmt(v)})"
-                             for i, v in enumerate(chain)) + " = " if chain and len(chain) > 1 \
-                else ""
+            rhs = " · ".join(_num(v, False, factor=i > 0) for i, v in enumerate(chain)) + " = " \
+                if chain and len(chain) > 1 else ""
             out.append(f"So {_md(_dd(d, of, w, False))} = {rhs}{fmt(der.grads[w])}.  ")
         if der.scalar:
             out.append("\n**Finite-difference check** (forward pass only):\n")

@@ -335,6 +335,19 @@ class TextPrinter(StrPrinter):
     def _print_OneMatrix(self, expr):
         return "𝟙"
 
+    # values at a domain's edge, as special() names them
+    def _print_Infinity(self, expr):
+        return "∞"
+
+    def _print_NegativeInfinity(self, expr):
+        return "-∞"
+
+    def _print_ComplexInfinity(self, expr):
+        return "±∞"
+
+    def _print_NaN(self, expr):
+        return "undefined"
+
     def _print_ZeroMatrix(self, expr):
         return "0"
 
@@ -382,6 +395,12 @@ class TeXPrinter(LatexPrinter):
         cs = self._print(c)
         return f"{cs} {body}" if c.is_Atom else rf"\left({cs}\right) {body}"
 
+    def _print_ComplexInfinity(self, expr):
+        return r"\pm\infty"
+
+    def _print_NaN(self, expr):
+        return r"\text{undefined}"
+
     def _print_Function(self, expr, exp=None):
         name = expr.func.__name__
         if "_" not in name or not isinstance(expr.func, sp.core.function.UndefinedFunction):
@@ -401,6 +420,64 @@ def _simple(label: str) -> bool:
 
 
 # -- numbers -----------------------------------------------------------------------------
+INFINITE, MINUS_INFINITE, NO_SIGN, UNDEFINED = "∞", "−∞", "±∞", "undefined"
+_ASCII = {INFINITE: "inf", MINUS_INFINITE: "-inf", NO_SIGN: "+-inf", UNDEFINED: "undefined"}
+_TEX = {INFINITE: r"\infty", MINUS_INFINITE: r"-\infty", NO_SIGN: r"\pm\infty",
+        UNDEFINED: r"\text{undefined}"}
+
+
+def special(v) -> str | None:
+    """What a value that is not a finite real number is shown as, or ``None`` for a
+    finite real number (an array: ``None`` when every entry is finite).
+
+    ``"∞"`` and ``"−∞"``; ``"±∞"`` for an infinity without a sign (SymPy's ``zoo``,
+    the value of 1/0, whose limits from the two sides differ); ``"undefined"`` for
+    NaN, a complex number (√−1 is not real) or a bounded range with no limit.
+
+    Examples
+    --------
+    >>> import sympy
+    >>> from symbackprop.display import special
+    >>> special(sympy.oo), special(sympy.zoo), special(sympy.sqrt(-1)), special(2.5)
+    ('∞', '±∞', 'undefined', None)
+    >>> special(float("-inf")), special(np.array([1.0, np.nan]))
+    ('−∞', 'undefined')
+    """
+    import numpy as np
+
+    if isinstance(v, sp.Basic):
+        if isinstance(v, sp.AccumBounds) or v is sp.nan:
+            return UNDEFINED
+        if not v.is_number:
+            return None
+        if v is sp.zoo:
+            return NO_SIGN
+        if v.is_extended_real is None:  # SymPy cannot tell without evaluating
+            v = sp.N(v, 20)
+            if v is sp.nan or v.is_extended_real is None:
+                return UNDEFINED
+        if v.is_extended_real is False:
+            return UNDEFINED
+        if v.is_finite is False:
+            return INFINITE if v.is_extended_positive else MINUS_INFINITE
+        return None
+    if isinstance(v, complex):
+        if v.imag != 0:
+            return UNDEFINED
+        v = v.real
+    try:
+        a = np.asarray(v, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    finite = np.isfinite(a)
+    if finite.all():
+        return None
+    if np.isnan(a).any():
+        return UNDEFINED
+    infs = a[~finite]
+    return INFINITE if (infs > 0).all() else MINUS_INFINITE if (infs < 0).all() else NO_SIGN
+
+
 def exact(v, where: str = "value"):
     """A number as an exact SymPy number where possible: ``1.01`` -> ``101/100``."""
     import numpy as np
@@ -413,6 +490,9 @@ def exact(v, where: str = "value"):
         return sp.Integer(int(v))
     if isinstance(v, (float, np.floating)):
         v = float(v)
+        if not np.isfinite(v):
+            raise GradError(f"{where}: {v!r} is not a finite number; give a finite value "
+                            "(a derivation shows where values become infinite).")
         return sp.Integer(int(v)) if v.is_integer() else sp.Rational(repr(v))
     try:
         return sp.Rational(str(v))
@@ -449,7 +529,14 @@ def fmt(v, unicode: bool = True) -> str:
         s = "?"
     elif isinstance(v, np.ndarray) and v.ndim > 0:
         shape = "×".join(map(str, v.shape)) if v.ndim > 1 else f"length {v.shape[0]}"
-        s = f"[{shape}, ‖·‖ = {np.linalg.norm(v):.4g}]"
+        big = np.max(np.abs(v)) if v.size else 0.0
+        with np.errstate(all="ignore"):  # scaled, so finite entries never overflow the norm
+            norm = big * np.linalg.norm(v / big) if np.isfinite(big) and big > 0 \
+                else np.linalg.norm(v)
+        s = f"[{shape}, ‖·‖ = {special(norm) or format(norm, '.4g')}]"
+    elif special(v) is not None:  # ∞, −∞, ±∞ or undefined, never a traceback
+        s = special(v)
+        return s if unicode else _ASCII[s]
     elif isinstance(v, sp.Basic) and v.is_Rational:
         s = str(v) if v.is_Integer else (_decimal(v) or str(v))
     elif isinstance(v, sp.Basic) and v.is_number:
@@ -462,10 +549,13 @@ def fmt(v, unicode: bool = True) -> str:
 def fmt_latex(v) -> str:
     if isinstance(v, sp.Basic) and v.is_Rational and not v.is_Integer and _decimal(v) is None:
         return sp.latex(v)
+    if special(v) is not None and not (hasattr(v, "ndim") and v.ndim > 0):
+        return _TEX[special(v)]
     s = fmt(v, unicode=False)
     if not s.startswith("["):
         return s
     shape, norm = s[1:-1].split(", ‖·‖ = ")
+    norm = _TEX.get(norm.replace("-", "−"), norm)
     shape = shape.replace("×", r" \times ").replace("length ", r"\text{length }")
     return rf"\left[{shape},\ \lVert\cdot\rVert = {norm}\right]"
 

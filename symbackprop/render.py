@@ -48,6 +48,7 @@ from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.str import StrPrinter
 
 from .autodiff import Adjoints, differentiate
+from .display import special
 from .errors import GraphError, GraphvizError, GraphvizNotFoundError
 from .graph import Graph, fmt_shape, role_of
 from .ops import registry
@@ -74,9 +75,13 @@ def fmt_number(v, digits: int = 6) -> str:
     >>> from symbackprop.render import fmt_number
     >>> fmt_number(-24.0), fmt_number(25.2004), fmt_number(0.9 ** 50), fmt_number(3e-9)
     ('−24', '25.2004', '0.00515378', '3e−9')
+    >>> fmt_number(sp.log(0)), fmt_number(-sp.oo), fmt_number(sp.sqrt(-1))
+    ('±∞', '−∞', 'undefined')
     """
     if isinstance(v, sp.Basic) and not v.is_number:
         return formula(v)
+    if isinstance(v, sp.Basic) and special(v) is not None:  # SymPy's zoo, nan, I
+        return special(v)
     a = np.asarray(v, dtype=float) if not isinstance(v, sp.Basic) else np.asarray(float(v))
     if a.size != 1:
         if a.size <= 4:
@@ -308,6 +313,9 @@ def _heat(m: float, scale=GRAD_SCALE) -> tuple[str, str]:
 
 
 def _magnitude(v) -> float:
+    """The largest |entry|; ∞ for a value that is not finite (drawn as exploding)."""
+    if special(v) is not None:
+        return math.inf
     a = np.abs(np.asarray(v, dtype=float))
     return float(a.max()) if a.size else 0.0
 
@@ -517,8 +525,12 @@ class _Diagram:
         key = "" if self.der is None else _small(
             f"values {_colored('in blue', COLORS['value'])} flow right; local derivatives "
             f"and gradients {_colored('in red', COLORS['grad'])} flow left", size=11)
+        notes = [] if self.der is None else [  # values at the edge of a domain, explained
+            _small(f"warning: {esc(w)}", COLORS["grad"], size=11)
+            for w in getattr(self.der, "warnings", [])]
         if self.title or key:
-            dot.attr(label=_html(esc(self.title or ""), key), labelloc="t", fontsize="14")
+            dot.attr(label=_html(esc(self.title or ""), key, *notes), labelloc="t",
+                     fontsize="14")
         shown = self.nodes()
         groups: dict = {}
         for n in shown:
@@ -691,7 +703,7 @@ class _Diagram:
 def _factor(v) -> str:
     """A number inside a product: ``(−8)``."""
     s = fmt_number(v)
-    return f"({s})" if s.startswith(MINUS) else s
+    return f"({s})" if s.startswith((MINUS, "±")) else s
 
 
 def _attr_text(v) -> str:

@@ -1,7 +1,9 @@
 """Gradient checking against central finite differences, and random inputs.
 
 Finite differences are computed from the generated forward code only, so
-they are an independent check of the generated backward code.
+they are an independent check of the generated backward code. A loss, gradient
+or difference that is NaN or infinite fails the check, naming the node where it
+starts and why (:mod:`symbackprop.edges`).
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .autodiff import check_of_wrt
+from .autodiff import check_of_wrt, differentiate
 from .codegen.emit import compile_graph
 from .codegen.train import initial_params, plan_init
+from .derivation import point_values
+from .display import fmt, special
+from .edges import culprit, entry, explain, origin
 from .errors import GradError
 from .graph import Graph, fmt_shape
 
@@ -95,25 +100,54 @@ def random_inputs(g: Graph, sizes: dict | None = None, seed: int = 0) -> dict:
 
 @dataclass
 class GradCheck:
-    """Result of :func:`check_grad`: worst relative error per ``wrt`` node."""
+    """Result of :func:`check_grad`: worst relative error per ``wrt`` node.
+
+    ``errors[k]`` is NaN where a gradient or its finite-difference estimate is not
+    finite; ``not_finite`` then says which, where it starts and why, one line each
+    (``"loss L is −∞ at x = 0: log's argument is 0 (node 'L')"``), and ``ok`` is False.
+    """
 
     errors: dict = field(default_factory=dict)
     checked: dict = field(default_factory=dict)
     tol: float = 1e-5
     loss: float = float("nan")
+    not_finite: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return all(e <= self.tol for e in self.errors.values())
+        return not self.not_finite and all(e <= self.tol for e in self.errors.values())
 
     def __str__(self) -> str:
         lines = [f"{'node':<16} {'entries':>8} {'worst rel. error':>18}"]
         for k, e in self.errors.items():
-            flag = "ok" if e <= self.tol else "MISMATCH"
+            flag = "ok" if e <= self.tol else "NOT FINITE" if math.isnan(e) else "MISMATCH"
             lines.append(f"{k:<16} {self.checked[k]:>8} {e:>18.2e}  {flag}")
-        lines.append(f"{'all ok' if self.ok else 'gradient mismatch'} "
-                     f"(tolerance {self.tol:g}, loss {self.loss:.6g})")
+        lines += self.not_finite
+        verdict = "not finite" if self.not_finite else "all ok" if self.ok \
+            else "gradient mismatch"
+        lines.append(f"{verdict} (tolerance {self.tol:g}, loss {self.loss:.6g})")
         return "\n".join(lines)
+
+
+class _Blame:
+    """Finds where a value that is not finite starts: the joint forward and backward
+    graph evaluated node by node with NumPy (built only when something is not finite)."""
+
+    def __init__(self, g: Graph, of: str, wrt: list):
+        self.g, self.of, self.wrt, self._adj = g, of, wrt, None
+
+    def __call__(self, arrays: dict, target: str | None = None) -> str:
+        """``": log's argument is 0 (node 'L')"`` for ``target`` (default: the loss),
+        the adjoint of a ``wrt`` node when ``target`` names one."""
+        if self._adj is None:
+            self._adj = differentiate(self.g, self.of, self.wrt)
+        j = self._adj.graph
+        values = point_values(j, arrays, scalar=False)
+        node = self._adj.adjoint[target] if target is not None else self.of
+        n = origin(j, values, node)
+        if n is None:  # the generated code's fused or stable forms differ from node by node
+            return ": node by node every value is finite; only the generated code is not"
+        return f": {explain(j, n, values)} (node {culprit(j, n)!r})"
 
 
 def check_grad(g: Graph, of: str | None = None, wrt=None, at: dict | None = None,
@@ -143,12 +177,18 @@ def check_grad(g: Graph, of: str | None = None, wrt=None, at: dict | None = None
     -------
     GradCheck
         ``.errors`` maps each ``wrt`` name to its worst relative error; ``.ok``.
+        A loss, gradient entry or finite-difference estimate that is NaN or
+        infinite fails the check: ``.not_finite`` names the node where it starts
+        and why.
 
     Examples
     --------
     >>> report = sb.check_grad(sb.parse("L = (w*x - y)**2"), at={"w": 2, "x": 3, "y": 10})
     >>> report.ok, round(report.loss, 6)
     (True, 16.0)
+    >>> report = sb.check_grad(sb.parse("L = log(x)"), at={"x": 0})
+    >>> report.ok, report.not_finite[0]
+    (False, "loss L is −∞ at x = 0: log's argument is 0 (node 'L')")
     """
     of, wrt = check_of_wrt(g, of, wrt)
     arrays = random_inputs(g, sizes, seed)
@@ -161,28 +201,70 @@ def check_grad(g: Graph, of: str | None = None, wrt=None, at: dict | None = None
         if len(arrays[k].shape) != len(want):
             raise GradError(f"at: {k!r} has shape {arrays[k].shape}, expected {fmt_shape(want)}.")
     fn = compile_graph(g, of, wrt)
-    loss, grads = fn.value_and_grad(**arrays)
+    with np.errstate(all="ignore"):  # NaN and inf are reported below, with their cause
+        loss, grads = fn.value_and_grad(**arrays)
     rng = np.random.default_rng(seed + 1)
     report = GradCheck(tol=tol, loss=float(loss))
+    blame, point = _Blame(g, of, wrt), _point(at or {}, arrays, seed)
+    if not math.isfinite(report.loss):
+        report.not_finite.append(f"loss {of} is {special(report.loss)} at {point}"
+                                 f"{blame(arrays)}")
 
-    def f(k, idx, v):
+    def moved(k, idx, v) -> dict:
         x = np.array(arrays[k], dtype=float)  # a copy, also of a 0-d value
         x[idx] = v
-        return float(fn.value_and_grad(**{**arrays, k: x})[0])
+        return {**arrays, k: x}
+
+    def f(k, idx, v):
+        with np.errstate(all="ignore"):
+            return float(fn.value_and_grad(**moved(k, idx, v))[0])
+
+    def name(k, idx) -> str:
+        return f"d{of}/d{k}" + (f"[{', '.join(map(str, idx))}]" if idx else "")
 
     for k in wrt:
         x = np.asarray(arrays[k], dtype=float)
         idxs = list(np.ndindex(x.shape)) if x.ndim else [()]
         if len(idxs) > max_entries:
             idxs = [idxs[i] for i in rng.choice(len(idxs), max_entries, replace=False)]
+        report.checked[k] = len(idxs)
+        bad = entry(grads[k])  # every entry, not only the sampled ones
+        if bad is not None:
+            an = float(np.asarray(grads[k])[bad])
+            report.errors[k] = math.nan
+            report.not_finite.append(f"{name(k, bad)} is {special(an)} at {point}"
+                                     f"{blame(arrays, k)}")
+            continue
         worst = 0.0
         for idx in idxs:
             x0 = float(x[idx])
-            fd = (f(k, idx, x0 + eps) - f(k, idx, x0 - eps)) / (2 * eps)
+            plus, minus = f(k, idx, x0 + eps), f(k, idx, x0 - eps)
+            fd = (plus - minus) / (2 * eps)
             an = float(np.asarray(grads[k])[idx])
+            if not math.isfinite(fd):
+                worst = math.nan
+                if not math.isfinite(report.loss):
+                    break  # already reported: the loss itself is not finite
+                v, side = (x0 + eps, plus) if not math.isfinite(plus) else (x0 - eps, minus)
+                at_v = name(k, idx).replace(f"d{of}/d", "", 1)
+                report.not_finite.append(
+                    f"the finite-difference estimate of {name(k, idx)} is {special(fd)} at "
+                    f"{point}: {of} is {special(side)} at {at_v} = {fmt(v)}"
+                    f"{blame(moved(k, idx, v))}; pass a smaller eps (now {eps:g})")
+                break
             worst = max(worst, abs(fd - an) / max(abs(fd), abs(an), 1e-3))
-        report.errors[k], report.checked[k] = worst, len(idxs)
+        report.errors[k] = worst
     return report
+
+
+def _point(at: dict, arrays: dict, seed: int) -> str:
+    """``x = 0`` or ``w = 2, random x (seed 0)``: the point checked, for messages."""
+    given = [f"{k} = {fmt(float(np.asarray(v)))}" if np.size(v) == 1 else f"{k} as given"
+             for k, v in at.items()]
+    rest = [k for k in arrays if k not in at]
+    if rest:
+        given.append(f"random {', '.join(rest)} (seed {seed})")
+    return ", ".join(given)
 
 
 # -- random networks for property tests -----------------------------------------------

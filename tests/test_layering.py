@@ -19,7 +19,7 @@ LAYERS = [
     ["graph"],
     ["build", "models"],
     ["autodiff"],
-    ["display", "formulas", "optimize", "optimize.rewrite", "optimize.dce", "optimize.cse",
+    ["display", "edges", "formulas", "optimize", "optimize.rewrite", "optimize.dce", "optimize.cse",
      "optimize.fold", "optimize.fuse", "optimize.simplify"],
     ["derivation"],
     ["codegen", "codegen.printer", "codegen.stability", "codegen.emit", "codegen.plan", "codegen.train",
