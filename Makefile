@@ -6,10 +6,12 @@ export OPENBLAS_NUM_THREADS ?= 2
 
 .PHONY: demo test bench lint graphviz clean
 
+# setuptools reports that an install is editable with a warning (InformationOnly: "there is
+# no clear way of displaying messages"); it is no fault of the project, so it is filtered.
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,examples]"
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[dev,examples]"
 	touch $(STAMP)
 
 # The real `dot` program renders diagrams: install Debian's graphviz when missing.
@@ -28,6 +30,9 @@ graphviz:
 
 demo: $(STAMP) graphviz
 	$(PY) examples/demo.py
+	@echo
+	@echo "The symbackprop command is in $(VENV): run 'source $(VENV)/bin/activate' in a shell to"
+	@echo "put it on the PATH (or call $(VENV)/bin/symbackprop), then 'symbackprop --help'."
 
 test: $(STAMP) graphviz
 	$(PY) -m pytest -q

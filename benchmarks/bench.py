@@ -5,7 +5,11 @@ fixed random minibatch): the generated code, hand-written idiomatic NumPy, hand-
 NumPy, and the step's matrix multiplications alone ("the floor"), plus PyTorch and JAX when
 they happen to be importable. Also: the generated forward alone, compile time against depth,
 lines of generated backward vs forward code, and peak memory of a step. Prints medians,
-ratios and each target of issue 5 with PASS/MISS, and writes every number to JSON.
+ratios and each target of issue 5 with PASS/MISS, and writes every number to JSON. A timing
+target gets no verdict, "no verdict (noisy)", when its numbers cannot be trusted: a ratio of
+its workload is impossible (forward+backward faster than forward, a NumPy step faster than
+its matrix products alone), the machine was loaded (load average against the cores), or the
+block medians of a contender it compares spread by more than NOISY_SPREAD.
 
 How it times (see docs/performance.md): BLAS pinned to 2 threads; contenders interleaved in
 blocks of ~0.4 s, in a fresh random order each round; the first 0.15 s of every block dropped
@@ -61,6 +65,18 @@ import symbackprop as sb
 
 LR = 0.01
 NOISE = 0.15  # differences under ~15% are noise on these machines
+BENCH_THREADS = 2  # the BLAS threads pinned above: cores this run keeps busy
+LOAD_SLACK = 0.5  # runnable threads beyond the cores we leave free before a run is "loaded"
+NOISY_SPREAD = 0.5  # half-range of block medians over their median: ±50% is no measurement
+# Ratios below 1 that no correct timing gives: (ratio, what it would mean). Frameworks are
+# not here: their own BLAS may beat NumPy's products.
+IMPOSSIBLE = (
+    ("(forward+backward)/forward", "forward+backward faster than the forward pass alone"),
+    ("step/forward", "a training step faster than its forward pass alone"),
+    ("generated/floor", "the generated step faster than its matrix products alone"),
+    ("idiomatic/floor", "the idiomatic step faster than its matrix products alone"),
+    ("tuned/floor", "the tuned step faster than its matrix products alone"),
+)
 
 
 @dataclass(frozen=True)
@@ -169,6 +185,12 @@ def interleave(fns: dict, rounds: int, block: float, drop: float, rng: random.Ra
     return {name: {"median": statistics.median(samples[name]), "block_medians": blocks[name],
                    "samples": len(samples[name]),
                    "page_faults_per_call": statistics.median(faults[name])} for name in fns}
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all its threads) and its children so far."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def minor_faults() -> int:
@@ -443,34 +465,123 @@ def run_compile(depths, args) -> tuple[dict, dict]:
 
 # -- targets and report --------------------------------------------------------------------------
 
-def targets(res: dict) -> list[dict]:
-    W, out = res["workloads"], []
+def impossible(ratios: dict) -> list[str]:
+    """The ratios of one workload that cannot be true, each with what it would mean.
 
-    def add(name, value, limit, unit="x"):
-        ok = None if value is None else value <= limit
-        out.append({"target": name, "value": value, "limit": limit, "unit": unit, "pass": ok})
+    >>> impossible({"(forward+backward)/forward": 0.32, "generated/floor": 1.1})
+    ['(forward+backward)/forward = 0.32: forward+backward faster than the forward pass alone']
+    """
+    return [f"{key} = {ratios[key]:.2f}: {what}" for key, what in IMPOSSIBLE
+            if key in ratios and ratios[key] < 1]
+
+
+def machine_load(meta: dict) -> str | None:
+    """Why the machine counts as loaded during the run, or ``None``.
+
+    Loaded: more runnable threads than the cores this run leaves free (plus LOAD_SLACK),
+    from the 1-minute load average at the start, or at the end less this run's own
+    average use of cores (its CPU time over its wall time; the BLAS threads spin).
+
+    >>> machine_load({"nproc": 2, "loadavg_start": [0.1], "loadavg_end": [2.1],
+    ...               "cpu_s": 40.0, "wall_s": 20.0}) is None
+    True
+    >>> machine_load({"nproc": 2, "loadavg_start": [1.7], "loadavg_end": [3.0],
+    ...               "cpu_s": 40.0, "wall_s": 20.0})
+    'load average 1.70 at the start on 2 cores, 2 of them for this run'
+    """
+    nproc = meta["nproc"] or 1
+    free = max(nproc - BENCH_THREADS, 0) + LOAD_SLACK
+    busy = min(nproc, BENCH_THREADS)
+    start = meta["loadavg_start"][0]
+    if start > free:
+        return f"load average {start:.2f} at the start on {nproc} cores, {busy} of them for this run"
+    if "loadavg_end" in meta and meta.get("wall_s"):
+        own = meta.get("cpu_s", 0.0) / meta["wall_s"]
+        others = meta["loadavg_end"][0] - own
+        if others > free:
+            return (f"load average {meta['loadavg_end'][0]:.2f} at the end on {nproc} cores, "
+                    f"{others:.2f} beyond this run's own {own:.2f}")
+    return None
+
+
+def noisy_blocks(workload: dict, uses) -> list[str]:
+    """The contenders among ``uses`` whose block medians spread by more than NOISY_SPREAD.
+
+    >>> noisy_blocks({"timing": {"tuned": {"block_medians_s": [1.0, 4.0]},
+    ...                          "floor": {"block_medians_s": [1.0, 1.1]}}}, ["tuned", "floor"])
+    ['tuned block medians spread ±60%']
+    """
+    out = []
+    for c in uses:
+        bm = workload["timing"].get(c, {}).get("block_medians_s")
+        if bm and spread(bm) > NOISY_SPREAD:
+            out.append(f"{c} block medians spread ±{spread(bm) * 100:.0f}%")
+    return out
+
+
+def verdict(value, limit, noisy) -> tuple:
+    """``(pass, label)``: ``(None, "n/a")`` when not measured, ``(None, "no verdict
+    (noisy)")`` when any reason in ``noisy`` says the numbers cannot be trusted, else
+    ``(True, "PASS")`` or ``(False, "MISS")``.
+
+    >>> verdict(0.32, 3.0, ["(forward+backward)/forward = 0.32: ..."])
+    (None, 'no verdict (noisy)')
+    >>> verdict(2.2, 3.0, []), verdict(3.2, 3.0, []), verdict(None, 3.0, [])
+    ((True, 'PASS'), (False, 'MISS'), (None, 'n/a'))
+    """
+    if value is None:
+        return None, "n/a"
+    if noisy:
+        return None, "no verdict (noisy)"
+    return (True, "PASS") if value <= limit else (False, "MISS")
+
+
+def targets(res: dict) -> list[dict]:
+    """Every target with its value, limit and verdict; a timing target's verdict is
+    withheld (``noisy`` lists why) when the load, an impossible ratio of its workload
+    or the spread of its contenders' block medians says its numbers mean nothing."""
+    W, out = res["workloads"], []
+    load = machine_load(res["meta"])
+
+    def add(name, value, limit, unit="x", key=None, uses=(), timing=True):
+        noisy = []
+        if timing and value is not None:
+            noisy += [load] if load else []
+            if key in W:
+                noisy += impossible(W[key]["ratios"]) + noisy_blocks(W[key], uses)
+            elif key == "compile" and value is not None:
+                r = res.get("compile", {}).get("ratio_200_100")
+                noisy += [] if r is None or r >= 1 else \
+                    [f"t(200)/t(100) = {r:.2f}: a deeper network compiled faster"]
+        ok, label = verdict(value, limit, noisy)
+        out.append({"target": name, "value": value, "limit": limit, "unit": unit, "pass": ok,
+                    "verdict": label, "noisy": noisy})
 
     def ratio(key, r):
         return W[key]["ratios"][r] if key in W else None
 
-    add("A b128 f32: generated / tuned NumPy", ratio("A-b128-f32", "generated/tuned"), 1.00)
-    add("A b128 f64: generated / tuned NumPy", ratio("A-b128-f64", "generated/tuned"), 1.00)
-    add("A b1024 f32: generated / matmul floor", ratio("A-b1024-f32", "generated/floor"), 1.15)
-    add("B: generated / idiomatic NumPy", ratio("B", "generated/idiomatic"), 0.80)
-    add("C: generated / tuned NumPy", ratio("C", "generated/tuned"), 1.00)
+    for key, r, name, limit in (
+            ("A-b128-f32", "generated/tuned", "A b128 f32: generated / tuned NumPy", 1.00),
+            ("A-b128-f64", "generated/tuned", "A b128 f64: generated / tuned NumPy", 1.00),
+            ("A-b1024-f32", "generated/floor", "A b1024 f32: generated / matmul floor", 1.15),
+            ("B", "generated/idiomatic", "B: generated / idiomatic NumPy", 0.80),
+            ("C", "generated/tuned", "C: generated / tuned NumPy", 1.00)):
+        add(name, ratio(key, r), limit, key=key, uses=r.split("/"))
     for key in ("A-b128-f32", "A-b128-f64", "A-b1024-f32", "A-b1024-f64"):
-        add(f"{key}: (forward+backward) / forward", ratio(key, "(forward+backward)/forward"), 3.0)
+        add(f"{key}: (forward+backward) / forward", ratio(key, "(forward+backward)/forward"),
+            3.0, key=key, uses=("generated forward+backward", "generated forward"))
     c = res.get("compile", {}).get("depths", {})
-    add("compile: t(200) / t(100)", res.get("compile", {}).get("ratio_200_100"), 2.3)
+    add("compile: t(200) / t(100)", res.get("compile", {}).get("ratio_200_100"), 2.3,
+        key="compile")
     add("compile: depth 100 to a first step", c["100"]["seconds"] if "100" in c else None,
-        1.0, "s")
+        1.0, "s", key="compile")
     L = res.get("lines", {})
     worst = max(L, key=lambda d: L[d]["ratio"]) if L else None
     add(f"backward / forward code at every depth (worst: depth {worst})",
-        L[worst]["ratio"] if worst else None, 3.0)
+        L[worst]["ratio"] if worst else None, 3.0, timing=False)
     for key, r in W.items():
         add(f"{key}: peak memory, generated / idiomatic", r["memory_bytes"]["generated/idiomatic"],
-            1.0)
+            1.0, timing=False)
     return out
 
 
@@ -562,15 +673,22 @@ def report(res: dict) -> str:
             out.append(f"t(200)/t(100) = {C['ratio_200_100']:.2f}")
         out.append("")
     out.append("Targets (issue 5)")
+    load = machine_load(res["meta"])
+    if load:
+        out.append(f"  The machine was loaded ({load}): timing targets get no verdict.")
     for t in res["targets"]:
-        if t["pass"] is None:
+        if t["value"] is None:
             status, tail = "n/a ", "not measured in this run"
         else:
-            status = "PASS" if t["pass"] else "MISS"
+            status = t["verdict"]
             unit = " s" if t["unit"] == "s" else "x"
             tail = f"{t['value']:.2f}{unit} (target <= {t['limit']:.2f}{unit})"
-            if not t["pass"] and t["value"] <= t["limit"] * (1 + NOISE) and t["unit"] == "x":
+            if t["pass"] is False and t["value"] <= t["limit"] * (1 + NOISE) \
+                    and t["unit"] == "x":
                 tail += ", within the ~15% noise band"
+            reasons = [r for r in t["noisy"] if r != load]  # the load is said once, above
+            if reasons:
+                tail += f"; {'; '.join(reasons)}"
         out.append(f"  [{status}] {t['target']}: {tail}")
     return "\n".join(out)
 
@@ -618,7 +736,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), cpu_seconds()
     rng = random.Random(args.seed)
     res = {"meta": machine(), "settings": {
         "quick": args.quick, "rounds": args.rounds, "block_s": args.block, "drop_s": args.drop,
@@ -633,8 +751,9 @@ def main(argv=None) -> int:
           f"({m['blas'].get('name', '?')} {m['blas'].get('version', '')}; SIMD "
           f"{'+'.join(m['simd'].get('found') or ['?'])}), Python {m['python']}; "
           f"load average {m['loadavg_start'][0]:.2f}", flush=True)
-    if m["loadavg_start"][0] > 0.5:
-        print("  warning: the machine is not idle; timings may be noisy", flush=True)
+    if machine_load(m):
+        print(f"  warning: the machine is not idle ({machine_load(m)}): timing targets will "
+              "get no verdict", flush=True)
     res["workloads"] = {}
     for w in args.workloads:
         t0 = time.perf_counter()
@@ -647,9 +766,10 @@ def main(argv=None) -> int:
         res["compile"], res["lines"] = run_compile(args.depths, args)
     else:
         res["compile"], res["lines"] = {}, {}
-    res["targets"] = targets(res)
     res["meta"]["loadavg_end"] = list(os.getloadavg())
     res["meta"]["wall_s"] = time.perf_counter() - t_start
+    res["meta"]["cpu_s"] = cpu_seconds() - cpu_start
+    res["targets"] = targets(res)
     print()
     print(report(res))
     print(f"\n{res['meta']['wall_s']:.0f} s; load average at the end "

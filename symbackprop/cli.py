@@ -1,13 +1,7 @@
 """The ``symbackprop`` command line; the only module that prints or exits.
 
-Every command takes a SPEC, one of:
-
-* statements: ``"a = 2*x; b = a + 3; c = b**2"``;
-* a ``.json`` file in networkx node-link form (written by ``g.save``);
-* a ``.py`` file defining ``graph`` (an ``sb.Graph``) or ``build()`` returning one;
-* a model shorthand: ``mlp:784-256-256-256-10`` (with ``--activation``, ``--loss``).
-
-Errors print on one line, without a traceback, and exit with status 2.
+Every command takes a SPEC (see :data:`SPECS`). Errors print on one line, without a
+traceback, and exit with status 2; ``check`` exits 1 on a gradient mismatch.
 """
 
 from __future__ import annotations
@@ -16,15 +10,47 @@ import argparse
 import os
 import runpy
 import sys
+import traceback
+
+import networkx as nx
 
 from . import models
 from .build import parse
 from .errors import GraphError, ParseError, SymbackpropError
-from .graph import Graph, load
+from .graph import Graph, from_networkx, load
+
+SPECS = """\
+SPEC, the network, is one of:
+  statements       "a = 2*x; b = a + 3; c = b**2" (parsed, never evaluated)
+  a .json file     networkx node-link JSON, as written by g.save(path)
+  a .py file       defining graph (an sb.Graph or a networkx DiGraph/MultiDiGraph
+                   whose nodes carry op) or build() returning one
+  mlp:SIZES        a ready-made MLP such as mlp:784-256-10 (--activation, --loss)"""
+
+EPILOG = SPECS + """
+
+examples:
+  symbackprop derive "a = 2*x; b = a + 3; c = b**2" --wrt x --at x=1
+  symbackprop check mlp:784-256-10
+  symbackprop codegen mlp:784-256-256-256-10 -o model.py
+  symbackprop render "L = (w*x - y)**2" --kind derivation --at w=2,x=3,y=10 -o loss.svg
+  symbackprop train-script mlp:64-32-10 --optimizer adam --lr 0.01 -o train.py
+
+Mistakes print one line naming the node, what was expected and the fix, and exit
+with status 2; check exits 1 when a gradient disagrees with finite differences.
+`symbackprop COMMAND --help` lists a command's options."""
 
 
 def load_spec(spec: str, activation: str = "relu", loss: str = "softmax_cross_entropy") -> Graph:
-    """Turn a SPEC (statements, .json, .py or ``mlp:...``) into a graph."""
+    """Turn a SPEC (statements, .json, .py or ``mlp:...``) into a graph.
+
+    Examples
+    --------
+    >>> load_spec("mlp:4-3-2").nodes("param")
+    ['W1', 'b1', 'W2', 'b2']
+    >>> load_spec("L = (w*x - y)**2").nx.graph["outputs"]
+    ['L']
+    """
     if spec.startswith("mlp:"):
         try:
             sizes = [int(s) for s in spec[4:].split("-")]
@@ -36,15 +62,64 @@ def load_spec(spec: str, activation: str = "relu", loss: str = "softmax_cross_en
             raise GraphError(f"file {spec!r} does not exist.")
         return load(spec)
     if spec.endswith(".py"):
-        if not os.path.exists(spec):
-            raise GraphError(f"file {spec!r} does not exist.")
-        ns = runpy.run_path(spec)  # the user's own model file, run as they asked
-        g = ns["build"]() if callable(ns.get("build")) else ns.get("graph")
-        if not isinstance(g, Graph):
-            raise GraphError(f"file {spec!r} defines neither 'graph' (an sb.Graph) nor "
-                             "'build()' returning one. Add one of them.")
-        return g
+        return _load_py(spec)
     return parse(spec)
+
+
+def _load_py(path: str) -> Graph:
+    """The graph a ``.py`` SPEC defines: ``graph`` or ``build()``, an sb.Graph or a
+    networkx graph. Whatever the file raises becomes one line naming its place."""
+    if not os.path.exists(path):
+        raise GraphError(f"file {path!r} does not exist.")
+    ns = _run_user_code(path, runpy.run_path, path)  # the user's own model file
+    if callable(ns.get("build")):
+        g, what = _run_user_code(path, ns["build"]), "build() returns"
+    elif "graph" in ns:
+        g, what = ns["graph"], "'graph' is"
+    else:
+        raise GraphError(f"file {path!r} defines neither 'graph' nor 'build()'. Add one of "
+                         "them, giving an sb.Graph or a networkx DiGraph whose nodes carry "
+                         "'op'.")
+    if isinstance(g, Graph):
+        return g
+    if isinstance(g, nx.DiGraph):  # MultiDiGraph too
+        return from_networkx(g)
+    found = ("an undirected networkx graph" if isinstance(g, nx.Graph)
+             else "None" if g is None else f"a {type(g).__name__}")
+    raise GraphError(f"file {path!r}: {what} {found}; expected an sb.Graph or a networkx "
+                     "DiGraph or MultiDiGraph whose nodes carry 'op' (argument order needs "
+                     "directed edges).")
+
+
+def _run_user_code(path: str, fn, *args):
+    """``fn(*args)``, where any exception (a SyntaxError, one raised at import or in
+    ``build()``) becomes a one-line :class:`GraphError` naming the file and line."""
+    try:
+        return fn(*args)
+    except (Exception, SystemExit) as e:  # noqa: BLE001 -- the user's code may raise anything
+        fix = "" if isinstance(e, SymbackpropError) else \
+            ". Fix the file: symbackprop runs it to build the graph"
+        raise GraphError(f"{_located(path, e)}{fix}.") from None
+
+
+def _located(path: str, e: BaseException) -> str:
+    """``file 'net.py', line 7: ZeroDivisionError: division by zero``: the last line of
+    ``path`` the error went through, then the error on one line."""
+    def same(f):
+        return f is not None and os.path.normcase(os.path.abspath(f)) == \
+            os.path.normcase(os.path.abspath(path))
+
+    lines = [fr.lineno for fr in traceback.extract_tb(e.__traceback__) if same(fr.filename)]
+    text = str(e)
+    if isinstance(e, SyntaxError):  # raised by the compiler: no frame of the file
+        text = e.msg or text
+        if same(e.filename):
+            lines.append(e.lineno)
+        elif e.filename and e.lineno:  # a module the file imports
+            text += f" ({e.filename}, line {e.lineno})"
+    text = " ".join(text.rstrip(".").split())
+    where = f"file {path!r}, line {lines[-1]}" if lines and lines[-1] else f"file {path!r}"
+    return f"{where}: {type(e).__name__}" + (f": {text}" if text else "")
 
 
 def parse_at(text: str | None) -> dict:
@@ -67,7 +142,8 @@ def _names(text: str | None):
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", help="statements, a .json or .py file, or mlp:784-256-10")
+    p.add_argument("spec", metavar="SPEC",
+                   help="the network: statements, a .json or .py file, or mlp:784-256-10")
     p.add_argument("--of", help="the scalar to differentiate (default: the last scalar output)")
     p.add_argument("--wrt", help="comma-separated nodes (default: parameters, else inputs)")
     p.add_argument("--activation", default="relu", help="for mlp: specs (default relu)")
@@ -177,10 +253,18 @@ def cmd_render(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="symbackprop", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(
+        prog="symbackprop", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="A compiler for backpropagation: symbolic gradients of a network,\n"
+        "step-by-step derivations, standalone NumPy code and Graphviz diagrams.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    c = sub.add_parser("codegen", help="write NumPy forward/backward code")
+    def command(name, text, description=None):
+        return sub.add_parser(name, help=text, description=description or text[0].upper()
+                              + text[1:] + ".", epilog=SPECS,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    c = command("codegen", "write NumPy forward/backward code")
     _spec_args(c)
     c.add_argument("-o", "--output", help="output .py file (default: stdout)")
     c.add_argument("--dtype", default="float64", choices=["float64", "float32"])
@@ -191,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print what each pass changed (the code goes to -o only)")
     c.set_defaults(run=cmd_codegen)
 
-    c = sub.add_parser("check", help="compare gradients with finite differences on random inputs")
+    c = command("check", "compare gradients with finite differences on random inputs")
     _spec_args(c)
     c.add_argument("--at", help="fixed values, e.g. w=2,x=3 (others are random)")
     c.add_argument("--batch", type=int, default=4, help="size N of random batches (default 4)")
@@ -199,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(run=cmd_check)
 
-    c = sub.add_parser("train-script", help="write a standalone NumPy training script")
+    c = command("train-script", "write a standalone NumPy training script")
     _spec_args(c)
     c.add_argument("-o", "--output", help="output .py file (default: stdout)")
     c.add_argument("--optimizer", default="sgd", choices=["sgd", "momentum", "adam"],
@@ -217,15 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target", help="the input fed from the data's y (default: inferred)")
     c.set_defaults(run=cmd_train_script)
 
-    c = sub.add_parser("derive", help="work the chain rule step by step, with numbers")
+    c = command("derive", "work the chain rule step by step, with numbers")
     _spec_args(c)
     c.add_argument("--at", help="the point, e.g. w=2,x=3,y=10 (scalar graphs; exact numbers)")
     c.add_argument("--format", default="text", choices=["text", "latex", "markdown"])
     c.add_argument("-o", "--output", help="output file (default: stdout)")
     c.set_defaults(run=cmd_derive)
 
-    c = sub.add_parser("render", help="draw the graph, its backward graph or a derivation "
-                       "with Graphviz")
+    c = command("render", "draw the graph, its backward graph or a derivation with Graphviz")
     _spec_args(c)
     c.add_argument("--kind", default="forward",
                    choices=["forward", "backward", "joint", "derivation"],
@@ -247,7 +330,10 @@ def main(argv=None) -> int:
     try:
         return args.run(args)
     except SymbackpropError as e:
-        print(f"error: {type(e).__name__}: {' '.join(str(e).split())}", file=sys.stderr)
+        # cli_message: the same error naming command-line flags (--features) where the
+        # message names keyword arguments (features=)
+        text = getattr(e, "cli_message", None) or str(e)
+        print(f"error: {type(e).__name__}: {' '.join(text.split())}", file=sys.stderr)
         return 2
     except OSError as e:
         print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)

@@ -657,8 +657,11 @@ def load_checkpoint(path):
         raise InputError(f"checkpoint {path} is not a readable .npz file ({e})") from None
     found = (str(arrays.get("network", "?")), str(arrays.get("optimizer", "?")))
     if found != (NETWORK, OPTIMIZER):
-        raise InputError(f"checkpoint {path} is for network {found[0]} with {found[1]}; "
-                         f"expected network {NETWORK} with {OPTIMIZER}")
+        # a graph given no name is called "network"
+        net = [f"network {n}" if n != "network" else "an unnamed network"
+               for n in (found[0], NETWORK)]
+        raise InputError(f"checkpoint {path} is for {net[0]} with {found[1]}; "
+                         f"expected {net[1]} with {OPTIMIZER}")
     params = init_params(0)
     state = init_state(params)
     targets = {"params/" + name: w for name, w in params.items()}

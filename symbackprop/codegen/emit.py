@@ -16,6 +16,7 @@ import re
 import types
 from dataclasses import dataclass, field
 
+import numpy as np
 import sympy as sp
 
 from .. import __version__ as _version
@@ -413,6 +414,11 @@ def numpy_source(g: Graph, of: str | None = None, wrt=None, dtype: str = "float6
 class Compiled:
     """Generated code loaded as a live module.
 
+    ``forward`` and ``value_and_grad`` return a float64 scalar result (a 0-d array or
+    NumPy scalar: the loss, the gradient of a scalar parameter) as a plain Python
+    ``float``, the same 64-bit number; float32 code keeps its scalars ``np.float32``
+    (float32 end to end) and arrays stay NumPy arrays.
+
     Attributes
     ----------
     source : str
@@ -436,12 +442,46 @@ class Compiled:
         return f(**{p: arrays[p] for p in params})
 
     def forward(self, **arrays) -> dict:
-        """Run the forward pass; returns a dict of the outputs."""
-        return self._call("forward", arrays)
+        """Run the forward pass; returns a dict of the outputs.
+
+        Examples
+        --------
+        >>> fn = sb.compile(sb.models.mlp([2, 2]))
+        >>> out = fn.forward(X=np.ones((3, 2)), y=np.array([0, 1, 1]), W1=np.zeros((2, 2)),
+        ...                  b1=np.zeros(2))
+        >>> out["logits"].shape, out["L"]  # ln 2
+        ((3, 2), 0.6931471805599453)
+        """
+        return {k: plain(v) for k, v in self._call("forward", arrays).items()}
 
     def value_and_grad(self, **arrays):
-        """Return ``(loss, {wrt name: gradient})``."""
-        return self._call("value_and_grad", arrays)
+        """Return ``(loss, {wrt name: gradient})``.
+
+        Examples
+        --------
+        >>> fn = sb.compile(sb.parse("L = (w*x - y)**2"), wrt=["w"])
+        >>> fn.value_and_grad(w=2.0, x=3.0, y=10.0)
+        (16.0, {'w': -24.0})
+        """
+        loss, grads = self._call("value_and_grad", arrays)
+        return plain(loss), {k: plain(v) for k, v in grads.items()}
+
+
+def plain(value):
+    """A float64 0-d array or NumPy scalar as a Python ``float`` (the same number);
+    anything else unchanged.
+
+    Examples
+    --------
+    >>> plain(np.float64(-24.0)), plain(np.array(0.5)), plain(np.ones(2))
+    (-24.0, 0.5, array([1., 1.]))
+    >>> plain(np.float32(0.5)).dtype  # float32 code stays float32
+    dtype('float32')
+    """
+    if isinstance(value, (np.ndarray, np.generic)) and value.ndim == 0 \
+            and value.dtype == np.float64:
+        return float(value)
+    return value
 
 
 def load_source(source: str, name: str = "symbackprop_generated") -> types.ModuleType:

@@ -46,6 +46,22 @@ class _Task:
     binary: bool = False
 
 
+def _option_error(message) -> CodegenError:
+    """A CodegenError whose text ``message(opt)`` names options through ``opt``: as
+    keyword arguments (``features=``), and in ``cli_message``, which the CLI prints, as
+    the command line's flags (``--features``).
+
+    Examples
+    --------
+    >>> e = _option_error(lambda opt: f"Pass {opt('features')}<input>.")
+    >>> str(e), e.cli_message
+    ('Pass features=<input>.', 'Pass --features <input>.')
+    """
+    e = CodegenError(message(lambda name: f"{name}="))
+    e.cli_message = message(lambda name: f"--{name.replace('_', '-')} ")
+    return e
+
+
 def _data_task(g: Graph, of: str, features=None, target=None) -> _Task:
     """Which input is X and which is y, and whether the loss is a classifier's.
 
@@ -60,8 +76,9 @@ def _data_task(g: Graph, of: str, features=None, target=None) -> _Task:
     inputs = [n for n in g.nodes("input") if n in need]
     for name, what in ((features, "features"), (target, "target")):
         if name is not None and name not in inputs:
-            raise CodegenError(f"{what}={name!r} is not an input the loss {of!r} uses; inputs: "
-                               f"{', '.join(inputs) or 'none'}.")
+            raise _option_error(lambda opt, name=name, what=what: (
+                f"{opt(what)}{name!r} is not an input the loss {of!r} uses; inputs: "
+                f"{', '.join(inputs) or 'none'}."))
     ints = [n for n in inputs if g.nx.nodes[n]["dtype"] == "int"]
     floats = [n for n in inputs if g.nx.nodes[n]["dtype"] == "float"]
     if target is None and len(inputs) > 1:
@@ -76,10 +93,10 @@ def _data_task(g: Graph, of: str, features=None, target=None) -> _Task:
     if features is None and len(rest) == 1:
         features = rest[0]
     if features is None or len(inputs) > 2 or (target is None and len(inputs) == 2):
-        raise CodegenError(
+        raise _option_error(lambda opt: (
             f"cannot tell which inputs the data arrays X and y feed among "
             f"{', '.join(inputs) or 'none'}; a training script takes one input of features "
-            "and at most one target. Pass features=<input> and target=<input>.")
+            f"and at most one target. Pass {opt('features')}<input> and {opt('target')}<input>."))
     if g.nx.nodes[features]["dtype"] != "float":
         raise CodegenError(f"features input {features!r} holds integers; declare it as float.")
     fshape = g.nx.nodes[features]["shape"]
@@ -451,8 +468,11 @@ _RUNTIME = ['''class InputError(Exception):
         raise InputError(f"checkpoint {path} is not a readable .npz file ({e})") from None
     found = (str(arrays.get("network", "?")), str(arrays.get("optimizer", "?")))
     if found != (NETWORK, OPTIMIZER):
-        raise InputError(f"checkpoint {path} is for network {found[0]} with {found[1]}; "
-                         f"expected network {NETWORK} with {OPTIMIZER}")
+        # a graph given no name is called "network"
+        net = [f"network {n}" if n != "network" else "an unnamed network"
+               for n in (found[0], NETWORK)]
+        raise InputError(f"checkpoint {path} is for {net[0]} with {found[1]}; "
+                         f"expected {net[1]} with {OPTIMIZER}")
     params = init_params(0)
     state = init_state(params)
     targets = {"params/" + name: w for name, w in params.items()}

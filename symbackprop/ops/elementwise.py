@@ -295,6 +295,7 @@ def _ew_grads(attrs):
 # since their derivative is again taken by SymPy, gradients can be differentiated.
 register(OpDef(
     name="ew", arity=None, attrs={"expr": None}, shape=broadcast_shapes, numpy=None,
+    internal=True,  # VJPs and passes build it; users write sb.elementwise ops instead
     elementwise=True, expr=_ew_expr, local_grads=_ew_grads,
     vjp=lambda g, args, out, attrs: _vjp(g, args, out, attrs),  # defined below
     display=lambda args, attrs: attrs["expr"].subs(dict(zip(X, args)), simultaneous=True),

@@ -65,6 +65,9 @@ class OpDef:
         How diagrams write a non-elementwise op: a format string over the
         argument texts ``{0}, {1}, ...`` (``"{0} @ {1}"``) or
         ``notation(arg_texts, attrs) -> str or None``; ``None`` gives ``name(args, attr=...)``.
+    internal : bool
+        ``True`` for ops that gradients and passes build but users do not write
+        (``ew``, ``identity``): error messages neither suggest nor list them.
     """
 
     name: str
@@ -99,7 +102,7 @@ class OpDef:
     out_any_layout: bool = False
     commutative: bool = False  # arguments can be swapped (diagrams)
     notation: str | Callable | None = None  # diagrams: "{0} @ {1}"
-
+    internal: bool = False  # built by gradients and passes; left out of suggestions
 
     def code_expr(self, attrs: dict):
         """Elementwise ops: ``(symbols, expression)`` to compute: the op's ``code`` form if
@@ -144,16 +147,27 @@ def register(op: OpDef) -> OpDef:
 def get(name: str, node: str | None = None) -> OpDef:
     """Return the op called ``name``; suggest close names if there is none.
 
-    ``node`` names the node that uses it, for the error message.
+    ``node`` names the node that uses it, for the error message. Suggestions and
+    the list of known ops leave out internal ops (``ew``), which users do not write.
+
+    Examples
+    --------
+    >>> get("relu").arity
+    1
+    >>> get("relu6", node="h1")
+    Traceback (most recent call last):
+    ...
+    symbackprop.errors.UnknownOpError: node 'h1' uses op 'relu6', which is not registered. Did you mean 'relu'? Known ops: abs, add, argmax, ...
     """
     try:
         return _OPS[name]
     except (KeyError, TypeError):
-        close = difflib.get_close_matches(str(name), list(_OPS) + list(LEAVES), n=3)
+        public = [k for k in sorted(_OPS) if not _OPS[k].internal]
+        close = difflib.get_close_matches(str(name), public + list(LEAVES), n=3)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         where = f"node {node!r} uses op {name!r}" if node else f"unknown op {name!r}"
         raise UnknownOpError(
-            f"{where}, which is not registered.{hint} Known ops: {', '.join(sorted(_OPS))}."
+            f"{where}, which is not registered.{hint} Known ops: {', '.join(public)}."
         ) from None
 
 

@@ -44,6 +44,7 @@ def _apply(ref, op, args, **attrs):
 # -- identity ----------------------------------------------------------------------
 register(OpDef(
     name="identity", arity=1, shape=lambda s, a, n: s[0], numpy=lambda c, a: c[0],
+    internal=True,  # g.output() and "b = a" build it to name a node twice
     vjp=lambda g, args, out, attrs: [g], dtype=lambda d, a: d[0], notation="{0}",
     display=lambda args, attrs: args[0], doc="the value itself (names a node twice)"))
 
@@ -416,6 +417,7 @@ def _xent_grad_vjp(G, args, out, attrs):
 
 register(OpDef(
     name="softmax_cross_entropy_grad", arity=3, attrs={"batch": "N"}, shape=_xent_grad_shape,
+    internal=True,  # softmax_cross_entropy's VJP builds it
     numpy=lambda c, a: f"_softmax_cross_entropy_grad({c[0]}, {c[1]}, {c[2]})",
     numpy_out=lambda c, a, o, s: f"_softmax_cross_entropy_grad({c[0]}, {c[1]}, {c[2]}, out={o})",
     helpers={"_softmax_cross_entropy_grad": _XENT_GRAD, "_shifted_exp": _SHIFTED_EXP,
