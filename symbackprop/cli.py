@@ -167,6 +167,7 @@ def _graph(a) -> Graph:
 # -- commands -----------------------------------------------------------------------
 def cmd_codegen(a) -> int:
     from .codegen.emit import numpy_source
+    from .ops.elementwise import derivative_notes
 
     explain: list | None = [] if a.explain else None
     passes = False if a.no_opt else (a.passes or True)
@@ -177,6 +178,8 @@ def cmd_codegen(a) -> int:
             print(f"== pass {name}: {len(removed)} line(s) removed, {len(added)} added")
             print("".join(f"  - {ln}\n" for ln in removed) + "".join(f"  + {ln}\n" for ln in added),
                   end="")
+        for op, why in derivative_notes(_graph(a)):
+            print(f"== derivative of {op}: in x, not through its output ({why})")
         if not a.output:
             return 0
     _write(src, a.output)

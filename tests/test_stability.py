@@ -52,8 +52,25 @@ USER = {
     "elu_user": lambda x: sp.Piecewise((x, x > 0), (sp.exp(x) - 1, True)),
     "max_user": lambda a, b: sp.Max(a, b),
 }
-for _name, _fn in USER.items():
-    sb.elementwise(_name, _fn)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def user_ops():
+    """The user ops, registered for this module's tests and removed after them (other
+    modules check every registered op)."""
+    for name, fn in USER.items():
+        sb.elementwise(name, fn)
+    yield
+    for name in USER:
+        registry._OPS.pop(name, None)
+
+
+@pytest.fixture(autouse=True)
+def forget_ops_a_test_adds():
+    before = set(registry._OPS)
+    yield
+    for name in set(registry._OPS) - before:
+        registry._OPS.pop(name)
 
 
 def _mp(e, syms):
@@ -159,7 +176,7 @@ def test_the_issues_swish_statement_is_zero_not_nan_far_left():
     -800 e^-800 (1 + ...) + e^-800, which underflows to 0 in float64; it was nan."""
     fn = sb.compile(sb.parse("L = x/(1+exp(-x))"), wrt=["x"])
     for x in (-800.0, -100.0, 0.5, 800.0):
-        loss, grads = fn.value_and_grad(x=x)
+        _, grads = fn.value_and_grad(x=x)
         mx = mpmath.mpf(x)
         sig = 1 / (1 + mpmath.exp(-mx))
         want = float(sig + mx * sig * (1 - sig))
@@ -170,16 +187,16 @@ def test_kink_conventions():
     """relu'(0) = 0 for a one-input Max; a tie of Max(a, b) splits the gradient in halves
     (as PyTorch and JAX do); ELU written with Piecewise compiles and has ELU's slope."""
     relu_user = sb.elementwise("relu_user", lambda x: sp.Max(x, 0))
-    g = sb.Graph(); x = g.input("x", shape=(3,)); g.output("L", sb.sum(relu_user(x)))  # noqa: E702
+    g = sb.Graph(); x = g.input("x", shape=(3,)); g.output("L", sb.sum(relu_user(x)))
     _, d = sb.compile(g, wrt=["x"]).value_and_grad(x=np.array([-1.0, 0.0, 2.0]))
     np.testing.assert_array_equal(d["x"], [0, 0, 1])
-    g = sb.Graph(); a = g.input("a", shape=(3,)); b = g.input("b", shape=(3,))  # noqa: E702
+    g = sb.Graph(); a = g.input("a", shape=(3,)); b = g.input("b", shape=(3,))
     g.output("L", sb.sum(registry.apply("max_user", a, b)))
     _, d = sb.compile(g, wrt=["a", "b"]).value_and_grad(a=np.array([1.0, 2, 3]),
                                                          b=np.array([3.0, 2, 1]))
     np.testing.assert_array_equal(d["a"], [0, 0.5, 1])
     np.testing.assert_array_equal(d["b"], [1, 0.5, 0])
-    g = sb.Graph(); x = g.input("x", shape=(2,))  # noqa: E702
+    g = sb.Graph(); x = g.input("x", shape=(2,))
     g.output("L", sb.sum(registry.apply("elu_user", x)))
     _, d = sb.compile(g, wrt=["x"]).value_and_grad(x=np.array([-2.0, 3.0]))
     np.testing.assert_allclose(d["x"], [np.exp(-2.0), 1.0], rtol=1e-15)
@@ -204,13 +221,13 @@ def test_an_unstable_user_op_is_named_in_a_warning():
     """exp(x) / (2 + exp(x)) is no rule's pattern: it is inf/inf = nan for x > 709. The
     compile warns once, naming the op and the range found by probing."""
     bad = sb.elementwise("bad_ratio_user", lambda x: sp.exp(x) / (2 + sp.exp(x)))
-    g = sb.Graph(); x = g.input("x", shape=(3,)); g.output("L", sb.sum(bad(x)))  # noqa: E702
+    g = sb.Graph(); x = g.input("x", shape=(3,)); g.output("L", sb.sum(bad(x)))
     with pytest.warns(sb.NumericalWarning, match=r"'bad_ratio_user': its value is nan for "
                       r"x in \[710, 1000\]"):
         sb.compile(g, wrt=["x"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a stable op warns nothing
-        g = sb.Graph(); x = g.input("x", shape=(3,))  # noqa: E702
+        g = sb.Graph(); x = g.input("x", shape=(3,))
         g.output("L", sb.sum(registry.apply("swish_user", x)))
         sb.compile(g, wrt=["x"])
 
@@ -271,3 +288,14 @@ def test_random_graphs_at_extreme_inputs_match_mpmath(steps, x, z):
         # are exact to the scale of the derivative, not relatively
         assert abs(mpmath.mpf(float(got)) - t) <= 1e-9 * abs(t) + 1e-12 * (1 + abs(x) + abs(z)), \
             f"{got} vs {float(t)} at {at}"
+
+
+def test_codegen_explain_says_why_a_derivative_is_not_through_the_output(capsys):
+    """The fast GELU's inverse is not found in time: --explain says so, exit 0."""
+    from symbackprop.cli import main
+
+    rc = main(["codegen", "L = gelu_tanh_user(x)", "--explain"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "Traceback" not in out
+    assert "== derivative of gelu_tanh_user: in x, not through its output (y = f(x) was not " \
+           "inverted within 1 s)" in out

@@ -150,8 +150,10 @@ def float_steps(e: sp.Expr) -> sp.Expr:
         return e
     if isinstance(e, sp.Heaviside):
         return FloatStep(e.args[0], e.args[1] if len(e.args) > 1 else sp.S.Half)
-    safe = isinstance(e, sp.Mul) and any(not f.is_number and not isinstance(f, sp.Heaviside)
-                                         for f in e.args)
+    # -(h > 0) * g is an error when the printer puts the boolean first: a negative product
+    # keeps its steps as floats
+    safe = isinstance(e, sp.Mul) and e.as_coeff_Mul()[0] > 0 and any(
+        not f.is_number and not isinstance(f, sp.Heaviside) for f in e.args)
     args = [a if safe and isinstance(a, sp.Heaviside) else float_steps(a) for a in e.args]
     if all(a is b for a, b in zip(args, e.args)):
         return e

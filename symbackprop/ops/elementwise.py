@@ -163,6 +163,19 @@ def through_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol, name: str = "") -> sp.E
     return d
 
 
+def derivative_notes(g) -> list[tuple[str, str]]:
+    """``(op, why)`` for each op of ``g`` whose derivative is computed in its input because
+    no form through its output was found (``codegen --explain`` prints them)."""
+    from . import registry
+
+    names = sorted({g.nx.nodes[n]["op"] for n in g.nx} - set(registry.LEAVES))
+    for n in names:  # the derivatives are derived on first use: derive them now
+        op = registry.get(n)
+        if op.elementwise and op.local_grads is not None:
+            op.local_grads({})
+    return [(n, NOTES[n]) for n in names if n in NOTES]
+
+
 def _minus_inside(c: sp.Expr) -> sp.Expr:
     """``-y*(y - 1)`` -> ``y*(1 - y)``: the textbook form, as factor() leaves a -1 outside."""
     coeff, rest = c.as_coeff_Mul()
