@@ -213,7 +213,7 @@ def test_deriving_a_user_op_is_bounded_in_time():
     op = sb.elementwise("gelu_tanh_timed", USER["gelu_tanh_user"])
     grads = registry.get("gelu_tanh_timed").local_grads({})
     assert time.perf_counter() - t < 10 * ew.SOLVE_SECONDS + 5
-    assert Y not in grads[0].free_symbols and "1 s" in ew.NOTES["gelu_tanh_timed"]
+    assert Y not in grads[0].free_symbols and "not inverted" in ew.NOTES["gelu_tanh_timed"]
     assert op.__name__ == "gelu_tanh_timed"
 
 
@@ -297,5 +297,5 @@ def test_codegen_explain_says_why_a_derivative_is_not_through_the_output(capsys)
     rc = main(["codegen", "L = gelu_tanh_user(x)", "--explain"])
     out = capsys.readouterr().out
     assert rc == 0 and "Traceback" not in out
-    assert "== derivative of gelu_tanh_user: in x, not through its output (y = f(x) was not " \
-           "inverted within 1 s)" in out
+    assert "== derivative of gelu_tanh_user: in x, not through its output (y = f(x) has more " \
+           "than 12 operations: not inverted)" in out

@@ -71,7 +71,8 @@ def unbroadcast(g, shape):
 
 # -- derivatives ----------------------------------------------------------------
 _SAMPLES = (0.3, 0.7, 1.3, 2.1, -0.4, -1.7, -2.9)
-SOLVE_SECONDS = 1.0  # at most this long inverting y = f(x) (sympy.solve can run for minutes)
+SOLVE_SECONDS = 1.0
+SOLVE_MAX_OPS = 12  # larger forward expressions are not inverted at all  # at most this long inverting y = f(x) (sympy.solve can run for minutes)
 # Why an op's derivative is not written through its output, by op name (--explain shows it).
 NOTES: dict[str, str] = {}
 
@@ -144,6 +145,9 @@ def through_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol, name: str = "") -> sp.E
 
     def candidates():  # cheapest first: solving y = f(x) takes SymPy about a second
         yield d.subs(f, Y)
+        if f.count_ops() > SOLVE_MAX_OPS:
+            why.append(f"y = f(x) has more than {SOLVE_MAX_OPS} operations: not inverted")
+            return
         if f.free_symbols == {x} and f.count_ops() > 0:
             sols = _bounded(lambda: sp.solve(sp.Eq(Y, f), x), SOLVE_SECONDS)
             if sols is None:
