@@ -279,6 +279,20 @@ class Bound:
         self.params = c.params
 
 
+def ratios_of(med: dict) -> dict:
+    """The ratios a workload reports, from the median time of each contender."""
+    return {
+        "generated/tuned": med["generated"] / med["tuned"],
+        "generated/idiomatic": med["generated"] / med["idiomatic"],
+        "generated/floor": med["generated"] / med["floor"],
+        "idiomatic/floor": med["idiomatic"] / med["floor"],
+        "tuned/floor": med["tuned"] / med["floor"],
+        "step/forward": med["generated"] / med["generated forward"],
+        "(forward+backward)/forward": med["generated forward+backward"]
+        / med["generated forward"],
+    }
+
+
 def run_workload(w: Workload, args, rng: random.Random) -> dict:
     dtype = np.dtype(w.dtype)
     nrng = np.random.default_rng(0)
@@ -328,16 +342,7 @@ def run_workload(w: Workload, args, rng: random.Random) -> dict:
 
     t = interleave(fns, args.rounds, args.block, args.drop, rng)
     med = {k: v["median"] for k, v in t.items()}
-    ratios = {
-        "generated/tuned": med["generated"] / med["tuned"],
-        "generated/idiomatic": med["generated"] / med["idiomatic"],
-        "generated/floor": med["generated"] / med["floor"],
-        "idiomatic/floor": med["idiomatic"] / med["floor"],
-        "tuned/floor": med["tuned"] / med["floor"],
-        "step/forward": med["generated"] / med["generated forward"],
-        "(forward+backward)/forward": med["generated forward+backward"]
-        / med["generated forward"],
-    }
+    ratios = ratios_of(med)
     for kind in contenders.available_frameworks():
         if kind in med:
             ratios[f"{kind}/floor"] = med[kind] / med["floor"]

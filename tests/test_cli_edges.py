@@ -151,15 +151,20 @@ def test_py_spec_without_a_usable_graph(source, found, tmp_path, capsys):
     assert f"file {path!r}" in msg and found in msg and "networkx" in msg, msg
 
 
-def test_py_spec_networkx_graph_with_a_bad_node_is_one_line(tmp_path, capsys):
-    path = spec(tmp_path, "net.py", """
+def one_op_spec(tmp_path, op: str) -> str:
+    """A .py SPEC whose graph is a networkx DiGraph: L = op(x)."""
+    return spec(tmp_path, "net.py", f"""
         import networkx as nx
 
         graph = nx.DiGraph()
         graph.add_node("x", op="input")
-        graph.add_node("L", op="idenity")
+        graph.add_node("L", op="{op}")
         graph.add_edge("x", "L")
         """)
+
+
+def test_py_spec_networkx_graph_with_a_bad_node_is_one_line(tmp_path, capsys):
+    path = one_op_spec(tmp_path, "idenity")
     status, _, err = run(capsys, "check", path)
     assert status == 2
     assert "node 'L' uses op 'idenity', which is not registered" in one_line(err)
@@ -213,14 +218,7 @@ def test_unknown_op_leaves_out_internal_ops(tmp_path, capsys):
     assert {"ew", "identity", "softmax_cross_entropy_grad"} <= set(internal)
     for typo, suggested in (("softmax_cross_entropy_gra", "softmax_cross_entropy"),
                             ("idenity", None), ("ewe", None), ("relu6", "relu")):
-        path = spec(tmp_path, "net.py", f"""
-            import networkx as nx
-
-            graph = nx.DiGraph()
-            graph.add_node("x", op="input")
-            graph.add_node("L", op="{typo}")
-            graph.add_edge("x", "L")
-            """)
+        path = one_op_spec(tmp_path, typo)
         status, _, err = run(capsys, "check", path)
         assert status == 2
         msg = one_line(err)

@@ -26,7 +26,7 @@ from ..graph import Graph, dim_symbol, fmt_shape
 from ..ops import registry
 from ..ops.elementwise import broadcast_shapes
 from ..ops.stable import StableFunction
-from ..optimize import dump
+from ..optimize import changes, dump
 from ..optimize import optimize as run_passes
 from ..optimize import resolve as resolve_passes
 from ..optimize.fuse import fuse_for_stability
@@ -333,9 +333,7 @@ def prepare(g: Graph, of: str | None = None, wrt=None, optimize=True,
         before = dump(g) if explain is not None else None
         g = fuse_for_stability(g)
         if explain is not None:
-            after = dump(g)
-            sub.append(("fuse for stability", [ln for ln in before if ln not in after],
-                        [ln for ln in after if ln not in before]))
+            sub.append(("fuse for stability", *changes(before, dump(g))))
     if explain is not None:
         explain += [(f"{name} (forward graph)", rm, add) for name, rm, add in sub]
     warn_unstable(g)

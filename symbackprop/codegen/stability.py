@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import sys
 import warnings
+from functools import lru_cache
 
 import numpy as np
 import sympy as sp
@@ -29,7 +30,9 @@ _PAIRS = np.array([-1000.0, -100.0, -10.0, -1.0, 0.5, 1.0, 10.0, 100.0, 1000.0])
 _seen: dict[int, tuple] = {}  # id(OpDef) -> (OpDef, problems): each op probed once
 
 
+@lru_cache(maxsize=1)
 def _namespace() -> dict:
+    """np, DTYPE and every helper a probed expression may call (read only)."""
     ns = {"np": np, "DTYPE": np.float64}
     for f in FUNCTIONS:
         exec(f.helper, ns)  # noqa: S102 -- our own helper sources (ops/stable.py)

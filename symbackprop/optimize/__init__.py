@@ -12,7 +12,7 @@ from .cse import cse, cse_in_place
 from .dce import dce, dce_in_place
 from .fold import fold, fold_in_place
 from .fuse import fuse, fuse_in_place
-from .rewrite import dump
+from .rewrite import changes, dump
 from .simplify import simplify, simplify_in_place
 
 PASSES = {"simplify": simplify, "fold": fold, "cse": cse, "fuse": fuse, "dce": dce}
@@ -69,11 +69,8 @@ def optimize(g: Graph, passes=True, explain: list | None = None) -> Graph:
         before = dump(g) if explain is not None else None
         g = IN_PLACE[name](g)
         if explain is not None:
-            after = dump(g)
-            old, new = set(before), set(after)  # a list's `in` would make this quadratic
-            explain.append((name, [ln for ln in before if ln not in new],
-                            [ln for ln in after if ln not in old]))
+            explain.append((name, *changes(before, dump(g))))
     return g
 
 
-__all__ = ["DEFAULT", "PASSES", "cse", "dce", "dump", "fold", "fuse", "optimize", "simplify"]
+__all__ = ["DEFAULT", "PASSES", "changes", "cse", "dce", "dump", "fold", "fuse", "optimize", "simplify"]

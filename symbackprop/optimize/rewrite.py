@@ -25,6 +25,12 @@ def protected(g: Graph) -> set[str]:
     return set(g.outputs) | {n for n in g.nx if g.role(n) in ("input", "param")}
 
 
+def changes(before: list[str], after: list[str]) -> tuple[list[str], list[str]]:
+    """The lines of a :func:`dump` that a pass removed and those it added."""
+    old, new = set(before), set(after)  # a list's `in` would make this quadratic
+    return [ln for ln in before if ln not in new], [ln for ln in after if ln not in old]
+
+
 def dump(g: Graph) -> list[str]:
     """One line per node, ``name = op(args) {attrs}``, in topological order."""
     lines = []
