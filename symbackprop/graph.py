@@ -320,7 +320,53 @@ class Graph:
         return [n for n, d in self.nx.nodes(data=True) if role is None or role_of(d) == role]
 
     def role(self, name: str) -> str:
+        """``"input"``, ``"param"``, ``"const"`` or ``"op"``."""
         return role_of(self.nx.nodes[name])
+
+    def is_leaf(self, name: str) -> bool:
+        """Whether ``name`` is an input, a parameter or a constant (computes nothing)."""
+        return self.nx.nodes[name]["op"] in LEAVES
+
+    def opdef(self, name: str) -> registry.OpDef | None:
+        """The :class:`~symbackprop.ops.registry.OpDef` of an op node; ``None`` for a leaf.
+
+        Examples
+        --------
+        >>> g = sb.parse("y = relu(x)")
+        >>> g.opdef("y").name, g.opdef("x")
+        ('relu', None)
+        """
+        op = self.nx.nodes[name]["op"]
+        return None if op in LEAVES else registry.get(op, node=name)
+
+    # -- annotations (ANNOTATIONS: what each means, who writes and who reads it) ---------
+    def phase(self, name: str) -> str | None:
+        """``"forward"`` or ``"backward"`` in a joint graph; ``None`` elsewhere."""
+        return self.nx.nodes[name].get("phase")
+
+    def is_backward(self, name: str) -> bool:
+        """Whether the backward sweep computes ``name`` (a joint graph's gradient node)."""
+        return self.nx.nodes[name].get("phase") == "backward"
+
+    def adjoint_of(self, name: str) -> str | None:
+        """The forward node whose whole gradient ``name`` holds (dL/d that node)."""
+        return self.nx.nodes[name].get("adjoint_of")
+
+    def grad_of(self, name: str) -> str | None:
+        """The forward node of which ``name`` is one consumer's gradient contribution."""
+        return self.nx.nodes[name].get("grad_of")
+
+    def via(self, name: str) -> str | None:
+        """The consumer through which the contribution ``name`` (see :meth:`grad_of`) flows."""
+        return self.nx.nodes[name].get("via")
+
+    def vjp_of(self, name: str) -> str | None:
+        """The forward node whose vector-Jacobian rule built ``name`` (its first node)."""
+        return self.nx.nodes[name].get("vjp_of")
+
+    def fused(self, name: str) -> list[str]:
+        """The nodes merged into ``name`` by fusion (their statements are now its own)."""
+        return list(self.nx.nodes[name].get("fused", ()))
 
     def args(self, name: str) -> list[str]:
         """The arguments of node ``name``, in order (none for a node not in the graph)."""
@@ -427,6 +473,25 @@ def _closure(names: Iterable[str], neighbours) -> set[str]:
                 out.add(p)
                 todo.append(p)
     return out
+
+
+# The annotations that differentiation and the passes write on nodes, read through the
+# accessors of the same name on Graph: name -> (meaning, written by, read by).
+ANNOTATIONS = {
+    "phase": ('"forward" or "backward": the sweep that computes the node',
+              "autodiff.differentiate; optimize.cse marks a merged node forward",
+              "optimize.cse, edges, display, render, codegen.emit"),
+    "adjoint_of": ("the forward node whose whole gradient dL/d(node) this node holds",
+                   "autodiff.differentiate", "display, edges, render, codegen.emit"),
+    "grad_of": ("the forward node of which this node is one consumer's contribution",
+                "autodiff.differentiate", "render, codegen.emit, codegen.plan"),
+    "via": ("the consumer that contribution flows through", "autodiff.differentiate",
+            "edges, codegen.emit, codegen.plan"),
+    "vjp_of": ("the forward node whose vector-Jacobian rule built this node",
+               "autodiff.differentiate", "edges, render, codegen.plan"),
+    "fused": ("the nodes merged into this one (their statements are now its own)",
+              "optimize.fuse", "optimize.fuse, codegen.emit"),
+}
 
 
 def role_of(data: dict) -> str:
