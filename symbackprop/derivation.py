@@ -18,19 +18,9 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from .autodiff import check_of_wrt
-from .display import (
-    UNDEFINED,
-    _Display,
-    _indicators,
-    _simple,
-    exact,
-    fmt,
-    fmt_latex,
-    latex,
-    put,
-    special,
-    text,
-)
+from .display.expressions import _Display, _indicators, put
+from .display.numbers import UNDEFINED, exact, fmt, number, special
+from .display.printers import _simple, latex, text
 from .edges import culprit, explain, origin, real_value, why
 from .errors import GradError
 from .formulas import Gradients, grad
@@ -541,13 +531,6 @@ def _dd(d: _Display, top: str, n: str, tex: bool) -> str:
     return rf"\frac{{d{lab(top)}}}{{d{lab(n)}}}" if tex else f"d{lab(top)}/d{lab(n)}"
 
 
-def _num(v, tex: bool, factor: bool = False) -> str:
-    s = fmt_latex(v) if tex else fmt(v)
-    if factor and s.startswith(("−", "-", "±", r"\pm")):
-        s = f"({s})"
-    return s
-
-
 def _expr(e, tex: bool) -> str:
     return latex(e) if tex else text(e)
 
@@ -567,7 +550,7 @@ def _step_stages(der: Derivation, st: Step, tex: bool) -> list[str]:
     if any(t.vjp for t in st.terms):
         stages = [" + ".join(_expr(t.local, tex) for t in st.terms)]
         if have:
-            stages.append(_num(st.grad_value, tex))
+            stages.append(number(st.grad_value, tex))
         return stages
     seed = [t.consumer == of for t in st.terms]
     stages = []
@@ -577,22 +560,22 @@ def _step_stages(der: Derivation, st: Step, tex: bool) -> list[str]:
     sym, vals = [], []
     for t, s in zip(st.terms, seed):
         if t.local.is_Number:
-            loc = _num(t.local, tex, factor=not s)
+            loc = number(t.local, tex, factor=not s)
         else:
             loc = _expr(t.local, tex)
             if not s and (t.local.is_Add or loc[:1] in "-−"):
                 loc = rf"\left({loc}\right)" if tex else f"({loc})"
         if s:
             sym.append(loc)
-            vals.append(_num(t.local_value, tex) if have else loc)
+            vals.append(number(t.local_value, tex) if have else loc)
         else:
-            up = _num(t.upstream_value, tex) if have else _dd(d, of, t.consumer, tex)
+            up = number(t.upstream_value, tex) if have else _dd(d, of, t.consumer, tex)
             sym.append(up + dot + loc)
-            vals.append(up + dot + _num(t.local_value, tex, factor=True) if have else up + dot + loc)
+            vals.append(up + dot + number(t.local_value, tex, factor=True) if have else up + dot + loc)
     stages.append(" + ".join(sym))
     stages.append(" + ".join(vals))
     if have:
-        stages.append(_num(st.grad_value, tex))
+        stages.append(number(st.grad_value, tex))
     out = []
     for s in stages:
         if not out or out[-1] != s:
@@ -625,7 +608,7 @@ def _derivation_lines(der: Derivation, tex: bool) -> list[tuple[str, str]]:
         return (words + (f" {math}" if math else "") + ":", "")
 
     lines: list[tuple[str, str]] = []
-    point = ", ".join(f"{_expr(d.expr(k), tex)} = {_num(v, tex)}" for k, v in der.at.items())
+    point = ", ".join(f"{_expr(d.expr(k), tex)} = {number(v, tex)}" for k, v in der.at.items())
     lines.append(heading("Forward pass" + (" at" if point and der.scalar else ""),
                          point if der.scalar else ""))
     ancestors = g.ancestors([of])
@@ -634,7 +617,7 @@ def _derivation_lines(der: Derivation, tex: bool) -> list[tuple[str, str]]:
             continue
         rhs = [_expr(d.definition(n), tex)] if not d.auto(n) else []
         if der.values:
-            rhs.append(_num(der.values[n], tex))
+            rhs.append(number(der.values[n], tex))
         lhs = _expr(d.expr(n), tex)
         rhs = [r for r in rhs if r != lhs]
         if rhs:
@@ -654,8 +637,8 @@ def _derivation_lines(der: Derivation, tex: bool) -> list[tuple[str, str]]:
             chain = _chain(der, w)
             rhs = ""
             if chain and len(chain) > 1:
-                rhs = dot.join(_num(v, tex, factor=i > 0) for i, v in enumerate(chain)) + " = "
-            rhs += _num(der.grads[w], tex)
+                rhs = dot.join(number(v, tex, factor=i > 0) for i, v in enumerate(chain)) + " = "
+            rhs += number(der.grads[w], tex)
             if tex:
                 lines.append((r"\text{So } " + _dd(d, of, w, tex), rhs))
             else:
@@ -675,11 +658,11 @@ def _fd_lines(der: Derivation, tex: bool) -> list[tuple[str, str]]:
         fwd = der.finite_difference(0.01, w)
         cen = der.finite_difference(1e-6, w, central=True)
         W, F = _expr(d.expr(w), tex), _expr(d.expr(of), tex)
-        x1 = _num(der.at[w] + exact(0.01), tex)
-        fp, f0 = _num(fwd.f_plus, tex), _num(fwd.f_minus, tex, factor=True)
-        slope = _num(fwd.slope, tex)
+        x1 = number(der.at[w] + exact(0.01), tex)
+        fp, f0 = number(fwd.f_plus, tex), number(fwd.f_minus, tex, factor=True)
+        slope = number(fwd.slope, tex)
         if special(cen.slope) is not None:
-            cval = _num(cen.slope, tex)
+            cval = number(cen.slope, tex)
         else:
             c = float(sp.N(cen.slope, 30))
             cval = f"{c:.6f}" if abs(c) >= 1 else f"{c:.6g}"
@@ -724,7 +707,7 @@ def _markdown(der: Derivation) -> str:
         out.append("")
         for w in der.wrt:
             chain = _chain(der, w)
-            rhs = " · ".join(_num(v, False, factor=i > 0) for i, v in enumerate(chain)) + " = " \
+            rhs = " · ".join(number(v, False, factor=i > 0) for i, v in enumerate(chain)) + " = " \
                 if chain and len(chain) > 1 else ""
             out.append(f"So {_md(_dd(d, of, w, False))} = {rhs}{fmt(der.grads[w])}.  ")
         if der.scalar:

@@ -17,7 +17,8 @@ import difflib
 import sympy as sp
 
 from .autodiff import Adjoints, differentiate
-from .display import _Display, _is_mat, _simple, build, canonical, latex, realize, substitute, text
+from .display.expressions import _Display, _is_mat, build, canonical, realize, substitute
+from .display.printers import _simple, latex, text
 from .errors import GradError
 from .graph import Graph
 

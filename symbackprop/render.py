@@ -44,11 +44,12 @@ from pathlib import Path
 import graphviz
 import numpy as np
 import sympy as sp
-from sympy.printing.precedence import PRECEDENCE, precedence
-from sympy.printing.str import StrPrinter
+from sympy.printing.precedence import PRECEDENCE
 
 from .autodiff import Adjoints, differentiate
-from .display import special
+from .display import fmt, formula, special, text
+from .display.numbers import number
+from .display.printers import precedence_of
 from .errors import GraphError, GraphvizError, GraphvizNotFoundError
 from .graph import Graph, fmt_shape, role_of
 from .ops import registry
@@ -59,175 +60,8 @@ FORMATS = ("svg", "png", "pdf", "dot")
 INSTALL_HINT = ("Install Graphviz: 'sudo apt-get install graphviz' (Debian/Ubuntu), "
                 "'brew install graphviz' (macOS) or see https://graphviz.org/download/.")
 
-MINUS = "\u2212"
 _ATOM = PRECEDENCE["Atom"]
-_SUP = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
 _INLINE_MAX = 24  # an unnamed node is written inside its consumers' formulas up to this length
-
-
-# -- numbers and formulas -------------------------------------------------------------------
-def fmt_number(v, digits: int = 6) -> str:
-    """A value as people write it: ``20``, ``−24``, ``0.005154``, ``1.2e−7``, or an
-    array summary.
-
-    Examples
-    --------
-    >>> from symbackprop.render import fmt_number
-    >>> fmt_number(-24.0), fmt_number(25.2004), fmt_number(0.9 ** 50), fmt_number(3e-9)
-    ('−24', '25.2004', '0.00515378', '3e−9')
-    >>> fmt_number(sp.log(0)), fmt_number(-sp.oo), fmt_number(sp.sqrt(-1))
-    ('±∞', '−∞', 'undefined')
-    """
-    if isinstance(v, sp.Basic) and not v.is_number:
-        return formula(v)
-    if isinstance(v, sp.Basic) and special(v) is not None:  # SymPy's zoo, nan, I
-        return special(v)
-    a = np.asarray(v, dtype=float) if not isinstance(v, sp.Basic) else np.asarray(float(v))
-    if a.size != 1:
-        if a.size <= 4:
-            return "[" + ", ".join(fmt_number(x, digits) for x in a.ravel()) + "]"
-        return f"{'×'.join(map(str, a.shape))} array, max|·| {fmt_number(np.abs(a).max(), 3)}"
-    x = float(a.ravel()[0])
-    if math.isnan(x) or math.isinf(x):
-        return {"nan": "NaN", "inf": "∞", "-inf": MINUS + "∞"}[str(x)]
-    if x == int(x) and abs(x) < 1e15:
-        s = str(int(x))
-    elif 1e-3 <= abs(x) < 1e6:
-        s = f"{x:.{digits}g}"
-    else:
-        s = f"{x:.{min(digits, 3)}g}".replace("e-0", "e-").replace("e+0", "e").replace("e+", "e")
-    return s.replace("-", MINUS)
-
-
-class FormulaPrinter(StrPrinter):
-    """Compact one-line Unicode formulas: ``2x``, ``b²``, ``w·x − y``, ``[z > 0]``.
-
-    ``names`` maps a symbol's name to ``(text, precedence)``, so a formula in the
-    op symbols ``x0, x1`` prints with argument names, and an unnamed node can be
-    written as its own formula, parenthesized where needed.
-    """
-
-    def __init__(self, names: dict | None = None):
-        super().__init__()
-        self.names = names or {}
-
-    def _prec(self, e) -> int:
-        if isinstance(e, sp.Symbol) and e.name in self.names:
-            return self.names[e.name][1]
-        if isinstance(e, sp.Number) and (e < 0 or not e.is_Integer and e.is_Rational):
-            return PRECEDENCE["Mul"] if e > 0 else PRECEDENCE["Add"]
-        return precedence(e)
-
-    def parenthesize(self, item, level, strict=False):
-        p = self._prec(item)
-        if p < level or (not strict and p <= level):
-            return f"({self._print(item)})"
-        return self._print(item)
-
-    def _print_Symbol(self, e):
-        return self.names.get(e.name, (e.name, _ATOM))[0]
-
-    def _print_Integer(self, e):
-        return str(int(e)).replace("-", MINUS)
-
-    _print_NegativeOne = _print_One = _print_Zero = _print_Integer
-
-    def _print_Rational(self, e):
-        return f"{self._print(sp.Integer(e.p))}/{e.q}"
-
-    _print_Half = _print_Rational
-
-    def _print_Float(self, e):
-        return fmt_number(float(e))
-
-    def _print_Exp1(self, e):
-        return "e"
-
-    def _print_Pi(self, e):
-        return "π"
-
-    def _print_Add(self, e, order=None):
-        terms = self._as_ordered_terms(e, order=order)
-        pos = [t for t in terms if not t.could_extract_minus_sign()]
-        if pos and terms[0].could_extract_minus_sign():  # y − x, not −x + y
-            terms = [pos[0]] + [t for t in terms if t is not pos[0]]
-        out = []
-        for i, t in enumerate(terms):
-            if t.could_extract_minus_sign():
-                s = self.parenthesize(-t, PRECEDENCE["Add"])
-                out.append((f" {MINUS} " if i else MINUS) + s)
-            else:
-                out.append((" + " if i else "") + self.parenthesize(t, PRECEDENCE["Add"], True))
-        return "".join(out)
-
-    def _print_Mul(self, e):
-        if e.could_extract_minus_sign():
-            return MINUS + self.parenthesize(-e, PRECEDENCE["Mul"], strict=True)
-        num, den = [], []
-        for f in e.as_ordered_factors():
-            if f.is_Rational and not f.is_Integer:
-                num += [sp.Integer(f.p)] if f.p != 1 else []
-                den.append(sp.Integer(f.q))
-            elif f.is_Pow and f.exp.is_Rational and f.exp.is_negative:
-                den.append(f.base ** -f.exp)
-            else:
-                num.append(f)
-        texts = [self.parenthesize(f, PRECEDENCE["Mul"], strict=True) for f in num]
-        top = texts[0] if texts else "1"
-        for f, t in zip(num[1:], texts[1:]):
-            juxtapose = top.replace(MINUS, "").isdigit() and re.fullmatch(
-                r"[^\W\d_][⁰¹²³⁴⁵⁶⁷⁸⁹⁻]*", t)
-            top += t if juxtapose else "·" + t
-        if not den:
-            return top
-        bottom = self._print(sp.Mul(*den))
-        if len(den) > 1 or self._prec(den[0]) < PRECEDENCE["Pow"]:
-            bottom = f"({bottom})"
-        if len(num) == 1 and self._prec(num[0]) <= PRECEDENCE["Add"]:
-            top = f"({self._print(num[0])})"
-        return f"{top}/{bottom}"
-
-    def _print_Pow(self, e):
-        b, x = e.as_base_exp()
-        if x == sp.Rational(1, 2):
-            return "√" + self.parenthesize(b, _ATOM)
-        if x.is_Rational and x.is_negative:
-            return "1/" + self.parenthesize(b ** -x, PRECEDENCE["Mul"])
-        base = self.parenthesize(b, PRECEDENCE["Pow"])
-        if x.is_Integer:
-            return base + str(int(x)).translate(_SUP)
-        return base + "^" + self.parenthesize(x, PRECEDENCE["Pow"])
-
-    def _print_Heaviside(self, e):
-        strict = len(e.args) > 1 and e.args[1] == 0  # relu'(0) = 0: the Iverson bracket
-        return f"[{self._print(e.args[0])} > 0]" if strict else f"H({self._print(e.args[0])})"
-
-    def _print_Abs(self, e):
-        return f"|{self._print(e.args[0])}|"
-
-    def _print_Max(self, e):
-        return "max(" + ", ".join(self._print(a) for a in _numbers_last(e.args)) + ")"
-
-    def _print_Min(self, e):
-        return "min(" + ", ".join(self._print(a) for a in _numbers_last(e.args)) + ")"
-
-
-def _numbers_last(args) -> list:
-    return sorted(args, key=lambda a: bool(a.is_number))  # max(z, 0), not max(0, z)
-
-
-def formula(e, names: dict | None = None) -> str:
-    """``e`` (a SymPy expression) as a compact Unicode formula.
-
-    Examples
-    --------
-    >>> import sympy
-    >>> from symbackprop.render import formula
-    >>> w, x, y, b = sympy.symbols("w x y b")
-    >>> formula((w * x - y) ** 2), formula(2 * b), formula(-8 * x / 3)
-    ('(w·x − y)²', '2b', '−8x/3')
-    """
-    return FormulaPrinter(names).doprint(sp.sympify(e))
 
 
 # -- escaping ---------------------------------------------------------------------------------
@@ -357,7 +191,7 @@ class _Diagram:
         d = self.G.nodes[n]
         if d["op"] == "const" and d["shape"] == () and n not in self.grad_of:
             v = sp.sympify(d["value"])
-            return formula(v), FormulaPrinter()._prec(v)
+            return formula(v), precedence_of(v)
         if d.get("auto") and role_of(d) == "op" and n not in self.grad_of:
             text, prec = self.formula(n)
             if len(text) <= _INLINE_MAX:
@@ -374,7 +208,7 @@ class _Diagram:
             e = op.display(list(X[:len(args)]), d["attrs"])
             e = sp.sympify(e).xreplace(self._const_args(args))
             names = {X[i].name: r for i, r in enumerate(refs)}
-            return FormulaPrinter(names).doprint(e), FormulaPrinter(names)._prec(e)
+            return formula(e, names), precedence_of(e, names)
         texts = [t if p >= PRECEDENCE["Pow"] else f"({t})" for t, p in refs]
         note = op.notation
         text = note(texts, d["attrs"]) if callable(note) else \
@@ -470,7 +304,7 @@ class _Diagram:
     def _title(self, n, title: str) -> str:
         if self.der is None or n not in self.der.values:
             return title
-        value = f"<B>{esc(fmt_number(self.der.values[n]))}</B>"
+        value = f"<B>{esc(fmt(self.der.values[n]))}</B>"
         return f"{title} = {_colored(value, COLORS['value'])}"
 
     def _grad_line(self, n) -> str:
@@ -479,19 +313,17 @@ class _Diagram:
             if step is None:
                 return ""
             head = f"∂{esc(self.der.of)}/∂{esc(self.dname(n))}"
-            chain = " + ".join(f"{_factor(t.upstream_value)}·{_factor(t.local_value)}"
+            chain = " + ".join(f"{number(t.upstream_value, factor=True)}·{number(t.local_value, factor=True)}"
                                for t in step.terms if t.local_value is not None
                                and t.upstream_value is not None)
             if step.grad_value is None:  # no point given: the formula, in δ-form
-                from .display import text
-
-                return _colored(f"{head} = {esc(text(step.formula))}", COLORS["grad"])
-            value = fmt_number(step.grad_value)
+                    return _colored(f"{head} = {esc(text(step.formula))}", COLORS["grad"])
+            value = fmt(step.grad_value)
             body = f"{esc(chain)} = <B>{esc(value)}</B>" if chain else f"<B>{esc(value)}</B>"
             return _colored(f"{head} = {body}", COLORS["grad"])
         if n in self.grads and self.kind != "backward":
             of = self.of or "L"
-            m = fmt_number(_magnitude(self.grads[n]), 3)
+            m = fmt(_magnitude(self.grads[n]), digits=3)
             return _small(f"max|∂{esc(of)}/∂{esc(self.dname(n))}| = {esc(m)}", COLORS["grad"])
         return ""
 
@@ -615,7 +447,7 @@ class _Diagram:
         last = self.G.nodes[members[-1]]["shape"]
         out_shape = f" → {fmt_shape(last)}" if role == "block" and last else ""
         keys = [n for n in members if n in self.grads and role == "block"]
-        size = "" if not keys else fmt_number(max(_magnitude(self.grads[k]) for k in keys), 3)
+        size = "" if not keys else fmt(max(_magnitude(self.grads[k]) for k in keys), digits=3)
         size = _small(f"max|∂{esc(self.of or 'L')}/∂·| = {esc(size)}", COLORS["grad"]) \
             if size else ""
         out = dict(STYLE[role])
@@ -669,10 +501,8 @@ class _Diagram:
         d = self.G.nodes[v]
         op = registry.get(d["op"])
         if getattr(t, "vjp", False) or op.local_grads is None:  # a tensor op's whole VJP
-            from .display import text
-
             local = text(t.local)
-            value = "" if t.product_value is None else fmt_number(t.product_value)
+            value = "" if t.product_value is None else fmt(t.product_value)
             return f"∂{self.der.of}/∂{self.dname(u)} via {self.dname(v)}: {local}" + (
                 f" = {value}" if value else "")
         args = self.g.args(v)
@@ -681,15 +511,15 @@ class _Diagram:
         names = {X[i].name: self.refs[a] for i, a in enumerate(args)}
         names["y"] = self.refs[v]
         local = formula(e, names)
-        value = fmt_number(t.local_value) if t.local_value is not None else ""
+        value = fmt(t.local_value) if t.local_value is not None else ""
         return f"∂{self.dname(v)}/∂{self.dname(u)} = " + (
             local if local == value or not value else f"{local} = {value}")
 
     def _legend(self, dot) -> None:
         of = self.of or (self.der.of if self.der is not None else "L")
         lo, hi = GRAD_SCALE
-        marks = [(lo, f"≤ {fmt_number(lo)}"), (VANISHING, f"{fmt_number(VANISHING)}  vanishing"),
-                 (1e-2, fmt_number(1e-2)), (1.0, "1"), (hi, f"≥ {fmt_number(hi)}  exploding")]
+        marks = [(lo, f"≤ {fmt(lo)}"), (VANISHING, f"{fmt(VANISHING)}  vanishing"),
+                 (1e-2, fmt(1e-2)), (1.0, "1"), (hi, f"≥ {fmt(hi)}  exploding")]
         rows = "".join(
             f'<TR><TD BGCOLOR="{_heat(m)[0]}" WIDTH="24"> </TD>'
             f'<TD ALIGN="LEFT"><FONT POINT-SIZE="10">{esc(text)}</FONT></TD></TR>'
@@ -698,12 +528,6 @@ class _Diagram:
                  f'COLOR="#d1d5db"><TR><TD COLSPAN="2"><FONT POINT-SIZE="10">'
                  f"<B>max|∂{esc(of)}/∂·|</B></FONT></TD></TR>{rows}</TABLE>>")
         dot.node("_legend", label=label, shape="plaintext")
-
-
-def _factor(v) -> str:
-    """A number inside a product: ``(−8)``."""
-    s = fmt_number(v)
-    return f"({s})" if s.startswith((MINUS, "±")) else s
 
 
 def _attr_text(v) -> str:
@@ -819,10 +643,10 @@ def render(obj, kind: str | None = None, *, of: str | None = None, wrt=None, at=
             return render(der.graph, kind, of=der.of, wrt=der.wrt, grads=grads,
                           collapse=collapse, group=group, title=title)
         grads = der.grads if grads is True else grads
-        point = ", ".join(f"{k} = {fmt_number(v)}" for k, v in (der.at or {}).items()
+        point = ", ".join(f"{k} = {fmt(v)}" for k, v in (der.at or {}).items()
                           if np.size(v) == 1)
         wrts = [der.wrt] if isinstance(der.wrt, str) else list(der.wrt or [])
-        answer = ", ".join(f"∂{der.of}/∂{w} = {fmt_number(der.grads[w])}" for w in wrts
+        answer = ", ".join(f"∂{der.of}/∂{w} = {fmt(der.grads[w])}" for w in wrts
                            if w in der.grads)
         default = f"{answer} at {point}" if point and answer else answer
         g = der.graph
@@ -831,8 +655,6 @@ def render(obj, kind: str | None = None, *, of: str | None = None, wrt=None, at=
                         collapse=bool(collapse)).build()
     deltas = None
     if _is_gradients(obj):
-        from .display import text
-
         deltas = {n: text(obj[n]) for n in obj.nodes}
         obj, kind = obj.adjoints, kind or "backward"
     if isinstance(obj, Adjoints):

@@ -19,7 +19,7 @@ LAYERS = [
     ["graph"],
     ["build", "models"],
     ["autodiff"],
-    ["display", "edges", "formulas", "optimize", "optimize.rewrite", "optimize.dce", "optimize.cse",
+    ["display", "display.numbers", "display.printers", "display.expressions", "display.labels", "edges", "formulas", "optimize", "optimize.rewrite", "optimize.dce", "optimize.cse",
      "optimize.fold", "optimize.fuse", "optimize.simplify"],
     ["derivation"],
     ["codegen", "codegen.runtime", "codegen.layout", "codegen.lowering", "codegen.printer", "codegen.stability", "codegen.emit", "codegen.plan", "codegen.train",

@@ -7,6 +7,7 @@ Regenerate the golden DOT files with ``pytest tests/test_render.py --update-gold
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import subprocess
@@ -20,8 +21,9 @@ import sympy as sp
 
 import symbackprop as sb
 from symbackprop.cli import main
+from symbackprop.display import fmt, formula
 from symbackprop.errors import GraphError, GraphvizError, GraphvizNotFoundError
-from symbackprop.render import _heat, fmt_number, formula
+from symbackprop.render import _heat
 
 GOLDEN = Path(__file__).parent / "golden"
 SVG = "{http://www.w3.org/2000/svg}"
@@ -347,8 +349,88 @@ def test_formula_printer():
     assert formula(b ** 2, {"b": ("Xᵀ", 1000)}) == "Xᵀ²"
 
 
-def test_fmt_number():
-    assert fmt_number(-24.0) == "−24" and fmt_number(sp.Rational(63001, 2500)) == "25.2004"
-    assert fmt_number(np.array([1.0, -2.0])) == "[1, −2]"
-    assert fmt_number(np.ones((3, 4))) == "3×4 array, max|·| 1"
-    assert fmt_number(float("nan")) == "NaN" and fmt_number(2.5e-7) == "2.5e−7"
+def test_fmt_writes_one_rule_for_every_number():
+    assert fmt(-24.0) == "−24" and fmt(sp.Rational(63001, 2500)) == "25.2004"
+    assert fmt(sp.Rational(1, 3)) == "1/3" and fmt(1 / 3) == "0.333333"
+    assert fmt(np.array([1.0, -2.0])) == "[length 2, ‖·‖ = 2.236]"
+    assert fmt(np.ones((3, 4))) == "[3×4, ‖·‖ = 3.464]"
+    assert fmt(float("nan")) == "undefined" and fmt(2.5e-7) == "2.5e−7"
+    assert fmt(123456789.0) == "1.23457e8" and fmt(123456789) == "123456789"
+    assert fmt(0.1 + 0.2) == "0.3" and fmt(sp.Rational(0.1 + 0.2)) == "0.3"
+    assert fmt(sp.Rational(3, 10 ** 9)) == "0.000000003"  # exact: every digit
+    assert fmt(0.00512345678, digits=3) == "0.00512"
+
+# -- the diagram and the text agree ----------------------------------------------------------
+def _label_lines(source: str, node: str) -> list[str]:
+    """The lines of node ``node``'s HTML-like label, tags dropped and entities unescaped."""
+    line = node_lines(source)[node]
+    label = re.search(r"label=<(.*)>( |\])", line).group(1)
+    return [html.unescape(re.sub(r"<[^>]+>", "", part)).strip()
+            for part in label.split("<BR/>")]
+
+
+def _text_numbers(d) -> tuple[dict, dict]:
+    """``({node: value}, {node: gradient})`` as ``d.text()`` writes them (the last
+    ``= ...`` of each line)."""
+    lines = d.text().splitlines()
+    back = lines.index(next(ln for ln in lines if ln.startswith("Backward pass")))
+    point = lines[0].split(" at ", 1)[1].rstrip(":")
+    values = dict(p.split(" = ") for p in point.split(", "))
+    ops = [n for n in d.graph.topo_order()
+           if n in d.graph.ancestors([d.of]) and not d.graph.is_leaf(n)]
+    forward = [ln for ln in lines[1:back]]
+    values.update({n: ln.rsplit(" = ", 1)[1] for n, ln in zip(ops, forward, strict=True)})
+    steps = [ln for ln in lines[back + 1:] if ln.startswith("  d")]
+    grads = {s.node: ln.rsplit(" = ", 1)[1] for s, ln in zip(d.steps, steps, strict=True)}
+    return values, grads
+
+
+def _dot_numbers(d) -> tuple[dict, dict]:
+    """The same, read from the derivation diagram's DOT source."""
+    source = sb.render(d).source
+    values, grads = {}, {}
+    for n in d.values:
+        if d.graph.role(n) == "const":
+            continue
+        lines = _label_lines(source, n)
+        values[n] = lines[0].rsplit(" = ", 1)[1]
+        grad = [ln for ln in lines if ln.startswith("∂")]
+        if grad:
+            grads[n] = grad[0].rsplit(" = ", 1)[1]
+    return values, grads
+
+
+AGREE = [  # statements, point, numbers the text and the diagram must both show
+    (CHAIN, {"x": 1}, {"25", "20", "10"}),
+    (LOSS, {"w": 2, "x": 3, "y": 10}, {"16", "−4", "−8", "−24"}),
+    ("c = x/3", {"x": 1}, {"1/3"}),
+    ("c = 2*x/3", {"x": 1}, {"2/3"}),
+    ("c = x/7 - 1", {"x": 2}, {"−5/7", "1/7"}),
+    ("c = 3*x", {"x": 0.1 + 0.2}, {"0.3", "0.9"}),
+    ("c = x*x", {"x": 12345.678}, {"152415765.279684", "24691.356"}),
+    ("c = x/3", {"x": 123456789.5}, {"246913579/6"}),
+    ("c = 3*x", {"x": 1e-9}, {"0.000000003"}),
+    ("c = tanh(x)", {"x": 1}, {"0.761594", "0.419974"}),
+    ("c = exp(x)", {"x": 40}, {"2.35385e17"}),
+    ("c = exp(-x)", {"x": 40}, {"4.24835e−18", "−4.24835e−18"}),
+    ("L = log(x)", {"x": 0}, {"−∞", "∞"}),
+    ("L = sqrt(x)", {"x": -1}, {"undefined"}),
+]
+
+
+@pytest.mark.parametrize("stmt,at,shown", AGREE, ids=[a[0] + str(a[1]) for a in AGREE])
+def test_diagram_and_text_write_every_number_alike(stmt, at, shown):
+    d = sb.derive(sb.parse(stmt), at=at)
+    text_values, text_grads = _text_numbers(d)
+    dot_values, dot_grads = _dot_numbers(d)
+    assert dot_values == {n: text_values[n] for n in dot_values}
+    assert dot_grads == {n: text_grads[n] for n in dot_grads}
+    assert set(dot_grads) == set(text_grads)
+    assert shown <= set(dot_values.values()) | set(dot_grads.values())
+
+
+def test_diagram_caption_writes_the_answer_as_the_text_does():
+    d = sb.derive(sb.parse("c = x/3"), at={"x": 1})
+    assert "So dc/dx = 1/3." in d.text()
+    assert "∂c/∂x = 1/3 at x = 1" in sb.render(d).source
+    assert "0.333333" not in sb.render(d).source
