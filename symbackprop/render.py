@@ -29,6 +29,13 @@ vanish, red where they explode, with a legend). Blocks of nodes (``sb.models.mlp
 tags each layer ``layer1``, ``layer2``, ...) can be collapsed into one summary node
 each, inside a cluster (``collapse=``), or only grouped in clusters (``group=``).
 
+This module only lays diagrams out: which nodes and edges a view shows, their
+ranks, clusters and colours. Every text it writes (a node's formula, a value, a
+gradient, a local derivative, a caption) comes from :mod:`symbackprop.display.labels`,
+which writes numbers by the same rule as a derivation's text. :func:`drawable` is the
+one place where a plain network is differentiated or derived for a view;
+:func:`render` tells its inputs apart by type.
+
 Node names reach DOT only as escaped HTML-like labels; node IDs are the names when
 they are plain ASCII identifiers, else ``_n<index>``, so any name is safe.
 """
@@ -43,52 +50,25 @@ from pathlib import Path
 
 import graphviz
 import numpy as np
-import sympy as sp
-from sympy.printing.precedence import PRECEDENCE
 
 from .autodiff import Adjoints, differentiate
-from .display import fmt, formula, special, text
-from .display.numbers import number
-from .display.printers import precedence_of
+from .derivation import Derivation, derive
+from .display import labels, special, text
+from .display.labels import NodeText, colored, esc, html, small
 from .errors import GraphError, GraphvizError, GraphvizNotFoundError
-from .graph import Graph, fmt_shape, role_of
-from .ops import registry
-from .ops.elementwise import X
+from .formulas import Gradients
+from .graph import Graph
 
 KINDS = ("forward", "backward", "joint", "derivation")
 FORMATS = ("svg", "png", "pdf", "dot")
 INSTALL_HINT = ("Install Graphviz: 'sudo apt-get install graphviz' (Debian/Ubuntu), "
                 "'brew install graphviz' (macOS) or see https://graphviz.org/download/.")
 
-_ATOM = PRECEDENCE["Atom"]
-_INLINE_MAX = 24  # an unnamed node is written inside its consumers' formulas up to this length
 
-
-# -- escaping ---------------------------------------------------------------------------------
-def esc(text) -> str:
-    """Text made safe inside an HTML-like Graphviz label (newlines become line breaks)."""
-    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    s = s.replace('"', "&quot;")
-    s = re.sub(r"\r\n?|\n", "<BR/>", s)
-    return re.sub(r"[\x00-\x1f\x7f]", " ", s)
-
-
-def _html(*lines) -> str:
-    """An HTML-like label from already escaped lines (empty ones are dropped)."""
-    return "<" + "<BR/>".join(line for line in lines if line) + ">"
-
-
+# -- markup and identifiers -------------------------------------------------------------------
 def _uncolored(label: str) -> str:
     """The label in the node's font colour (on a gradient fill, fixed colours may vanish)."""
     return re.sub(r' COLOR="#[0-9a-f]{6}"', "", label)
-
-
-def _small(text: str, color: str = "#6b7280", size: int = 10) -> str:
-    return f'<FONT POINT-SIZE="{size}" COLOR="{color}">{text}</FONT>'
-
-
-def _colored(text: str, color: str) -> str:
-    return f'<FONT COLOR="{color}">{text}</FONT>'
 
 
 _SAFE_ID = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -167,84 +147,36 @@ class _Diagram:
         self.ids = {n: n if _SAFE_ID.fullmatch(str(n)) else f"_n{i}"
                     for n, i in self.order.items()}
         # adjoint node -> the forward nodes it is the gradient of
-        self.grad_of: dict[str, list[str]] = {}
+        self.gradient_of: dict[str, list[str]] = {}
         for n, a in (adjoint or {}).items():
-            self.grad_of.setdefault(a, []).append(n)
-        for n, d in g.nx.nodes(data=True):
-            if d.get("adjoint_of") is not None and n not in self.grad_of:
-                self.grad_of[n] = [d["adjoint_of"]]
-        self.of = of or next((v[0] for k, v in self.grad_of.items()
-                              if role_of(self.G.nodes[k]) == "const"), None)
+            self.gradient_of.setdefault(a, []).append(n)
+        for n in g.nx:
+            if g.adjoint_of(n) is not None and n not in self.gradient_of:
+                self.gradient_of[n] = [g.adjoint_of(n)]
+        self.of = of or next((v[0] for k, v in self.gradient_of.items()
+                              if g.role(k) == "const"), None)
         self.grads, self.blocks, self.der, self.title = grads or {}, blocks or {}, derivation, title
         self.collapse, self.deltas = collapse, deltas or {}
-        self.refs: dict[str, tuple[str, int]] = {}
-        for n in g.topo_order():
-            self.refs[n] = self._ref(n)
+        self.labels = NodeText(g, self.gradient_of)  # every text of a node, from display
 
-    # -- what a node is called and how it is computed --------------------------------------
+    # -- which role a node is drawn in ------------------------------------------------------
     def backward(self, n) -> bool:
-        return self.G.nodes[n].get("phase") == "backward"
-
-    def _ref(self, n) -> tuple[str, int]:
-        """How ``n`` appears inside other formulas: its name, its value (a scalar
-        constant) or, for a short unnamed op, its own formula."""
-        d = self.G.nodes[n]
-        if d["op"] == "const" and d["shape"] == () and n not in self.grad_of:
-            v = sp.sympify(d["value"])
-            return formula(v), precedence_of(v)
-        if d.get("auto") and role_of(d) == "op" and n not in self.grad_of:
-            text, prec = self.formula(n)
-            if len(text) <= _INLINE_MAX:
-                return text, prec
-        return str(n), _ATOM
-
-    def formula(self, n) -> tuple[str, int]:
-        """The right-hand side of ``n = ...`` in argument names, and its precedence."""
-        d = self.G.nodes[n]
-        op = registry.get(d["op"])
-        args = self.g.args(n)
-        refs = [self.refs[a] for a in args]
-        if op.elementwise and op.display is not None:  # tensor displays are matrix algebra
-            e = op.display(list(X[:len(args)]), d["attrs"])
-            e = sp.sympify(e).xreplace(self._const_args(args))
-            names = {X[i].name: r for i, r in enumerate(refs)}
-            return formula(e, names), precedence_of(e, names)
-        texts = [t if p >= PRECEDENCE["Pow"] else f"({t})" for t, p in refs]
-        note = op.notation
-        text = note(texts, d["attrs"]) if callable(note) else \
-            note.format(*texts) if isinstance(note, str) else None
-        if text is not None:
-            return text, PRECEDENCE["Mul"] if " " in text else _ATOM
-        extra = [f"{k}={_attr_text(v)}" for k, v in d["attrs"].items()
-                 if v is not None and v != op.attrs.get(k)]
-        return f"{op.name}({', '.join([t for t, _ in refs] + extra)})", _ATOM
-
-    def _const_args(self, args) -> dict:
-        """``{x_i: value}`` for the scalar constant arguments, written as numbers."""
-        return {X[i]: sp.sympify(self.G.nodes[a]["value"]) for i, a in enumerate(args)
-                if self.G.nodes[a]["op"] == "const" and self.G.nodes[a]["shape"] == ()
-                and a not in self.grad_of}
-
-    def dname(self, n) -> str:
-        """``n`` after ∂: ``h1``, or ``(w·x − y)`` for an unnamed node."""
-        text, prec = self.refs.get(n, (str(n), _ATOM))
-        return text if prec >= _ATOM else f"({text})"
+        return self.g.is_backward(n)
 
     def role(self, n) -> str:
-        d = self.G.nodes[n]
         if self.backward(n):
-            return "adjoint" if n in self.grad_of else \
-                "const" if role_of(d) == "const" else "backward"
+            return "adjoint" if n in self.gradient_of else \
+                "const" if self.g.role(n) == "const" else "backward"
         if self.kind == "backward":
             return "ghost"
-        return role_of(d)
+        return self.g.role(n)
 
     # -- node attributes, one method per role ----------------------------------------------
     def attrs(self, n) -> dict:
         role = self.role(n)
         out = dict(STYLE["ghost" if role == "ghost" else role])
         if role == "ghost":
-            out["shape"] = STYLE[role_of(self.G.nodes[n])]["shape"]
+            out["shape"] = STYLE[self.g.role(n)]["shape"]
         out.update(getattr(self, f"_attrs_{role}")(n))
         if n in self.g.outputs and not self.backward(n):
             out["peripheries"] = "2"
@@ -256,81 +188,76 @@ class _Diagram:
         return out
 
     def _shape_line(self, n, name: str | None = None) -> str:
-        shape = self.G.nodes[n]["shape"]
-        parts = ([esc(name)] if name else []) + ([esc(fmt_shape(shape))] if shape else [])
-        return _small(" · ".join(parts)) if parts else ""
+        shape = labels.shape(self.G.nodes[n]["shape"])
+        parts = ([esc(name)] if name else []) + ([esc(shape)] if shape else [])
+        return small(" · ".join(parts)) if parts else ""
 
     def _attrs_input(self, n) -> dict:
-        return {"label": _html(self._title(n, f"<B>{esc(n)}</B>"), self._shape_line(n),
+        return {"label": html(self._title(n, f"<B>{esc(n)}</B>"), self._shape_line(n),
                                self._grad_line(n))}
 
     _attrs_param = _attrs_input
 
     def _attrs_const(self, n) -> dict:
-        d = self.G.nodes[n]
-        if d["shape"] == ():
-            return {"label": _html(esc(formula(sp.sympify(d["value"]))))}
-        return {"label": _html(f"<B>{esc(n)}</B>", self._shape_line(n))}
+        if self.G.nodes[n]["shape"] == ():
+            return {"label": html(esc(self.labels.constant(n)))}
+        return {"label": html(f"<B>{esc(n)}</B>", self._shape_line(n))}
 
     def _attrs_op(self, n) -> dict:
-        text = esc(self.formula(n)[0])
+        text = esc(self.labels.formula(n)[0])
         named = not self.G.nodes[n].get("auto")
         title = f"<B>{esc(n)}</B> = {text}" if named else text
         small = None if named or self.der is not None else n
-        return {"label": _html(self._title(n, title), self._shape_line(n, small),
+        return {"label": html(self._title(n, title), self._shape_line(n, small),
                                self._grad_line(n))}
 
     def _attrs_ghost(self, n) -> dict:
-        named = not self.G.nodes[n].get("auto") or role_of(self.G.nodes[n]) != "op"
-        title = esc(n) if named else esc(self.formula(n)[0])
-        return {"label": _html(title, self._shape_line(n)), "fontsize": "11"}
+        named = not self.G.nodes[n].get("auto") or self.g.is_leaf(n)
+        title = esc(n) if named else esc(self.labels.formula(n)[0])
+        return {"label": html(title, self._shape_line(n)), "fontsize": "11"}
 
     def _attrs_adjoint(self, n) -> dict:
         of = self.of or "L"
-        head = " = ".join(f"∂{esc(of)}/∂{esc(self.dname(f))}" for f in self.grad_of[n])
+        head = " = ".join(esc(labels.partial(of, self.labels.name(f)))
+                          for f in self.gradient_of[n])
         body = ""
-        if role_of(self.G.nodes[n]) == "op":
-            body = f"{esc(n)} = {esc(self.formula(n)[0])}"
-        elif role_of(self.G.nodes[n]) == "const":
-            body = f"{esc(n)} = {esc(formula(sp.sympify(self.G.nodes[n]['value'])))}"
-        deltas = [f"∂{esc(of)}/∂{esc(self.dname(f))} = {esc(self.deltas[f])}"
-                  for f in self.grad_of[n] if f in self.deltas]
-        return {"label": _html(f"<B>{head}</B>", body, *deltas, self._shape_line(n))}
+        if not self.g.is_leaf(n):
+            body = f"{esc(n)} = {esc(self.labels.formula(n)[0])}"
+        elif self.g.role(n) == "const":
+            body = f"{esc(n)} = {esc(self.labels.constant(n))}"
+        deltas = [f"{esc(labels.partial(of, self.labels.name(f)))} = {esc(self.deltas[f])}"
+                  for f in self.gradient_of[n] if f in self.deltas]
+        return {"label": html(f"<B>{head}</B>", body, *deltas, self._shape_line(n))}
 
     def _attrs_backward(self, n) -> dict:
-        return {"label": _html(esc(self.formula(n)[0]), self._shape_line(n, n))}
+        return {"label": html(esc(self.labels.formula(n)[0]), self._shape_line(n, n))}
 
     # -- derivation values and gradients -----------------------------------------------------
     def _title(self, n, title: str) -> str:
         if self.der is None or n not in self.der.values:
             return title
-        value = f"<B>{esc(fmt(self.der.values[n]))}</B>"
-        return f"{title} = {_colored(value, COLORS['value'])}"
+        value = f"<B>{esc(labels.value(self.der.values[n]))}</B>"
+        return f"{title} = {colored(value, COLORS['value'])}"
 
     def _grad_line(self, n) -> str:
         if self.der is not None:
             step = self.steps.get(n)
             if step is None:
                 return ""
-            head = f"∂{esc(self.der.of)}/∂{esc(self.dname(n))}"
-            chain = " + ".join(f"{number(t.upstream_value, factor=True)}·{number(t.local_value, factor=True)}"
-                               for t in step.terms if t.local_value is not None
-                               and t.upstream_value is not None)
+            head, chain, value = self.labels.gradient(self.der.of, n, step)
             if step.grad_value is None:  # no point given: the formula, in δ-form
-                    return _colored(f"{head} = {esc(text(step.formula))}", COLORS["grad"])
-            value = fmt(step.grad_value)
+                return colored(f"{esc(head)} = {esc(value)}", COLORS["grad"])
             body = f"{esc(chain)} = <B>{esc(value)}</B>" if chain else f"<B>{esc(value)}</B>"
-            return _colored(f"{head} = {body}", COLORS["grad"])
+            return colored(f"{esc(head)} = {body}", COLORS["grad"])
         if n in self.grads and self.kind != "backward":
-            of = self.of or "L"
-            m = fmt(_magnitude(self.grads[n]), digits=3)
-            return _small(f"max|∂{esc(of)}/∂{esc(self.dname(n))}| = {esc(m)}", COLORS["grad"])
+            m = labels.magnitude(self.of or "L", self.labels.name(n), _magnitude(self.grads[n]))
+            return small(esc(m), COLORS["grad"])
         return ""
 
     def _heat_for(self, nodes):
         """Colours for the largest gradient among ``nodes`` (an adjoint counts as the
         nodes it is the gradient of), or ``None`` when no gradient is given."""
-        keys = [k for n in nodes for k in (self.grad_of.get(n, []) if self.backward(n) else [n])]
+        keys = [k for n in nodes for k in (self.gradient_of.get(n, []) if self.backward(n) else [n])]
         vals = [self.grads[k] for k in keys if k in self.grads]
         return _heat(max(_magnitude(v) for v in vals)) if vals else None
 
@@ -342,7 +269,7 @@ class _Diagram:
         if self.kind != "backward":
             return names
         back = [n for n in names if self.backward(n)]
-        keep = {f for n in back for f in self.grad_of.get(n, [])}
+        keep = {f for n in back for f in self.gradient_of.get(n, [])}
         keep |= {a for n in back for a in self.g.args(n) if not self.backward(a)}
         return [n for n in names if self.backward(n) or n in keep]
 
@@ -354,14 +281,13 @@ class _Diagram:
                                node_attr={"fontname": FONT, "fontsize": "12"},
                                edge_attr={"fontname": FONT, "fontsize": "10",
                                           "arrowsize": "0.7"})
-        key = "" if self.der is None else _small(
-            f"values {_colored('in blue', COLORS['value'])} flow right; local derivatives "
-            f"and gradients {_colored('in red', COLORS['grad'])} flow left", size=11)
+        key = "" if self.der is None else small(labels.derivation_key(
+            lambda s: colored(esc(s), COLORS["value"]),
+            lambda s: colored(esc(s), COLORS["grad"])), size=11)
         notes = [] if self.der is None else [  # values at the edge of a domain, explained
-            _small(f"warning: {esc(w)}", COLORS["grad"], size=11)
-            for w in getattr(self.der, "warnings", [])]
+            small(esc(labels.warning(w)), COLORS["grad"], size=11) for w in self.der.warnings]
         if self.title or key:
-            dot.attr(label=_html(esc(self.title or ""), key, *notes), labelloc="t",
+            dot.attr(label=html(esc(self.title or ""), key, *notes), labelloc="t",
                      fontsize="14")
         shown = self.nodes()
         groups: dict = {}
@@ -377,10 +303,10 @@ class _Diagram:
                     self.rep[n] = f"_b{number[block]}_{side}"
         # (forward, adjoint) links, and the pairs drawn in one column
         links = list(dict.fromkeys(
-            (self.rep[f], self.rep[a]) for a in shown for f in self.grad_of.get(a, [])
+            (self.rep[f], self.rep[a]) for a in shown for f in self.gradient_of.get(a, [])
             if f in self.rep and self.rep[f] != self.rep[a]))
         pairs = list(dict.fromkeys(
-            (self.rep[fs[0]], self.rep[a]) for a in shown for fs in [self.grad_of.get(a)]
+            (self.rep[fs[0]], self.rep[a]) for a in shown for fs in [self.gradient_of.get(a)]
             if fs and fs[0] in self.rep and self.rep[fs[0]] != self.rep[a]))
         self.beside = set(pairs)
         for block, members in groups.items():
@@ -388,7 +314,7 @@ class _Diagram:
                 self._emit(dot, members, pairs)
                 continue
             with dot.subgraph(name=f"cluster_{number[block]}_{_safe(block)}") as c:
-                c.attr(label=_html(f"<B>{esc(block)}</B>", self._block_note(members)),
+                c.attr(label=html(f"<B>{esc(block)}</B>", self._block_note(members)),
                        style="rounded,dashed", color="#9ca3af", fontcolor="#374151",
                        fontsize="11", labeljust="l")
                 self._emit(c, members, pairs, block)
@@ -403,17 +329,16 @@ class _Diagram:
     def _block(self, n):
         if n in self.blocks:
             return self.blocks[n]
-        d = self.G.nodes[n]
-        for key in (self.grad_of.get(n, [None])[0], d.get("vjp_of"), d.get("grad_of")):
+        for key in (self.gradient_of.get(n, [None])[0], self.g.vjp_of(n), self.g.grad_of(n)):
             if key is not None and key in self.blocks:
                 return self.blocks[key]
         return None
 
     def _block_note(self, members) -> str:
         count = sum(int(np.prod(self.G.nodes[n]["shape"])) for n in members
-                    if self.G.nodes[n]["op"] == "param"
+                    if self.g.role(n) == "param"
                     and all(isinstance(s, int) for s in self.G.nodes[n]["shape"]))
-        return _small(f"{count:,} parameters") if count else ""
+        return small(esc(labels.parameters(count))) if count else ""
 
     def _emit(self, dot, members, pairs, block=None) -> None:
         if self.collapse and block is not None:
@@ -437,22 +362,22 @@ class _Diagram:
         """A collapsed block: one line per named op (adjoint) node, then its parameters."""
         lines = []
         for n in members:
-            d = self.G.nodes[n]
-            if role_of(d) == "op" and (not d.get("auto") or self.refs[n][0] == n):
-                lines.append(f"{esc(n)} = {esc(self.formula(n)[0])}")
-            elif role == "block_backward" and n in self.grad_of and role_of(d) != "op":
-                lines.append(f"{esc(n)} = {esc(self.refs[n][0])}")
-        shapes = [f"{n} {fmt_shape(self.G.nodes[n]['shape'])}" for n in members
-                  if self.G.nodes[n]["op"] == "param"]
-        last = self.G.nodes[members[-1]]["shape"]
-        out_shape = f" → {fmt_shape(last)}" if role == "block" and last else ""
+            if not self.g.is_leaf(n) and (not self.G.nodes[n].get("auto")
+                                          or self.labels.ref(n) == n):
+                lines.append(f"{esc(n)} = {esc(self.labels.formula(n)[0])}")
+            elif role == "block_backward" and n in self.gradient_of and self.g.is_leaf(n):
+                lines.append(f"{esc(n)} = {esc(self.labels.ref(n))}")
+        shapes = [f"{n} {labels.shape(self.G.nodes[n]['shape'])}" for n in members
+                  if self.g.role(n) == "param"]
+        last = labels.shape(self.G.nodes[members[-1]]["shape"])
+        out_shape = f" → {last}" if role == "block" and last else ""
         keys = [n for n in members if n in self.grads and role == "block"]
-        size = "" if not keys else fmt(max(_magnitude(self.grads[k]) for k in keys), digits=3)
-        size = _small(f"max|∂{esc(self.of or 'L')}/∂·| = {esc(size)}", COLORS["grad"]) \
-            if size else ""
+        size = "" if not keys else labels.magnitude(
+            self.of or "L", "·", max(_magnitude(self.grads[k]) for k in keys))
+        size = small(esc(size), COLORS["grad"]) if size else ""
         out = dict(STYLE[role])
         shapes = ", ".join(shapes) + out_shape
-        out["label"] = _html(*lines, _small(esc(shapes)) if shapes else "", size)
+        out["label"] = html(*lines, small(esc(shapes)) if shapes else "", size)
         heat = self._heat_for(members)
         if heat is not None:
             out["fillcolor"], out["fontcolor"] = heat
@@ -460,8 +385,7 @@ class _Diagram:
         return out
 
     def _labelled(self, v) -> bool:
-        op = registry.get(self.G.nodes[v]["op"])
-        return len(self.g.args(v)) > 1 and not op.commutative
+        return len(self.g.args(v)) > 1 and not self.g.opdef(v).commutative
 
     def _edges(self, dot, shown) -> None:
         terms = {}
@@ -479,7 +403,7 @@ class _Diagram:
                     continue  # inside one collapsed block, or the same block edge again
                 seen.add((iu, iv, iv != self.ids[v] or i))
                 labelled = self._labelled(v) and iv == self.ids[v]
-                label = {"label": _html(_small(str(i + 1)))} if labelled else {}
+                label = {"label": html(small(str(i + 1)))} if labelled else {}
                 if self.backward(u) and self.backward(v):  # reversed: flows right to left
                     dot.edge(iv, iu, dir="back", color=COLORS["backward"], **label)
                 elif self.backward(v):
@@ -492,61 +416,25 @@ class _Diagram:
                 t = terms.get((u, v, i))
                 if t is not None:
                     dot.edge(iu, iv, dir="back", color=COLORS["grad"], fontcolor=COLORS["grad"],
-                             label=_html(esc(self._local_label(u, v, t))), penwidth="1.2",
+                             label=html(esc(self.labels.local(self.der.of, u, v, t))),
+                             penwidth="1.2",
                              fontsize="11")
-
-    def _local_label(self, u, v, t) -> str:
-        """``∂c/∂b = 2b = 10``: the local derivative of consumer ``v`` in its argument
-        ``u``, from the op's declaration (so unnamed nodes stay factored, ``2·(w·x − y)``)."""
-        d = self.G.nodes[v]
-        op = registry.get(d["op"])
-        if getattr(t, "vjp", False) or op.local_grads is None:  # a tensor op's whole VJP
-            local = text(t.local)
-            value = "" if t.product_value is None else fmt(t.product_value)
-            return f"∂{self.der.of}/∂{self.dname(u)} via {self.dname(v)}: {local}" + (
-                f" = {value}" if value else "")
-        args = self.g.args(v)
-        e = sp.sympify(op.local_grads(d["attrs"])[t.arg])
-        e = e.xreplace(self._const_args(args))
-        names = {X[i].name: self.refs[a] for i, a in enumerate(args)}
-        names["y"] = self.refs[v]
-        local = formula(e, names)
-        value = fmt(t.local_value) if t.local_value is not None else ""
-        return f"∂{self.dname(v)}/∂{self.dname(u)} = " + (
-            local if local == value or not value else f"{local} = {value}")
 
     def _legend(self, dot) -> None:
         of = self.of or (self.der.of if self.der is not None else "L")
         lo, hi = GRAD_SCALE
-        marks = [(lo, f"≤ {fmt(lo)}"), (VANISHING, f"{fmt(VANISHING)}  vanishing"),
-                 (1e-2, fmt(1e-2)), (1.0, "1"), (hi, f"≥ {fmt(hi)}  exploding")]
+        marks = labels.legend(lo, VANISHING, 1e-2, hi)
         rows = "".join(
             f'<TR><TD BGCOLOR="{_heat(m)[0]}" WIDTH="24"> </TD>'
             f'<TD ALIGN="LEFT"><FONT POINT-SIZE="10">{esc(text)}</FONT></TD></TR>'
             for m, text in marks)
         label = (f'<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="3" '
                  f'COLOR="#d1d5db"><TR><TD COLSPAN="2"><FONT POINT-SIZE="10">'
-                 f"<B>max|∂{esc(of)}/∂·|</B></FONT></TD></TR>{rows}</TABLE>>")
+                 f"<B>{esc(labels.largest(of, '·'))}</B></FONT></TD></TR>{rows}</TABLE>>")
         dot.node("_legend", label=label, shape="plaintext")
 
 
-def _attr_text(v) -> str:
-    if isinstance(v, sp.Basic):
-        return formula(v)
-    if isinstance(v, (list, tuple)):
-        return fmt_shape(tuple(v))
-    return str(v)
-
-
 # -- the public functions --------------------------------------------------------------------
-def _is_derivation(obj) -> bool:
-    return all(hasattr(obj, a) for a in ("steps", "values", "grads", "graph"))
-
-
-def _is_gradients(obj) -> bool:
-    return isinstance(getattr(obj, "adjoints", None), Adjoints) and hasattr(obj, "nodes")
-
-
 def _blocks(g: Graph, spec, option: str) -> dict:
     """``{node: block}`` from ``collapse=``/``group=``: True (the nodes' ``block``
     attribute) or a dict ``{node: block}`` or ``{block: [nodes]}``."""
@@ -632,53 +520,86 @@ def render(obj, kind: str | None = None, *, of: str | None = None, wrt=None, at=
     --------
     write_diagram, to_dot
     """
-    if kind is not None and kind not in KINDS:
-        raise GraphError(f"kind={kind!r} is not one of {', '.join(KINDS)}.")
     if collapse and group:
         raise GraphError("pass collapse= or group=, not both.")
     spec, option = (collapse, "collapse") if collapse else (group, "group")
-    if _is_derivation(obj):
-        der = obj
-        if kind not in (None, "derivation"):
-            return render(der.graph, kind, of=der.of, wrt=der.wrt, grads=grads,
-                          collapse=collapse, group=group, title=title)
-        grads = der.grads if grads is True else grads
-        point = ", ".join(f"{k} = {fmt(v)}" for k, v in (der.at or {}).items()
-                          if np.size(v) == 1)
-        wrts = [der.wrt] if isinstance(der.wrt, str) else list(der.wrt or [])
-        answer = ", ".join(f"∂{der.of}/∂{w} = {fmt(der.grads[w])}" for w in wrts
-                           if w in der.grads)
-        default = f"{answer} at {point}" if point and answer else answer
-        g = der.graph
-        return _Diagram(g, "derivation", of=der.of, grads=grads, blocks=_blocks(g, spec, option),
-                        derivation=der, title=title if title is not None else default,
+    subject, kind = drawable(obj, kind, of=of, wrt=wrt, at=at)
+    if grads is True:
+        if not isinstance(subject, Derivation):
+            raise GraphError("grads=True needs a derivation; pass {node: gradient} for a graph.")
+        grads = subject.grads
+    g = subject if isinstance(subject, Graph) else subject.graph
+    blocks = _blocks(g, spec, option)
+    if isinstance(subject, Derivation):
+        return _Diagram(g, kind, of=subject.of, grads=grads, blocks=blocks, derivation=subject,
+                        title=title if title is not None else labels.caption(subject),
                         collapse=bool(collapse)).build()
     deltas = None
-    if _is_gradients(obj):
-        deltas = {n: text(obj[n]) for n in obj.nodes}
-        obj, kind = obj.adjoints, kind or "backward"
-    if isinstance(obj, Adjoints):
-        adj, g = obj, obj.graph
-    elif isinstance(obj, Graph):
-        adj, g = None, obj
-    else:
+    if isinstance(subject, Gradients):  # each adjoint also shows its δ-form formula
+        deltas = {n: text(subject[n]) for n in subject.nodes}
+        subject = subject.adjoints
+    adj = subject if isinstance(subject, Adjoints) else None
+    return _Diagram(g, kind, adjoint=adj.adjoint if adj else None, of=adj.of if adj else None,
+                    grads=grads, blocks=blocks, title=title, collapse=bool(collapse),
+                    deltas=deltas).build()
+
+
+def drawable(obj, kind: str | None = None, *, of: str | None = None, wrt=None,
+             at: dict | None = None):
+    """What a view of ``obj`` draws, and the view: the one place where a plain network
+    becomes the differentiated graph or the derivation that a view needs.
+
+    Parameters
+    ----------
+    obj : Graph, Adjoints, Gradients or Derivation
+    kind : {"forward", "backward", "joint", "derivation"}, optional
+        The view; by default the natural one for ``obj`` (see :func:`render`).
+    of, wrt, at : optional
+        Passed to :func:`~symbackprop.differentiate` or :func:`~symbackprop.derive`
+        when they are called.
+
+    Returns
+    -------
+    (subject, kind)
+        ``subject`` is ``obj`` itself when it already holds what the view needs;
+        else, for a ``Graph`` (not yet differentiated) and a ``backward`` or
+        ``joint`` view, ``sb.differentiate(obj, of, wrt)``; for a ``derivation``
+        view of a graph, adjoints or gradients, ``sb.derive(graph, of, wrt, at)``;
+        and for another view of a ``Derivation``, the same for its graph.
+
+    Raises
+    ------
+    GraphError
+        For an unknown ``kind`` or an object render cannot draw.
+
+    Examples
+    --------
+    >>> from symbackprop.render import drawable
+    >>> subject, kind = drawable(sb.parse("y = 2*x"), "derivation", at={"x": 1})
+    >>> type(subject).__name__, kind, subject.grads["x"]
+    ('Derivation', 'derivation', 2)
+    """
+    if kind is not None and kind not in KINDS:
+        raise GraphError(f"kind={kind!r} is not one of {', '.join(KINDS)}.")
+    if isinstance(obj, Derivation):
+        if kind in (None, "derivation"):
+            return obj, "derivation"
+        return drawable(obj.graph, kind, of=obj.of, wrt=obj.wrt)
+    if isinstance(obj, (Gradients, Adjoints)):
+        adj = obj.adjoints if isinstance(obj, Gradients) else obj
+        if kind == "derivation":
+            return derive(adj.forward, of=of or adj.of, wrt=wrt or adj.wrt, at=at or {}), kind
+        return obj, kind or ("backward" if isinstance(obj, Gradients) else "joint")
+    if not isinstance(obj, Graph):
         raise GraphError(f"sb.render() takes a Graph, the result of sb.differentiate(), "
                          f"sb.grad() or sb.derive(), not {type(obj).__name__}.")
-    is_joint = any(d.get("phase") == "backward" for _, d in g.nx.nodes(data=True))
-    kind = kind or ("joint" if is_joint else "forward")
+    joint = any(obj.is_backward(n) for n in obj.nx)
+    kind = kind or ("joint" if joint else "forward")
     if kind == "derivation":
-        from .derivation import derive
-
-        return render(derive(g, of=of, wrt=wrt, at=at or {}), grads=grads, collapse=collapse,
-                      group=group, title=title)
-    if grads is True:
-        raise GraphError("grads=True needs a derivation; pass {node: gradient} for a graph.")
-    if kind in ("backward", "joint") and not is_joint:
-        adj = differentiate(g, of=of, wrt=wrt)
-        g = adj.graph
-    return _Diagram(g, kind, adjoint=adj.adjoint if adj else None, of=adj.of if adj else None,
-                    grads=grads, blocks=_blocks(g, spec, option), title=title,
-                    collapse=bool(collapse), deltas=deltas).build()
+        return derive(obj, of=of, wrt=wrt, at=at or {}), kind
+    if kind in ("backward", "joint") and not joint:
+        return differentiate(obj, of=of, wrt=wrt), kind
+    return obj, kind
 
 
 def to_dot(obj, kind: str | None = None, **kwargs) -> str:

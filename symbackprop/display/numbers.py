@@ -203,7 +203,7 @@ def fmt_latex(v, digits: int = DIGITS) -> str:
     """
     if isinstance(v, sp.Basic) and v.is_Rational and _fraction(v):
         return sp.latex(v)
-    if special(v) is not None and not (hasattr(v, "ndim") and v.ndim > 0):
+    if special(v) is not None and not (isinstance(v, np.ndarray) and v.ndim > 0):
         return _TEX[special(v)]
     s = fmt(v, unicode=False, digits=digits)
     if not s.startswith("["):
