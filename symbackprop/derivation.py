@@ -198,7 +198,7 @@ class Derivation:
 
 def _leaves_needed(g: Graph, of: str) -> list[str]:
     return [n for n in g.topo_order() if n in g.ancestors([of])
-            and g.nx.nodes[n]["op"] in ("input", "param")]
+            and g.role(n) in ("input", "param")]
 
 
 def _check_point(g: Graph, at: dict, of: str) -> None:
@@ -246,12 +246,12 @@ def _exact_values(g: Graph, at: dict, edges: dict) -> dict:
     G = g.nx
     for n in g.topo_order():
         d = G.nodes[n]
-        if d["op"] in ("input", "param"):
+        if g.role(n) in ("input", "param"):
             v = at.get(n)
-        elif d["op"] == "const":
+        elif g.role(n) == "const":
             v = exact(d["value"], f"constant {n!r}")
         else:
-            opdef = registry.get(d["op"])
+            opdef = g.opdef(n)
             args = [vals[a] for a in g.args(n)]
             if any(a is None for a in args):
                 v = None
@@ -411,7 +411,7 @@ def derive(g: Graph, of: str | None = None, wrt=None, at: dict | None = None) ->
     for n in grads.nodes:
         terms = []
         for (c, i, t), (_, _, contrib) in zip(adj.contributions.get(n, []), grads.terms(n)):
-            cop = registry.get(G.nodes[c]["op"])
+            cop = adj.graph.opdef(c)
             up = gvals.get(c)
             if scalar and cop.local_grads is not None:
                 local, lval, blame = _local(d, cop, c, i, values)
@@ -472,10 +472,11 @@ def _point_text(der: Derivation) -> str:
 
 def _reason(der: Derivation, n: str, blame) -> str:
     """``log's argument is 0``: why op node ``n`` is not finite, from its arguments."""
-    d, G = der.gradients._d, der.graph.nx
-    args = [(None if G.nodes[a]["op"] == "const" else d.label(a), fmt(der.values[a]))
-            for a in der.graph.args(n)]
-    return why(G.nodes[n]["op"], args, blame)
+    d = der.gradients._d
+    g = der.graph
+    args = [(None if g.role(a) == "const" else d.label(a), fmt(der.values[a]))
+            for a in g.args(n)]
+    return why(g.opdef(n).name, args, blame)
 
 
 def _exact_warnings(der: Derivation, edges: dict, local_edges: dict) -> list[str]:
@@ -613,7 +614,7 @@ def _derivation_lines(der: Derivation, tex: bool) -> list[tuple[str, str]]:
                          point if der.scalar else ""))
     ancestors = g.ancestors([of])
     for n in g.topo_order():
-        if n not in ancestors or g.nx.nodes[n]["op"] in registry.LEAVES:
+        if n not in ancestors or g.is_leaf(n):
             continue
         rhs = [_expr(d.definition(n), tex)] if not d.auto(n) else []
         if der.values:
@@ -688,7 +689,7 @@ def _markdown(der: Derivation) -> str:
     out.append("**Forward pass**" + (f" at {point}" if point else "") + "\n")
     out.append("| node | expression | value |\n|---|---|---|")
     for n in g.topo_order():
-        if g.nx.nodes[n]["op"] in registry.LEAVES or n not in g.ancestors([of]):
+        if g.is_leaf(n) or n not in g.ancestors([of]):
             continue
         expr = text(d.definition(n)) if not d.auto(n) else ""
         val = fmt(der.values[n]) if der.values else ""

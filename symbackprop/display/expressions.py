@@ -268,22 +268,23 @@ class _Display:
     def definition(self, n: str):
         """The node as its op applied to its arguments' display forms."""
         d = self.G.nodes[n]
-        if d["op"] == "const":
+        if self.j.role(n) == "const":
             v = d["value"]
             if isinstance(v, (list, tuple)):
                 return self.symbol(n)
             return sp.sympify(v) if isinstance(v, sp.Basic) else exact(v)
-        if d["op"] in registry.LEAVES:
+        if self.j.is_leaf(n):
             return self.symbol(n)
         args = [self.expr(a) for a in self.j.args(n)]
-        return apply_display(registry.get(d["op"]), args, d["attrs"], d["shape"])
+        return apply_display(self.j.opdef(n), args, d["attrs"], d["shape"])
 
     def expr(self, n: str):
         """A forward node as shown: its symbol if named, else its definition (or,
         where that is its argument's own form, as for a reshape, ``op(arg)``)."""
         if n not in self._fwd:
             d = self.G.nodes[n]
-            named = not d.get("auto") and d["op"] != "const" or d["op"] in ("input", "param")
+            role = self.j.role(n)
+            named = not d.get("auto") and role != "const" or role in ("input", "param")
             e = self.symbol(n) if named else self.definition(n)
             args = [self.expr(a) for a in self.j.args(n)]
             if not named and e in args:
@@ -302,7 +303,7 @@ class _Display:
         """δ_n, the symbol of ∂L/∂n."""
         if n not in self._delta:
             dims = display_dims(self.G.nodes[n]["shape"])
-            if not self.auto(n) or self.G.nodes[n]["op"] in ("input", "param"):
+            if not self.auto(n) or self.j.role(n) in ("input", "param"):
                 name = "delta_" + n
                 self._delta[n] = sp.Symbol(name) if dims is None else sp.MatrixSymbol(name, *dims)
             else:
@@ -315,7 +316,7 @@ class _Display:
         else the named node that adjoint was first built for (δ_z1, not δ_(X W₁))."""
         if not self.auto(m):
             return m
-        owner = self.G.nodes[self.adj.adjoint[m]].get("adjoint_of")
+        owner = self.j.adjoint_of(self.adj.adjoint[m])
         return owner if owner is not None and not self.auto(owner) else m
 
     def backward(self, n: str, stop: dict, memo: dict):
@@ -325,13 +326,13 @@ class _Display:
         if n in memo:
             return memo[n]
         d = self.G.nodes[n]
-        if d.get("phase") != "backward":
+        if not self.j.is_backward(n):
             e = self.expr(n)
-        elif d["op"] in registry.LEAVES:
+        elif self.j.is_leaf(n):
             e = self.definition(n)
         else:
             args = [self.backward(a, stop, memo) for a in self.j.args(n)]
-            e = apply_display(registry.get(d["op"]), args, d["attrs"], d["shape"])
+            e = apply_display(self.j.opdef(n), args, d["attrs"], d["shape"])
         memo[n] = e
         return e
 
