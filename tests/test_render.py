@@ -434,3 +434,12 @@ def test_diagram_caption_writes_the_answer_as_the_text_does():
     assert "So dc/dx = 1/3." in d.text()
     assert "∂c/∂x = 1/3 at x = 1" in sb.render(d).source
     assert "0.333333" not in sb.render(d).source
+
+
+def test_a_constant_from_a_float_reads_as_a_float_in_every_form():
+    g = sb.parse("c = 0.30000000000000004*x")
+    d = sb.derive(g, at={"x": 2})
+    forms = [d.text(), d.latex(), d.markdown(), str(sb.grad(g)), sb.render(d).source]
+    assert all("7500000000000001" not in f for f in forms)
+    assert "c = 0.3x = 0.6" in d.text() and r"c &= 0.3 x = 0.6" in d.latex()
+    assert "<B>c</B> = 0.3·x = " in forms[-1] and "∂c/∂x = 0.3 at x = 2" in forms[-1]

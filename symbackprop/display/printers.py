@@ -24,6 +24,19 @@ _SUB = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 _SUP = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
 
 
+def as_written(e):
+    """``e`` with each rational that came from a float (a denominator longer than
+    :data:`~.numbers.FRACTION_DIGITS` digits) made a float, so that formulas write it as
+    numbers are written: ``0.3x``, not ``7500000000000001x/25000000000000000``."""
+    if not isinstance(e, sp.Basic):
+        return e
+    long = {r: sp.Float(r, 17) for r in e.atoms(sp.Rational) if len(str(r.q)) > FRACTION_DIGITS}
+    if not long:
+        return e
+    with sp.evaluate(False):  # keep the form as written (a + a stays a + a)
+        return e.xreplace(long)
+
+
 def pretty_name(name: str) -> str:
     """``W1`` -> ``W₁``, ``delta_z1`` -> ``δ_z1``; other names unchanged."""
     if name.startswith("delta_"):
@@ -63,11 +76,6 @@ class TextPrinter(StrPrinter):
 
     def _print_Float(self, expr):
         return fmt(expr, unicode=False)
-
-    def _print_Rational(self, expr):
-        if len(str(expr.q)) > FRACTION_DIGITS:  # from a float: written as one
-            return fmt(expr, unicode=False)
-        return super()._print_Rational(expr)
 
     def _print_Transpose(self, expr):
         return self.parenthesize(expr.arg, sp.printing.precedence.PRECEDENCE["Pow"],
@@ -138,7 +146,7 @@ def text(expr) -> str:
     >>> text(2 * b * d), text(sympy.Symbol("W1") - 3)
     ('2b·δ_c', 'W₁ − 3')
     """
-    return TextPrinter().doprint(expr).replace("-", "−")
+    return TextPrinter().doprint(as_written(expr)).replace("-", "−")
 
 
 class TeXPrinter(LatexPrinter):
@@ -176,11 +184,6 @@ class TeXPrinter(LatexPrinter):
     def _print_Float(self, expr):
         return fmt_latex(expr)
 
-    def _print_Rational(self, expr):
-        if len(str(expr.q)) > FRACTION_DIGITS:  # from a float: written as one
-            return fmt_latex(expr)
-        return super()._print_Rational(expr)
-
     def _print_NaN(self, expr):
         return r"\text{undefined}"
 
@@ -195,7 +198,7 @@ class TeXPrinter(LatexPrinter):
 
 def latex(expr) -> str:
     """LaTeX of a display expression."""
-    return TeXPrinter().doprint(expr)
+    return TeXPrinter().doprint(as_written(expr))
 
 
 def _simple(label: str) -> bool:
@@ -242,8 +245,6 @@ class FormulaPrinter(StrPrinter):
     _print_NegativeOne = _print_One = _print_Zero = _print_Integer
 
     def _print_Rational(self, e):
-        if len(str(e.q)) > FRACTION_DIGITS:  # from a float: written as one
-            return fmt(e)
         return f"{self._print(sp.Integer(e.p))}/{e.q}"
 
     _print_Half = _print_Rational
@@ -338,9 +339,9 @@ def formula(e, names: dict | None = None) -> str:
     >>> formula((w * x - y) ** 2), formula(2 * b), formula(-8 * x / 3)
     ('(w·x − y)²', '2b', '−8x/3')
     """
-    return FormulaPrinter(names).doprint(sp.sympify(e))
+    return FormulaPrinter(names).doprint(as_written(sp.sympify(e)))
 
 
 def precedence_of(e, names: dict | None = None) -> int:
     """The precedence :func:`formula` gives ``e`` (for parenthesizing it inside others)."""
-    return FormulaPrinter(names)._prec(sp.sympify(e))
+    return FormulaPrinter(names)._prec(as_written(sp.sympify(e)))
