@@ -154,7 +154,7 @@ class Gradients:
         if not self._expanded:
             fwd = {}  # named forward nodes -> their definitions in inputs and parameters
             for n in self.adjoints.forward.topo_order():
-                if not self._d.auto(n) and self.graph.role(n) == "op":
+                if not self._d.auto(n) and not self.graph.is_leaf(n):
                     fwd[self._d.symbol(n)] = substitute(self._d.definition(n), fwd)
             subs = {self.delta(self.of): sp.Integer(1)}
             for n in self.nodes:  # backward order: every δ used is already expanded

@@ -194,7 +194,7 @@ class _Diagram:
 
     def _attrs_input(self, n) -> dict:
         return {"label": html(self._title(n, f"<B>{esc(n)}</B>"), self._shape_line(n),
-                               self._grad_line(n))}
+                              self._grad_line(n))}
 
     _attrs_param = _attrs_input
 
@@ -204,12 +204,12 @@ class _Diagram:
         return {"label": html(f"<B>{esc(n)}</B>", self._shape_line(n))}
 
     def _attrs_op(self, n) -> dict:
-        text = esc(self.labels.formula(n)[0])
+        rhs = esc(self.labels.formula(n)[0])
         named = not self.G.nodes[n].get("auto")
-        title = f"<B>{esc(n)}</B> = {text}" if named else text
-        small = None if named or self.der is not None else n
-        return {"label": html(self._title(n, title), self._shape_line(n, small),
-                               self._grad_line(n))}
+        title = f"<B>{esc(n)}</B> = {rhs}" if named else rhs
+        note = None if named or self.der is not None else n  # an unnamed node's own name
+        return {"label": html(self._title(n, title), self._shape_line(n, note),
+                              self._grad_line(n))}
 
     def _attrs_ghost(self, n) -> dict:
         named = not self.G.nodes[n].get("auto") or self.g.is_leaf(n)
@@ -426,8 +426,8 @@ class _Diagram:
         marks = labels.legend(lo, VANISHING, 1e-2, hi)
         rows = "".join(
             f'<TR><TD BGCOLOR="{_heat(m)[0]}" WIDTH="24"> </TD>'
-            f'<TD ALIGN="LEFT"><FONT POINT-SIZE="10">{esc(text)}</FONT></TD></TR>'
-            for m, text in marks)
+            f'<TD ALIGN="LEFT"><FONT POINT-SIZE="10">{esc(words)}</FONT></TD></TR>'
+            for m, words in marks)
         label = (f'<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="3" '
                  f'COLOR="#d1d5db"><TR><TD COLSPAN="2"><FONT POINT-SIZE="10">'
                  f"<B>{esc(labels.largest(of, '·'))}</B></FONT></TD></TR>{rows}</TABLE>>")
@@ -689,12 +689,12 @@ def mimebundle(obj, include=None, exclude=None, extra: dict | None = None, **kwa
     """The Jupyter display of ``obj``: its SVG diagram (and plain text), for
     ``_repr_mimebundle_``, plus the ``extra`` forms (LaTeX of formulas); only text, with
     the install hint, when ``dot`` is missing."""
-    text = repr(obj)
+    plain = repr(obj)
     image = svg(obj, **kwargs)
     if image is None:
-        bundle = {"text/plain": f"{text}\n(no diagram: {INSTALL_HINT})", **(extra or {})}
+        bundle = {"text/plain": f"{plain}\n(no diagram: {INSTALL_HINT})", **(extra or {})}
     else:
-        bundle = {"image/svg+xml": image, "text/plain": text, **(extra or {})}
+        bundle = {"image/svg+xml": image, "text/plain": plain, **(extra or {})}
     if include:
         bundle = {k: v for k, v in bundle.items() if k in include}
     return {k: v for k, v in bundle.items() if not exclude or k not in exclude}
