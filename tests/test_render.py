@@ -443,3 +443,45 @@ def test_a_constant_from_a_float_reads_as_a_float_in_every_form():
     assert all("7500000000000001" not in f for f in forms)
     assert "c = 0.3x = 0.6" in d.text() and r"c &= 0.3 x = 0.6" in d.latex()
     assert "<B>c</B> = 0.3·x = " in forms[-1] and "∂c/∂x = 0.3 at x = 2" in forms[-1]
+
+
+# -- what render draws: types, and the one conversion ------------------------------------------
+def test_drawable_converts_a_plain_graph_once_and_passes_the_rest_through():
+    from symbackprop.render import drawable
+
+    g = sb.parse(CHAIN)
+    adj, kind = drawable(g, "backward", of="c", wrt="x")
+    assert isinstance(adj, sb.autodiff.Adjoints) and kind == "backward" and adj.of == "c"
+    assert drawable(adj) == (adj, "joint") and drawable(g) == (g, "forward")
+    assert drawable(adj.graph, "backward") == (adj.graph, "backward")  # already joint
+    der, kind = drawable(g, "derivation", of="c", wrt="x", at={"x": 1})
+    assert kind == "derivation" and der.grads["x"] == 20 and drawable(der) == (der, kind)
+    fwd, kind = drawable(der, "forward")
+    assert fwd is der.graph and kind == "forward"
+    grads = sb.grad(g, wrt="x")
+    assert drawable(grads) == (grads, "backward")
+    der2, _ = drawable(grads, "derivation", at={"x": 1})  # derived on the forward graph
+    assert der2.graph is g and der2.grads["x"] == 20
+    with pytest.raises(GraphError, match="kind='sideways'"):
+        drawable(g, "sideways")
+
+
+def test_render_tells_inputs_apart_by_type_not_by_attributes():
+    d = chain_derivation()
+
+    class Lookalike:  # has a Derivation's attributes, is not one
+        steps, values, grads, graph = d.steps, d.values, d.grads, d.graph
+
+    with pytest.raises(GraphError, match="not Lookalike"):
+        sb.render(Lookalike())
+    assert sb.render(d).source == sb.render(d.graph, "derivation", of="c", wrt="x",
+                                            at={"x": 1}).source
+
+
+def test_tensor_derivation_diagram_writes_arrays_as_the_text_does():
+    g = sb.models.mlp([4, 3, 2])
+    d = sb.derive(g, at=sb.testing.random_inputs(g, {"N": 5}, seed=0))
+    z1 = next(ln for ln in d.text().splitlines() if ln.startswith("  z₁ = "))
+    value = z1[z1.index("["):]
+    assert value.startswith("[5×3, ‖·‖ = ")
+    assert _label_lines(sb.render(d).source, "z1")[0] == f"z1 = X @ W1 + b1 = {value}"
