@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import symbackprop as sb
-from symbackprop.codegen.train import OPTIMIZERS, plan_init
+from symbackprop.codegen.init import plan_init
+from symbackprop.codegen.optimizers import OPTIMIZERS
 
 RUFF = Path(sys.executable).with_name("ruff")
 
