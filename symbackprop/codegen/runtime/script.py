@@ -6,7 +6,7 @@ checkpoints, the training loop and the command line.
 functions that the generated script defines above them (``NETWORK``, ``DATA_NPZ``, ...,
 ``init_params``, ``train_step``, ``minibatch``, ``evaluate``); the stand-ins below, a
 linear least-squares model y = X @ w + b trained with momentum, let this module run
-alone: ``python -m symbackprop.codegen.runtime.script --data data.npz``.
+alone: ``python symbackprop/codegen/runtime/script.py --data data.npz``.
 """
 
 import argparse
