@@ -172,7 +172,7 @@ def _plan_step(em: Emitter, adj, of: str, wrt: list, opt: Optimizer) -> tuple:
              if w in own and b in own]
     fast, pool = plan_function(
         em, "loss_and_grads_into", [of, *grads], grads,
-        "{head}\n\n    The same computation as value_and_grad, with every intermediate array in a "
+        "The same computation as value_and_grad, with every intermediate array in a "
         "buffer of\n    _workspace() (one arena per batch size, made once) and NumPy calls "
         "writing into it\n    (out=). Every array passed must be of DTYPE (train_step converts the "
         "data), the gradient\n    arrays C-contiguous.",
@@ -191,9 +191,9 @@ def _plan_step(em: Emitter, adj, of: str, wrt: list, opt: Optimizer) -> tuple:
                  + ": views of the flat buffers.")
     opening = '    """'  # the first line starts after the docstring's quotes
     head = re.sub(r"\[[^\[\]]*\]", lambda m: m.group().replace(" ", "\0"), safe_text(head))
-    fast.doc = fast.doc.replace("{head}", textwrap.fill(  # never inside [dW2; db2]
+    fast.doc = textwrap.fill(  # never inside [dW2; db2]
         head, 88, initial_indent=opening, subsequent_indent="    ",
-        break_on_hyphens=False)[len(opening):].replace("\0", " "))
+        break_on_hyphens=False)[len(opening):].replace("\0", " ") + "\n\n    " + fast.doc
     if pool.scaled:
         fast.doc += ("\n\n    Every gradient comes out multiplied by scale (backprop is "
                      "linear in its seed):\n    train_step passes lr, so that SGD's update "
