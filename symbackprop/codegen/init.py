@@ -143,7 +143,18 @@ def init_source(plan: list[ParamInit]) -> list[str]:
     """The blocks of a generated module that draw the initial parameters: ``he_normal``
     and ``xavier_uniform`` where the plan uses them, then ``init_params(rng=0)``.
     ``init_params`` returns :func:`~symbackprop.codegen.runtime.flat.flat_views`, which
-    the module must carry too."""
+    the module must carry too.
+
+    Examples
+    --------
+    >>> src = init_source(plan_init(sb.parse("L = (w*x - y)**2", params=["w"])))[-1]
+    >>> print(src[src.index("    rng ="):])
+        rng = np.random.default_rng(rng)
+        return flat_views({
+            'w': np.zeros((), dtype=DTYPE),
+        })
+    <BLANKLINE>
+    """
     kinds = {i.kind for i in plan}
     blocks = ([source_of(draws, "he_normal")] if "he" in kinds else []) \
         + ([source_of(draws, "xavier_uniform")] if "xavier" in kinds else [])
@@ -169,7 +180,13 @@ def init_source(plan: list[ParamInit]) -> list[str]:
 
 
 def init_text(plan: list[ParamInit]) -> str:
-    """``"W1 He normal (feeds relu at h1); b1 zero"``: the plan for a docstring."""
+    """The plan for a docstring.
+
+    Examples
+    --------
+    >>> init_text(plan_init(sb.models.mlp([4, 3, 2])))
+    'W1 He normal (feeds relu at h1); W2 Xavier uniform (feeds no activation); b1, b2 zero'
+    """
     parts = []
     for i in plan:
         if i.kind == "he":

@@ -54,7 +54,13 @@ def formula(g: Graph, n: str, top: bool = True, budget: list | None = None) -> s
 
 def params_of(g: Graph, of, wrt) -> tuple[str, list[str]]:
     """The loss and the trained parameters (default: all), checked: ``wrt`` names
-    parameters only, each with a fixed size in every axis."""
+    parameters only, each with a fixed size in every axis.
+
+    Examples
+    --------
+    >>> params_of(sb.models.mlp([4, 3, 2]), None, None)
+    ('L', ['W1', 'b1', 'W2', 'b2'])
+    """
     of, wrt = check_of_wrt(g, of, wrt)
     if not g.nodes("param"):
         raise CodegenError(f"graph {g.nx.graph.get('name')!r} has no parameters to train. "
@@ -76,7 +82,13 @@ def params_of(g: Graph, of, wrt) -> tuple[str, list[str]]:
 
 def call_lines(lhs: str, fname: str, args: list[str], indent: int = 4) -> list[str]:
     """``lhs + fname(args)`` as one line, or one argument a line when that passes 96
-    columns at ``indent``."""
+    columns at ``indent``.
+
+    Examples
+    --------
+    >>> call_lines("loss = ", "f", ["a", "b"])
+    ['loss = f(a, b)']
+    """
     line = f"{lhs}{fname}({', '.join(args)})"
     if indent + len(line) <= 96:
         return [line]
@@ -135,7 +147,14 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
                 extra_outputs=()) -> Model:
     """Differentiate and emit ``g`` for training with ``optimizer``; with the optimization
     passes on, also plan ``loss_and_grads_into`` (the step on the workspace). Nodes in
-    ``extra_outputs`` become outputs of ``forward`` (a script's class scores)."""
+    ``extra_outputs`` become outputs of ``forward`` (a script's class scores).
+
+    Examples
+    --------
+    >>> m = build_model(sb.models.mlp([4, 3, 2]), optimizer="adam")
+    >>> m.opt.name, [f.name for f in m.functions], m.inputs
+    ('adam', ['forward', 'value_and_grad', 'loss_and_grads_into'], ['X', 'y'])
+    """
     opt, values = resolve_optimizer(optimizer, lr, hyper)
     of, wrt = params_of(g, of, wrt)
     g2 = g  # prepare() and differentiate() leave it unchanged: copy it only to add outputs
@@ -208,7 +227,15 @@ def _plan_step(em: Emitter, adj, of: str, wrt: list, opt: Optimizer) -> tuple:
 def step_blocks(m: Model) -> list[str]:
     """The source blocks after the model's functions: ``flat_views``, the initialisation,
     the optimizer (``init_state``, ``update``), ``check_finite``, the fast path (flat
-    buffers, flat update, packer, workspace) when there is one, and ``train_step``."""
+    buffers, flat update, packer, workspace) when there is one, and ``train_step``.
+
+    Examples
+    --------
+    >>> m = build_model(sb.models.mlp([4, 3, 2]), optimize=False)  # no fast path
+    >>> [b.split("(")[0] for b in step_blocks(m)]  # doctest: +NORMALIZE_WHITESPACE
+    ['def flat_views', 'def he_normal', 'def xavier_uniform', 'def init_params',
+     'def init_state', 'def update', 'def check_finite', 'def train_step']
+    """
     fast = []
     if m.fast is not None:
         # the flat gradient buffer, in the order of TRAINED; a gradient node shared by two

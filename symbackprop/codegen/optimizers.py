@@ -135,12 +135,24 @@ def resolve_optimizer(optimizer: str, lr=None, hyper: dict | None = None) -> tup
 
 
 def hyper_text(hyper: dict) -> str:
-    """``"lr 0.01, momentum 0.9"``: the hyper-parameters for a docstring."""
+    """The hyper-parameters for a docstring.
+
+    Examples
+    --------
+    >>> hyper_text({"lr": 0.01, "momentum": 0.9})
+    'lr 0.01, momentum 0.9'
+    """
     return ", ".join(f"{k} {v!r}" for k, v in hyper.items())
 
 
 def constant_lines(hyper: dict) -> list[str]:
-    """``["LR = 0.01", "MOMENTUM = 0.9"]``: the hyper-parameters as module constants."""
+    """The hyper-parameters as module constants.
+
+    Examples
+    --------
+    >>> constant_lines({"lr": 0.01, "momentum": 0.9})
+    ['LR = 0.01', 'MOMENTUM = 0.9']
+    """
     return [f"{k.upper()} = {v!r}" for k, v in hyper.items()]
 
 

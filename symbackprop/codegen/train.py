@@ -88,7 +88,16 @@ def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: floa
 
 
 def step_source(m: Model) -> str:
-    """The source of :func:`train_step` for a built model."""
+    """The source of :func:`train_step` for a model built by
+    :func:`~symbackprop.codegen.module.build_model`.
+
+    Examples
+    --------
+    >>> from symbackprop.codegen.module import build_model
+    >>> g = sb.models.mlp([4, 3, 2])
+    >>> step_source(build_model(g, optimizer="sgd")) == sb.train_step(g, optimizer="sgd")
+    True
+    """
     g = m.g
     doc = step_doc(m, f"Training step for the {safe_text(g.nx.graph.get('name', 'network'))} "
                       f"network with {m.opt.title}.")
