@@ -197,8 +197,8 @@ def cmd_check(a) -> int:
 
 
 def cmd_train_script(a) -> int:
+    from .codegen.optimizers import OPTIMIZERS
     from .codegen.script import training_script
-    from .codegen.train import OPTIMIZERS
 
     hyper = {k: getattr(a, k) for k in OPTIMIZERS[a.optimizer].hyper
              if k != "lr" and getattr(a, k, None) is not None}

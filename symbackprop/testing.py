@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .autodiff import check_of_wrt, differentiate
-from .codegen.emit import compile_graph
-from .codegen.train import initial_params, plan_init
+from .codegen.compiled import compile_graph
+from .codegen.init import initial_params, plan_init
 from .derivation import point_values
 from .display import fmt, special
 from .edges import culprit, entry, explain, origin
@@ -56,9 +56,9 @@ def random_inputs(g: Graph, sizes: dict | None = None, seed: int = 0) -> dict:
     """Random arrays for every input and parameter of ``g``.
 
     Weights are initialised as the generated training code's ``init_params(seed)``
-    initialises them, with the same values (:func:`~symbackprop.codegen.train.initial_params`):
+    initialises them, with the same values (:func:`~symbackprop.codegen.init.initial_params`):
     He normal where the layer feeds a rectifier such as relu, Xavier/Glorot uniform
-    otherwise (:func:`~symbackprop.codegen.train.plan_init`), so a deep network starts
+    otherwise (:func:`~symbackprop.codegen.init.plan_init`), so a deep network starts
     here as it starts in training. The other parameters (biases, scalars), which
     ``init_params`` sets to zero, are uniform in [-1, 1]: a gradient checked at zero
     would miss what a zero hides (a product with the bias, relu's kink at 0). Float

@@ -10,8 +10,8 @@ import pytest
 
 import symbackprop as sb
 from symbackprop.cli import main
-from symbackprop.codegen.emit import load_source
-from symbackprop.codegen.train import initial_params
+from symbackprop.codegen.init import initial_params
+from symbackprop.codegen.loader import load_source
 
 DEEP = [64] * 50 + [10]  # 50 layers: 49 hidden layers of 64 units, then 10 classes
 

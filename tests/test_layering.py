@@ -1,5 +1,6 @@
 """Imports flow one way: errors -> ops -> graph -> build -> autodiff
--> display/formulas/optimize -> derive -> codegen -> render -> cli. A module imports
+-> display/formulas/optimize -> derive -> codegen.runtime -> codegen -> codegen.compiled
+-> render -> cli. A module imports
 (at module level) only from earlier layers.
 
 Display hooks (``Graph._repr_mimebundle_``) import render lazily inside the method:
@@ -22,8 +23,14 @@ LAYERS = [
     ["display", "display.numbers", "display.printers", "display.expressions", "display.labels", "edges", "formulas", "optimize", "optimize.rewrite", "optimize.dce", "optimize.cse",
      "optimize.fold", "optimize.fuse", "optimize.simplify"],
     ["derivation"],
-    ["codegen", "codegen.runtime", "codegen.layout", "codegen.lowering", "codegen.printer", "codegen.stability", "codegen.emit", "codegen.plan", "codegen.train",
-     "codegen.script", "testing"],
+    ["codegen.runtime", "codegen.runtime.flat", "codegen.runtime.init", "codegen.runtime.check",
+     "codegen.runtime.script", "codegen.runtime.optimizers", "codegen.runtime.optimizers.sgd",
+     "codegen.runtime.optimizers.sgd_scaled", "codegen.runtime.optimizers.momentum",
+     "codegen.runtime.optimizers.adam"],
+    ["codegen", "codegen.layout", "codegen.lowering", "codegen.printer", "codegen.stability",
+     "codegen.loader", "codegen.emit", "codegen.plan", "codegen.optimizers", "codegen.init",
+     "codegen.module", "codegen.train", "codegen.script"],
+    ["codegen.compiled", "testing"],
     ["render"],
     ["cli"],
 ]

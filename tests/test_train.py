@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import symbackprop as sb
-from symbackprop.codegen.train import OPTIMIZERS, plan_init
+from symbackprop.codegen.init import plan_init
+from symbackprop.codegen.optimizers import OPTIMIZERS
 
 RUFF = Path(sys.executable).with_name("ruff")
 
@@ -178,6 +179,25 @@ def test_bad_arguments():
 
 
 # -- initialisation ----------------------------------------------------------------------
+def test_init_asks_the_consuming_op_for_the_fans(monkeypatch):
+    """An op that declares fans(arg_index, arg_shapes, attrs) decides a weight's fans (a
+    convolution's kernel will); None means "not a weight of mine", and the weight then
+    feeds no layer."""
+    g = sb.models.mlp([4, 3, 2])
+    matmul = g.opdef(g.consumers("W1")[0][0])
+    asked = []
+
+    def fans(arg_index, arg_shapes, attrs):
+        asked.append((arg_index, [tuple(s) for s in arg_shapes]))
+        return (7, 9) if arg_shapes[arg_index] == (3, 2) else None
+    monkeypatch.setattr(matmul, "fans", fans, raising=False)
+    plan = {i.name: i for i in plan_init(g)}
+    assert (plan["W2"].kind, plan["W2"].fan_in, plan["W2"].fan_out) == ("xavier", 7, 9)
+    # W1 (relu's layer, He by default) is no layer's weight now
+    assert (plan["W1"].kind, plan["W1"].note) == ("xavier", "feeds no activation")
+    assert (1, [("N", 4), (4, 3)]) in asked
+
+
 def test_init_he_for_relu_xavier_otherwise():
     plan = {i.name: i for i in plan_init(sb.models.mlp([400, 300, 10]))}
     assert (plan["W1"].kind, plan["W1"].fan_in, plan["W1"].gain2) == ("he", 400, 2.0)

@@ -1,4 +1,4 @@
-"""Emit standalone NumPy source from a graph, and load it as a live module.
+"""Emit standalone NumPy source from a graph.
 
 One statement per node, variables named after nodes (escaped by one
 :class:`Namer`), a comment on every backward line naming the gradient it
@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import builtins
 import keyword
-import linecache
 import re
-import types
 from dataclasses import dataclass, field
 
-import numpy as np
 import sympy as sp
 
 from .. import __version__ as _version
 from ..autodiff import Adjoints, differentiate
-from ..errors import CodegenError, GraphError
+from ..errors import CodegenError
 from ..graph import Graph, dim_symbol, fmt_shape
 from ..ops import registry
 from ..ops.elementwise import broadcast_shapes
@@ -30,6 +27,7 @@ from ..optimize import changes, dump
 from ..optimize import optimize as run_passes
 from ..optimize import resolve as resolve_passes
 from ..optimize.fuse import fuse_for_stability
+from .loader import load_source  # noqa: F401 -- also importable from here, as before
 from .printer import MATH_ONLY, expr_code, math_helper, spaced
 from .stability import warn_unstable
 
@@ -288,14 +286,19 @@ def render_function(fn: Function) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_module(doc: str, em: Emitter, functions: list[Function], extra: str = "") -> str:
-    """The module text: docstring, import, DTYPE and constants, helpers, functions."""
-    head = [f'"""{doc}\n"""', "import numpy as np", "\n".join(
-        [f"DTYPE = np.{em.dtype}"] + sorted(set(em.constants)))]
-    blocks = [em.helpers[k] for k in sorted(em.helpers)] + [render_function(f) for f in functions]
-    if extra:
-        blocks.append(extra)
-    return "\n\n".join(head) + "\n\n\n" + "\n\n\n".join(b.strip("\n") for b in blocks) + "\n"
+def render_module(doc: str, em: Emitter, functions: list[Function], extra: str = "", *,
+                  imports=(), constants=(), blocks=()) -> str:
+    """The module text: docstring, imports (standard library ``imports``, then NumPy),
+    DTYPE and constants (the emitter's, sorted, then ``constants`` in order), helpers,
+    functions, then ``blocks`` and ``extra`` (source text)."""
+    head = [f'"""{doc}\n"""']
+    if imports:
+        head.append("\n".join(f"import {i}" for i in sorted(set(imports))))
+    head += ["import numpy as np", "\n".join(
+        [f"DTYPE = np.{em.dtype}"] + sorted(set(em.constants)) + list(constants))]
+    body = ([em.helpers[k] for k in sorted(em.helpers)] + [render_function(f) for f in functions]
+            + list(blocks) + ([extra] if extra else []))
+    return "\n\n".join(head) + "\n\n\n" + "\n\n\n".join(b.strip("\n") for b in body) + "\n"
 
 
 def _dict_code(items) -> str:
@@ -407,126 +410,3 @@ def numpy_source(g: Graph, of: str | None = None, wrt=None, dtype: str = "float6
     """
     doc, em, fns = emit_model(prepare(g, of, wrt, optimize, explain), dtype, optimize, explain)
     return render_module(doc, em, fns)
-
-
-class Compiled:
-    """Generated code loaded as a live module.
-
-    ``forward`` and ``value_and_grad`` return a float64 scalar result (a 0-d array or
-    NumPy scalar: the loss, the gradient of a scalar parameter) as a plain Python
-    ``float``, the same 64-bit number; float32 code keeps its scalars ``np.float32``
-    (float32 end to end) and arrays stay NumPy arrays.
-
-    Attributes
-    ----------
-    source : str
-        The module's source (also visible in tracebacks).
-    module : module
-        The loaded module.
-    """
-
-    def __init__(self, source: str, name: str = "symbackprop_generated"):
-        self.source = source
-        self.module = load_source(source, name)
-
-    def _call(self, fname: str, arrays: dict):
-        f = getattr(self.module, fname)
-        params = f.__code__.co_varnames[:f.__code__.co_argcount]
-        arrays = {getattr(self, "arg_names", {}).get(k, k): v for k, v in arrays.items()}
-        missing = [p for p in params if p not in arrays]
-        if missing:
-            raise GraphError(f"{fname}() needs the arrays {', '.join(map(repr, missing))}; "
-                             f"got {', '.join(map(repr, arrays)) or 'none'}. Pass them by name.")
-        return f(**{p: arrays[p] for p in params})
-
-    def forward(self, **arrays) -> dict:
-        """Run the forward pass; returns a dict of the outputs.
-
-        Examples
-        --------
-        >>> fn = sb.compile(sb.models.mlp([2, 2]))
-        >>> out = fn.forward(X=np.ones((3, 2)), y=np.array([0, 1, 1]), W1=np.zeros((2, 2)),
-        ...                  b1=np.zeros(2))
-        >>> out["logits"].shape, out["L"]  # ln 2
-        ((3, 2), 0.6931471805599453)
-        """
-        return {k: plain(v) for k, v in self._call("forward", arrays).items()}
-
-    def value_and_grad(self, **arrays):
-        """Return ``(loss, {wrt name: gradient})``.
-
-        Examples
-        --------
-        >>> fn = sb.compile(sb.parse("L = (w*x - y)**2"), wrt=["w"])
-        >>> fn.value_and_grad(w=2.0, x=3.0, y=10.0)
-        (16.0, {'w': -24.0})
-        """
-        loss, grads = self._call("value_and_grad", arrays)
-        return plain(loss), {k: plain(v) for k, v in grads.items()}
-
-
-def plain(value):
-    """A float64 0-d array or NumPy scalar as a Python ``float`` (the same number);
-    anything else unchanged.
-
-    Examples
-    --------
-    >>> plain(np.float64(-24.0)), plain(np.array(0.5)), plain(np.ones(2))
-    (-24.0, 0.5, array([1., 1.]))
-    >>> plain(np.float32(0.5)).dtype  # float32 code stays float32
-    dtype('float32')
-    """
-    if isinstance(value, (np.ndarray, np.generic)) and value.ndim == 0 \
-            and value.dtype == np.float64:
-        return float(value)
-    return value
-
-
-def load_source(source: str, name: str = "symbackprop_generated") -> types.ModuleType:
-    """Execute generated source as a module, registered in ``linecache`` for tracebacks."""
-    filename = f"<symbackprop:{name}>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    module = types.ModuleType(name)
-    module.__file__ = filename
-    exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 -- our own source
-    return module
-
-
-def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float64",
-                  optimize=True, optimizer: str | None = None, **hyper) -> Compiled:
-    """Generate the NumPy code for ``g`` and load it (see :func:`numpy_source`).
-
-    With ``optimizer="sgd"|"momentum"|"adam"`` (and ``lr=...``, ``momentum=...``,
-    ``beta1=...``, ...), the code is :func:`symbackprop.train_step`'s and the result a
-    :class:`~symbackprop.codegen.train.CompiledTrainStep` that also has
-    ``init_params``, ``init_state``, ``update`` and ``train_step``.
-
-    Returns
-    -------
-    Compiled
-        With ``forward(**arrays)``, ``value_and_grad(**arrays)`` and ``source``.
-
-    Examples
-    --------
-    >>> fn = sb.compile(sb.parse("L = (w*x - y)**2"), wrt=["w"])
-    >>> loss, grads = fn.value_and_grad(w=2.0, x=3.0, y=10.0)
-    >>> float(loss), float(grads["w"])
-    (16.0, -24.0)
-    """
-    if optimizer is not None:
-        from .train import compile_train_step  # here: train.py imports this module
-
-        return compile_train_step(g, of, wrt, dtype, optimize, optimizer, **hyper)
-    if hyper:
-        raise TypeError(f"compile() got {', '.join(sorted(hyper))} without optimizer=; pass "
-                        "optimizer='sgd', 'momentum' or 'adam' to compile a training step.")
-    doc, em, fns = emit_model(prepare(g, of, wrt, optimize), dtype, optimize)
-    fn = Compiled(render_module(doc, em, fns), name=_module_name(g))
-    # node name -> parameter name, so arrays are passed by node name ("h 1", "class")
-    fn.arg_names = {n: em.namer(n) for n in g.nodes("input") + g.nodes("param")}
-    return fn
-
-
-def _module_name(g: Graph) -> str:
-    return re.sub(r"\W+", "_", str(g.nx.graph.get("name", "network"))) or "network"
-

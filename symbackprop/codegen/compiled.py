@@ -1,0 +1,173 @@
+"""Generated code as live objects: :class:`Compiled`, :class:`CompiledTrainStep` and
+:func:`compile_graph` (``sb.compile``).
+
+The source comes from :mod:`~symbackprop.codegen.emit` (``forward``,
+``value_and_grad``) or :mod:`~symbackprop.codegen.train` (a training step); it is
+executed by :func:`~symbackprop.codegen.loader.load_source`.
+"""
+
+from __future__ import annotations
+
+from ..errors import GraphError
+from ..graph import Graph
+from .emit import emit_model, prepare, render_module
+from .loader import load_source, module_name, plain
+from .module import build_model
+from .train import step_source
+
+
+class Compiled:
+    """Generated code loaded as a live module.
+
+    ``forward`` and ``value_and_grad`` return a float64 scalar result (a 0-d array or
+    NumPy scalar: the loss, the gradient of a scalar parameter) as a plain Python
+    ``float``, the same 64-bit number; float32 code keeps its scalars ``np.float32``
+    (float32 end to end) and arrays stay NumPy arrays.
+
+    Parameters
+    ----------
+    source : str
+        The module's source.
+    name : str
+        The module's name (tracebacks show ``<symbackprop:NAME>``).
+    arg_names : dict, optional
+        Graph name -> the code's argument name, for inputs and parameters whose names
+        are not identifiers (``"h 1"``, ``"class"``): arrays may be passed by either.
+
+    Attributes
+    ----------
+    source : str
+        The module's source (also visible in tracebacks).
+    module : module
+        The loaded module.
+    arg_names : dict
+        As given (empty by default).
+    """
+
+    def __init__(self, source: str, name: str = "symbackprop_generated",
+                 arg_names: dict | None = None):
+        self.source = source
+        self.module = load_source(source, name)
+        self.arg_names = dict(arg_names or {})
+
+    def _call(self, fname: str, arrays: dict):
+        f = getattr(self.module, fname)
+        params = f.__code__.co_varnames[:f.__code__.co_argcount]
+        arrays = {self.arg_names.get(k, k): v for k, v in arrays.items()}
+        missing = [p for p in params if p not in arrays]
+        if missing:
+            raise GraphError(f"{fname}() needs the arrays {', '.join(map(repr, missing))}; "
+                             f"got {', '.join(map(repr, arrays)) or 'none'}. Pass them by name.")
+        return f(**{p: arrays[p] for p in params})
+
+    def forward(self, **arrays) -> dict:
+        """Run the forward pass; returns a dict of the outputs.
+
+        Examples
+        --------
+        >>> fn = sb.compile(sb.models.mlp([2, 2]))
+        >>> out = fn.forward(X=np.ones((3, 2)), y=np.array([0, 1, 1]), W1=np.zeros((2, 2)),
+        ...                  b1=np.zeros(2))
+        >>> out["logits"].shape, out["L"]  # ln 2
+        ((3, 2), 0.6931471805599453)
+        """
+        return {k: plain(v) for k, v in self._call("forward", arrays).items()}
+
+    def value_and_grad(self, **arrays):
+        """Return ``(loss, {wrt name: gradient})``.
+
+        Examples
+        --------
+        >>> fn = sb.compile(sb.parse("L = (w*x - y)**2"), wrt=["w"])
+        >>> fn.value_and_grad(w=2.0, x=3.0, y=10.0)
+        (16.0, {'w': -24.0})
+        """
+        loss, grads = self._call("value_and_grad", arrays)
+        return plain(loss), {k: plain(v) for k, v in grads.items()}
+
+
+class CompiledTrainStep(Compiled):
+    """A training step loaded as a live module (made by ``sb.compile(g, optimizer=...)``).
+
+    Besides ``forward`` and ``value_and_grad`` it has ``init_params(seed)``,
+    ``init_state(params)``, ``update(params, grads, state)`` and
+    ``train_step(params, state, **batch)``; ``inputs`` lists the batch arrays.
+
+    Examples
+    --------
+    >>> g = sb.parse("L = (w*x - y)**2", params=["w"])
+    >>> step = sb.compile(g, optimizer="sgd", lr=0.1)
+    >>> params = {"w": np.array(2.0)}
+    >>> state = step.init_state(params)
+    >>> step.train_step(params, state, x=3.0, y=10.0)  # the loss before the step
+    16.0
+    >>> float(params["w"])  # 2 - 0.1 * (-24)
+    4.4
+    """
+
+    def __init__(self, source: str, name: str, inputs: list, arg_names: dict | None = None):
+        super().__init__(source, name, arg_names)
+        self.inputs = list(inputs)
+
+    def init_params(self, seed=0) -> dict:
+        """Fresh parameters (He/Xavier weights, zero biases) from a seed."""
+        return self.module.init_params(seed)
+
+    def init_state(self, params: dict) -> dict:
+        """The optimizer's initial state for ``params``."""
+        return self.module.init_state(params)
+
+    def update(self, params: dict, grads: dict, state: dict, **hyper) -> None:
+        """One optimizer step on ``params``, in place."""
+        self.module.update(params, grads, state, **hyper)
+
+    def train_step(self, params: dict, state: dict, lr: float | None = None, **batch) -> float:
+        """Forward, backward and update on one minibatch; returns the loss."""
+        batch = {self.arg_names.get(k, k): v for k, v in batch.items()}
+        missing = [n for n in self.inputs if n not in batch]
+        extra = sorted(set(batch) - set(self.inputs))
+        if missing or extra:
+            raise GraphError(f"train_step() takes the arrays {', '.join(self.inputs)}; "
+                             + (f"missing {', '.join(missing)}" if missing
+                                else f"got unknown {', '.join(extra)}") + ". Pass them by name.")
+        kw = {} if lr is None else {"lr": lr}
+        return self.module.train_step(params, state, **{n: batch[n] for n in self.inputs}, **kw)
+
+
+def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float64",
+                  optimize=True, optimizer: str | None = None, **hyper) -> Compiled:
+    """Generate the NumPy code for ``g`` and load it (see
+    :func:`~symbackprop.codegen.emit.numpy_source`).
+
+    With ``optimizer="sgd"|"momentum"|"adam"`` (and ``lr=...``, ``momentum=...``,
+    ``beta1=...``, ...), the code is :func:`symbackprop.train_step`'s and the result a
+    :class:`CompiledTrainStep` that also has ``init_params``, ``init_state``,
+    ``update`` and ``train_step``.
+
+    Returns
+    -------
+    Compiled
+        With ``forward(**arrays)``, ``value_and_grad(**arrays)`` and ``source``.
+        Arrays are passed by node name (``"h 1"``) or by the code's name (``h_1``).
+
+    Examples
+    --------
+    >>> fn = sb.compile(sb.parse("L = (w*x - y)**2"), wrt=["w"])
+    >>> loss, grads = fn.value_and_grad(w=2.0, x=3.0, y=10.0)
+    >>> float(loss), float(grads["w"])
+    (16.0, -24.0)
+    """
+    if optimizer is not None:
+        lr = hyper.pop("lr", None)
+        m = build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize)
+        return CompiledTrainStep(step_source(m), module_name(g, "_train_step"),
+                                 [m.em.namer(n) for n in m.inputs], m.arg_names)
+    if hyper:
+        raise TypeError(f"compile() got {', '.join(sorted(hyper))} without optimizer=; pass "
+                        "optimizer='sgd', 'momentum' or 'adam' to compile a training step.")
+    doc, em, fns = emit_model(prepare(g, of, wrt, optimize), dtype, optimize)
+    arg_names = {n: em.namer(n) for n in g.nodes("input") + g.nodes("param")}
+    return Compiled(render_module(doc, em, fns), module_name(g), arg_names)
+
+
+__all__ = ["Compiled", "CompiledTrainStep", "compile_graph"]

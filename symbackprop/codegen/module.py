@@ -1,0 +1,350 @@
+"""Assembling a generated training module: the model, the step's blocks and the text.
+
+:func:`build_model` differentiates and emits a network (``forward``,
+``value_and_grad`` and, with the optimizations on, the planned
+``loss_and_grads_into``) and gathers what the training code needs to call them
+(:class:`Model`). :func:`step_blocks` gives the source blocks every training module
+carries after those functions: the flat buffers, ``init_params``, the optimizer,
+``check_finite``, the fast path's flat update and workspace, and ``train_step``.
+:func:`assemble` writes the module text (through
+:func:`~symbackprop.codegen.emit.render_module`). :mod:`~symbackprop.codegen.train`
+and :mod:`~symbackprop.codegen.script` build on these.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import textwrap
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ..autodiff import check_of_wrt
+from ..errors import CodegenError
+from ..graph import Graph, fmt_shape
+from ..optimize import resolve as resolve_passes
+from .emit import Emitter, Function, describe, emit_model, prepare, render_module, safe_text
+from .init import init_source, init_text, plan_init
+from .optimizers import Optimizer, hyper_text, resolve_optimizer
+from .plan import PACK, plan_function, workspace_source
+from .runtime import check, flat, source_of
+
+# -- reading the graph -------------------------------------------------------------------
+
+
+def formula(g: Graph, n: str, top: bool = True, budget: list | None = None) -> str:
+    """``L = mean(sub(softplus(logits), mul(logits, y)))``: unnamed nodes expanded (at
+    most 12), for docstrings.
+
+    Examples
+    --------
+    >>> formula(sb.parse("L = (w*x - y)**2"), "L")
+    'pow(sub(mul(w, x), y), 2)'
+    """
+    budget = [12] if budget is None else budget
+    d = g.nx.nodes[n]
+    if not top and (g.is_leaf(n) or not d.get("auto") or budget[0] <= 0):
+        if d["op"] == "const" and d["shape"] == ():
+            return str(d["value"])
+        return n
+    budget[0] -= 1
+    args = ", ".join(formula(g, a, False, budget) for a in g.args(n))
+    return f"{d['op']}({args})"
+
+
+def params_of(g: Graph, of, wrt) -> tuple[str, list[str]]:
+    """The loss and the trained parameters (default: all), checked: ``wrt`` names
+    parameters only, each with a fixed size in every axis.
+
+    Examples
+    --------
+    >>> params_of(sb.models.mlp([4, 3, 2]), None, None)
+    ('L', ['W1', 'b1', 'W2', 'b2'])
+    """
+    of, wrt = check_of_wrt(g, of, wrt)
+    if not g.nodes("param"):
+        raise CodegenError(f"graph {g.nx.graph.get('name')!r} has no parameters to train. "
+                           "Declare them with g.param().")
+    others = [w for w in wrt if g.role(w) != "param"]
+    if others:
+        raise CodegenError(f"wrt {others[0]!r} is an {g.role(others[0])}, not a parameter; a "
+                           "training step updates parameters only. Declare it with g.param().")
+    for p in g.nodes("param"):
+        bad = [d for d in g.nx.nodes[p]["shape"] if not isinstance(d, int)]
+        if bad:
+            raise CodegenError(f"parameter {p!r} has shape {fmt_shape(g.nx.nodes[p]['shape'])}; "
+                               "a trained parameter needs a fixed size in every axis.")
+    return of, wrt
+
+
+# -- the model ---------------------------------------------------------------------------
+
+
+def call_lines(lhs: str, fname: str, args: list[str], indent: int = 4) -> list[str]:
+    """``lhs + fname(args)`` as one line, or one argument a line when that passes 96
+    columns at ``indent``.
+
+    Examples
+    --------
+    >>> call_lines("loss = ", "f", ["a", "b"])
+    ['loss = f(a, b)']
+    """
+    line = f"{lhs}{fname}({', '.join(args)})"
+    if indent + len(line) <= 96:
+        return [line]
+    return [f"{lhs}{fname}("] + [f"    {a}," for a in args] + [")"]
+
+
+@dataclass
+class Model:
+    """The emitted model functions and what the training code needs to call them."""
+
+    g: Graph
+    of: str
+    wrt: list
+    em: Emitter
+    functions: list
+    inputs: list  # graph names of the data inputs of value_and_grad, in its order
+    opt: Optimizer
+    hyper: dict
+    plan: list
+    dtype: str
+    fast: Function | None = None  # loss_and_grads_into: the planned step, if optimizing
+    pool: object = None  # its workspace buffers
+    grads: list = field(default_factory=list)  # the gradient node of each wrt, in order
+
+    def args(self, fn: Function, data: dict | None = None, fixed: dict | None = None) -> list[str]:
+        """Arguments calling an emitted function: ``params['W1']`` for parameters,
+        ``data[name]`` (default: the input's own code) for inputs, ``fixed[code]`` for the
+        parameters of ``fn`` named there."""
+        names = {code: n for n, code in self.em.namer.names.items()}
+        out = []
+        for code in fn.params:
+            if "=" in code:  # scale=1.0: passed by name
+                continue
+            if code in (fixed or {}):
+                out.append(fixed[code])
+                continue
+            n = names[code]
+            if self.em.j.role(n) == "param":
+                out.append(f"params[{n!r}]")
+            else:
+                out.append((data or {}).get(n, code))
+        return out
+
+    @property
+    def arg_names(self) -> dict:
+        """Graph name -> the generated code's name of every input and parameter."""
+        return {n: self.em.namer(n) for n in self.g.nodes("input") + self.g.nodes("param")}
+
+
+_STEP_LOCALS = {"params", "state", "lr", "loss", "grads", "value_and_grad", "check_finite",
+                "update", "float", "flat", "G", "blocks", "math"}
+
+
+def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
+                hyper: dict | None = None, dtype: str = "float64", optimize=True,
+                extra_outputs=()) -> Model:
+    """Differentiate and emit ``g`` for training with ``optimizer``; with the optimization
+    passes on, also plan ``loss_and_grads_into`` (the step on the workspace). Nodes in
+    ``extra_outputs`` become outputs of ``forward`` (a script's class scores).
+
+    Examples
+    --------
+    >>> m = build_model(sb.models.mlp([4, 3, 2]), optimizer="adam")
+    >>> m.opt.name, [f.name for f in m.functions], m.inputs
+    ('adam', ['forward', 'value_and_grad', 'loss_and_grads_into'], ['X', 'y'])
+    """
+    opt, values = resolve_optimizer(optimizer, lr, hyper)
+    of, wrt = params_of(g, of, wrt)
+    g2 = g  # prepare() and differentiate() leave it unchanged: copy it only to add outputs
+    if any(n not in g.outputs for n in extra_outputs):
+        g2 = g.copy()
+        for n in extra_outputs:
+            if n not in g2.outputs:
+                g2.nx.graph["outputs"].append(n)
+    adj = prepare(g2, of, wrt, optimize)
+    _, em, fns = emit_model(adj, dtype, optimize)
+    vg = fns[1]
+    fast, pool = None, None
+    if resolve_passes(optimize):  # memory planning goes with the other optimizations
+        fast, pool = _plan_step(em, adj, of, wrt, opt)
+        fns = [*fns, fast]
+    names = {code: n for n, code in em.namer.names.items()}
+    inputs = [names[c] for c in vg.params if em.j.role(names[c]) == "input"]
+    clash = [em.namer(n) for n in inputs if em.namer(n) in _STEP_LOCALS]
+    if clash:
+        raise CodegenError(f"input {clash[0]!r} has the name of a variable of the training "
+                           "step; rename the input (e.g. g.rename).")
+    return Model(g, of, wrt, em, fns, inputs, opt, values, plan_init(g), dtype, fast, pool,
+                 [adj.adjoint[w] for w in wrt])
+
+
+def _plan_step(em: Emitter, adj, of: str, wrt: list, opt: Optimizer) -> tuple:
+    """``loss_and_grads_into`` and its workspace pool, with its docstring written."""
+    grads = [adj.adjoint[w] for w in wrt]
+    # consecutive in the flat buffers (TRAINED order), each with a gradient of its own:
+    # a layer h @ W + b may then carry its bias inside the product
+    uses = Counter(grads)
+    own = {w for w, n in zip(wrt, grads) if uses[n] == 1}
+    pairs = [(w, adj.adjoint[w], b, adj.adjoint[b]) for w, b in itertools.pairwise(wrt)
+             if w in own and b in own]
+    fast, pool = plan_function(
+        em, "loss_and_grads_into", [of, *grads], grads,
+        "The same computation as value_and_grad, with every intermediate array in a "
+        "buffer of\n    _workspace() (one arena per batch size, made once) and NumPy calls "
+        "writing into it\n    (out=). Every array passed must be of DTYPE (train_step converts the "
+        "data), the gradient\n    arrays C-contiguous.",
+        of=of, scalable=opt.scaled is not None, pairs=pairs)
+    into = {em.namer(n) for n in grads} | {gb for *_, gb in pool.folds}
+    nm = em.namer
+    blocks = {gb: f"{gb} = [{nm(adj.adjoint[w])}; {nm(adj.adjoint[b])}]"
+              for w, b, _, gb in pool.folds}
+    head = (f"Loss {of}; writes its gradients into "
+            + ", ".join(blocks.get(p, p) for p in fast.params if p in into) + ".")
+    if pool.folds:
+        w, b, block, _ = pool.folds[0]
+        head += (f" {block} = [{nm(w)}; {nm(b)}] is {nm(w)} with {nm(b)} as one more row "
+                 "(the bias rides in the product)"
+                 + (", and so for the other blocks" if len(pool.folds) > 1 else "")
+                 + ": views of the flat buffers.")
+    opening = '    """'  # the first line starts after the docstring's quotes
+    head = re.sub(r"\[[^\[\]]*\]", lambda m: m.group().replace(" ", "\0"), safe_text(head))
+    fast.doc = textwrap.fill(  # never inside [dW2; db2]
+        head, 88, initial_indent=opening, subsequent_indent="    ",
+        break_on_hyphens=False)[len(opening):].replace("\0", " ") + "\n\n    " + fast.doc
+    if pool.scaled:
+        fast.doc += ("\n\n    Every gradient comes out multiplied by scale (backprop is "
+                     "linear in its seed):\n    train_step passes lr, so that SGD's update "
+                     "is one subtraction.")
+    fast.ret = em.code(of)
+    return fast, pool
+
+
+# -- the step's blocks ---------------------------------------------------------------------
+
+
+def step_blocks(m: Model) -> list[str]:
+    """The source blocks after the model's functions: ``flat_views``, the initialisation,
+    the optimizer (``init_state``, ``update``), ``check_finite``, the fast path (flat
+    buffers, flat update, packer, workspace) when there is one, and ``train_step``.
+
+    Examples
+    --------
+    >>> m = build_model(sb.models.mlp([4, 3, 2]), optimize=False)  # no fast path
+    >>> [b.split("(")[0] for b in step_blocks(m)]  # doctest: +NORMALIZE_WHITESPACE
+    ['def flat_views', 'def he_normal', 'def xavier_uniform', 'def init_params',
+     'def init_state', 'def update', 'def check_finite', 'def train_step']
+    """
+    fast = []
+    if m.fast is not None:
+        # the flat gradient buffer, in the order of TRAINED; a gradient node shared by two
+        # parameters is written by loss_and_grads_into for the first, copied for the other
+        first, layout = set(), []
+        for w, n in zip(m.wrt, m.grads):
+            layout.append((w, tuple(m.g.nx.nodes[w]["shape"]),
+                           m.em.namer(n) if n not in first else None))
+            first.add(n)
+        consts = f"TRAINED = {tuple(m.wrt)!r}  # the parameters train_step updates\n"
+        if m.pool.folds:
+            consts += (f"FOLDED = {tuple((w, b) for w, b, *_ in m.pool.folds)!r}  # layers with "
+                       "the bias in the product\n")
+        buffers = source_of(flat, "_FLAT", "_flat_base", "_flat",
+                            variants={"folded": bool(m.pool.folds)})
+        fast = [consts + buffers, m.opt.scaled_update if m.pool.scaled else m.opt.flat_update,
+                PACK, workspace_source(m.em, m.pool, layout)]
+    return ([source_of(flat, "flat_views")] + init_source(m.plan)
+            + [m.opt.init_state, m.opt.update, source_of(check, "check_finite")]
+            + fast + [_train_step_block(m)])
+
+
+def _train_step_block(m: Model) -> str:
+    em = m.em
+    data = [em.namer(n) for n in m.inputs]
+    batch = ", ".join(data) or "no data"
+    lines = [f"def train_step(params, state, {', '.join(data + ['lr=LR'])}):",
+             f'    """One training step on the minibatch ({batch}): forward and backward pass',
+             (f"    ({m.fast.name if m.fast else 'value_and_grad'}), then one {m.opt.title} "
+              "update (update). params and state"),
+             "    change in place. Returns the loss. Raises FloatingPointError, before changing",
+             '    anything, when the loss or a gradient is nan or inf."""']
+    if m.fast is None:
+        lines += ["    " + ln for ln in call_lines("loss, grads = ", "value_and_grad",
+                                                     m.args(m.functions[1]))]
+        lines += ["    check_finite(loss, grads)", "    update(params, grads, state, lr=lr)",
+                  "    return float(loss)"]
+        return "\n".join(lines) + "\n"
+    # loss_and_grads_into takes the leaves, then one gradient array per gradient node; two
+    # parameters can share one (both arguments of w0 + w1): the second gets a copy
+    first = {}
+    for w, n in zip(m.wrt, m.grads):
+        first.setdefault(n, w)
+    fixed = {em.namer(n): f"grads[{w!r}]" for n, w in first.items()}
+    for w, b, block, grad_block in m.pool.folds:  # [W; b] and [dW; db]: made once
+        fixed[block], fixed[grad_block] = f"flat[{w!r}, {b!r}]", f"blocks[{w!r}, {b!r}]"
+    args = m.args(m.fast, fixed=fixed)
+    ws = f"_workspace({', '.join(m.pool.sizes)})"
+    # the data as arrays of DTYPE, as value_and_grad takes them (a float64 batch for a
+    # float32 step, or a list): loss_and_grads_into's products need that, np.dot above all
+    lines += ["    " + ln for ln in em.as_arrays(m.inputs)]
+    lines += ["    flat = _flat(params, state)"]
+    lines += ["    " + ln for ln in em.bind_sizes("train_step", m.inputs, [ws])]
+    blocks = "blocks" if m.pool.folds else "_"
+    lines += [f"    _, G, grads, {blocks} = {ws}  # the gradients: views of G, in the workspace"]
+    if m.pool.scaled:  # the gradients come out as lr * dL/dw
+        args.append("scale=lr")
+    lines += ["    " + ln for ln in call_lines("loss = ", m.fast.name, args)]
+    lines += [f"    grads[{w!r}][...] = grads[{first[n]!r}]"
+              for w, n in zip(m.wrt, m.grads) if first[n] != w]
+    # A sum of squares is finite only if every term is (squares cannot cancel an inf): one
+    # BLAS call (3x faster than G.sum()) screens every gradient; check_finite, exact, runs
+    # only when the screen trips (a square can overflow: it then raises only for nan or inf).
+    lines += ["    if not math.isfinite(loss + np.dot(G, G)):",
+              "        check_finite(loss, grads)  # says which gradient",
+              "    _update_flat(flat, G, state, lr)",
+              "    return float(loss)"]
+    return "\n".join(lines) + "\n"
+
+
+# -- the module text -----------------------------------------------------------------------
+
+
+def wrap(*lines: str) -> str:
+    """Docstring lines wrapped at 88 columns, continuations indented.
+
+    Examples
+    --------
+    >>> print(wrap("Network " + "x " * 50 + "(3, 2)."), end="")
+    Network x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x
+        x x x x x x x x x x (3, 2).
+    """
+    def fill(ln):  # never break inside parentheses: (3, 2) stays on one line
+        ln = re.sub(r"\([^()]*\)", lambda m: m.group().replace(" ", "\0"), ln)
+        return textwrap.fill(ln, 88, subsequent_indent="    ", break_long_words=False,
+                             break_on_hyphens=False).replace("\0", " ")
+    return "".join(fill(ln) + "\n" for ln in lines)
+
+
+def step_doc(m: Model, what: str) -> str:
+    """The module docstring's opening: ``what``, then the network, loss, optimizer,
+    initialisation and trained parameters."""
+    g = m.g
+    return f"{what}\n\n" + wrap(
+        f"Network {safe_text(describe(g, shapes=True))}.",
+        f"Loss: {safe_text(m.of)} = {safe_text(formula(g, m.of))}.",
+        f"Optimizer: {m.opt.title} ({m.opt.rule}); {hyper_text(m.hyper)}.",
+        f"Initialisation: {safe_text(init_text(m.plan))}.",
+        f"Trained parameters: {', '.join(map(safe_text, m.wrt))}; dtype {m.dtype}.") + "\n"
+
+
+def assemble(doc: str, m: Model, functions: list, blocks: list, imports=(),
+             constants=()) -> str:
+    """The module text (:func:`~symbackprop.codegen.emit.render_module`): ``math`` joins
+    the standard-library ``imports`` when the fast path's train_step uses it."""
+    imports = {*imports, *(("math",) if m.fast is not None else ())}
+    return render_module(doc, m.em, functions, imports=imports, constants=constants,
+                         blocks=blocks)
+
+
+__all__ = ["Model", "assemble", "build_model", "call_lines", "formula", "params_of",
+           "step_blocks", "step_doc", "wrap"]
