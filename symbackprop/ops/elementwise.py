@@ -230,8 +230,10 @@ def elementwise(name: str, fn: Callable, grad: Callable | None = None,
         differentiates ``fn`` and rewrites the result through the output.
     numpy : callable, optional
         ``numpy(*codes) -> str``: NumPy source for the forward, where no SymPy
-        expression prints a stable form (``softplus`` uses ``np.logaddexp``).
-        Such an op is not fused with its neighbours.
+        expression prints a stable form (``np.logaddexp(0, x)``). Such an op is not
+        fused with its neighbours. A shorthand for registering its
+        :class:`~symbackprop.codegen.lowering.Lowering` for the ``"numpy"`` backend
+        (:func:`symbackprop.codegen.lowering.register`), which other backends use.
     stable : callable, optional
         Like ``fn``, an equal expression that is safer to compute and is the
         one printed (sigmoid as ``(1 + tanh(x/2))/2``, which never overflows).
@@ -273,18 +275,12 @@ def elementwise(name: str, fn: Callable, grad: Callable | None = None,
     def local(attrs):
         return list(derivatives())
 
-    if numpy is None:
-        np_template = None
-    else:
-        def np_template(codes, attrs):
-            return numpy(*codes)
-
     fun = sp.Function(name)
     display = ((lambda args, attrs: fun(*args)) if _display_as_function(expr)
                else (lambda args, attrs: expr.subs(dict(zip(X, args)), simultaneous=True)))
     code = None if stable is None else sp.sympify(stable(*X[:k]))
-    register(OpDef(name=name, arity=k, shape=broadcast_shapes, numpy=np_template,
-                   vjp=_vjp, expr=lambda attrs: (X[:k], expr), local_grads=local,
+    register(OpDef(name=name, arity=k, shape=broadcast_shapes, vjp=_vjp,
+                   expr=lambda attrs: (X[:k], expr), local_grads=local, opaque=numpy is not None,
                    code=None if code is None else (lambda attrs: (X[:k], code)),
                    elementwise=True, display=display, doc=doc or f"elementwise {expr}",
                    grad_declared=grad is not None,
@@ -292,6 +288,12 @@ def elementwise(name: str, fn: Callable, grad: Callable | None = None,
                    commutative=k > 1 and expr == expr.xreplace(
                        {X[i]: X[(i + 1) % k] for i in range(k)})
                    and expr == expr.xreplace({X[0]: X[1], X[1]: X[0]})))
+    if numpy is not None:
+        # The one place ops/ reaches into code generation, at the user's call and not at
+        # import: the NumPy code is code generation's to keep (codegen/lowering.py).
+        from ..codegen import lowering
+
+        lowering.register("numpy", name, lowering.Lowering(lambda codes, attrs: numpy(*codes)))
     return builder(name)
 
 
@@ -311,7 +313,7 @@ def _ew_grads(attrs):
 # VJPs build these (``g * y * (1 - y)`` is one node, one NumPy statement), and
 # since their derivative is again taken by SymPy, gradients can be differentiated.
 register(OpDef(
-    name="ew", arity=None, attrs={"expr": None}, shape=broadcast_shapes, numpy=None,
+    name="ew", arity=None, attrs={"expr": None}, shape=broadcast_shapes,
     internal=True,  # VJPs and passes build it; users write sb.elementwise ops instead
     elementwise=True, expr=_ew_expr, local_grads=_ew_grads,
     vjp=lambda g, args, out, attrs: _vjp(g, args, out, attrs),  # defined below

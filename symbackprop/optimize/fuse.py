@@ -16,11 +16,9 @@ MAX_OPS = 24  # keep fused statements short enough to read
 
 
 def fusable(g: Graph, n: str) -> bool:
-    d = g.nx.nodes[n]
-    if d["op"] in registry.LEAVES:
-        return False
-    op = registry.get(d["op"])
-    return op.elementwise and op.numpy is None
+    """Whether node ``n`` is elementwise with code printed from its expression."""
+    op = g.opdef(n)
+    return op is not None and op.elementwise and not op.opaque
 
 
 def _expand(g: Graph, n: str, into: str, keep: set, allow=None) -> tuple[sp.Expr, list[str]]:
