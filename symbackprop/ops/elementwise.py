@@ -170,14 +170,11 @@ def through_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol, name: str = "") -> sp.E
 def derivative_notes(g) -> list[tuple[str, str]]:
     """``(op, why)`` for each op of ``g`` whose derivative is computed in its input because
     no form through its output was found (``codegen --explain`` prints them)."""
-    from . import registry
-
-    names = sorted({g.nx.nodes[n]["op"] for n in g.nx} - set(registry.LEAVES))
-    for n in names:  # the derivatives are derived on first use: derive them now
-        op = registry.get(n)
+    ops = {op.name: op for op in map(g.opdef, g.nx) if op is not None}
+    for op in ops.values():  # the derivatives are derived on first use: derive them now
         if op.elementwise and op.local_grads is not None:
             op.local_grads({})
-    return [(n, NOTES[n]) for n in names if n in NOTES]
+    return [(n, NOTES[n]) for n in sorted(ops) if n in NOTES]
 
 
 def _minus_inside(c: sp.Expr) -> sp.Expr:
@@ -336,7 +333,7 @@ def scaled(g, d: sp.Expr, args, out):
     subs = {}
     free = d.free_symbols  # SymPy walks the expression for each call: once is enough
     for x, a in zip(X, args):
-        if a.op == "const" and a.shape == () and x in free:
+        if a.graph.role(a.name) == "const" and a.shape == () and x in free:
             subs[x] = sp.sympify(a.data["value"])
     d = d.xreplace(subs)
     if d == 1:
@@ -355,9 +352,7 @@ def scaled(g, d: sp.Expr, args, out):
 
 
 def _vjp(g, args, out, attrs):
-    from . import registry
-
-    grads = registry.get(out.op).local_grads(attrs)
+    grads = out.graph.opdef(out.name).local_grads(attrs)
     res = []
     for a, d in zip(args, grads):
         if a.dtype == "int" or d == 0:

@@ -13,10 +13,9 @@ from .rewrite import protected, replace_uses, set_args
 
 def scalar_value(g: Graph, n: str):
     """The SymPy value of a scalar constant node, or None."""
-    d = g.nx.nodes[n]
-    if d["op"] != "const" or d["shape"] != ():
+    if g.role(n) != "const" or g.nx.nodes[n]["shape"] != ():
         return None
-    v = sp.sympify(d["value"])
+    v = sp.sympify(g.nx.nodes[n]["value"])
     return v.xreplace({s: dim_symbol(s.name) for s in v.free_symbols})
 
 
