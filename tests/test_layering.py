@@ -23,9 +23,10 @@ LAYERS = [
      "optimize.fold", "optimize.fuse", "optimize.simplify",
      # the lowering table and the runtime it copies depend on ops alone; derivations
      # evaluate ops at a point through it
-     "codegen.runtime", "codegen.runtime.numpy_ops", "codegen.layout", "codegen.lowering"],
+     "codegen.runtime", "codegen.runtime.numpy_ops", "codegen.layout", "codegen.printer",
+     "codegen.lowering"],
     ["derivation"],
-    ["codegen", "codegen.printer", "codegen.stability", "codegen.emit", "codegen.plan", "codegen.train",
+    ["codegen", "codegen.stability", "codegen.emit", "codegen.plan", "codegen.train",
      "codegen.script", "testing"],
     ["render"],
     ["cli"],

@@ -24,13 +24,12 @@ from ..autodiff import Adjoints, differentiate
 from ..errors import CodegenError, GraphError
 from ..graph import Graph, dim_symbol, fmt_shape
 from ..ops.elementwise import broadcast_shapes
-from ..ops.stable import StableFunction
 from ..optimize import changes, dump
 from ..optimize import optimize as run_passes
 from ..optimize import resolve as resolve_passes
 from ..optimize.fuse import fuse_for_stability
-from .lowering import lowering
-from .printer import MATH_ONLY, expr_code, math_helper, spaced
+from .lowering import function_helpers, lowering
+from .printer import expr_code, spaced
 from .stability import warn_unstable
 
 DTYPES = ("float64", "float32")
@@ -131,12 +130,8 @@ class Emitter:
     def use_functions(self, e: sp.Expr) -> None:
         """Add the helpers that the functions of ``e`` print as: erf and the like (no ufunc:
         the helper maps math's) and the stable forms of ops/stable.py (``_sigmoid``)."""
-        for f in e.atoms(sp.Function):
-            if isinstance(f, StableFunction):
-                self.helpers.setdefault(f"_{type(f).__name__}", f.helper)
-            elif type(f).__name__ in MATH_ONLY:
-                name = MATH_ONLY[type(f).__name__]
-                self.helpers.setdefault(f"_{name}", math_helper(name))
+        for name, src in function_helpers(e).items():
+            self.helpers.setdefault(name, src)
 
     # -- codes ------------------------------------------------------------------
     def inline(self, n: str) -> bool:

@@ -36,10 +36,11 @@ import sympy as sp
 
 from ..errors import CodegenError
 from ..ops import registry
-from ..ops.elementwise import X
+from ..ops.stable import StableFunction
 from ..ops.tensor import norm_axes
 from . import runtime
 from .layout import transposable
+from .printer import MATH_ONLY, expr_code
 from .runtime import numpy_ops
 
 
@@ -180,6 +181,59 @@ NUMPY: dict[str, Lowering] = {
                            helpers=_helpers(numpy_ops._layer_norm)),
 }
 
+
+
+def math_helper(name: str) -> str:
+    """Source of the generated helper ``_<name>``: ``math.<name>`` on every element, for a
+    function NumPy has no ufunc for (erf, erfc, gamma, lgamma). (A template, not a
+    function of numpy_ops: SymPy decides which functions these are, one helper each.)
+
+    Examples
+    --------
+    >>> print(math_helper("erf").splitlines()[0])
+    def _erf(x):
+    """
+    return f'''def _{name}(x):
+    """math.{name}, which NumPy has no ufunc for, on every element of x: an array of DTYPE
+    (exact, but one Python call per element)."""
+    import math
+
+    return np.vectorize(math.{name}, otypes=[DTYPE])(x)
+'''
+
+
+# The functions of ops/stable.py, by name: the source of the helper _<name> that the
+# printer calls for each.
+NUMPY_FUNCTIONS: dict[str, str] = {
+    "sigmoid": runtime.source(numpy_ops._sigmoid),
+    "softplus": runtime.source(numpy_ops._softplus),
+    "sech2": runtime.source(numpy_ops._sech2),
+    "erfc": math_helper("erfc"),
+}
+
+
+def function_helpers(e: sp.Expr) -> dict:
+    """Name -> source of the helpers that the printed code of the elementwise expression
+    ``e`` calls: the stable functions' (``_sigmoid``) and those mapping math's function
+    over an array where NumPy has no ufunc (``_erf``).
+
+    Examples
+    --------
+    >>> from symbackprop.ops.stable import sigmoid
+    >>> x, y = sp.symbols("x y")
+    >>> sorted(function_helpers(sigmoid(x) * sp.erf(y)))
+    ['_erf', '_sigmoid']
+    """
+    out = {}
+    for f in e.atoms(sp.Function):
+        name = type(f).__name__
+        if isinstance(f, StableFunction):
+            out[f"_{name}"] = NUMPY_FUNCTIONS[name]
+        elif name in MATH_ONLY:
+            out[f"_{MATH_ONLY[name]}"] = math_helper(MATH_ONLY[name])
+    return out
+
+
 # Backend name -> its table.
 TABLES: dict[str, dict[str, Lowering]] = {"numpy": NUMPY}
 BACKENDS = tuple(TABLES)
@@ -238,8 +292,8 @@ def lowering(op: registry.OpDef | str, backend: str = "numpy") -> Lowering:
 def evaluate(op: registry.OpDef, args: list, attrs: dict, sizes: dict | None = None):
     """The value of ``op`` at the NumPy arrays ``args``, computed as the generated NumPy
     code computes it (derivations evaluated at a point); ``sizes`` binds size names such
-    as ``N`` that the code may use. An elementwise op is its printed expression, every
-    argument broadcast into the result.
+    as ``N`` that the code may use. An elementwise op is its printed expression (with
+    its helpers, such as ``_sigmoid``), every argument broadcast into the result.
 
     Examples
     --------
@@ -247,6 +301,8 @@ def evaluate(op: registry.OpDef, args: list, attrs: dict, sizes: dict | None = N
     array([[0.5, 0.5]])
     >>> evaluate(registry.get("mul"), [np.ones(2), np.float64(3)], {})
     array([3., 3.])
+    >>> evaluate(registry.get("sigmoid"), [np.array([-800.0, 0.0])], {})
+    array([0. , 0.5])
     """
     how = lowering(op)
     if how.expr is not None:
@@ -256,7 +312,11 @@ def evaluate(op: registry.OpDef, args: list, attrs: dict, sizes: dict | None = N
         codes = [f"_a{i}" for i in range(len(args))]
         ns.update(zip(codes, args))
         return np.asarray(eval(how.expr(codes, attrs), ns))
-    _, e = op.code_expr(attrs)
-    out = sp.lambdify(X[:len(args)], e, "numpy")(*args)  # all arguments, used or not
+    syms, e = op.code_expr(attrs)
+    ns = {"np": np, "DTYPE": np.float64}
+    for src in function_helpers(e).values():
+        exec(src, ns)  # noqa: S102 -- our own helper source, e.g. _sigmoid
+    code = expr_code(e, {s: f"_a{i}" for i, s in enumerate(syms)})
+    out = eval(code, {**ns, **{f"_a{i}": a for i, a in enumerate(args)}})
     return np.array(np.broadcast_to(out, np.broadcast_shapes(*map(np.shape, args))),
                     dtype=float)
