@@ -18,7 +18,6 @@ import networkx as nx
 
 from .errors import GradError
 from .graph import Graph, Node, fmt_shape, missing_node_message
-from .ops import registry
 
 
 @dataclass
@@ -28,9 +27,13 @@ class Adjoints:
     Attributes
     ----------
     graph : Graph
-        The joint forward + backward graph. Backward nodes have
-        ``phase="backward"``; an adjoint node has ``adjoint_of=<node>``; a
-        contribution of one consumer has ``grad_of=<node>`` and ``via=<consumer>``.
+        The joint forward + backward graph, its nodes annotated (read them with the
+        ``Graph`` accessors of the same names; :data:`symbackprop.graph.ANNOTATIONS`
+        and docs/graph-schema.md list who writes and reads each): every node has
+        ``phase`` (``"forward"`` or ``"backward"``); an adjoint node has
+        ``adjoint_of=<node>``; a contribution of one consumer has ``grad_of=<node>``
+        and ``via=<consumer>``; the nodes a VJP rule built have ``vjp_of=<node>``, the
+        forward node whose rule it is.
     forward : Graph
         The graph that was differentiated.
     of : str
@@ -149,11 +152,11 @@ def differentiate(g: Graph, of: str | None = None, wrt=None) -> Adjoints:
     path = j.ancestors([of]) & j.descendants(wrt)
     topo = j.topo_order()
     for n in topo:
-        op = G.nodes[n]["op"]
-        if n in path and n not in wrt and op not in registry.LEAVES \
-                and not registry.get(op).differentiable \
+        opdef = j.opdef(n)
+        if n in path and n not in wrt and opdef is not None and not opdef.differentiable \
                 and any(a in path for a in j.args(n)):
-            raise GradError(f"node {n!r} uses op {op!r}, which has no derivative, on the path "
+            raise GradError(f"node {n!r} uses op {opdef.name!r}, which has no derivative, on "
+                            "the path "
                             f"from {', '.join(w for w in wrt if w in nx.ancestors(G, n))} to "
                             f"{of!r}. Compute it outside the graph and pass it as an input.")
     for n in G:
@@ -183,21 +186,20 @@ def differentiate(g: Graph, of: str | None = None, wrt=None) -> Adjoints:
             for t in terms[1:]:
                 node = node + Node(j, t)
             mark(start, grad_of=n)
-            if G.nodes[node.name].get("auto") and "adjoint_of" not in G.nodes[node.name]:
+            if G.nodes[node.name].get("auto") and j.adjoint_of(node.name) is None:
                 old, node = node.name, j.name(node, adjoint_name(j, n))
                 for key in holders.pop(old, ()):  # keep term names current
                     adj.contributions[key] = [(c, i, node.name if t == old else t)
                                               for c, i, t in adj.contributions[key]]
             G.nodes[node.name].setdefault("adjoint_of", n)
         adj.adjoint[n] = node.name
-        op = G.nodes[n]["op"]
-        if op in registry.LEAVES:
+        opdef = j.opdef(n)
+        if opdef is None:  # a leaf
             continue
         args = j.args(n)
         if not any(a in path for a in args):
             continue
         start = len(G)
-        opdef = registry.get(op)
         outs = opdef.vjp(node, [Node(j, a) for a in args], Node(j, n), G.nodes[n]["attrs"])
         mark(start, vjp_of=n)
         for i, (a, t) in enumerate(zip(args, outs)):
@@ -218,8 +220,7 @@ def differentiate(g: Graph, of: str | None = None, wrt=None) -> Adjoints:
     # VJP rules build terms for every argument; drop those no adjoint needs
     # (e.g. d(b**2)/d2, or dL/dX when X is data).
     keep = j.ancestors(G.graph["outputs"]) | set(adj.adjoint.values())
-    G.remove_nodes_from([n for n in list(G) if G.nodes[n]["phase"] == "backward"
-                         and n not in keep])
+    G.remove_nodes_from([n for n in list(G) if j.is_backward(n) and n not in keep])
     for n, terms in adj.contributions.items():
         adj.contributions[n] = [t for t in terms if t[2] in G]
     return adj

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from .autodiff import check_of_wrt
+from .codegen.lowering import evaluate
 from .display.expressions import _Display, _indicators, put
 from .display.numbers import UNDEFINED, exact, fmt, number, special
 from .display.printers import _simple, latex, text
@@ -25,7 +26,6 @@ from .edges import culprit, explain, origin, real_value, why
 from .errors import GradError
 from .formulas import Gradients, grad
 from .graph import Graph, dim_symbol
-from .ops import registry
 from .ops.elementwise import X, Y
 
 __all__ = ["Derivation", "FiniteDifference", "Step", "Term", "derive"]
@@ -276,7 +276,8 @@ def _exact_values(g: Graph, at: dict, edges: dict) -> dict:
 
 def _numeric_values(j: Graph, at: dict) -> dict:
     """Values of every node of the joint graph with NumPy (tensor derivations),
-    evaluating each op's own NumPy form. NaN and infinities pass silently: the
+    evaluating each op as its generated NumPy code does
+    (:func:`symbackprop.codegen.lowering.evaluate`). NaN and infinities pass silently: the
     derivation's warnings say where they start."""
     import numpy as np
 
@@ -309,25 +310,9 @@ def _numeric_sweep(j: Graph, at: dict) -> dict:
             if any(a is None for a in args):
                 vals[n] = None
                 continue
-            v = _numeric_op(registry.get(d["op"]), args, d["attrs"], sizes)
+            v = evaluate(j.opdef(n), args, d["attrs"], sizes)
         vals[n] = v
     return vals
-
-
-def _numeric_op(opdef, args, attrs, sizes):
-    import numpy as np
-
-    if opdef.numpy is not None:
-        ns = {"np": np, "DTYPE": np.float64, **sizes}
-        for src in opdef.helpers.values():
-            exec(src, ns)  # noqa: S102 -- the op's own helper source, e.g. _softmax
-        codes = [f"_a{i}" for i in range(len(args))]
-        ns.update(zip(codes, args))
-        return np.asarray(eval(opdef.numpy(codes, attrs), ns))
-    _, e = opdef.code_expr(attrs)
-    out = sp.lambdify(X[:len(args)], e, "numpy")(*args)  # all arguments, used or not
-    return np.array(np.broadcast_to(out, np.broadcast_shapes(*map(np.shape, args))),
-                      dtype=float)
 
 
 def derive(g: Graph, of: str | None = None, wrt=None, at: dict | None = None) -> Derivation:

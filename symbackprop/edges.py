@@ -25,7 +25,6 @@ import sympy as sp
 
 from .display import exact, fmt, special
 from .graph import Graph
-from .ops import registry
 from .ops.elementwise import Y
 
 _NEAR = sp.Rational(1, 10**20)  # how far from the point a side is probed, relative
@@ -177,10 +176,9 @@ def origin(j: Graph, values: dict, target: str | None = None) -> str | None:
 def culprit(j: Graph, n: str) -> str:
     """The forward node to name for node ``n``: ``n`` itself, or for a backward node the
     node whose local derivative it applies."""
-    d = j.nx.nodes[n]
-    if d.get("phase") != "backward":
+    if not j.is_backward(n):
         return n
-    f = d.get("vjp_of") or d.get("via") or d.get("adjoint_of")
+    f = j.vjp_of(n) or j.via(n) or j.adjoint_of(n)
     return f if f in j.nx else n
 
 
@@ -218,16 +216,16 @@ def explain(j: Graph, n: str, values: dict, dtype: str = "float64") -> str:
     G = j.nx
     d = G.nodes[n]
     kind = special(values[n])
-    if d["op"] in registry.LEAVES:
+    if j.is_leaf(n):
         given = "NaN" if np.isnan(np.asarray(values[n], dtype=float)).any() else kind
         return f"the value given for {n} has {given} in it" if np.ndim(values[n]) \
             else f"the value given for {n} is {given}"
     f = culprit(j, n)
     backward = f != n
-    if G.nodes[f]["op"] in registry.LEAVES:  # e.g. a sum of a leaf's gradient terms
+    if j.is_leaf(f):  # e.g. a sum of a leaf's gradient terms
         return f"{d['op']}'s value is {kind} for finite arguments (an overflow of {dtype}?)"
     fd, args = G.nodes[f], j.args(f)
-    opdef = registry.get(fd["op"])
+    opdef = j.opdef(f)
     what = "derivative" if backward else "value"
     idx = entry(values[n])
     shape = np.shape(values[n])
@@ -248,7 +246,7 @@ def explain(j: Graph, n: str, values: dict, dtype: str = "float64") -> str:
     exprs = [e] if not backward else [sp.sympify(lg).xreplace({Y: e})
                                       for lg in opdef.local_grads(fd["attrs"])]
     exact_values = [real_value(x, syms, point, e if backward else None) for x in exprs]
-    labels = [(None if G.nodes[a]["op"] == "const" else a, _number(x))
+    labels = [(None if j.role(a) == "const" else a, _number(x))
               for a, x in zip(args, entries)]
     bad = [(v, c) for v, c in exact_values if special(v) is not None]
     if not bad:  # the math is finite: the floating-point type is not wide enough

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import difflib
 import heapq
-import keyword
 import numbers
 from collections.abc import Iterable
 from operator import itemgetter
@@ -477,20 +476,21 @@ def _closure(names: Iterable[str], neighbours) -> set[str]:
 
 # The annotations that differentiation and the passes write on nodes, read through the
 # accessors of the same name on Graph: name -> (meaning, written by, read by).
+# docs/graph-schema.md shows this table (tests/test_graph.py checks they agree).
 ANNOTATIONS = {
     "phase": ('"forward" or "backward": the sweep that computes the node',
               "autodiff.differentiate; optimize.cse marks a merged node forward",
-              "optimize.cse, edges, display, render, codegen.emit"),
+              "autodiff, optimize.cse, edges, display, render, codegen.emit"),
     "adjoint_of": ("the forward node whose whole gradient dL/d(node) this node holds",
-                   "autodiff.differentiate", "display, edges, render, codegen.emit"),
+                   "autodiff.differentiate", "autodiff, display, edges, render, codegen.emit"),
     "grad_of": ("the forward node of which this node is one consumer's contribution",
                 "autodiff.differentiate", "render, codegen.emit, codegen.plan"),
     "via": ("the consumer that contribution flows through", "autodiff.differentiate",
             "edges, codegen.emit, codegen.plan"),
     "vjp_of": ("the forward node whose vector-Jacobian rule built this node",
-               "autodiff.differentiate", "edges, render, codegen.plan"),
+               "autodiff.differentiate", "edges, render, codegen.emit, codegen.plan"),
     "fused": ("the nodes merged into this one (their statements are now its own)",
-              "optimize.fuse", "optimize.fuse, codegen.emit"),
+              "optimize.fuse", "optimize.fuse, codegen.emit, codegen.plan"),
 }
 
 
@@ -504,11 +504,6 @@ def missing_node_message(g: Graph, name, what: str = "node") -> str:
     close = difflib.get_close_matches(str(name), list(g.nx), n=3)
     hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     return f"{what} {name!r} is not in the graph.{hint} Nodes: {', '.join(g.nx)}."
-
-
-def is_identifier(name: str) -> bool:
-    return name.isidentifier() and not keyword.iskeyword(name)
-
 
 
 # -- networkx and JSON ----------------------------------------------------------------
@@ -565,9 +560,10 @@ def from_networkx(G: nx.Graph, name: str | None = None) -> Graph:
         if op is None:
             raise GraphError(f"node {n!r} has no 'op' attribute; give it op='input', "
                              "'param', 'const' or an op name such as 'mul'.")
-        if op in ("input", "param"):
+        role = role_of(d)
+        if role in ("input", "param"):
             g._leaf(op, n, _from_json(d.get("shape", ())), d.get("dtype", "float"))
-        elif op == "const":
+        elif role == "const":
             if "value" not in d:
                 raise GraphError(f"node {n!r}: a const needs a 'value' attribute.")
             g.const(_from_json(d["value"]), name=n)

@@ -431,7 +431,7 @@ def random_graphs(min_ops: int = 1, max_ops: int = 8, max_leaves: int = 3):
         last = pool[-1]
         if draw(st.booleans()):
             pool[-1] = last = g.output("y", g[last]).name
-        ops = [n for n in pool if g.role(n) == "op"]
+        ops = [n for n in pool if not g.is_leaf(n)]
         terms = [last] + draw(st.lists(st.sampled_from(ops), max_size=2))
         loss = None
         for n in terms:

@@ -338,3 +338,39 @@ def test_rename_keeps_edges_and_moves_the_node_last():
     assert list(g.nx)[-1] == "z"
     assert g.args("z") == ["x", "x"] and g.args("b") == ["z", "x"] and g.args("c") == ["b", "z"]
     assert [c for c, _ in g.consumers("z")] == ["b", "c"]
+
+
+def test_annotation_table_in_the_docs_is_graph_annotations():
+    """docs/graph-schema.md shows graph.ANNOTATIONS: the same names, meanings, writers and
+    readers, and every annotation has an accessor on Graph."""
+    import pathlib
+
+    from symbackprop.graph import ANNOTATIONS, Graph
+
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "graph-schema.md").read_text()
+    section = doc[doc.index("## Annotations of the joint graph"):]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| `")]
+    table = {}
+    for ln in rows:
+        name, meaning, writers, readers = (c.strip() for c in ln.strip("|").split(" | "))
+        table[name.strip("`")] = (meaning, writers, readers)
+    assert table == ANNOTATIONS
+    assert all(callable(getattr(Graph, name, None)) for name in ANNOTATIONS)
+
+
+def test_annotation_accessors_read_the_joint_graph():
+    adj = sb.differentiate(sb.parse("a = 2*x; b = a + 3; c = b**2"), of="c", wrt=["x"])
+    j = adj.graph
+    assert j.phase("a") == "forward" and j.phase("dx") == "backward"
+    assert j.is_backward("dx") and not j.is_backward("x")
+    assert j.adjoint_of("dx") == "x" and j.adjoint_of("x") is None
+    assert j.is_leaf("x") and not j.is_leaf("a") and j.opdef("a").name == "mul"
+    assert j.opdef("x") is None
+    # db = dc * 2b is c's VJP: b's one contribution, through c, and b's whole gradient
+    assert (j.vjp_of("db"), j.grad_of("db"), j.via("db"), j.adjoint_of("db")) == (
+        "c", "b", "c", "b")
+    assert j.grad_of("dc") is None and j.via("dc") is None and j.vjp_of("dc") is None
+    assert j.fused("a") == []
+    f = sb.optimize.fuse(j)
+    merged = [n for n in f.nx if f.fused(n)]
+    assert merged and all(isinstance(f.fused(n), list) for n in merged)

@@ -20,15 +20,14 @@ from .. import __version__ as _version
 from ..autodiff import Adjoints, differentiate
 from ..errors import CodegenError
 from ..graph import Graph, dim_symbol, fmt_shape
-from ..ops import registry
 from ..ops.elementwise import broadcast_shapes
-from ..ops.stable import StableFunction
 from ..optimize import changes, dump
 from ..optimize import optimize as run_passes
 from ..optimize import resolve as resolve_passes
 from ..optimize.fuse import fuse_for_stability
 from .loader import load_source  # noqa: F401 -- also importable from here, as before
-from .printer import MATH_ONLY, expr_code, math_helper, spaced
+from .lowering import function_helpers, lowering
+from .printer import expr_code, spaced
 from .stability import warn_unstable
 
 DTYPES = ("float64", "float32")
@@ -103,7 +102,7 @@ class Emitter:
         self.constants: list[str] = []
         self.namer = Namer(reserved=self.sizes)
         # node fused away -> the node whose statement now computes it
-        self.absorbed = {a: n for n in j.nx for a in j.nx.nodes[n].get("fused", ())}
+        self.absorbed = {a: n for n in j.nx for a in j.fused(n)}
         self.order = j.topo_order()
         self.index = {n: i for i, n in enumerate(j.nx)}  # insertion order: leaves come in it
         for n in self.order:  # fixed names, shared by every function
@@ -114,11 +113,13 @@ class Emitter:
         self._rhs: dict[str, str] = {}
 
     def use(self, op, code: str) -> str:
-        """``code``, after adding the helpers of ``op`` it calls (and those they call)."""
+        """``code``, after adding the helpers of ``op``'s lowering it calls (and those they
+        call)."""
+        helpers = lowering(op).helpers
         todo = [code]
         while todo:
             text = todo.pop()
-            for name, src in op.helpers.items():
+            for name, src in helpers.items():
                 if name not in self.helpers and re.search(rf"\b{name}\(", text):
                     self.helpers[name] = src
                     todo.append(src)
@@ -127,12 +128,8 @@ class Emitter:
     def use_functions(self, e: sp.Expr) -> None:
         """Add the helpers that the functions of ``e`` print as: erf and the like (no ufunc:
         the helper maps math's) and the stable forms of ops/stable.py (``_sigmoid``)."""
-        for f in e.atoms(sp.Function):
-            if isinstance(f, StableFunction):
-                self.helpers.setdefault(f"_{type(f).__name__}", f.helper)
-            elif type(f).__name__ in MATH_ONLY:
-                name = MATH_ONLY[type(f).__name__]
-                self.helpers.setdefault(f"_{name}", math_helper(name))
+        for name, src in function_helpers(e).items():
+            self.helpers.setdefault(name, src)
 
     # -- codes ------------------------------------------------------------------
     def inline(self, n: str) -> bool:
@@ -142,11 +139,11 @@ class Emitter:
         return self._inline[n]
 
     def _is_inline(self, n: str) -> bool:
-        d = self.j.nx.nodes[n]
-        if d["op"] == "const":
-            return d["shape"] == () and "adjoint_of" not in d
-        return (d["op"] not in registry.LEAVES and registry.get(d["op"]).inline
-                and len(self.j.consumers(n)) == 1 and n not in self.j.outputs)
+        j = self.j
+        if j.role(n) == "const":
+            return j.nx.nodes[n]["shape"] == () and j.adjoint_of(n) is None
+        return (not j.is_leaf(n) and lowering(j.opdef(n)).inline
+                and len(j.consumers(n)) == 1 and n not in j.outputs)
 
     def value(self, n: str) -> sp.Expr:
         """A scalar constant as a SymPy number or expression of size names."""
@@ -169,29 +166,27 @@ class Emitter:
         return self._rhs[n]
 
     def _make_rhs(self, n: str) -> str:
-        d = self.j.nx.nodes[n]
-        if d["op"] == "const":
+        j, d = self.j, self.j.nx.nodes[n]
+        if j.role(n) == "const":
             if d["shape"] == ():
-                if "adjoint_of" in d:  # the seed dL/dL: a DTYPE scalar, so dL.reshape works
+                if j.adjoint_of(n) is not None:  # the seed dL/dL: a DTYPE scalar, so dL.reshape works
                     return f"DTYPE({expr_code(self.value(n))})"
                 return expr_code(self.value(n))
             self.constants.append(f"{self.namer(n)} = np.array({d['value']!r}, dtype=DTYPE)")
             return ""
-        op = registry.get(d["op"])
-        args = self.j.args(n)
-        if op.numpy is not None:
+        op = j.opdef(n)
+        args = j.args(n)
+        how = lowering(op)
+        if how.expr is not None:
             # A structural op may call a method on its argument ((1 / N).reshape) or keep
             # its dtype (np.broadcast_to(0.5, ...)): give it a DTYPE scalar, not a float.
             codes = [f"DTYPE({self.rhs(a)})" if not op.elementwise and self.inline(a)
-                     and self.j.nx.nodes[a]["op"] == "const" else self.code(a) for a in args]
-            return self.use(op, spaced(op.numpy(codes, d["attrs"])))
-        if not op.elementwise:
-            raise CodegenError(f"node {n!r}: op {op.name!r} has no NumPy form. Give its OpDef "
-                               "a numpy= template.")
+                     and j.role(a) == "const" else self.code(a) for a in args]
+            return self.use(op, spaced(how.expr(codes, d["attrs"])))
         syms, e = op.code_expr(d["attrs"])
         names = {}
         for s, a in zip(syms, args):
-            if self.inline(a) and self.j.nx.nodes[a]["op"] == "const":
+            if self.inline(a) and j.role(a) == "const":
                 e = e.xreplace({s: self.value(a)})
             else:
                 names[s] = self.code(a)
@@ -199,31 +194,32 @@ class Emitter:
         # no argument left (constants only, or x * 0): a NumPy scalar of DTYPE, not a Python number
         code = expr_code(e, names) if free & set(names) else f"DTYPE({expr_code(e)})"
         self.use_functions(e)
-        kept = [self.j.nx.nodes[a]["shape"] for s, a in zip(syms, args) if s in free]
+        kept = [j.nx.nodes[a]["shape"] for s, a in zip(syms, args) if s in free]
         if broadcast_shapes(kept) != tuple(d["shape"]):  # x * 0 for x of shape (3,)
             return f"np.broadcast_to({code}, {fmt_shape(d['shape'])})"
         return code
 
     def comment(self, n: str, of: str) -> str:
-        d = self.j.nx.nodes[n]
-        if d.get("phase") != "backward":
+        """The comment of a backward statement: which gradient it computes."""
+        j, nm = self.j, self.namer
+        if not j.is_backward(n):
             return ""
-        nm = self.namer
+        grad_of, via, adjoint_of = j.grad_of(n), j.via(n), j.adjoint_of(n)
         # A node that is some node's adjoint is named as that (the seed dL is also the
         # term that add passes on to its arguments, but it is dL/dL).
-        if "grad_of" in d and "via" in d and d.get("adjoint_of", d["grad_of"]) == d["grad_of"]:
-            via = self.absorbed.get(d["via"], d["via"])
-            if via not in self.j.nx:
-                return f"d{nm(of)}/d{nm(d['grad_of'])}"
-            return f"d{nm(of)}/d{nm(d['grad_of'])} via {nm(via)} = {self.rhs(via)}"
-        if "adjoint_of" in d:
-            a = d["adjoint_of"]
-            k = sum(self.j.nx.nodes[c].get("phase") == "forward"  # uses in the forward pass
-                    for c, _ in self.j.consumers(a)) if a != of else 0
-            extra = f", summed over its {k} uses" if "grad_of" in d and k > 1 else ""
+        if grad_of is not None and via is not None and adjoint_of in (None, grad_of):
+            via = self.absorbed.get(via, via)
+            if via not in j.nx:
+                return f"d{nm(of)}/d{nm(grad_of)}"
+            return f"d{nm(of)}/d{nm(grad_of)} via {nm(via)} = {self.rhs(via)}"
+        if adjoint_of is not None:
+            a = adjoint_of
+            k = sum(j.phase(c) == "forward"  # uses in the forward pass
+                    for c, _ in j.consumers(a)) if a != of else 0
+            extra = f", summed over its {k} uses" if grad_of is not None and k > 1 else ""
             return f"d{nm(of)}/d{nm(a)}{extra}" if a != of else f"d{nm(of)}/d{nm(of)} = 1"
-        if "vjp_of" in d:
-            return f"for the backward of {nm(d['vjp_of'])}"
+        if j.vjp_of(n) is not None:
+            return f"for the backward of {nm(j.vjp_of(n))}"
         return ""
 
     # -- functions ------------------------------------------------------------------
@@ -233,7 +229,7 @@ class Emitter:
         need = j.ancestors(targets)
         # The zero gradient of a leaf the loss does not use, np.broadcast_to(0.0, (N, 3)),
         # reads no node; the leaf is passed all the same when its shape binds a size name.
-        need |= {a for a in (j.nx.nodes[n].get("adjoint_of") for n in need)
+        need |= {a for a in map(j.adjoint_of, need)
                  if a in j.nx and j.role(a) in ("input", "param")
                  and any(isinstance(s, str) for s in j.nx.nodes[a]["shape"])}
         order = [n for n in self.order if n in need]
@@ -248,7 +244,7 @@ class Emitter:
             rhs = self.rhs(n)
             if not rhs:
                 continue
-            if j.nx.nodes[n].get("phase") == "backward" and not backward_started:
+            if j.is_backward(n) and not backward_started:
                 stmts.append("# backward: gradients in reverse order of the forward pass")
                 backward_started = True
             c = self.comment(n, of) if of else ""

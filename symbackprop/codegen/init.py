@@ -91,22 +91,17 @@ def _activation_after(g: Graph, n: str) -> str | None:
 
 def _fans(g: Graph, p: str) -> tuple[int, int, str | None]:
     """``(fan_in, fan_out, layer)`` of the weight ``p``: asked of the first consumer
-    whose op declares ``fans(arg_index, arg_shapes, attrs)`` and answers; for ops that
-    do not declare it, a two-argument structural op with a matrix weight is the layer
-    (``h @ W``: W is (fan_in, fan_out); ``W @ h``: (fan_out, fan_in)). With no layer,
+    whose op declares ``fans(arg_index, arg_shapes, attrs)`` and answers (``h @ W``: W is
+    (fan_in, fan_out); ``W @ h``: (fan_out, fan_in)). With no such layer,
     ``(shape[0], prod(shape[1:]), None)``."""
     shape = tuple(g.nx.nodes[p]["shape"])
     for c, pos in g.consumers(p):
-        opdef = g.opdef(c)
-        fans = getattr(opdef, "fans", None)
+        fans = g.opdef(c).fans
         if fans is not None:
             found = fans(pos, [tuple(g.nx.nodes[a]["shape"]) for a in g.args(c)],
                          g.nx.nodes[c].get("attrs", {}))
             if found is not None:
                 return (*found, c)
-        elif not opdef.elementwise and len(shape) == 2 and len(g.args(c)) == 2:
-            fan_in, fan_out = (shape[1], shape[0]) if pos == 0 else shape
-            return fan_in, fan_out, c
     return shape[0], math.prod(shape[1:]), None
 
 

@@ -33,6 +33,8 @@ from ..graph import fmt_shape
 from ..ops import registry
 from ..ops.elementwise import broadcast_shapes
 from .emit import Emitter, Function, safe_text
+from .layout import transposable
+from .lowering import lowering
 from .printer import FloatStep, expr_code, float_steps
 
 _UNARY = {sp.exp: "np.exp", sp.log: "np.log", sp.tanh: "np.tanh", sp.sin: "np.sin",
@@ -264,7 +266,7 @@ def _folds(em: Emitter, steps: list[str], pairs, planned) -> dict[str, Fold]:
             continue
         product = via[dW][1]
         op = registry.get(j.nx.nodes[product]["op"]) if product in inside else None
-        if op is None or not op.bias_fold or j.args(product)[1:] != [W]:
+        if op is None or not lowering(op).bias_fold or j.args(product)[1:] != [W]:
             continue
         h = j.args(product)[0]
         uses = j.consumers(product)
@@ -319,7 +321,7 @@ def _sum_as_one(e, x, xb):
 
 
 def _out_op(op) -> bool:
-    return op.elementwise and op.numpy is None or op.numpy_out is not None
+    return lowering(op).expr is None or lowering(op).out is not None
 
 
 def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], doc: str,
@@ -367,7 +369,7 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
     together = _with_grad(em, steps)  # value node -> its gradient, computed in one call
     for n in reversed(steps):
         op = registry.get(j.nx.nodes[n]["op"]) if j.role(n) == "op" else None
-        if op is not None and not op.elementwise and op.numpy_out is None and n in last \
+        if op is not None and not op.elementwise and lowering(op).out is None and n in last \
                 and n not in together:  # (those return a new scalar)
             for a in reads(n):
                 last[a] = max(last.get(a, -1), last[n])
@@ -420,7 +422,7 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
 
     def product(f, a, b, shapes, out):  # a @ b, written by the op of the fold's product
         op = registry.get(j.nx.nodes[f.product]["op"])
-        return em.use(op, op.numpy_out([a, b], j.nx.nodes[f.product]["attrs"], out, shapes))
+        return em.use(op, lowering(op).out([a, b], j.nx.nodes[f.product]["attrs"], out, shapes))
 
     for i, n in enumerate(steps):
         d = j.nx.nodes[n]
@@ -439,7 +441,7 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
                 pool.writes.setdefault(into[c], i)
             args = j.args(c)
             seed = "scale" if pool.scaled and n == of else em.rhs(args[-1])  # a constant
-            call = em.use(op, op.numpy_with_grad([em.code(a) for a in args[:-1]], d["attrs"],
+            call = em.use(op, lowering(op).with_grad([em.code(a) for a in args[:-1]], d["attrs"],
                                                  seed, em.code(c)))
             body.append(f"{em.namer(n)} = {call}  # and {em.namer(c)}, its gradient")
         elif f is not None and n == f.db:
@@ -455,7 +457,7 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
                         f"{h} @ {w} + {b}")
         elif f is not None and n == f.product:
             hb, block, _ = f.names(em)
-            buffer_for(n, i, op.out_any_layout)
+            buffer_for(n, i, lowering(op).any_layout)
             call = product(f, hb, block, [_ones_shape(j, f.h), _ones_shape(j, f.W)], em.code(n))
             h, w, b = (em.namer(x) for x in (f.h, f.W, f.b))
             body.append(f"{call}  # {em.namer(n)} = {h} @ {w} + {b}, as [{h}, 1] @ [{w}; {b}]")
@@ -487,7 +489,8 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
                     owner[n] = owner.pop(chosen)
                     binds.setdefault(owner[n], []).append(em.namer(n))
                 else:  # ufunc calls, or the op's own call (fold: ufuncs)
-                    buffer_for(n, i, op.numpy_out is None or f is not None or op.out_any_layout)
+                    buffer_for(n, i, lowering(op).out is None or f is not None
+                               or lowering(op).any_layout)
                     if chosen is not None and len(lines) > 1:
                         # an h of a fold: the calls run in the contiguous buffer of the
                         # argument, the last writes beside the column of ones
@@ -576,7 +579,7 @@ def _width(shape: tuple):
     """The width of a buffer of this shape that only ufunc calls and np.matmul (any
     memory layout) write: the workspace stores it transposed for a batch narrower than it
     (see :data:`PACK`); ``None`` for a shape that is always stored as it is."""
-    return shape[1] if registry.transposable(shape) else None
+    return shape[1] if transposable(shape) else None
 
 
 def _bind_scratch(lines: list, wanted: tuple, pool: Pool, step: int) -> list:
@@ -608,8 +611,8 @@ def _lower_node(em: Emitter, n: str, op, expr=None, out=None) -> tuple[list, tup
     d = j.nx.nodes[n]
     args = j.args(n)
     out = out or em.code(n)
-    if op.numpy_out is not None and expr is None:
-        code = em.use(op, op.numpy_out([em.code(a) for a in args], d["attrs"], out,
+    if lowering(op).out is not None and expr is None:
+        code = em.use(op, lowering(op).out([em.code(a) for a in args], d["attrs"], out,
                                        [j.nx.nodes[a]["shape"] for a in args]))
         return [(code, {em.code(a) for a in args}, out)], ()
     (syms, e), args = expr if expr is not None else (op.code_expr(d["attrs"]), args)
@@ -638,7 +641,7 @@ def _with_grad(em: Emitter, steps: list[str]) -> dict:
     j, out = em.j, {}
     for n in steps:
         d = j.nx.nodes[n]
-        if d["op"] in registry.LEAVES or registry.get(d["op"]).numpy_with_grad is None:
+        if d["op"] in registry.LEAVES or lowering(registry.get(d["op"])).with_grad is None:
             continue
         for c in steps:
             args = j.args(c)

@@ -17,7 +17,7 @@ from functools import lru_cache
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 
-from ..ops.stable import math_helper  # noqa: F401 -- re-exported: emit uses it
+from ..ops.stable import FUNCTIONS
 
 _BINARY = {"+", "-", "*", "/", "@", "==", "!=", ">", "<", ">=", "<=", "%", "//"}
 
@@ -58,6 +58,11 @@ class Printer(NumPyPrinter):
         """A function NumPy has no ufunc for (erf, erfc, gamma, lgamma): SymPy would print
         math's, which takes one number; the helper _<name> maps it over an array."""
         return f"_{MATH_ONLY[type(e).__name__]}({', '.join(self._print(a) for a in e.args)})"
+
+    def _print_stable(self, e):
+        """A function of ops/stable.py (sigmoid, softplus, ...): a call of the generated
+        module's helper ``_<name>`` (codegen/lowering.py's NUMPY_FUNCTIONS)."""
+        return f"_{type(e).__name__}({', '.join(self._print(a) for a in e.args)})"
 
     def _print_Heaviside(self, e):
         x = self._print(e.args[0])
@@ -162,11 +167,13 @@ def float_steps(e: sp.Expr) -> sp.Expr:
 
 # Functions NumPy has no ufunc for, by SymPy name, with the name of math's function, which
 # SymPy prints and which takes one number: the generated module gets a helper _<name>
-# (math_helper) mapping it over an array, and calls that.
+# (codegen/lowering.py's math_helper) mapping it over an array, and calls that.
 MATH_ONLY = {k: v[len("math."):] for k, v in Printer({}).known_functions.items()
              if v.startswith("math.")}
 for _name in MATH_ONLY:  # SymPy's printer binds one method per function name
     setattr(Printer, f"_print_{_name}", Printer._print_math_only)
+for _f in FUNCTIONS:  # (it looks for no method of a base class such as StableFunction)
+    setattr(Printer, f"_print_{_f.__name__}", Printer._print_stable)
 
 
 def expr_code(expr: sp.Expr, names: dict | None = None) -> str:

@@ -22,7 +22,8 @@ import sympy as sp
 from ..errors import NumericalWarning
 from ..ops import registry
 from ..ops.elementwise import Y
-from ..ops.stable import FUNCTIONS, math_helper, stabilize
+from ..ops.stable import stabilize
+from .lowering import NUMPY_FUNCTIONS, math_helper
 from .printer import MATH_ONLY, expr_code
 
 GRID = np.linspace(-1000.0, 1000.0, 201)  # steps of 10: every exp overflow shows
@@ -34,8 +35,8 @@ _seen: dict[int, tuple] = {}  # id(OpDef) -> (OpDef, problems): each op probed o
 def _namespace() -> dict:
     """np, DTYPE and every helper a probed expression may call (read only)."""
     ns = {"np": np, "DTYPE": np.float64}
-    for f in FUNCTIONS:
-        exec(f.helper, ns)  # noqa: S102 -- our own helper sources (ops/stable.py)
+    for src in NUMPY_FUNCTIONS.values():
+        exec(src, ns)  # noqa: S102 -- our own helper sources (codegen/lowering.py)
     for name in set(MATH_ONLY.values()):
         exec(math_helper(name), ns)  # noqa: S102 -- likewise (erf, gamma, ...)
     return ns

@@ -170,14 +170,11 @@ def through_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol, name: str = "") -> sp.E
 def derivative_notes(g) -> list[tuple[str, str]]:
     """``(op, why)`` for each op of ``g`` whose derivative is computed in its input because
     no form through its output was found (``codegen --explain`` prints them)."""
-    from . import registry
-
-    names = sorted({g.nx.nodes[n]["op"] for n in g.nx} - set(registry.LEAVES))
-    for n in names:  # the derivatives are derived on first use: derive them now
-        op = registry.get(n)
+    ops = {op.name: op for op in map(g.opdef, g.nx) if op is not None}
+    for op in ops.values():  # the derivatives are derived on first use: derive them now
         if op.elementwise and op.local_grads is not None:
             op.local_grads({})
-    return [(n, NOTES[n]) for n in names if n in NOTES]
+    return [(n, NOTES[n]) for n in sorted(ops) if n in NOTES]
 
 
 def _minus_inside(c: sp.Expr) -> sp.Expr:
@@ -230,8 +227,10 @@ def elementwise(name: str, fn: Callable, grad: Callable | None = None,
         differentiates ``fn`` and rewrites the result through the output.
     numpy : callable, optional
         ``numpy(*codes) -> str``: NumPy source for the forward, where no SymPy
-        expression prints a stable form (``softplus`` uses ``np.logaddexp``).
-        Such an op is not fused with its neighbours.
+        expression prints a stable form (``np.logaddexp(0, x)``). Such an op is not
+        fused with its neighbours. A shorthand for registering its
+        :class:`~symbackprop.codegen.lowering.Lowering` for the ``"numpy"`` backend
+        (:func:`symbackprop.codegen.lowering.register`), which other backends use.
     stable : callable, optional
         Like ``fn``, an equal expression that is safer to compute and is the
         one printed (sigmoid as ``(1 + tanh(x/2))/2``, which never overflows).
@@ -273,18 +272,12 @@ def elementwise(name: str, fn: Callable, grad: Callable | None = None,
     def local(attrs):
         return list(derivatives())
 
-    if numpy is None:
-        np_template = None
-    else:
-        def np_template(codes, attrs):
-            return numpy(*codes)
-
     fun = sp.Function(name)
     display = ((lambda args, attrs: fun(*args)) if _display_as_function(expr)
                else (lambda args, attrs: expr.subs(dict(zip(X, args)), simultaneous=True)))
     code = None if stable is None else sp.sympify(stable(*X[:k]))
-    register(OpDef(name=name, arity=k, shape=broadcast_shapes, numpy=np_template,
-                   vjp=_vjp, expr=lambda attrs: (X[:k], expr), local_grads=local,
+    register(OpDef(name=name, arity=k, shape=broadcast_shapes, vjp=_vjp,
+                   expr=lambda attrs: (X[:k], expr), local_grads=local, opaque=numpy is not None,
                    code=None if code is None else (lambda attrs: (X[:k], code)),
                    elementwise=True, display=display, doc=doc or f"elementwise {expr}",
                    grad_declared=grad is not None,
@@ -292,6 +285,12 @@ def elementwise(name: str, fn: Callable, grad: Callable | None = None,
                    commutative=k > 1 and expr == expr.xreplace(
                        {X[i]: X[(i + 1) % k] for i in range(k)})
                    and expr == expr.xreplace({X[0]: X[1], X[1]: X[0]})))
+    if numpy is not None:
+        # The one place ops/ reaches into code generation, at the user's call and not at
+        # import: the NumPy code is code generation's to keep (codegen/lowering.py).
+        from ..codegen import lowering
+
+        lowering.register("numpy", name, lowering.Lowering(lambda codes, attrs: numpy(*codes)))
     return builder(name)
 
 
@@ -311,7 +310,7 @@ def _ew_grads(attrs):
 # VJPs build these (``g * y * (1 - y)`` is one node, one NumPy statement), and
 # since their derivative is again taken by SymPy, gradients can be differentiated.
 register(OpDef(
-    name="ew", arity=None, attrs={"expr": None}, shape=broadcast_shapes, numpy=None,
+    name="ew", arity=None, attrs={"expr": None}, shape=broadcast_shapes,
     internal=True,  # VJPs and passes build it; users write sb.elementwise ops instead
     elementwise=True, expr=_ew_expr, local_grads=_ew_grads,
     vjp=lambda g, args, out, attrs: _vjp(g, args, out, attrs),  # defined below
@@ -334,7 +333,7 @@ def scaled(g, d: sp.Expr, args, out):
     subs = {}
     free = d.free_symbols  # SymPy walks the expression for each call: once is enough
     for x, a in zip(X, args):
-        if a.op == "const" and a.shape == () and x in free:
+        if a.graph.role(a.name) == "const" and a.shape == () and x in free:
             subs[x] = sp.sympify(a.data["value"])
     d = d.xreplace(subs)
     if d == 1:
@@ -353,9 +352,7 @@ def scaled(g, d: sp.Expr, args, out):
 
 
 def _vjp(g, args, out, attrs):
-    from . import registry
-
-    grads = registry.get(out.op).local_grads(attrs)
+    grads = out.graph.opdef(out.name).local_grads(attrs)
     res = []
     for a, d in zip(args, grads):
         if a.dtype == "int" or d == 0:

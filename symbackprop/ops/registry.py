@@ -30,79 +30,98 @@ class ShapeMismatch(Exception):
 
 @dataclass
 class OpDef:
-    """Everything there is to know about one op.
+    """Everything there is to know about one op's mathematics and how it is shown.
+
+    How an array library computes the op is not here: that is code generation's table
+    (:mod:`symbackprop.codegen.lowering`, keyed by backend and op name), so that a new
+    backend adds a table instead of editing every op. Elementwise ops need no entry
+    there: their code is printed from ``expr``.
 
     Attributes
     ----------
+    The mathematics:
+
     name : str
         The op's name, also the name of its builder function ``sb.<name>``.
     arity : int or None
         Number of arguments (``None``: any number, at least one).
     shape : callable
-        ``shape(shapes, attrs, names) -> shape``; raises :class:`ShapeMismatch`.
-    numpy : callable
-        ``numpy(codes, attrs) -> str``: the NumPy expression computing the op
-        from the source code of its arguments.
+        ``shape(arg_shapes, attrs, arg_names) -> shape``; raises :class:`ShapeMismatch`.
+    attrs : dict
+        Attribute names with their defaults.
+    dtype : callable
+        ``dtype(arg_dtypes, attrs) -> "float" | "int"`` (default ``"float"``).
     vjp : callable or None
         ``vjp(g, args, out, attrs) -> list``: for each argument, a node (built
         from ordinary ops) holding the gradient contribution, or ``None``.
-    attrs : dict
-        Attribute names with their defaults.
     differentiable : bool
         ``False`` for ops with no useful derivative (argmax, onehot).
-    dtype : callable
-        ``dtype(arg_dtypes, attrs) -> "float" | "int"``.
+    fans : callable or None
+        ``fans(arg_index, arg_shapes, attrs) -> (fan_in, fan_out) or None``: for a
+        parameter used as argument ``arg_index``, the number of inputs each output
+        sums over and the number of outputs each input feeds, which initialisation
+        scales by (matmul: ``h @ W`` with ``W`` of shape ``(K, M)`` gives ``(K, M)``).
+        ``None``: the op says nothing about its arguments' fans.
+    elementwise : bool
+        Applied entry by entry, broadcasting like NumPy; ``expr`` is then its meaning.
     expr : callable or None
-        Elementwise ops only: ``expr(attrs) -> (symbols, sympy expression)``.
-    helpers : dict
-        Names and source of module-level helper functions the NumPy code uses.
-    doc : str
-        One line shown in listings and error messages.
+        Elementwise ops: ``expr(attrs) -> (symbols, sympy expression)`` in the
+        argument symbols ``X[0], X[1], ...`` of :mod:`symbackprop.ops.elementwise`.
+    local_grads : callable or None
+        Elementwise ops: ``local_grads(attrs) -> list`` of the derivative with respect
+        to each argument, SymPy expressions in ``X`` and the output ``Y``.
+    grad_declared : bool
+        Elementwise ops: ``local_grads`` were declared (relu's ``[y > 0]``), not derived
+        by SymPy, so the op is never merged with its neighbours before differentiation
+        (:mod:`symbackprop.optimize.fuse`).
+    code : callable or None
+        Elementwise ops: like ``expr``, an equal expression that is safer to compute and
+        is the one code generation prints (:meth:`code_expr`).
+    opaque : bool
+        Elementwise ops: the code is not printed from ``expr`` but given for each
+        backend in the lowering table (``sb.elementwise(..., numpy=...)``); passes
+        neither fuse nor fold such an op.
     commutative : bool
         ``True`` when the arguments can be swapped (``add``, ``mul``); diagrams
         label the argument positions of the other ops with more than one argument.
+
+    The display:
+
     notation : str or callable or None
         How diagrams write a non-elementwise op: a format string over the
         argument texts ``{0}, {1}, ...`` (``"{0} @ {1}"``) or
         ``notation(arg_texts, attrs) -> str or None``; ``None`` gives ``name(args, attr=...)``.
+    display : callable or None
+        ``display(arg_exprs, attrs) -> sympy expression``: the node in formulas, from the
+        SymPy (matrix) expressions of its arguments; ``None``: ``name(args)``.
+    doc : str
+        One line shown in listings and error messages.
     internal : bool
         ``True`` for ops that gradients and passes build but users do not write
         (``ew``, ``identity``): error messages neither suggest nor list them.
     """
 
+    # the mathematics
     name: str
     arity: int | None
     shape: Callable
-    numpy: Callable
-    vjp: Callable | None = None
     attrs: dict = field(default_factory=dict)
-    differentiable: bool = True
     dtype: Callable = lambda dtypes, attrs: "float"
-    expr: Callable | None = None
-    helpers: dict = field(default_factory=dict)
-    doc: str = ""
+    vjp: Callable | None = None
+    differentiable: bool = True
+    fans: Callable | None = None
     elementwise: bool = False
-    local_grads: Callable | None = None  # elementwise: attrs -> list of sympy exprs
-    # elementwise: local_grads were declared (relu's [y > 0]), not derived by SymPy, so the
-    # op is never merged with its neighbours before differentiation (optimize/fuse.py)
+    expr: Callable | None = None
+    local_grads: Callable | None = None
     grad_declared: bool = False
-    display: Callable | None = None  # (arg sympy exprs, attrs) -> sympy expr
-    code: Callable | None = None  # elementwise: like expr, a stable form to print
-    numpy_out: Callable | None = None  # (codes, attrs, out, arg shapes) -> call writing into out
-    # (codes, attrs, g, out) -> one call returning the value and writing the gradient for
-    # the incoming adjoint g into out (the loss computed together with its gradient)
-    numpy_with_grad: Callable | None = None
-    inline: bool = False  # a cheap view (W.T): written inside its single consumer
-    # A matrix product a @ B whose VJP for B is a.T @ g: the planned training step may
-    # compute a @ B + b as one product [a, 1] @ [B; b] and the gradients of B and b as
-    # one product [a, 1].T @ g (see codegen/plan.py).
-    bias_fold: bool = False
-    # numpy_out writes correctly into an out of any memory layout, such as an (M, N) array
-    # seen through .T: the planner may then store the result transposed (see transposable)
-    out_any_layout: bool = False
-    commutative: bool = False  # arguments can be swapped (diagrams)
-    notation: str | Callable | None = None  # diagrams: "{0} @ {1}"
-    internal: bool = False  # built by gradients and passes; left out of suggestions
+    code: Callable | None = None
+    opaque: bool = False
+    commutative: bool = False
+    # the display
+    notation: str | Callable | None = None
+    display: Callable | None = None
+    doc: str = ""
+    internal: bool = False
 
     def code_expr(self, attrs: dict):
         """Elementwise ops: ``(symbols, expression)`` to compute: the op's ``code`` form if
@@ -110,25 +129,6 @@ class OpDef:
         :mod:`symbackprop.ops.stable` (``log(1 + exp(x))`` as ``softplus(x)``)."""
         syms, e = (self.code or self.expr)(attrs)
         return syms, stabilize(e)
-
-
-# The planned training step stores an (N, M) intermediate with N a batch size and M at
-# least this wide as an (M, N) array seen through .T when the batch is the narrower side
-# (codegen/plan.py, PACK): OpenBLAS then runs its products 10-30% faster.
-TRANSPOSABLE_WIDTH = 128
-
-
-def transposable(shape: tuple) -> bool:
-    """Whether the planner may store an intermediate of this shape transposed: ``(N, M)``
-    with ``N`` a size known only when the step runs and ``M >= TRANSPOSABLE_WIDTH``.
-
-    Examples
-    --------
-    >>> transposable(("N", 256)), transposable(("N", 10)), transposable((128, 256))
-    (True, False, False)
-    """
-    return len(shape) == 2 and isinstance(shape[0], str) and isinstance(shape[1], int) \
-        and shape[1] >= TRANSPOSABLE_WIDTH
 
 
 _OPS: dict[str, OpDef] = {}

@@ -27,10 +27,10 @@ pattern                    rewritten to                  why
 Each rule is a function of one SymPy node returning the rewritten node or ``None``;
 a reader adds one by writing such a function and listing it in :data:`RULES`. The
 functions the rules introduce (:class:`sigmoid`, :class:`softplus`, :class:`sech2`,
-:class:`erfc`)
-carry the source of the NumPy helper that computes them (``_sigmoid(x)``) and
-evaluate, differentiate and print like any SymPy function; ``expm1`` and ``log1p`` are
-SymPy's own and print as NumPy's ufuncs.
+:class:`erfc`) evaluate, differentiate and print like any SymPy function; code
+generation computes each with a helper of its own (``_sigmoid(x)``, see
+:mod:`symbackprop.codegen.lowering`); ``expm1`` and ``log1p`` are SymPy's own and print
+as NumPy's ufuncs.
 
 Code generation computes ``stabilize(e)`` (:meth:`OpDef.code_expr`); formulas and
 derivations show the expression as written.
@@ -44,32 +44,14 @@ import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p
 
 
-def math_helper(name: str) -> str:
-    """Source of the generated helper ``_<name>``: ``math.<name>`` on every element, for a
-    function NumPy has no ufunc for (erf, erfc, gamma, lgamma).
-
-    Examples
-    --------
-    >>> print(math_helper("erf").splitlines()[0])
-    def _erf(x):
-    """
-    return f'''def _{name}(x):
-    """math.{name}, which NumPy has no ufunc for, on every element of x: an array of DTYPE
-    (exact, but one Python call per element)."""
-    import math
-
-    return np.vectorize(math.{name}, otypes=[DTYPE])(x)
-'''
-
-
 class StableFunction(sp.Function):
-    """A function with a stable NumPy helper ``_<name>(x)``, whose source is ``helper``.
+    """A function that code generation computes with a stable helper ``_<name>(x)``
+    (:data:`symbackprop.codegen.lowering.NUMPY_FUNCTIONS`).
 
     Subclasses give ``definition(u)``, the plain SymPy expression it equals (used to
     evaluate it at a point), and ``fdiff``.
     """
 
-    helper = ""
     is_real = True
 
     @classmethod
@@ -82,33 +64,13 @@ class StableFunction(sp.Function):
     def _eval_rewrite_as_exp(self, u, **kwargs):
         return self.definition(u)
 
-    def _numpycode(self, printer):
-        """Printed as a call of the generated module's helper (SymPy's code printers ask
-        the expression first)."""
-        return f"_{type(self).__name__}({', '.join(printer._print(a) for a in self.args)})"
-
     def _latex(self, printer):
         name, arg = type(self).__name__, printer._print(self.args[0])
         return rf"\operatorname{{{name}}}\left({arg}\right)"
 
-    @classmethod
-    def numpy(cls):
-        """The helper as a Python function (for evaluating outside generated code)."""
-        import numpy as np
-
-        ns = {"np": np, "DTYPE": np.float64}
-        exec(cls.helper, ns)  # noqa: S102 -- our own helper source, below
-        return ns[f"_{cls.__name__}"]
-
 
 class sigmoid(StableFunction):
     """The logistic function 1/(1 + exp(-u)), computed without overflow."""
-
-    helper = '''def _sigmoid(x):
-    """1 / (1 + exp(-x)) without overflow: exp(-|x|) <= 1 on both sides of 0."""
-    t = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1, t) / (1 + t)
-'''
 
     @classmethod
     def definition(cls, u):
@@ -122,12 +84,6 @@ class sigmoid(StableFunction):
 class softplus(StableFunction):
     """log(1 + exp(u)), computed without overflow."""
 
-    # np.logaddexp(0, x) is stable too, but ran 5x slower here (no SIMD loop)
-    helper = '''def _softplus(x):
-    """log(1 + exp(x)) without overflow: max(x, 0) + log1p(exp(-|x|))."""
-    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
-'''
-
     @classmethod
     def definition(cls, u):
         return sp.log(1 + sp.exp(u))
@@ -140,8 +96,6 @@ class erfc(StableFunction):
     """1 - erf(u), kept as written (SymPy's erfc(-u) evaluates to 2 - erfc(u), which
     cancels again)."""
 
-    helper = math_helper("erfc")
-
     @classmethod
     def definition(cls, u):
         return sp.erfc(u)
@@ -153,12 +107,6 @@ class erfc(StableFunction):
 
 class sech2(StableFunction):
     """1/cosh(u)**2 = 1 - tanh(u)**2, computed without overflow or cancellation."""
-
-    helper = '''def _sech2(x):
-    """1 - tanh(x)**2 without cancellation: 4t / (1 + t)**2 with t = exp(-2|x|) <= 1."""
-    t = np.exp(-2 * np.abs(x))
-    return 4 * t / (1 + t) ** 2
-'''
 
     @classmethod
     def definition(cls, u):

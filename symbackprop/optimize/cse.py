@@ -9,10 +9,10 @@ from .rewrite import replace_uses
 
 
 def _key(g: Graph, n: str):
-    d = g.nx.nodes[n]
-    if d["op"] in ("input", "param"):
+    d, role = g.nx.nodes[n], g.role(n)
+    if role in ("input", "param"):  # each is its own value
         return None
-    if d["op"] == "const":
+    if role == "const":
         v = d["value"]
         return ("const", d["shape"], repr(v) if not isinstance(v, sp.Basic) else sp.srepr(v))
     attrs = tuple(sorted((k, sp.srepr(v) if isinstance(v, sp.Basic) else repr(v))
@@ -52,7 +52,7 @@ def cse_in_place(g: Graph) -> Graph:
             continue
         keep, drop = (n, first) if n in outputs or first not in outputs and (
             g.nx.nodes[first].get("auto") and not g.nx.nodes[n].get("auto")) else (first, n)
-        if g.nx.nodes[drop].get("phase") == "forward":  # computed in the forward pass
+        if g.phase(drop) == "forward":  # computed in the forward pass
             g.nx.nodes[keep]["phase"] = "forward"
         replace_uses(g, drop, keep)
         g.nx.remove_node(drop)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import sympy as sp
 
 from ..graph import Graph, dim_symbol
-from ..ops import registry
 from ..ops.elementwise import X
 from .dce import dce_in_place
 from .rewrite import protected, replace_uses, set_args
@@ -14,10 +13,9 @@ from .rewrite import protected, replace_uses, set_args
 
 def scalar_value(g: Graph, n: str):
     """The SymPy value of a scalar constant node, or None."""
-    d = g.nx.nodes[n]
-    if d["op"] != "const" or d["shape"] != ():
+    if g.role(n) != "const" or g.nx.nodes[n]["shape"] != ():
         return None
-    v = sp.sympify(d["value"])
+    v = sp.sympify(g.nx.nodes[n]["value"])
     return v.xreplace({s: dim_symbol(s.name) for s in v.free_symbols})
 
 
@@ -41,11 +39,8 @@ def fold_in_place(g: Graph) -> Graph:
     """:func:`fold` changing ``g`` itself (and returning it)."""
     keep = protected(g)
     for n in g.topo_order():
-        d = g.nx.nodes[n]
-        if d["op"] in registry.LEAVES:
-            continue
-        op = registry.get(d["op"])
-        if not op.elementwise or op.numpy is not None:
+        d, op = g.nx.nodes[n], g.opdef(n)
+        if op is None or not op.elementwise or op.opaque:
             continue
         args = g.args(n)
         consts = {i: scalar_value(g, a) for i, a in enumerate(args)}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import sympy as sp
 
 from ..graph import Graph
-from ..ops import registry
 from ..ops.elementwise import X
 from ..ops.stable import stabilize
 from .fold import scalar_value
@@ -16,11 +15,9 @@ MAX_OPS = 24  # keep fused statements short enough to read
 
 
 def fusable(g: Graph, n: str) -> bool:
-    d = g.nx.nodes[n]
-    if d["op"] in registry.LEAVES:
-        return False
-    op = registry.get(d["op"])
-    return op.elementwise and op.numpy is None
+    """Whether node ``n`` is elementwise with code printed from its expression."""
+    op = g.opdef(n)
+    return op is not None and op.elementwise and not op.opaque
 
 
 def _expand(g: Graph, n: str, into: str, keep: set, allow=None) -> tuple[sp.Expr, list[str]]:
@@ -34,8 +31,7 @@ def _expand(g: Graph, n: str, into: str, keep: set, allow=None) -> tuple[sp.Expr
     if not inline:
         s = sp.Dummy(n)
         return s, [(s, n)]
-    d = g.nx.nodes[n]
-    syms, e = registry.get(d["op"]).code_expr(d["attrs"])
+    syms, e = g.opdef(n).code_expr(g.nx.nodes[n]["attrs"])
     syms = tuple(syms) + X[len(syms):len(g.args(n))]  # an ew expression may skip its last args
     leaves = []
     subs = {}
@@ -72,7 +68,7 @@ def fuse_in_place(g: Graph, allow=None) -> Graph:
         if not fusable(g, n) or (allow is not None and not allow(n)):
             continue
         d = g.nx.nodes[n]
-        syms, e = registry.get(d["op"]).code_expr(d["attrs"])
+        syms, e = g.opdef(n).code_expr(d["attrs"])
         args = g.args(n)
         syms = tuple(syms) + X[len(syms):len(args)]  # kept: they may set the shape (x * 0)
         subs, leaves = {}, []
@@ -88,8 +84,8 @@ def fuse_in_place(g: Graph, allow=None) -> Graph:
             continue
         absorbed = [a for a in args if a not in order]
         d.update(op="ew", attrs={"expr": fused})
-        d["fused"] = list(d.get("fused", [])) + [x for a in absorbed  # with what they took in
-                                                 for x in [a, *g.nx.nodes[a].get("fused", ())]]
+        d["fused"] = g.fused(n) + [x for a in absorbed  # with what they took in
+                                   for x in [a, *g.fused(a)]]
         set_args(g, n, order)
         g.nx.remove_nodes_from([a for a in absorbed  # an output (dL = 1) stays
                                 if g.nx.out_degree(a) == 0 and a not in keep])
@@ -115,14 +111,14 @@ def fuse_for_stability(g: Graph) -> Graph:
     True
     """
     def derived(n):
-        return not registry.get(g.nx.nodes[n]["op"]).grad_declared
+        return not g.opdef(n).grad_declared
 
     trial = fuse_in_place(g.copy(), derived)
     chosen = set()
     for n in trial.nx:
-        d = trial.nx.nodes[n]
-        if d.get("fused") and stabilize(d["attrs"]["expr"]) != d["attrs"]["expr"]:
-            chosen |= {n, *d["fused"]}
+        expr = trial.nx.nodes[n]["attrs"].get("expr")
+        if trial.fused(n) and stabilize(expr) != expr:
+            chosen |= {n, *trial.fused(n)}
     if not chosen:
         return g
     return fuse_in_place(g.copy(), chosen.__contains__)

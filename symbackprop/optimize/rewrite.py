@@ -21,7 +21,7 @@ def set_args(g: Graph, n: str, args: list[str]) -> None:
 
 
 def protected(g: Graph) -> set[str]:
-    """Nodes a pass must keep under their names: outputs and leaves."""
+    """Nodes a pass must keep under their names: outputs, inputs and parameters."""
     return set(g.outputs) | {n for n in g.nx if g.role(n) in ("input", "param")}
 
 
@@ -35,11 +35,11 @@ def dump(g: Graph) -> list[str]:
     """One line per node, ``name = op(args) {attrs}``, in topological order."""
     lines = []
     for n in g.topo_order():
-        d = g.nx.nodes[n]
-        if d["op"] in ("input", "param"):
-            lines.append(f"{n}: {d['op']} {d['shape']}")
+        d, role = g.nx.nodes[n], g.role(n)
+        if role in ("input", "param"):
+            lines.append(f"{n}: {role} {d['shape']}")
             continue
-        if d["op"] == "const":
+        if role == "const":
             lines.append(f"{n} = const {d['value']}")
             continue
         attrs = {k: v for k, v in d["attrs"].items() if v is not None}
