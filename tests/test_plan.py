@@ -406,3 +406,54 @@ def test_a_loss_reads_outputs_stored_transposed(loss):
     fast, plain = _fast_and_plain(sb.models.mlp([6, 128, 200], loss=loss))
     assert "(N, 200), DTYPE" in fast.source and ", 200),  # _ws" in fast.source
     _same_steps(fast, plain, 6, 200, batches=(8, 5, 300), values=loss == "mse")
+
+
+# -- the runtime of the workspace, run as the real module generated code copies ------------
+
+def test_runtime_workspace_is_what_generated_modules_carry():
+    """The generated step carries the very source of runtime/workspace.py's functions."""
+    from symbackprop.codegen.runtime import workspace
+
+    src = sb.train_step(sb.models.mlp([6, 5, 3]), optimizer="sgd", lr=0.1)
+    assert PACK in src and PACK == sb.codegen.runtime.source(workspace._pack)
+    assert CONSTANT in src and CONSTANT.startswith("_CONSTANTS = {}\n")
+
+
+def test_runtime_pack_keeps_buffers_alive_together_apart():
+    from symbackprop.codegen.runtime.workspace import _pack
+
+    arrays = [((4, 8), np.float64, 0, 2, None), ((4, 8), np.float64, 1, 3, None),
+              ((4, 8), bool, 3, 5, None), ((4, 8), np.float64, 4, 6, None)]
+    views, flat, named, _ = _pack(arrays, [("w", (8, 3), 6), ("b", (3,), 6)])
+    for i, j in itertools.combinations(range(len(arrays)), 2):
+        (_, _, fi, li, _), (_, _, fj, lj, _) = arrays[i], arrays[j]
+        if fi <= lj and fj <= li:  # alive at a common step
+            assert not np.shares_memory(views[i], views[j]), (i, j)
+    # the first array is dead by step 3, when the third is born: they may share bytes
+    assert np.shares_memory(views[0], views[2]) or np.shares_memory(views[0], views[3])
+    # gradients first and consecutive: w then b, one flat buffer
+    assert named["w"].base is flat.base and flat.size == 8 * 3 + 3
+    assert np.shares_memory(flat[:24], named["w"]) and np.shares_memory(flat[24:], named["b"])
+
+
+def test_runtime_pack_transposes_a_wide_buffer_for_a_narrow_batch():
+    from symbackprop.codegen.runtime.workspace import _pack
+
+    views, *_ = _pack([((16, 256), np.float64, 0, 0, 256), ((512, 256), np.float64, 1, 1, 256),
+                       ((16, 10), np.float64, 2, 2, None)], [])
+    assert views[0].shape == (16, 256) and views[0].T.flags.c_contiguous  # stored (256, 16)
+    assert views[1].flags.c_contiguous and views[2].flags.c_contiguous  # batch >= width
+
+
+def test_runtime_constant_is_made_once_read_only_and_in_the_layout():
+    from symbackprop.codegen.runtime import workspace
+
+    workspace._CONSTANTS.clear()
+    z = np.ones((3, 4), np.float32)
+    a = workspace._constant(0, z)
+    assert a.dtype == np.float32 and a.shape == (3, 4) and not a.flags.writeable
+    assert workspace._constant(0, z) is a and not a.any()
+    b = workspace._constant(0, np.ones((4, 3)).T)  # a transposed array: a Fortran-ordered one
+    assert b.flags.f_contiguous and b is not workspace._constant(0, np.ones((3, 4)))
+    np.testing.assert_array_equal(np.maximum(np.array([[-1.0, 2.0]]),
+                                             workspace._constant(0, np.ones((1, 2)))), [[0, 2]])
