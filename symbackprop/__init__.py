@@ -11,8 +11,9 @@ __version__ = "0.1.0"  # before the imports: generated code cites it
 from . import models, ops, optimize, testing
 from .autodiff import Adjoints, differentiate
 from .build import parse
-from .codegen.emit import Compiled, numpy_source
+from .codegen.emit import Compiled
 from .codegen.emit import compile_graph as compile
+from .codegen.model import numpy_source
 from .codegen.script import training_script
 from .codegen.train import train_step
 from .derivation import Derivation, derive

@@ -22,7 +22,7 @@ LAYERS = [
     ["display", "edges", "formulas", "optimize", "optimize.rewrite", "optimize.dce", "optimize.cse",
      "optimize.fold", "optimize.fuse", "optimize.simplify"],
     ["derivation"],
-    ["codegen", "codegen.runtime", "codegen.runtime.workspace", "codegen.layout", "codegen.lowering", "codegen.printer", "codegen.stability", "codegen.emit", "codegen.plan", "codegen.train",
+    ["codegen", "codegen.runtime", "codegen.runtime.workspace", "codegen.layout", "codegen.lowering", "codegen.printer", "codegen.stability", "codegen.emit", "codegen.plan", "codegen.model", "codegen.train",
      "codegen.script", "testing"],
     ["render"],
     ["cli"],
