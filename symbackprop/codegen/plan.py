@@ -16,9 +16,13 @@ has died, so a forward value the backward pass is done with makes room for
 the gradients. The step then needs about the larger of its activations and
 its gradients, not their sum.
 
-The plain ``value_and_grad`` keeps allocating: it returns fresh arrays a
-caller may hold on to. The planned function is for the training step, where
-nothing escapes.
+Two callers: the training step (codegen/train.py), which passes views of its flat
+gradient buffer, and ``value_and_grad`` (codegen/model.py), which passes new arrays
+on every call, the caller's to keep: nothing returned lives in the workspace.
+
+:func:`plan_function` works in phases: liveness (:func:`_liveness`), one typed
+:class:`Decision` per step (:func:`_decide`; the folds, :func:`_folds`, each with
+its reason), buffer assignment (:func:`_assign`), then text (:func:`_text`).
 """
 
 from __future__ import annotations
@@ -82,12 +86,13 @@ class Pool:
         self.buffers[i].last = max(self.buffers[i].last, step)
 
 
-class Lowering:
+class UfuncLowering:
     """Turn one elementwise SymPy expression into ufunc calls writing to ``out``.
 
     ``steps`` lists ``(code, codes read, code written)``. The first computed
     operand of every operation is computed straight into that operation's
     destination, so a chain ``a*b + c`` runs in place: two calls, no temporary.
+    (Not :class:`symbackprop.codegen.lowering.Lowering`, an op's code per array library.)
     """
 
     def __init__(self, leaves: dict, shapes: dict, temp):
@@ -174,14 +179,14 @@ class Lowering:
             pos = next((i for i, c in enumerate(rest) if c[0] > 0), None)
             if pos is not None:
                 acc = self.call(inverse, [rest[pos][1], d], d)
-                return self.fold(acc, rest[:pos] + rest[pos + 1:], d, op, inverse)
+                return self.accumulate(acc, rest[:pos] + rest[pos + 1:], d, op, inverse)
             first = codes[k]
         sign, acc = first
         if sign < 0:  # every term is negated, or a reciprocal
             acc = self.call(negate, [acc], d) if negate else self.call(inverse, ["1", acc], d)
-        return self.fold(acc, rest, d, op, inverse)
+        return self.accumulate(acc, rest, d, op, inverse)
 
-    def fold(self, acc, rest, d, op, inverse) -> str:
+    def accumulate(self, acc, rest, d, op, inverse) -> str:
         for sign, c in rest:
             acc = self.call(op if sign > 0 else inverse, [acc, c], d)
         return acc
@@ -211,7 +216,7 @@ def lower(expr, leaves: dict, shapes: dict, out: str, out_shape: tuple,
           temp) -> list[tuple[str, set, str]]:
     """Ufunc calls computing ``expr`` into ``out``; ``temp(shape, kind)`` names a scratch
     buffer. ``leaves`` maps symbols to code, ``shapes`` symbols to shapes."""
-    low = Lowering(leaves, shapes, temp)
+    low = UfuncLowering(leaves, shapes, temp)
     code = low.value(float_steps(expr), out, out_shape)
     if code != out:  # a leaf, a number, or a value of another shape: copy it in
         low.steps.append((f"np.copyto({out}, {code})", {code}, out))
@@ -548,7 +553,7 @@ def _decide(em: Emitter, p: Plan, unread: set, unused: set, lowered) -> None:
         elif f is not None and f.bias_only() and n not in sources:
             dec = BiasOnly("h @ W + b itself: the product already added the bias", f)
         elif lowered(n) is None:
-            dec = Plain(_plain_reason(em, n, p))
+            dec = Plain(_plain_reason(em, n))
         else:
             dec = _lowered(em, n, op, d, i, p, f, sources, held, lowered)
         p.decisions[n] = dec
@@ -566,7 +571,8 @@ def _decide(em: Emitter, p: Plan, unread: set, unused: set, lowered) -> None:
                 held.discard(a)
 
 
-def _plain_reason(em: Emitter, n: str, p: Plan) -> str:
+def _plain_reason(em: Emitter, n: str) -> str:
+    """Why step ``n`` is not written by ``out=`` calls."""
     j = em.j
     d = j.nx.nodes[n]
     if j.is_leaf(n):
