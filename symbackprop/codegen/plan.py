@@ -531,12 +531,11 @@ def _decide(em: Emitter, p: Plan, unread: set, unused: set, lowered) -> None:
     """One :class:`Decision` per step, in order. Whether a step may overwrite an argument
     depends on which earlier values hold a buffer still alive: tracked here as the
     buffers will be handed out (:func:`_assign`)."""
-    j, into, folds = em.j, p.into, p.folds
+    into, folds = p.into, p.folds
     sources = {f.h: f for f in folds.values()}
     held = set()  # values holding a buffer of the workspace now
     for i, n in enumerate(p.steps):
-        d, f = j.nx.nodes[n], folds.get(n)
-        op = j.opdef(n)
+        f = folds.get(n)
         if n in p.together.values() or n in unread:
             dec = Skipped("computed with its value, in one call")
         elif n in unused:
@@ -555,7 +554,7 @@ def _decide(em: Emitter, p: Plan, unread: set, unused: set, lowered) -> None:
         elif lowered(n) is None:
             dec = Plain(_plain_reason(em, n))
         else:
-            dec = _lowered(em, n, op, d, i, p, f, sources, held, lowered)
+            dec = _lowered(em, p, i, n, sources, held, lowered)
         p.decisions[n] = dec
         # the values holding a buffer after this step (as _assign hands them out)
         if isinstance(dec, WithGrad) and dec.grad not in into:
@@ -586,10 +585,13 @@ def _plain_reason(em: Emitter, n: str) -> str:
     return "its expression has a function the ufunc lowering does not know"
 
 
-def _lowered(em, n, op, d, i, p: Plan, f, sources, held, lowered) -> Lowered:
-    """The decision for a step written by ``out=`` calls: into the caller's array, over
-    an argument (in place), or into a buffer of its own."""
+def _lowered(em: Emitter, p: Plan, i: int, n: str, sources: dict, held: set,
+             lowered) -> Lowered:
+    """The decision for step ``i``, ``n``, written by ``out=`` calls: into the caller's
+    array, over an argument (in place), or into a buffer of its own. ``sources``: the
+    inputs ``h`` of folds; ``held``: the values holding a buffer now."""
     j = em.j
+    d, op, f = j.nx.nodes[n], j.opdef(n), p.folds.get(n)
     lines, wanted = lowered(n)
     out = em.code(n)
     if n in p.into:
