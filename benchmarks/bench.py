@@ -3,7 +3,10 @@
 Times, in one process, per training step (forward + backward + SGD update, lr 0.01, on one
 fixed random minibatch): the generated code, hand-written idiomatic NumPy, hand-written tuned
 NumPy, and the step's matrix multiplications alone ("the floor"), plus PyTorch and JAX when
-they happen to be importable. Also: the generated forward alone, compile time against depth,
+they happen to be importable. Also: value_and_grad, the gradient call users make (the
+module function of ``sb.compile(g)``, and through its Compiled wrapper), against tuned NumPy's
+step and against tuned NumPy doing the same job (gradients into new arrays, no update);
+the generated forward alone, compile time against depth,
 lines of generated backward vs forward code, and peak memory of a step. Prints medians,
 ratios and each target of issue 5 with PASS/MISS, and writes every number to JSON. A timing
 target gets no verdict, "no verdict (noisy)", when its numbers cannot be trusted: a ratio of
@@ -290,7 +293,39 @@ def ratios_of(med: dict) -> dict:
         "step/forward": med["generated"] / med["generated forward"],
         "(forward+backward)/forward": med["generated forward+backward"]
         / med["generated forward"],
+        # value_and_grad, the gradient call users make (sb.compile(g)'s module function):
+        # against the tuned step (the issue's measure) and against tuned NumPy doing the
+        # same job (gradients into new arrays, no update); the Compiled wrapper's cost
+        "value_and_grad/tuned": med["value_and_grad"] / med["tuned"],
+        "value_and_grad/tuned value_and_grad": med["value_and_grad"]
+        / med["tuned value_and_grad"],
+        "Compiled/module value_and_grad": med["value_and_grad (Compiled)"]
+        / med["value_and_grad"],
     }
+
+
+def value_and_grad_contenders(g, p0, X, y, w: Workload) -> dict:
+    """``value_and_grad`` of ``sb.compile(g)`` (the module function with its arguments
+    bound, as a user calls the standalone file, and through the Compiled wrapper) and
+    tuned NumPy's (gradients into new arrays, every intermediate in reused buffers), after
+    checking they agree. Each returns arrays its caller owns; none updates anything."""
+    fn = sb.compile(g, dtype=w.dtype)
+    arrays = dict(p0, X=X, y=y)
+    module = contenders._Generated._bound(fn.module.value_and_grad, arrays)
+    tuned = hw.Tuned(p0, w.activation, LR)
+    loss, grads = module()
+    ref_loss, ref = tuned.value_and_grad(X, y)
+    rtol = 1e-4 if w.dtype == "float32" else 1e-7
+    if not np.allclose(float(loss), float(ref_loss), rtol=rtol):
+        raise AssertionError(f"value_and_grad: loss {float(loss)!r} against tuned "
+                             f"{float(ref_loss)!r}")
+    for k, v in ref.items():
+        scale = float(np.max(np.abs(v))) or 1.0
+        if np.max(np.abs(grads[k] - v)) > rtol * 10 * scale:
+            raise AssertionError(f"value_and_grad: d{k} differs from tuned NumPy's")
+    return {"value_and_grad": module,
+            "value_and_grad (Compiled)": functools.partial(fn.value_and_grad, **arrays),
+            "tuned value_and_grad": functools.partial(tuned.value_and_grad, X, y)}
 
 
 def run_workload(w: Workload, args, rng: random.Random) -> dict:
@@ -334,6 +369,7 @@ def run_workload(w: Workload, args, rng: random.Random) -> dict:
     fns = {"generated": gen.step, "idiomatic": built["idiomatic"].step,
            "tuned": built["tuned"].step, "floor": floor.step,
            "generated forward": gen.forward, "generated forward+backward": gen.value_and_grad}
+    fns.update(value_and_grad_contenders(g, p0, X, y, w))
     for kind in contenders.available_frameworks():
         if kind in built:
             fns[kind] = built[kind].step
@@ -572,6 +608,12 @@ def targets(res: dict) -> list[dict]:
             ("B", "generated/idiomatic", "B: generated / idiomatic NumPy", 0.80),
             ("C", "generated/tuned", "C: generated / tuned NumPy", 1.00)):
         add(name, ratio(key, r), limit, key=key, uses=r.split("/"))
+    for key in ("A-b128-f32", "A-b128-f64"):
+        add(f"{key}: value_and_grad / tuned NumPy step", ratio(key, "value_and_grad/tuned"),
+            0.95, key=key, uses=("value_and_grad", "tuned"))
+        add(f"{key}: value_and_grad / tuned NumPy value_and_grad (same job)",
+            ratio(key, "value_and_grad/tuned value_and_grad"), 1.00, key=key,
+            uses=("value_and_grad", "tuned value_and_grad"))
     for key in ("A-b128-f32", "A-b128-f64", "A-b1024-f32", "A-b1024-f64"):
         add(f"{key}: (forward+backward) / forward", ratio(key, "(forward+backward)/forward"),
             3.0, key=key, uses=("generated forward+backward", "generated forward"))
@@ -663,6 +705,19 @@ def report(res: dict) -> str:
                        f"{mem['generated']['peak'] / 1e6:>13.2f}"
                        f"{mem['idiomatic']['peak'] / 1e6:>11.2f}{mem['tuned']['peak'] / 1e6:>9.2f}"
                        f"{mem['generated/idiomatic']:>11.2f}")
+        out.append("")
+    if W:
+        head = (f"{'value_and_grad (ms)':<20}{'module':>10}{'Compiled':>10}{'tuned vg':>10}"
+                f"{'tuned step':>12}{'vg/tuned':>10}{'vg/tuned vg':>13}{'Compiled/mod':>14}")
+        out += [head, "-" * len(head)]
+        for key, r in W.items():
+            m, q = r["medians_s"], r["ratios"]
+            out.append(f"{key:<20}{fmt_ms(m['value_and_grad']):>10}"
+                       f"{fmt_ms(m['value_and_grad (Compiled)']):>10}"
+                       f"{fmt_ms(m['tuned value_and_grad']):>10}{fmt_ms(m['tuned']):>12}"
+                       f"{q['value_and_grad/tuned']:>10.2f}"
+                       f"{q['value_and_grad/tuned value_and_grad']:>13.2f}"
+                       f"{q['Compiled/module value_and_grad']:>14.2f}")
         out.append("")
     C, L = res.get("compile"), res.get("lines", {})
     if C:

@@ -121,11 +121,27 @@ class Tuned(_MLP):
         return self._buffers[key]
 
     def step(self, X, y):
-        W, b, lr = self.W, self.b, self.lr
+        B = self._get(len(y), X.dtype)
+        return self._run(X, y, B, self.lr, B["dW"], B["db"], update=True)
+
+    def value_and_grad(self, X, y):
+        """The loss and the gradients ``{"W1": ..., "b1": ...}``, new arrays the caller owns
+        (every intermediate in the reused buffers), parameters unchanged: the job of the
+        generated ``value_and_grad``."""
+        B = self._get(len(y), X.dtype)
+        dW, db = [np.empty_like(W) for W in self.W], [np.empty_like(b) for b in self.b]
+        loss = self._run(X, y, B, 1.0, dW, db, update=False)
+        grads = {}
+        for k, (gW, gb) in enumerate(zip(dW, db), 1):
+            grads[f"W{k}"], grads[f"b{k}"] = gW, gb
+        return loss, grads
+
+    def _run(self, X, y, B, lr, dW, db, update):
+        """Forward and backward into ``dW``, ``db`` (scaled by ``lr``), then the update of
+        each layer right after its gradients when ``update``."""
+        W, b = self.W, self.b
         n = len(y)
-        B = self._get(n, X.dtype)
-        H, D, T, P, m, s, dW, db, rows = (B[k] for k in ("H", "D", "T", "P", "m", "s", "dW",
-                                                          "db", "rows"))
+        H, D, T, P, m, s, rows = (B[k] for k in ("H", "D", "T", "P", "m", "s", "rows"))
         depth = len(W)
         relu = self.activation == "relu"
         h = X
@@ -167,8 +183,9 @@ class Tuned(_MLP):
                     np.subtract(1, t, out=t)
                 np.multiply(dh, t, out=dh)
                 dz = dh
-            W[k] -= dW[k]  # dW[k] already holds lr * dL/dW[k]
-            b[k] -= db[k]
+            if update:
+                W[k] -= dW[k]  # dW[k] already holds lr * dL/dW[k]
+                b[k] -= db[k]
         return loss
 
 

@@ -13,7 +13,7 @@ from .autodiff import Adjoints, differentiate
 from .build import parse
 from .codegen.compiled import Compiled
 from .codegen.compiled import compile_graph as compile
-from .codegen.emit import numpy_source
+from .codegen.gradient_module import numpy_source
 from .codegen.script import training_script
 from .codegen.train import train_step
 from .derivation import Derivation, derive

@@ -166,7 +166,7 @@ def _graph(a) -> Graph:
 
 # -- commands -----------------------------------------------------------------------
 def cmd_codegen(a) -> int:
-    from .codegen.emit import numpy_source
+    from .codegen.gradient_module import numpy_source
     from .ops.elementwise import derivative_notes
 
     explain: list | None = [] if a.explain else None
@@ -175,6 +175,10 @@ def cmd_codegen(a) -> int:
                        explain=explain)
     if explain is not None:
         for name, removed, added in explain:
+            if name.startswith("memory plan"):  # the planner's decisions, with their reasons
+                print(f"== {name}")
+                print("".join(f"  {ln}\n" for ln in added), end="")
+                continue
             print(f"== pass {name}: {len(removed)} line(s) removed, {len(added)} added")
             print("".join(f"  - {ln}\n" for ln in removed) + "".join(f"  + {ln}\n" for ln in added),
                   end="")
@@ -275,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--passes", help="comma-separated passes to run, in order "
                    "(default: simplify,fold,cse,fuse,dce)")
     c.add_argument("--explain", action="store_true",
-                   help="print what each pass changed (the code goes to -o only)")
+                   help="print what each pass changed and the memory planner's decisions, "
+                   "folds included (the code goes to -o only)")
     c.set_defaults(run=cmd_codegen)
 
     c = command("check", "compare gradients with finite differences on random inputs")

@@ -24,15 +24,21 @@ def test_bench_quick_writes_json(tmp_path):
     assert list(res["workloads"]) == ["B"]
     b = res["workloads"]["B"]
     assert {"generated", "idiomatic", "tuned", "floor", "generated forward",
-            "generated forward+backward"} <= set(b["medians_s"])
+            "generated forward+backward", "value_and_grad", "value_and_grad (Compiled)",
+            "tuned value_and_grad"} <= set(b["medians_s"])
     assert all(t > 0 for t in b["medians_s"].values())
     assert {"generated/tuned", "generated/idiomatic", "generated/floor", "idiomatic/floor",
-            "tuned/floor", "(forward+backward)/forward"} <= set(b["ratios"])
+            "tuned/floor", "(forward+backward)/forward", "value_and_grad/tuned",
+            "value_and_grad/tuned value_and_grad",
+            "Compiled/module value_and_grad"} <= set(b["ratios"])
     assert {"generated", "idiomatic", "tuned"} <= set(b["memory_bytes"])
     assert set(res["compile"]["depths"]) == {"2"}
     assert {"forward", "backward", "ratio"} <= set(res["lines"]["2"])
     names = [t["target"] for t in res["targets"]]
     assert any(n.startswith("B: generated / idiomatic") for n in names)
+    vg = [t for t in res["targets"] if "value_and_grad / tuned NumPy step" in t["target"]]
+    assert [t["limit"] for t in vg] == [0.95, 0.95]  # A b128 f32 and f64, not run here
+    assert "value_and_grad (ms)" in run.stdout
     assert all(t["pass"] in (True, False, None) for t in res["targets"])
 
 
@@ -170,7 +176,9 @@ def workload(med: dict, blocks: dict | None = None) -> dict:
 
 
 SANE = {"generated": 0.10, "idiomatic": 0.14, "tuned": 0.13, "floor": 0.035,
-        "generated forward": 0.04, "generated forward+backward": 0.09}
+        "generated forward": 0.04, "generated forward+backward": 0.09,
+        "value_and_grad": 0.11, "value_and_grad (Compiled)": 0.112,
+        "tuned value_and_grad": 0.12}
 
 
 def judged(bench, workloads: dict, meta=IDLE) -> tuple[dict, str]:
@@ -191,6 +199,24 @@ def test_sane_numbers_get_pass_and_miss(bench):
     assert t["A b128 f32: generated / tuned NumPy"]["verdict"] == "n/a"
     assert "[PASS] B: generated / idiomatic NumPy: 0.71x" in text
     assert "no verdict" not in text and "loaded" not in text
+
+
+def test_value_and_grad_row_and_targets(bench):
+    """value_and_grad against tuned NumPy's step (at most 0.95x) and against tuned NumPy
+    doing the same job (at most 1.00x), on A at batch 128; the report has its own table."""
+    slow = dict(SANE, value_and_grad=0.13)  # 1.00x the tuned step, 1.08x tuned vg
+    t, text = judged(bench, {"A-b128-f64": workload(SANE), "A-b128-f32": workload(slow)})
+    step = "value_and_grad / tuned NumPy step"
+    same = "value_and_grad / tuned NumPy value_and_grad (same job)"
+    assert t[f"A-b128-f64: {step}"]["value"] == pytest.approx(0.11 / 0.13)
+    assert (t[f"A-b128-f64: {step}"]["verdict"], t[f"A-b128-f64: {same}"]["verdict"]) \
+        == ("PASS", "PASS")
+    assert (t[f"A-b128-f32: {step}"]["verdict"], t[f"A-b128-f32: {same}"]["verdict"]) \
+        == ("MISS", "MISS")
+    assert t[f"A-b128-f64: {step}"]["limit"] == 0.95
+    row = next(ln for ln in text.splitlines() if ln.startswith("A-b128-f64 ")
+               and "0.85" in ln)
+    assert row.split()[-3:] == ["0.85", "0.92", "1.02"]  # vg/tuned, vg/tuned vg, wrapper
 
 
 def test_forward_backward_faster_than_forward_gets_no_verdict(bench):

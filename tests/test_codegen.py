@@ -89,7 +89,8 @@ def op_cases():
 
 # -- static checks ------------------------------------------------------------------------
 ALLOWED_METHODS = {"sum", "mean", "max", "min", "reshape", "argmax", "astype", "copy", "T",
-                   "get"}  # get: the dict of cached ones vectors (_ones)
+                   "get",  # get: the dict of cached ones vectors (_ones)
+                   "view", "append"}  # the workspace's packer (runtime/workspace.py)
 
 
 def check_ast(src: str) -> ast.Module:
@@ -114,7 +115,9 @@ def check_ast(src: str) -> ast.Module:
             if isinstance(f, ast.Call):  # np.vectorize(math.erf, ...)(x): the call is checked
                 continue
             if isinstance(f, ast.Name):
-                assert f.id in helpers | {"DTYPE", "len"}, f"calls {f.id}()"
+                # the builtins the workspace's packer (runtime/workspace.py) calls
+                runtime = {"int", "max", "range", "sorted", "zip"}
+                assert f.id in helpers | {"DTYPE", "len"} | runtime, f"calls {f.id}()"
             else:
                 assert isinstance(f, ast.Attribute), ast.dump(f)
                 root = f.value
@@ -125,8 +128,9 @@ def check_ast(src: str) -> ast.Module:
         if isinstance(node, ast.Name):
             assert node.id not in ("eval", "exec", "__import__", "os", "open", "compile",
                                    "getattr", "globals"), node.id
-        assert not isinstance(node, (ast.Global, ast.Nonlocal, ast.Lambda, ast.With,
-                                     ast.Try, ast.Delete))
+        # (a lambda only as the packer's sort key: runtime/workspace.py)
+        assert not isinstance(node, (ast.Global, ast.Nonlocal, ast.With, ast.Try, ast.Delete))
+        assert not isinstance(node, ast.Lambda) or "def _pack(" in src
     return tree
 
 
@@ -317,7 +321,8 @@ def test_naughty_names_are_escaped():
     # comments, never as code: look at the code tokens alone
     toks = list(tokenize.generate_tokens(io.StringIO(src).readline))
     code = [t.string for t in toks if t.type in (tokenize.NAME, tokenize.OP)]
-    assert code.count("import") == 1 and code.count("def") == 2 + src.count("\ndef _")
+    # forward, value_and_grad and the planned loss_and_grads_into, then the helpers
+    assert code.count("import") == 1 and code.count("def") == 3 + src.count("\ndef _")
     assert ";" not in code
     for bad in ("os", "system", "__import__", "eval", "exec", "open", "HACKED"):
         assert bad not in code, bad
@@ -420,3 +425,76 @@ def test_functions_numpy_has_no_ufunc_for_run_on_arrays(tmp_path):
     params = step.init_params(0)
     assert math.isfinite(step.train_step(params, step.init_state(params), X=a32["X"], y=a32["y"]))
     assert all(v.dtype == np.float32 for v in params.values())
+
+
+# -- value_and_grad on the memory-planned path ----------------------------------------------------
+def _mlp_arrays(g, n, seed):
+    return sb.testing.random_inputs(g, {"N": n}, seed=seed)
+
+
+def test_value_and_grad_is_planned_for_arrays_and_plain_for_scalars():
+    src = sb.numpy_source(sb.models.mlp([6, 5, 3]))
+    vg = src[src.index("def value_and_grad"):src.index("def loss_and_grads_into")]
+    assert "loss_and_grads_into(" in vg and "np.empty(" in vg and "_workspace" not in vg
+    assert "def _workspace(N):" in src and "def _pack(" in src
+    # no workspace where it buys nothing: all scalars, or optimization off
+    for s in (sb.numpy_source(sb.parse("L = (w*x - y)**2"), wrt=["w"]),
+              sb.numpy_source(sb.models.mlp([6, 5, 3]), optimize=False)):
+        assert "loss_and_grads_into" not in s and "_workspace" not in s
+        assert "# backward: gradients in reverse order of the forward pass" in s
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_planned_value_and_grad_results_belong_to_the_caller(dtype):
+    """Two calls with different inputs: the first call's loss and gradients are unchanged
+    by the second (nothing returned lives in the workspace), and both match the plain code."""
+    g = sb.models.mlp([7, 6, 5, 3])
+    fn, plain = sb.compile(g, dtype=dtype), sb.compile(g, dtype=dtype, optimize=False)
+    assert "loss_and_grads_into" in fn.source
+    a, b = _mlp_arrays(g, 4, 0), _mlp_arrays(g, 4, 1)
+    loss_a, grads_a = fn.value_and_grad(**a)
+    kept = (float(loss_a), {k: v.copy() for k, v in grads_a.items()})
+    loss_b, grads_b = fn.value_and_grad(**b)
+    assert float(loss_a) == kept[0] and float(loss_b) != kept[0]
+    for k in grads_a:
+        np.testing.assert_array_equal(grads_a[k], kept[1][k])
+        assert not np.shares_memory(grads_a[k], grads_b[k])
+        assert grads_a[k].dtype == np.dtype(dtype) and grads_a[k].flags.writeable
+    rtol = 1e-5 if dtype == "float32" else 1e-12
+    for arrays, (loss, grads) in ((a, (loss_a, grads_a)), (b, (loss_b, grads_b))):
+        want_loss, want = plain.value_and_grad(**arrays)
+        assert float(loss) == pytest.approx(float(want_loss), rel=rtol)
+        for k in want:
+            np.testing.assert_allclose(grads[k], want[k], rtol=rtol, atol=rtol * 1e-2)
+    # another batch size: a second workspace, the first batch size's still right
+    c = _mlp_arrays(g, 9, 2)
+    assert fn.value_and_grad(**c)[1]["W1"].shape == (7, 6)
+    np.testing.assert_allclose(fn.value_and_grad(**a)[1]["W1"], kept[1]["W1"], rtol=rtol)
+
+
+@pytest.mark.parametrize("spec", [
+    lambda: sb.models.mlp([5, 8, 4], activation="tanh"),
+    lambda: sb.models.mlp([4, 6, 3], activation="sigmoid", loss="mse"),
+    lambda: sb.models.residual_mlp(5, 6, 3, 2),
+    lambda: sb.models.logistic_regression(4),
+], ids=["tanh", "sigmoid_mse", "residual", "logistic"])
+def test_planned_value_and_grad_matches_finite_differences(spec):
+    g = spec()
+    assert "loss_and_grads_into" in sb.compile(g).source
+    report = sb.check_grad(g, sizes={"N": 5}, seed=4)
+    assert report.ok, report
+
+
+def test_planned_value_and_grad_shared_gradient_node():
+    """Two parameters whose gradient is one node (both arguments of an add) get it both."""
+    g = sb.Graph(name="shared")
+    x = g.input("x", shape=("N", 3))
+    w0, w1 = g.param("w0", shape=(3,)), g.param("w1", shape=(3,))
+    g.output("L", sb.mean(sb.tanh(x * (w0 + w1))))
+    fn = sb.compile(g)
+    assert "loss_and_grads_into" in fn.source
+    arrays = sb.testing.random_inputs(g, {"N": 4}, seed=0)
+    _, grads = fn.value_and_grad(**arrays)
+    _, want = sb.compile(g, optimize=False).value_and_grad(**arrays)
+    for k in ("w0", "w1"):
+        np.testing.assert_allclose(grads[k], want[k], rtol=1e-12)

@@ -117,7 +117,10 @@ def test_optimize_explain_and_unknown_pass():
 def test_mlp_optimized_code_is_shorter_and_valid():
     g = sb.models.mlp([784, 256, 256, 256, 10])
     a, b = sb.numpy_source(g, optimize=False), sb.numpy_source(g)
-    assert len(b.splitlines()) < len(a.splitlines())
+
+    def forward(src):  # (the optimized module also carries the memory-planned functions)
+        return src[src.index("def forward"):src.index("def value_and_grad")].splitlines()
+    assert len(forward(b)) < len(forward(a))
     ast.parse(b)
 
 

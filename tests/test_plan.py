@@ -45,7 +45,7 @@ def test_lowering_matches_numpy(expr):
     steps = lower(expr, {x0: "a", x1: "b", x2: "c"},
                   {x0: ("N", 4), x1: ("N", 4), x2: (4,)}, "out", ("N", 4), temp)
     env["_ws"] = [np.empty(tuple(5 if d == "N" else d for d in shape), bool if k == "b" else float)
-                  for shape, k, *_ in pool.buffers]
+                  for shape, k in ((b.shape, b.kind) for b in pool.buffers)]
     env["out"] = np.empty((5, 4))
     exec(CONSTANT, env)  # noqa: S102 -- the helper the lowered calls may use
     for code, _, _ in steps:
@@ -175,7 +175,7 @@ def test_relu_steps_summed_are_counted_not_or_ed():
                   lambda shape, kind: f"_ws[{pool.take(shape, kind)}]")
     env = {"np": np, "a": np.array([0.5, 2.0, -1.0]), "b": np.array([1.0, -1.0, 1.0]),
            "out": np.empty(3)}
-    env["_ws"] = [np.empty(3, bool if k == "b" else float) for _, k, *_ in pool.buffers]
+    env["_ws"] = [np.empty(3, bool if b.kind == "b" else float) for b in pool.buffers]
     for code, _, _ in steps:
         exec(code, env)  # noqa: S102 -- the code under test
     np.testing.assert_array_equal(env["out"], [2.0, 0.0, 1.0])
@@ -406,3 +406,145 @@ def test_a_loss_reads_outputs_stored_transposed(loss):
     fast, plain = _fast_and_plain(sb.models.mlp([6, 128, 200], loss=loss))
     assert "(N, 200), DTYPE" in fast.source and ", 200),  # _ws" in fast.source
     _same_steps(fast, plain, 6, 200, batches=(8, 5, 300), values=loss == "mse")
+
+
+# -- the runtime of the workspace, run as the real module generated code copies ------------
+
+def test_runtime_workspace_is_what_generated_modules_carry():
+    """The generated step carries the very source of runtime/workspace.py's functions."""
+    from symbackprop.codegen.runtime import workspace
+
+    src = sb.train_step(sb.models.mlp([6, 5, 3]), optimizer="sgd", lr=0.1)
+    assert PACK in src and PACK == sb.codegen.runtime.source(workspace._pack)
+    assert CONSTANT in src and CONSTANT.startswith("_CONSTANTS = {}\n")
+
+
+def test_runtime_pack_keeps_buffers_alive_together_apart():
+    from symbackprop.codegen.runtime.workspace import _pack
+
+    arrays = [((4, 8), np.float64, 0, 2, None), ((4, 8), np.float64, 1, 3, None),
+              ((4, 8), bool, 3, 5, None), ((4, 8), np.float64, 4, 6, None)]
+    views, flat, named, _ = _pack(arrays, [("w", (8, 3), 6), ("b", (3,), 6)])
+    for i, j in itertools.combinations(range(len(arrays)), 2):
+        (_, _, fi, li, _), (_, _, fj, lj, _) = arrays[i], arrays[j]
+        if fi <= lj and fj <= li:  # alive at a common step
+            assert not np.shares_memory(views[i], views[j]), (i, j)
+    # the first array is dead by step 3, when the third is born: they may share bytes
+    assert np.shares_memory(views[0], views[2]) or np.shares_memory(views[0], views[3])
+    # gradients first and consecutive: w then b, one flat buffer
+    assert named["w"].base is flat.base and flat.size == 8 * 3 + 3
+    assert np.shares_memory(flat[:24], named["w"]) and np.shares_memory(flat[24:], named["b"])
+
+
+def test_runtime_pack_transposes_a_wide_buffer_for_a_narrow_batch():
+    from symbackprop.codegen.runtime.workspace import _pack
+
+    views, *_ = _pack([((16, 256), np.float64, 0, 0, 256), ((512, 256), np.float64, 1, 1, 256),
+                       ((16, 10), np.float64, 2, 2, None)], [])
+    assert views[0].shape == (16, 256) and views[0].T.flags.c_contiguous  # stored (256, 16)
+    assert views[1].flags.c_contiguous and views[2].flags.c_contiguous  # batch >= width
+
+
+def test_runtime_constant_is_made_once_read_only_and_in_the_layout():
+    from symbackprop.codegen.runtime import workspace
+
+    workspace._CONSTANTS.clear()
+    z = np.ones((3, 4), np.float32)
+    a = workspace._constant(0, z)
+    assert a.dtype == np.float32 and a.shape == (3, 4) and not a.flags.writeable
+    assert workspace._constant(0, z) is a and not a.any()
+    b = workspace._constant(0, np.ones((4, 3)).T)  # a transposed array: a Fortran-ordered one
+    assert b.flags.f_contiguous and b is not workspace._constant(0, np.ones((3, 4)))
+    np.testing.assert_array_equal(np.maximum(np.array([[-1.0, 2.0]]),
+                                             workspace._constant(0, np.ones((1, 2)))), [[0, 2]])
+
+
+# -- where a layer's bias rides in its product, and why not elsewhere -----------------------
+
+def _fold_choices(g, dtype):
+    from symbackprop.codegen.gradient_module import step_plan
+
+    _, plan = step_plan(prepare(g, None, None), dtype)
+    return {(c.W, c.b): (c.folded, c.why) for c in plan.fold_choices}
+
+
+NARROW = "narrower than half its input"
+
+
+def test_folds_on_network_A():
+    """784-256-256-256-10 in float64: the two 256 -> 256 layers fold; the first is too wide
+    an input for its output, the last too narrow an output. In float32 nothing folds."""
+    g = sb.models.mlp([784, 256, 256, 256, 10])
+    got = _fold_choices(g, "float64")
+    assert {k: v[0] for k, v in got.items()} == {
+        ("W1", "b1"): False, ("W2", "b2"): True, ("W3", "b3"): True, ("W4", "b4"): False}
+    assert got["W1", "b1"][1] == f"784 -> 256 layer {NARROW}"
+    assert got["W4", "b4"][1] == f"256 -> 10 layer {NARROW}"
+    assert got["W2", "b2"][1] == "matmul_2 = h1 @ W2 + b2 as one product"
+    f32 = _fold_choices(g, "float32")
+    assert set(f32) == set(got)
+    assert all(not folded and why.startswith("float32") for folded, why in f32.values())
+    # the training step computes exactly the folds the plan chose
+    src = sb.train_step(g, optimizer="sgd", lr=0.1)
+    assert "FOLDED = (('W2', 'b2'), ('W3', 'b3'))" in src
+    assert "FOLDED" not in sb.train_step(g, optimizer="sgd", lr=0.1, dtype="float32")
+
+
+def test_folds_on_networks_B_and_C():
+    """64-32-10 and the 50-layer width-64 tanh network: layers too narrow to fold."""
+    b = _fold_choices(sb.models.mlp([64, 32, 10]), "float64")
+    assert b == {("W1", "b1"): (False, "64 -> 32 layer: input narrower than 128"),
+                 ("W2", "b2"): (False, f"32 -> 10 layer {NARROW}")}
+    c = _fold_choices(sb.models.mlp([64] + [64] * 50 + [10], activation="tanh"), "float64")
+    assert len(c) == 51 and not any(folded for folded, _ in c.values())
+    assert all(why == "64 -> 64 layer: input narrower than 128"
+               for (w, _), (_, why) in c.items() if w != "W51")
+    assert c["W51", "b51"] == (False, f"64 -> 10 layer {NARROW}")
+
+
+def test_a_fold_refused_for_a_bias_read_elsewhere_says_so():
+    """A wide layer whose bias is also read by a penalty keeps its bias add, visibly."""
+    g = sb.Graph(name="penalised")
+    x = g.input("X", shape=("N", 256))
+    W1, b1 = g.param("W1", shape=(256, 256)), g.param("b1", shape=(256,))
+    W2, b2 = g.param("W2", shape=(256, 256)), g.param("b2", shape=(256,))
+    h = sb.relu(x @ W1 + b1)
+    h2 = sb.relu(h @ W2 + b2)
+    g.output("L", sb.mean(h2 * h2) + sb.sum(b2 * b2))
+    got = _fold_choices(g, "float64")
+    assert got["W2", "b2"] == (False, "the product or the bias is read elsewhere")
+    assert got["W1", "b1"] == (False, "its input X is not written by ufunc calls")
+    ex: list = []
+    sb.numpy_source(g, explain=ex)
+    lines = {name: add for name, _, add in ex}["memory plan of train_step: bias in the product"]
+    assert "W2, b2: not folded: the product or the bias is read elsewhere" in lines
+
+
+def test_codegen_explain_prints_the_folds(tmp_path):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "symbackprop.cli", "codegen",
+                          "mlp:784-256-256-256-10", "--explain"], capture_output=True,
+                         text=True, check=True, timeout=300)
+    out = run.stdout
+    assert "== memory plan of train_step: bias in the product" in out
+    assert "  W2, b2: folded: matmul_2 = h1 @ W2 + b2 as one product" in out
+    assert f"  W4, b4: not folded: 256 -> 10 layer {NARROW}" in out
+
+
+def test_plan_decisions_are_typed():
+    """Every step of a planned function has one decision; the planned step of A has the
+    kinds the text shows (out= calls, in place, value with gradient, fold roles)."""
+    from symbackprop.codegen import plan as P
+    from symbackprop.codegen.gradient_module import step_plan
+
+    em, plan = step_plan(prepare(sb.models.mlp([784, 256, 256, 256, 10]), None, None))
+    kinds = {em.namer(n): type(d) for n, d in plan.decisions.items()}
+    assert set(plan.decisions) == set(plan.steps)
+    assert kinds["matmul_2"] is P.FoldProduct and kinds["dW2"] is P.FoldGrads
+    assert kinds["db2"] is P.Skipped and kinds["L"] is P.WithGrad
+    assert kinds["logits"] is P.Lowered and kinds["h1"] is P.Lowered
+    assert plan.decisions[plan.steps[[em.namer(n) for n in plan.steps].index("h1")]].ones
+    inplace = [n for n, d in plan.decisions.items() if isinstance(d, P.Lowered) and d.overwrites]
+    assert {em.namer(n) for n in inplace} >= {"h3", "dz1", "dz2", "dz3"}

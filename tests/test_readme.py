@@ -122,9 +122,17 @@ def test_readme_gradient_formulas_comment():
     assert str(grads["W1"]) == "X.T*delta_z1"  # "a SymPy expression (delta form)"
 
 
-def test_readme_numpy_excerpt_is_generated_code():
-    excerpt = next(b for b in blocks("python") if "# dL/dlogits via" in b)
-    assert "sb.numpy_source(sb.models.mlp([784, 256, 10]))" in README
-    src = sb.numpy_source(sb.models.mlp([784, 256, 10])).splitlines()
-    for line in excerpt.splitlines():
-        assert line in src, line
+def test_readme_numpy_excerpts_are_generated_code():
+    """The plain excerpt (optimize=False) and the planned one (the default) are lines of
+    the code they say they come from."""
+    plain = next(b for b in blocks("python") if "# dL/dlogits via" in b)
+    planned = next(b for b in blocks("python") if "out=dW2)" in b)
+    g = sb.models.mlp([784, 256, 10])
+    for excerpt, call, kw in ((plain, ", optimize=False)", {"optimize": False}),
+                              (planned, ")`", {})):
+        assert f"sb.numpy_source(sb.models.mlp([784, 256, 10]){call}" in README
+        src = sb.numpy_source(g, **kw).splitlines()
+        for line in excerpt.splitlines():
+            assert line in src, line
+
+

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from ..errors import GraphError
 from ..graph import Graph
-from .emit import emit_model, prepare, render_module
+from .emit import prepare
+from .gradient_module import model_source
 from .loader import load_source, module_name, plain
 from .module import build_model
 from .train import step_source
@@ -137,7 +138,7 @@ class CompiledTrainStep(Compiled):
 def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float64",
                   optimize=True, optimizer: str | None = None, **hyper) -> Compiled:
     """Generate the NumPy code for ``g`` and load it (see
-    :func:`~symbackprop.codegen.emit.numpy_source`).
+    :func:`~symbackprop.codegen.gradient_module.numpy_source`).
 
     With ``optimizer="sgd"|"momentum"|"adam"`` (and ``lr=...``, ``momentum=...``,
     ``beta1=...``, ...), the code is :func:`symbackprop.train_step`'s and the result a
@@ -165,9 +166,9 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
     if hyper:
         raise TypeError(f"compile() got {', '.join(sorted(hyper))} without optimizer=; pass "
                         "optimizer='sgd', 'momentum' or 'adam' to compile a training step.")
-    doc, em, fns = emit_model(prepare(g, of, wrt, optimize), dtype, optimize)
+    src, em = model_source(prepare(g, of, wrt, optimize), dtype, optimize)
     arg_names = {n: em.namer(n) for n in g.nodes("input") + g.nodes("param")}
-    return Compiled(render_module(doc, em, fns), module_name(g), arg_names)
+    return Compiled(src, module_name(g), arg_names)
 
 
 __all__ = ["Compiled", "CompiledTrainStep", "compile_graph"]

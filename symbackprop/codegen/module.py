@@ -13,20 +13,27 @@ and :mod:`~symbackprop.codegen.script` build on these.
 
 from __future__ import annotations
 
-import itertools
 import re
 import textwrap
-from collections import Counter
 from dataclasses import dataclass, field
 
 from ..autodiff import check_of_wrt
 from ..errors import CodegenError
 from ..graph import Graph, fmt_shape
 from ..optimize import resolve as resolve_passes
-from .emit import Emitter, Function, describe, emit_model, prepare, render_module, safe_text
+from .emit import (
+    Emitter,
+    Function,
+    call_lines,
+    describe,
+    emit_model,
+    prepare,
+    render_module,
+    safe_text,
+)
 from .init import init_source, init_text, plan_init
 from .optimizers import Optimizer, hyper_text, resolve_optimizer
-from .plan import PACK, plan_function, workspace_source
+from .plan import PACK, flat_pairs, plan_function, workspace_source
 from .runtime import check, flat, source_of
 
 # -- reading the graph -------------------------------------------------------------------
@@ -78,21 +85,6 @@ def params_of(g: Graph, of, wrt) -> tuple[str, list[str]]:
 
 
 # -- the model ---------------------------------------------------------------------------
-
-
-def call_lines(lhs: str, fname: str, args: list[str], indent: int = 4) -> list[str]:
-    """``lhs + fname(args)`` as one line, or one argument a line when that passes 96
-    columns at ``indent``.
-
-    Examples
-    --------
-    >>> call_lines("loss = ", "f", ["a", "b"])
-    ['loss = f(a, b)']
-    """
-    line = f"{lhs}{fname}({', '.join(args)})"
-    if indent + len(line) <= 96:
-        return [line]
-    return [f"{lhs}{fname}("] + [f"    {a}," for a in args] + [")"]
 
 
 @dataclass
@@ -183,19 +175,13 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
 def _plan_step(em: Emitter, adj, of: str, wrt: list, opt: Optimizer) -> tuple:
     """``loss_and_grads_into`` and its workspace pool, with its docstring written."""
     grads = [adj.adjoint[w] for w in wrt]
-    # consecutive in the flat buffers (TRAINED order), each with a gradient of its own:
-    # a layer h @ W + b may then carry its bias inside the product
-    uses = Counter(grads)
-    own = {w for w, n in zip(wrt, grads) if uses[n] == 1}
-    pairs = [(w, adj.adjoint[w], b, adj.adjoint[b]) for w, b in itertools.pairwise(wrt)
-             if w in own and b in own]
     fast, pool = plan_function(
         em, "loss_and_grads_into", [of, *grads], grads,
         "The same computation as value_and_grad, with every intermediate array in a "
         "buffer of\n    _workspace() (one arena per batch size, made once) and NumPy calls "
         "writing into it\n    (out=). Every array passed must be of DTYPE (train_step converts the "
         "data), the gradient\n    arrays C-contiguous.",
-        of=of, scalable=opt.scaled is not None, pairs=pairs)
+        of=of, scalable=opt.scaled is not None, pairs=flat_pairs(adj))
     into = {em.namer(n) for n in grads} | {gb for *_, gb in pool.folds}
     nm = em.namer
     blocks = {gb: f"{gb} = [{nm(adj.adjoint[w])}; {nm(adj.adjoint[b])}]"
@@ -346,5 +332,5 @@ def assemble(doc: str, m: Model, functions: list, blocks: list, imports=(),
                          blocks=blocks)
 
 
-__all__ = ["Model", "assemble", "build_model", "call_lines", "formula", "params_of",
+__all__ = ["Model", "assemble", "build_model", "formula", "params_of",
            "step_blocks", "step_doc", "wrap"]

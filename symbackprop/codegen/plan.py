@@ -16,26 +16,32 @@ has died, so a forward value the backward pass is done with makes room for
 the gradients. The step then needs about the larger of its activations and
 its gradients, not their sum.
 
-The plain ``value_and_grad`` keeps allocating: it returns fresh arrays a
-caller may hold on to. The planned function is for the training step, where
-nothing escapes.
+Two callers: the training step (codegen/train.py), which passes views of its flat
+gradient buffer, and ``value_and_grad`` (codegen/gradient_module.py), which passes new arrays
+on every call, the caller's to keep: nothing returned lives in the workspace.
+
+:func:`plan_function` works in phases: liveness (:func:`_liveness`), one typed
+:class:`Decision` per step (:func:`_decide`; the folds, :func:`_folds`, each with
+its reason), buffer assignment (:func:`_assign`), then text (:func:`_text`).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import sympy as sp
 
 from ..graph import fmt_shape
-from ..ops import registry
 from ..ops.elementwise import broadcast_shapes
 from .emit import Emitter, Function, safe_text
 from .layout import transposable
 from .lowering import lowering
 from .printer import FloatStep, expr_code, float_steps
+from .runtime.workspace import CONSTANT, PACK  # noqa: F401 -- PACK: generated modules carry it
 
 _UNARY = {sp.exp: "np.exp", sp.log: "np.log", sp.tanh: "np.tanh", sp.sin: "np.sin",
           sp.cos: "np.cos", sp.Abs: "np.abs", sp.sign: "np.sign", sp.cosh: "np.cosh",
@@ -43,12 +49,23 @@ _UNARY = {sp.exp: "np.exp", sp.log: "np.log", sp.tanh: "np.tanh", sp.sin: "np.si
 
 
 @dataclass
+class Buffer:
+    """One buffer of a planned function's workspace: alive from step ``first`` (which
+    writes it) to step ``last`` (the last reading it)."""
+
+    shape: tuple
+    kind: str  # "f" (DTYPE) or "b" (bool)
+    first: int
+    last: int
+    # None, or the width of a buffer only ufunc calls and np.matmul write, stored
+    # transposed for a batch narrower than it (see runtime/workspace.py)
+    width: int | None = None
+
+
+@dataclass
 class Pool:
-    """The buffers of a planned function: ``[shape, kind, first step, last step, width]``
-    each; ``kind`` is "f" (DTYPE) or "b" (bool); ``width`` is ``None``, or the width of a
-    buffer only ufunc calls and ``np.matmul`` write, stored transposed for a batch
-    narrower than it (see :data:`PACK`). A buffer is never handed out twice here:
-    buffers share memory when the workspace is packed, by their steps."""
+    """The buffers of a planned function (:class:`Buffer`). A buffer is never handed out
+    twice here: buffers share memory when the workspace is packed, by their steps."""
 
     buffers: list = field(default_factory=list)
     writes: dict = field(default_factory=dict)  # gradient array -> first step writing it
@@ -57,23 +74,25 @@ class Pool:
     scaled: bool = False  # the planned function takes scale=, which multiplies the gradients
     # (W, b, code of [W; b], code of [dW; db]) of every fold: the caller passes the blocks
     folds: list = field(default_factory=list)
+    plan: object = None  # the Plan: decisions, liveness and folds (Plan.explain)
 
     def take(self, shape: tuple, kind: str = "f", step: int = 0, width=None) -> int:
         """A new buffer, alive at ``step``."""
-        self.buffers.append([tuple(shape), kind, step, step, width])
+        self.buffers.append(Buffer(tuple(shape), kind, step, step, width))
         return len(self.buffers) - 1
 
     def keep(self, i: int, step: int) -> None:
         """Buffer ``i`` is still read at ``step``."""
-        self.buffers[i][3] = max(self.buffers[i][3], step)
+        self.buffers[i].last = max(self.buffers[i].last, step)
 
 
-class Lowering:
+class UfuncLowering:
     """Turn one elementwise SymPy expression into ufunc calls writing to ``out``.
 
     ``steps`` lists ``(code, codes read, code written)``. The first computed
     operand of every operation is computed straight into that operation's
     destination, so a chain ``a*b + c`` runs in place: two calls, no temporary.
+    (Not :class:`symbackprop.codegen.lowering.Lowering`, an op's code per array library.)
     """
 
     def __init__(self, leaves: dict, shapes: dict, temp):
@@ -95,14 +114,18 @@ class Lowering:
         if not e.free_symbols & set(self.leaves):  # a number, or sizes such as 1/N
             code = expr_code(e)
             return code if code.replace(".", "").isalnum() else f"({code})"
-        kind = "b" if isinstance(e, sp.Heaviside) else "f"
+        kind = "b" if _boolean_step(e) else "f"
         if dest is None or dest_shape != self.shape(e) or kind == "b":
             dest, dest_shape = self.temp(self.shape(e), kind), self.shape(e)
         return self.compute(e, dest, dest_shape)
 
     def compute(self, e, d, ds) -> str:
-        if isinstance(e, sp.Heaviside):  # only as a factor next to an array (see float_steps)
-            return self.call("np.greater", [self.value(e.args[0]), "0"], d)
+        if _boolean_step(e):  # only as a factor next to an array (see float_steps)
+            fn = "np.greater" if _at_zero(e) == 0 else "np.greater_equal"
+            return self.call(fn, [self.value(e.args[0]), "0"], d)
+        if isinstance(e, sp.Heaviside):  # a tie shared (max(a, b) at a = b): as floats
+            return self.call("np.heaviside", [self.value(e.args[0], d, ds),
+                                              self.value(_at_zero(e))], d)
         if isinstance(e, FloatStep):  # a step summed, negated or alone: as floats
             return self.call("np.heaviside", [self.value(e.args[0], d, ds),
                                               self.value(e.args[1])], d)
@@ -140,7 +163,7 @@ class Lowering:
         # The first term computed at full shape is computed straight into d.
         k = next((i for i, (_, t) in enumerate(terms) if t not in self.leaves
                   and t.free_symbols & set(self.leaves) and self.shape(t) == ds
-                  and not isinstance(t, sp.Heaviside)), None)
+                  and not _boolean_step(t)), None)
         codes = [None] * len(terms)
         if k is not None:
             codes[k] = (terms[k][0], self.value(terms[k][1], d, ds))
@@ -156,17 +179,28 @@ class Lowering:
             pos = next((i for i, c in enumerate(rest) if c[0] > 0), None)
             if pos is not None:
                 acc = self.call(inverse, [rest[pos][1], d], d)
-                return self.fold(acc, rest[:pos] + rest[pos + 1:], d, op, inverse)
+                return self.accumulate(acc, rest[:pos] + rest[pos + 1:], d, op, inverse)
             first = codes[k]
         sign, acc = first
         if sign < 0:  # every term is negated, or a reciprocal
             acc = self.call(negate, [acc], d) if negate else self.call(inverse, ["1", acc], d)
-        return self.fold(acc, rest, d, op, inverse)
+        return self.accumulate(acc, rest, d, op, inverse)
 
-    def fold(self, acc, rest, d, op, inverse) -> str:
+    def accumulate(self, acc, rest, d, op, inverse) -> str:
         for sign, c in rest:
             acc = self.call(op if sign > 0 else inverse, [acc, c], d)
         return acc
+
+
+def _at_zero(e) -> sp.Expr:
+    """The value of the step ``Heaviside(x, a)`` at ``x = 0``: ``a`` (SymPy's default 1/2)."""
+    return e.args[1] if len(e.args) > 1 else sp.S.Half
+
+
+def _boolean_step(e) -> bool:
+    """A step written as a comparison, ``x > 0`` or ``x >= 0`` (its value at 0 is 0 or 1),
+    as the plain code's printer writes it."""
+    return isinstance(e, sp.Heaviside) and _at_zero(e) in (0, 1)
 
 
 def _negated(t) -> bool:
@@ -182,7 +216,7 @@ def lower(expr, leaves: dict, shapes: dict, out: str, out_shape: tuple,
           temp) -> list[tuple[str, set, str]]:
     """Ufunc calls computing ``expr`` into ``out``; ``temp(shape, kind)`` names a scratch
     buffer. ``leaves`` maps symbols to code, ``shapes`` symbols to shapes."""
-    low = Lowering(leaves, shapes, temp)
+    low = UfuncLowering(leaves, shapes, temp)
     code = low.value(float_steps(expr), out, out_shape)
     if code != out:  # a leaf, a number, or a value of another shape: copy it in
         low.steps.append((f"np.copyto({out}, {code})", {code}, out))
@@ -233,71 +267,116 @@ class Fold:
                 nm(("block", self.dW, self.db), f"{nm(self.dW)}_{nm(self.db)}"))
 
 
-def _folds(em: Emitter, steps: list[str], pairs, planned) -> dict[str, Fold]:
+@dataclass(frozen=True)
+class FoldChoice:
+    """Whether the layer of weight ``W`` and bias ``b`` carries its bias in the product,
+    and why (``--explain`` lists these)."""
+
+    W: str
+    b: str
+    folded: bool
+    why: str
+
+    def text(self, em: Emitter) -> str:
+        return (f"{em.namer(self.W)}, {em.namer(self.b)}: "
+                f"{'folded' if self.folded else 'not folded'}: {self.why}")
+
+
+def _folds(em: Emitter, steps: list[str], pairs, planned) -> tuple[dict[str, Fold], list]:
     """The layers ``f(h @ W + b)`` whose bias can ride in the product: ``pairs`` lists
     ``(W, dW, b, db)`` for parameters consecutive in the caller's flat buffers; ``planned(n)``
-    says whether a step is lowered to ufunc calls. Keyed by every node a fold changes."""
-    j, out, inside = em.j, {}, set(steps)
+    says whether a step is lowered to ufunc calls. Returns the folds, keyed by every node
+    a fold changes, and one :class:`FoldChoice` per pair of a weight and its bias."""
+    out, choices = {}, []
+    for W, dW, b, db in pairs:
+        fold, why = _fold(em, steps, W, dW, b, db, planned, out)
+        if why is None:  # not a weight (K, M) and a bias (M,): nothing to say
+            continue
+        choices.append(FoldChoice(W, b, fold is not None, why))
+        if fold is not None:
+            for n in (fold.node, fold.product, dW, db):
+                out[n] = fold
+    return out, choices
+
+
+def _fold(em: Emitter, steps, W, dW, b, db, planned, taken) -> tuple[Fold | None, str | None]:
+    """The fold of one layer, or ``None`` and the reason it does not fold (``None`` for a
+    pair that is no weight and bias)."""
+    j = em.j
+    sw, sb_ = j.nx.nodes[W]["shape"], j.nx.nodes[b]["shape"]
+    if len(sw) != 2 or tuple(sb_) != (sw[1],) or not all(isinstance(x, int) for x in sw):
+        return None, None
     # In float32 a pass over an array costs half as much and the fold's extra cost, a
     # strided pass (per-row overhead), as much: measured on the 784-256-256-256-10
     # network, folds made the float64 step 2.5-3% faster (batch 128 and 1024), the
     # float32 one no faster at batch 128 and 2% slower at batch 1024.
     if em.dtype != "float64":
-        return out
-    via = {}  # what each gradient node is the gradient of, and through which node
-    for n in steps:
-        d = j.nx.nodes[n]
-        if "grad_of" in d and "via" in d:
-            via[n] = (d["grad_of"], em.absorbed.get(d["via"], d["via"]))
-    for W, dW, b, db in pairs:
-        sw, sb_ = j.nx.nodes[W]["shape"], j.nx.nodes[b]["shape"]
-        if len(sw) != 2 or tuple(sb_) != (sw[1],) or not all(isinstance(x, int) for x in sw):
-            continue
-        # The fold saves two passes over the (N, M) output (bias add, bias-gradient sum)
-        # and costs about one over the (N, K) input: ufuncs writing and reading h beside
-        # its column of ones run 30-60% slower than on a contiguous array. Measured at
-        # batch 128, float64: a 256 -> 256 layer 16 us faster folded, a 256 -> 10 one 18 us
-        # slower; 64 -> 64 layers (50 of them, batch 64) as many instructions either way
-        # (callgrind), and their wider buffers cost memory.
-        if 2 * sw[1] < sw[0] or sw[0] < 128:
-            continue
-        # W's only forward use is a product h @ W, whose VJP made dW = h.T @ dz
-        if dW not in via or via[dW][0] != W:
-            continue
-        product = via[dW][1]
-        op = registry.get(j.nx.nodes[product]["op"]) if product in inside else None
-        if op is None or not lowering(op).bias_fold or j.args(product)[1:] != [W]:
-            continue
-        h = j.args(product)[0]
-        uses = j.consumers(product)
-        if len(uses) != 1 or j.consumers(b) != [(uses[0][0], j.args(uses[0][0]).index(b))]:
-            continue  # the bare product or the bias is read elsewhere (a derivative, say)
-        node, grad_args = uses[0][0], j.args(dW)
-        # dW = h.T @ dz, the transpose made by the product's own VJP; db the row sum of
-        # the same dz (the VJP of a bias broadcast over the rows)
-        if len(grad_args) != 2 or j.args(grad_args[0]) != [h] \
-                or j.nx.nodes[grad_args[0]].get("vjp_of") != product \
-                or via.get(db) != (b, node) or j.args(db) != grad_args[1:]:
-            continue
-        if h not in inside or j.role(h) != "op" or node not in inside \
-                or not registry.get(j.nx.nodes[h]["op"]).elementwise or not planned(h):
-            continue  # h must be written by ufunc calls: they can write beside the ones
-        if any(n in out for n in (node, product, dW, db)):
-            continue  # one bias per node (an RNN cell adds two): the first is folded
-        expr = _without_bias(j, node, product, b)
-        op = registry.get(j.nx.nodes[node]["op"])
-        if expr is not None and op.elementwise and planned(node) \
-                and _lower_node(em, node, op, expr) is not None:
-            fold = Fold(node, product, h, W, b, dW, db, expr)
-            for n in (node, product, dW, db):
-                out[n] = fold
-    return out
+        return None, f"{em.dtype} (a fold pays off in float64 only)"
+    # The fold saves two passes over the (N, M) output (bias add, bias-gradient sum)
+    # and costs about one over the (N, K) input: ufuncs writing and reading h beside
+    # its column of ones run 30-60% slower than on a contiguous array. Measured at
+    # batch 128, float64: a 256 -> 256 layer 16 us faster folded, a 256 -> 10 one 18 us
+    # slower; 64 -> 64 layers (50 of them, batch 64) as many instructions either way
+    # (callgrind), and their wider buffers cost memory.
+    k, m = sw
+    if 2 * m < k:
+        return None, f"{k} -> {m} layer narrower than half its input"
+    if k < 128:
+        return None, f"{k} -> {m} layer: input narrower than 128"
+    inside = set(steps)
+    # what each gradient node is the gradient of, and through which node
+    via = {n: (j.grad_of(n), em.absorbed.get(j.via(n), j.via(n))) for n in (dW, db)
+           if n in inside and j.grad_of(n) is not None and j.via(n) is not None}
+    # W's only forward use is a product h @ W, whose VJP made dW = h.T @ dz
+    if dW not in via or via[dW][0] != W:
+        return None, f"d{em.namer(W)} is not the gradient of one product's weight"
+    product = via[dW][1]
+    op = j.opdef(product) if product in inside else None
+    if op is None or not lowering(op).bias_fold or j.args(product)[1:] != [W]:
+        return None, f"{em.namer(W)} is not read by a product that can carry a bias"
+    h = j.args(product)[0]
+    uses = j.consumers(product)
+    if len(uses) != 1 or j.consumers(b) != [(uses[0][0], j.args(uses[0][0]).index(b))]:
+        # the bare product or the bias is read elsewhere (a derivative, say)
+        return None, "the product or the bias is read elsewhere"
+    node, grad_args = uses[0][0], j.args(dW)
+    # dW = h.T @ dz, the transpose made by the product's own VJP; db the row sum of
+    # the same dz (the VJP of a bias broadcast over the rows)
+    if len(grad_args) != 2 or j.args(grad_args[0]) != [h] \
+            or j.vjp_of(grad_args[0]) != product \
+            or via.get(db) != (b, node) or j.args(db) != grad_args[1:]:
+        return None, "the gradients are not h.T @ dz and the row sum of dz"
+    # h must be written by ufunc calls: they can write beside the column of ones
+    if h not in inside or j.is_leaf(h) or node not in inside \
+            or not j.opdef(h).elementwise or not planned(h):
+        return None, f"its input {em.namer(h)} is not written by ufunc calls"
+    if any(n in taken for n in (node, product, dW, db)):
+        # one bias per node (an RNN cell adds two): the first is folded
+        return None, f"{em.namer(node)} already carries another folded bias"
+    expr = _without_bias(j, node, product, b)
+    op = j.opdef(node)
+    if expr is None or not op.elementwise or not planned(node) \
+            or _lower_node(em, node, op, expr) is None:
+        return None, f"{em.namer(node)} cannot be written without the bias as ufunc calls"
+    return Fold(node, product, h, W, b, dW, db, expr), \
+        f"{em.namer(product)} = {em.namer(h)} @ {em.namer(W)} + {em.namer(b)} as one product"
+
+
+def flat_pairs(adj) -> list[tuple[str, str, str, str]]:
+    """``(W, dW, b, db)`` for each two parameters one after the other in ``adj.wrt`` (the
+    order of the training step's flat buffers), each with a gradient node of its own: the
+    layers :func:`plan_function` may fold (``pairs``)."""
+    grads = [adj.adjoint[w] for w in adj.wrt]
+    uses = Counter(grads)
+    own = {w for w, n in zip(adj.wrt, grads) if uses[n] == 1}
+    return [(w, adj.adjoint[w], b, adj.adjoint[b]) for w, b in itertools.pairwise(adj.wrt)
+            if w in own and b in own]
 
 
 def _without_bias(j, node: str, product: str, b: str):
     """``node``'s expression with ``x + b`` replaced by ``x`` (x: the product), when the two
     appear only as that sum: ``((symbols, expression), arguments)``, or ``None``."""
-    op = registry.get(j.nx.nodes[node]["op"])
+    op = j.opdef(node)
     syms, e = op.code_expr(j.nx.nodes[node]["attrs"])
     args = j.args(node)
     if args.count(product) != 1 or args.count(b) != 1:
@@ -320,18 +399,377 @@ def _sum_as_one(e, x, xb):
     return e2.xreplace({u: x})
 
 
+# -- the decisions: one per step of a planned function ----------------------------------
+
+@dataclass(frozen=True)
+class Decision:
+    """How the planned function computes one step (a node), and why."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class Plain(Decision):
+    """The node's plain statement (:meth:`Emitter.rhs`): a new array or scalar, or a
+    gradient written into the caller's array with ``[...] =``."""
+
+
+@dataclass(frozen=True)
+class Lowered(Decision):
+    """NumPy calls writing into the node's buffer (``out=``): ufunc calls of its
+    elementwise expression, or its op's own call.
+
+    ``lines`` are ``(code, codes read, code written)`` with scratch placeholders, bound to
+    buffers of their own (``wanted``: shape and kind of each) after the node's. ``own``:
+    the node gets a buffer of the workspace (``False``: it writes the caller's gradient
+    array); ``any_layout``: only calls that write any memory layout write it (see
+    :func:`_width`); ``overwrites``: the argument whose buffer it takes over (in place);
+    ``ones``: the fold whose input ``h`` this is (its buffer is ``[h, 1]``)."""
+
+    lines: tuple = ()
+    wanted: tuple = ()
+    own: bool = True
+    any_layout: bool = True
+    overwrites: str | None = None
+    ones: Fold | None = None
+
+
+@dataclass(frozen=True)
+class WithGrad(Decision):
+    """The op's one call computing the value and writing the gradient node ``grad``."""
+
+    grad: str = ""
+
+
+@dataclass(frozen=True)
+class FoldProduct(Decision):
+    """``[h, 1] @ [W; b]``: the product of a fold, with the bias added."""
+
+    fold: Fold | None = None
+
+
+@dataclass(frozen=True)
+class FoldGrads(Decision):
+    """``[h, 1].T @ dz``: the gradients of a fold's weight and bias in one product."""
+
+    fold: Fold | None = None
+
+
+@dataclass(frozen=True)
+class BiasOnly(Decision):
+    """A fold's ``h @ W + b`` itself: nothing is left to compute, the product's buffer is
+    the node's."""
+
+    fold: Fold | None = None
+
+
+@dataclass(frozen=True)
+class Skipped(Decision):
+    """Computed by another step (the reason says which), or read by nothing."""
+
+
+@dataclass
+class Plan:
+    """What :func:`plan_function` works out, phase by phase, for one function."""
+
+    steps: list  # the computed nodes, in order
+    leaves: list
+    into: dict  # gradient node -> the caller's array it is written into
+    last: dict  # node -> the last step reading it (liveness)
+    together: dict  # value node -> its gradient node, computed in one call
+    folds: dict  # node -> the Fold changing it
+    fold_choices: list
+    decisions: dict = field(default_factory=dict)  # node -> Decision
+    scaled: bool = False
+
+    def explain(self, em: Emitter) -> list[str]:
+        """One line per decision on a fold, then one per step not written by out= calls
+        (lowered steps are the rule; these are where the plan does something else)."""
+        out = [c.text(em) for c in self.fold_choices]
+        for n in self.steps:
+            d = self.decisions[n]
+            if not isinstance(d, Lowered):
+                out.append(f"{em.namer(n)}: {type(d).__name__}: {d.why}")
+        return out
+
+
+def _reads(em: Emitter, n: str) -> list[str]:
+    """The computed nodes whose values ``n`` reads (through inlined views)."""
+    out = []
+    for a in em.j.args(n):
+        out += _reads(em, a) if em.inline(a) and em.j.nx.nodes[a]["op"] != "const" else [a]
+    return out
+
+
+def _liveness(em: Emitter, steps: list[str], targets: list[str], together: dict) -> dict:
+    """The last step reading each value (``len(steps)`` for the function's results)."""
+    j, last = em.j, {}
+    for i, n in enumerate(steps):
+        for a in _reads(em, n):
+            last[a] = i
+    for t in targets:
+        last[t] = len(steps)
+    # A structural op computed the plain way may return a view of its argument (h.T used
+    # twice, x.reshape(...), np.broadcast_to): the argument's buffer lives as long as it.
+    for n in reversed(steps):
+        op = j.opdef(n)
+        if op is not None and not op.elementwise and lowering(op).out is None and n in last \
+                and n not in together:  # (those return a new scalar)
+            for a in _reads(em, n):
+                last[a] = max(last.get(a, -1), last[n])
+    return last
+
+
 def _out_op(op) -> bool:
-    return lowering(op).expr is None or lowering(op).out is not None
+    """Whether an op can write into a given array: ufunc calls of its elementwise
+    expression, or its own ``out=`` call."""
+    low = lowering(op)
+    return op.elementwise and low.expr is None or low.out is not None
+
+
+def _decide(em: Emitter, p: Plan, unread: set, unused: set, lowered) -> None:
+    """One :class:`Decision` per step, in order. Whether a step may overwrite an argument
+    depends on which earlier values hold a buffer still alive: tracked here as the
+    buffers will be handed out (:func:`_assign`)."""
+    into, folds = p.into, p.folds
+    sources = {f.h: f for f in folds.values()}
+    held = set()  # values holding a buffer of the workspace now
+    for i, n in enumerate(p.steps):
+        f = folds.get(n)
+        if n in p.together.values() or n in unread:
+            dec = Skipped("computed with its value, in one call")
+        elif n in unused:
+            dec = Skipped("a transpose of a fold's input: its products read [h, 1].T")
+        elif n in p.together:
+            dec = WithGrad(f"computes {em.namer(p.together[n])} in the same call",
+                           p.together[n])
+        elif f is not None and n == f.db:
+            dec = Skipped("the last row of [dW; db], written with dW")
+        elif f is not None and n == f.dW:
+            dec = FoldGrads("weight and bias gradients in one product", f)
+        elif f is not None and n == f.product:
+            dec = FoldProduct("the bias rides in the product", f)
+        elif f is not None and f.bias_only() and n not in sources:
+            dec = BiasOnly("h @ W + b itself: the product already added the bias", f)
+        elif lowered(n) is None:
+            dec = Plain(_plain_reason(em, n))
+        else:
+            dec = _lowered(em, p, i, n, sources, held, lowered)
+        p.decisions[n] = dec
+        # the values holding a buffer after this step (as _assign hands them out)
+        if isinstance(dec, WithGrad) and dec.grad not in into:
+            held.add(dec.grad)
+        elif isinstance(dec, FoldProduct) or isinstance(dec, Lowered) and dec.own:
+            held.add(n)
+            held.discard(getattr(dec, "overwrites", None))
+        elif isinstance(dec, BiasOnly):
+            held.discard(f.product)
+            held.add(n)
+        for a in set(_reads(em, n)):
+            if p.last.get(a) == i:
+                held.discard(a)
+
+
+def _plain_reason(em: Emitter, n: str) -> str:
+    """Why step ``n`` is not written by ``out=`` calls."""
+    j = em.j
+    d = j.nx.nodes[n]
+    if j.is_leaf(n):
+        return "a constant"
+    if d["shape"] == ():
+        return "a scalar"
+    if d["dtype"] != "float":
+        return "not floats"
+    if not _out_op(j.opdef(n)):
+        return f"{j.opdef(n).name} has no out= form"
+    return "its expression has a function the ufunc lowering does not know"
+
+
+def _lowered(em: Emitter, p: Plan, i: int, n: str, sources: dict, held: set,
+             lowered) -> Lowered:
+    """The decision for step ``i``, ``n``, written by ``out=`` calls: into the caller's
+    array, over an argument (in place), or into a buffer of its own. ``sources``: the
+    inputs ``h`` of folds; ``held``: the values holding a buffer now."""
+    j = em.j
+    d, op, f = j.nx.nodes[n], j.opdef(n), p.folds.get(n)
+    lines, wanted = lowered(n)
+    out = em.code(n)
+    if n in p.into:
+        return Lowered("out= calls into the caller's array", lines, wanted, own=False)
+    # Overwrite an argument in place when this is its last read and the ufunc calls read
+    # it before they write. Not with a product (BLAS cannot write over its operand: NumPy
+    # would copy it), nor into or out of the buffer of an h of a fold (written beside its
+    # column of ones, strided in the plain layout: ufuncs run slower there than on a
+    # contiguous array). Only an argument read directly: one read through a view (h.T) is
+    # another layout of the same memory, which the calls would overwrite under it.
+    chosen = next((a for a in dict.fromkeys(j.args(n))
+                   if a in held and p.last.get(a) == i and op.elementwise
+                   and a not in sources and j.nx.nodes[a]["shape"] == d["shape"]
+                   and alias_safe(lines, out, em.code(a))), None)
+    if chosen is not None and n not in sources:
+        return Lowered(f"out= calls over {em.namer(chosen)}, read for the last time", lines,
+                       wanted, overwrites=chosen)
+    any_layout = lowering(op).out is None or f is not None or lowering(op).any_layout
+    ones = sources.get(n)
+    why = "out= calls into a buffer of its own"
+    if ones is not None:
+        why = "out= calls into a buffer beside a column of ones (input of a folded product)"
+    if chosen is not None and len(lines) > 1 and ones is not None:
+        # an h of a fold: the calls run in the contiguous buffer of the argument, the
+        # last writes beside the column of ones
+        staged, staged_wanted = _lower_node(em, n, op, f.expr if f else None,
+                                            out=em.code(chosen))
+        code, reads_, dest = staged[-1]
+        if code.endswith(f"out={dest})"):
+            lines = (*staged[:-1], (code[:-len(dest) - 1] + f"{out})", reads_, out))
+            wanted = staged_wanted
+            why += f", computed in {em.namer(chosen)}'s buffer first"
+    return Lowered(why, tuple(lines), wanted, any_layout=any_layout, ones=ones)
+
+
+# -- buffers: the workspace each step writes ------------------------------------------------
+
+@dataclass
+class _Buffers:
+    """The buffer assignment of a planned function: which buffer each value holds, the
+    names bound to each buffer, the buffers with a column of ones, and each step's calls
+    with their scratch buffers bound."""
+
+    owner: dict = field(default_factory=dict)  # value -> index of the buffer it holds now
+    binds: dict = field(default_factory=dict)  # buffer index -> names bound to it
+    ones: dict = field(default_factory=dict)  # buffer index -> code of [h, 1]
+    lines: dict = field(default_factory=dict)  # step -> its calls, scratch bound
+    home: dict = field(default_factory=dict)  # value -> the buffer it was written into
+
+
+def _assign(em: Emitter, p: Plan, pool: Pool) -> _Buffers:
+    """Hand out the workspace's buffers, step by step: a buffer is alive from the step
+    that first writes it to the last step that reads a value it holds."""
+    j, into = em.j, p.into
+    b = _Buffers()
+
+    def take(n, i, any_layout, ones=None):  # a fresh buffer for n's value, named after it
+        # any_layout: only calls that write into any memory layout write n (see _width)
+        shape = j.nx.nodes[n]["shape"]
+        width = _width(shape) if any_layout else None
+        if ones is not None:  # with a column of ones beside it
+            rows, cols = shape
+            b.owner[n] = pool.take((rows, cols + 1), "f", i, width)
+            b.ones[b.owner[n]] = ones.names(em)[0]
+        else:
+            b.owner[n] = pool.take(shape, "f", i, width)
+        b.home[n] = b.owner[n]
+        b.binds.setdefault(b.owner[n], []).append(em.namer(n))
+
+    def move(src, n):  # n's value takes over the buffer of src
+        b.owner[n] = b.home[n] = b.owner.pop(src)
+        b.binds.setdefault(b.owner[n], []).append(em.namer(n))
+
+    for i, n in enumerate(p.steps):
+        dec = p.decisions[n]
+        if isinstance(dec, WithGrad):
+            if dec.grad not in into:
+                take(dec.grad, i, False)
+            else:
+                pool.writes.setdefault(into[dec.grad], i)
+        elif isinstance(dec, FoldGrads):
+            pool.writes[into[dec.fold.dW]] = pool.writes[into[dec.fold.db]] = i
+        elif isinstance(dec, FoldProduct):
+            take(n, i, lowering(j.opdef(n)).any_layout)
+        elif isinstance(dec, BiasOnly):
+            move(dec.fold.product, n)
+        elif isinstance(dec, Lowered):
+            if dec.overwrites is not None:
+                move(dec.overwrites, n)
+            elif dec.own:
+                take(n, i, dec.any_layout, dec.ones)
+            b.lines[n] = _bind_scratch(list(dec.lines), dec.wanted, pool, i)  # after n's own
+        for a in set(_reads(em, n)):  # values read for the last time free their buffers
+            if p.last.get(a) == i and a in b.owner:
+                pool.keep(b.owner.pop(a), i)
+        if n in into:
+            pool.writes.setdefault(into[n], i)
+    pool.end = len(p.steps)
+    pool.sizes = sorted({x for buf in pool.buffers for x in buf.shape if isinstance(x, str)})
+    for k in b.owner.values():  # values read by the caller (the loss): alive to the end
+        pool.keep(k, pool.end)
+    return b
+
+
+# -- text ------------------------------------------------------------------------------------
+
+def _text(em: Emitter, p: Plan, b: _Buffers, of, marker: bool) -> list[str]:
+    """The statements of the steps, in order; with ``marker``, a comment where the
+    backward pass starts (as in the plain value_and_grad)."""
+    j, into, body = em.j, p.into, []
+    started = not marker
+
+    def product(f, x, y, shapes, out):  # x @ y, written by the op of the fold's product
+        op = j.opdef(f.product)
+        return em.use(op, lowering(op).out([x, y], j.nx.nodes[f.product]["attrs"], out, shapes))
+
+    for n in p.steps:
+        dec = p.decisions[n]
+        comment = em.comment(n, of) if of else ""
+        nm = em.namer
+        if not started and j.is_backward(n) and not isinstance(dec, (Skipped, BiasOnly)) \
+                and (not isinstance(dec, Plain) or em.rhs(n)):
+            body.append("# backward: gradients in reverse order of the forward pass")
+            started = True
+        if isinstance(dec, WithGrad):
+            op, c = j.opdef(n), dec.grad
+            args = j.args(c)
+            seed = "scale" if p.scaled and n == of else em.rhs(args[-1])  # a constant
+            call = em.use(op, lowering(op).with_grad([em.code(a) for a in args[:-1]],
+                                                     j.nx.nodes[n]["attrs"], seed, em.code(c)))
+            body.append(f"{nm(n)} = {call}  # and {nm(c)}, its gradient")
+        elif isinstance(dec, FoldGrads):
+            f = dec.fold
+            hb, _, grads = f.names(em)
+            dz = j.args(n)[1]
+            call = product(f, hb + ".T", em.code(dz),
+                           [_ones_shape(j, f.h)[::-1], j.nx.nodes[dz]["shape"]], grads)
+            h, w, bias, o = (nm(x) for x in (f.h, f.W, f.b, of or "L"))
+            body.append(f"{call}  # d{o}/d{w}, d{o}/d{bias} via {nm(f.product)} = "
+                        f"{h} @ {w} + {bias}")
+        elif isinstance(dec, FoldProduct):
+            f = dec.fold
+            hb, block, _ = f.names(em)
+            call = product(f, hb, block, [_ones_shape(j, f.h), _ones_shape(j, f.W)], em.code(n))
+            h, w, bias = (nm(x) for x in (f.h, f.W, f.b))
+            body.append(f"{call}  # {nm(n)} = {h} @ {w} + {bias}, as [{h}, 1] @ [{w}; {bias}]")
+        elif isinstance(dec, Plain):
+            rhs = em.rhs(n)
+            target = f"{into[n]}[...]" if n in into else nm(n)
+            if rhs:
+                body.append(f"{target} = {rhs}" + (f"  # {safe_text(comment)}" if comment else ""))
+        elif isinstance(dec, Lowered):
+            lines = b.lines[n]
+            if any("_constant(" in code for code, _, _ in lines):
+                em.helpers.setdefault("_constant", CONSTANT)
+            if comment:
+                lines[-1] = (lines[-1][0] + f"  # {safe_text(comment)}",) + lines[-1][1:]
+            body += [ln for ln, _, _ in lines]
+            if dec.ones is not None:
+                h, (_, block, _) = nm(n), dec.ones.names(em)
+                body.append(f"{b.ones[b.home[n]]}[:, -1] = 1  # [{h}, 1] @ {block} adds "
+                            "the bias in the product")
+    return body
 
 
 def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], doc: str,
                   of: str | None = None, scalable: bool = False,
-                  pairs=()) -> tuple[Function, Pool]:
+                  pairs=(), marker: bool = False) -> tuple[Function, Pool]:
     """Statements computing ``targets`` with every array in a planned buffer.
 
     The nodes in ``into`` (the gradients) are written into arrays the caller
     passes, as parameters named after those nodes (``dW1``). Returns the
-    function and the pool of workspace buffers it uses (see :func:`workspace_source`).
+    function and the pool of workspace buffers it uses (see :func:`workspace_source`);
+    ``pool.plan`` keeps the decisions (:meth:`Plan.explain`).
+
+    The work goes in phases: liveness (the last step reading each value), one
+    :class:`Decision` per step (plain, lowered to ``out=`` calls, in place, value with
+    gradient, a fold's product or gradients, skipped), buffer assignment, then text.
 
     With ``scalable``, when the loss ``of`` computes its own gradient in one call and
     every other adjoint flows from that one, the function takes ``scale=1.0`` as the
@@ -343,190 +781,67 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
     ``f(h @ W + b)`` is then computed with its bias inside the product (:class:`Fold`);
     the function takes ``[W; b]`` after ``W`` instead of ``b``, and ``[dW; db]`` in
     place of ``dW`` and ``db`` (``pool.folds``).
+
+    ``marker``: a comment where the backward pass starts.
     """
-    into = {n: em.namer(n) for n in into}
     j = em.j
+    into = {n: em.namer(n) for n in into}
     need = j.ancestors(targets)
+    # The zero gradient of a leaf the loss does not use, np.broadcast_to(0.0, (N, 3)),
+    # reads no node; the leaf is passed all the same when its shape binds a size name
+    # (as Emitter.function does).
+    need |= {a for a in (j.adjoint_of(n) for n in need)
+             if a in j.nx and j.role(a) in ("input", "param")
+             and any(isinstance(s, str) for s in j.nx.nodes[a]["shape"])}
     order = [n for n in em.order if n in need]
     leaves = sorted((n for n in order if j.role(n) in ("input", "param")),
                     key=em.index.__getitem__)
     steps = [n for n in order if j.role(n) not in ("input", "param") and not em.inline(n)]
-
-    def reads(n):  # the computed nodes whose values n reads (through inlined views)
-        out = []
-        for a in j.args(n):
-            out += reads(a) if em.inline(a) and j.nx.nodes[a]["op"] != "const" else [a]
-        return out
-
-    last = {}
-    for i, n in enumerate(steps):
-        for a in reads(n):
-            last[a] = i
-    for t in targets:
-        last[t] = len(steps)
-    # A structural op computed the plain way may return a view of its argument (h.T used
-    # twice, x.reshape(...), np.broadcast_to): the argument's buffer lives as long as it.
     together = _with_grad(em, steps)  # value node -> its gradient, computed in one call
-    for n in reversed(steps):
-        op = registry.get(j.nx.nodes[n]["op"]) if j.role(n) == "op" else None
-        if op is not None and not op.elementwise and lowering(op).out is None and n in last \
-                and n not in together:  # (those return a new scalar)
-            for a in reads(n):
-                last[a] = max(last.get(a, -1), last[n])
-    pool, owner, body, binds = Pool(), {}, [], {}  # owner: node -> buffer index
-    ones = {}  # buffer index -> code of [h, 1]: the buffer of h, a column of ones beside it
+    p = Plan(steps, leaves, into, _liveness(em, steps, targets, together), together, {}, [])
     seeds = {j.args(c)[-1] for c in together.values()}  # constants they take as numbers
     unread = {g for g in seeds if {c for c, _ in j.consumers(g)} <= set(together.values())}
-    pool.scaled = scalable and of in together and j.args(together[of])[-1] in unread
-    lowered, folds = {}, {}
+    p.scaled = scalable and of in together and j.args(together[of])[-1] in unread
+    cache = {}
 
-    def planned(n):
+    def lowered(n):
         """n's out= calls and scratch buffers, worked out once (they decide whether n is
         planned and whether it can overwrite an argument, and are then the code), or None."""
-        if n not in lowered:
-            d = j.nx.nodes[n]
-            op = registry.get(d["op"]) if d["op"] != "const" else None
+        if n not in cache:
+            d, op = j.nx.nodes[n], j.opdef(n)
             ok = (op is not None and _out_op(op) and d["shape"] != () and d["dtype"] == "float"
                   and n not in together and n not in together.values() and n not in unread)
-            fold = folds.get(n)
-            lowered[n] = _lower_node(em, n, op, fold.expr if fold else None) if ok else None
-        return lowered[n]
+            fold = p.folds.get(n)
+            cache[n] = _lower_node(em, n, op, fold.expr if fold else None) if ok else None
+        return cache[n]
 
-    folds.update(_folds(em, steps, pairs, planned))
-    for f in folds.values():  # lowered again, with the bias in the product
-        lowered.pop(f.node, None)
-    sources = {f.h: f for f in folds.values()}  # h -> a fold reading [h, 1]
+    folds, p.fold_choices = _folds(em, steps, pairs, lowered)
+    p.folds.update(folds)
+    for f in p.folds.values():  # lowered again, with the bias in the product
+        cache.pop(f.node, None)
     # an h.T of its own (two products of h share it) that only folded products read, which
     # read [h, 1].T instead
-    transposes = {j.args(f.dW)[0] for f in folds.values()}
+    transposes = {j.args(f.dW)[0] for f in p.folds.values()}
     unused = {t for t in transposes if not em.inline(t) and t not in targets
-              and all(c in folds and c == folds[c].dW for c, _ in j.consumers(t))}
-    fn = Function(name, _fold_params(em, leaves, into, folds), doc)
+              and all(c in p.folds and c == p.folds[c].dW for c, _ in j.consumers(t))}
+    pool = Pool(scaled=p.scaled, plan=p)
+    fn = Function(name, _fold_params(em, leaves, into, p.folds), doc)
     if pool.scaled:
         fn.params.append("scale=1.0")
-    for f in dict.fromkeys(folds.values()):
+    for f in dict.fromkeys(p.folds.values()):
         _, block, grads = f.names(em)
         pool.folds.append((f.W, f.b, block, grads))
-
-    def buffer_for(n, i, any_layout):  # a fresh buffer for n's value, named after it
-        # any_layout: only calls that write into any memory layout write n (see _width)
-        d = j.nx.nodes[n]
-        width = _width(d["shape"]) if any_layout else None
-        if n in sources:  # with a column of ones beside it
-            rows, cols = d["shape"]
-            owner[n] = pool.take((rows, cols + 1), "f", i, width)
-            ones[owner[n]] = sources[n].names(em)[0]
-        else:
-            owner[n] = pool.take(d["shape"], "f", i, width)
-        binds.setdefault(owner[n], []).append(em.namer(n))
-
-    def product(f, a, b, shapes, out):  # a @ b, written by the op of the fold's product
-        op = registry.get(j.nx.nodes[f.product]["op"])
-        return em.use(op, lowering(op).out([a, b], j.nx.nodes[f.product]["attrs"], out, shapes))
-
-    for i, n in enumerate(steps):
-        d = j.nx.nodes[n]
-        op = registry.get(d["op"]) if d["op"] != "const" else None
-        comment = em.comment(n, of) if of else ""
-        f = folds.get(n)
-        if n in together.values() or n in unread:
-            pass  # computed with its value, above
-        elif n in unused:
-            pass  # h.T of a fold: its products read [h, 1].T
-        elif n in together:
-            c = together[n]
-            if c not in into:
-                buffer_for(c, i, False)
-            else:
-                pool.writes.setdefault(into[c], i)
-            args = j.args(c)
-            seed = "scale" if pool.scaled and n == of else em.rhs(args[-1])  # a constant
-            call = em.use(op, lowering(op).with_grad([em.code(a) for a in args[:-1]], d["attrs"],
-                                                 seed, em.code(c)))
-            body.append(f"{em.namer(n)} = {call}  # and {em.namer(c)}, its gradient")
-        elif f is not None and n == f.db:
-            pass  # the last row of [dW; db], written with dW
-        elif f is not None and n == f.dW:
-            hb, _, grads = f.names(em)
-            pool.writes[into[f.dW]] = pool.writes[into[f.db]] = i
-            dz = j.args(n)[1]
-            call = product(f, hb + ".T", em.code(dz),
-                           [_ones_shape(j, f.h)[::-1], j.nx.nodes[dz]["shape"]], grads)
-            h, w, b, o = (em.namer(x) for x in (f.h, f.W, f.b, of or "L"))
-            body.append(f"{call}  # d{o}/d{w}, d{o}/d{b} via {em.namer(f.product)} = "
-                        f"{h} @ {w} + {b}")
-        elif f is not None and n == f.product:
-            hb, block, _ = f.names(em)
-            buffer_for(n, i, lowering(op).any_layout)
-            call = product(f, hb, block, [_ones_shape(j, f.h), _ones_shape(j, f.W)], em.code(n))
-            h, w, b = (em.namer(x) for x in (f.h, f.W, f.b))
-            body.append(f"{call}  # {em.namer(n)} = {h} @ {w} + {b}, as [{h}, 1] @ [{w}; {b}]")
-        elif f is not None and f.bias_only() and n not in sources:
-            # nothing left to compute (logits = h @ W + b): the product's buffer is n's
-            owner[n] = owner.pop(f.product)
-            binds[owner[n]].append(em.namer(n))
-        elif not planned(n):
-            rhs = em.rhs(n)
-            target = f"{into[n]}[...]" if n in into else em.namer(n)
-            if rhs:
-                body.append(f"{target} = {rhs}" + (f"  # {safe_text(comment)}" if comment else ""))
-        else:
-            lines, wanted = planned(n)
-            out = em.code(n)
-            if n not in into:
-                # Overwrite an argument in place when this is its last read and the ufunc
-                # calls read it before they write. Not with a product (BLAS cannot write
-                # over its operand: NumPy would copy it), nor into or out of the buffer of an
-                # h of a fold (written beside its column of ones, strided in the plain layout:
-                # ufuncs run slower there than on a contiguous array).
-                # Only an argument read directly: one read through a view (h.T) is another
-                # layout of the same memory, which the calls would overwrite under it.
-                chosen = next((a for a in dict.fromkeys(j.args(n))
-                               if a in owner and last.get(a) == i and op.elementwise
-                               and a not in sources and j.nx.nodes[a]["shape"] == d["shape"]
-                               and alias_safe(lines, out, em.code(a))), None)
-                if chosen is not None and n not in sources:
-                    owner[n] = owner.pop(chosen)
-                    binds.setdefault(owner[n], []).append(em.namer(n))
-                else:  # ufunc calls, or the op's own call (fold: ufuncs)
-                    buffer_for(n, i, lowering(op).out is None or f is not None
-                               or lowering(op).any_layout)
-                    if chosen is not None and len(lines) > 1:
-                        # an h of a fold: the calls run in the contiguous buffer of the
-                        # argument, the last writes beside the column of ones
-                        lines, wanted = _lower_node(em, n, op, f.expr if f else None,
-                                                    out=em.code(chosen))
-                        code, reads_, dest = lines[-1]
-                        if code.endswith(f"out={dest})"):
-                            lines[-1] = (code[:-len(dest) - 1] + f"{out})", reads_, out)
-                        else:  # np.copyto(dest, value): straight into n's own buffer
-                            lines, wanted = planned(n)
-            lines = _bind_scratch(lines, wanted, pool, i)  # after n's own buffer, as used
-            if any("_constant(" in code for code, _, _ in lines):
-                em.helpers.setdefault("_constant", CONSTANT)
-            if comment:
-                lines[-1] = (lines[-1][0] + f"  # {safe_text(comment)}",) + lines[-1][1:]
-            body += [ln for ln, _, _ in lines]
-            if n in sources:
-                h, (_, block, _) = em.namer(n), sources[n].names(em)
-                body.append(f"{ones[owner[n]]}[:, -1] = 1  # [{h}, 1] @ {block} adds the bias "
-                            "in the product")
-        for a in set(reads(n)):  # values read for the last time free their buffers
-            if last.get(a) == i and a in owner:
-                pool.keep(owner.pop(a), i)
-        if n in into:
-            pool.writes.setdefault(into[n], i)
-    ws_sizes = sorted({x for shape, *_ in pool.buffers for x in shape if isinstance(x, str)})
-    pool.end, pool.sizes = len(steps), ws_sizes
-    for k in owner.values():  # values read by the caller (the loss): alive to the end
-        pool.keep(k, pool.end)
-    ws_call = f"_ws = _workspace({', '.join(ws_sizes)})[0]"
+    _decide(em, p, unread, unused, lowered)
+    buffers = _assign(em, p, pool)
+    body = _text(em, p, buffers, of, marker)
+    ws_call = f"_ws = _workspace({', '.join(pool.sizes)})[0]"
     fn.body = em.bind_sizes(name, leaves, [*body, ws_call]) + [ws_call]
-    for k in sorted(binds):
-        if k in ones:
-            fn.body += [f"{ones[k]} = _ws[{k}]", " = ".join(binds[k]) + f" = {ones[k]}[:, :-1]"]
+    for k in sorted(buffers.binds):
+        if k in buffers.ones:
+            ones = buffers.ones[k]
+            fn.body += [f"{ones} = _ws[{k}]", " = ".join(buffers.binds[k]) + f" = {ones}[:, :-1]"]
         else:
-            fn.body.append(" = ".join(binds[k]) + f" = _ws[{k}]")
+            fn.body.append(" = ".join(buffers.binds[k]) + f" = _ws[{k}]")
     fn.body += body
     return fn, pool
 
@@ -635,100 +950,20 @@ def _lower_node(em: Emitter, n: str, op, expr=None, out=None) -> tuple[list, tup
 
 
 def _with_grad(em: Emitter, steps: list[str]) -> dict:
-    """Nodes whose op computes its value and gradient in one call (``numpy_with_grad``),
+    """Nodes whose op computes its value and gradient in one call (``with_grad``),
     paired with the gradient node its VJP made, when that gradient reads the same
     arguments and an incoming adjoint known by then (the loss's seed)."""
     j, out = em.j, {}
     for n in steps:
-        d = j.nx.nodes[n]
-        if d["op"] in registry.LEAVES or lowering(registry.get(d["op"])).with_grad is None:
+        if j.is_leaf(n) or lowering(j.opdef(n)).with_grad is None:
             continue
         for c in steps:
             args = j.args(c)
             g = j.nx.nodes[args[-1]] if args else {}
-            if j.nx.nodes[c].get("vjp_of") == n and args[:-1] == j.args(n) \
+            if j.vjp_of(c) == n and args[:-1] == j.args(n) \
                     and g.get("op") == "const" and g["shape"] == ():
                 out[n] = c
     return out
-
-
-# NumPy's maximum and minimum run vectorized loops against an array but not against a
-# number: np.maximum(z, 0) measured 2-3x slower than np.maximum(z, zeros) (1024 x 256
-# float32: 140 us against 52; 128 x 256 float64: 14 against 10), so relu compares with a
-# read-only array of zeros made once per shape and layout (against a C-ordered array, a
-# transposed z runs 4x slower: one strided loop per row).
-CONSTANT = '''_CONSTANTS = {}
-
-
-def _constant(value, like):
-    """A read-only array of like's shape, dtype and layout filled with value, made once
-    (NumPy's maximum and minimum against it run vectorized; against a number they do not)."""
-    order = "F" if np.isfortran(like) else "C"
-    key = (value, like.shape, like.dtype, order)
-    v = _CONSTANTS.get(key)
-    if v is None:
-        v = _CONSTANTS[key] = np.full(like.shape, value, like.dtype, order)
-        v.flags.writeable = False
-    return v
-'''
-
-
-# Where every buffer of a step goes, decided once per batch size when the workspace is
-# made (the sizes are known only then). Greedy by size, as static memory planners do
-# (TensorFlow Lite's arena planner, XLA's heap simulator): largest first, each at the
-# lowest offset where it overlaps no buffer alive at one of its steps.
-# The layout is decided there too. OpenBLAS computes a row-major product C = A @ B as the
-# column-major C.T = B.T @ A.T, so for a layer's (N, M) result N is its n dimension; a
-# result stored transposed, as an (M, N) array seen through .T, makes M the n dimension.
-# Measured on 2-core AMD EPYC (OpenBLAS 0.3.31, Haswell kernels) for M = 128, 256 and
-# K = 128 to 784: the products ran 10-30% faster (float32 and float64) with the longer of
-# N and M as n, and up to 2x slower with the shorter; equal sizes tied. So a buffer with
-# a width (a layer at least 128 wide, written only by ufunc calls and np.matmul) is
-# stored transposed when the batch is narrower than the layer, and as it is otherwise.
-# Every buffer of a layer has the layer's width, so its ufunc calls see one layout: one
-# contiguous loop each, and the column of ones of a fold becomes a contiguous row.
-PACK = '''def _pack(arrays, grads, blocks=(), align=64):
-    """Views of one arena for the arrays of a step. grads: (name, shape, first step
-    written) of the gradients, laid out first and consecutive: one flat buffer, so an
-    update is one NumPy call. arrays: (shape, dtype, first step, last step, width) of the
-    other buffers; an (N, M) array with a width is stored transposed, as an (M, N) array
-    seen through .T, when N < width. Two buffers share bytes only if no step uses both;
-    an array may lie over a gradient written after its last step. blocks: pairs (w, b) of
-    consecutive gradients of shapes (K, M) and (M,), viewed together as one (K + 1, M)
-    array [w; b]. Returns (array views, flat gradient buffer, gradient views by name,
-    blocks by pair)."""
-    itemsize = np.dtype(DTYPE).itemsize
-    size = [int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype, *_ in arrays]
-    count = [int(np.prod(shape)) for _, shape, _ in grads]
-    end = max([a[3] for a in arrays] + [first for *_, first in grads], default=0) + 1
-    placed, at = [], 0  # (start byte, end byte, first step, last step)
-    for n, (_, _, first) in zip(count, grads):
-        placed.append((at, at + n * itemsize, first, end))
-        at += n * itemsize
-    offset = [0] * len(arrays)
-    for i in sorted(range(len(arrays)), key=lambda i: -size[i]):
-        _, _, first, last, _ = arrays[i]
-        for lo, hi, _, _ in sorted(p for p in placed if p[2] <= last and first <= p[3]):
-            if offset[i] + size[i] <= lo:
-                break
-            offset[i] = max(offset[i], -(-hi // align) * align)
-        placed.append((offset[i], offset[i] + size[i], first, last))
-    arena = np.empty(max([hi for _, hi, _, _ in placed], default=0), np.uint8)
-    views = []
-    for o, n, (shape, dtype, _, _, width) in zip(offset, size, arrays):
-        view = arena[o:o + n].view(dtype)
-        transposed = width is not None and shape[0] < width
-        views.append(view.reshape(shape[::-1]).T if transposed else view.reshape(shape))
-    flat = arena[:at].view(DTYPE)
-    named, starts, start = {}, {}, 0
-    for n, (name, shape, _) in zip(count, grads):
-        named[name] = flat[start:start + n].reshape(shape)
-        starts[name] = start
-        start += n
-    joined = {(w, b): flat[starts[w]:starts[b] + named[b].size].reshape(-1, named[b].size)
-              for w, b in blocks}
-    return views, flat, named, joined
-'''
 
 
 def workspace_source(em: Emitter, pool: Pool, grads=()) -> str:
@@ -739,10 +974,10 @@ def workspace_source(em: Emitter, pool: Pool, grads=()) -> str:
     sizes = pool.sizes
     key = ", ".join(sizes) + ("," if len(sizes) == 1 else "")
     rows = []
-    for i, (shape, kind, first, last, width) in enumerate(pool.buffers):
-        dt = "DTYPE" if kind == "f" else "bool"
-        rows.append(f"                ({fmt_shape(shape)}, {dt}, {first}, {last}, {width}),"
-                    f"  # _ws[{i}]")
+    for i, buf in enumerate(pool.buffers):
+        dt = "DTYPE" if buf.kind == "f" else "bool"
+        rows.append(f"                ({fmt_shape(buf.shape)}, {dt}, {buf.first}, {buf.last}, "
+                    f"{buf.width}),  # _ws[{i}]")
     grad_rows = [f"                ({name!r}, {fmt_shape(shape)}, "
                  f"{pool.writes.get(code, pool.end)}),"
                  for name, shape, code in grads]

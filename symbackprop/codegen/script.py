@@ -21,12 +21,11 @@ import networkx as nx
 from .. import __version__ as _version
 from ..errors import CodegenError
 from ..graph import Graph, fmt_shape
-from .emit import Function, safe_text
+from .emit import Function, call_lines, safe_text
 from .module import (
     Model,
     assemble,
     build_model,
-    call_lines,
     params_of,
     step_blocks,
     step_doc,
