@@ -292,7 +292,7 @@ def _numeric_sweep(j: Graph, at: dict) -> dict:
     vals, sizes = {}, {}
     for n in j.topo_order():
         d = G.nodes[n]
-        if d["op"] in ("input", "param"):
+        if j.role(n) in ("input", "param"):
             if n not in at:
                 vals[n] = None
                 continue
@@ -300,7 +300,7 @@ def _numeric_sweep(j: Graph, at: dict) -> dict:
             for dim, k in zip(d["shape"], v.shape):
                 if isinstance(dim, str):
                     sizes.setdefault(dim, k)
-        elif d["op"] == "const":
+        elif j.role(n) == "const":
             v = d["value"]
             if isinstance(v, sp.Basic):
                 v = v.xreplace({dim_symbol(k): s for k, s in sizes.items()})

@@ -51,7 +51,7 @@ def formula(g: Graph, n: str, top: bool = True, budget: list | None = None) -> s
     budget = [12] if budget is None else budget
     d = g.nx.nodes[n]
     if not top and (g.is_leaf(n) or not d.get("auto") or budget[0] <= 0):
-        if d["op"] == "const" and d["shape"] == ():
+        if g.role(n) == "const" and d["shape"] == ():
             return str(d["value"])
         return n
     budget[0] -= 1

@@ -497,7 +497,7 @@ def _reads(em: Emitter, n: str) -> list[str]:
     """The computed nodes whose values ``n`` reads (through inlined views)."""
     out = []
     for a in em.j.args(n):
-        out += _reads(em, a) if em.inline(a) and em.j.nx.nodes[a]["op"] != "const" else [a]
+        out += _reads(em, a) if em.inline(a) and em.j.role(a) != "const" else [a]
     return out
 
 
@@ -933,7 +933,7 @@ def _lower_node(em: Emitter, n: str, op, expr=None, out=None) -> tuple[list, tup
     (syms, e), args = expr if expr is not None else (op.code_expr(d["attrs"]), args)
     codes, shapes = {"": out}, []
     for s, a in zip(syms, args):
-        if em.inline(a) and j.nx.nodes[a]["op"] == "const":
+        if em.inline(a) and j.role(a) == "const":
             e = e.xreplace({s: em.value(a)})
         else:
             codes[s.name] = em.code(a)
@@ -959,9 +959,8 @@ def _with_grad(em: Emitter, steps: list[str]) -> dict:
             continue
         for c in steps:
             args = j.args(c)
-            g = j.nx.nodes[args[-1]] if args else {}
-            if j.vjp_of(c) == n and args[:-1] == j.args(n) \
-                    and g.get("op") == "const" and g["shape"] == ():
+            if j.vjp_of(c) == n and args and args[:-1] == j.args(n) \
+                    and j.role(args[-1]) == "const" and j.nx.nodes[args[-1]]["shape"] == ():
                 out[n] = c
     return out
 
