@@ -50,16 +50,25 @@ class Compiled:
         self.source = source
         self.module = load_source(source, name)
         self.arg_names = dict(arg_names or {})
+        # only the names the code spells differently are mapped on each call
+        self._renamed = {k: v for k, v in self.arg_names.items() if k != v}
+        self._params: dict[str, tuple] = {}
 
     def _call(self, fname: str, arrays: dict):
         f = getattr(self.module, fname)
-        params = f.__code__.co_varnames[:f.__code__.co_argcount]
-        arrays = {self.arg_names.get(k, k): v for k, v in arrays.items()}
-        missing = [p for p in params if p not in arrays]
-        if missing:
-            raise GraphError(f"{fname}() needs the arrays {', '.join(map(repr, missing))}; "
-                             f"got {', '.join(map(repr, arrays)) or 'none'}. Pass them by name.")
-        return f(**{p: arrays[p] for p in params})
+        params = self._params.get(fname)
+        if params is None:
+            params = self._params[fname] = f.__code__.co_varnames[:f.__code__.co_argcount]
+        if self._renamed:
+            arrays = {self._renamed.get(k, k): v for k, v in arrays.items()}
+        try:
+            kwargs = {p: arrays[p] for p in params}
+        except KeyError:
+            missing = [p for p in params if p not in arrays]
+            raise GraphError(f"{fname}() needs the arrays {', '.join(map(repr, missing))}; got "
+                             f"{', '.join(map(repr, arrays)) or 'none'}. Pass them by name.") \
+                from None
+        return f(**kwargs)
 
     def forward(self, **arrays) -> dict:
         """Run the forward pass; returns a dict of the outputs.
