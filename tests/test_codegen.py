@@ -330,7 +330,7 @@ def test_naughty_names_are_escaped():
         if t.type == tokenize.COMMENT:
             assert "\n" not in t.string
     # np and DTYPE are not shadowed: still the module and the dtype
-    mod = sb.codegen.emit.load_source(src, "naughty_check")
+    mod = sb.codegen.loader.load_source(src, "naughty_check")
     assert mod.np is np and mod.DTYPE is np.float64
 
 
@@ -361,7 +361,7 @@ def test_cli_codegen_on_naughty_json(tmp_path):
     src = out.read_text()
     check_ast(src)
     assert src == sb.numpy_source(sb.load(p))
-    mod = sb.codegen.emit.load_source(src, "naughty_cli")
+    mod = sb.codegen.loader.load_source(src, "naughty_cli")
     fn = sb.compile(g)
     arrays = {fn.arg_names[k]: v for k, v in sb.testing.random_inputs(g, SIZES).items()}
     loss, _ = mod.value_and_grad(**arrays)

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import symbackprop as sb
-from symbackprop.codegen.emit import emit_model, load_source, prepare, render_module
+from symbackprop.codegen.emit import emit_model, prepare, render_module
+from symbackprop.codegen.loader import load_source
 from symbackprop.codegen.plan import (
     CONSTANT,
     PACK,

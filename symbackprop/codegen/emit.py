@@ -25,7 +25,6 @@ from ..optimize import changes, dump
 from ..optimize import optimize as run_passes
 from ..optimize import resolve as resolve_passes
 from ..optimize.fuse import fuse_for_stability
-from .loader import load_source  # noqa: F401 -- also importable from here, as before
 from .lowering import function_helpers, lowering
 from .printer import expr_code, spaced
 from .stability import warn_unstable
