@@ -25,6 +25,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+import conv_cases  # convolution and pooling cases (issue 13)
 import mpmath
 import numpy as np
 import pytest
@@ -184,6 +185,8 @@ DOMAINS: dict[str, list[Case]] = {
                Case([(("N", 5), "real")], {"axis": 0},
                     ref=lambda a, axis: np.array([int(np.nanargmax(c)) for c in a.T]),
                     id="axis0")],
+    # -- convolution and pooling (issue 13): cases and loop references in conv_cases.py
+    **conv_cases.domains(Case),
 }
 
 

@@ -36,6 +36,7 @@ import sympy as sp
 
 from ..errors import CodegenError
 from ..ops import registry
+from ..ops.conv import conv_attrs, pool_attrs
 from ..ops.stable import StableFunction
 from ..ops.tensor import norm_axes
 from . import runtime
@@ -146,6 +147,21 @@ _XENT_HELPERS = _helpers(
     numpy_ops._rows, numpy_ops._softmax_cross_entropy_with_grad,
     numpy_ops._softmax_cross_entropy_grad)
 
+# -- convolution and pooling (issue 13): attributes written as tuples, one int per axis
+_CONV_HELPERS = _helpers(numpy_ops._pad, numpy_ops._conv_windows, numpy_ops._conv_cols,
+                         numpy_ops._conv)
+
+
+def _conv_code(fn: str, codes: list, attrs: dict, d: int) -> str:
+    stride, padding, dilation, groups = conv_attrs(attrs, d)
+    return f"{fn}({', '.join(codes)}, {stride!r}, {padding!r}, {dilation!r}, {groups})"
+
+
+def _pool_code(fn: str, codes: list, attrs: dict, extra: tuple = ()) -> str:
+    k, stride, padding = pool_attrs(attrs)
+    return f"{fn}({', '.join(codes)}, {k!r}, {stride!r}, {padding!r}{''.join(', ' + e for e in extra)})"
+
+
 NUMPY: dict[str, Lowering] = {
     "identity": Lowering(lambda c, a: c[0]),
     "matmul": Lowering(
@@ -179,6 +195,30 @@ NUMPY: dict[str, Lowering] = {
     "mse": Lowering(lambda c, a: f"np.mean(({c[0]} - {c[1]}) ** 2)"),
     "layer_norm": Lowering(lambda c, a: f"_layer_norm({c[0]}, eps={a['eps']!r})",
                            helpers=_helpers(numpy_ops._layer_norm)),
+    # -- convolution and pooling (issue 13)
+    "conv1d": Lowering(lambda c, a: _conv_code("_conv", c, a, 1), helpers=_CONV_HELPERS),
+    "conv2d": Lowering(lambda c, a: _conv_code("_conv", c, a, 2), helpers=_CONV_HELPERS),
+    "conv_grad_input": Lowering(
+        lambda c, a: _conv_code("_conv_grad_input", c + [repr(tuple(a["size"]))], a,
+                                len(a["size"])),
+        helpers=_CONV_HELPERS | _helpers(numpy_ops._conv_grad_input)),
+    "conv_grad_weight": Lowering(
+        lambda c, a: _conv_code("_conv_grad_weight", c + [repr(tuple(a["kernel"]))], a,
+                                len(a["kernel"])),
+        helpers=_CONV_HELPERS | _helpers(numpy_ops._conv_grad_weight)),
+    "max_pool2d": Lowering(lambda c, a: _pool_code("_max_pool2d", c, a),
+                           helpers=_helpers(numpy_ops._pad, numpy_ops._conv_windows,
+                                            numpy_ops._max_pool2d)),
+    "max_pool2d_grad": Lowering(lambda c, a: _pool_code("_max_pool2d_grad", c, a),
+                                helpers=_helpers(numpy_ops._pad, numpy_ops._conv_windows,
+                                                 numpy_ops._max_pool2d_grad)),
+    "avg_pool2d": Lowering(lambda c, a: _pool_code("_avg_pool2d", c, a),
+                           helpers=_helpers(numpy_ops._pad, numpy_ops._conv_windows,
+                                            numpy_ops._avg_pool2d)),
+    "avg_pool2d_grad": Lowering(
+        lambda c, a: _pool_code("_avg_pool2d_grad", c, a, [repr(tuple(a["size"]))]),
+        helpers=_CONV_HELPERS | _helpers(numpy_ops._conv_grad_input,
+                                         numpy_ops._avg_pool2d_grad)),
 }
 
 

@@ -194,6 +194,16 @@ def builder(name: str) -> Callable:
     op = get(name)
 
     def fn(*args, **attrs):
+        # Positional values after the op's arguments are its attributes in declaration
+        # order, as PyTorch's functions take them: sb.max_pool2d(x, 2), sb.conv2d(x, w, 2).
+        extra = args[op.arity:] if op.arity is not None else ()
+        if extra and len(extra) <= len(op.attrs) \
+                and not any(hasattr(a, "graph") for a in extra):
+            named = dict(zip(op.attrs, extra))
+            twice = sorted(set(named) & set(attrs))
+            if twice:
+                raise TypeError(f"sb.{name}() got {twice[0]!r} by position and by name.")
+            args, attrs = args[:op.arity], {**named, **attrs}
         return apply(name, *args, **attrs)
 
     fn.__name__ = name

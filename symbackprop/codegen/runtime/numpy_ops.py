@@ -124,3 +124,118 @@ def _sech2(x):
     """1 - tanh(x)**2 without cancellation: 4t / (1 + t)**2 with t = exp(-2|x|) <= 1."""
     t = np.exp(-2 * np.abs(x))
     return 4 * t / (1 + t) ** 2
+
+
+# -- convolution and pooling (issue 13) --------------------------------------------------
+# Windows are strided views of the padded input (sliding_window_view); each product is
+# one np.matmul over all groups at once (a batch axis of size groups), so no Python loop
+# runs over the batch, channels, positions or kernel offsets. Spatial axes are the last
+# x.ndim - 2 axes: the same helpers serve conv1d and conv2d. Attributes arrive as tuples
+# with one int per spatial axis.
+def _pad(x, padding, value=0):
+    """x with ``padding[i]`` entries of ``value`` on both sides of spatial axis i."""
+    if not any(padding):
+        return x
+    return np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in padding], constant_values=value)
+
+
+def _conv_windows(xp, kernel, stride, dilation):
+    """The windows of xp (N, C, *S) as a view (N, C, *out, *kernel): window o holds
+    xp[..., o*stride + i*dilation] at kernel offset i."""
+    d = len(kernel)
+    span = tuple(dl * (k - 1) + 1 for k, dl in zip(kernel, dilation))
+    v = np.lib.stride_tricks.sliding_window_view(xp, span, axis=tuple(range(2, 2 + d)))
+    steps = tuple(slice(None, None, s) for s in stride + dilation)
+    return v[(slice(None), slice(None)) + steps]
+
+
+def _conv_cols(x, kernel, stride, padding, dilation, groups):
+    """im2col: the windows of the padded x as (groups, N * positions, C/groups * K),
+    and the output's spatial sizes."""
+    d = len(kernel)
+    v = _conv_windows(_pad(x, padding), kernel, stride, dilation)
+    n, c = v.shape[:2]
+    out = v.shape[2:2 + d]
+    v = v.reshape((n, groups, c // groups) + v.shape[2:])
+    order = (1, 0) + tuple(range(3, 3 + d)) + (2,) + tuple(range(3 + d, 3 + 2 * d))
+    return v.transpose(order).reshape(groups, -1, (c // groups) * int(np.prod(kernel))), out
+
+
+def _conv(x, w, stride, padding, dilation, groups):
+    """Convolution (cross-correlation, as PyTorch) of x (N, C, *S) with w
+    (C_out, C/groups, *kernel): (N, C_out, *out)."""
+    cols, out = _conv_cols(x, w.shape[2:], stride, padding, dilation, groups)
+    co = w.shape[0]
+    wg = w.reshape(groups, co // groups, -1).transpose(0, 2, 1)
+    y = np.matmul(cols, wg).reshape((groups, x.shape[0]) + out + (co // groups,))
+    d = len(out)
+    order = (1, 0, 2 + d) + tuple(range(2, 2 + d))
+    return y.transpose(order).reshape((x.shape[0], co) + out)
+
+
+def _conv_grad_weight(x, g, kernel, stride, padding, dilation, groups):
+    """dL/dw of _conv for dL/dy = g: the correlation of the padded x with g,
+    (C_out, C/groups, *kernel)."""
+    cols, _ = _conv_cols(x, kernel, stride, padding, dilation, groups)
+    n, co = g.shape[:2]
+    cog = co // groups
+    gg = g.reshape(n, groups, cog, -1).transpose(1, 0, 3, 2).reshape(groups, -1, cog)
+    dw = np.matmul(cols.transpose(0, 2, 1), gg)
+    return dw.transpose(0, 2, 1).reshape((co, x.shape[1] // groups) + tuple(kernel))
+
+
+def _conv_grad_input(g, w, size, stride, padding, dilation, groups):
+    """dL/dx of _conv for dL/dy = g, x of spatial sizes ``size``: the full correlation of
+    g, spread by the stride (stride - 1 zeros between entries), with the kernel turned by
+    180 degrees (input and output channels swapped in each group), cropped by the
+    padding. Positions of the padded input that no window reaches get zeros."""
+    kernel = w.shape[2:]
+    d = len(kernel)
+    n, co = g.shape[:2]
+    lead = tuple(dl * (k - 1) for k, dl in zip(kernel, dilation))
+    full = tuple(s + 2 * p + m for s, p, m in zip(size, padding, lead))
+    gp = np.zeros((n, co) + full, dtype=g.dtype)
+    spread = tuple(slice(m, m + s * (o - 1) + 1, s) for m, s, o in zip(lead, stride, g.shape[2:]))
+    gp[(slice(None), slice(None)) + spread] = g
+    cog, cg = co // groups, w.shape[1]
+    wt = w.reshape((groups, cog, cg) + kernel).swapaxes(1, 2).reshape((groups * cg, cog) + kernel)
+    wt = wt[(Ellipsis,) + (slice(None, None, -1),) * d]
+    dxp = _conv(gp, wt, (1,) * d, (0,) * d, dilation, groups)
+    return dxp[(slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in zip(padding, size))]
+
+
+def _max_pool2d(x, k, stride, padding):
+    """The largest entry of each window of x (N, C, H, W), padding with -inf."""
+    v = _conv_windows(_pad(x, padding, -np.inf), k, stride, (1, 1))
+    return v.max(axis=(-2, -1))
+
+
+def _max_pool2d_grad(x, g, k, stride, padding):
+    """dL/dx of _max_pool2d for dL/dy = g: each g to the first arg-max of its window
+    (row-major, as PyTorch), added up where windows overlap (np.add.at)."""
+    n, c, h, w = x.shape
+    v = _conv_windows(_pad(x, padding, -np.inf), k, stride, (1, 1))
+    ho, wo = v.shape[2:4]
+    arg = v.reshape(n, c, ho, wo, -1).argmax(axis=-1)
+    hp, wp = h + 2 * padding[0], w + 2 * padding[1]
+    rows = np.arange(ho)[:, None] * stride[0] + arg // k[1]
+    cols = np.arange(wo) * stride[1] + arg % k[1]
+    at = rows * wp + cols + (np.arange(n * c) * (hp * wp)).reshape(n, c, 1, 1)
+    dxp = np.zeros(n * c * hp * wp, dtype=g.dtype)
+    np.add.at(dxp, at.ravel(), g.ravel())
+    dxp = dxp.reshape(n, c, hp, wp)
+    return dxp[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w]
+
+
+def _avg_pool2d(x, k, stride, padding):
+    """The mean of each window of x (N, C, H, W); zero padding counts in the mean."""
+    return _conv_windows(_pad(x, padding), k, stride, (1, 1)).mean(axis=(-2, -1))
+
+
+def _avg_pool2d_grad(g, k, stride, padding, size):
+    """dL/dx of _avg_pool2d for dL/dy = g: g / (kh * kw) spread over each window, added
+    up where windows overlap; the full correlation of g with a constant kernel, one
+    channel per group."""
+    c = g.shape[1]
+    w = np.full((c, 1) + tuple(k), 1 / (k[0] * k[1]), dtype=g.dtype)
+    return _conv_grad_input(g, w, size, stride, padding, (1, 1), c)
