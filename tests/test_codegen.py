@@ -90,7 +90,8 @@ def op_cases():
 # -- static checks ------------------------------------------------------------------------
 ALLOWED_METHODS = {"sum", "mean", "max", "min", "reshape", "argmax", "astype", "copy", "T",
                    "get",  # get: the dict of cached ones vectors (_ones)
-                   "view", "append"}  # the workspace's packer (runtime/workspace.py)
+                   "view", "append",  # the workspace's packer (runtime/workspace.py)
+                   "transpose", "swapaxes", "ravel"}  # convolution helpers (issue 13)
 
 
 def check_ast(src: str) -> ast.Module:
@@ -117,6 +118,7 @@ def check_ast(src: str) -> ast.Module:
             if isinstance(f, ast.Name):
                 # the builtins the workspace's packer (runtime/workspace.py) calls
                 runtime = {"int", "max", "range", "sorted", "zip"}
+                runtime |= {"tuple", "slice", "any"}  # convolution helpers' windows (issue 13)
                 assert f.id in helpers | {"DTYPE", "len"} | runtime, f"calls {f.id}()"
             else:
                 assert isinstance(f, ast.Attribute), ast.dump(f)

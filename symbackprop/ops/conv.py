@@ -193,15 +193,6 @@ class FullCorrelationRot(Correlation):
     full = True
 
 
-class _SpreadMax(sp.Function):
-    """route(x, δ): δ sent to the arg-max of each pooling window of x."""
-
-    nargs = 2
-
-    def _sympystr(self, p):
-        return f"route_argmax({p._print(self.args[0])}, {p._print(self.args[1])})"
-
-
 register(OpDef(
     name="conv2d", arity=2, attrs=dict(_CONV_ATTRS), shape=_conv_shape(2), fans=_conv_fans,
     vjp=_conv_vjp, notation=_call_notation("conv2d", _CONV_ATTRS),
@@ -313,6 +304,17 @@ def _pool_shape(max_pool: bool):
     return shape
 
 
+def _pool_notation(name: str):
+    """``max_pool2d(h, 2)``, ``avg_pool2d(h, 3, stride=1, padding=1)``: the window always,
+    the other attributes where they differ from their defaults."""
+    def note(t, a):
+        k = a["k"]
+        k = k[0] if isinstance(k, (tuple, list)) and len(set(k)) == 1 else k
+        k = tuple(k) if isinstance(k, list) else k
+        return f"{name}({', '.join([*t, repr(k)] + _extra(a, {'stride': None, 'padding': 0}))})"
+    return note
+
+
 def _max_pool_vjp(g, args, out, attrs):
     return [g.graph.apply("max_pool2d_grad", [args[0], g], dict(attrs))]
 
@@ -324,13 +326,13 @@ def _avg_pool_vjp(g, args, out, attrs):
 register(OpDef(
     name="max_pool2d", arity=1, attrs=dict(_POOL_ATTRS), shape=_pool_shape(True),
     vjp=_max_pool_vjp, dtype=lambda d, a: d[0],
-    notation=_call_notation("max_pool2d", {"stride": None, "padding": 0}),
+    notation=_pool_notation("max_pool2d"),
     doc="largest entry of each k×k window of x (N, C, H, W); stride defaults to k, "
         "padding with −∞ (at most k/2)"))
 register(OpDef(
     name="avg_pool2d", arity=1, attrs=dict(_POOL_ATTRS), shape=_pool_shape(False),
     vjp=_avg_pool_vjp,
-    notation=_call_notation("avg_pool2d", {"stride": None, "padding": 0}),
+    notation=_pool_notation("avg_pool2d"),
     doc="mean of each k×k window of x (N, C, H, W); stride defaults to k, zero padding "
         "counted in the mean (PyTorch's count_include_pad=True)"))
 
@@ -366,12 +368,14 @@ register(OpDef(
     name="max_pool2d_grad", arity=2, attrs=dict(_POOL_ATTRS), shape=_max_pool_grad_shape,
     vjp=None, differentiable=False, internal=True,
     notation=lambda t, a: f"route_argmax({t[0]}, {t[1]})",
-    display=lambda args, attrs: _SpreadMax(*args),
+    display=lambda args, attrs: sp.Function("route_argmax")(*args),
     doc="∂L/∂x of max_pool2d: δ routed to the first arg-max of each window, summed "
         "where windows overlap"))
 register(OpDef(
     name="avg_pool2d_grad", arity=1, attrs={**_POOL_ATTRS, "size": None},
     shape=_avg_pool_grad_shape, vjp=_avg_pool_grad_vjp, internal=True,
+    display=lambda args, attrs: sp.Function("spread")(args[0])
+    * sp.Rational(1, pool_attrs(attrs)[0][0] * pool_attrs(attrs)[0][1]),
     notation=lambda t, a: f"spread({t[0]})/{pool_attrs(a)[0][0] * pool_attrs(a)[0][1]}",
     doc="∂L/∂x of avg_pool2d: δ/(kh·kw) spread over each window, summed where windows "
         "overlap"))
