@@ -313,3 +313,18 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "ShapeError" in lines[0] and "stride=0" in lines[0] and "conv2d_1" in lines[0]
+
+
+def test_the_docs_example_runs():
+    """docs/ops.md's example builds and compiles as written."""
+    import pathlib
+    import re
+
+    doc = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "ops.md").read_text()
+    block = re.search(r"## Convolution and pooling.*?```python\n(.*?)```", doc,
+                      re.DOTALL).group(1)
+    ns: dict = {}
+    exec(compile(block, "docs/ops.md", "exec"), ns)  # noqa: S102 -- the docs' own example
+    assert ns["p"].shape == ("N", 8, 4, 4)
+    params = ns["step"].init_params(0)
+    assert params["K"].shape == (8, 1, 3, 3) and params["K"].std() > 0
