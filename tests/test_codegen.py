@@ -118,7 +118,7 @@ def check_ast(src: str) -> ast.Module:
             if isinstance(f, ast.Name):
                 # the builtins the workspace's packer (runtime/workspace.py) calls
                 runtime = {"int", "max", "range", "sorted", "zip"}
-                runtime |= {"tuple", "slice", "any"}  # convolution helpers' windows (issue 13)
+                runtime |= {"tuple", "slice", "any", "min"}  # convolution helpers' windows (issue 13)
                 assert f.id in helpers | {"DTYPE", "len"} | runtime, f"calls {f.id}()"
             else:
                 assert isinstance(f, ast.Attribute), ast.dump(f)

@@ -188,26 +188,38 @@ def _conv_grad_input(g, w, size, stride, padding, dilation, groups):
     """dL/dx of _conv for dL/dy = g, x of spatial sizes ``size``: the full correlation of
     g, spread by the stride (stride - 1 zeros between entries), with the kernel turned by
     180 degrees (input and output channels swapped in each group), cropped by the
-    padding. Positions of the padded input that no window reaches get zeros."""
+    padding. The spread g is laid out only over what the crop keeps: position b of it is
+    b + padding of the full correlation's input; g entries that fall outside feed only
+    cropped positions. Positions of x that no window reaches get zeros."""
     kernel = w.shape[2:]
     d = len(kernel)
     n, co = g.shape[:2]
     lead = tuple(dl * (k - 1) for k, dl in zip(kernel, dilation))
-    full = tuple(s + 2 * p + m for s, p, m in zip(size, padding, lead))
-    gp = np.zeros((n, co) + full, dtype=g.dtype)
-    spread = tuple(slice(m, m + s * (o - 1) + 1, s) for m, s, o in zip(lead, stride, g.shape[2:]))
-    gp[(slice(None), slice(None)) + spread] = g
+    gp = np.zeros((n, co) + tuple(s + m for s, m in zip(size, lead)), dtype=g.dtype)
+    into, take = [slice(None)] * 2, [slice(None)] * 2
+    for m, p, s, o, e in zip(lead, padding, stride, g.shape[2:], gp.shape[2:]):
+        start = m - p  # where g's entry 0 lands
+        first = max(0, -start + s - 1) // s  # the first entry landing at 0 or later
+        last = min(o - 1, (e - 1 - start) // s)  # the last one landing inside
+        into.append(slice(start + first * s, start + last * s + 1, s))
+        take.append(slice(first, last + 1))
+    gp[tuple(into)] = g[tuple(take)]
     cog, cg = co // groups, w.shape[1]
     wt = w.reshape((groups, cog, cg) + kernel).swapaxes(1, 2).reshape((groups * cg, cog) + kernel)
     wt = wt[(Ellipsis,) + (slice(None, None, -1),) * d]
-    dxp = _conv(gp, wt, (1,) * d, (0,) * d, dilation, groups)
-    return dxp[(slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in zip(padding, size))]
+    return _conv(gp, wt, (1,) * d, (0,) * d, dilation, groups)
 
 
 def _max_pool2d(x, k, stride, padding):
-    """The largest entry of each window of x (N, C, H, W), padding with -inf."""
+    """The largest entry of each window of x (N, C, H, W), padding with -inf. A loop over
+    the kh*kw offsets in the window, each one np.maximum over the whole batch: NumPy's
+    reduction over the two short window axes of a strided view runs several times slower."""
     v = _conv_windows(_pad(x, padding, -np.inf), k, stride, (1, 1))
-    return v.max(axis=(-2, -1))
+    out = v[..., 0, 0].copy()
+    for i in range(k[0]):
+        for j in range(k[1]):
+            np.maximum(out, v[..., i, j], out=out)
+    return out
 
 
 def _max_pool2d_grad(x, g, k, stride, padding):
