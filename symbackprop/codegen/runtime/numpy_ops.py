@@ -129,7 +129,8 @@ def _sech2(x):
 # -- convolution and pooling (issue 13) --------------------------------------------------
 # Windows are strided views of the padded input (sliding_window_view); each product is
 # one np.matmul over all groups at once (a batch axis of size groups), so no Python loop
-# runs over the batch, channels, positions or kernel offsets. Spatial axes are the last
+# runs over the batch, channels or positions (max pooling loops over the kh*kw offsets of
+# its window: see _max_pool2d). Spatial axes are the last
 # x.ndim - 2 axes: the same helpers serve conv1d and conv2d. Attributes arrive as tuples
 # with one int per spatial axis.
 def _pad(x, padding, value=0):
