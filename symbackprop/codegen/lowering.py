@@ -149,7 +149,7 @@ _XENT_HELPERS = _helpers(
 
 # -- convolution and pooling (issue 13): attributes written as tuples, one int per axis
 _CONV_HELPERS = _helpers(numpy_ops._pad, numpy_ops._conv_windows, numpy_ops._conv_cols,
-                         numpy_ops._conv)
+                         numpy_ops._group_matmul, numpy_ops._conv)
 
 
 def _conv_code(fn: str, codes: list, attrs: dict, d: int) -> str:
