@@ -190,7 +190,9 @@ def apply(name: str, *args: Any, **attrs: Any):
 
 
 def builder(name: str) -> Callable:
-    """The user-facing function ``sb.<name>`` for a registered op."""
+    """The user-facing function ``sb.<name>`` for a registered op. Values after the op's
+    arguments are its attributes by position, in the order ``OpDef.attrs`` declares them
+    (``sb.max_pool2d(h, 2)`` is ``k=2``, ``sb.conv2d(x, w, 2, 1)`` is ``stride=2, padding=1``)."""
     op = get(name)
 
     def fn(*args, **attrs):
