@@ -130,11 +130,20 @@ def _einsum_notation(texts, attrs) -> str:
     return (f"Σ_{summed} " if summed else "") + f"{terms} → [{out}]"
 
 
+def _operand(p, x, paren: str, calls: bool = False) -> str:
+    """An operand's text, in ``paren`` unless it is a name (its subscripts follow it), or
+    with ``calls``, a function applied (``softmax(S) @ V``)."""
+    text = p._print(x)
+    bare = (sp.Symbol, sp.MatrixSymbol) + ((sp.Function,) if calls else ())
+    return text if isinstance(x, bare) else paren.format(text)
+
+
 class EinsumDisplay(sp.Expr):
     """An einsum in formulas, in index notation: ``Σ_d Q_{bhqd} K_{bhkd}``."""
 
     def __new__(cls, spec, *args):
-        return sp.Expr.__new__(cls, sp.Symbol(spec), *args)
+        spec = spec if isinstance(spec, sp.Symbol) else sp.Symbol(spec)  # rebuilt from args
+        return sp.Expr.__new__(cls, spec, *args)
 
     def _parts(self):
         spec = self.args[0].name
@@ -143,13 +152,30 @@ class EinsumDisplay(sp.Expr):
 
     def _sympystr(self, p):
         summed, terms = self._parts()
-        body = " ".join(f"{p._print(x)}_{s}" for x, s in terms)
+        body = " ".join(f"{_operand(p, x, '({})')}_{s}" for x, s in terms)
         return f"Σ_{summed} {body}" if summed else body
 
     def _latex(self, p):
         summed, terms = self._parts()
-        body = r"\, ".join(f"{{{p._print(x)}}}_{{{s}}}" for x, s in terms)
+        paren = r"\left({}\right)"
+        body = r"\, ".join(f"{{{_operand(p, x, paren)}}}_{{{s}}}" for x, s in terms)
         return rf"\sum_{{{summed}}} {body}" if summed else body
+
+    def _pretty(self, p):
+        from sympy.printing.pretty.stringpict import prettyForm
+        return prettyForm(self._sympystr(p))
+
+
+class BatchedMatMulDisplay(sp.Expr):
+    """A product of stacks of matrices in formulas, ``A @ B`` (matmul's display when an
+    argument has more than 2 axes, which formulas show as a name, not a matrix)."""
+
+    def _sympystr(self, p):
+        return " @ ".join(_operand(p, x, "({})", calls=True) for x in self.args)
+
+    def _latex(self, p):
+        return r" \mathbin{@} ".join(_operand(p, x, r"\left({}\right)", calls=True)
+                                     for x in self.args)
 
     def _pretty(self, p):
         from sympy.printing.pretty.stringpict import prettyForm

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .elementwise import broadcast_shapes, count, unbroadcast
+from .products import BatchedMatMulDisplay
 from .registry import OpDef, ShapeMismatch, register
 
 
@@ -53,9 +54,8 @@ def _matmul_shape(shapes, attrs, names):
         raise ShapeMismatch("matmul needs arguments of at least 2 dimensions",
                             "Reshape 1-D arguments, e.g. sb.reshape(v, shape=(1, n)).")
     if a[-1] != b[-2]:
-        fix = (f"Declare {names[1]} with its last two axes swapped or use "
-               f"{names[1]}.T." if len(b) == 2 and a[-1] == b[-1] else
-               f"The inner sizes ({a[-1]} and {b[-2]}) must match.")
+        fix = (f"The last axis of {names[0]} ({a[-1]}) must match the second last of "
+               f"{names[1]} ({b[-2]}).")
         if len(a) == 2 and len(b) == 2:
             fix = (f"Declare {names[1]} as ({b[1]}, {b[0]}) or use {names[1]}.T."
                    if a[1] == b[1] else f"The inner sizes ({a[1]} and {b[0]}) must match.")
@@ -63,7 +63,14 @@ def _matmul_shape(shapes, attrs, names):
     if len(a) == 2 and len(b) == 2:
         return (a[0], b[1])
     # N-D: the leading (batch) axes broadcast as NumPy's matmul broadcasts them
-    batch = broadcast_shapes([a[:-2], b[:-2]])
+    try:
+        batch = broadcast_shapes([a[:-2], b[:-2]])
+    except ShapeMismatch:
+        raise ShapeMismatch(
+            f"the batch axes ({', '.join(map(str, a[:-2]))}) and "
+            f"({', '.join(map(str, b[:-2]))}) (all but the last two) "
+            "do not broadcast", "Make each pair of batch sizes equal, or one of them 1, "
+            "as NumPy's matmul broadcasts them.") from None
     return (*batch, a[-2], b[-1])
 
 
@@ -94,10 +101,10 @@ def _matmul_vjp(g, args, out, attrs):
 
 
 def _matmul_display(args, attrs):
-    """A product of matrices in formulas; a batched product stays ``matmul(a, b)``."""
+    """A product of matrices in formulas; of stacks of matrices, ``A @ B``."""
     if all(isinstance(x, sp.MatrixExpr) for x in args):
         return sp.MatMul(*args)
-    return sp.Function("matmul")(*args)
+    return BatchedMatMulDisplay(*args)
 
 
 register(OpDef(
