@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -347,3 +349,39 @@ def test_einsum_graph_saves_and_loads(tmp_path):
     g.save(tmp_path / "attn.json")
     assert sb.numpy_source(sb.load(tmp_path / "attn.json"), wrt=["Wq"]) == \
         sb.numpy_source(g, wrt=["Wq"])
+
+
+# -- docs/ops.md shows what the code does -----------------------------------------------------
+DOCS = (Path(__file__).resolve().parents[1] / "docs" / "ops.md").read_text(encoding="utf-8")
+SECTION = DOCS.split("## Products: batched matmul and einsum")[1].split("\n## ")[0]
+
+
+def test_docs_attention_block_runs():
+    block = re.search(r"```python\n(.*?)```", SECTION, re.DOTALL).group(1)
+    ns: dict = {}
+    exec(compile(block, "docs/ops.md", "exec"), ns)  # noqa: S102 -- the docs' own code
+    arrays = _arrays(4)
+    np.testing.assert_allclose(ns["fn"].forward(**arrays)["Y"], attention_reference(**arrays),
+                               rtol=1e-12)
+
+
+def test_docs_error_lines_are_the_errors():
+    shown = re.search(r"CLI prints\nthat one line.*?```\n(.*?)```", SECTION, re.DOTALL).group(1)
+    g = sb.Graph()
+    a, b = g.input("a", shape=("N", 2, 3, 4)), g.input("b", shape=(2, 5, 6))
+    c = g.input("c", shape=(5, 4, 6))
+    x, w = g.input("x", shape=("N", 3, 4)), g.input("w", shape=(5, 6))
+    got = []
+    for fn in (lambda: a @ b, lambda: a @ c, lambda: sb.einsum("btd,de->bte", x, w),
+               lambda: sb.einsum("btd,de->bte", x)):
+        with pytest.raises(sb.ShapeError) as info:
+            fn()
+        got.append(str(info.value))
+    assert shown.strip().splitlines() == got
+
+
+def test_derivation_of_attention_shows_index_notation():
+    arrays = _arrays(5)
+    text = str(sb.derive(attention(), at=arrays))
+    assert "S = 0.707107(Σ_e (Σ_d X_btd Wq_hde)_bhqe (Σ_d X_btd Wk_hde)_bhke)" in text
+    assert "Backward pass" in text and "dL/dWq = Σ_bt" in text

@@ -12,6 +12,7 @@ is :mod:`symbackprop.codegen.lowering`'s.
 from __future__ import annotations
 
 import sympy as sp
+from sympy.printing.precedence import PRECEDENCE
 
 from .registry import OpDef, ShapeMismatch, apply, register
 
@@ -141,6 +142,8 @@ def _operand(p, x, paren: str, calls: bool = False) -> str:
 class EinsumDisplay(sp.Expr):
     """An einsum in formulas, in index notation: ``Σ_d Q_{bhqd} K_{bhkd}``."""
 
+    precedence = PRECEDENCE["Mul"]  # a product: in parentheses when scaled (c·(Σ_d ...))
+
     def __new__(cls, spec, *args):
         spec = spec if isinstance(spec, sp.Symbol) else sp.Symbol(spec)  # rebuilt from args
         return sp.Expr.__new__(cls, spec, *args)
@@ -169,6 +172,8 @@ class EinsumDisplay(sp.Expr):
 class BatchedMatMulDisplay(sp.Expr):
     """A product of stacks of matrices in formulas, ``A @ B`` (matmul's display when an
     argument has more than 2 axes, which formulas show as a name, not a matrix)."""
+
+    precedence = PRECEDENCE["Mul"]
 
     def _sympystr(self, p):
         return " @ ".join(_operand(p, x, "({})", calls=True) for x in self.args)
