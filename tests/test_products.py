@@ -385,3 +385,28 @@ def test_derivation_of_attention_shows_index_notation():
     text = str(sb.derive(attention(), at=arrays))
     assert "S = 0.707107(Σ_e (Σ_d X_btd Wq_hde)_bhqe (Σ_d X_btd Wk_hde)_bhke)" in text
     assert "Backward pass" in text and "dL/dWq = Σ_bt" in text
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_training_step_with_a_batched_product_and_bias(dtype):
+    """(N, T, 128) @ (128, 128) + b: the memory planner's bias fold is for 2-D products (it
+    refuses this one), and the planned step's update is the hand-derived one."""
+    g = sb.Graph()
+    x, C = g.input("x", shape=("N", 2, 128)), g.input("C", shape=("N", 2, 128))
+    W, b = g.param("W", shape=(128, 128)), g.param("b", shape=(128,))
+    g.output("L", sb.mean(sb.relu(sb.tanh(x) @ W + b) * C))
+    ns: dict = {}
+    exec(sb.train_step(g, lr=0.1, dtype=dtype), ns)  # noqa: S102 -- generated code
+    rng = np.random.default_rng(6)
+    xs, Cs = rng.normal(size=(3, 2, 128)), rng.normal(size=(3, 2, 128))
+    params = ns["init_params"](0)
+    before = {k: v.astype(float) for k, v in params.items()}
+    ns["train_step"](params, ns["init_state"](params), x=xs, C=Cs)
+    h = np.tanh(xs)
+    z = h @ before["W"] + before["b"]
+    dz = (z > 0) * Cs / z.size
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-15}
+    assert params["W"].dtype == np.dtype(dtype)
+    np.testing.assert_allclose(params["W"], before["W"] - 0.1 * np.einsum("ntk,ntm->km", h, dz),
+                               **tol)
+    np.testing.assert_allclose(params["b"], before["b"] - 0.1 * dz.sum(axis=(0, 1)), **tol)
