@@ -179,6 +179,16 @@ NUMPY: dict[str, Lowering] = {
     "mse": Lowering(lambda c, a: f"np.mean(({c[0]} - {c[1]}) ** 2)"),
     "layer_norm": Lowering(lambda c, a: f"_layer_norm({c[0]}, eps={a['eps']!r})",
                            helpers=_helpers(numpy_ops._layer_norm)),
+    # -- selecting ops (issue 13): maximum, minimum, clip and comparisons are printed
+    "where": Lowering(lambda c, a: f"np.where({c[0]}, {c[1]}, {c[2]})"),
+    "max": Lowering(_reduce_code("max"), out=_reduce_out("max")),
+    "min": Lowering(_reduce_code("min"), out=_reduce_out("min")),
+    "logsumexp": Lowering(
+        lambda c, a: f"_logsumexp({c[0]}, axis={_axis_code(a['axis'])}"
+        + (", keepdims=True)" if a["keepdims"] else ")"),
+        helpers=_helpers(numpy_ops._logsumexp)),
+    "var": Lowering(_reduce_code("var"), out=_reduce_out("var")),
+    "std": Lowering(_reduce_code("std"), out=_reduce_out("std")),
 }
 
 

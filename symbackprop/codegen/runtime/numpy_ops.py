@@ -124,3 +124,13 @@ def _sech2(x):
     """1 - tanh(x)**2 without cancellation: 4t / (1 + t)**2 with t = exp(-2|x|) <= 1."""
     t = np.exp(-2 * np.abs(x))
     return 4 * t / (1 + t) ** 2
+
+
+# -- selecting ops (issue 13)
+def _logsumexp(x, axis=None, keepdims=False):
+    """log(sum(exp(x))) over axis, shifted by the maximum so exp never overflows; a slice
+    that is all -inf gives -inf (its shift is 0, not -inf - -inf)."""
+    m = np.max(x, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+    return out if keepdims else np.squeeze(out, axis=axis)
