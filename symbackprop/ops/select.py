@@ -32,15 +32,17 @@ TWO_ARGUMENT_FORMS = {"max": "maximum", "min": "minimum"}
 
 # -- display helpers ----------------------------------------------------------------------
 class _Mask(sp.Function):
-    """``1[a > b]``: a comparison's 0/1 mask, as formulas show it."""
+    """``1[a > b]``: a comparison's 0/1 mask, as formulas show it. ``entrywise``: on
+    matrices it is shown as it is, entry by entry (display/expressions.py)."""
 
     rel = ">"
+    entrywise = True
 
     def _sympystr(self, p):
         return f"1[{p._print(self.args[0])} {self.rel} {p._print(self.args[1])}]"
 
     def _latex(self, p):
-        rel = {">=": r"\geq", "<=": r"\leq"}.get(self.rel, self.rel)
+        rel = {"≥": r"\geq", "≤": r"\leq"}.get(self.rel, self.rel)
         return (rf"\mathbb{{1}}\left[{p._print(self.args[0])} {rel} "
                 rf"{p._print(self.args[1])}\right]")
 
@@ -50,8 +52,10 @@ class _Mask(sp.Function):
         return prettyForm(self._sympystr(p))
 
 
-def _mask_class(name: str, rel: str) -> type:
-    return type(f"Mask_{name}", (_Mask,), {"rel": rel})
+# relation -> its display function: MASKS[">="](a, b) shows 1[a ≥ b]
+MASKS = {rel: type(f"Mask_{name}", (_Mask,), {"rel": rel}) for name, rel in (
+    ("greater", ">"), ("less", "<"), ("greater_equal", "≥"), ("less_equal", "≤"))}
+MASKS[">="], MASKS["<="] = MASKS["≥"], MASKS["≤"]
 
 
 # -- maximum, minimum, comparisons ----------------------------------------------------------
@@ -72,7 +76,7 @@ for _name, (_rel, _fn) in _COMPARISONS.items():
     elementwise(_name, _fn, doc=f"mask 1[a {_rel} b] of 0.0 and 1.0, broadcasting; "
                 "derivative 0 (it selects, it is not differentiated through)")
     _op = get(_name)
-    _op.display = (lambda cls: lambda args, attrs: cls(*args))(_mask_class(_name, _rel))
+    _op.display = (lambda cls: lambda args, attrs: cls(*args))(MASKS[_rel])
     _op.notation = f"{{0}} {_rel} {{1}}"
     _op.zero_grad = True
 
