@@ -127,6 +127,14 @@ def _reduce_code(method):
     return code
 
 
+def _np_reduce_code(fn):
+    """``np.<fn>(x, axis=..., keepdims=...)``: var and std (population, ddof=0)."""
+    def code(c, a):
+        parts = [c[0]] + ([] if a["axis"] is None else [f"axis={_axis_code(a['axis'])}"])
+        return f"np.{fn}({', '.join(parts + (['keepdims=True'] if a['keepdims'] else []))})"
+    return code
+
+
 def _reduce_out(fn):
     def code(c, a, out, shapes):
         axes = norm_axes(a["axis"], len(shapes[0]))
@@ -187,8 +195,8 @@ NUMPY: dict[str, Lowering] = {
         lambda c, a: f"_logsumexp({c[0]}, axis={_axis_code(a['axis'])}"
         + (", keepdims=True)" if a["keepdims"] else ")"),
         helpers=_helpers(numpy_ops._logsumexp)),
-    "var": Lowering(_reduce_code("var"), out=_reduce_out("var")),
-    "std": Lowering(_reduce_code("std"), out=_reduce_out("std")),
+    "var": Lowering(_np_reduce_code("var"), out=_reduce_out("var")),
+    "std": Lowering(_np_reduce_code("std"), out=_reduce_out("std")),
 }
 
 
