@@ -58,6 +58,10 @@ MASKS = {rel: type(f"Mask_{name}", (_Mask,), {"rel": rel}) for name, rel in (
 MASKS[">="], MASKS["<="] = MASKS["≥"], MASKS["≤"]
 
 
+def _shown_as(cls):
+    return lambda args, attrs: cls(*args)
+
+
 # -- maximum, minimum, comparisons ----------------------------------------------------------
 elementwise("maximum", lambda a, b: sp.Max(a, b),
             doc="elementwise max(a, b), broadcasting; at a tie each side gets half the gradient")
@@ -76,7 +80,7 @@ for _name, (_rel, _fn) in _COMPARISONS.items():
     elementwise(_name, _fn, doc=f"mask 1[a {_rel} b] of 0.0 and 1.0, broadcasting; "
                 "derivative 0 (it selects, it is not differentiated through)")
     _op = get(_name)
-    _op.display = (lambda cls: lambda args, attrs: cls(*args))(MASKS[_rel])
+    _op.display = _shown_as(MASKS[_rel])
     _op.notation = f"{{0}} {_rel} {{1}}"
     _op.zero_grad = True
 
@@ -201,11 +205,11 @@ def _std_vjp(g, args, out, attrs):
 
 for _name, _vjp_fn, _dtype, _doc in (
         ("max", _extreme_vjp("greater_equal"), lambda d, a: d[0],
-         "largest entry over axis (all axes when None); the gradient goes to the arg-max, "
-         "shared equally among ties"),
+         ("largest entry over axis (all axes when None); the gradient goes to the arg-max, "
+          "shared equally among ties")),
         ("min", _extreme_vjp("less_equal"), lambda d, a: d[0],
-         "smallest entry over axis (all axes when None); the gradient goes to the arg-min, "
-         "shared equally among ties"),
+         ("smallest entry over axis (all axes when None); the gradient goes to the arg-min, "
+          "shared equally among ties")),
         ("logsumexp", _logsumexp_vjp, lambda d, a: "float",
          "log(sum(exp(x))) over axis, shifted by the maximum (never overflows)"),
         ("var", _var_vjp, lambda d, a: "float",

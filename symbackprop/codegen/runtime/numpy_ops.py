@@ -128,8 +128,9 @@ def _sech2(x):
 
 # -- selecting ops (issue 13)
 def _logsumexp(x, axis=None, keepdims=False):
-    """log(sum(exp(x))) over axis, shifted by the maximum so exp never overflows; a slice
-    that is all -inf gives -inf (its shift is 0, not -inf - -inf)."""
+    """log(sum(exp(x))) over axis, shifted by the maximum so exp never overflows. A slice
+    that is all -inf gives -inf (shifted by 0, not by -inf: -inf - -inf is NaN), with
+    NumPy's divide warning of log(0)."""
     m = np.max(x, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0)
     out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
