@@ -68,7 +68,9 @@ class Node:
     """A handle on one node of a :class:`Graph`, with operator overloading.
 
     ``a + b``, ``a - b``, ``a * b``, ``a / b``, ``a ** b``, ``a @ b``, ``-a`` and
-    ``a.T`` add nodes to the graph; Python numbers become constants.
+    ``a.T`` add nodes to the graph; Python numbers become constants. ``a > b``,
+    ``a < b``, ``a >= b`` and ``a <= b`` add a mask of 0.0 and 1.0 (``sb.greater``, ...),
+    through which no gradient flows; ``a == b`` is identity of nodes, not a mask.
 
     Examples
     --------
@@ -133,6 +135,12 @@ class Node:
     def __matmul__(self, o): return self._ap("matmul", self, o)
     def __rmatmul__(self, o): return self._ap("matmul", o, self)
     def __neg__(self): return self._ap("neg", self)
+    # Comparisons give a mask node of 0.0 and 1.0 (sb.greater, ...) with no gradient;
+    # == stays identity (above), so nodes can be dict keys and list members.
+    def __gt__(self, o): return self._ap("greater", self, o)
+    def __lt__(self, o): return self._ap("less", self, o)
+    def __ge__(self, o): return self._ap("greater_equal", self, o)
+    def __le__(self, o): return self._ap("less_equal", self, o)
     def __pos__(self): return self
 
     @property

@@ -225,6 +225,47 @@ DOMAINS: dict[str, list[Case]] = {
                     id="axis0")],
 }
 
+# -- selecting ops (issue 13): tests/test_select.py has their ties, bounds and errors --------
+def _lse(a, axis, keepdims):  # naive: fine for the harness's values in [-1.5, 1.5]
+    return np.log(np.sum(np.exp(a), axis=axis, keepdims=keepdims))
+
+
+def _clip_ref(a, lo, hi):
+    return np.array([min(max(v, -np.inf if lo is None else lo), np.inf if hi is None else hi)
+                     for v in np.ravel(a)]).reshape(np.shape(a))
+
+
+def _cmp_cases(rel):
+    return [Case(c.args, ref=lambda a, b: rel(*np.broadcast_arrays(a, b)).astype(float), id=c.id)
+            for c in _ew_cases("real", "real")]
+
+
+DOMAINS.update({
+    "maximum": _ew_cases("real", "real"),
+    "minimum": _ew_cases("real", "real"),
+    "greater": _cmp_cases(np.greater),
+    "less": _cmp_cases(np.less),
+    "greater_equal": _cmp_cases(np.greater_equal),
+    "less_equal": _cmp_cases(np.less_equal),
+    "where": [Case([(("N", 3), "labels:2"), (("N", 3), "real"), (("N", 3), "real")],
+                   ref=lambda c, a, b: np.array([x if k else y for k, x, y in zip(
+                       c.ravel(), a.ravel(), b.ravel())]).reshape(c.shape), id="same"),
+              Case([(("N", 1), "labels:2"), ((3,), "real"), ((), "real")],
+                   ref=lambda c, a, b: np.select([np.broadcast_to(c, (N, 3)) != 0],
+                                                 [np.broadcast_to(a, (N, 3))], b), id="bcast")],
+    "clip": [Case([(("N", 3), "real")], {"lo": -0.5, "hi": 0.7}, ref=_clip_ref, id="both"),
+             Case([((2, 1, 3), "real")], {"lo": 0, "hi": None}, ref=_clip_ref, id="lo"),
+             Case([((), "real")], {"lo": None, "hi": 0.25}, ref=_clip_ref, id="hi-scalar")],
+    "max": _reduce_cases(np.max),
+    "min": _reduce_cases(np.min),
+    "logsumexp": [Case(c.args, c.attrs, ref=lambda a, axis, keepdims: _lse(a, axis, keepdims),
+                       id=c.id) for c in _reduce_cases(np.sum)],
+    "var": _reduce_cases(lambda a, axis=None, keepdims=False: np.mean(
+        (a - np.mean(a, axis=axis, keepdims=True)) ** 2, axis=axis, keepdims=keepdims)),
+    "std": _reduce_cases(lambda a, axis=None, keepdims=False: np.sqrt(np.mean(
+        (a - np.mean(a, axis=axis, keepdims=True)) ** 2, axis=axis, keepdims=keepdims))),
+})
+
 
 def _value(shape, kind, rng):
     shape = tuple(N if d == "N" else d for d in shape)

@@ -129,6 +129,14 @@ def _reduce_code(method):
     return code
 
 
+def _np_reduce_code(fn):
+    """``np.<fn>(x, axis=..., keepdims=...)``: var and std (population, ddof=0)."""
+    def code(c, a):
+        parts = [c[0]] + ([] if a["axis"] is None else [f"axis={_axis_code(a['axis'])}"])
+        return f"np.{fn}({', '.join(parts + (['keepdims=True'] if a['keepdims'] else []))})"
+    return code
+
+
 def _reduce_out(fn):
     def code(c, a, out, shapes):
         axes = norm_axes(a["axis"], len(shapes[0]))
@@ -236,6 +244,16 @@ NUMPY: dict[str, Lowering] = {
                            helpers=_helpers(numpy_ops._layer_norm)),
     # -- products (issue 13)
     "einsum": Lowering(_einsum_code, out=lambda c, a, o, s: _einsum_code(c, a, out=o)),
+    # -- selecting ops (issue 13): maximum, minimum, clip and comparisons are printed
+    "where": Lowering(lambda c, a: f"np.where({c[0]}, {c[1]}, {c[2]})"),
+    "max": Lowering(_reduce_code("max"), out=_reduce_out("max")),
+    "min": Lowering(_reduce_code("min"), out=_reduce_out("min")),
+    "logsumexp": Lowering(
+        lambda c, a: f"_logsumexp({c[0]}, axis={_axis_code(a['axis'])}"
+        + (", keepdims=True)" if a["keepdims"] else ")"),
+        helpers=_helpers(numpy_ops._logsumexp)),
+    "var": Lowering(_np_reduce_code("var"), out=_reduce_out("var")),
+    "std": Lowering(_np_reduce_code("std"), out=_reduce_out("std")),
 }
 
 

@@ -30,7 +30,8 @@ def norm_axes(axis, ndim: int, what: str = "axis") -> tuple:
     for a in axes:
         if not isinstance(a, int) or not -ndim <= a < ndim:
             raise ShapeMismatch(f"{what} {axis!r} is out of range for {ndim} dimension(s)",
-                                f"Use an axis between {-ndim} and {ndim - 1}.")
+                                f"Use an axis between {-ndim} and {ndim - 1}." if ndim else
+                                "A scalar has no axes: use axis=None.")
         out.append(a % ndim)
     return tuple(sorted(set(out)))
 

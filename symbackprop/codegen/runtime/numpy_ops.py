@@ -124,3 +124,14 @@ def _sech2(x):
     """1 - tanh(x)**2 without cancellation: 4t / (1 + t)**2 with t = exp(-2|x|) <= 1."""
     t = np.exp(-2 * np.abs(x))
     return 4 * t / (1 + t) ** 2
+
+
+# -- selecting ops (issue 13)
+def _logsumexp(x, axis=None, keepdims=False):
+    """log(sum(exp(x))) over axis, shifted by the maximum so exp never overflows. A slice
+    that is all -inf gives -inf (shifted by 0, not by -inf: -inf - -inf is NaN), with
+    NumPy's divide warning of log(0)."""
+    m = np.max(x, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+    return out if keepdims else np.squeeze(out, axis=axis)
