@@ -124,3 +124,22 @@ def _sech2(x):
     """1 - tanh(x)**2 without cancellation: 4t / (1 + t)**2 with t = exp(-2|x|) <= 1."""
     t = np.exp(-2 * np.abs(x))
     return 4 * t / (1 + t) ** 2
+
+
+# -- arrays (issue 13): the gradients of slicing and gathering
+def _unslice(g, shape, index):
+    """Zeros of ``shape`` with ``g`` written at ``index``: the gradient of a slice."""
+    out = np.zeros(shape, g.dtype)
+    out[index] = g
+    return out
+
+
+def _take_grad(g, idx, size, axis):
+    """The gradient of ``np.take(x, idx, axis)``: zeros with ``size`` entries along
+    ``axis``, and ``g`` added at the indices, repeated indices accumulating. One
+    ``np.add.at`` on a 3-D view (leading axes, the indexed axis, trailing axes)."""
+    lead, trail = g.shape[:axis], g.shape[axis + idx.ndim:]
+    rows, cols = int(np.prod(lead)), int(np.prod(trail))
+    out = np.zeros((rows, size, cols), g.dtype)
+    np.add.at(out, np.s_[:, idx.reshape(-1)], g.reshape(rows, idx.size, cols))
+    return out.reshape(lead + (size,) + trail)
