@@ -149,6 +149,12 @@ class Node:
             pass  # the shape rule raises it again, naming the new node
         return self.graph.apply("slice", [self], {"index": entries})
 
+    def __iter__(self):
+        # Without this, Python would iterate through __getitem__(0), (1), ... and, along a
+        # symbolic axis, never stop.
+        raise TypeError(f"node {self.name!r} is not iterable: take parts with x[i] or "
+                        "sb.split(x, sections, axis).")
+
     @property
     def T(self) -> Node:
         """Transpose (reverses the axes)."""

@@ -167,6 +167,8 @@ def test_errors_name_node_axis_size_and_index():
         x[:-1]
     with pytest.raises(TypeError, match="sb.take"):
         x[[0, 1]]
+    with pytest.raises(TypeError, match="not iterable"):
+        list(x)  # along N this would never stop
     ids = g.input("ids", shape=(2,))
     with pytest.raises(sb.ShapeError, match="node 'take_.*dtype float.*dtype='int'"):
         sb.take(x, ids)

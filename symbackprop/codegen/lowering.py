@@ -189,6 +189,8 @@ NUMPY: dict[str, Lowering] = {
     "unslice": Lowering(
         lambda c, a: f"_unslice({c[0]}, {_shape_code(a['shape'])}, "
                      f"np.s_[{index_text(a['index'])}])",
+        out=lambda c, a, o, s: f"_unslice({c[0]}, {_shape_code(a['shape'])}, "
+                               f"np.s_[{index_text(a['index'])}], out={o})",
         helpers=_helpers(numpy_ops._unslice)),
     "concat": Lowering(
         lambda c, a: f"np.concatenate({_tuple_code(c)}, axis={a['axis']})",
@@ -201,6 +203,7 @@ NUMPY: dict[str, Lowering] = {
         else f"np.take({c[0]}, {c[1]}, axis={a['axis']})"),
     "take_grad": Lowering(
         lambda c, a: f"_take_grad({c[0]}, {c[1]}, {a['size']}, {a['axis']})",
+        out=lambda c, a, o, s: f"_take_grad({c[0]}, {c[1]}, {a['size']}, {a['axis']}, out={o})",
         helpers=_helpers(numpy_ops._take_grad)),
 }
 
