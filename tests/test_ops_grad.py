@@ -109,6 +109,34 @@ def _transpose_ref(a, axes):
     return np.einsum(f"{letters}->{''.join(letters[i] for i in axes)}", a)
 
 
+def _batched_matmul_ref(a, b):
+    # einsum's ellipsis broadcasts the leading axes; not the code under test's np.matmul
+    return np.einsum("...ij,...jk->...ik", a, b)
+
+
+def _einsum_ref(*xs, spec):
+    return np.einsum(spec, *xs, optimize=False)
+
+
+# spec, operand shapes: products np.matmul computes, and the others np.einsum does
+EINSUM_CASES = [
+    ("bhqd,bhkd->bhqk", [("N", 2, 3, 4), ("N", 2, 5, 4)]),  # attention scores
+    ("bhqk,bhkd->bhqd", [("N", 2, 3, 5), ("N", 2, 5, 4)]),  # weighted sum of values
+    ("bhqd,bhqk->bhkd", [(2, 2, 3, 4), (2, 2, 3, 5)]),  # operands in the other order
+    ("bij,bjk->bki", [(2, 3, 4), (2, 4, 5)]),  # transposed output
+    ("ij,jk->ik", [(3, 4), (4, 2)]),
+    ("ij->ji", [(3, 4)]),  # transpose
+    ("ijk->i", [(3, 2, 4)]),  # sum
+    ("ij,j->i", [(3, 4), (4,)]),  # matrix-vector
+    ("i,j->ij", [(3,), (4,)]),  # outer product
+    ("ij,ij->", [(3, 4), (3, 4)]),  # full contraction
+    ("ijk,jl->il", [(2, 3, 4), (3, 5)]),  # k summed out of one operand alone
+    ("nchw,oc->nohw", [("N", 3, 2, 2), (4, 3)]),  # a 1x1 convolution
+    ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 2)]),  # three operands
+    ("btd,hde->bhte", [(2, 3, 4), (2, 4, 3)]),  # per-head projection
+]
+
+
 def _slice_ref(a, index):
     """x[index] through the positions each entry keeps (range over the axis)."""
     if "..." in index:
@@ -235,7 +263,14 @@ DOMAINS: dict[str, list[Case]] = {
     "matmul": [Case([(("N", 3), "real"), ((3, 2), "real")],
                     ref=lambda a, b: np.einsum("ij,jk->ik", a, b), id="N3@32"),
                Case([((1, 5), "real"), ((5, 1), "real")],
-                    ref=lambda a, b: np.einsum("ij,jk->ik", a, b), id="inner")],
+                    ref=lambda a, b: np.einsum("ij,jk->ik", a, b), id="inner"),
+               # batched (issue 13): leading axes broadcast as NumPy's matmul does
+               *[Case([(sa, "real"), (sb_, "real")], ref=_batched_matmul_ref, id=i)
+                 for sa, sb_, i in [((2, 1, 3, 4), (5, 4, 6), "2134@546"),
+                                    (("N", 2, 3), (3, 4), "N23@34"),
+                                    ((3, 4), ("N", 4, 2), "34@N42"),
+                                    ((2, 3, 4), (2, 4, 5), "234@245"),
+                                    ((1, 3, 2), (4, 2, 3), "132@423")]]],
     "transpose": [Case([(("N", 3), "real")], {"axes": None}, ref=_transpose_ref, id="T"),
                   Case([((2, 3, 4), "real")], {"axes": (1, 0, 2)}, ref=_transpose_ref,
                        id="axes102"),
@@ -271,6 +306,10 @@ DOMAINS: dict[str, list[Case]] = {
             Case([((), "real"), ((), "real")], ref=lambda a, b: (a - b) ** 2, id="scalar")],
     "layer_norm": [Case([(("N", 5), "real")], {"eps": 1e-5}, ref=_layer_norm),
                    Case([((2, 3, 4), "real")], {"eps": 0.1}, ref=_layer_norm, id="3d-eps")],
+    # products (issue 13): the reference is np.einsum without optimize (the code under
+    # test calls np.matmul or np.einsum(..., optimize=True))
+    "einsum": [Case([(sh, "real") for sh in shapes], {"spec": spec}, ref=_einsum_ref, id=spec)
+               for spec, shapes in EINSUM_CASES],
     # arrays (issue 13): slicing, joining, gathering; references by explicit loops or
     # index arithmetic, not the NumPy calls the generated code makes
     **_ARRAY_DOMAINS,

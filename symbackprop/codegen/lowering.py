@@ -117,6 +117,8 @@ def _product(shapes) -> str:
     784x256 (float32 and float64). So np.matmul where the sizes known at generation (all
     but the batch) multiply to 2**15 or more, and where the planner may store the result
     transposed (see transposable), which np.dot cannot write into."""
+    if any(len(s) != 2 for s in shapes):  # a batched product: only np.matmul broadcasts
+        return "np.matmul"
     (rows, inner), (_, cols) = shapes
     known = [d for d in (rows, inner, cols) if isinstance(d, int)]
     large = len(known) >= 2 and math.prod(known) >= 2**15
@@ -151,6 +153,59 @@ _XENT_HELPERS = _helpers(
     numpy_ops._rows, numpy_ops._softmax_cross_entropy_with_grad,
     numpy_ops._softmax_cross_entropy_grad)
 
+# -- products (issue 13)
+def einsum_as_matmul(spec: str) -> tuple[int, bool, bool] | None:
+    """Whether the einsum ``spec`` is a (batched) matrix product that ``np.matmul`` computes:
+    two operands and an output of the same number n >= 2 of axes, the same batch letters
+    first in all three, then ``ik`` in the output from one operand with ``ij`` (or ``ji``)
+    and the other with ``jk`` (or ``kj``), ``j`` summed. Returns which operand comes first
+    and whether to swap the last two axes of the first and of the second, or ``None`` for
+    any other spec (``np.einsum`` computes those). ``np.einsum`` runs batched contractions
+    without BLAS, so attention's ``bhqd,bhkd->bhqk`` is a matmul.
+
+    Examples
+    --------
+    >>> einsum_as_matmul("bhqd,bhkd->bhqk"), einsum_as_matmul("ij,jk->ik")
+    ((0, False, True), (0, False, False))
+    >>> einsum_as_matmul("bhqd,bhqk->bhkd")
+    (1, True, False)
+    >>> einsum_as_matmul("bij,bjk->ik") is None, einsum_as_matmul("ij,j->i") is None
+    (True, True)
+    """
+    from ..ops.products import parse_spec
+
+    ins, out = parse_spec(spec)
+    if len(ins) != 2 or len(out) < 2 or any(len(s) != len(out) for s in ins):
+        return None
+    batch, (i, k) = out[:-2], out[-2:]
+    if any(s[:-2] != batch for s in ins):
+        return None
+    first = 0 if i in ins[0][-2:] else 1
+    a, b = ins[first], ins[1 - first]
+    j = "".join(c for c in a[-2:] if c != i)
+    if len(j) != 1 or j in out or set(a[-2:]) != {i, j} or set(b[-2:]) != {j, k}:
+        return None
+    return first, a[-2:] != i + j, b[-2:] != j + k
+
+
+def _einsum_operands(c, a) -> tuple:
+    """The operands' code, and whether the spec is a product ``np.matmul`` computes."""
+    how = einsum_as_matmul(a["spec"])
+    if how is None:
+        return tuple(c), False
+    first, *swaps = how
+    pair = (c[first], c[1 - first])
+    return tuple(f"np.swapaxes({x}, -1, -2)" if s else x for x, s in zip(pair, swaps)), True
+
+
+def _einsum_code(c, a, out=None) -> str:
+    ops, product = _einsum_operands(c, a)
+    into = f", out={out}" if out is not None else ""
+    if product:
+        return f"np.matmul({ops[0]}, {ops[1]}{into})"
+    return f"np.einsum({a['spec']!r}, {', '.join(ops)}{into}, optimize=True)"
+
+
 NUMPY: dict[str, Lowering] = {
     "identity": Lowering(lambda c, a: c[0]),
     "matmul": Lowering(
@@ -184,6 +239,8 @@ NUMPY: dict[str, Lowering] = {
     "mse": Lowering(lambda c, a: f"np.mean(({c[0]} - {c[1]}) ** 2)"),
     "layer_norm": Lowering(lambda c, a: f"_layer_norm({c[0]}, eps={a['eps']!r})",
                            helpers=_helpers(numpy_ops._layer_norm)),
+    # -- products (issue 13)
+    "einsum": Lowering(_einsum_code, out=lambda c, a, o, s: _einsum_code(c, a, out=o)),
     # -- arrays (issue 13)
     "slice": Lowering(lambda c, a: f"{c[0]}[{index_text(a['index'])}]"),
     "unslice": Lowering(
