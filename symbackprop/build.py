@@ -89,7 +89,12 @@ def parse(text: str, params=(), name: str = "statements") -> Graph:
                 f = TWO_ARGUMENT_FORMS.get(f, f)
             return g.apply(f, args, kwargs)
 
-        value = walk(st.value, text, name_, call, lambda v: v, check)
+        def subscript(v, key, i=i, seg=seg):
+            if not isinstance(v, Node):
+                raise ParseError(f"statement {i} ({seg!r}): only a variable can be indexed.")
+            return v[key]
+
+        value = walk(st.value, text, name_, call, lambda v: v, check, subscript)
         assigned[target] = last = _name(g, value, target)
     g.nx.graph["outputs"] = [last.name]
     return g

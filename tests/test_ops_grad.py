@@ -137,6 +137,101 @@ EINSUM_CASES = [
 ]
 
 
+def _slice_ref(a, index):
+    """x[index] through the positions each entry keeps (range over the axis)."""
+    if "..." in index:
+        i = index.index("...")
+        index = index[:i] + (":",) * (a.ndim - len(index) + 1) + index[i + 1:]
+    index = tuple(index) + (":",) * (a.ndim - len(index))
+    keep = []
+    for e, n in zip(index, a.shape):
+        if isinstance(e, int):
+            keep.append(e % n)
+        else:
+            parts = [None if p == "" else int(p) for p in e.split(":")]
+            keep.append(list(range(n))[slice(*parts)])
+    out = a
+    for axis, k in enumerate(keep):  # one axis at a time, ints last so axes stay put
+        if not isinstance(k, int):
+            out = np.stack([np.take(out, j, axis=axis) for j in k], axis=axis)
+    for axis in reversed([i for i, k in enumerate(keep) if isinstance(k, int)]):
+        out = np.take(out, keep[axis], axis=axis)
+    return out
+
+
+def _unslice_ref(g, index, shape):
+    """Zeros with g at the slice: by brute force, each position of the full array
+    compared to the positions the slice keeps."""
+    shape = tuple(N if d == "N" else d for d in shape)
+    out = np.zeros(shape)
+    pos = _slice_ref(np.arange(int(np.prod(shape))).reshape(shape), index)
+    for flat, v in zip(pos.ravel(), g.ravel()):
+        out.reshape(-1)[flat] = v
+    return out
+
+
+def _take_ref(a, idx, axis):
+    out = [np.moveaxis(a, axis, 0)[i] for i in idx.ravel()]
+    return np.moveaxis(np.array(out).reshape(idx.shape + out[0].shape), list(range(idx.ndim)),
+                       list(range(axis, axis + idx.ndim)))
+
+
+def _take_grad_ref(g, idx, axis, size):
+    """Scatter-add by a Python loop over the index entries."""
+    gm = np.moveaxis(g, list(range(axis, axis + idx.ndim)), list(range(idx.ndim)))
+    gm = gm.reshape((idx.size,) + gm.shape[idx.ndim:])
+    out = np.zeros((size,) + gm.shape[1:])
+    for j, i in enumerate(idx.ravel()):
+        out[i] += gm[j]
+    return np.moveaxis(out, 0, axis)
+
+
+def _concat_ref(*xs, axis):
+    parts = [np.moveaxis(x, axis, 0) for x in xs]
+    return np.moveaxis(np.array([row for p in parts for row in p]), 0, axis)
+
+
+def _stack_ref(*xs, axis):
+    return np.moveaxis(np.array(xs), 0, axis)
+
+
+_ARRAY_DOMAINS: dict[str, list[Case]] = {
+    "slice": [Case([(("N", 5), "real")], {"index": (":", "1:3")}, ref=_slice_ref, id="cols"),
+              Case([(("N", 5), "real")], {"index": ("...", -1)}, ref=_slice_ref, id="last"),
+              Case([((5, 4), "real")], {"index": (0,)}, ref=_slice_ref, id="row0"),
+              Case([((6, 3), "real")], {"index": ("::2",)}, ref=_slice_ref, id="step2"),
+              Case([((6, 3), "real")], {"index": ("-2::-2", 1)}, ref=_slice_ref,
+                   id="negstep"),
+              Case([((2, 3, 4), "real")], {"index": (1, "...", "-3:-1")}, ref=_slice_ref,
+                   id="3d")],
+    "unslice": [Case([(("N", 2), "real")], {"index": (":", "1:3"), "shape": ("N", 5)},
+                     ref=_unslice_ref, id="cols"),
+                Case([((3,), "real")], {"index": ("::-2", 1), "shape": (6, 3)},
+                     ref=_unslice_ref, id="negstep")],
+    "concat": [Case([(("N", 2), "real"), (("N", 3), "real")], {"axis": 1}, ref=_concat_ref,
+                    id="axis1"),
+               Case([((2, 3), "real"), ((1, 3), "real"), ((3, 3), "real")], {"axis": 0},
+                    ref=_concat_ref, id="three"),
+               Case([((2, 3, 2), "real"), ((2, 3, 1), "real")], {"axis": -1},
+                    ref=_concat_ref, id="last")],
+    "stack": [Case([(("N", 3), "real"), (("N", 3), "real")], {"axis": 0}, ref=_stack_ref,
+                   id="axis0"),
+              Case([((2, 3), "real"), ((2, 3), "real"), ((2, 3), "real")], {"axis": -1},
+                   ref=_stack_ref, id="last")],
+    # labels:3 on 7 or 12 entries: indices repeat, so the scatter-add must accumulate
+    "take": [Case([((3, 4), "real"), ((7,), "labels:3")], {"axis": 0}, ref=_take_ref,
+                  id="rows-repeated"),
+             Case([((2, 3, 4), "real"), ((3, 4), "labels:3")], {"axis": 1}, ref=_take_ref,
+                  id="axis1-2d-idx"),
+             Case([((4, 3), "real"), (("N", 3), "labels:4")], {"axis": 0}, ref=_take_ref,
+                  id="embedding")],
+    "take_grad": [Case([((7, 4), "real"), ((7,), "labels:3")], {"axis": 0, "size": 3},
+                       ref=_take_grad_ref, id="rows-repeated"),
+                  Case([((2, 3, 4, 4), "real"), ((3, 4), "labels:3")], {"axis": 1, "size": 3},
+                       ref=_take_grad_ref, id="axis1-2d-idx")],
+}
+
+
 DOMAINS: dict[str, list[Case]] = {
     # elementwise: the reference is OpDef.expr evaluated by mpmath
     "add": _ew_cases("real", "real"),
@@ -215,6 +310,9 @@ DOMAINS: dict[str, list[Case]] = {
     # test calls np.matmul or np.einsum(..., optimize=True))
     "einsum": [Case([(sh, "real") for sh in shapes], {"spec": spec}, ref=_einsum_ref, id=spec)
                for spec, shapes in EINSUM_CASES],
+    # arrays (issue 13): slicing, joining, gathering; references by explicit loops or
+    # index arithmetic, not the NumPy calls the generated code makes
+    **_ARRAY_DOMAINS,
     # not differentiable: forward only
     "onehot": [Case([(("N",), "labels:5")], {"num": 5},
                     ref=lambda a, num: (a[:, None] == np.arange(num)).astype(float))],

@@ -36,6 +36,7 @@ import sympy as sp
 
 from ..errors import CodegenError
 from ..ops import registry
+from ..ops.arrays import index_text
 from ..ops.stable import StableFunction
 from ..ops.tensor import norm_axes
 from . import runtime
@@ -101,6 +102,10 @@ def _axis_code(axis) -> str:
 def _shape_code(shape) -> str:
     inner = ", ".join(str(d) for d in shape)
     return f"({inner},)" if len(shape) == 1 else f"({inner})"
+
+
+def _tuple_code(codes) -> str:
+    return f"({codes[0]},)" if len(codes) == 1 else f"({', '.join(codes)})"
 
 
 def _product(shapes) -> str:
@@ -254,6 +259,27 @@ NUMPY: dict[str, Lowering] = {
         helpers=_helpers(numpy_ops._logsumexp)),
     "var": Lowering(_np_reduce_code("var"), out=_reduce_out("var")),
     "std": Lowering(_np_reduce_code("std"), out=_reduce_out("std")),
+    # -- arrays (issue 13)
+    "slice": Lowering(lambda c, a: f"{c[0]}[{index_text(a['index'])}]"),
+    "unslice": Lowering(
+        lambda c, a: f"_unslice({c[0]}, {_shape_code(a['shape'])}, "
+                     f"np.s_[{index_text(a['index'])}])",
+        out=lambda c, a, o, s: f"_unslice({c[0]}, {_shape_code(a['shape'])}, "
+                               f"np.s_[{index_text(a['index'])}], out={o})",
+        helpers=_helpers(numpy_ops._unslice)),
+    "concat": Lowering(
+        lambda c, a: f"np.concatenate({_tuple_code(c)}, axis={a['axis']})",
+        out=lambda c, a, o, s: f"np.concatenate({_tuple_code(c)}, axis={a['axis']}, out={o})"),
+    "stack": Lowering(
+        lambda c, a: f"np.stack({_tuple_code(c)}, axis={a['axis']})",
+        out=lambda c, a, o, s: f"np.stack({_tuple_code(c)}, axis={a['axis']}, out={o})"),
+    "take": Lowering(
+        lambda c, a: f"{c[0]}[{c[1]}]" if a["axis"] == 0
+        else f"np.take({c[0]}, {c[1]}, axis={a['axis']})"),
+    "take_grad": Lowering(
+        lambda c, a: f"_take_grad({c[0]}, {c[1]}, {a['size']}, {a['axis']})",
+        out=lambda c, a, o, s: f"_take_grad({c[0]}, {c[1]}, {a['size']}, {a['axis']}, out={o})",
+        helpers=_helpers(numpy_ops._take_grad)),
 }
 
 
