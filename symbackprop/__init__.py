@@ -38,6 +38,9 @@ from .testing import check_grad
 # sb.<op> for every built-in op (sb.relu, sb.matmul, sb.softmax_cross_entropy, ...)
 _OP_NAMES = [op.name for op in ops.all_ops() if op.name != "ew"]
 globals().update({name: ops.builder(name) for name in _OP_NAMES})
+einsum = ops.products.einsum  # sb.einsum(spec, *xs): the spec, then the operand nodes
+# list-taking builders and the ops made of others (issue 13)
+from .ops.arrays import concat, embedding, split, stack  # noqa: F401  (concat, stack: take lists)
 
 __all__ = [
     "Adjoints", "ArityError", "CodegenError", "Compiled", "CycleError", "Derivation",
@@ -46,4 +49,4 @@ __all__ = [
     "elementwise", "from_networkx", "grad", "load", "models", "numpy_source", "ops",
     "optimize", "parse", "render", "save", "testing", "to_dot", "to_networkx", "train_step",
     "training_script", "write_diagram",
-] + [name for name in _OP_NAMES]  # every op, sb.relu ...
+] + [name for name in _OP_NAMES] + ["embedding", "split"]  # every op, sb.relu ...

@@ -150,6 +150,12 @@ def differentiate(g: Graph, of: str | None = None, wrt=None) -> Adjoints:
     j = g.copy()
     G = j.nx
     path = j.ancestors([of]) & j.descendants(wrt)
+    # A mask (a comparison: OpDef.zero_grad) passes no gradient: the paths through it are cut
+    cut = {n for n in path if (op := j.opdef(n)) is not None and op.zero_grad}
+    if cut:
+        sub = nx.subgraph_view(G, filter_node=lambda n: n not in cut)
+        path &= {of, *nx.ancestors(sub, of)} & {
+            d for w in wrt for d in (w, *nx.descendants(sub, w))}
     topo = j.topo_order()
     for n in topo:
         opdef = j.opdef(n)

@@ -3,7 +3,9 @@
 Statements are parsed by Python's parser and walked here; the string is
 never evaluated. Assigned names become named nodes, free names become inputs
 (or parameters, when listed in ``params``), the last assignment is the output.
-Calls may use any registered op: ``h = tanh(w*x + b)``, ``s = sum(v, axis=0)``.
+Calls may use any registered op: ``h = tanh(w*x + b)``, ``s = sum(v, axis=0)``;
+``max(a, b)`` and ``min(a, b)`` are the elementwise maximum and minimum, ``max(v, axis=0)``
+with one argument the reduction.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from .errors import ParseError
 from .expr import _error, parse_module, walk
 from .graph import Graph, Node
 from .ops import registry
+from .ops.select import TWO_ARGUMENT_FORMS
 
 
 def parse(text: str, params=(), name: str = "statements") -> Graph:
@@ -82,9 +85,16 @@ def parse(text: str, params=(), name: str = "statements") -> Graph:
         def call(f, args, kwargs, node):
             if not any(isinstance(a, Node) for a in args):
                 raise _error(text, node, f"{f}() needs at least one variable argument")
+            if len(args) == 2:  # Python's max(a, b): the elementwise maximum
+                f = TWO_ARGUMENT_FORMS.get(f, f)
             return g.apply(f, args, kwargs)
 
-        value = walk(st.value, text, name_, call, lambda v: v, check)
+        def subscript(v, key, i=i, seg=seg):
+            if not isinstance(v, Node):
+                raise ParseError(f"statement {i} ({seg!r}): only a variable can be indexed.")
+            return v[key]
+
+        value = walk(st.value, text, name_, call, lambda v: v, check, subscript)
         assigned[target] = last = _name(g, value, target)
     g.nx.graph["outputs"] = [last.name]
     return g

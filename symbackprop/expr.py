@@ -34,12 +34,14 @@ SYMPY_FUNCTIONS: dict[str, Callable] = {
 
 
 def walk(node: ast.AST, source: str, name: Callable, call: Callable, number: Callable,
-         check_call: Callable = lambda func_id, node: None):
+         check_call: Callable = lambda func_id, node: None, subscript: Callable | None = None):
     """Evaluate an ``ast`` expression tree with the given leaf/call handlers.
 
     ``name(id, node)``, ``call(func_id, args, kwargs, node)`` and ``number(value)``
     decide what leaves mean; operators map to Python operators on the results.
     ``check_call(func_id, node)`` may reject a function before its arguments are read.
+    ``subscript(value, key)``, when given, reads ``v[...]`` with a static index (integers,
+    slices with integer bounds, ``...``; read as literals, never evaluated).
     """
 
     def go(n):
@@ -52,6 +54,8 @@ def walk(node: ast.AST, source: str, name: Callable, call: Callable, number: Cal
             return _BINOPS[type(n.op)](go(n.left), go(n.right))
         if isinstance(n, ast.UnaryOp) and type(n.op) in _UNOPS:
             return _UNOPS[type(n.op)](go(n.operand))
+        if isinstance(n, ast.Subscript) and subscript is not None:
+            return subscript(go(n.value), _static_index(n.slice, source))
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Name):
             check_call(n.func.id, n)
             kwargs = {}
@@ -64,6 +68,29 @@ def walk(node: ast.AST, source: str, name: Callable, call: Callable, number: Cal
                      "is not allowed here; use numbers, names, + - * / ** @ and op calls")
 
     return go(node)
+
+
+def _static_index(n: ast.AST, source: str):
+    """The key of ``x[...]`` as Python values: ints, slices of ints, ``...`` and tuples."""
+    if isinstance(n, ast.Tuple):
+        return tuple(_static_index(e, source) for e in n.elts)
+    if isinstance(n, ast.Slice):
+        return slice(*(None if b is None else _static_int(b, source)
+                       for b in (n.lower, n.upper, n.step)))
+    if isinstance(n, ast.Constant) and n.value is Ellipsis:
+        return Ellipsis
+    return _static_int(n, source)
+
+
+def _static_int(n: ast.AST, source: str) -> int:
+    try:
+        v = ast.literal_eval(n)
+    except ValueError:
+        v = None
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise _error(source, n, f"index {ast.get_source_segment(source, n)!r} is not an "
+                     "integer: indices are static, e.g. x[0], x[1:3], x[:, ::2], x[..., -1]")
+    return v
 
 
 def _literal(n: ast.AST, source: str):

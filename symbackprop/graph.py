@@ -68,7 +68,9 @@ class Node:
     """A handle on one node of a :class:`Graph`, with operator overloading.
 
     ``a + b``, ``a - b``, ``a * b``, ``a / b``, ``a ** b``, ``a @ b``, ``-a`` and
-    ``a.T`` add nodes to the graph; Python numbers become constants.
+    ``a.T`` add nodes to the graph; Python numbers become constants. ``a > b``,
+    ``a < b``, ``a >= b`` and ``a <= b`` add a mask of 0.0 and 1.0 (``sb.greater``, ...),
+    through which no gradient flows; ``a == b`` is identity of nodes, not a mask.
 
     Examples
     --------
@@ -133,7 +135,33 @@ class Node:
     def __matmul__(self, o): return self._ap("matmul", self, o)
     def __rmatmul__(self, o): return self._ap("matmul", o, self)
     def __neg__(self): return self._ap("neg", self)
+    # Comparisons give a mask node of 0.0 and 1.0 (sb.greater, ...) with no gradient;
+    # == stays identity (above), so nodes can be dict keys and list members.
+    def __gt__(self, o): return self._ap("greater", self, o)
+    def __lt__(self, o): return self._ap("less", self, o)
+    def __ge__(self, o): return self._ap("greater_equal", self, o)
+    def __le__(self, o): return self._ap("less_equal", self, o)
     def __pos__(self): return self
+
+    def __getitem__(self, key) -> Node:
+        """Static slicing, ``x[0]``, ``x[1:3]``, ``x[:, 1:3]``, ``x[..., -1]``, ``x[::2]``
+        (op ``slice``); an integer node as the key gathers, ``sb.take(x, key, axis=0)``."""
+        from .ops.arrays import index_entries, normalize_index
+
+        if isinstance(key, Node):
+            return self.graph.apply("take", [self, key], {"axis": 0})
+        entries = index_entries(key)
+        try:
+            entries = normalize_index(entries, self.shape)
+        except ShapeMismatch:
+            pass  # the shape rule raises it again, naming the new node
+        return self.graph.apply("slice", [self], {"index": entries})
+
+    def __iter__(self):
+        # Without this, Python would iterate through __getitem__(0), (1), ... and, along a
+        # symbolic axis, never stop.
+        raise TypeError(f"node {self.name!r} is not iterable: take parts with x[i] or "
+                        "sb.split(x, sections, axis).")
 
     @property
     def T(self) -> Node:
@@ -222,11 +250,12 @@ class Graph:
         shapes = [self.nx.nodes[n]["shape"] for n in names]
         try:
             shape = tuple(opdef.shape(shapes, attrs, names))
+            # a dtype rule may refuse too (take's float index), reported the same way
+            dtype = opdef.dtype([self.nx.nodes[n]["dtype"] for n in names], attrs)
         except ShapeMismatch as e:
             given = ", ".join(f"{n} is {fmt_shape(s)}" for n, s in zip(names, shapes))
             raise ShapeError(f"node {new!r} = {op}({', '.join(names)}): {given}; {e.found}."
                              + (f" {e.fix}" if e.fix else "")) from None
-        dtype = opdef.dtype([self.nx.nodes[n]["dtype"] for n in names], attrs)
         self.nx.add_node(new, op=op, shape=shape, dtype=dtype, attrs=attrs, auto=name is None)
         for i, n in enumerate(names):
             self.nx.add_edge(n, new, key=i, arg=i)

@@ -110,6 +110,129 @@ def _transpose_ref(a, axes):
     return np.einsum(f"{letters}->{''.join(letters[i] for i in axes)}", a)
 
 
+def _batched_matmul_ref(a, b):
+    # einsum's ellipsis broadcasts the leading axes; not the code under test's np.matmul
+    return np.einsum("...ij,...jk->...ik", a, b)
+
+
+def _einsum_ref(*xs, spec):
+    return np.einsum(spec, *xs, optimize=False)
+
+
+# spec, operand shapes: products np.matmul computes, and the others np.einsum does
+EINSUM_CASES = [
+    ("bhqd,bhkd->bhqk", [("N", 2, 3, 4), ("N", 2, 5, 4)]),  # attention scores
+    ("bhqk,bhkd->bhqd", [("N", 2, 3, 5), ("N", 2, 5, 4)]),  # weighted sum of values
+    ("bhqd,bhqk->bhkd", [(2, 2, 3, 4), (2, 2, 3, 5)]),  # operands in the other order
+    ("bij,bjk->bki", [(2, 3, 4), (2, 4, 5)]),  # transposed output
+    ("ij,jk->ik", [(3, 4), (4, 2)]),
+    ("ij->ji", [(3, 4)]),  # transpose
+    ("ijk->i", [(3, 2, 4)]),  # sum
+    ("ij,j->i", [(3, 4), (4,)]),  # matrix-vector
+    ("i,j->ij", [(3,), (4,)]),  # outer product
+    ("ij,ij->", [(3, 4), (3, 4)]),  # full contraction
+    ("ijk,jl->il", [(2, 3, 4), (3, 5)]),  # k summed out of one operand alone
+    ("nchw,oc->nohw", [("N", 3, 2, 2), (4, 3)]),  # a 1x1 convolution
+    ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 2)]),  # three operands
+    ("btd,hde->bhte", [(2, 3, 4), (2, 4, 3)]),  # per-head projection
+]
+
+
+def _slice_ref(a, index):
+    """x[index] through the positions each entry keeps (range over the axis)."""
+    if "..." in index:
+        i = index.index("...")
+        index = index[:i] + (":",) * (a.ndim - len(index) + 1) + index[i + 1:]
+    index = tuple(index) + (":",) * (a.ndim - len(index))
+    keep = []
+    for e, n in zip(index, a.shape):
+        if isinstance(e, int):
+            keep.append(e % n)
+        else:
+            parts = [None if p == "" else int(p) for p in e.split(":")]
+            keep.append(list(range(n))[slice(*parts)])
+    out = a
+    for axis, k in enumerate(keep):  # one axis at a time, ints last so axes stay put
+        if not isinstance(k, int):
+            out = np.stack([np.take(out, j, axis=axis) for j in k], axis=axis)
+    for axis in reversed([i for i, k in enumerate(keep) if isinstance(k, int)]):
+        out = np.take(out, keep[axis], axis=axis)
+    return out
+
+
+def _unslice_ref(g, index, shape):
+    """Zeros with g at the slice: by brute force, each position of the full array
+    compared to the positions the slice keeps."""
+    shape = tuple(N if d == "N" else d for d in shape)
+    out = np.zeros(shape)
+    pos = _slice_ref(np.arange(int(np.prod(shape))).reshape(shape), index)
+    for flat, v in zip(pos.ravel(), g.ravel()):
+        out.reshape(-1)[flat] = v
+    return out
+
+
+def _take_ref(a, idx, axis):
+    out = [np.moveaxis(a, axis, 0)[i] for i in idx.ravel()]
+    return np.moveaxis(np.array(out).reshape(idx.shape + out[0].shape), list(range(idx.ndim)),
+                       list(range(axis, axis + idx.ndim)))
+
+
+def _take_grad_ref(g, idx, axis, size):
+    """Scatter-add by a Python loop over the index entries."""
+    gm = np.moveaxis(g, list(range(axis, axis + idx.ndim)), list(range(idx.ndim)))
+    gm = gm.reshape((idx.size,) + gm.shape[idx.ndim:])
+    out = np.zeros((size,) + gm.shape[1:])
+    for j, i in enumerate(idx.ravel()):
+        out[i] += gm[j]
+    return np.moveaxis(out, 0, axis)
+
+
+def _concat_ref(*xs, axis):
+    parts = [np.moveaxis(x, axis, 0) for x in xs]
+    return np.moveaxis(np.array([row for p in parts for row in p]), 0, axis)
+
+
+def _stack_ref(*xs, axis):
+    return np.moveaxis(np.array(xs), 0, axis)
+
+
+_ARRAY_DOMAINS: dict[str, list[Case]] = {
+    "slice": [Case([(("N", 5), "real")], {"index": (":", "1:3")}, ref=_slice_ref, id="cols"),
+              Case([(("N", 5), "real")], {"index": ("...", -1)}, ref=_slice_ref, id="last"),
+              Case([((5, 4), "real")], {"index": (0,)}, ref=_slice_ref, id="row0"),
+              Case([((6, 3), "real")], {"index": ("::2",)}, ref=_slice_ref, id="step2"),
+              Case([((6, 3), "real")], {"index": ("-2::-2", 1)}, ref=_slice_ref,
+                   id="negstep"),
+              Case([((2, 3, 4), "real")], {"index": (1, "...", "-3:-1")}, ref=_slice_ref,
+                   id="3d")],
+    "unslice": [Case([(("N", 2), "real")], {"index": (":", "1:3"), "shape": ("N", 5)},
+                     ref=_unslice_ref, id="cols"),
+                Case([((3,), "real")], {"index": ("::-2", 1), "shape": (6, 3)},
+                     ref=_unslice_ref, id="negstep")],
+    "concat": [Case([(("N", 2), "real"), (("N", 3), "real")], {"axis": 1}, ref=_concat_ref,
+                    id="axis1"),
+               Case([((2, 3), "real"), ((1, 3), "real"), ((3, 3), "real")], {"axis": 0},
+                    ref=_concat_ref, id="three"),
+               Case([((2, 3, 2), "real"), ((2, 3, 1), "real")], {"axis": -1},
+                    ref=_concat_ref, id="last")],
+    "stack": [Case([(("N", 3), "real"), (("N", 3), "real")], {"axis": 0}, ref=_stack_ref,
+                   id="axis0"),
+              Case([((2, 3), "real"), ((2, 3), "real"), ((2, 3), "real")], {"axis": -1},
+                   ref=_stack_ref, id="last")],
+    # labels:3 on 7 or 12 entries: indices repeat, so the scatter-add must accumulate
+    "take": [Case([((3, 4), "real"), ((7,), "labels:3")], {"axis": 0}, ref=_take_ref,
+                  id="rows-repeated"),
+             Case([((2, 3, 4), "real"), ((3, 4), "labels:3")], {"axis": 1}, ref=_take_ref,
+                  id="axis1-2d-idx"),
+             Case([((4, 3), "real"), (("N", 3), "labels:4")], {"axis": 0}, ref=_take_ref,
+                  id="embedding")],
+    "take_grad": [Case([((7, 4), "real"), ((7,), "labels:3")], {"axis": 0, "size": 3},
+                       ref=_take_grad_ref, id="rows-repeated"),
+                  Case([((2, 3, 4, 4), "real"), ((3, 4), "labels:3")], {"axis": 1, "size": 3},
+                       ref=_take_grad_ref, id="axis1-2d-idx")],
+}
+
+
 DOMAINS: dict[str, list[Case]] = {
     # elementwise: the reference is OpDef.expr evaluated by mpmath
     "add": _ew_cases("real", "real"),
@@ -141,7 +264,14 @@ DOMAINS: dict[str, list[Case]] = {
     "matmul": [Case([(("N", 3), "real"), ((3, 2), "real")],
                     ref=lambda a, b: np.einsum("ij,jk->ik", a, b), id="N3@32"),
                Case([((1, 5), "real"), ((5, 1), "real")],
-                    ref=lambda a, b: np.einsum("ij,jk->ik", a, b), id="inner")],
+                    ref=lambda a, b: np.einsum("ij,jk->ik", a, b), id="inner"),
+               # batched (issue 13): leading axes broadcast as NumPy's matmul does
+               *[Case([(sa, "real"), (sb_, "real")], ref=_batched_matmul_ref, id=i)
+                 for sa, sb_, i in [((2, 1, 3, 4), (5, 4, 6), "2134@546"),
+                                    (("N", 2, 3), (3, 4), "N23@34"),
+                                    ((3, 4), ("N", 4, 2), "34@N42"),
+                                    ((2, 3, 4), (2, 4, 5), "234@245"),
+                                    ((1, 3, 2), (4, 2, 3), "132@423")]]],
     "transpose": [Case([(("N", 3), "real")], {"axes": None}, ref=_transpose_ref, id="T"),
                   Case([((2, 3, 4), "real")], {"axes": (1, 0, 2)}, ref=_transpose_ref,
                        id="axes102"),
@@ -177,6 +307,13 @@ DOMAINS: dict[str, list[Case]] = {
             Case([((), "real"), ((), "real")], ref=lambda a, b: (a - b) ** 2, id="scalar")],
     "layer_norm": [Case([(("N", 5), "real")], {"eps": 1e-5}, ref=_layer_norm),
                    Case([((2, 3, 4), "real")], {"eps": 0.1}, ref=_layer_norm, id="3d-eps")],
+    # products (issue 13): the reference is np.einsum without optimize (the code under
+    # test calls np.matmul or np.einsum(..., optimize=True))
+    "einsum": [Case([(sh, "real") for sh in shapes], {"spec": spec}, ref=_einsum_ref, id=spec)
+               for spec, shapes in EINSUM_CASES],
+    # arrays (issue 13): slicing, joining, gathering; references by explicit loops or
+    # index arithmetic, not the NumPy calls the generated code makes
+    **_ARRAY_DOMAINS,
     # not differentiable: forward only
     "onehot": [Case([(("N",), "labels:5")], {"num": 5},
                     ref=lambda a, num: (a[:, None] == np.arange(num)).astype(float))],
@@ -188,6 +325,47 @@ DOMAINS: dict[str, list[Case]] = {
     # -- convolution and pooling (issue 13): cases and loop references in conv_cases.py
     **conv_cases.domains(Case),
 }
+
+# -- selecting ops (issue 13): tests/test_select.py has their ties, bounds and errors --------
+def _lse(a, axis, keepdims):  # naive: fine for the harness's values in [-1.5, 1.5]
+    return np.log(np.sum(np.exp(a), axis=axis, keepdims=keepdims))
+
+
+def _clip_ref(a, lo, hi):
+    return np.array([min(max(v, -np.inf if lo is None else lo), np.inf if hi is None else hi)
+                     for v in np.ravel(a)]).reshape(np.shape(a))
+
+
+def _cmp_cases(rel):
+    return [Case(c.args, ref=lambda a, b: rel(*np.broadcast_arrays(a, b)).astype(float), id=c.id)
+            for c in _ew_cases("real", "real")]
+
+
+DOMAINS.update({
+    "maximum": _ew_cases("real", "real"),
+    "minimum": _ew_cases("real", "real"),
+    "greater": _cmp_cases(np.greater),
+    "less": _cmp_cases(np.less),
+    "greater_equal": _cmp_cases(np.greater_equal),
+    "less_equal": _cmp_cases(np.less_equal),
+    "where": [Case([(("N", 3), "labels:2"), (("N", 3), "real"), (("N", 3), "real")],
+                   ref=lambda c, a, b: np.array([x if k else y for k, x, y in zip(
+                       c.ravel(), a.ravel(), b.ravel())]).reshape(c.shape), id="same"),
+              Case([(("N", 1), "labels:2"), ((3,), "real"), ((), "real")],
+                   ref=lambda c, a, b: np.select([np.broadcast_to(c, (N, 3)) != 0],
+                                                 [np.broadcast_to(a, (N, 3))], b), id="bcast")],
+    "clip": [Case([(("N", 3), "real")], {"lo": -0.5, "hi": 0.7}, ref=_clip_ref, id="both"),
+             Case([((2, 1, 3), "real")], {"lo": 0, "hi": None}, ref=_clip_ref, id="lo"),
+             Case([((), "real")], {"lo": None, "hi": 0.25}, ref=_clip_ref, id="hi-scalar")],
+    "max": _reduce_cases(np.max),
+    "min": _reduce_cases(np.min),
+    "logsumexp": [Case(c.args, c.attrs, ref=lambda a, axis, keepdims: _lse(a, axis, keepdims),
+                       id=c.id) for c in _reduce_cases(np.sum)],
+    "var": _reduce_cases(lambda a, axis=None, keepdims=False: np.mean(
+        (a - np.mean(a, axis=axis, keepdims=True)) ** 2, axis=axis, keepdims=keepdims)),
+    "std": _reduce_cases(lambda a, axis=None, keepdims=False: np.sqrt(np.mean(
+        (a - np.mean(a, axis=axis, keepdims=True)) ** 2, axis=axis, keepdims=keepdims))),
+})
 
 
 def _value(shape, kind, rng):

@@ -36,6 +36,7 @@ import sympy as sp
 
 from ..errors import CodegenError
 from ..ops import registry
+from ..ops.arrays import index_text
 from ..ops.conv import conv_attrs, pool_attrs
 from ..ops.stable import StableFunction
 from ..ops.tensor import norm_axes
@@ -104,6 +105,10 @@ def _shape_code(shape) -> str:
     return f"({inner},)" if len(shape) == 1 else f"({inner})"
 
 
+def _tuple_code(codes) -> str:
+    return f"({codes[0]},)" if len(codes) == 1 else f"({', '.join(codes)})"
+
+
 def _product(shapes) -> str:
     """The NumPy call for a product into a planned buffer. np.dot is the same product for
     2-D arrays with less call overhead than np.matmul (0.3-0.7 us of 1.5-8 us on small
@@ -113,6 +118,8 @@ def _product(shapes) -> str:
     784x256 (float32 and float64). So np.matmul where the sizes known at generation (all
     but the batch) multiply to 2**15 or more, and where the planner may store the result
     transposed (see transposable), which np.dot cannot write into."""
+    if any(len(s) != 2 for s in shapes):  # a batched product: only np.matmul broadcasts
+        return "np.matmul"
     (rows, inner), (_, cols) = shapes
     known = [d for d in (rows, inner, cols) if isinstance(d, int)]
     large = len(known) >= 2 and math.prod(known) >= 2**15
@@ -125,6 +132,14 @@ def _reduce_code(method):
         if a["keepdims"]:
             parts.append("keepdims=True")
         return f"{c[0]}.{method}({', '.join(parts)})"
+    return code
+
+
+def _np_reduce_code(fn):
+    """``np.<fn>(x, axis=..., keepdims=...)``: var and std (population, ddof=0)."""
+    def code(c, a):
+        parts = [c[0]] + ([] if a["axis"] is None else [f"axis={_axis_code(a['axis'])}"])
+        return f"np.{fn}({', '.join(parts + (['keepdims=True'] if a['keepdims'] else []))})"
     return code
 
 
@@ -146,6 +161,59 @@ _XENT_HELPERS = _helpers(
     numpy_ops._softmax_cross_entropy, numpy_ops._shifted_exp, numpy_ops._ones,
     numpy_ops._rows, numpy_ops._softmax_cross_entropy_with_grad,
     numpy_ops._softmax_cross_entropy_grad)
+
+# -- products (issue 13)
+def einsum_as_matmul(spec: str) -> tuple[int, bool, bool] | None:
+    """Whether the einsum ``spec`` is a (batched) matrix product that ``np.matmul`` computes:
+    two operands and an output of the same number n >= 2 of axes, the same batch letters
+    first in all three, then ``ik`` in the output from one operand with ``ij`` (or ``ji``)
+    and the other with ``jk`` (or ``kj``), ``j`` summed. Returns which operand comes first
+    and whether to swap the last two axes of the first and of the second, or ``None`` for
+    any other spec (``np.einsum`` computes those). ``np.einsum`` runs batched contractions
+    without BLAS, so attention's ``bhqd,bhkd->bhqk`` is a matmul.
+
+    Examples
+    --------
+    >>> einsum_as_matmul("bhqd,bhkd->bhqk"), einsum_as_matmul("ij,jk->ik")
+    ((0, False, True), (0, False, False))
+    >>> einsum_as_matmul("bhqd,bhqk->bhkd")
+    (1, True, False)
+    >>> einsum_as_matmul("bij,bjk->ik") is None, einsum_as_matmul("ij,j->i") is None
+    (True, True)
+    """
+    from ..ops.products import parse_spec
+
+    ins, out = parse_spec(spec)
+    if len(ins) != 2 or len(out) < 2 or any(len(s) != len(out) for s in ins):
+        return None
+    batch, (i, k) = out[:-2], out[-2:]
+    if any(s[:-2] != batch for s in ins):
+        return None
+    first = 0 if i in ins[0][-2:] else 1
+    a, b = ins[first], ins[1 - first]
+    j = "".join(c for c in a[-2:] if c != i)
+    if len(j) != 1 or j in out or set(a[-2:]) != {i, j} or set(b[-2:]) != {j, k}:
+        return None
+    return first, a[-2:] != i + j, b[-2:] != j + k
+
+
+def _einsum_operands(c, a) -> tuple:
+    """The operands' code, and whether the spec is a product ``np.matmul`` computes."""
+    how = einsum_as_matmul(a["spec"])
+    if how is None:
+        return tuple(c), False
+    first, *swaps = how
+    pair = (c[first], c[1 - first])
+    return tuple(f"np.swapaxes({x}, -1, -2)" if s else x for x, s in zip(pair, swaps)), True
+
+
+def _einsum_code(c, a, out=None) -> str:
+    ops, product = _einsum_operands(c, a)
+    into = f", out={out}" if out is not None else ""
+    if product:
+        return f"np.matmul({ops[0]}, {ops[1]}{into})"
+    return f"np.einsum({a['spec']!r}, {', '.join(ops)}{into}, optimize=True)"
+
 
 # -- convolution and pooling (issue 13): attributes written as tuples, one int per axis
 _CONV_HELPERS = _helpers(numpy_ops._pad, numpy_ops._conv_windows, numpy_ops._conv_cols,
@@ -195,6 +263,39 @@ NUMPY: dict[str, Lowering] = {
     "mse": Lowering(lambda c, a: f"np.mean(({c[0]} - {c[1]}) ** 2)"),
     "layer_norm": Lowering(lambda c, a: f"_layer_norm({c[0]}, eps={a['eps']!r})",
                            helpers=_helpers(numpy_ops._layer_norm)),
+    # -- products (issue 13)
+    "einsum": Lowering(_einsum_code, out=lambda c, a, o, s: _einsum_code(c, a, out=o)),
+    # -- selecting ops (issue 13): maximum, minimum, clip and comparisons are printed
+    "where": Lowering(lambda c, a: f"np.where({c[0]}, {c[1]}, {c[2]})"),
+    "max": Lowering(_reduce_code("max"), out=_reduce_out("max")),
+    "min": Lowering(_reduce_code("min"), out=_reduce_out("min")),
+    "logsumexp": Lowering(
+        lambda c, a: f"_logsumexp({c[0]}, axis={_axis_code(a['axis'])}"
+        + (", keepdims=True)" if a["keepdims"] else ")"),
+        helpers=_helpers(numpy_ops._logsumexp)),
+    "var": Lowering(_np_reduce_code("var"), out=_reduce_out("var")),
+    "std": Lowering(_np_reduce_code("std"), out=_reduce_out("std")),
+    # -- arrays (issue 13)
+    "slice": Lowering(lambda c, a: f"{c[0]}[{index_text(a['index'])}]"),
+    "unslice": Lowering(
+        lambda c, a: f"_unslice({c[0]}, {_shape_code(a['shape'])}, "
+                     f"np.s_[{index_text(a['index'])}])",
+        out=lambda c, a, o, s: f"_unslice({c[0]}, {_shape_code(a['shape'])}, "
+                               f"np.s_[{index_text(a['index'])}], out={o})",
+        helpers=_helpers(numpy_ops._unslice)),
+    "concat": Lowering(
+        lambda c, a: f"np.concatenate({_tuple_code(c)}, axis={a['axis']})",
+        out=lambda c, a, o, s: f"np.concatenate({_tuple_code(c)}, axis={a['axis']}, out={o})"),
+    "stack": Lowering(
+        lambda c, a: f"np.stack({_tuple_code(c)}, axis={a['axis']})",
+        out=lambda c, a, o, s: f"np.stack({_tuple_code(c)}, axis={a['axis']}, out={o})"),
+    "take": Lowering(
+        lambda c, a: f"{c[0]}[{c[1]}]" if a["axis"] == 0
+        else f"np.take({c[0]}, {c[1]}, axis={a['axis']})"),
+    "take_grad": Lowering(
+        lambda c, a: f"_take_grad({c[0]}, {c[1]}, {a['size']}, {a['axis']})",
+        out=lambda c, a, o, s: f"_take_grad({c[0]}, {c[1]}, {a['size']}, {a['axis']}, out={o})",
+        helpers=_helpers(numpy_ops._take_grad)),
     # -- convolution and pooling (issue 13)
     "conv1d": Lowering(lambda c, a: _conv_code("_conv", c, a, 1), helpers=_CONV_HELPERS),
     "conv2d": Lowering(lambda c, a: _conv_code("_conv", c, a, 2), helpers=_CONV_HELPERS),

@@ -24,6 +24,7 @@ from ..autodiff import Adjoints
 from ..graph import dim_symbol
 from ..ops import registry
 from ..ops.elementwise import X
+from ..ops.select import MASKS
 from .numbers import exact
 from .printers import latex, text
 
@@ -114,9 +115,11 @@ def _is_mat(e) -> bool:
 
 
 def _indicators(e):
-    """Show ``Heaviside(u, 0)`` as ``1[u > 0]``."""
+    """Show ``Heaviside(u, 0)`` as ``1[u > 0]`` and ``Heaviside(u, 1)`` as ``1[u ≥ 0]``."""
     if not isinstance(e, sp.Basic) or _is_mat(e):
         return e
+    e = e.replace(lambda t: isinstance(t, sp.Heaviside) and len(t.args) == 2
+                  and t.args[1] == 1, lambda t: MASKS["≥"](t.args[0], 0))
     return e.replace(lambda t: isinstance(t, sp.Heaviside) and len(t.args) == 2
                      and t.args[1] == 0, lambda t: Indicator(t.args[0]))
 
@@ -144,6 +147,8 @@ def _lift(e, args: dict):
         return sp.HadamardPower(parts[0], parts[1])
     if isinstance(e, Indicator):
         return AsMatrix(Indicator(parts[0]), *shape)
+    if getattr(e, "entrywise", False):  # a display function of its own (1[a > b])
+        return AsMatrix(e.func(*parts), *shape)
     name = getattr(e.func, "__name__", type(e).__name__)
     return AsMatrix(sp.Function(name)(*parts), *shape)
 

@@ -56,6 +56,10 @@ class OpDef:
         from ordinary ops) holding the gradient contribution, or ``None``.
     differentiable : bool
         ``False`` for ops with no useful derivative (argmax, onehot).
+    zero_grad : bool
+        The derivative is 0 wherever it is defined (a comparison's mask ``a > b``): no
+        gradient flows through the op, and differentiation cuts the paths through it
+        (where a ``differentiable=False`` op on a path is an error).
     fans : callable or None
         ``fans(arg_index, arg_shapes, attrs) -> (fan_in, fan_out) or None``: for a
         parameter used as argument ``arg_index``, the number of inputs each output
@@ -109,6 +113,7 @@ class OpDef:
     dtype: Callable = lambda dtypes, attrs: "float"
     vjp: Callable | None = None
     differentiable: bool = True
+    zero_grad: bool = False
     fans: Callable | None = None
     elementwise: bool = False
     expr: Callable | None = None

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .elementwise import count, unbroadcast
+from .elementwise import broadcast_shapes, count, unbroadcast
+from .products import BatchedMatMulDisplay
 from .registry import OpDef, ShapeMismatch, register
 
 
@@ -29,7 +30,8 @@ def norm_axes(axis, ndim: int, what: str = "axis") -> tuple:
     for a in axes:
         if not isinstance(a, int) or not -ndim <= a < ndim:
             raise ShapeMismatch(f"{what} {axis!r} is out of range for {ndim} dimension(s)",
-                                f"Use an axis between {-ndim} and {ndim - 1}.")
+                                f"Use an axis between {-ndim} and {ndim - 1}." if ndim else
+                                "A scalar has no axes: use axis=None.")
         out.append(a % ndim)
     return tuple(sorted(set(out)))
 
@@ -49,29 +51,68 @@ register(OpDef(
 # -- matmul ------------------------------------------------------------------------
 def _matmul_shape(shapes, attrs, names):
     a, b = shapes
-    if len(a) != 2 or len(b) != 2:
-        raise ShapeMismatch("matmul needs two 2-D arguments",
+    if len(a) < 2 or len(b) < 2:
+        raise ShapeMismatch("matmul needs arguments of at least 2 dimensions",
                             "Reshape 1-D arguments, e.g. sb.reshape(v, shape=(1, n)).")
-    if a[1] != b[0]:
-        fix = (f"Declare {names[1]} as ({b[1]}, {b[0]}) or use {names[1]}.T."
-               if a[1] == b[1] else f"The inner sizes ({a[1]} and {b[0]}) must match.")
-        raise ShapeMismatch(f"inner sizes {a[1]} and {b[0]} differ", fix)
-    return (a[0], b[1])
+    if a[-1] != b[-2]:
+        fix = (f"The last axis of {names[0]} ({a[-1]}) must match the second last of "
+               f"{names[1]} ({b[-2]}).")
+        if len(a) == 2 and len(b) == 2:
+            fix = (f"Declare {names[1]} as ({b[1]}, {b[0]}) or use {names[1]}.T."
+                   if a[1] == b[1] else f"The inner sizes ({a[1]} and {b[0]}) must match.")
+        raise ShapeMismatch(f"inner sizes {a[-1]} and {b[-2]} differ", fix)
+    if len(a) == 2 and len(b) == 2:
+        return (a[0], b[1])
+    # N-D: the leading (batch) axes broadcast as NumPy's matmul broadcasts them
+    try:
+        batch = broadcast_shapes([a[:-2], b[:-2]])
+    except ShapeMismatch:
+        raise ShapeMismatch(
+            f"the batch axes ({', '.join(map(str, a[:-2]))}) and "
+            f"({', '.join(map(str, b[:-2]))}) (all but the last two) "
+            "do not broadcast", "Make each pair of batch sizes equal, or one of them 1, "
+            "as NumPy's matmul broadcasts them.") from None
+    return (*batch, a[-2], b[-1])
 
 
 def _matmul_fans(i, shapes, attrs):
-    """A weight W of h @ W is (fan_in, fan_out); of W @ h, (fan_out, fan_in)."""
-    rows, cols = shapes[i]
+    """A weight W of h @ W is (fan_in, fan_out); of W @ h, (fan_out, fan_in) (the last
+    two axes of a batched weight)."""
+    rows, cols = shapes[i][-2:]
     return (rows, cols) if i == 1 else (cols, rows)
+
+
+def _swap_last(x):
+    """x with its last two axes swapped (xᵀ for a matrix)."""
+    if x.ndim == 2:
+        return _apply(x, "transpose", [x])
+    return _apply(x, "transpose", [x], axes=(*range(x.ndim - 2), x.ndim - 1, x.ndim - 2))
+
+
+def _matmul_vjp(g, args, out, attrs):
+    """δ bᵀ and aᵀ δ; for batched arguments over their last two axes, summed over the
+    batch axes an argument was broadcast along (so each gradient has its argument's
+    shape)."""
+    a, b = args
+    if a.ndim == 2 and b.ndim == 2:
+        return [_apply(g, "matmul", [g, _swap_last(b)]),
+                _apply(g, "matmul", [_swap_last(a), g])]
+    return [unbroadcast(_apply(g, "matmul", [g, _swap_last(b)]), a.shape),
+            unbroadcast(_apply(g, "matmul", [_swap_last(a), g]), b.shape)]
+
+
+def _matmul_display(args, attrs):
+    """A product of matrices in formulas; of stacks of matrices, ``A @ B``."""
+    if all(isinstance(x, sp.MatrixExpr) for x in args):
+        return sp.MatMul(*args)
+    return BatchedMatMulDisplay(*args)
 
 
 register(OpDef(
     name="matmul", arity=2, shape=_matmul_shape, fans=_matmul_fans,
-    vjp=lambda g, args, out, attrs: [
-        _apply(g, "matmul", [g, _apply(g, "transpose", [args[1]])]),
-        _apply(g, "matmul", [_apply(g, "transpose", [args[0]]), g])],
-    notation="{0} @ {1}", display=lambda args, attrs: sp.MatMul(*args),
-    doc="matrix product a @ b of 2-D arrays"))
+    vjp=_matmul_vjp, notation="{0} @ {1}", display=_matmul_display,
+    doc="matrix product a @ b; N-D arguments are stacks of matrices whose leading "
+        "axes broadcast as in NumPy"))
 
 
 # -- transpose ----------------------------------------------------------------------

@@ -126,6 +126,45 @@ def _sech2(x):
     return 4 * t / (1 + t) ** 2
 
 
+# -- selecting ops (issue 13)
+def _logsumexp(x, axis=None, keepdims=False):
+    """log(sum(exp(x))) over axis, shifted by the maximum so exp never overflows. A slice
+    that is all -inf gives -inf (shifted by 0, not by -inf: -inf - -inf is NaN), with
+    NumPy's divide warning of log(0)."""
+    m = np.max(x, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+    return out if keepdims else np.squeeze(out, axis=axis)
+
+
+# -- arrays (issue 13): the gradients of slicing and gathering
+def _unslice(g, shape, index, out=None):
+    """Zeros of ``shape`` with ``g`` written at ``index``: the gradient of a slice
+    (into ``out`` when given)."""
+    if out is None:
+        out = np.zeros(shape, g.dtype)
+    else:
+        out[...] = 0
+    out[index] = g
+    return out
+
+
+def _take_grad(g, idx, size, axis, out=None):
+    """The gradient of ``np.take(x, idx, axis)``: zeros with ``size`` entries along
+    ``axis``, and ``g`` added at the indices, repeated indices accumulating. One
+    ``np.add.at`` on a 3-D view (leading axes, the indexed axis, trailing axes), into
+    ``out`` (C-contiguous) when given."""
+    lead, trail = g.shape[:axis], g.shape[axis + idx.ndim:]
+    rows, cols = int(np.prod(lead)), int(np.prod(trail))
+    if out is None:
+        out = np.zeros(lead + (size,) + trail, g.dtype)
+    else:
+        out[...] = 0
+    np.add.at(out.reshape(rows, size, cols), np.s_[:, idx.reshape(-1)],
+              g.reshape(rows, idx.size, cols))
+    return out
+
+
 # -- convolution and pooling (issue 13) --------------------------------------------------
 # Windows are strided views of the padded input (sliding_window_view); each product is
 # one np.matmul over all groups at once (a batch axis of size groups), so no Python loop
