@@ -16,6 +16,7 @@ from itertools import islice
 from .errors import GraphError
 from .graph import Graph, Node
 from .ops import registry
+from .ops.products import einsum
 
 LOSSES = ("softmax_cross_entropy", "mse")
 
@@ -318,4 +319,162 @@ def autoencoder(sizes, activation: str = "relu", name: str | None = None) -> Gra
             else:
                 pred = g.output("pred", z)
     g.output("L", registry.apply("mse", pred, X))
+    return g
+
+
+# -- transformers (issue 13) ----------------------------------------------------------------
+# A large negative rather than -inf: exp(-1e9 - max) is exactly 0 in float32 and float64,
+# while -inf would make masked scores minus the row maximum nan where a row were all masked.
+# Every row keeps its diagonal, so the softmax's shift by the maximum is always finite.
+CAUSAL_MASK = -1e9
+
+
+def _layer_norm(g: Graph, h: Node, d: int, prefix: str) -> Node:
+    """``layer_norm(h) * (1 + {prefix}_g) + {prefix}_b``: the learned scale is written
+    ``1 + gain`` so that the zero start of vectors (biases, gains) is the identity."""
+    gain = g.param(f"{prefix}_g", shape=(d,))
+    shift = g.param(f"{prefix}_b", shape=(d,))
+    return registry.apply("layer_norm", h) * (g.const(1.0) + gain) + shift
+
+
+def _transformer_block(g: Graph, h: Node, seq_len: int, d_model: int, heads: int, d_ff: int,
+                       causal: bool, p: str) -> Node:
+    """One pre-norm block on ``h`` (N, T, D); parameter and node names start with ``p``."""
+    T, D, H = seq_len, d_model, heads
+    e = D // H
+    softmax, relu = registry.builder("softmax"), registry.builder("relu")
+    a = g.name(_layer_norm(g, h, D, f"{p}ln1"), f"{p}a")
+
+    def heads_of(name):  # (N, T, D) @ (D, D) -> (N, T, H, e)
+        W = g.param(f"{p}{name}", shape=(D, D))
+        return registry.apply("reshape", a @ W, shape=("N", T, H, e))
+
+    Q, K, V = (g.name(heads_of(w), f"{p}{w[1].upper()}") for w in ("Wq", "Wk", "Wv"))
+    S = einsum("bqhe,bkhe->bhqk", Q, K) * g.const(1 / math.sqrt(e))
+    if causal:  # 0 on and below the diagonal, CAUSAL_MASK above: a query sees no later key
+        mask = [[0.0 if k <= q else CAUSAL_MASK for k in range(T)] for q in range(T)]
+        S = S + g.const(mask, name=f"{p}mask")
+    A = g.name(softmax(g.name(S, f"{p}scores"), axis=-1), f"{p}attn")  # over the keys
+    O = registry.apply("reshape", einsum("bhqk,bkhe->bqhe", A, V), shape=("N", T, D))
+    Wo, bo = g.param(f"{p}Wo", shape=(D, D)), g.param(f"{p}bo", shape=(D,))
+    h = g.name(h + O @ Wo + bo, f"{p}h")
+    m = _layer_norm(g, h, D, f"{p}ln2")
+    W1, b1 = g.param(f"{p}W1", shape=(D, d_ff)), g.param(f"{p}b1", shape=(d_ff,))
+    W2, b2 = g.param(f"{p}W2", shape=(d_ff, D)), g.param(f"{p}b2", shape=(D,))
+    f = g.name(relu(m @ W1 + b1), f"{p}f")
+    return g.name(h + f @ W2 + b2, f"{p}out")
+
+
+def _transformer_sizes(what, seq_len, d_model, heads, d_ff, **more):
+    _sizes(what, seq_len=seq_len, d_model=d_model, heads=heads, d_ff=d_ff, **more)
+    if d_model % heads:
+        raise GraphError(f"{what}: d_model={d_model} is not a multiple of heads={heads}; "
+                         "each head gets d_model // heads columns, e.g. d_model=32, heads=4.")
+
+
+def transformer_block(seq_len: int, d_model: int, heads: int, d_ff: int, causal: bool = False,
+                      name: str | None = None) -> Graph:
+    """One pre-norm transformer block: multi-head self-attention and an MLP, each with a
+    residual connection, on ``X`` (N, seq_len, d_model).
+
+    ``a = LN1(X)``; per head ``h`` (``e = d_model // heads`` columns of ``a @ Wq``,
+    ``a @ Wk``, ``a @ Wv``): ``softmax(Q Kᵀ / √e + M)`` over the keys weights ``V``; the
+    heads, joined again, go through ``Wo, bo``: ``Xh = X + attention @ Wo + bo``; then
+    ``Y = Xh + relu(LN2(Xh) @ W1 + b1) @ W2 + b2``. ``LNk(x) = layer_norm(x) * (1 +
+    lnk_g) + lnk_b`` (the scale written ``1 + gain``, so the zero start of vectors is the
+    identity). Pre-norm (the norm inside each residual branch) keeps the identity path
+    clean, as in GPT-2. With ``causal=True``, ``M`` is a constant (T, T) with 0 on and below
+    the diagonal and ``CAUSAL_MASK = -1e9`` above, so a position sees no later position
+    (the softmax gives exactly 0 weight there; -1e9 rather than -inf keeps every term finite).
+
+    The block is a building piece: its output is ``Y``; the loss ``L = mean(Y * Y)``
+    is there so that the graph can be differentiated and checked (tests, benchmarks).
+
+    Parameters
+    ----------
+    seq_len, d_model, heads, d_ff : int
+        Positions T, model width D (a multiple of heads), heads H, hidden width of the MLP.
+    causal : bool
+        Mask later positions (a decoder's self-attention).
+
+    Returns
+    -------
+    Graph
+        Input ``X`` (N, T, D); parameters ``ln1_g, ln1_b`` (D,), ``Wq, Wk, Wv, Wo`` (D, D),
+        ``bo`` (D,), ``ln2_g, ln2_b`` (D,), ``W1`` (D, d_ff), ``b1`` (d_ff,), ``W2``
+        (d_ff, D), ``b2`` (D,); nodes ``a`` (normed input), ``Q, K, V`` (N, T, H, e),
+        ``scores`` and ``attn`` (N, H, T, T), ``h`` (after attention), ``f`` (MLP hidden),
+        ``out``; outputs ``Y`` (N, T, D) and ``L = mean(Y * Y)``.
+
+    Examples
+    --------
+    >>> g = sb.models.transformer_block(5, 8, 2, 16, causal=True)
+    >>> g.outputs, g["attn"].shape
+    (['Y', 'L'], ('N', 2, 5, 5))
+    """
+    _transformer_sizes("transformer_block", seq_len, d_model, heads, d_ff)
+    g = Graph(name=name or f"transformer_block_{seq_len}_{d_model}_{heads}_{d_ff}"
+              + ("_causal" if causal else ""))
+    X = g.input("X", shape=("N", seq_len, d_model))
+    Y = g.output("Y", _transformer_block(g, X, seq_len, d_model, heads, d_ff, causal, ""))
+    g.output("L", registry.apply("mean", Y * Y))
+    return g
+
+
+def transformer_classifier(vocab: int, seq_len: int, d_model: int, heads: int, d_ff: int,
+                           layers: int, classes: int, causal: bool = False,
+                           name: str | None = None) -> Graph:
+    """A sequence classifier: token embedding, learned positions, ``layers`` pre-norm
+    transformer blocks (:func:`transformer_block`), a final layer norm, the mean over
+    positions and a linear head, trained with the softmax cross-entropy.
+
+    Parameters
+    ----------
+    vocab : int
+        Number of token ids; ``X`` holds integers 0..vocab-1.
+    seq_len, d_model, heads, d_ff : int
+        As for :func:`transformer_block`.
+    layers : int
+        Number of blocks.
+    classes : int
+        Number of classes.
+    causal : bool
+        Causal self-attention in every block.
+
+    Returns
+    -------
+    Graph
+        Inputs ``X`` (N, T) integer tokens and ``y`` (N,) integer labels; parameters
+        ``E`` (vocab, D) (the embedding, ``sb.embedding(X, E)``), ``P`` (T, D) (positions),
+        for block ``k = 1..layers`` the parameters of :func:`transformer_block` prefixed
+        ``blk{k}_`` (``blk1_Wq``, ...), ``lnf_g, lnf_b`` (D,), ``W_out`` (D, classes),
+        ``b_out`` (classes,); nodes ``h0`` (N, T, D) (embedding plus positions),
+        ``blk{k}_out`` (each block's output), ``pooled`` (N, D); outputs ``logits``
+        (N, classes) and the mean loss ``L``. The embedding and positions start Xavier
+        uniform (the embedding's fans are 1 and D, ``take``'s ``fans``).
+
+    Examples
+    --------
+    >>> g = sb.models.transformer_classifier(10, 6, 8, 2, 16, layers=2, classes=3)
+    >>> g.nodes("input"), g.outputs, g["pooled"].shape
+    (['X', 'y'], ['logits', 'L'], ('N', 8))
+    """
+    _transformer_sizes("transformer_classifier", seq_len, d_model, heads, d_ff, vocab=vocab,
+                       layers=layers, classes=classes)
+    g = Graph(name=name or f"transformer_classifier_{vocab}_{seq_len}_{d_model}x{layers}_"
+              f"{classes}")
+    X = g.input("X", shape=("N", seq_len), dtype="int")
+    with block(g, "embed"):
+        E = g.param("E", shape=(vocab, d_model))
+        P = g.param("P", shape=(seq_len, d_model))
+        h = g.name(registry.apply("take", E, X, axis=0) + P, "h0")
+    for k in range(1, layers + 1):
+        with block(g, f"block{k}"):
+            h = _transformer_block(g, h, seq_len, d_model, heads, d_ff, causal, f"blk{k}_")
+    with block(g, "head"):
+        pooled = g.name(registry.apply("mean", _layer_norm(g, h, d_model, "lnf"), axis=1),
+                        "pooled")
+        W, b = g.param("W_out", shape=(d_model, classes)), g.param("b_out", shape=(classes,))
+        logits = g.output("logits", pooled @ W + b)
+    _loss(g, "softmax_cross_entropy", logits, classes)
     return g
