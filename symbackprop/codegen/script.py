@@ -51,6 +51,8 @@ class _Task:
     scores: str | None = None  # classifiers: the node whose argmax (or sign) is the class
     n_classes: int | None = None
     binary: bool = False
+    tokens: bool = False  # X holds integer token ids (an index into a table, sb.embedding)
+    vocab: int | None = None  # tokens are 0..vocab-1 (None: only >= 0 is known)
 
 
 def _option_error(message) -> CodegenError:
@@ -91,9 +93,10 @@ def _data_task(g: Graph, of: str, features=None, target=None) -> _Task:
     if target is None and len(inputs) > 1:
         if len(ints) == 1:
             target = ints[0]
-        elif not ints and len(floats) == 2:
-            dist = {n: nx.shortest_path_length(g.nx, n, of) for n in floats}
-            a, b = floats
+        elif (not ints and len(floats) == 2) or (not floats and len(ints) == 2):
+            pair = floats or ints  # two float inputs, or integer tokens and integer labels
+            dist = {n: nx.shortest_path_length(g.nx, n, of) for n in pair}
+            a, b = pair
             if dist[a] != dist[b]:
                 target = a if dist[a] < dist[b] else b
     rest = [n for n in inputs if n != target]
@@ -104,8 +107,12 @@ def _data_task(g: Graph, of: str, features=None, target=None) -> _Task:
             f"cannot tell which inputs the data arrays X and y feed among "
             f"{', '.join(inputs) or 'none'}; a training script takes one input of features "
             f"and at most one target. Pass {opt('features')}<input> and {opt('target')}<input>."))
-    if g.nx.nodes[features]["dtype"] != "float":
-        raise CodegenError(f"features input {features!r} holds integers; declare it as float.")
+    tokens, vocab = g.nx.nodes[features]["dtype"] != "float", None
+    if tokens:
+        vocab = _index_range(g, features)
+        if vocab is False:
+            raise CodegenError(f"features input {features!r} holds integers but indexes no "
+                               "table (sb.embedding or sb.take); declare it as float.")
     fshape = g.nx.nodes[features]["shape"]
     if not fshape or not isinstance(fshape[0], str) \
             or not all(isinstance(d, int) for d in fshape[1:]):
@@ -113,15 +120,15 @@ def _data_task(g: Graph, of: str, features=None, target=None) -> _Task:
                            "expected a batch size name first and fixed sizes after, e.g. "
                            "(N, 64).")
     if target is None:
-        return _Task(features, None, None)
+        return _Task(features, None, None, tokens=tokens, vocab=vocab)
     tshape = g.nx.nodes[target]["shape"]
     if not tshape or tshape[0] != fshape[0] \
             or not all(isinstance(d, int) for d in tshape[1:]):
         raise CodegenError(f"target input {target!r} has shape {fmt_shape(tshape)}; expected "
                            f"({fshape[0]}, ...) with fixed sizes after the batch size.")
     if g.nx.nodes[target]["dtype"] != "int":
-        return _Task(features, target, "values")
-    task = _Task(features, target, "labels")
+        return _Task(features, target, "values", tokens=tokens, vocab=vocab)
+    task = _Task(features, target, "labels", tokens=tokens, vocab=vocab)
     if len(tshape) != 1:
         return task
     for c, _ in g.consumers(target):
@@ -135,6 +142,26 @@ def _data_task(g: Graph, of: str, features=None, target=None) -> _Task:
             if tuple(s) == tuple(tshape) and task.scores is None:
                 task.scores, task.n_classes, task.binary = a, 2, True
     return task
+
+
+def _index_range(g: Graph, ids: str):
+    """The number of valid values of the integer input ``ids`` where it indexes a table
+    (``take(E, ids, axis)``: the size of E's axis; the smallest over several tables),
+    None when a table's size is not fixed, False when it indexes nothing."""
+    sizes = []
+    for c, pos in g.consumers(ids):
+        axis = g.nx.nodes[c].get("attrs", {}).get("axis")
+        tables = [a for k, a in enumerate(g.args(c)) if k != pos
+                  and g.nx.nodes[a]["dtype"] == "float"]
+        if not isinstance(axis, int) or len(tables) != 1:
+            continue
+        shape = g.nx.nodes[tables[0]]["shape"]
+        if -len(shape) <= axis < len(shape):
+            sizes.append(shape[axis])
+    if not sizes:
+        return False
+    fixed = [d for d in sizes if isinstance(d, int)]
+    return min(fixed) if fixed else None
 
 
 def _positive_int(name: str, v) -> int:
@@ -156,12 +183,17 @@ def _script_constants(m: Model, task: _Task, epochs, batch_size, seed) -> list[s
         y_npz = f"y {fmt_shape(('N',) + tshape)} targets"
         y_csv = f"{tcols} target column{'s' if tcols > 1 else ''}"
     x_npz = f"X {fmt_shape(('N',) + fshape)}"
+    if task.tokens:
+        x_npz += (f" integer tokens in 0..{task.vocab - 1}" if task.vocab
+                  else " integer tokens >= 0")
     if task.target is None:
         npz = f"an array {x_npz}, optionally X_test"
         csv = f"rows of {n_feat} feature columns"
     else:
         npz = f"arrays {x_npz} and {y_npz}, optionally X_test and y_test"
         csv = f"rows of {n_feat} feature columns then {y_csv}"
+    tokens = [f"VOCAB = {task.vocab!r}  # X holds integer token ids 0..VOCAB-1"] \
+        if task.tokens else []
     return [
         f"NETWORK = {str(g.nx.graph.get('name', 'network'))!r}",
         f"OPTIMIZER = {m.opt.name!r}",
@@ -176,6 +208,7 @@ def _script_constants(m: Model, task: _Task, epochs, batch_size, seed) -> list[s
         f"CSV_COLUMNS = {n_feat + tcols}",
         f"DATA_NPZ = {npz!r}",
         f"DATA_CSV = {csv!r}",
+        *tokens,
     ]
 
 
@@ -302,7 +335,11 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
             "Run it with --help for every option.")
     constants = _script_constants(m, task, epochs, batch_size, seed)
     constants.append(f"METRIC = {metric!r}  # evaluate() returns: 'acc' (accuracy) or 'loss'")
-    blocks = step_blocks(m) + blocks + [source_of(runtime_script, *RUNTIME)]
+    runtime = RUNTIME if not task.tokens else tuple(
+        n for name in RUNTIME for n in (("check_tokens", name) if name == "check_split"
+                                        else (name,)))
+    blocks = step_blocks(m) + blocks + [source_of(
+        runtime_script, *runtime, variants={"tokens": task.tokens, "floats": not task.tokens})]
     return assemble(doc, m, m.functions + fns, blocks,
                    imports=("argparse", "csv", "json", "os", "sys", "tempfile", "time",
                             "zipfile"), constants=constants)

@@ -38,6 +38,7 @@ CSV_COLUMNS = 3
 DATA_NPZ = "arrays X (N, 2) and y (N, 1) targets, optionally X_test and y_test"
 DATA_CSV = "rows of 2 feature columns then 1 target column"
 METRIC = "loss"  # evaluate() returns: 'acc' (accuracy) or 'loss'
+VOCAB = None  # a script for integer token inputs: X holds token ids 0..VOCAB-1
 
 
 def init_params(rng=0):
@@ -153,6 +154,24 @@ def read_csv(path):
     return arrays
 
 
+def check_tokens(path, X, x_name):
+    """X of integer token ids (integers, or floats holding integers, as a .csv gives them)
+    in 0..VOCAB-1, as int64."""
+    expected = f"integer token ids 0..{VOCAB - 1}" if VOCAB else "integer token ids >= 0"
+    if X.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(X) | (X != np.round(X)))
+        if len(bad):
+            at = ", ".join(map(str, np.unravel_index(bad[0], X.shape)))
+            raise InputError(f"{path}: {x_name}[{at}] = {X.flat[bad[0]]} is not an integer; "
+                             f"expected {expected}")
+    bad = np.flatnonzero((X < 0) | (X >= (VOCAB or np.inf)))
+    if len(bad):
+        at = ", ".join(map(str, np.unravel_index(bad[0], X.shape)))
+        raise InputError(f"{path}: {x_name}[{at}] = {X.flat[bad[0]]:g} is outside the "
+                         f"vocabulary; expected {expected}")
+    return X.astype(np.int64)
+
+
 def check_split(path, arrays, x_name, y_name):
     """X and y of one split, checked against the network and converted."""
     X = np.asarray(arrays[x_name])
@@ -168,7 +187,10 @@ def check_split(path, arrays, x_name, y_name):
             found, expected = f"rows of shape {X.shape[1:]}", f"rows of shape {FEATURE_SHAPE}"
         raise InputError(f"{path}: {x_name} has {found} (shape {X.shape}); the network "
                          f"expects {expected}")
-    X = X.astype(DTYPE)
+    if VOCAB is not None:  # variant: tokens
+        X = check_tokens(path, X, x_name)
+    if VOCAB is None:  # variant: floats
+        X = X.astype(DTYPE)
     if TARGET is None:
         return X, None
     y = np.asarray(arrays[y_name])
