@@ -256,3 +256,15 @@ def test_integer_features_that_index_nothing_are_refused():
     g.output("L", sb.softmax_cross_entropy(X @ W, y))
     with pytest.raises(sb.CodegenError, match="holds integers but indexes no table"):
         sb.training_script(g)
+
+
+def test_cli_train_script_for_a_saved_classifier(tmp_path, capsys):
+    from symbackprop.cli import main
+
+    g = sb.models.transformer_classifier(VOCAB, T, D, H, F, 1, CLASSES)
+    sb.save(g, tmp_path / "tc.json")
+    assert main(["train-script", str(tmp_path / "tc.json"), "-o", str(tmp_path / "t.py")]) == 0
+    assert f"VOCAB = {VOCAB}" in (tmp_path / "t.py").read_text()
+    assert main(["train-script", str(tmp_path / "tc.json"), "--features", "y", "--target",
+                 "X"]) == 2
+    assert "'y' holds integers but indexes no table" in capsys.readouterr().err
