@@ -4,7 +4,7 @@
 2. the MLP's gradient formulas (delta form);
 3. generated NumPy code for a small network, checked against finite differences;
 4. diagrams of the worked examples and the MLP, written to out/;
-5. the digits example: a generated training script against scikit-learn.
+5. the digits example: generated training scripts (an MLP and a CNN) against scikit-learn.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def main() -> int:
     banner("4. Diagrams")
     runpy.run_path(os.path.join(HERE, "diagrams.py"), run_name="__main__")
 
-    banner("5. Digits: a generated NumPy training script against scikit-learn")
+    banner("5. Digits: generated NumPy training scripts (MLP, CNN) against scikit-learn")
     return subprocess.call([sys.executable, os.path.join(HERE, "digits", "run.py")])
 
 
