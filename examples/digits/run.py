@@ -48,6 +48,9 @@ CNN_LR = 2e-3
 CNN_EPOCHS = 30
 CNN_BATCH_SIZE = 64
 CNN_DTYPE = "float32"
+# its products are small ((64·16, 288) @ (288, 64) at most): one BLAS thread ran an epoch
+# faster than two, and two slowed several times over on a machine shared with other jobs
+CNN_BLAS_THREADS = 1
 
 
 def generate() -> str:
@@ -75,12 +78,15 @@ def digits_split():
 
 
 def run_script(script: Path, data: Path, out: Path, echo: bool = True,
-               checkpoint: str = "checkpoint.npz") -> dict:
+               checkpoint: str = "checkpoint.npz", blas_threads: int | None = None) -> dict:
     """Run the generated script in a subprocess; its test accuracy and times."""
+    env = dict(os.environ)
+    if blas_threads is not None:
+        env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = str(blas_threads)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, str(script), "--data", str(data), "--out",
                            str(out / checkpoint)], cwd=out, capture_output=True,
-                          text=True, check=False)
+                          text=True, check=False, env=env)
     wall = time.perf_counter() - start
     if echo:
         sys.stdout.write(proc.stdout)
@@ -136,8 +142,10 @@ def main(argv=None) -> int:
     print(f"\nCNN: conv {CNN['kernel']}x{CNN['kernel']} channels "
           f"{'-'.join(map(str, CNN['channels']))} with {CNN['pool']}x{CNN['pool']} max pooling, "
           f"dense {'-'.join(map(str, CNN['hidden']))}, {OPTIMIZER} lr {CNN_LR}, {CNN_EPOCHS} "
-          f"epochs, batch {CNN_BATCH_SIZE}, {CNN_DTYPE}, seed {SEED}\n")
-    cnn = run_script(scripts[GOLDEN_CNN.name], images, out, checkpoint="checkpoint_cnn.npz")
+          f"epochs, batch {CNN_BATCH_SIZE}, {CNN_DTYPE}, seed {SEED}, {CNN_BLAS_THREADS} BLAS "
+          "thread\n")
+    cnn = run_script(scripts[GOLDEN_CNN.name], images, out, checkpoint="checkpoint_cnn.npz",
+                     blas_threads=CNN_BLAS_THREADS)
     theirs = run_sklearn(X_train, X_test, y_train, y_test)
     print(f"\n{'':34}{'test accuracy':>14}{'training time':>15}")
     for label, r in (("symbackprop CNN script (generated)", cnn),
