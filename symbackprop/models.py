@@ -367,12 +367,12 @@ def cnn(input_shape=(1, 8, 8), channels=(16, 32), kernel: int = 3, pool: int = 2
     -------
     Graph
         Inputs ``X`` (N, C, H, W) and integer labels ``y`` (N,) in 0..classes-1;
-        parameters ``K1, c1, K2, c2, ...`` (kernel ``Kk`` (C_out, C_in, kernel, kernel),
-        bias ``ck`` (C_out,), added over the image) for the conv blocks, then ``W1, b1, ...`` for the dense
-        layers and the head (``Wk`` (in, out), ``bk`` (out,)); nodes ``convk`` (the
-        convolution plus bias), ``ak = act(convk)``, ``pk`` (pooled) per block, ``flat``
-        (N, features), ``zk, hk`` per dense layer; outputs ``logits`` (N, classes) and the
-        mean loss ``L``.
+        parameters ``K1, c1, K2, c2, ...`` for the conv blocks (kernel ``Kk`` (C_out,
+        C_in, kernel, kernel), bias ``ck`` (C_out,), added over the image), then ``W1,
+        b1, ...`` for the dense layers and the head (``Wk`` (in, out), ``bk`` (out,));
+        nodes ``convk`` (the convolution plus bias), ``ak = act(convk)`` and ``pk`` (pooled;
+        with ``pool=1`` a block ends at ``ak``) per block, ``flat`` (N, features), ``zk, hk``
+        per dense layer; outputs ``logits`` (N, classes) and the mean loss ``L``.
 
     Examples
     --------
@@ -394,7 +394,7 @@ def cnn(input_shape=(1, 8, 8), channels=(16, 32), kernel: int = 3, pool: int = 2
                          "planned (issue 13). Use dropout=0.0.")
     c_in, height, width = _ints(what, "input_shape", input_shape, 3)
     channels = _ints(what, "channels", channels, 0)
-    hidden = _ints(what, "hidden", hidden, 0) if len(tuple(hidden)) else ()
+    hidden = _ints(what, "hidden", hidden, 0)
     if not channels:
         raise GraphError(f"{what}: channels=(); expected at least one conv block, e.g. (16, 32).")
     (kernel,), (pool,) = _ints(what, "kernel", kernel), _ints(what, "pool", pool)
@@ -405,7 +405,6 @@ def cnn(input_shape=(1, 8, 8), channels=(16, 32), kernel: int = 3, pool: int = 2
         ["x".join(map(str, (c_in, height, width))), *("c" + str(c) for c in channels),
          *map(str, hidden), str(classes)]))
     h = g.input("X", shape=("N", c_in, height, width))
-    size = (height, width)
     for k, c_out in enumerate(channels, start=1):
         with block(g, f"conv{k}"):
             K = g.param(f"K{k}", shape=(c_out, c_in, kernel, kernel))
@@ -413,15 +412,15 @@ def cnn(input_shape=(1, 8, 8), channels=(16, 32), kernel: int = 3, pool: int = 2
             # to broadcast over the image
             c = registry.apply("reshape", g.param(f"c{k}", shape=(c_out,)), shape=(c_out, 1, 1))
             a = g.name(act(g.name(conv2d(h, K, padding=kernel // 2) + c, f"conv{k}")), f"a{k}")
+            h = a
             if pool > 1:
                 if min(a.shape[2:]) < pool:
                     raise ShapeError(
-                        f"{what}: block {k}'s output is {size[0]}x{size[1]}, smaller than the "
-                        f"pooling window {pool}; use fewer conv blocks or a smaller pool.")
-                a = max_pool2d(a, pool)
-            h = g.name(a, f"p{k}")
-        c_in, size = c_out, tuple(h.shape[2:])
-    n_flat = c_in * size[0] * size[1]
+                        f"{what}: block {k}'s output is {a.shape[2]}x{a.shape[3]}, smaller than "
+                        f"the pooling window {pool}; use fewer conv blocks or a smaller pool.")
+                h = g.name(max_pool2d(a, pool), f"p{k}")
+        c_in = c_out
+    n_flat = math.prod(h.shape[1:])
     h = g.name(registry.apply("reshape", h, shape=("N", n_flat)), "flat")
     widths = [n_flat, *hidden, classes]
     for k in range(1, len(widths)):

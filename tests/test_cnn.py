@@ -51,7 +51,8 @@ def test_names_and_shapes():
     assert g.nx.graph["name"] == "cnn_1x8x8_c16_c32_64_10"
     # no pooling, no hidden layer, an even kernel (padding 1 grows 6 to 7)
     g = sb.models.cnn((1, 6, 6), channels=(2,), kernel=2, pool=1, hidden=(), classes=2)
-    assert g["p1"].shape == ("N", 2, 7, 7) and g.nodes("param") == ["K1", "c1", "W1", "b1"]
+    assert g["a1"].shape == ("N", 2, 7, 7) and "p1" not in g
+    assert g.nodes("param") == ["K1", "c1", "W1", "b1"] and g["flat"].shape == ("N", 98)
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
@@ -146,7 +147,8 @@ def test_source_is_ruff_clean_and_runs_without_symbackprop(tmp_path, dtype):
     ({"input_shape": (8, 8)}, r"input_shape=\(8, 8\); expected 3 ints >= 1"),
     ({"kernel": 0}, r"kernel=0; expected an int >= 1"),
     ({"classes": 1}, r"classes=1; expected an int >= 2"),
-    ({"hidden": (4, -1)}, r"hidden=\(4, -1\)"),
+    ({"hidden": (4, -1)}, r"hidden=\(4, -1\); expected a sequence of ints >= 1"),
+    ({"channels": 8}, r"channels=8; expected a sequence of ints >= 1"),
     ({"activation": "softmax"}, r"not a one-argument elementwise op"),
     ({"channels": (2, 2, 2, 2)}, r"block 4's output is 1x1, smaller than the pooling window 2"),
 ])
