@@ -4,7 +4,7 @@
 2. the MLP's gradient formulas (delta form);
 3. generated NumPy code for a small network, checked against finite differences;
 4. diagrams of the worked examples and the MLP, written to out/;
-5. the digits example: a generated training script against scikit-learn;
+5. the digits example: generated training scripts (an MLP and a CNN) against scikit-learn;
 6. the sequence example: a transformer classifier trained by a generated script.
 """
 
@@ -51,7 +51,7 @@ def main() -> int:
     banner("4. Diagrams")
     runpy.run_path(os.path.join(HERE, "diagrams.py"), run_name="__main__")
 
-    banner("5. Digits: a generated NumPy training script against scikit-learn")
+    banner("5. Digits: generated NumPy training scripts (MLP, CNN) against scikit-learn")
     status = subprocess.call([sys.executable, os.path.join(HERE, "digits", "run.py")])
 
     banner("6. Sequence: a transformer classifier trained by a generated NumPy script")

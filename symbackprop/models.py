@@ -13,7 +13,7 @@ import numbers
 from contextlib import contextmanager
 from itertools import islice
 
-from .errors import GraphError
+from .errors import GraphError, ShapeError
 from .graph import Graph, Node
 from .ops import registry
 from .ops.products import einsum
@@ -319,6 +319,122 @@ def autoencoder(sizes, activation: str = "relu", name: str | None = None) -> Gra
             else:
                 pred = g.output("pred", z)
     g.output("L", registry.apply("mse", pred, X))
+    return g
+
+
+# -- convolutional networks (issue 13) ------------------------------------------------
+
+
+def _ints(what: str, name: str, v, n: int | None = None, low: int = 1) -> tuple[int, ...]:
+    """``v`` as a tuple of ints >= low (an int alone for ``n is None``)."""
+    vs = (v,) if n is None else tuple(v) if isinstance(v, (tuple, list)) else None
+    if vs is None or (n and len(vs) != n) or any(
+            isinstance(x, bool) or not isinstance(x, numbers.Integral) or x < low for x in vs):
+        shape = "an int" if n is None else f"{n} ints" if n else "a sequence of ints"
+        raise GraphError(f"{what}: {name}={v!r}; expected {shape} >= {low}.")
+    return tuple(int(x) for x in vs)
+
+
+def cnn(input_shape=(1, 8, 8), channels=(16, 32), kernel: int = 3, pool: int = 2,
+        hidden=(64,), classes: int = 10, batch_norm: bool = False, dropout: float = 0.0,
+        activation: str = "relu", name: str | None = None) -> Graph:
+    """A convolutional classifier: conv blocks, then dense layers, then a linear head.
+
+    Block ``k`` is ``pk = max_pool2d(act(conv2d(h, Kk, padding=kernel // 2) + ck), pool)``
+    (an odd ``kernel`` keeps the size: a "same" convolution); the last block's output is
+    flattened to (N, features) and feeds the dense layers ``hk = act(h @ Wk + bk)`` and the
+    linear head, trained with the mean softmax cross-entropy. The batch ``N`` is symbolic:
+    the network compiles once for any batch size. Kernels get He initialisation with
+    PyTorch's fans (``fan_in = C_in·kernel²``), through the op record of ``conv2d``.
+
+    Parameters
+    ----------
+    input_shape : (C, H, W)
+        One image: channels, height, width.
+    channels : sequence of int
+        Output channels of each conv block (at least one block).
+    kernel : int
+        Kernel size (``kernel x kernel``), padding ``kernel // 2``.
+    pool : int
+        Max pooling window and stride after each conv (1: no pooling).
+    hidden : sequence of int
+        Widths of the dense layers after the flattening (may be empty).
+    classes : int
+        Number of classes (at least 2).
+    batch_norm, dropout
+        Not available yet (issue 13): ``batch_norm=True`` or ``dropout > 0`` raise a
+        ``GraphError``.
+    activation : str
+        Elementwise op after every conv and dense layer (``relu``, ``tanh``, ...).
+
+    Returns
+    -------
+    Graph
+        Inputs ``X`` (N, C, H, W) and integer labels ``y`` (N,) in 0..classes-1;
+        parameters ``K1, c1, K2, c2, ...`` for the conv blocks (kernel ``Kk`` (C_out,
+        C_in, kernel, kernel), bias ``ck`` (C_out,), added over the image), then ``W1,
+        b1, ...`` for the dense layers and the head (``Wk`` (in, out), ``bk`` (out,));
+        nodes ``convk`` (the convolution plus bias), ``ak = act(convk)`` and ``pk`` (pooled;
+        with ``pool=1`` a block ends at ``ak``) per block, ``flat`` (N, features), ``zk, hk``
+        per dense layer; outputs ``logits`` (N, classes) and the mean loss ``L``.
+
+    Examples
+    --------
+    >>> g = sb.models.cnn(channels=(4, 8), hidden=(16,))
+    >>> g.nodes("param")
+    ['K1', 'c1', 'K2', 'c2', 'W1', 'b1', 'W2', 'b2']
+    >>> g["p2"].shape, g["flat"].shape, g["logits"].shape
+    (('N', 8, 2, 2), ('N', 32), ('N', 10))
+    """
+    what = "cnn"
+    if batch_norm:
+        raise GraphError(f"{what}: batch_norm=True is not available yet: sb.batch_norm is "
+                         "planned (issue 13). Use batch_norm=False.")
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) \
+            or not 0 <= dropout < 1:
+        raise GraphError(f"{what}: dropout={dropout!r}; expected a number in [0, 1).")
+    if dropout > 0:
+        raise GraphError(f"{what}: dropout={dropout!r} is not available yet: sb.dropout is "
+                         "planned (issue 13). Use dropout=0.0.")
+    c_in, height, width = _ints(what, "input_shape", input_shape, 3)
+    channels = _ints(what, "channels", channels, 0)
+    hidden = _ints(what, "hidden", hidden, 0)
+    if not channels:
+        raise GraphError(f"{what}: channels=(); expected at least one conv block, e.g. (16, 32).")
+    (kernel,), (pool,) = _ints(what, "kernel", kernel), _ints(what, "pool", pool)
+    (classes,) = _ints(what, "classes", classes, low=2)
+    act = _activation(activation)
+    conv2d, max_pool2d = registry.builder("conv2d"), registry.builder("max_pool2d")
+    g = Graph(name=name or "cnn_" + "_".join(
+        ["x".join(map(str, (c_in, height, width))), *("c" + str(c) for c in channels),
+         *map(str, hidden), str(classes)]))
+    h = g.input("X", shape=("N", c_in, height, width))
+    for k, c_out in enumerate(channels, start=1):
+        with block(g, f"conv{k}"):
+            K = g.param(f"K{k}", shape=(c_out, c_in, kernel, kernel))
+            # the bias is a vector (so it starts at zero, as every bias), seen as (C, 1, 1)
+            # to broadcast over the image
+            c = registry.apply("reshape", g.param(f"c{k}", shape=(c_out,)), shape=(c_out, 1, 1))
+            a = g.name(act(g.name(conv2d(h, K, padding=kernel // 2) + c, f"conv{k}")), f"a{k}")
+            h = a
+            if pool > 1:
+                if min(a.shape[2:]) < pool:
+                    raise ShapeError(
+                        f"{what}: block {k}'s output is {a.shape[2]}x{a.shape[3]}, smaller than "
+                        f"the pooling window {pool}; use fewer conv blocks or a smaller pool.")
+                h = g.name(max_pool2d(a, pool), f"p{k}")
+        c_in = c_out
+    n_flat = math.prod(h.shape[1:])
+    h = g.name(registry.apply("reshape", h, shape=("N", n_flat)), "flat")
+    widths = [n_flat, *hidden, classes]
+    for k in range(1, len(widths)):
+        with block(g, f"layer{k}"):
+            z = dense(g, h, widths[k - 1], widths[k], k)
+            if k < len(widths) - 1:
+                h = g.name(act(g.name(z, f"z{k}")), f"h{k}")
+            else:
+                g.output("logits", z)
+    _loss(g, "softmax_cross_entropy", g["logits"], classes)
     return g
 
 

@@ -56,6 +56,10 @@ def scripts(tmp_path_factory) -> Path:
     (d / "wide.py").write_text(sb.training_script(sb.models.mlp([4, 128, 128, 3]),
                                                   optimizer="sgd", lr=0.05, epochs=4,
                                                   batch_size=16))
+    # a small CNN on 1x4x4 images (issue 13): 4-D X, or flat rows with --input-shape
+    (d / "cnn.py").write_text(sb.training_script(
+        sb.models.cnn((1, 4, 4), channels=(3,), hidden=(6,), classes=3), optimizer="adam",
+        lr=0.01, epochs=4, batch_size=16))
     return d
 
 
@@ -69,6 +73,11 @@ def data(tmp_path_factory) -> Path:
     X = centers[y] + rng.normal(size=(150, 4))
     np.savez(d / "blobs.npz", X=X[:120], y=y[:120], X_test=X[120:], y_test=y[120:])
     np.savez(d / "reg.npz", X=X, y=np.stack([X[:, 0] - X[:, 1], 0.5 * X[:, 2]], axis=1))
+    # images: each blob's 4 features fill the four 2x2 corners of a 4x4 image
+    images = np.kron(X.reshape(150, 1, 2, 2), np.ones((2, 2)))
+    np.savez(d / "images.npz", X=images[:120], y=y[:120], X_test=images[120:], y_test=y[120:])
+    np.savez(d / "flat.npz", X=images[:120].reshape(120, 16), y=y[:120],
+             X_test=images[120:].reshape(30, 16), y_test=y[120:])
     with open(d / "blobs.csv", "w") as f:
         f.write("f1,f2,f3,f4,label\n")
         f.writelines(",".join(f"{v:.6f}" for v in row) + f",{label}\n" for row, label in zip(X, y))
@@ -137,11 +146,12 @@ def test_same_seed_same_numbers(go, data, tmp_path):
     assert all(np.array_equal(A[k], B[k]) for k in A)
 
 
-@pytest.mark.parametrize("script", ["clf.py", "wide.py"])
-def test_resume_is_bitwise_identical(go, data, tmp_path, script):
-    straight = go(script, "--data", data / "blobs.npz", "--epochs", 4, "--out", "full.npz")
-    first = go(script, "--data", data / "blobs.npz", "--epochs", 2, "--out", "part.npz")
-    rest = go(script, "--data", data / "blobs.npz", "--epochs", 4, "--resume", "part.npz",
+@pytest.mark.parametrize("script, name", [("clf.py", "blobs.npz"), ("wide.py", "blobs.npz"),
+                                          ("cnn.py", "images.npz")])
+def test_resume_is_bitwise_identical(go, data, tmp_path, script, name):
+    straight = go(script, "--data", data / name, "--epochs", 4, "--out", "full.npz")
+    first = go(script, "--data", data / name, "--epochs", 2, "--out", "part.npz")
+    rest = go(script, "--data", data / name, "--epochs", 4, "--resume", "part.npz",
               "--out", "part.npz")
     assert straight.returncode == first.returncode == rest.returncode == 0, rest.stderr
     assert losses(first.stdout) + losses(rest.stdout) == losses(straight.stdout)
@@ -151,6 +161,53 @@ def test_resume_is_bitwise_identical(go, data, tmp_path, script):
     for k in full:
         assert np.array_equal(full[k], part[k]), k
         assert full[k].tobytes() == part[k].tobytes(), k
+
+
+def test_cnn_trains_on_images_or_flat_rows_with_input_shape(go, data, tmp_path):
+    """X as (N, C, H, W), or flat rows reshaped by --input-shape C,H,W: the same numbers."""
+    four = go("cnn.py", "--data", data / "images.npz", "--epochs", 6, "--out", "a.npz")
+    assert four.returncode == 0, four.stderr
+    ls = losses(four.stdout)
+    assert len(ls) == 6 and ls[-1] < ls[0] * 0.5
+    assert float(re.findall(r"test_acc (\S+)", four.stdout)[-1]) >= 0.9
+    flat = go("cnn.py", "--data", data / "flat.npz", "--epochs", 6, "--input-shape", "1,4,4",
+              "--out", "b.npz")
+    assert flat.returncode == 0, flat.stderr
+    assert losses(flat.stdout) == ls
+    a, b = arrays(tmp_path / "a.npz"), arrays(tmp_path / "b.npz")
+    assert all(a[k].tobytes() == b[k].tobytes() for k in a)
+    assert a["params/K1"].shape == (3, 1, 3, 3)
+
+
+def test_cnn_bad_image_shapes_one_line(go, data, tmp_path):
+    blobs = arrays(data / "images.npz")
+    X, y = blobs["X"], blobs["y"]
+    np.savez(tmp_path / "small.npz", X=X[:, :, :3, :3], y=y)
+    np.savez(tmp_path / "wide.npz", X=X.reshape(120, 16)[:, :12], y=y)
+    cases = [
+        (["--data", data / "flat.npz"], (r"flat\.npz: X has flat rows of 16 values \(shape "
+         r"\(120, 16\)\); the network expects rows of shape \(1, 4, 4\); pass --input-shape "
+         r"1,4,4 to reshape flat rows, or save X with shape \(N, 1, 4, 4\)")),
+        (["--data", "small.npz"], (r"small\.npz: X has rows of shape \(1, 3, 3\) \(shape "
+         r"\(120, 1, 3, 3\)\); the network expects rows of shape \(1, 4, 4\)")),
+        (["--data", "wide.npz", "--input-shape", "1,4,4"], (r"X has flat rows of 12 values "
+         r"\(shape \(120, 12\)\); the network expects rows of shape \(1, 4, 4\) "
+         r"\(--input-shape 1,4,4 reshapes flat rows of 16 values\)")),
+        (["--data", data / "flat.npz", "--input-shape", "4,4,1"], (r"--input-shape 4,4,1 is not "
+         r"the network's input shape \(1, 4, 4\); pass --input-shape 1,4,4")),
+        (["--data", data / "flat.npz", "--input-shape", "1,x"], (r"argument --input-shape: "
+         r"'1,x' is not a shape such as 1,8,8")),
+    ]
+    for args, pattern in cases:
+        r = go("cnn.py", *args, "--out", "ck.npz")
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert r.stdout == "" and not (tmp_path / "ck.npz").exists()
+        assert re.search(pattern, r.stderr.splitlines()[-1]), (args, r.stderr)
+        if "argument" not in pattern:
+            assert len(r.stderr.splitlines()) == 1
+    help_text = go("cnn.py", "--help").stdout
+    assert "--input-shape C,H,W" in help_text and "--input-shape" not in go(
+        "clf.py", "--help").stdout
 
 
 def test_checkpoint_every(go, data, tmp_path):
@@ -287,7 +344,7 @@ def test_help_documents_the_options(go):
 # -- the generated file ------------------------------------------------------------------------
 def test_script_is_ruff_clean_stable_and_imports_only_numpy(scripts):
     assert "_ones[:, -1] = 1" in (scripts / "wide.py").read_text()  # a folded bias
-    for name in ("clf.py", "reg.py", "ae.py", "wide.py"):
+    for name in ("clf.py", "reg.py", "ae.py", "wide.py", "cnn.py"):
         src = (scripts / name).read_text()
         tree = ast.parse(src)
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
@@ -337,3 +394,19 @@ def test_cli_train_script(tmp_path, capsys):
                                                  lr=0.01, epochs=4, batch_size=16)
     assert cli_main(["train-script", "mlp:4-8-3", "--optimizer", "sgd", "--beta1", "0.5"]) == 2
     assert "--beta1 does not apply to --optimizer sgd" in capsys.readouterr().err
+
+
+def test_cli_train_script_for_a_cnn_spec(tmp_path):
+    """A .py SPEC building sb.models.cnn gives the script sb.training_script gives: images
+    (N, 1, 4, 4) as X, and the --input-shape option."""
+    spec = tmp_path / "net.py"
+    spec.write_text("import symbackprop as sb\n\ngraph = sb.models.cnn((1, 4, 4), channels=(3,), "
+                    "hidden=(6,), classes=3)\n")
+    out = tmp_path / "t.py"
+    assert cli_main(["train-script", str(spec), "-o", str(out), "--optimizer", "adam",
+                     "--lr", "0.01", "--dtype", "float32"]) == 0
+    src = out.read_text()
+    assert src == sb.training_script(sb.models.cnn((1, 4, 4), channels=(3,), hidden=(6,),
+                                                   classes=3), optimizer="adam", lr=0.01,
+                                     dtype="float32")
+    assert "FEATURE_SHAPE = (1, 4, 4)" in src and '"--input-shape"' in src

@@ -549,17 +549,31 @@ def read_csv(path):
     return arrays
 
 
-def check_split(path, arrays, x_name, y_name):
-    """X and y of one split, checked against the network and converted."""
+def check_split(path, arrays, x_name, y_name, input_shape=None):
+    """X and y of one split, checked against the network and converted. With
+    input_shape (--input-shape), flat rows of X are reshaped to it, row-major."""
     X = np.asarray(arrays[x_name])
     if X.dtype.kind not in "biuf":
         raise InputError(f"{path}: {x_name} holds {X.dtype} values; expected numbers")
     if X.ndim == 0 or len(X) == 0:
         raise InputError(f"{path}: {x_name} has no rows (shape {X.shape}); expected "
                          "at least one sample")
+    size = int(np.prod(FEATURE_SHAPE))
+    flat = X.ndim == 2 and len(FEATURE_SHAPE) > 1
+    if input_shape is not None and flat and X.shape[1] == size:
+        X = X.reshape((len(X),) + FEATURE_SHAPE)
     if X.shape[1:] != FEATURE_SHAPE:
         if X.ndim == 2 and len(FEATURE_SHAPE) == 1:
             found, expected = f"{X.shape[1]} features", f"{FEATURE_SHAPE[0]} features"
+        elif flat:
+            found = f"flat rows of {X.shape[1]} values"
+            expected = f"rows of shape {FEATURE_SHAPE}"
+            shape = ",".join(map(str, FEATURE_SHAPE))
+            if input_shape is not None:
+                expected += f" (--input-shape {shape} reshapes flat rows of {size} values)"
+            elif X.shape[1] == size:
+                expected += (f"; pass --input-shape {shape} to reshape flat rows, or save "
+                             f"{x_name} with shape (N, {', '.join(map(str, FEATURE_SHAPE))})")
         else:
             found, expected = f"rows of shape {X.shape[1:]}", f"rows of shape {FEATURE_SHAPE}"
         raise InputError(f"{path}: {x_name} has {found} (shape {X.shape}); the network "
@@ -592,9 +606,14 @@ def check_split(path, arrays, x_name, y_name):
     return X, y.astype(np.int64)
 
 
-def load_data(path):
+def load_data(path, input_shape=None):
     """X, y (and X_test, y_test when present) from a .npz or .csv file, checked; raises
-    InputError with one line saying what is wrong."""
+    InputError with one line saying what is wrong. input_shape (--input-shape) must be
+    the network's FEATURE_SHAPE: flat rows of X are then reshaped to it."""
+    if input_shape is not None and tuple(input_shape) != FEATURE_SHAPE:
+        raise InputError(f"--input-shape {','.join(map(str, input_shape))} is not the "
+                         f"network's input shape {FEATURE_SHAPE}; pass --input-shape "
+                         f"{','.join(map(str, FEATURE_SHAPE))}")
     expected = f"a .npz file with {DATA_NPZ}, or a .csv file with {DATA_CSV}"
     if not os.path.isfile(path):
         raise InputError(f"data file {path} does not exist; expected {expected}")
@@ -606,10 +625,11 @@ def load_data(path):
         arrays = read_csv(path)
     else:
         raise InputError(f"data file {path} is neither .npz nor .csv; expected {expected}")
-    data = dict(zip(("X", "y"), check_split(path, arrays, "X", "y")))
+    data = dict(zip(("X", "y"), check_split(path, arrays, "X", "y", input_shape)))
     data["X_test"] = data["y_test"] = None
     if "X_test" in arrays:
-        data["X_test"], data["y_test"] = check_split(path, arrays, "X_test", "y_test")
+        data["X_test"], data["y_test"] = check_split(path, arrays, "X_test", "y_test",
+                                                     input_shape)
     return data
 
 
@@ -764,6 +784,18 @@ def option(kind, low, strict=False):
     return parse
 
 
+def shape_option(text):
+    """An argparse type: a shape written as positive ints separated by commas."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape such as 1,8,8 (positive "
+                                         "ints separated by commas)")
+    return shape
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -792,13 +824,20 @@ def parse_args(argv=None):
                    "same final parameters as a run that was never interrupted")
     p.add_argument("--out", default="checkpoint.npz", metavar="FILE",
                    help="checkpoint to write, atomically (default checkpoint.npz)")
+    if len(FEATURE_SHAPE) > 1:  # images: X may also be given as flat rows
+        p.add_argument("--input-shape", type=shape_option,
+                       metavar="C,H,W" if len(FEATURE_SHAPE) == 3 else "SHAPE",
+                       help="X (and X_test) hold flat rows, each the row-major flattening of "
+                       f"one sample of this shape, which must be the network's "
+                       f"{','.join(map(str, FEATURE_SHAPE))} (default: X is "
+                       f"(N, {', '.join(map(str, FEATURE_SHAPE))}))")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        data = load_data(args.data)
+        data = load_data(args.data, getattr(args, "input_shape", None))
         if args.resume:
             params, state, progress = load_checkpoint(args.resume)
         else:

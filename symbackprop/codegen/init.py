@@ -68,7 +68,8 @@ def _expr_gain2(e, x) -> float | None:
 def _activation_after(g: Graph, n: str) -> str | None:
     """The activation a layer output ``n`` feeds: follow its first consumer past
     two-argument elementwise nodes whose other argument is a parameter or a
-    constant (adding a bias) to the first one-argument elementwise op."""
+    constant, or is computed from them alone (adding a bias, or a bias reshaped to
+    broadcast over an image), to the first one-argument elementwise op."""
     seen = 0
     while seen < 64:
         seen += 1
@@ -82,7 +83,9 @@ def _activation_after(g: Graph, n: str) -> str | None:
         if len(args) == 1:
             return c
         others = [a for a in args if a != n]
-        if len(args) == 2 and len(others) == 1 and g.role(others[0]) in ("param", "const"):
+        if len(args) == 2 and len(others) == 1 and all(
+                g.role(a) in ("param", "const") for a in g.ancestors(others)
+                if g.is_leaf(a)):
             n = c
             continue
         return None

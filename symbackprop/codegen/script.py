@@ -38,7 +38,7 @@ from .runtime import source_of
 # The fixed part of every training script, in this order; it reads the constants above it.
 RUNTIME = ("InputError", "is_number", "read_npz", "read_csv", "check_split", "load_data",
            "save_checkpoint", "load_checkpoint", "fail", "last_good_path", "train", "option",
-           "parse_args", "main", "__main__")
+           "shape_option", "parse_args", "main", "__main__")
 
 
 @dataclass
