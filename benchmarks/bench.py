@@ -514,7 +514,10 @@ def run_network(w: Network, args, rng) -> dict:
     fns, info = network_contenders(w)
     for f in fns.values():  # warm every code path once before timing
         f()
-    t = interleave(fns, args.rounds, args.block, args.drop, rng)
+    # --quick: one round here (a call of E takes tens of ms, and a block at least two calls),
+    # so that a smoke run of every workload stays under a minute
+    rounds = 1 if args.quick else args.rounds
+    t = interleave(fns, rounds, args.block, args.drop, rng)
     med = {k: v["median"] for k, v in t.items()}
     whole = "step/forward" if w.job == "step" else "(forward+backward)/forward"
     ratios = {"generated/hand-written": med["generated"] / med["hand-written"],
