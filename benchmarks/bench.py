@@ -7,7 +7,9 @@ they happen to be importable. Also: value_and_grad, the gradient call users make
 module function of ``sb.compile(g)``, and through its Compiled wrapper), against tuned NumPy's
 step and against tuned NumPy doing the same job (gradients into new arrays, no update);
 the generated forward alone, compile time against depth,
-lines of generated backward vs forward code, and peak memory of a step. Prints medians,
+lines of generated backward vs forward code, and peak memory of a step; and workloads D (a
+CNN's training step) and E (a transformer block's value_and_grad) against hand-written NumPy
+and PyTorch eager (benchmarks/networks.py). Prints medians,
 ratios and each target of issue 5 with PASS/MISS, and writes every number to JSON. A timing
 target gets no verdict, "no verdict (noisy)", when its numbers cannot be trusted: a ratio of
 its workload is impossible (forward+backward faster than forward, a NumPy step faster than
@@ -22,6 +24,7 @@ collector off while timing; medians of the per-call times.
     python benchmarks/bench.py                 # full run, a few minutes
     python benchmarks/bench.py --quick         # smoke run, under a minute
     python benchmarks/bench.py --only A,B --json out.json
+    python benchmarks/bench.py --only D,E --blas-threads 1   # on a loaded machine
 """
 
 from __future__ import annotations
