@@ -7,7 +7,9 @@ they happen to be importable. Also: value_and_grad, the gradient call users make
 module function of ``sb.compile(g)``, and through its Compiled wrapper), against tuned NumPy's
 step and against tuned NumPy doing the same job (gradients into new arrays, no update);
 the generated forward alone, compile time against depth,
-lines of generated backward vs forward code, and peak memory of a step. Prints medians,
+lines of generated backward vs forward code, and peak memory of a step; and workloads D (a
+CNN's training step) and E (a transformer block's value_and_grad) against hand-written NumPy
+and PyTorch eager (benchmarks/networks.py). Prints medians,
 ratios and each target of issue 5 with PASS/MISS, and writes every number to JSON. A timing
 target gets no verdict, "no verdict (noisy)", when its numbers cannot be trusted: a ratio of
 its workload is impossible (forward+backward faster than forward, a NumPy step faster than
@@ -22,6 +24,7 @@ collector off while timing; medians of the per-call times.
     python benchmarks/bench.py                 # full run, a few minutes
     python benchmarks/bench.py --quick         # smoke run, under a minute
     python benchmarks/bench.py --only A,B --json out.json
+    python benchmarks/bench.py --only D,E --blas-threads 1   # on a loaded machine
 """
 
 from __future__ import annotations
@@ -29,9 +32,23 @@ from __future__ import annotations
 import os
 import sys
 
+
+def _blas_threads(argv) -> int:
+    """``--blas-threads N`` from the command line (2 without it): read before NumPy loads."""
+    for i, a in enumerate(argv):
+        if a == "--blas-threads" and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if a.startswith("--blas-threads="):
+            return int(a.split("=", 1)[1])
+    return 2
+
+
 # Pin BLAS before NumPy is imported anywhere: the targets are measured with 2 threads.
+# --blas-threads 1 is for a loaded machine, where a 2-thread OpenBLAS product whose second
+# thread is descheduled waits for it (docs/performance.md, "Workloads D and E").
+_THREADS = _blas_threads(sys.argv[1:])
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "2"
+    os.environ[_var] = str(_THREADS)
 # --steady-malloc: glibc reads its malloc settings at start-up, so restart with them set.
 if "--steady-malloc" in sys.argv[1:] and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
     os.environ["MALLOC_MMAP_THRESHOLD_"] = str(32 * 2**20)
@@ -63,12 +80,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import contenders
 import handwritten as hw
+import networks
 
 import symbackprop as sb
 
 LR = 0.01
 NOISE = 0.15  # differences under ~15% are noise on these machines
-BENCH_THREADS = 2  # the BLAS threads pinned above: cores this run keeps busy
+BENCH_THREADS = _THREADS  # the BLAS threads pinned above: cores this run keeps busy
 LOAD_SLACK = 0.5  # runnable threads beyond the cores we leave free before a run is "loaded"
 NOISY_SPREAD = 0.5  # half-range of block medians over their median: ±50% is no measurement
 # Ratios below 1 that no correct timing gives: (ratio, what it would mean). Frameworks are
@@ -106,6 +124,29 @@ WORKLOADS = [
     Workload("B", "B", (64, 32, 10), "relu", 32, "float64"),
     Workload("C", "C", (64,) + (64,) * 50 + (10,), "tanh", 64, "float64"),
 ]
+
+
+@dataclass(frozen=True)
+class Network:
+    """Workloads D and E (issue 13): a network of ``benchmarks/networks.py`` against its
+    hand-written NumPy version (``handwritten.CNN``, ``handwritten.TransformerBlock``) and
+    PyTorch eager when it imports. ``job`` is what is timed: ``"step"`` (forward, backward,
+    SGD update) or ``"value_and_grad"`` (loss and gradients into new arrays)."""
+
+    key: str
+    group: str
+    title: str
+    batch: int
+    dtype: str
+    job: str
+
+
+NETWORKS = [
+    Network("D", "D", "digits CNN 1x8x8 conv16-conv32-64-10 b128 f32", 128, "float32", "step"),
+    Network("E", "E", "transformer block T64 d128 h4 ff512 b16 f32", 16, "float32",
+            "value_and_grad"),
+]
+BLOCK_SIZES = {"seq": 64, "d_model": 128, "heads": 4, "d_ff": 512}  # workload E
 
 
 # -- machine -------------------------------------------------------------------------------
@@ -400,6 +441,100 @@ def run_workload(w: Workload, args, rng: random.Random) -> dict:
     }
 
 
+def check_grads(name, got, ref_loss, ref_grads, dtype) -> None:
+    """Loss and every gradient of ``got = (loss, grads)`` match the reference's: each
+    gradient within ``rtol`` of its own largest entry, and of the workload's dtype."""
+    loss, grads = got
+    rtol = 1e-4 if np.dtype(dtype) == np.float32 else 1e-7
+    if not np.allclose(float(loss), float(ref_loss), rtol=rtol, atol=rtol):
+        raise AssertionError(f"{name}: loss {float(loss)!r} differs from the reference "
+                             f"{float(ref_loss)!r}")
+    for k, ref in ref_grads.items():
+        new = np.asarray(grads[k])
+        if new.dtype != ref.dtype:
+            raise AssertionError(f"{name}: d{k} is {new.dtype}, the workload is {ref.dtype}")
+        scale = float(np.max(np.abs(ref))) or 1.0
+        if new.shape != ref.shape or np.max(np.abs(new - ref)) > rtol * 10 * scale:
+            raise AssertionError(f"{name}: d{k} differs from the reference (max abs diff "
+                                 f"{np.max(np.abs(new - ref)):.3g}, gradient size {scale:.3g})")
+
+
+def network_contenders(w: Network) -> tuple[dict, dict]:
+    """The timed calls of workload D or E, each checked against the hand-written NumPy
+    version first (the generated code must agree, PyTorch is dropped if it does not), and
+    what was dropped. The generated contender of D is the generated training step (as for
+    the MLP workloads); of E, the module function ``value_and_grad`` of ``sb.compile(g)``."""
+    dtype = np.dtype(w.dtype)
+    nrng = np.random.default_rng(0)
+    g = networks.digits_cnn() if w.key == "D" else networks.transformer_block(**BLOCK_SIZES)
+    p0 = hw.init_network({k: g[k].shape for k in g.nodes("param")}, dtype, nrng)
+    extras, fns = {}, {}
+    torch = contenders.torch_available()
+    if w.job == "step":
+        X = nrng.standard_normal((w.batch, 1, 8, 8)).astype(dtype)
+        y = nrng.integers(0, 10, size=w.batch).astype(np.int64)
+        ref = Bound(hw.CNN(p0, LR), X, y)
+        ref_loss = ref.step()
+        ref_params = {k: v.copy() for k, v in ref.params().items()}
+        gen = contenders.generated_class()(g, p0, X, y, LR, dtype)
+        check_same("generated", gen, ref_loss, ref_params, p0, dtype, gen.step())
+        gen.rebind()
+        fns = {"generated": gen.step, "hand-written": Bound(hw.CNN(p0, LR), X, y).step,
+               "generated forward": gen.forward, "generated forward+backward": gen.value_and_grad}
+        if torch:
+            try:
+                c = contenders.TorchCNN(p0, X, y, LR)
+                check_same("pytorch", c, ref_loss, ref_params, p0, dtype, c.step())
+                fns["pytorch"] = c.step
+            except Exception as e:  # noqa: BLE001 -- a framework that disagrees is dropped
+                extras["pytorch"] = f"dropped: {type(e).__name__}: {e}"
+    else:
+        X = nrng.standard_normal((w.batch, BLOCK_SIZES["seq"], BLOCK_SIZES["d_model"]))
+        X = X.astype(dtype)
+        ref = hw.TransformerBlock(p0, BLOCK_SIZES["heads"])
+        ref_loss, ref_grads = ref.value_and_grad(X)
+        fn = sb.compile(g, dtype=w.dtype)
+        arrays = dict(p0, X=X)
+        gen = contenders._Generated._bound(fn.module.value_and_grad, arrays)
+        check_grads("generated", gen(), ref_loss, ref_grads, dtype)
+        fns = {"generated": gen, "hand-written": functools.partial(ref.value_and_grad, X),
+               "generated forward": contenders._Generated._bound(fn.module.forward, arrays)}
+        if torch:
+            try:
+                c = contenders.TorchBlock(p0, X, BLOCK_SIZES["heads"])
+                check_grads("pytorch", c.value_and_grad(), ref_loss, ref_grads, dtype)
+                fns["pytorch"] = c.value_and_grad
+            except Exception as e:  # noqa: BLE001 -- a framework that disagrees is dropped
+                extras["pytorch"] = f"dropped: {type(e).__name__}: {e}"
+    for why in extras.values():
+        print(f"  {w.key}: pytorch {why}", flush=True)
+    return fns, {"extras": extras, "loss_first_step": float(ref_loss)}
+
+
+def run_network(w: Network, args, rng) -> dict:
+    """Medians and ratios of workload D or E: generated against hand-written NumPy (the
+    target), and against PyTorch eager when it imports."""
+    fns, info = network_contenders(w)
+    for f in fns.values():  # warm every code path once before timing
+        f()
+    # --quick: one round here (a call of E takes tens of ms, and a block at least two calls),
+    # so that a smoke run of every workload stays under a minute
+    rounds = 1 if args.quick else args.rounds
+    t = interleave(fns, rounds, args.block, args.drop, rng)
+    med = {k: v["median"] for k, v in t.items()}
+    whole = "step/forward" if w.job == "step" else "(forward+backward)/forward"
+    ratios = {"generated/hand-written": med["generated"] / med["hand-written"],
+              whole: med["generated"] / med["generated forward"]}
+    if "pytorch" in med:
+        ratios["generated/pytorch"] = med["generated"] / med["pytorch"]
+        ratios["hand-written/pytorch"] = med["hand-written"] / med["pytorch"]
+    return {"title": w.title, "group": w.group, "batch": w.batch, "dtype": w.dtype,
+            "job": w.job, "medians_s": med, "ratios": ratios,
+            "timing": {k: {"block_medians_s": v["block_medians"], "samples": v["samples"],
+                           "page_faults_per_call": v["page_faults_per_call"]}
+                       for k, v in t.items()}, **info}
+
+
 # -- compile time and code size ---------------------------------------------------------------
 
 def _is_binding(stmt, params) -> bool:
@@ -584,10 +719,10 @@ def targets(res: dict) -> list[dict]:
     W, out = res["workloads"], []
     load = machine_load(res["meta"])
 
-    def add(name, value, limit, unit="x", key=None, uses=(), timing=True):
+    def add(name, value, limit, unit="x", key=None, uses=(), timing=True, also=()):
         noisy = []
         if timing and value is not None:
-            noisy += [load] if load else []
+            noisy += ([load] if load else []) + list(also)
             if key in W:
                 noisy += impossible(W[key]["ratios"]) + noisy_blocks(W[key], uses)
             elif key == "compile" and value is not None:
@@ -617,6 +752,13 @@ def targets(res: dict) -> list[dict]:
     for key in ("A-b128-f32", "A-b128-f64", "A-b1024-f32", "A-b1024-f64"):
         add(f"{key}: (forward+backward) / forward", ratio(key, "(forward+backward)/forward"),
             3.0, key=key, uses=("generated forward+backward", "generated forward"))
+    N = res.get("networks", {})
+    for key, job in (("D", "training step"), ("E", "forward + backward")):
+        r = N.get(key)
+        noisy = [] if r is None else impossible(r["ratios"]) + noisy_blocks(
+            r, ("generated", "hand-written"))
+        add(f"{key} ({job}): generated / hand-written NumPy",
+            r["ratios"]["generated/hand-written"] if r else None, 1.00, also=noisy)
     c = res.get("compile", {}).get("depths", {})
     add("compile: t(200) / t(100)", res.get("compile", {}).get("ratio_200_100"), 2.3,
         key="compile")
@@ -719,6 +861,33 @@ def report(res: dict) -> str:
                        f"{q['value_and_grad/tuned value_and_grad']:>13.2f}"
                        f"{q['Compiled/module value_and_grad']:>14.2f}")
         out.append("")
+    N = res.get("networks", {})
+    if N:
+        torch = any("pytorch" in r["medians_s"] for r in N.values())
+        out.append("Workloads D and E: D a training step (SGD), E forward + backward "
+                   "(value_and_grad); median ms [± half-range of block medians]")
+        cols = ["generated", "hand-written"] + ["pytorch"] * torch + ["generated forward"]
+        head = (f"{'workload':<10}" + "".join(f"{c:>19}" for c in cols)
+                + f"{'gen/hand':>10}" + f"{'gen/pytorch':>13}" * torch)
+        out += [head, "-" * len(head)]
+        for key, r in N.items():
+            row = f"{key:<10}"
+            for c in cols:
+                if c not in r["medians_s"]:
+                    row += f"{'dropped':>19}"
+                    continue
+                bm = r["timing"][c]["block_medians_s"]
+                row += f"{fmt_ms(r['medians_s'][c]) + f' ±{spread(bm) * 100:.0f}%':>19}"
+            row += f"{r['ratios']['generated/hand-written']:>10.2f}"
+            if torch:
+                q = r["ratios"].get("generated/pytorch")
+                row += f"{q:>13.2f}" if q is not None else f"{'dropped':>13}"
+            out.append(row)
+        for key, r in N.items():
+            out.append(f"  {key}: {r['title']}")
+        if not torch:
+            out.append("  PyTorch is not installed: no pytorch column.")
+        out.append("")
     C, L = res.get("compile"), res.get("lines", {})
     if C:
         out.append(f"Compile to a first step (tanh, width 64, batch 64; {C['generated_kind']})")
@@ -759,7 +928,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="short blocks and few rounds, compile depths 10 and 50: a smoke run")
     p.add_argument("--only", default="",
-                   help="comma-separated workloads: groups A, B, C or keys such as A-b128-f32")
+                   help="comma-separated workloads: groups A, B, C, the networks D (CNN) "
+                   "and E (transformer block), or keys such as A-b128-f32")
     p.add_argument("--json", default="bench-results.json", help="where to write the numbers")
     p.add_argument("--depths", default=None,
                    help="compile-time depths (default 10,50,100,200; quick 10,50; 'none' skips)")
@@ -771,6 +941,9 @@ def parse_args(argv=None):
                    help="restart with glibc's MALLOC_MMAP_THRESHOLD_=32 MiB and "
                    "MALLOC_TRIM_THRESHOLD_=1 GiB, so freed arrays are reused instead of going "
                    "back to the kernel: separates page-fault costs from compute")
+    p.add_argument("--blas-threads", type=int, default=2,
+                   help="BLAS threads (read at start-up; default 2, as the targets are set): "
+                   "1 on a loaded machine")
     p.add_argument("--compile-cap", type=float, default=300.0,
                    help="skip a compile depth predicted (quadratically) to take longer (s)")
     a = p.parse_args(argv)
@@ -787,10 +960,12 @@ def parse_args(argv=None):
     a.compile_budget = 6.0  # seconds: deeper networks are compiled fewer times
     keys = [s.strip() for s in a.only.split(",") if s.strip()]
     a.workloads = [w for w in WORKLOADS if not keys or w.group in keys or w.key in keys]
-    unknown = [k for k in keys if k not in {w.group for w in WORKLOADS} | {w.key for w in
-                                                                            WORKLOADS}]
+    a.networks = [w for w in NETWORKS if not keys or w.key in keys]
+    known = {w.group for w in WORKLOADS} | {w.key for w in (*WORKLOADS, *NETWORKS)}
+    unknown = [k for k in keys if k not in known]
     if unknown:
-        p.error(f"unknown workload(s) {unknown}; use A, B, C or {[w.key for w in WORKLOADS]}")
+        p.error(f"unknown workload(s) {unknown}; use A, B, C, D, E or "
+                f"{[w.key for w in WORKLOADS]}")
     return a
 
 
@@ -822,6 +997,15 @@ def main(argv=None) -> int:
               f"tuned {fmt_ms(r['medians_s']['tuned'])} ms, floor "
               f"{fmt_ms(r['medians_s']['floor'])} ms  ({time.perf_counter() - t0:.0f} s)",
               flush=True)
+    res["networks"] = {}
+    for w in args.networks:
+        t0 = time.perf_counter()
+        res["networks"][w.key] = r = run_network(w, args, rng)
+        m = r["medians_s"]
+        torch = f", pytorch {fmt_ms(m['pytorch'])} ms" if "pytorch" in m else ""
+        print(f"  {w.key:<12} {w.title:<34} generated {fmt_ms(m['generated'])} ms, "
+              f"hand-written {fmt_ms(m['hand-written'])} ms{torch}  "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
     if args.depths:
         res["compile"], res["lines"] = run_compile(args.depths, args)
     else:

@@ -254,3 +254,88 @@ class JaxJit:
 
     def params(self):
         return {k: np.asarray(v) for k, v in self.ps.items()}
+
+
+# -- workloads D and E (issue 13): PyTorch eager, when importable ------------------------------
+
+class TorchCNN:
+    """The digits CNN of workload D in PyTorch eager (``F.conv2d``, ``F.max_pool2d``),
+    parameters named as ``benchmarks/networks.py``'s ``digits_cnn``; SGD as
+    :class:`TorchEager`. ``step()`` returns the loss."""
+
+    label = "pytorch eager"
+    module = "torch"
+
+    def __init__(self, params, X, y, lr):
+        import torch
+
+        torch.set_num_threads(2)
+        self.torch = torch
+        self.names = list(params)
+        self.ps = {k: torch.tensor(v).requires_grad_(True) for k, v in params.items()}
+        self.X, self.y, self.lr = torch.from_numpy(X), torch.from_numpy(y).long(), lr
+
+    def step(self):
+        torch, p = self.torch, self.ps
+        F = torch.nn.functional
+        h = self.X
+        for k in (1, 2):
+            h = F.max_pool2d(torch.relu(F.conv2d(h, p[f"K{k}"], padding=1) + p[f"c{k}"]), 2)
+        h = torch.relu(h.reshape(h.shape[0], -1) @ p["W1"] + p["b1"])
+        loss = F.cross_entropy(h @ p["W2"] + p["b2"], self.y)
+        ps = [p[k] for k in self.names]
+        grads = torch.autograd.grad(loss, ps)
+        with torch.no_grad():
+            for q, gr in zip(ps, grads):
+                q.sub_(gr, alpha=self.lr)
+        return loss.item()
+
+    def params(self):
+        return {k: v.detach().numpy() for k, v in self.ps.items()}
+
+
+class TorchBlock:
+    """The transformer block of workload E in PyTorch eager (``F.layer_norm`` without
+    weight and bias, batched-matmul attention), parameters named as ``benchmarks/
+    networks.py``'s ``transformer_block``. ``value_and_grad()`` returns the loss and the
+    gradients as NumPy arrays."""
+
+    label = "pytorch eager"
+    module = "torch"
+
+    def __init__(self, params, X, heads):
+        import torch
+
+        torch.set_num_threads(2)
+        self.torch = torch
+        self.names = list(params)
+        self.ps = {k: torch.tensor(v).requires_grad_(True) for k, v in params.items()}
+        self.X, self.heads = torch.from_numpy(X), heads
+
+    def value_and_grad(self):
+        torch, p, H = self.torch, self.ps, self.heads
+        F = torch.nn.functional
+        x = self.X
+        n, t, d = x.shape
+        dh = d // H
+        a = F.layer_norm(x, (d,), eps=1e-5)
+
+        def split(m):
+            return m.reshape(n, t, H, dh).transpose(1, 2)
+
+        q, k, v = split(a @ p["Wq"]), split(a @ p["Wk"]), split(a @ p["Wv"])
+        att = torch.softmax((q @ k.transpose(-1, -2)) * dh ** -0.5, dim=-1)
+        h = x + (att @ v).transpose(1, 2).reshape(n, t, d) @ p["Wo"]
+        f = torch.relu(F.layer_norm(h, (d,), eps=1e-5) @ p["W1"] + p["b1"])
+        out = h + f @ p["W2"] + p["b2"]
+        loss = (out * out).mean()
+        grads = torch.autograd.grad(loss, [p[k] for k in self.names])
+        return loss.item(), {k: gr.numpy() for k, gr in zip(self.names, grads)}
+
+    def params(self):
+        return {k: v.detach().numpy() for k, v in self.ps.items()}
+
+
+def torch_available() -> bool:
+    """Whether PyTorch imports (the D and E columns), memoised as for the MLP workloads."""
+    return "pytorch" in available_frameworks()

@@ -215,3 +215,199 @@ class Floor:
             np.matmul(H[k].T, dZ[k], out=dW[k])
             if k > 0:
                 np.matmul(dZ[k], W[k].T, out=dH[k])
+
+
+# -- workloads D and E: a CNN and a transformer block (issue 13) -----------------------------
+
+CNN_PARAMS = ("K1", "c1", "K2", "c2", "W1", "b1", "W2", "b2")
+BLOCK_PARAMS = ("Wq", "Wk", "Wv", "Wo", "W1", "b1", "W2", "b2")
+
+
+def init_network(shapes: dict, dtype, rng) -> dict:
+    """Random parameters for D and E: a weight (2 or more axes; the output axis first for a
+    kernel (C_out, C_in, kh, kw), last for a matrix (in, out)) scaled by 1/sqrt(fan_in),
+    He-like; a bias (one axis, or a conv bias (C, 1, 1)) small and random, so that its
+    gradient is checked as well."""
+    out = {}
+    for k, shape in shapes.items():
+        shape = tuple(shape)
+        if len(shape) == 1 or shape[1:] == (1, 1):
+            p = rng.standard_normal(shape) * 0.1
+        else:
+            fan_in = int(np.prod(shape[1:])) if len(shape) > 2 else shape[0]
+            p = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+        out[k] = p.astype(dtype)
+    return out
+
+
+def _im2col(x, k: int, pad: int):
+    """Windows of a zero-padded (N, C, H, W) as an (N*H'*W', C*k*k) matrix, stride 1."""
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))  # N,C,H',W',k,k
+    n, c, ho, wo = win.shape[:4]
+    return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * k * k), (n, ho, wo)
+
+
+def conv_forward(x, K, pad: int):
+    """Convolution (cross-correlation) of x (N, C, H, W) with K (O, C, k, k), stride 1, by
+    im2col and one matrix product; returns the output (N, O, H', W') and the im2col matrix."""
+    cols, (n, ho, wo) = _im2col(x, K.shape[2], pad)
+    out = cols @ K.reshape(K.shape[0], -1).T  # (N*H'*W', O)
+    return out.reshape(n, ho, wo, -1).transpose(0, 3, 1, 2), cols
+
+
+def conv_backward(dout, cols, K, x_shape, pad: int, need_dx: bool = True):
+    """Gradients of :func:`conv_forward`: dK from the im2col matrix, dx by col2im (one
+    strided add per kernel offset, k*k of them)."""
+    o, c, k, _ = K.shape
+    d2 = dout.transpose(0, 2, 3, 1).reshape(-1, o)  # (N*H'*W', O)
+    dK = (d2.T @ cols).reshape(K.shape)
+    if not need_dx:
+        return None, dK
+    n, _, h, w = x_shape
+    ho, wo = dout.shape[2:]
+    dcols = (d2 @ K.reshape(o, -1)).reshape(n, ho, wo, c, k, k)
+    dxp = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dout.dtype)
+    for i in range(k):
+        for j in range(k):
+            dxp[:, :, i:i + ho, j:j + wo] += dcols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+    return dxp[:, :, pad:pad + h, pad:pad + w], dK
+
+
+def max_pool_forward(x, k: int):
+    """Non-overlapping k x k max pooling of (N, C, H, W), H and W multiples of k; returns
+    the output and each window's arg-max (first maximum in row-major order, as PyTorch)."""
+    n, c, h, w = x.shape
+    win = x.reshape(n, c, h // k, k, w // k, k).transpose(0, 1, 2, 4, 3, 5)
+    win = win.reshape(n, c, h // k, w // k, k * k)
+    idx = win.argmax(axis=-1)[..., None]
+    return np.take_along_axis(win, idx, axis=-1)[..., 0], idx
+
+
+def max_pool_backward(dout, idx, x_shape, k: int):
+    """δ of each window sent to its arg-max; zeros elsewhere."""
+    n, c, h, w = x_shape
+    dwin = np.zeros((*dout.shape, k * k), dout.dtype)
+    np.put_along_axis(dwin, idx, dout[..., None], axis=-1)
+    dwin = dwin.reshape(n, c, h // k, w // k, k, k).transpose(0, 1, 2, 4, 3, 5)
+    return dwin.reshape(x_shape)
+
+
+def softmax_cross_entropy(logits, y):
+    """Mean cross-entropy of integer labels y and its gradient with respect to the logits."""
+    n = len(y)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    s = e.sum(axis=1, keepdims=True)
+    loss = np.mean(np.log(s[:, 0]) - shifted[np.arange(n), y])
+    dz = e / s
+    dz[np.arange(n), y] -= 1
+    return loss, dz / n
+
+
+class CNN:
+    """The digits CNN of workload D in idiomatic NumPy (``benchmarks/networks.py``
+    ``digits_cnn``): im2col convolutions (sliding_window_view + matmul), arg-max pooling,
+    backward by hand, SGD in place. ``step(X, y)`` returns the loss."""
+
+    def __init__(self, params: dict, lr: float):
+        self.p = {k: params[k].copy() for k in CNN_PARAMS}
+        self.lr = lr
+
+    def params(self) -> dict:
+        return self.p
+
+    def step(self, X, y):
+        p, lr = self.p, self.lr
+        z1, cols1 = conv_forward(X, p["K1"], 1)
+        h1 = np.maximum(z1 + p["c1"], 0)
+        m1, i1 = max_pool_forward(h1, 2)
+        z2, cols2 = conv_forward(m1, p["K2"], 1)
+        h2 = np.maximum(z2 + p["c2"], 0)
+        m2, i2 = max_pool_forward(h2, 2)
+        f = m2.reshape(len(X), -1)
+        a = np.maximum(f @ p["W1"] + p["b1"], 0)
+        logits = a @ p["W2"] + p["b2"]
+        loss, dz = softmax_cross_entropy(logits, y)
+        g = {"W2": a.T @ dz, "b2": dz.sum(axis=0)}
+        da = (dz @ p["W2"].T) * (a > 0)
+        g["W1"], g["b1"] = f.T @ da, da.sum(axis=0)
+        dm2 = (da @ p["W1"].T).reshape(m2.shape)
+        dz2 = max_pool_backward(dm2, i2, h2.shape, 2) * (h2 > 0)
+        g["c2"] = dz2.sum(axis=(0, 2, 3)).reshape(p["c2"].shape)
+        dm1, g["K2"] = conv_backward(dz2, cols2, p["K2"], m1.shape, 1)
+        dz1 = max_pool_backward(dm1, i1, h1.shape, 2) * (h1 > 0)
+        g["c1"] = dz1.sum(axis=(0, 2, 3)).reshape(p["c1"].shape)
+        _, g["K1"] = conv_backward(dz1, cols1, p["K1"], X.shape, 1, need_dx=False)
+        for k, v in g.items():
+            p[k] -= lr * v
+        return loss
+
+
+def layer_norm(x, eps: float = 1e-5):
+    """(x - mean) / sqrt(var + eps) over the last axis; returns it and 1/sqrt(var + eps)."""
+    xc = x - x.mean(axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
+    return xc * rstd, rstd
+
+
+def layer_norm_backward(dy, y, rstd):
+    """Gradient of :func:`layer_norm` from its output y and 1/sqrt(var + eps)."""
+    return rstd * (dy - dy.mean(axis=-1, keepdims=True)
+                   - y * (dy * y).mean(axis=-1, keepdims=True))
+
+
+class TransformerBlock:
+    """The pre-norm transformer block of workload E in idiomatic NumPy (``benchmarks/
+    networks.py`` ``transformer_block``): batched-matmul attention over (N, heads, T, d_head)
+    stacks, backward by hand. ``value_and_grad(X)`` returns ``L = mean(out**2)`` and the
+    gradients of every parameter, new arrays."""
+
+    def __init__(self, params: dict, heads: int):
+        self.p = {k: params[k].copy() for k in BLOCK_PARAMS}
+        self.heads = heads
+
+    def params(self) -> dict:
+        return self.p
+
+    def value_and_grad(self, X):
+        p, H = self.p, self.heads
+        n, t, d = X.shape
+        dh = d // H
+        scale = float(dh) ** -0.5  # a Python float: a NumPy float64 would upcast float32
+
+        def split(m):  # (N*T, D) -> (N, H, T, dh)
+            return m.reshape(n, t, H, dh).transpose(0, 2, 1, 3)
+
+        def merge(m):  # (N, H, T, dh) -> (N*T, D)
+            return m.transpose(0, 2, 1, 3).reshape(n * t, d)
+
+        # every dense product on the (N*T, D) rows: one matrix product each, rather than
+        # np.matmul's loop over N products of (T, D) by (D, D)
+        x2 = X.reshape(n * t, d)
+        a, _ = layer_norm(x2)  # X is an input: no gradient through this norm
+        q, k, v = split(a @ p["Wq"]), split(a @ p["Wk"]), split(a @ p["Wv"])
+        s = (q @ k.transpose(0, 1, 3, 2)) * scale
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        P = e / e.sum(axis=-1, keepdims=True)
+        c = merge(P @ v)
+        h = x2 + c @ p["Wo"]
+        b, r2 = layer_norm(h)
+        u = b @ p["W1"] + p["b1"]
+        f = np.maximum(u, 0)
+        out = h + f @ p["W2"] + p["b2"]
+        loss = np.mean(out * out)
+
+        dout = out * (2.0 / out.size)
+        g = {"W2": f.T @ dout, "b2": dout.sum(axis=0)}
+        du = (dout @ p["W2"].T) * (u > 0)
+        g["W1"], g["b1"] = b.T @ du, du.sum(axis=0)
+        dhid = dout + layer_norm_backward(du @ p["W1"].T, b, r2)
+        g["Wo"] = c.T @ dhid
+        dctx = split(dhid @ p["Wo"].T)
+        dP = dctx @ v.transpose(0, 1, 3, 2)
+        dv = P.transpose(0, 1, 3, 2) @ dctx
+        ds = P * (dP - (dP * P).sum(axis=-1, keepdims=True)) * scale
+        dq, dk = ds @ k, ds.transpose(0, 1, 3, 2) @ q
+        g["Wq"], g["Wk"], g["Wv"] = (a.T @ merge(dm) for dm in (dq, dk, dv))
+        return loss, g

@@ -9,6 +9,8 @@ The clock reads add well under a microsecond per statement, so read small number
     python benchmarks/profile_generated.py --dtype float32 --batch 1024
     python benchmarks/profile_generated.py --train-step                # train_step's statements
     python benchmarks/profile_generated.py --train-step --function loss_and_grads_into
+    python benchmarks/profile_generated.py --network D --dtype float32 --train-step  # the CNN
+    python benchmarks/profile_generated.py --network E --dtype float32 --batch 16  # the block
 
 With ``--train-step`` the module is ``sb.train_step(g, optimizer="sgd", lr=0.01)``'s and every
 run calls its ``train_step``; ``--function`` names the function whose statements are timed.
@@ -19,7 +21,7 @@ from __future__ import annotations
 import os
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "2"
+    os.environ.setdefault(_var, "2")  # 2, as bench.py, unless set (1 on a loaded machine)
 
 import argparse
 import ast
@@ -35,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import handwritten as hw
+import networks
 
 import symbackprop as sb
 
@@ -72,9 +75,14 @@ def main(argv=None) -> int:
                    "or train_step with --train-step)")
     p.add_argument("--train-step", action="store_true",
                    help="profile the generated training step module (SGD, lr 0.01)")
+    p.add_argument("--network", choices=("D", "E"), default=None,
+                   help="profile workload D (the digits CNN) or E (the transformer block) "
+                   "of benchmarks/networks.py instead of an MLP (--sizes is ignored)")
     p.add_argument("--seconds", type=float, default=3.0)
     a = p.parse_args(argv)
     sizes = [int(s) for s in a.sizes.split(",")]
+    if a.network:
+        return profile_network(a)
     g = sb.models.mlp(sizes, activation=a.activation)
     if a.train_step:
         source = sb.train_step(g, of="L", optimizer="sgd", lr=0.01, dtype=a.dtype)
@@ -93,11 +101,47 @@ def main(argv=None) -> int:
         names = fn.__code__.co_varnames[:fn.__code__.co_argcount]
         arrays = dict(params, X=X, y=y)
         f = functools.partial(fn, **{k: arrays[k] for k in names})
+    title = f"{'-'.join(map(str, sizes))} {a.activation}, batch {a.batch}, {a.dtype}"
+    return run(f, ns, texts, a.seconds, f"{a.function} of {title}")
+
+
+def profile_network(a) -> int:
+    """Workload D or E: the generated module of its network, on random parameters (as
+    bench.py makes them) and a random batch of ``a.batch``."""
+    g = networks.digits_cnn() if a.network == "D" else networks.transformer_block()
+    dtype = np.dtype(a.dtype)
+    rng = np.random.default_rng(0)
+    params = hw.init_network({k: g[k].shape for k in g.nodes("param")}, dtype, rng)
+    X = rng.standard_normal((a.batch, *g["X"].shape[1:])).astype(dtype)
+    batch = {"X": X}
+    if "y" in g.nodes("input"):
+        batch["y"] = rng.integers(0, 10, size=a.batch).astype(np.int64)
+    if a.train_step:
+        source = sb.train_step(g, of="L", optimizer="sgd", lr=0.01, dtype=a.dtype)
+    else:
+        source = sb.numpy_source(g, dtype=a.dtype)
+    a.function = a.function or ("train_step" if a.train_step else "value_and_grad")
+    ns, texts = instrument(source, a.function)
+    ns["_clock"] = time.perf_counter
+    if a.train_step:
+        f = functools.partial(ns["train_step"], params, ns["init_state"](params), **batch)
+    else:
+        fn = ns[a.function]
+        names = fn.__code__.co_varnames[:fn.__code__.co_argcount]
+        # loss_and_grads_into writes the gradients into arrays of its caller: dW1, ...
+        arrays = dict(params, **batch, **{f"d{k}": np.empty_like(v) for k, v in params.items()})
+        f = functools.partial(fn, **{k: arrays[k] for k in names})
+    return run(f, ns, texts, a.seconds, f"{a.function} of workload {a.network}, batch "
+               f"{a.batch}, {a.dtype}")
+
+
+def run(f, ns, texts, seconds, title) -> int:
+    """Call ``f`` for ``seconds`` and print each statement's median time and share."""
     per = [[] for _ in texts]
     ns["_ticks"] = []
     f()
     gc.disable()
-    end = time.perf_counter() + a.seconds
+    end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         ns["_ticks"] = ticks = []
         f()
@@ -106,8 +150,7 @@ def main(argv=None) -> int:
     gc.enable()
     med = [statistics.median(t) for t in per]
     total = sum(med)
-    print(f"{a.function} of {'-'.join(map(str, sizes))} {a.activation}, batch {a.batch}, "
-          f"{a.dtype}: {total * 1e3:.3f} ms summed over {len(texts)} statements "
+    print(f"{title}: {total * 1e3:.3f} ms summed over {len(texts)} statements "
           f"({len(per[0])} runs)")
     for t, text in zip(med, texts):
         line = " ".join(text.split())

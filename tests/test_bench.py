@@ -285,3 +285,137 @@ def test_compile_faster_when_deeper_gets_no_verdict(bench):
     res["compile"]["ratio_200_100"] = 2.0
     assert {x["target"]: x for x in bench.targets(res)}[
         "compile: t(200) / t(100)"]["verdict"] == "PASS"
+
+
+# -- workloads D (a CNN training step) and E (a transformer block's forward + backward) ----------
+
+@pytest.fixture(scope="module")
+def networks_run(tmp_path_factory):
+    """One tiny run of D and E: the generated code is checked against the hand-written NumPy
+    (loss, updated parameters, gradients) inside the run, which fails if they disagree."""
+    out = tmp_path_factory.mktemp("de") / "bench.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--only", "D,E",
+           "--depths", "none", "--rounds", "1", "--block", "0.05", "--drop", "0.01",
+           "--json", str(out)]
+    run = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300,
+                         cwd=out.parent)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout, json.loads(out.read_text())
+
+
+def test_bench_networks_quick(networks_run):
+    stdout, res = networks_run
+    assert res["workloads"] == {} and list(res["networks"]) == ["D", "E"]
+    for key, job in (("D", "step"), ("E", "value_and_grad")):
+        r = res["networks"][key]
+        assert r["job"] == job and r["dtype"] == "float32"
+        assert {"generated", "hand-written", "generated forward"} <= set(r["medians_s"])
+        assert all(t > 0 for t in r["medians_s"].values())
+        assert r["ratios"]["generated/hand-written"] == pytest.approx(
+            r["medians_s"]["generated"] / r["medians_s"]["hand-written"])
+    assert res["networks"]["D"]["batch"] == 128 and res["networks"]["E"]["batch"] == 16
+    t = {x["target"]: x for x in res["targets"]}
+    for name in ("D (training step): generated / hand-written NumPy",
+                 "E (forward + backward): generated / hand-written NumPy"):
+        assert t[name]["limit"] == 1.00 and t[name]["value"] is not None
+    assert "Workloads D and E" in stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_bench_networks_pytorch_column(networks_run):
+    pytest.importorskip("torch")
+    stdout, res = networks_run
+    for r in res["networks"].values():
+        assert "pytorch" not in r["extras"], r["extras"]["pytorch"]  # it agreed with NumPy
+        assert r["medians_s"]["pytorch"] > 0 and "generated/pytorch" in r["ratios"]
+    assert "gen/pytorch" in stdout
+
+
+def _central_differences(f, p, picks, h=1e-6):
+    """(k, index, numeric gradient) of f() for a few entries of the parameters p (in place)."""
+    out = []
+    for k, idx in picks:
+        old = p[k][idx]
+        p[k][idx] = old + h
+        up = f()
+        p[k][idx] = old - h
+        down = f()
+        p[k][idx] = old
+        out.append((k, idx, (up - down) / (2 * h)))
+    return out
+
+
+def _picks(params, rng, per=3):
+    return [(k, tuple(int(rng.integers(s)) for s in v.shape)) for k, v in params.items()
+            for _ in range(per)]
+
+
+def test_handwritten_cnn_against_central_differences():
+    """The hand-written CNN's gradients (read from one SGD step with lr 1) against central
+    differences of its loss, float64, on random entries of every parameter."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import handwritten as hw
+    import networks
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    g = networks.digits_cnn()
+    p0 = hw.init_network({k: g[k].shape for k in g.nodes("param")}, np.float64, rng)
+    X, y = rng.standard_normal((5, 1, 8, 8)), rng.integers(0, 10, size=5)
+    stepped = hw.CNN(p0, 1.0)
+    stepped.step(X, y)
+    probe = hw.CNN(p0, 0.0)  # lr 0: step() is the loss at probe.p, unchanged
+    for k, idx, num in _central_differences(lambda: probe.step(X, y), probe.p, _picks(p0, rng)):
+        assert p0[k][idx] - stepped.p[k][idx] == pytest.approx(num, rel=1e-5, abs=1e-8), k
+
+
+def test_handwritten_transformer_block_against_central_differences():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import handwritten as hw
+    import networks
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+    g = networks.transformer_block(seq=5, d_model=8, heads=2, d_ff=12)
+    p0 = hw.init_network({k: g[k].shape for k in g.nodes("param")}, np.float64, rng)
+    X = rng.standard_normal((3, 5, 8))
+    block = hw.TransformerBlock(p0, heads=2)
+    _, grads = block.value_and_grad(X)
+    picks = _picks(p0, rng)
+    for k, idx, num in _central_differences(lambda: block.value_and_grad(X)[0], block.p, picks):
+        assert grads[k][idx] == pytest.approx(num, rel=1e-5, abs=1e-8), k
+
+
+def test_network_targets_pass_miss_and_noisy(bench):
+    def net(gen, hand, blocks=None):
+        med = {"generated": gen / 1e3, "hand-written": hand / 1e3, "generated forward": 1e-3}
+        return {"medians_s": med, "ratios": {"generated/hand-written": gen / hand,
+                                             "step/forward": gen},
+                "timing": {k: {"block_medians_s": (blocks or {}).get(k, [v] * 4),
+                               "page_faults_per_call": 0.0} for k, v in med.items()},
+                "title": "t", "extras": {}}
+
+    res = {"meta": dict(IDLE), "workloads": {}, "compile": {}, "lines": {},
+           "networks": {"D": net(8.0, 10.0), "E": net(12.0, 10.0)}}
+    res["targets"] = bench.targets(res)
+    t = {x["target"]: x for x in res["targets"]}
+    d, e = (t["D (training step): generated / hand-written NumPy"],
+            t["E (forward + backward): generated / hand-written NumPy"])
+    assert (d["verdict"], e["verdict"]) == ("PASS", "MISS")
+    text = bench.report(res)
+    assert "[PASS] D (training step): generated / hand-written NumPy: 0.80x" in text
+    assert "no pytorch column" in text
+    res["networks"]["D"] = net(8.0, 10.0, {"generated": [0.004, 0.004, 0.02, 0.02]})
+    d = {x["target"]: x for x in bench.targets(res)}[
+        "D (training step): generated / hand-written NumPy"]
+    assert d["verdict"] == "no verdict (noisy)"
+    assert d["noisy"] == ["generated block medians spread ±67%"]  # (20 - 4) / 2 / 12
+
+
+def test_only_selects_networks(bench):
+    a = bench.parse_args(["--only", "D,E"])
+    assert a.workloads == [] and [w.key for w in a.networks] == ["D", "E"]
+    a = bench.parse_args([])
+    assert [w.key for w in a.networks] == ["D", "E"] and len(a.workloads) == 6
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--only", "F"])
