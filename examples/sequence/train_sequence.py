@@ -398,15 +398,13 @@ def value_and_grad(X, E, P, blk1_ln1_g, blk1_ln1_b, blk1_Wq, blk1_Wk, blk1_Wv, b
     mean_5 = mul_10.mean(axis=-1, keepdims=True)  # for the backward of layer_norm_5
     dlnf_b = dadd_21.sum(axis=(0, 1))  # dL/dlnf_b via add_21 = layer_norm_5 * add_20 + lnf_b
     dblk2_out = (mean_3 + 1e-05)**(-0.5) * (dlayer_norm_5 - mean_4 - layer_norm_5 * mean_5)  # dL/dblk2_out via layer_norm_5 = _layer_norm(blk2_out, eps=1e-05)
-    matmul_17 = (np.transpose(blk2_f, (0, 2, 1))) @ dblk2_out  # for the backward of matmul_12
-    dblk2_f = dblk2_out @ blk2_W2.T  # dL/dblk2_f via matmul_12 = blk2_f @ blk2_W2
+    dblk2_f = np.einsum('pij,kj->pik', dblk2_out, blk2_W2, optimize=True)  # dL/dblk2_f via matmul_12 = blk2_f @ blk2_W2
     dadd_17 = dblk2_f * (blk2_f > 0)  # dL/dadd_17 via blk2_f = np.maximum(matmul_11 + blk2_b1, 0)
-    matmul_19 = (np.transpose(add_16, (0, 2, 1))) @ dadd_17  # for the backward of matmul_11
     dblk2_b2 = dblk2_out.sum(axis=(0, 1))  # dL/dblk2_b2 via blk2_out = blk2_h + matmul_12 + blk2_b2
-    dblk2_W2 = matmul_17.sum(axis=0)  # dL/dblk2_W2 via matmul_12 = blk2_f @ blk2_W2
+    dblk2_W2 = np.einsum('pik,pij->kj', blk2_f, dblk2_out, optimize=True)  # dL/dblk2_W2 via matmul_12 = blk2_f @ blk2_W2
     dblk2_b1 = dadd_17.sum(axis=(0, 1))  # dL/dblk2_b1 via blk2_f = np.maximum(matmul_11 + blk2_b1, 0)
-    dblk2_W1 = matmul_19.sum(axis=0)  # dL/dblk2_W1 via matmul_11 = add_16 @ blk2_W1
-    dadd_16 = dadd_17 @ blk2_W1.T  # dL/dadd_16 via matmul_11 = add_16 @ blk2_W1
+    dblk2_W1 = np.einsum('pik,pij->kj', add_16, dadd_17, optimize=True)  # dL/dblk2_W1 via matmul_11 = add_16 @ blk2_W1
+    dadd_16 = np.einsum('pij,kj->pik', dadd_17, blk2_W1, optimize=True)  # dL/dadd_16 via matmul_11 = add_16 @ blk2_W1
     ew_5 = dadd_16 * layer_norm_4  # for the backward of mul_6
     dadd_15 = ew_5.sum(axis=(0, 1))  # dL/dadd_15 via add_16 = layer_norm_4 * add_15 + blk2_ln2_b
     dlayer_norm_4 = dadd_16 * add_15  # dL/dlayer_norm_4 via add_16 = layer_norm_4 * add_15 + blk2_ln2_b
@@ -418,32 +416,27 @@ def value_and_grad(X, E, P, blk1_ln1_g, blk1_ln1_b, blk1_Wq, blk1_Wk, blk1_Wv, b
     mean_9 = mul_14.mean(axis=-1, keepdims=True)  # for the backward of layer_norm_4
     dblk2_ln2_b = dadd_16.sum(axis=(0, 1))  # dL/dblk2_ln2_b via add_16 = layer_norm_4 * add_15 + blk2_ln2_b
     dblk2_h = dblk2_out + (mean_7 + 1e-05)**(-0.5) * (dlayer_norm_4 - mean_8 - layer_norm_4 * mean_9)  # dL/dblk2_h via blk2_h = blk1_out + matmul_10 + blk2_bo
-    matmul_21 = (np.transpose(reshape_8, (0, 2, 1))) @ dblk2_h  # for the backward of matmul_10
     dblk2_bo = dblk2_h.sum(axis=(0, 1))  # dL/dblk2_bo via blk2_h = blk1_out + matmul_10 + blk2_bo
-    dblk2_Wo = matmul_21.sum(axis=0)  # dL/dblk2_Wo via matmul_10 = reshape_8 @ blk2_Wo
-    dreshape_8 = dblk2_h @ blk2_Wo.T  # dL/dreshape_8 via matmul_10 = reshape_8 @ blk2_Wo
+    dblk2_Wo = np.einsum('pik,pij->kj', reshape_8, dblk2_h, optimize=True)  # dL/dblk2_Wo via matmul_10 = reshape_8 @ blk2_Wo
+    dreshape_8 = np.einsum('pij,kj->pik', dblk2_h, blk2_Wo, optimize=True)  # dL/dreshape_8 via matmul_10 = reshape_8 @ blk2_Wo
     deinsum_4 = dreshape_8.reshape((N, 8, 4, 8))  # dL/deinsum_4 via reshape_8 = einsum_4.reshape((N, 8, 32))
     dblk2_attn = np.einsum('bqhe,bkhe->bhqk', deinsum_4, blk2_V, optimize=True)  # dL/dblk2_attn via einsum_4 = np.einsum('bhqk,bkhe->bqhe', blk2_attn, blk2_V, optimize=True)
     mul_17 = dblk2_attn * blk2_attn  # for the backward of blk2_attn
-    sum_14 = mul_17.sum(axis=-1, keepdims=True)  # for the backward of blk2_attn
-    deinsum_3 = 0.35355339059327373 * blk2_attn * (dblk2_attn - sum_14)  # dL/deinsum_3 via blk2_scores = 0.35355339059327373 * einsum_3
+    sum_11 = mul_17.sum(axis=-1, keepdims=True)  # for the backward of blk2_attn
+    deinsum_3 = 0.35355339059327373 * blk2_attn * (dblk2_attn - sum_11)  # dL/deinsum_3 via blk2_scores = 0.35355339059327373 * einsum_3
     dblk2_V = np.einsum('bqhe,bhqk->bkhe', deinsum_4, blk2_attn, optimize=True)  # dL/dblk2_V via einsum_4 = np.einsum('bhqk,bkhe->bqhe', blk2_attn, blk2_V, optimize=True)
     dmatmul_9 = dblk2_V.reshape((N, 8, 32))  # dL/dmatmul_9 via blk2_V = matmul_9.reshape((N, 8, 4, 8))
-    matmul_22 = dmatmul_9 @ blk2_Wv.T  # dL/dblk2_a via matmul_9 = blk2_a @ blk2_Wv
-    transpose_10 = np.transpose(blk2_a, (0, 2, 1))  # for the backward of matmul_9
-    matmul_23 = transpose_10 @ dmatmul_9  # for the backward of matmul_9
-    dblk2_Wv = matmul_23.sum(axis=0)  # dL/dblk2_Wv via matmul_9 = blk2_a @ blk2_Wv
+    einsum_15 = np.einsum('pij,kj->pik', dmatmul_9, blk2_Wv, optimize=True)  # dL/dblk2_a via matmul_9 = blk2_a @ blk2_Wv
+    dblk2_Wv = np.einsum('pik,pij->kj', blk2_a, dmatmul_9, optimize=True)  # dL/dblk2_Wv via matmul_9 = blk2_a @ blk2_Wv
     dblk2_K = np.einsum('bhqk,bqhe->bkhe', deinsum_3, blk2_Q, optimize=True)  # dL/dblk2_K via einsum_3 = np.einsum('bqhe,bkhe->bhqk', blk2_Q, blk2_K, optimize=True)
     dmatmul_8 = dblk2_K.reshape((N, 8, 32))  # dL/dmatmul_8 via blk2_K = matmul_8.reshape((N, 8, 4, 8))
-    matmul_24 = dmatmul_8 @ blk2_Wk.T  # dL/dblk2_a via matmul_8 = blk2_a @ blk2_Wk
-    matmul_25 = transpose_10 @ dmatmul_8  # for the backward of matmul_8
-    dblk2_Wk = matmul_25.sum(axis=0)  # dL/dblk2_Wk via matmul_8 = blk2_a @ blk2_Wk
+    einsum_17 = np.einsum('pij,kj->pik', dmatmul_8, blk2_Wk, optimize=True)  # dL/dblk2_a via matmul_8 = blk2_a @ blk2_Wk
+    dblk2_Wk = np.einsum('pik,pij->kj', blk2_a, dmatmul_8, optimize=True)  # dL/dblk2_Wk via matmul_8 = blk2_a @ blk2_Wk
     dblk2_Q = np.einsum('bhqk,bkhe->bqhe', deinsum_3, blk2_K, optimize=True)  # dL/dblk2_Q via einsum_3 = np.einsum('bqhe,bkhe->bhqk', blk2_Q, blk2_K, optimize=True)
     dmatmul_7 = dblk2_Q.reshape((N, 8, 32))  # dL/dmatmul_7 via blk2_Q = matmul_7.reshape((N, 8, 4, 8))
-    matmul_26 = dmatmul_7 @ blk2_Wq.T  # dL/dblk2_a via matmul_7 = blk2_a @ blk2_Wq
-    matmul_27 = transpose_10 @ dmatmul_7  # for the backward of matmul_7
-    dblk2_Wq = matmul_27.sum(axis=0)  # dL/dblk2_Wq via matmul_7 = blk2_a @ blk2_Wq
-    dblk2_a = matmul_22 + matmul_24 + matmul_26  # dL/dblk2_a via blk2_a = layer_norm_3 * add_11 + blk2_ln1_b
+    einsum_19 = np.einsum('pij,kj->pik', dmatmul_7, blk2_Wq, optimize=True)  # dL/dblk2_a via matmul_7 = blk2_a @ blk2_Wq
+    dblk2_Wq = np.einsum('pik,pij->kj', blk2_a, dmatmul_7, optimize=True)  # dL/dblk2_Wq via matmul_7 = blk2_a @ blk2_Wq
+    dblk2_a = einsum_15 + einsum_17 + einsum_19  # dL/dblk2_a via blk2_a = layer_norm_3 * add_11 + blk2_ln1_b
     ew_9 = dblk2_a * layer_norm_3  # for the backward of mul_4
     dadd_11 = ew_9.sum(axis=(0, 1))  # dL/dadd_11 via blk2_a = layer_norm_3 * add_11 + blk2_ln1_b
     dlayer_norm_3 = dblk2_a * add_11  # dL/dlayer_norm_3 via blk2_a = layer_norm_3 * add_11 + blk2_ln1_b
@@ -455,15 +448,13 @@ def value_and_grad(X, E, P, blk1_ln1_g, blk1_ln1_b, blk1_Wq, blk1_Wk, blk1_Wv, b
     mean_13 = mul_20.mean(axis=-1, keepdims=True)  # for the backward of layer_norm_3
     dblk2_ln1_b = dblk2_a.sum(axis=(0, 1))  # dL/dblk2_ln1_b via blk2_a = layer_norm_3 * add_11 + blk2_ln1_b
     dblk1_out = dblk2_h + (mean_11 + 1e-05)**(-0.5) * (dlayer_norm_3 - mean_12 - layer_norm_3 * mean_13)  # dL/dblk1_out via blk1_out = blk1_h + matmul_6 + blk1_b2
-    matmul_29 = (np.transpose(blk1_f, (0, 2, 1))) @ dblk1_out  # for the backward of matmul_6
-    dblk1_f = dblk1_out @ blk1_W2.T  # dL/dblk1_f via matmul_6 = blk1_f @ blk1_W2
+    dblk1_f = np.einsum('pij,kj->pik', dblk1_out, blk1_W2, optimize=True)  # dL/dblk1_f via matmul_6 = blk1_f @ blk1_W2
     dadd_8 = dblk1_f * (blk1_f > 0)  # dL/dadd_8 via blk1_f = np.maximum(matmul_5 + blk1_b1, 0)
-    matmul_31 = (np.transpose(add_7, (0, 2, 1))) @ dadd_8  # for the backward of matmul_5
     dblk1_b2 = dblk1_out.sum(axis=(0, 1))  # dL/dblk1_b2 via blk1_out = blk1_h + matmul_6 + blk1_b2
-    dblk1_W2 = matmul_29.sum(axis=0)  # dL/dblk1_W2 via matmul_6 = blk1_f @ blk1_W2
+    dblk1_W2 = np.einsum('pik,pij->kj', blk1_f, dblk1_out, optimize=True)  # dL/dblk1_W2 via matmul_6 = blk1_f @ blk1_W2
     dblk1_b1 = dadd_8.sum(axis=(0, 1))  # dL/dblk1_b1 via blk1_f = np.maximum(matmul_5 + blk1_b1, 0)
-    dblk1_W1 = matmul_31.sum(axis=0)  # dL/dblk1_W1 via matmul_5 = add_7 @ blk1_W1
-    dadd_7 = dadd_8 @ blk1_W1.T  # dL/dadd_7 via matmul_5 = add_7 @ blk1_W1
+    dblk1_W1 = np.einsum('pik,pij->kj', add_7, dadd_8, optimize=True)  # dL/dblk1_W1 via matmul_5 = add_7 @ blk1_W1
+    dadd_7 = np.einsum('pij,kj->pik', dadd_8, blk1_W1, optimize=True)  # dL/dadd_7 via matmul_5 = add_7 @ blk1_W1
     ew_12 = dadd_7 * layer_norm_2  # for the backward of mul_3
     dadd_6 = ew_12.sum(axis=(0, 1))  # dL/dadd_6 via add_7 = layer_norm_2 * add_6 + blk1_ln2_b
     dlayer_norm_2 = dadd_7 * add_6  # dL/dlayer_norm_2 via add_7 = layer_norm_2 * add_6 + blk1_ln2_b
@@ -475,32 +466,27 @@ def value_and_grad(X, E, P, blk1_ln1_g, blk1_ln1_b, blk1_Wq, blk1_Wk, blk1_Wv, b
     mean_17 = mul_24.mean(axis=-1, keepdims=True)  # for the backward of layer_norm_2
     dblk1_ln2_b = dadd_7.sum(axis=(0, 1))  # dL/dblk1_ln2_b via add_7 = layer_norm_2 * add_6 + blk1_ln2_b
     dblk1_h = dblk1_out + (mean_15 + 1e-05)**(-0.5) * (dlayer_norm_2 - mean_16 - layer_norm_2 * mean_17)  # dL/dblk1_h via blk1_h = h0 + matmul_4 + blk1_bo
-    matmul_33 = (np.transpose(reshape_4, (0, 2, 1))) @ dblk1_h  # for the backward of matmul_4
     dblk1_bo = dblk1_h.sum(axis=(0, 1))  # dL/dblk1_bo via blk1_h = h0 + matmul_4 + blk1_bo
-    dblk1_Wo = matmul_33.sum(axis=0)  # dL/dblk1_Wo via matmul_4 = reshape_4 @ blk1_Wo
-    dreshape_4 = dblk1_h @ blk1_Wo.T  # dL/dreshape_4 via matmul_4 = reshape_4 @ blk1_Wo
+    dblk1_Wo = np.einsum('pik,pij->kj', reshape_4, dblk1_h, optimize=True)  # dL/dblk1_Wo via matmul_4 = reshape_4 @ blk1_Wo
+    dreshape_4 = np.einsum('pij,kj->pik', dblk1_h, blk1_Wo, optimize=True)  # dL/dreshape_4 via matmul_4 = reshape_4 @ blk1_Wo
     deinsum_2 = dreshape_4.reshape((N, 8, 4, 8))  # dL/deinsum_2 via reshape_4 = einsum_2.reshape((N, 8, 32))
     dblk1_attn = np.einsum('bqhe,bkhe->bhqk', deinsum_2, blk1_V, optimize=True)  # dL/dblk1_attn via einsum_2 = np.einsum('bhqk,bkhe->bqhe', blk1_attn, blk1_V, optimize=True)
     mul_27 = dblk1_attn * blk1_attn  # for the backward of blk1_attn
-    sum_31 = mul_27.sum(axis=-1, keepdims=True)  # for the backward of blk1_attn
-    deinsum_1 = 0.35355339059327373 * blk1_attn * (dblk1_attn - sum_31)  # dL/deinsum_1 via blk1_scores = 0.35355339059327373 * einsum_1
+    sum_22 = mul_27.sum(axis=-1, keepdims=True)  # for the backward of blk1_attn
+    deinsum_1 = 0.35355339059327373 * blk1_attn * (dblk1_attn - sum_22)  # dL/deinsum_1 via blk1_scores = 0.35355339059327373 * einsum_1
     dblk1_V = np.einsum('bqhe,bhqk->bkhe', deinsum_2, blk1_attn, optimize=True)  # dL/dblk1_V via einsum_2 = np.einsum('bhqk,bkhe->bqhe', blk1_attn, blk1_V, optimize=True)
     dmatmul_3 = dblk1_V.reshape((N, 8, 32))  # dL/dmatmul_3 via blk1_V = matmul_3.reshape((N, 8, 4, 8))
-    matmul_34 = dmatmul_3 @ blk1_Wv.T  # dL/dblk1_a via matmul_3 = blk1_a @ blk1_Wv
-    transpose_22 = np.transpose(blk1_a, (0, 2, 1))  # for the backward of matmul_3
-    matmul_35 = transpose_22 @ dmatmul_3  # for the backward of matmul_3
-    dblk1_Wv = matmul_35.sum(axis=0)  # dL/dblk1_Wv via matmul_3 = blk1_a @ blk1_Wv
+    einsum_31 = np.einsum('pij,kj->pik', dmatmul_3, blk1_Wv, optimize=True)  # dL/dblk1_a via matmul_3 = blk1_a @ blk1_Wv
+    dblk1_Wv = np.einsum('pik,pij->kj', blk1_a, dmatmul_3, optimize=True)  # dL/dblk1_Wv via matmul_3 = blk1_a @ blk1_Wv
     dblk1_K = np.einsum('bhqk,bqhe->bkhe', deinsum_1, blk1_Q, optimize=True)  # dL/dblk1_K via einsum_1 = np.einsum('bqhe,bkhe->bhqk', blk1_Q, blk1_K, optimize=True)
     dmatmul_2 = dblk1_K.reshape((N, 8, 32))  # dL/dmatmul_2 via blk1_K = matmul_2.reshape((N, 8, 4, 8))
-    matmul_36 = dmatmul_2 @ blk1_Wk.T  # dL/dblk1_a via matmul_2 = blk1_a @ blk1_Wk
-    matmul_37 = transpose_22 @ dmatmul_2  # for the backward of matmul_2
-    dblk1_Wk = matmul_37.sum(axis=0)  # dL/dblk1_Wk via matmul_2 = blk1_a @ blk1_Wk
+    einsum_33 = np.einsum('pij,kj->pik', dmatmul_2, blk1_Wk, optimize=True)  # dL/dblk1_a via matmul_2 = blk1_a @ blk1_Wk
+    dblk1_Wk = np.einsum('pik,pij->kj', blk1_a, dmatmul_2, optimize=True)  # dL/dblk1_Wk via matmul_2 = blk1_a @ blk1_Wk
     dblk1_Q = np.einsum('bhqk,bkhe->bqhe', deinsum_1, blk1_K, optimize=True)  # dL/dblk1_Q via einsum_1 = np.einsum('bqhe,bkhe->bhqk', blk1_Q, blk1_K, optimize=True)
     dmatmul_1 = dblk1_Q.reshape((N, 8, 32))  # dL/dmatmul_1 via blk1_Q = matmul_1.reshape((N, 8, 4, 8))
-    matmul_38 = dmatmul_1 @ blk1_Wq.T  # dL/dblk1_a via matmul_1 = blk1_a @ blk1_Wq
-    matmul_39 = transpose_22 @ dmatmul_1  # for the backward of matmul_1
-    dblk1_Wq = matmul_39.sum(axis=0)  # dL/dblk1_Wq via matmul_1 = blk1_a @ blk1_Wq
-    dblk1_a = matmul_34 + matmul_36 + matmul_38  # dL/dblk1_a via blk1_a = layer_norm_1 * add_2 + blk1_ln1_b
+    einsum_35 = np.einsum('pij,kj->pik', dmatmul_1, blk1_Wq, optimize=True)  # dL/dblk1_a via matmul_1 = blk1_a @ blk1_Wq
+    dblk1_Wq = np.einsum('pik,pij->kj', blk1_a, dmatmul_1, optimize=True)  # dL/dblk1_Wq via matmul_1 = blk1_a @ blk1_Wq
+    dblk1_a = einsum_31 + einsum_33 + einsum_35  # dL/dblk1_a via blk1_a = layer_norm_1 * add_2 + blk1_ln1_b
     ew_16 = dblk1_a * layer_norm_1  # for the backward of mul_1
     dadd_2 = ew_16.sum(axis=(0, 1))  # dL/dadd_2 via blk1_a = layer_norm_1 * add_2 + blk1_ln1_b
     dlayer_norm_1 = dblk1_a * add_2  # dL/dlayer_norm_1 via blk1_a = layer_norm_1 * add_2 + blk1_ln1_b
@@ -570,78 +556,66 @@ def loss_and_grads_into(X, E, P, blk1_ln1_g, blk1_ln1_b, blk1_Wq, blk1_Wk, blk1_
     mul_10 = _ws[37]
     mean_5 = _ws[38]
     dblk2_out = _ws[39]
-    matmul_17 = _ws[41]
-    dblk2_f = dadd_17 = _ws[42]
-    matmul_19 = _ws[44]
-    dadd_16 = _ws[45]
-    ew_5 = _ws[46]
-    dlayer_norm_4 = _ws[47]
-    mean_6 = _ws[48]
-    mul_13 = _ws[49]
-    mean_7 = _ws[50]
-    mean_8 = _ws[51]
-    mul_14 = _ws[52]
-    mean_9 = _ws[53]
-    dblk2_h = _ws[54]
-    matmul_21 = _ws[56]
-    dreshape_8 = _ws[57]
-    dblk2_attn = deinsum_3 = _ws[58]
-    mul_17 = _ws[59]
-    sum_14 = _ws[60]
-    dblk2_V = _ws[61]
-    matmul_22 = dblk2_a = _ws[62]
-    matmul_23 = _ws[63]
-    dblk2_K = _ws[64]
-    matmul_24 = _ws[65]
-    matmul_25 = _ws[66]
-    dblk2_Q = _ws[67]
-    matmul_26 = _ws[68]
-    matmul_27 = _ws[69]
-    ew_9 = _ws[70]
-    dlayer_norm_3 = _ws[71]
-    mean_10 = _ws[72]
-    mul_19 = _ws[73]
-    mean_11 = _ws[74]
-    mean_12 = _ws[75]
-    mul_20 = _ws[76]
-    mean_13 = _ws[77]
-    dblk1_out = _ws[78]
-    matmul_29 = _ws[80]
-    dblk1_f = dadd_8 = _ws[81]
-    matmul_31 = _ws[83]
-    dadd_7 = _ws[84]
-    ew_12 = _ws[85]
-    dlayer_norm_2 = _ws[86]
-    mean_14 = _ws[87]
-    mul_23 = _ws[88]
-    mean_15 = _ws[89]
-    mean_16 = _ws[90]
-    mul_24 = _ws[91]
-    mean_17 = _ws[92]
-    dblk1_h = _ws[93]
-    matmul_33 = _ws[95]
-    dreshape_4 = _ws[96]
-    dblk1_attn = deinsum_1 = _ws[97]
-    mul_27 = _ws[98]
-    sum_31 = _ws[99]
-    dblk1_V = _ws[100]
-    matmul_34 = dblk1_a = _ws[101]
-    matmul_35 = _ws[102]
-    dblk1_K = _ws[103]
-    matmul_36 = _ws[104]
-    matmul_37 = _ws[105]
-    dblk1_Q = _ws[106]
-    matmul_38 = _ws[107]
-    matmul_39 = _ws[108]
-    ew_16 = _ws[109]
-    dlayer_norm_1 = _ws[110]
-    mean_18 = _ws[111]
-    mul_29 = _ws[112]
-    mean_19 = _ws[113]
-    mean_20 = _ws[114]
-    mul_30 = _ws[115]
-    mean_21 = _ws[116]
-    dh0 = _ws[117]
+    dblk2_f = dadd_17 = _ws[41]
+    dadd_16 = _ws[43]
+    ew_5 = _ws[44]
+    dlayer_norm_4 = _ws[45]
+    mean_6 = _ws[46]
+    mul_13 = _ws[47]
+    mean_7 = _ws[48]
+    mean_8 = _ws[49]
+    mul_14 = _ws[50]
+    mean_9 = _ws[51]
+    dblk2_h = _ws[52]
+    dreshape_8 = _ws[54]
+    dblk2_attn = deinsum_3 = _ws[55]
+    mul_17 = _ws[56]
+    sum_11 = _ws[57]
+    dblk2_V = _ws[58]
+    einsum_15 = dblk2_a = _ws[59]
+    dblk2_K = _ws[60]
+    einsum_17 = _ws[61]
+    dblk2_Q = _ws[62]
+    einsum_19 = _ws[63]
+    ew_9 = _ws[64]
+    dlayer_norm_3 = _ws[65]
+    mean_10 = _ws[66]
+    mul_19 = _ws[67]
+    mean_11 = _ws[68]
+    mean_12 = _ws[69]
+    mul_20 = _ws[70]
+    mean_13 = _ws[71]
+    dblk1_out = _ws[72]
+    dblk1_f = dadd_8 = _ws[74]
+    dadd_7 = _ws[76]
+    ew_12 = _ws[77]
+    dlayer_norm_2 = _ws[78]
+    mean_14 = _ws[79]
+    mul_23 = _ws[80]
+    mean_15 = _ws[81]
+    mean_16 = _ws[82]
+    mul_24 = _ws[83]
+    mean_17 = _ws[84]
+    dblk1_h = _ws[85]
+    dreshape_4 = _ws[87]
+    dblk1_attn = deinsum_1 = _ws[88]
+    mul_27 = _ws[89]
+    sum_22 = _ws[90]
+    dblk1_V = _ws[91]
+    einsum_31 = dblk1_a = _ws[92]
+    dblk1_K = _ws[93]
+    einsum_33 = _ws[94]
+    dblk1_Q = _ws[95]
+    einsum_35 = _ws[96]
+    ew_16 = _ws[97]
+    dlayer_norm_1 = _ws[98]
+    mean_18 = _ws[99]
+    mul_29 = _ws[100]
+    mean_19 = _ws[101]
+    mean_20 = _ws[102]
+    mul_30 = _ws[103]
+    mean_21 = _ws[104]
+    dh0 = _ws[105]
     take_1 = E[X]
     np.add(take_1, P, out=h0)
     layer_norm_1 = _layer_norm(h0, eps=1e-05)
@@ -731,16 +705,14 @@ def loss_and_grads_into(X, E, P, blk1_ln1_g, blk1_ln1_b, blk1_Wq, blk1_Wk, blk1_
     np.add((1e-05), mean_3, out=_ws[40])
     np.power(_ws[40], 0.5, out=_ws[40])
     np.divide(dblk2_out, _ws[40], out=dblk2_out)  # dL/dblk2_out via layer_norm_5 = _layer_norm(blk2_out, eps=1e-05)
-    np.matmul((np.transpose(blk2_f, (0, 2, 1))), dblk2_out, out=matmul_17)  # for the backward of matmul_12
-    np.matmul(dblk2_out, blk2_W2.T, out=dblk2_f)  # dL/dblk2_f via matmul_12 = blk2_f @ blk2_W2
-    np.greater(blk2_f, 0, out=_ws[43])
-    np.multiply(dblk2_f, _ws[43], out=dadd_17)  # dL/dadd_17 via blk2_f = np.maximum(matmul_11 + blk2_b1, 0)
-    np.matmul((np.transpose(add_16, (0, 2, 1))), dadd_17, out=matmul_19)  # for the backward of matmul_11
+    np.einsum('pij,kj->pik', dblk2_out, blk2_W2, out=dblk2_f, optimize=True)  # dL/dblk2_f via matmul_12 = blk2_f @ blk2_W2
+    np.greater(blk2_f, 0, out=_ws[42])
+    np.multiply(dblk2_f, _ws[42], out=dadd_17)  # dL/dadd_17 via blk2_f = np.maximum(matmul_11 + blk2_b1, 0)
     np.sum(dblk2_out, axis=(0, 1), out=dblk2_b2)  # dL/dblk2_b2 via blk2_out = blk2_h + matmul_12 + blk2_b2
-    np.sum(matmul_17, axis=0, out=dblk2_W2)  # dL/dblk2_W2 via matmul_12 = blk2_f @ blk2_W2
+    np.einsum('pik,pij->kj', blk2_f, dblk2_out, out=dblk2_W2, optimize=True)  # dL/dblk2_W2 via matmul_12 = blk2_f @ blk2_W2
     np.sum(dadd_17, axis=(0, 1), out=dblk2_b1)  # dL/dblk2_b1 via blk2_f = np.maximum(matmul_11 + blk2_b1, 0)
-    np.sum(matmul_19, axis=0, out=dblk2_W1)  # dL/dblk2_W1 via matmul_11 = add_16 @ blk2_W1
-    np.matmul(dadd_17, blk2_W1.T, out=dadd_16)  # dL/dadd_16 via matmul_11 = add_16 @ blk2_W1
+    np.einsum('pik,pij->kj', add_16, dadd_17, out=dblk2_W1, optimize=True)  # dL/dblk2_W1 via matmul_11 = add_16 @ blk2_W1
+    np.einsum('pij,kj->pik', dadd_17, blk2_W1, out=dadd_16, optimize=True)  # dL/dadd_16 via matmul_11 = add_16 @ blk2_W1
     np.multiply(dadd_16, layer_norm_4, out=ew_5)  # for the backward of mul_6
     np.sum(ew_5, axis=(0, 1), out=dadd_15)  # dL/dadd_15 via add_16 = layer_norm_4 * add_15 + blk2_ln2_b
     np.multiply(dadd_16, add_15, out=dlayer_norm_4)  # dL/dlayer_norm_4 via add_16 = layer_norm_4 * add_15 + blk2_ln2_b
@@ -755,39 +727,34 @@ def loss_and_grads_into(X, E, P, blk1_ln1_g, blk1_ln1_b, blk1_Wq, blk1_Wk, blk1_
     np.multiply(layer_norm_4, mean_9, out=dblk2_h)
     np.subtract(dlayer_norm_4, dblk2_h, out=dblk2_h)
     np.subtract(dblk2_h, mean_8, out=dblk2_h)
-    np.add((1e-05), mean_7, out=_ws[55])
-    np.power(_ws[55], 0.5, out=_ws[55])
-    np.divide(dblk2_h, _ws[55], out=dblk2_h)
+    np.add((1e-05), mean_7, out=_ws[53])
+    np.power(_ws[53], 0.5, out=_ws[53])
+    np.divide(dblk2_h, _ws[53], out=dblk2_h)
     np.add(dblk2_h, dblk2_out, out=dblk2_h)  # dL/dblk2_h via blk2_h = blk1_out + matmul_10 + blk2_bo
-    np.matmul((np.transpose(reshape_8, (0, 2, 1))), dblk2_h, out=matmul_21)  # for the backward of matmul_10
     np.sum(dblk2_h, axis=(0, 1), out=dblk2_bo)  # dL/dblk2_bo via blk2_h = blk1_out + matmul_10 + blk2_bo
-    np.sum(matmul_21, axis=0, out=dblk2_Wo)  # dL/dblk2_Wo via matmul_10 = reshape_8 @ blk2_Wo
-    np.matmul(dblk2_h, blk2_Wo.T, out=dreshape_8)  # dL/dreshape_8 via matmul_10 = reshape_8 @ blk2_Wo
+    np.einsum('pik,pij->kj', reshape_8, dblk2_h, out=dblk2_Wo, optimize=True)  # dL/dblk2_Wo via matmul_10 = reshape_8 @ blk2_Wo
+    np.einsum('pij,kj->pik', dblk2_h, blk2_Wo, out=dreshape_8, optimize=True)  # dL/dreshape_8 via matmul_10 = reshape_8 @ blk2_Wo
     deinsum_4 = dreshape_8.reshape((N, 8, 4, 8))  # dL/deinsum_4 via reshape_8 = einsum_4.reshape((N, 8, 32))
     np.einsum('bqhe,bkhe->bhqk', deinsum_4, blk2_V, out=dblk2_attn, optimize=True)  # dL/dblk2_attn via einsum_4 = np.einsum('bhqk,bkhe->bqhe', blk2_attn, blk2_V, optimize=True)
     np.multiply(dblk2_attn, blk2_attn, out=mul_17)  # for the backward of blk2_attn
-    np.sum(mul_17, axis=-1, keepdims=True, out=sum_14)  # for the backward of blk2_attn
-    np.subtract(dblk2_attn, sum_14, out=deinsum_3)
+    np.sum(mul_17, axis=-1, keepdims=True, out=sum_11)  # for the backward of blk2_attn
+    np.subtract(dblk2_attn, sum_11, out=deinsum_3)
     np.multiply(deinsum_3, 0.35355339059327373, out=deinsum_3)
     np.multiply(deinsum_3, blk2_attn, out=deinsum_3)  # dL/deinsum_3 via blk2_scores = 0.35355339059327373 * einsum_3
     np.einsum('bqhe,bhqk->bkhe', deinsum_4, blk2_attn, out=dblk2_V, optimize=True)  # dL/dblk2_V via einsum_4 = np.einsum('bhqk,bkhe->bqhe', blk2_attn, blk2_V, optimize=True)
     dmatmul_9 = dblk2_V.reshape((N, 8, 32))  # dL/dmatmul_9 via blk2_V = matmul_9.reshape((N, 8, 4, 8))
-    np.matmul(dmatmul_9, blk2_Wv.T, out=matmul_22)  # dL/dblk2_a via matmul_9 = blk2_a @ blk2_Wv
-    transpose_10 = np.transpose(blk2_a, (0, 2, 1))  # for the backward of matmul_9
-    np.matmul(transpose_10, dmatmul_9, out=matmul_23)  # for the backward of matmul_9
-    np.sum(matmul_23, axis=0, out=dblk2_Wv)  # dL/dblk2_Wv via matmul_9 = blk2_a @ blk2_Wv
+    np.einsum('pij,kj->pik', dmatmul_9, blk2_Wv, out=einsum_15, optimize=True)  # dL/dblk2_a via matmul_9 = blk2_a @ blk2_Wv
+    np.einsum('pik,pij->kj', blk2_a, dmatmul_9, out=dblk2_Wv, optimize=True)  # dL/dblk2_Wv via matmul_9 = blk2_a @ blk2_Wv
     np.einsum('bhqk,bqhe->bkhe', deinsum_3, blk2_Q, out=dblk2_K, optimize=True)  # dL/dblk2_K via einsum_3 = np.einsum('bqhe,bkhe->bhqk', blk2_Q, blk2_K, optimize=True)
     dmatmul_8 = dblk2_K.reshape((N, 8, 32))  # dL/dmatmul_8 via blk2_K = matmul_8.reshape((N, 8, 4, 8))
-    np.matmul(dmatmul_8, blk2_Wk.T, out=matmul_24)  # dL/dblk2_a via matmul_8 = blk2_a @ blk2_Wk
-    np.matmul(transpose_10, dmatmul_8, out=matmul_25)  # for the backward of matmul_8
-    np.sum(matmul_25, axis=0, out=dblk2_Wk)  # dL/dblk2_Wk via matmul_8 = blk2_a @ blk2_Wk
+    np.einsum('pij,kj->pik', dmatmul_8, blk2_Wk, out=einsum_17, optimize=True)  # dL/dblk2_a via matmul_8 = blk2_a @ blk2_Wk
+    np.einsum('pik,pij->kj', blk2_a, dmatmul_8, out=dblk2_Wk, optimize=True)  # dL/dblk2_Wk via matmul_8 = blk2_a @ blk2_Wk
     np.einsum('bhqk,bkhe->bqhe', deinsum_3, blk2_K, out=dblk2_Q, optimize=True)  # dL/dblk2_Q via einsum_3 = np.einsum('bqhe,bkhe->bhqk', blk2_Q, blk2_K, optimize=True)
     dmatmul_7 = dblk2_Q.reshape((N, 8, 32))  # dL/dmatmul_7 via blk2_Q = matmul_7.reshape((N, 8, 4, 8))
-    np.matmul(dmatmul_7, blk2_Wq.T, out=matmul_26)  # dL/dblk2_a via matmul_7 = blk2_a @ blk2_Wq
-    np.matmul(transpose_10, dmatmul_7, out=matmul_27)  # for the backward of matmul_7
-    np.sum(matmul_27, axis=0, out=dblk2_Wq)  # dL/dblk2_Wq via matmul_7 = blk2_a @ blk2_Wq
-    np.add(matmul_22, matmul_24, out=dblk2_a)
-    np.add(dblk2_a, matmul_26, out=dblk2_a)  # dL/dblk2_a via blk2_a = layer_norm_3 * add_11 + blk2_ln1_b
+    np.einsum('pij,kj->pik', dmatmul_7, blk2_Wq, out=einsum_19, optimize=True)  # dL/dblk2_a via matmul_7 = blk2_a @ blk2_Wq
+    np.einsum('pik,pij->kj', blk2_a, dmatmul_7, out=dblk2_Wq, optimize=True)  # dL/dblk2_Wq via matmul_7 = blk2_a @ blk2_Wq
+    np.add(einsum_15, einsum_17, out=dblk2_a)
+    np.add(dblk2_a, einsum_19, out=dblk2_a)  # dL/dblk2_a via blk2_a = layer_norm_3 * add_11 + blk2_ln1_b
     np.multiply(dblk2_a, layer_norm_3, out=ew_9)  # for the backward of mul_4
     np.sum(ew_9, axis=(0, 1), out=dadd_11)  # dL/dadd_11 via blk2_a = layer_norm_3 * add_11 + blk2_ln1_b
     np.multiply(dblk2_a, add_11, out=dlayer_norm_3)  # dL/dlayer_norm_3 via blk2_a = layer_norm_3 * add_11 + blk2_ln1_b
@@ -802,20 +769,18 @@ def loss_and_grads_into(X, E, P, blk1_ln1_g, blk1_ln1_b, blk1_Wq, blk1_Wk, blk1_
     np.multiply(layer_norm_3, mean_13, out=dblk1_out)
     np.subtract(dlayer_norm_3, dblk1_out, out=dblk1_out)
     np.subtract(dblk1_out, mean_12, out=dblk1_out)
-    np.add((1e-05), mean_11, out=_ws[79])
-    np.power(_ws[79], 0.5, out=_ws[79])
-    np.divide(dblk1_out, _ws[79], out=dblk1_out)
+    np.add((1e-05), mean_11, out=_ws[73])
+    np.power(_ws[73], 0.5, out=_ws[73])
+    np.divide(dblk1_out, _ws[73], out=dblk1_out)
     np.add(dblk1_out, dblk2_h, out=dblk1_out)  # dL/dblk1_out via blk1_out = blk1_h + matmul_6 + blk1_b2
-    np.matmul((np.transpose(blk1_f, (0, 2, 1))), dblk1_out, out=matmul_29)  # for the backward of matmul_6
-    np.matmul(dblk1_out, blk1_W2.T, out=dblk1_f)  # dL/dblk1_f via matmul_6 = blk1_f @ blk1_W2
-    np.greater(blk1_f, 0, out=_ws[82])
-    np.multiply(dblk1_f, _ws[82], out=dadd_8)  # dL/dadd_8 via blk1_f = np.maximum(matmul_5 + blk1_b1, 0)
-    np.matmul((np.transpose(add_7, (0, 2, 1))), dadd_8, out=matmul_31)  # for the backward of matmul_5
+    np.einsum('pij,kj->pik', dblk1_out, blk1_W2, out=dblk1_f, optimize=True)  # dL/dblk1_f via matmul_6 = blk1_f @ blk1_W2
+    np.greater(blk1_f, 0, out=_ws[75])
+    np.multiply(dblk1_f, _ws[75], out=dadd_8)  # dL/dadd_8 via blk1_f = np.maximum(matmul_5 + blk1_b1, 0)
     np.sum(dblk1_out, axis=(0, 1), out=dblk1_b2)  # dL/dblk1_b2 via blk1_out = blk1_h + matmul_6 + blk1_b2
-    np.sum(matmul_29, axis=0, out=dblk1_W2)  # dL/dblk1_W2 via matmul_6 = blk1_f @ blk1_W2
+    np.einsum('pik,pij->kj', blk1_f, dblk1_out, out=dblk1_W2, optimize=True)  # dL/dblk1_W2 via matmul_6 = blk1_f @ blk1_W2
     np.sum(dadd_8, axis=(0, 1), out=dblk1_b1)  # dL/dblk1_b1 via blk1_f = np.maximum(matmul_5 + blk1_b1, 0)
-    np.sum(matmul_31, axis=0, out=dblk1_W1)  # dL/dblk1_W1 via matmul_5 = add_7 @ blk1_W1
-    np.matmul(dadd_8, blk1_W1.T, out=dadd_7)  # dL/dadd_7 via matmul_5 = add_7 @ blk1_W1
+    np.einsum('pik,pij->kj', add_7, dadd_8, out=dblk1_W1, optimize=True)  # dL/dblk1_W1 via matmul_5 = add_7 @ blk1_W1
+    np.einsum('pij,kj->pik', dadd_8, blk1_W1, out=dadd_7, optimize=True)  # dL/dadd_7 via matmul_5 = add_7 @ blk1_W1
     np.multiply(dadd_7, layer_norm_2, out=ew_12)  # for the backward of mul_3
     np.sum(ew_12, axis=(0, 1), out=dadd_6)  # dL/dadd_6 via add_7 = layer_norm_2 * add_6 + blk1_ln2_b
     np.multiply(dadd_7, add_6, out=dlayer_norm_2)  # dL/dlayer_norm_2 via add_7 = layer_norm_2 * add_6 + blk1_ln2_b
@@ -830,39 +795,34 @@ def loss_and_grads_into(X, E, P, blk1_ln1_g, blk1_ln1_b, blk1_Wq, blk1_Wk, blk1_
     np.multiply(layer_norm_2, mean_17, out=dblk1_h)
     np.subtract(dlayer_norm_2, dblk1_h, out=dblk1_h)
     np.subtract(dblk1_h, mean_16, out=dblk1_h)
-    np.add((1e-05), mean_15, out=_ws[94])
-    np.power(_ws[94], 0.5, out=_ws[94])
-    np.divide(dblk1_h, _ws[94], out=dblk1_h)
+    np.add((1e-05), mean_15, out=_ws[86])
+    np.power(_ws[86], 0.5, out=_ws[86])
+    np.divide(dblk1_h, _ws[86], out=dblk1_h)
     np.add(dblk1_h, dblk1_out, out=dblk1_h)  # dL/dblk1_h via blk1_h = h0 + matmul_4 + blk1_bo
-    np.matmul((np.transpose(reshape_4, (0, 2, 1))), dblk1_h, out=matmul_33)  # for the backward of matmul_4
     np.sum(dblk1_h, axis=(0, 1), out=dblk1_bo)  # dL/dblk1_bo via blk1_h = h0 + matmul_4 + blk1_bo
-    np.sum(matmul_33, axis=0, out=dblk1_Wo)  # dL/dblk1_Wo via matmul_4 = reshape_4 @ blk1_Wo
-    np.matmul(dblk1_h, blk1_Wo.T, out=dreshape_4)  # dL/dreshape_4 via matmul_4 = reshape_4 @ blk1_Wo
+    np.einsum('pik,pij->kj', reshape_4, dblk1_h, out=dblk1_Wo, optimize=True)  # dL/dblk1_Wo via matmul_4 = reshape_4 @ blk1_Wo
+    np.einsum('pij,kj->pik', dblk1_h, blk1_Wo, out=dreshape_4, optimize=True)  # dL/dreshape_4 via matmul_4 = reshape_4 @ blk1_Wo
     deinsum_2 = dreshape_4.reshape((N, 8, 4, 8))  # dL/deinsum_2 via reshape_4 = einsum_2.reshape((N, 8, 32))
     np.einsum('bqhe,bkhe->bhqk', deinsum_2, blk1_V, out=dblk1_attn, optimize=True)  # dL/dblk1_attn via einsum_2 = np.einsum('bhqk,bkhe->bqhe', blk1_attn, blk1_V, optimize=True)
     np.multiply(dblk1_attn, blk1_attn, out=mul_27)  # for the backward of blk1_attn
-    np.sum(mul_27, axis=-1, keepdims=True, out=sum_31)  # for the backward of blk1_attn
-    np.subtract(dblk1_attn, sum_31, out=deinsum_1)
+    np.sum(mul_27, axis=-1, keepdims=True, out=sum_22)  # for the backward of blk1_attn
+    np.subtract(dblk1_attn, sum_22, out=deinsum_1)
     np.multiply(deinsum_1, 0.35355339059327373, out=deinsum_1)
     np.multiply(deinsum_1, blk1_attn, out=deinsum_1)  # dL/deinsum_1 via blk1_scores = 0.35355339059327373 * einsum_1
     np.einsum('bqhe,bhqk->bkhe', deinsum_2, blk1_attn, out=dblk1_V, optimize=True)  # dL/dblk1_V via einsum_2 = np.einsum('bhqk,bkhe->bqhe', blk1_attn, blk1_V, optimize=True)
     dmatmul_3 = dblk1_V.reshape((N, 8, 32))  # dL/dmatmul_3 via blk1_V = matmul_3.reshape((N, 8, 4, 8))
-    np.matmul(dmatmul_3, blk1_Wv.T, out=matmul_34)  # dL/dblk1_a via matmul_3 = blk1_a @ blk1_Wv
-    transpose_22 = np.transpose(blk1_a, (0, 2, 1))  # for the backward of matmul_3
-    np.matmul(transpose_22, dmatmul_3, out=matmul_35)  # for the backward of matmul_3
-    np.sum(matmul_35, axis=0, out=dblk1_Wv)  # dL/dblk1_Wv via matmul_3 = blk1_a @ blk1_Wv
+    np.einsum('pij,kj->pik', dmatmul_3, blk1_Wv, out=einsum_31, optimize=True)  # dL/dblk1_a via matmul_3 = blk1_a @ blk1_Wv
+    np.einsum('pik,pij->kj', blk1_a, dmatmul_3, out=dblk1_Wv, optimize=True)  # dL/dblk1_Wv via matmul_3 = blk1_a @ blk1_Wv
     np.einsum('bhqk,bqhe->bkhe', deinsum_1, blk1_Q, out=dblk1_K, optimize=True)  # dL/dblk1_K via einsum_1 = np.einsum('bqhe,bkhe->bhqk', blk1_Q, blk1_K, optimize=True)
     dmatmul_2 = dblk1_K.reshape((N, 8, 32))  # dL/dmatmul_2 via blk1_K = matmul_2.reshape((N, 8, 4, 8))
-    np.matmul(dmatmul_2, blk1_Wk.T, out=matmul_36)  # dL/dblk1_a via matmul_2 = blk1_a @ blk1_Wk
-    np.matmul(transpose_22, dmatmul_2, out=matmul_37)  # for the backward of matmul_2
-    np.sum(matmul_37, axis=0, out=dblk1_Wk)  # dL/dblk1_Wk via matmul_2 = blk1_a @ blk1_Wk
+    np.einsum('pij,kj->pik', dmatmul_2, blk1_Wk, out=einsum_33, optimize=True)  # dL/dblk1_a via matmul_2 = blk1_a @ blk1_Wk
+    np.einsum('pik,pij->kj', blk1_a, dmatmul_2, out=dblk1_Wk, optimize=True)  # dL/dblk1_Wk via matmul_2 = blk1_a @ blk1_Wk
     np.einsum('bhqk,bkhe->bqhe', deinsum_1, blk1_K, out=dblk1_Q, optimize=True)  # dL/dblk1_Q via einsum_1 = np.einsum('bqhe,bkhe->bhqk', blk1_Q, blk1_K, optimize=True)
     dmatmul_1 = dblk1_Q.reshape((N, 8, 32))  # dL/dmatmul_1 via blk1_Q = matmul_1.reshape((N, 8, 4, 8))
-    np.matmul(dmatmul_1, blk1_Wq.T, out=matmul_38)  # dL/dblk1_a via matmul_1 = blk1_a @ blk1_Wq
-    np.matmul(transpose_22, dmatmul_1, out=matmul_39)  # for the backward of matmul_1
-    np.sum(matmul_39, axis=0, out=dblk1_Wq)  # dL/dblk1_Wq via matmul_1 = blk1_a @ blk1_Wq
-    np.add(matmul_34, matmul_36, out=dblk1_a)
-    np.add(dblk1_a, matmul_38, out=dblk1_a)  # dL/dblk1_a via blk1_a = layer_norm_1 * add_2 + blk1_ln1_b
+    np.einsum('pij,kj->pik', dmatmul_1, blk1_Wq, out=einsum_35, optimize=True)  # dL/dblk1_a via matmul_1 = blk1_a @ blk1_Wq
+    np.einsum('pik,pij->kj', blk1_a, dmatmul_1, out=dblk1_Wq, optimize=True)  # dL/dblk1_Wq via matmul_1 = blk1_a @ blk1_Wq
+    np.add(einsum_31, einsum_33, out=dblk1_a)
+    np.add(dblk1_a, einsum_35, out=dblk1_a)  # dL/dblk1_a via blk1_a = layer_norm_1 * add_2 + blk1_ln1_b
     np.multiply(dblk1_a, layer_norm_1, out=ew_16)  # for the backward of mul_1
     np.sum(ew_16, axis=(0, 1), out=dadd_2)  # dL/dadd_2 via blk1_a = layer_norm_1 * add_2 + blk1_ln1_b
     np.multiply(dblk1_a, add_2, out=dlayer_norm_1)  # dL/dlayer_norm_1 via blk1_a = layer_norm_1 * add_2 + blk1_ln1_b
@@ -877,9 +837,9 @@ def loss_and_grads_into(X, E, P, blk1_ln1_g, blk1_ln1_b, blk1_Wq, blk1_Wk, blk1_
     np.multiply(layer_norm_1, mean_21, out=dh0)
     np.subtract(dlayer_norm_1, dh0, out=dh0)
     np.subtract(dh0, mean_20, out=dh0)
-    np.add((1e-05), mean_19, out=_ws[118])
-    np.power(_ws[118], 0.5, out=_ws[118])
-    np.divide(dh0, _ws[118], out=dh0)
+    np.add((1e-05), mean_19, out=_ws[106])
+    np.power(_ws[106], 0.5, out=_ws[106])
+    np.divide(dh0, _ws[106], out=dh0)
     np.add(dh0, dblk1_h, out=dh0)  # dL/dh0 via h0 = take_1 + P
     np.sum(dh0, axis=0, out=dP)  # dL/dP via h0 = take_1 + P
     _take_grad(dh0, X, 10, 0, out=dE)  # dL/dE via take_1 = E[X]
@@ -1202,37 +1162,37 @@ def _workspace(N):
     if ws is None:
         ws = _WORKSPACES[(N,)] = _pack(
             [  # shape, dtype, first and last step alive, width (transposed below it)
-                ((N, 8, 32), DTYPE, 1, 190, None),  # _ws[0]
-                ((32,), DTYPE, 3, 179, None),  # _ws[1]
-                ((N, 8, 32), DTYPE, 4, 190, None),  # _ws[2]
-                ((N, 8, 32), DTYPE, 5, 190, None),  # _ws[3]
-                ((N, 8, 32), DTYPE, 7, 190, None),  # _ws[4]
-                ((N, 8, 32), DTYPE, 9, 190, None),  # _ws[5]
-                ((N, 4, 8, 8), DTYPE, 11, 190, None),  # _ws[6]
-                ((N, 8, 4, 8), DTYPE, 14, 190, None),  # _ws[7]
-                ((N, 8, 32), DTYPE, 16, 190, None),  # _ws[8]
-                ((32,), DTYPE, 19, 142, None),  # _ws[9]
-                ((N, 8, 32), DTYPE, 20, 134, None),  # _ws[10]
-                ((N, 8, 64), DTYPE, 21, 133, None),  # _ws[11]
-                ((N, 8, 32), DTYPE, 23, 190, None),  # _ws[12]
-                ((32,), DTYPE, 26, 122, None),  # _ws[13]
-                ((N, 8, 32), DTYPE, 27, 190, None),  # _ws[14]
-                ((N, 8, 32), DTYPE, 28, 190, None),  # _ws[15]
-                ((N, 8, 32), DTYPE, 30, 190, None),  # _ws[16]
-                ((N, 8, 32), DTYPE, 32, 190, None),  # _ws[17]
-                ((N, 4, 8, 8), DTYPE, 34, 190, None),  # _ws[18]
-                ((N, 8, 4, 8), DTYPE, 37, 190, None),  # _ws[19]
-                ((N, 8, 32), DTYPE, 39, 190, None),  # _ws[20]
-                ((32,), DTYPE, 42, 85, None),  # _ws[21]
-                ((N, 8, 32), DTYPE, 43, 77, None),  # _ws[22]
-                ((N, 8, 64), DTYPE, 44, 76, None),  # _ws[23]
-                ((N, 8, 32), DTYPE, 46, 190, None),  # _ws[24]
+                ((N, 8, 32), DTYPE, 1, 176, None),  # _ws[0]
+                ((32,), DTYPE, 3, 165, None),  # _ws[1]
+                ((N, 8, 32), DTYPE, 4, 161, None),  # _ws[2]
+                ((N, 8, 32), DTYPE, 5, 176, None),  # _ws[3]
+                ((N, 8, 32), DTYPE, 7, 176, None),  # _ws[4]
+                ((N, 8, 32), DTYPE, 9, 176, None),  # _ws[5]
+                ((N, 4, 8, 8), DTYPE, 11, 176, None),  # _ws[6]
+                ((N, 8, 4, 8), DTYPE, 14, 176, None),  # _ws[7]
+                ((N, 8, 32), DTYPE, 16, 176, None),  # _ws[8]
+                ((32,), DTYPE, 19, 133, None),  # _ws[9]
+                ((N, 8, 32), DTYPE, 20, 129, None),  # _ws[10]
+                ((N, 8, 64), DTYPE, 21, 127, None),  # _ws[11]
+                ((N, 8, 32), DTYPE, 23, 176, None),  # _ws[12]
+                ((32,), DTYPE, 26, 115, None),  # _ws[13]
+                ((N, 8, 32), DTYPE, 27, 111, None),  # _ws[14]
+                ((N, 8, 32), DTYPE, 28, 176, None),  # _ws[15]
+                ((N, 8, 32), DTYPE, 30, 176, None),  # _ws[16]
+                ((N, 8, 32), DTYPE, 32, 176, None),  # _ws[17]
+                ((N, 4, 8, 8), DTYPE, 34, 176, None),  # _ws[18]
+                ((N, 8, 4, 8), DTYPE, 37, 176, None),  # _ws[19]
+                ((N, 8, 32), DTYPE, 39, 176, None),  # _ws[20]
+                ((32,), DTYPE, 42, 83, None),  # _ws[21]
+                ((N, 8, 32), DTYPE, 43, 79, None),  # _ws[22]
+                ((N, 8, 64), DTYPE, 44, 77, None),  # _ws[23]
+                ((N, 8, 32), DTYPE, 46, 176, None),  # _ws[24]
                 ((32,), DTYPE, 49, 65, None),  # _ws[25]
                 ((N, 8, 32), DTYPE, 50, 51, None),  # _ws[26]
                 ((N, 32), DTYPE, 51, 58, None),  # _ws[27]
                 ((N, 2), DTYPE, 52, 56, None),  # _ws[28]
                 ((N, 2), DTYPE, 54, 59, None),  # _ws[29]
-                ((N, 32), DTYPE, 59, 190, None),  # _ws[30]
+                ((N, 32), DTYPE, 59, 176, None),  # _ws[30]
                 ((N, 8, 32), DTYPE, 63, 64, None),  # _ws[31]
                 ((N, 8, 32), DTYPE, 65, 73, None),  # _ws[32]
                 ((N, 8, 1), DTYPE, 66, 67, None),  # _ws[33]
@@ -1241,116 +1201,104 @@ def _workspace(N):
                 ((N, 8, 1), DTYPE, 69, 73, None),  # _ws[36]
                 ((N, 8, 32), DTYPE, 70, 71, None),  # _ws[37]
                 ((N, 8, 1), DTYPE, 71, 73, None),  # _ws[38]
-                ((N, 8, 32), DTYPE, 73, 93, None),  # _ws[39]
+                ((N, 8, 32), DTYPE, 73, 91, None),  # _ws[39]
                 ((N, 8, 1), DTYPE, 73, 73, None),  # _ws[40]
-                ((N, 64, 32), DTYPE, 74, 79, None),  # _ws[41]
-                ((N, 8, 64), DTYPE, 75, 82, None),  # _ws[42]
-                ((N, 8, 64), bool, 76, 76, None),  # _ws[43]
-                ((N, 32, 64), DTYPE, 77, 81, None),  # _ws[44]
-                ((N, 8, 32), DTYPE, 82, 92, None),  # _ws[45]
-                ((N, 8, 32), DTYPE, 83, 84, None),  # _ws[46]
-                ((N, 8, 32), DTYPE, 85, 93, None),  # _ws[47]
-                ((N, 8, 1), DTYPE, 86, 87, None),  # _ws[48]
-                ((N, 8, 32), DTYPE, 87, 88, None),  # _ws[49]
-                ((N, 8, 1), DTYPE, 88, 93, None),  # _ws[50]
-                ((N, 8, 1), DTYPE, 89, 93, None),  # _ws[51]
-                ((N, 8, 32), DTYPE, 90, 91, None),  # _ws[52]
-                ((N, 8, 1), DTYPE, 91, 93, None),  # _ws[53]
-                ((N, 8, 32), DTYPE, 93, 130, None),  # _ws[54]
-                ((N, 8, 1), DTYPE, 93, 93, None),  # _ws[55]
-                ((N, 32, 32), DTYPE, 94, 96, None),  # _ws[56]
-                ((N, 8, 32), DTYPE, 97, 190, None),  # _ws[57]
-                ((N, 4, 8, 8), DTYPE, 99, 114, None),  # _ws[58]
-                ((N, 4, 8, 8), DTYPE, 100, 101, None),  # _ws[59]
-                ((N, 4, 8, 1), DTYPE, 101, 102, None),  # _ws[60]
-                ((N, 8, 4, 8), DTYPE, 103, 190, None),  # _ws[61]
-                ((N, 8, 32), DTYPE, 105, 129, None),  # _ws[62]
-                ((N, 32, 32), DTYPE, 107, 108, None),  # _ws[63]
-                ((N, 8, 4, 8), DTYPE, 109, 190, None),  # _ws[64]
-                ((N, 8, 32), DTYPE, 111, 119, None),  # _ws[65]
-                ((N, 32, 32), DTYPE, 112, 113, None),  # _ws[66]
-                ((N, 8, 4, 8), DTYPE, 114, 190, None),  # _ws[67]
-                ((N, 8, 32), DTYPE, 116, 119, None),  # _ws[68]
-                ((N, 32, 32), DTYPE, 117, 118, None),  # _ws[69]
+                ((N, 8, 64), DTYPE, 74, 80, None),  # _ws[41]
+                ((N, 8, 64), bool, 75, 75, None),  # _ws[42]
+                ((N, 8, 32), DTYPE, 80, 90, None),  # _ws[43]
+                ((N, 8, 32), DTYPE, 81, 82, None),  # _ws[44]
+                ((N, 8, 32), DTYPE, 83, 91, None),  # _ws[45]
+                ((N, 8, 1), DTYPE, 84, 85, None),  # _ws[46]
+                ((N, 8, 32), DTYPE, 85, 86, None),  # _ws[47]
+                ((N, 8, 1), DTYPE, 86, 91, None),  # _ws[48]
+                ((N, 8, 1), DTYPE, 87, 91, None),  # _ws[49]
+                ((N, 8, 32), DTYPE, 88, 89, None),  # _ws[50]
+                ((N, 8, 1), DTYPE, 89, 91, None),  # _ws[51]
+                ((N, 8, 32), DTYPE, 91, 123, None),  # _ws[52]
+                ((N, 8, 1), DTYPE, 91, 91, None),  # _ws[53]
+                ((N, 8, 32), DTYPE, 94, 176, None),  # _ws[54]
+                ((N, 4, 8, 8), DTYPE, 96, 108, None),  # _ws[55]
+                ((N, 4, 8, 8), DTYPE, 97, 98, None),  # _ws[56]
+                ((N, 4, 8, 1), DTYPE, 98, 99, None),  # _ws[57]
+                ((N, 8, 4, 8), DTYPE, 100, 176, None),  # _ws[58]
+                ((N, 8, 32), DTYPE, 102, 122, None),  # _ws[59]
+                ((N, 8, 4, 8), DTYPE, 104, 176, None),  # _ws[60]
+                ((N, 8, 32), DTYPE, 106, 112, None),  # _ws[61]
+                ((N, 8, 4, 8), DTYPE, 108, 176, None),  # _ws[62]
+                ((N, 8, 32), DTYPE, 110, 112, None),  # _ws[63]
+                ((N, 8, 32), DTYPE, 113, 114, None),  # _ws[64]
+                ((N, 8, 32), DTYPE, 115, 123, None),  # _ws[65]
+                ((N, 8, 1), DTYPE, 116, 117, None),  # _ws[66]
+                ((N, 8, 32), DTYPE, 117, 118, None),  # _ws[67]
+                ((N, 8, 1), DTYPE, 118, 123, None),  # _ws[68]
+                ((N, 8, 1), DTYPE, 119, 123, None),  # _ws[69]
                 ((N, 8, 32), DTYPE, 120, 121, None),  # _ws[70]
-                ((N, 8, 32), DTYPE, 122, 130, None),  # _ws[71]
-                ((N, 8, 1), DTYPE, 123, 124, None),  # _ws[72]
-                ((N, 8, 32), DTYPE, 124, 125, None),  # _ws[73]
-                ((N, 8, 1), DTYPE, 125, 130, None),  # _ws[74]
-                ((N, 8, 1), DTYPE, 126, 130, None),  # _ws[75]
-                ((N, 8, 32), DTYPE, 127, 128, None),  # _ws[76]
-                ((N, 8, 1), DTYPE, 128, 130, None),  # _ws[77]
-                ((N, 8, 32), DTYPE, 130, 150, None),  # _ws[78]
-                ((N, 8, 1), DTYPE, 130, 130, None),  # _ws[79]
-                ((N, 64, 32), DTYPE, 131, 136, None),  # _ws[80]
-                ((N, 8, 64), DTYPE, 132, 139, None),  # _ws[81]
-                ((N, 8, 64), bool, 133, 133, None),  # _ws[82]
-                ((N, 32, 64), DTYPE, 134, 138, None),  # _ws[83]
-                ((N, 8, 32), DTYPE, 139, 149, None),  # _ws[84]
-                ((N, 8, 32), DTYPE, 140, 141, None),  # _ws[85]
-                ((N, 8, 32), DTYPE, 142, 150, None),  # _ws[86]
-                ((N, 8, 1), DTYPE, 143, 144, None),  # _ws[87]
-                ((N, 8, 32), DTYPE, 144, 145, None),  # _ws[88]
-                ((N, 8, 1), DTYPE, 145, 150, None),  # _ws[89]
-                ((N, 8, 1), DTYPE, 146, 150, None),  # _ws[90]
-                ((N, 8, 32), DTYPE, 147, 148, None),  # _ws[91]
-                ((N, 8, 1), DTYPE, 148, 150, None),  # _ws[92]
-                ((N, 8, 32), DTYPE, 150, 187, None),  # _ws[93]
-                ((N, 8, 1), DTYPE, 150, 150, None),  # _ws[94]
-                ((N, 32, 32), DTYPE, 151, 153, None),  # _ws[95]
-                ((N, 8, 32), DTYPE, 154, 190, None),  # _ws[96]
-                ((N, 4, 8, 8), DTYPE, 156, 171, None),  # _ws[97]
-                ((N, 4, 8, 8), DTYPE, 157, 158, None),  # _ws[98]
-                ((N, 4, 8, 1), DTYPE, 158, 159, None),  # _ws[99]
-                ((N, 8, 4, 8), DTYPE, 160, 190, None),  # _ws[100]
-                ((N, 8, 32), DTYPE, 162, 186, None),  # _ws[101]
-                ((N, 32, 32), DTYPE, 164, 165, None),  # _ws[102]
-                ((N, 8, 4, 8), DTYPE, 166, 190, None),  # _ws[103]
-                ((N, 8, 32), DTYPE, 168, 176, None),  # _ws[104]
-                ((N, 32, 32), DTYPE, 169, 170, None),  # _ws[105]
-                ((N, 8, 4, 8), DTYPE, 171, 190, None),  # _ws[106]
-                ((N, 8, 32), DTYPE, 173, 176, None),  # _ws[107]
-                ((N, 32, 32), DTYPE, 174, 175, None),  # _ws[108]
-                ((N, 8, 32), DTYPE, 177, 178, None),  # _ws[109]
-                ((N, 8, 32), DTYPE, 179, 187, None),  # _ws[110]
-                ((N, 8, 1), DTYPE, 180, 181, None),  # _ws[111]
-                ((N, 8, 32), DTYPE, 181, 182, None),  # _ws[112]
-                ((N, 8, 1), DTYPE, 182, 187, None),  # _ws[113]
-                ((N, 8, 1), DTYPE, 183, 187, None),  # _ws[114]
-                ((N, 8, 32), DTYPE, 184, 185, None),  # _ws[115]
-                ((N, 8, 1), DTYPE, 185, 187, None),  # _ws[116]
-                ((N, 8, 32), DTYPE, 187, 189, None),  # _ws[117]
-                ((N, 8, 1), DTYPE, 187, 187, None),  # _ws[118]
+                ((N, 8, 1), DTYPE, 121, 123, None),  # _ws[71]
+                ((N, 8, 32), DTYPE, 123, 141, None),  # _ws[72]
+                ((N, 8, 1), DTYPE, 123, 123, None),  # _ws[73]
+                ((N, 8, 64), DTYPE, 124, 130, None),  # _ws[74]
+                ((N, 8, 64), bool, 125, 125, None),  # _ws[75]
+                ((N, 8, 32), DTYPE, 130, 140, None),  # _ws[76]
+                ((N, 8, 32), DTYPE, 131, 132, None),  # _ws[77]
+                ((N, 8, 32), DTYPE, 133, 141, None),  # _ws[78]
+                ((N, 8, 1), DTYPE, 134, 135, None),  # _ws[79]
+                ((N, 8, 32), DTYPE, 135, 136, None),  # _ws[80]
+                ((N, 8, 1), DTYPE, 136, 141, None),  # _ws[81]
+                ((N, 8, 1), DTYPE, 137, 141, None),  # _ws[82]
+                ((N, 8, 32), DTYPE, 138, 139, None),  # _ws[83]
+                ((N, 8, 1), DTYPE, 139, 141, None),  # _ws[84]
+                ((N, 8, 32), DTYPE, 141, 173, None),  # _ws[85]
+                ((N, 8, 1), DTYPE, 141, 141, None),  # _ws[86]
+                ((N, 8, 32), DTYPE, 144, 176, None),  # _ws[87]
+                ((N, 4, 8, 8), DTYPE, 146, 158, None),  # _ws[88]
+                ((N, 4, 8, 8), DTYPE, 147, 148, None),  # _ws[89]
+                ((N, 4, 8, 1), DTYPE, 148, 149, None),  # _ws[90]
+                ((N, 8, 4, 8), DTYPE, 150, 176, None),  # _ws[91]
+                ((N, 8, 32), DTYPE, 152, 172, None),  # _ws[92]
+                ((N, 8, 4, 8), DTYPE, 154, 176, None),  # _ws[93]
+                ((N, 8, 32), DTYPE, 156, 162, None),  # _ws[94]
+                ((N, 8, 4, 8), DTYPE, 158, 176, None),  # _ws[95]
+                ((N, 8, 32), DTYPE, 160, 162, None),  # _ws[96]
+                ((N, 8, 32), DTYPE, 163, 164, None),  # _ws[97]
+                ((N, 8, 32), DTYPE, 165, 173, None),  # _ws[98]
+                ((N, 8, 1), DTYPE, 166, 167, None),  # _ws[99]
+                ((N, 8, 32), DTYPE, 167, 168, None),  # _ws[100]
+                ((N, 8, 1), DTYPE, 168, 173, None),  # _ws[101]
+                ((N, 8, 1), DTYPE, 169, 173, None),  # _ws[102]
+                ((N, 8, 32), DTYPE, 170, 171, None),  # _ws[103]
+                ((N, 8, 1), DTYPE, 171, 173, None),  # _ws[104]
+                ((N, 8, 32), DTYPE, 173, 175, None),  # _ws[105]
+                ((N, 8, 1), DTYPE, 173, 173, None),  # _ws[106]
             ],
             [  # the gradients, in order: name, shape, first step writing it
-                ('E', (10, 32), 189),
-                ('P', (8, 32), 188),
-                ('blk1_ln1_g', (32,), 178),
-                ('blk1_ln1_b', (32,), 186),
-                ('blk1_Wq', (32, 32), 175),
-                ('blk1_Wk', (32, 32), 170),
-                ('blk1_Wv', (32, 32), 165),
-                ('blk1_Wo', (32, 32), 153),
-                ('blk1_bo', (32,), 152),
-                ('blk1_ln2_g', (32,), 141),
-                ('blk1_ln2_b', (32,), 149),
-                ('blk1_W1', (32, 64), 138),
-                ('blk1_b1', (64,), 137),
-                ('blk1_W2', (64, 32), 136),
-                ('blk1_b2', (32,), 135),
-                ('blk2_ln1_g', (32,), 121),
-                ('blk2_ln1_b', (32,), 129),
-                ('blk2_Wq', (32, 32), 118),
-                ('blk2_Wk', (32, 32), 113),
-                ('blk2_Wv', (32, 32), 108),
-                ('blk2_Wo', (32, 32), 96),
-                ('blk2_bo', (32,), 95),
-                ('blk2_ln2_g', (32,), 84),
-                ('blk2_ln2_b', (32,), 92),
-                ('blk2_W1', (32, 64), 81),
-                ('blk2_b1', (64,), 80),
-                ('blk2_W2', (64, 32), 79),
-                ('blk2_b2', (32,), 78),
+                ('E', (10, 32), 175),
+                ('P', (8, 32), 174),
+                ('blk1_ln1_g', (32,), 164),
+                ('blk1_ln1_b', (32,), 172),
+                ('blk1_Wq', (32, 32), 161),
+                ('blk1_Wk', (32, 32), 157),
+                ('blk1_Wv', (32, 32), 153),
+                ('blk1_Wo', (32, 32), 143),
+                ('blk1_bo', (32,), 142),
+                ('blk1_ln2_g', (32,), 132),
+                ('blk1_ln2_b', (32,), 140),
+                ('blk1_W1', (32, 64), 129),
+                ('blk1_b1', (64,), 128),
+                ('blk1_W2', (64, 32), 127),
+                ('blk1_b2', (32,), 126),
+                ('blk2_ln1_g', (32,), 114),
+                ('blk2_ln1_b', (32,), 122),
+                ('blk2_Wq', (32, 32), 111),
+                ('blk2_Wk', (32, 32), 107),
+                ('blk2_Wv', (32, 32), 103),
+                ('blk2_Wo', (32, 32), 93),
+                ('blk2_bo', (32,), 92),
+                ('blk2_ln2_g', (32,), 82),
+                ('blk2_ln2_b', (32,), 90),
+                ('blk2_W1', (32, 64), 79),
+                ('blk2_b1', (64,), 78),
+                ('blk2_W2', (64, 32), 77),
+                ('blk2_b2', (32,), 76),
                 ('lnf_g', (32,), 64),
                 ('lnf_b', (32,), 72),
                 ('W_out', (32, 2), 58),

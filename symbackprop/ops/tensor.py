@@ -97,8 +97,26 @@ def _matmul_vjp(g, args, out, attrs):
     if a.ndim == 2 and b.ndim == 2:
         return [_apply(g, "matmul", [g, _swap_last(b)]),
                 _apply(g, "matmul", [_swap_last(a), g])]
+    if 2 in (a.ndim, b.ndim):
+        return _matrix_and_stack_vjp(g, a, b)
     return [unbroadcast(_apply(g, "matmul", [g, _swap_last(b)]), a.shape),
             unbroadcast(_apply(g, "matmul", [_swap_last(a), g]), b.shape)]
+
+
+def _matrix_and_stack_vjp(g, a, b):
+    """The VJP of a stack of matrices times one matrix (``x @ W``, x (N, T, K)) or of one
+    matrix times a stack, as einsums over the stack's axes: the matrix's gradient is one
+    contraction over every row of the stack (``Σ_n x[n]ᵀ δ[n]``, one BLAS product on the
+    (N·T, K) rows) where a batched product would first write an (N, K, M) array and sum
+    it, and the stack's gradient is one product on its rows, not N small ones."""
+    stack = b if a.ndim == 2 else a
+    batch = "pqrstuvw"[:stack.ndim - 2]
+    if a.ndim == 2:  # W @ h: a (i, k), b (..., k, j), g (..., i, j)
+        return [_apply(g, "einsum", [g, b], spec=f"{batch}ij,{batch}kj->ik"),
+                _apply(g, "einsum", [a, g], spec=f"ik,{batch}ij->{batch}kj")]
+    # h @ W: a (..., i, k), b (k, j), g (..., i, j)
+    return [_apply(g, "einsum", [g, b], spec=f"{batch}ij,kj->{batch}ik"),
+            _apply(g, "einsum", [a, g], spec=f"{batch}ik,{batch}ij->kj")]
 
 
 def _matmul_display(args, attrs):
