@@ -126,6 +126,19 @@ def _product(shapes) -> str:
     return "np.matmul" if large or transposable((rows, cols)) else "np.dot"
 
 
+def _matmul_out(c, out, shapes) -> str:
+    """A product into a planned buffer. A stack of matrices times one matrix (``x @ W``, x
+    (N, T, K)) runs as one product on the stack's (N·T, K) rows, where np.matmul would run
+    one product per matrix (about 20% slower on (16, 64, 128) @ (128, 512)). The planner
+    stores an array of more than two axes C-contiguous, so ``out.reshape`` is a view of
+    it; the stack's reshape copies only if the stack is not contiguous."""
+    a, b = shapes
+    if len(a) > 2 and len(b) == 2:
+        return (f"np.matmul({c[0]}.reshape(-1, {b[0]}), {c[1]}, "
+                f"out={out}.reshape(-1, {b[1]}))")
+    return f"{_product(shapes)}({c[0]}, {c[1]}, out={out})"
+
+
 def _reduce_code(method):
     def code(c, a):
         parts = [] if a["axis"] is None else [f"axis={_axis_code(a['axis'])}"]
@@ -234,7 +247,7 @@ NUMPY: dict[str, Lowering] = {
     "identity": Lowering(lambda c, a: c[0]),
     "matmul": Lowering(
         lambda c, a: f"{c[0]} @ {c[1]}",
-        out=lambda c, a, o, s: f"{_product(s)}({c[0]}, {c[1]}, out={o})",
+        out=lambda c, a, o, s: _matmul_out(c, o, s),
         bias_fold=True, any_layout=True),
     "transpose": Lowering(
         lambda c, a: f"{c[0]}.T" if a["axes"] is None
