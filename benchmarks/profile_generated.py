@@ -84,25 +84,11 @@ def main(argv=None) -> int:
     if a.network:
         return profile_network(a)
     g = sb.models.mlp(sizes, activation=a.activation)
-    if a.train_step:
-        source = sb.train_step(g, of="L", optimizer="sgd", lr=0.01, dtype=a.dtype)
-    else:
-        source = sb.numpy_source(g, dtype=a.dtype)
-    a.function = a.function or ("train_step" if a.train_step else "value_and_grad")
-    ns, texts = instrument(source, a.function)
-    ns["_clock"] = time.perf_counter
     rng = np.random.default_rng(0)
     params = hw.init_params(sizes, a.activation, np.dtype(a.dtype), rng)
     X, y = hw.make_batch(sizes, a.batch, np.dtype(a.dtype), rng)
-    if a.train_step:
-        f = functools.partial(ns["train_step"], params, ns["init_state"](params), X=X, y=y)
-    else:
-        fn = ns[a.function]
-        names = fn.__code__.co_varnames[:fn.__code__.co_argcount]
-        arrays = dict(params, X=X, y=y)
-        f = functools.partial(fn, **{k: arrays[k] for k in names})
     title = f"{'-'.join(map(str, sizes))} {a.activation}, batch {a.batch}, {a.dtype}"
-    return run(f, ns, texts, a.seconds, f"{a.function} of {title}")
+    return profile(g, a, params, {"X": X, "y": y}, title)
 
 
 def profile_network(a) -> int:
@@ -116,6 +102,12 @@ def profile_network(a) -> int:
     batch = {"X": X}
     if "y" in g.nodes("input"):
         batch["y"] = rng.integers(0, 10, size=a.batch).astype(np.int64)
+    return profile(g, a, params, batch, f"workload {a.network}, batch {a.batch}, {a.dtype}")
+
+
+def profile(g, a, params: dict, batch: dict, title: str) -> int:
+    """Generate ``g``'s module (the training step with ``a.train_step``), instrument
+    ``a.function`` and time its statements on ``params`` and ``batch``."""
     if a.train_step:
         source = sb.train_step(g, of="L", optimizer="sgd", lr=0.01, dtype=a.dtype)
     else:
@@ -131,8 +123,7 @@ def profile_network(a) -> int:
         # loss_and_grads_into writes the gradients into arrays of its caller: dW1, ...
         arrays = dict(params, **batch, **{f"d{k}": np.empty_like(v) for k, v in params.items()})
         f = functools.partial(fn, **{k: arrays[k] for k in names})
-    return run(f, ns, texts, a.seconds, f"{a.function} of workload {a.network}, batch "
-               f"{a.batch}, {a.dtype}")
+    return run(f, ns, texts, a.seconds, f"{a.function} of {title}")
 
 
 def run(f, ns, texts, seconds, title) -> int:

@@ -51,17 +51,23 @@ FRAMEWORKS = [pytest.param(name, module, marks=pytest.mark.skipif(
     for name, module in (("pytorch", "torch"), ("jax", "jax"))]
 
 
-@pytest.fixture(scope="module")
-def framework_run(tmp_path_factory):
-    """One tiny run of B (float64, relu) with whatever frameworks import, shared by the tests."""
-    out = tmp_path_factory.mktemp("fw") / "bench.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--only", "B",
+def tiny_run(folder, only: str) -> tuple[str, dict]:
+    """``bench.py --quick`` of the workloads ``only``, one round of short blocks, in a new
+    process: its printed report and its JSON."""
+    out = folder / "bench.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--only", only,
            "--depths", "none", "--rounds", "1", "--block", "0.05", "--drop", "0.01",
            "--json", str(out)]
     run = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300,
-                         cwd=out.parent)
+                         cwd=folder)
     assert run.returncode == 0, run.stdout + run.stderr
     return run.stdout, json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def framework_run(tmp_path_factory):
+    """One tiny run of B (float64, relu) with whatever frameworks import, shared by the tests."""
+    return tiny_run(tmp_path_factory.mktemp("fw"), "B")
 
 
 @pytest.mark.parametrize("name,module", FRAMEWORKS)
@@ -293,14 +299,7 @@ def test_compile_faster_when_deeper_gets_no_verdict(bench):
 def networks_run(tmp_path_factory):
     """One tiny run of D and E: the generated code is checked against the hand-written NumPy
     (loss, updated parameters, gradients) inside the run, which fails if they disagree."""
-    out = tmp_path_factory.mktemp("de") / "bench.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--only", "D,E",
-           "--depths", "none", "--rounds", "1", "--block", "0.05", "--drop", "0.01",
-           "--json", str(out)]
-    run = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300,
-                         cwd=out.parent)
-    assert run.returncode == 0, run.stdout + run.stderr
-    return run.stdout, json.loads(out.read_text())
+    return tiny_run(tmp_path_factory.mktemp("de"), "D,E")
 
 
 def test_bench_networks_quick(networks_run):

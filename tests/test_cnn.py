@@ -6,14 +6,9 @@ tests/test_digits.py."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
+from standalone import assert_ruff_clean, run_without_symbackprop
 
 import symbackprop as sb
 from symbackprop.codegen.init import plan_init
@@ -96,41 +91,21 @@ def test_he_init_for_kernels_with_conv_fans():
     assert plan_init(sb.models.cnn(activation="tanh"))[0].kind == "xavier"
 
 
-RUNNER = textwrap.dedent("""
-    import importlib.util, sys
-    here, numpy_dir = sys.argv[1], sys.argv[2]
-    sys.path.append(numpy_dir)
-    sys.path.insert(0, here)
-    assert importlib.util.find_spec("symbackprop") is None, "symbackprop is importable"
-    import numpy as np
-    import cnn
-    a = dict(np.load("inputs.npz"))
-    loss, grads = cnn.value_and_grad(**a)
-    np.savez("outputs.npz", loss=loss, **{"d" + k: v for k, v in grads.items()})
-    bad = [m for m in sys.modules if m.split(".")[0] in ("symbackprop", "sympy", "networkx")]
-    assert not bad, bad
-""")
-
-
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_source_is_ruff_clean_and_runs_without_symbackprop(tmp_path, dtype):
     g = small()
     fn = sb.compile(g, dtype=dtype)
     (tmp_path / "cnn.py").write_text(fn.source)
-    ruff = shutil.which("ruff", path=os.path.dirname(sys.executable)) or shutil.which("ruff")
-    if ruff is not None:
-        res = subprocess.run([ruff, "check", "--isolated", "--no-cache", "cnn.py"],
-                             cwd=tmp_path, capture_output=True, text=True, check=False)
-        assert res.returncode == 0, res.stdout + res.stderr
+    assert_ruff_clean(tmp_path, "cnn.py")
     arrays = {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in _arrays(g).items()}
     np.savez(tmp_path / "inputs.npz", **{fn.arg_names[k]: v for k, v in arrays.items()})
-    (tmp_path / "runner.py").write_text(RUNNER)
-    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    res = subprocess.run([sys.executable, "-I", "-S", "runner.py", str(tmp_path), numpy_dir],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-                         check=False)
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_without_symbackprop(tmp_path, """
+        import numpy as np
+        import cnn
+        a = dict(np.load("inputs.npz"))
+        loss, grads = cnn.value_and_grad(**a)
+        np.savez("outputs.npz", loss=loss, **{"d" + k: v for k, v in grads.items()})
+    """)
     out = np.load(tmp_path / "outputs.npz")
     loss, grads = fn.value_and_grad(**arrays)
     assert out["loss"].dtype == np.dtype(dtype)

@@ -12,12 +12,12 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import tokenize
 
 import numpy as np
 import pytest
 import sympy as sp
+from standalone import run_without_symbackprop
 from test_ops_grad import ALL_CASES, compiled  # tests/ is on sys.path
 
 import symbackprop as sb
@@ -186,22 +186,13 @@ def test_ruff_passes_on_generated_code(tmp_path, op_cases):
 
 
 # -- running in a fresh interpreter ------------------------------------------------------------
-# The venv has symbackprop installed in editable mode: a .pth file in site-packages runs a
-# finder that makes it importable from anywhere. So the child runs with
-#   -I  isolated mode: no PYTHON* variables, no user site, the script's directory and the
-#       cwd are not on sys.path;
-#   -S  no site module: site-packages and its .pth files (the editable finder) are skipped;
-# and the runner then appends only NumPy's install directory to sys.path (a plain path
-# entry: .pth files are not processed), plus the directory holding the generated modules.
-# It asserts that symbackprop cannot be found and that no module of ours (or SymPy,
-# networkx) was imported by running the generated code.
-RUNNER = textwrap.dedent("""
-    import importlib, importlib.util, json, sys
-    here, numpy_dir, jobs = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3]))
-    sys.path.append(numpy_dir)
-    sys.path.insert(0, here)
-    assert importlib.util.find_spec("symbackprop") is None, "symbackprop is importable"
+# tests/standalone.py runs the code below with python -I -S (the editable install's .pth
+# finder is skipped), NumPy's folder and the test's folder only on the path; it asserts that
+# symbackprop cannot be found and that nothing of ours, SymPy or networkx gets imported.
+RUNNER = """
+    import importlib, json
     import numpy as np
+    jobs = json.load(open("jobs.json"))
     for job in jobs:
         mod = importlib.import_module(job["module"])
         arrays = dict(np.load(job["inputs"]))
@@ -212,10 +203,8 @@ RUNNER = textwrap.dedent("""
         out.update({"fwd:" + k: np.asarray(v) for k, v in fwd.items()})
         np.savez(job["outputs"], **{str(i): v for i, v in enumerate(out.values())})
         json.dump(list(out), open(job["outputs"] + ".keys.json", "w"))
-    bad = [m for m in sys.modules if m.split(".")[0] in ("symbackprop", "sympy", "networkx")]
-    assert not bad, bad
     print("ran", len(jobs))
-""")
+"""
 
 
 def _params(mod_src: str, fname: str) -> list[str]:
@@ -245,13 +234,7 @@ def test_generated_code_runs_standalone(tmp_path, op_cases):
         loss, grads = fn.value_and_grad(**arrays)
         expected.append((key, loss, grads, fn.forward(**arrays)))
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
-    (tmp_path / "runner.py").write_text(RUNNER)
-    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    res = subprocess.run([sys.executable, "-I", "-S", "runner.py", str(tmp_path), numpy_dir,
-                          "jobs.json"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300, check=False)
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = run_without_symbackprop(tmp_path, RUNNER, timeout=300)
     assert res.stdout.strip() == f"ran {len(jobs)}"
     for job, (key, loss, grads, fwd) in zip(jobs, expected):
         with open(job["outputs"] + ".keys.json") as f:

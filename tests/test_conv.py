@@ -7,16 +7,13 @@ The harness (tests/test_ops_grad.py, cases in tests/conv_cases.py) checks each o
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import scipy.signal
 from conv_cases import conv_ref, pool_ref
+from standalone import assert_ruff_clean, run_without_symbackprop
 
 import symbackprop as sb
 from symbackprop.codegen.init import plan_init
@@ -90,41 +87,21 @@ def test_tiny_cnn_float32_stays_float32():
     np.testing.assert_allclose(grads["K"], grads64["K"], rtol=1e-3, atol=1e-5)
 
 
-RUNNER = textwrap.dedent("""
-    import importlib.util, sys
-    here, numpy_dir = sys.argv[1], sys.argv[2]
-    sys.path.append(numpy_dir)
-    sys.path.insert(0, here)
-    assert importlib.util.find_spec("symbackprop") is None, "symbackprop is importable"
-    import numpy as np
-    import tiny_cnn
-    a = dict(np.load("inputs.npz"))
-    loss, grads = tiny_cnn.value_and_grad(**a)
-    np.savez("outputs.npz", loss=loss, **{"d" + k: v for k, v in grads.items()})
-    bad = [m for m in sys.modules if m.split(".")[0] in ("symbackprop", "sympy", "networkx")]
-    assert not bad, bad
-""")
-
-
 def test_tiny_cnn_source_is_ruff_clean_and_runs_without_symbackprop(tmp_path):
     """The generated module passes ruff and gives the same loss and gradients in a fresh
     interpreter (-I -S: no site-packages, so no symbackprop) as sb.compile here."""
     fn = sb.compile(tiny_cnn())
     (tmp_path / "tiny_cnn.py").write_text(fn.source)
-    ruff = shutil.which("ruff", path=os.path.dirname(sys.executable)) or shutil.which("ruff")
-    if ruff is not None:
-        res = subprocess.run([ruff, "check", "--isolated", "--no-cache", "tiny_cnn.py"],
-                             cwd=tmp_path, capture_output=True, text=True, check=False)
-        assert res.returncode == 0, res.stdout + res.stderr
+    assert_ruff_clean(tmp_path, "tiny_cnn.py")
     arrays = _arrays()
     np.savez(tmp_path / "inputs.npz", **{fn.arg_names[k]: v for k, v in arrays.items()})
-    (tmp_path / "runner.py").write_text(RUNNER)
-    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    res = subprocess.run([sys.executable, "-I", "-S", "runner.py", str(tmp_path), numpy_dir],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-                         check=False)
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_without_symbackprop(tmp_path, """
+        import numpy as np
+        import tiny_cnn
+        a = dict(np.load("inputs.npz"))
+        loss, grads = tiny_cnn.value_and_grad(**a)
+        np.savez("outputs.npz", loss=loss, **{"d" + k: v for k, v in grads.items()})
+    """)
     out = np.load(tmp_path / "outputs.npz")
     loss, grads = fn.value_and_grad(**arrays)
     np.testing.assert_array_equal(out["loss"], loss)

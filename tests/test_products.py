@@ -12,16 +12,12 @@ formulas, and bad input (the errors, and the CLI's one line and exit status 2).
 from __future__ import annotations
 
 import ast
-import os
 import re
-import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+from standalone import assert_ruff_clean, run_without_symbackprop
 
 import symbackprop as sb
 from symbackprop.cli import main
@@ -129,10 +125,6 @@ def test_attention_code_calls_matmul_for_the_batched_products():
             assert not [n for n in ast.walk(fn) if isinstance(n, loops)], fn.name
 
 
-def _ruff():
-    return shutil.which("ruff", path=os.path.dirname(sys.executable)) or shutil.which("ruff")
-
-
 def test_attention_code_is_ruff_clean_and_runs_without_symbackprop(tmp_path):
     arrays = _arrays(3)
     wrt = ["X", "Wq", "Wk", "Wv", "Wo"]
@@ -142,32 +134,15 @@ def test_attention_code_is_ruff_clean_and_runs_without_symbackprop(tmp_path):
             "attn_plain.py": sb.numpy_source(attention(), wrt=wrt, optimize=False)}
     for name, src in srcs.items():
         (tmp_path / name).write_text(src)
-    ruff = _ruff()
-    if ruff is not None:
-        res = subprocess.run([ruff, "check", "--isolated", "--no-cache",
-                              "--output-format=concise", "."], cwd=tmp_path,
-                             capture_output=True, text=True, check=False)
-        assert res.returncode == 0, res.stdout + res.stderr
+    assert_ruff_clean(tmp_path, ".")
     np.savez(tmp_path / "in.npz", **{fn.arg_names[k]: v for k, v in arrays.items()})
-    runner = textwrap.dedent("""
-        import importlib.util, sys
-        sys.path.append(sys.argv[1])
-        sys.path.insert(0, ".")
-        assert importlib.util.find_spec("symbackprop") is None
+    run_without_symbackprop(tmp_path, """
         import numpy as np
         import attn64
         arrays = dict(np.load("in.npz"))
         loss, grads = attn64.value_and_grad(**arrays)
         np.savez("out.npz", loss=loss, **grads)
-        bad = [m for m in sys.modules if m.split(".")[0] in ("symbackprop", "sympy")]
-        assert not bad, bad
     """)
-    (tmp_path / "runner.py").write_text(runner)
-    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    res = subprocess.run([sys.executable, "-I", "-S", "runner.py", numpy_dir], cwd=tmp_path,
-                         env=env, capture_output=True, text=True, timeout=120, check=False)
-    assert res.returncode == 0, res.stderr[-3000:]
     out = np.load(tmp_path / "out.npz")
     loss, grads = fn.value_and_grad(**arrays)
     np.testing.assert_array_equal(out["loss"], loss)

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
+from standalone import assert_ruff_clean, run_without_symbackprop
 
 import symbackprop as sb
 
@@ -179,21 +178,12 @@ def test_bad_sizes_raise_graph_errors():
         sb.models.transformer_classifier(VOCAB, T, D, H, F, 0, CLASSES)
 
 
-def _ruff():
-    return shutil.which("ruff", path=os.path.dirname(sys.executable)) or shutil.which("ruff")
-
-
 def test_classifier_code_is_ruff_clean_and_runs_without_symbackprop(tmp_path):
     g = sb.models.transformer_classifier(VOCAB, T, D, H, F, LAYERS, CLASSES, causal=True)
     (tmp_path / "clf.py").write_text(sb.numpy_source(g))
     (tmp_path / "train.py").write_text(sb.training_script(g, optimizer="adam", lr=0.01,
                                                            epochs=2, batch_size=8))
-    ruff = _ruff()
-    if ruff is not None:
-        res = subprocess.run([ruff, "check", "--isolated", "--no-cache",
-                              "--output-format=concise", "."], cwd=tmp_path,
-                             capture_output=True, text=True, check=False)
-        assert res.returncode == 0, res.stdout + res.stderr
+    assert_ruff_clean(tmp_path, ".")
     rng = np.random.default_rng(0)
     fn = sb.compile(g, optimizer="sgd", lr=0.1)
     params = fn.init_params(0)
@@ -205,11 +195,7 @@ def test_classifier_code_is_ruff_clean_and_runs_without_symbackprop(tmp_path):
     bad[7, 2] = VOCAB
     np.savez(tmp_path / "bad.npz", X=bad, y=rng.integers(0, CLASSES, 40))
     np.savez(tmp_path / "frac.npz", X=bad * 0.5, y=rng.integers(0, CLASSES, 40))
-    runner = textwrap.dedent("""
-        import importlib.util, sys
-        sys.path.append(sys.argv[1])
-        sys.path.insert(0, ".")
-        assert importlib.util.find_spec("symbackprop") is None
+    res = run_without_symbackprop(tmp_path, """
         import numpy as np
         import clf
         arrays = dict(np.load("in.npz"))
@@ -217,19 +203,12 @@ def test_classifier_code_is_ruff_clean_and_runs_without_symbackprop(tmp_path):
         sys.argv = ["train.py", "--data", "data.npz", "--out", "ck.npz"]
         import train
         assert train.main() == 0
-        bad = [m for m in sys.modules if m.split(".")[0] in ("symbackprop", "sympy")]
-        assert not bad, bad
     """)
-    (tmp_path / "runner.py").write_text(runner)
-    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    res = subprocess.run([sys.executable, "-I", "-S", "runner.py", numpy_dir], cwd=tmp_path,
-                         env=env, capture_output=True, text=True, timeout=120, check=False)
-    assert res.returncode == 0, res.stderr[-3000:]
     assert re.search(r"done: 2 epochs", res.stdout), res.stdout
     out = np.load(tmp_path / "out.npz")
     np.testing.assert_array_equal(out["logits"], fn.forward(X=ids, y=y, **params)["logits"])
     outside = f"X[7, 2] = {VOCAB} is outside the vocabulary; expected integer token ids 0..6"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     for data, msg in (("bad.npz", outside),
                       ("frac.npz", "is not an integer; expected integer token ids 0..6")):
         res = subprocess.run([sys.executable, "train.py", "--data", data], cwd=tmp_path,

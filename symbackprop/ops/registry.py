@@ -201,8 +201,6 @@ def builder(name: str) -> Callable:
     op = get(name)
 
     def fn(*args, **attrs):
-        # Positional values after the op's arguments are its attributes in declaration
-        # order, as PyTorch's functions take them: sb.max_pool2d(x, 2), sb.conv2d(x, w, 2).
         extra = args[op.arity:] if op.arity is not None else ()
         if extra and len(extra) <= len(op.attrs) \
                 and not any(hasattr(a, "graph") for a in extra):

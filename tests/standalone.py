@@ -1,0 +1,54 @@
+"""Generated code checked as a user gets it: ruff-clean, and run in a fresh interpreter
+that can import NumPy and nothing of ours.
+
+``python -I -S`` skips site-packages (so symbackprop, installed there, cannot be found;
+.pth files are not read either); the runner puts NumPy's own folder back on the path and
+the test's folder first, asserts that symbackprop cannot be found, runs the test's code,
+and asserts that nothing of symbackprop, SymPy or networkx was imported by it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+PRELUDE = """\
+import importlib.util, sys
+sys.path.append(sys.argv[1])
+sys.path.insert(0, ".")
+assert importlib.util.find_spec("symbackprop") is None, "symbackprop is importable"
+"""
+EPILOGUE = """
+bad = [m for m in sys.modules if m.split(".")[0] in ("symbackprop", "sympy", "networkx")]
+assert not bad, bad
+"""
+
+
+def assert_ruff_clean(folder: Path, *paths: str) -> None:
+    """ruff (the venv's, or one on the PATH; skipped when there is none) finds nothing in
+    ``paths`` of ``folder``."""
+    ruff = shutil.which("ruff", path=os.path.dirname(sys.executable)) or shutil.which("ruff")
+    if ruff is None:
+        return
+    res = subprocess.run([ruff, "check", "--isolated", "--no-cache", "--output-format=concise",
+                          *paths], cwd=folder, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def run_without_symbackprop(folder: Path, body: str,
+                            timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``body`` (Python source, in ``folder``, which holds the generated modules) in a
+    fresh interpreter without symbackprop; assert it succeeded and return the process."""
+    (folder / "runner.py").write_text(PRELUDE + textwrap.dedent(body) + EPILOGUE)
+    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    res = subprocess.run([sys.executable, "-I", "-S", "runner.py", numpy_dir], cwd=folder,
+                         env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
