@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from central import assert_central_differences
 from standalone import assert_ruff_clean, run_without_symbackprop
 
 import symbackprop as sb
@@ -57,20 +58,7 @@ def test_gradients_match_central_differences(activation):
     arrays = _arrays(g)
     _, grads = fn.value_and_grad(**arrays)
     assert sorted(grads) == sorted(g.nodes("param"))
-    rng = np.random.default_rng(1)
-    eps = 1e-6
-    for name in g.nodes("param"):
-        x = arrays[name]
-        flat = x.reshape(-1)
-        for i in rng.choice(flat.size, size=min(flat.size, 12), replace=False):
-            xp, xm = flat.copy(), flat.copy()
-            xp[i] += eps
-            xm[i] -= eps
-            lp = fn.forward(**{**arrays, name: xp.reshape(x.shape)})["L"]
-            lm = fn.forward(**{**arrays, name: xm.reshape(x.shape)})["L"]
-            fd = (lp - lm) / (2 * eps)
-            assert grads[name].reshape(-1)[i] == pytest.approx(fd, rel=1e-5, abs=1e-8), \
-                f"dL/d{name}[{i}]"
+    assert_central_differences(fn, arrays, g.nodes("param"), grads, count=12, seed=1)
 
 
 def test_check_grad_and_any_batch_size():

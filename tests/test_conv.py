@@ -12,6 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 import scipy.signal
+from central import assert_central_differences
 from conv_cases import conv_ref, pool_ref
 from standalone import assert_ruff_clean, run_without_symbackprop
 
@@ -52,21 +53,7 @@ def test_tiny_cnn_gradients_match_central_differences():
     arrays = _arrays()
     _, grads = fn.value_and_grad(**arrays)
     assert sorted(grads) == ["K", "W", "b"]
-    rng = np.random.default_rng(7)
-    eps = 1e-6
-    for name in ("K", "b", "W"):
-        x = arrays[name]
-        flat = x.reshape(-1)
-        picks = rng.choice(flat.size, size=min(flat.size, 15), replace=False)
-        for i in picks:
-            xp, xm = flat.copy(), flat.copy()
-            xp[i] += eps
-            xm[i] -= eps
-            lp = fn.forward(**{**arrays, name: xp.reshape(x.shape)})["L"]
-            lm = fn.forward(**{**arrays, name: xm.reshape(x.shape)})["L"]
-            fd = (lp - lm) / (2 * eps)
-            assert grads[name].reshape(-1)[i] == pytest.approx(fd, rel=1e-5, abs=1e-8), \
-                f"dL/d{name}[{i}]"
+    assert_central_differences(fn, arrays, ("K", "b", "W"), grads, count=15, seed=7)
 
 
 def test_tiny_cnn_compiles_once_for_any_batch_size():
