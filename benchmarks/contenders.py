@@ -280,7 +280,7 @@ class TorchCNN:
         F = torch.nn.functional
         h = self.X
         for k in (1, 2):
-            h = F.max_pool2d(torch.relu(F.conv2d(h, p[f"K{k}"], padding=1) + p[f"c{k}"]), 2)
+            h = F.max_pool2d(torch.relu(F.conv2d(h, p[f"K{k}"], p[f"c{k}"], padding=1)), 2)
         h = torch.relu(h.reshape(h.shape[0], -1) @ p["W1"] + p["b1"])
         loss = F.cross_entropy(h @ p["W2"] + p["b2"], self.y)
         ps = [p[k] for k in self.names]

@@ -226,12 +226,12 @@ BLOCK_PARAMS = ("Wq", "Wk", "Wv", "Wo", "W1", "b1", "W2", "b2")
 def init_network(shapes: dict, dtype, rng) -> dict:
     """Random parameters for D and E: a weight (2 or more axes; the output axis first for a
     kernel (C_out, C_in, kh, kw), last for a matrix (in, out)) scaled by 1/sqrt(fan_in),
-    He-like; a bias (one axis, or a conv bias (C, 1, 1)) small and random, so that its
-    gradient is checked as well."""
+    He-like; a bias (one axis) small and random, so that its gradient is checked as
+    well."""
     out = {}
     for k, shape in shapes.items():
         shape = tuple(shape)
-        if len(shape) == 1 or shape[1:] == (1, 1):
+        if len(shape) == 1:
             p = rng.standard_normal(shape) * 0.1
         else:
             fan_in = int(np.prod(shape[1:])) if len(shape) > 2 else shape[0]
@@ -320,10 +320,10 @@ class CNN:
     def step(self, X, y):
         p, lr = self.p, self.lr
         z1, cols1 = conv_forward(X, p["K1"], 1)
-        h1 = np.maximum(z1 + p["c1"], 0)
+        h1 = np.maximum(z1 + p["c1"][:, None, None], 0)
         m1, i1 = max_pool_forward(h1, 2)
         z2, cols2 = conv_forward(m1, p["K2"], 1)
-        h2 = np.maximum(z2 + p["c2"], 0)
+        h2 = np.maximum(z2 + p["c2"][:, None, None], 0)
         m2, i2 = max_pool_forward(h2, 2)
         f = m2.reshape(len(X), -1)
         a = np.maximum(f @ p["W1"] + p["b1"], 0)
@@ -334,10 +334,10 @@ class CNN:
         g["W1"], g["b1"] = f.T @ da, da.sum(axis=0)
         dm2 = (da @ p["W1"].T).reshape(m2.shape)
         dz2 = max_pool_backward(dm2, i2, h2.shape, 2) * (h2 > 0)
-        g["c2"] = dz2.sum(axis=(0, 2, 3)).reshape(p["c2"].shape)
+        g["c2"] = dz2.sum(axis=(0, 2, 3))
         dm1, g["K2"] = conv_backward(dz2, cols2, p["K2"], m1.shape, 1)
         dz1 = max_pool_backward(dm1, i1, h1.shape, 2) * (h1 > 0)
-        g["c1"] = dz1.sum(axis=(0, 2, 3)).reshape(p["c1"].shape)
+        g["c1"] = dz1.sum(axis=(0, 2, 3))
         _, g["K1"] = conv_backward(dz1, cols1, p["K1"], X.shape, 1, need_dx=False)
         for k, v in g.items():
             p[k] -= lr * v
