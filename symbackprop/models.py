@@ -459,26 +459,30 @@ def _transformer_block(g: Graph, h: Node, seq_len: int, d_model: int, heads: int
     T, D, H = seq_len, d_model, heads
     e = D // H
     softmax, relu = registry.builder("softmax"), registry.builder("relu")
-    a = g.name(_layer_norm(g, h, D, f"{p}ln1"), f"{p}a")
+    # two blocks, so that a collapsed diagram draws the attention (all heads) and the MLP
+    # each as one cluster
+    with block(g, f"{p}attention"):
+        a = g.name(_layer_norm(g, h, D, f"{p}ln1"), f"{p}a")
 
-    def heads_of(name):  # (N, T, D) @ (D, D) -> (N, T, H, e)
-        W = g.param(f"{p}{name}", shape=(D, D))
-        return registry.apply("reshape", a @ W, shape=("N", T, H, e))
+        def heads_of(name):  # (N, T, D) @ (D, D) -> (N, T, H, e)
+            W = g.param(f"{p}{name}", shape=(D, D))
+            return registry.apply("reshape", a @ W, shape=("N", T, H, e))
 
-    Q, K, V = (g.name(heads_of(w), f"{p}{w[1].upper()}") for w in ("Wq", "Wk", "Wv"))
-    S = einsum("bqhe,bkhe->bhqk", Q, K) * g.const(1 / math.sqrt(e))
-    if causal:  # 0 on and below the diagonal, CAUSAL_MASK above: a query sees no later key
-        mask = [[0.0 if k <= q else CAUSAL_MASK for k in range(T)] for q in range(T)]
-        S = S + g.const(mask, name=f"{p}mask")
-    A = g.name(softmax(g.name(S, f"{p}scores"), axis=-1), f"{p}attn")  # over the keys
-    O = registry.apply("reshape", einsum("bhqk,bkhe->bqhe", A, V), shape=("N", T, D))
-    Wo, bo = g.param(f"{p}Wo", shape=(D, D)), g.param(f"{p}bo", shape=(D,))
-    h = g.name(h + O @ Wo + bo, f"{p}h")
-    m = _layer_norm(g, h, D, f"{p}ln2")
-    W1, b1 = g.param(f"{p}W1", shape=(D, d_ff)), g.param(f"{p}b1", shape=(d_ff,))
-    W2, b2 = g.param(f"{p}W2", shape=(d_ff, D)), g.param(f"{p}b2", shape=(D,))
-    f = g.name(relu(m @ W1 + b1), f"{p}f")
-    return g.name(h + f @ W2 + b2, f"{p}out")
+        Q, K, V = (g.name(heads_of(w), f"{p}{w[1].upper()}") for w in ("Wq", "Wk", "Wv"))
+        S = einsum("bqhe,bkhe->bhqk", Q, K) * g.const(1 / math.sqrt(e))
+        if causal:  # 0 on and below the diagonal, CAUSAL_MASK above: a query sees no later key
+            mask = [[0.0 if k <= q else CAUSAL_MASK for k in range(T)] for q in range(T)]
+            S = S + g.const(mask, name=f"{p}mask")
+        A = g.name(softmax(g.name(S, f"{p}scores"), axis=-1), f"{p}attn")  # over the keys
+        O = registry.apply("reshape", einsum("bhqk,bkhe->bqhe", A, V), shape=("N", T, D))
+        Wo, bo = g.param(f"{p}Wo", shape=(D, D)), g.param(f"{p}bo", shape=(D,))
+        h = g.name(h + O @ Wo + bo, f"{p}h")
+    with block(g, f"{p}mlp"):
+        m = _layer_norm(g, h, D, f"{p}ln2")
+        W1, b1 = g.param(f"{p}W1", shape=(D, d_ff)), g.param(f"{p}b1", shape=(d_ff,))
+        W2, b2 = g.param(f"{p}W2", shape=(d_ff, D)), g.param(f"{p}b2", shape=(D,))
+        f = g.name(relu(m @ W1 + b1), f"{p}f")
+        return g.name(h + f @ W2 + b2, f"{p}out")
 
 
 def _transformer_sizes(what, seq_len, d_model, heads, d_ff, **more):
@@ -584,9 +588,8 @@ def transformer_classifier(vocab: int, seq_len: int, d_model: int, heads: int, d
         E = g.param("E", shape=(vocab, d_model))
         P = g.param("P", shape=(seq_len, d_model))
         h = g.name(registry.apply("take", E, X, axis=0) + P, "h0")
-    for k in range(1, layers + 1):
-        with block(g, f"block{k}"):
-            h = _transformer_block(g, h, seq_len, d_model, heads, d_ff, causal, f"blk{k}_")
+    for k in range(1, layers + 1):  # blocks blk{k}_attention and blk{k}_mlp
+        h = _transformer_block(g, h, seq_len, d_model, heads, d_ff, causal, f"blk{k}_")
     with block(g, "head"):
         pooled = g.name(registry.apply("mean", _layer_norm(g, h, d_model, "lnf"), axis=1),
                         "pooled")
