@@ -35,6 +35,7 @@ examples:
   symbackprop codegen mlp:784-256-256-256-10 -o model.py
   symbackprop render "L = (w*x - y)**2" --kind derivation --at w=2,x=3,y=10 -o loss.svg
   symbackprop train-script mlp:64-32-10 --optimizer adam --lr 0.01 -o train.py
+  symbackprop cost mlp:784-256-256-256-10 --batch 64 --measure
 
 Mistakes print one line naming the node, what was expected and the fix, and exit
 with status 2; check exits 1 when a gradient disagrees with finite differences.
@@ -259,6 +260,28 @@ def cmd_render(a) -> int:
     return 0
 
 
+def cmd_cost(a) -> int:
+    import json
+
+    from .cost import cost
+
+    if a.batch < 1:
+        raise GraphError(f"--batch {a.batch}: expected a positive number of examples.")
+    c = cost(_graph(a), batch=a.batch, of=a.of, wrt=_names(a.wrt), dtype=a.dtype,
+             checkpoint=_checkpoint(a.checkpoint), measure=a.measure)
+    out = {"text": c.text, "markdown": c.markdown,
+           "json": lambda: json.dumps(c.to_dict(), indent=2) + "\n"}[a.format]()
+    _write(out, a.output)
+    return 0
+
+
+def _checkpoint(text: str | None):
+    """``--checkpoint sqrt|none|h3,h6`` -> the ``checkpoint=`` argument."""
+    if text is None or text in ("sqrt", "none"):
+        return text or "none"
+    return _names(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="symbackprop", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -308,6 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--features", help="the input fed from the data's X (default: inferred)")
     c.add_argument("--target", help="the input fed from the data's y (default: inferred)")
     c.set_defaults(run=cmd_train_script)
+
+    c = command("cost", "count what a training step costs: parameters, FLOPs, memory")
+    _spec_args(c)
+    c.add_argument("--batch", type=int, default=64, help="the batch size N (default 64)")
+    c.add_argument("--measure", action="store_true",
+                   help="also time the generated forward and forward+backward")
+    c.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    c.add_argument("--checkpoint", help="count with gradient checkpointing: sqrt, or "
+                   "comma-separated nodes to keep")
+    c.add_argument("--format", default="text", choices=["text", "markdown", "json"])
+    c.add_argument("-o", "--output", help="output file (default: stdout)")
+    c.set_defaults(run=cmd_cost)
 
     c = command("derive", "work the chain rule step by step, with numbers")
     _spec_args(c)
