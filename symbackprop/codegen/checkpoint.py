@@ -36,14 +36,27 @@ def kept_values(j: Graph) -> list[str]:
             and any(j.is_backward(c) for c, _ in j.consumers(n))]
 
 
+def loss_reads(j: Graph) -> set[str]:
+    """The forward values the loss's own gradient reads (the logits): always kept, so that
+    the loss and its gradient stay one call (``softmax_cross_entropy`` with its gradient;
+    the training step's seed ``scale``) exactly as in the unchecked step."""
+    sinks = {n for n in j.nx if not j.is_backward(n) and not j.is_leaf(n)
+             and not any(not j.is_backward(c) for c, _ in j.consumers(n))}
+    return {a for n in j.nx if j.is_backward(n) and j.vjp_of(n) in sinks
+            for a in j.args(n) if not j.is_leaf(a) and not j.is_backward(a)}
+
+
 def checkpoints(j: Graph, policy) -> list[str]:
     """The forward values kept under ``policy``: ``"sqrt"`` keeps every ⌈√n⌉-th of the
     n values the backward reads (so about √n segments of √n values each), a list keeps
-    the nodes it names (each must be a forward value of the graph)."""
+    the nodes it names (each must be a forward value of the graph); the values the loss's
+    gradient reads are kept in both (:func:`loss_reads`)."""
     kept = kept_values(j)
+    top = loss_reads(j)
     if policy == "sqrt":
-        k = max(1, math.ceil(math.sqrt(len(kept))))
-        return kept[k - 1::k]
+        rest = [n for n in kept if n not in top]
+        k = max(1, math.ceil(math.sqrt(len(rest))))
+        return rest[k - 1::k] + [n for n in kept if n in top]
     forward = {n for n in j.nx if not j.is_backward(n)}
     names = [policy] if isinstance(policy, str) else list(policy)
     for n in names:
@@ -61,7 +74,7 @@ def checkpoints(j: Graph, policy) -> list[str]:
         raise GraphError(f"checkpoint node {off[0]!r} is not on the path to the gradients "
                          "(the backward never reads it, not even through other nodes). "
                          f"Name nodes the backward needs, e.g. {', '.join(kept[:3])}.")
-    return names
+    return names + sorted(top - set(names))
 
 
 def check_policy(policy) -> None:
