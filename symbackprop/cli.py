@@ -173,7 +173,7 @@ def cmd_codegen(a) -> int:
     explain: list | None = [] if a.explain else None
     passes = False if a.no_opt else (a.passes or True)
     src = numpy_source(_graph(a), a.of, _names(a.wrt), dtype=a.dtype, optimize=passes,
-                       explain=explain)
+                       explain=explain, checkpoint=_checkpoint(a.checkpoint))
     if explain is not None:
         for name, removed, added in explain:
             if name.startswith("memory plan"):  # the planner's decisions, with their reasons
@@ -214,7 +214,8 @@ def cmd_train_script(a) -> int:
             raise ValueError(f"--{others[0]} does not apply to --optimizer {a.optimizer}.")
         src = training_script(_graph(a), a.of, a.optimizer, a.lr, a.epochs, a.batch_size,
                               a.seed, _names(a.wrt), dtype=a.dtype, features=a.features,
-                              target=a.target, **hyper)
+                              target=a.target, checkpoint=_checkpoint(a.checkpoint),
+                              **hyper)
     except ValueError as e:
         if isinstance(e, SymbackpropError):
             raise
@@ -282,6 +283,12 @@ def _checkpoint(text: str | None):
     return _names(text)
 
 
+def _checkpoint_arg(c, what="gradient checkpointing: recompute forward values in the "
+                    "backward instead of keeping them") -> None:
+    c.add_argument("--checkpoint", metavar="sqrt|none|NODES",
+                   help=f"{what}: sqrt (√n segments), none, or comma-separated nodes to keep")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="symbackprop", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -301,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-opt", action="store_true", help="skip the optimization passes")
     c.add_argument("--passes", help="comma-separated passes to run, in order "
                    "(default: simplify,fold,cse,fuse,dce)")
+    _checkpoint_arg(c)
     c.add_argument("--explain", action="store_true",
                    help="print what each pass changed and the memory planner's decisions, "
                    "folds included (the code goes to -o only)")
@@ -330,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     c.add_argument("--features", help="the input fed from the data's X (default: inferred)")
     c.add_argument("--target", help="the input fed from the data's y (default: inferred)")
+    _checkpoint_arg(c)
     c.set_defaults(run=cmd_train_script)
 
     c = command("cost", "count what a training step costs: parameters, FLOPs, memory")
@@ -338,8 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--measure", action="store_true",
                    help="also time the generated forward and forward+backward")
     c.add_argument("--dtype", default="float64", choices=["float64", "float32"])
-    c.add_argument("--checkpoint", help="count with gradient checkpointing: sqrt, or "
-                   "comma-separated nodes to keep")
+    _checkpoint_arg(c, "count with gradient checkpointing")
     c.add_argument("--format", default="text", choices=["text", "markdown", "json"])
     c.add_argument("-o", "--output", help="output file (default: stdout)")
     c.set_defaults(run=cmd_cost)

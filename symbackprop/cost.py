@@ -148,7 +148,7 @@ class Cost:
         for r in [*self.rows, Row("total", self.params, self.forward,
                                   self.backward - self.recompute, self.kept, self.recompute)]:
             ratio = (r.backward + r.recompute) / r.forward if r.forward else None
-            cells = [r.name, f"{r.params:,}", f"{r.forward:,}", f"{r.backward + r.recompute:,}",
+            cells = [r.name, f"{r.params:,}", f"{r.forward:,}", f"{r.backward:,}",
                      "–" if ratio is None else f"{ratio:.2f}", _bytes(r.kept)]
             if recompute:
                 cells.insert(4, f"{r.recompute:,}")
@@ -160,7 +160,8 @@ class Cost:
         out = [(f"parameters: {self.params:,} = {self.weights:,} weights + {self.biases:,} "
                 "biases (vectors and scalars)"),
                (f"FLOPs of one step at {sizes}: forward {self.forward:,}, backward "
-                f"{self.backward:,} ({self.ratio:.2f}× the forward)")]
+                f"{self.backward:,} ({self.ratio:.2f}× the forward"
+                + (", recomputation included" if self.recompute else "") + ")")]
         if self.recompute:
             out.append(f"checkpointing ({self.checkpoint}) recomputes {self.recompute:,} "
                        f"forward FLOPs ({self.recompute / self.forward:.2f}× the forward) "
@@ -363,6 +364,23 @@ def cost(g: Graph, batch: int = 64, of: str | None = None, wrt=None, dtype: str 
     return c
 
 
+def compiled_graph(g: Graph, of: str | None = None, wrt=None, optimize=True,
+                   checkpoint="none") -> Graph:
+    """The joint graph that code generation compiles: differentiated, optimized and, with
+    ``checkpoint``, with the recomputed copies (drawn dashed by ``sb.render``).
+
+    Examples
+    --------
+    >>> j = compiled_graph(sb.models.mlp([4, 3, 3, 3, 2]), checkpoint="sqrt")
+    >>> sorted(n for n in j.nx if j.recompute_of(n))
+    ['h1_r', 'h3_r', 'matmul_1_r', 'matmul_3_r']
+    >>> "dashed" in sb.render(j, "joint").source
+    True
+    """
+    j = run_passes(prepare(g, of, wrt, optimize).graph, optimize)
+    return apply_checkpoint(j, checkpoint)[0]
+
+
 def _count(g: Graph, j: Graph, recomputed: dict, sizes: dict, dtype: str) -> Cost:
     absorbed = {a: n for n in j.nx for a in j.fused(n)}
     row_of, param_row = _rows(g, j)
@@ -430,4 +448,4 @@ def _measure(g, of, wrt, dtype, optimize, sizes, seed, checkpoint) -> dict:
     return {"forward": fwd, "forward_backward": both, "repeats": min(k1, k2)}
 
 
-__all__ = ["Cost", "Row", "cost", "flops_of"]
+__all__ = ["Cost", "Row", "compiled_graph", "cost", "flops_of"]

@@ -78,8 +78,10 @@ def checkpoints(j: Graph, policy) -> list[str]:
 
 
 def check_policy(policy) -> None:
-    """A ``checkpoint=`` argument is ``"none"``, ``"sqrt"`` or a list of node names."""
-    if isinstance(policy, str) and policy not in POLICIES and "," not in policy:
+    """A ``checkpoint=`` argument is ``"none"``, ``"sqrt"``, node names separated by commas
+    or a list of node names."""
+    if not isinstance(policy, str) and not (
+            isinstance(policy, (list, tuple)) and all(isinstance(n, str) for n in policy)):
         raise GraphError(f"checkpoint={policy!r}: expected 'none', 'sqrt' or a list of node "
                          "names.")
 
@@ -98,9 +100,9 @@ def apply_checkpoint(j: Graph, policy="none") -> tuple[Graph, dict]:
     """
     if policy is None or (isinstance(policy, str) and policy == "none"):
         return j, {}
-    if isinstance(policy, str) and "," in policy:
-        policy = [s.strip() for s in policy.split(",") if s.strip()]
     check_policy(policy)
+    if isinstance(policy, str) and policy != "sqrt":  # "h3" or "h3,h6": node names
+        policy = [s.strip() for s in policy.split(",") if s.strip()]
     keep = set(checkpoints(j, policy))
     order = [n for n in j.topo_order() if not j.is_backward(n)]
     pos = {n: i for i, n in enumerate(order)}
