@@ -35,11 +35,9 @@ def main() -> int:
 
     banner("2. Gradient formulas of a 784-256-256-256-10 ReLU classifier (delta form)")
     mlp = sb.models.mlp([784, 256, 256, 256, 10])
-    weights = sum(mlp.nx.nodes[p]["shape"][0] * mlp.nx.nodes[p]["shape"][1]
-                  for p in mlp.nodes("param") if len(mlp.nx.nodes[p]["shape"]) == 2)
-    biases = sum(mlp.nx.nodes[p]["shape"][0] for p in mlp.nodes("param")
-                 if len(mlp.nx.nodes[p]["shape"]) == 1)
-    print(f"{weights:,} weights and {biases:,} biases")
+    cost = sb.cost(mlp, batch=64)  # parameters, FLOPs, memory: `symbackprop cost SPEC`
+    print(f"{cost.weights:,} weights and {cost.biases:,} biases; backward "
+          f"{cost.ratio:.2f}x the forward's FLOPs")
     print(sb.grad(mlp, of="L").text())
 
     banner("3. Generated NumPy code (64-32-10 classifier), checked by finite differences")

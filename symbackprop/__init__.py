@@ -16,6 +16,7 @@ from .codegen.compiled import compile_graph as compile
 from .codegen.gradient_module import numpy_source
 from .codegen.script import training_script
 from .codegen.train import train_step
+from .cost import Cost, cost
 from .derivation import Derivation, derive
 from .errors import (
     ArityError,
@@ -43,7 +44,7 @@ einsum = ops.products.einsum  # sb.einsum(spec, *xs): the spec, then the operand
 from .ops.arrays import concat, embedding, split, stack  # noqa: F401  (concat, stack: take lists)
 
 __all__ = [
-    "Adjoints", "ArityError", "CodegenError", "Compiled", "CycleError", "Derivation",
+    "Adjoints", "ArityError", "CodegenError", "Compiled", "Cost", "cost", "CycleError", "Derivation",
     "GradError", "Gradients", "Graph", "GraphError", "Node", "NumericalWarning", "ParseError", "ShapeError",
     "SymbackpropError", "UnknownOpError", "check_grad", "compile", "derive", "differentiate",
     "elementwise", "from_networkx", "grad", "load", "models", "numpy_source", "ops",

@@ -35,6 +35,7 @@ examples:
   symbackprop codegen mlp:784-256-256-256-10 -o model.py
   symbackprop render "L = (w*x - y)**2" --kind derivation --at w=2,x=3,y=10 -o loss.svg
   symbackprop train-script mlp:64-32-10 --optimizer adam --lr 0.01 -o train.py
+  symbackprop cost mlp:784-256-256-256-10 --batch 64 --measure
 
 Mistakes print one line naming the node, what was expected and the fix, and exit
 with status 2; check exits 1 when a gradient disagrees with finite differences.
@@ -172,7 +173,7 @@ def cmd_codegen(a) -> int:
     explain: list | None = [] if a.explain else None
     passes = False if a.no_opt else (a.passes or True)
     src = numpy_source(_graph(a), a.of, _names(a.wrt), dtype=a.dtype, optimize=passes,
-                       explain=explain)
+                       explain=explain, checkpoint=_checkpoint(a.checkpoint))
     if explain is not None:
         for name, removed, added in explain:
             if name.startswith("memory plan"):  # the planner's decisions, with their reasons
@@ -213,7 +214,8 @@ def cmd_train_script(a) -> int:
             raise ValueError(f"--{others[0]} does not apply to --optimizer {a.optimizer}.")
         src = training_script(_graph(a), a.of, a.optimizer, a.lr, a.epochs, a.batch_size,
                               a.seed, _names(a.wrt), dtype=a.dtype, features=a.features,
-                              target=a.target, **hyper)
+                              target=a.target, checkpoint=_checkpoint(a.checkpoint),
+                              **hyper)
     except ValueError as e:
         if isinstance(e, SymbackpropError):
             raise
@@ -259,6 +261,34 @@ def cmd_render(a) -> int:
     return 0
 
 
+def cmd_cost(a) -> int:
+    import json
+
+    from .cost import cost
+
+    if a.batch < 1:
+        raise GraphError(f"--batch {a.batch}: expected a positive number of examples.")
+    c = cost(_graph(a), batch=a.batch, of=a.of, wrt=_names(a.wrt), dtype=a.dtype,
+             checkpoint=_checkpoint(a.checkpoint), measure=a.measure)
+    out = {"text": c.text, "markdown": c.markdown,
+           "json": lambda: json.dumps(c.to_dict(), indent=2) + "\n"}[a.format]()
+    _write(out, a.output)
+    return 0
+
+
+def _checkpoint(text: str | None):
+    """``--checkpoint sqrt|none|h3,h6`` -> the ``checkpoint=`` argument."""
+    if text is None or text in ("sqrt", "none"):
+        return text or "none"
+    return _names(text)
+
+
+def _checkpoint_arg(c, what="gradient checkpointing: recompute forward values in the "
+                    "backward instead of keeping them") -> None:
+    c.add_argument("--checkpoint", metavar="sqrt|none|NODES",
+                   help=f"{what}: sqrt (√n segments), none, or comma-separated nodes to keep")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="symbackprop", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -278,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-opt", action="store_true", help="skip the optimization passes")
     c.add_argument("--passes", help="comma-separated passes to run, in order "
                    "(default: simplify,fold,cse,fuse,dce)")
+    _checkpoint_arg(c)
     c.add_argument("--explain", action="store_true",
                    help="print what each pass changed and the memory planner's decisions, "
                    "folds included (the code goes to -o only)")
@@ -307,7 +338,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     c.add_argument("--features", help="the input fed from the data's X (default: inferred)")
     c.add_argument("--target", help="the input fed from the data's y (default: inferred)")
+    _checkpoint_arg(c)
     c.set_defaults(run=cmd_train_script)
+
+    c = command("cost", "count what a training step costs: parameters, FLOPs, memory")
+    _spec_args(c)
+    c.add_argument("--batch", type=int, default=64, help="the batch size N (default 64)")
+    c.add_argument("--measure", action="store_true",
+                   help="also time the generated forward and forward+backward")
+    c.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    _checkpoint_arg(c, "count with gradient checkpointing")
+    c.add_argument("--format", default="text", choices=["text", "markdown", "json"])
+    c.add_argument("-o", "--output", help="output file (default: stdout)")
+    c.set_defaults(run=cmd_cost)
 
     c = command("derive", "work the chain rule step by step, with numbers")
     _spec_args(c)

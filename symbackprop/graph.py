@@ -392,6 +392,11 @@ class Graph:
         """The forward node whose vector-Jacobian rule built ``name`` (its first node)."""
         return self.nx.nodes[name].get("vjp_of")
 
+    def recompute_of(self, name: str) -> str | None:
+        """The forward node that ``name``, a copy in the backward, computes again
+        (gradient checkpointing)."""
+        return self.nx.nodes[name].get("recompute_of")
+
     def fused(self, name: str) -> list[str]:
         """The nodes merged into ``name`` by fusion (their statements are now its own)."""
         return list(self.nx.nodes[name].get("fused", ()))
@@ -520,6 +525,8 @@ ANNOTATIONS = {
                "autodiff.differentiate", "edges, render, codegen.emit, codegen.plan"),
     "fused": ("the nodes merged into this one (their statements are now its own)",
               "optimize.fuse", "optimize.fuse, codegen.emit, codegen.plan"),
+    "recompute_of": ("the forward node this backward copy computes again (checkpointing)",
+                     "codegen.checkpoint", "codegen.emit, codegen.plan, cost, render"),
 }
 
 

@@ -98,6 +98,10 @@ STYLE = {  # one entry per role; _attrs_<role> adds the label
                 "color": "#be123c", "penwidth": "1.6", "fontcolor": "#881337"},
     "backward": {"shape": "box", "style": "rounded,filled", "fillcolor": "#fff1f2",
                  "color": "#fda4af", "fontcolor": "#881337", "fontsize": "11"},
+    # a forward node computed again in the backward (gradient checkpointing): the forward's
+    # colours, dashed
+    "recomputed": {"shape": "box", "style": "rounded,dashed,filled", "fillcolor": "#ecfdf5",
+                   "color": "#047857", "fontcolor": "#065f46", "fontsize": "11"},
     "ghost": {"style": "rounded,dashed", "color": "#9ca3af", "fontcolor": "#6b7280",
               "fillcolor": "white"},
     "block": {"shape": "box", "style": "rounded,filled", "fillcolor": "#ecfdf5",
@@ -165,6 +169,8 @@ class _Diagram:
 
     def role(self, n) -> str:
         if self.backward(n):
+            if self.g.recompute_of(n) is not None:
+                return "recomputed"
             return "adjoint" if n in self.gradient_of else \
                 "const" if self.g.role(n) == "const" else "backward"
         if self.kind == "backward":
@@ -228,6 +234,11 @@ class _Diagram:
         deltas = [f"{esc(labels.partial(of, self.labels.name(f)))} = {esc(self.deltas[f])}"
                   for f in self.gradient_of[n] if f in self.deltas]
         return {"label": html(f"<B>{head}</B>", body, *deltas, self._shape_line(n))}
+
+    def _attrs_recomputed(self, n) -> dict:
+        return {"label": html(esc(self.labels.formula(n)[0]),
+                              small(esc(f"{self.g.recompute_of(n)} again (checkpointing)")),
+                              self._shape_line(n, n))}
 
     def _attrs_backward(self, n) -> dict:
         return {"label": html(esc(self.labels.formula(n)[0]), self._shape_line(n, n))}

@@ -33,8 +33,9 @@ LAYERS = [
      "codegen.runtime.optimizers.sgd_scaled", "codegen.runtime.optimizers.momentum",
      "codegen.runtime.optimizers.adam", "codegen.runtime.workspace"],
     ["codegen", "codegen.stability", "codegen.loader", "codegen.emit", "codegen.plan", "codegen.gradient_module",
-     "codegen.optimizers", "codegen.init", "codegen.module", "codegen.train", "codegen.script"],
-    ["codegen.compiled", "testing"],
+     "codegen.optimizers", "codegen.init", "codegen.module", "codegen.train", "codegen.script",
+     "codegen.checkpoint"],
+    ["codegen.compiled", "testing", "cost"],
     ["render"],
     ["cli"],
 ]

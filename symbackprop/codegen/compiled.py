@@ -145,7 +145,8 @@ class CompiledTrainStep(Compiled):
 
 
 def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float64",
-                  optimize=True, optimizer: str | None = None, **hyper) -> Compiled:
+                  optimize=True, optimizer: str | None = None, checkpoint="none",
+                  **hyper) -> Compiled:
     """Generate the NumPy code for ``g`` and load it (see
     :func:`~symbackprop.codegen.gradient_module.numpy_source`).
 
@@ -153,6 +154,10 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
     ``beta1=...``, ...), the code is :func:`symbackprop.train_step`'s and the result a
     :class:`CompiledTrainStep` that also has ``init_params``, ``init_state``,
     ``update`` and ``train_step``.
+
+    ``checkpoint="sqrt"`` (or a list of node names to keep) recomputes forward values in
+    the backward pass instead of keeping them (gradient checkpointing,
+    :mod:`symbackprop.codegen.checkpoint`): less memory, bit-identical results.
 
     Returns
     -------
@@ -169,13 +174,15 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
     """
     if optimizer is not None:
         lr = hyper.pop("lr", None)
-        m = build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize)
+        m = build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize,
+                        checkpoint=checkpoint)
         return CompiledTrainStep(step_source(m), module_name(g, "_train_step"),
                                  [m.em.namer(n) for n in m.inputs], m.arg_names)
     if hyper:
         raise TypeError(f"compile() got {', '.join(sorted(hyper))} without optimizer=; pass "
                         "optimizer='sgd', 'momentum' or 'adam' to compile a training step.")
-    src, em = model_source(prepare(g, of, wrt, optimize), dtype, optimize)
+    src, em = model_source(prepare(g, of, wrt, optimize), dtype, optimize,
+                           checkpoint=checkpoint)
     arg_names = {n: em.namer(n) for n in g.nodes("input") + g.nodes("param")}
     return Compiled(src, module_name(g), arg_names)
 

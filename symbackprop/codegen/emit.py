@@ -25,6 +25,7 @@ from ..optimize import changes, dump
 from ..optimize import optimize as run_passes
 from ..optimize import resolve as resolve_passes
 from ..optimize.fuse import fuse_for_stability
+from .checkpoint import apply_checkpoint
 from .lowering import function_helpers, lowering
 from .printer import expr_code, spaced
 from .stability import warn_unstable
@@ -203,6 +204,8 @@ class Emitter:
         j, nm = self.j, self.namer
         if not j.is_backward(n):
             return ""
+        if j.recompute_of(n) is not None:
+            return f"{nm(j.recompute_of(n))} again (checkpointing)"
         grad_of, via, adjoint_of = j.grad_of(n), j.via(n), j.adjoint_of(n)
         # A node that is some node's adjoint is named as that (the seed dL is also the
         # term that add passes on to its arguments, but it is dL/dL).
@@ -246,10 +249,34 @@ class Emitter:
             if j.is_backward(n) and not backward_started:
                 stmts.append("# backward: gradients in reverse order of the forward pass")
                 backward_started = True
+            stmts += self.recompute_note(n, order)
             c = self.comment(n, of) if of else ""
             stmts.append(f"{self.namer(n)} = {rhs}" + (f"  # {safe_text(c)}" if c else ""))
         fn.body += self.bind_sizes(name, leaves, stmts) + stmts
         return fn
+
+    def recompute_note(self, n: str, steps: list[str]) -> list[str]:
+        """Before the first copy of a segment that checkpointing recomputes, one comment
+        line naming what it computes again and from which kept values; else nothing."""
+        j = self.j
+        if j.recompute_of(n) is None:
+            return []
+        steps = [m for m in steps if not j.is_leaf(m) and not self.inline(m)]
+        i = steps.index(n)
+        if i and j.recompute_of(steps[i - 1]) is not None:
+            return []
+        block = []
+        for m in steps[i:]:
+            if j.recompute_of(m) is None:
+                break
+            block.append(m)
+        inside = set(block)
+        kept = dict.fromkeys(a for m in block for a in j.args(m)
+                             if a not in inside and not j.is_leaf(a))
+        names = ", ".join(self.namer(j.recompute_of(m)) for m in block if not self.inline(m))
+        src = ", ".join(map(self.namer, kept)) or "the inputs"
+        return [(f"# checkpointing: recompute {safe_text(names)} from {safe_text(src)} "
+                 "(not kept from the forward pass)")]
 
     def as_arrays(self, leaves: list[str]) -> list[str]:
         """``X = np.asarray(X, dtype=DTYPE)`` for each leaf (float ones cast to DTYPE): what a
@@ -354,11 +381,13 @@ def prepare(g: Graph, of: str | None = None, wrt=None, optimize=True,
 
 
 def emit_forward(adj: Adjoints, dtype: str = "float64", optimize=True,
-                 explain: list | None = None) -> tuple[str, Emitter, Function]:
+                 explain: list | None = None, checkpoint="none") -> tuple[str, Emitter, Function]:
     """The module docstring, the emitter and the ``forward`` function of a differentiated
     graph, after the optimization passes ``optimize`` (see
-    :func:`symbackprop.optimize.optimize`; ``explain`` collects what each pass changed)."""
-    em = Emitter(run_passes(adj.graph, optimize, explain), dtype)
+    :func:`symbackprop.optimize.optimize`; ``explain`` collects what each pass changed)
+    and gradient checkpointing (:func:`~symbackprop.codegen.checkpoint.apply_checkpoint`)."""
+    j = run_passes(adj.graph, optimize, explain)
+    em = Emitter(apply_checkpoint(j, checkpoint)[0], dtype)
     fwd_out = [o for o in adj.forward.outputs]
     fwd = em.function("forward", fwd_out,
                       f"Forward pass: returns {', '.join(map(safe_text, fwd_out))} in a dict.")
@@ -386,10 +415,10 @@ def emit_value_and_grad(em: Emitter, adj: Adjoints) -> Function:
 
 
 def emit_model(adj: Adjoints, dtype: str = "float64", optimize=True,
-               explain: list | None = None) -> tuple[str, Emitter, list[Function]]:
+               explain: list | None = None, checkpoint="none") -> tuple[str, Emitter, list[Function]]:
     """The ``forward`` and plain ``value_and_grad`` functions for a differentiated graph,
     after the optimization passes ``optimize`` (see :func:`symbackprop.optimize.optimize`;
     ``explain`` collects what each pass changed). The module that ``sb.numpy_source``
     writes plans ``value_and_grad``'s memory instead (:mod:`symbackprop.codegen.gradient_module`)."""
-    doc, em, fwd = emit_forward(adj, dtype, optimize, explain)
+    doc, em, fwd = emit_forward(adj, dtype, optimize, explain, checkpoint)
     return doc, em, [fwd, emit_value_and_grad(em, adj)]

@@ -71,29 +71,31 @@ def planned_value_and_grad(em: Emitter, adj: Adjoints) -> tuple[list[Function], 
 
 
 def model_functions(adj: Adjoints, dtype: str = "float64", optimize=True,
-                    explain: list | None = None) -> tuple[str, Emitter, list[Function], str]:
+                    explain: list | None = None,
+                    checkpoint="none") -> tuple[str, Emitter, list[Function], str]:
     """The module docstring, the emitter, the functions (``forward``, ``value_and_grad``
     and, when planned, ``loss_and_grads_into``) and the source that follows them (the
     workspace, when planned). ``explain`` also receives the planner's decisions: those of
     value_and_grad, and where the training step carries a bias in its product and why
     not elsewhere (:func:`step_plan`)."""
-    doc, em, fwd = emit_forward(adj, dtype, optimize, explain)
+    doc, em, fwd = emit_forward(adj, dtype, optimize, explain, checkpoint)
     if resolve_passes(optimize) and plans(em):
         fns, extra, plan = planned_value_and_grad(em, adj)
         if explain is not None:
             explain.append(("memory plan of value_and_grad", [], plan.explain(em)))
-            step_em, plan = step_plan(adj, dtype, optimize)
+            step_em, plan = step_plan(adj, dtype, optimize, checkpoint)
             explain.append(("memory plan of train_step: bias in the product", [],
                             [c.text(step_em) for c in plan.fold_choices]))
         return doc, em, [fwd, *fns], extra
     return doc, em, [fwd, emit_value_and_grad(em, adj)], ""
 
 
-def step_plan(adj: Adjoints, dtype: str = "float64", optimize=True) -> tuple[Emitter, Plan]:
+def step_plan(adj: Adjoints, dtype: str = "float64", optimize=True,
+              checkpoint="none") -> tuple[Emitter, Plan]:
     """The plan of the training step's gradient function (``loss_and_grads_into`` of
     ``sb.train_step``, which keeps weights and biases in flat buffers and so may fold a
     bias into its product), and the emitter naming its nodes."""
-    _, em, _ = emit_forward(adj, dtype, optimize)
+    _, em, _ = emit_forward(adj, dtype, optimize, checkpoint=checkpoint)
     grads = [adj.adjoint[w] for w in adj.wrt]
     _, pool = plan_function(em, PLANNED, [adj.of, *grads], grads, "", of=adj.of,
                             pairs=flat_pairs(adj))
@@ -101,14 +103,14 @@ def step_plan(adj: Adjoints, dtype: str = "float64", optimize=True) -> tuple[Emi
 
 
 def model_source(adj: Adjoints, dtype: str = "float64", optimize=True,
-                 explain: list | None = None) -> tuple[str, Emitter]:
+                 explain: list | None = None, checkpoint="none") -> tuple[str, Emitter]:
     """The module's source and its emitter (which names the arguments)."""
-    doc, em, fns, extra = model_functions(adj, dtype, optimize, explain)
+    doc, em, fns, extra = model_functions(adj, dtype, optimize, explain, checkpoint)
     return render_module(doc, em, fns, extra), em
 
 
 def numpy_source(g: Graph, of: str | None = None, wrt=None, dtype: str = "float64",
-                 optimize=True, explain: list | None = None) -> str:
+                 optimize=True, explain: list | None = None, checkpoint="none") -> str:
     """Standalone NumPy source with ``forward`` and ``value_and_grad`` functions.
 
     Parameters
@@ -126,6 +128,11 @@ def numpy_source(g: Graph, of: str | None = None, wrt=None, dtype: str = "float6
         all, ``False`` for none, or pass names (see :mod:`symbackprop.optimize`).
     explain : list, optional
         Receives ``(pass, lines removed, lines added)`` for each pass.
+    checkpoint : "none", "sqrt" or list of str
+        Gradient checkpointing: the backward recomputes the forward values it reads
+        instead of keeping them, but for the kept ones: ``"sqrt"`` keeps every ⌈√n⌉-th
+        of the n values (Chen et al. 2016), a list the nodes named
+        (:mod:`symbackprop.codegen.checkpoint`). The results are bit-identical.
 
     Returns
     -------
@@ -154,6 +161,7 @@ def numpy_source(g: Graph, of: str | None = None, wrt=None, dtype: str = "float6
         return L, {'w': dw}
     <BLANKLINE>
     """
-    return model_source(prepare(g, of, wrt, optimize, explain), dtype, optimize, explain)[0]
+    return model_source(prepare(g, of, wrt, optimize, explain), dtype, optimize, explain,
+                        checkpoint)[0]
 
 

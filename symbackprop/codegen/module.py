@@ -136,7 +136,7 @@ _STEP_LOCALS = {"params", "state", "lr", "loss", "grads", "value_and_grad", "che
 
 def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
                 hyper: dict | None = None, dtype: str = "float64", optimize=True,
-                extra_outputs=()) -> Model:
+                extra_outputs=(), checkpoint="none") -> Model:
     """Differentiate and emit ``g`` for training with ``optimizer``; with the optimization
     passes on, also plan ``loss_and_grads_into`` (the step on the workspace). Nodes in
     ``extra_outputs`` become outputs of ``forward`` (a script's class scores).
@@ -156,7 +156,7 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
             if n not in g2.outputs:
                 g2.nx.graph["outputs"].append(n)
     adj = prepare(g2, of, wrt, optimize)
-    _, em, fns = emit_model(adj, dtype, optimize)
+    _, em, fns = emit_model(adj, dtype, optimize, checkpoint=checkpoint)
     vg = fns[1]
     fast, pool = None, None
     if resolve_passes(optimize):  # memory planning goes with the other optimizations

@@ -292,11 +292,51 @@ def _folds(em: Emitter, steps: list[str], pairs, planned) -> tuple[dict[str, Fol
         fold, why = _fold(em, steps, W, dW, b, db, planned, out)
         if why is None:  # not a weight (K, M) and a bias (M,): nothing to say
             continue
+        again = _fold_again(em, fold, planned) if fold is not None else None
+        if fold is not None and again is None:
+            fold, why = None, "its copy recomputed for checkpointing cannot fold the same way"
         choices.append(FoldChoice(W, b, fold is not None, why))
         if fold is not None:
             for n in (fold.node, fold.product, dW, db):
                 out[n] = fold
+            for f in again:  # checkpointing's copies: folded exactly as the forward
+                for n in (f.node, f.product) if f.node != fold.node else ():
+                    out[n] = f
+                if j_h(em, f.dW) == f.h:
+                    out[dW] = out[db] = f
     return out, choices
+
+
+def j_h(em: Emitter, dW: str) -> str:
+    """The ``h`` that ``dW = h.T @ dz`` reads (through its transpose)."""
+    return em.j.args(em.j.args(dW)[0])[0]
+
+
+def _fold_again(em: Emitter, fold: Fold, planned) -> list[Fold] | None:
+    """Gradient checkpointing (:mod:`~symbackprop.codegen.checkpoint`) computes a folded
+    layer again in the backward: the folds of the copies (the copy of the product and of
+    its node, and the ``h`` that the gradients read), so the copies compute what the
+    forward computed, bit for bit; ``None`` where a copy cannot fold. Without copies: []."""
+    j, out = em.j, []
+    copies = [c for c, _ in j.consumers(fold.b) if j.recompute_of(c) == fold.node]
+    for node in copies:
+        product = next((a for a in j.args(node) if j.recompute_of(a) == fold.product), None)
+        if product is None or j.args(product)[1:] != [fold.W]:
+            return None
+        expr = _without_bias(j, node, product, fold.b)
+        op = j.opdef(node)
+        if expr is None or not planned(node) or _lower_node(em, node, op, expr) is None:
+            return None
+        out.append(Fold(node, product, j.args(product)[0], fold.W, fold.b, fold.dW, fold.db,
+                        expr))
+    h = j_h(em, fold.dW)
+    if h != fold.h and all(f.h != h for f in out):  # the forward's layer kept, h recomputed
+        out.append(Fold(fold.node, fold.product, h, fold.W, fold.b, fold.dW, fold.db,
+                        fold.expr))
+    for f in out:
+        if j.is_leaf(f.h) or not j.opdef(f.h).elementwise or not planned(f.h):
+            return None
+    return out
 
 
 def _fold(em: Emitter, steps, W, dW, b, db, planned, taken) -> tuple[Fold | None, str | None]:
@@ -336,13 +376,16 @@ def _fold(em: Emitter, steps, W, dW, b, db, planned, taken) -> tuple[Fold | None
         return None, f"{em.namer(W)} is not read by a product that can carry a bias"
     h = j.args(product)[0]
     uses = j.consumers(product)
-    if len(uses) != 1 or j.consumers(b) != [(uses[0][0], j.args(uses[0][0]).index(b))]:
+    # (checkpointing's copies of the layer read b too: _fold_again folds them alike)
+    if len(uses) != 1 or [u for u in j.consumers(b) if j.recompute_of(u[0]) != uses[0][0]] \
+            != [(uses[0][0], j.args(uses[0][0]).index(b))]:
         # the bare product or the bias is read elsewhere (a derivative, say)
         return None, "the product or the bias is read elsewhere"
     node, grad_args = uses[0][0], j.args(dW)
     # dW = h.T @ dz, the transpose made by the product's own VJP; db the row sum of
     # the same dz (the VJP of a bias broadcast over the rows)
     if len(grad_args) != 2 or j.args(grad_args[0]) != [h] \
+            and j.args(grad_args[0]) != [_again(j, h)] \
             or j.vjp_of(grad_args[0]) != product \
             or via.get(db) != (b, node) or j.args(db) != grad_args[1:]:
         return None, "the gradients are not h.T @ dz and the row sum of dz"
@@ -360,6 +403,11 @@ def _fold(em: Emitter, steps, W, dW, b, db, planned, taken) -> tuple[Fold | None
         return None, f"{em.namer(node)} cannot be written without the bias as ufunc calls"
     return Fold(node, product, h, W, b, dW, db, expr), \
         f"{em.namer(product)} = {em.namer(h)} @ {em.namer(W)} + {em.namer(b)} as one product"
+
+
+def _again(j, h: str) -> str | None:
+    """The copy of ``h`` that gradient checkpointing recomputes, if there is one."""
+    return next((c for c in j.nx if j.recompute_of(c) == h), None)
 
 
 def flat_pairs(adj) -> list[tuple[str, str, str, str]]:
@@ -716,6 +764,8 @@ def _text(em: Emitter, p: Plan, b: _Buffers, of, marker: bool) -> list[str]:
                 and (not isinstance(dec, Plain) or em.rhs(n)):
             body.append("# backward: gradients in reverse order of the forward pass")
             started = True
+        if not isinstance(dec, Skipped):
+            body += em.recompute_note(n, p.steps)
         if isinstance(dec, WithGrad):
             op, c = j.opdef(n), dec.grad
             args = j.args(c)
@@ -830,7 +880,8 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
         fn.params.append("scale=1.0")
     for f in dict.fromkeys(p.folds.values()):
         _, block, grads = f.names(em)
-        pool.folds.append((f.W, f.b, block, grads))
+        if (f.W, f.b, block, grads) not in pool.folds:  # a layer and its checkpointed copy
+            pool.folds.append((f.W, f.b, block, grads))
     _decide(em, p, unread, unused, lowered)
     buffers = _assign(em, p, pool)
     body = _text(em, p, buffers, of, marker)

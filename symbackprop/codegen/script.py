@@ -249,7 +249,8 @@ def _script_functions(m: Model, task: _Task) -> tuple[list[Function], list[str],
 def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
                     lr: float | None = None, epochs: int = 10, batch_size: int = 32,
                     seed: int = 0, wrt=None, dtype: str = "float64", optimize=True,
-                    features: str | None = None, target: str | None = None, **hyper) -> str:
+                    features: str | None = None, target: str | None = None,
+                    checkpoint="none", **hyper) -> str:
     """Source of a standalone training script (NumPy and the standard library only).
 
     Parameters
@@ -259,8 +260,9 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         of features (fed from the data's ``X``) and at most one target (``y``).
     of : str, optional
         The scalar loss (default: the last scalar output).
-    optimizer, lr, wrt, dtype, optimize, **hyper
-        As for :func:`~symbackprop.codegen.train.train_step`.
+    optimizer, lr, wrt, dtype, optimize, checkpoint, **hyper
+        As for :func:`~symbackprop.codegen.train.train_step` (``checkpoint="sqrt"``: the
+        step recomputes forward values instead of keeping them; the same training).
     epochs, batch_size, seed : int
         The script's defaults for ``--epochs``, ``--batch-size`` and ``--seed``.
     features, target : str, optional
@@ -304,11 +306,13 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
     of0, _ = params_of(g, of, wrt)
     task = _data_task(g, of0, features, target)
     extra = [n for n in (task.scores, of0) if n is not None]
-    m = build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize, extra_outputs=extra)
+    m = build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize, extra_outputs=extra,
+                    checkpoint=checkpoint)
     fns, blocks, metric = _script_functions(m, task)
     name = safe_text(g.nx.graph.get("name", "network"))
     given = "".join(f", {k}={float(v)!r}" for k, v in sorted(hyper.items()))
     given += "" if dtype == "float64" else f", dtype={dtype!r}"
+    given += "" if checkpoint in (None, "none") else f", checkpoint={checkpoint!r}"
     call = (f"sb.training_script(graph, of={m.of!r}, optimizer={m.opt.name!r}, "
             f"lr={m.hyper['lr']!r}{given},\n{' ' * 19}epochs={epochs}, "
             f"batch_size={batch_size}, seed={seed})")

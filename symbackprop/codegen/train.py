@@ -28,7 +28,8 @@ from .optimizers import constant_lines
 
 
 def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: float | None = None,
-               wrt=None, dtype: str = "float64", optimize=True, **hyper) -> str:
+               wrt=None, dtype: str = "float64", optimize=True, checkpoint="none",
+               **hyper) -> str:
     """NumPy source of a training step: gradients, optimizer and update, as separate functions.
 
     Parameters
@@ -48,6 +49,10 @@ def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: floa
     dtype : {"float64", "float32"}
     optimize : bool, str or list of str
         Optimization passes, as for :func:`~symbackprop.codegen.emit.numpy_source`.
+    checkpoint : "none", "sqrt" or list of str
+        Gradient checkpointing, as for :func:`~symbackprop.codegen.gradient_module.numpy_source`:
+        the step keeps less of its forward pass and computes the rest again; the same
+        parameters come out, bit for bit.
     **hyper
         ``momentum=0.9``; ``beta1=0.9, beta2=0.999, eps=1e-8``.
 
@@ -84,7 +89,8 @@ def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: floa
     symbackprop.training_script : the same code inside a complete training program.
     symbackprop.compile : ``optimizer=`` loads it as a :class:`CompiledTrainStep`.
     """
-    return step_source(build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize))
+    return step_source(build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize,
+                                   checkpoint=checkpoint))
 
 
 def step_source(m: Model) -> str:

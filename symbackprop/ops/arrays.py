@@ -23,7 +23,7 @@ import math
 
 import sympy as sp
 
-from .registry import OpDef, ShapeMismatch, apply, register
+from .registry import OpDef, ShapeMismatch, apply, moves_data, per_entry, register
 from .tensor import norm_axes
 
 
@@ -216,6 +216,7 @@ class _Padded(sp.Function):
 
 register(OpDef(
     name="slice", arity=1, attrs={"index": ()}, shape=_slice_shape, vjp=_slice_vjp,
+    flops=moves_data,
     dtype=lambda d, a: d[0],
     notation=lambda t, a: f"{t[0]}[{index_text(a['index'])}]",
     display=lambda args, attrs: _Sliced(args[0], sp.Symbol(index_text(attrs["index"]))),
@@ -233,6 +234,7 @@ def _unslice_shape(shapes, attrs, names):
 
 register(OpDef(
     name="unslice", arity=1, attrs={"index": (), "shape": None}, shape=_unslice_shape,
+    flops=moves_data,
     internal=True,  # the VJP of slice builds it
     vjp=lambda G, args, out, attrs: [_apply(G, "slice", [G], index=attrs["index"])],
     notation=lambda t, a: f"pad({t[0]} → [{index_text(a['index'])}])",
@@ -284,6 +286,7 @@ def _join_notation(name):
 
 register(OpDef(
     name="concat", arity=None, attrs={"axis": 0}, shape=_concat_shape, vjp=_concat_vjp,
+    flops=moves_data,
     dtype=lambda d, a: "float" if "float" in d else "int",
     notation=_join_notation("concat"),
     display=lambda args, attrs: sp.Function("concat")(*args),
@@ -308,6 +311,7 @@ def _stack_vjp(g, args, out, attrs):
 
 register(OpDef(
     name="stack", arity=None, attrs={"axis": 0}, shape=_stack_shape, vjp=_stack_vjp,
+    flops=moves_data,
     dtype=lambda d, a: "float" if "float" in d else "int",
     notation=_join_notation("stack"),
     display=lambda args, attrs: sp.Function("stack")(*args),
@@ -347,6 +351,7 @@ def _take_fans(i, shapes, attrs):
 
 register(OpDef(
     name="take", arity=2, attrs={"axis": 0}, shape=_take_shape, vjp=_take_vjp,
+    flops=moves_data,
     dtype=_int_index, fans=_take_fans,
     notation=lambda t, a: f"take({t[0]}, {t[1]}, axis={a['axis']})",
     display=lambda args, attrs: sp.Function("take")(*args),
@@ -364,6 +369,7 @@ def _take_grad_shape(shapes, attrs, names):
 
 register(OpDef(
     name="take_grad", arity=2, attrs={"axis": 0, "size": None}, shape=_take_grad_shape,
+    flops=per_entry(1, of=0),  # each entry of g added in
     internal=True,  # the VJP of take builds it
     vjp=lambda G, args, out, attrs: [_apply(G, "take", [G, args[1]], axis=attrs["axis"]),
                                      None],

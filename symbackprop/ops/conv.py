@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .registry import OpDef, ShapeMismatch, register
+from .registry import OpDef, ShapeMismatch, entries, register
 
 _CONV_ATTRS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}
 
@@ -193,13 +193,29 @@ class FullCorrelationRot(Correlation):
     full = True
 
 
+def _conv_flops(arg_shapes, out_shape, attrs):
+    """A multiply-add (2) per output entry and kernel entry it sums over, C_in/groups·kh·kw."""
+    return 2 * entries(out_shape) * entries(arg_shapes[1][1:])
+
+
+def _window_flops(arg_shapes, out_shape, attrs):
+    """Pooling and its gradients: one operation per entry of the pooled array and window
+    entry (kh·kw); the pooled array is the output of a pooling, the gradient argument
+    (the last) of a pooling's gradient."""
+    k, _, _ = pool_attrs(attrs)
+    pooled = out_shape if len(arg_shapes) == 1 and "size" not in attrs else arg_shapes[-1]
+    return entries(pooled) * k[0] * k[1]
+
+
 register(OpDef(
     name="conv2d", arity=2, attrs=dict(_CONV_ATTRS), shape=_conv_shape(2), fans=_conv_fans,
+    flops=_conv_flops,
     vjp=_conv_vjp, notation=_call_notation("conv2d", _CONV_ATTRS),
     doc="2-D convolution (cross-correlation, as PyTorch) of x (N, C, H, W) with a kernel "
         "(C_out, C_in/groups, kh, kw); stride, padding (zeros), dilation, groups"))
 register(OpDef(
     name="conv1d", arity=2, attrs=dict(_CONV_ATTRS), shape=_conv_shape(1), fans=_conv_fans,
+    flops=_conv_flops,
     vjp=_conv_vjp, notation=_call_notation("conv1d", _CONV_ATTRS),
     doc="1-D convolution (cross-correlation, as PyTorch) of x (N, C, L) with a kernel "
         "(C_out, C_in/groups, k); stride, padding (zeros), dilation, groups"))
@@ -260,6 +276,8 @@ def _grad_weight_vjp(G, args, out, attrs):
 register(OpDef(
     name="conv_grad_input", arity=2, attrs={**_CONV_ATTRS, "size": None},
     shape=_grad_input_shape, vjp=_grad_input_vjp, internal=True,
+    # the forward's count: a multiply-add per entry of δ and of W's (C_in/groups, k...)
+    flops=lambda s, out, a: 2 * entries(s[0]) * entries(s[1][1:]),
     notation=lambda t, a: f"{t[0]} ⋆ rot180({t[1]}) (full)",
     display=lambda args, attrs: FullCorrelationRot(*args),
     doc="∂L/∂x of a convolution: δ ⋆ rot180(W) (full), the full correlation of δ "
@@ -267,6 +285,7 @@ register(OpDef(
 register(OpDef(
     name="conv_grad_weight", arity=2, attrs={**_CONV_ATTRS, "kernel": None},
     shape=_grad_weight_shape, vjp=_grad_weight_vjp, internal=True,
+    flops=lambda s, out, a: 2 * entries(s[1]) * entries(out[1:]),
     notation="{0} ⋆ {1}", display=lambda args, attrs: Correlation(*args),
     doc="∂L/∂W of a convolution: x ⋆ δ, the correlation of the padded input with δ"))
 
@@ -325,12 +344,14 @@ def _avg_pool_vjp(g, args, out, attrs):
 
 register(OpDef(
     name="max_pool2d", arity=1, attrs=dict(_POOL_ATTRS), shape=_pool_shape(True),
+    flops=_window_flops,
     vjp=_max_pool_vjp, dtype=lambda d, a: d[0],
     notation=_pool_notation("max_pool2d"),
     doc="largest entry of each k×k window of x (N, C, H, W); stride defaults to k, "
         "padding with −∞ (at most k/2)"))
 register(OpDef(
     name="avg_pool2d", arity=1, attrs=dict(_POOL_ATTRS), shape=_pool_shape(False),
+    flops=_window_flops,
     vjp=_avg_pool_vjp,
     notation=_pool_notation("avg_pool2d"),
     doc="mean of each k×k window of x (N, C, H, W); stride defaults to k, zero padding "
@@ -366,6 +387,7 @@ def _avg_pool_grad_vjp(G, args, out, attrs):
 # supported, so it is declared non-differentiable.
 register(OpDef(
     name="max_pool2d_grad", arity=2, attrs=dict(_POOL_ATTRS), shape=_max_pool_grad_shape,
+    flops=_window_flops,
     vjp=None, differentiable=False, internal=True,
     notation=lambda t, a: f"route_argmax({t[0]}, {t[1]})",
     display=lambda args, attrs: sp.Function("route_argmax")(*args),
@@ -374,6 +396,7 @@ register(OpDef(
 register(OpDef(
     name="avg_pool2d_grad", arity=1, attrs={**_POOL_ATTRS, "size": None},
     shape=_avg_pool_grad_shape, vjp=_avg_pool_grad_vjp, internal=True,
+    flops=_window_flops,
     display=lambda args, attrs: sp.Function("spread")(args[0])
     * sp.Rational(1, pool_attrs(attrs)[0][0] * pool_attrs(attrs)[0][1]),
     notation=lambda t, a: f"spread({t[0]})/{pool_attrs(a)[0][0] * pool_attrs(a)[0][1]}",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sympy as sp
 from sympy.printing.precedence import PRECEDENCE
 
-from .registry import OpDef, ShapeMismatch, apply, register
+from .registry import OpDef, ShapeMismatch, apply, entries, register
 
 _LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -187,9 +187,19 @@ class BatchedMatMulDisplay(sp.Expr):
         return prettyForm(self._sympystr(p))
 
 
+def _einsum_flops(arg_shapes, out_shape, attrs):
+    """One product of the operands for each combination of the letters' values (the
+    terms), a multiply-add (2) for each when some letter is summed: 2 m k n for 'ij,jk->ik'."""
+    ins, out = parse_spec(attrs["spec"], len(arg_shapes))
+    size = {c: int(d) for s, shape in zip(ins, arg_shapes) for c, d in zip(s, shape)}
+    terms = entries(size.values())
+    summed = bool(set(size) - set(out))
+    return terms * max(1, len(ins) - 1) * (2 if summed else 1)
+
+
 register(OpDef(
     name="einsum", arity=None, attrs={"spec": None}, shape=_einsum_shape,
-    vjp=_einsum_vjp, notation=_einsum_notation,
+    vjp=_einsum_vjp, flops=_einsum_flops, notation=_einsum_notation,
     display=lambda args, attrs: EinsumDisplay(attrs["spec"], *args),
     doc="Einstein summation with an explicit output, e.g. 'bhqd,bhkd->bhqk' (no '...', "
         "no repeated letter within one operand)"))

@@ -9,9 +9,12 @@ autodiff, code generation, formulas and rendering all read the fields of the
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import sympy as sp
 
 from ..errors import UnknownOpError
 from .stable import stabilize
@@ -88,6 +91,13 @@ class OpDef:
     commutative : bool
         ``True`` when the arguments can be swapped (``add``, ``mul``); diagrams
         label the argument positions of the other ops with more than one argument.
+    flops : callable or None
+        ``flops(arg_shapes, out_shape, attrs) -> int``: the floating-point operations of
+        one application, for shapes whose sizes are numbers (``sb.cost`` adds them up;
+        the convention is docs/performance.md's "Counting FLOPs": a multiply-add is 2,
+        an op that only moves or views data is 0, :func:`moves_data`). ``None`` for an
+        elementwise op: one per output entry for each operation of its code expression
+        (:meth:`flop_count`); every other op declares it.
 
     The display:
 
@@ -122,6 +132,7 @@ class OpDef:
     code: Callable | None = None
     opaque: bool = False
     commutative: bool = False
+    flops: Callable | None = None
     # the display
     notation: str | Callable | None = None
     display: Callable | None = None
@@ -134,6 +145,60 @@ class OpDef:
         :mod:`symbackprop.ops.stable` (``log(1 + exp(x))`` as ``softplus(x)``)."""
         syms, e = (self.code or self.expr)(attrs)
         return syms, stabilize(e)
+
+
+    def flop_count(self, arg_shapes, out_shape, attrs: dict) -> int | None:
+        """The op's FLOPs for numeric shapes (see ``flops``); ``None`` where it declares none.
+
+        Examples
+        --------
+        >>> get("matmul").flop_count([(64, 784), (784, 256)], (64, 256), {})  # 2 m k n
+        25690112
+        >>> get("relu").flop_count([(64, 256)], (64, 256), {})  # one per entry
+        16384
+        """
+        if self.flops is not None:
+            return int(self.flops(arg_shapes, out_shape, attrs))
+        if self.elementwise:
+            return entries(out_shape) * _expression_ops(self, attrs)
+        return None
+
+
+def entries(shape) -> int:
+    """The number of entries of an array of ``shape`` (sizes as numbers)."""
+    return math.prod(int(d) for d in shape)
+
+
+def moves_data(arg_shapes, out_shape, attrs) -> int:
+    """``flops`` of an op that copies, views or selects entries and computes none: 0."""
+    return 0
+
+
+def per_entry(k: int, of: int | None = None) -> Callable:
+    """``flops`` of ``k`` operations per entry of the output (``of=None``) or of argument
+    ``of`` (a reduction reads every entry of its argument once)."""
+    def flops(arg_shapes, out_shape, attrs):
+        return k * entries(out_shape if of is None else arg_shapes[of])
+    return flops
+
+
+_EXPR_OPS: dict = {}
+
+
+def _expression_ops(op: OpDef, attrs: dict) -> int:
+    """The operations in an elementwise op's code expression (tanh: 1, x*y + z: 2; at
+    least 1), counted once per op and attributes."""
+    try:
+        key = (op.name, tuple(sorted(attrs.items())))
+        hash(key)
+    except TypeError:  # an attribute that is no dict key: count every time
+        key = None
+    if key is None or key not in _EXPR_OPS:
+        n = max(1, int(sp.count_ops(op.code_expr(attrs)[1])))
+        if key is None:
+            return n
+        _EXPR_OPS[key] = n
+    return _EXPR_OPS[key]
 
 
 _OPS: dict[str, OpDef] = {}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .elementwise import X, _vjp, broadcast_shapes, count, elementwise, unbroadcast
-from .registry import OpDef, ShapeMismatch, get, register
+from .registry import OpDef, ShapeMismatch, get, per_entry, register
 from .tensor import _reduce_shape, norm_axes
 
 # Python's max(a, b) / min(a, b) in statements: with two arguments, the elementwise op
@@ -97,7 +97,7 @@ def _where_vjp(g, args, out, attrs):
 
 
 register(OpDef(
-    name="where", arity=3, shape=broadcast_shapes, vjp=_where_vjp,
+    name="where", arity=3, shape=broadcast_shapes, vjp=_where_vjp, flops=per_entry(1),
     dtype=lambda d, a: "int" if d[1] == d[2] == "int" else "float",
     notation="where({0}, {1}, {2})",
     display=lambda args, attrs: sp.Function("where")(*args),
@@ -203,18 +203,20 @@ def _std_vjp(g, args, out, attrs):
     return [_centred(x, attrs) * _kept(g, x, attrs) / (safe * x.graph.const(_n(x, attrs)))]
 
 
-for _name, _vjp_fn, _dtype, _doc in (
-        ("max", _extreme_vjp("greater_equal"), lambda d, a: d[0],
+# FLOPs per entry of the argument: a comparison (max, min); max, subtract, exp, sum
+# (logsumexp); mean, subtract, square, sum (var, std)
+for _name, _vjp_fn, _dtype, _flops, _doc in (
+        ("max", _extreme_vjp("greater_equal"), lambda d, a: d[0], 1,
          ("largest entry over axis (all axes when None); the gradient goes to the arg-max, "
           "shared equally among ties")),
-        ("min", _extreme_vjp("less_equal"), lambda d, a: d[0],
+        ("min", _extreme_vjp("less_equal"), lambda d, a: d[0], 1,
          ("smallest entry over axis (all axes when None); the gradient goes to the arg-min, "
           "shared equally among ties")),
-        ("logsumexp", _logsumexp_vjp, lambda d, a: "float",
+        ("logsumexp", _logsumexp_vjp, lambda d, a: "float", 4,
          "log(sum(exp(x))) over axis, shifted by the maximum (never overflows)"),
-        ("var", _var_vjp, lambda d, a: "float",
+        ("var", _var_vjp, lambda d, a: "float", 4,
          "population variance over axis (ddof=0, NumPy's default)"),
-        ("std", _std_vjp, lambda d, a: "float",
+        ("std", _std_vjp, lambda d, a: "float", 4,
          "population standard deviation over axis (ddof=0); gradient 0 where it is 0")):
     register(OpDef(name=_name, arity=1, attrs=dict(_REDUCE), shape=_reduce_shape,
-                   vjp=_vjp_fn, dtype=_dtype, doc=_doc))
+                   vjp=_vjp_fn, dtype=_dtype, flops=per_entry(_flops, of=0), doc=_doc))

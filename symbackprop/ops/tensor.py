@@ -12,7 +12,7 @@ import sympy as sp
 
 from .elementwise import broadcast_shapes, count, unbroadcast
 from .products import BatchedMatMulDisplay
-from .registry import OpDef, ShapeMismatch, register
+from .registry import OpDef, ShapeMismatch, entries, moves_data, per_entry, register
 
 
 def norm_axes(axis, ndim: int, what: str = "axis") -> tuple:
@@ -42,7 +42,7 @@ def _apply(ref, op, args, **attrs):
 
 # -- identity ----------------------------------------------------------------------
 register(OpDef(
-    name="identity", arity=1, shape=lambda s, a, n: s[0],
+    name="identity", arity=1, shape=lambda s, a, n: s[0], flops=moves_data,
     internal=True,  # g.output() and "b = a" build it to name a node twice
     vjp=lambda g, args, out, attrs: [g], dtype=lambda d, a: d[0], notation="{0}",
     display=lambda args, attrs: args[0], doc="the value itself (names a node twice)"))
@@ -128,6 +128,7 @@ def _matmul_display(args, attrs):
 
 register(OpDef(
     name="matmul", arity=2, shape=_matmul_shape, fans=_matmul_fans,
+    flops=lambda s, out, a: 2 * entries(out) * int(s[0][-1]),  # 2 m k n
     vjp=_matmul_vjp, notation="{0} @ {1}", display=_matmul_display,
     doc="matrix product a @ b; N-D arguments are stacks of matrices whose leading "
         "axes broadcast as in NumPy"))
@@ -151,7 +152,7 @@ def _transpose_vjp(g, args, out, attrs):
 
 
 register(OpDef(
-    name="transpose", arity=1, attrs={"axes": None}, shape=_transpose_shape,
+    name="transpose", arity=1, attrs={"axes": None}, shape=_transpose_shape, flops=moves_data,
     vjp=_transpose_vjp, dtype=lambda d, a: d[0],
     notation=lambda t, a: f"{t[0]}ᵀ" if a["axes"] is None else None,
     display=lambda args, attrs: sp.Function("transpose")(*args)
@@ -213,10 +214,12 @@ def _reduce_display(method):
 
 register(OpDef(
     name="sum", arity=1, attrs={"axis": None, "keepdims": False}, shape=_reduce_shape,
+    flops=per_entry(1, of=0),
     vjp=lambda g, args, out, attrs: [_unreduce(g, args[0], attrs)],
     display=_reduce_display("sum"), doc="sum over axis (all axes when None)"))
 register(OpDef(
     name="mean", arity=1, attrs={"axis": None, "keepdims": False}, shape=_reduce_shape,
+    flops=per_entry(1, of=0),
     vjp=lambda g, args, out, attrs: [_unreduce(
         g, args[0], attrs, 1 / sp.sympify(count(args[0].shape, norm_axes(attrs["axis"], args[0].ndim))))],
     display=_reduce_display("mean"), doc="mean over axis (all axes when None)"))
@@ -244,7 +247,7 @@ def _reshape_shape(shapes, attrs, names):
 
 
 register(OpDef(
-    name="reshape", arity=1, attrs={"shape": None}, shape=_reshape_shape,
+    name="reshape", arity=1, attrs={"shape": None}, shape=_reshape_shape, flops=moves_data,
     vjp=lambda g, args, out, attrs: [_apply(g, "reshape", [g], shape=tuple(args[0].shape))],
     dtype=lambda d, a: d[0], display=lambda args, attrs: args[0],
     doc="same elements, new shape (sizes may be names such as N)"))
@@ -261,6 +264,7 @@ def _broadcast_to_shape(shapes, attrs, names):
 
 register(OpDef(
     name="broadcast_to", arity=1, attrs={"shape": None}, shape=_broadcast_to_shape,
+    flops=moves_data,
     vjp=lambda g, args, out, attrs: [unbroadcast(g, args[0].shape)],
     display=lambda args, attrs: args[0],
     doc="repeat along axes of size 1 or new leading axes, as NumPy broadcasting does"))
@@ -284,9 +288,11 @@ def _log_softmax_vjp(g, args, out, attrs):
 
 register(OpDef(
     name="softmax", arity=1, attrs={"axis": -1}, shape=_axis_shape,
+    flops=per_entry(5),  # max, subtract, exp, sum, divide
     vjp=_softmax_vjp, doc="exp(x) / sum(exp(x)) along axis"))
 register(OpDef(
     name="log_softmax", arity=1, attrs={"axis": -1}, shape=_axis_shape,
+    flops=per_entry(5),  # max, subtract, exp, sum, subtract the log
     vjp=_log_softmax_vjp,
     doc="log(softmax(x)) along axis, stable"))
 
@@ -308,6 +314,7 @@ def _xent_vjp(g, args, out, attrs):
 
 register(OpDef(
     name="softmax_cross_entropy", arity=2, shape=_xent_shape,
+    flops=per_entry(5, of=0),  # log_softmax of the logits; picking and the mean are O(N)
     vjp=_xent_vjp,
     doc="mean over the batch of -log softmax(logits)[label]; labels are integers"))
 
@@ -334,6 +341,7 @@ def _xent_grad_vjp(G, args, out, attrs):
 
 register(OpDef(
     name="softmax_cross_entropy_grad", arity=3, attrs={"batch": "N"}, shape=_xent_grad_shape,
+    flops=per_entry(7),  # softmax (5), minus the one-hot, times g / N
     internal=True,  # softmax_cross_entropy's VJP builds it
     vjp=_xent_grad_vjp,
     display=lambda args, attrs: sp.Mul(
@@ -351,10 +359,11 @@ def _onehot_shape(shapes, attrs, names):
 
 
 register(OpDef(
-    name="onehot", arity=1, attrs={"num": None}, shape=_onehot_shape,
+    name="onehot", arity=1, attrs={"num": None}, shape=_onehot_shape, flops=moves_data,
     vjp=None, differentiable=False, doc="one-hot rows of integer labels"))
 register(OpDef(
-    name="argmax", arity=1, attrs={"axis": -1}, shape=lambda s, a, n: _reduce_shape(
+    name="argmax", arity=1, attrs={"axis": -1}, flops=per_entry(1, of=0),
+    shape=lambda s, a, n: _reduce_shape(
         s, {"axis": a["axis"], "keepdims": False}, n),
     vjp=None, differentiable=False,
     dtype=lambda d, a: "int", doc="index of the largest entry along axis"))
@@ -376,6 +385,7 @@ def _mse_vjp(g, args, out, attrs):
 
 register(OpDef(
     name="mse", arity=2, shape=_mse_shape,
+    flops=per_entry(3, of=0),  # subtract, square, sum
     vjp=_mse_vjp,
     doc="mean squared error over all elements (PyTorch's default reduction)"))
 
@@ -389,5 +399,6 @@ def _layer_norm_vjp(g, args, out, attrs):
 
 register(OpDef(
     name="layer_norm", arity=1, attrs={"eps": 1e-5}, shape=lambda s, a, n: s[0],
+    flops=per_entry(5),  # mean, subtract, square, sum, divide
     vjp=_layer_norm_vjp,
     doc="normalise over the last axis to mean 0, variance 1 (eps = 1e-5), no scale/shift"))
