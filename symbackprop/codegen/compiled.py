@@ -61,10 +61,13 @@ class Compiled:
             params = self._params[fname] = f.__code__.co_varnames[:f.__code__.co_argcount]
         if self._renamed:
             arrays = {self._renamed.get(k, k): v for k, v in arrays.items()}
+        # keyword arguments with a default (training=, running=, rng=: batch norm and
+        # dropout) are passed when given
+        required = params[:len(params) - len(f.__defaults__ or ())]
         try:
-            kwargs = {p: arrays[p] for p in params}
+            kwargs = {p: arrays[p] for p in params if p in arrays or p in required}
         except KeyError:
-            missing = [p for p in params if p not in arrays]
+            missing = [p for p in required if p not in arrays]
             raise GraphError(f"{fname}() needs the arrays {', '.join(map(repr, missing))}; got "
                              f"{', '.join(map(repr, arrays)) or 'none'}. Pass them by name.") \
                 from None
