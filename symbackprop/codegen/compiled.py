@@ -86,6 +86,13 @@ class Compiled:
         """
         return {k: plain(v) for k, v in self._call("forward", arrays).items()}
 
+    def init_running(self) -> dict:
+        """Batch norm's running statistics, mean 0 and variance 1 per feature, keyed
+        ``'<node>.mean'`` and ``'<node>.var'`` (graphs with ``sb.batch_norm``): pass them
+        as ``running=`` to ``forward``, ``value_and_grad`` and ``train_step``, which update
+        them in training mode, and to ``forward(..., training=False)``, which uses them."""
+        return self.module.init_running()
+
     def value_and_grad(self, **arrays):
         """Return ``(loss, {wrt name: gradient})``.
 
@@ -134,8 +141,12 @@ class CompiledTrainStep(Compiled):
         """One optimizer step on ``params``, in place."""
         self.module.update(params, grads, state, **hyper)
 
-    def train_step(self, params: dict, state: dict, lr: float | None = None, **batch) -> float:
-        """Forward, backward and update on one minibatch; returns the loss."""
+    def train_step(self, params: dict, state: dict, lr: float | None = None, running=None,
+                   rng=None, **batch) -> float:
+        """Forward, backward and update on one minibatch; returns the loss. A graph with
+        batch norm or dropout also takes ``running`` (:meth:`init_running`, updated in
+        place) and ``rng`` (a seed or a ``np.random.Generator``; pass one Generator to
+        every step so that each draws new dropout masks; default: seed 0)."""
         batch = {self.arg_names.get(k, k): v for k, v in batch.items()}
         missing = [n for n in self.inputs if n not in batch]
         extra = sorted(set(batch) - set(self.inputs))
@@ -143,7 +154,8 @@ class CompiledTrainStep(Compiled):
             raise GraphError(f"train_step() takes the arrays {', '.join(self.inputs)}; "
                              + (f"missing {', '.join(missing)}" if missing
                                 else f"got unknown {', '.join(extra)}") + ". Pass them by name.")
-        kw = {} if lr is None else {"lr": lr}
+        kw = {k: v for k, v in (("lr", lr), ("running", running), ("rng", rng))
+              if v is not None}
         return self.module.train_step(params, state, **{n: batch[n] for n in self.inputs}, **kw)
 
 
