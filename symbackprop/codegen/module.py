@@ -262,11 +262,12 @@ def _train_step_block(m: Model) -> str:
              '    anything, when the loss or a gradient is nan or inf."""']
     if context:  # the docstring says what they are
         lines[-1] = lines[-1][:-3]
-        text = {"running": ["    running: from init_running(), updated in place by the "
-                            "forward pass (even when", "    the step raises)."],
-                "rng": ["    rng: a seed or a np.random.Generator, which draws the dropout "
-                        "masks (pass one", "    Generator to every step)."]}
-        lines += ["", "    Training mode."] + [t for c in context for t in text[c]]
+        text = {"running": "running: from init_running(), updated in place by the forward pass "
+                           "(even when|the step raises).",
+                "rng": "rng: a seed or a np.random.Generator, which draws the dropout masks "
+                       "(pass one|Generator to every step)."}
+        lines += ["", "    Training mode."] + ["    " + t for c in context
+                                                for t in text[c].split("|")]
         lines[-1] += '"""'
     passed = [f"{c}={c}" for c in context]
     if m.fast is None:
