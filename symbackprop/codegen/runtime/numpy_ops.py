@@ -340,4 +340,4 @@ def _dropout_mask(x, p, rng, training):
     if not training or p == 0:
         return np.ones(x.shape, x.dtype)
     keep = rng.random(x.shape) >= p
-    return keep * x.dtype.type(1 / (1 - p))
+    return np.multiply(keep, 1 / (1 - p), dtype=x.dtype)
