@@ -42,6 +42,7 @@ globals().update({name: ops.builder(name) for name in _OP_NAMES})
 einsum = ops.products.einsum  # sb.einsum(spec, *xs): the spec, then the operand nodes
 # list-taking builders and the ops made of others (issue 13)
 from .ops.arrays import concat, embedding, split, stack  # noqa: F401  (concat, stack: take lists)
+from .ops.norm import batch_norm, dropout  # noqa: F401  (dropout: x times a mask node)
 
 __all__ = [
     "Adjoints", "ArityError", "CodegenError", "Compiled", "Cost", "cost", "CycleError", "Derivation",
@@ -50,4 +51,4 @@ __all__ = [
     "elementwise", "from_networkx", "grad", "load", "models", "numpy_source", "ops",
     "optimize", "parse", "render", "save", "testing", "to_dot", "to_networkx", "train_step",
     "training_script", "write_diagram",
-] + [name for name in _OP_NAMES] + ["embedding", "split"]  # every op, sb.relu ...
+] + [name for name in _OP_NAMES] + ["embedding", "split", "dropout"]  # every op, sb.relu ...

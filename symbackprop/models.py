@@ -16,6 +16,7 @@ from itertools import islice
 from .errors import GraphError, ShapeError
 from .graph import Graph, Node
 from .ops import registry
+from .ops.norm import dropout as drop
 from .ops.products import einsum
 
 LOSSES = ("softmax_cross_entropy", "mse")
@@ -361,9 +362,15 @@ def cnn(input_shape=(1, 8, 8), channels=(16, 32), kernel: int = 3, pool: int = 2
         Widths of the dense layers after the flattening (may be empty).
     classes : int
         Number of classes (at least 2).
-    batch_norm, dropout
-        Not available yet (issue 13): ``batch_norm=True`` or ``dropout > 0`` raise a
-        ``GraphError``.
+    batch_norm : bool
+        Normalize each convolution per channel before the activation:
+        ``convk = bn_k · (1 + gk) + ck`` with ``bn_k = batch_norm(conv2d(h, Kk), axis=1)``
+        (node ``bnk``), the learned scale written ``1 + gk`` so that its zero start is the
+        identity, and no convolution bias (the shift ``ck`` takes its place).
+    dropout : float
+        Probability ``p`` in [0, 1) of inverted dropout on ``flat`` and on every dense
+        layer's output ``hk``, that is before each dense layer and the head (nodes
+        ``drop0``, ``drop1``, ...); 0: none.
     activation : str
         Elementwise op after every conv and dense layer (``relu``, ``tanh``, ...).
 
@@ -371,7 +378,7 @@ def cnn(input_shape=(1, 8, 8), channels=(16, 32), kernel: int = 3, pool: int = 2
     -------
     Graph
         Inputs ``X`` (N, C, H, W) and integer labels ``y`` (N,) in 0..classes-1;
-        parameters ``K1, c1, K2, c2, ...`` for the conv blocks (kernel ``Kk`` (C_out,
+        parameters ``K1, c1, K2, c2, ...`` (with ``batch_norm``, ``K1, g1, c1, ...``) for the conv blocks (kernel ``Kk`` (C_out,
         C_in, kernel, kernel), bias ``ck`` (C_out,), added over the image), then ``W1,
         b1, ...`` for the dense layers and the head (``Wk`` (in, out), ``bk`` (out,));
         nodes ``convk`` (the convolution plus bias), ``ak = act(convk)`` and ``pk`` (pooled;
@@ -387,15 +394,11 @@ def cnn(input_shape=(1, 8, 8), channels=(16, 32), kernel: int = 3, pool: int = 2
     (('N', 8, 2, 2), ('N', 32), ('N', 10))
     """
     what = "cnn"
-    if batch_norm:
-        raise GraphError(f"{what}: batch_norm=True is not available yet: sb.batch_norm is "
-                         "planned (issue 13). Use batch_norm=False.")
+    if not isinstance(batch_norm, bool):
+        raise GraphError(f"{what}: batch_norm={batch_norm!r}; expected True or False.")
     if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) \
             or not 0 <= dropout < 1:
         raise GraphError(f"{what}: dropout={dropout!r}; expected a number in [0, 1).")
-    if dropout > 0:
-        raise GraphError(f"{what}: dropout={dropout!r} is not available yet: sb.dropout is "
-                         "planned (issue 13). Use dropout=0.0.")
     c_in, height, width = _ints(what, "input_shape", input_shape, 3)
     channels = _ints(what, "channels", channels, 0)
     hidden = _ints(what, "hidden", hidden, 0)
@@ -407,15 +410,23 @@ def cnn(input_shape=(1, 8, 8), channels=(16, 32), kernel: int = 3, pool: int = 2
     conv2d, max_pool2d = registry.builder("conv2d"), registry.builder("max_pool2d")
     g = Graph(name=name or "cnn_" + "_".join(
         ["x".join(map(str, (c_in, height, width))), *("c" + str(c) for c in channels),
-         *map(str, hidden), str(classes)]))
+         *map(str, hidden), str(classes)]) + ("_bn" if batch_norm else "")
+        + (f"_dropout{dropout:g}".replace(".", "p") if dropout else ""))
     h = g.input("X", shape=("N", c_in, height, width))
     for k, c_out in enumerate(channels, start=1):
         with block(g, f"conv{k}"):
             K = g.param(f"K{k}", shape=(c_out, c_in, kernel, kernel))
             # the bias is a vector (so it starts at zero, as every bias), seen as (C, 1, 1)
             # to broadcast over the image
+            if batch_norm:  # per channel, before the activation; the shift replaces the bias
+                gain = registry.apply("reshape", g.param(f"g{k}", shape=(c_out,)),
+                                      shape=(c_out, 1, 1))
+                bn = g.name(registry.apply("batch_norm", conv2d(h, K, padding=kernel // 2),
+                                           axis=1), f"bn{k}")
             c = registry.apply("reshape", g.param(f"c{k}", shape=(c_out,)), shape=(c_out, 1, 1))
-            a = g.name(act(g.name(conv2d(h, K, padding=kernel // 2) + c, f"conv{k}")), f"a{k}")
+            pre = bn * (g.const(1.0) + gain) + c if batch_norm \
+                else conv2d(h, K, padding=kernel // 2) + c
+            a = g.name(act(g.name(pre, f"conv{k}")), f"a{k}")
             h = a
             if pool > 1:
                 if min(a.shape[2:]) < pool:
@@ -429,6 +440,8 @@ def cnn(input_shape=(1, 8, 8), channels=(16, 32), kernel: int = 3, pool: int = 2
     widths = [n_flat, *hidden, classes]
     for k in range(1, len(widths)):
         with block(g, f"layer{k}"):
+            if dropout > 0:  # before each dense layer and the head
+                h = g.name(drop(h, float(dropout)), f"drop{k - 1}")
             z = dense(g, h, widths[k - 1], widths[k], k)
             if k < len(widths) - 1:
                 h = g.name(act(g.name(z, f"z{k}")), f"h{k}")

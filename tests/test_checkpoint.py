@@ -44,6 +44,30 @@ def test_training_is_bit_identical(g, kw):
     assert all(np.array_equal(p0[k], p1[k]) for k in p0)
 
 
+def test_dropout_and_batch_norm_are_kept_not_drawn_again():
+    """A recomputed mask would be a new draw and a recomputed batch norm a second update of
+    its running statistics: both are kept, and the step stays bit-identical."""
+    g = sb.models.cnn(channels=(4, 4), hidden=(8, 8), batch_norm=True, dropout=0.25)
+    rng = np.random.default_rng(2)
+    X, y = rng.normal(size=(6, 1, 8, 8)), rng.integers(0, 10, 6)
+    out = []
+    for ck in ("none", "sqrt"):
+        step = sb.compile(g, checkpoint=ck, optimizer="sgd", lr=0.1)
+        params = step.init_params(0)
+        state, running, gen = step.init_state(params), step.init_running(), \
+            np.random.default_rng(5)
+        losses = [step.train_step(params, state, X=X, y=y, running=running, rng=gen)
+                  for _ in range(3)]
+        out.append((losses, params, running, step.source))
+    (l0, p0, r0, src0), (l1, p1, r1, src) = out
+    assert "again (checkpointing)" in src
+    for call in ("_dropout_mask(", "_batch_norm("):  # as many draws and updates as unchecked
+        assert src.count(call) == src0.count(call) > 0, call
+    assert l0 == l1
+    assert all(np.array_equal(p0[k], p1[k]) for k in p0)
+    assert all(np.array_equal(r0[k], r1[k]) for k in r0)
+
+
 def test_folded_layers_fold_alike_in_their_copies():
     from symbackprop.codegen.module import build_model
     g = sb.models.mlp([128, 128, 128, 128, 10])

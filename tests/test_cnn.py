@@ -1,6 +1,6 @@
 """sb.models.cnn (issue 13): names and shapes, gradients against central differences on
 random entries, He initialisation of its kernels, generated code (ruff, a fresh interpreter
-without symbackprop), the options not available yet, and training scripts on images
+without symbackprop), bad arguments, and training scripts on images
 (4-D X, flat rows with --input-shape, exact resume). The digits CNN's accuracy is tested in
 tests/test_digits.py."""
 
@@ -103,8 +103,7 @@ def test_source_is_ruff_clean_and_runs_without_symbackprop(tmp_path, dtype):
 
 
 @pytest.mark.parametrize("kw, needle", [
-    ({"batch_norm": True}, r"batch_norm=True is not available yet.*issue 13"),
-    ({"dropout": 0.5}, r"dropout=0.5 is not available yet.*issue 13"),
+    ({"batch_norm": 1}, r"batch_norm=1; expected True or False"),
     ({"dropout": 1.0}, r"dropout=1.0; expected a number in \[0, 1\)"),
     ({"channels": ()}, r"channels=\(\); expected at least one conv block"),
     ({"input_shape": (8, 8)}, r"input_shape=\(8, 8\); expected 3 ints >= 1"),

@@ -16,7 +16,7 @@ PKG = pathlib.Path(__file__).resolve().parent.parent / "symbackprop"
 LAYERS = [
     ["errors", "ops.stable"],
     ["expr", "ops.registry"],
-    ["ops.elementwise", "ops.tensor", "ops.products", "ops.select", "ops.arrays", "ops.conv", "ops"],
+    ["ops.elementwise", "ops.tensor", "ops.products", "ops.select", "ops.arrays", "ops.conv", "ops.norm", "ops"],
     ["graph"],
     ["build", "models"],
     ["autodiff"],

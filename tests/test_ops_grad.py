@@ -368,6 +368,34 @@ DOMAINS.update({
 })
 
 
+# -- normalization and dropout (issue 13): tests/test_norm.py has their modes and errors ------
+def _batch_norm_ref(x, axis):
+    """Per feature of axis, by a loop over the features: (x - mean) / sqrt(var + 1e-5)."""
+    xs = np.moveaxis(x, axis, 0)
+    out = np.empty_like(xs)
+    for c in range(len(xs)):
+        v = xs[c]
+        out[c] = (v - v.sum() / v.size) / np.sqrt(((v - v.sum() / v.size) ** 2).sum() / v.size
+                                                   + 1e-5)
+    return np.moveaxis(out, 0, axis)
+
+
+def _mask_ref(a, p):
+    """The mask of the seed-0 generator, which every generated function uses by default."""
+    u = np.random.default_rng(0).random(a.shape)
+    return np.where(u >= p, 1 / (1 - p), 0.0)
+
+
+DOMAINS.update({
+    "batch_norm": [Case([(("N", 3), "real")], {"axis": 1}, ref=_batch_norm_ref, id="ND"),
+                   Case([(("N", 3, 2, 3), "real")], {"axis": 1}, ref=_batch_norm_ref,
+                        id="NCHW"),
+                   Case([((2, 3, 5), "real")], {"axis": -1}, ref=_batch_norm_ref, id="last")],
+    "dropout_mask": [Case([(("N", 5), "real")], {"p": 0.25}, ref=_mask_ref, id="p0.25"),
+                     Case([((2, 3, 4), "real")], {"p": 0.0}, ref=_mask_ref, id="p0")],
+})
+
+
 def _value(shape, kind, rng):
     shape = tuple(N if d == "N" else d for d in shape)
     if kind.startswith("labels:"):

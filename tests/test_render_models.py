@@ -11,7 +11,7 @@ import symbackprop as sb
 def clusters(source: str) -> dict:
     """``{block name: the text of its cluster}`` from a Graphviz source."""
     out = {}
-    for m in re.finditer(r"subgraph cluster_\d+_(\w+) \{(.*?)\n\t\}", source, re.S):
+    for m in re.finditer(r"subgraph cluster_\d+_(\w+) \{(.*?)\n\t\}", source, re.DOTALL):
         out[m.group(1)] = m.group(2)
     return out
 
@@ -54,7 +54,7 @@ def test_transformer_block_collapses_attention_heads_and_mlp(causal):
     assert ("mask" in attention) == causal
     assert "f = relu(" in c["mlp"] and "out = h + f @ W2 + b2" in c["mlp"]
     # nothing of the block is left outside its clusters but the input and the loss
-    outside = set(re.findall(r"^\t(\w+) \[", source, re.M)) - {"graph", "node", "edge"}
+    outside = set(re.findall(r"^\t(\w+) \[", source, re.MULTILINE)) - {"graph", "node", "edge"}
     assert outside == {"X", "Y", "mul_4", "L"}
 
 

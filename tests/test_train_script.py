@@ -60,6 +60,11 @@ def scripts(tmp_path_factory) -> Path:
     (d / "cnn.py").write_text(sb.training_script(
         sb.models.cnn((1, 4, 4), channels=(3,), hidden=(6,), classes=3), optimizer="adam",
         lr=0.01, epochs=4, batch_size=16))
+    # with batch norm and dropout (issue 13): running statistics and the dropout generator
+    # are part of the checkpoints
+    (d / "cnnbd.py").write_text(sb.training_script(
+        sb.models.cnn((1, 4, 4), channels=(3,), hidden=(6,), classes=3, batch_norm=True,
+                      dropout=0.25), optimizer="adam", lr=0.01, epochs=4, batch_size=16))
     return d
 
 
@@ -147,7 +152,7 @@ def test_same_seed_same_numbers(go, data, tmp_path):
 
 
 @pytest.mark.parametrize("script, name", [("clf.py", "blobs.npz"), ("wide.py", "blobs.npz"),
-                                          ("cnn.py", "images.npz")])
+                                          ("cnn.py", "images.npz"), ("cnnbd.py", "images.npz")])
 def test_resume_is_bitwise_identical(go, data, tmp_path, script, name):
     straight = go(script, "--data", data / name, "--epochs", 4, "--out", "full.npz")
     first = go(script, "--data", data / name, "--epochs", 2, "--out", "part.npz")
@@ -410,3 +415,38 @@ def test_cli_train_script_for_a_cnn_spec(tmp_path):
                                                    classes=3), optimizer="adam", lr=0.01,
                                      dtype="float32")
     assert "FEATURE_SHAPE = (1, 4, 4)" in src and '"--input-shape"' in src
+
+
+def test_cnn_with_batch_norm_and_dropout_trains_and_resumes_mid_epoch(go, data, tmp_path):
+    """Batch norm's running statistics and the dropout generator: trained, checkpointed,
+    restored to their state before the bad batch in a last_good checkpoint (the batch's
+    forward pass had already moved them), and resumed from there bit for bit."""
+    r = go("cnnbd.py", "--data", data / "images.npz", "--epochs", 6, "--out", "full.npz")
+    assert r.returncode == 0, r.stderr
+    ls = losses(r.stdout)
+    assert ls[-1] < ls[0] * 0.6
+    ck = arrays(tmp_path / "full.npz")
+    assert sorted(k for k in ck if k.startswith("buffers/")) == [
+        "buffers/rng", "buffers/running/bn1.mean", "buffers/running/bn1.var"]
+    assert not np.array_equal(ck["buffers/running/bn1.var"], np.ones(3))  # updated
+    assert go("cnnbd.py", "--data", data / "images.npz", "--epochs", 2, "--out", "ck.npz"
+              ).returncode == 0
+    rng = np.random.default_rng()
+    rng.bit_generator.state = json.loads(str(arrays(tmp_path / "ck.npz")["progress/rng"]))
+    row = rng.permutation(120)[4 * 16 + 3]  # in the 5th batch of epoch 3
+    bad = arrays(data / "images.npz")
+    bad["X"] = bad["X"].copy()
+    bad["X"][row, 0, 1, 1] = np.inf
+    np.savez(tmp_path / "bad.npz", **bad)
+    r = go("cnnbd.py", "--data", "bad.npz", "--epochs", 6, "--resume", "ck.npz", "--out",
+           "ck.npz")
+    assert r.returncode == 1 and "stopped at epoch 3, batch 5 of 8" in r.stderr
+    good = arrays(tmp_path / "ck.last_good.npz")
+    assert all(np.isfinite(good[k]).all() for k in good if k.startswith("buffers/running"))
+    resumed = go("cnnbd.py", "--data", data / "images.npz", "--epochs", 6, "--resume",
+                 "ck.last_good.npz", "--out", "resumed.npz")
+    assert resumed.returncode == 0, resumed.stderr
+    assert losses(resumed.stdout) == ls[2:]
+    full, resumed = arrays(tmp_path / "full.npz"), arrays(tmp_path / "resumed.npz")
+    assert sorted(full) == sorted(resumed)
+    assert all(full[k].tobytes() == resumed[k].tobytes() for k in full)

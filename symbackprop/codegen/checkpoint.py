@@ -16,7 +16,10 @@ sweep waits for it: each segment is recomputed just before its backward, and the
 planner's liveness sees one segment's copies alive at a time.
 
 The copies compute what the forward computed, from the same values, with the same code:
-the gradients are bit-identical to the unchecked step's.
+the gradients are bit-identical to the unchecked step's. An op that draws from the
+generator or updates running statistics (dropout's mask, batch norm: a ``context`` in its
+lowering) is never computed again: a second draw would be another mask, a second update
+another running mean. Its value is always kept (:func:`stateful`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import math
 
 from ..errors import GraphError
 from ..graph import Graph
+from .lowering import lowering
 
 POLICIES = ("none", "sqrt")
 
@@ -34,6 +38,13 @@ def kept_values(j: Graph) -> list[str]:
     from its forward pass for its backward."""
     return [n for n in j.topo_order() if not j.is_leaf(n) and not j.is_backward(n)
             and any(j.is_backward(c) for c, _ in j.consumers(n))]
+
+
+def stateful(j: Graph) -> set[str]:
+    """The forward nodes whose code reads or changes state (a generator, running
+    statistics): computing them again would not give the same value, so they are kept."""
+    return {n for n in j.nx if not j.is_leaf(n) and not j.is_backward(n)
+            and lowering(j.opdef(n)).context}
 
 
 def loss_reads(j: Graph) -> set[str]:
@@ -103,7 +114,7 @@ def apply_checkpoint(j: Graph, policy="none") -> tuple[Graph, dict]:
     check_policy(policy)
     if isinstance(policy, str) and policy != "sqrt":  # "h3" or "h3,h6": node names
         policy = [s.strip() for s in policy.split(",") if s.strip()]
-    keep = set(checkpoints(j, policy))
+    keep = set(checkpoints(j, policy)) | stateful(j)
     order = [n for n in j.topo_order() if not j.is_backward(n)]
     pos = {n: i for i, n in enumerate(order)}
     # the segment of a forward value: how many kept values come before it
@@ -146,4 +157,5 @@ def apply_checkpoint(j: Graph, policy="none") -> tuple[Graph, dict]:
     return j, {c: n for n, c in copy_of.items()}
 
 
-__all__ = ["POLICIES", "apply_checkpoint", "check_policy", "checkpoints", "kept_values"]
+__all__ = ["POLICIES", "apply_checkpoint", "check_policy", "checkpoints", "kept_values",
+           "stateful"]

@@ -8,6 +8,10 @@ executed by :func:`~symbackprop.codegen.loader.load_source`.
 
 from __future__ import annotations
 
+import inspect
+
+import numpy as np
+
 from ..errors import GraphError
 from ..graph import Graph
 from .emit import prepare
@@ -61,10 +65,13 @@ class Compiled:
             params = self._params[fname] = f.__code__.co_varnames[:f.__code__.co_argcount]
         if self._renamed:
             arrays = {self._renamed.get(k, k): v for k, v in arrays.items()}
+        # keyword arguments with a default (training=, running=, rng=: batch norm and
+        # dropout) are passed when given
+        required = params[:len(params) - len(f.__defaults__ or ())]
         try:
-            kwargs = {p: arrays[p] for p in params}
+            kwargs = {p: arrays[p] for p in params if p in arrays or p in required}
         except KeyError:
-            missing = [p for p in params if p not in arrays]
+            missing = [p for p in required if p not in arrays]
             raise GraphError(f"{fname}() needs the arrays {', '.join(map(repr, missing))}; got "
                              f"{', '.join(map(repr, arrays)) or 'none'}. Pass them by name.") \
                 from None
@@ -82,6 +89,13 @@ class Compiled:
         ((3, 2), 0.6931471805599453)
         """
         return {k: plain(v) for k, v in self._call("forward", arrays).items()}
+
+    def init_running(self) -> dict:
+        """Batch norm's running statistics, mean 0 and variance 1 per feature, keyed
+        ``'<node>.mean'`` and ``'<node>.var'`` (graphs with ``sb.batch_norm``): pass them
+        as ``running=`` to ``forward``, ``value_and_grad`` and ``train_step``, which update
+        them in training mode, and to ``forward(..., training=False)``, which uses them."""
+        return self.module.init_running()
 
     def value_and_grad(self, **arrays):
         """Return ``(loss, {wrt name: gradient})``.
@@ -118,6 +132,8 @@ class CompiledTrainStep(Compiled):
     def __init__(self, source: str, name: str, inputs: list, arg_names: dict | None = None):
         super().__init__(source, name, arg_names)
         self.inputs = list(inputs)
+        # what batch norm and dropout carry between steps, when the caller passes nothing
+        self.running, self.rng = None, np.random.default_rng(0)
 
     def init_params(self, seed=0) -> dict:
         """Fresh parameters (He/Xavier weights, zero biases) from a seed."""
@@ -131,8 +147,14 @@ class CompiledTrainStep(Compiled):
         """One optimizer step on ``params``, in place."""
         self.module.update(params, grads, state, **hyper)
 
-    def train_step(self, params: dict, state: dict, lr: float | None = None, **batch) -> float:
-        """Forward, backward and update on one minibatch; returns the loss."""
+    def train_step(self, params: dict, state: dict, lr: float | None = None, running=None,
+                   rng=None, **batch) -> float:
+        """Forward, backward and update on one minibatch; returns the loss. A graph with
+        batch norm or dropout also takes ``running`` (:meth:`init_running`, updated in
+        place) and ``rng`` (a seed or a ``np.random.Generator``). Left out, they are the
+        step's own: ``self.running`` (made by the first step, for ``forward(...,
+        training=False, running=step.running)``) and ``self.rng``, one generator of
+        seed 0 that every step draws new masks from."""
         batch = {self.arg_names.get(k, k): v for k, v in batch.items()}
         missing = [n for n in self.inputs if n not in batch]
         extra = sorted(set(batch) - set(self.inputs))
@@ -140,7 +162,15 @@ class CompiledTrainStep(Compiled):
             raise GraphError(f"train_step() takes the arrays {', '.join(self.inputs)}; "
                              + (f"missing {', '.join(missing)}" if missing
                                 else f"got unknown {', '.join(extra)}") + ". Pass them by name.")
-        kw = {} if lr is None else {"lr": lr}
+        takes = inspect.signature(self.module.train_step).parameters
+        if running is None and "running" in takes:
+            if self.running is None:
+                self.running = self.module.init_running()
+            running = self.running
+        if rng is None and "rng" in takes:
+            rng = self.rng
+        kw = {k: v for k, v in (("lr", lr), ("running", running), ("rng", rng))
+              if v is not None}
         return self.module.train_step(params, state, **{n: batch[n] for n in self.inputs}, **kw)
 
 

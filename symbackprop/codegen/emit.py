@@ -26,7 +26,7 @@ from ..optimize import optimize as run_passes
 from ..optimize import resolve as resolve_passes
 from ..optimize.fuse import fuse_for_stability
 from .checkpoint import apply_checkpoint
-from .lowering import function_helpers, lowering
+from .lowering import CONTEXT, function_helpers, lowering
 from .printer import expr_code, spaced
 from .stability import warn_unstable
 
@@ -100,7 +100,10 @@ class Emitter:
         self.sizes = sorted({d for n in j.nx for d in j.nx.nodes[n]["shape"] if isinstance(d, str)})
         self.helpers: dict[str, str] = {}
         self.constants: list[str] = []
-        self.namer = Namer(reserved=self.sizes)
+        # the call-time arguments the ops' code reads (batch norm, dropout): names taken
+        self.context = [c for c in CONTEXT if any(
+            c in lowering(j.opdef(n)).context for n in j.nx if not j.is_leaf(n))]
+        self.namer = Namer(reserved=self.sizes + self.context)
         # node fused away -> the node whose statement now computes it
         self.absorbed = {a: n for n in j.nx for a in j.fused(n)}
         self.order = j.topo_order()
@@ -182,7 +185,8 @@ class Emitter:
             # its dtype (np.broadcast_to(0.5, ...)): give it a DTYPE scalar, not a float.
             codes = [f"DTYPE({self.rhs(a)})" if not op.elementwise and self.inline(a)
                      and j.role(a) == "const" else self.code(a) for a in args]
-            return self.use(op, spaced(how.expr(codes, d["attrs"])))
+            attrs = {**d["attrs"], "node": n} if how.context else d["attrs"]
+            return self.use(op, spaced(how.expr(codes, attrs)))
         syms, e = op.code_expr(d["attrs"])
         names = {}
         for s, a in zip(syms, args):
@@ -239,6 +243,7 @@ class Emitter:
         leaves.sort(key=self.index.__getitem__)
         fn = Function(name, [self.namer(n) for n in leaves], doc)
         fn.body += self.as_arrays(leaves)
+        add_context(self, fn, order)
         stmts, backward_started = [], False
         for n in order:
             if j.role(n) in ("input", "param") or self.inline(n):
@@ -299,6 +304,35 @@ class Emitter:
                     raise CodegenError(f"size {s!r} is used but no input of {fname}() has it.")
                 out.append(f"{s} = {self.namer(src[0])}.shape[{src[1]}]")
         return out
+
+
+def context_args(em: Emitter, nodes) -> tuple[list[str], list[str]]:
+    """The keyword parameters of a function computing ``nodes`` that their code reads
+    (``training=True``, ``running=None``, ``rng=0``: :data:`~.lowering.CONTEXT`), and the
+    function's first lines: one that computes gradients runs in training mode
+    (``training = True``: its gradients are those of the batch statistics and the mask
+    drawn), and a seed becomes a generator once, so that every mask draws from it."""
+    j = em.j
+    if not em.context:
+        return [], []
+    used = {c for n in nodes if not j.is_leaf(n) for c in lowering(j.opdef(n)).context}
+    grads = any(j.is_backward(n) for n in nodes)
+    params = [f"{c}={CONTEXT[c]}" for c in CONTEXT if c in used
+              and not (grads and c == "training")]
+    lines = (["training = True  # the gradients are those of the training-mode computation"]
+             if grads and "training" in used else [])
+    if "rng" in used:
+        lines.append("rng = np.random.default_rng(rng)  # a seed or a np.random.Generator")
+    return params, lines
+
+
+def add_context(em: Emitter, fn: Function, nodes) -> list[str]:
+    """Add :func:`context_args` to ``fn`` (its parameters last, its lines first); returns
+    the names of the parameters added."""
+    params, lines = context_args(em, nodes)
+    fn.params += params
+    fn.body[:0] = lines
+    return [p.split("=")[0] for p in params]
 
 
 def call_lines(lhs: str, fname: str, args: list[str], indent: int = 4) -> list[str]:
@@ -414,6 +448,31 @@ def emit_value_and_grad(em: Emitter, adj: Adjoints) -> Function:
     return vg
 
 
+def running_function(em: Emitter) -> list[Function]:
+    """``init_running()`` when the graph has batch norms (else nothing): their running
+    statistics, mean 0 and variance 1 per feature as PyTorch starts them, keyed
+    ``'<node>.mean'`` and ``'<node>.var'``."""
+    j = em.j
+    nodes = [n for n in em.order if not j.is_leaf(n)
+             and "running" in lowering(j.opdef(n)).context]
+    if not nodes:
+        return []
+    items = []
+    for n in nodes:
+        d = j.nx.nodes[n]
+        size = d["shape"][d["attrs"]["axis"]]
+        if not isinstance(size, int):
+            raise CodegenError(f"node {n!r}: batch norm over axis {d['attrs']['axis']} of size "
+                               f"{size!r}; running statistics need a fixed number of features.")
+        items += [(f"{n}.mean", f"np.zeros({size}, DTYPE)"), (f"{n}.var", f"np.ones({size}, DTYPE)")]
+    fn = Function("init_running", [], "The running statistics of the batch norms, keyed "
+                  "'<node>.mean' and '<node>.var': mean 0,\n    variance 1 (PyTorch's start). "
+                  "Pass them as running=: training updates them in place\n    (momentum "
+                  "0.1, the variance unbiased), evaluation (training=False) uses them.")
+    fn.ret = dict_code(items)
+    return [fn]
+
+
 def emit_model(adj: Adjoints, dtype: str = "float64", optimize=True,
                explain: list | None = None, checkpoint="none") -> tuple[str, Emitter, list[Function]]:
     """The ``forward`` and plain ``value_and_grad`` functions for a differentiated graph,
@@ -421,4 +480,4 @@ def emit_model(adj: Adjoints, dtype: str = "float64", optimize=True,
     ``explain`` collects what each pass changed). The module that ``sb.numpy_source``
     writes plans ``value_and_grad``'s memory instead (:mod:`symbackprop.codegen.gradient_module`)."""
     doc, em, fwd = emit_forward(adj, dtype, optimize, explain, checkpoint)
-    return doc, em, [fwd, emit_value_and_grad(em, adj)]
+    return doc, em, [fwd, emit_value_and_grad(em, adj), *running_function(em)]

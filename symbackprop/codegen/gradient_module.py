@@ -23,12 +23,15 @@ from ..optimize import resolve as resolve_passes
 from .emit import (
     Emitter,
     Function,
+    add_context,
     call_lines,
+    context_args,
     dict_code,
     emit_forward,
     emit_value_and_grad,
     prepare,
     render_module,
+    running_function,
     safe_text,
     value_and_grad_doc,
 )
@@ -57,6 +60,8 @@ def planned_value_and_grad(em: Emitter, adj: Adjoints) -> tuple[list[Function], 
         "into it\n    (out=). Every array passed must be of DTYPE, the gradient arrays "
         "C-contiguous.", of=adj.of, marker=True)
     fast.ret = em.code(adj.of)
+    need = j.ancestors([adj.of, *grads])
+    context = add_context(em, fast, need)  # batch norm's running statistics, dropout's rng
     names = {nm(n): n for n in em.order if j.role(n) in ("input", "param")}
     leaves = [names[p] for p in fast.params if p in names]  # (the gradients come after)
     vg = Function("value_and_grad", [nm(n) for n in leaves],
@@ -65,7 +70,10 @@ def planned_value_and_grad(em: Emitter, adj: Adjoints) -> tuple[list[Function], 
                   f"workspace ({PLANNED}).")
     new = [f"{nm(n)} = np.empty({fmt_shape(j.nx.nodes[n]['shape'])}, DTYPE)" for n in grads]
     vg.body = em.as_arrays(leaves) + em.bind_sizes("value_and_grad", leaves, new) + new
-    vg.body += call_lines(f"{em.namer(adj.of)} = ", PLANNED, fast.params)
+    vg.params += context_args(em, need)[0]  # passed on as they are
+    vg.body += call_lines(f"{em.namer(adj.of)} = ", PLANNED, [
+        p if "=" not in p else f"{p.split('=')[0]}={p.split('=')[0]}" for p in fast.params
+        if "=" not in p or p.split("=")[0] in context])
     vg.ret = f"{em.namer(adj.of)}, " + dict_code((w, nm(adj.adjoint[w])) for w in adj.wrt)
     return [vg, fast], PACK + "\n\n" + workspace_source(em, pool), pool.plan
 
@@ -86,8 +94,8 @@ def model_functions(adj: Adjoints, dtype: str = "float64", optimize=True,
             step_em, plan = step_plan(adj, dtype, optimize, checkpoint)
             explain.append(("memory plan of train_step: bias in the product", [],
                             [c.text(step_em) for c in plan.fold_choices]))
-        return doc, em, [fwd, *fns], extra
-    return doc, em, [fwd, emit_value_and_grad(em, adj)], ""
+        return doc, em, [fwd, *fns, *running_function(em)], extra
+    return doc, em, [fwd, emit_value_and_grad(em, adj), *running_function(em)], ""
 
 
 def step_plan(adj: Adjoints, dtype: str = "float64", optimize=True,

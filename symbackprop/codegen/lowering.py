@@ -72,6 +72,10 @@ class Lowering:
         ``a @ B + b`` as ``[a, 1] @ [B; b]``.
     any_layout : bool
         ``out`` writes correctly into an array of any memory layout (a transposed view).
+    context : tuple
+        Names of :data:`CONTEXT` the code reads (``training``, ``running``, ``rng``):
+        every generated function computing the op takes them as keyword arguments, and
+        ``expr`` gets the node's name as ``attrs["node"]`` (to key its running state).
     """
 
     expr: Callable | None = None
@@ -81,6 +85,13 @@ class Lowering:
     inline: bool = False
     bias_fold: bool = False
     any_layout: bool = False
+    context: tuple = ()
+
+
+# The call-time arguments an op's code may read (Lowering.context), with their defaults:
+# the mode, batch norm's running statistics (a dict of arrays), dropout's generator (a
+# seed or a np.random.Generator). Functions computing gradients run in training mode.
+CONTEXT = {"training": "True", "running": "None", "rng": "0"}
 
 
 # -- NumPy -------------------------------------------------------------------------------
@@ -333,6 +344,15 @@ NUMPY: dict[str, Lowering] = {
         lambda c, a: _pool_code("_avg_pool2d_grad", c, a, [repr(tuple(a["size"]))]),
         helpers=_CONV_HELPERS | _helpers(numpy_ops._conv_grad_input,
                                          numpy_ops._avg_pool2d_grad)),
+    # -- normalization and dropout (issue 13): they read the mode, the running statistics
+    # and the generator, arguments of the functions computing them (``context``)
+    "batch_norm": Lowering(
+        lambda c, a: f"_batch_norm({c[0]}, {a['axis']}, {a['eps']!r}, {a['momentum']!r}, "
+                     f"training, running, {a.get('node')!r})",
+        helpers=_helpers(numpy_ops._batch_norm), context=("training", "running")),
+    "dropout_mask": Lowering(lambda c, a: f"_dropout_mask({c[0]}, {a['p']!r}, rng, training)",
+                             helpers=_helpers(numpy_ops._dropout_mask),
+                             context=("training", "rng")),
 }
 
 
@@ -461,6 +481,8 @@ def evaluate(op: registry.OpDef, args: list, attrs: dict, sizes: dict | None = N
     how = lowering(op)
     if how.expr is not None:
         ns = {"np": np, "DTYPE": np.float64, **(sizes or {})}
+        if how.context:  # training mode, no running statistics, the generator of seed 0
+            ns.update(training=True, running=None, rng=np.random.default_rng(0))
         for src in how.helpers.values():
             exec(src, ns)  # noqa: S102 -- the op's own helper source, e.g. _softmax
         codes = [f"_a{i}" for i in range(len(args))]

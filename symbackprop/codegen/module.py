@@ -24,6 +24,7 @@ from ..optimize import resolve as resolve_passes
 from .emit import (
     Emitter,
     Function,
+    add_context,
     call_lines,
     describe,
     emit_model,
@@ -32,6 +33,7 @@ from .emit import (
     safe_text,
 )
 from .init import init_source, init_text, plan_init
+from .lowering import CONTEXT
 from .optimizers import Optimizer, hyper_text, resolve_optimizer
 from .plan import PACK, flat_pairs, plan_function, workspace_source
 from .runtime import check, flat, source_of
@@ -163,7 +165,7 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
         fast, pool = _plan_step(em, adj, of, wrt, opt)
         fns = [*fns, fast]
     names = {code: n for n, code in em.namer.names.items()}
-    inputs = [names[c] for c in vg.params if em.j.role(names[c]) == "input"]
+    inputs = [names[c] for c in vg.params if "=" not in c and em.j.role(names[c]) == "input"]
     clash = [em.namer(n) for n in inputs if em.namer(n) in _STEP_LOCALS]
     if clash:
         raise CodegenError(f"input {clash[0]!r} has the name of a variable of the training "
@@ -182,6 +184,7 @@ def _plan_step(em: Emitter, adj, of: str, wrt: list, opt: Optimizer) -> tuple:
         "writing into it\n    (out=). Every array passed must be of DTYPE (train_step converts the "
         "data), the gradient\n    arrays C-contiguous.",
         of=of, scalable=opt.scaled is not None, pairs=flat_pairs(adj))
+    add_context(em, fast, em.j.ancestors([of, *grads]))  # batch norm's and dropout's
     into = {em.namer(n) for n in grads} | {gb for *_, gb in pool.folds}
     nm = em.namer
     blocks = {gb: f"{gb} = [{nm(adj.adjoint[w])}; {nm(adj.adjoint[b])}]"
@@ -248,15 +251,28 @@ def _train_step_block(m: Model) -> str:
     em = m.em
     data = [em.namer(n) for n in m.inputs]
     batch = ", ".join(data) or "no data"
-    lines = [f"def train_step(params, state, {', '.join(data + ['lr=LR'])}):",
+    # batch norm's running statistics and dropout's generator, passed on (issue 13)
+    context = [p.split("=")[0] for p in m.functions[1].params if "=" in p]
+    kwargs = [f"{c}={CONTEXT[c]}" for c in context]
+    lines = [f"def train_step(params, state, {', '.join(data + ['lr=LR'] + kwargs)}):",
              f'    """One training step on the minibatch ({batch}): forward and backward pass',
              (f"    ({m.fast.name if m.fast else 'value_and_grad'}), then one {m.opt.title} "
               "update (update). params and state"),
              "    change in place. Returns the loss. Raises FloatingPointError, before changing",
              '    anything, when the loss or a gradient is nan or inf."""']
+    if context:  # the docstring says what they are
+        lines[-1] = lines[-1][:-3]
+        text = {"running": "running: from init_running(), updated in place by the forward pass "
+                           "(even when|the step raises).",
+                "rng": "rng: a seed or a np.random.Generator, which draws the dropout masks "
+                       "(pass one|Generator to every step)."}
+        lines += ["", "    Training mode."] + ["    " + t for c in context
+                                                for t in text[c].split("|")]
+        lines[-1] += '"""'
+    passed = [f"{c}={c}" for c in context]
     if m.fast is None:
         lines += ["    " + ln for ln in call_lines("loss, grads = ", "value_and_grad",
-                                                     m.args(m.functions[1]))]
+                                                     m.args(m.functions[1]) + passed)]
         lines += ["    check_finite(loss, grads)", "    update(params, grads, state, lr=lr)",
                   "    return float(loss)"]
         return "\n".join(lines) + "\n"
@@ -268,7 +284,7 @@ def _train_step_block(m: Model) -> str:
     fixed = {em.namer(n): f"grads[{w!r}]" for n, w in first.items()}
     for w, b, block, grad_block in m.pool.folds:  # [W; b] and [dW; db]: made once
         fixed[block], fixed[grad_block] = f"flat[{w!r}, {b!r}]", f"blocks[{w!r}, {b!r}]"
-    args = m.args(m.fast, fixed=fixed)
+    args = m.args(m.fast, fixed=fixed) + passed
     ws = f"_workspace({', '.join(m.pool.sizes)})"
     # the data as arrays of DTYPE, as value_and_grad takes them (a float64 batch for a
     # float32 step, or a list): loss_and_grads_into's products need that, np.dot above all

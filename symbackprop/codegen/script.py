@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import textwrap
 from dataclasses import dataclass
 
 import networkx as nx
@@ -218,10 +219,18 @@ def _script_functions(m: Model, task: _Task) -> tuple[list[Function], list[str],
     x, y = em.namer(task.features), (em.namer(task.target) if task.target else None)
     keys = [(x, "X")] + ([(y, "y")] if y else [])
     sources = ", ".join(f"{k} from {v}" for k, v in keys)
+    context = _context(m)
+    if context:  # batch norm, dropout: their state rides with every minibatch (issue 13)
+        blocks.append(_init_buffers(context))
+        sources += ", and BUFFERS"
     blocks.append("\n".join([
         "def minibatch(X, y, idx):",
         f'    """The network\'s inputs for the rows idx of the data: {sources}."""',
-        "    return {" + ", ".join(f"{k!r}: {v}[idx]" for k, v in keys) + "}"]) + "\n")
+        "    return {" + ", ".join(f"{k!r}: {v}[idx]" for k, v in keys)
+        + (", **BUFFERS" if context else "") + "}"]) + "\n")
+    # evaluation mode: the running statistics, no dropout
+    fixed = (["training=False"] + (["running=BUFFERS['running']"] if "running" in context
+                                   else [])) if context else []
     data = {task.features: "X"} | ({task.target: "y"} if task.target else {})
     if task.scores is not None:
         s = em.code(task.scores)
@@ -231,19 +240,40 @@ def _script_functions(m: Model, task: _Task) -> tuple[list[Function], list[str],
                            f"Predicted class of each row: {rule}.")
         pred.ret = (f"({s} > 0).astype(np.int64)" if task.binary else f"{s}.argmax(axis=1)")
         fns.append(pred)
-        body = call_lines("return float(np.mean(", "predict", m.args(pred, data))
+        body = call_lines("return float(np.mean(", "predict", m.args(pred, data) + fixed)
         body[-1] += " == y))"
         doc = "Accuracy: the fraction of rows of X whose predicted class is y."
         metric = "acc"
     else:
         fwd = m.functions[0]
-        body = call_lines("return float(", "forward", m.args(fwd, data))
+        body = call_lines("return float(", "forward", m.args(fwd, data) + fixed)
         body[-1] += f"[{m.of!r}])"
         doc = f"The loss {safe_text(m.of)} on all of (X, y)."
         metric = "loss"
     blocks.append("\n".join(["def evaluate(params, X, y):", f'    """{doc}"""']
                             + ["    " + b for b in body]) + "\n")
     return fns, blocks, metric
+
+
+def _context(m: Model) -> list[str]:
+    """The state that the network's ops keep besides the parameters: ``running`` (batch
+    norm) and ``rng`` (dropout), the keyword arguments of its value_and_grad."""
+    return [p.split("=")[0] for p in m.functions[1].params if "=" in p]
+
+
+def _init_buffers(context: list[str]) -> str:
+    """The script's ``init_buffers(seed)``: what ``BUFFERS`` starts with."""
+    items = {"running": '"running": init_running()',
+             "rng": '"rng": np.random.default_rng([seed, 1])'}
+    doc = {"running": "the batch norms' running statistics (mean 0, variance 1)",
+           "rng": ("dropout's generator, seeded by [seed, 1]: a stream of its own, apart "
+                   "from the initialisation's and shuffling's")}
+    text = ("What the network keeps besides its parameters, which train_step updates and "
+            "the checkpoints hold: " + "; ".join(doc[c] for c in context) + '."""')
+    return "\n".join([
+        "def init_buffers(seed):",
+        *textwrap.wrap(text, 88, initial_indent='    """', subsequent_indent="    "),
+        "    return {" + ", ".join(items[c] for c in context) + "}"]) + "\n"
 
 
 def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
@@ -342,8 +372,15 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
     runtime = RUNTIME if not task.tokens else tuple(
         n for name in RUNTIME for n in (("check_tokens", name) if name == "check_split"
                                         else (name,)))
+    buffers = bool(_context(m))
+    if buffers:  # batch norm, dropout: their state in checkpoints (issue 13)
+        constants.append("BUFFERS = {}  # batch norm's running statistics, dropout's generator: "
+                         "main fills it")
+        runtime = tuple(n for name in runtime for n in (
+            ("buffers_state", "restore_buffers", name) if name == "save_checkpoint" else (name,)))
     blocks = step_blocks(m) + blocks + [source_of(
-        runtime_script, *runtime, variants={"tokens": task.tokens, "floats": not task.tokens})]
+        runtime_script, *runtime, variants={"tokens": task.tokens, "floats": not task.tokens,
+                                            "buffers": buffers})]
     return assemble(doc, m, m.functions + fns, blocks,
                    imports=("argparse", "csv", "json", "os", "sys", "tempfile", "time",
                             "zipfile"), constants=constants)

@@ -299,3 +299,45 @@ def _avg_pool2d_grad(g, k, stride, padding, size):
     c = g.shape[1]
     w = np.full((c, 1) + tuple(k), 1 / (k[0] * k[1]), dtype=g.dtype)
     return _conv_grad_input(g, w, size, stride, padding, (1, 1), c)
+
+
+# -- normalization and dropout (issue 13)
+def _batch_norm(x, axis, eps, momentum, training, running, key):
+    """x normalized per feature of axis, the statistics taken over the other axes. Training:
+    the batch's mean and population variance, and, when running is given, its entries
+    key + '.mean' and key + '.var' updated in place as PyTorch does:
+    running = (1 - momentum) * running + momentum * batch, the variance unbiased (n/(n-1)).
+    Evaluation: the running statistics."""
+    axes = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
+    if training:
+        n = x.size // x.shape[axis]
+        if n < 2:
+            raise ValueError(f"batch norm {key!r}: 1 value per feature in this batch (shape "
+                             f"{x.shape}); training needs at least 2 to take a variance")
+        mean = x.mean(axis=axes, keepdims=True)
+        xc = x - mean
+        var = (xc * xc).mean(axis=axes, keepdims=True)
+        if running is not None:
+            rm, rv = running[key + ".mean"], running[key + ".var"]
+            rm *= 1 - momentum
+            rm += momentum * mean.reshape(-1)
+            rv *= 1 - momentum
+            rv += (momentum * n / (n - 1)) * var.reshape(-1)
+        return xc / np.sqrt(var + eps)
+    if running is None:
+        raise ValueError(f"batch norm {key!r} in evaluation mode (training=False) needs the "
+                         "running statistics: pass running=init_running(), updated by training")
+    shape = [1] * x.ndim
+    shape[axis] = -1  # a feature vector, broadcast along the other axes
+    mean = running[key + ".mean"].reshape(shape)
+    return (x - mean) / np.sqrt(running[key + ".var"].reshape(shape) + eps)
+
+
+def _dropout_mask(x, p, rng, training):
+    """Inverted dropout's mask for x: 1/(1-p) with probability 1-p, else 0, one draw of the
+    generator rng per entry (float64 draws: the same mask in float32 and float64), when
+    training (and p > 0); ones otherwise."""
+    if not training or p == 0:
+        return np.ones(x.shape, x.dtype)
+    keep = rng.random(x.shape) >= p
+    return np.multiply(keep, 1 / (1 - p), dtype=x.dtype)

@@ -39,6 +39,7 @@ DATA_NPZ = "arrays X (N, 2) and y (N, 1) targets, optionally X_test and y_test"
 DATA_CSV = "rows of 2 feature columns then 1 target column"
 METRIC = "loss"  # evaluate() returns: 'acc' (accuracy) or 'loss'
 VOCAB = None  # a script for integer token inputs: X holds token ids 0..VOCAB-1
+BUFFERS = None  # batch norm or dropout: {} that main fills from init_buffers or a checkpoint
 
 
 def init_params(rng=0):
@@ -66,6 +67,13 @@ def train_step(params, state, X, y, lr=LR):
         v += grad
         params[name] -= lr * v
     return loss
+
+
+def init_buffers(seed):
+    """What a network with batch norm or dropout keeps besides its parameters: the
+    running statistics ("running") and the dropout generator ("rng")."""
+    return {"running": {"bn.mean": np.zeros(2), "bn.var": np.ones(2)},
+            "rng": np.random.default_rng([seed, 1])}
 
 
 def minibatch(X, y, idx):
@@ -259,6 +267,23 @@ def load_data(path, input_shape=None):
     return data
 
 
+def buffers_state():
+    """BUFFERS as a checkpoint keeps them: copies of the running statistics, and the
+    dropout generator's state."""
+    saved = {"running": {k: a.copy() for k, a in BUFFERS.get("running", {}).items()}}
+    if "rng" in BUFFERS:
+        saved["rng"] = BUFFERS["rng"].bit_generator.state
+    return saved
+
+
+def restore_buffers(saved):
+    """Put back what buffers_state() saved."""
+    for k, a in saved["running"].items():
+        BUFFERS["running"][k][...] = a
+    if "rng" in saved:
+        BUFFERS["rng"].bit_generator.state = saved["rng"]
+
+
 def save_checkpoint(path, params, state, progress):
     """Write params, optimizer state and progress (epoch, samples seen in the next epoch,
     their loss sum, random state) to path atomically: a temporary file in the same
@@ -276,6 +301,12 @@ def save_checkpoint(path, params, state, progress):
                 arrays[f"state/{key}/{name}"] = a
         else:
             arrays["state/" + key] = np.array(value)
+    if BUFFERS is not None:  # variant: buffers
+        saved = buffers_state()
+        for name, a in saved["running"].items():
+            arrays["buffers/running/" + name] = a
+        if "rng" in saved:
+            arrays["buffers/rng"] = np.array(json.dumps(saved["rng"]))
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".npz")
     try:
@@ -314,6 +345,9 @@ def load_checkpoint(path):
     for key, value in state.items():
         if isinstance(value, dict):
             targets.update({f"state/{key}/{name}": a for name, a in value.items()})
+    if BUFFERS is not None:  # variant: buffers
+        fresh = init_buffers(0)
+        targets.update({"buffers/running/" + k: a for k, a in fresh["running"].items()})
     for key, target in targets.items():
         if key not in arrays or arrays[key].shape != target.shape:
             found = arrays[key].shape if key in arrays else "nothing"
@@ -327,6 +361,10 @@ def load_checkpoint(path):
         progress = {"epoch": int(arrays["progress/epoch"]), "seen": int(arrays["progress/seen"]),
                     "loss_sum": float(arrays["progress/loss_sum"]),
                     "rng": json.loads(str(arrays["progress/rng"]))}
+        if BUFFERS is not None:  # variant: buffers
+            if "rng" in fresh:
+                fresh["rng"].bit_generator.state = json.loads(str(arrays["buffers/rng"]))
+            BUFFERS.update(fresh)
     except (KeyError, ValueError, TypeError) as e:
         raise InputError(f"checkpoint {path} lacks the progress entry {e}; expected a file "
                          "written by this script's --out") from None
@@ -366,10 +404,14 @@ def train(args, data, params, state, progress):
         order = rng.permutation(n)
         while seen < n:
             idx = order[seen:seen + args.batch_size]
+            if BUFFERS is not None:  # variant: buffers
+                before = buffers_state()  # what a last_good checkpoint keeps
             try:
                 loss = train_step(params, state, **minibatch(X, y, idx), lr=args.lr)
             except FloatingPointError as e:
                 path = last_good_path(args.out)
+                if BUFFERS is not None:  # variant: buffers
+                    restore_buffers(before)
                 save_checkpoint(path, params, state, {"epoch": epoch, "seen": seen,
                                                       "loss_sum": loss_sum, "rng": rng_state})
                 kept = f"; {args.out} is unchanged" if os.path.exists(args.out) else ""
@@ -470,6 +512,8 @@ def main(argv=None):
             rng = np.random.default_rng(args.seed)
             params = init_params(rng)
             state = init_state(params)
+            if BUFFERS is not None:  # variant: buffers
+                BUFFERS.update(init_buffers(args.seed))
             progress = {"epoch": 0, "seen": 0, "loss_sum": 0.0, "rng": rng.bit_generator.state}
     except InputError as e:
         return fail(e, 2)
