@@ -27,6 +27,7 @@ import networkx as nx
 import numpy as np
 import sympy as sp
 
+from . import sizes
 from .errors import ArityError, CycleError, GraphError, ShapeError
 from .ops import registry
 from .ops.registry import LEAVES, ShapeMismatch
@@ -50,10 +51,9 @@ def _norm_shape(shape, where: str) -> tuple:
     for d in shape:
         if isinstance(d, bool) or not isinstance(d, (int, str)) or (isinstance(d, int) and d < 0):
             raise ShapeError(f"{where}: shape {tuple(shape)!r} has the entry {d!r}; "
-                             "use non-negative ints or size names such as 'N'.")
-        if isinstance(d, str) and not d.isidentifier():
-            raise ShapeError(f"{where}: size name {d!r} is not an identifier; use e.g. 'N'.")
-        out.append(d)
+                             "use non-negative ints, size names such as 'N' or expressions "
+                             "of them such as 'H//2 + 1'.")
+        out.append(sizes.normalize(d, where))
     return tuple(out)
 
 
@@ -538,7 +538,7 @@ def missing_node_message(g: Graph, name, what: str = "node") -> str:
 # -- networkx and JSON ----------------------------------------------------------------
 def dim_symbol(name: str) -> sp.Symbol:
     """The SymPy symbol of a size name such as ``N`` (a positive integer)."""
-    return sp.Symbol(name, integer=True, positive=True)
+    return sizes.symbol(name)
 
 
 def to_networkx(g: Graph) -> nx.MultiDiGraph:

@@ -163,8 +163,7 @@ def test_errors_name_node_axis_size_and_index():
         x[:, 1:7]
     with pytest.raises(sb.ShapeError, match="3 indices for 2 dimension"):
         x[0, 0, 0]
-    with pytest.raises(sb.ShapeError, match=r"depends on\s+N"):
-        x[:-1]
+    assert x[:-1].shape == ("N - 1", 3)  # a length in N (tests/test_symbolic_sizes.py)
     with pytest.raises(TypeError, match="sb.take"):
         x[[0, 1]]
     with pytest.raises(TypeError, match="not iterable"):

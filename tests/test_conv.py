@@ -190,14 +190,19 @@ def test_kernel_fans_for_he_and_xavier():
     assert (plan["w2"].kind, plan["w2"].fan_in, plan["w2"].fan_out) == ("xavier", 18, 15)
 
 
-def test_symbolic_spatial_sizes_are_refused_for_now():
+def test_symbolic_spatial_sizes_give_expressions_and_symbolic_channels_are_refused():
+    """Spatial sizes may be names (tests/test_symbolic_sizes.py runs such a network);
+    channels and kernel sizes stay integers."""
     g = sb.Graph()
     x = g.input("x", shape=("N", 3, "H", 8))
     w = g.input("w", shape=(4, 3, 3, 3))
-    with pytest.raises(sb.ShapeError, match="symbolic size 'H'.*planned"):
-        sb.conv2d(x, w)
-    with pytest.raises(sb.ShapeError, match="symbolic size 'H'"):
-        sb.max_pool2d(x, 2)
+    assert sb.conv2d(x, w).shape == ("N", 4, "H - 2", 6)
+    assert sb.max_pool2d(x, 2).shape == ("N", 3, "H//2", 4)
+    with pytest.raises(sb.ShapeError, match="symbolic size 'C' on axis 1.*channels must be "
+                                            "integers"):
+        sb.conv2d(g.input("c", shape=("N", "C", 8, 8)), w)
+    with pytest.raises(sb.ShapeError, match="symbolic size 'K'.*kernel's sizes must be"):
+        sb.conv2d(x, g.input("k", shape=(4, 3, "K", 3)))
 
 
 # -- display ---------------------------------------------------------------------------------------
