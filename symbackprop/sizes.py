@@ -113,6 +113,14 @@ class _SizePrinter(sp.printing.str.StrPrinter):
 
     _wrap = False
 
+    def parenthesize(self, item, level, strict=False):
+        # a//b binds as * does: a floor inside a product keeps its parentheses,
+        # 8*((H + 1)//2), never 8*(H + 1)//2
+        if isinstance(item, sp.floor) and not self._wrap \
+                and level >= sp.printing.precedence.PRECEDENCE["Mul"]:
+            return f"({self._print(item)})"
+        return super().parenthesize(item, level, strict)
+
 
 def from_sympy(e):
     """A SymPy size back as an int, a name or the canonical expression text.
