@@ -243,8 +243,13 @@ class Graph:
         names = [n.name for n in nodes]
         new = self._fresh(name, op)
         if opdef.arity is not None and len(nodes) != opdef.arity:
+            # an op of the name's family taking that many (max(a, b) is maximum(a, b))
+            other = [o.name for o in registry.all_ops() if o.name.startswith(op)
+                     and o.name != op and not o.internal and o.arity in (len(nodes), None)]
+            hint = f" For {len(nodes)} arguments use sb.{other[0]}." if other else ""
             raise ArityError(f"node {new!r}: op {op!r} takes {opdef.arity} argument(s), "
-                             f"got {len(nodes)} ({', '.join(names)}). Pass exactly {opdef.arity}.")
+                             f"got {len(nodes)} ({', '.join(names)}). Pass exactly "
+                             f"{opdef.arity}.{hint}")
         if opdef.arity is None and not nodes:
             raise ArityError(f"node {new!r}: op {op!r} needs at least one argument.")
         shapes = [self.nx.nodes[n]["shape"] for n in names]

@@ -303,6 +303,34 @@ def _concat_vjp(g, args, out, attrs):
     return grads
 
 
+class _Joined(sp.Function):
+    """``concat(a, b, axis=1)`` in formulas: the arguments, then the axis (the last
+    argument, an Integer)."""
+
+    op = ""
+
+    def _sympystr(self, p):
+        *xs, axis = self.args
+        return f"{self.op}({', '.join(p._print(x) for x in xs)}, axis={axis})"
+
+    def _latex(self, p):
+        *xs, axis = self.args
+        return (rf"\operatorname{{{self.op}}}\left("
+                rf"{', '.join(p._print(x) for x in xs)};\ \text{{axis}}={axis}\right)")
+
+
+class _Concat(_Joined):
+    """``concat(a, b, axis=1)``."""
+
+    op = "concat"
+
+
+class _Stack(_Joined):
+    """``stack(a, b, axis=0)``."""
+
+    op = "stack"
+
+
 def _join_notation(name):
     return lambda t, a: f"{name}({', '.join(t)}, axis={a['axis']})"
 
@@ -311,7 +339,7 @@ register(OpDef(
     name="concat", arity=None, attrs={"axis": 0}, shape=_concat_shape, vjp=_concat_vjp,
     dtype=lambda d, a: "float" if "float" in d else "int",
     notation=_join_notation("concat"),
-    display=lambda args, attrs: sp.Function("concat")(*args),
+    display=lambda args, attrs: _Concat(*args, sp.Integer(attrs["axis"])),
     doc="join arrays along an existing axis (sb.concat([a, b], axis))"))
 
 
@@ -335,7 +363,7 @@ register(OpDef(
     name="stack", arity=None, attrs={"axis": 0}, shape=_stack_shape, vjp=_stack_vjp,
     dtype=lambda d, a: "float" if "float" in d else "int",
     notation=_join_notation("stack"),
-    display=lambda args, attrs: sp.Function("stack")(*args),
+    display=lambda args, attrs: _Stack(*args, sp.Integer(attrs["axis"])),
     doc="join arrays along a new axis (sb.stack([a, b], axis))"))
 
 
