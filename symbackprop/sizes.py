@@ -187,7 +187,7 @@ def value(d, bound: dict) -> int:
     """
     if isinstance(d, int):
         return d
-    e = to_sympy(d).xreplace({symbol(k): v for k, v in bound.items()})
+    e = to_sympy(d).xreplace({symbol(k): sp.Integer(v) for k, v in bound.items()})
     if not e.is_Integer:
         raise ValueError(f"size {d!r} needs {', '.join(names(d))} bound")
     return int(e)

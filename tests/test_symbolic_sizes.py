@@ -220,3 +220,14 @@ def test_expression_sizes_in_diagrams_and_formulas():
     assert "floor" not in text
     d = sb.derive(g, wrt=["K1"], at=_arrays(8, 8))  # sizes bound from X: evaluated at a point
     assert "3×3×4×4" in str(d)
+
+
+def test_check_grad_binds_the_size_names():
+    """sb.check_grad draws inputs with the names bound (H = 9, W = 12; N = 4 by default)
+    and the expression sizes evaluated; training scripts need fixed image sizes."""
+    from symbackprop.testing import resolve_shape
+    assert resolve_shape(("N", "(H + 1)//2", "W", 3), {"H": 9}) == (4, 5, 4, 3)
+    report = sb.check_grad(fully_conv(), sizes={"H": 9, "W": 12})
+    assert report.ok, str(report)
+    with pytest.raises(sb.CodegenError, match="expected a batch size name first and fixed"):
+        sb.training_script(fully_conv())
