@@ -291,27 +291,28 @@ def _max_pool2d_grad(x, g, k, stride, padding):
     gt = np.moveaxis(g, (0, 1), (2, 3))
     dxp = np.zeros((n, c, h + 2 * padding[0], w + 2 * padding[1]), g.dtype)
     dxt = np.moveaxis(dxp, (0, 1), (2, 3))
-
-    def at(a, i, j):  # the entries at offset (i, j) of every window
-        return a[i:i + stride[0] * (ho - 1) + 1:stride[0], j:j + stride[1] * (wo - 1) + 1:stride[1]]
-    m = at(xt, 0, 0).copy()
+    # the entries at offset (i, j) of every window: [rows[i], cols[j]]
+    rows = [slice(i, i + stride[0] * (ho - 1) + 1, stride[0]) for i in range(k[0])]
+    cols = [slice(j, j + stride[1] * (wo - 1) + 1, stride[1]) for j in range(k[1])]
+    m = xt[rows[0], cols[0]].copy()
     for i in range(k[0]):
         for j in range(k[1]):
-            np.maximum(m, at(xt, i, j), out=m)
+            np.maximum(m, xt[rows[i], cols[j]], out=m)
     free = np.ones(m.shape, bool)  # windows whose maximum no offset has claimed yet
     hit = np.empty(m.shape, bool)
     overlap = stride[0] < k[0] or stride[1] < k[1]
     part = np.empty(m.shape, g.dtype) if overlap else None
     for i in range(k[0]):
         for j in range(k[1]):
-            np.equal(at(xt, i, j), m, out=hit)
+            np.equal(xt[rows[i], cols[j]], m, out=hit)
             np.logical_and(hit, free, out=hit)
             np.logical_xor(free, hit, out=free)
+            into = dxt[rows[i], cols[j]]
             if overlap:
                 np.multiply(gt, hit, out=part)
-                np.add(at(dxt, i, j), part, out=at(dxt, i, j))
+                np.add(into, part, out=into)
             else:
-                np.copyto(at(dxt, i, j), gt, where=hit)
+                np.copyto(into, gt, where=hit)
     return dxp[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w]
 
 
