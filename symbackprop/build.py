@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ast
 
-from .errors import ParseError
+from .errors import ArityError, ParseError, ShapeError
 from .expr import _error, parse_module, walk
 from .graph import Graph, Node
 from .ops import registry
@@ -94,7 +94,10 @@ def parse(text: str, params=(), name: str = "statements") -> Graph:
                 raise ParseError(f"statement {i} ({seg!r}): only a variable can be indexed.")
             return v[key]
 
-        value = walk(st.value, text, name_, call, lambda v: v, check, subscript)
+        try:
+            value = walk(st.value, text, name_, call, lambda v: v, check, subscript)
+        except (ShapeError, ArityError) as e:  # they name the op's node (slice_1): say whose
+            raise type(e)(f"{e} (In statement {i}: {seg!r}.)") from None
         assigned[target] = last = _name(g, value, target)
     g.nx.graph["outputs"] = [last.name]
     return g

@@ -25,6 +25,8 @@ from .codegen.emit import prepare
 from .errors import GraphError
 from .graph import Graph
 from .optimize import optimize as run_passes
+from .sizes import names as size_names
+from .sizes import value as size_value
 from .testing import random_inputs
 
 OTHER = "other"
@@ -259,10 +261,11 @@ def _shape(j: Graph, n: str, sizes: dict) -> tuple:
     out = []
     for d in j.nx.nodes[n]["shape"]:
         if isinstance(d, str):
-            if d not in sizes:
+            missing = [k for k in size_names(d) if k not in sizes]
+            if missing:
                 raise GraphError(f"node {n!r} has the size {d!r}, which has no value. Pass "
-                                 f"sizes={{{d!r}: ...}} to sb.cost (batch= sets N).")
-            d = sizes[d]
+                                 f"sizes={{{missing[0]!r}: ...}} to sb.cost (batch= sets N).")
+            d = size_value(d, sizes)
         out.append(int(d))
     return tuple(out)
 

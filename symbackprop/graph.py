@@ -27,6 +27,7 @@ import networkx as nx
 import numpy as np
 import sympy as sp
 
+from . import sizes
 from .errors import ArityError, CycleError, GraphError, ShapeError
 from .ops import registry
 from .ops.registry import LEAVES, ShapeMismatch
@@ -50,10 +51,9 @@ def _norm_shape(shape, where: str) -> tuple:
     for d in shape:
         if isinstance(d, bool) or not isinstance(d, (int, str)) or (isinstance(d, int) and d < 0):
             raise ShapeError(f"{where}: shape {tuple(shape)!r} has the entry {d!r}; "
-                             "use non-negative ints or size names such as 'N'.")
-        if isinstance(d, str) and not d.isidentifier():
-            raise ShapeError(f"{where}: size name {d!r} is not an identifier; use e.g. 'N'.")
-        out.append(d)
+                             "use non-negative ints, size names such as 'N' or expressions "
+                             "of them such as 'H//2 + 1'.")
+        out.append(sizes.normalize(d, where))
     return tuple(out)
 
 
@@ -243,8 +243,13 @@ class Graph:
         names = [n.name for n in nodes]
         new = self._fresh(name, op)
         if opdef.arity is not None and len(nodes) != opdef.arity:
+            # an op of the name's family taking that many (max(a, b) is maximum(a, b))
+            other = [o.name for o in registry.all_ops() if o.name.startswith(op)
+                     and o.name != op and not o.internal and o.arity in (len(nodes), None)]
+            hint = f" For {len(nodes)} arguments use sb.{other[0]}." if other else ""
             raise ArityError(f"node {new!r}: op {op!r} takes {opdef.arity} argument(s), "
-                             f"got {len(nodes)} ({', '.join(names)}). Pass exactly {opdef.arity}.")
+                             f"got {len(nodes)} ({', '.join(names)}). Pass exactly "
+                             f"{opdef.arity}.{hint}")
         if opdef.arity is None and not nodes:
             raise ArityError(f"node {new!r}: op {op!r} needs at least one argument.")
         shapes = [self.nx.nodes[n]["shape"] for n in names]
@@ -545,7 +550,7 @@ def missing_node_message(g: Graph, name, what: str = "node") -> str:
 # -- networkx and JSON ----------------------------------------------------------------
 def dim_symbol(name: str) -> sp.Symbol:
     """The SymPy symbol of a size name such as ``N`` (a positive integer)."""
-    return sp.Symbol(name, integer=True, positive=True)
+    return sizes.symbol(name)
 
 
 def to_networkx(g: Graph) -> nx.MultiDiGraph:

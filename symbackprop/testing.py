@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import sizes as size_exprs
 from .autodiff import check_of_wrt, differentiate
 from .codegen.compiled import compile_graph
 from .codegen.init import initial_params, plan_init
@@ -24,8 +25,13 @@ from .graph import Graph, fmt_shape
 
 
 def resolve_shape(shape, sizes: dict) -> tuple:
-    """Replace size names by numbers from ``sizes`` (e.g. ``{"N": 8}``)."""
-    return tuple(sizes.get(d, 4) if isinstance(d, str) else d for d in shape)
+    """Replace size names by numbers from ``sizes`` (e.g. ``{"N": 8}``; a name not given is
+    4) and size expressions (``"(H + 1)//2"``) by their values for those numbers."""
+    def value(d):
+        if d in sizes:
+            return sizes[d]
+        return size_exprs.value(d, {n: sizes.get(n, 4) for n in size_exprs.names(d)})
+    return tuple(value(d) if isinstance(d, str) else d for d in shape)
 
 
 def _classes(g: Graph, n: str) -> int:

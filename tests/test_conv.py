@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.signal
 from central import assert_central_differences
-from conv_cases import conv_ref, pool_ref
+from conv_cases import conv_grad_input_ref, conv_ref, max_pool_grad_ref, pool_ref
 from standalone import assert_ruff_clean, run_without_symbackprop
 
 import symbackprop as sb
@@ -190,14 +190,19 @@ def test_kernel_fans_for_he_and_xavier():
     assert (plan["w2"].kind, plan["w2"].fan_in, plan["w2"].fan_out) == ("xavier", 18, 15)
 
 
-def test_symbolic_spatial_sizes_are_refused_for_now():
+def test_symbolic_spatial_sizes_give_expressions_and_symbolic_channels_are_refused():
+    """Spatial sizes may be names (tests/test_symbolic_sizes.py runs such a network);
+    channels and kernel sizes stay integers."""
     g = sb.Graph()
     x = g.input("x", shape=("N", 3, "H", 8))
     w = g.input("w", shape=(4, 3, 3, 3))
-    with pytest.raises(sb.ShapeError, match="symbolic size 'H'.*planned"):
-        sb.conv2d(x, w)
-    with pytest.raises(sb.ShapeError, match="symbolic size 'H'"):
-        sb.max_pool2d(x, 2)
+    assert sb.conv2d(x, w).shape == ("N", 4, "H - 2", 6)
+    assert sb.max_pool2d(x, 2).shape == ("N", 3, "H//2", 4)
+    with pytest.raises(sb.ShapeError, match="symbolic size 'C' on axis 1.*channels must be "
+                                            "integers"):
+        sb.conv2d(g.input("c", shape=("N", "C", 8, 8)), w)
+    with pytest.raises(sb.ShapeError, match="symbolic size 'K'.*kernel's sizes must be"):
+        sb.conv2d(x, g.input("k", shape=(4, 3, "K", 3)))
 
 
 # -- display ---------------------------------------------------------------------------------------
@@ -292,3 +297,37 @@ def test_the_docs_example_runs():
     assert ns["p"].shape == ("N", 8, 4, 4)
     params = ns["step"].init_params(0)
     assert params["K"].shape == (8, 1, 3, 3) and params["K"].std() > 0
+
+
+@pytest.mark.parametrize("k, stride, padding", [((2, 2), (2, 2), (0, 0)), ((3, 3), (1, 1), (1, 1)),
+                                                ((3, 2), (2, 1), (1, 1)), ((2, 2), (3, 3), (1, 0))])
+def test_max_pool_grad_helper_routes_ties_as_the_loop_reference(k, stride, padding):
+    """The helper (arg-max found offset by offset, no np.add.at) on entries with many ties,
+    overlapping and gapped windows, padding: equal to the loop reference, float32 kept."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 3, (2, 3, 7, 8)).astype(np.float32)
+    y = numpy_ops._max_pool2d(x, k, stride, padding)
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    got = numpy_ops._max_pool2d_grad(x, g, k, stride, padding)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    want = max_pool_grad_ref(x.astype(float), g.astype(float), k, stride, padding)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("groups, stride, padding, dilation", [(1, (1, 1), (1, 1), (1, 1)),
+                                                               (2, (2, 1), (0, 2), (2, 1)),
+                                                               (3, (3, 2), (1, 0), (1, 2))])
+def test_conv_grad_input_helper_is_the_loop_reference(groups, stride, padding, dilation):
+    """col2im (one product, then one add per kernel offset) against the loop scatter,
+    with groups, strides that skip positions, padding and dilation, float32 kept."""
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((6, 6 // groups, 3, 2)).astype(np.float32)
+    size = (9, 8)
+    out = tuple((s + 2 * p - dl * (k - 1) - 1) // st + 1
+                for s, p, dl, k, st in zip(size, padding, dilation, (3, 2), stride))
+    g = rng.standard_normal((2, 6) + out).astype(np.float32)
+    got = numpy_ops._conv_grad_input(g, w, size, stride, padding, dilation, groups)
+    assert got.dtype == np.float32 and got.shape == (2, 6) + size and got.flags.c_contiguous
+    want = conv_grad_input_ref(g.astype(float), w.astype(float), stride, padding, dilation,
+                               groups, size)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

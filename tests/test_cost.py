@@ -160,3 +160,16 @@ def test_cli_cost_bad_input_is_one_line(argv, text, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and text in err and "Traceback" not in err
 
+
+
+def test_expression_sizes_take_their_names_values():
+    """A convolution over a symbolic image: (H + 1)//2 is evaluated from sizes={'H': ...}."""
+    g = sb.Graph()
+    x = g.input("X", shape=("N", 1, "H", "W"))
+    h = sb.conv2d(x, g.param("K", shape=(8, 1, 3, 3)), stride=2, padding=1)
+    g.output("L", sb.sum(sb.mean(h, axis=(2, 3)) @ g.param("V", shape=(8, 2))))
+    c = sb.cost(g, batch=4, sizes={"H": 9, "W": 14})
+    conv = next(r for r in c.rows if r.name.startswith("conv2d"))
+    assert conv.forward == 2 * 4 * 8 * 5 * 7 * 9  # out (4, 8, 5, 7), 9 MACs each
+    with pytest.raises(sb.GraphError, match=r"sizes=\{'H'"):
+        sb.cost(g, batch=4)

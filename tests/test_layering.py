@@ -14,7 +14,7 @@ import pytest
 
 PKG = pathlib.Path(__file__).resolve().parent.parent / "symbackprop"
 LAYERS = [
-    ["errors", "ops.stable"],
+    ["errors", "ops.stable", "sizes"],
     ["expr", "ops.registry"],
     ["ops.elementwise", "ops.tensor", "ops.products", "ops.select", "ops.arrays", "ops.conv", "ops.norm", "ops"],
     ["graph"],

@@ -258,3 +258,15 @@ def test_logsumexp_helper_against_mpmath():
     assert float(_logsumexp(x)) == pytest.approx(exact(x.ravel()), rel=1e-14)
     x32 = x.astype(np.float32)
     assert _logsumexp(x32, axis=-1).dtype == np.float32
+
+
+def test_max_of_two_nodes_points_to_maximum():
+    g = sb.Graph()
+    a, b = g.input("a", shape=(3,)), g.input("b", shape=(3,))
+    with pytest.raises(sb.ArityError, match="takes 1 argument.*For 2 arguments use sb.maximum"):
+        sb.max(a, b)
+    with pytest.raises(sb.ArityError, match="For 2 arguments use sb.minimum"):
+        sb.min(a, b)
+    with pytest.raises(sb.ArityError) as e:
+        sb.sum(a, b)
+    assert "For 2" not in str(e.value)  # no op of sum's family takes two

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from .. import __version__ as _version
+from .. import sizes
 from ..autodiff import Adjoints, differentiate
 from ..errors import CodegenError
 from ..graph import Graph, dim_symbol, fmt_shape
@@ -97,7 +98,8 @@ class Emitter:
         if dtype not in DTYPES:
             raise CodegenError(f"dtype {dtype!r} is not supported; use one of {DTYPES}.")
         self.j, self.dtype = j, dtype
-        self.sizes = sorted({d for n in j.nx for d in j.nx.nodes[n]["shape"] if isinstance(d, str)})
+        # the size names (N, H), also those only inside expression sizes ((H - 1)//2 + 1)
+        self.sizes = sorted({x for n in j.nx for x in sizes.names(j.nx.nodes[n]["shape"])})
         self.helpers: dict[str, str] = {}
         self.constants: list[str] = []
         # the call-time arguments the ops' code reads (batch norm, dropout): names taken

@@ -324,11 +324,11 @@ NUMPY: dict[str, Lowering] = {
     "conv1d": Lowering(lambda c, a: _conv_code("_conv", c, a, 1), helpers=_CONV_HELPERS),
     "conv2d": Lowering(lambda c, a: _conv_code("_conv", c, a, 2), helpers=_CONV_HELPERS),
     "conv_grad_input": Lowering(
-        lambda c, a: _conv_code("_conv_grad_input", c + [repr(tuple(a["size"]))], a,
+        lambda c, a: _conv_code("_conv_grad_input", c + [_shape_code(a["size"])], a,
                                 len(a["size"])),
         helpers=_CONV_HELPERS | _helpers(numpy_ops._conv_grad_input)),
     "conv_grad_weight": Lowering(
-        lambda c, a: _conv_code("_conv_grad_weight", c + [repr(tuple(a["kernel"]))], a,
+        lambda c, a: _conv_code("_conv_grad_weight", c + [_shape_code(a["kernel"])], a,
                                 len(a["kernel"])),
         helpers=_CONV_HELPERS | _helpers(numpy_ops._conv_grad_weight)),
     "max_pool2d": Lowering(lambda c, a: _pool_code("_max_pool2d", c, a),
@@ -341,7 +341,7 @@ NUMPY: dict[str, Lowering] = {
                            helpers=_helpers(numpy_ops._pad, numpy_ops._conv_windows,
                                             numpy_ops._avg_pool2d)),
     "avg_pool2d_grad": Lowering(
-        lambda c, a: _pool_code("_avg_pool2d_grad", c, a, [repr(tuple(a["size"]))]),
+        lambda c, a: _pool_code("_avg_pool2d_grad", c, a, [_shape_code(a["size"])]),
         helpers=_CONV_HELPERS | _helpers(numpy_ops._conv_grad_input,
                                          numpy_ops._avg_pool2d_grad)),
     # -- normalization and dropout (issue 13): they read the mode, the running statistics

@@ -35,6 +35,7 @@ from functools import lru_cache
 
 import sympy as sp
 
+from .. import sizes
 from ..graph import fmt_shape
 from ..ops.elementwise import broadcast_shapes
 from .emit import Emitter, Function, safe_text
@@ -113,7 +114,7 @@ class UfuncLowering:
             return self.leaves[e]
         if not e.free_symbols & set(self.leaves):  # a number, or sizes such as 1/N
             code = expr_code(e)
-            return code if code.replace(".", "").isalnum() else f"({code})"
+            return code if code.replace(".", "").isalnum() or _enclosed(code) else f"({code})"
         kind = "b" if _boolean_step(e) else "f"
         if dest is None or dest_shape != self.shape(e) or kind == "b":
             dest, dest_shape = self.temp(self.shape(e), kind), self.shape(e)
@@ -210,6 +211,17 @@ def _negated(t) -> bool:
 
 def _reciprocal(f) -> bool:
     return isinstance(f, sp.Pow) and f.args[1].is_Number and f.args[1] < 0
+
+
+def _enclosed(code: str) -> bool:
+    """Whether ``code`` is one parenthesised group, ``((H + 1)//2)`` (a size's floor
+    division), so that no second pair is put around it."""
+    depth = 0
+    for i, c in enumerate(code):
+        depth += (c == "(") - (c == ")")
+        if depth == 0 and i < len(code) - 1:
+            return False
+    return code.startswith("(") and depth == 0
 
 
 def lower(expr, leaves: dict, shapes: dict, out: str, out_shape: tuple,
@@ -738,7 +750,7 @@ def _assign(em: Emitter, p: Plan, pool: Pool) -> _Buffers:
         if n in into:
             pool.writes.setdefault(into[n], i)
     pool.end = len(p.steps)
-    pool.sizes = sorted({x for buf in pool.buffers for x in buf.shape if isinstance(x, str)})
+    pool.sizes = sorted({x for buf in pool.buffers for x in sizes.names(buf.shape)})
     for k in b.owner.values():  # values read by the caller (the loss): alive to the end
         pool.keep(k, pool.end)
     return b

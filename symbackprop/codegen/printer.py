@@ -89,6 +89,15 @@ class Printer(NumPyPrinter):
             code = f"{fn}({code}, {self._print(a)})"
         return code
 
+    def _print_floor(self, e):
+        """A size expression's floor division by an integer ((H + 1)//2 from a strided
+        convolution, in the count a mean divides by) as integer code: ``((H + 1)//2)``."""
+        num, den = sp.fraction(sp.together(e.args[0]))
+        if den.is_Integer and num.is_integer:
+            top = self._print(num)
+            return f"({top if num.is_Atom or isinstance(num, sp.floor) else f'({top})'}//{den})"
+        return f"np.floor({self._print(e.args[0])})"
+
     def _print_Abs(self, e):
         return f"np.abs({self._print(e.args[0])})"
 

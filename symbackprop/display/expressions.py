@@ -20,8 +20,8 @@ import sympy as sp
 from sympy.core.function import AppliedUndef
 from sympy.printing.pretty.stringpict import prettyForm
 
+from .. import sizes
 from ..autodiff import Adjoints
-from ..graph import dim_symbol
 from ..ops import registry
 from ..ops.elementwise import X
 from ..ops.select import MASKS
@@ -220,7 +220,7 @@ def realize(e):
 
 def display_dims(shape) -> tuple | None:
     """The matrix shape a node of ``shape`` is shown with (None: a scalar symbol)."""
-    dims = tuple(dim_symbol(d) if isinstance(d, str) else d for d in shape)
+    dims = tuple(sizes.to_sympy(d) if isinstance(d, str) else d for d in shape)
     if len(dims) == 1:
         return (1, dims[0])  # a row vector, as a bias broadcasts
     return dims if len(dims) == 2 else None

@@ -77,6 +77,13 @@ class TextPrinter(StrPrinter):
     def _print_Float(self, expr):
         return fmt(expr, unicode=False)
 
+    def _print_floor(self, expr):
+        """A size's floor division, as in the convolution's output size: ``⌊(H + 1)/2⌋``."""
+        num, den = sp.fraction(sp.together(expr.args[0]))
+        top = self._print(num) if num.is_Atom or isinstance(num, sp.floor) \
+            else f"({self._print(num)})"
+        return f"⌊{top}/{self._print(den)}⌋"
+
     def _print_Transpose(self, expr):
         return self.parenthesize(expr.arg, sp.printing.precedence.PRECEDENCE["Pow"],
                                  strict=True) + "ᵀ"
@@ -177,6 +184,12 @@ class TeXPrinter(LatexPrinter):
             return "-" + body
         cs = self._print(c)
         return f"{cs} {body}" if c.is_Atom else rf"\left({cs}\right) {body}"
+
+    def _print_floor(self, expr, exp=None):
+        """A size's floor division: ``\\left\\lfloor \\frac{H + 1}{2} \\right\\rfloor``."""
+        num, den = sp.fraction(sp.together(expr.args[0]))
+        body = rf"\left\lfloor \frac{{{self._print(num)}}}{{{self._print(den)}}} \right\rfloor"
+        return body if exp is None else rf"{body}^{{{exp}}}"
 
     def _print_ComplexInfinity(self, expr):
         return r"\pm\infty"

@@ -23,6 +23,7 @@ import math
 
 import sympy as sp
 
+from .. import sizes
 from .registry import OpDef, ShapeMismatch, apply, moves_data, per_entry, register
 from .tensor import norm_axes
 
@@ -162,10 +163,23 @@ def _axis_length(text: str, n, axis: int):
         return -(-stop // step)
     if step > 0 and stop is None and start is not None and start < 0:
         return -(start // step)
-    raise ShapeMismatch(
-        f"slice {text!r} of axis {axis}, of symbolic size {n}, has a length that depends on "
-        f"{n}", f"Slice axis {axis} fully (':'), with bounds of one sign ('1:3', '-3:'), or "
-        f"give it a fixed size.")
+    # The length depends on n: an expression in it (x[1:] is n - 1, x[::2] is (n + 1)//2),
+    # assuming n is at least as large as the bounds (a bound past the end would clip).
+    m = sizes.to_sympy(n)
+
+    def at(b, default):
+        return default if b is None else (m + b if b < 0 else sp.Integer(b))
+    if step > 0:
+        lo, hi = at(start, sp.Integer(0)), at(stop, m)
+    else:
+        lo, hi = at(stop, sp.Integer(-1)), at(start, m - 1)
+    try:
+        return sizes.from_sympy((hi - lo + abs(step) - 1) // abs(step))
+    except ValueError:
+        raise ShapeMismatch(
+            f"slice {text!r} of axis {axis}, of symbolic size {n}, has a length that "
+            f"depends on {n}", f"Slice axis {axis} fully (':'), with bounds of one sign "
+            "('1:3', '-3:'), or give it a fixed size.") from None
 
 
 def _slice_shape(shapes, attrs, names):
@@ -256,28 +270,67 @@ def _concat_shape(shapes, attrs, names):
                 f"{names[0]} is {first} but {name} is {s}: off axis {axis} the shapes "
                 "must be equal", "Concatenate along the axis where they differ, or "
                 "reshape them to agree on every other axis.")
-    sizes = [s[axis] for s in shapes]
-    if all(isinstance(d, int) for d in sizes):
-        total = sum(sizes)
-    elif len(sizes) == 1:
-        total = sizes[0]
+    along = [s[axis] for s in shapes]
+    if all(isinstance(d, int) for d in along):
+        total = sum(along)
+    elif sum(isinstance(d, str) for d in along) == 1:
+        # one symbolic size: the sum is an expression (H + 3), and each argument's slice
+        # of the gradient has static bounds (counted from the start before it, from the end
+        # after it)
+        total = sizes.from_sympy(sum(sizes.to_sympy(d) for d in along))
     else:
         raise ShapeMismatch(
-            f"sizes {', '.join(map(str, sizes))} along axis {axis} do not add up to a number "
-            "or one size name", "Concatenate along an axis of fixed sizes.")
+            f"sizes {', '.join(map(str, along))} along axis {axis} have more than one "
+            "symbolic size", "Concatenate along an axis where at most one argument has a "
+            "symbolic size.")
     return first[:axis] + (total,) + first[axis + 1:]
 
 
 def _concat_vjp(g, args, out, attrs):
     (axis,) = norm_axes(attrs["axis"], g.ndim)
     grads, at = [], 0
-    for a in args:
+    after = [sum(a.shape[axis] for a in args[i + 1:]) if all(
+        isinstance(a.shape[axis], int) for a in args[i + 1:]) else None
+        for i in range(len(args))]
+    for a, rest in zip(args, after):
         n = a.shape[axis]
-        index = (":",) * axis + (_slice_text(at, at + n, 1),)
+        if at is not None:
+            span = (at, at + n) if isinstance(n, int) else (at, -rest if rest else None)
+        else:  # after the symbolic size: counted from the end
+            span = (-rest - n, -rest if rest else None)
+        index = (":",) * axis + (_slice_text(*span, 1),)
         grads.append(_apply(g, "slice", [g], index=normalize_index(index, g.shape))
                      if a.dtype == "float" else None)
-        at += n if isinstance(n, int) else 0
+        at = at + n if at is not None and isinstance(n, int) else None
     return grads
+
+
+class _Joined(sp.Function):
+    """``concat(a, b, axis=1)`` in formulas: the arguments, then the axis (the last
+    argument, an Integer)."""
+
+    op = ""
+
+    def _sympystr(self, p):
+        *xs, axis = self.args
+        return f"{self.op}({', '.join(p._print(x) for x in xs)}, axis={axis})"
+
+    def _latex(self, p):
+        *xs, axis = self.args
+        return (rf"\operatorname{{{self.op}}}\left("
+                rf"{', '.join(p._print(x) for x in xs)};\ \text{{axis}}={axis}\right)")
+
+
+class _Concat(_Joined):
+    """``concat(a, b, axis=1)``."""
+
+    op = "concat"
+
+
+class _Stack(_Joined):
+    """``stack(a, b, axis=0)``."""
+
+    op = "stack"
 
 
 def _join_notation(name):
@@ -289,7 +342,7 @@ register(OpDef(
     flops=moves_data,
     dtype=lambda d, a: "float" if "float" in d else "int",
     notation=_join_notation("concat"),
-    display=lambda args, attrs: sp.Function("concat")(*args),
+    display=lambda args, attrs: _Concat(*args, sp.Integer(attrs["axis"])),
     doc="join arrays along an existing axis (sb.concat([a, b], axis))"))
 
 
@@ -314,7 +367,7 @@ register(OpDef(
     flops=moves_data,
     dtype=lambda d, a: "float" if "float" in d else "int",
     notation=_join_notation("stack"),
-    display=lambda args, attrs: sp.Function("stack")(*args),
+    display=lambda args, attrs: _Stack(*args, sp.Integer(attrs["axis"])),
     doc="join arrays along a new axis (sb.stack([a, b], axis))"))
 
 

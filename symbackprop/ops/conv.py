@@ -22,9 +22,12 @@ Average pooling counts the zero padding in its divisor (PyTorch's default,
 −∞ and, as PyTorch, needs ``padding <= k/2`` so that no window is padding only.
 
 The batch size may be a name (``"N"``) and passes through, so a network compiles once
-for any batch size. Channels, spatial sizes and kernel sizes must be integers for now.
-TODO(issue 13): symbolic spatial sizes, ``(H + 2p − d(k−1) − 1)//s + 1`` with ``H`` a
-symbol; the shape rules below refuse them with a message saying so.
+for any batch size. Spatial sizes may be names too (``"H"``, ``"W"``): the output size is
+then the expression ``(H + 2p − d(k−1) − 1)//s + 1`` (:mod:`symbackprop.sizes`), so a
+network compiles once for any image size. Channels and kernel sizes are integers. Whether
+a kernel fits a symbolic size is known only when the code runs: NumPy's window view then
+refuses an input smaller than the kernel (``window shape cannot be larger than input array
+shape``).
 
 How NumPy computes them is code generation's (:mod:`symbackprop.codegen.lowering`,
 helpers in :mod:`symbackprop.codegen.runtime.numpy_ops`).
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import sympy as sp
 
+from .. import sizes
 from .registry import OpDef, ShapeMismatch, entries, register
 
 _CONV_ATTRS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}
@@ -61,13 +65,13 @@ def tuple_attr(value, d: int, what: str, least: int) -> tuple:
     return vals
 
 
-def _static(shape, axes, what: str) -> None:
+def _static(shape, axes, what: str, kind: str = "channels") -> None:
     for i in axes:
         if not isinstance(shape[i], int):
             raise ShapeMismatch(
-                f"{what} has the symbolic size {shape[i]!r} on axis {i}; only the batch "
-                "(axis 0) may be a name for now (symbolic spatial sizes are planned)",
-                "Declare channels and spatial sizes as integers.")
+                f"{what} has the symbolic size {shape[i]!r} on axis {i}; the batch and the "
+                f"spatial sizes may be names, the {kind} must be integers",
+                f"Declare the {kind} as integers.")
 
 
 def conv_attrs(attrs: dict, d: int) -> tuple:
@@ -86,15 +90,22 @@ def conv_attrs(attrs: dict, d: int) -> tuple:
     return stride, padding, dilation, groups
 
 
-def out_size(size: int, k: int, s: int, p: int, dl: int, axis: int) -> int:
-    """One output size ``(size + 2p - dl(k - 1) - 1) // s + 1``; the kernel must fit.
+def out_size(size, k: int, s: int, p: int, dl: int, axis: int):
+    """One output size ``(size + 2p - dl(k - 1) - 1) // s + 1``; the kernel must fit. A
+    symbolic ``size`` (a name such as ``"H"``, or an expression) gives an expression; the
+    kernel is then checked when the code runs (NumPy refuses a window larger than its
+    input).
 
     Examples
     --------
-    >>> out_size(7, 3, 2, 1, 1, 2)
-    4
+    >>> out_size(7, 3, 2, 1, 1, 2), out_size("H", 3, 2, 1, 1, 2), out_size("H", 3, 1, 1, 1, 2)
+    (4, '(H + 1)//2', 'H')
     """
     span = dl * (k - 1) + 1
+    if not isinstance(size, int):
+        # (size + 2p - span)//s + 1 written as one floor: ((H - 1)//2 + 1)//2 rather than
+        # ((H - 1)//2 - 1)//2 + 1 for a pooling after a strided convolution
+        return sizes.from_sympy((sizes.to_sympy(size) + 2 * p - span + s) // s)
     if span > size + 2 * p:
         raise ShapeMismatch(
             f"the kernel spans {span} on axis {axis} (size {k}, dilation {dl}) but the "
@@ -111,8 +122,8 @@ def _conv_shape(d: int):
             kdims = "(C_out, C_in/groups, k)" if d == 1 else "(C_out, C_in/groups, kh, kw)"
             raise ShapeMismatch(f"conv{d}d needs an input {dims} and a kernel {kdims}",
                                 f"Give {names[0]} {d + 2} axes and {names[1]} {d + 2} axes.")
-        _static(x, range(1, d + 2), names[0])
-        _static(w, range(d + 2), names[1])
+        _static(x, (1,), names[0])
+        _static(w, range(d + 2), names[1], "kernel's sizes")
         stride, padding, dilation, groups = conv_attrs(attrs, d)
         if x[1] % groups or w[0] % groups:
             raise ShapeMismatch(
@@ -313,7 +324,6 @@ def _pool_shape(max_pool: bool):
         if len(x) != 4:
             raise ShapeMismatch("2-D pooling needs an input (N, C, H, W)",
                                 f"Give {names[0]} four axes.")
-        _static(x, (1, 2, 3), names[0])
         k, stride, padding = pool_attrs(attrs)
         if max_pool and any(2 * p > kk for p, kk in zip(padding, k)):
             raise ShapeMismatch(f"padding {padding} is more than half the window {k}",

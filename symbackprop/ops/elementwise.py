@@ -22,6 +22,7 @@ from functools import lru_cache
 
 import sympy as sp
 
+from .. import sizes
 from .registry import OpDef, ShapeMismatch, register
 
 X = sp.symbols("x0:16", real=True)  # argument symbols of every elementwise expression
@@ -53,7 +54,7 @@ def count(shape, axes=None):
     n = sp.Integer(1)
     for a in axes:
         d = shape[a]
-        n *= sp.Symbol(d, integer=True, positive=True) if isinstance(d, str) else d
+        n *= sizes.to_sympy(d) if isinstance(d, str) else d
     return int(n) if n.is_Integer else n
 
 

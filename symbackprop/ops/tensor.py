@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sympy as sp
 
+from .. import sizes
 from .elementwise import broadcast_shapes, count, unbroadcast
 from .products import BatchedMatMulDisplay
 from .registry import OpDef, ShapeMismatch, entries, moves_data, per_entry, register
@@ -230,16 +231,21 @@ def _reshape_shape(shapes, attrs, names):
     s, new = shapes[0], attrs["shape"]
     if new is None:
         raise ShapeMismatch("reshape needs a shape", "Pass shape=(...).")
-    new = tuple(new)
+    try:
+        new = tuple(sizes.canonical(d) for d in new)
+    except ValueError as e:
+        raise ShapeMismatch(f"shape {tuple(new)}: {e}", "Use ints, names and expressions of "
+                            "them such as 'C*H*W'.") from None
     if sum(d == -1 for d in new) > 1:
         raise ShapeMismatch(f"shape {new} has more than one -1", "Use at most one -1.")
     total, known = sp.sympify(count(s)), sp.sympify(count(tuple(d for d in new if d != -1)))
     if -1 in new:
         rest = sp.simplify(total / known)
-        if not (rest.is_Integer or rest.is_Symbol):
-            raise ShapeMismatch(f"cannot infer -1 in {new} from {s}", "Give every size.")
-        return tuple((int(rest) if rest.is_Integer else str(rest)) if d == -1 else d
-                     for d in new)
+        try:
+            rest = sizes.from_sympy(rest)
+        except ValueError:
+            raise ShapeMismatch(f"cannot infer -1 in {new} from {s}", "Give every size.") from None
+        return tuple(rest if d == -1 else d for d in new)
     if sp.simplify(total - known) != 0:
         raise ShapeMismatch(f"cannot reshape {total} elements into {new}",
                             "Keep the number of elements the same.")

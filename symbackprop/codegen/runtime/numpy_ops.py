@@ -234,28 +234,31 @@ def _conv_grad_weight(x, g, kernel, stride, padding, dilation, groups):
 
 def _conv_grad_input(g, w, size, stride, padding, dilation, groups):
     """dL/dx of _conv for dL/dy = g, x of spatial sizes ``size``: the full correlation of
-    g, spread by the stride (stride - 1 zeros between entries), with the kernel turned by
-    180 degrees (input and output channels swapped in each group), cropped by the
-    padding. The spread g is laid out only over what the crop keeps: position b of it is
-    b + padding of the full correlation's input; g entries that fall outside feed only
-    cropped positions. Positions of x that no window reaches get zeros."""
-    kernel = w.shape[2:]
+    g (spread by the stride) with the kernel turned by 180 degrees, cropped by the
+    padding, computed as col2im. One product per group, (positions * N, C_out/groups) @
+    (C_out/groups, K * C/groups), gives what every kernel offset sends back from every
+    output position; each offset's part is then added into the padded gradient at its
+    strided place, one np.add per offset (kh*kw of them). While adding, the gradient is
+    laid out (*spatial, N, C), so each add runs over rows of N*C entries (laid out as
+    (N, C, *spatial), an add over a 4x4 output runs over rows of 4). Positions of x that
+    no window reaches get zeros."""
+    kernel = tuple(w.shape[2:])
     d = len(kernel)
     n, co = g.shape[:2]
-    lead = tuple(dl * (k - 1) for k, dl in zip(kernel, dilation))
-    gp = np.zeros((n, co) + tuple(s + m for s, m in zip(size, lead)), dtype=g.dtype)
-    into, take = [slice(None)] * 2, [slice(None)] * 2
-    for m, p, s, o, e in zip(lead, padding, stride, g.shape[2:], gp.shape[2:]):
-        start = m - p  # where g's entry 0 lands
-        first = max(0, -start + s - 1) // s  # the first entry landing at 0 or later
-        last = min(o - 1, (e - 1 - start) // s)  # the last one landing inside
-        into.append(slice(start + first * s, start + last * s + 1, s))
-        take.append(slice(first, last + 1))
-    gp[tuple(into)] = g[tuple(take)]
+    out = g.shape[2:]
     cog, cg = co // groups, w.shape[1]
-    wt = w.reshape((groups, cog, cg) + kernel).swapaxes(1, 2).reshape((groups * cg, cog) + kernel)
-    wt = wt[(Ellipsis,) + (slice(None, None, -1),) * d]
-    return _conv(gp, wt, (1,) * d, (0,) * d, dilation, groups)
+    gg = np.moveaxis(g.reshape((n, groups, cog) + out), (0, 2), (-2, -1)).reshape(groups, -1, cog)
+    wg = np.moveaxis(w.reshape((groups, cog, cg) + kernel), 2, -1).reshape(groups, cog, -1)
+    cols = _group_matmul(gg, wg).reshape((groups,) + out + (n,) + kernel + (cg,))
+    dxp = np.zeros(tuple(s + 2 * p for s, p in zip(size, padding)) + (n, groups, cg), g.dtype)
+    every = (slice(None),) * (d + 2)  # the group, the output positions and the batch
+    for offset in np.ndindex(*kernel):
+        at = dxp[tuple(slice(i * dl, i * dl + s * (o - 1) + 1, s)
+                       for i, dl, s, o in zip(offset, dilation, stride, out))]
+        np.add(at, np.moveaxis(cols[every + offset], 0, -2), out=at)
+    dx = dxp[tuple(slice(p, p + s) for p, s in zip(padding, size))]
+    dx = dx.reshape(dx.shape[:d + 1] + (groups * cg,))
+    return np.ascontiguousarray(np.moveaxis(dx, (d, d + 1), (0, 1)))
 
 
 def _max_pool2d(x, k, stride, padding):
@@ -272,18 +275,44 @@ def _max_pool2d(x, k, stride, padding):
 
 def _max_pool2d_grad(x, g, k, stride, padding):
     """dL/dx of _max_pool2d for dL/dy = g: each g to the first arg-max of its window
-    (row-major, as PyTorch), added up where windows overlap (np.add.at)."""
+    (row-major, as PyTorch), added up where windows overlap. The maximum is taken again
+    as _max_pool2d takes it; then, offset by offset in the window in row-major order, the
+    entries equal to it that no earlier offset claimed (so a tie goes to the first) get g
+    at their strided place: kh*kw vectorized steps, with no gather of the windows and no
+    np.add.at. Windows that do not overlap (stride >= k) copy g there; overlapping ones
+    add it. The steps run on views with the spatial axes first and (N, C) last (x copied
+    once so), so each runs over rows of N*C entries rather than rows of the output's
+    width; the gradient is written through such a view of an (N, C, H, W) array."""
     n, c, h, w = x.shape
-    v = _conv_windows(_pad(x, padding, -np.inf), k, stride, (1, 1))
-    ho, wo = v.shape[2:4]
-    arg = v.reshape(n, c, ho, wo, -1).argmax(axis=-1)
-    hp, wp = h + 2 * padding[0], w + 2 * padding[1]
-    rows = np.arange(ho)[:, None] * stride[0] + arg // k[1]
-    cols = np.arange(wo) * stride[1] + arg % k[1]
-    at = rows * wp + cols + (np.arange(n * c) * (hp * wp)).reshape(n, c, 1, 1)
-    dxp = np.zeros(n * c * hp * wp, dtype=g.dtype)
-    np.add.at(dxp, at.ravel(), g.ravel())
-    dxp = dxp.reshape(n, c, hp, wp)
+    ho, wo = g.shape[2:]
+    xt = np.moveaxis(x, (0, 1), (2, 3))  # (H, W, N, C)
+    pads = [(padding[0],) * 2, (padding[1],) * 2, (0, 0), (0, 0)]
+    xt = np.pad(xt, pads, constant_values=-np.inf) if any(padding) else np.ascontiguousarray(xt)
+    gt = np.moveaxis(g, (0, 1), (2, 3))
+    dxp = np.zeros((n, c, h + 2 * padding[0], w + 2 * padding[1]), g.dtype)
+    dxt = np.moveaxis(dxp, (0, 1), (2, 3))
+    # the entries at offset (i, j) of every window: [rows[i], cols[j]]
+    rows = [slice(i, i + stride[0] * (ho - 1) + 1, stride[0]) for i in range(k[0])]
+    cols = [slice(j, j + stride[1] * (wo - 1) + 1, stride[1]) for j in range(k[1])]
+    m = xt[rows[0], cols[0]].copy()
+    for i in range(k[0]):
+        for j in range(k[1]):
+            np.maximum(m, xt[rows[i], cols[j]], out=m)
+    free = np.ones(m.shape, bool)  # windows whose maximum no offset has claimed yet
+    hit = np.empty(m.shape, bool)
+    overlap = stride[0] < k[0] or stride[1] < k[1]
+    part = np.empty(m.shape, g.dtype) if overlap else None
+    for i in range(k[0]):
+        for j in range(k[1]):
+            np.equal(xt[rows[i], cols[j]], m, out=hit)
+            np.logical_and(hit, free, out=hit)
+            np.logical_xor(free, hit, out=free)
+            into = dxt[rows[i], cols[j]]
+            if overlap:
+                np.multiply(gt, hit, out=part)
+                np.add(into, part, out=into)
+            else:
+                np.copyto(into, gt, where=hit)
     return dxp[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w]
 
 
