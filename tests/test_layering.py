@@ -21,7 +21,7 @@ LAYERS = [
     ["build", "models"],
     ["autodiff"],
     ["display", "display.numbers", "display.printers", "display.expressions", "display.labels",
-     "edges", "formulas", "optimize", "optimize.rewrite", "optimize.dce", "optimize.cse",
+     "display.charts", "edges", "formulas", "optimize", "optimize.rewrite", "optimize.dce", "optimize.cse",
      "optimize.fold", "optimize.fuse", "optimize.simplify",
      # the lowering table and the runtime it copies depend on ops alone; derivations
      # evaluate ops at a point through it
@@ -34,7 +34,7 @@ LAYERS = [
      "codegen.runtime.optimizers.adam", "codegen.runtime.workspace"],
     ["codegen", "codegen.stability", "codegen.loader", "codegen.emit", "codegen.plan", "codegen.gradient_module",
      "codegen.optimizers", "codegen.init", "codegen.module", "codegen.train", "codegen.script"],
-    ["codegen.compiled", "testing"],
+    ["codegen.compiled", "testing", "flow"],
     ["render"],
     ["cli"],
 ]
