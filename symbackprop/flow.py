@@ -117,11 +117,23 @@ def bound(op_name: str) -> Bound:
             raise ValueError(v)
         return Bound(op_name, d, v, steps)
     except (NotImplementedError, ValueError, TypeError, AttributeError):
-        f = sp.lambdify(x, d, "numpy")
-        grid = np.linspace(-30, 30, 60001)
-        with np.errstate(all="ignore"):
-            v = float(np.nanmax(np.abs(np.broadcast_to(f(grid), grid.shape))))
-        return Bound(op_name, d, sp.Float(v, 4), steps, exact=False)
+        return Bound(op_name, d, sp.Float(_grid_sup(sp.lambdify(x, d, "numpy"))), steps,
+                     exact=False)
+
+
+def _grid_sup(f) -> float:
+    """max |f| on [−30, 30]: a grid of step 1e−3, then finer grids around the largest
+    value, rounded up by one part in 1e9 (an estimate, marked so in the text)."""
+    lo, hi, best = -30.0, 30.0, 0.0
+    with np.errstate(all="ignore"):
+        for _ in range(4):
+            grid = np.linspace(lo, hi, 60001)
+            vals = np.abs(np.broadcast_to(f(grid), grid.shape))
+            i = int(np.nanargmax(vals))
+            best = max(best, float(vals[i]))
+            step = grid[1] - grid[0]
+            lo, hi = grid[i] - 2 * step, grid[i] + 2 * step
+    return best * (1 + 1e-9)
 
 
 @lru_cache(maxsize=64)

@@ -98,7 +98,13 @@ def layer_chart(series: dict, *, ylabel: str = "", title: str = "", guides: dict
     """
     plt = _pyplot()
     depth = max((len(v) for v in series.values()), default=0)
-    fig, ax = plt.subplots(figsize=(min(4 + 0.12 * depth, 12), 3.6), dpi=100)
+    # text stays text in the SVG (searchable, and the same bytes for the same chart)
+    with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "symbackprop"}):
+        fig, ax = plt.subplots(figsize=(min(4 + 0.12 * depth, 12), 3.6), dpi=100)
+        return _draw(plt, fig, ax, series, ylabel, title, guides, path, log, xlabels)
+
+
+def _draw(plt, fig, ax, series, ylabel, title, guides, path, log, xlabels):
     try:
         for k, (label, values) in enumerate(series.items(), 1):
             ys = [math.nan if v is None or not math.isfinite(v) or (log and v <= 0) else v
