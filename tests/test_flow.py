@@ -15,7 +15,8 @@ import sympy
 import symbackprop as sb
 from symbackprop.cli import load_spec, main
 from symbackprop.codegen.init import initial_params
-from symbackprop.flow import SATURATED, bound, compare, layers, mlp_variant
+from symbackprop.flow import SATURATED, bound, compare, mlp_variant
+from symbackprop.layers import layers
 
 DEEP = [64] + [64] * 50 + [10]  # mlp:64-64*50-10: 50 hidden layers, 51 weight layers
 

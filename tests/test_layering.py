@@ -18,7 +18,7 @@ LAYERS = [
     ["expr", "ops.registry"],
     ["ops.elementwise", "ops.tensor", "ops.products", "ops.select", "ops.arrays", "ops.conv", "ops"],
     ["graph"],
-    ["build", "models"],
+    ["build", "models", "layers"],
     ["autodiff"],
     ["display", "display.numbers", "display.printers", "display.expressions", "display.labels",
      "display.charts", "edges", "formulas", "optimize", "optimize.rewrite", "optimize.dce", "optimize.cse",
