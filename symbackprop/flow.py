@@ -282,7 +282,10 @@ class FlowReport:
     # -- text ------------------------------------------------------------------------------
     def summary(self) -> list[str]:
         acts = self._with_activation()
-        lines = [f"first layer / last layer: ‖∂L/∂W‖ ratio {_g(self.first_ratio)}"]
+        last = self.layers[-1] if self.layers else None
+        lines = [(f"first layer / last layer: ‖∂L/∂W‖ ratio {_g(self.first_ratio)}; the last "
+                  f"layer's ‖∂L/∂W‖ = {_g(last and last.grad_norm)}, grad:data = "
+                  f"{_g(last and last.grad_data)}")]
         if acts:
             ops = sorted({s.activation_op for s in acts})
             bounds = ", ".join(bound(o).text() for o in ops)
@@ -396,6 +399,7 @@ class FlowComparison:
                     f" {','.join(s.flags)}" if s.flags else ""))
             rows.append((str(i + 1), *cells))
         rows.append(("loss", *(_g(r.loss, 4) for r in self.reports)))
+        rows.append(("last ‖∂L/∂W‖", *(_g(r.layers[-1].grad_norm) for r in self.reports)))
         rows.append(("∏ mean|f′|", *(_g(r.measured_product) for r in self.reports)))
         rows.append(("∏ max|f′|", *(_g(r.bound_product) for r in self.reports)))
         first = f"ratio: ‖∂L/∂W‖ over the last layer's; init {self.reports[0].init}, batch " \
