@@ -4,8 +4,10 @@
 2. the MLP's gradient formulas (delta form);
 3. generated NumPy code for a small network, checked against finite differences;
 4. diagrams of the worked examples and the MLP, written to out/;
-5. the digits example: generated training scripts (an MLP and a CNN) against scikit-learn;
-6. the sequence example: a transformer classifier trained by a generated script.
+5. how gradients flow through 50 layers: sigmoid, tanh and relu side by side (and the
+   chart out/flow_activations.svg when matplotlib is installed);
+6. the digits example: generated training scripts (an MLP and a CNN) against scikit-learn;
+7. the sequence example: a transformer classifier trained by a generated script.
 """
 
 from __future__ import annotations
@@ -49,10 +51,25 @@ def main() -> int:
     banner("4. Diagrams")
     runpy.run_path(os.path.join(HERE, "diagrams.py"), run_name="__main__")
 
-    banner("5. Digits: generated NumPy training scripts (MLP, CNN) against scikit-learn")
+    banner("5. How gradients flow: 50 hidden layers of 64, three activations (one batch of 64)")
+    from symbackprop.display.charts import PlotsNotInstalledError
+    from symbackprop.flow import compare
+
+    deep = [64] + [64] * 50 + [10]  # symbackprop flow "mlp:64-64*50-10" --compare ...
+    flow = compare({a: sb.models.mlp(deep, activation=a) for a in ("sigmoid", "tanh", "relu")})
+    text = flow.text().splitlines()
+    print("\n".join(text[:4] + ["..."] + text[-20:]))
+    try:
+        chart = os.path.join(os.path.dirname(HERE), "out", "flow_activations.svg")
+        os.makedirs(os.path.dirname(chart), exist_ok=True)
+        print(f"  {flow.chart(chart)}")
+    except PlotsNotInstalledError as e:
+        print(f"(no chart: {e})")
+
+    banner("6. Digits: generated NumPy training scripts (MLP, CNN) against scikit-learn")
     status = subprocess.call([sys.executable, os.path.join(HERE, "digits", "run.py")])
 
-    banner("6. Sequence: a transformer classifier trained by a generated NumPy script")
+    banner("7. Sequence: a transformer classifier trained by a generated NumPy script")
     return subprocess.call([sys.executable, os.path.join(HERE, "sequence", "run.py")]) or status
 
 

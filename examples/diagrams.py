@@ -11,7 +11,9 @@ For each picture an SVG (for the browser) and a PNG (for a quick look):
 * ``mlp_{forward,joint,collapsed,joint_collapsed}``: the 784-256-256-256-10 ReLU
   classifier, node by node and with each layer collapsed into one block;
 * ``vanishing_sigmoid``: a 64-32×6-10 sigmoid network coloured by the size of its
-  parameter gradients at initialization (pale: vanishing, red: large).
+  parameter gradients at initialization (pale: vanishing, red: large);
+* ``flow_sigmoid_50``: the 50-hidden-layer sigmoid network ``mlp:64-64*50-10`` drawn with
+  its ``sb.gradient_flow``: layers 2..50 in one cluster with a strip of one cell per layer.
 
 Without Graphviz's ``dot`` program only the ``.dot`` files are written, and the
 message says how to install it.
@@ -55,6 +57,11 @@ def diagrams() -> dict:
     out["vanishing_sigmoid"] = sb.render(
         deep, collapse=True, grads=grads,
         title="sigmoid network at initialization: max |∂L/∂W| shrinks ~4× per layer")
+    # 50 layers stay legible: the repeated layers collapse into one cluster with a strip
+    fifty = sb.models.mlp([64] + [64] * 50 + [10], activation="sigmoid")
+    out["flow_sigmoid_50"] = sb.render(
+        fifty, grads=sb.gradient_flow(fifty, batch=64),
+        title="50 sigmoid layers at initialization: the gradient vanishes towards layer 1")
     return out
 
 

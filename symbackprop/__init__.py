@@ -30,6 +30,7 @@ from .errors import (
     SymbackpropError,
     UnknownOpError,
 )
+from .flow import gradient_flow
 from .formulas import Gradients, grad
 from .graph import Graph, Node, from_networkx, load, save, to_networkx
 from .ops.elementwise import elementwise
@@ -48,7 +49,8 @@ __all__ = [
     "Adjoints", "ArityError", "CodegenError", "Compiled", "Cost", "cost", "CycleError", "Derivation",
     "GradError", "Gradients", "Graph", "GraphError", "Node", "NumericalWarning", "ParseError", "ShapeError",
     "SymbackpropError", "UnknownOpError", "check_grad", "compile", "derive", "differentiate",
-    "elementwise", "from_networkx", "grad", "load", "models", "numpy_source", "ops",
+    "elementwise", "from_networkx", "grad", "gradient_flow", "load", "models", "numpy_source",
+    "ops",
     "optimize", "parse", "render", "save", "testing", "to_dot", "to_networkx", "train_step",
     "training_script", "write_diagram",
 ] + [name for name in _OP_NAMES] + ["embedding", "split", "dropout"]  # every op, sb.relu ...

@@ -25,7 +25,8 @@ SPEC, the network, is one of:
   a .json file     networkx node-link JSON, as written by g.save(path)
   a .py file       defining graph (an sb.Graph or a networkx DiGraph/MultiDiGraph
                    whose nodes carry op) or build() returning one
-  mlp:SIZES        a ready-made MLP such as mlp:784-256-10 (--activation, --loss)"""
+  mlp:SIZES        a ready-made MLP such as mlp:784-256-10 (--activation, --loss);
+                   a size may repeat: mlp:64-64*50-10 has 50 hidden layers of 64"""
 
 EPILOG = SPECS + """
 
@@ -36,6 +37,7 @@ examples:
   symbackprop render "L = (w*x - y)**2" --kind derivation --at w=2,x=3,y=10 -o loss.svg
   symbackprop train-script mlp:64-32-10 --optimizer adam --lr 0.01 -o train.py
   symbackprop cost mlp:784-256-256-256-10 --batch 64 --measure
+  symbackprop flow "mlp:64-64*50-10" --compare activation=sigmoid,tanh,relu --plot flow.svg
 
 Mistakes print one line naming the node, what was expected and the fix, and exit
 with status 2; check exits 1 when a gradient disagrees with finite differences.
@@ -53,11 +55,7 @@ def load_spec(spec: str, activation: str = "relu", loss: str = "softmax_cross_en
     ['L']
     """
     if spec.startswith("mlp:"):
-        try:
-            sizes = [int(s) for s in spec[4:].split("-")]
-        except ValueError:
-            raise ParseError(f"model spec {spec!r}: expected sizes like mlp:784-256-10.") from None
-        return models.mlp(sizes, activation=activation, loss=loss)
+        return models.mlp(mlp_sizes(spec), activation=activation, loss=loss)
     if spec.endswith(".json"):
         if not os.path.exists(spec):
             raise GraphError(f"file {spec!r} does not exist.")
@@ -65,6 +63,28 @@ def load_spec(spec: str, activation: str = "relu", loss: str = "softmax_cross_en
     if spec.endswith(".py"):
         return _load_py(spec)
     return parse(spec)
+
+
+def mlp_sizes(spec: str) -> list[int]:
+    """The sizes of an ``mlp:`` SPEC; ``W*K`` is K layers of width W.
+
+    Examples
+    --------
+    >>> mlp_sizes("mlp:64-64*3-10")
+    [64, 64, 64, 64, 10]
+    """
+    sizes = []
+    for part in spec[4:].split("-"):
+        width, star, count = part.partition("*")
+        try:
+            w, k = int(width), int(count) if star else 1
+            if w < 1 or k < 1:
+                raise ValueError
+        except ValueError:
+            raise ParseError(f"model spec {spec!r}: expected positive sizes like mlp:784-256-10, "
+                             "a repeated size as WIDTH*COUNT (mlp:64-64*50-10).") from None
+        sizes += [w] * k
+    return sizes
 
 
 def _load_py(path: str) -> Graph:
@@ -289,6 +309,68 @@ def _checkpoint_arg(c, what="gradient checkpointing: recompute forward values in
                    help=f"{what}: sqrt (√n segments), none, or comma-separated nodes to keep")
 
 
+COMPARE_KEYS = ("activation", "model", "init")
+
+
+def _variants(a) -> dict:
+    """label -> (graph, init) for ``flow --compare KEY=V1,V2`` (or the SPEC alone)."""
+    from .flow import INITS, MODELS, mlp_variant
+
+    if not a.compare:
+        return {"": (_graph(a), a.init)}
+    key, eq, values = a.compare.partition("=")
+    names = _names(values) if eq else []
+    if key not in COMPARE_KEYS or not names:
+        raise ParseError(f"--compare {a.compare!r}: expected KEY=V1,V2,... with KEY one of "
+                         f"{', '.join(COMPARE_KEYS)}, e.g. --compare activation=sigmoid,tanh,relu.")
+    if key == "init":
+        bad = [v for v in names if v not in INITS]
+        if bad:
+            raise ParseError(f"--compare init={values}: {bad[0]!r} is not one of "
+                             f"{', '.join(INITS)}.")
+        g = _graph(a)
+        return {v: (g, v) for v in names}
+    if not a.spec.startswith("mlp:"):
+        raise ParseError(f"--compare {key}=... needs an mlp: SPEC such as mlp:64-64*50-10 "
+                         f"(its sizes make each variant); got {a.spec!r}.")
+    sizes = mlp_sizes(a.spec)
+    out = {}
+    for v in names:
+        if key == "model" and v not in MODELS:
+            raise ParseError(f"--compare model={values}: {v!r} is not one of "
+                             f"{', '.join(MODELS)}.")
+        try:
+            out[v] = (mlp_variant(sizes, v if key == "model" else "mlp",
+                                  v if key == "activation" else a.activation, a.loss), a.init)
+        except SymbackpropError as e:  # an unknown activation: name the option
+            raise ParseError(f"--compare {key}={values}: {' '.join(str(e).split())}") from None
+    return out
+
+
+def cmd_flow(a) -> int:
+    from .flow import FlowComparison, gradient_flow
+
+    if a.plot:  # before the work: a missing extra or a bad extension fails at once
+        from .display.charts import check_plot_path
+
+        check_plot_path(a.plot)
+    reports = [gradient_flow(g, data=a.data, batch=a.batch, init=init, seed=a.seed,
+                             of=a.of, label=label)
+               for label, (g, init) in _variants(a).items()]
+    report = reports[0] if len(reports) == 1 else FlowComparison(reports)
+    if a.format == "json":
+        import json
+
+        text = json.dumps(report.as_dict(), indent=1, allow_nan=True) + "\n"
+    else:
+        text = report.text() if a.format == "text" else report.markdown()
+    _write(text, a.output)
+    if a.plot:
+        report.chart(a.plot)
+        print(f"wrote {a.plot}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="symbackprop", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -372,6 +454,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="output .svg, .png, .pdf or .dot (default: DOT "
                    "on stdout)")
     c.set_defaults(run=cmd_render)
+
+    c = command("flow", "measure how gradients flow through each layer, on one batch")
+    _spec_args(c)
+    c.add_argument("--batch", type=int, default=64, help="size of the random batch (64)")
+    c.add_argument("--init", choices=["he", "xavier", "uniform"],
+                   help="every weight by this rule (default: He before relu, else Xavier)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
+    c.add_argument("--data", help="an .npz with the inputs by name, or X (and y)")
+    c.add_argument("--compare", metavar="KEY=V1,V2",
+                   help="variants side by side: activation=sigmoid,tanh,relu, "
+                   "model=mlp,residual_mlp,mlp+layer_norm (mlp: SPECs) or init=he,xavier,uniform")
+    c.add_argument("--format", default="text", choices=["text", "markdown", "json"])
+    c.add_argument("--plot", metavar="FILE", help="also write the chart, .svg or .png "
+                   "(needs matplotlib: pip install symbackprop[plots])")
+    c.add_argument("-o", "--output", help="output file (default: stdout)")
+    c.set_defaults(run=cmd_flow)
     return p
 
 

@@ -71,7 +71,7 @@ def dense(g: Graph, h: Node, n_in: int, n_out: int, k: int) -> Node:
 
 
 def mlp(sizes, activation: str = "relu", loss: str = "softmax_cross_entropy",
-        name: str | None = None) -> Graph:
+        name: str | None = None, layer_norm: bool = False) -> Graph:
     """A multilayer perceptron classifier (or regressor with ``loss="mse"``).
 
     Parameters
@@ -83,12 +83,18 @@ def mlp(sizes, activation: str = "relu", loss: str = "softmax_cross_entropy",
     loss : {"softmax_cross_entropy", "mse"}
         With ``softmax_cross_entropy``, ``y`` holds integer labels (N,); with
         ``mse``, targets (N, sizes[-1]).
+    layer_norm : bool
+        Normalize every hidden layer after its activation: ``ak = act(zk)``,
+        ``hk = layer_norm(ak)`` (over the features, no learned scale or shift), so each
+        layer hands the next one zero-mean, unit-variance inputs (docs/training.md,
+        *Deep networks*).
 
     Returns
     -------
     Graph
         Inputs ``X`` (N, sizes[0]) and ``y``; parameters ``W1, b1, ...``;
-        nodes ``z1, h1, ...``; outputs ``logits`` and the mean loss ``L``.
+        nodes ``z1, h1, ...`` (and ``a1, a2, ...`` with ``layer_norm``); outputs
+        ``logits`` and the mean loss ``L``.
 
     Examples
     --------
@@ -100,13 +106,16 @@ def mlp(sizes, activation: str = "relu", loss: str = "softmax_cross_entropy",
     if len(sizes) < 2:
         raise GraphError(f"mlp sizes {sizes}: expected at least an input and an output size.")
     act = _activation(activation)
-    g = Graph(name=name or "mlp_" + "_".join(map(str, sizes)))
+    g = Graph(name=name or "mlp_" + "_".join(map(str, sizes)) + ("_ln" if layer_norm else ""))
     h = g.input("X", shape=("N", sizes[0]))
     depth = len(sizes) - 1
     for k in range(1, depth + 1):
         with block(g, f"layer{k}"):
             z = dense(g, h, sizes[k - 1], sizes[k], k)
-            if k < depth:
+            if k < depth and layer_norm:
+                a = g.name(act(g.name(z, f"z{k}")), f"a{k}")
+                h = g.name(registry.apply("layer_norm", a), f"h{k}")
+            elif k < depth:
                 h = g.name(act(g.name(z, f"z{k}")), f"h{k}")
             else:
                 g.output("logits", z)

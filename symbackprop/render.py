@@ -56,6 +56,7 @@ from .derivation import Derivation, derive
 from .display import labels, special, text
 from .display.labels import NodeText, colored, esc, html, small
 from .errors import GraphError, GraphvizError, GraphvizNotFoundError
+from .flow import FlowReport
 from .formulas import Gradients
 from .graph import Graph
 
@@ -145,7 +146,7 @@ class _Diagram:
     def __init__(self, g: Graph, kind: str, adjoint: dict | None = None, of: str | None = None,
                  grads: dict | None = None, blocks: dict | None = None, derivation=None,
                  title: str | None = None, collapse: bool = False,
-                 deltas: dict | None = None):
+                 deltas: dict | None = None, flow=None):
         self.g, self.G, self.kind = g, g.nx, kind
         self.order = {n: i for i, n in enumerate(g.nx)}
         self.ids = {n: n if _SAFE_ID.fullmatch(str(n)) else f"_n{i}"
@@ -161,6 +162,7 @@ class _Diagram:
                               if g.role(k) == "const"), None)
         self.grads, self.blocks, self.der, self.title = grads or {}, blocks or {}, derivation, title
         self.collapse, self.deltas = collapse, deltas or {}
+        self.flow, self.runs = flow, {}  # a FlowReport; merged block -> the blocks it stands for
         self.labels = NodeText(g, self.gradient_of)  # every text of a node, from display
 
     # -- which role a node is drawn in ------------------------------------------------------
@@ -304,6 +306,8 @@ class _Diagram:
         groups: dict = {}
         for n in shown:
             groups.setdefault(self._block(n), []).append(n)
+        if self.flow is not None and self.collapse:
+            groups = self._merge_repeats(groups)
         # What stands for each node: itself, or its (collapsed) block's summary node.
         self.rep = {n: self.ids[n] for n in shown}
         number = {b: i for i, b in enumerate(b for b in groups if b is not None)}
@@ -337,6 +341,56 @@ class _Diagram:
             self._legend(dot)
         return dot
 
+    # -- repeated layers: one cluster with a gradient strip ------------------------------------
+    def _signature(self, members) -> tuple:
+        """What makes two blocks the same layer: each member's role, op, attributes and
+        shape, and where its arguments come from (a member, or a node outside of some
+        role, op and shape), with the names left out."""
+        index = {n: i for i, n in enumerate(members)}
+
+        def node(n):
+            d = self.G.nodes[n]
+            return (self.g.role(n), d.get("op"), repr(sorted(d.get("attrs", {}).items())),
+                    tuple(d["shape"]))
+        return tuple((*node(n), tuple(("in", index[a]) if a in index else ("out", *node(a))
+                                      for a in self.g.args(n))) for n in members)
+
+    def _merge_repeats(self, groups: dict) -> dict:
+        """Runs of three or more consecutive blocks of the same structure become one group,
+        keyed ``layers 2..50`` by their numbers among the flow's layers."""
+        number = {s.name: i for i, s in enumerate(self.flow.layers, 1)}
+        keys = list(groups)
+        sigs = {b: self._signature([n for n in groups[b] if not self.backward(n)])
+                for b in keys if b is not None}
+        out, i = {}, 0
+        while i < len(keys):
+            b, j = keys[i], i + 1
+            while b is not None and j < len(keys) and keys[j] is not None \
+                    and sigs[keys[j]] == sigs[b] and keys[j] in number and b in number:
+                j += 1
+            run = keys[i:j]
+            if len(run) >= 3:
+                key = f"layers {number[run[0]]}..{number[run[-1]]}"
+                self.runs[key] = run
+                out[key] = [n for r in run for n in groups[r]]
+            else:
+                out.update({r: groups[r] for r in run})
+            i = j
+        return out
+
+    def _strip(self, run) -> str:
+        """A row of small cells, one per layer of ``run``, coloured by max|∂L/∂W| as
+        the legend says, and a line naming the smallest and largest."""
+        by_name = {s.name: s for s in self.flow.layers}
+        vals = [by_name[b].grad_max for b in run]
+        cells = "".join(f'<TD BGCOLOR="{_heat(v)[0]}" WIDTH="6" HEIGHT="14" FIXEDSIZE="TRUE">'
+                        f" </TD>" for v in vals)
+        of = self.of or "L"
+        words = labels.strip(of, run[0], vals[0], run[-1], vals[-1])
+        return (f'<TABLE BORDER="1" COLOR="#9ca3af" CELLBORDER="0" CELLSPACING="0" '
+                f'CELLPADDING="0"><TR>{cells}</TR></TABLE></TD></TR><TR><TD>'
+                f"{small(esc(words), COLORS['grad'])}")
+
     def _block(self, n):
         if n in self.blocks:
             return self.blocks[n]
@@ -357,7 +411,7 @@ class _Diagram:
             bwd = [n for n in members if self.backward(n)]
             for part, role in ((fwd, "block"), (bwd, "block_backward")):
                 if part:
-                    dot.node(self.rep[part[0]], **self._attrs_summary(part, role))
+                    dot.node(self.rep[part[0]], **self._attrs_summary(part, role, block))
         else:
             for n in members:
                 dot.node(self.ids[n], **self.attrs(n))
@@ -369,8 +423,23 @@ class _Diagram:
                     s.node(f)
                     s.node(a)
 
-    def _attrs_summary(self, members, role) -> dict:
-        """A collapsed block: one line per named op (adjoint) node, then its parameters."""
+    def _attrs_summary(self, members, role, block=None, sized=True) -> dict:
+        """A collapsed block: one line per named op (adjoint) node, then its parameters.
+        A run of repeated layers shows its first layer, the count and the gradient strip."""
+        run = self.runs.get(block)
+        if run is not None:
+            first = [n for n in members if self._block(n) == run[0]]
+            out = self._attrs_summary(first, role, sized=False)  # the strip gives the sizes
+            body = out["label"][1:-1]
+            rows = [body, small(esc(labels.repeated(run[0], run[-1], len(run))))]
+            strip = self._strip(run) if role == "block" else ""
+            out["label"] = ('<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="2" CELLPADDING="0">'
+                            + "".join(f"<TR><TD>{r}</TD></TR>" for r in rows)
+                            + (f"<TR><TD>{strip}</TD></TR>" if strip else "") + "</TABLE>>")
+            heat = self._heat_for(members)
+            if heat is not None:
+                out["fillcolor"], out["fontcolor"] = heat
+            return out
         lines = []
         for n in members:
             if not self.g.is_leaf(n) and (not self.G.nodes[n].get("auto")
@@ -382,7 +451,7 @@ class _Diagram:
                   if self.g.role(n) == "param"]
         last = labels.shape(self.G.nodes[members[-1]]["shape"])
         out_shape = f" → {last}" if role == "block" and last else ""
-        keys = [n for n in members if n in self.grads and role == "block"]
+        keys = [n for n in members if n in self.grads and role == "block" and sized]
         size = "" if not keys else labels.magnitude(
             self.of or "L", "·", max(_magnitude(self.grads[k]) for k in keys))
         size = small(esc(size), COLORS["grad"]) if size else ""
@@ -488,10 +557,14 @@ def render(obj, kind: str | None = None, *, of: str | None = None, wrt=None, at=
         passed to :func:`~symbackprop.differentiate` (or ``sb.derive``).
     at : dict, optional
         For ``kind="derivation"`` of a plain network: the point, ``{"x": 1}``.
-    grads : dict or True, optional
+    grads : dict, True or FlowReport, optional
         ``{node: gradient value or array}``: colour nodes by the largest
         magnitude, pale (vanishing, ≤ 1e−4) to red (exploding, ≥ 1e2), with a
-        legend. ``True`` uses a derivation's own gradients.
+        legend. ``True`` uses a derivation's own gradients. A report of
+        ``sb.gradient_flow`` colours each layer's weights by max|∂L/∂W|, collapses
+        the blocks (unless ``group=`` is given) and draws each run of three or more
+        consecutive layers of the same structure as one cluster (``layers 2..50``)
+        with a strip of one cell per layer.
     collapse : True or dict, optional
         Collapse each block of nodes into one summary node (its formulas and
         parameters) inside a cluster; in the joint and backward views a block has
@@ -531,6 +604,11 @@ def render(obj, kind: str | None = None, *, of: str | None = None, wrt=None, at=
     --------
     write_diagram, to_dot
     """
+    flow = None
+    if isinstance(grads, FlowReport):  # per-layer norms: repeated layers collapse, with a strip
+        flow, grads = grads, grads.node_grads()
+        if collapse is None and group is None:
+            collapse = True
     if collapse and group:
         raise GraphError("pass collapse= or group=, not both.")
     spec, option = (collapse, "collapse") if collapse else (group, "group")
@@ -552,7 +630,7 @@ def render(obj, kind: str | None = None, *, of: str | None = None, wrt=None, at=
     adj = subject if isinstance(subject, Adjoints) else None
     return _Diagram(g, kind, adjoint=adj.adjoint if adj else None, of=adj.of if adj else None,
                     grads=grads, blocks=blocks, title=title, collapse=bool(collapse),
-                    deltas=deltas).build()
+                    deltas=deltas, flow=flow).build()
 
 
 def drawable(obj, kind: str | None = None, *, of: str | None = None, wrt=None,

@@ -18,10 +18,10 @@ LAYERS = [
     ["expr", "ops.registry"],
     ["ops.elementwise", "ops.tensor", "ops.products", "ops.select", "ops.arrays", "ops.conv", "ops.norm", "ops"],
     ["graph"],
-    ["build", "models"],
+    ["build", "models", "layers"],
     ["autodiff"],
     ["display", "display.numbers", "display.printers", "display.expressions", "display.labels",
-     "edges", "formulas", "optimize", "optimize.rewrite", "optimize.dce", "optimize.cse",
+     "display.charts", "edges", "formulas", "optimize", "optimize.rewrite", "optimize.dce", "optimize.cse",
      "optimize.fold", "optimize.fuse", "optimize.simplify",
      # the lowering table and the runtime it copies depend on ops alone; derivations
      # evaluate ops at a point through it
@@ -35,7 +35,7 @@ LAYERS = [
     ["codegen", "codegen.stability", "codegen.loader", "codegen.emit", "codegen.plan", "codegen.gradient_module",
      "codegen.optimizers", "codegen.init", "codegen.module", "codegen.train", "codegen.script",
      "codegen.checkpoint"],
-    ["codegen.compiled", "testing", "cost"],
+    ["codegen.compiled", "testing", "cost", "flow"],
     ["render"],
     ["cli"],
 ]

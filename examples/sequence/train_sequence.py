@@ -72,6 +72,12 @@ DATA_NPZ = 'arrays X (N, 8) integer tokens in 0..9 and y (N,) integer labels in 
 DATA_CSV = 'rows of 8 feature columns then 1 label column'
 VOCAB = 10  # X holds integer token ids 0..VOCAB-1
 METRIC = 'acc'  # evaluate() returns: 'acc' (accuracy) or 'loss'
+LAYERS = {  # each layer's weights: --log-grad-norms, --metrics
+    'embed': ('E', 'P'),
+    'block1': ('blk1_Wq', 'blk1_Wk', 'blk1_Wv', 'blk1_Wo', 'blk1_W1', 'blk1_W2'),
+    'block2': ('blk2_Wq', 'blk2_Wk', 'blk2_Wv', 'blk2_Wo', 'blk2_W1', 'blk2_W2'),
+    'head': ('W_out',),
+}
 
 
 _CONSTANTS = {}
@@ -1436,6 +1442,48 @@ def evaluate(params, X, y):
     ) == y))
 
 
+def grad_norms(params, X, y):
+    """The norm of the gradient of each layer's weights (LAYERS) on (X, y)."""
+    _, grads = value_and_grad(
+        X,
+        params['E'],
+        params['P'],
+        params['blk1_ln1_g'],
+        params['blk1_ln1_b'],
+        params['blk1_Wq'],
+        params['blk1_Wk'],
+        params['blk1_Wv'],
+        params['blk1_Wo'],
+        params['blk1_bo'],
+        params['blk1_ln2_g'],
+        params['blk1_ln2_b'],
+        params['blk1_W1'],
+        params['blk1_b1'],
+        params['blk1_W2'],
+        params['blk1_b2'],
+        params['blk2_ln1_g'],
+        params['blk2_ln1_b'],
+        params['blk2_Wq'],
+        params['blk2_Wk'],
+        params['blk2_Wv'],
+        params['blk2_Wo'],
+        params['blk2_bo'],
+        params['blk2_ln2_g'],
+        params['blk2_ln2_b'],
+        params['blk2_W1'],
+        params['blk2_b1'],
+        params['blk2_W2'],
+        params['blk2_b2'],
+        params['lnf_g'],
+        params['lnf_b'],
+        params['W_out'],
+        params['b_out'],
+        y,
+    )
+    return {layer: float(np.sqrt(sum(np.vdot(grads[w], grads[w]) for w in weights)))
+            for layer, weights in LAYERS.items()}
+
+
 class InputError(Exception):
     """Bad data, checkpoint or option: the message says what was found and what was expected."""
 
@@ -1696,8 +1744,60 @@ def last_good_path(out):
     return f"{root}.last_good{ext or '.npz'}"
 
 
-def train(args, data, params, state, progress):
-    """Run the epochs after progress["epoch"] up to args.epochs. Returns the exit status."""
+class GradNorms:
+    """--log-grad-norms and --metrics: after every epoch, the norm of the gradient of each
+    layer's weights (LAYERS) on the first --batch-size rows of the training data; one
+    warning line when layers cross 1e-3 or 1e3 times the last layer's norm (vanishing,
+    exploding); one CSV row per epoch (appended, so a resumed run continues the file)."""
+
+    VANISHING, EXPLODING = 1e-3, 1e3
+
+    def __init__(self, args, data):
+        rows = np.arange(min(len(data["X"]), args.batch_size))
+        self.X, self.y = data["X"][rows], None if data["y"] is None else data["y"][rows]
+        self.show, self.flags, self.out = args.log_grad_norms, {}, None
+        if args.metrics:
+            score = [f"test_{METRIC}"] if data["X_test"] is not None else \
+                ["train_acc"] if METRIC == "acc" else []
+            new = not os.path.exists(args.metrics) or os.path.getsize(args.metrics) == 0
+            self.out = args.metrics
+            with open(self.out, "a", newline="") as f:  # fails here, before training
+                if new:
+                    csv.writer(f).writerow(["epoch", "loss", *score,
+                                            *(f"grad_norm_{k}" for k in LAYERS)])
+
+    def log(self, epoch, params, loss, score):
+        norms = grad_norms(params, self.X, self.y)
+        if self.show:
+            print("  grad norms  " + "  ".join(f"{k} {v:.3g}" for k, v in norms.items()),
+                  flush=True)
+            last, crossed = list(norms.values())[-1], {}
+            for k, v in norms.items():
+                ratio = v / last if last > 0 else 1.0
+                flag = "vanishing" if ratio < self.VANISHING else \
+                    "exploding" if ratio > self.EXPLODING else None
+                if flag is not None and self.flags.get(k) != flag:
+                    crossed.setdefault(flag, []).append((k, ratio))
+                self.flags[k] = flag
+            if crossed:  # one line for every layer that crossed a threshold this epoch
+                parts = []
+                for flag, ks in crossed.items():
+                    ratios = [r for _, r in ks]
+                    limit = self.VANISHING if flag == "vanishing" else self.EXPLODING
+                    parts.append(f"{', '.join(k for k, _ in ks)} {flag}: gradient norm "
+                                 f"{min(ratios):.2g} to {max(ratios):.2g} times the last "
+                                 f"layer's (threshold {limit:g})")
+                print(f"warning: epoch {epoch}: {'; '.join(parts)}", file=sys.stderr, flush=True)
+        if self.out is not None:
+            row = [epoch, repr(loss)] + ([] if score is None else [repr(score)]) \
+                + [repr(v) for v in norms.values()]
+            with open(self.out, "a", newline="") as f:
+                csv.writer(f).writerow(row)
+
+
+def train(args, data, params, state, progress, norms=None):
+    """Run the epochs after progress["epoch"] up to args.epochs. Returns the exit status.
+    norms: a GradNorms to log gradient norms and metrics after every epoch."""
     X, y = data["X"], data["y"]
     n = len(X)
     if progress["seen"] >= n:
@@ -1731,12 +1831,16 @@ def train(args, data, params, state, progress):
             seen += len(idx)
         epoch += 1
         train_time += time.perf_counter() - start
-        line = f"epoch {epoch:{width}d}/{args.epochs}  loss {loss_sum / n:.6g}"
+        line, score = f"epoch {epoch:{width}d}/{args.epochs}  loss {loss_sum / n:.6g}", None
         if data["X_test"] is not None:
-            line += f"  test_{METRIC} {evaluate(params, data['X_test'], data['y_test']):.4f}"
+            score = evaluate(params, data["X_test"], data["y_test"])
+            line += f"  test_{METRIC} {score:.4f}"
         elif METRIC == "acc":
-            line += f"  train_acc {evaluate(params, X, y):.4f}"
+            score = evaluate(params, X, y)
+            line += f"  train_acc {score:.4f}"
         print(f"{line}  {time.perf_counter() - start:.3f}s", flush=True)
+        if norms is not None:
+            norms.log(epoch, params, loss_sum / n, score)
         seen, loss_sum = 0, 0.0
         if epoch == args.epochs or args.checkpoint_every and epoch % args.checkpoint_every == 0:
             save_checkpoint(args.out, params, state, {"epoch": epoch, "seen": 0,
@@ -1801,6 +1905,13 @@ def parse_args(argv=None):
                    "same final parameters as a run that was never interrupted")
     p.add_argument("--out", default="checkpoint.npz", metavar="FILE",
                    help="checkpoint to write, atomically (default checkpoint.npz)")
+    p.add_argument("--log-grad-norms", action="store_true",
+                   help="after each epoch print the gradient norm of each layer's weights "
+                   "(on the first --batch-size rows) and warn when a layer falls below 1e-3 "
+                   "or rises above 1e3 times the last layer's norm")
+    p.add_argument("--metrics", metavar="FILE.csv",
+                   help="append one row per epoch: epoch, loss, the accuracy or test loss as "
+                   "printed, and each layer's gradient norm (grad_norm_LAYER)")
     if len(FEATURE_SHAPE) > 1:  # images: X may also be given as flat rows
         p.add_argument("--input-shape", type=shape_option,
                        metavar="C,H,W" if len(FEATURE_SHAPE) == 3 else "SHAPE",
@@ -1824,8 +1935,12 @@ def main(argv=None):
             progress = {"epoch": 0, "seen": 0, "loss_sum": 0.0, "rng": rng.bit_generator.state}
     except InputError as e:
         return fail(e, 2)
+    try:
+        norms = GradNorms(args, data) if args.log_grad_norms or args.metrics else None
+    except OSError as e:
+        return fail(f"cannot write --metrics {args.metrics}: {e.strerror or e}", 2)
     with np.errstate(all="ignore"):  # a nan or inf is reported by train_step, once
-        return train(args, data, params, state, progress)
+        return train(args, data, params, state, progress, norms)
 
 
 if __name__ == "__main__":

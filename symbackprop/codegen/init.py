@@ -24,7 +24,7 @@ from .runtime import init as draws
 
 @dataclass
 class ParamInit:
-    """How one parameter starts: ``kind`` is "he", "xavier" or "zeros"."""
+    """How one parameter starts: ``kind`` is "he", "xavier", "uniform" or "zeros"."""
 
     name: str
     shape: tuple
@@ -108,18 +108,24 @@ def _fans(g: Graph, p: str) -> tuple[int, int, str | None]:
     return shape[0], math.prod(shape[1:]), None
 
 
-def plan_init(g: Graph) -> list[ParamInit]:
+INITS = ("he", "xavier", "uniform")  # what init= may force on every weight
+
+
+def plan_init(g: Graph, init: str | None = None) -> list[ParamInit]:
     """Initialisation of every parameter: a weight with two or more axes gets He
     normal when the layer it computes feeds a rectifier (relu), Xavier/Glorot
     uniform otherwise; vectors and scalars (biases) start at zero. The fans come
     from the op that uses the weight (``h @ W``: W is (fan_in, fan_out); ``W @ h``:
-    (fan_out, fan_in)).
+    (fan_out, fan_in)). ``init`` ("he", "xavier" or "uniform":
+    U(−1/√fan_in, 1/√fan_in)) gives every weight that rule instead.
 
     Examples
     --------
     >>> [(i.name, i.kind, i.fan_in, i.fan_out) for i in plan_init(sb.models.mlp([4, 3, 2]))]
     [('W1', 'he', 4, 3), ('b1', 'zeros', 0, 0), ('W2', 'xavier', 3, 2), ('b2', 'zeros', 0, 0)]
     """
+    if init is not None and init not in INITS:
+        raise CodegenError(f"init={init!r} is not one of {', '.join(INITS)}.")
     out = []
     for p in g.nodes("param"):
         shape = tuple(g.nx.nodes[p]["shape"])
@@ -127,6 +133,9 @@ def plan_init(g: Graph) -> list[ParamInit]:
             out.append(ParamInit(p, shape, "zeros"))
             continue
         fan_in, fan_out, layer = _fans(g, p)
+        if init is not None:
+            out.append(ParamInit(p, shape, init, fan_in, fan_out, note=f"init={init}"))
+            continue
         act = _activation_after(g, layer) if layer else None
         gain2 = _rectifier_gain2(g.opdef(act), g.nx.nodes[act]["attrs"]) if act else None
         what = f"feeds {g.nx.nodes[act]['op']} at {act}" if act else "feeds no activation"
@@ -155,7 +164,8 @@ def init_source(plan: list[ParamInit]) -> list[str]:
     """
     kinds = {i.kind for i in plan}
     blocks = ([source_of(draws, "he_normal")] if "he" in kinds else []) \
-        + ([source_of(draws, "xavier_uniform")] if "xavier" in kinds else [])
+        + ([source_of(draws, "xavier_uniform")] if "xavier" in kinds else []) \
+        + ([source_of(draws, "uniform_fan_in")] if "uniform" in kinds else [])
     lines = ["def init_params(rng=0):",
              '    """Initial parameters from a seed (or a np.random.Generator): He normal for',
              "    weights feeding a rectifier, Xavier/Glorot uniform for the other weights,",
@@ -169,6 +179,9 @@ def init_source(plan: list[ParamInit]) -> list[str]:
         elif i.kind == "he":
             gain = "" if i.gain2 == 2.0 else f", gain2={i.gain2!r}"
             lines.append(f"        {key}: he_normal(rng, {i.shape!r}, fan_in={i.fan_in}{gain}),"
+                         f"  # {safe_text(i.note)}")
+        elif i.kind == "uniform":
+            lines.append(f"        {key}: uniform_fan_in(rng, {i.shape!r}, fan_in={i.fan_in}),"
                          f"  # {safe_text(i.note)}")
         else:
             lines.append(f"        {key}: xavier_uniform(rng, {i.shape!r}, fan_in={i.fan_in}, "
@@ -202,7 +215,7 @@ def _init_module(source: str):
     return load_source(source, "symbackprop_init_params")
 
 
-def initial_params(g: Graph, rng=0, dtype: str = "float64") -> dict:
+def initial_params(g: Graph, rng=0, dtype: str = "float64", init: str | None = None) -> dict:
     """The parameters that ``init_params(rng)`` of ``g``'s generated training code returns.
 
     Drawn by that same code: the ``init_params`` function (with its ``he_normal``,
@@ -220,6 +233,8 @@ def initial_params(g: Graph, rng=0, dtype: str = "float64") -> dict:
     rng : int or numpy.random.Generator
         The seed (or the generator to draw from).
     dtype : {"float64", "float32"}
+    init : {"he", "xavier", "uniform"}, optional
+        Every weight by that rule instead of the default one (:func:`plan_init`).
 
     Returns
     -------
@@ -250,7 +265,7 @@ def initial_params(g: Graph, rng=0, dtype: str = "float64") -> dict:
             raise CodegenError(f"parameter {p!r} has shape {fmt_shape(shape)}; initialising it "
                                "needs a fixed size in every axis.")
     source = "\n\n".join(["import numpy as np", f"DTYPE = np.{dtype}",
-                          source_of(flat, "flat_views"), *init_source(plan_init(g))])
+                          source_of(flat, "flat_views"), *init_source(plan_init(g, init))])
     return _init_module(source).init_params(rng)
 
 

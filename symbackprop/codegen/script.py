@@ -22,6 +22,7 @@ import networkx as nx
 from .. import __version__ as _version
 from ..errors import CodegenError
 from ..graph import Graph, fmt_shape
+from ..layers import layers
 from .emit import Function, call_lines, safe_text
 from .module import (
     Model,
@@ -38,8 +39,8 @@ from .runtime import source_of
 
 # The fixed part of every training script, in this order; it reads the constants above it.
 RUNTIME = ("InputError", "is_number", "read_npz", "read_csv", "check_split", "load_data",
-           "save_checkpoint", "load_checkpoint", "fail", "last_good_path", "train", "option",
-           "shape_option", "parse_args", "main", "__main__")
+           "save_checkpoint", "load_checkpoint", "fail", "last_good_path", "GradNorms", "train",
+           "option", "shape_option", "parse_args", "main", "__main__")
 
 
 @dataclass
@@ -252,6 +253,14 @@ def _script_functions(m: Model, task: _Task) -> tuple[list[Function], list[str],
         metric = "loss"
     blocks.append("\n".join(["def evaluate(params, X, y):", f'    """{doc}"""']
                             + ["    " + b for b in body]) + "\n")
+    vg = next(f for f in m.functions if f.name == "value_and_grad")
+    call = call_lines("_, grads = ", "value_and_grad", m.args(vg, data))
+    blocks.append("\n".join([
+        "def grad_norms(params, X, y):",
+        '    """The norm of the gradient of each layer\'s weights (LAYERS) on (X, y)."""',
+        *("    " + b for b in call),
+        "    return {layer: float(np.sqrt(sum(np.vdot(grads[w], grads[w]) for w in weights)))",
+        "            for layer, weights in LAYERS.items()}"]) + "\n")
     return fns, blocks, metric
 
 
@@ -274,6 +283,17 @@ def _init_buffers(context: list[str]) -> str:
         "def init_buffers(seed):",
         *textwrap.wrap(text, 88, initial_indent='    """', subsequent_indent="    "),
         "    return {" + ", ".join(items[c] for c in context) + "}"]) + "\n"
+
+
+def _layers_constant(m: Model) -> str:
+    """``LAYERS = {'layer1': ('W1',), ...}``: the trained weights of each layer
+    (:func:`symbackprop.layers.layers`), for ``--log-grad-norms`` and ``--metrics``."""
+    trained = set(m.wrt)
+    found = [(s.name, tuple(w for w in s.weights if w in trained)) for s in layers(m.g)]
+    found = [(k, ws) for k, ws in found if ws] or [("all", tuple(m.wrt))]
+    items = [f"    {str(k)!r}: {ws!r}," for k, ws in found]
+    return "\n".join(["LAYERS = {  # each layer's weights: --log-grad-norms, --metrics", *items,
+                      "}"])
 
 
 def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
@@ -369,6 +389,7 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
             "Run it with --help for every option.")
     constants = _script_constants(m, task, epochs, batch_size, seed)
     constants.append(f"METRIC = {metric!r}  # evaluate() returns: 'acc' (accuracy) or 'loss'")
+    constants.append(_layers_constant(m))
     runtime = RUNTIME if not task.tokens else tuple(
         n for name in RUNTIME for n in (("check_tokens", name) if name == "check_split"
                                         else (name,)))

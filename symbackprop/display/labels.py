@@ -74,6 +74,17 @@ def magnitude(of: str, n: str, m: float) -> str:
     return f"{largest(of, n)} = {fmt(m, digits=3)}"
 
 
+def repeated(first: str, last: str, count: int) -> str:
+    """``× 49: layer2 … layer50 (the same structure)``: a run of collapsed layers."""
+    return f"× {count}: {first} … {last} (the same structure)"
+
+
+def strip(of: str, first: str, v1: float, last: str, v2: float) -> str:
+    """``max|∂L/∂W| per layer: 2.3e−31 (layer2) … 0.29 (layer50)``: under a gradient strip."""
+    return (f"{largest(of, 'W')} per layer: {fmt(v1, digits=2)} ({first}) … "
+            f"{fmt(v2, digits=2)} ({last})")
+
+
 def value(v) -> str:
     """A node's value at a point, as the derivation's text writes it."""
     return fmt(v)
