@@ -74,8 +74,10 @@ VOCAB = 10  # X holds integer token ids 0..VOCAB-1
 METRIC = 'acc'  # evaluate() returns: 'acc' (accuracy) or 'loss'
 LAYERS = {  # each layer's weights: --log-grad-norms, --metrics
     'embed': ('E', 'P'),
-    'block1': ('blk1_Wq', 'blk1_Wk', 'blk1_Wv', 'blk1_Wo', 'blk1_W1', 'blk1_W2'),
-    'block2': ('blk2_Wq', 'blk2_Wk', 'blk2_Wv', 'blk2_Wo', 'blk2_W1', 'blk2_W2'),
+    'blk1_attention': ('blk1_Wq', 'blk1_Wk', 'blk1_Wv', 'blk1_Wo'),
+    'blk1_mlp': ('blk1_W1', 'blk1_W2'),
+    'blk2_attention': ('blk2_Wq', 'blk2_Wk', 'blk2_Wv', 'blk2_Wo'),
+    'blk2_mlp': ('blk2_W1', 'blk2_W2'),
     'head': ('W_out',),
 }
 
