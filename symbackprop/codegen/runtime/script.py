@@ -390,7 +390,9 @@ def load_checkpoint(path):
 def fail(message, status):
     """Print one line to stderr and return the exit status."""
     if COMM is not None:  # variant: mpi
-        rank = COMM.Get_rank()  # the ranks meet the same error together: rank 0 says it
+        # the ranks meet the same error together: rank 0 says it (COMM is None when
+        # mpi4py is missing: then each process says it)
+        rank = 0 if COMM is None else COMM.Get_rank()
         if rank:
             return status
     prog = os.path.basename(sys.argv[0]) or "train.py"
