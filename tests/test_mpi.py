@@ -133,6 +133,21 @@ def test_checkpoint_at_two_ranks_resumes_at_three(scripts, data, tmp_path):
     assert_close(arrays(tmp_path / "full.npz"), arrays(tmp_path / "resumed.npz"))
     assert np.allclose(losses(first.stdout) + losses(resumed.stdout), losses(straight.stdout),
                        rtol=1e-5)
+    # and the one-process script resumes it too
+    plain = run(scripts / "adam.py", "--data", data, "--epochs", 4, "--resume", "ck.npz",
+                "--out", "plain.npz", ranks=None, cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    assert_close(arrays(tmp_path / "full.npz"), arrays(tmp_path / "plain.npz"))
+
+
+@needs_mpi
+def test_metrics_and_grad_norms_from_rank_0_alone(scripts, data, tmp_path):
+    r = run(scripts / "adam_mpi.py", "--data", data, "--metrics", "m.csv", "--log-grad-norms",
+            ranks=3, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = (tmp_path / "m.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,loss,test_acc,grad_norm_") and len(rows) == 1 + 3
+    assert len(re.findall("grad norms", r.stdout)) == 3
 
 
 @needs_mpi
