@@ -116,6 +116,9 @@ def main() -> None:
           f"{', '.join(f'{t * 1e3:.2f}' for t in runs[a.ranks])})")
     print(f"  ratio {par / one:.3f} (target <= 0.6 for 2 processes); scaling efficiency "
           f"{one / (a.ranks * par):.2f}")
+    paired = [k / o for k, o in zip(runs[a.ranks], runs[1])]
+    print(f"  ratio round by round (K processes / the 1 process run just before): "
+          f"{', '.join(f'{r:.2f}' for r in paired)}")
     print(f"  parts: one process on a shard of {a.batch // a.ranks} rows {part * 1e3:.2f} ms, "
           f"the Allreduce of {got['floats']} floats alone {ar * 1e3:.2f} ms: "
           f"(shard + Allreduce) / one process = {(part + ar) / one:.3f}")
