@@ -377,9 +377,11 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
     fns, blocks, metric = _script_functions(m, task)
     mpi = distributed == "mpi"
     if mpi and _context(m):
-        raise CodegenError(f"distributed='mpi' cannot train {', '.join(_context(m))} state "
-                           "(batch norm, dropout): each rank would keep its own batch "
-                           "statistics and masks; train this network in one process.")
+        what = " and ".join({"running": "batch norm", "rng": "dropout"}[c] for c in _context(m))
+        raise _option_error(lambda opt: (
+            f"{opt('distributed')}mpi cannot train a network with {what}: each rank would "
+            "compute its own batch statistics or draw its own masks, not those of the "
+            "one-process training; train this network in one process."))
     name = safe_text(g.nx.graph.get("name", "network"))
     given = "".join(f", {k}={float(v)!r}" for k, v in sorted(hyper.items()))
     given += "" if dtype == "float64" else f", dtype={dtype!r}"
