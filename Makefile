@@ -39,6 +39,7 @@ test: $(STAMP) graphviz
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/mpi_scaling.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check symbackprop tests examples
