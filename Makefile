@@ -11,7 +11,7 @@ export OPENBLAS_NUM_THREADS ?= 2
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[dev,examples,plots]"
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[dev,examples,plots,distributed]"
 	touch $(STAMP)
 
 # The real `dot` program renders diagrams: install Debian's graphviz when missing.
@@ -39,6 +39,7 @@ test: $(STAMP) graphviz
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/mpi_scaling.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check symbackprop tests examples

@@ -235,7 +235,7 @@ def cmd_train_script(a) -> int:
         src = training_script(_graph(a), a.of, a.optimizer, a.lr, a.epochs, a.batch_size,
                               a.seed, _names(a.wrt), dtype=a.dtype, features=a.features,
                               target=a.target, checkpoint=_checkpoint(a.checkpoint),
-                              **hyper)
+                              distributed=a.distributed, **hyper)
     except ValueError as e:
         if isinstance(e, SymbackpropError):
             raise
@@ -421,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--features", help="the input fed from the data's X (default: inferred)")
     c.add_argument("--target", help="the input fed from the data's y (default: inferred)")
     _checkpoint_arg(c)
+    c.add_argument("--distributed", choices=["mpi"],
+                   help="mpi: a data-parallel script for `mpirun -n K python train.py` "
+                   "(mpi4py: pip install symbackprop[distributed])")
     c.set_defaults(run=cmd_train_script)
 
     c = command("cost", "count what a training step costs: parameters, FLOPs, memory")

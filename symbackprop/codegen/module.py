@@ -213,10 +213,11 @@ def _plan_step(em: Emitter, adj, of: str, wrt: list, opt: Optimizer) -> tuple:
 # -- the step's blocks ---------------------------------------------------------------------
 
 
-def step_blocks(m: Model) -> list[str]:
+def step_blocks(m: Model, distributed: str | None = None) -> list[str]:
     """The source blocks after the model's functions: ``flat_views``, the initialisation,
     the optimizer (``init_state``, ``update``), ``check_finite``, the fast path (flat
-    buffers, flat update, packer, workspace) when there is one, and ``train_step``.
+    buffers, flat update, packer, workspace) when there is one, and ``train_step``
+    (with ``distributed="mpi"``, the data-parallel one: see :func:`_train_step_block`).
 
     Examples
     --------
@@ -244,17 +245,23 @@ def step_blocks(m: Model) -> list[str]:
                 PACK, workspace_source(m.em, m.pool, layout)]
     return ([source_of(flat, "flat_views")] + init_source(m.plan)
             + [m.opt.init_state, m.opt.update, source_of(check, "check_finite")]
-            + fast + [_train_step_block(m)])
+            + fast + [_train_step_block(m, distributed)])
 
 
-def _train_step_block(m: Model) -> str:
+def _train_step_block(m: Model, distributed: str | None = None) -> str:
+    """``train_step``. With ``distributed="mpi"`` (training scripts, issue 15) it takes
+    ``share=1.0`` and the rows of this rank's shard: the flat gradient buffer, weighted by
+    the share, is summed over the ranks by the script's ``allreduce`` before the nan/inf
+    check and the update, and a rank with no rows adds zeros."""
     em = m.em
     data = [em.namer(n) for n in m.inputs]
     batch = ", ".join(data) or "no data"
     # batch norm's running statistics and dropout's generator, passed on (issue 13)
     context = [p.split("=")[0] for p in m.functions[1].params if "=" in p]
     kwargs = [f"{c}={CONTEXT[c]}" for c in context]
-    lines = [f"def train_step(params, state, {', '.join(data + ['lr=LR'] + kwargs)}):",
+    mpi = distributed == "mpi"
+    share = ["share=1.0"] if mpi else []
+    lines = [f"def train_step(params, state, {', '.join(data + ['lr=LR'] + kwargs + share)}):",
              f'    """One training step on the minibatch ({batch}): forward and backward pass',
              (f"    ({m.fast.name if m.fast else 'value_and_grad'}), then one {m.opt.title} "
               "update (update). params and state"),
@@ -269,8 +276,19 @@ def _train_step_block(m: Model) -> str:
         lines += ["", "    Training mode."] + ["    " + t for c in context
                                                 for t in text[c].split("|")]
         lines[-1] += '"""'
+    if mpi:  # data parallel (issue 15)
+        lines[-1] = lines[-1][:-3]
+        lines += ["", *textwrap.wrap(
+            "Data parallel (MPI): the data are this rank's rows of the global batch and share "
+            "their fraction of it. Each rank's gradients, times its share, are summed over the "
+            "ranks by one Allreduce of the flat buffer G (allreduce), so that every rank "
+            "applies the global batch's gradient. Returns this rank's loss (the mean over its "
+            'rows; 0.0 for none)."""', 88, initial_indent="    ", subsequent_indent="    ")]
     passed = [f"{c}={c}" for c in context]
     if m.fast is None:
+        if mpi:
+            raise CodegenError("distributed='mpi' needs the memory-planned step and its flat "
+                               "gradient buffer; leave optimize on.")
         lines += ["    " + ln for ln in call_lines("loss, grads = ", "value_and_grad",
                                                      m.args(m.functions[1]) + passed)]
         lines += ["    check_finite(loss, grads)", "    update(params, grads, state, lr=lr)",
@@ -295,9 +313,17 @@ def _train_step_block(m: Model) -> str:
     lines += [f"    _, G, grads, {blocks} = {ws}  # the gradients: views of G, in the workspace"]
     if m.pool.scaled:  # the gradients come out as lr * dL/dw
         args.append("scale=lr")
-    lines += ["    " + ln for ln in call_lines("loss = ", m.fast.name, args)]
-    lines += [f"    grads[{w!r}][...] = grads[{first[n]!r}]"
+    call = call_lines("loss = ", m.fast.name, args)
+    copies = [f"grads[{w!r}][...] = grads[{first[n]!r}]"
               for w, n in zip(m.wrt, m.grads) if first[n] != w]
+    if mpi:  # a rank with no rows (a last, small global batch) computes nothing, adds zeros
+        call = ([f"if {data[0]}.shape[0] == 0:  # no rows of this global batch on this rank",
+                 "    G[...] = 0", "    loss = 0.0", "else:"]
+                + ["    " + ln for ln in call + copies]
+                + ["loss = allreduce(G, loss, share)  # the global batch's gradient, every rank"])
+        copies = []
+    lines_after = ["    " + ln for ln in call + copies]
+    lines += lines_after
     # A sum of squares is finite only if every term is (squares cannot cancel an inf): one
     # BLAS call (3x faster than G.sum()) screens every gradient; check_finite, exact, runs
     # only when the screen trips (a square can overflow: it then raises only for nan or inf).

@@ -41,6 +41,9 @@ from .runtime import source_of
 RUNTIME = ("InputError", "is_number", "read_npz", "read_csv", "check_split", "load_data",
            "save_checkpoint", "load_checkpoint", "fail", "last_good_path", "GradNorms", "train",
            "option", "shape_option", "parse_args", "main", "__main__")
+# and in a data-parallel script (distributed="mpi"), before InputError, fail and last_good_path
+MPI_RUNTIME = {"InputError": ("MPI",),
+               "last_good_path": ("mpi_world", "abort_all", "shard", "allreduce")}
 
 
 @dataclass
@@ -300,7 +303,7 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
                     lr: float | None = None, epochs: int = 10, batch_size: int = 32,
                     seed: int = 0, wrt=None, dtype: str = "float64", optimize=True,
                     features: str | None = None, target: str | None = None,
-                    checkpoint="none", **hyper) -> str:
+                    checkpoint="none", distributed: str | None = None, **hyper) -> str:
     """Source of a standalone training script (NumPy and the standard library only).
 
     Parameters
@@ -319,6 +322,14 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         The inputs fed from ``X`` and ``y``. By default the integer input is the
         target (or, of two float inputs, the one nearer the loss) and the other
         input the features; a graph with one input (an autoencoder) has no target.
+    distributed : {None, "mpi"}
+        ``"mpi"``: a data-parallel script, run as ``mpirun -n K python train.py ...``
+        with mpi4py (``pip install symbackprop[distributed]``): every rank reads the
+        data and shuffles alike, computes the gradient of its K-th of each global
+        batch (``--batch-size``, a multiple of K), and one ``Allreduce`` of the flat
+        gradient buffer sums them; rank 0 alone prints and writes checkpoints, which
+        resume on any K. Without ``mpirun`` it runs as one process. See
+        ``docs/training.md``, "Data parallel with MPI".
 
     Returns
     -------
@@ -339,7 +350,9 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
     ValueError
         For a bad optimizer, hyper-parameter, epochs, batch size or seed.
     CodegenError
-        When the graph's inputs cannot be mapped to ``X`` and ``y``.
+        When the graph's inputs cannot be mapped to ``X`` and ``y``; with
+        ``distributed="mpi"``, for batch norm or dropout (their statistics and masks
+        would be per rank) or ``optimize=False`` (no flat gradient buffer).
 
     Examples
     --------
@@ -353,16 +366,27 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
     batch_size = _positive_int("batch_size", batch_size)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed={seed!r}; expected an int >= 0.")
+    if distributed not in (None, "mpi"):
+        raise ValueError(f"distributed={distributed!r}; expected None (one process) or 'mpi' "
+                         "(data parallel under mpirun).")
     of0, _ = params_of(g, of, wrt)
     task = _data_task(g, of0, features, target)
     extra = [n for n in (task.scores, of0) if n is not None]
     m = build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize, extra_outputs=extra,
                     checkpoint=checkpoint)
     fns, blocks, metric = _script_functions(m, task)
+    mpi = distributed == "mpi"
+    if mpi and _context(m):
+        what = " and ".join({"running": "batch norm", "rng": "dropout"}[c] for c in _context(m))
+        raise _option_error(lambda opt: (
+            f"{opt('distributed')}mpi cannot train a network with {what}: each rank would "
+            "compute its own batch statistics or draw its own masks, not those of the "
+            "one-process training; train this network in one process."))
     name = safe_text(g.nx.graph.get("name", "network"))
     given = "".join(f", {k}={float(v)!r}" for k, v in sorted(hyper.items()))
     given += "" if dtype == "float64" else f", dtype={dtype!r}"
     given += "" if checkpoint in (None, "none") else f", checkpoint={checkpoint!r}"
+    given += f", distributed={distributed!r}" if mpi else ""
     call = (f"sb.training_script(graph, of={m.of!r}, optimizer={m.opt.name!r}, "
             f"lr={m.hyper['lr']!r}{given},\n{' ' * 19}epochs={epochs}, "
             f"batch_size={batch_size}, seed={seed})")
@@ -377,16 +401,27 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         what = f"y holds {task.kind} fed to {safe_text(task.target)}; the script reports loss"
     doc = step_doc(m, f"Train the network {name} with {m.opt.title}: a standalone NumPy "
                        "training script.")
+    needs = ("Needs only NumPy and the Python standard library." if not mpi else
+             "Needs NumPy, the Python standard library and mpi4py with an MPI library (pip "
+             "install mpi4py mpich).")
+    run = "python train.py" if not mpi else "mpirun -n 2 python train.py"
     doc += wrap(f"Data: X feeds {safe_text(task.features)}; {what}.") + "\n" + (
             f"Generated by symbackprop {_version} with\n    "
             + "\n    ".join(map(safe_text, call.split("\n"))) + "\n"
-            "Needs only NumPy and the Python standard library. Do not edit: regenerate "
+            f"{needs} Do not edit: regenerate "
             "instead.\n\n"
             "Usage:\n"
-            "    python train.py --data data.npz --out checkpoint.npz\n"
-            f"    python train.py --data data.npz --epochs {2 * epochs} --resume "
+            f"    {run} --data data.npz --out checkpoint.npz\n"
+            f"    {run} --data data.npz --epochs {2 * epochs} --resume "
             "checkpoint.npz\n"
             "Run it with --help for every option.")
+    if mpi:
+        doc += ("\n\nData parallel (MPI): each of the K ranks (mpirun -n K) reads the data and "
+                "shuffles\nalike, computes the gradient of its K-th of every global batch "
+                "(--batch-size, a\nmultiple of K) and one Allreduce sums the flat gradient "
+                "buffers; rank 0 alone prints\nand writes checkpoints, which resume on any K. "
+                "Set OPENBLAS_NUM_THREADS (e.g. 1) so\nthat the ranks do not share cores. "
+                "Without mpirun it runs as one process.")
     constants = _script_constants(m, task, epochs, batch_size, seed)
     constants.append(f"METRIC = {metric!r}  # evaluate() returns: 'acc' (accuracy) or 'loss'")
     constants.append(_layers_constant(m))
@@ -399,9 +434,13 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
                          "main fills it")
         runtime = tuple(n for name in runtime for n in (
             ("buffers_state", "restore_buffers", name) if name == "save_checkpoint" else (name,)))
-    blocks = step_blocks(m) + blocks + [source_of(
+    if mpi:  # data parallel (issue 15)
+        runtime = tuple(n for name in runtime for n in (
+            (*MPI_RUNTIME.get(name, ()), name) if name == "InputError"
+            else (name, *MPI_RUNTIME.get(name, ())) if name == "last_good_path" else (name,)))
+    blocks = step_blocks(m, distributed) + blocks + [source_of(
         runtime_script, *runtime, variants={"tokens": task.tokens, "floats": not task.tokens,
-                                            "buffers": buffers})]
+                                            "buffers": buffers, "mpi": mpi, "single": not mpi})]
     return assemble(doc, m, m.functions + fns, blocks,
                    imports=("argparse", "csv", "json", "os", "sys", "tempfile", "time",
                             "zipfile"), constants=constants)

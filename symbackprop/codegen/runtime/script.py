@@ -12,6 +12,7 @@ alone: ``python symbackprop/codegen/runtime/script.py --data data.npz``.
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 import tempfile
@@ -41,6 +42,7 @@ METRIC = "loss"  # evaluate() returns: 'acc' (accuracy) or 'loss'
 VOCAB = None  # a script for integer token inputs: X holds token ids 0..VOCAB-1
 BUFFERS = None  # batch norm or dropout: {} that main fills from init_buffers or a checkpoint
 LAYERS = {"linear": ("w",)}  # each layer's weights: --log-grad-norms, --metrics
+DISTRIBUTED = None  # "mpi": a data-parallel script (sb.training_script(..., distributed="mpi"))
 
 
 def init_params(rng=0):
@@ -95,6 +97,9 @@ def grad_norms(params, X, y):
 
 
 # -- the runtime (copied, in this order) -------------------------------------------------
+
+
+MPI = COMM = None  # mpi4py's MPI and MPI.COMM_WORLD, set by main: this rank, the ranks
 
 
 class InputError(Exception):
@@ -295,6 +300,10 @@ def save_checkpoint(path, params, state, progress):
     """Write params, optimizer state and progress (epoch, samples seen in the next epoch,
     their loss sum, random state) to path atomically: a temporary file in the same
     directory, then os.replace, so an interruption never leaves half a file."""
+    if COMM is not None:  # variant: mpi
+        rank = COMM.Get_rank()  # every rank holds the same parameters: rank 0 alone writes
+        if rank:
+            return
     arrays = {"network": np.array(NETWORK), "optimizer": np.array(OPTIMIZER),
               "progress/epoch": np.array(progress["epoch"]),
               "progress/seen": np.array(progress["seen"]),
@@ -380,9 +389,59 @@ def load_checkpoint(path):
 
 def fail(message, status):
     """Print one line to stderr and return the exit status."""
+    if COMM is not None:  # variant: mpi
+        # the ranks meet the same error together: rank 0 says it (COMM is None when
+        # mpi4py is missing: then each process says it)
+        rank = 0 if COMM is None else COMM.Get_rank()
+        if rank:
+            return status
     prog = os.path.basename(sys.argv[0]) or "train.py"
     print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
     return status
+
+
+def mpi_world():
+    """mpi4py's MPI module and MPI.COMM_WORLD, imported here: only a data-parallel run needs
+    them. InputError naming what to install when mpi4py cannot be imported."""
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        prog = os.path.basename(sys.argv[0]) or "train.py"
+        raise InputError(f"this script trains data parallel with MPI and needs mpi4py ({e}); "
+                         "install it with `pip install symbackprop[distributed]` (or `pip "
+                         f"install mpi4py mpich`), then run `mpirun -n K python {prog} ...`"
+                         ) from None
+    return MPI, MPI.COMM_WORLD
+
+
+def abort_all(kind, value, traceback):
+    """sys.excepthook under MPI: an error that one rank meets alone (a full disk, a bug)
+    would leave the others waiting in the next Allreduce forever; print it, stop them all."""
+    sys.__excepthook__(kind, value, traceback)
+    sys.stderr.flush()
+    COMM.Abort(1)
+
+
+def shard(idx):
+    """This rank's rows of the global batch idx (consecutive, as even as they can be: every
+    rank's when the batch is a multiple of the ranks) and their share of it."""
+    k, r = COMM.Get_size(), COMM.Get_rank()
+    mine = idx[len(idx) * r // k:len(idx) * (r + 1) // k]
+    return mine, len(mine) / len(idx)
+
+
+def allreduce(G, loss, share):
+    """G, this rank's flat gradient buffer, times its share of the global batch, summed
+    over the ranks in place by one Allreduce: every rank then holds the gradient of the
+    global batch's mean loss. A rank whose loss is nan or inf writes it into G, so that
+    every rank sees it and all stop at the same step. Returns the loss."""
+    if share != 1.0:
+        G *= share
+    if not math.isfinite(loss):
+        G[0] = loss
+    if COMM is not None and COMM.Get_size() > 1:
+        COMM.Allreduce(MPI.IN_PLACE, G, op=MPI.SUM)
+    return loss
 
 
 def last_good_path(out):
@@ -453,6 +512,9 @@ def train(args, data, params, state, progress, norms=None):
     rng = np.random.default_rng()
     rng.bit_generator.state = progress["rng"]
     epoch, seen, loss_sum = progress["epoch"], progress["seen"], progress["loss_sum"]
+    if COMM is not None:  # variant: mpi
+        # each rank sums its own rows' losses; rank 0 carries those of a resumed epoch
+        loss_sum = 0.0 if COMM.Get_rank() else loss_sum
     if epoch >= args.epochs:
         print(f"the checkpoint is at epoch {epoch}; nothing to do for --epochs {args.epochs}")
         return 0
@@ -466,20 +528,32 @@ def train(args, data, params, state, progress, norms=None):
             if BUFFERS is not None:  # variant: buffers
                 before = buffers_state()  # what a last_good checkpoint keeps
             try:
-                loss = train_step(params, state, **minibatch(X, y, idx), lr=args.lr)
+                if COMM is None:  # variant: single
+                    loss = train_step(params, state, **minibatch(X, y, idx), lr=args.lr)
+                if COMM is not None:  # variant: mpi
+                    mine, share = shard(idx)  # this rank's rows of the global batch
+                    loss = train_step(params, state, **minibatch(X, y, mine), lr=args.lr,
+                                      share=share)
             except FloatingPointError as e:
                 path = last_good_path(args.out)
                 if BUFFERS is not None:  # variant: buffers
                     restore_buffers(before)
+                if COMM is not None:  # variant: mpi
+                    loss_sum = COMM.allreduce(loss_sum)  # the ranks stop together
                 save_checkpoint(path, params, state, {"epoch": epoch, "seen": seen,
                                                       "loss_sum": loss_sum, "rng": rng_state})
                 kept = f"; {args.out} is unchanged" if os.path.exists(args.out) else ""
                 return fail(f"stopped at epoch {epoch + 1}, batch {seen // args.batch_size + 1}"
                             f" of {n_batches}: {e}. The last good parameters (before this "
                             f"batch) are saved in {path}{kept}", 1)
-            loss_sum += loss * len(idx)
+            if COMM is None:  # variant: single
+                loss_sum += loss * len(idx)
+            if COMM is not None:  # variant: mpi
+                loss_sum += loss * len(mine)
             seen += len(idx)
         epoch += 1
+        if COMM is not None:  # variant: mpi
+            loss_sum = COMM.allreduce(loss_sum)  # the epoch's, over every rank's rows
         train_time += time.perf_counter() - start
         line, score = f"epoch {epoch:{width}d}/{args.epochs}  loss {loss_sum / n:.6g}", None
         if data["X_test"] is not None:
@@ -574,6 +648,24 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if DISTRIBUTED:  # variant: mpi
+        global MPI, COMM
+        try:
+            MPI, COMM = mpi_world()
+        except InputError as e:
+            return fail(e, 2)
+        sys.excepthook = abort_all
+        ranks = COMM.Get_size()
+        if args.batch_size % ranks:
+            low = args.batch_size // ranks * ranks
+            near = f"{low} or {low + ranks}" if low else f"{ranks}"
+            return fail(f"--batch-size {args.batch_size} is the global batch, split evenly "
+                        f"over the {ranks} MPI ranks, and is not a multiple of {ranks}; pass "
+                        f"--batch-size {near}, or run on a number of ranks that divides "
+                        f"{args.batch_size} (mpirun -n K)", 2)
+        if COMM.Get_rank():  # the other ranks stay quiet: rank 0 prints, logs and writes
+            sys.stdout = None  # print() then writes nothing
+            args.log_grad_norms = args.metrics = None
     try:
         data = load_data(args.data, getattr(args, "input_shape", None))
         if args.resume:
