@@ -36,6 +36,11 @@ class MathMLPrinter(MathMLPresentationPrinter):
             e.appendChild(c)
         return e
 
+    def _as_ordered_terms(self, expr, order=None):
+        """A positive term first, as the text form writes sums: ``P − Y``."""
+        terms = super()._as_ordered_terms(expr, order)
+        return sorted(terms, key=lambda t: t.could_extract_minus_sign())
+
     def _print_AsMatrix(self, e):
         return self._print(e.args[0])
 
