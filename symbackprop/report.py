@@ -147,6 +147,12 @@ def report(g: Graph, at: dict | None = None, of: str | None = None, wrt=None, ba
     arrays = any(d["shape"] != () for _, d in g.nx.nodes(data=True))
     point = dict(at or {})
     if arrays:  # a random batch and the initial parameters, the given values in their place
+        for k, v in point.items():
+            shape = g.nx.nodes[k]["shape"] if k in g else ()
+            if shape != () and np.ndim(v) == 0:
+                raise GraphError(f"at= gives the number {v} for {k!r}, which has shape "
+                                 f"{tuple(shape)}; a network of arrays is shown at a random "
+                                 "batch, so give only its scalars (or arrays, from Python).")
         point = {**random_inputs(g, {"N": batch}, seed=seed),
                  **{k: np.asarray(v, dtype=float) for k, v in point.items()}}
     der = derive(g, of, wrt, at=point or None)
@@ -223,7 +229,7 @@ def _inline_svg(svg_text: str, key: str) -> str:
     metadata or namespace declarations (nothing that names a URL), and its IDs prefixed
     with ``key`` so that several drawings on one page keep distinct IDs."""
     s = re.sub(r"<\?xml.*?\?>|<!DOCTYPE.*?>|<!--.*?-->|<metadata>.*?</metadata>", "",
-               svg_text, flags=re.S)
+               svg_text, flags=re.DOTALL)
     s = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", s)
     s = re.sub(r'\bid="([^"]*)"', rf'id="{key}-\1"', s)
     s = re.sub(r'url\(#([^)]*)\)', rf'url(#{key}-\1)', s)
@@ -275,9 +281,9 @@ def _page(r: Report) -> str:
         ("diagrams", "Diagrams", _figure(r, "forward") + _figure(r, "joint")),
         ("sweep", "The backward sweep, step by step", _sweep(r, steps, items)),
         ("formulas", "Gradient formulas",
-         f"<p>Each gradient in δ-form: δ<sub>n</sub> stands for "
-         f"∂{html.escape(grads.label(der.of))}/∂n.</p>"
-         f'<table class="formulas"><tbody>{formulas}</tbody></table>'),
+         (f"<p>Each gradient in δ-form: δ<sub>n</sub> stands for "
+          f"∂{html.escape(grads.label(der.of))}/∂n.</p>"
+          f'<table class="formulas"><tbody>{formulas}</tbody></table>')),
         ("cost", "What a step costs", _cost(r)),
         ("flow", "How gradients flow", _flow(r)),
     ]
