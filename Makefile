@@ -4,14 +4,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export OPENBLAS_NUM_THREADS ?= 2
 
-.PHONY: demo test bench lint graphviz clean
+.PHONY: demo test bench lint graphviz chromium clean
 
 # setuptools reports that an install is editable with a warning (InformationOnly: "there is
 # no clear way of displaying messages"); it is no fault of the project, so it is filtered.
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[dev,examples,plots,distributed]"
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[dev,examples,plots,distributed,browser]"
 	touch $(STAMP)
 
 # The real `dot` program renders diagrams: install Debian's graphviz when missing.
@@ -28,13 +28,29 @@ graphviz:
 	    echo "  Diagrams are still written as .dot files."; \
 	  fi; }
 
-demo: $(STAMP) graphviz
+# The report page's browser test drives Debian's chromium with its chromium-driver
+# (Selenium, the browser extra): install them when missing. Nothing is downloaded
+# otherwise; without them the test skips, saying why.
+chromium:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium and chromium-driver with apt-get"; \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	    sudo apt-get update -qq >/dev/null && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "warning: chromium or chromedriver is missing and cannot be installed here;"; \
+	    echo "  install them with 'sudo apt-get install chromium chromium-driver' (Debian/Ubuntu)."; \
+	    echo "  The report page's browser test is skipped without them."; \
+	  fi; }
+
+demo: $(STAMP) graphviz chromium
 	$(PY) examples/demo.py
 	@echo
 	@echo "The symbackprop command is in $(VENV): run 'source $(VENV)/bin/activate' in a shell to"
 	@echo "put it on the PATH (or call $(VENV)/bin/symbackprop), then 'symbackprop --help'."
 
-test: $(STAMP) graphviz
+test: $(STAMP) graphviz chromium
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

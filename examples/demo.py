@@ -3,7 +3,8 @@
 1. derivations of the two worked examples, with numbers (text);
 2. the MLP's gradient formulas (delta form);
 3. generated NumPy code for a small network, checked against finite differences;
-4. diagrams of the worked examples and the MLP, written to out/;
+4. diagrams of the worked examples and the MLP, written to out/, and a report page each
+   for the chain and a small MLP (out/chain_report.html, out/mlp_report.html);
 5. how gradients flow through 50 layers: sigmoid, tanh and relu side by side (and the
    chart out/flow_activations.svg when matplotlib is installed);
 6. the digits example: generated training scripts (an MLP and a CNN) against scikit-learn;
@@ -50,6 +51,12 @@ def main() -> int:
 
     banner("4. Diagrams")
     runpy.run_path(os.path.join(HERE, "diagrams.py"), run_name="__main__")
+    # one self-contained page each: symbackprop report SPEC [--at x=1] -o out/NAME.html
+    out = os.path.join(os.path.dirname(HERE), "out")
+    os.makedirs(out, exist_ok=True)
+    for name, g, at in (("chain_report", sb.parse("a = 2*x; b = a + 3; c = b**2"), {"x": 1}),
+                        ("mlp_report", sb.models.mlp([64, 32, 10]), None)):
+        print(f"  {sb.report(g, at=at).write(os.path.join(out, name + '.html'))}")
 
     banner("5. How gradients flow: 50 hidden layers of 64, three activations (one batch of 64)")
     from symbackprop.display.charts import PlotsNotInstalledError

@@ -35,6 +35,7 @@ from .formulas import Gradients, grad
 from .graph import Graph, Node, from_networkx, load, save, to_networkx
 from .ops.elementwise import elementwise
 from .render import render, to_dot, write_diagram
+from .report import report
 from .testing import check_grad
 
 # sb.<op> for every built-in op (sb.relu, sb.matmul, sb.softmax_cross_entropy, ...)
@@ -51,6 +52,6 @@ __all__ = [
     "SymbackpropError", "UnknownOpError", "check_grad", "compile", "derive", "differentiate",
     "elementwise", "from_networkx", "grad", "gradient_flow", "load", "models", "numpy_source",
     "ops",
-    "optimize", "parse", "render", "save", "testing", "to_dot", "to_networkx", "train_step",
+    "optimize", "parse", "render", "report", "save", "testing", "to_dot", "to_networkx", "train_step",
     "training_script", "write_diagram",
 ] + [name for name in _OP_NAMES] + ["embedding", "split", "dropout"]  # every op, sb.relu ...

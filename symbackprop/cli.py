@@ -38,6 +38,7 @@ examples:
   symbackprop train-script mlp:64-32-10 --optimizer adam --lr 0.01 -o train.py
   symbackprop cost mlp:784-256-256-256-10 --batch 64 --measure
   symbackprop flow "mlp:64-64*50-10" --compare activation=sigmoid,tanh,relu --plot flow.svg
+  symbackprop report "a = 2*x; b = a + 3; c = b**2" --at x=1 -o report.html
 
 Mistakes print one line naming the node, what was expected and the fix, and exit
 with status 2; check exits 1 when a gradient disagrees with finite differences.
@@ -371,6 +372,18 @@ def cmd_flow(a) -> int:
     return 0
 
 
+def cmd_report(a) -> int:
+    from .report import report
+
+    if a.batch < 1:
+        raise GraphError(f"--batch {a.batch}: expected a positive number of examples.")
+    r = report(_graph(a), at=parse_at(a.at), of=a.of, wrt=_names(a.wrt), batch=a.batch,
+               seed=a.seed, title=a.title or a.spec)
+    _write(r.html(), a.output)
+    _warn(r.derivation.warnings)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="symbackprop", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -473,6 +486,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "(needs matplotlib: pip install symbackprop[plots])")
     c.add_argument("-o", "--output", help="output file (default: stdout)")
     c.set_defaults(run=cmd_flow)
+
+    c = command("report", "write one self-contained HTML page: diagrams, formulas, the "
+                "backward sweep step by step, cost and gradient flow")
+    _spec_args(c)
+    c.add_argument("--at", help="the point, e.g. x=1 (scalar graphs; arrays get a random batch)")
+    c.add_argument("--batch", type=int, default=64, help="batch size N of arrays (default 64)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the random batch and weights")
+    c.add_argument("--title", help="the page's heading (default: the SPEC)")
+    c.add_argument("-o", "--output", help="output .html file (default: stdout)")
+    c.set_defaults(run=cmd_report)
     return p
 
 

@@ -189,6 +189,16 @@ class Cost:
             out.append(f"not counted (no FLOP count declared): {', '.join(self.uncounted)}")
         return out
 
+    def table(self) -> tuple[list[str], list[list[str]]]:
+        """The table of :meth:`text` as a header and rows of cells, for other formats
+        (the report page)."""
+        return self._table()
+
+    def summary(self) -> list[str]:
+        """The lines under the table of :meth:`text` (totals, memory, numerical
+        differentiation's price)."""
+        return self._lines()
+
     def text(self) -> str:
         """A plain-text table and the totals.
 

@@ -161,6 +161,20 @@ class Derivation:
         """The derivation in Unicode text, one line per forward node and backward step."""
         return "\n".join(a if not b else f"  {a} = {b}" for a, b in self._lines(False))
 
+    def step_lines(self, tex: bool = False) -> list[tuple[str, str]]:
+        """One ``(gradient, chain rule)`` pair per step, in backward-sweep order, as
+        :meth:`text` writes them (the report page steps through them).
+
+        Examples
+        --------
+        >>> d = sb.derive(sb.parse("a = 2*x; b = a + 3; c = b**2"), wrt="x", at={"x": 1})
+        >>> d.step_lines()[1:3]
+        [('dc/db', '2b = 10'), ('dc/da', 'dc/db · db/da = 10 · 1 = 10')]
+        """
+        d = self.gradients._d
+        return [(_dd(d, self.of, st.node, tex), " = ".join(_step_stages(self, st, tex)))
+                for st in self.steps]
+
     def markdown(self) -> str:
         """The derivation as Markdown: a table per pass (Unicode math)."""
         return _markdown(self)

@@ -81,6 +81,20 @@ def _safe(name: str) -> str:
     return s if _SAFE_ID.fullmatch(s or "") else "g_" + s
 
 
+def node_ids(g: Graph) -> dict:
+    """``{node: DOT ID}``: the name where it is a plain ASCII identifier, else
+    ``_n<index>``. Graphviz writes the ID as the ``<title>`` of the node's ``<g>`` in SVG,
+    which is how a page finds a node (the report page's highlighting).
+
+    Examples
+    --------
+    >>> from symbackprop.render import node_ids
+    >>> node_ids(sb.parse("a = 2*x"))
+    {'x': 'x', 'const_1': 'const_1', 'a': 'a'}
+    """
+    return {n: n if _SAFE_ID.fullmatch(str(n)) else f"_n{i}" for i, n in enumerate(g.nx)}
+
+
 # -- the style table ----------------------------------------------------------------------
 FONT = "DejaVu Sans"
 COLORS = {"value": "#1d4ed8", "grad": "#b91c1c", "muted": "#6b7280", "backward": "#be123c",
@@ -149,8 +163,7 @@ class _Diagram:
                  deltas: dict | None = None, flow=None):
         self.g, self.G, self.kind = g, g.nx, kind
         self.order = {n: i for i, n in enumerate(g.nx)}
-        self.ids = {n: n if _SAFE_ID.fullmatch(str(n)) else f"_n{i}"
-                    for n, i in self.order.items()}
+        self.ids = node_ids(g)
         # adjoint node -> the forward nodes it is the gradient of
         self.gradient_of: dict[str, list[str]] = {}
         for n, a in (adjoint or {}).items():

@@ -1,6 +1,6 @@
 """Imports flow one way: errors -> ops -> graph -> build -> autodiff
 -> display/formulas/optimize -> derive -> codegen.runtime -> codegen -> codegen.compiled
--> render -> cli. A module imports
+-> render -> report -> cli. A module imports
 (at module level) only from earlier layers.
 
 Display hooks (``Graph._repr_mimebundle_``) import render lazily inside the method:
@@ -21,7 +21,8 @@ LAYERS = [
     ["build", "models", "layers"],
     ["autodiff"],
     ["display", "display.numbers", "display.printers", "display.expressions", "display.labels",
-     "display.charts", "edges", "formulas", "optimize", "optimize.rewrite", "optimize.dce", "optimize.cse",
+     "display.charts", "display.mathml", "edges", "formulas", "optimize", "optimize.rewrite",
+     "optimize.dce", "optimize.cse",
      "optimize.fold", "optimize.fuse", "optimize.simplify",
      # the lowering table and the runtime it copies depend on ops alone; derivations
      # evaluate ops at a point through it
@@ -37,6 +38,7 @@ LAYERS = [
      "codegen.checkpoint"],
     ["codegen.compiled", "testing", "cost", "flow"],
     ["render"],
+    ["report"],
     ["cli"],
 ]
 LAYER = {m: i for i, ms in enumerate(LAYERS) for m in ms}
