@@ -18,7 +18,7 @@ def test_bench_quick_writes_json(tmp_path):
            "--json", str(out)]
     run = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "Targets (issue 5)" in run.stdout
+    assert "Targets (issues 5 and 14)" in run.stdout
     res = json.loads(out.read_text())
     assert {"meta", "settings", "workloads", "compile", "lines", "targets"} <= set(res)
     assert list(res["workloads"]) == ["B"]
