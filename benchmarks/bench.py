@@ -9,8 +9,11 @@ step and against tuned NumPy doing the same job (gradients into new arrays, no u
 the generated forward alone, compile time against depth,
 lines of generated backward vs forward code, and peak memory of a step; and workloads D (a
 CNN's training step) and E (a transformer block's value_and_grad) against hand-written NumPy
-and PyTorch eager (benchmarks/networks.py). Prints medians,
-ratios and each target of issue 5 with PASS/MISS, and writes every number to JSON. A timing
+and PyTorch eager (benchmarks/networks.py); issue 14's: the training step with
+``checkpoint="sqrt"`` against the unchecked one on workload C and a 100-layer ReLU MLP (K:
+time, and memory three ways), and ``sb.gradient_flow`` and ``symbackprop cost`` timed in new
+processes (L). Prints medians, ratios and each target of issues 5 and 14 with PASS/MISS (a
+MISS that a measured floor explains says so), and writes every number to JSON. A timing
 target gets no verdict, "no verdict (noisy)", when its numbers cannot be trusted: a ratio of
 its workload is impossible (forward+backward faster than forward, a NumPy step faster than
 its matrix products alone), the machine was loaded (load average against the cores), or the
@@ -25,6 +28,7 @@ collector off while timing; medians of the per-call times.
     python benchmarks/bench.py --quick         # smoke run, under a minute
     python benchmarks/bench.py --only A,B --json out.json
     python benchmarks/bench.py --only D,E --blas-threads 1   # on a loaded machine
+    python benchmarks/bench.py --only K,L --depths none      # issue 14's targets alone
 """
 
 from __future__ import annotations
@@ -605,6 +609,20 @@ def value_and_grad_memory(g, p0, X, y, dtype, checkpoint) -> dict:
             "gradients": int(sum(np.asarray(v).nbytes for v in grads.values()))}
 
 
+def cpu_per_call(fns: dict, calls: int) -> dict:
+    """Median CPU seconds of this process per call of each function, the functions taking
+    turns: the work a call does, which a neighbour taking the cores does not inflate as it
+    does wall time (spinning BLAS threads count, so pin them with --blas-threads 1 to read
+    it as work). Not a target, which is wall time; a cross-check on a loaded machine."""
+    per = {name: [] for name in fns}
+    for _ in range(calls):
+        for name, f in fns.items():
+            c0 = time.process_time()  # all this process's threads; os.times ticks at 10 ms
+            f()
+            per[name].append(time.process_time() - c0)
+    return {name: statistics.median(v) for name, v in per.items()}
+
+
 def run_checkpointed(w: Checkpointed, args, rng: random.Random) -> dict:
     """The generated SGD step with ``checkpoint="sqrt"`` against the unchecked one: the
     parameters after one step (bit-identical, or the run stops), step times interleaved,
@@ -633,6 +651,7 @@ def run_checkpointed(w: Checkpointed, args, rng: random.Random) -> dict:
     rounds = max(1, args.rounds // 2) if w.key != "K-C" else args.rounds  # R100: ~1 s a step
     t = interleave(fns, rounds, args.block, args.drop, rng)
     med = {k: v["median"] for k, v in t.items()}
+    cpu = cpu_per_call(fns, max(3, rounds))
     memory = {}
     for ck in ("none", "sqrt"):
         traced = peak_memory(lambda ck=ck: make(ck))
@@ -640,7 +659,7 @@ def run_checkpointed(w: Checkpointed, args, rng: random.Random) -> dict:
         memory[ck] = {"step_peak": traced["peak"], "step_arena": arena, "step_gradients": grads,
                       "value_and_grad": value_and_grad_memory(g, p0, X, y, dtype, ck)}
     n, q = memory["none"], memory["sqrt"]
-    ratios = {"time": med["sqrt"] / med["none"],
+    ratios = {"time": med["sqrt"] / med["none"], "cpu_time": cpu["sqrt"] / cpu["none"] if cpu["none"] else None,
               "step_peak": q["step_peak"] / n["step_peak"],
               "step_arena": q["step_arena"] / n["step_arena"],
               "value_and_grad_peak": q["value_and_grad"]["peak"] / n["value_and_grad"]["peak"],
@@ -651,7 +670,7 @@ def run_checkpointed(w: Checkpointed, args, rng: random.Random) -> dict:
     floor = n["step_gradients"] / n["step_peak"] if n["step_peak"] else None
     return {"title": w.title, "group": w.group, "sizes": list(w.sizes), "batch": w.batch,
             "dtype": w.dtype, "loss_first_step": losses["none"], "bit_identical": True,
-            "medians_s": med, "ratios": ratios, "memory_bytes": memory,
+            "medians_s": med, "cpu_s_per_call": cpu, "ratios": ratios, "memory_bytes": memory,
             "gradient_floor": floor,
             "timing": {k: {"block_medians_s": v["block_medians"], "samples": v["samples"],
                            "page_faults_per_call": v["page_faults_per_call"]}
@@ -1096,9 +1115,9 @@ def report(res: dict) -> str:
     if K:
         out.append("Checkpointing (issue 14): generated SGD step, checkpoint='sqrt' against "
                    "'none'; median ms [± half-range of block medians]; memory in MB")
-        head = (f"{'workload':<10}{'none ms':>13}{'sqrt ms':>13}{'time':>7}"
-                f"{'step peak':>17}{'step arena':>17}{'(grads)':>9}"
-                f"{'vg peak':>17}{'vg workspace':>17}")
+        head = (f"{'workload':<10}{'none ms':>13}{'sqrt ms':>13}{'time':>8}"
+                f"{'step peak':>21}{'step arena':>21}{'(grads)':>9}"
+                f"{'vg peak':>21}{'vg workspace':>21}")
         out += [head, "-" * len(head)]
         for key, r in K.items():
             m, n, q, x = r["medians_s"], *(r["memory_bytes"][c] for c in ("none", "sqrt")), \
@@ -1108,16 +1127,19 @@ def report(res: dict) -> str:
                 return f"{fmt_ms(m[c])} ±{spread(r['timing'][c]['block_medians_s']) * 100:.0f}%"
 
             def mb(a, b, ratio):
-                return f"{a / 1e6:.2f}>{b / 1e6:.2f} {ratio:.2f}x"
+                return f"{a / 1e6:.2f} > {b / 1e6:.2f} {ratio:.2f}x"
 
-            out.append(f"{key:<10}{ms('none'):>13}{ms('sqrt'):>13}{x['time']:>6.2f}x"
-                       f"{mb(n['step_peak'], q['step_peak'], x['step_peak']):>17}"
-                       f"{mb(n['step_arena'], q['step_arena'], x['step_arena']):>17}"
+            vn, vq = n["value_and_grad"], q["value_and_grad"]
+            out.append(f"{key:<10}{ms('none'):>13}{ms('sqrt'):>13}{x['time']:>7.2f}x"
+                       f"{mb(n['step_peak'], q['step_peak'], x['step_peak']):>21}"
+                       f"{mb(n['step_arena'], q['step_arena'], x['step_arena']):>21}"
                        f"{n['step_gradients'] / 1e6:>9.2f}"
-                       f"{mb(n['value_and_grad']['peak'], q['value_and_grad']['peak'], x['value_and_grad_peak']):>17}"
-                       f"{mb(n['value_and_grad']['workspace'], q['value_and_grad']['workspace'], x['value_and_grad_workspace']):>17}")
+                       f"{mb(vn['peak'], vq['peak'], x['value_and_grad_peak']):>21}"
+                       f"{mb(vn['workspace'], vq['workspace'], x['value_and_grad_workspace']):>21}")
         for key, r in K.items():
-            out.append(f"  {key}: {r['title']}; parameters after a step bit-identical")
+            cpu = r["ratios"].get("cpu_time")
+            out.append(f"  {key}: {r['title']}; parameters after a step bit-identical"
+                       + (f"; CPU time per step sqrt/none {cpu:.2f}x" if cpu else ""))
         out.append("  step peak: tracemalloc, the second step, parameters off; arena: the plan's "
                    "bytes (intermediates + flat gradients); vg: one value_and_grad call")
         out.append("")
