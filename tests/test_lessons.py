@@ -37,7 +37,7 @@ PAGE = Path(__file__).resolve().parents[1] / "docs" / "lessons.md"
 TIMINGS_MARK = "<!-- lessons-test: timings -->"
 TIME = re.compile(r"\d[\d,]*(?:\.\d+)?(?:e[+-−]?\d+)?\s?(?:ns|µs|us|ms|s|min|h)\b")
 NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?(?:e[+-−]?\d+)?")
-BUDGET_S = 20.0  # the whole page, on the project's loaded 2-core machine
+BUDGET_S = 20.0  # CPU seconds for the whole page (4-5 s of wall time on a quiet 2-core machine)
 
 
 @dataclass
@@ -190,7 +190,9 @@ def test_the_page_has_what_the_issue_asks_for():
 def test_every_block_runs_and_prints_what_the_page_shows(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # anything a command writes lands here
     namespace: dict = {"__name__": "lessons"}
-    t0 = time.perf_counter()
+    # CPU time, not wall time: a loaded machine (the suite shares it) stretches the wall clock
+    # three-fold, but not the work the page asks for
+    t0 = time.process_time()
     failures = []
     for b in blocks(PAGE.read_text()):
         where = f"docs/lessons.md:{b.line}"
@@ -208,9 +210,9 @@ def test_every_block_runs_and_prints_what_the_page_shows(tmp_path, monkeypatch):
                 shown = normalise(shown_lines, b.timings)
                 if not matches(shown, normalise(got, b.timings)):
                     failures.append(f"{where}: `{cmd}`\n{diff(shown, normalise(got, b.timings))}")
-    elapsed = time.perf_counter() - t0
+    elapsed = time.process_time() - t0
     assert not failures, "\n\n".join(failures)
-    assert elapsed < BUDGET_S, f"the page took {elapsed:.1f} s to run (budget {BUDGET_S:.0f} s)"
+    assert elapsed < BUDGET_S, f"the page took {elapsed:.1f} CPU s to run (budget {BUDGET_S:.0f} s)"
 
 
 if __name__ == "__main__":  # print each block's actual output, for editing the page
