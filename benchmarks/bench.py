@@ -9,8 +9,11 @@ step and against tuned NumPy doing the same job (gradients into new arrays, no u
 the generated forward alone, compile time against depth,
 lines of generated backward vs forward code, and peak memory of a step; and workloads D (a
 CNN's training step) and E (a transformer block's value_and_grad) against hand-written NumPy
-and PyTorch eager (benchmarks/networks.py). Prints medians,
-ratios and each target of issue 5 with PASS/MISS, and writes every number to JSON. A timing
+and PyTorch eager (benchmarks/networks.py); issue 14's: the training step with
+``checkpoint="sqrt"`` against the unchecked one on workload C and a 100-layer ReLU MLP (K:
+time, and memory three ways), and ``sb.gradient_flow`` and ``symbackprop cost`` timed in new
+processes (L). Prints medians, ratios and each target of issues 5 and 14 with PASS/MISS (a
+MISS that a measured floor explains says so), and writes every number to JSON. A timing
 target gets no verdict, "no verdict (noisy)", when its numbers cannot be trusted: a ratio of
 its workload is impossible (forward+backward faster than forward, a NumPy step faster than
 its matrix products alone), the machine was loaded (load average against the cores), or the
@@ -25,6 +28,7 @@ collector off while timing; medians of the per-call times.
     python benchmarks/bench.py --quick         # smoke run, under a minute
     python benchmarks/bench.py --only A,B --json out.json
     python benchmarks/bench.py --only D,E --blas-threads 1   # on a loaded machine
+    python benchmarks/bench.py --only K,L --depths none      # issue 14's targets alone
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ import json
 import platform
 import random
 import statistics
+import subprocess
 import time
 import tracemalloc
 from dataclasses import dataclass
@@ -147,6 +152,37 @@ NETWORKS = [
             "value_and_grad"),
 ]
 BLOCK_SIZES = {"seq": 64, "d_model": 128, "heads": 4, "d_ff": 512}  # workload E
+
+
+@dataclass(frozen=True)
+class Checkpointed:
+    """Issue 14's checkpointing workloads (group K): the generated SGD training step with
+    ``checkpoint="sqrt"`` against the same step unchecked, in time and in peak memory."""
+
+    key: str
+    group: str
+    sizes: tuple
+    activation: str
+    batch: int
+    dtype: str
+
+    @property
+    def title(self) -> str:
+        s = self.sizes
+        return (f"{s[0]}-{s[1]}x{len(s) - 2}-{s[-1]} {self.activation} b{self.batch} "
+                f"{self.dtype.replace('float', 'f')}")
+
+
+CHECKPOINTED = [
+    Checkpointed("K-C", "K", (64,) + (64,) * 50 + (10,), "tanh", 64, "float64"),  # workload C
+    Checkpointed("K-R100", "K", (256,) + (256,) * 100 + (10,), "relu", 256, "float64"),
+]
+# Issue 14's tools, timed in new processes as a user runs them (group L).
+LESSONS = ("L",)
+CHECKPOINT_MEMORY = 0.35  # step peak, checkpoint="sqrt" / unchecked
+CHECKPOINT_TIME = 1.40  # step time, checkpoint="sqrt" / unchecked: one more forward at most
+FLOW_SECONDS = 1.0  # sb.gradient_flow on mlp:64-64*50-10 at batch 64, compile included
+COST_SECONDS = 2.0  # `symbackprop cost mlp:784-256-256-256-10`, start to exit
 
 
 # -- machine -------------------------------------------------------------------------------
@@ -535,6 +571,160 @@ def run_network(w: Network, args, rng) -> dict:
                        for k, v in t.items()}, **info}
 
 
+# -- issue 14: checkpointing, and the lessons' tools -----------------------------------------
+
+def arena_bytes(module) -> tuple[int, int]:
+    """(bytes of the arenas a planned module made, bytes of their flat gradient buffers):
+    the planner's own account of a step's intermediate arrays (``_workspace``), one arena
+    per batch size."""
+    arenas, grads = {}, 0
+    for ws in getattr(module, "_WORKSPACES", {}).values():
+        flat = ws[1]
+        base = flat
+        while isinstance(base.base, np.ndarray):
+            base = base.base
+        arenas[id(base)] = base.nbytes
+        grads += flat.nbytes
+    return sum(arenas.values()), grads
+
+
+def value_and_grad_memory(g, p0, X, y, dtype, checkpoint) -> dict:
+    """One ``value_and_grad`` call of a fresh ``sb.compile(g, checkpoint=...)``, traced:
+    its peak (the workspace is made inside the call, and the gradients it returns are new
+    arrays), the workspace arena, and the bytes of the returned gradients."""
+    c = sb.compile(g, dtype=np.dtype(dtype).name, checkpoint=checkpoint)
+    f = c.module.value_and_grad
+    names = f.__code__.co_varnames[:f.__code__.co_argcount]
+    arrays = dict(p0, X=X, y=y)
+    kw = {n: arrays[n] for n in names}
+    gc.collect()
+    tracemalloc.start()
+    try:
+        _, grads = f(**kw)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    arena, _ = arena_bytes(c.module)
+    return {"peak": peak, "workspace": arena,
+            "gradients": int(sum(np.asarray(v).nbytes for v in grads.values()))}
+
+
+def cpu_per_call(fns: dict, calls: int) -> dict:
+    """Median CPU seconds of this process per call of each function, the functions taking
+    turns: the work a call does, which a neighbour taking the cores does not inflate as it
+    does wall time (spinning BLAS threads count, so pin them with --blas-threads 1 to read
+    it as work). Not a target, which is wall time; a cross-check on a loaded machine."""
+    per = {name: [] for name in fns}
+    for _ in range(calls):
+        for name, f in fns.items():
+            c0 = time.process_time()  # all this process's threads; os.times ticks at 10 ms
+            f()
+            per[name].append(time.process_time() - c0)
+    return {name: statistics.median(v) for name, v in per.items()}
+
+
+def run_checkpointed(w: Checkpointed, args, rng: random.Random) -> dict:
+    """The generated SGD step with ``checkpoint="sqrt"`` against the unchecked one: the
+    parameters after one step (bit-identical, or the run stops), step times interleaved,
+    and memory three ways: the step's traced peak (:func:`peak_memory`: the second step,
+    parameters off), the step's arena (the plan's bytes: intermediate arrays and the flat
+    gradient buffer), and value_and_grad's traced peak and workspace."""
+    dtype = np.dtype(w.dtype)
+    nrng = np.random.default_rng(0)
+    p0 = hw.init_params(w.sizes, w.activation, dtype, nrng)
+    X, y = hw.make_batch(w.sizes, w.batch, dtype, nrng)
+    g = sb.models.mlp(list(w.sizes), activation=w.activation)
+
+    def make(ck):
+        return contenders.GeneratedCheckpointed(g, p0, X, y, LR, dtype, checkpoint=ck)
+
+    built = {ck: make(ck) for ck in ("none", "sqrt")}
+    losses = {ck: float(c.step()) for ck, c in built.items()}
+    a, b = (built[ck].params() for ck in ("none", "sqrt"))
+    differ = [k for k in a if not np.array_equal(a[k], b[k])]
+    if differ or losses["none"] != losses["sqrt"]:
+        raise AssertionError(f"{w.key}: checkpoint='sqrt' is not bit-identical to the "
+                             f"unchecked step (loss {losses}; parameters {differ[:5]})")
+    fns = {ck: c.step for ck, c in built.items()}
+    for f in fns.values():
+        f()
+    rounds = max(1, args.rounds // 2) if w.key != "K-C" else args.rounds  # R100: ~1 s a step
+    t = interleave(fns, rounds, args.block, args.drop, rng)
+    med = {k: v["median"] for k, v in t.items()}
+    cpu = cpu_per_call(fns, max(3, rounds))
+    memory = {}
+    for ck in ("none", "sqrt"):
+        traced = peak_memory(lambda ck=ck: make(ck))
+        arena, grads = arena_bytes(built[ck].compiled.module)
+        memory[ck] = {"step_peak": traced["peak"], "step_arena": arena, "step_gradients": grads,
+                      "value_and_grad": value_and_grad_memory(g, p0, X, y, dtype, ck)}
+    n, q = memory["none"], memory["sqrt"]
+    ratios = {"time": med["sqrt"] / med["none"], "cpu_time": cpu["sqrt"] / cpu["none"] if cpu["none"] else None,
+              "step_peak": q["step_peak"] / n["step_peak"],
+              "step_arena": q["step_arena"] / n["step_arena"],
+              "value_and_grad_peak": q["value_and_grad"]["peak"] / n["value_and_grad"]["peak"],
+              "value_and_grad_workspace": (q["value_and_grad"]["workspace"]
+                                           / n["value_and_grad"]["workspace"])}
+    # the part of the unchecked step's peak no recomputation can remove: the gradients the
+    # update reads, all at once, from one flat buffer
+    floor = n["step_gradients"] / n["step_peak"] if n["step_peak"] else None
+    return {"title": w.title, "group": w.group, "sizes": list(w.sizes), "batch": w.batch,
+            "dtype": w.dtype, "loss_first_step": losses["none"], "bit_identical": True,
+            "medians_s": med, "cpu_s_per_call": cpu, "ratios": ratios, "memory_bytes": memory,
+            "gradient_floor": floor,
+            "timing": {k: {"block_medians_s": v["block_medians"], "samples": v["samples"],
+                           "page_faults_per_call": v["page_faults_per_call"]}
+                       for k, v in t.items()}}
+
+
+def _in_new_process(code: str, timeout: float = 120.0) -> float:
+    """Run ``code`` in a new Python process that imports this checkout's symbackprop, and
+    return the float it prints last (a time it measured itself)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(sb.__file__).resolve().parent.parent)]
+        + [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x]))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=timeout, env=env, check=False)
+    if run.returncode != 0:
+        raise RuntimeError(f"timing process failed: {run.stderr.strip()[-500:]}")
+    return float(run.stdout.split()[-1])
+
+
+FLOW_CODE = """
+import time
+import symbackprop as sb
+g = sb.models.mlp([64] + [64] * 50 + [10], activation={activation!r})
+t0 = time.perf_counter()
+sb.gradient_flow(g, batch=64)  # compiles, draws the parameters, runs one batch
+print(time.perf_counter() - t0)
+"""
+COST_CODE = """
+import subprocess, sys, time
+t0 = time.perf_counter()
+run = subprocess.run([sys.executable, "-c", "import sys; from symbackprop.cli import main; "
+                      "sys.exit(main(['cost', 'mlp:784-256-256-256-10']))"],
+                     capture_output=True, check=True)
+print(time.perf_counter() - t0)
+"""
+
+
+def run_lessons(args) -> dict:
+    """Issue 14's tools as a user meets them, each in a new process (nothing cached from
+    this one: SymPy's bounds, compiled modules): ``sb.gradient_flow`` on mlp:64-64*50-10 at
+    batch 64, compile included (relu, the SPEC's default, and sigmoid, the lesson's, whose
+    SymPy bound is derived once per process), timed inside that process after its imports;
+    and the command ``symbackprop cost mlp:784-256-256-256-10`` from start to exit
+    (interpreter and imports included). Medians of repeats."""
+    repeats = 1 if args.quick else 3
+    out = {}
+    for act in ("relu", "sigmoid"):
+        ts = [_in_new_process(FLOW_CODE.format(activation=act)) for _ in range(repeats)]
+        out[f"flow {act}"] = {"median_s": statistics.median(ts), "samples_s": ts}
+    ts = [_in_new_process(COST_CODE) for _ in range(repeats)]
+    out["cost"] = {"median_s": statistics.median(ts), "samples_s": ts}
+    return out
+
+
 # -- compile time and code size ---------------------------------------------------------------
 
 def _is_binding(stmt, params) -> bool:
@@ -719,7 +909,7 @@ def targets(res: dict) -> list[dict]:
     W, out = res["workloads"], []
     load = machine_load(res["meta"])
 
-    def add(name, value, limit, unit="x", key=None, uses=(), timing=True, also=()):
+    def add(name, value, limit, unit="x", key=None, uses=(), timing=True, also=(), why=None):
         noisy = []
         if timing and value is not None:
             noisy += ([load] if load else []) + list(also)
@@ -731,7 +921,7 @@ def targets(res: dict) -> list[dict]:
                     [f"t(200)/t(100) = {r:.2f}: a deeper network compiled faster"]
         ok, label = verdict(value, limit, noisy)
         out.append({"target": name, "value": value, "limit": limit, "unit": unit, "pass": ok,
-                    "verdict": label, "noisy": noisy})
+                    "verdict": label, "noisy": noisy, "why": why if ok is False else None})
 
     def ratio(key, r):
         return W[key]["ratios"][r] if key in W else None
@@ -771,6 +961,26 @@ def targets(res: dict) -> list[dict]:
     for key, r in W.items():
         add(f"{key}: peak memory, generated / idiomatic", r["memory_bytes"]["generated/idiomatic"],
             1.0, timing=False)
+    K = res.get("checkpoint", {})
+    for w in CHECKPOINTED:
+        r = K.get(w.key)
+        why = None
+        if r and r.get("gradient_floor") is not None:
+            grads = r["memory_bytes"]["none"]["step_gradients"]
+            why = (f"the flat gradient buffer ({grads / 1e6:.1f} MB), which the update reads "
+                   f"whole, is {r['gradient_floor']:.2f}x the unchecked step's peak by itself: "
+                   "recomputing activations cannot go below it (docs/performance.md)")
+        add(f"{w.key} checkpoint='sqrt': step peak memory / unchecked (tracemalloc)",
+            r["ratios"]["step_peak"] if r else None, CHECKPOINT_MEMORY, timing=False, why=why)
+        add(f"{w.key} checkpoint='sqrt': step time / unchecked",
+            r["ratios"]["time"] if r else None, CHECKPOINT_TIME,
+            also=noisy_blocks(r, ("none", "sqrt")) if r else ())
+    L = res.get("lessons", {})
+    for act in ("relu", "sigmoid"):
+        add(f"sb.gradient_flow mlp:64-64*50-10 {act} b64, compile included",
+            L[f"flow {act}"]["median_s"] if f"flow {act}" in L else None, FLOW_SECONDS, "s")
+    add("symbackprop cost mlp:784-256-256-256-10, a new process to exit",
+        L["cost"]["median_s"] if "cost" in L else None, COST_SECONDS, "s")
     return out
 
 
@@ -901,7 +1111,46 @@ def report(res: dict) -> str:
         if "ratio_200_100" in C:
             out.append(f"t(200)/t(100) = {C['ratio_200_100']:.2f}")
         out.append("")
-    out.append("Targets (issue 5)")
+    K = res.get("checkpoint", {})
+    if K:
+        out.append("Checkpointing (issue 14): generated SGD step, checkpoint='sqrt' against "
+                   "'none'; median ms [± half-range of block medians]; memory in MB")
+        head = (f"{'workload':<10}{'none ms':>13}{'sqrt ms':>13}{'time':>8}"
+                f"{'step peak':>21}{'step arena':>21}{'(grads)':>9}"
+                f"{'vg peak':>21}{'vg workspace':>21}")
+        out += [head, "-" * len(head)]
+        for key, r in K.items():
+            m, n, q, x = r["medians_s"], *(r["memory_bytes"][c] for c in ("none", "sqrt")), \
+                r["ratios"]
+
+            def ms(c, r=r, m=m):
+                return f"{fmt_ms(m[c])} ±{spread(r['timing'][c]['block_medians_s']) * 100:.0f}%"
+
+            def mb(a, b, ratio):
+                return f"{a / 1e6:.2f} > {b / 1e6:.2f} {ratio:.2f}x"
+
+            vn, vq = n["value_and_grad"], q["value_and_grad"]
+            out.append(f"{key:<10}{ms('none'):>13}{ms('sqrt'):>13}{x['time']:>7.2f}x"
+                       f"{mb(n['step_peak'], q['step_peak'], x['step_peak']):>21}"
+                       f"{mb(n['step_arena'], q['step_arena'], x['step_arena']):>21}"
+                       f"{n['step_gradients'] / 1e6:>9.2f}"
+                       f"{mb(vn['peak'], vq['peak'], x['value_and_grad_peak']):>21}"
+                       f"{mb(vn['workspace'], vq['workspace'], x['value_and_grad_workspace']):>21}")
+        for key, r in K.items():
+            cpu = r["ratios"].get("cpu_time")
+            out.append(f"  {key}: {r['title']}; parameters after a step bit-identical"
+                       + (f"; CPU time per step sqrt/none {cpu:.2f}x" if cpu else ""))
+        out.append("  step peak: tracemalloc, the second step, parameters off; arena: the plan's "
+                   "bytes (intermediates + flat gradients); vg: one value_and_grad call")
+        out.append("")
+    L = res.get("lessons", {})
+    if L:
+        out.append("The lessons' tools (issue 14), each in a new process; median seconds")
+        for key, v in L.items():
+            out.append(f"  {key:<14}{v['median_s']:>7.2f} s   "
+                       f"(runs: {', '.join(f'{x:.2f}' for x in v['samples_s'])})")
+        out.append("")
+    out.append("Targets (issues 5 and 14)")
     load = machine_load(res["meta"])
     if load:
         out.append(f"  The machine was loaded ({load}): timing targets get no verdict.")
@@ -918,6 +1167,8 @@ def report(res: dict) -> str:
             reasons = [r for r in t["noisy"] if r != load]  # the load is said once, above
             if reasons:
                 tail += f"; {'; '.join(reasons)}"
+            if t.get("why"):
+                tail += f"; {t['why']}"
         out.append(f"  [{status}] {t['target']}: {tail}")
     return "\n".join(out)
 
@@ -929,7 +1180,9 @@ def parse_args(argv=None):
                    help="short blocks and few rounds, compile depths 10 and 50: a smoke run")
     p.add_argument("--only", default="",
                    help="comma-separated workloads: groups A, B, C, the networks D (CNN) "
-                   "and E (transformer block), or keys such as A-b128-f32")
+                   "and E (transformer block), K (checkpoint='sqrt' against the unchecked "
+                   "step: K-C, K-R100), L (sb.gradient_flow and symbackprop cost, timed "
+                   "in new processes), or keys such as A-b128-f32")
     p.add_argument("--json", default="bench-results.json", help="where to write the numbers")
     p.add_argument("--depths", default=None,
                    help="compile-time depths (default 10,50,100,200; quick 10,50; 'none' skips)")
@@ -961,11 +1214,15 @@ def parse_args(argv=None):
     keys = [s.strip() for s in a.only.split(",") if s.strip()]
     a.workloads = [w for w in WORKLOADS if not keys or w.group in keys or w.key in keys]
     a.networks = [w for w in NETWORKS if not keys or w.key in keys]
-    known = {w.group for w in WORKLOADS} | {w.key for w in (*WORKLOADS, *NETWORKS)}
+    a.checkpointed = [w for w in CHECKPOINTED if not keys or w.group in keys or w.key in keys]
+    a.lessons = not keys or any(k in LESSONS for k in keys)
+    known = ({w.group for w in (*WORKLOADS, *CHECKPOINTED)} | set(LESSONS)
+             | {w.key for w in (*WORKLOADS, *NETWORKS, *CHECKPOINTED)})
     unknown = [k for k in keys if k not in known]
     if unknown:
-        p.error(f"unknown workload(s) {unknown}; use A, B, C, D, E or "
-                f"{[w.key for w in WORKLOADS]}")
+        p.error(f"unknown workload(s) {unknown}; use A, B, C, D, E, K (checkpointing), "
+                f"L (the lessons' tools) or "
+                f"{[w.key for w in (*WORKLOADS, *CHECKPOINTED)]}")
     return a
 
 
@@ -1006,6 +1263,15 @@ def main(argv=None) -> int:
         print(f"  {w.key:<12} {w.title:<34} generated {fmt_ms(m['generated'])} ms, "
               f"hand-written {fmt_ms(m['hand-written'])} ms{torch}  "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    res["checkpoint"] = {}
+    for w in args.checkpointed:
+        t0 = time.perf_counter()
+        res["checkpoint"][w.key] = r = run_checkpointed(w, args, rng)
+        print(f"  {w.key:<12} {w.title:<34} checkpoint='sqrt' / none: time "
+              f"{r['ratios']['time']:.2f}x, step peak {r['ratios']['step_peak']:.2f}x, "
+              f"value_and_grad workspace {r['ratios']['value_and_grad_workspace']:.2f}x  "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    res["lessons"] = run_lessons(args) if args.lessons else {}
     if args.depths:
         res["compile"], res["lines"] = run_compile(args.depths, args)
     else:

@@ -120,6 +120,21 @@ class GeneratedTrainStep(_Generated):
         return self._step()
 
 
+class GeneratedCheckpointed(GeneratedTrainStep):
+    """The generated training step compiled with ``checkpoint=`` (``"none"`` or ``"sqrt"``):
+    ``sb.compile(g, of="L", optimizer="sgd", lr=lr, checkpoint=checkpoint)``."""
+
+    label = "generated (train_step, checkpointed)"
+
+    def __init__(self, g, params, X, y, lr, dtype, checkpoint="sqrt"):
+        c = sb.compile(g, of="L", optimizer="sgd", lr=lr, dtype=_dtype_name(dtype),
+                       checkpoint=checkpoint)
+        self.lr, self.checkpoint = lr, checkpoint
+        self._bind(c, params, X, y)
+        self._step = functools.partial(c.module.train_step, self._params, self.state,
+                                       **self._batch())
+
+
 def _planned_call(compiled, params, state, batch, lr):
     """``loss_and_grads_into`` bound to exactly the arguments the generated ``train_step``
     passes it (parameters, views of the flat buffers and of the workspace): train_step's

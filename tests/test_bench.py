@@ -18,7 +18,7 @@ def test_bench_quick_writes_json(tmp_path):
            "--json", str(out)]
     run = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "Targets (issue 5)" in run.stdout
+    assert "Targets (issues 5 and 14)" in run.stdout
     res = json.loads(out.read_text())
     assert {"meta", "settings", "workloads", "compile", "lines", "targets"} <= set(res)
     assert list(res["workloads"]) == ["B"]
@@ -418,3 +418,102 @@ def test_only_selects_networks(bench):
     assert [w.key for w in a.networks] == ["D", "E"] and len(a.workloads) == 6
     with pytest.raises(SystemExit):
         bench.parse_args(["--only", "F"])
+
+
+# -- issue 14: checkpointing (K) and the lessons' tools (L) ------------------------------------
+
+def checkpointed(time_ratio=1.2, none_peak=2.0e6, sqrt_peak=1.9e6, grads=1.7e6, blocks=None):
+    """A group-K result as run_checkpointed returns it (memory in bytes, times in ms)."""
+    med = {"none": 20e-3, "sqrt": 20e-3 * time_ratio}
+    mem = {ck: {"step_peak": peak, "step_arena": peak * 0.9, "step_gradients": grads,
+                "value_and_grad": {"peak": peak * 1.5, "workspace": peak * 0.8}}
+           for ck, peak in (("none", none_peak), ("sqrt", sqrt_peak))}
+    return {"title": "64-64x50-10 tanh b64 f64", "medians_s": med,
+            "timing": {k: {"block_medians_s": (blocks or {}).get(k, [v] * 4),
+                           "samples": 10, "page_faults_per_call": 0.0} for k, v in med.items()},
+            "ratios": {"time": time_ratio, "step_peak": sqrt_peak / none_peak,
+                       "step_arena": 0.9, "value_and_grad_peak": 0.6,
+                       "value_and_grad_workspace": 0.27},
+            "memory_bytes": mem, "gradient_floor": grads / none_peak, "bit_identical": True}
+
+
+def judged_k(bench, K, L=None, meta=IDLE):
+    res = {"meta": dict(meta), "workloads": {}, "compile": {}, "lines": {},
+           "checkpoint": K, "lessons": L or {}}
+    res["targets"] = bench.targets(res)
+    return {t["target"]: t for t in res["targets"]}, bench.report(res)
+
+
+def test_checkpoint_targets_miss_with_the_reason_and_pass(bench):
+    """The step's peak misses 0.35x where the gradients alone are most of it, and the
+    report says so with the measured floor; a lower peak passes; time is a timing target."""
+    t, text = judged_k(bench, {"K-C": checkpointed()})
+    mem = t["K-C checkpoint='sqrt': step peak memory / unchecked (tracemalloc)"]
+    assert (mem["verdict"], mem["limit"]) == ("MISS", 0.35)
+    assert mem["value"] == pytest.approx(0.95)
+    assert "flat gradient buffer (1.7 MB)" in mem["why"] and "0.85x" in mem["why"]
+    assert "cannot go below it" in text
+    tim = t["K-C checkpoint='sqrt': step time / unchecked"]
+    assert (tim["verdict"], tim["limit"]) == ("PASS", 1.4)
+    assert t["K-R100 checkpoint='sqrt': step time / unchecked"]["verdict"] == "n/a"
+    assert "K-C " in text and "0.27x" in text  # the table: value_and_grad's workspace
+    t, _ = judged_k(bench, {"K-C": checkpointed(time_ratio=1.6, sqrt_peak=0.6e6, grads=0.2e6)})
+    mem = t["K-C checkpoint='sqrt': step peak memory / unchecked (tracemalloc)"]
+    assert (mem["verdict"], mem["why"]) == ("PASS", None)
+    assert t["K-C checkpoint='sqrt': step time / unchecked"]["verdict"] == "MISS"
+
+
+def test_checkpoint_time_gets_no_verdict_when_loaded_or_spread(bench):
+    loaded = dict(IDLE, loadavg_start=[2.5, 2.0, 1.0])
+    t, _ = judged_k(bench, {"K-C": checkpointed()}, meta=loaded)
+    assert t["K-C checkpoint='sqrt': step time / unchecked"]["verdict"] == "no verdict (noisy)"
+    # memory does not depend on the load
+    assert t["K-C checkpoint='sqrt': step peak memory / unchecked (tracemalloc)"][
+        "verdict"] == "MISS"
+    spread = checkpointed(blocks={"sqrt": [0.01, 0.01, 0.05, 0.05]})
+    t, _ = judged_k(bench, {"K-C": spread})
+    assert t["K-C checkpoint='sqrt': step time / unchecked"]["noisy"] == [
+        "sqrt block medians spread ±67%"]  # (50 - 10) / 2 / their median 30
+
+
+def test_lessons_tool_targets(bench):
+    L = {"flow relu": {"median_s": 0.3, "samples_s": [0.3]},
+         "flow sigmoid": {"median_s": 1.3, "samples_s": [1.3]},
+         "cost": {"median_s": 1.1, "samples_s": [1.1]}}
+    t, text = judged_k(bench, {}, L)
+    assert t["sb.gradient_flow mlp:64-64*50-10 relu b64, compile included"]["verdict"] == "PASS"
+    assert t["sb.gradient_flow mlp:64-64*50-10 sigmoid b64, compile included"][
+        "verdict"] == "MISS"
+    cost = t["symbackprop cost mlp:784-256-256-256-10, a new process to exit"]
+    assert (cost["verdict"], cost["limit"], cost["unit"]) == ("PASS", 2.0, "s")
+    assert "[PASS] symbackprop cost mlp:784-256-256-256-10, a new process to exit: 1.10 s" in text
+
+
+def test_only_selects_checkpointing_and_lessons(bench):
+    a = bench.parse_args(["--only", "K"])
+    assert [w.key for w in a.checkpointed] == ["K-C", "K-R100"]
+    assert (a.workloads, a.networks, a.lessons) == ([], [], False)
+    a = bench.parse_args(["--only", "K-C,L"])
+    assert [w.key for w in a.checkpointed] == ["K-C"] and a.lessons
+    a = bench.parse_args(["--only", "B"])
+    assert a.checkpointed == [] and not a.lessons
+    a = bench.parse_args([])
+    assert len(a.checkpointed) == 2 and a.lessons
+
+
+def test_bench_checkpoint_and_lessons_quick(tmp_path):
+    """A real run of K-C and L: the checkpointed step is bit-identical (the run stops
+    otherwise), the memory is measured three ways, and the tools are timed."""
+    stdout, res = tiny_run(tmp_path, "K-C,L")
+    k = res["checkpoint"]["K-C"]
+    assert k["bit_identical"] is True
+    assert set(k["medians_s"]) == {"none", "sqrt"}
+    for ck in ("none", "sqrt"):
+        m = k["memory_bytes"][ck]
+        assert m["step_peak"] > 0 and m["step_arena"] >= m["step_gradients"] > 0
+        assert m["value_and_grad"]["gradients"] == m["step_gradients"]  # P float64s
+    # the recomputation shrinks value_and_grad's intermediate arrays, not the gradients
+    assert k["ratios"]["value_and_grad_workspace"] < 0.5
+    assert set(res["lessons"]) == {"flow relu", "flow sigmoid", "cost"}
+    assert all(v["median_s"] > 0 for v in res["lessons"].values())
+    assert "Checkpointing (issue 14)" in stdout and "The lessons' tools" in stdout
