@@ -235,6 +235,7 @@ def cmd_train_script(a) -> int:
         src = training_script(_graph(a), a.of, a.optimizer, a.lr, a.epochs, a.batch_size,
                               a.seed, _names(a.wrt), dtype=a.dtype, features=a.features,
                               target=a.target, checkpoint=_checkpoint(a.checkpoint),
+                              precision=a.precision, growth_interval=a.growth_interval,
                               **hyper)
     except ValueError as e:
         if isinstance(e, SymbackpropError):
@@ -421,6 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--features", help="the input fed from the data's X (default: inferred)")
     c.add_argument("--target", help="the input fed from the data's y (default: inferred)")
     _checkpoint_arg(c)
+    c.add_argument("--precision", metavar="{float64,float32,mixed}",
+                   help="mixed: float16 forward and backward, float32 master parameters, "
+                   "dynamic loss scaling (default: --dtype)")
+    c.add_argument("--growth-interval", type=int, default=2000, metavar="K",
+                   help="mixed precision: good steps before the loss scale doubles (2000)")
     c.set_defaults(run=cmd_train_script)
 
     c = command("cost", "count what a training step costs: parameters, FLOPs, memory")

@@ -102,6 +102,24 @@ def check_mixed(m) -> None:
                            "passes on, or precision 'float32'.")
 
 
+def loss_in_float32(m) -> None:
+    """The planned step's loss statement, ``L = f(logits, y, scale, dlogits)``, rewritten
+    to run ``f`` in float32 (``_loss_in_float32``): the loss is where float16's range
+    fails first."""
+    code = m.em.code(m.of)
+    pattern = re.compile(rf"^{re.escape(code)} = (\w+)\((.*)\)(  # .*)?$")
+    for i, line in enumerate(m.fast.body):
+        found = pattern.match(line)
+        if found and "scale" in found.group(2):
+            m.fast.body[i] = (f"{code} = _loss_in_float32({found.group(1)}, {found.group(2)})"
+                              f"  # in float32; and its gradient, float16")
+            m.em.helpers["_loss_in_float32"] = source_of(runtime_mixed, "_loss_in_float32")
+            return
+    raise CodegenError(f"precision 'mixed' computes the loss {m.of!r} in float32, but its "
+                       "statement in the planned step is not one call; use "
+                       "softmax_cross_entropy as the loss, or precision 'float32'.")
+
+
 def precision_text(m) -> str:
     """The module docstring's words on precision."""
     s = m.scaler

@@ -34,7 +34,14 @@ from .emit import (
 )
 from .init import init_source, init_text, plan_init
 from .lowering import CONTEXT
-from .mixed import check_mixed, mixed_blocks, precision_text, resolve_precision, scaler_settings
+from .mixed import (
+    check_mixed,
+    loss_in_float32,
+    mixed_blocks,
+    precision_text,
+    resolve_precision,
+    scaler_settings,
+)
 from .optimizers import Optimizer, hyper_text, resolve_optimizer
 from .plan import PACK, flat_pairs, plan_function, workspace_source
 from .runtime import check, flat, source_of
@@ -184,6 +191,7 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
     if mixed:
         m.precision, m.scaler = precision, scaler
         check_mixed(m)
+        loss_in_float32(m)
     return m
 
 

@@ -44,6 +44,20 @@ def init_state(params):
     return {**_optimizer_state(params), "scale": LOSS_SCALE, "good_steps": 0, "skipped": 0}
 
 
+def _loss_in_float32(with_grad, *args):
+    """with_grad(*args, out): a loss that writes its gradient into out, computed in
+    float32 from float16 arguments (exp and its sums need float32's range: a row sum of
+    exp(logits - max) can fall below float16's smallest number), the gradient then
+    rounded into out (float16). Returns the loss, float32."""
+    *args, out = args
+    args = [a.astype(MASTER) if isinstance(a, np.ndarray) and a.dtype == DTYPE else a
+            for a in args]
+    grad = np.empty(out.shape, MASTER)
+    loss = with_grad(*args, grad)
+    out[...] = grad
+    return loss
+
+
 def _half(flat, params):
     """The float16 copies of the parameters for one forward and backward pass: the
     trained ones (and their [W; b] blocks) are views of one DTYPE buffer, cast from the
