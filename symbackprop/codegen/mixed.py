@@ -221,7 +221,9 @@ def _train_step_block(m) -> str:
         "    state change in place. Returns the loss. Raises FloatingPointError, before "
         "changing",
         '    anything, when the loss is nan or inf."""',
-        f"    loss, G, grads = scaled_grads(params, state, {', '.join(data)}, state['scale'])",
+        "    with np.errstate(over='ignore', invalid='ignore'):  # overflow: the scaler's to handle",
+        f"        loss, G, grads = scaled_grads(params, state, {', '.join(data)}, "
+        "state['scale'])",
         "    return _scaled_update(_flat(params, state), G, grads, loss, state, lr)"]) + "\n"
 
 

@@ -123,7 +123,7 @@ def _flushed(reference, plain, scaled):
 def underflow_line(counts, state):
     """One log line from underflow()'s counts: how many gradient entries float16 flushes
     to zero without and with loss scaling, the scale and the steps skipped."""
-    entries, nonzero, plain, scaled = (sum(c[k] for c in counts.values()) for k in range(4))
+    _, nonzero, plain, scaled = (sum(c[k] for c in counts.values()) for k in range(4))
     share = 100.0 / max(nonzero, 1)
     return (f"  float16 gradients: {plain} of {nonzero} nonzero entries ({plain * share:.1f}%) "
             f"flush to zero without loss scaling, {scaled} ({scaled * share:.1f}%) with scale "
