@@ -75,7 +75,7 @@ def test_update_applies_to_masters_and_copies_are_cast_from_them():
     half = step.module._FLAT["f"]["half"]
     # the float16 copies of the next step are the masters rounded; SGD moved the masters
     # by lr * (G / scale), computed in float32
-    _, G, grads, _ = step.module._WORKSPACES[(8,)]
+    grads = step.module._WORKSPACES[(8,)][2]
     for name, w in params.items():
         expected = before[name] - np.float32(0.1) * (grads[name].astype(np.float32)
                                                      / np.float32(2.0**16))

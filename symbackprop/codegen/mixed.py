@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numbers
 import re
+import textwrap
 
 from ..errors import CodegenError
 from .emit import Function, call_lines, render_function
@@ -87,8 +88,15 @@ def scaler_settings(growth_interval=GROWTH_INTERVAL) -> dict:
             "backoff_factor": BACKOFF_FACTOR, "growth_interval": int(growth_interval)}
 
 
+_MIXED_LOCALS = {"half", "scale", "reference", "plain", "scaled", "name", "g"}
+
+
 def check_mixed(m) -> None:
     """Refuse what the mixed step cannot do yet, naming why and what to do instead."""
+    clash = [m.em.namer(n) for n in m.inputs if m.em.namer(n) in _MIXED_LOCALS]
+    if clash:
+        raise CodegenError(f"input {clash[0]!r} has the name of a variable of the mixed-precision "
+                           "step; rename the input (e.g. g.rename).")
     context = [p.split("=")[0] for p in m.functions[1].params if "=" in p]
     if context:
         raise CodegenError(f"precision 'mixed' does not support the state of batch norm or "
@@ -187,11 +195,12 @@ def _scaled_grads_block(m) -> str:
     args = [re.sub(r"^params\[", "half[", a) for a in m.args(m.fast, fixed=fixed)]
     args.append("scale=scale")
     ws = f"_workspace({', '.join(m.pool.sizes)})"
+    doc = (f"Loss and gradients times scale on the minibatch ({', '.join(data)}), in float16, "
+           "from float16 copies of the master parameters (_half): (loss, G, grads), the "
+           "gradients as views of G, the flat buffer in the workspace (valid until the next "
+           'call)."""')
     lines = [f"def scaled_grads(params, state, {', '.join(data)}, scale):",
-             f'    """Loss and gradients times scale on the minibatch ({", ".join(data)}), in '
-             "float16, from float16\n    copies of the master parameters (_half): (loss, G, "
-             "grads), the gradients as views of\n    G, the flat buffer in the workspace (valid "
-             'until the next call)."""']
+             *textwrap.wrap(doc, 88, initial_indent='    """', subsequent_indent="    ")]
     lines += ["    " + ln for ln in em.as_arrays(m.inputs)]
     lines += ["    flat = _flat(params, state)", "    half = _half(flat, params)"]
     lines += ["    " + ln for ln in em.bind_sizes("scaled_grads", m.inputs, [ws])]
@@ -206,24 +215,20 @@ def _scaled_grads_block(m) -> str:
 
 def _train_step_block(m) -> str:
     data = _data(m)
-    batch = ", ".join(data) or "no data"
+    doc = (f"One mixed-precision training step on the minibatch ({', '.join(data) or 'no data'}):"
+           " forward and backward pass in float16 with the loss multiplied by state['scale'] "
+           f"(scaled_grads), then one {m.opt.title} update of the float32 master parameters "
+           "from the gradients unscaled in float32 (_scaled_update). On inf or nan in the "
+           "scaled gradients the step is skipped (params and the optimizer state unchanged) "
+           "and the scale halved. params and state change in place. Returns the loss. Raises "
+           'FloatingPointError, before changing anything, when the loss is nan or inf."""')
+    call = (f"        loss, G, grads = scaled_grads(params, state, {', '.join(data)}, "
+            "state['scale'])")
     return "\n".join([
         f"def train_step(params, state, {', '.join(data + ['lr=LR'])}):",
-        f'    """One mixed-precision training step on the minibatch ({batch}): forward and',
-        "    backward pass in float16 with the loss multiplied by state['scale'] "
-        "(scaled_grads),",
-        f"    then one {m.opt.title} update of the float32 master parameters from the "
-        "gradients",
-        "    unscaled in float32 (_scaled_update). On inf or nan in the scaled gradients the "
-        "step",
-        "    is skipped (params and the optimizer state unchanged) and the scale halved. "
-        "params and",
-        "    state change in place. Returns the loss. Raises FloatingPointError, before "
-        "changing",
-        '    anything, when the loss is nan or inf."""',
-        "    with np.errstate(over='ignore', invalid='ignore'):  # overflow: the scaler's to handle",
-        f"        loss, G, grads = scaled_grads(params, state, {', '.join(data)}, "
-        "state['scale'])",
+        *textwrap.wrap(doc, 88, initial_indent='    """', subsequent_indent="    "),
+        "    with np.errstate(over='ignore', invalid='ignore'):  # overflow: the scaler's",
+        call,
         "    return _scaled_update(_flat(params, state), G, grads, loss, state, lr)"]) + "\n"
 
 

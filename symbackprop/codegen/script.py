@@ -24,6 +24,8 @@ from ..errors import CodegenError
 from ..graph import Graph, fmt_shape
 from ..layers import layers
 from .emit import Function, call_lines, safe_text
+from .mixed import constant_lines as mixed_constants
+from .mixed import resolve_precision
 from .module import (
     Model,
     assemble,
@@ -33,8 +35,6 @@ from .module import (
     step_doc,
     wrap,
 )
-from .mixed import constant_lines as mixed_constants
-from .mixed import resolve_precision
 from .optimizers import constant_lines
 from .runtime import mixed as runtime_mixed
 from .runtime import script as runtime_script
