@@ -32,7 +32,6 @@ from .printer import expr_code, spaced
 from .stability import warn_unstable
 
 DTYPES = ("float64", "float32")
-HALF = "float16"  # mixed precision's forward and backward (codegen/mixed.py), not a dtype= choice
 RESERVED = {"np", "DTYPE"} | set(dir(builtins))
 
 
@@ -96,7 +95,7 @@ class Emitter:
     """
 
     def __init__(self, j: Graph, dtype: str = "float64"):
-        if dtype not in (*DTYPES, HALF):
+        if dtype not in DTYPES:
             raise CodegenError(f"dtype {dtype!r} is not supported; use one of {DTYPES}.")
         self.j, self.dtype = j, dtype
         # the size names (N, H), also those only inside expression sizes ((H - 1)//2 + 1)

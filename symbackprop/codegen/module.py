@@ -174,7 +174,9 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
             if n not in g2.outputs:
                 g2.nx.graph["outputs"].append(n)
     adj = prepare(g2, of, wrt, optimize)
-    _, em, fns = emit_model(adj, dtype, optimize, checkpoint=checkpoint)
+    _, em, fns = emit_model(adj, "float32" if mixed else dtype, optimize, checkpoint=checkpoint)
+    if mixed:  # the code names DTYPE only; the module defines it float16 (codegen/mixed.py)
+        em.dtype = dtype
     vg = fns[1]
     fast, pool = None, None
     if resolve_passes(optimize):  # memory planning goes with the other optimizations
