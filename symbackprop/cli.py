@@ -356,7 +356,7 @@ def cmd_flow(a) -> int:
 
         check_plot_path(a.plot)
     reports = [gradient_flow(g, data=a.data, batch=a.batch, init=init, seed=a.seed,
-                             of=a.of, label=label)
+                             of=a.of, label=label, precision=a.precision)
                for label, (g, init) in _variants(a).items()]
     report = reports[0] if len(reports) == 1 else FlowComparison(reports)
     if a.format == "json":
@@ -471,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--compare", metavar="KEY=V1,V2",
                    help="variants side by side: activation=sigmoid,tanh,relu, "
                    "model=mlp,residual_mlp,mlp+layer_norm (mlp: SPECs) or init=he,xavier,uniform")
+    c.add_argument("--precision", choices=["mixed"],
+                   help="mixed: also count the dL/dW entries float16 flushes to zero, without "
+                   "and with loss scaling")
     c.add_argument("--format", default="text", choices=["text", "markdown", "json"])
     c.add_argument("--plot", metavar="FILE", help="also write the chart, .svg or .png "
                    "(needs matplotlib: pip install symbackprop[plots])")

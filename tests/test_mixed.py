@@ -268,3 +268,18 @@ def test_digits_mlp_97_percent_in_mixed_precision(tmp_path):
     result = example["main"](["--out", str(tmp_path)])
     assert result["test_acc"] >= 0.97, result
     assert result["flushed"] > result["flushed_scaled"], result
+
+
+def test_gradient_flow_counts_float16_underflow_per_layer():
+    g = sb.models.mlp([8] + [8] * 12 + [3], activation="sigmoid")
+    r = sb.gradient_flow(g, batch=64, precision="mixed")
+    first, last = r.layers[0].underflow, r.layers[-1].underflow
+    # vanishing gradients: the first layer's dL/dW lies below float16's smallest number
+    assert first[0] == 64 and first[1] == 64 and first[2] == 0, first
+    assert last[1] == 0 and r.scale == 2.0**16
+    assert "flushed to zero, without / with loss scale 65536" in r.text()
+    assert r.as_dict()["layers"][0]["underflow"] == list(first)
+    plain = sb.gradient_flow(g, batch=64)
+    assert "underflow" not in plain.as_dict()["layers"][0] and "flushed" not in plain.text()
+    with pytest.raises(sb.GraphError, match="precision='mixed' adds"):
+        sb.gradient_flow(g, precision="float16")
