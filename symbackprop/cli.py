@@ -236,7 +236,8 @@ def cmd_train_script(a) -> int:
         src = training_script(_graph(a), a.of, a.optimizer, a.lr, a.epochs, a.batch_size,
                               a.seed, _names(a.wrt), dtype=a.dtype, features=a.features,
                               target=a.target, checkpoint=_checkpoint(a.checkpoint),
-                              distributed=a.distributed, **hyper)
+                              distributed=a.distributed, precision=a.precision,
+                              growth_interval=a.growth_interval, **hyper)
     except ValueError as e:
         if isinstance(e, SymbackpropError):
             raise
@@ -356,7 +357,7 @@ def cmd_flow(a) -> int:
 
         check_plot_path(a.plot)
     reports = [gradient_flow(g, data=a.data, batch=a.batch, init=init, seed=a.seed,
-                             of=a.of, label=label)
+                             of=a.of, label=label, precision=a.precision)
                for label, (g, init) in _variants(a).items()]
     report = reports[0] if len(reports) == 1 else FlowComparison(reports)
     if a.format == "json":
@@ -437,6 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--distributed", choices=["mpi"],
                    help="mpi: a data-parallel script for `mpirun -n K python train.py` "
                    "(mpi4py: pip install symbackprop[distributed])")
+    c.add_argument("--precision", metavar="{float64,float32,mixed}",
+                   help="mixed: float16 forward and backward, float32 master parameters, "
+                   "dynamic loss scaling (default: --dtype)")
+    c.add_argument("--growth-interval", type=int, default=2000, metavar="K",
+                   help="mixed precision: good steps before the loss scale doubles (2000)")
     c.set_defaults(run=cmd_train_script)
 
     c = command("cost", "count what a training step costs: parameters, FLOPs, memory")
@@ -481,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--compare", metavar="KEY=V1,V2",
                    help="variants side by side: activation=sigmoid,tanh,relu, "
                    "model=mlp,residual_mlp,mlp+layer_norm (mlp: SPECs) or init=he,xavier,uniform")
+    c.add_argument("--precision", choices=["mixed"],
+                   help="mixed: also count the dL/dW entries float16 flushes to zero, without "
+                   "and with loss scaling")
     c.add_argument("--format", default="text", choices=["text", "markdown", "json"])
     c.add_argument("--plot", metavar="FILE", help="also write the chart, .svg or .png "
                    "(needs matplotlib: pip install symbackprop[plots])")

@@ -167,6 +167,9 @@ class LayerFlow:
     local_bound: float | None = None  # max |f′| over the reals
     gain: float | None = None  # ‖∂L/∂z‖ / ‖∂L/∂a‖ across the activation, measured
     flags: list = field(default_factory=list)
+    # precision="mixed": ∂L/∂W entries (nonzero in float32, of those zero in float16 without
+    # loss scaling, zero with it)
+    underflow: tuple | None = None
 
     @property
     def grad_data(self) -> float:
@@ -180,7 +183,8 @@ class LayerFlow:
                 "out_grad_norm": self.out_grad_norm, "ratio": self.ratio,
                 "grad_data": self.grad_data, "dead": self.dead, "saturated": self.saturated,
                 "local_mean": self.local_mean, "local_bound": self.local_bound,
-                "gain": self.gain, "flags": list(self.flags)}
+                "gain": self.gain, "flags": list(self.flags)} | (
+                    {} if self.underflow is None else {"underflow": list(self.underflow)})
 
 
 def _g(v, digits: int = 2) -> str:
@@ -244,6 +248,7 @@ class FlowReport:
     loss: float
     layers: list
     label: str = ""
+    scale: float | None = None  # precision="mixed": the loss scale of the underflow counts
 
     # -- the chain of local derivatives -------------------------------------------------
     def _with_activation(self):
@@ -300,6 +305,11 @@ class FlowReport:
                 lines.append(f"{flag}: layers {_ranges(ks)}")
         if not any(self.flagged(f) for f in ("vanishing", "exploding", "dead")):
             lines.append("flags: none")
+        flushed = [(x.name, *x.underflow) for x in self.layers if x.underflow is not None]
+        if flushed:  # precision="mixed"
+            lines.append("float16 ∂L/∂W entries flushed to zero, without / with loss scale "
+                         f"{self.scale:g} (of those nonzero in float32): " + ", ".join(
+                             f"{k} {a}/{b} of {n}" for k, n, a, b in flushed))
         return lines
 
     HEAD = ("layer", "‖∂L/∂W‖", "‖∂L/∂h‖", "ratio", "grad:data", "dead", "saturated",
@@ -498,7 +508,8 @@ def _data(g: Graph, of: str, data) -> dict:
 
 
 def gradient_flow(g: Graph, data=None, batch: int = 64, init: str | None = None,
-                  seed: int = 0, of: str | None = None, label: str = "") -> FlowReport:
+                  seed: int = 0, of: str | None = None, label: str = "",
+                  precision: str | None = None) -> FlowReport:
     """Run the generated forward and backward passes on one batch and measure, layer by
     layer, how the gradient flows (see the module notes for every column and threshold).
 
@@ -520,6 +531,11 @@ def gradient_flow(g: Graph, data=None, batch: int = 64, init: str | None = None,
         Seed of the parameters (``init_params(seed)``) and of the random batch.
     of : str, optional
         The loss (default: the last scalar output).
+    precision : {None, "mixed"}
+        ``"mixed"`` also counts, per layer, the ∂L/∂W entries that float16 flushes to
+        zero without loss scaling and with the first loss scale 2**16 (the
+        mixed-precision step's ``underflow`` on the same batch and parameters, cast to
+        float32): ``LayerFlow.underflow`` and one summary line.
 
     Returns
     -------
@@ -534,6 +550,9 @@ def gradient_flow(g: Graph, data=None, batch: int = 64, init: str | None = None,
     from .codegen.compiled import compile_graph
     from .codegen.init import initial_params
 
+    if precision not in (None, "mixed"):
+        raise GraphError(f"precision={precision!r}: gradient_flow measures in float64; "
+                         "precision='mixed' adds the float16 underflow counts.")
     if init is not None and init not in INITS:
         raise GraphError(f"init={init!r} is not one of {', '.join(INITS)} (or None: the "
                          "generated code's own rule).")
@@ -597,8 +616,16 @@ def gradient_flow(g: Graph, data=None, batch: int = 64, init: str | None = None,
             f.flags.append("dead")
     n_batch = next((np.shape(v)[0] for k, v in arrays.items()
                     if any(isinstance(s, str) for s in g.nx.nodes[k]["shape"][:1])), batch)
+    scale = None
+    if precision == "mixed":  # float16's flush to zero, with and without loss scaling
+        step = compile_graph(g, of=of, wrt=weights, optimizer="sgd", precision="mixed")
+        masters = {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}
+        state = step.init_state(masters)
+        counts, scale = step.underflow(masters, state, **arrays), state["scale"]
+        for f in out:
+            f.underflow = tuple(sum(counts[w][k] for w in f.weights) for k in (1, 2, 3))
     return FlowReport(str(g.nx.graph.get("name") or "network"), init or "default",
-                      int(n_batch), seed, float(loss), out, label=label)
+                      int(n_batch), seed, float(loss), out, label=label, scale=scale)
 
 
 MODELS = ("mlp", "residual_mlp", "mlp+layer_norm")  # the variants of an mlp: SPEC

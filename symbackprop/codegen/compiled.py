@@ -17,6 +17,7 @@ from ..graph import Graph
 from .emit import prepare
 from .gradient_module import model_source
 from .loader import load_source, module_name, plain
+from .mixed import resolve_precision
 from .module import build_model
 from .train import step_source
 
@@ -173,9 +174,32 @@ class CompiledTrainStep(Compiled):
               if v is not None}
         return self.module.train_step(params, state, **{n: batch[n] for n in self.inputs}, **kw)
 
+    def underflow(self, params: dict, state: dict, **batch) -> dict:
+        """Mixed precision (``precision="mixed"``): the gradient entries that float16
+        flushes to zero on one batch, per trained parameter, as ``(entries, nonzero in
+        float32, of those zero in float16 without loss scaling, zero with
+        state["scale"])``. The float32 reference is value_and_grad computed in float32
+        on the same master parameters; nothing changes.
+
+        Examples
+        --------
+        >>> step = sb.compile(sb.models.mlp([4, 3, 2]), optimizer="sgd", precision="mixed")
+        >>> params = step.init_params(0)
+        >>> state = step.init_state(params)
+        >>> counts = step.underflow(params, state, X=np.ones((5, 4)), y=np.zeros(5, int))
+        >>> counts["W1"][0], state["scale"]
+        (12, 65536.0)
+        """
+        if not hasattr(self.module, "underflow"):
+            raise GraphError("underflow() needs a mixed-precision step: "
+                             "sb.compile(g, optimizer=..., precision='mixed').")
+        batch = {self.arg_names.get(k, k): v for k, v in batch.items()}
+        return self.module.underflow(params, state, **{n: batch[n] for n in self.inputs})
+
 
 def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float64",
                   optimize=True, optimizer: str | None = None, checkpoint="none",
+                  precision: str | None = None, growth_interval: int = 2000,
                   **hyper) -> Compiled:
     """Generate the NumPy code for ``g`` and load it (see
     :func:`~symbackprop.codegen.gradient_module.numpy_source`).
@@ -184,6 +208,11 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
     ``beta1=...``, ...), the code is :func:`symbackprop.train_step`'s and the result a
     :class:`CompiledTrainStep` that also has ``init_params``, ``init_state``,
     ``update`` and ``train_step``.
+
+    ``precision="mixed"`` (with ``optimizer=``; ``growth_interval=2000``) compiles
+    :func:`symbackprop.train_step`'s mixed-precision step: float16 forward and backward,
+    float32 masters, dynamic loss scaling; its :meth:`CompiledTrainStep.underflow`
+    counts the gradient entries float16 flushes to zero.
 
     ``checkpoint="sqrt"`` (or a list of node names to keep) recomputes forward values in
     the backward pass instead of keeping them (gradient checkpointing,
@@ -205,9 +234,15 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
     if optimizer is not None:
         lr = hyper.pop("lr", None)
         m = build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize,
-                        checkpoint=checkpoint)
+                        checkpoint=checkpoint, precision=precision,
+                        growth_interval=growth_interval)
         return CompiledTrainStep(step_source(m), module_name(g, "_train_step"),
                                  [m.em.namer(n) for n in m.inputs], m.arg_names)
+    if precision is not None and resolve_precision(precision, dtype)[0] == "mixed":
+        raise TypeError("compile() got precision='mixed' without optimizer=; mixed precision "
+                        "is a training step's (float32 masters, loss scaling): pass optimizer=.")
+    if precision is not None:
+        dtype = resolve_precision(precision, dtype)[1]
     if hyper:
         raise TypeError(f"compile() got {', '.join(sorted(hyper))} without optimizer=; pass "
                         "optimizer='sgd', 'momentum' or 'adam' to compile a training step.")

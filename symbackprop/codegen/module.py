@@ -34,6 +34,14 @@ from .emit import (
 )
 from .init import init_source, init_text, plan_init
 from .lowering import CONTEXT
+from .mixed import (
+    check_mixed,
+    loss_in_float32,
+    mixed_blocks,
+    precision_text,
+    resolve_precision,
+    scaler_settings,
+)
 from .optimizers import Optimizer, hyper_text, resolve_optimizer
 from .plan import PACK, flat_pairs, plan_function, workspace_source
 from .runtime import check, flat, source_of
@@ -106,6 +114,8 @@ class Model:
     fast: Function | None = None  # loss_and_grads_into: the planned step, if optimizing
     pool: object = None  # its workspace buffers
     grads: list = field(default_factory=list)  # the gradient node of each wrt, in order
+    precision: str = ""  # "mixed": float16 step, float32 masters (codegen/mixed.py)
+    scaler: dict = field(default_factory=dict)  # mixed: the loss scaler's settings
 
     def args(self, fn: Function, data: dict | None = None, fixed: dict | None = None) -> list[str]:
         """Arguments calling an emitted function: ``params['W1']`` for parameters,
@@ -138,10 +148,13 @@ _STEP_LOCALS = {"params", "state", "lr", "loss", "grads", "value_and_grad", "che
 
 def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
                 hyper: dict | None = None, dtype: str = "float64", optimize=True,
-                extra_outputs=(), checkpoint="none") -> Model:
+                extra_outputs=(), checkpoint="none", precision=None,
+                growth_interval=2000) -> Model:
     """Differentiate and emit ``g`` for training with ``optimizer``; with the optimization
     passes on, also plan ``loss_and_grads_into`` (the step on the workspace). Nodes in
     ``extra_outputs`` become outputs of ``forward`` (a script's class scores).
+    ``precision="mixed"`` (:mod:`~symbackprop.codegen.mixed`) emits the model in float16
+    for float32 master parameters, with dynamic loss scaling.
 
     Examples
     --------
@@ -150,6 +163,9 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
     ('adam', ['forward', 'value_and_grad', 'loss_and_grads_into'], ['X', 'y'])
     """
     opt, values = resolve_optimizer(optimizer, lr, hyper)
+    precision, dtype = resolve_precision(precision, dtype)
+    mixed = precision == "mixed"
+    scaler = scaler_settings(growth_interval) if mixed else {}
     of, wrt = params_of(g, of, wrt)
     g2 = g  # prepare() and differentiate() leave it unchanged: copy it only to add outputs
     if any(n not in g.outputs for n in extra_outputs):
@@ -158,11 +174,13 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
             if n not in g2.outputs:
                 g2.nx.graph["outputs"].append(n)
     adj = prepare(g2, of, wrt, optimize)
-    _, em, fns = emit_model(adj, dtype, optimize, checkpoint=checkpoint)
+    _, em, fns = emit_model(adj, "float32" if mixed else dtype, optimize, checkpoint=checkpoint)
+    if mixed:  # the code names DTYPE only; the module defines it float16 (codegen/mixed.py)
+        em.dtype = dtype
     vg = fns[1]
     fast, pool = None, None
     if resolve_passes(optimize):  # memory planning goes with the other optimizations
-        fast, pool = _plan_step(em, adj, of, wrt, opt)
+        fast, pool = _plan_step(em, adj, of, wrt, opt, mixed)
         fns = [*fns, fast]
     names = {code: n for n, code in em.namer.names.items()}
     inputs = [names[c] for c in vg.params if "=" not in c and em.j.role(names[c]) == "input"]
@@ -170,11 +188,16 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
     if clash:
         raise CodegenError(f"input {clash[0]!r} has the name of a variable of the training "
                            "step; rename the input (e.g. g.rename).")
-    return Model(g, of, wrt, em, fns, inputs, opt, values, plan_init(g), dtype, fast, pool,
-                 [adj.adjoint[w] for w in wrt])
+    m = Model(g, of, wrt, em, fns, inputs, opt, values, plan_init(g), dtype, fast, pool,
+              [adj.adjoint[w] for w in wrt])
+    if mixed:
+        m.precision, m.scaler = precision, scaler
+        check_mixed(m)
+        loss_in_float32(m)
+    return m
 
 
-def _plan_step(em: Emitter, adj, of: str, wrt: list, opt: Optimizer) -> tuple:
+def _plan_step(em: Emitter, adj, of: str, wrt: list, opt: Optimizer, mixed=False) -> tuple:
     """``loss_and_grads_into`` and its workspace pool, with its docstring written."""
     grads = [adj.adjoint[w] for w in wrt]
     fast, pool = plan_function(
@@ -183,7 +206,7 @@ def _plan_step(em: Emitter, adj, of: str, wrt: list, opt: Optimizer) -> tuple:
         "buffer of\n    _workspace() (one arena per batch size, made once) and NumPy calls "
         "writing into it\n    (out=). Every array passed must be of DTYPE (train_step converts the "
         "data), the gradient\n    arrays C-contiguous.",
-        of=of, scalable=opt.scaled is not None, pairs=flat_pairs(adj))
+        of=of, scalable=opt.scaled is not None or mixed, pairs=flat_pairs(adj))
     add_context(em, fast, em.j.ancestors([of, *grads]))  # batch norm's and dropout's
     into = {em.namer(n) for n in grads} | {gb for *_, gb in pool.folds}
     nm = em.namer
@@ -202,7 +225,11 @@ def _plan_step(em: Emitter, adj, of: str, wrt: list, opt: Optimizer) -> tuple:
     fast.doc = textwrap.fill(  # never inside [dW2; db2]
         head, 88, initial_indent=opening, subsequent_indent="    ",
         break_on_hyphens=False)[len(opening):].replace("\0", " ") + "\n\n    " + fast.doc
-    if pool.scaled:
+    if pool.scaled and mixed:
+        fast.doc += ("\n\n    Every gradient comes out multiplied by scale (backprop is "
+                     "linear in its seed):\n    train_step passes the loss scale, so that "
+                     "small gradients stay above float16's\n    smallest number.")
+    elif pool.scaled:
         fast.doc += ("\n\n    Every gradient comes out multiplied by scale (backprop is "
                      "linear in its seed):\n    train_step passes lr, so that SGD's update "
                      "is one subtraction.")
@@ -226,6 +253,8 @@ def step_blocks(m: Model, distributed: str | None = None) -> list[str]:
     ['def flat_views', 'def he_normal', 'def xavier_uniform', 'def init_params',
      'def init_state', 'def update', 'def check_finite', 'def train_step']
     """
+    if m.precision == "mixed":
+        return mixed_blocks(m)
     fast = []
     if m.fast is not None:
         # the flat gradient buffer, in the order of TRAINED; a gradient node shared by two
@@ -362,7 +391,8 @@ def step_doc(m: Model, what: str) -> str:
         f"Loss: {safe_text(m.of)} = {safe_text(formula(g, m.of))}.",
         f"Optimizer: {m.opt.title} ({m.opt.rule}); {hyper_text(m.hyper)}.",
         f"Initialisation: {safe_text(init_text(m.plan))}.",
-        f"Trained parameters: {', '.join(map(safe_text, m.wrt))}; dtype {m.dtype}.") + "\n"
+        f"Trained parameters: {', '.join(map(safe_text, m.wrt))}; "
+        + (precision_text(m) if m.precision == "mixed" else f"dtype {m.dtype}.")) + "\n"
 
 
 def assemble(doc: str, m: Model, functions: list, blocks: list, imports=(),

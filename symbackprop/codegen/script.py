@@ -24,6 +24,8 @@ from ..errors import CodegenError
 from ..graph import Graph, fmt_shape
 from ..layers import layers
 from .emit import Function, call_lines, safe_text
+from .mixed import constant_lines as mixed_constants
+from .mixed import resolve_precision
 from .module import (
     Model,
     assemble,
@@ -34,6 +36,7 @@ from .module import (
     wrap,
 )
 from .optimizers import constant_lines
+from .runtime import mixed as runtime_mixed
 from .runtime import script as runtime_script
 from .runtime import source_of
 
@@ -257,7 +260,9 @@ def _script_functions(m: Model, task: _Task) -> tuple[list[Function], list[str],
     blocks.append("\n".join(["def evaluate(params, X, y):", f'    """{doc}"""']
                             + ["    " + b for b in body]) + "\n")
     vg = next(f for f in m.functions if f.name == "value_and_grad")
-    call = call_lines("_, grads = ", "value_and_grad", m.args(vg, data))
+    # mixed precision: the norms of the float32 gradients (float16's flush to zero)
+    call = call_lines("_, grads = ", "reference_value_and_grad" if m.precision == "mixed"
+                      else "value_and_grad", m.args(vg, data))
     blocks.append("\n".join([
         "def grad_norms(params, X, y):",
         '    """The norm of the gradient of each layer\'s weights (LAYERS) on (X, y)."""',
@@ -303,7 +308,9 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
                     lr: float | None = None, epochs: int = 10, batch_size: int = 32,
                     seed: int = 0, wrt=None, dtype: str = "float64", optimize=True,
                     features: str | None = None, target: str | None = None,
-                    checkpoint="none", distributed: str | None = None, **hyper) -> str:
+                    checkpoint="none", distributed: str | None = None,
+                    precision: str | None = None, growth_interval: int = 2000,
+                    **hyper) -> str:
     """Source of a standalone training script (NumPy and the standard library only).
 
     Parameters
@@ -313,9 +320,12 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         of features (fed from the data's ``X``) and at most one target (``y``).
     of : str, optional
         The scalar loss (default: the last scalar output).
-    optimizer, lr, wrt, dtype, optimize, checkpoint, **hyper
+    optimizer, lr, wrt, dtype, optimize, checkpoint, precision, growth_interval, **hyper
         As for :func:`~symbackprop.codegen.train.train_step` (``checkpoint="sqrt"``: the
         step recomputes forward values instead of keeping them; the same training).
+        ``precision="mixed"``: the script trains in mixed precision, its checkpoints keep
+        the loss scaler's state, and every epoch it prints how many gradient entries
+        float16 flushes to zero without and with loss scaling.
     epochs, batch_size, seed : int
         The script's defaults for ``--epochs``, ``--batch-size`` and ``--seed``.
     features, target : str, optional
@@ -369,11 +379,16 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
     if distributed not in (None, "mpi"):
         raise ValueError(f"distributed={distributed!r}; expected None (one process) or 'mpi' "
                          "(data parallel under mpirun).")
+    precision, computed = resolve_precision(precision, dtype)
+    mixed = precision == "mixed"
+    if mixed and distributed == "mpi":
+        raise ValueError("distributed='mpi' with precision='mixed' is not supported yet: "
+                         "train in mixed precision in one process, or in float32 under mpirun.")
     of0, _ = params_of(g, of, wrt)
     task = _data_task(g, of0, features, target)
     extra = [n for n in (task.scores, of0) if n is not None]
     m = build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize, extra_outputs=extra,
-                    checkpoint=checkpoint)
+                    checkpoint=checkpoint, precision=precision, growth_interval=growth_interval)
     fns, blocks, metric = _script_functions(m, task)
     mpi = distributed == "mpi"
     if mpi and _context(m):
@@ -384,7 +399,10 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
             "one-process training; train this network in one process."))
     name = safe_text(g.nx.graph.get("name", "network"))
     given = "".join(f", {k}={float(v)!r}" for k, v in sorted(hyper.items()))
-    given += "" if dtype == "float64" else f", dtype={dtype!r}"
+    given += "" if mixed or computed == "float64" else f", dtype={computed!r}"
+    if mixed:
+        given += ", precision='mixed'" + ("" if growth_interval == 2000
+                                          else f", growth_interval={growth_interval!r}")
     given += "" if checkpoint in (None, "none") else f", checkpoint={checkpoint!r}"
     given += f", distributed={distributed!r}" if mpi else ""
     call = (f"sb.training_script(graph, of={m.of!r}, optimizer={m.opt.name!r}, "
@@ -425,6 +443,8 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
     constants = _script_constants(m, task, epochs, batch_size, seed)
     constants.append(f"METRIC = {metric!r}  # evaluate() returns: 'acc' (accuracy) or 'loss'")
     constants.append(_layers_constant(m))
+    if mixed:
+        constants += mixed_constants(m)
     runtime = RUNTIME if not task.tokens else tuple(
         n for name in RUNTIME for n in (("check_tokens", name) if name == "check_split"
                                         else (name,)))
@@ -438,9 +458,11 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         runtime = tuple(n for name in runtime for n in (
             (*MPI_RUNTIME.get(name, ()), name) if name == "InputError"
             else (name, *MPI_RUNTIME.get(name, ())) if name == "last_good_path" else (name,)))
-    blocks = step_blocks(m, distributed) + blocks + [source_of(
+    blocks = step_blocks(m, distributed) + blocks + ([source_of(runtime_mixed, "underflow_line")]
+                                                     if mixed else []) + [source_of(
         runtime_script, *runtime, variants={"tokens": task.tokens, "floats": not task.tokens,
-                                            "buffers": buffers, "mpi": mpi, "single": not mpi})]
+                                            "buffers": buffers, "mixed": mixed, "mpi": mpi,
+                                            "single": not mpi})]
     return assemble(doc, m, m.functions + fns, blocks,
                    imports=("argparse", "csv", "json", "os", "sys", "tempfile", "time",
                             "zipfile"), constants=constants)

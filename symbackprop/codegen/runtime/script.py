@@ -43,6 +43,7 @@ VOCAB = None  # a script for integer token inputs: X holds token ids 0..VOCAB-1
 BUFFERS = None  # batch norm or dropout: {} that main fills from init_buffers or a checkpoint
 LAYERS = {"linear": ("w",)}  # each layer's weights: --log-grad-norms, --metrics
 DISTRIBUTED = None  # "mpi": a data-parallel script (sb.training_script(..., distributed="mpi"))
+MIXED = False  # precision mixed: the step has underflow() and the loss scaler's state
 
 
 def init_params(rng=0):
@@ -70,6 +71,17 @@ def train_step(params, state, X, y, lr=LR):
         v += grad
         params[name] -= lr * v
     return loss
+
+
+def underflow(params, state, X, y):
+    """Mixed precision: per parameter, (entries, nonzero in float32, zero in float16
+    without loss scaling, zero with it)."""
+    return {}
+
+
+def underflow_line(counts, state):
+    """Mixed precision: the log line of underflow()'s counts."""
+    return ""
 
 
 def init_buffers(seed):
@@ -563,6 +575,10 @@ def train(args, data, params, state, progress, norms=None):
             score = evaluate(params, X, y)
             line += f"  train_acc {score:.4f}"
         print(f"{line}  {time.perf_counter() - start:.3f}s", flush=True)
+        if MIXED:  # variant: mixed
+            rows = np.arange(min(n, args.batch_size))  # the first --batch-size rows
+            print(underflow_line(underflow(params, state, **minibatch(X, y, rows)), state),
+                  flush=True)
         if norms is not None:
             norms.log(epoch, params, loss_sum / n, score)
         seen, loss_sum = 0, 0.0

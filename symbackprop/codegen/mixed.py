@@ -1,0 +1,262 @@
+"""Mixed precision for a generated training step (``precision="mixed"``).
+
+What runs in which dtype (docs/training.md, "Mixed precision"):
+
+* float16 (the module's ``DTYPE``): the forward and backward pass, every intermediate
+  array and the gradients, on float16 copies of the parameters cast from the masters
+  every step (``_half``). NumPy's products and sums of float16 arrays (``np.dot``,
+  ``@``, ``.sum``) accumulate in float32 and round once; the softmax cross-entropy
+  shifts by the largest logit before ``exp``.
+* float32 (``MASTER``): the master parameters, the optimizer's state and its update,
+  applied to the gradients unscaled in float32 (``G / scale``).
+* Python floats: the loss scale and the loss returned.
+
+Dynamic loss scaling as ``torch.amp.GradScaler``: the scale starts at 2**16, halves
+when the scaled float16 gradients hold inf or nan (the step is then skipped: parameters
+and optimizer state stay as they were), and doubles after ``growth_interval`` good steps
+in a row. The scaler's state (``scale``, ``good_steps``, ``skipped``) lives in the
+optimizer state, so checkpoints keep it.
+
+The loss scale enters as the seed of backprop, which the planned step takes when the
+loss computes its own gradient in one call (``softmax_cross_entropy``); other losses are
+refused for now. The rest of the module is the float32 step's, with the master-side
+functions (flat buffers, initialisation, optimizer) reading ``MASTER`` where the float32
+module reads ``DTYPE``. A backend (JAX, PyTorch) reuses the same plan: the
+:func:`scaler_settings`, the state keys and the rules of :mod:`.runtime.mixed`.
+"""
+
+from __future__ import annotations
+
+import numbers
+import re
+import textwrap
+
+from ..errors import CodegenError
+from .emit import Function, call_lines, render_function
+from .init import init_source
+from .plan import PACK, workspace_source
+from .runtime import check, flat, source_of
+from .runtime import mixed as runtime_mixed
+
+PRECISIONS = ("float64", "float32", "mixed", "bfloat16")
+LOSS_SCALE = 2.0**16
+GROWTH_FACTOR = 2.0
+BACKOFF_FACTOR = 0.5
+GROWTH_INTERVAL = 2000
+BFLOAT16_BACKENDS = "jax, torch"  # the backends of issue 15 that have bfloat16
+
+
+def resolve_precision(precision, dtype: str = "float64") -> tuple[str, str]:
+    """``(precision, dtype of the generated step)``: ``None`` keeps ``dtype``;
+    ``"float32"``/``"float64"`` are that dtype; ``"mixed"`` computes in float16 for
+    float32 masters. Raises ``ValueError`` for an unknown precision and for
+    ``"bfloat16"``, which NumPy lacks.
+
+    Examples
+    --------
+    >>> resolve_precision(None, "float32"), resolve_precision("mixed")
+    (('float32', 'float32'), ('mixed', 'float16'))
+    """
+    if dtype not in ("float64", "float32"):
+        extra = "; precision='mixed' computes in float16" if dtype == "float16" else ""
+        raise ValueError(f"dtype {dtype!r} is not one of float64, float32{extra}.")
+    if precision is None:
+        return dtype, dtype
+    if precision == "bfloat16":
+        raise ValueError(f"precision 'bfloat16' needs a backend that has bfloat16 "
+                         f"({BFLOAT16_BACKENDS}); NumPy has none. On NumPy use precision "
+                         "'mixed' (float16 with float32 masters).")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
+    return precision, ("float16" if precision == "mixed" else precision)
+
+
+def scaler_settings(growth_interval=GROWTH_INTERVAL) -> dict:
+    """The dynamic loss scaler's settings (torch.amp.GradScaler's defaults); raises
+    ``ValueError`` for a ``growth_interval`` that is not an int >= 1.
+
+    Examples
+    --------
+    >>> scaler_settings(100)["growth_interval"]
+    100
+    """
+    if isinstance(growth_interval, bool) or not isinstance(growth_interval, numbers.Integral) \
+            or growth_interval < 1:
+        raise ValueError(f"growth_interval={growth_interval!r}; expected an int >= 1 (good "
+                         "steps in a row before the loss scale doubles).")
+    return {"loss_scale": LOSS_SCALE, "growth_factor": GROWTH_FACTOR,
+            "backoff_factor": BACKOFF_FACTOR, "growth_interval": int(growth_interval)}
+
+
+_MIXED_LOCALS = {"half", "scale", "reference", "plain", "scaled", "name", "g"}
+
+
+def check_mixed(m) -> None:
+    """Refuse what the mixed step cannot do yet, naming why and what to do instead."""
+    clash = [m.em.namer(n) for n in m.inputs if m.em.namer(n) in _MIXED_LOCALS]
+    if clash:
+        raise CodegenError(f"input {clash[0]!r} has the name of a variable of the mixed-precision "
+                           "step; rename the input (e.g. g.rename).")
+    context = [p.split("=")[0] for p in m.functions[1].params if "=" in p]
+    if context:
+        raise CodegenError(f"precision 'mixed' does not support the state of batch norm or "
+                           f"dropout ({', '.join(context)}) yet; use precision 'float32'.")
+    if m.fast is None or not m.pool.scaled:
+        why = ("the optimization passes are off" if m.fast is None else
+               f"the loss {m.of!r} ({m.g.nx.nodes[m.of].get('op')}) does not compute its "
+               "gradient in one call, which takes the loss scale as its seed")
+        raise CodegenError(f"precision 'mixed' needs the loss scale as the seed of backprop: "
+                           f"{why}. Use softmax_cross_entropy as the loss with the optimization "
+                           "passes on, or precision 'float32'.")
+
+
+def loss_in_float32(m) -> None:
+    """The planned step's loss statement, ``L = f(logits, y, scale, dlogits)``, rewritten
+    to run ``f`` in float32 (``_loss_in_float32``): the loss is where float16's range
+    fails first."""
+    code = m.em.code(m.of)
+    pattern = re.compile(rf"^{re.escape(code)} = (\w+)\((.*)\)(  # .*)?$")
+    for i, line in enumerate(m.fast.body):
+        found = pattern.match(line)
+        if found and "scale" in found.group(2):
+            m.fast.body[i] = (f"{code} = _loss_in_float32({found.group(1)}, {found.group(2)})"
+                              f"  # in float32; and its gradient, float16")
+            m.em.helpers["_loss_in_float32"] = source_of(runtime_mixed, "_loss_in_float32")
+            return
+    raise CodegenError(f"precision 'mixed' computes the loss {m.of!r} in float32, but its "
+                       "statement in the planned step is not one call; use "
+                       "softmax_cross_entropy as the loss, or precision 'float32'.")
+
+
+def precision_text(m) -> str:
+    """The module docstring's words on precision."""
+    s = m.scaler
+    return (f"precision mixed: forward and backward in float16, float32 master parameters "
+            f"and optimizer state; dynamic loss scaling from {s['loss_scale']:g}, times "
+            f"{s['growth_factor']:g} after {s['growth_interval']} good steps, times "
+            f"{s['backoff_factor']:g} (step skipped) on overflow.")
+
+
+def constant_lines(m) -> list[str]:
+    """The mixed module's constants after the optimizer's."""
+    s = m.scaler
+    return ["MASTER = np.float32  # master parameters and optimizer state; DTYPE: the step",
+            f"LOSS_SCALE = {s['loss_scale']!r}  # the first loss scale",
+            f"GROWTH_FACTOR = {s['growth_factor']!r}",
+            f"BACKOFF_FACTOR = {s['backoff_factor']!r}",
+            f"GROWTH_INTERVAL = {s['growth_interval']!r}  # good steps before the scale grows"]
+
+
+def _master(text: str) -> str:
+    """A float32 module's block reading MASTER (float32) where it reads DTYPE."""
+    return re.sub(r"\bDTYPE\b", "MASTER", text)
+
+
+def mixed_blocks(m) -> list[str]:
+    """The source blocks after the model's functions in a mixed module: the float32
+    module's master-side blocks (flat buffers, initialisation, optimizer, check) on
+    MASTER, the float16 workspace, ``_half``, ``_scaled_update``, ``scaled_grads``,
+    ``train_step``, ``reference_value_and_grad`` (float32) and ``underflow``."""
+    first, layout = set(), []
+    for w, n in zip(m.wrt, m.grads):
+        layout.append((w, tuple(m.g.nx.nodes[w]["shape"]),
+                       m.em.namer(n) if n not in first else None))
+        first.add(n)
+    consts = f"TRAINED = {tuple(m.wrt)!r}  # the parameters train_step updates\n"
+    if m.pool.folds:
+        consts += (f"FOLDED = {tuple((w, b) for w, b, *_ in m.pool.folds)!r}  # layers with "
+                   "the bias in the product\n")
+    buffers = source_of(flat, "_FLAT", "_flat_base", "_flat",
+                        variants={"folded": bool(m.pool.folds)})
+    opt_state = m.opt.init_state.replace("def init_state(", "def _optimizer_state(", 1)
+    return ([_master(source_of(flat, "flat_views"))] + [_master(b) for b in init_source(m.plan)]
+            + [opt_state, source_of(runtime_mixed, "init_state"), m.opt.update,
+               source_of(check, "check_finite"), consts + _master(buffers), m.opt.flat_update,
+               PACK, workspace_source(m.em, m.pool, layout),
+               source_of(runtime_mixed, "_half", "_scaled_update",
+                         variants={"folded": bool(m.pool.folds)}),
+               _scaled_grads_block(m), _train_step_block(m), _reference_block(m),
+               source_of(runtime_mixed, "_flushed"), _underflow_block(m)])
+
+
+def _data(m) -> list[str]:
+    return [m.em.namer(n) for n in m.inputs]
+
+
+def _scaled_grads_block(m) -> str:
+    em = m.em
+    data = _data(m)
+    first = {}
+    for w, n in zip(m.wrt, m.grads):
+        first.setdefault(n, w)
+    fixed = {em.namer(n): f"grads[{w!r}]" for n, w in first.items()}
+    for w, b, block, grad_block in m.pool.folds:
+        fixed[block], fixed[grad_block] = f"half[{w!r}, {b!r}]", f"blocks[{w!r}, {b!r}]"
+    args = [re.sub(r"^params\[", "half[", a) for a in m.args(m.fast, fixed=fixed)]
+    args.append("scale=scale")
+    ws = f"_workspace({', '.join(m.pool.sizes)})"
+    doc = (f"Loss and gradients times scale on the minibatch ({', '.join(data)}), in float16, "
+           "from float16 copies of the master parameters (_half): (loss, G, grads), the "
+           "gradients as views of G, the flat buffer in the workspace (valid until the next "
+           'call)."""')
+    lines = [f"def scaled_grads(params, state, {', '.join(data)}, scale):",
+             *textwrap.wrap(doc, 88, initial_indent='    """', subsequent_indent="    ")]
+    lines += ["    " + ln for ln in em.as_arrays(m.inputs)]
+    lines += ["    flat = _flat(params, state)", "    half = _half(flat, params)"]
+    lines += ["    " + ln for ln in em.bind_sizes("scaled_grads", m.inputs, [ws])]
+    blocks = "blocks" if m.pool.folds else "_"
+    lines += [f"    _, G, grads, {blocks} = {ws}"]
+    lines += ["    " + ln for ln in call_lines("loss = ", m.fast.name, args)]
+    lines += [f"    grads[{w!r}][...] = grads[{first[n]!r}]"
+              for w, n in zip(m.wrt, m.grads) if first[n] != w]
+    lines += ["    return loss, G, grads"]
+    return "\n".join(lines) + "\n"
+
+
+def _train_step_block(m) -> str:
+    data = _data(m)
+    doc = (f"One mixed-precision training step on the minibatch ({', '.join(data) or 'no data'}):"
+           " forward and backward pass in float16 with the loss multiplied by state['scale'] "
+           f"(scaled_grads), then one {m.opt.title} update of the float32 master parameters "
+           "from the gradients unscaled in float32 (_scaled_update). On inf or nan in the "
+           "scaled gradients the step is skipped (params and the optimizer state unchanged) "
+           "and the scale halved. params and state change in place. Returns the loss. Raises "
+           'FloatingPointError, before changing anything, when the loss is nan or inf."""')
+    call = (f"        loss, G, grads = scaled_grads(params, state, {', '.join(data)}, "
+            "state['scale'])")
+    return "\n".join([
+        f"def train_step(params, state, {', '.join(data + ['lr=LR'])}):",
+        *textwrap.wrap(doc, 88, initial_indent='    """', subsequent_indent="    "),
+        "    with np.errstate(over='ignore', invalid='ignore'):  # overflow: the scaler's",
+        call,
+        "    return _scaled_update(_flat(params, state), G, grads, loss, state, lr)"]) + "\n"
+
+
+def _reference_block(m) -> str:
+    """``reference_value_and_grad``: value_and_grad in float32 (MASTER), for the
+    underflow counts."""
+    vg = m.functions[1]
+    ref = Function("reference_value_and_grad", list(vg.params),
+                   "value_and_grad computed in float32 (MASTER): the reference of "
+                   "underflow().", [_master(b) for b in vg.body], vg.ret)
+    return render_function(ref)
+
+
+def _underflow_block(m) -> str:
+    data = _data(m)
+    ref = call_lines("_, reference = ", "reference_value_and_grad", m.args(m.functions[1]),
+                     indent=4)
+    return "\n".join([
+        f"def underflow(params, state, {', '.join(data)}):",
+        f'    """Gradient entries that float16 flushes to zero on the minibatch ({", ".join(data)}),',
+        "    per trained parameter: (entries, nonzero in float32, of those zero in float16",
+        "    without loss scaling, zero in float16 with state['scale']). Changes nothing.\"\"\"",
+        *("    " + ln for ln in ref),
+        "    _, _, plain = scaled_grads(params, state, " + ", ".join(data) + ", 1.0)",
+        "    plain = {name: g.copy() for name, g in plain.items()}",
+        "    _, _, scaled = scaled_grads(params, state, " + ", ".join(data) + ", state['scale'])",
+        "    return _flushed({name: reference[name] for name in TRAINED}, plain, scaled)"]) + "\n"
+
+
+__all__ = ["PRECISIONS", "check_mixed", "constant_lines", "mixed_blocks", "precision_text",
+           "resolve_precision", "scaler_settings"]
