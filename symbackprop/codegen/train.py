@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from .. import __version__ as _version
 from ..graph import Graph
+from . import backends, functional
 from .emit import safe_text
 from .module import Model, assemble, build_model, step_blocks, step_doc
 from .optimizers import constant_lines
@@ -29,7 +30,7 @@ from .optimizers import constant_lines
 
 def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: float | None = None,
                wrt=None, dtype: str = "float64", optimize=True, checkpoint="none",
-               **hyper) -> str:
+               backend: str = "numpy", **hyper) -> str:
     """NumPy source of a training step: gradients, optimizer and update, as separate functions.
 
     Parameters
@@ -53,6 +54,12 @@ def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: floa
         Gradient checkpointing, as for :func:`~symbackprop.codegen.gradient_module.numpy_source`:
         the step keeps less of its forward pass and computes the rest again; the same
         parameters come out, bit for bit.
+    backend : {"numpy", "jax"}
+        The array library (:mod:`~symbackprop.codegen.backends`). ``"jax"`` writes a
+        functional module (:mod:`~symbackprop.codegen.functional`): ``update`` and
+        ``train_step`` return new parameters and state, ``train_step`` returns
+        ``(loss, params, state)`` under ``jax.jit`` with the buffers of ``params`` and
+        ``state`` donated, and ``init_params(seed)`` draws with ``jax.random``.
     **hyper
         ``momentum=0.9``; ``beta1=0.9, beta2=0.999, eps=1e-8``.
 
@@ -89,6 +96,9 @@ def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: floa
     symbackprop.training_script : the same code inside a complete training program.
     symbackprop.compile : ``optimizer=`` loads it as a :class:`CompiledTrainStep`.
     """
+    if backends.get(backend).functional:
+        return functional.step_source(g, of, wrt, optimizer, lr, hyper, dtype, optimize,
+                                      backend, checkpoint)
     return step_source(build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize,
                                    checkpoint=checkpoint))
 
