@@ -184,8 +184,8 @@ class ArrayApiBackend(Backend):
         return ""
 
     def dtype_lines(self, dtype: str) -> list[str]:
-        return [f'FLOAT = "{dtype}"  # the float dtype, looked up in the namespace of the '
-                "arrays passed"]
+        return [(f'FLOAT = "{dtype}"  # the float dtype, looked up in the namespace of the '
+                "arrays passed")]
 
     def function_helpers(self, e: sp.Expr) -> dict:
         out = {}

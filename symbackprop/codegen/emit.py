@@ -26,8 +26,8 @@ from ..optimize import changes, dump
 from ..optimize import optimize as run_passes
 from ..optimize import resolve as resolve_passes
 from ..optimize.fuse import fuse_for_stability
-from .checkpoint import apply_checkpoint
 from . import backends
+from .checkpoint import apply_checkpoint
 from .lowering import CONTEXT
 from .printer import expr_code, spaced
 from .stability import warn_unstable

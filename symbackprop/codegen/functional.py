@@ -59,8 +59,8 @@ def train_step_block(m: Model) -> str:
     lines = [*em.backend.step_decorators(),
              f"def train_step(params, state, {', '.join(data + ['lr=LR'])}):",
              f'    """One training step on the minibatch ({batch}): forward and backward pass',
-             f"    (value_and_grad), then one {m.opt.title} update (update). Returns the loss, "
-             "the new",
+             (f"    (value_and_grad), then one {m.opt.title} update (update). Returns the loss, "
+             "the new"),
              "    parameters and the new state; nothing changes in place. "
              + em.backend.step_note() + '"""']
     lines += ["    " + ln for ln in call_lines("loss, grads = ", "value_and_grad",

@@ -126,8 +126,8 @@ class JaxBackend(Backend):
         return "import jax\nimport jax.numpy as jnp"
 
     def dtype_lines(self, dtype: str) -> list[str]:
-        x64 = (["# float64 arrays: JAX computes in float32 unless its 64-bit mode is on (for "
-                "the whole process)", 'jax.config.update("jax_enable_x64", True)']
+        x64 = ([("# float64 arrays: JAX computes in float32 unless its 64-bit mode is on (for "
+                "the whole process)"), 'jax.config.update("jax_enable_x64", True)']
                if dtype == "float64" else [])
         return x64 + [f"DTYPE = jnp.{dtype}"]
 
@@ -171,10 +171,10 @@ class JaxBackend(Backend):
             if kind in kinds]
         drawn = sum(i.kind != "zeros" for i in plan)
         lines = ["def init_params(seed=0):",
-                 '    """Initial parameters from a seed, drawn with jax.random (not the numbers '
-                 "of NumPy's",
-                 "    init_params): He normal for weights feeding a rectifier, Xavier/Glorot "
-                 "uniform for",
+                 ('    """Initial parameters from a seed, drawn with jax.random (not the numbers '
+                 "of NumPy's"),
+                 ("    init_params): He normal for weights feeding a rectifier, Xavier/Glorot "
+                 "uniform for"),
                  '    the other weights, zero biases."""']
         if drawn:
             lines.append(f"    keys = iter(jax.random.split(jax.random.key(seed), {drawn}))")
