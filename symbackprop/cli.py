@@ -187,13 +187,13 @@ def _graph(a) -> Graph:
 
 # -- commands -----------------------------------------------------------------------
 def cmd_codegen(a) -> int:
-    from .codegen.gradient_module import numpy_source
+    from .codegen.gradient_module import source
     from .ops.elementwise import derivative_notes
 
     explain: list | None = [] if a.explain else None
     passes = False if a.no_opt else (a.passes or True)
-    src = numpy_source(_graph(a), a.of, _names(a.wrt), dtype=a.dtype, optimize=passes,
-                       explain=explain, checkpoint=_checkpoint(a.checkpoint))
+    src = source(_graph(a), a.of, _names(a.wrt), dtype=a.dtype, optimize=passes,
+                 explain=explain, checkpoint=_checkpoint(a.checkpoint), backend=a.backend)
     if explain is not None:
         for name, removed, added in explain:
             if name.startswith("memory plan"):  # the planner's decisions, with their reasons
@@ -387,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     _spec_args(c)
     c.add_argument("-o", "--output", help="output .py file (default: stdout)")
     c.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    c.add_argument("--backend", default="numpy",
+                   help="the array library: numpy (default), jax (functional, jax.jit) or "
+                   "array_api (the Python array API standard only)")
     c.add_argument("--no-opt", action="store_true", help="skip the optimization passes")
     c.add_argument("--passes", help="comma-separated passes to run, in order "
                    "(default: simplify,fold,cse,fuse,dce)")

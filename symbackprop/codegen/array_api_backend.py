@@ -8,10 +8,10 @@ standard; the tests run it on ``array_api_strict``, which rejects anything outsi
 
 :data:`ARRAY_API` is its op table, :class:`ArrayApiPrinter` its elementwise printer,
 :mod:`~symbackprop.codegen.runtime.array_api_ops` its helpers and :data:`BACKEND` its
-record. The standard has no ``einsum``, no scatter-add, no convolution: ``einsum`` has
-code only for the specs that are (batched) matrix products, ``take``'s gradient is a
-product with a one-hot matrix, and convolution, pooling, batch norm and dropout have
-none (``CodegenError: op 'conv2d' has no array_api code``).
+record. The standard has no ``einsum``, no scatter-add, no convolution: an ``einsum`` that is no
+(batched) matrix product is a broadcast product and a sum (``_einsum``), ``take``'s
+gradient is a product with a one-hot matrix, and convolution, pooling, batch norm and
+dropout have no code (``CodegenError: op 'conv2d' has no array_api code``).
 
 Examples
 --------
@@ -57,6 +57,13 @@ def index_code(index) -> str:
     return f"({parts[0]},)" if len(parts) == 1 else f"({', '.join(parts)})"
 
 
+def _full_index(index) -> str:
+    """The index inside brackets with an ellipsis for the axes it leaves out: the standard
+    does not fill in trailing axes as NumPy does (``x[0]`` of a matrix is ``x[0, ...]``)."""
+    entries = tuple(index) if isinstance(index, (tuple, list)) else (index,)
+    return index_text(entries if "..." in entries else entries + ("...",))
+
+
 def _reduce(fn: str):
     def code(c, a):
         parts = [c[0]] + ([] if a["axis"] is None else [f"axis={_axis_code(a['axis'])}"])
@@ -69,12 +76,11 @@ def _transpose(c, a) -> str:
 
 
 def _einsum(c, a) -> str:
+    """A spec that is a (batched) matrix product as ``@`` (BLAS where the library has it);
+    any other as the helper ``_einsum`` (broadcast product and sum)."""
     how = einsum_as_matmul(a["spec"])
     if how is None:
-        raise CodegenError(
-            f"op einsum with spec {a['spec']!r} has no array_api code: the array API standard "
-            "has no einsum; only specs that are (batched) matrix products have (such as "
-            "'bhqd,bhkd->bhqk'). Use the numpy or jax backend.")
+        return f"_einsum({a['spec']!r}, {', '.join(c)})"
     first, *swaps = how
     pair = (c[first], c[1 - first])
     a_, b_ = (f"xp.matrix_transpose({x})" if s else x for x, s in zip(pair, swaps))
@@ -109,14 +115,14 @@ ARRAY_API: dict[str, Lowering] = {
     "mse": Lowering(lambda c, a: f"xp.mean(({c[0]} - {c[1]}) ** 2)"),
     "layer_norm": Lowering(lambda c, a: f"_layer_norm({c[0]}, eps={a['eps']!r})",
                            helpers=_helpers(ops._layer_norm)),
-    "einsum": Lowering(_einsum),
+    "einsum": Lowering(_einsum, helpers=_helpers(ops._einsum)),
     # a condition of 0/1 floats (a comparison's value) made the boolean array where() wants
     "where": Lowering(lambda c, a: f"xp.where(xp.astype({c[0]}, xp.bool), {c[1]}, {c[2]})"),
     "logsumexp": Lowering(
         lambda c, a: f"_logsumexp({c[0]}, axis={_axis_code(a['axis'])}"
         + (", keepdims=True)" if a["keepdims"] else ")"),
         helpers=_helpers(ops._logsumexp)),
-    "slice": Lowering(lambda c, a: f"{c[0]}[{index_text(a['index'])}]"),
+    "slice": Lowering(lambda c, a: f"{c[0]}[{_full_index(a['index'])}]"),
     "unslice": Lowering(
         lambda c, a: f"_unslice({c[0]}, {_shape_code(a['shape'])}, {index_code(a['index'])})",
         helpers=_helpers(ops._unslice)),

@@ -145,3 +145,29 @@ def _take_grad(g, idx, size, axis):
     onehot = _onehot(xp.reshape(idx, (-1,)), size, g.dtype)  # (K, size)
     out = xp.matrix_transpose(onehot) @ xp.reshape(g, (rows, k, cols))
     return xp.reshape(out, lead + (size,) + trail)
+
+
+def _einsum(spec, *operands):
+    """np.einsum for the standard, which has none (for the specs that are no matrix
+    product): each operand laid out on every letter of ``spec`` (its own axes permuted
+    into the letters' order, size-1 axes for the others), the broadcast product of all,
+    summed over the letters the output lacks, then permuted into the output's order.
+    One array over all the letters lives at once: fine for the small contractions of the
+    gradients (a batch summed out), not for a large product."""
+    xp = operands[0].__array_namespace__()
+    ins, out = spec.split("->")
+    letters = []
+    for sub in ins.split(","):
+        letters += [c for c in sub if c not in letters]
+    total = None
+    for sub, x in zip(ins.split(","), operands):
+        order = sorted(range(len(sub)), key=lambda i: letters.index(sub[i]))
+        x = xp.permute_dims(x, tuple(order))
+        size = {sub[i]: x.shape[k] for k, i in enumerate(order)}
+        x = xp.reshape(x, tuple(size.get(c, 1) for c in letters))
+        total = x if total is None else total * x
+    summed = tuple(i for i, c in enumerate(letters) if c not in out)
+    if summed:
+        total = xp.sum(total, axis=summed)
+    kept = [c for c in letters if c in out]
+    return xp.permute_dims(total, tuple(kept.index(c) for c in out))
