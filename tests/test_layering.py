@@ -26,15 +26,20 @@ LAYERS = [
      # the lowering table and the runtime it copies depend on ops alone; derivations
      # evaluate ops at a point through it
      "codegen.runtime", "codegen.runtime.numpy_ops", "codegen.layout", "codegen.printer",
-     "codegen.lowering"],
+     "codegen.lowering",
+     # the backends (issue 15): each one's table, printer and runtime helpers
+     "codegen.runtime.jax_ops", "codegen.runtime.jax_init", "codegen.runtime.array_api_ops",
+     "codegen.backends", "codegen.jax_backend", "codegen.array_api_backend"],
     ["derivation"],
     ["codegen.runtime.flat", "codegen.runtime.init", "codegen.runtime.check",
      "codegen.runtime.script", "codegen.runtime.optimizers", "codegen.runtime.optimizers.sgd",
      "codegen.runtime.optimizers.sgd_scaled", "codegen.runtime.optimizers.momentum",
-     "codegen.runtime.optimizers.adam", "codegen.runtime.workspace"],
+     "codegen.runtime.optimizers.adam", "codegen.runtime.workspace",
+     "codegen.runtime.functional", "codegen.runtime.functional.sgd",
+     "codegen.runtime.functional.momentum", "codegen.runtime.functional.adam"],
     ["codegen", "codegen.stability", "codegen.loader", "codegen.emit", "codegen.plan", "codegen.gradient_module",
      "codegen.optimizers", "codegen.init", "codegen.module", "codegen.train", "codegen.script",
-     "codegen.checkpoint"],
+     "codegen.checkpoint", "codegen.functional"],
     ["codegen.compiled", "testing", "cost", "flow"],
     ["render"],
     ["cli"],
