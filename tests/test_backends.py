@@ -188,14 +188,17 @@ def test_generated_modules_pass_ruff_and_import_only_their_library(backend, tmp_
             for optimize in (True, False):
                 src = sb.source(g, dtype=dtype, optimize=optimize, backend=backend)
                 files.append((f"{name}_{dtype}_{optimize}.py", src))
-        if backend != "array_api":
-            files.append((f"{name}_step.py", sb.train_step(g, optimizer="adam",
-                                                           backend=backend)))
+        for opt in ("sgd", "adam"):
+            files.append((f"{name}_step_{opt}.py", sb.train_step(g, optimizer=opt,
+                                                                 backend=backend)))
+    scalar = sb.parse("L = (w*x - y)**2", params=["w"])  # no weight drawn at random
+    files.append(("scalar_step.py", sb.train_step(scalar, optimizer="momentum",
+                                                  backend=backend)))
     for fname, src in files:
         assert _imported(src) == ALLOWED[backend], fname
         (tmp_path / fname).write_text(src)
         if backend != "numpy":  # one statement per node, commented with its gradient
-            assert "# dL/dW1 via" in src or "# dL/dW1" in src, fname
+            assert "  # dL/dW1 via " in src or "  # dL/dw via " in src, fname
     assert_ruff_clean(tmp_path, *[f for f, _ in files])
 
 
@@ -257,6 +260,31 @@ def test_jax_train_step_trains_digits_like_numpy(optimizer, dtype):
         np.testing.assert_allclose(np.asarray(p_jax[k]), params[k], rtol=rtol * 100,
                                    atol=rtol)
         assert str(p_jax[k].dtype) == dtype
+
+
+def test_array_api_train_step_matches_numpy_on_array_api_strict():
+    """The array API training module on array_api_strict: the NumPy step's losses and
+    parameters, step after step; init_params(xp) makes arrays of that namespace."""
+    _skip_missing("array_api")
+    import array_api_strict as xp
+
+    g = sb.models.mlp([6, 5, 3])
+    ref = sb.compile(g, optimizer="momentum", lr=0.2)
+    fn = sb.compile(g, optimizer="momentum", lr=0.2, backend="array_api")
+    fresh = fn.init_params(0, xp=xp)
+    assert type(fresh["W1"]).__module__.startswith("array_api_strict")
+    assert _np(fresh["W1"]).std() > 0 and float(_np(fresh["b1"]).max()) == 0
+    params = ref.init_params(0)
+    p_xp = {k: xp.asarray(np.array(v)) for k, v in params.items()}
+    state, s_xp = ref.init_state(params), fn.init_state(p_xp)
+    rng = np.random.default_rng(1)
+    for step in range(5):
+        X, y = rng.standard_normal((8, 6)), rng.integers(0, 3, 8)
+        want = ref.train_step(params, state, X=X, y=y)
+        loss, p_xp, s_xp = fn.train_step(p_xp, s_xp, X=xp.asarray(X), y=xp.asarray(y))
+        assert float(_np(loss)) == pytest.approx(want, rel=1e-12), f"step {step}"
+    for k in params:
+        np.testing.assert_allclose(_np(p_xp[k]), params[k], rtol=1e-11, atol=1e-13)
 
 
 def test_jax_init_params_and_update_are_functional():

@@ -228,6 +228,47 @@ class ArrayApiBackend(Backend):
         return ([f"xp, DTYPE = _namespace({', '.join(names)})"],
                 {"_namespace": source(ops._namespace)})
 
+    def step_imports(self) -> tuple:
+        return ("math", "random")
+
+    def step_note(self) -> str:
+        return ("The arrays are those of\n    the namespace of the arrays passed "
+                "(init_params(xp) makes them).")
+
+    def init_source(self, plan: list) -> list[str]:
+        kinds = {i.kind for i in plan}
+        blocks = [source(fn) for kind, fn in (
+            ("he", ops.he_normal), ("xavier", ops.xavier_uniform),
+            ("uniform", ops.uniform_fan_in)) if kind in kinds]
+        lines = ["def init_params(xp, seed=0):",
+                 ('    """Initial parameters as arrays of the array API namespace xp, from a '
+                 "seed: He normal"),
+                 ("    for weights feeding a rectifier, Xavier/Glorot uniform for the other "
+                 "weights, zero"),
+                 ("    biases. The standard has no random generator: Python's random module "
+                 "draws them"),
+                 '    (other numbers than NumPy\'s init_params)."""']
+        if any(i.kind != "zeros" for i in plan):
+            lines.append("    rng = random.Random(seed)")
+        lines.append("    return {")
+        for i in plan:
+            key = repr(i.name)
+            note = "  # " + i.note.encode("unicode_escape").decode("ascii")
+            if i.kind == "zeros":
+                lines.append(f"        {key}: xp.zeros({i.shape!r}, dtype=getattr(xp, FLOAT)),")
+            elif i.kind == "he":
+                gain = "" if i.gain2 == 2.0 else f", gain2={i.gain2!r}"
+                lines.append(f"        {key}: he_normal(xp, rng, {i.shape!r}, "
+                             f"fan_in={i.fan_in}{gain}),{note}")
+            elif i.kind == "uniform":
+                lines.append(f"        {key}: uniform_fan_in(xp, rng, {i.shape!r}, "
+                             f"fan_in={i.fan_in}),{note}")
+            else:
+                lines.append(f"        {key}: xavier_uniform(xp, rng, {i.shape!r}, "
+                             f"fan_in={i.fan_in}, fan_out={i.fan_out}),{note}")
+        lines.append("    }")
+        return blocks + ["\n".join(lines) + "\n"]
+
 
 BACKEND = ArrayApiBackend()
 

@@ -196,10 +196,11 @@ class FunctionalTrainStep(Compiled):
         super().__init__(source, name, arg_names)
         self.inputs = list(inputs)
 
-    def init_params(self, seed=0) -> dict:
+    def init_params(self, seed=0, **namespace) -> dict:
         """Fresh parameters (He/Xavier weights, zero biases) from a seed, drawn by the
-        backend's generator."""
-        return self.module.init_params(seed)
+        backend's generator; the ``array_api`` backend's takes ``xp=`` too (the array API
+        namespace to make them in, such as ``array_api_strict``)."""
+        return self.module.init_params(seed=seed, **namespace)
 
     def init_state(self, params: dict) -> dict:
         """The optimizer's initial state for ``params``."""

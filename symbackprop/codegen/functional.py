@@ -14,6 +14,8 @@ and which the backend compiles as a whole (``jax.jit`` donating the buffers of
 
 from __future__ import annotations
 
+import re
+
 from .. import __version__ as _version
 from ..errors import CodegenError
 from ..graph import Graph
@@ -105,7 +107,9 @@ def model_text(m: Model) -> str:
             f"only {b.title}. Do not edit: regenerate instead.")
     blocks = [*b.init_source(m.plan), source_of(runtime, "init_state"),
               source_of(runtime, "update"), train_step_block(m)]
-    return render_module(doc, m.em, m.functions, imports=b.step_imports(),
+    text = "".join(blocks)  # the standard-library modules its blocks use
+    imports = [i for i in b.step_imports() if re.search(rf"\b{i}\.", text)]
+    return render_module(doc, m.em, m.functions, imports=imports,
                          constants=constant_lines(m.hyper), blocks=blocks)
 
 

@@ -54,12 +54,14 @@ def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: floa
         Gradient checkpointing, as for :func:`~symbackprop.codegen.gradient_module.numpy_source`:
         the step keeps less of its forward pass and computes the rest again; the same
         parameters come out, bit for bit.
-    backend : {"numpy", "jax"}
-        The array library (:mod:`~symbackprop.codegen.backends`). ``"jax"`` writes a
-        functional module (:mod:`~symbackprop.codegen.functional`): ``update`` and
-        ``train_step`` return new parameters and state, ``train_step`` returns
-        ``(loss, params, state)`` under ``jax.jit`` with the buffers of ``params`` and
-        ``state`` donated, and ``init_params(seed)`` draws with ``jax.random``.
+    backend : {"numpy", "jax", "array_api"}
+        The array library (:mod:`~symbackprop.codegen.backends`). ``"jax"`` and
+        ``"array_api"`` write a functional module (:mod:`~symbackprop.codegen.functional`):
+        ``update`` and ``train_step`` return new parameters and state, ``train_step``
+        returns ``(loss, params, state)``. JAX's runs under ``jax.jit`` with the buffers of
+        ``params`` and ``state`` donated, and ``init_params(seed)`` draws with
+        ``jax.random``; the array API one's ``init_params(xp, seed)`` makes arrays of the
+        namespace ``xp`` from Python's ``random``.
     **hyper
         ``momentum=0.9``; ``beta1=0.9, beta2=0.999, eps=1e-8``.
 

@@ -7,10 +7,12 @@ PyTorch (through a compatible namespace) or ``array_api_strict``. These are the
 counterparts of :mod:`~symbackprop.codegen.runtime.numpy_ops`, written with the
 standard's functions alone (no ``out=``, no ``np.add.at``, no ``einsum``): a scatter-add
 becomes a product with a one-hot matrix. Code generation copies a helper's source into a
-module that calls it; this module imports nothing.
+module that calls it; this module imports only the standard library.
 """
 
 from __future__ import annotations
+
+import math
 
 FLOAT = "float64"  # the generated module's floating dtype, by its name in the namespace
 
@@ -171,3 +173,26 @@ def _einsum(spec, *operands):
         total = xp.sum(total, axis=summed)
     kept = [c for c in letters if c in out]
     return xp.permute_dims(total, tuple(kept.index(c) for c in out))
+
+
+# -- initial parameters of the training module: the standard has no random generator, so
+# the draws come from Python's random module (seeded), one number at a time, then one array
+def he_normal(xp, rng, shape, fan_in, gain2=2.0):
+    """He (Kaiming) normal for rectifiers: N(0, gain2 / fan_in); gain2 = 2 for relu."""
+    std = (gain2 / fan_in) ** 0.5
+    values = [rng.gauss(0.0, std) for _ in range(math.prod(shape))]
+    return xp.reshape(xp.asarray(values, dtype=getattr(xp, FLOAT)), shape)
+
+
+def xavier_uniform(xp, rng, shape, fan_in, fan_out):
+    """Xavier/Glorot uniform: U(-a, a) with a = sqrt(6 / (fan_in + fan_out))."""
+    a = (6.0 / (fan_in + fan_out)) ** 0.5
+    values = [rng.uniform(-a, a) for _ in range(math.prod(shape))]
+    return xp.reshape(xp.asarray(values, dtype=getattr(xp, FLOAT)), shape)
+
+
+def uniform_fan_in(xp, rng, shape, fan_in):
+    """U(-a, a) with a = 1 / sqrt(fan_in): PyTorch's default for nn.Linear weights."""
+    a = 1.0 / fan_in**0.5
+    values = [rng.uniform(-a, a) for _ in range(math.prod(shape))]
+    return xp.reshape(xp.asarray(values, dtype=getattr(xp, FLOAT)), shape)
