@@ -270,6 +270,11 @@ class GeneratedJax:
         # as JaxJit: x64 to match the workload (a float64 module turns it on itself)
         jax.config.update("jax_enable_x64", np.dtype(dtype) == np.float64)
         self.jax = jax
+        if g is None:  # given the parameters alone (tests/test_bench.py): the MLP they fit
+            depth = len(params) // 2
+            g = sb.models.mlp([params["W1"].shape[0]]
+                              + [params[f"W{k}"].shape[1] for k in range(1, depth + 1)],
+                              activation=activation)
         self.compiled = sb.compile(g, optimizer="sgd", lr=lr, dtype=_dtype_name(dtype),
                                    backend="jax")
         self._step = self.compiled.module.train_step  # the module's own jitted function

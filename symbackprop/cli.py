@@ -235,7 +235,7 @@ def cmd_train_script(a) -> int:
         src = training_script(_graph(a), a.of, a.optimizer, a.lr, a.epochs, a.batch_size,
                               a.seed, _names(a.wrt), dtype=a.dtype, features=a.features,
                               target=a.target, checkpoint=_checkpoint(a.checkpoint),
-                              **hyper)
+                              backend=a.backend, **hyper)
     except ValueError as e:
         if isinstance(e, SymbackpropError):
             raise
@@ -423,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     c.add_argument("--features", help="the input fed from the data's X (default: inferred)")
     c.add_argument("--target", help="the input fed from the data's y (default: inferred)")
+    c.add_argument("--backend", default="numpy",
+                   help="numpy (default) or jax: a JAX script splitting every batch over all "
+                   "devices (jax.sharding), on several hosts with jax.distributed")
     _checkpoint_arg(c)
     c.set_defaults(run=cmd_train_script)
 

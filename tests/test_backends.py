@@ -338,3 +338,58 @@ def test_einsum_that_is_no_product_is_a_broadcast_sum_in_array_api():
     g.output("L", sb.sum(sb.einsum("ij->ji", a) * sb.einsum("ij->ji", a)))
     assert "_einsum('ij->ji', a)" in sb.source(g, backend="array_api")
     assert "jnp.einsum" in sb.source(g, backend="jax")
+
+
+# -- the JAX training script: data parallelism through jax.sharding (issue 15, point 2) -----
+def _run_script(folder, script, devices, *args, timeout=240):
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "XLA", "JAX"))}
+    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, script, *args], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("dtype", "optimizer", "rtol"), [("float32", "adam", 1e-5),
+                                                          ("float64", "sgd", 1e-12)])
+def test_jax_script_on_4_devices_equals_one_device(tmp_path, dtype, optimizer, rtol):
+    """train-script --backend jax: every global batch split over 4 simulated CPU devices
+    (jax.sharding) gives the parameters of the one-device run (float32 to 1e-5 relative,
+    float64 to 1e-12); a batch the devices do not divide is one line, exit 2."""
+    _skip_missing("jax")
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    np.savez(tmp_path / "digits.npz", X=X[:640] / 16.0, y=y[:640])
+    spec = tmp_path / "net.json"
+    sb.save(sb.models.mlp([64, 32, 10]), str(spec))
+    assert main(["train-script", str(spec), "--backend", "jax", "--optimizer", optimizer,
+                 "--lr", "0.05", "--batch-size", "64", "--dtype", dtype,
+                 "-o", str(tmp_path / "train.py")]) == 0
+    src = (tmp_path / "train.py").read_text()
+    assert _imported(src) == {"jax", "numpy"} and "jax.sharding.Mesh" in src
+    assert_ruff_clean(tmp_path, "train.py")
+    params = {}
+    for devices in (1, 4):
+        r = _run_script(tmp_path, "train.py", devices, "--data", "digits.npz", "--epochs", "2",
+                        "--out", f"p{devices}.npz")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"epoch 2/2  loss" in r.stdout and f"{devices} device(s)" in r.stdout
+        with np.load(tmp_path / f"p{devices}.npz") as f:
+            params[devices] = {k: f[k] for k in f.files}
+    for k, v in params[1].items():
+        assert v.dtype == np.dtype(dtype)
+        scale = float(np.abs(v).max())
+        np.testing.assert_allclose(params[4][k], v, rtol=0, atol=rtol * scale, err_msg=k)
+    r = _run_script(tmp_path, "train.py", 4, "--data", "digits.npz", "--batch-size", "30")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "--batch-size 30 does not split over the 4 devices: use a multiple of 4" in r.stderr
+
+
+def test_train_script_backend_without_a_script_is_one_line(capsys):
+    assert main(["train-script", "mlp:4-3-2", "--backend", "array_api"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "backend 'array_api' writes no training script" in err

@@ -77,6 +77,7 @@ class Backend:
     planned = True
     functional = False
     reserved: tuple = ()
+    sharded_script = False  # writes a data-parallel training script (codegen/jax_script.py)
 
     # -- the module ------------------------------------------------------------------------
     def imports(self) -> str:

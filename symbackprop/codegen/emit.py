@@ -367,15 +367,15 @@ def render_function(fn: Function) -> str:
 
 
 def render_module(doc: str, em: Emitter, functions: list[Function], extra: str = "", *,
-                  imports=(), constants=(), blocks=()) -> str:
+                  imports=(), constants=(), blocks=(), library: str | None = None) -> str:
     """The module text: docstring, imports (standard library ``imports``, then the
     backend's array library: NumPy), DTYPE and constants (the emitter's, sorted, then
     ``constants`` in order), helpers, functions, then ``blocks`` and ``extra`` (source
-    text)."""
+    text); ``library`` replaces the backend's import lines (a script importing more)."""
     head = [f'"""{doc}\n"""']
     if imports:
         head.append("\n".join(f"import {i}" for i in sorted(set(imports))))
-    library = em.backend.imports()
+    library = em.backend.imports() if library is None else library
     head += ([library] if library else []) + ["\n".join(
         em.backend.dtype_lines(em.dtype) + sorted(set(em.constants)) + list(constants))]
     body = ([em.helpers[k] for k in sorted(em.helpers)] + [render_function(f) for f in functions]

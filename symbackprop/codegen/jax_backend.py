@@ -121,6 +121,7 @@ class JaxBackend(Backend):
     planned = False
     functional = True
     reserved = ("jax", "jnp", "functools")
+    sharded_script = True
 
     def imports(self) -> str:
         return "import jax\nimport jax.numpy as jnp"
