@@ -377,7 +377,7 @@ def test_jax_script_on_4_devices_equals_one_device(tmp_path, dtype, optimizer, r
         r = _run_script(tmp_path, "train.py", devices, "--data", "digits.npz", "--epochs", "2",
                         "--out", f"p{devices}.npz")
         assert r.returncode == 0, r.stderr[-3000:]
-        assert f"epoch 2/2  loss" in r.stdout and f"{devices} device(s)" in r.stdout
+        assert "epoch 2/2  loss" in r.stdout and f"{devices} device(s)" in r.stdout
         with np.load(tmp_path / f"p{devices}.npz") as f:
             params[devices] = {k: f[k] for k in f.files}
     for k, v in params[1].items():

@@ -76,8 +76,8 @@ def data_parallel_script(g: Graph, of=None, optimizer: str = "sgd", lr=None, epo
         "data.npz")
     constants = [f"EPOCHS = {epochs}", f"BATCH_SIZE = {batch_size}", f"SEED = {seed}",
                  f"FEATURES = {nm(task.features)!r}  # the input fed from the data's X",
-                 f"TARGET = {nm(task.target) if task.target else None!r}  # the input fed "
-                 "from the data's y"]
+                 (f"TARGET = {nm(task.target) if task.target else None!r}  # the input fed "
+                 "from the data's y")]
     return functional.model_text(
         m, doc, blocks=[source_of(jax_script, *MAIN)], imports=("argparse", "sys", "time"),
         constants=constants, library=b.imports() + "\nimport numpy as np")
