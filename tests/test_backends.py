@@ -219,6 +219,23 @@ def test_models_match_numpy(backend, model):
         np.testing.assert_allclose(_np(got[k]), grads[k], rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_transformer_classifier_matches_numpy(backend):
+    """Embedding (take and its scatter-add gradient), attention's einsums, layer norm,
+    softmax: the transformer classifier's loss and gradients equal NumPy's."""
+    _skip_missing(backend)
+    g = sb.models.transformer_classifier(vocab=12, seq_len=6, d_model=8, heads=2, d_ff=16,
+                                         layers=1, classes=2)
+    rng = np.random.default_rng(0)
+    arrays = {**{k: np.array(v) for k, v in sb.compile(g, optimizer="sgd").init_params(0).items()},
+              "X": rng.integers(0, 12, (5, 6)), "y": rng.integers(0, 2, 5)}
+    loss, grads = sb.compile(g).value_and_grad(**arrays)
+    got_loss, got = sb.compile(g, backend=backend).value_and_grad(**_arrays(backend, arrays))
+    assert float(_np(got_loss)) == pytest.approx(loss, rel=1e-12)
+    for k in grads:
+        np.testing.assert_allclose(_np(got[k]), grads[k], rtol=1e-10, atol=1e-13, err_msg=k)
+
+
 def test_array_api_code_runs_on_numpy_arrays_too():
     """NumPy 2's arrays have __array_namespace__: the same module takes them."""
     fn = sb.compile(sb.parse("L = (w*x - y)**2"), wrt=["w"], backend="array_api")

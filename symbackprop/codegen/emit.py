@@ -29,7 +29,7 @@ from ..optimize.fuse import fuse_for_stability
 from . import backends
 from .checkpoint import apply_checkpoint
 from .lowering import CONTEXT
-from .printer import expr_code, spaced
+from .printer import spaced
 from .stability import warn_unstable
 
 DTYPES = ("float64", "float32")
@@ -179,8 +179,8 @@ class Emitter:
         if j.role(n) == "const":
             if d["shape"] == ():
                 if j.adjoint_of(n) is not None:  # the seed dL/dL: a DTYPE scalar, so dL.reshape works
-                    return self.backend.scalar(expr_code(self.value(n)))
-                return expr_code(self.value(n))
+                    return self.backend.scalar(self.backend.expr_code(self.value(n)))
+                return self.backend.expr_code(self.value(n))
             self.constants.append(self.backend.constant(self.namer(n), d["value"]))
             return ""
         op = j.opdef(n)
