@@ -11,7 +11,7 @@ export OPENBLAS_NUM_THREADS ?= 2
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[dev,examples,plots,distributed,browser]"
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[dev,examples,plots,jax,distributed,browser]"
 	touch $(STAMP)
 
 # The real `dot` program renders diagrams: install Debian's graphviz when missing.

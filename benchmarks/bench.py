@@ -460,6 +460,8 @@ def run_workload(w: Workload, args, rng: random.Random) -> dict:
         if kind in med:
             ratios[f"{kind}/floor"] = med[kind] / med["floor"]
             ratios[f"generated/{kind}"] = med["generated"] / med[kind]
+    if "generated jax" in med and "jax" in med:  # issue 15: the JAX backend's own step
+        ratios["generated jax/jax"] = med["generated jax"] / med["jax"]
 
     memory = {}
     for kind in ("generated", "idiomatic", "tuned"):
@@ -924,7 +926,7 @@ def targets(res: dict) -> list[dict]:
                     "verdict": label, "noisy": noisy, "why": why if ok is False else None})
 
     def ratio(key, r):
-        return W[key]["ratios"][r] if key in W else None
+        return W[key]["ratios"].get(r) if key in W else None
 
     for key, r, name, limit in (
             ("A-b128-f32", "generated/tuned", "A b128 f32: generated / tuned NumPy", 1.00),
@@ -942,6 +944,11 @@ def targets(res: dict) -> list[dict]:
     for key in ("A-b128-f32", "A-b128-f64", "A-b1024-f32", "A-b1024-f64"):
         add(f"{key}: (forward+backward) / forward", ratio(key, "(forward+backward)/forward"),
             3.0, key=key, uses=("generated forward+backward", "generated forward"))
+    # issue 15: the JAX backend's step against a hand-written jax.jit step (when JAX is there)
+    for key, limit in (("A-b128-f32", 1.05), ("A-b1024-f32", 1.05), ("C", 1.00)):
+        if ratio(key, "generated jax/jax") is not None:
+            add(f"{key}: generated JAX step / hand-written jax.jit step",
+                ratio(key, "generated jax/jax"), limit, key=key, uses=("generated jax", "jax"))
     N = res.get("networks", {})
     for key, job in (("D", "training step"), ("E", "forward + backward")):
         r = N.get(key)

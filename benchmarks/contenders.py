@@ -165,7 +165,7 @@ def generated_class():
 def available_frameworks() -> dict:
     """Name -> contender class for PyTorch and JAX, when they import."""
     out = {}
-    for name, cls in (("pytorch", TorchEager), ("jax", JaxJit)):
+    for name, cls in (("pytorch", TorchEager), ("jax", JaxJit), ("generated jax", GeneratedJax)):
         module = cls.module
         if module not in _IMPORTABLE:
             try:
@@ -265,6 +265,41 @@ class JaxJit:
         # Block on the new parameters too: the loss can be ready while the update is still
         # running, and that tail would be timed as part of the next call (or contender).
         self.jax.block_until_ready(self.ps)
+        return float(loss)
+
+    def params(self):
+        return {k: np.asarray(v) for k, v in self.ps.items()}
+
+
+class GeneratedJax:
+    """The generated training step of the ``jax`` backend (issue 15): ``sb.compile(g,
+    optimizer="sgd", backend="jax")``, whose ``train_step`` is jitted with its parameters
+    and state donated, against the hand-written ``jax.jit`` step above."""
+
+    label = "generated jax"
+    module = "jax"
+
+    def __init__(self, g, params, X, y, lr, dtype, activation="relu"):
+        import jax
+
+        # as JaxJit: x64 to match the workload (a float64 module turns it on itself)
+        jax.config.update("jax_enable_x64", np.dtype(dtype) == np.float64)
+        self.jax = jax
+        if g is None:  # given the parameters alone (tests/test_bench.py): the MLP they fit
+            depth = len(params) // 2
+            g = sb.models.mlp([params["W1"].shape[0]]
+                              + [params[f"W{k}"].shape[1] for k in range(1, depth + 1)],
+                              activation=activation)
+        self.compiled = sb.compile(g, optimizer="sgd", lr=lr, dtype=_dtype_name(dtype),
+                                   backend="jax")
+        self._step = self.compiled.module.train_step  # the module's own jitted function
+        self.ps = {k: jax.numpy.asarray(v) for k, v in params.items()}
+        self.state = self.compiled.init_state(self.ps)
+        self.X, self.y = jax.numpy.asarray(X), jax.numpy.asarray(y)
+
+    def step(self):
+        loss, self.ps, self.state = self._step(self.ps, self.state, self.X, self.y)
+        self.jax.block_until_ready(self.ps)  # as JaxJit: the update's tail is this call's
         return float(loss)
 
     def params(self):

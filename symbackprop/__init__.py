@@ -13,7 +13,7 @@ from .autodiff import Adjoints, differentiate
 from .build import parse
 from .codegen.compiled import Compiled
 from .codegen.compiled import compile_graph as compile
-from .codegen.gradient_module import numpy_source
+from .codegen.gradient_module import numpy_source, source
 from .codegen.script import training_script
 from .codegen.train import train_step
 from .cost import Cost, cost
@@ -52,6 +52,7 @@ __all__ = [
     "SymbackpropError", "UnknownOpError", "check_grad", "compile", "derive", "differentiate",
     "elementwise", "from_networkx", "grad", "gradient_flow", "load", "models", "numpy_source",
     "ops",
-    "optimize", "parse", "render", "report", "save", "testing", "to_dot", "to_networkx", "train_step",
+    "optimize", "parse", "render", "report", "save", "source", "testing", "to_dot", "to_networkx",
+    "train_step",
     "training_script", "write_diagram",
 ] + [name for name in _OP_NAMES] + ["embedding", "split", "dropout"]  # every op, sb.relu ...

@@ -188,13 +188,13 @@ def _graph(a) -> Graph:
 
 # -- commands -----------------------------------------------------------------------
 def cmd_codegen(a) -> int:
-    from .codegen.gradient_module import numpy_source
+    from .codegen.gradient_module import source
     from .ops.elementwise import derivative_notes
 
     explain: list | None = [] if a.explain else None
     passes = False if a.no_opt else (a.passes or True)
-    src = numpy_source(_graph(a), a.of, _names(a.wrt), dtype=a.dtype, optimize=passes,
-                       explain=explain, checkpoint=_checkpoint(a.checkpoint))
+    src = source(_graph(a), a.of, _names(a.wrt), dtype=a.dtype, optimize=passes,
+                 explain=explain, checkpoint=_checkpoint(a.checkpoint), backend=a.backend)
     if explain is not None:
         for name, removed, added in explain:
             if name.startswith("memory plan"):  # the planner's decisions, with their reasons
@@ -237,7 +237,8 @@ def cmd_train_script(a) -> int:
                               a.seed, _names(a.wrt), dtype=a.dtype, features=a.features,
                               target=a.target, checkpoint=_checkpoint(a.checkpoint),
                               distributed=a.distributed, precision=a.precision,
-                              growth_interval=a.growth_interval, **hyper)
+                              growth_interval=a.growth_interval, backend=a.backend,
+                              **hyper)
     except ValueError as e:
         if isinstance(e, SymbackpropError):
             raise
@@ -401,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     _spec_args(c)
     c.add_argument("-o", "--output", help="output .py file (default: stdout)")
     c.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    c.add_argument("--backend", default="numpy",
+                   help="the array library: numpy (default), jax (functional, jax.jit) or "
+                   "array_api (the Python array API standard only)")
     c.add_argument("--no-opt", action="store_true", help="skip the optimization passes")
     c.add_argument("--passes", help="comma-separated passes to run, in order "
                    "(default: simplify,fold,cse,fuse,dce)")
@@ -434,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     c.add_argument("--features", help="the input fed from the data's X (default: inferred)")
     c.add_argument("--target", help="the input fed from the data's y (default: inferred)")
+    c.add_argument("--backend", default="numpy",
+                   help="numpy (default) or jax: a JAX script splitting every batch over all "
+                   "devices (jax.sharding), on several hosts with jax.distributed")
     _checkpoint_arg(c)
     c.add_argument("--distributed", choices=["mpi"],
                    help="mpi: a data-parallel script for `mpirun -n K python train.py` "

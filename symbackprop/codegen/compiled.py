@@ -14,10 +14,11 @@ import numpy as np
 
 from ..errors import GraphError
 from ..graph import Graph
+from . import backends, functional
 from .emit import prepare
 from .gradient_module import model_source
 from .loader import load_source, module_name, plain
-from .mixed import resolve_precision
+from .mixed import plain_dtype, resolve_precision
 from .module import build_model
 from .train import step_source
 
@@ -62,13 +63,14 @@ class Compiled:
     def _call(self, fname: str, arrays: dict):
         f = getattr(self.module, fname)
         params = self._params.get(fname)
+        py = getattr(f, "__wrapped__", f)  # the Python function under a decorator (jax.jit)
         if params is None:
-            params = self._params[fname] = f.__code__.co_varnames[:f.__code__.co_argcount]
+            params = self._params[fname] = py.__code__.co_varnames[:py.__code__.co_argcount]
         if self._renamed:
             arrays = {self._renamed.get(k, k): v for k, v in arrays.items()}
         # keyword arguments with a default (training=, running=, rng=: batch norm and
         # dropout) are passed when given
-        required = params[:len(params) - len(f.__defaults__ or ())]
+        required = params[:len(params) - len(py.__defaults__ or ())]
         try:
             kwargs = {p: arrays[p] for p in params if p in arrays or p in required}
         except KeyError:
@@ -197,9 +199,55 @@ class CompiledTrainStep(Compiled):
         return self.module.underflow(params, state, **{n: batch[n] for n in self.inputs})
 
 
+class FunctionalTrainStep(Compiled):
+    """A training step of a functional backend (``sb.compile(g, optimizer=...,
+    backend="jax")``): nothing changes in place. ``update`` returns ``(params, state)``,
+    ``train_step`` returns ``(loss, params, state)``; the arrays passed in are the
+    backend's to reuse (JAX donates their buffers), so keep the returned ones.
+
+    Examples
+    --------
+    >>> g = sb.parse("L = (w*x - y)**2", params=["w"])
+    >>> step = sb.compile(g, optimizer="sgd", lr=0.1, backend="jax")
+    >>> params = {"w": 2.0}
+    >>> loss, params, state = step.train_step(params, step.init_state(params), x=3.0, y=10.0)
+    >>> float(loss), float(params["w"])  # the loss before the step; 2 - 0.1 * (-24)
+    (16.0, 4.4)
+    """
+
+    def __init__(self, source: str, name: str, inputs: list, arg_names: dict | None = None):
+        super().__init__(source, name, arg_names)
+        self.inputs = list(inputs)
+
+    def init_params(self, seed=0, **namespace) -> dict:
+        """Fresh parameters (He/Xavier weights, zero biases) from a seed, drawn by the
+        backend's generator; the ``array_api`` backend's takes ``xp=`` too (the array API
+        namespace to make them in, such as ``array_api_strict``)."""
+        return self.module.init_params(seed=seed, **namespace)
+
+    def init_state(self, params: dict) -> dict:
+        """The optimizer's initial state for ``params``."""
+        return self.module.init_state(params)
+
+    def update(self, params: dict, grads: dict, state: dict, **hyper) -> tuple:
+        """One optimizer step; returns the new ``(params, state)``."""
+        return self.module.update(params, grads, state, **hyper)
+
+    def train_step(self, params: dict, state: dict, lr: float | None = None,
+                   **batch) -> tuple:
+        """Forward, backward and update on one minibatch; returns ``(loss, params,
+        state)``, the loss before the step."""
+        batch = {self.arg_names.get(k, k): v for k, v in batch.items()}
+        if sorted(batch) != sorted(self.inputs):
+            raise GraphError(f"train_step() takes the arrays {', '.join(self.inputs)}; got "
+                             f"{', '.join(batch) or 'none'}. Pass them by name.")
+        kw = {} if lr is None else {"lr": lr}
+        return self.module.train_step(params, state, **{n: batch[n] for n in self.inputs}, **kw)
+
+
 def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float64",
                   optimize=True, optimizer: str | None = None, checkpoint="none",
-                  precision: str | None = None, growth_interval: int = 2000,
+                  precision: str | None = None, growth_interval: int = 2000, backend: str = "numpy",
                   **hyper) -> Compiled:
     """Generate the NumPy code for ``g`` and load it (see
     :func:`~symbackprop.codegen.gradient_module.numpy_source`).
@@ -218,6 +266,12 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
     the backward pass instead of keeping them (gradient checkpointing,
     :mod:`symbackprop.codegen.checkpoint`): less memory, bit-identical results.
 
+    ``backend="jax"`` or ``"array_api"`` writes the code for that array library
+    (:func:`~symbackprop.codegen.gradient_module.source`); its results are that library's
+    arrays (``array_api``: the library of the arrays passed). A training step of a
+    functional backend is a :class:`FunctionalTrainStep`. A backend whose library is not
+    installed raises :class:`~symbackprop.errors.CodegenError` naming the extra to install.
+
     Returns
     -------
     Compiled
@@ -231,6 +285,16 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
     >>> float(loss), float(grads["w"])
     (16.0, -24.0)
     """
+    b = backends.get(backend)
+    b.require()
+    if b.functional:
+        dtype = plain_dtype(precision, dtype, b.name)
+    if optimizer is not None and b.functional:
+        lr = hyper.pop("lr", None)
+        m = functional.build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, b.name,
+                             checkpoint)
+        return FunctionalTrainStep(functional.model_text(m), module_name(g, "_train_step"),
+                                   [m.em.namer(n) for n in m.inputs], m.arg_names)
     if optimizer is not None:
         lr = hyper.pop("lr", None)
         m = build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize,
@@ -247,9 +311,9 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
         raise TypeError(f"compile() got {', '.join(sorted(hyper))} without optimizer=; pass "
                         "optimizer='sgd', 'momentum' or 'adam' to compile a training step.")
     src, em = model_source(prepare(g, of, wrt, optimize), dtype, optimize,
-                           checkpoint=checkpoint)
+                           checkpoint=checkpoint, backend=b.name)
     arg_names = {n: em.namer(n) for n in g.nodes("input") + g.nodes("param")}
     return Compiled(src, module_name(g), arg_names)
 
 
-__all__ = ["Compiled", "CompiledTrainStep", "compile_graph"]
+__all__ = ["Compiled", "CompiledTrainStep", "FunctionalTrainStep", "compile_graph"]

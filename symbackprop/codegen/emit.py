@@ -26,9 +26,10 @@ from ..optimize import changes, dump
 from ..optimize import optimize as run_passes
 from ..optimize import resolve as resolve_passes
 from ..optimize.fuse import fuse_for_stability
+from . import backends
 from .checkpoint import apply_checkpoint
-from .lowering import CONTEXT, function_helpers, lowering
-from .printer import expr_code, spaced
+from .lowering import CONTEXT
+from .printer import spaced
 from .stability import warn_unstable
 
 DTYPES = ("float64", "float32")
@@ -84,6 +85,7 @@ class Function:
     doc: str
     body: list = field(default_factory=list)
     ret: str = ""
+    decorators: list = field(default_factory=list)  # lines before the def (@jax.jit)
 
 
 class Emitter:
@@ -94,10 +96,12 @@ class Emitter:
     the emitter is in use.
     """
 
-    def __init__(self, j: Graph, dtype: str = "float64"):
+    def __init__(self, j: Graph, dtype: str = "float64", backend="numpy"):
         if dtype not in DTYPES:
             raise CodegenError(f"dtype {dtype!r} is not supported; use one of {DTYPES}.")
         self.j, self.dtype = j, dtype
+        self.backend = backends.get(backend)  # the array library the code is written for
+        lowering = self.backend.lowering
         # the size names (N, H), also those only inside expression sizes ((H - 1)//2 + 1)
         self.sizes = sorted({x for n in j.nx for x in sizes.names(j.nx.nodes[n]["shape"])})
         self.helpers: dict[str, str] = {}
@@ -105,7 +109,7 @@ class Emitter:
         # the call-time arguments the ops' code reads (batch norm, dropout): names taken
         self.context = [c for c in CONTEXT if any(
             c in lowering(j.opdef(n)).context for n in j.nx if not j.is_leaf(n))]
-        self.namer = Namer(reserved=self.sizes + self.context)
+        self.namer = Namer(reserved=self.sizes + self.context + list(self.backend.reserved))
         # node fused away -> the node whose statement now computes it
         self.absorbed = {a: n for n in j.nx for a in j.fused(n)}
         self.order = j.topo_order()
@@ -120,7 +124,7 @@ class Emitter:
     def use(self, op, code: str) -> str:
         """``code``, after adding the helpers of ``op``'s lowering it calls (and those they
         call)."""
-        helpers = lowering(op).helpers
+        helpers = self.backend.lowering(op).helpers
         todo = [code]
         while todo:
             text = todo.pop()
@@ -133,7 +137,7 @@ class Emitter:
     def use_functions(self, e: sp.Expr) -> None:
         """Add the helpers that the functions of ``e`` print as: erf and the like (no ufunc:
         the helper maps math's) and the stable forms of ops/stable.py (``_sigmoid``)."""
-        for name, src in function_helpers(e).items():
+        for name, src in self.backend.function_helpers(e).items():
             self.helpers.setdefault(name, src)
 
     # -- codes ------------------------------------------------------------------
@@ -147,7 +151,7 @@ class Emitter:
         j = self.j
         if j.role(n) == "const":
             return j.nx.nodes[n]["shape"] == () and j.adjoint_of(n) is None
-        return (not j.is_leaf(n) and lowering(j.opdef(n)).inline
+        return (not j.is_leaf(n) and self.backend.lowering(j.opdef(n)).inline
                 and len(j.consumers(n)) == 1 and n not in j.outputs)
 
     def value(self, n: str) -> sp.Expr:
@@ -175,17 +179,17 @@ class Emitter:
         if j.role(n) == "const":
             if d["shape"] == ():
                 if j.adjoint_of(n) is not None:  # the seed dL/dL: a DTYPE scalar, so dL.reshape works
-                    return f"DTYPE({expr_code(self.value(n))})"
-                return expr_code(self.value(n))
-            self.constants.append(f"{self.namer(n)} = np.array({d['value']!r}, dtype=DTYPE)")
+                    return self.backend.scalar(self.backend.expr_code(self.value(n)))
+                return self.backend.expr_code(self.value(n))
+            self.constants.append(self.backend.constant(self.namer(n), d["value"]))
             return ""
         op = j.opdef(n)
         args = j.args(n)
-        how = lowering(op)
+        how = self.backend.lowering(op)
         if how.expr is not None:
             # A structural op may call a method on its argument ((1 / N).reshape) or keep
             # its dtype (np.broadcast_to(0.5, ...)): give it a DTYPE scalar, not a float.
-            codes = [f"DTYPE({self.rhs(a)})" if not op.elementwise and self.inline(a)
+            codes = [self.backend.scalar(self.rhs(a)) if not op.elementwise and self.inline(a)
                      and j.role(a) == "const" else self.code(a) for a in args]
             attrs = {**d["attrs"], "node": n} if how.context else d["attrs"]
             return self.use(op, spaced(how.expr(codes, attrs)))
@@ -198,11 +202,12 @@ class Emitter:
                 names[s] = self.code(a)
         free = e.free_symbols  # a walk of the expression: once
         # no argument left (constants only, or x * 0): a NumPy scalar of DTYPE, not a Python number
-        code = expr_code(e, names) if free & set(names) else f"DTYPE({expr_code(e)})"
+        code = (self.backend.expr_code(e, names) if free & set(names)
+                else self.backend.scalar(self.backend.expr_code(e)))
         self.use_functions(e)
         kept = [j.nx.nodes[a]["shape"] for s, a in zip(syms, args) if s in free]
         if broadcast_shapes(kept) != tuple(d["shape"]):  # x * 0 for x of shape (3,)
-            return f"np.broadcast_to({code}, {fmt_shape(d['shape'])})"
+            return self.backend.broadcast(code, fmt_shape(d["shape"]))
         return code
 
     def comment(self, n: str, of: str) -> str:
@@ -288,10 +293,11 @@ class Emitter:
     def as_arrays(self, leaves: list[str]) -> list[str]:
         """``X = np.asarray(X, dtype=DTYPE)`` for each leaf (float ones cast to DTYPE): what a
         generated function does first with the arrays, lists or numbers it is given."""
-        out = []
+        out, helpers = self.backend.prologue([self.namer(n) for n in leaves])
+        for name, src in helpers.items():  # array_api: the namespace of the arrays
+            self.helpers.setdefault(name, src)
         for n in leaves:
-            cast = ", dtype=DTYPE" if self.j.nx.nodes[n]["dtype"] == "float" else ""
-            out.append(f"{self.namer(n)} = np.asarray({self.namer(n)}{cast})")
+            out.append(self.backend.asarray(self.namer(n), self.j.nx.nodes[n]["dtype"] == "float"))
         return out
 
     def bind_sizes(self, fname: str, leaves: list[str], stmts: list[str]) -> list[str]:
@@ -317,7 +323,8 @@ def context_args(em: Emitter, nodes) -> tuple[list[str], list[str]]:
     j = em.j
     if not em.context:
         return [], []
-    used = {c for n in nodes if not j.is_leaf(n) for c in lowering(j.opdef(n)).context}
+    used = {c for n in nodes if not j.is_leaf(n)
+            for c in em.backend.lowering(j.opdef(n)).context}
     grads = any(j.is_backward(n) for n in nodes)
     params = [f"{c}={CONTEXT[c]}" for c in CONTEXT if c in used
               and not (grads and c == "training")]
@@ -353,22 +360,24 @@ def call_lines(lhs: str, fname: str, args: list[str], indent: int = 4) -> list[s
 
 
 def render_function(fn: Function) -> str:
-    lines = [f"def {fn.name}({', '.join(fn.params)}):", f'    """{fn.doc}"""']
+    lines = [*fn.decorators, f"def {fn.name}({', '.join(fn.params)}):", f'    """{fn.doc}"""']
     lines += ["    " + b if b else "" for b in fn.body]
     lines.append(f"    return {fn.ret}")
     return "\n".join(lines) + "\n"
 
 
 def render_module(doc: str, em: Emitter, functions: list[Function], extra: str = "", *,
-                  imports=(), constants=(), blocks=()) -> str:
-    """The module text: docstring, imports (standard library ``imports``, then NumPy),
-    DTYPE and constants (the emitter's, sorted, then ``constants`` in order), helpers,
-    functions, then ``blocks`` and ``extra`` (source text)."""
+                  imports=(), constants=(), blocks=(), library: str | None = None) -> str:
+    """The module text: docstring, imports (standard library ``imports``, then the
+    backend's array library: NumPy), DTYPE and constants (the emitter's, sorted, then
+    ``constants`` in order), helpers, functions, then ``blocks`` and ``extra`` (source
+    text); ``library`` replaces the backend's import lines (a script importing more)."""
     head = [f'"""{doc}\n"""']
     if imports:
         head.append("\n".join(f"import {i}" for i in sorted(set(imports))))
-    head += ["import numpy as np", "\n".join(
-        [f"DTYPE = np.{em.dtype}"] + sorted(set(em.constants)) + list(constants))]
+    library = em.backend.imports() if library is None else library
+    head += ([library] if library else []) + ["\n".join(
+        em.backend.dtype_lines(em.dtype) + sorted(set(em.constants)) + list(constants))]
     body = ([em.helpers[k] for k in sorted(em.helpers)] + [render_function(f) for f in functions]
             + list(blocks) + ([extra] if extra else []))
     return "\n\n".join(head) + "\n\n\n" + "\n\n\n".join(b.strip("\n") for b in body) + "\n"
@@ -417,21 +426,24 @@ def prepare(g: Graph, of: str | None = None, wrt=None, optimize=True,
 
 
 def emit_forward(adj: Adjoints, dtype: str = "float64", optimize=True,
-                 explain: list | None = None, checkpoint="none") -> tuple[str, Emitter, Function]:
+                 explain: list | None = None, checkpoint="none",
+                 backend="numpy") -> tuple[str, Emitter, Function]:
     """The module docstring, the emitter and the ``forward`` function of a differentiated
     graph, after the optimization passes ``optimize`` (see
     :func:`symbackprop.optimize.optimize`; ``explain`` collects what each pass changed)
-    and gradient checkpointing (:func:`~symbackprop.codegen.checkpoint.apply_checkpoint`)."""
+    and gradient checkpointing (:func:`~symbackprop.codegen.checkpoint.apply_checkpoint`),
+    written for ``backend`` (:mod:`~symbackprop.codegen.backends`)."""
     j = run_passes(adj.graph, optimize, explain)
-    em = Emitter(apply_checkpoint(j, checkpoint)[0], dtype)
+    em = Emitter(apply_checkpoint(j, checkpoint)[0], dtype, backend)
     fwd_out = [o for o in adj.forward.outputs]
     fwd = em.function("forward", fwd_out,
                       f"Forward pass: returns {', '.join(map(safe_text, fwd_out))} in a dict.")
     fwd.ret = dict_code((o, em.code(o)) for o in fwd_out)
+    fwd.decorators = em.backend.decorators("forward")
     doc = (f"Forward and backward code for the network {safe_text(describe(adj.forward))}.\n\n"
            f"Generated by symbackprop {_version}: loss {safe_text(adj.of)}, gradients with "
            f"respect to {', '.join(map(safe_text, adj.wrt))}, dtype {dtype}.\n"
-           "Needs only NumPy. Do not edit: regenerate instead.")
+           f"Needs only {em.backend.title}. Do not edit: regenerate instead.")
     return doc, em, fwd
 
 
@@ -447,6 +459,7 @@ def emit_value_and_grad(em: Emitter, adj: Adjoints) -> Function:
     vg = em.function("value_and_grad", [adj.of] + [a for _, a in grads], value_and_grad_doc(adj),
                      of=adj.of)
     vg.ret = f"{em.code(adj.of)}, " + dict_code((w, em.code(a)) for w, a in grads)
+    vg.decorators = em.backend.decorators("value_and_grad")
     return vg
 
 
@@ -456,7 +469,7 @@ def running_function(em: Emitter) -> list[Function]:
     ``'<node>.mean'`` and ``'<node>.var'``."""
     j = em.j
     nodes = [n for n in em.order if not j.is_leaf(n)
-             and "running" in lowering(j.opdef(n)).context]
+             and "running" in em.backend.lowering(j.opdef(n)).context]
     if not nodes:
         return []
     items = []

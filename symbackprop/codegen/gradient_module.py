@@ -79,15 +79,17 @@ def planned_value_and_grad(em: Emitter, adj: Adjoints) -> tuple[list[Function], 
 
 
 def model_functions(adj: Adjoints, dtype: str = "float64", optimize=True,
-                    explain: list | None = None,
-                    checkpoint="none") -> tuple[str, Emitter, list[Function], str]:
+                    explain: list | None = None, checkpoint="none",
+                    backend="numpy") -> tuple[str, Emitter, list[Function], str]:
     """The module docstring, the emitter, the functions (``forward``, ``value_and_grad``
     and, when planned, ``loss_and_grads_into``) and the source that follows them (the
     workspace, when planned). ``explain`` also receives the planner's decisions: those of
     value_and_grad, and where the training step carries a bias in its product and why
-    not elsewhere (:func:`step_plan`)."""
-    doc, em, fwd = emit_forward(adj, dtype, optimize, explain, checkpoint)
-    if resolve_passes(optimize) and plans(em):
+    not elsewhere (:func:`step_plan`). A backend without the planned path
+    (:attr:`~symbackprop.codegen.backends.Backend.planned`: the functional ones) gets the
+    plain ``value_and_grad``."""
+    doc, em, fwd = emit_forward(adj, dtype, optimize, explain, checkpoint, backend)
+    if resolve_passes(optimize) and em.backend.planned and plans(em):
         fns, extra, plan = planned_value_and_grad(em, adj)
         if explain is not None:
             explain.append(("memory plan of value_and_grad", [], plan.explain(em)))
@@ -111,9 +113,10 @@ def step_plan(adj: Adjoints, dtype: str = "float64", optimize=True,
 
 
 def model_source(adj: Adjoints, dtype: str = "float64", optimize=True,
-                 explain: list | None = None, checkpoint="none") -> tuple[str, Emitter]:
+                 explain: list | None = None, checkpoint="none",
+                 backend="numpy") -> tuple[str, Emitter]:
     """The module's source and its emitter (which names the arguments)."""
-    doc, em, fns, extra = model_functions(adj, dtype, optimize, explain, checkpoint)
+    doc, em, fns, extra = model_functions(adj, dtype, optimize, explain, checkpoint, backend)
     return render_module(doc, em, fns, extra), em
 
 
@@ -173,3 +176,38 @@ def numpy_source(g: Graph, of: str | None = None, wrt=None, dtype: str = "float6
                         checkpoint)[0]
 
 
+
+
+def source(g: Graph, of: str | None = None, wrt=None, dtype: str = "float64", optimize=True,
+           explain: list | None = None, checkpoint="none", backend: str = "numpy") -> str:
+    """Standalone source with ``forward`` and ``value_and_grad`` for the array library
+    ``backend``: ``"numpy"`` (:func:`numpy_source`, memory-planned), ``"jax"`` (functional
+    ``jax.numpy`` code, ``@jax.jit`` on each function, float64 turning on JAX's 64-bit
+    mode) or ``"array_api"`` (functional code using only the Python array API standard, on
+    the namespace of the arrays passed). The other parameters are :func:`numpy_source`'s.
+
+    The module imports only its array library (the array API one imports nothing) and is
+    written one statement per node, each backward line commented with the gradient it
+    computes. An op the backend has no code for raises
+    :class:`~symbackprop.errors.CodegenError` (``op 'conv2d' has no array_api code``);
+    so does an unknown backend. Generating needs no JAX; running the code does.
+
+    Examples
+    --------
+    >>> src = sb.source(sb.parse("L = (w*x - y)**2"), wrt=["w"], backend="jax")
+    >>> print(src[src.index("@jax.jit", src.index("def forward")):])  # doctest: +NORMALIZE_WHITESPACE
+    @jax.jit
+    def value_and_grad(w, x, y):
+        \"\"\"Loss L and its gradients, keyed by w.\"\"\"
+        w = jnp.asarray(w, dtype=DTYPE)
+        x = jnp.asarray(x, dtype=DTYPE)
+        y = jnp.asarray(y, dtype=DTYPE)
+        sub_1 = w * x - y
+        L = sub_1**2
+        # backward: gradients in reverse order of the forward pass
+        dw = 2 * sub_1 * x  # dL/dw via sub_1 = w * x - y
+        return L, {'w': dw}
+    <BLANKLINE>
+    """
+    return model_source(prepare(g, of, wrt, optimize, explain), dtype, optimize, explain,
+                        checkpoint, backend)[0]

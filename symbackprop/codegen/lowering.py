@@ -414,6 +414,20 @@ BACKENDS = tuple(TABLES)
 _PRINTED = Lowering()  # an elementwise op: the printer writes it from its expression
 
 
+def _table_of(backend: str, error: type) -> dict:
+    """:data:`TABLES`, after loading the module of ``backend`` when it is a backend whose
+    table is not loaded yet (``jax``, ``array_api``: :mod:`~symbackprop.codegen.backends`
+    imports them on first use)."""
+    if backend not in TABLES:
+        from . import backends  # the backends' modules import this one
+
+        try:
+            backends.get(backend)
+        except CodegenError as e:
+            raise error(str(e)) from None
+    return TABLES
+
+
 def register(backend: str, op: str, how: Lowering) -> Lowering:
     """Give op ``op`` (a name) the code ``how`` for ``backend`` (replacing any it had).
 
@@ -428,7 +442,7 @@ def register(backend: str, op: str, how: Lowering) -> Lowering:
     >>> lowering("twice_rows") is how
     True
     """
-    if backend not in TABLES:
+    if backend not in _table_of(backend, ValueError):
         raise ValueError(f"unknown backend {backend!r}; known: {', '.join(TABLES)}.")
     if not isinstance(how, Lowering):
         raise TypeError(f"the code of op {op!r} must be a Lowering, got {type(how).__name__}.")
@@ -449,7 +463,7 @@ def lowering(op: registry.OpDef | str, backend: str = "numpy") -> Lowering:
     True
     """
     opdef = registry.get(op) if isinstance(op, str) else op
-    table = TABLES.get(backend)
+    table = _table_of(backend, CodegenError).get(backend)
     if table is None:
         raise CodegenError(f"unknown backend {backend!r}; known: {', '.join(TABLES)}.")
     if opdef.elementwise and not opdef.opaque:

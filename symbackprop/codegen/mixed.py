@@ -71,6 +71,22 @@ def resolve_precision(precision, dtype: str = "float64") -> tuple[str, str]:
     return precision, ("float16" if precision == "mixed" else precision)
 
 
+def plain_dtype(precision, dtype: str, backend: str) -> str:
+    """The dtype of a backend's code that has no mixed precision yet (the functional ones):
+    ``precision`` may only name ``dtype`` or one of float32/float64.
+
+    Examples
+    --------
+    >>> plain_dtype("float32", "float64", "jax")
+    'float32'
+    """
+    precision, computed = resolve_precision(precision, dtype)
+    if precision == "mixed":
+        raise ValueError(f"precision 'mixed' is written for the numpy backend only so far, "
+                         f"not {backend}; use backend='numpy' or precision 'float32'.")
+    return computed
+
+
 def scaler_settings(growth_interval=GROWTH_INTERVAL) -> dict:
     """The dynamic loss scaler's settings (torch.amp.GradScaler's defaults); raises
     ``ValueError`` for a ``growth_interval`` that is not an int >= 1.

@@ -37,13 +37,19 @@ class Printer(NumPyPrinter):
     """
 
     printmethod = "_numpycode"
+    prefix = "np"  # the array library's name in generated code (a backend's printer: jnp, xp)
 
     def __init__(self, settings=None):
         super().__init__({"fully_qualified_modules": True, **(settings or {})})
 
     def _module_format(self, fqn, register=True):
         fqn = super()._module_format(fqn, register)
-        return "np." + fqn[len("numpy."):] if fqn.startswith("numpy.") else fqn
+        return self.fn(fqn[len("numpy."):]) if fqn.startswith("numpy.") else fqn
+
+    def fn(self, name: str) -> str:
+        """The code of NumPy's function ``name`` (``np.exp``); a backend's printer writes
+        its own library's (``jnp.exp``, ``xp.atan`` for ``arctan``)."""
+        return f"{self.prefix}.{name}"
 
     def _print(self, expr, **kwargs):
         # A constant such as sqrt(2) or exp(-1/2) as a Python float: np.sqrt(2) would be a
@@ -71,16 +77,16 @@ class Printer(NumPyPrinter):
             return f"({x} > 0)"
         if at0 == 1:
             return f"({x} >= 0)"
-        return f"np.heaviside({x}, {self._print(at0)})"  # a tie shared: max(a, b) at a = b
+        return f"{self.fn('heaviside')}({x}, {self._print(at0)})"  # a tie shared: max(a, b) at a = b
 
     def _print_FloatStep(self, e):
-        return f"np.heaviside({self._print(e.args[0])}, {self._print(e.args[1])})"
+        return f"{self.fn('heaviside')}({self._print(e.args[0])}, {self._print(e.args[1])})"
 
     def _print_Max(self, e):
-        return self._pairwise("np.maximum", e.args)
+        return self._pairwise(self.fn("maximum"), e.args)
 
     def _print_Min(self, e):
-        return self._pairwise("np.minimum", e.args)
+        return self._pairwise(self.fn("minimum"), e.args)
 
     def _pairwise(self, fn, args):
         args = sorted(args, key=lambda a: a.is_number)  # np.maximum(z, 0), not (0, z)
@@ -96,17 +102,17 @@ class Printer(NumPyPrinter):
         if den.is_Integer and num.is_integer:
             top = self._print(num)
             return f"({top if num.is_Atom or isinstance(num, sp.floor) else f'({top})'}//{den})"
-        return f"np.floor({self._print(e.args[0])})"
+        return f"{self.fn('floor')}({self._print(e.args[0])})"
 
     def _print_Abs(self, e):
-        return f"np.abs({self._print(e.args[0])})"
+        return f"{self.fn('abs')}({self._print(e.args[0])})"
 
     def _print_Pow(self, e, rational=False):
         base, ex = e.args
         if ex == -1:
             return f"1 / {self.parenthesize(base, sp.printing.precedence.PRECEDENCE['Mul'])}"
         if ex.is_Rational and ex.q == 2 and ex.p == 1:
-            return f"np.sqrt({self._print(base)})"
+            return f"{self.fn('sqrt')}({self._print(base)})"
         return super()._print_Pow(e, rational=rational)
 
     def _print_Rational(self, e):
@@ -185,19 +191,23 @@ for _f in FUNCTIONS:  # (it looks for no method of a base class such as StableFu
     setattr(Printer, f"_print_{_f.__name__}", Printer._print_stable)
 
 
-def expr_code(expr: sp.Expr, names: dict | None = None) -> str:
-    """NumPy source for ``expr``; ``names`` maps symbols to the code of their values.
+def expr_code(expr: sp.Expr, names: dict | None = None, printer: type | None = None) -> str:
+    """NumPy source for ``expr``; ``names`` maps symbols to the code of their values;
+    ``printer`` is a :class:`Printer` subclass writing another array library's code (a
+    backend's, :mod:`symbackprop.codegen.backends`).
 
     The expression is printed in its own symbols (``x0 - x1``, whose order
     follows the arguments) and the names are put in afterwards, so SymPy's
     alphabetical ordering of terms cannot reorder ``softmax - onehot``.
     """
     rename = {s.name: c for s, c in (names or {}).items()}
-    return spaced(_printed(expr) if isinstance(expr, sp.Basic) else _print(expr), rename)
+    printer = printer or Printer
+    return spaced(_printed(expr, printer) if isinstance(expr, sp.Basic)
+                  else _print(expr, printer), rename)
 
 
-def _print(expr) -> str:
-    return Printer().doprint(float_steps(expr))
+def _print(expr, printer: type = Printer) -> str:
+    return printer().doprint(float_steps(expr))
 
 
 # Every layer of a network prints the same expressions in their own symbols (tanh(x0 + x1))

@@ -22,15 +22,18 @@ from __future__ import annotations
 
 from .. import __version__ as _version
 from ..graph import Graph
+from . import backends, functional
 from .emit import safe_text
 from .mixed import constant_lines as mixed_constants
+from .mixed import plain_dtype
 from .module import Model, assemble, build_model, step_blocks, step_doc
 from .optimizers import constant_lines
 
 
 def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: float | None = None,
                wrt=None, dtype: str = "float64", optimize=True, checkpoint="none",
-               precision: str | None = None, growth_interval: int = 2000, **hyper) -> str:
+               precision: str | None = None, growth_interval: int = 2000, backend: str = "numpy",
+               **hyper) -> str:
     """NumPy source of a training step: gradients, optimizer and update, as separate functions.
 
     Parameters
@@ -64,6 +67,14 @@ def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: floa
         NumPy has no bfloat16.
     growth_interval : int
         Mixed precision: good steps in a row before the loss scale doubles (2000).
+    backend : {"numpy", "jax", "array_api"}
+        The array library (:mod:`~symbackprop.codegen.backends`). ``"jax"`` and
+        ``"array_api"`` write a functional module (:mod:`~symbackprop.codegen.functional`):
+        ``update`` and ``train_step`` return new parameters and state, ``train_step``
+        returns ``(loss, params, state)``. JAX's runs under ``jax.jit`` with the buffers of
+        ``params`` and ``state`` donated, and ``init_params(seed)`` draws with
+        ``jax.random``; the array API one's ``init_params(xp, seed)`` makes arrays of the
+        namespace ``xp`` from Python's ``random``.
     **hyper
         ``momentum=0.9``; ``beta1=0.9, beta2=0.999, eps=1e-8``.
 
@@ -100,6 +111,10 @@ def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: floa
     symbackprop.training_script : the same code inside a complete training program.
     symbackprop.compile : ``optimizer=`` loads it as a :class:`CompiledTrainStep`.
     """
+    if backends.get(backend).functional:
+        return functional.step_source(g, of, wrt, optimizer, lr, hyper,
+                                      plain_dtype(precision, dtype, backend), optimize,
+                                      backend, checkpoint)
     return step_source(build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize,
                                    checkpoint=checkpoint, precision=precision,
                                    growth_interval=growth_interval))

@@ -1,0 +1,198 @@
+"""Backends: which array library generated code is written for (issue 15).
+
+A backend is one :class:`Backend` record: its op table (``lowering.TABLES[name]``: how
+each structural op is written), its elementwise printer (a
+:class:`~symbackprop.codegen.printer.Printer` subclass writing ``jnp.exp``, ``xp.exp``),
+its runtime helpers (``codegen/runtime/<backend>_ops.py``, real Python copied into the
+modules that call them) and its module template: the imports and ``DTYPE`` lines, how a
+function turns its arguments into arrays, how a scalar or a broadcast is written, and
+the decorators of the generated functions (``@jax.jit``). Code generation asks the
+record and never tests a backend's name.
+
+* ``numpy``: the default, and the one backend with the memory-planned path (``out=``,
+  :mod:`~symbackprop.codegen.plan`).
+* ``jax`` (:mod:`~symbackprop.codegen.jax_backend`): functional code under ``jax.jit``.
+* ``array_api`` (:mod:`~symbackprop.codegen.array_api_backend`): functional code that
+  uses only the Python array API standard, on the namespace of the arrays it is given.
+
+The records of ``jax`` and ``array_api`` live in their own modules, imported when first
+asked for (:func:`get`), so ``import symbackprop`` imports no JAX.
+
+Examples
+--------
+>>> get("numpy").title, get("jax").functional, get("array_api").planned
+('NumPy', True, False)
+>>> get("tensorflow")
+Traceback (most recent call last):
+...
+symbackprop.errors.CodegenError: unknown backend 'tensorflow'; use one of numpy, jax, array_api.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import sympy as sp
+
+from ..errors import CodegenError
+from ..ops import registry
+from . import lowering as _lowering
+from .printer import Printer, expr_code
+
+
+class Backend:
+    """One array library that generated code can be written for; this base class is
+    NumPy, and its methods write NumPy's text. A backend subclasses it and overrides
+    the text it writes differently.
+
+    Attributes
+    ----------
+    name : str
+        The key of :data:`~symbackprop.codegen.lowering.TABLES` and of ``backend=``.
+    title : str
+        The library's name in docstrings ("Needs only NumPy.").
+    library : str or None
+        The module that running the generated code imports (None: none; the array API
+        module runs on whatever library its arrays come from).
+    extra : str
+        The extra of ``pip install symbackprop[extra]`` that installs the library.
+    printer : type
+        The :class:`~symbackprop.codegen.printer.Printer` writing elementwise code.
+    planned : bool
+        Whether ``value_and_grad`` and the training step take the memory-planned path
+        (calls writing into a workspace with ``out=``); NumPy's alone.
+    functional : bool
+        Arrays never change: ``update`` and ``train_step`` return new parameters and
+        optimizer state instead of changing them in place.
+    reserved : tuple
+        Names the generated code uses (the library's alias), kept from node names.
+    """
+
+    name = "numpy"
+    title = "NumPy"
+    library: str | None = "numpy"
+    extra = ""
+    printer: type = Printer
+    planned = True
+    functional = False
+    reserved: tuple = ()
+    sharded_script = False  # writes a data-parallel training script (codegen/jax_script.py)
+
+    # -- the module ------------------------------------------------------------------------
+    def imports(self) -> str:
+        """The import lines of the array library."""
+        return "import numpy as np"
+
+    def dtype_lines(self, dtype: str) -> list[str]:
+        """The lines defining ``DTYPE`` (before the module's constants)."""
+        return [f"DTYPE = np.{dtype}"]
+
+    def decorators(self, function: str) -> list[str]:
+        """The decorator lines of a generated model function (``forward``,
+        ``value_and_grad``)."""
+        return []
+
+    # -- statements ------------------------------------------------------------------------
+    def table(self) -> dict:
+        return _lowering.TABLES[self.name]
+
+    def lowering(self, op) -> _lowering.Lowering:
+        """The :class:`~symbackprop.codegen.lowering.Lowering` of ``op`` for this backend."""
+        return _lowering.lowering(op, self.name)
+
+    def expr_code(self, e: sp.Expr, names: dict | None = None) -> str:
+        """The code of an elementwise expression (:func:`~symbackprop.codegen.printer.expr_code`)."""
+        return expr_code(e, names, self.printer)
+
+    def function_helpers(self, e: sp.Expr) -> dict:
+        """Name -> source of the helpers that the printed code of ``e`` calls."""
+        return _lowering.function_helpers(e)
+
+    def scalar(self, code: str) -> str:
+        """A scalar of DTYPE (an array: methods such as ``.reshape`` apply)."""
+        return f"DTYPE({code})"
+
+    def broadcast(self, code: str, shape: str) -> str:
+        return f"np.broadcast_to({code}, {shape})"
+
+    def constant(self, name: str, value) -> str:
+        """The module-level line defining a constant array."""
+        return f"{name} = np.array({value!r}, dtype=DTYPE)"
+
+    def asarray(self, name: str, floating: bool) -> str:
+        """A function's first look at an argument: an array (of DTYPE when floating)."""
+        cast = ", dtype=DTYPE" if floating else ""
+        return f"{name} = np.asarray({name}{cast})"
+
+    def prologue(self, names: list[str]) -> tuple[list[str], dict]:
+        """Lines that open every generated function taking the arguments ``names``,
+        before :meth:`asarray` (with the helpers they call)."""
+        return [], {}
+
+    # -- the functional training module (symbackprop.codegen.functional) --------------------
+    def step_decorators(self) -> list[str]:
+        """The decorator lines of ``train_step``."""
+        return []
+
+    def step_imports(self) -> tuple:
+        """Standard-library modules the training module imports."""
+        return ()
+
+    def step_note(self) -> str:
+        """The last sentence of ``train_step``'s docstring."""
+        return ""
+
+    def init_source(self, plan: list) -> list[str]:
+        """The blocks drawing the initial parameters (``init_params(seed=0)``) for the plan
+        of :func:`~symbackprop.codegen.init.plan_init`."""
+        raise CodegenError(f"backend {self.name!r} writes no functional training module.")
+
+    # -- installation -------------------------------------------------------------------------
+    def require(self) -> None:
+        """Raise :class:`~symbackprop.errors.CodegenError` (one line naming the extra to
+        install) when running this backend's code needs a library that is missing."""
+        if self.library and importlib.util.find_spec(self.library) is None:
+            raise CodegenError(
+                f"backend {self.name!r} needs {self.title}, which is not installed; install "
+                f"it with: pip install 'symbackprop[{self.extra or self.name}]'.")
+
+
+NUMPY = Backend()
+
+# name -> the module defining its record (BACKEND), imported on first use
+_MODULES = {"jax": "jax_backend", "array_api": "array_api_backend"}
+_LOADED: dict[str, Backend] = {"numpy": NUMPY}
+NAMES = ("numpy", *_MODULES)
+
+
+def get(backend: str | Backend = "numpy") -> Backend:
+    """The :class:`Backend` called ``backend`` (a record is returned as it is); raises
+    :class:`~symbackprop.errors.CodegenError` for an unknown name."""
+    if isinstance(backend, Backend):
+        return backend
+    found = _LOADED.get(backend)
+    if found is None:
+        if backend not in _MODULES:
+            raise CodegenError(f"unknown backend {backend!r}; use one of {', '.join(NAMES)}.")
+        module = importlib.import_module(f"{__package__}.{_MODULES[backend]}")
+        found = _LOADED[backend] = module.BACKEND
+    return found
+
+
+def has_code(op: str, backend: str) -> bool:
+    """Whether op ``op`` (a name) has code for ``backend``.
+
+    Examples
+    --------
+    >>> has_code("softmax", "jax"), has_code("conv2d", "array_api"), has_code("relu", "jax")
+    (True, False, True)
+    """
+    try:
+        get(backend).lowering(registry.get(op))
+    except CodegenError:
+        return False
+    return True
+
+
+__all__ = ["NAMES", "NUMPY", "Backend", "get", "has_code"]

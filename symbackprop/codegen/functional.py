@@ -1,0 +1,122 @@
+"""Training modules for the functional backends (``jax``; issue 15): nothing changes in
+place, every step returns new parameters and optimizer state.
+
+The module carries the model's ``forward`` and plain ``value_and_grad`` (one statement per
+node, :func:`~symbackprop.codegen.emit.emit_value_and_grad`), ``init_params(seed=0)``
+(the backend's draws, :meth:`~symbackprop.codegen.backends.Backend.init_source`), the
+optimizer's functional ``init_state(params)`` and ``update(params, grads, state)``
+(:mod:`symbackprop.codegen.runtime.functional`) and
+``train_step(params, state, <inputs>, lr=LR)``, which returns ``(loss, params, state)``
+and which the backend compiles as a whole (``jax.jit`` donating the buffers of
+``params`` and ``state``). The NumPy training module, planned and in place, is
+:mod:`~symbackprop.codegen.train`'s.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .. import __version__ as _version
+from ..errors import CodegenError
+from ..graph import Graph
+from .emit import call_lines, emit_forward, emit_value_and_grad, prepare, render_module, safe_text
+from .init import plan_init
+from .module import Model, params_of, step_doc
+from .optimizers import constant_lines, resolve_optimizer
+from .runtime import source_of
+from .runtime.functional import adam, momentum, sgd
+
+# optimizer name -> its functional runtime (the in-place ones: Optimizer.runtime)
+RUNTIME = {"sgd": sgd, "momentum": momentum, "adam": adam}
+
+
+def build(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None, hyper=None,
+          dtype: str = "float64", optimize=True, backend="jax", checkpoint="none") -> Model:
+    """The model of a functional training module: ``forward`` and the plain
+    ``value_and_grad`` written for ``backend``."""
+    opt, values = resolve_optimizer(optimizer, lr, hyper)
+    of, wrt = params_of(g, of, wrt)
+    adj = prepare(g, of, wrt, optimize)
+    _, em, fwd = emit_forward(adj, dtype, optimize, checkpoint=checkpoint, backend=backend)
+    vg = emit_value_and_grad(em, adj)
+    names = {code: n for n, code in em.namer.names.items()}
+    if any("=" in p for p in vg.params):
+        raise CodegenError(f"graph {g.nx.graph.get('name')!r} has batch norm or dropout, "
+                           f"which have no {em.backend.name} code.")
+    inputs = [names[c] for c in vg.params if em.j.role(names[c]) == "input"]
+    clash = [em.namer(n) for n in inputs if em.namer(n) in ("params", "state", "lr", "loss",
+                                                            "grads")]
+    if clash:
+        raise CodegenError(f"input {clash[0]!r} has the name of a variable of the training "
+                           "step; rename the input (e.g. g.rename).")
+    return Model(g, of, wrt, em, [fwd, vg], inputs, opt, values, plan_init(g), dtype,
+                 grads=[adj.adjoint[w] for w in wrt])
+
+
+def train_step_block(m: Model) -> str:
+    """``train_step(params, state, <inputs>, lr=LR)``: value_and_grad, then update."""
+    em = m.em
+    data = [em.namer(n) for n in m.inputs]
+    batch = ", ".join(data) or "no data"
+    lines = [*em.backend.step_decorators(),
+             f"def train_step(params, state, {', '.join(data + ['lr=LR'])}):",
+             f'    """One training step on the minibatch ({batch}): forward and backward pass',
+             (f"    (value_and_grad), then one {m.opt.title} update (update). Returns the loss, "
+             "the new"),
+             "    parameters and the new state; nothing changes in place. "
+             + em.backend.step_note() + '"""']
+    lines += ["    " + ln for ln in call_lines("loss, grads = ", "value_and_grad",
+                                                 m.args(m.functions[1]))]
+    lines += ["    params, state = update(params, grads, state, lr=lr)",
+              "    return loss, params, state"]
+    return "\n".join(lines) + "\n"
+
+
+def step_source(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None, hyper=None,
+                dtype: str = "float64", optimize=True, backend="jax", checkpoint="none") -> str:
+    """The source of a functional training module (see the module's docstring).
+
+    Examples
+    --------
+    >>> src = step_source(sb.models.mlp([4, 3, 2]), optimizer="sgd", backend="jax")
+    >>> print(src[src.index("@functools"):].strip())  # doctest: +NORMALIZE_WHITESPACE
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def train_step(params, state, X, y, lr=LR):
+        \"\"\"One training step on the minibatch (X, y): forward and backward pass
+        (value_and_grad), then one SGD update (update). Returns the loss, the new
+        parameters and the new state; nothing changes in place. The buffers of params and
+        state are donated to the result: use the returned ones.\"\"\"
+        loss, grads = value_and_grad(X, params['W1'], params['b1'], params['W2'], params['b2'], y)
+        params, state = update(params, grads, state, lr=lr)
+        return loss, params, state
+    """
+    return model_text(build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, backend,
+                            checkpoint))
+
+
+def model_text(m: Model, doc: str | None = None, blocks=(), imports=(), constants=(),
+               library: str | None = None) -> str:
+    """The source of :func:`step_source` for a model made by :func:`build`; a training
+    script (:mod:`~symbackprop.codegen.jax_script`) gives its own ``doc`` and adds
+    ``blocks`` (its main program), ``imports`` and ``constants``."""
+    g = m.g
+    runtime = RUNTIME[m.opt.name]
+    b = m.em.backend
+    if doc is None:
+        doc = step_doc(m, f"Training step for the "
+                          f"{safe_text(g.nx.graph.get('name', 'network'))} network with "
+                          f"{m.opt.title}, written for {b.title}.")
+        doc += (f"Generated by symbackprop {_version} (sb.train_step, backend {b.name!r}). "
+                "Gradients (value_and_grad)\nand the optimizer (init_state, update) are "
+                "separate functions; train_step runs both and\nreturns new parameters and "
+                f"state. Needs only {b.title}. Do not edit: regenerate instead.")
+    blocks = [*b.init_source(m.plan), source_of(runtime, "init_state"),
+              source_of(runtime, "update"), train_step_block(m), *blocks]
+    text = "".join(blocks)  # the standard-library modules its blocks use
+    imports = [*imports, *(i for i in b.step_imports() if re.search(rf"\b{i}\.", text))]
+    return render_module(doc, m.em, m.functions, imports=imports,
+                         constants=constant_lines(m.hyper) + list(constants), blocks=blocks,
+                         library=library)
+
+
+__all__ = ["RUNTIME", "build", "model_text", "step_source", "train_step_block"]
