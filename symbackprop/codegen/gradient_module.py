@@ -176,8 +176,6 @@ def numpy_source(g: Graph, of: str | None = None, wrt=None, dtype: str = "float6
                         checkpoint)[0]
 
 
-
-
 def source(g: Graph, of: str | None = None, wrt=None, dtype: str = "float64", optimize=True,
            explain: list | None = None, checkpoint="none", backend: str = "numpy") -> str:
     """Standalone source with ``forward`` and ``value_and_grad`` for the array library

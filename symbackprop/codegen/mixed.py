@@ -34,7 +34,7 @@ import textwrap
 from ..errors import CodegenError
 from .emit import Function, call_lines, render_function
 from .init import init_source
-from .plan import PACK, workspace_source
+from .plan import PACK, flat_gradients, workspace_source
 from .runtime import check, flat, source_of
 from .runtime import mixed as runtime_mixed
 
@@ -173,17 +173,7 @@ def mixed_blocks(m) -> list[str]:
     module's master-side blocks (flat buffers, initialisation, optimizer, check) on
     MASTER, the float16 workspace, ``_half``, ``_scaled_update``, ``scaled_grads``,
     ``train_step``, ``reference_value_and_grad`` (float32) and ``underflow``."""
-    first, layout = set(), []
-    for w, n in zip(m.wrt, m.grads):
-        layout.append((w, tuple(m.g.nx.nodes[w]["shape"]),
-                       m.em.namer(n) if n not in first else None))
-        first.add(n)
-    consts = f"TRAINED = {tuple(m.wrt)!r}  # the parameters train_step updates\n"
-    if m.pool.folds:
-        consts += (f"FOLDED = {tuple((w, b) for w, b, *_ in m.pool.folds)!r}  # layers with "
-                   "the bias in the product\n")
-    buffers = source_of(flat, "_FLAT", "_flat_base", "_flat",
-                        variants={"folded": bool(m.pool.folds)})
+    layout, consts, buffers = flat_gradients(m.g, m.wrt, m.grads, m.em.namer, m.pool)
     opt_state = m.opt.init_state.replace("def init_state(", "def _optimizer_state(", 1)
     return ([_master(source_of(flat, "flat_views"))] + [_master(b) for b in init_source(m.plan)]
             + [opt_state, source_of(runtime_mixed, "init_state"), m.opt.update,

@@ -43,7 +43,7 @@ from .mixed import (
     scaler_settings,
 )
 from .optimizers import Optimizer, hyper_text, resolve_optimizer
-from .plan import PACK, flat_pairs, plan_function, workspace_source
+from .plan import PACK, flat_gradients, flat_pairs, plan_function, workspace_source
 from .runtime import check, flat, source_of
 
 # -- reading the graph -------------------------------------------------------------------
@@ -257,19 +257,7 @@ def step_blocks(m: Model, distributed: str | None = None) -> list[str]:
         return mixed_blocks(m)
     fast = []
     if m.fast is not None:
-        # the flat gradient buffer, in the order of TRAINED; a gradient node shared by two
-        # parameters is written by loss_and_grads_into for the first, copied for the other
-        first, layout = set(), []
-        for w, n in zip(m.wrt, m.grads):
-            layout.append((w, tuple(m.g.nx.nodes[w]["shape"]),
-                           m.em.namer(n) if n not in first else None))
-            first.add(n)
-        consts = f"TRAINED = {tuple(m.wrt)!r}  # the parameters train_step updates\n"
-        if m.pool.folds:
-            consts += (f"FOLDED = {tuple((w, b) for w, b, *_ in m.pool.folds)!r}  # layers with "
-                       "the bias in the product\n")
-        buffers = source_of(flat, "_FLAT", "_flat_base", "_flat",
-                            variants={"folded": bool(m.pool.folds)})
+        layout, consts, buffers = flat_gradients(m.g, m.wrt, m.grads, m.em.namer, m.pool)
         fast = [consts + buffers, m.opt.scaled_update if m.pool.scaled else m.opt.flat_update,
                 PACK, workspace_source(m.em, m.pool, layout)]
     return ([source_of(flat, "flat_views")] + init_source(m.plan)

@@ -42,6 +42,7 @@ from .emit import Emitter, Function, safe_text
 from .layout import transposable
 from .lowering import lowering
 from .printer import FloatStep, expr_code, float_steps
+from .runtime import flat, source_of
 from .runtime.workspace import CONSTANT, PACK  # noqa: F401 -- PACK: generated modules carry it
 
 _UNARY = {sp.exp: "np.exp", sp.log: "np.log", sp.tanh: "np.tanh", sp.sin: "np.sin",
@@ -431,6 +432,25 @@ def flat_pairs(adj) -> list[tuple[str, str, str, str]]:
     own = {w for w, n in zip(adj.wrt, grads) if uses[n] == 1}
     return [(w, adj.adjoint[w], b, adj.adjoint[b]) for w, b in itertools.pairwise(adj.wrt)
             if w in own and b in own]
+
+
+def flat_gradients(g, wrt: list, grads: list, namer, pool) -> tuple[list, str, str]:
+    """The flat gradient buffer of a planned training step, in the order of ``TRAINED``
+    (``wrt``, with gradient nodes ``grads``): its layout ``(parameter, shape, gradient
+    variable or None)`` (a gradient node shared by two parameters is written by
+    ``loss_and_grads_into`` for the first, copied for the other), the ``TRAINED`` and
+    ``FOLDED`` constants, and the flat buffers' runtime source."""
+    first, layout = set(), []
+    for w, n in zip(wrt, grads):
+        layout.append((w, tuple(g.nx.nodes[w]["shape"]), namer(n) if n not in first else None))
+        first.add(n)
+    consts = f"TRAINED = {tuple(wrt)!r}  # the parameters train_step updates\n"
+    if pool.folds:
+        consts += (f"FOLDED = {tuple((w, b) for w, b, *_ in pool.folds)!r}  # layers with "
+                   "the bias in the product\n")
+    buffers = source_of(flat, "_FLAT", "_flat_base", "_flat",
+                        variants={"folded": bool(pool.folds)})
+    return layout, consts, buffers
 
 
 def _without_bias(j, node: str, product: str, b: str):
