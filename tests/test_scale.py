@@ -39,7 +39,11 @@ def test_scale_example_prints_equal_runs(tmp_path):
                                           r"by (\S+) of the largest", out, re.MULTILINE)]
     assert len(equal) == len(pairs) and "NOT EQUAL" not in out, out
     for (one, many, tol), diff in zip(pairs, equal):
-        # the same printed final loss, and parameters within the tolerance
-        assert loss[one] == loss[many], (one, many, out)
+        # the same final loss to the digits printed (6 decimals for JAX: a float32 loss
+        # 1e-7 apart may round to neighbouring last digits), parameters within tolerance
+        if tol < 1e-6:
+            assert loss[one] == loss[many], (one, many, out)
+        else:
+            assert abs(float(loss[one]) - float(loss[many])) <= 1e-6 + tol, (one, many, out)
         assert diff <= tol
     assert (tmp_path / "digits28.npz").exists()
