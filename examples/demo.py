@@ -8,7 +8,9 @@
 5. how gradients flow through 50 layers: sigmoid, tanh and relu side by side (and the
    chart out/flow_activations.svg when matplotlib is installed);
 6. the digits example: generated training scripts (an MLP and a CNN) against scikit-learn;
-7. the sequence example: a transformer classifier trained by a generated script.
+7. the sequence example: a transformer classifier trained by a generated script;
+8. the scale example: the 784-256-256-256-10 MLP data-parallel on 4 JAX devices and on 2
+   MPI ranks, equal to one process.
 """
 
 from __future__ import annotations
@@ -77,7 +79,10 @@ def main() -> int:
     status = subprocess.call([sys.executable, os.path.join(HERE, "digits", "run.py")])
 
     banner("7. Sequence: a transformer classifier trained by a generated NumPy script")
-    return subprocess.call([sys.executable, os.path.join(HERE, "sequence", "run.py")]) or status
+    status = subprocess.call([sys.executable, os.path.join(HERE, "sequence", "run.py")]) or status
+
+    banner("8. Scale: one network data-parallel on 4 JAX devices and on 2 MPI ranks")
+    return subprocess.call([sys.executable, os.path.join(HERE, "scale", "run.py")]) or status
 
 
 if __name__ == "__main__":
