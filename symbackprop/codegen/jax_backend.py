@@ -4,8 +4,10 @@
 elementwise printer, :mod:`~symbackprop.codegen.runtime.jax_ops` its helpers and
 :data:`BACKEND` its record. ``jax.numpy`` follows NumPy's API, so most ops are NumPy's
 code with ``jnp`` for ``np`` (:func:`_jnp`); the ops whose NumPy code writes into arrays
-(``out=``, ``np.add.at``) have functional helpers. Ops with no entry (convolution,
-pooling, batch norm, dropout) raise ``CodegenError: op 'conv2d' has no jax code``.
+(``out=``, ``np.add.at``) have functional helpers. Convolution and pooling call helpers
+written with ``jax.lax`` (``conv_general_dilated``, ``reduce_window``) under the NumPy
+helpers' names and signatures. Ops with no entry (batch norm, dropout: they carry state)
+raise ``CodegenError: op 'batch_norm' has no jax code``.
 
 Examples
 --------
@@ -27,7 +29,7 @@ from ..errors import CodegenError
 from ..ops.arrays import index_text
 from ..ops.stable import StableFunction
 from .backends import Backend
-from .lowering import NUMPY, TABLES, Lowering, _axis_code, _shape_code
+from .lowering import NUMPY, TABLES, Lowering, _axis_code, _conv_code, _pool_code, _shape_code
 from .printer import MATH_ONLY, Printer
 from .runtime import jax_init, jax_ops, source, source_of
 
@@ -43,6 +45,11 @@ def _jnp(op: str) -> Lowering:
 
 def _helpers(*fns) -> dict:
     return {f.__name__: source(f) for f in fns}
+
+
+# -- convolution and pooling: the NumPy code's calls, of these helpers
+_CONV = _helpers(jax_ops._conv_dims, jax_ops._conv)
+_CONV_GRAD_INPUT = _helpers(jax_ops._conv_dims, jax_ops._conv_grad_input)
 
 
 JAX: dict[str, Lowering] = {
@@ -71,6 +78,26 @@ JAX: dict[str, Lowering] = {
         helpers=_helpers(jax_ops._unslice)),
     "take_grad": Lowering(lambda c, a: f"_take_grad({c[0]}, {c[1]}, {a['size']}, {a['axis']})",
                           helpers=_helpers(jax_ops._take_grad)),
+    # -- convolution and pooling (issue 15)
+    "conv1d": Lowering(lambda c, a: _conv_code("_conv", c, a, 1), helpers=_CONV),
+    "conv2d": Lowering(lambda c, a: _conv_code("_conv", c, a, 2), helpers=_CONV),
+    "conv_grad_input": Lowering(
+        lambda c, a: _conv_code("_conv_grad_input", c + [_shape_code(a["size"])], a,
+                                len(a["size"])),
+        helpers=_CONV_GRAD_INPUT),
+    "conv_grad_weight": Lowering(
+        lambda c, a: _conv_code("_conv_grad_weight", c + [_shape_code(a["kernel"])], a,
+                                len(a["kernel"])),
+        helpers=_helpers(jax_ops._conv_grad_weight)),
+    "max_pool2d": Lowering(lambda c, a: _pool_code("_max_pool2d", c, a),
+                           helpers=_helpers(jax_ops._max_pool2d)),
+    "max_pool2d_grad": Lowering(lambda c, a: _pool_code("_max_pool2d_grad", c, a),
+                                helpers=_helpers(jax_ops._max_pool2d, jax_ops._max_pool2d_grad)),
+    "avg_pool2d": Lowering(lambda c, a: _pool_code("_avg_pool2d", c, a),
+                           helpers=_helpers(jax_ops._avg_pool2d)),
+    "avg_pool2d_grad": Lowering(
+        lambda c, a: _pool_code("_avg_pool2d_grad", c, a, [_shape_code(a["size"])]),
+        helpers=_CONV_GRAD_INPUT | _helpers(jax_ops._avg_pool2d_grad)),
 }
 TABLES["jax"] = JAX
 

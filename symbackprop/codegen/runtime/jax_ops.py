@@ -11,9 +11,10 @@ when it is installed: the source can be copied without it.
 from __future__ import annotations
 
 try:
+    import jax
     import jax.numpy as jnp
 except ImportError:  # generating JAX source needs no JAX; running these helpers does
-    jnp = None
+    jax = jnp = None
 
 DTYPE = "float64"  # the generated module's is jnp.float64 or jnp.float32
 
@@ -96,3 +97,104 @@ def _take_grad(g, idx, size, axis):
     out = jnp.zeros((rows, size, cols), g.dtype)
     out = out.at[:, idx.reshape(-1)].add(g.reshape(rows, idx.size, cols))
     return out.reshape(lead + (size,) + trail)
+
+
+# -- convolution and pooling (issue 15): the NumPy helpers' mathematics with jax.lax.
+# Spatial axes are the last x.ndim - 2 axes (conv1d and conv2d share the helpers);
+# attributes arrive as tuples with one int per spatial axis.
+def _conv_dims(d):
+    """Dimension numbers of jax.lax.conv_general_dilated for arrays laid out (N, C, *S)
+    and kernels (O, I, *K) with d spatial axes."""
+    s = "DHW"[-d:]
+    return ("NC" + s, "OI" + s, "NC" + s)
+
+
+def _conv(x, w, stride, padding, dilation, groups):
+    """Convolution (cross-correlation, as PyTorch) of x (N, C, *S) with w
+    (C_out, C/groups, *kernel): (N, C_out, *out)."""
+    return jax.lax.conv_general_dilated(
+        x, w, window_strides=stride, padding=[(p, p) for p in padding],
+        rhs_dilation=dilation, feature_group_count=groups,
+        dimension_numbers=_conv_dims(len(stride)))
+
+
+def _conv_grad_input(g, w, size, stride, padding, dilation, groups):
+    """dL/dx of _conv for dL/dy = g, x of spatial sizes ``size``: the full correlation of
+    g spread by the stride (lhs_dilation) with the kernel turned by 180 degrees, its input
+    and output channels swapped within each group, cropped by the padding (a negative
+    pad crops). The high side's pad reaches the last positions of x that no window
+    reaches: they get zeros."""
+    kernel = w.shape[2:]
+    d = len(kernel)
+    co, cg = w.shape[:2]
+    wt = w.reshape((groups, co // groups, cg) + kernel).swapaxes(1, 2)
+    wt = jnp.flip(wt.reshape((groups * cg, co // groups) + kernel), axis=tuple(range(2, 2 + d)))
+    pads = [(dl * (k - 1) - p, s_in + p - s * (o - 1) - 1)
+            for k, dl, p, s, o, s_in in zip(kernel, dilation, padding, stride, g.shape[2:], size)]
+    return jax.lax.conv_general_dilated(
+        g, wt, window_strides=(1,) * d, padding=pads, lhs_dilation=stride,
+        rhs_dilation=dilation, feature_group_count=groups, dimension_numbers=_conv_dims(d))
+
+
+def _conv_grad_weight(x, g, kernel, stride, padding, dilation, groups):
+    """dL/dw of _conv for dL/dy = g: the correlation of the padded x with g,
+    (C_out, C/groups, *kernel). The batch axis is the one summed over (x's channels
+    and g's output channels take the places of batch and features); the stride dilates
+    g, the dilation strides the windows; each output channel meets the channels of its
+    own group (batch_group_count)."""
+    d = len(kernel)
+    s = "DHW"[-d:]
+    pads = [(p, dl * (k - 1) + st * (o - 1) + 1 - n - p)
+            for k, dl, p, st, o, n in zip(kernel, dilation, padding, stride, g.shape[2:],
+                                          x.shape[2:])]
+    dw = jax.lax.conv_general_dilated(
+        x, g, window_strides=dilation, padding=pads, rhs_dilation=stride,
+        batch_group_count=groups, dimension_numbers=("CN" + s, "IO" + s, "CN" + s))
+    return dw
+
+
+def _max_pool2d(x, k, stride, padding):
+    """The largest entry of each window of x (N, C, H, W), padding with -inf."""
+    return jax.lax.reduce_window(
+        x, -jnp.inf, jax.lax.max, (1, 1) + tuple(k), (1, 1) + tuple(stride),
+        ((0, 0), (0, 0)) + tuple((p, p) for p in padding))
+
+
+def _max_pool2d_grad(x, g, k, stride, padding):
+    """dL/dx of _max_pool2d for dL/dy = g: each g to the first arg-max of its window
+    (row-major, as PyTorch and the NumPy helper), added up where windows overlap. Offset
+    by offset in the window in row-major order, the entries equal to the window's maximum
+    that no earlier offset claimed (so a tie goes to the first) get g at their strided
+    place: kh*kw vectorized steps."""
+    h, w = x.shape[2:]
+    ho, wo = g.shape[2:]
+    pads = ((0, 0), (0, 0)) + tuple((p, p) for p in padding)
+    xp = jnp.pad(x, pads, constant_values=-jnp.inf)
+    m = _max_pool2d(x, k, stride, padding)
+    free = jnp.ones(m.shape, bool)  # windows whose maximum no offset has claimed yet
+    dxp = jnp.zeros(xp.shape, g.dtype)
+    for i in range(k[0]):
+        for j in range(k[1]):
+            at = (slice(None), slice(None), slice(i, i + stride[0] * (ho - 1) + 1, stride[0]),
+                  slice(j, j + stride[1] * (wo - 1) + 1, stride[1]))
+            hit = (xp[at] == m) & free
+            free = free & ~hit
+            dxp = dxp.at[at].add(jnp.where(hit, g, 0))
+    return dxp[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w]
+
+
+def _avg_pool2d(x, k, stride, padding):
+    """The mean of each window of x (N, C, H, W); zero padding counts in the mean."""
+    total = jax.lax.reduce_window(
+        x, jnp.zeros((), x.dtype), jax.lax.add, (1, 1) + tuple(k), (1, 1) + tuple(stride),
+        ((0, 0), (0, 0)) + tuple((p, p) for p in padding))
+    return total / (k[0] * k[1])
+
+
+def _avg_pool2d_grad(g, k, stride, padding, size):
+    """dL/dx of _avg_pool2d for dL/dy = g: g / (kh * kw) spread over each window, added
+    up where windows overlap; the full correlation of g with a constant kernel, one
+    channel per group."""
+    c = g.shape[1]
+    w = jnp.full((c, 1) + tuple(k), 1 / (k[0] * k[1]), dtype=g.dtype)
+    return _conv_grad_input(g, w, size, stride, padding, (1, 1), c)
