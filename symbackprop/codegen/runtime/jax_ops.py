@@ -147,10 +147,9 @@ def _conv_grad_weight(x, g, kernel, stride, padding, dilation, groups):
     pads = [(p, dl * (k - 1) + st * (o - 1) + 1 - n - p)
             for k, dl, p, st, o, n in zip(kernel, dilation, padding, stride, g.shape[2:],
                                           x.shape[2:])]
-    dw = jax.lax.conv_general_dilated(
+    return jax.lax.conv_general_dilated(
         x, g, window_strides=dilation, padding=pads, rhs_dilation=stride,
         batch_group_count=groups, dimension_numbers=("CN" + s, "IO" + s, "CN" + s))
-    return dw
 
 
 def _max_pool2d(x, k, stride, padding):
