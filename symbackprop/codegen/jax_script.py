@@ -8,7 +8,11 @@ a ``jax.sharding.Mesh`` over all devices with one ``data`` axis, each global bat
 along it, parameters and state replicated, several hosts through
 ``jax.distributed.initialize`` (``--coordinator``, ``--num-processes``,
 ``--process-id``). On one CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=4``
-simulates four devices; the parameters after N steps are the one-device run's.
+simulates four devices; the parameters after N steps are the one-device run's. As the
+NumPy script, it writes checkpoints (``--out``, ``--checkpoint-every``; process 0,
+atomically), resumes from them (``--resume``, checked against the network's name) and
+reports the test accuracy or loss after every epoch (``evaluate``, written here from
+``forward``).
 """
 
 from __future__ import annotations
