@@ -149,6 +149,11 @@ def test_checkpoint_of_another_network_is_one_line(digits):
     assert "checkpoint missing.npz does not exist" in r.stderr
     r = _run(digits, 1, "--data", "digits.npz", "--checkpoint-every", "2")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--out FILE" in r.stderr
+    with np.load(digits / "digits.npz") as f:
+        np.savez(digits / "no_y_test.npz", X=f["X"], y=f["y"], X_test=f["X_test"])
+    r = _run(digits, 1, "--data", "no_y_test.npz")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "no_y_test.npz has X_test but no y_test" in r.stderr
 
 
 def test_train_accuracy_without_a_test_split_and_test_loss_of_a_regressor(digits, tmp_path):

@@ -182,7 +182,8 @@ def host(params):
 
 
 def main(argv=None):
-    """Train on --data for --epochs, one line per epoch; --out saves the parameters."""
+    """Train on --data for --epochs (from --resume's epoch), one line per epoch; --out
+    saves a checkpoint (also every --checkpoint-every epochs)."""
     a = parse_args(argv)
     if a.coordinator:
         jax.distributed.initialize(a.coordinator, a.num_processes, a.process_id)
@@ -197,7 +198,10 @@ def main(argv=None):
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     with np.load(a.data) as f:
         data = {FEATURES: f["X"]} | ({TARGET: f["y"]} if TARGET else {})
-        # a held-out split: evaluated after every epoch on process 0's devices
+        if TARGET and ("X_test" in f.files) != ("y_test" in f.files):
+            has, lacks = ("X_test", "y_test") if "X_test" in f.files else ("y_test", "X_test")
+            fail(f"{a.data} has {has} but no {lacks}; give both for a test split, or neither.")
+        # a held-out split: evaluated after every epoch (each process, on its own devices)
         test = (f["X_test"], f["y_test"] if TARGET else None) if "X_test" in f.files else None
     n = len(data[FEATURES])
     if n < a.batch_size:
