@@ -465,7 +465,8 @@ def test_jax_script_on_4_devices_equals_one_device(tmp_path, dtype, optimizer, r
         assert r.returncode == 0, r.stderr[-3000:]
         assert "epoch 2/2  loss" in r.stdout and f"{devices} device(s)" in r.stdout
         with np.load(tmp_path / f"p{devices}.npz") as f:
-            params[devices] = {k: f[k] for k in f.files}
+            params[devices] = {k: f[k] for k in f.files if k.startswith("params/")}
+    assert sorted(params[1]) == ["params/W1", "params/W2", "params/b1", "params/b2"]
     for k, v in params[1].items():
         assert v.dtype == np.dtype(dtype)
         scale = float(np.abs(v).max())

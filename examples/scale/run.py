@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         if importlib.util.find_spec("jax") is None:
             print("JAX is not installed (pip install 'symbackprop[jax]'): no JAX runs")
         else:
-            pairs.append(("jax", run_jax(folder, data), ""))
+            pairs.append(("jax", run_jax(folder, data), "params/"))
         mpirun = _mpirun()
         if mpirun is None or importlib.util.find_spec("mpi4py") is None:
             print("mpirun or mpi4py is missing (pip install 'symbackprop[distributed]'): "

@@ -8,7 +8,11 @@ a ``jax.sharding.Mesh`` over all devices with one ``data`` axis, each global bat
 along it, parameters and state replicated, several hosts through
 ``jax.distributed.initialize`` (``--coordinator``, ``--num-processes``,
 ``--process-id``). On one CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=4``
-simulates four devices; the parameters after N steps are the one-device run's.
+simulates four devices; the parameters after N steps are the one-device run's. As the
+NumPy script, it writes checkpoints (``--out``, ``--checkpoint-every``; process 0,
+atomically), resumes from them (``--resume``, checked against the network's name) and
+reports the test accuracy or loss after every epoch (``evaluate``, written here from
+``forward``).
 """
 
 from __future__ import annotations
@@ -20,16 +24,38 @@ from ..errors import CodegenError
 from ..graph import Graph
 from . import backends, functional
 from .emit import safe_text
-from .module import step_doc, wrap
+from .module import call_lines, step_doc, wrap
 from .runtime import jax_script, source_of
 
-MAIN = ("parse_args", "fail", "first_copy", "main", "__main__")
+MAIN = ("CheckpointError", "parse_args", "fail", "first_copy", "host", "save_checkpoint",
+        "load_checkpoint", "main", "__main__")
 
 
 def _positive(name: str, v) -> int:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
         raise ValueError(f"{name}={v!r}; expected an int >= 1.")
     return int(v)
+
+
+def _evaluate(m, task) -> tuple[str, str]:
+    """``evaluate(params, X, y)`` through the jitted ``forward``, and its metric: the
+    accuracy when ``forward`` returns a classifier's scores (the NumPy script's rule:
+    the argmax, or > 0 for binary logits), else the loss."""
+    fwd = m.functions[0]
+    data = {task.features: "X"} | ({task.target: "y"} if task.target else {})
+    body = call_lines("out = ", "forward", m.args(fwd, data))
+    if task.scores is not None and f"{task.scores!r}:" in (fwd.ret or ""):
+        s = f"np.asarray(out[{task.scores!r}])"
+        pred = f"({s} > 0)" if task.binary else f"{s}.argmax(axis=1)"
+        doc = "Accuracy: the fraction of rows of X whose predicted class is y."
+        body.append(f"return float(np.mean({pred} == np.asarray(y)))")
+        metric = "acc"
+    else:
+        doc = f"The loss {safe_text(m.of)} on all of (X, y)."
+        body.append(f"return float(out[{m.of!r}])")
+        metric = "loss"
+    return "\n".join(["def evaluate(params, X, y):", f'    """{doc}"""']
+                     + ["    " + b for b in body]) + "\n", metric
 
 
 def data_parallel_script(g: Graph, of=None, optimizer: str = "sgd", lr=None, epochs: int = 10,
@@ -71,15 +97,22 @@ def data_parallel_script(g: Graph, of=None, optimizer: str = "sgd", lr=None, epo
         "only JAX (and NumPy,\nwhich JAX depends on, to read the data). Do not edit: "
         "regenerate instead.\n\n"
         "Usage:\n"
-        "    python train.py --data data.npz --out params.npz\n"
+        "    python train.py --data data.npz --out checkpoint.npz\n"
+        f"    python train.py --data data.npz --epochs {2 * epochs} --resume checkpoint.npz "
+        "--out checkpoint.npz\n"
         "    XLA_FLAGS=--xla_force_host_platform_device_count=4 python train.py --data "
         "data.npz")
+    evaluate, metric = _evaluate(m, task)
     constants = [f"EPOCHS = {epochs}", f"BATCH_SIZE = {batch_size}", f"SEED = {seed}",
                  f"FEATURES = {nm(task.features)!r}  # the input fed from the data's X",
                  (f"TARGET = {nm(task.target) if task.target else None!r}  # the input fed "
-                 "from the data's y")]
+                 "from the data's y"),
+                 f"NETWORK = {str(g.nx.graph.get('name', 'network'))!r}",
+                 f"OPTIMIZER = {m.opt.name!r}",
+                 f"METRIC = {metric!r}  # evaluate() returns: 'acc' (accuracy) or 'loss'"]
     return functional.model_text(
-        m, doc, blocks=[source_of(jax_script, *MAIN)], imports=("argparse", "sys", "time"),
+        m, doc, blocks=[evaluate, source_of(jax_script, *MAIN)],
+        imports=("argparse", "json", "os", "sys", "tempfile", "time"),
         constants=constants, library=b.imports() + "\nimport numpy as np")
 
 

@@ -7,14 +7,22 @@ replicated, and the generated ``train_step`` (jitted, its buffers donated) runs 
 SPMD program: XLA sums the gradients across devices. On several hosts,
 ``--coordinator``, ``--num-processes`` and ``--process-id`` call
 ``jax.distributed.initialize``, and each process feeds its rows of every global batch
-(``jax.make_array_from_process_local_data``). The generated script copies these
-functions; ``init_params``, ``init_state``, ``train_step``, ``DTYPE`` and the constants
-below are the generated module's (here stand-ins, so that the file runs and ruff checks
-it). NumPy, which JAX depends on, reads the data.
+(``jax.make_array_from_process_local_data``). Process 0 alone prints and writes the
+checkpoints (``--out``, ``--checkpoint-every``), atomically, in the NumPy script's
+layout (``network``, ``optimizer``, ``params/NAME``, ``state/KEY[/NAME]``,
+``progress/epoch``, ``progress/rng``: the shuffling generator's state as JSON);
+``--resume`` continues from one at the epoch it was written, so that the final
+parameters are an uninterrupted run's. The generated script copies these functions;
+``init_params``, ``init_state``, ``train_step``, ``evaluate``, ``DTYPE`` and the
+constants below are the generated module's (here stand-ins, so that the file runs and
+ruff checks it). NumPy, which JAX depends on, reads the data and writes the checkpoints.
 """
 
 import argparse
+import json
+import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -31,6 +39,9 @@ SEED = 0
 LR = 0.01
 FEATURES = "X"  # the input fed from the data's X
 TARGET = "y"  # the input fed from the data's y (None: the loss needs X alone)
+NETWORK = "network"
+OPTIMIZER = "sgd"
+METRIC = "loss"  # evaluate() returns: 'acc' (accuracy) or 'loss'
 
 
 def init_params(seed=0):  # stand-in: the generated module's
@@ -45,6 +56,14 @@ def train_step(params, state, lr=LR, **batch):  # stand-in: the generated module
     raise NotImplementedError
 
 
+def evaluate(params, X, y):  # stand-in: the generated module's
+    raise NotImplementedError
+
+
+class CheckpointError(Exception):
+    """A checkpoint that this script cannot resume from; the message is one line."""
+
+
 def parse_args(argv=None):
     """The command line."""
     p = argparse.ArgumentParser(
@@ -56,7 +75,14 @@ def parse_args(argv=None):
                    help=f"the global batch, split over the devices ({BATCH_SIZE})")
     p.add_argument("--seed", type=int, default=SEED, help="initial parameters and shuffling")
     p.add_argument("--lr", type=float, default=LR, help=f"learning rate ({LR})")
-    p.add_argument("--out", help="write the final parameters to this .npz (process 0)")
+    p.add_argument("--out", metavar="FILE",
+                   help="write a checkpoint here after the last epoch (process 0, atomically): "
+                   "parameters, optimizer state, epoch and the shuffling generator's state")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
+                   help="with --out: also write it every K epochs (default 0: at the end only)")
+    p.add_argument("--resume", metavar="FILE",
+                   help="continue from a checkpoint of this network: the same options give the "
+                   "final parameters of a run that was never interrupted")
     p.add_argument("--coordinator", help="host:port of process 0: train on several hosts "
                    "(jax.distributed.initialize)")
     p.add_argument("--num-processes", type=int, default=1, help="with --coordinator")
@@ -75,8 +101,89 @@ def first_copy(x):
     return np.asarray(x.addressable_data(0))
 
 
+def save_checkpoint(path, params, state, epoch, rng):
+    """params, optimizer state, the epoch done and the shuffling generator's state to path,
+    atomically: a temporary file in the same directory, then os.replace, so that an
+    interruption never leaves half a file. Process 0 alone writes (the others return)."""
+    if jax.process_index():
+        return
+    arrays = {"network": np.array(NETWORK), "optimizer": np.array(OPTIMIZER),
+              "progress/epoch": np.array(epoch),
+              "progress/rng": np.array(json.dumps(rng.bit_generator.state))}
+    arrays.update({"params/" + k: first_copy(v) for k, v in params.items()})
+    for key, value in state.items():
+        if isinstance(value, dict):
+            arrays.update({f"state/{key}/{k}": first_copy(v) for k, v in value.items()})
+        else:
+            arrays["state/" + key] = first_copy(value) if hasattr(value, "addressable_data") \
+                else np.array(value)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                               prefix=".checkpoint-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path):
+    """params and optimizer state (NumPy arrays, init_state's structure), the epoch done
+    and the shuffling generator, from a checkpoint of this network and optimizer; raises
+    CheckpointError saying in one line what is wrong."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist; expected a .npz file "
+                              "written by this script's --out") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise CheckpointError(f"checkpoint {path} is not a readable .npz file ({e})") from None
+    found = (str(arrays.get("network", "?")), str(arrays.get("optimizer", "?")))
+    if found != (NETWORK, OPTIMIZER):
+        net = [f"network {n}" if n != "network" else "an unnamed network"
+               for n in (found[0], NETWORK)]
+        raise CheckpointError(f"checkpoint {path} is for {net[0]} with {found[1]}; "
+                              f"expected {net[1]} with {OPTIMIZER}")
+    fresh = init_params(0)
+    fresh_state = init_state(fresh)
+
+    def array(key, like):
+        if key not in arrays or arrays[key].shape != np.shape(like):
+            shape = arrays[key].shape if key in arrays else "nothing"
+            raise CheckpointError(f"checkpoint {path}: {key} is {shape}; expected an array "
+                                  f"of shape {np.shape(like)}")
+        return arrays[key].astype(np.asarray(like).dtype)
+
+    params = {k: array("params/" + k, v) for k, v in fresh.items()}
+    state = {}
+    for key, value in fresh_state.items():
+        if isinstance(value, dict):
+            state[key] = {k: array(f"state/{key}/{k}", v) for k, v in value.items()}
+        else:  # a count such as Adam's t: the type init_state gives it
+            state[key] = type(value)(array("state/" + key, value))
+    try:
+        epoch = int(arrays["progress/epoch"])
+        rng = np.random.default_rng()
+        rng.bit_generator.state = json.loads(str(arrays["progress/rng"]))
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path} lacks the progress entry {e}; expected a "
+                              "file written by this script's --out") from None
+    return params, state, epoch, rng
+
+
+def host(params):
+    """The parameters as NumPy arrays (one copy each), for evaluate."""
+    return {k: first_copy(v) for k, v in params.items()}
+
+
 def main(argv=None):
-    """Train on --data for --epochs, one line per epoch; --out saves the parameters."""
+    """Train on --data for --epochs (from --resume's epoch), one line per epoch; --out
+    saves a checkpoint (also every --checkpoint-every epochs)."""
     a = parse_args(argv)
     if a.coordinator:
         jax.distributed.initialize(a.coordinator, a.num_processes, a.process_id)
@@ -91,15 +198,33 @@ def main(argv=None):
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     with np.load(a.data) as f:
         data = {FEATURES: f["X"]} | ({TARGET: f["y"]} if TARGET else {})
+        if TARGET and ("X_test" in f.files) != ("y_test" in f.files):
+            has, lacks = ("X_test", "y_test") if "X_test" in f.files else ("y_test", "X_test")
+            fail(f"{a.data} has {has} but no {lacks}; give both for a test split, or neither.")
+        # a held-out split: evaluated after every epoch (each process, on its own devices)
+        test = (f["X_test"], f["y_test"] if TARGET else None) if "X_test" in f.files else None
     n = len(data[FEATURES])
     if n < a.batch_size:
         fail(f"--batch-size {a.batch_size} is larger than the {n} examples of {a.data}.")
     per = a.batch_size // jax.process_count()  # this process's rows of each global batch
     first = jax.process_index() * per
-    params = jax.device_put(init_params(a.seed), replicated)
-    state = jax.device_put(init_state(params), replicated)
-    order_rng = np.random.default_rng(a.seed)
-    for epoch in range(1, a.epochs + 1):
+    if a.checkpoint_every < 0:
+        fail(f"--checkpoint-every {a.checkpoint_every}: expected K >= 0.")
+    if a.checkpoint_every and not a.out:
+        fail(f"--checkpoint-every {a.checkpoint_every} writes to --out FILE: pass one.")
+    if a.resume:
+        try:
+            params, state, done, order_rng = load_checkpoint(a.resume)
+        except CheckpointError as e:
+            fail(e)
+        params, state = jax.device_put((params, state), replicated)
+    else:
+        params = jax.device_put(init_params(a.seed), replicated)
+        state = jax.device_put(init_state(params), replicated)
+        done, order_rng = 0, np.random.default_rng(a.seed)
+    if done >= a.epochs and jax.process_index() == 0:
+        print(f"the checkpoint is at epoch {done}; nothing to do for --epochs {a.epochs}")
+    for epoch in range(done + 1, a.epochs + 1):
         start, losses = time.perf_counter(), []
         order = order_rng.permutation(n)
         for b in range(n // a.batch_size):  # full batches only: each splits evenly
@@ -113,13 +238,19 @@ def main(argv=None):
             loss, params, state = train_step(params, state, lr=a.lr, **batch)
             losses.append(loss)
         mean = float(np.mean([first_copy(v) for v in losses]))
-        if jax.process_index() == 0:
-            print(f"epoch {epoch}/{a.epochs}  loss {mean:.6f}  {len(devices)} device(s)  "
-                  f"{time.perf_counter() - start:.2f} s", flush=True)
         if not np.isfinite(mean):
             fail(f"the loss is {mean} in epoch {epoch}; lower --lr.")
-    if a.out and jax.process_index() == 0:
-        np.savez(a.out, **{k: first_copy(v) for k, v in params.items()})
+        score = ""  # the NumPy script's report: test accuracy or loss, else train accuracy
+        if test is not None:
+            score = f"  test_{METRIC} {evaluate(host(params), *test):.4f}"
+        elif METRIC == "acc":
+            score = f"  train_acc {evaluate(host(params), data[FEATURES], data[TARGET]):.4f}"
+        if jax.process_index() == 0:
+            print(f"epoch {epoch}/{a.epochs}  loss {mean:.6f}{score}  {len(devices)} "
+                  f"device(s)  {time.perf_counter() - start:.2f} s", flush=True)
+        if a.out and (epoch == a.epochs or a.checkpoint_every
+                      and epoch % a.checkpoint_every == 0):
+            save_checkpoint(a.out, params, state, epoch, order_rng)
     return 0
 
 
