@@ -3,6 +3,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export OPENBLAS_NUM_THREADS ?= 2
+# PyTorch's CPU build: a plain `torch` requirement resolves to a CUDA build of several GB,
+# so the CPU release is pinned (pip finds it in its configured wheel folders where the
+# machine has them: this kind of machine keeps the CPU wheel in /opt/wheels). `make
+# TORCH=torch` takes the newest release instead.
+TORCH  := torch==2.13.0
 
 .PHONY: demo test bench lint graphviz chromium clean
 
@@ -11,7 +16,7 @@ export OPENBLAS_NUM_THREADS ?= 2
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[dev,examples,plots,jax,distributed,browser]"
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[dev,examples,plots,jax,torch,distributed,browser]" $(TORCH)
 	touch $(STAMP)
 
 # The real `dot` program renders diagrams: install Debian's graphviz when missing.
