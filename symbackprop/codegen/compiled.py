@@ -12,7 +12,7 @@ import inspect
 
 import numpy as np
 
-from ..errors import GraphError
+from ..errors import CodegenError, GraphError
 from ..graph import Graph
 from . import backends, functional
 from .emit import prepare
@@ -248,7 +248,7 @@ class FunctionalTrainStep(Compiled):
 def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float64",
                   optimize=True, optimizer: str | None = None, checkpoint="none",
                   precision: str | None = None, growth_interval: int = 2000, backend: str = "numpy",
-                  **hyper) -> Compiled:
+                  fuse_update: bool = False, **hyper) -> Compiled:
     """Generate the NumPy code for ``g`` and load it (see
     :func:`~symbackprop.codegen.gradient_module.numpy_source`).
 
@@ -265,6 +265,11 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
     ``checkpoint="sqrt"`` (or a list of node names to keep) recomputes forward values in
     the backward pass instead of keeping them (gradient checkpointing,
     :mod:`symbackprop.codegen.checkpoint`): less memory, bit-identical results.
+
+    ``fuse_update=True`` (with ``optimizer=``) applies each parameter's update in the
+    backward sweep as soon as its gradient is final (:func:`symbackprop.train_step`): no
+    gradient is kept to the end of the step; bit-identical results, but a nan/inf gradient
+    leaves a partial step (``FloatingPointError`` with ``.skipped`` and ``.updated``).
 
     ``backend="jax"`` or ``"array_api"`` writes the code for that array library
     (:func:`~symbackprop.codegen.gradient_module.source`); its results are that library's
@@ -289,6 +294,12 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
     b.require()
     if b.functional:
         dtype = plain_dtype(precision, dtype, b.name)
+    if fuse_update and optimizer is None:
+        raise TypeError("compile() got fuse_update=True without optimizer=; the fused update "
+                        "is a training step's: pass optimizer='sgd', 'momentum' or 'adam'.")
+    if fuse_update and b.functional:
+        raise CodegenError(f"fuse_update=True is NumPy's planned step; the {b.name} backend's "
+                           "update returns new arrays (XLA plans its memory).")
     if optimizer is not None and b.functional:
         lr = hyper.pop("lr", None)
         m = functional.build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, b.name,
@@ -299,7 +310,7 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
         lr = hyper.pop("lr", None)
         m = build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize,
                         checkpoint=checkpoint, precision=precision,
-                        growth_interval=growth_interval)
+                        growth_interval=growth_interval, fuse_update=fuse_update)
         return CompiledTrainStep(step_source(m), module_name(g, "_train_step"),
                                  [m.em.namer(n) for n in m.inputs], m.arg_names)
     if precision is not None and resolve_precision(precision, dtype)[0] == "mixed":

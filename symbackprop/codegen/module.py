@@ -44,7 +44,7 @@ from .mixed import (
 )
 from .optimizers import Optimizer, hyper_text, resolve_optimizer
 from .plan import PACK, flat_gradients, flat_pairs, plan_function, workspace_source
-from .runtime import check, flat, source_of
+from .runtime import check, flat, fused, source_of
 
 # -- reading the graph -------------------------------------------------------------------
 
@@ -116,6 +116,7 @@ class Model:
     grads: list = field(default_factory=list)  # the gradient node of each wrt, in order
     precision: str = ""  # "mixed": float16 step, float32 masters (codegen/mixed.py)
     scaler: dict = field(default_factory=dict)  # mixed: the loss scaler's settings
+    fused: bool = False  # fuse_update: each part updated in the backward (runtime/fused.py)
 
     def args(self, fn: Function, data: dict | None = None, fixed: dict | None = None) -> list[str]:
         """Arguments calling an emitted function: ``params['W1']`` for parameters,
@@ -149,12 +150,15 @@ _STEP_LOCALS = {"params", "state", "lr", "loss", "grads", "value_and_grad", "che
 def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
                 hyper: dict | None = None, dtype: str = "float64", optimize=True,
                 extra_outputs=(), checkpoint="none", precision=None,
-                growth_interval=2000) -> Model:
+                growth_interval=2000, fuse_update: bool = False) -> Model:
     """Differentiate and emit ``g`` for training with ``optimizer``; with the optimization
     passes on, also plan ``loss_and_grads_into`` (the step on the workspace). Nodes in
     ``extra_outputs`` become outputs of ``forward`` (a script's class scores).
     ``precision="mixed"`` (:mod:`~symbackprop.codegen.mixed`) emits the model in float16
-    for float32 master parameters, with dynamic loss scaling.
+    for float32 master parameters, with dynamic loss scaling. ``fuse_update`` plans
+    ``loss_and_update`` instead of ``loss_and_grads_into``: the optimizer's rule runs in
+    the backward sweep, each parameter as soon as its gradient is final
+    (:mod:`~symbackprop.codegen.runtime.fused`).
 
     Examples
     --------
@@ -165,6 +169,8 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
     opt, values = resolve_optimizer(optimizer, lr, hyper)
     precision, dtype = resolve_precision(precision, dtype)
     mixed = precision == "mixed"
+    if fuse_update:
+        check_fusable(optimize, mixed)
     scaler = scaler_settings(growth_interval) if mixed else {}
     of, wrt = params_of(g, of, wrt)
     g2 = g  # prepare() and differentiate() leave it unchanged: copy it only to add outputs
@@ -180,7 +186,7 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
     vg = fns[1]
     fast, pool = None, None
     if resolve_passes(optimize):  # memory planning goes with the other optimizations
-        fast, pool = _plan_step(em, adj, of, wrt, opt, mixed)
+        fast, pool = _plan_step(em, adj, of, wrt, opt, mixed, fuse_update)
         fns = [*fns, fast]
     names = {code: n for n, code in em.namer.names.items()}
     inputs = [names[c] for c in vg.params if "=" not in c and em.j.role(names[c]) == "input"]
@@ -189,7 +195,11 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
         raise CodegenError(f"input {clash[0]!r} has the name of a variable of the training "
                            "step; rename the input (e.g. g.rename).")
     m = Model(g, of, wrt, em, fns, inputs, opt, values, plan_init(g), dtype, fast, pool,
-              [adj.adjoint[w] for w in wrt])
+              [adj.adjoint[w] for w in wrt], fused=bool(fuse_update))
+    clash = sorted({"flat", "state", "lr"} & set(em.namer.names.values())) if m.fused else []
+    if clash:
+        raise CodegenError(f"node {clash[0]!r} has the name of an argument of the fused "
+                           "update's loss_and_update; rename the node (e.g. g.rename).")
     if mixed:
         m.precision, m.scaler = precision, scaler
         check_mixed(m)
@@ -197,9 +207,38 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
     return m
 
 
-def _plan_step(em: Emitter, adj, of: str, wrt: list, opt: Optimizer, mixed=False) -> tuple:
-    """``loss_and_grads_into`` and its workspace pool, with its docstring written."""
+def check_fusable(optimize, mixed: bool = False, distributed=None) -> None:
+    """``fuse_update=True`` needs the planned step, and refuses what needs every gradient
+    at once: mixed precision's loss scaler (a step skipped for an inf anywhere) and MPI's
+    Allreduce of the flat gradient buffer. One ``CodegenError`` line each.
+
+    Examples
+    --------
+    >>> check_fusable(True)
+    >>> check_fusable(False)
+    Traceback (most recent call last):
+    ...
+    symbackprop.errors.CodegenError: fuse_update=True needs the memory-planned step; leave optimize on.
+    """
+    if not resolve_passes(optimize):
+        raise CodegenError("fuse_update=True needs the memory-planned step; leave optimize on.")
+    if mixed:
+        raise CodegenError("fuse_update=True cannot go with precision='mixed': the loss "
+                           "scaler skips a step when any gradient overflows, which it can "
+                           "only know once every gradient exists; use one or the other.")
+    if distributed is not None:
+        raise CodegenError(f"fuse_update=True cannot go with distributed={distributed!r}: "
+                           "the ranks sum the whole flat gradient buffer before the update; "
+                           "use one or the other.")
+
+
+def _plan_step(em: Emitter, adj, of: str, wrt: list, opt: Optimizer, mixed=False,
+               fuse_update=False) -> tuple:
+    """``loss_and_grads_into`` (``fuse_update``: ``loss_and_update``) and its workspace
+    pool, with its docstring written."""
     grads = [adj.adjoint[w] for w in wrt]
+    if fuse_update:
+        return _plan_fused(em, adj, of, wrt, opt)
     fast, pool = plan_function(
         em, "loss_and_grads_into", [of, *grads], grads,
         "The same computation as value_and_grad, with every intermediate array in a "
@@ -237,6 +276,38 @@ def _plan_step(em: Emitter, adj, of: str, wrt: list, opt: Optimizer, mixed=False
     return fast, pool
 
 
+def _plan_fused(em: Emitter, adj, of: str, wrt: list, opt: Optimizer) -> tuple:
+    """``loss_and_update``, the fused update's planned step, and its workspace pool."""
+    grads = [adj.adjoint[w] for w in wrt]
+    fast, pool = plan_function(
+        em, "loss_and_update", [of], [],
+        "The same computation as value_and_grad, with every intermediate array in a "
+        "buffer of\n    _workspace() (one arena per batch size, made once) and NumPy calls "
+        "writing into it\n    (out=). Every array passed must be of DTYPE (train_step "
+        "converts the data).",
+        of=of, scalable=opt.scaled is not None, pairs=flat_pairs(adj),
+        fused=list(zip(wrt, grads)), start=opt.start)
+    add_context(em, fast, em.j.ancestors([of, *grads]))  # batch norm's and dropout's
+    names = [", ".join(em.namer(w) for w in part.params)
+             for i in sorted(pool.plan.updates) for part in pool.plan.updates[i]]
+    head = (f"Loss {of}, and one {opt.title} update of every trained parameter in the "
+            "backward sweep (fused update): each part's rule runs (_fused) as soon as its "
+            "gradient is final and no later step reads the part, in this order: "
+            + "; ".join(names) + ". A gradient lives in the workspace until its update "
+            "has read it. Returns the loss before any update when it is nan or inf; a part "
+            "whose gradient holds nan or inf is not updated (flat['skipped'] lists it).")
+    opening = '    """'
+    fast.doc = textwrap.fill(safe_text(head), 88, initial_indent=opening,
+                             subsequent_indent="    ", break_on_hyphens=False)[len(opening):] \
+        + "\n\n    " + fast.doc
+    if pool.scaled:
+        fast.doc += ("\n\n    Every gradient comes out multiplied by scale (backprop is "
+                     "linear in its seed):\n    train_step passes lr, so that SGD's update "
+                     "is one subtraction.")
+    fast.ret = em.code(of)
+    return fast, pool
+
+
 # -- the step's blocks ---------------------------------------------------------------------
 
 
@@ -256,7 +327,18 @@ def step_blocks(m: Model, distributed: str | None = None) -> list[str]:
     if m.precision == "mixed":
         return mixed_blocks(m)
     fast = []
-    if m.fast is not None:
+    if m.fused:
+        check_fusable(True, distributed=distributed)
+        _, consts, buffers = flat_gradients(m.g, m.wrt, m.grads, m.em.namer, m.pool)
+        parts = tuple(p.params for i in sorted(m.pool.plan.updates)
+                      for p in m.pool.plan.updates[i])
+        consts += (f"PARTS = {parts!r}  # the fused update's parts, in the order updated\n"
+                   f"SCRATCH = {0 if m.pool.scaled else m.opt.scratch}  # scratch arrays "
+                   "of the update's rule\n")
+        fast = [consts + buffers, m.opt.part_update(m.pool.scaled),
+                source_of(fused, "_parts", "_fused", "_partial_step"), PACK,
+                workspace_source(m.em, m.pool, blocks=False)]
+    elif m.fast is not None:
         layout, consts, buffers = flat_gradients(m.g, m.wrt, m.grads, m.em.namer, m.pool)
         fast = [consts + buffers, m.opt.scaled_update if m.pool.scaled else m.opt.flat_update,
                 PACK, workspace_source(m.em, m.pool, layout)]
@@ -284,6 +366,15 @@ def _train_step_block(m: Model, distributed: str | None = None) -> str:
               "update (update). params and state"),
              "    change in place. Returns the loss. Raises FloatingPointError, before changing",
              '    anything, when the loss or a gradient is nan or inf."""']
+    if m.fused:
+        lines[2:] = textwrap.wrap(
+            f"(loss_and_update), with each parameter's {m.opt.title} update applied in the "
+            "backward sweep as soon as its gradient is final (fused update). params and state "
+            "change in place. Returns the loss. Raises FloatingPointError: before changing "
+            "anything when the loss is nan or inf; after a partial step when a gradient is "
+            "(its parameters are not updated, all others are and stay so: the error's "
+            '.skipped and .updated name them)."""', 88, initial_indent="    ",
+            subsequent_indent="    ")
     if context:  # the docstring says what they are
         lines[-1] = lines[-1][:-3]
         text = {"running": "running: from init_running(), updated in place by the forward pass "
@@ -311,6 +402,8 @@ def _train_step_block(m: Model, distributed: str | None = None) -> str:
         lines += ["    check_finite(loss, grads)", "    update(params, grads, state, lr=lr)",
                   "    return float(loss)"]
         return "\n".join(lines) + "\n"
+    if m.fused:
+        return "\n".join(lines + _fused_call(m, passed)) + "\n"
     # loss_and_grads_into takes the leaves, then one gradient array per gradient node; two
     # parameters can share one (both arguments of w0 + w1): the second gets a copy
     first = {}
@@ -349,6 +442,26 @@ def _train_step_block(m: Model, distributed: str | None = None) -> str:
               "    _update_flat(flat, G, state, lr)",
               "    return float(loss)"]
     return "\n".join(lines) + "\n"
+
+
+def _fused_call(m: Model, passed: list) -> list[str]:
+    """The body of the fused update's train_step: the flat buffers and their parts, one
+    call of loss_and_update, then the loss's and the gradients' verdicts."""
+    em = m.em
+    fixed = {"flat": "flat", "state": "state", "lr": "lr"}
+    for w, b, block, _ in m.pool.folds:
+        fixed[block] = f"flat[{w!r}, {b!r}]"
+    args = m.args(m.fast, fixed=fixed) + passed + (["scale=lr"] if m.pool.scaled else [])
+    lines = ["    " + ln for ln in em.as_arrays(m.inputs)]
+    lines += ["    flat = _flat(params, state)",
+              "    _parts(flat)  # each part's views of the flat buffers; no part skipped yet"]
+    lines += ["    " + ln for ln in call_lines("loss = ", m.fast.name, args)]
+    lines += ["    if not math.isfinite(loss):  # checked before any update: nothing changed",
+              "        raise FloatingPointError(f\"the loss is {float(loss)}\")",
+              "    if flat[\"skipped\"]:  # updated: every part but these",
+              "        raise _partial_step(flat, loss)",
+              "    return float(loss)"]
+    return lines
 
 
 # -- the module text -----------------------------------------------------------------------

@@ -44,6 +44,12 @@ class Optimizer:
         A runtime module whose ``_update_flat`` takes gradients already multiplied by
         lr (train_step then passes lr as the seed of backprop); None when the rule is
         not linear in the gradient.
+    scratch : int
+        Fused update (``fuse_update=True``): the scratch arrays ``_update_part`` needs, each
+        the size of the largest part (the scaled rule needs none).
+    start : tuple of str
+        Fused update: the statements run once a step, after the loss check and before the
+        first part is updated (Adam counts the step there).
 
     Examples
     --------
@@ -62,6 +68,8 @@ class Optimizer:
     runtime: types.ModuleType
     checks: dict = field(default_factory=dict)
     scaled: types.ModuleType | None = None
+    scratch: int = 1
+    start: tuple = ()
 
     @property
     def init_state(self) -> str:
@@ -85,6 +93,11 @@ class Optimizer:
         there is none)."""
         return source_of(self.scaled, "_update_flat") if self.scaled else ""
 
+    def part_update(self, scaled: bool = False) -> str:
+        """Source of ``_update_part(part, g, state, lr, ...)``: the flat rule on one part
+        of the flat buffers, for the fused update (of the scaled rule with ``scaled``)."""
+        return source_of(self.scaled if scaled else self.runtime, "_update_part")
+
 
 _POSITIVE = (lambda v: v > 0, "a number > 0")
 _FRACTION = (lambda v: 0 <= v < 1, "a number in [0, 1)")
@@ -99,7 +112,7 @@ OPTIMIZERS = {
                       "bias-corrected moment estimates m, v; w <- w - lr * m_hat / "
                       "(sqrt(v_hat) + eps)", adam,
                       {"lr": _POSITIVE, "beta1": _FRACTION, "beta2": _FRACTION,
-                       "eps": _POSITIVE}),
+                       "eps": _POSITIVE}, scratch=2, start=('state["t"] += 1',)),
 }
 
 

@@ -548,6 +548,17 @@ class Skipped(Decision):
     """Computed by another step (the reason says which), or read by nothing."""
 
 
+@dataclass(frozen=True)
+class Part:
+    """One part of the fused update (``fuse_update=True``): a parameter, or a folded layer's
+    ``[W; b]``, updated by the optimizer's rule in the backward sweep as soon as its
+    gradient ``grad`` is final and no later step reads the parameters (:func:`_parts`)."""
+
+    params: tuple  # the parameters (one, or a fold's W and b)
+    grad: str  # the gradient node whose buffer the rule reads (a fold's: dW, as [dW; db])
+    code: str  # its code in the planned function (dW1, dW2_db2)
+
+
 @dataclass
 class Plan:
     """What :func:`plan_function` works out, phase by phase, for one function."""
@@ -561,6 +572,9 @@ class Plan:
     fold_choices: list
     decisions: dict = field(default_factory=dict)  # node -> Decision
     scaled: bool = False
+    updates: dict = field(default_factory=dict)  # fused: step -> the Parts updated after it
+    loss_step: int | None = None  # fused: the step computing the loss, checked right after
+    pinned: set = field(default_factory=set)  # fused: values an update reads (never overwritten)
 
     def explain(self, em: Emitter) -> list[str]:
         """One line per decision on a fold, then one per step not written by out= calls
@@ -684,7 +698,7 @@ def _lowered(em: Emitter, p: Plan, i: int, n: str, sources: dict, held: set,
     # another layout of the same memory, which the calls would overwrite under it.
     chosen = next((a for a in dict.fromkeys(j.args(n))
                    if a in held and p.last.get(a) == i and op.elementwise
-                   and a not in sources and j.nx.nodes[a]["shape"] == d["shape"]
+                   and a not in sources and a not in p.pinned and j.nx.nodes[a]["shape"] == d["shape"]
                    and alias_safe(lines, out, em.code(a))), None)
     if chosen is not None and n not in sources:
         return Lowered(f"out= calls over {em.namer(chosen)}, read for the last time", lines,
@@ -752,6 +766,9 @@ def _assign(em: Emitter, p: Plan, pool: Pool) -> _Buffers:
                 take(dec.grad, i, False)
             else:
                 pool.writes.setdefault(into[dec.grad], i)
+        elif isinstance(dec, FoldGrads) and dec.fold.dW not in into:  # fused: [dW; db] here
+            b.owner[n] = b.home[n] = pool.take(_ones_shape(j, dec.fold.W), "f", i)
+            b.binds.setdefault(b.owner[n], []).append(dec.fold.names(em)[2])
         elif isinstance(dec, FoldGrads):
             pool.writes[into[dec.fold.dW]] = pool.writes[into[dec.fold.db]] = i
         elif isinstance(dec, FoldProduct):
@@ -764,7 +781,9 @@ def _assign(em: Emitter, p: Plan, pool: Pool) -> _Buffers:
             elif dec.own:
                 take(n, i, dec.any_layout, dec.ones)
             b.lines[n] = _bind_scratch(list(dec.lines), dec.wanted, pool, i)  # after n's own
-        for a in set(_reads(em, n)):  # values read for the last time free their buffers
+        reads = set(_reads(em, n)) | {a for part in p.updates.get(i, ()) for a in
+                                      _held(em, part.grad)}
+        for a in reads:  # values read for the last time free their buffers
             if p.last.get(a) == i and a in b.owner:
                 pool.keep(b.owner.pop(a), i)
         if n in into:
@@ -778,9 +797,11 @@ def _assign(em: Emitter, p: Plan, pool: Pool) -> _Buffers:
 
 # -- text ------------------------------------------------------------------------------------
 
-def _text(em: Emitter, p: Plan, b: _Buffers, of, marker: bool) -> list[str]:
+def _text(em: Emitter, p: Plan, b: _Buffers, of, marker: bool, start=()) -> list[str]:
     """The statements of the steps, in order; with ``marker``, a comment where the
-    backward pass starts (as in the plain value_and_grad)."""
+    backward pass starts (as in the plain value_and_grad). Fused (``p.updates``): the
+    loss's check after its step (then the lines ``start``, the optimizer's once-a-step
+    statements), and each part's update after the step that makes it due."""
     j, into, body = em.j, p.into, []
     started = not marker
 
@@ -788,7 +809,7 @@ def _text(em: Emitter, p: Plan, b: _Buffers, of, marker: bool) -> list[str]:
         op = j.opdef(f.product)
         return em.use(op, lowering(op).out([x, y], j.nx.nodes[f.product]["attrs"], out, shapes))
 
-    for n in p.steps:
+    for i, n in enumerate(p.steps):
         dec = p.decisions[n]
         comment = em.comment(n, of) if of else ""
         nm = em.namer
@@ -836,12 +857,23 @@ def _text(em: Emitter, p: Plan, b: _Buffers, of, marker: bool) -> list[str]:
                 h, (_, block, _) = nm(n), dec.ones.names(em)
                 body.append(f"{b.ones[b.home[n]]}[:, -1] = 1  # [{h}, 1] @ {block} adds "
                             "the bias in the product")
+        if i == p.loss_step:
+            body += [f"if not math.isfinite({em.code(of)}):  # before any parameter changes",
+                     f"    return {em.code(of)}  # train_step raises: nothing was updated"]
+            body += [f"{ln}  # the loss is finite: this step updates" for ln in start]
+        for part in p.updates.get(i, ()):
+            names = [nm(w) for w in part.params]
+            key = repr(part.params[0] if len(part.params) == 1 else part.params)
+            final = ", ".join(f"d{nm(of)}/d{w}" for w in names)
+            body.append(f"_fused(flat, {key}, {part.code}, state, lr)  # {final} final, "
+                        f"{', '.join(names)} read no more: update now")
     return body
 
 
 def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], doc: str,
                   of: str | None = None, scalable: bool = False,
-                  pairs=(), marker: bool = False) -> tuple[Function, Pool]:
+                  pairs=(), marker: bool = False, fused=None,
+                  start=()) -> tuple[Function, Pool]:
     """Statements computing ``targets`` with every array in a planned buffer.
 
     The nodes in ``into`` (the gradients) are written into arrays the caller
@@ -865,10 +897,20 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
     place of ``dW`` and ``db`` (``pool.folds``).
 
     ``marker``: a comment where the backward pass starts.
+
+    ``fused`` (the fused update, ``fuse_update=True``): ``(parameter, gradient node)`` of
+    every trained parameter, in the flat buffers' order, with ``into`` empty. No gradient
+    is written into the caller's arrays: each lives in a buffer of the workspace until
+    the optimizer's rule has read it, one call ``_fused(flat, key, grad, state, lr)``
+    right after the step that makes it due (:func:`_parts`), and its bytes then serve
+    later steps. The function takes ``flat, state, lr`` after the leaves, checks the loss
+    ``of`` right after computing it (a nan/inf loss returns before any update, as it is),
+    and then runs ``start`` (the optimizer's once-a-step lines, Adam's step count).
     """
     j = em.j
     into = {n: em.namer(n) for n in into}
-    need = j.ancestors(targets)
+    grads = [n for _, n in fused or ()]
+    need = j.ancestors([*targets, *grads])
     # The zero gradient of a leaf the loss does not use, np.broadcast_to(0.0, (N, 3)),
     # reads no node; the leaf is passed all the same when its shape binds a size name
     # (as Emitter.function does).
@@ -908,6 +950,9 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
               and all(c in p.folds and c == p.folds[c].dW for c, _ in j.consumers(t))}
     pool = Pool(scaled=p.scaled, plan=p)
     fn = Function(name, _fold_params(em, leaves, into, p.folds), doc)
+    if fused:
+        _parts(em, p, fused, of)
+        fn.params += ["flat", "state", "lr"]
     if pool.scaled:
         fn.params.append("scale=1.0")
     for f in dict.fromkeys(p.folds.values()):
@@ -916,7 +961,7 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
             pool.folds.append((f.W, f.b, block, grads))
     _decide(em, p, unread, unused, lowered)
     buffers = _assign(em, p, pool)
-    body = _text(em, p, buffers, of, marker)
+    body = _text(em, p, buffers, of, marker, start)
     ws_call = f"_ws = _workspace({', '.join(pool.sizes)})[0]"
     fn.body = em.bind_sizes(name, leaves, [*body, ws_call]) + [ws_call]
     for k in sorted(buffers.binds):
@@ -927,6 +972,37 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
             fn.body.append(" = ".join(buffers.binds[k]) + f" = _ws[{k}]")
     fn.body += body
     return fn, pool
+
+
+def _held(em: Emitter, n: str) -> list[str]:
+    """The computed values whose buffers hold node ``n``'s value: ``n`` itself, or what an
+    inlined view of it (a transpose, a broadcast) reads."""
+    return _reads(em, n) if em.inline(n) else [n]
+
+
+def _parts(em: Emitter, p: Plan, fused, of: str) -> None:
+    """The fused update's :class:`Part` s and where each is updated (``p.updates``): after
+    the last of the step that makes its gradient final, the last step reading one of its
+    parameters (an update before it would change what that step reads: a later gradient,
+    a recomputed forward value) and the loss's step (``p.loss_step``, checked first). The
+    values holding the gradient live until then and are never overwritten in place
+    (``p.pinned``). A folded layer is one part: its ``[W; b]`` and ``[dW; db]``."""
+    pos = {n: i for i, n in enumerate(p.steps)}
+    p.loss_step = pos.get(of, max(pos[a] for a in _held(em, of)) if _held(em, of) else -1)
+    folded = {f.b for f in p.folds.values()}
+    for w, n in fused:
+        f = p.folds.get(n)
+        if w in folded:
+            continue  # with its weight, as [dW; db]
+        part = (Part((w, f.b), n, f.names(em)[2]) if f is not None and f.W == w and f.dW == n
+                else Part((w,), n, em.code(n)))
+        held = _held(em, n)
+        due = max([p.loss_step, *(pos[a] for a in held if a in pos),
+                   *(p.last.get(a, -1) for a in part.params)])
+        for a in held:
+            p.last[a] = max(p.last.get(a, -1), due)
+        p.pinned.update(held)
+        p.updates.setdefault(due, []).append(part)
 
 
 def _ones_shape(j, n: str) -> tuple:
@@ -1048,11 +1124,12 @@ def _with_grad(em: Emitter, steps: list[str]) -> dict:
     return out
 
 
-def workspace_source(em: Emitter, pool: Pool, grads=()) -> str:
+def workspace_source(em: Emitter, pool: Pool, grads=(), blocks: bool = True) -> str:
     """The ``_workspace(N, ...)`` function: the pool's buffers and the flat gradient
     buffer laid out as ``grads`` (``(name, shape, code)``: ``code`` names the array of
     the planned function that receives it, ``None`` when the caller fills it after)
-    as views of one arena, made once per size (see :data:`PACK`)."""
+    as views of one arena, made once per size (see :data:`PACK`); ``blocks``: the views
+    ``[dW; db]`` of the folds' gradients in that buffer (the fused update has none)."""
     sizes = pool.sizes
     key = ", ".join(sizes) + ("," if len(sizes) == 1 else "")
     rows = []
@@ -1065,7 +1142,7 @@ def workspace_source(em: Emitter, pool: Pool, grads=()) -> str:
                  for name, shape, code in grads]
     pairs = ", ".join(f"({w!r}, {b!r})" for w, b, *_ in pool.folds)
     note = "# the gradients [w; b] of layers with the bias in the product"
-    blocks = [f"            [{pairs}],  {note}"] if pool.folds else []
+    blocks = [f"            [{pairs}],  {note}"] if pool.folds and blocks else []
     return "\n".join([
         "_WORKSPACES = {}",
         "",

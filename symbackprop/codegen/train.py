@@ -21,6 +21,7 @@ parameter.
 from __future__ import annotations
 
 from .. import __version__ as _version
+from ..errors import CodegenError
 from ..graph import Graph
 from . import backends, functional
 from .emit import safe_text
@@ -33,7 +34,7 @@ from .optimizers import constant_lines
 def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: float | None = None,
                wrt=None, dtype: str = "float64", optimize=True, checkpoint="none",
                precision: str | None = None, growth_interval: int = 2000, backend: str = "numpy",
-               **hyper) -> str:
+               fuse_update: bool = False, **hyper) -> str:
     """NumPy source of a training step: gradients, optimizer and update, as separate functions.
 
     Parameters
@@ -75,6 +76,16 @@ def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: floa
         ``params`` and ``state`` donated, and ``init_params(seed)`` draws with
         ``jax.random``; the array API one's ``init_params(xp, seed)`` makes arrays of the
         namespace ``xp`` from Python's ``random``.
+    fuse_update : bool
+        The fused update (as PyTorch's optimizer in backward): each parameter's update is
+        applied in the backward sweep as soon as its gradient is final, so no gradient is
+        kept to the end of the step (with ``checkpoint="sqrt"`` the step holds about √n
+        activations and one layer's gradients). Parameters and state come out bit for bit
+        as without it. A nan/inf loss changes nothing (``FloatingPointError``); a gradient
+        with nan/inf leaves its parameters as they were but not the others, updated in the
+        same sweep: ``train_step`` raises ``FloatingPointError`` after that partial step,
+        with ``.skipped`` and ``.updated`` (docs/training.md, "The fused update"). Needs
+        the optimizations on; refused with ``precision="mixed"`` and other backends.
     **hyper
         ``momentum=0.9``; ``beta1=0.9, beta2=0.999, eps=1e-8``.
 
@@ -112,12 +123,15 @@ def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: floa
     symbackprop.compile : ``optimizer=`` loads it as a :class:`CompiledTrainStep`.
     """
     if backends.get(backend).functional:
+        if fuse_update:
+            raise CodegenError(f"fuse_update=True is NumPy's planned step; the {backend} "
+                               "backend's update returns new arrays (XLA plans its memory).")
         return functional.step_source(g, of, wrt, optimizer, lr, hyper,
                                       plain_dtype(precision, dtype, backend), optimize,
                                       backend, checkpoint)
     return step_source(build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize,
                                    checkpoint=checkpoint, precision=precision,
-                                   growth_interval=growth_interval))
+                                   growth_interval=growth_interval, fuse_update=fuse_update))
 
 
 def step_source(m: Model) -> str:

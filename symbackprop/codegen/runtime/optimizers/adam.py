@@ -61,3 +61,26 @@ def _update_flat(flat, g, state, lr, beta1=BETA1, beta2=BETA2, eps=EPS):
     g *= lr
     g /= tmp
     flat["P"] -= g
+
+
+def _update_part(part, g, state, lr, beta1=BETA1, beta2=BETA2, eps=EPS):
+    """_update_flat on one part of the flat buffers (fused update), the same arithmetic in
+    the same order; the step count t was counted once for the step (after the loss check),
+    g is left as it is and the scratch part["tmp"] holds what _update_flat writes into
+    tmp and g."""
+    t = state["t"]
+    m, v, (tmp, step) = part["S"]["m"], part["S"]["v"], part["tmp"]
+    m *= beta1
+    np.multiply(g, 1 - beta1, out=tmp)
+    m += tmp
+    v *= beta2
+    np.multiply(g, 1 - beta2, out=tmp)
+    tmp *= g
+    v += tmp
+    np.divide(v, 1 - beta2**t, out=tmp)  # v_hat
+    np.sqrt(tmp, out=tmp)
+    tmp += eps
+    np.divide(m, 1 - beta1**t, out=step)  # m_hat
+    step *= lr
+    step /= tmp
+    part["P"] -= step

@@ -32,3 +32,13 @@ def _update_flat(flat, g, state, lr, momentum=MOMENTUM):
     v += g
     np.multiply(v, lr, out=g)
     flat["P"] -= g
+
+
+def _update_part(part, g, state, lr, momentum=MOMENTUM):
+    """_update_flat on one part of the flat buffers (fused update: g is the part's
+    gradient, left as it is; lr * v goes to the scratch part["tmp"][0])."""
+    v = part["S"]["v"]
+    v *= momentum
+    v += g
+    np.multiply(v, lr, out=part["tmp"][0])
+    part["P"] -= part["tmp"][0]

@@ -22,3 +22,10 @@ def _update_flat(flat, g, state, lr):
     w <- w - lr * g."""
     g *= lr
     flat["P"] -= g
+
+
+def _update_part(part, g, state, lr):
+    """_update_flat on one part of the flat buffers (fused update: g is the part's gradient,
+    which later steps may still read, so the scratch part["tmp"][0] takes lr * g)."""
+    np.multiply(g, lr, out=part["tmp"][0])
+    part["P"] -= part["tmp"][0]
