@@ -196,10 +196,6 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
                            "step; rename the input (e.g. g.rename).")
     m = Model(g, of, wrt, em, fns, inputs, opt, values, plan_init(g), dtype, fast, pool,
               [adj.adjoint[w] for w in wrt], fused=bool(fuse_update))
-    clash = sorted({"flat", "state", "lr"} & set(em.namer.names.values())) if m.fused else []
-    if clash:
-        raise CodegenError(f"node {clash[0]!r} has the name of an argument of the fused "
-                           "update's loss_and_update; rename the node (e.g. g.rename).")
     if mixed:
         m.precision, m.scaler = precision, scaler
         check_mixed(m)
@@ -448,7 +444,7 @@ def _fused_call(m: Model, passed: list) -> list[str]:
     """The body of the fused update's train_step: the flat buffers and their parts, one
     call of loss_and_update, then the loss's and the gradients' verdicts."""
     em = m.em
-    fixed = {"flat": "flat", "state": "state", "lr": "lr"}
+    fixed = dict(zip(m.pool.plan.fused_args, ("flat", "state", "lr")))
     for w, b, block, _ in m.pool.folds:
         fixed[block] = f"flat[{w!r}, {b!r}]"
     args = m.args(m.fast, fixed=fixed) + passed + (["scale=lr"] if m.pool.scaled else [])

@@ -49,7 +49,8 @@ class Optimizer:
         the size of the largest part (the scaled rule needs none).
     start : tuple of str
         Fused update: the statements run once a step, after the loss check and before the
-        first part is updated (Adam counts the step there).
+        first part is updated (Adam counts the step there), ``{state}`` standing for the
+        state's name.
 
     Examples
     --------
@@ -112,7 +113,7 @@ OPTIMIZERS = {
                       "bias-corrected moment estimates m, v; w <- w - lr * m_hat / "
                       "(sqrt(v_hat) + eps)", adam,
                       {"lr": _POSITIVE, "beta1": _FRACTION, "beta2": _FRACTION,
-                       "eps": _POSITIVE}, scratch=2, start=('state["t"] += 1',)),
+                       "eps": _POSITIVE}, scratch=2, start=('{state}["t"] += 1',)),
 }
 
 

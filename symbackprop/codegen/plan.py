@@ -575,6 +575,7 @@ class Plan:
     updates: dict = field(default_factory=dict)  # fused: step -> the Parts updated after it
     loss_step: int | None = None  # fused: the step computing the loss, checked right after
     pinned: set = field(default_factory=set)  # fused: values an update reads (never overwritten)
+    fused_args: tuple = ()  # fused: the codes of the arguments flat, state and lr
 
     def explain(self, em: Emitter) -> list[str]:
         """One line per decision on a fold, then one per step not written by out= calls
@@ -860,12 +861,14 @@ def _text(em: Emitter, p: Plan, b: _Buffers, of, marker: bool, start=()) -> list
         if i == p.loss_step:
             body += [f"if not math.isfinite({em.code(of)}):  # before any parameter changes",
                      f"    return {em.code(of)}  # train_step raises: nothing was updated"]
-            body += [f"{ln}  # the loss is finite: this step updates" for ln in start]
+            body += [ln.format(state=p.fused_args[1]) + "  # the loss is finite: this step "
+                     "updates" for ln in start]
         for part in p.updates.get(i, ()):
             names = [nm(w) for w in part.params]
             key = repr(part.params[0] if len(part.params) == 1 else part.params)
             final = ", ".join(f"d{nm(of)}/d{w}" for w in names)
-            body.append(f"_fused(flat, {key}, {part.code}, state, lr)  # {final} final, "
+            args = ", ".join([p.fused_args[0], key, part.code, *p.fused_args[1:]])
+            body.append(f"_fused({args})  # {final} final, "
                         f"{', '.join(names)} read no more: update now")
     return body
 
@@ -905,7 +908,8 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
     right after the step that makes it due (:func:`_parts`), and its bytes then serve
     later steps. The function takes ``flat, state, lr`` after the leaves, checks the loss
     ``of`` right after computing it (a nan/inf loss returns before any update, as it is),
-    and then runs ``start`` (the optimizer's once-a-step lines, Adam's step count).
+    and then runs ``start`` (the optimizer's once-a-step lines, Adam's step count, with
+    ``{state}`` for the state's argument).
     """
     j = em.j
     into = {n: em.namer(n) for n in into}
@@ -952,7 +956,9 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
     fn = Function(name, _fold_params(em, leaves, into, p.folds), doc)
     if fused:
         _parts(em, p, fused, of)
-        fn.params += ["flat", "state", "lr"]
+        # (named by the namer: a node may be called flat, as a CNN's flattened features)
+        p.fused_args = tuple(em.namer(("fused", a), a) for a in ("flat", "state", "lr"))
+        fn.params += list(p.fused_args)
     if pool.scaled:
         fn.params.append("scale=1.0")
     for f in dict.fromkeys(p.folds.values()):

@@ -81,8 +81,7 @@ def _partial_step(flat, loss):
     updated = [w for w in TRAINED if w not in skipped]
     e = FloatingPointError(
         f"partial step (fused update): the gradient of {', '.join(skipped)} holds nan or inf "
-        f"and was not applied; {', '.join(updated) or 'no parameter'} "
-        f"{'was' if len(updated) == 1 else 'were'} updated in the same backward sweep and "
-        f"stay updated (loss {float(loss)})")
+        f"and was not applied; the update of {', '.join(updated) or 'no other parameter'} "
+        f"in the same backward sweep stands (loss {float(loss)})")
     e.skipped, e.updated, e.loss = skipped, updated, float(loss)
     return e
