@@ -238,7 +238,7 @@ def cmd_train_script(a) -> int:
                               target=a.target, checkpoint=_checkpoint(a.checkpoint),
                               distributed=a.distributed, precision=a.precision,
                               growth_interval=a.growth_interval, backend=a.backend,
-                              **hyper)
+                              fuse_update=a.fuse_update, **hyper)
     except ValueError as e:
         if isinstance(e, SymbackpropError):
             raise
@@ -442,6 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="numpy (default) or jax: a JAX script splitting every batch over all "
                    "devices (jax.sharding), on several hosts with jax.distributed")
     _checkpoint_arg(c)
+    c.add_argument("--fuse-update", action="store_true",
+                   help="apply each parameter's update in the backward sweep as soon as its "
+                   "gradient is final: no gradient kept to the end of the step (with "
+                   "--checkpoint sqrt, about one layer's); a nan/inf gradient leaves a "
+                   "partial step")
     c.add_argument("--distributed", choices=["mpi"],
                    help="mpi: a data-parallel script for `mpirun -n K python train.py` "
                    "(mpi4py: pip install symbackprop[distributed])")

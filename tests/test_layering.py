@@ -32,7 +32,7 @@ LAYERS = [
      "codegen.runtime.jax_ops", "codegen.runtime.jax_init", "codegen.runtime.array_api_ops",
      "codegen.backends", "codegen.jax_backend", "codegen.array_api_backend"],
     ["derivation"],
-    ["codegen.runtime.flat", "codegen.runtime.init", "codegen.runtime.check",
+    ["codegen.runtime.flat", "codegen.runtime.init", "codegen.runtime.check", "codegen.runtime.fused",
      "codegen.runtime.script", "codegen.runtime.optimizers", "codegen.runtime.optimizers.sgd",
      "codegen.runtime.optimizers.sgd_scaled", "codegen.runtime.optimizers.momentum",
      "codegen.runtime.optimizers.adam", "codegen.runtime.workspace", "codegen.runtime.mixed",

@@ -192,7 +192,8 @@ def test_generated_code_carries_the_runtime_verbatim():
     script = sb.training_script(sb.models.mlp([4, 3, 2]), optimizer="adam")
     assert script.endswith(source_of(rs, *RUNTIME, variants={"tokens": False, "floats": True,
                                                              "buffers": False, "mpi": False,
-                                                             "single": True, "mixed": False}))
+                                                             "single": True, "mixed": False,
+                                                             "fused": False}))
 
 
 # -- the training script's runtime -------------------------------------------------------

@@ -43,6 +43,7 @@ VOCAB = None  # a script for integer token inputs: X holds token ids 0..VOCAB-1
 BUFFERS = None  # batch norm or dropout: {} that main fills from init_buffers or a checkpoint
 LAYERS = {"linear": ("w",)}  # each layer's weights: --log-grad-norms, --metrics
 DISTRIBUTED = None  # "mpi": a data-parallel script (sb.training_script(..., distributed="mpi"))
+FUSED = False  # the fused update (sb.training_script(..., fuse_update=True))
 MIXED = False  # precision mixed: the step has underflow() and the loss scaler's state
 
 
@@ -555,6 +556,13 @@ def train(args, data, params, state, progress, norms=None):
                 save_checkpoint(path, params, state, {"epoch": epoch, "seen": seen,
                                                       "loss_sum": loss_sum, "rng": rng_state})
                 kept = f"; {args.out} is unchanged" if os.path.exists(args.out) else ""
+                if FUSED:  # variant: fused
+                    partial = getattr(e, "skipped", None)  # parameters the step did not update
+                    if partial:  # the others were, in the same backward sweep
+                        return fail(f"stopped at epoch {epoch + 1}, batch "
+                                    f"{seen // args.batch_size + 1} of {n_batches}: {e}. The "
+                                    f"parameters after this partial step are saved in {path}"
+                                    f"{kept}", 1)
                 return fail(f"stopped at epoch {epoch + 1}, batch {seen // args.batch_size + 1}"
                             f" of {n_batches}: {e}. The last good parameters (before this "
                             f"batch) are saved in {path}{kept}", 1)
