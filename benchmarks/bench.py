@@ -11,7 +11,9 @@ lines of generated backward vs forward code, and peak memory of a step; and work
 CNN's training step) and E (a transformer block's value_and_grad) against hand-written NumPy
 and PyTorch eager (benchmarks/networks.py); issue 14's: the training step with
 ``checkpoint="sqrt"`` against the unchecked one on workload C and a 100-layer ReLU MLP (K:
-time, and memory three ways), and ``sb.gradient_flow`` and ``symbackprop cost`` timed in new
+time, and memory three ways; and both sides with the fused update, ``fuse_update=True``:
+checkpointed+fused against unchecked+fused and against the default unchecked step), and
+``sb.gradient_flow`` and ``symbackprop cost`` timed in new
 processes (L). Prints medians, ratios and each target of issues 5 and 14 with PASS/MISS (a
 MISS that a measured floor explains says so), and writes every number to JSON. A timing
 target gets no verdict, "no verdict (noisy)", when its numbers cannot be trusted: a ratio of
@@ -64,6 +66,7 @@ import ast
 import contextlib
 import functools
 import gc
+import inspect
 import json
 import platform
 import random
@@ -179,6 +182,9 @@ CHECKPOINTED = [
 ]
 # Issue 14's tools, timed in new processes as a user runs them (group L).
 LESSONS = ("L",)
+# the same steps with the fused update (fuse_update=True): each parameter updated in the
+# backward sweep, so no flat gradient buffer is kept to the end of the step
+FUSED_KINDS = ("none+fused", "sqrt+fused")
 CHECKPOINT_MEMORY = 0.35  # step peak, checkpoint="sqrt" / unchecked
 CHECKPOINT_TIME = 1.40  # step time, checkpoint="sqrt" / unchecked: one more forward at most
 FLOW_SECONDS = 1.0  # sb.gradient_flow on mlp:64-64*50-10 at batch 64, compile included
@@ -637,16 +643,22 @@ def run_checkpointed(w: Checkpointed, args, rng: random.Random) -> dict:
     X, y = hw.make_batch(w.sizes, w.batch, dtype, nrng)
     g = sb.models.mlp(list(w.sizes), activation=w.activation)
 
-    def make(ck):
-        return contenders.GeneratedCheckpointed(g, p0, X, y, LR, dtype, checkpoint=ck)
+    def make(ck):  # "none", "sqrt", and with the fused update "none+fused", "sqrt+fused"
+        policy, fused = ck.split("+")[0], ck.endswith("+fused")
+        return contenders.GeneratedCheckpointed(g, p0, X, y, LR, dtype, checkpoint=policy,
+                                                fuse_update=fused)
 
-    built = {ck: make(ck) for ck in ("none", "sqrt")}
+    kinds = ("none", "sqrt") + (FUSED_KINDS if "fuse_update" in inspect.signature(
+        sb.compile).parameters else ())
+    built = {ck: make(ck) for ck in kinds}
     losses = {ck: float(c.step()) for ck, c in built.items()}
-    a, b = (built[ck].params() for ck in ("none", "sqrt"))
-    differ = [k for k in a if not np.array_equal(a[k], b[k])]
-    if differ or losses["none"] != losses["sqrt"]:
-        raise AssertionError(f"{w.key}: checkpoint='sqrt' is not bit-identical to the "
-                             f"unchecked step (loss {losses}; parameters {differ[:5]})")
+    a = built["none"].params()
+    for ck in kinds[1:]:
+        b = built[ck].params()
+        differ = [k for k in a if not np.array_equal(a[k], b[k])]
+        if differ or losses["none"] != losses[ck]:
+            raise AssertionError(f"{w.key}: {ck} is not bit-identical to the unchecked "
+                                 f"default step (loss {losses}; parameters {differ[:5]})")
     fns = {ck: c.step for ck, c in built.items()}
     for f in fns.values():
         f()
@@ -655,11 +667,13 @@ def run_checkpointed(w: Checkpointed, args, rng: random.Random) -> dict:
     med = {k: v["median"] for k, v in t.items()}
     cpu = cpu_per_call(fns, max(3, rounds))
     memory = {}
-    for ck in ("none", "sqrt"):
+    for ck in kinds:
         traced = peak_memory(lambda ck=ck: make(ck))
         arena, grads = arena_bytes(built[ck].compiled.module)
         memory[ck] = {"step_peak": traced["peak"], "step_arena": arena, "step_gradients": grads,
-                      "value_and_grad": value_and_grad_memory(g, p0, X, y, dtype, ck)}
+                      # (value_and_grad has no update: the fused kinds share it)
+                      "value_and_grad": memory[ck.split("+")[0]]["value_and_grad"]
+                      if "+" in ck else value_and_grad_memory(g, p0, X, y, dtype, ck)}
     n, q = memory["none"], memory["sqrt"]
     ratios = {"time": med["sqrt"] / med["none"], "cpu_time": cpu["sqrt"] / cpu["none"] if cpu["none"] else None,
               "step_peak": q["step_peak"] / n["step_peak"],
@@ -667,6 +681,12 @@ def run_checkpointed(w: Checkpointed, args, rng: random.Random) -> dict:
               "value_and_grad_peak": q["value_and_grad"]["peak"] / n["value_and_grad"]["peak"],
               "value_and_grad_workspace": (q["value_and_grad"]["workspace"]
                                            / n["value_and_grad"]["workspace"])}
+    if "sqrt+fused" in memory:  # checkpointing once gradients no longer pile up
+        nf, qf = memory["none+fused"], memory["sqrt+fused"]
+        ratios.update({"fused_time": med["sqrt+fused"] / med["none+fused"],
+                       "fused_vs_default_time": med["sqrt+fused"] / med["none"],
+                       "fused_step_peak": qf["step_peak"] / nf["step_peak"],
+                       "fused_vs_default_step_peak": qf["step_peak"] / n["step_peak"]})
     # the part of the unchecked step's peak no recomputation can remove: the gradients the
     # update reads, all at once, from one flat buffer
     floor = n["step_gradients"] / n["step_peak"] if n["step_peak"] else None
@@ -982,12 +1002,52 @@ def targets(res: dict) -> list[dict]:
         add(f"{w.key} checkpoint='sqrt': step time / unchecked",
             r["ratios"]["time"] if r else None, CHECKPOINT_TIME,
             also=noisy_blocks(r, ("none", "sqrt")) if r else ())
+        x = r["ratios"] if r else {}
+        for base, what in (("none+fused", "unchecked, fused update"),
+                           ("none", "unchecked default step")):
+            key = "fused_step_peak" if base == "none+fused" else "fused_vs_default_step_peak"
+            add(f"{w.key} checkpoint='sqrt' + fused update / {what}: step peak memory "
+                "(tracemalloc)", x.get(key), CHECKPOINT_MEMORY, timing=False)
+            key = "fused_time" if base == "none+fused" else "fused_vs_default_time"
+            add(f"{w.key} checkpoint='sqrt' + fused update / {what}: step time", x.get(key),
+                CHECKPOINT_TIME, also=noisy_blocks(r, (base, "sqrt+fused")) if x.get(key)
+                else ())
     L = res.get("lessons", {})
     for act in ("relu", "sigmoid"):
         add(f"sb.gradient_flow mlp:64-64*50-10 {act} b64, compile included",
             L[f"flow {act}"]["median_s"] if f"flow {act}" in L else None, FLOW_SECONDS, "s")
     add("symbackprop cost mlp:784-256-256-256-10, a new process to exit",
         L["cost"]["median_s"] if "cost" in L else None, COST_SECONDS, "s")
+    return out
+
+
+def fused_table(K: dict) -> list[str]:
+    """The checkpointing table's companion for the fused update (fuse_update=True): the
+    default unchecked step, the unchecked fused step and the fused step with
+    checkpoint="sqrt", in time and step peak; [] for results without them."""
+    rows = {key: r for key, r in K.items() if "sqrt+fused" in r.get("memory_bytes", {})}
+    if not rows:
+        return []
+    title = ("Checkpointing with the fused update (each parameter updated in the backward "
+             "sweep): sqrt+fused against none+fused (what checkpointing saves once gradients "
+             "no longer pile up) and against the default unchecked step; median ms, MB")
+    head = (f"{'workload':<10}{'none ms':>10}{'none+f ms':>11}{'sqrt+f ms':>11}"
+            f"{'/none+f':>9}{'/none':>7}{'none MB':>10}{'none+f MB':>11}{'sqrt+f MB':>11}"
+            f"{'/none+f':>9}{'/none':>7}")
+    out = [title, head]
+    out.append("-" * len(out[-1]))
+    for key, r in rows.items():
+        m, mem, x = r["medians_s"], r["memory_bytes"], r["ratios"]
+        out.append(f"{key:<10}{fmt_ms(m['none']):>10}{fmt_ms(m['none+fused']):>11}"
+                   f"{fmt_ms(m['sqrt+fused']):>11}{x['fused_time']:>8.2f}x"
+                   f"{x['fused_vs_default_time']:>6.2f}x"
+                   + "".join(f"{mem[c]['step_peak'] / 1e6:>{wd}.2f}"
+                             for c, wd in (("none", 10), ("none+fused", 11),
+                                           ("sqrt+fused", 11)))
+                   + f"{x['fused_step_peak']:>8.2f}x{x['fused_vs_default_step_peak']:>6.2f}x")
+    note = ("  parameters after a step bit-identical to the default unchecked step's in all "
+            "four; timings on a loaded machine get no verdict (the load is in the header)")
+    out += [note, ""]
     return out
 
 
@@ -1150,6 +1210,7 @@ def report(res: dict) -> str:
         out.append("  step peak: tracemalloc, the second step, parameters off; arena: the plan's "
                    "bytes (intermediates + flat gradients); vg: one value_and_grad call")
         out.append("")
+        out += fused_table(K)
     L = res.get("lessons", {})
     if L:
         out.append("The lessons' tools (issue 14), each in a new process; median seconds")
@@ -1278,6 +1339,12 @@ def main(argv=None) -> int:
               f"{r['ratios']['time']:.2f}x, step peak {r['ratios']['step_peak']:.2f}x, "
               f"value_and_grad workspace {r['ratios']['value_and_grad_workspace']:.2f}x  "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        if "fused_step_peak" in r["ratios"]:
+            x = r["ratios"]
+            print(f"  {'':<12} {'':<34} sqrt+fused / none+fused: time {x['fused_time']:.2f}x, "
+                  f"step peak {x['fused_step_peak']:.2f}x; / default none: time "
+                  f"{x['fused_vs_default_time']:.2f}x, step peak "
+                  f"{x['fused_vs_default_step_peak']:.2f}x", flush=True)
     res["lessons"] = run_lessons(args) if args.lessons else {}
     if args.depths:
         res["compile"], res["lines"] = run_compile(args.depths, args)

@@ -121,14 +121,16 @@ class GeneratedTrainStep(_Generated):
 
 
 class GeneratedCheckpointed(GeneratedTrainStep):
-    """The generated training step compiled with ``checkpoint=`` (``"none"`` or ``"sqrt"``):
+    """The generated training step compiled with ``checkpoint=`` (``"none"`` or ``"sqrt"``)
+    and, with ``fuse_update=True``, the fused update:
     ``sb.compile(g, of="L", optimizer="sgd", lr=lr, checkpoint=checkpoint)``."""
 
     label = "generated (train_step, checkpointed)"
 
-    def __init__(self, g, params, X, y, lr, dtype, checkpoint="sqrt"):
+    def __init__(self, g, params, X, y, lr, dtype, checkpoint="sqrt", fuse_update=False):
+        kw = {"fuse_update": True} if fuse_update else {}  # (a checkout without it runs too)
         c = sb.compile(g, of="L", optimizer="sgd", lr=lr, dtype=_dtype_name(dtype),
-                       checkpoint=checkpoint)
+                       checkpoint=checkpoint, **kw)
         self.lr, self.checkpoint = lr, checkpoint
         self._bind(c, params, X, y)
         self._step = functools.partial(c.module.train_step, self._params, self.state,

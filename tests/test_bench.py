@@ -463,6 +463,38 @@ def test_checkpoint_targets_miss_with_the_reason_and_pass(bench):
     assert t["K-C checkpoint='sqrt': step time / unchecked"]["verdict"] == "MISS"
 
 
+def test_fused_checkpoint_targets_say_what_they_compare(bench):
+    """With the fused update on both sides, the peak is judged against the unchecked fused
+    step and against the default unchecked step, and so is the time."""
+    r = checkpointed(sqrt_peak=1.9e6)
+    for ck, peak, ms in (("none+fused", 1.9e6, 21e-3), ("sqrt+fused", 0.6e6, 27e-3)):
+        r["medians_s"][ck] = ms
+        r["timing"][ck] = {"block_medians_s": [ms] * 4, "samples": 10,
+                           "page_faults_per_call": 0.0}
+        r["memory_bytes"][ck] = {"step_peak": peak, "step_arena": peak * 0.9,
+                                 "step_gradients": 0, "value_and_grad": r["memory_bytes"][
+                                     ck.split("+")[0]]["value_and_grad"]}
+    r["ratios"].update({"fused_time": 27 / 21, "fused_vs_default_time": 27 / 20,
+                        "fused_step_peak": 0.6 / 1.9, "fused_vs_default_step_peak": 0.6 / 2.0})
+    t, text = judged_k(bench, {"K-C": r})
+    both = t["K-C checkpoint='sqrt' + fused update / unchecked, fused update: step peak memory "
+             "(tracemalloc)"]
+    default = t["K-C checkpoint='sqrt' + fused update / unchecked default step: step peak "
+                "memory (tracemalloc)"]
+    assert (both["verdict"], both["limit"]) == ("PASS", 0.35)
+    assert default["value"] == pytest.approx(0.3) and default["verdict"] == "PASS"
+    assert t["K-C checkpoint='sqrt' + fused update / unchecked, fused update: step time"][
+        "verdict"] == "PASS"
+    assert t["K-C checkpoint='sqrt' + fused update / unchecked default step: step time"][
+        "value"] == pytest.approx(1.35)
+    assert "Checkpointing with the fused update" in text and "0.32x  0.30x" in text
+    # a result without the fused kinds (an older checkout): n/a, and no table
+    t, text = judged_k(bench, {"K-C": checkpointed()})
+    assert t["K-C checkpoint='sqrt' + fused update / unchecked, fused update: step time"][
+        "verdict"] == "n/a"
+    assert "Checkpointing with the fused update" not in text
+
+
 def test_checkpoint_time_gets_no_verdict_when_loaded_or_spread(bench):
     loaded = dict(IDLE, loadavg_start=[2.5, 2.0, 1.0])
     t, _ = judged_k(bench, {"K-C": checkpointed()}, meta=loaded)
@@ -507,11 +539,16 @@ def test_bench_checkpoint_and_lessons_quick(tmp_path):
     stdout, res = tiny_run(tmp_path, "K-C,L")
     k = res["checkpoint"]["K-C"]
     assert k["bit_identical"] is True
-    assert set(k["medians_s"]) == {"none", "sqrt"}
+    assert set(k["medians_s"]) == {"none", "sqrt", "none+fused", "sqrt+fused"}
     for ck in ("none", "sqrt"):
         m = k["memory_bytes"][ck]
         assert m["step_peak"] > 0 and m["step_arena"] >= m["step_gradients"] > 0
         assert m["value_and_grad"]["gradients"] == m["step_gradients"]  # P float64s
+    for ck in ("none+fused", "sqrt+fused"):  # no flat gradient buffer: each part updated
+        assert k["memory_bytes"][ck]["step_gradients"] == 0
+    # once gradients no longer pile up, checkpointing cuts the step's peak
+    assert k["ratios"]["fused_step_peak"] < 0.5 and k["ratios"]["fused_vs_default_step_peak"] < 0.5
+    assert "Checkpointing with the fused update" in stdout
     # the recomputation shrinks value_and_grad's intermediate arrays, not the gradients
     assert k["ratios"]["value_and_grad_workspace"] < 0.5
     assert set(res["lessons"]) == {"flow relu", "flow sigmoid", "cost"}
