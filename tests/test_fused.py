@@ -286,18 +286,20 @@ def test_script_trains_as_the_default_script(tmp_path):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(96, 4))
     np.savez(tmp_path / "data.npz", X=X, y=(X[:, 0] > X[:, 1]).astype(int) + (X[:, 2] > 0))
-    out = []
+    out, norms = [], []
     for fuse in (False, True):
         name = f"train_{int(fuse)}.py"
         (tmp_path / name).write_text(sb.training_script(
             sb.models.mlp([4, 128, 128, 3]), optimizer="adam", lr=0.01, epochs=3,
             batch_size=16, checkpoint="sqrt", fuse_update=fuse))
         r = subprocess.run([sys.executable, name, "--data", "data.npz", "--out",
-                            f"ck{int(fuse)}.npz"], cwd=tmp_path, capture_output=True,
-                           text=True, timeout=120, check=False)
+                            f"ck{int(fuse)}.npz", "--log-grad-norms"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120, check=False)
         assert r.returncode == 0, r.stderr
+        norms.append(re.findall(r"grad norms.*", r.stdout) or r.stdout)
         with np.load(tmp_path / f"ck{int(fuse)}.npz") as f:
             out.append({k: f[k] for k in f.files if k.startswith(("params/", "state/"))})
     assert sorted(out[0]) == sorted(out[1])
     assert all(out[0][k].tobytes() == out[1][k].tobytes() for k in out[0])
+    assert norms[0] == norms[1]  # --log-grad-norms: its own value_and_grad, as by default
     assert_ruff_clean(tmp_path, "train_1.py")
