@@ -450,7 +450,7 @@ def _fused_call(m: Model, passed: list) -> list[str]:
     args = m.args(m.fast, fixed=fixed) + passed + (["scale=lr"] if m.pool.scaled else [])
     lines = ["    " + ln for ln in em.as_arrays(m.inputs)]
     lines += ["    flat = _flat(params, state)",
-              "    _parts(flat)  # each part's views of the flat buffers; no part skipped yet"]
+              "    _parts(flat)  # where each part lies in the flat buffers; no part skipped yet"]
     lines += ["    " + ln for ln in call_lines("loss = ", m.fast.name, args)]
     lines += ["    if not math.isfinite(loss):  # checked before any update: nothing changed",
               "        raise FloatingPointError(f\"the loss is {float(loss)}\")",

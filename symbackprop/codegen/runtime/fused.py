@@ -37,41 +37,36 @@ def _update_part(part, g, state, lr):
 
 
 def _parts(flat):
-    """The parts' views of the flat buffers (parameters "P", each state buffer "S", and
-    the rule's scratch "tmp"), made once per set of flat buffers and kept in flat; clears
-    the list of parts skipped by this step."""
-    parts = flat.get("parts")
-    if parts is None:
+    """Where each part starts in the flat buffers (its gradient gives its size and shape),
+    worked out once per set of flat buffers and kept in flat with the rule's scratch;
+    clears the list of parts skipped by this step."""
+    if "parts" not in flat:
         at, start = {}, 0
         for name, w in zip(TRAINED, flat["views"][0]):
-            at[name], start = (start, w.shape), start + w.size
-        spans = {}
-        for key in PARTS:  # a part's parameters lie one after the other
-            lo, (hi, shape) = at[key[0]][0], at[key[-1]]
-            hi += int(np.prod(shape))
-            spans[key] = lo, hi, at[key[0]][1] if len(key) == 1 else (-1, hi - at[key[-1]][0])
-        size = max([hi - lo for lo, hi, _ in spans.values()], default=0)
-        scratch = np.empty((SCRATCH, size), dtype=DTYPE)  # one for every part: made once
-        parts = flat["parts"] = {}
-        for key, (lo, hi, shape) in spans.items():
-            parts[key[0] if len(key) == 1 else key] = {
-                "P": flat["P"][lo:hi].reshape(shape),
-                "S": {k: s[lo:hi].reshape(shape) for k, s in flat["S"].items()},
-                "tmp": [t[:hi - lo].reshape(shape) for t in scratch],
-            }
+            at[name], start = start, start + w.size
+        ends = dict(zip(TRAINED, [*list(at.values())[1:], start]))
+        flat["parts"] = {key[0] if len(key) == 1 else key: at[key[0]] for key in PARTS}
+        size = max([ends[key[-1]] - at[key[0]] for key in PARTS], default=0)
+        flat["scratch"] = np.empty((SCRATCH, size), dtype=DTYPE)  # for every part: made once
     flat["skipped"] = []
-    return parts
 
 
 def _fused(flat, key, g, state, lr):
     """The optimizer's rule on part key, whose gradient g has just become final; a g
     holding nan or inf is not applied: the part is listed in flat["skipped"] instead."""
-    s = g.reshape(-1)
+    s = np.reshape(g, -1)
     # one BLAS call screens g (a square can overflow: the exact test decides then)
     if not math.isfinite(np.dot(s, s)) and not np.isfinite(g).all():
         flat["skipped"].append(key)
         return
-    _update_part(flat["parts"][key], g, state, lr)
+    # the part's views of the flat buffers ("P", each state buffer "S", the scratch "tmp"),
+    # as _update_flat sees the whole buffers: made per call (well under a microsecond
+    # each), as views kept for every part would cost more memory than they save time
+    lo, hi, shape = flat["parts"][key], flat["parts"][key] + s.size, np.shape(g)
+    part = {"P": flat["P"][lo:hi].reshape(shape),
+            "S": {k: v[lo:hi].reshape(shape) for k, v in flat["S"].items()},
+            "tmp": [t[:hi - lo].reshape(shape) for t in flat["scratch"]]}
+    _update_part(part, g, state, lr)
 
 
 def _partial_step(flat, loss):
