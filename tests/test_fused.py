@@ -274,7 +274,10 @@ def test_cli(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train-script", "mlp:16-16-4", "--fuse-update", "--precision", "mixed"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "precision='mixed'" in err
+    assert err.count("\n") == 1 and "--fuse-update cannot go with --precision mixed" in err
+    assert main(["train-script", "mlp:16-16-4", "--fuse-update", "--distributed", "mpi"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--fuse-update cannot go with --distributed mpi" in err
 
 
 def test_script_trains_as_the_default_script(tmp_path):

@@ -216,16 +216,24 @@ def check_fusable(optimize, mixed: bool = False, distributed=None) -> None:
     ...
     symbackprop.errors.CodegenError: fuse_update=True needs the memory-planned step; leave optimize on.
     """
+    def refuse(message):  # named as keyword arguments, and as flags for the command line
+        e = CodegenError(message(lambda k, v: f"{k}={v!r}"))
+        e.cli_message = message(lambda k, v: f"--{k.replace('_', '-')}"
+                                + ("" if v is True else f" {v}"))
+        return e
+
     if not resolve_passes(optimize):
-        raise CodegenError("fuse_update=True needs the memory-planned step; leave optimize on.")
+        raise refuse(lambda o: f"{o('fuse_update', True)} needs the memory-planned step; "
+                               "leave optimize on.")
     if mixed:
-        raise CodegenError("fuse_update=True cannot go with precision='mixed': the loss "
-                           "scaler skips a step when any gradient overflows, which it can "
-                           "only know once every gradient exists; use one or the other.")
+        raise refuse(lambda o: f"{o('fuse_update', True)} cannot go with "
+                               f"{o('precision', 'mixed')}: the loss scaler skips a step when "
+                               "any gradient overflows, which it can only know once every "
+                               "gradient exists; use one or the other.")
     if distributed is not None:
-        raise CodegenError(f"fuse_update=True cannot go with distributed={distributed!r}: "
-                           "the ranks sum the whole flat gradient buffer before the update; "
-                           "use one or the other.")
+        raise refuse(lambda o: f"{o('fuse_update', True)} cannot go with "
+                               f"{o('distributed', distributed)}: the ranks sum the whole flat "
+                               "gradient buffer before the update; use one or the other.")
 
 
 def _plan_step(em: Emitter, adj, of: str, wrt: list, opt: Optimizer, mixed=False,
