@@ -306,3 +306,24 @@ def test_script_trains_as_the_default_script(tmp_path):
     assert all(out[0][k].tobytes() == out[1][k].tobytes() for k in out[0])
     assert norms[0] == norms[1]  # --log-grad-norms: its own value_and_grad, as by default
     assert_ruff_clean(tmp_path, "train_1.py")
+
+
+def test_the_loss_is_checked_before_any_update_whatever_the_loss():
+    """A loss whose gradient does not read its value (a mean squared error): the backward
+    could start before the loss is computed; no part is updated before its check."""
+    g = sb.models.mlp([6, 5, 5, 2], activation="tanh", loss="mse")
+    src = sb.train_step(g, optimizer="momentum", checkpoint="sqrt", fuse_update=True)
+    lines = src[src.index("def loss_and_update"):].splitlines()
+    check = next(i for i, ln in enumerate(lines) if "if not math.isfinite(L)" in ln)
+    assert check < min(i for i, ln in enumerate(lines) if ln.strip().startswith("_fused("))
+    step = sb.compile(g, optimizer="momentum", fuse_update=True)
+    params = step.init_params(0)
+    state = step.init_state(params)
+    before = {k: v.copy() for k, v in params.items()}
+    y = np.zeros((3, 2))
+    y[0, 0] = np.inf
+    with np.errstate(invalid="ignore", over="ignore"), \
+            pytest.raises(FloatingPointError, match="the loss is"):
+        step.train_step(params, state, X=np.ones((3, 6)), y=y)
+    assert all(np.array_equal(before[k], params[k]) for k in params)
+    assert all(not v.any() for v in state["v"].values())

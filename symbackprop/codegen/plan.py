@@ -699,7 +699,8 @@ def _lowered(em: Emitter, p: Plan, i: int, n: str, sources: dict, held: set,
     # another layout of the same memory, which the calls would overwrite under it.
     chosen = next((a for a in dict.fromkeys(j.args(n))
                    if a in held and p.last.get(a) == i and op.elementwise
-                   and a not in sources and a not in p.pinned and j.nx.nodes[a]["shape"] == d["shape"]
+                   and a not in sources and a not in p.pinned
+                   and j.nx.nodes[a]["shape"] == d["shape"]
                    and alias_safe(lines, out, em.code(a))), None)
     if chosen is not None and n not in sources:
         return Lowered(f"out= calls over {em.namer(chosen)}, read for the last time", lines,
@@ -994,7 +995,7 @@ def _parts(em: Emitter, p: Plan, fused, of: str) -> None:
     values holding the gradient live until then and are never overwritten in place
     (``p.pinned``). A folded layer is one part: its ``[W; b]`` and ``[dW; db]``."""
     pos = {n: i for i, n in enumerate(p.steps)}
-    p.loss_step = pos.get(of, max(pos[a] for a in _held(em, of)) if _held(em, of) else -1)
+    p.loss_step = pos.get(of, max((pos[a] for a in _held(em, of) if a in pos), default=-1))
     folded = {f.b for f in p.folds.values()}
     for w, n in fused:
         f = p.folds.get(n)
