@@ -95,7 +95,7 @@ class Optimizer:
         return source_of(self.scaled, "_update_flat") if self.scaled else ""
 
     def part_update(self, scaled: bool = False) -> str:
-        """Source of ``_update_part(part, g, state, lr, ...)``: the flat rule on one part
+        """Source of ``_update_part(flat, at, g, state, lr, ...)``: the flat rule on one part
         of the flat buffers, for the fused update (of the scaled rule with ``scaled``)."""
         return source_of(self.scaled if scaled else self.runtime, "_update_part")
 

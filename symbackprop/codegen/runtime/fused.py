@@ -6,9 +6,10 @@ A *part* is a parameter, or a layer whose bias rides in the product (``[W; b]``,
 the step that makes a part's gradient final and nothing reads its parameters any more;
 the gradient lives in the workspace until then, and its bytes then serve later steps, so
 no flat gradient buffer is kept to the end of the step. The rule (``_update_part`` of
-:mod:`.optimizers`) does on the part's views of the flat buffers what ``_update_flat``
-does on the whole buffers: the same NumPy calls in the same order, so the parameters
-and state come out bit for bit as the default step's.
+:mod:`.optimizers`) does on the part's views of the flat buffers (from where it starts,
+``flat["parts"][key]``) what ``_update_flat`` does on the whole buffers: the same NumPy
+calls in the same order, so the parameters and state come out bit for bit as the default
+step's.
 
 Non-finite values: the loss is checked before any part is updated (a nan/inf loss
 changes nothing, and train_step raises as the default step does); a part whose gradient
@@ -29,11 +30,13 @@ PARTS = ()  # the parts of the fused update: one parameter, or a folded layer's 
 SCRATCH = 0  # scratch arrays the optimizer's rule needs, each the size of the largest part
 
 
-def _update_part(part, g, state, lr):
+def _update_part(flat, at, g, state, lr):
     """Stands in for the optimizer's rule on one part (a generated module copies the
     optimizer's own): SGD, w <- w - lr * g."""
-    np.multiply(g, lr, out=part["tmp"][0])
-    part["P"] -= part["tmp"][0]
+    w = flat["P"][at:at + g.size].reshape(g.shape)
+    tmp = flat["scratch"][0][:g.size].reshape(g.shape)
+    np.multiply(g, lr, out=tmp)
+    w -= tmp
 
 
 def _parts(flat):
@@ -54,19 +57,14 @@ def _parts(flat):
 def _fused(flat, key, g, state, lr):
     """The optimizer's rule on part key, whose gradient g has just become final; a g
     holding nan or inf is not applied: the part is listed in flat["skipped"] instead."""
-    s = np.reshape(g, -1)
+    g = np.asarray(g)  # (a NumPy scalar, for a parameter of shape ())
     # one BLAS call screens g (a square can overflow: the exact test decides then)
-    if not math.isfinite(np.dot(s, s)) and not np.isfinite(g).all():
+    if not math.isfinite(np.vdot(g, g)) and not np.isfinite(g).all():
         flat["skipped"].append(key)
         return
-    # the part's views of the flat buffers ("P", each state buffer "S", the scratch "tmp"),
-    # as _update_flat sees the whole buffers: made per call (well under a microsecond
-    # each), as views kept for every part would cost more memory than they save time
-    lo, hi, shape = flat["parts"][key], flat["parts"][key] + s.size, np.shape(g)
-    part = {"P": flat["P"][lo:hi].reshape(shape),
-            "S": {k: v[lo:hi].reshape(shape) for k, v in flat["S"].items()},
-            "tmp": [t[:hi - lo].reshape(shape) for t in flat["scratch"]]}
-    _update_part(part, g, state, lr)
+    # the rule makes the part's views of the flat buffers from where it starts: views kept
+    # for every part would cost more memory than the call saves time
+    _update_part(flat, flat["parts"][key], g, state, lr)
 
 
 def _partial_step(flat, loss):

@@ -63,13 +63,17 @@ def _update_flat(flat, g, state, lr, beta1=BETA1, beta2=BETA2, eps=EPS):
     flat["P"] -= g
 
 
-def _update_part(part, g, state, lr, beta1=BETA1, beta2=BETA2, eps=EPS):
-    """_update_flat on one part of the flat buffers (fused update), the same arithmetic in
-    the same order; the step count t was counted once for the step (after the loss check),
-    g is left as it is and the scratch part["tmp"] holds what _update_flat writes into
-    tmp and g."""
+
+def _update_part(flat, at, g, state, lr, beta1=BETA1, beta2=BETA2, eps=EPS):
+    """_update_flat on the part of the flat buffers from at (g's size and shape): the fused
+    update's rule, the same arithmetic in the same order. The step count t was counted
+    once for the step, after the loss check; g is left as it is (later steps may read
+    it): what _update_flat writes into tmp and g goes to two scratch arrays."""
     t = state["t"]
-    m, v, (tmp, step) = part["S"]["m"], part["S"]["v"], part["tmp"]
+    part = slice(at, at + g.size)
+    w = flat["P"][part].reshape(g.shape)
+    m, v = (flat["S"][k][part].reshape(g.shape) for k in ("m", "v"))
+    tmp, step = (s[:g.size].reshape(g.shape) for s in flat["scratch"])
     m *= beta1
     np.multiply(g, 1 - beta1, out=tmp)
     m += tmp
@@ -83,4 +87,4 @@ def _update_part(part, g, state, lr, beta1=BETA1, beta2=BETA2, eps=EPS):
     np.divide(m, 1 - beta1**t, out=step)  # m_hat
     step *= lr
     step /= tmp
-    part["P"] -= step
+    w -= step

@@ -34,11 +34,14 @@ def _update_flat(flat, g, state, lr, momentum=MOMENTUM):
     flat["P"] -= g
 
 
-def _update_part(part, g, state, lr, momentum=MOMENTUM):
-    """_update_flat on one part of the flat buffers (fused update: g is the part's
-    gradient, left as it is; lr * v goes to the scratch part["tmp"][0])."""
-    v = part["S"]["v"]
+
+def _update_part(flat, at, g, state, lr, momentum=MOMENTUM):
+    """_update_flat on the part of the flat buffers from at (g's size and shape): the fused
+    update's rule. g is left as it is (later steps may read it): lr * v goes to scratch."""
+    w = flat["P"][at:at + g.size].reshape(g.shape)
+    v = flat["S"]["v"][at:at + g.size].reshape(g.shape)
+    tmp = flat["scratch"][0][:g.size].reshape(g.shape)
     v *= momentum
     v += g
-    np.multiply(v, lr, out=part["tmp"][0])
-    part["P"] -= part["tmp"][0]
+    np.multiply(v, lr, out=tmp)
+    w -= tmp

@@ -24,8 +24,11 @@ def _update_flat(flat, g, state, lr):
     flat["P"] -= g
 
 
-def _update_part(part, g, state, lr):
-    """_update_flat on one part of the flat buffers (fused update: g is the part's gradient,
-    which later steps may still read, so the scratch part["tmp"][0] takes lr * g)."""
-    np.multiply(g, lr, out=part["tmp"][0])
-    part["P"] -= part["tmp"][0]
+
+def _update_part(flat, at, g, state, lr):
+    """_update_flat on the part of the flat buffers from at (g's size and shape): the fused
+    update's rule. g is left as it is (later steps may read it): lr * g goes to scratch."""
+    w = flat["P"][at:at + g.size].reshape(g.shape)
+    tmp = flat["scratch"][0][:g.size].reshape(g.shape)
+    np.multiply(g, lr, out=tmp)
+    w -= tmp

@@ -13,6 +13,9 @@ def _update_flat(flat, g, state, lr):
     flat["P"] -= g
 
 
-def _update_part(part, g, state, lr):
-    """_update_flat on one part of the flat buffers (fused update): w <- w - g."""
-    part["P"] -= g
+
+def _update_part(flat, at, g, state, lr):
+    """_update_flat on the part of the flat buffers from at (g's size and shape): the fused
+    update's rule, w <- w - g."""
+    w = flat["P"][at:at + g.size].reshape(g.shape)
+    w -= g
