@@ -9,12 +9,20 @@ array API's batch norm, convolution and pooling, checked against the NumPy backe
 * dropout: the mask's rate and values, the identity in evaluation, a new mask for a new
   key, and the gradient given the same mask equal to NumPy's (the mask made an input);
 * the CNN with both: sb.compile(..., backend="jax") and its training step train step by
-  step, and with dropout=0 the losses and running statistics equal NumPy's.
+  step, and with dropout=0 the losses and running statistics equal NumPy's;
+* the JAX training script of that CNN: running statistics and dropout's key in the
+  checkpoints (buffers/), --resume bit-identical, 4 simulated devices equal to one,
+  --metrics and --log-grad-norms, .csv data;
+* the array API: convolution, pooling and batch norm on array_api_strict against NumPy.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -22,6 +30,7 @@ from central import assert_central_differences
 from standalone import assert_ruff_clean, run_without_symbackprop
 
 import symbackprop as sb
+from symbackprop.cli import main as cli_main
 
 needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
                                reason="JAX is not installed (pip install 'symbackprop[jax]')")
@@ -390,3 +399,114 @@ def test_array_api_helpers_loop_over_kernel_offsets_only():
                 text = ast.unparse(node.iter)
                 assert "_offsets(" in text or text in ("at", "out") or "enumerate(at)" in text \
                     or "enumerate(offsets)" in text, (fn.__name__, text)
+
+
+# -- the JAX training script ---------------------------------------------------------------
+def _run(folder, devices, *args, timeout=240):
+    """python train.py ARGS on `devices` simulated CPU devices, without symbackprop."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "XLA", "JAX"))}
+    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "train.py", *args], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _load(path) -> dict:
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _epoch_lines(stdout: str) -> list[str]:
+    return [re.sub(r"/\d+  ", "  ", re.sub(r"  [0-9.]+ s$", "", ln))
+            for ln in stdout.splitlines() if ln.startswith("epoch ")]
+
+
+@pytest.fixture(scope="module")
+def cnn_script(tmp_path_factory):
+    """The JAX script (Adam, float64) of a CNN with batch norm and dropout, written by the
+    CLI, and 96 images of a task the CNN can learn (which halves of the image are bright)."""
+    folder = tmp_path_factory.mktemp("jax_stateful_script")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(96, 1, 6, 6))
+    y = (X[:, 0, :3].sum(axis=(1, 2)) > 0).astype(int) + (X[:, 0, 3:].sum(axis=(1, 2)) > 0)
+    np.savez(folder / "d.npz", X=X[:64], y=y[:64], X_test=X[64:], y_test=y[64:])
+    np.savez(folder / "train_only.npz", X=X[:64], y=y[:64])
+    with open(folder / "d.csv", "w") as f:
+        f.write(",".join([f"p{i}" for i in range(36)] + ["label"]) + "\n")  # a header
+        f.writelines(",".join(map(repr, row.tolist())) + f",{label}\n"
+                     for row, label in zip(X[:64].reshape(64, -1), y[:64]))
+    g = sb.models.cnn((1, 6, 6), channels=(3,), hidden=(6,), classes=3, batch_norm=True,
+                      dropout=0.25)
+    sb.save(g, str(folder / "net.json"))
+    assert cli_main(["train-script", str(folder / "net.json"), "--backend", "jax",
+                     "--optimizer", "adam", "--lr", "0.01", "--batch-size", "16", "--dtype",
+                     "float64", "-o", str(folder / "train.py")]) == 0
+    return folder
+
+
+@needs_jax
+@pytest.mark.slow
+def test_jax_script_keeps_buffers_resumes_bit_identical_and_splits_over_devices(cnn_script):
+    """The script's checkpoint holds the running statistics and dropout's key under
+    buffers/; 2 epochs then --resume to 4 give the uninterrupted run's parameters,
+    optimizer state, running statistics, key and epoch lines to the bit; 4 simulated
+    devices give the one-device run's parameters and running statistics (one key for
+    all: each device draws its rows' masks); --metrics and --log-grad-norms write the
+    NumPy script's rows and lines."""
+    folder = cnn_script
+    src = (folder / "train.py").read_text()
+    assert_ruff_clean(folder, "train.py")
+    assert "import symbackprop" not in src and "def train_batch(" in src
+    full = _run(folder, 1, "--data", "d.npz", "--epochs", "4", "--out", "full.npz",
+                "--metrics", "m.csv", "--log-grad-norms")
+    assert full.returncode == 0, full.stderr[-3000:]
+    saved = _load(folder / "full.npz")
+    assert {k for k in saved if k.startswith("buffers/")} == {
+        "buffers/running/bn1.mean", "buffers/running/bn1.var", "buffers/key"}
+    assert not np.allclose(saved["buffers/running/bn1.mean"], 0)
+    assert saved["buffers/key"].dtype == np.uint32
+    lines = _epoch_lines(full.stdout)
+    assert len(lines) == 4 and all("test_acc" in ln for ln in lines), full.stdout
+    losses = [float(ln.split()[3]) for ln in lines]
+    assert losses[-1] < losses[0], losses
+    assert full.stdout.count("  grad norms  conv1 ") == 4
+    with open(folder / "m.csv") as f:
+        rows = [ln.strip().split(",") for ln in f]
+    assert rows[0] == ["epoch", "loss", "test_acc", "grad_norm_conv1", "grad_norm_layer1",
+                       "grad_norm_layer2"]
+    assert [r[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+    assert [float(r[1]) for r in rows[1:]] == pytest.approx(losses, rel=1e-5)
+    half = _run(folder, 1, "--data", "d.npz", "--epochs", "2", "--out", "half.npz")
+    assert half.returncode == 0, half.stderr[-3000:]
+    rest = _run(folder, 1, "--data", "d.npz", "--epochs", "4", "--resume", "half.npz",
+                "--out", "resumed.npz")
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert _epoch_lines(half.stdout) + _epoch_lines(rest.stdout) == lines
+    resumed = _load(folder / "resumed.npz")
+    assert sorted(resumed) == sorted(saved)
+    for k in saved:
+        assert np.array_equal(saved[k], resumed[k]), k
+    four = _run(folder, 4, "--data", "d.npz", "--epochs", "4", "--out", "four.npz")
+    assert four.returncode == 0, four.stderr[-3000:]
+    assert "4 device(s)" in four.stdout
+    b = _load(folder / "four.npz")
+    for k in (k for k in saved if k.startswith(("params/", "buffers/running/"))):
+        scale = float(np.abs(saved[k]).max())
+        np.testing.assert_allclose(b[k], saved[k], rtol=0, atol=1e-10 * scale, err_msg=k)
+
+
+@needs_jax
+@pytest.mark.slow
+def test_jax_script_reads_csv_as_the_npz_and_refuses_a_bad_cell(cnn_script):
+    folder = cnn_script
+    for data, out in (("d.csv", "csv.npz"), ("train_only.npz", "npz.npz")):
+        r = _run(folder, 1, "--data", data, "--epochs", "1", "--out", out)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "train_acc" in r.stdout
+    a, b = _load(folder / "csv.npz"), _load(folder / "npz.npz")
+    for k in (k for k in a if k.startswith("params/")):
+        assert np.array_equal(a[k], b[k]), k
+    (folder / "bad.csv").write_text("a,b\n1,x\n")
+    r = _run(folder, 1, "--data", "bad.csv")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "bad.csv, line 2: 'x' is not a number" in r.stderr
