@@ -205,7 +205,7 @@ def has_code(op: str, backend: str) -> bool:
 
     Examples
     --------
-    >>> has_code("softmax", "jax"), has_code("conv2d", "array_api"), has_code("relu", "jax")
+    >>> has_code("softmax", "jax"), has_code("dropout_mask", "array_api"), has_code("relu", "jax")
     (True, False, True)
     """
     try:
