@@ -203,11 +203,15 @@ def test_generated_modules_pass_ruff_and_import_only_their_library(backend, tmp_
         for opt in ("sgd", "adam"):
             files.append((f"{name}_step_{opt}.py", sb.train_step(g, optimizer=opt,
                                                                  backend=backend)))
-    if backend != "array_api":  # convolution and max pooling (the standard has neither)
-        cnn = sb.models.cnn((1, 6, 6), channels=(2, 3), hidden=(4,), classes=3)
-        files += [("cnn_float64.py", sb.source(cnn, backend=backend)),
-                  ("cnn_float32.py", sb.source(cnn, dtype="float32", backend=backend)),
-                  ("cnn_step_adam.py", sb.train_step(cnn, optimizer="adam", backend=backend))]
+    # convolution and max pooling; with batch norm (and dropout, but in the array API)
+    cnn = sb.models.cnn((1, 6, 6), channels=(2, 3), hidden=(4,), classes=3)
+    bn = sb.models.cnn((1, 6, 6), channels=(2, 3), hidden=(4,), classes=3, batch_norm=True,
+                       dropout=0.0 if backend == "array_api" else 0.25)
+    files += [("cnn_float64.py", sb.source(cnn, backend=backend)),
+              ("cnn_float32.py", sb.source(cnn, dtype="float32", backend=backend)),
+              ("cnn_step_adam.py", sb.train_step(cnn, optimizer="adam", backend=backend)),
+              ("cnn_bn.py", sb.source(bn, backend=backend)),
+              ("cnn_bn_step_adam.py", sb.train_step(bn, optimizer="adam", backend=backend))]
     scalar = sb.parse("L = (w*x - y)**2", params=["w"])  # no weight drawn at random
     files.append(("scalar_step.py", sb.train_step(scalar, optimizer="momentum",
                                                   backend=backend)))
