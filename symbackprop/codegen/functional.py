@@ -80,13 +80,14 @@ def train_step_block(m: Model) -> str:
              f'    """One training step on the minibatch ({batch}): forward and backward pass',
              (f"    (value_and_grad), then one {m.opt.title} update (update). Returns the loss, "
              "the new"),
-             "    parameters and the new state"
-             + (" and running statistics" if running else "")
-             + "; nothing changes in place. " + em.backend.step_note() + '"""']
+             ("    parameters, the new state and the new running statistics (batch norm); "
+              "nothing\n    changes in place. " if running
+              else "    parameters and the new state; nothing changes in place. ")
+             + em.backend.step_note() + '"""']
     if context:  # what they are, in the docstring
         lines[-1] = lines[-1][:-3]
-        text = {"running": "running: from init_running() (or a step's returned one); None: "
-                           "no running statistics.",
+        text = {"running": "running: from init_running() or the last step's; None: no "
+                           "running statistics.",
                 "rng": "rng: a seed or a jax.random key, which draws the dropout masks: pass "
                        "a new one|every step, such as jax.random.fold_in(key, step)."}
         lines += ["", "    Training mode."] + ["    " + t for c in context
