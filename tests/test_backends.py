@@ -89,12 +89,14 @@ REQUIRED = {
     "argmax", "maximum", "minimum", "greater", "less", "greater_equal", "less_equal",
     "where", "clip", "max", "min", "logsumexp", "var", "std", "slice", "unslice", "concat",
     "stack", "take", "take_grad"}
-# ops with no code in a backend: the standard has no convolution; batch norm's running
-# statistics and dropout's generator carry state, later work in both (issue 15)
+# ops with no code in a backend: the array API standard has no random numbers (dropout)
 STATEFUL = {"batch_norm", "dropout_mask"}
 CONV = {"conv1d", "conv2d", "conv_grad_input", "conv_grad_weight", "max_pool2d",
         "max_pool2d_grad", "avg_pool2d", "avg_pool2d_grad"}
-WITHOUT = {"jax": STATEFUL, "array_api": STATEFUL | CONV}
+WITHOUT = {"jax": set(), "array_api": {"dropout_mask"}}
+# ops drawing random numbers: JAX's generator is not NumPy's, so the harness checks the
+# values of the mask and the gradient (tests/test_jax_stateful.py: the rest)
+DRAWN = {"dropout_mask"}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -112,13 +114,18 @@ def test_op_matches_numpy_backend(backend, name, case):
     _, fn = _compiled(backend, name, case)
     arrays = _arrays(backend, b.arrays)
     out, want = fn.forward(**arrays), ref.forward(**b.arrays)
+    drawn = name in DRAWN and case.attrs["p"] > 0  # another generator: the mask's values
+    if drawn:
+        kept = 1 / (1 - case.attrs["p"])
+        assert set(np.unique(_np(out["out"]))) == {0.0, kept}
+        want = {}
     for k in want:
         got = _np(out[k])
         assert got.shape == np.shape(want[k]), k
         np.testing.assert_allclose(got, want[k], rtol=1e-10, atol=1e-12, err_msg=k)
     loss, grads = fn.value_and_grad(**arrays)
     ref_loss, ref_grads = ref.value_and_grad(**b.arrays)
-    assert float(_np(loss)) == pytest.approx(float(ref_loss), rel=1e-10, abs=1e-12)
+    assert drawn or float(_np(loss)) == pytest.approx(float(ref_loss), rel=1e-10, abs=1e-12)
     assert sorted(grads) == sorted(ref_grads)
     for w in ref_grads:
         got = _np(grads[w])
@@ -148,13 +155,14 @@ def test_float32_stays_float32(backend, name, case):
 def test_required_and_missing_ops_are_the_declared_ones():
     """Every registered op is written by each backend unless in its WITHOUT set, and
     exactly the ops of that set have no code: adding an op asks for its backends' code
-    here. JAX writes convolution and pooling; neither writes batch norm or dropout."""
+    here. Both write convolution, pooling and batch norm; JAX writes dropout too."""
     names = {op.name for op in sb.ops.all_ops()} - {"swish"}
     for backend in BACKENDS:
         missing = {n for n in names if not backends.has_code(n, backend)}
         assert missing == WITHOUT[backend], (backend, sorted(missing ^ WITHOUT[backend]))
         assert not (REQUIRED & missing)
-    assert all(backends.has_code(n, "jax") for n in CONV)
+    assert all(backends.has_code(n, "jax") for n in CONV | STATEFUL)
+    assert all(backends.has_code(n, "array_api") for n in CONV | {"batch_norm"})
 
 
 # -- the generated modules ----------------------------------------------------------------
@@ -195,11 +203,15 @@ def test_generated_modules_pass_ruff_and_import_only_their_library(backend, tmp_
         for opt in ("sgd", "adam"):
             files.append((f"{name}_step_{opt}.py", sb.train_step(g, optimizer=opt,
                                                                  backend=backend)))
-    if backend != "array_api":  # convolution and max pooling (the standard has neither)
-        cnn = sb.models.cnn((1, 6, 6), channels=(2, 3), hidden=(4,), classes=3)
-        files += [("cnn_float64.py", sb.source(cnn, backend=backend)),
-                  ("cnn_float32.py", sb.source(cnn, dtype="float32", backend=backend)),
-                  ("cnn_step_adam.py", sb.train_step(cnn, optimizer="adam", backend=backend))]
+    # convolution and max pooling; with batch norm (and dropout, but in the array API)
+    cnn = sb.models.cnn((1, 6, 6), channels=(2, 3), hidden=(4,), classes=3)
+    bn = sb.models.cnn((1, 6, 6), channels=(2, 3), hidden=(4,), classes=3, batch_norm=True,
+                       dropout=0.0 if backend == "array_api" else 0.25)
+    files += [("cnn_float64.py", sb.source(cnn, backend=backend)),
+              ("cnn_float32.py", sb.source(cnn, dtype="float32", backend=backend)),
+              ("cnn_step_adam.py", sb.train_step(cnn, optimizer="adam", backend=backend)),
+              ("cnn_bn.py", sb.source(bn, backend=backend)),
+              ("cnn_bn_step_adam.py", sb.train_step(bn, optimizer="adam", backend=backend))]
     scalar = sb.parse("L = (w*x - y)**2", params=["w"])  # no weight drawn at random
     files.append(("scalar_step.py", sb.train_step(scalar, optimizer="momentum",
                                                   backend=backend)))
@@ -404,11 +416,12 @@ def test_backend_not_installed_names_the_extra(monkeypatch):
     assert "import jax" in sb.source(sb.models.mlp([4, 3, 2]), backend="jax")
 
 
-@pytest.mark.parametrize(("backend", "op"), [("jax", "batch_norm"), ("array_api", "conv2d")])
+@pytest.mark.parametrize(("backend", "op"), [("array_api", "dropout_mask")])
 def test_op_without_code_names_the_op_and_backend(backend, op, capsys, tmp_path):
     """The first op of the graph without code for the backend, in one line: the array API
-    has no convolution; JAX has it, but no batch norm (it carries running statistics)."""
-    g = sb.models.cnn((1, 6, 6), channels=(2,), hidden=(), classes=3, batch_norm=True)
+    standard has no random numbers, so no dropout (it has convolution and batch norm)."""
+    g = sb.models.cnn((1, 6, 6), channels=(2,), hidden=(4,), classes=3, batch_norm=True,
+                      dropout=0.25)
     with pytest.raises(sb.CodegenError, match=f"op '{op}' has no {backend} code"):
         sb.source(g, backend=backend)
     spec = tmp_path / "net.json"
@@ -416,6 +429,7 @@ def test_op_without_code_names_the_op_and_backend(backend, op, capsys, tmp_path)
     assert main(["codegen", str(spec), "--backend", backend]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"op '{op}' has no {backend} code" in err
+    assert "no random numbers" in err
 
 
 def test_einsum_that_is_no_product_is_a_broadcast_sum_in_array_api():

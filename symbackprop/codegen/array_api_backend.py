@@ -8,10 +8,13 @@ standard; the tests run it on ``array_api_strict``, which rejects anything outsi
 
 :data:`ARRAY_API` is its op table, :class:`ArrayApiPrinter` its elementwise printer,
 :mod:`~symbackprop.codegen.runtime.array_api_ops` its helpers and :data:`BACKEND` its
-record. The standard has no ``einsum``, no scatter-add, no convolution: an ``einsum`` that is no
-(batched) matrix product is a broadcast product and a sum (``_einsum``), ``take``'s
-gradient is a product with a one-hot matrix, and convolution, pooling, batch norm and
-dropout have no code (``CodegenError: op 'conv2d' has no array_api code``).
+record. The standard has no ``einsum``, no scatter-add, no convolution, no random numbers:
+an ``einsum`` that is no (batched) matrix product is a broadcast product and a sum
+(``_einsum``), ``take``'s gradient is a product with a one-hot matrix, convolution and
+pooling take the windows as strided slices of the padded array, one per kernel offset
+(im2col, then one matmul), batch norm returns its new running statistics as JAX's does,
+and dropout has no code (``CodegenError: op 'dropout_mask' has no array_api code: the
+array API standard has no random numbers ...``).
 
 Examples
 --------
@@ -30,7 +33,17 @@ from ..errors import CodegenError
 from ..ops.arrays import index_text
 from ..ops.stable import StableFunction
 from .backends import Backend
-from .lowering import TABLES, Lowering, _axis_code, _shape_code, _tuple_code, einsum_as_matmul
+from .lowering import (
+    NUMPY,
+    TABLES,
+    Lowering,
+    _axis_code,
+    _conv_code,
+    _pool_code,
+    _shape_code,
+    _tuple_code,
+    einsum_as_matmul,
+)
 from .printer import MATH_ONLY, FloatStep, Printer, float_steps
 from .runtime import array_api_ops as ops
 from .runtime import source
@@ -87,6 +100,10 @@ def _einsum(c, a) -> str:
     return f"{a_} @ {b_}"
 
 
+# the windows of convolution and pooling: strided slices of the padded array, by offset
+_WINDOWS = _helpers(ops._offsets, ops._window_at, ops._pad, ops._conv_out)
+_CONV = _WINDOWS | _helpers(ops._conv_cols, ops._conv)
+
 ARRAY_API: dict[str, Lowering] = {
     "identity": Lowering(lambda c, a: c[0]),
     "matmul": Lowering(lambda c, a: f"{c[0]} @ {c[1]}"),
@@ -132,8 +149,31 @@ ARRAY_API: dict[str, Lowering] = {
                      helpers=_helpers(ops._take)),
     "take_grad": Lowering(lambda c, a: f"_take_grad({c[0]}, {c[1]}, {a['size']}, {a['axis']})",
                           helpers=_helpers(ops._take_grad, ops._onehot)),
+    # -- convolution, pooling and batch norm (issue 15): NumPy's calls, of helpers written
+    # with the standard's strided slices and matmul (a loop over the kernel's offsets only)
+    "conv1d": Lowering(lambda c, a: _conv_code("_conv", c, a, 1), helpers=_CONV),
+    "conv2d": Lowering(lambda c, a: _conv_code("_conv", c, a, 2), helpers=_CONV),
+    "conv_grad_input": Lowering(NUMPY["conv_grad_input"].expr,
+                                helpers=_WINDOWS | _helpers(ops._conv_grad_input)),
+    "conv_grad_weight": Lowering(NUMPY["conv_grad_weight"].expr,
+                                 helpers=_CONV | _helpers(ops._conv_grad_weight)),
+    "max_pool2d": Lowering(lambda c, a: _pool_code("_max_pool2d", c, a),
+                           helpers=_WINDOWS | _helpers(ops._max_pool2d)),
+    "max_pool2d_grad": Lowering(lambda c, a: _pool_code("_max_pool2d_grad", c, a),
+                                helpers=_WINDOWS | _helpers(ops._max_pool2d_grad)),
+    "avg_pool2d": Lowering(lambda c, a: _pool_code("_avg_pool2d", c, a),
+                           helpers=_WINDOWS | _helpers(ops._avg_pool2d)),
+    "avg_pool2d_grad": Lowering(NUMPY["avg_pool2d_grad"].expr,
+                                helpers=_WINDOWS | _helpers(ops._avg_pool2d_grad)),
+    # the new running statistics go into the function's copy of running, returned
+    "batch_norm": Lowering(NUMPY["batch_norm"].expr, helpers=_helpers(ops._batch_norm),
+                           context=("training", "running")),
 }
 TABLES["array_api"] = ARRAY_API
+
+# Ops the standard cannot write, and why (one line, with the op's name and the backend's)
+REFUSED = {"dropout_mask": "the array API standard has no random numbers to draw dropout's "
+                           "mask from. Use the numpy or jax backend, or no dropout."}
 
 FUNCTIONS = {"sigmoid": source(ops._sigmoid), "softplus": source(ops._softplus),
              "sech2": source(ops._sech2)}
@@ -188,6 +228,23 @@ class ArrayApiBackend(Backend):
 
     def imports(self) -> str:
         return ""
+
+    def lowering(self, op) -> Lowering:
+        name = op if isinstance(op, str) else op.name
+        if name in REFUSED:
+            raise CodegenError(f"op {name!r} has no array_api code: {REFUSED[name]}")
+        return super().lowering(op)
+
+    def context_lines(self, used) -> tuple[list[str], dict]:
+        line = "running = None if running is None else dict(running)  # new statistics go into this copy"
+        return ([line] if "running" in used else []), {}
+
+    def running_init(self, size: int) -> tuple[str, str]:
+        return (f"xp.zeros({size}, dtype=getattr(xp, FLOAT))",
+                f"xp.ones({size}, dtype=getattr(xp, FLOAT))")
+
+    def running_params(self) -> list[str]:
+        return ["xp"]
 
     def dtype_lines(self, dtype: str) -> list[str]:
         return [(f'FLOAT = "{dtype}"  # the float dtype, looked up in the namespace of the '

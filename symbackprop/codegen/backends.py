@@ -88,9 +88,10 @@ class Backend:
         """The lines defining ``DTYPE`` (before the module's constants)."""
         return [f"DTYPE = np.{dtype}"]
 
-    def decorators(self, function: str) -> list[str]:
+    def decorators(self, function: str, params=()) -> list[str]:
         """The decorator lines of a generated model function (``forward``,
-        ``value_and_grad``)."""
+        ``value_and_grad``) taking the parameters ``params`` (``training=True`` among
+        them: a mode that JAX must see as a Python value)."""
         return []
 
     # -- statements ------------------------------------------------------------------------
@@ -130,9 +131,28 @@ class Backend:
         before :meth:`asarray` (with the helpers they call)."""
         return [], {}
 
+    # -- batch norm's and dropout's state (issue 13; functional backends: issue 15) ----------
+    def context_lines(self, used) -> tuple[list[str], dict]:
+        """Lines opening a function whose ops read the call-time arguments ``used``
+        (:data:`~symbackprop.codegen.lowering.CONTEXT`: ``running``, ``rng``), after
+        ``training = True``, and the helpers they call: NumPy makes the generator once."""
+        return (["rng = np.random.default_rng(rng)  # a seed or a np.random.Generator"]
+                if "rng" in used else []), {}
+
+    def running_init(self, size: int) -> tuple[str, str]:
+        """The code of one batch norm's running mean and variance at the start (zeros and
+        ones of ``size`` features), in ``init_running``."""
+        return f"np.zeros({size}, DTYPE)", f"np.ones({size}, DTYPE)"
+
+    def running_params(self) -> list[str]:
+        """The parameters of ``init_running`` (the array API's takes the namespace)."""
+        return []
+
     # -- the functional training module (symbackprop.codegen.functional) --------------------
-    def step_decorators(self) -> list[str]:
-        """The decorator lines of ``train_step``."""
+    def step_decorators(self, context=()) -> list[str]:
+        """The decorator lines of ``train_step``; ``context``: the names of
+        :data:`~symbackprop.codegen.lowering.CONTEXT` it takes (``running`` is donated
+        with the parameters and state)."""
         return []
 
     def step_imports(self) -> tuple:
@@ -185,7 +205,7 @@ def has_code(op: str, backend: str) -> bool:
 
     Examples
     --------
-    >>> has_code("softmax", "jax"), has_code("conv2d", "array_api"), has_code("relu", "jax")
+    >>> has_code("softmax", "jax"), has_code("dropout_mask", "array_api"), has_code("relu", "jax")
     (True, False, True)
     """
     try:

@@ -80,6 +80,19 @@ class Compiled:
                 from None
         return f(**kwargs)
 
+    @staticmethod
+    def _running_back(result, arrays: dict, n: int):
+        """The first ``n`` results of a function of a functional backend that returns the
+        new running statistics after them (batch norm, issue 15), those written into the
+        dict passed as ``running=`` (as NumPy's code updates it in place); ``result`` as it
+        is otherwise."""
+        if not isinstance(result, tuple) or len(result) != n + 1:
+            return result
+        *first, running = result
+        if isinstance(arrays.get("running"), dict) and running is not None:
+            arrays["running"].update(running)
+        return first[0] if n == 1 else tuple(first)
+
     def forward(self, **arrays) -> dict:
         """Run the forward pass; returns a dict of the outputs.
 
@@ -91,14 +104,17 @@ class Compiled:
         >>> out["logits"].shape, out["L"]  # ln 2
         ((3, 2), 0.6931471805599453)
         """
-        return {k: plain(v) for k, v in self._call("forward", arrays).items()}
+        out = self._running_back(self._call("forward", arrays), arrays, 1)
+        return {k: plain(v) for k, v in out.items()}
 
-    def init_running(self) -> dict:
+    def init_running(self, **namespace) -> dict:
         """Batch norm's running statistics, mean 0 and variance 1 per feature, keyed
         ``'<node>.mean'`` and ``'<node>.var'`` (graphs with ``sb.batch_norm``): pass them
         as ``running=`` to ``forward``, ``value_and_grad`` and ``train_step``, which update
-        them in training mode, and to ``forward(..., training=False)``, which uses them."""
-        return self.module.init_running()
+        them in training mode, and to ``forward(..., training=False)``, which uses them.
+        The code of a functional backend returns new statistics instead; these methods
+        put them into the dict passed. The ``array_api`` backend's takes ``xp=``."""
+        return self.module.init_running(**namespace)
 
     def value_and_grad(self, **arrays):
         """Return ``(loss, {wrt name: gradient})``.
@@ -109,7 +125,7 @@ class Compiled:
         >>> fn.value_and_grad(w=2.0, x=3.0, y=10.0)
         (16.0, {'w': -24.0})
         """
-        loss, grads = self._call("value_and_grad", arrays)
+        loss, grads = self._running_back(self._call("value_and_grad", arrays), arrays, 2)
         return plain(loss), {k: plain(v) for k, v in grads.items()}
 
 
@@ -218,6 +234,8 @@ class FunctionalTrainStep(Compiled):
     def __init__(self, source: str, name: str, inputs: list, arg_names: dict | None = None):
         super().__init__(source, name, arg_names)
         self.inputs = list(inputs)
+        # what batch norm and dropout carry between steps, when the caller passes nothing
+        self.running, self.steps = None, 0
 
     def init_params(self, seed=0, **namespace) -> dict:
         """Fresh parameters (He/Xavier weights, zero biases) from a seed, drawn by the
@@ -233,16 +251,38 @@ class FunctionalTrainStep(Compiled):
         """One optimizer step; returns the new ``(params, state)``."""
         return self.module.update(params, grads, state, **hyper)
 
-    def train_step(self, params: dict, state: dict, lr: float | None = None,
-                   **batch) -> tuple:
+    def train_step(self, params: dict, state: dict, lr: float | None = None, running=None,
+                   rng=None, **batch) -> tuple:
         """Forward, backward and update on one minibatch; returns ``(loss, params,
-        state)``, the loss before the step."""
+        state)``, the loss before the step. A graph with batch norm or dropout also takes
+        ``running`` (:meth:`init_running`; the step's new statistics are put into this
+        dict) and ``rng`` (a seed or a ``jax.random`` key: pass a new one every step).
+        Left out, they are the step's own: ``self.running`` (made by the first step, for
+        ``forward(..., training=False, running=step.running)``) and the number of steps
+        taken so far as the seed (a new mask every step)."""
         batch = {self.arg_names.get(k, k): v for k, v in batch.items()}
         if sorted(batch) != sorted(self.inputs):
             raise GraphError(f"train_step() takes the arrays {', '.join(self.inputs)}; got "
                              f"{', '.join(batch) or 'none'}. Pass them by name.")
-        kw = {} if lr is None else {"lr": lr}
-        return self.module.train_step(params, state, **{n: batch[n] for n in self.inputs}, **kw)
+        takes = inspect.signature(self.module.train_step).parameters
+        if running is None and "running" in takes:
+            if self.running is None:
+                self.running = self.module.init_running(**self._namespace(params))
+            running = self.running
+        if rng is None and "rng" in takes:
+            rng = self.steps
+        self.steps += 1
+        kw = {k: v for k, v in (("lr", lr), ("running", running), ("rng", rng))
+              if v is not None}
+        out = self.module.train_step(params, state, **{n: batch[n] for n in self.inputs}, **kw)
+        return self._running_back(out, {"running": running}, 3)
+
+    def _namespace(self, params: dict) -> dict:
+        """``xp=`` for an ``init_running`` that takes the namespace (the array API's): the
+        namespace of the parameters."""
+        if "xp" not in inspect.signature(self.module.init_running).parameters:
+            return {}
+        return {"xp": next(iter(params.values())).__array_namespace__()}
 
 
 def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float64",

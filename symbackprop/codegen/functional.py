@@ -19,8 +19,17 @@ import re
 from .. import __version__ as _version
 from ..errors import CodegenError
 from ..graph import Graph
-from .emit import call_lines, emit_forward, emit_value_and_grad, prepare, render_module, safe_text
+from .emit import (
+    call_lines,
+    emit_forward,
+    emit_value_and_grad,
+    prepare,
+    render_module,
+    running_function,
+    safe_text,
+)
 from .init import plan_init
+from .lowering import CONTEXT
 from .module import Model, params_of, step_doc
 from .optimizers import constant_lines, resolve_optimizer
 from .runtime import source_of
@@ -40,35 +49,55 @@ def build(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None, hyper=No
     _, em, fwd = emit_forward(adj, dtype, optimize, checkpoint=checkpoint, backend=backend)
     vg = emit_value_and_grad(em, adj)
     names = {code: n for n, code in em.namer.names.items()}
-    if any("=" in p for p in vg.params):
-        raise CodegenError(f"graph {g.nx.graph.get('name')!r} has batch norm or dropout, "
-                           f"which have no {em.backend.name} code.")
-    inputs = [names[c] for c in vg.params if em.j.role(names[c]) == "input"]
+    inputs = [names[c] for c in vg.params if "=" not in c and em.j.role(names[c]) == "input"]
     clash = [em.namer(n) for n in inputs if em.namer(n) in ("params", "state", "lr", "loss",
                                                             "grads")]
     if clash:
         raise CodegenError(f"input {clash[0]!r} has the name of a variable of the training "
                            "step; rename the input (e.g. g.rename).")
-    return Model(g, of, wrt, em, [fwd, vg], inputs, opt, values, plan_init(g), dtype,
+    return Model(g, of, wrt, em, [fwd, vg, *running_function(em)], inputs, opt, values, plan_init(g), dtype,
                  grads=[adj.adjoint[w] for w in wrt])
 
 
+def context_of(m: Model) -> list[str]:
+    """The call-time arguments (:data:`~symbackprop.codegen.lowering.CONTEXT`) that
+    ``value_and_grad`` takes: ``running`` (batch norm), ``rng`` (dropout)."""
+    return [p.split("=")[0] for p in m.functions[1].params if "=" in p]
+
+
 def train_step_block(m: Model) -> str:
-    """``train_step(params, state, <inputs>, lr=LR)``: value_and_grad, then update."""
+    """``train_step(params, state, <inputs>, lr=LR)``: value_and_grad, then update. A
+    network with batch norm also takes ``running=None`` and returns the new statistics
+    after the state; one with dropout takes ``rng=0`` (issue 15)."""
     em = m.em
     data = [em.namer(n) for n in m.inputs]
     batch = ", ".join(data) or "no data"
-    lines = [*em.backend.step_decorators(),
-             f"def train_step(params, state, {', '.join(data + ['lr=LR'])}):",
+    context = context_of(m)
+    kwargs = [f"{c}={CONTEXT[c]}" for c in context]
+    running = "running" in context
+    lines = [*em.backend.step_decorators(context),
+             f"def train_step(params, state, {', '.join(data + ['lr=LR'] + kwargs)}):",
              f'    """One training step on the minibatch ({batch}): forward and backward pass',
              (f"    (value_and_grad), then one {m.opt.title} update (update). Returns the loss, "
              "the new"),
-             "    parameters and the new state; nothing changes in place. "
+             ("    parameters, the new state and the new running statistics (batch norm); "
+              "nothing\n    changes in place. " if running
+              else "    parameters and the new state; nothing changes in place. ")
              + em.backend.step_note() + '"""']
-    lines += ["    " + ln for ln in call_lines("loss, grads = ", "value_and_grad",
-                                                 m.args(m.functions[1]))]
+    if context:  # what they are, in the docstring
+        lines[-1] = lines[-1][:-3]
+        text = {"running": "running: from init_running() or the last step's; None: no "
+                           "running statistics.",
+                "rng": "rng: a seed or a jax.random key, which draws the dropout masks: pass "
+                       "a new one|every step, such as jax.random.fold_in(key, step)."}
+        lines += ["", "    Training mode."] + ["    " + t for c in context
+                                                for t in text[c].split("|")]
+        lines[-1] += '"""'
+    lhs = "loss, grads, running = " if running else "loss, grads = "
+    lines += ["    " + ln for ln in call_lines(lhs, "value_and_grad", m.args(m.functions[1])
+                                                 + [f"{c}={c}" for c in context])]
     lines += ["    params, state = update(params, grads, state, lr=lr)",
-              "    return loss, params, state"]
+              "    return loss, params, state" + (", running" if running else "")]
     return "\n".join(lines) + "\n"
 
 
@@ -119,4 +148,4 @@ def model_text(m: Model, doc: str | None = None, blocks=(), imports=(), constant
                          library=library)
 
 
-__all__ = ["RUNTIME", "build", "model_text", "step_source", "train_step_block"]
+__all__ = ["RUNTIME", "build", "context_of", "model_text", "step_source", "train_step_block"]

@@ -6,8 +6,10 @@ elementwise printer, :mod:`~symbackprop.codegen.runtime.jax_ops` its helpers and
 code with ``jnp`` for ``np`` (:func:`_jnp`); the ops whose NumPy code writes into arrays
 (``out=``, ``np.add.at``) have functional helpers. Convolution and pooling call helpers
 written with ``jax.lax`` (``conv_general_dilated``, ``reduce_window``) under the NumPy
-helpers' names and signatures. Ops with no entry (batch norm, dropout: they carry state)
-raise ``CodegenError: op 'batch_norm' has no jax code``.
+helpers' names and signatures. Batch norm and dropout carry their state functionally: a
+function computing them takes ``running`` (a dict it copies, puts the new statistics in
+and returns after its results) and ``rng`` (a seed or a ``jax.random`` key, folded with
+each mask's number); ``training`` is a static argument of ``jax.jit``.
 
 Examples
 --------
@@ -92,12 +94,20 @@ JAX: dict[str, Lowering] = {
     "max_pool2d": Lowering(lambda c, a: _pool_code("_max_pool2d", c, a),
                            helpers=_helpers(jax_ops._max_pool2d)),
     "max_pool2d_grad": Lowering(lambda c, a: _pool_code("_max_pool2d_grad", c, a),
-                                helpers=_helpers(jax_ops._max_pool2d, jax_ops._max_pool2d_grad)),
+                                helpers=_helpers(jax_ops._max_pool2d_grad)),
     "avg_pool2d": Lowering(lambda c, a: _pool_code("_avg_pool2d", c, a),
                            helpers=_helpers(jax_ops._avg_pool2d)),
     "avg_pool2d_grad": Lowering(
         lambda c, a: _pool_code("_avg_pool2d_grad", c, a, [_shape_code(a["size"])]),
         helpers=_CONV_GRAD_INPUT | _helpers(jax_ops._avg_pool2d_grad)),
+    # -- normalization and dropout (issue 15): NumPy's call, with functional helpers; the
+    # new running statistics go into the function's copy of running (returned), and each
+    # mask is drawn from the key rng folded with the mask's number
+    "batch_norm": Lowering(NUMPY["batch_norm"].expr, helpers=_helpers(jax_ops._batch_norm),
+                           context=("training", "running")),
+    "dropout_mask": Lowering(
+        lambda c, a: f"_dropout_mask({c[0]}, {a['p']!r}, rng, {a['key']}, training)",
+        helpers=_helpers(jax_ops._dropout_mask), context=("training", "rng")),
 }
 TABLES["jax"] = JAX
 
@@ -159,8 +169,23 @@ class JaxBackend(Backend):
                if dtype == "float64" else [])
         return x64 + [f"DTYPE = jnp.{dtype}"]
 
-    def decorators(self, function: str) -> list[str]:
+    def decorators(self, function: str, params=()) -> list[str]:
+        if "training=True" in params:  # the mode picks the code traced: a static argument
+            return ['@functools.partial(jax.jit, static_argnames=("training",))']
         return ["@jax.jit"]
+
+    def context_lines(self, used) -> tuple[list[str], dict]:
+        lines, helpers = [], {}
+        if "running" in used:
+            lines.append("running = None if running is None else dict(running)  # new "
+                         "statistics go into this copy")
+        if "rng" in used:
+            lines.append("rng = _prng_key(rng)  # a seed or a jax.random key")
+            helpers["_prng_key"] = source(jax_ops._prng_key)
+        return lines, helpers
+
+    def running_init(self, size: int) -> tuple[str, str]:
+        return f"jnp.zeros({size}, DTYPE)", f"jnp.ones({size}, DTYPE)"
 
     def function_helpers(self, e: sp.Expr) -> dict:
         out = {}
@@ -182,7 +207,10 @@ class JaxBackend(Backend):
         cast = ", dtype=DTYPE" if floating else ""
         return f"{name} = jnp.asarray({name}{cast})"
 
-    def step_decorators(self) -> list[str]:
+    def step_decorators(self, context=()) -> list[str]:
+        if "running" in context:  # batch norm's statistics are donated with the rest
+            return [('@functools.partial(jax.jit, donate_argnames=("params", "state", '
+                     '"running"))')]
         return ["@functools.partial(jax.jit, donate_argnums=(0, 1))"]
 
     def step_imports(self) -> tuple:

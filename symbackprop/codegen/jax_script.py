@@ -18,17 +18,19 @@ reports the test accuracy or loss after every epoch (``evaluate``, written here 
 from __future__ import annotations
 
 import numbers
+import textwrap
 
 from .. import __version__ as _version
 from ..errors import CodegenError
 from ..graph import Graph
 from . import backends, functional
-from .emit import safe_text
+from .emit import returns_running, safe_text
 from .module import call_lines, step_doc, wrap
 from .runtime import jax_script, source_of
+from .runtime import script as runtime_script
 
 MAIN = ("CheckpointError", "parse_args", "fail", "first_copy", "host", "save_checkpoint",
-        "load_checkpoint", "main", "__main__")
+        "load_checkpoint", "read_csv", "read_data", "main", "__main__")
 
 
 def _positive(name: str, v) -> int:
@@ -40,10 +42,16 @@ def _positive(name: str, v) -> int:
 def _evaluate(m, task) -> tuple[str, str]:
     """``evaluate(params, X, y)`` through the jitted ``forward``, and its metric: the
     accuracy when ``forward`` returns a classifier's scores (the NumPy script's rule:
-    the argmax, or > 0 for binary logits), else the loss."""
+    the argmax, or > 0 for binary logits), else the loss. A network with batch norm or
+    dropout evaluates in evaluation mode, ``evaluate(params, X, y, running)`` with the
+    running statistics (issue 15)."""
     fwd = m.functions[0]
     data = {task.features: "X"} | ({task.target: "y"} if task.target else {})
-    body = call_lines("out = ", "forward", m.args(fwd, data))
+    context = functional.context_of(m)
+    fixed = (["training=False"] + (["running=running"] if "running" in context else [])
+             if context else [])
+    lhs = "out, _ = " if returns_running(m.em, fwd) else "out = "
+    body = call_lines(lhs, "forward", m.args(fwd, data) + fixed)
     if task.scores is not None and f"{task.scores!r}:" in (fwd.ret or ""):
         s = f"np.asarray(out[{task.scores!r}])"
         pred = f"({s} > 0)" if task.binary else f"{s}.argmax(axis=1)"
@@ -54,8 +62,68 @@ def _evaluate(m, task) -> tuple[str, str]:
         doc = f"The loss {safe_text(m.of)} on all of (X, y)."
         body.append(f"return float(out[{m.of!r}])")
         metric = "loss"
-    return "\n".join(["def evaluate(params, X, y):", f'    """{doc}"""']
-                     + ["    " + b for b in body]) + "\n", metric
+    if context:
+        doc += " Evaluation mode: no dropout, the running statistics."
+    head = "def evaluate(params, X, y, running=None):" if context else "def evaluate(params, X, y):"
+    return "\n".join([head, f'    """{doc}"""'] + ["    " + b for b in body]) + "\n", metric
+
+
+def _grad_norms(m, task) -> str:
+    """``grad_norms(params, X, y)``: the norm of each layer's weights' gradient, for the
+    NumPy script's ``--log-grad-norms`` and ``--metrics`` (its ``GradNorms``)."""
+    vg = m.functions[1]
+    data = {task.features: "X"} | ({task.target: "y"} if task.target else {})
+    lhs = "_, grads, _ = " if returns_running(m.em, vg) else "_, grads = "
+    return "\n".join([
+        "def grad_norms(params, X, y):",
+        '    """The norm of the gradient of each layer\'s weights (LAYERS) on (X, y)."""',
+        *("    " + b for b in call_lines(lhs, "value_and_grad", m.args(vg, data))),
+        "    return {layer: float(np.sqrt(sum(np.vdot(grads[w], grads[w]) for w in weights)))",
+        "            for layer, weights in LAYERS.items()}"]) + "\n"
+
+
+def _buffers(m) -> list[str]:
+    """``init_buffers(seed)`` and ``train_batch``: batch norm's running statistics and
+    dropout's key, kept beside the parameters by the main program (issue 15)."""
+    context = functional.context_of(m)
+    running, dropout = "running" in context, "rng" in context
+    items, what = [], []
+    if running:
+        items.append('"running": init_running()')
+        what.append("the batch norms' running statistics (mean 0, variance 1)")
+    if dropout:
+        items.append('"key": jax.random.fold_in(jax.random.key(seed), 1)')
+        what.append("dropout's key, jax.random.key(seed) folded with 1: a stream apart from "
+                    "the initialisation's")
+    init = "\n".join([
+        "def init_buffers(seed):",
+        *textwrap.wrap("What the network keeps besides its parameters, replicated as they "
+                       "are and checkpointed under buffers/: " + "; ".join(what) + '."""',
+                       88, initial_indent='    """', subsequent_indent="    "),
+        "    return {" + ", ".join(items) + "}"]) + "\n"
+    doc = ("train_step on one global batch (batch: the inputs by name), in training mode"
+           + (", with the running statistics" if running else "")
+           + (" and this step's dropout key: the buffers' key folded with the epoch and "
+              "the batch's number, the same on every process and device (each device draws "
+              "the mask of its own rows)" if dropout else "")
+           + ". Returns the loss and the new params, state and buffers.\"\"\"")
+    lines = ["def train_batch(params, state, buffers, epoch, number, lr, batch):",
+             *textwrap.wrap(doc, 88, initial_indent='    """', subsequent_indent="    ")]
+    kw = []
+    if dropout:
+        lines.append('    rng = jax.random.fold_in(jax.random.fold_in(buffers["key"], epoch), '
+                     "number)")
+        kw.append("rng=rng")
+    if running:
+        kw.insert(0, 'running=buffers["running"]')
+        lines += ["    loss, params, state, running = train_step(params, state, **batch, lr=lr,",
+                  f"                                              {', '.join(kw)})",
+                  '    return loss, params, state, {**buffers, "running": running}']
+    else:
+        lines += [(f"    loss, params, state = train_step(params, state, **batch, lr=lr, "
+                  f"{', '.join(kw)})"),
+                  "    return loss, params, state, buffers"]
+    return [init, "\n".join(lines) + "\n"]
 
 
 def data_parallel_script(g: Graph, of=None, optimizer: str = "sgd", lr=None, epochs: int = 10,
@@ -72,7 +140,8 @@ def data_parallel_script(g: Graph, of=None, optimizer: str = "sgd", lr=None, epo
     >>> "jax.sharding.Mesh(np.array(devices), (\\"data\\",))" in src, "import symbackprop" in src
     (True, False)
     """
-    from .script import _data_task  # which input is X and which y: the NumPy script's rule
+    # which input is X and which y, and each layer's weights: the NumPy script's rules
+    from .script import _data_task, _layers_constant
 
     b = backends.get(backend)
     if not b.sharded_script:
@@ -103,16 +172,37 @@ def data_parallel_script(g: Graph, of=None, optimizer: str = "sgd", lr=None, epo
         "    XLA_FLAGS=--xla_force_host_platform_device_count=4 python train.py --data "
         "data.npz")
     evaluate, metric = _evaluate(m, task)
+    g_shape = g.nx.nodes
+    tshape = tuple(g_shape[task.target]["shape"][1:]) if task.target else ()
+    context = functional.context_of(m)
     constants = [f"EPOCHS = {epochs}", f"BATCH_SIZE = {batch_size}", f"SEED = {seed}",
                  f"FEATURES = {nm(task.features)!r}  # the input fed from the data's X",
                  (f"TARGET = {nm(task.target) if task.target else None!r}  # the input fed "
                  "from the data's y"),
                  f"NETWORK = {str(g.nx.graph.get('name', 'network'))!r}",
                  f"OPTIMIZER = {m.opt.name!r}",
-                 f"METRIC = {metric!r}  # evaluate() returns: 'acc' (accuracy) or 'loss'"]
+                 f"METRIC = {metric!r}  # evaluate() returns: 'acc' (accuracy) or 'loss'",
+                 _layers_constant(m),
+                 (f"FEATURE_SHAPE = {tuple(g_shape[task.features]['shape'][1:])!r}  # one row "
+                 "of X"),
+                 f"TARGET_KIND = {task.kind!r}  # y holds: 'labels', 'values' or None (no y)",
+                 f"TARGET_SHAPE = {tshape!r}  # one entry of y"]
+    blocks = [evaluate, _grad_norms(m, task)]
+    if context:  # batch norm, dropout (issue 15)
+        kept = tuple(k for c, k in (("running", "running"), ("rng", "key")) if c in context)
+        constants.append(f"BUFFERS = {kept!r}  # what init_buffers() makes")
+        blocks += _buffers(m)
+    if "rng" in context:
+        constants[:0] = [
+            "# dropout's masks are drawn inside the sharded step: each device draws the bits of its",
+            "# own rows (the same masks as on one device)",
+            'jax.config.update("jax_threefry_partitionable", True)']
+    blocks += [source_of(runtime_script, "GradNorms"),
+               source_of(jax_script, *MAIN, variants={"buffers": bool(context),
+                                                      "plain": not context})]
     return functional.model_text(
-        m, doc, blocks=[evaluate, source_of(jax_script, *MAIN)],
-        imports=("argparse", "json", "os", "sys", "tempfile", "time"),
+        m, doc, blocks=blocks,
+        imports=("argparse", "csv", "json", "os", "sys", "tempfile", "time"),
         constants=constants, library=b.imports() + "\nimport numpy as np")
 
 

@@ -196,3 +196,200 @@ def uniform_fan_in(xp, rng, shape, fan_in):
     a = 1.0 / fan_in**0.5
     values = [rng.uniform(-a, a) for _ in range(math.prod(shape))]
     return xp.reshape(xp.asarray(values, dtype=getattr(xp, FLOAT)), shape)
+
+
+# -- convolution, pooling and batch norm (issue 15). The standard has no convolution, no
+# windows and no pad: the windows are strided slices of the padded array, one per kernel
+# offset (a Python loop over the kh*kw offsets only, never over the batch, channels or
+# positions), and the products one matmul per call. Spatial axes are the last x.ndim - 2
+# (conv1d and conv2d share the helpers); attributes are tuples, one int per spatial axis.
+def _offsets(kernel):
+    """Every offset in a kernel of sizes ``kernel``, row-major."""
+    out = [()]
+    for k in kernel:
+        out = [o + (i,) for o in out for i in range(k)]
+    return out
+
+
+def _window_at(offset, dilation, stride, out):
+    """The index of the entries at kernel ``offset`` of every window: strided slices."""
+    return (slice(None), slice(None)) + tuple(
+        slice(i * dl, i * dl + s * (o - 1) + 1, s)
+        for i, dl, s, o in zip(offset, dilation, stride, out))
+
+
+def _pad(x, padding, value=0.0):
+    """x (N, C, *S) with ``padding`` entries of ``value`` on both sides of each spatial
+    axis (a new array, x written into its middle)."""
+    if not any(padding):
+        return x
+    xp = x.__array_namespace__()
+    shape = x.shape[:2] + tuple(s + 2 * p for s, p in zip(x.shape[2:], padding))
+    out = xp.full(shape, value, dtype=x.dtype)
+    out[(slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in
+                                           zip(padding, x.shape[2:]))] = x
+    return out
+
+
+def _conv_out(size, kernel, stride, padding, dilation):
+    """The output's spatial sizes: (S + 2p - dl(k - 1) - 1) // s + 1 per axis."""
+    return tuple((n + 2 * p - dl * (k - 1) - 1) // s + 1
+                 for n, k, s, p, dl in zip(size, kernel, stride, padding, dilation))
+
+
+def _conv_cols(x, kernel, stride, padding, dilation, groups):
+    """im2col: the windows of the padded x as (N, groups, C/groups * K, positions), one
+    strided slice per kernel offset stacked (K = the kernel's entries), and the output's
+    spatial sizes."""
+    xp = x.__array_namespace__()
+    n, c = x.shape[:2]
+    out = _conv_out(x.shape[2:], kernel, stride, padding, dilation)
+    positions = 1
+    for o in out:
+        positions *= o
+    padded = _pad(x, padding)
+    parts = [xp.reshape(padded[_window_at(offset, dilation, stride, out)],
+                        (n, groups, c // groups, positions)) for offset in _offsets(kernel)]
+    cols = xp.stack(parts, axis=3)  # (N, groups, C/groups, K, positions)
+    return xp.reshape(cols, (n, groups, (c // groups) * len(parts), positions)), out
+
+
+def _conv(x, w, stride, padding, dilation, groups):
+    """Convolution (cross-correlation, as PyTorch) of x (N, C, *S) with w
+    (C_out, C/groups, *kernel): (N, C_out, *out), one matmul of the kernel, per group,
+    with the windows (im2col)."""
+    xp = x.__array_namespace__()
+    cols, out = _conv_cols(x, w.shape[2:], stride, padding, dilation, groups)
+    co = w.shape[0]
+    wg = xp.reshape(w, (groups, co // groups, cols.shape[2]))
+    return xp.reshape(wg @ cols, (x.shape[0], co) + out)  # (N, groups, C_out/groups, P)
+
+
+def _conv_grad_weight(x, g, kernel, stride, padding, dilation, groups):
+    """dL/dw of _conv for dL/dy = g: the correlation of the padded x with g,
+    (C_out, C/groups, *kernel): per group, g (C_out/groups, N * positions) times the
+    windows' transpose (N * positions, C/groups * K)."""
+    xp = x.__array_namespace__()
+    cols, _ = _conv_cols(x, kernel, stride, padding, dilation, groups)
+    n, co = g.shape[:2]
+    rows = cols.shape[2]
+    cols = xp.reshape(xp.permute_dims(cols, (1, 2, 0, 3)), (groups, rows, -1))
+    gg = xp.reshape(xp.permute_dims(xp.reshape(g, (n, groups, co // groups, -1)), (1, 2, 0, 3)),
+                    (groups, co // groups, -1))
+    dw = gg @ xp.matrix_transpose(cols)  # (groups, C_out/groups, C/groups * K)
+    return xp.reshape(dw, (co, x.shape[1] // groups) + tuple(kernel))
+
+
+def _conv_grad_input(g, w, size, stride, padding, dilation, groups):
+    """dL/dx of _conv for dL/dy = g, x of spatial sizes ``size``: col2im. One matmul per
+    group, the kernel's transpose (C/groups * K, C_out/groups) times g, gives what every
+    kernel offset sends back from every output position; each offset's part is added
+    into the padded gradient at its strided place, one addition per offset. Positions of
+    x that no window reaches get zeros; the padding is cropped."""
+    xp = g.__array_namespace__()
+    kernel = tuple(w.shape[2:])
+    n, co = g.shape[:2]
+    out = tuple(g.shape[2:])
+    cg = w.shape[1]
+    offsets = _offsets(kernel)
+    wg = xp.reshape(w, (groups, co // groups, cg * len(offsets)))
+    gg = xp.reshape(g, (n, groups, co // groups, -1))
+    cols = xp.reshape(xp.matrix_transpose(wg) @ gg, (n, groups * cg, len(offsets), -1))
+    dxp = xp.zeros((n, groups * cg) + tuple(s + 2 * p for s, p in zip(size, padding)),
+                   dtype=g.dtype)
+    for k, offset in enumerate(offsets):
+        at = _window_at(offset, dilation, stride, out)
+        dxp[at] = dxp[at] + xp.reshape(cols[:, :, k, :], (n, groups * cg) + out)
+    return dxp[(slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in
+                                                  zip(padding, size))]
+
+
+def _max_pool2d(x, k, stride, padding):
+    """The largest entry of each window of x (N, C, H, W), padding with -inf: the maximum
+    of the window's strided slices, offset by offset."""
+    xp = x.__array_namespace__()
+    out = _conv_out(x.shape[2:], k, stride, padding, (1, 1))
+    padded = _pad(x, padding, -xp.inf)
+    m = None
+    for offset in _offsets(k):
+        v = padded[_window_at(offset, (1, 1), stride, out)]
+        m = v if m is None else xp.maximum(m, v)
+    return m
+
+
+def _max_pool2d_grad(x, g, k, stride, padding):
+    """dL/dx of _max_pool2d for dL/dy = g: each g to the first arg-max of its window
+    (row-major, as PyTorch and the NumPy helper), added up where windows overlap: the
+    window's entries at its offsets stacked, xp.argmax (the first maximum) picks an
+    offset per window, and offset by offset the windows that chose it add g at their
+    strided place."""
+    xp = x.__array_namespace__()
+    h, w = x.shape[2:]
+    out = tuple(g.shape[2:])
+    padded = _pad(x, padding, -xp.inf)
+    at = [_window_at(offset, (1, 1), stride, out) for offset in _offsets(k)]
+    first = xp.argmax(xp.stack([padded[a] for a in at], axis=0), axis=0)
+    dxp = xp.zeros(padded.shape, dtype=g.dtype)
+    for offset, a in enumerate(at):
+        dxp[a] = dxp[a] + g * xp.astype(first == offset, g.dtype)
+    return dxp[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w]
+
+
+def _avg_pool2d(x, k, stride, padding):
+    """The mean of each window of x (N, C, H, W); zero padding counts in the mean."""
+    out = _conv_out(x.shape[2:], k, stride, padding, (1, 1))
+    padded = _pad(x, padding)
+    total = None
+    for offset in _offsets(k):
+        v = padded[_window_at(offset, (1, 1), stride, out)]
+        total = v if total is None else total + v
+    return total / (k[0] * k[1])
+
+
+def _avg_pool2d_grad(g, k, stride, padding, size):
+    """dL/dx of _avg_pool2d for dL/dy = g: g / (kh * kw) added over each window, offset
+    by offset, where windows overlap summing up."""
+    xp = g.__array_namespace__()
+    n, c = g.shape[:2]
+    out = tuple(g.shape[2:])
+    dxp = xp.zeros((n, c) + tuple(s + 2 * p for s, p in zip(size, padding)), dtype=g.dtype)
+    part = g / (k[0] * k[1])
+    for offset in _offsets(k):
+        at = _window_at(offset, (1, 1), stride, out)
+        dxp[at] = dxp[at] + part
+    return dxp[:, :, padding[0]:padding[0] + size[0], padding[1]:padding[1] + size[1]]
+
+
+def _batch_norm(x, axis, eps, momentum, training, running, key):
+    """x normalized per feature of axis, the statistics taken over the other axes. Training:
+    the batch's mean and population variance, and, when running is given (the calling
+    function's own copy of the dict, which it returns), its entries key + '.mean' and
+    key + '.var' replaced by new arrays as PyTorch updates them:
+    running = (1 - momentum) * running + momentum * batch, the variance unbiased (n/(n-1)).
+    Evaluation: the running statistics."""
+    xp = x.__array_namespace__()
+    axes = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
+    if training:
+        n = 1
+        for a in axes:
+            n *= x.shape[a]
+        if n < 2:
+            raise ValueError(f"batch norm {key!r}: 1 value per feature in this batch (shape "
+                             f"{x.shape}); training needs at least 2 to take a variance")
+        mean = xp.mean(x, axis=axes, keepdims=True)
+        xc = x - mean
+        var = xp.mean(xc * xc, axis=axes, keepdims=True)
+        if running is not None:
+            rm, rv = running[key + ".mean"], running[key + ".var"]
+            running[key + ".mean"] = rm * (1 - momentum) + momentum * xp.reshape(mean, (-1,))
+            running[key + ".var"] = (rv * (1 - momentum)
+                                     + (momentum * n / (n - 1)) * xp.reshape(var, (-1,)))
+        return xc / xp.sqrt(var + eps)
+    if running is None:
+        raise ValueError(f"batch norm {key!r} in evaluation mode (training=False) needs the "
+                         "running statistics: pass running=init_running(xp), updated by "
+                         "training")
+    shape = [1] * x.ndim
+    shape[axis] = -1  # a feature vector, broadcast along the other axes
+    mean = xp.reshape(running[key + ".mean"], tuple(shape))
+    return (x - mean) / xp.sqrt(xp.reshape(running[key + ".var"], tuple(shape)) + eps)

@@ -161,24 +161,22 @@ def _max_pool2d(x, k, stride, padding):
 
 def _max_pool2d_grad(x, g, k, stride, padding):
     """dL/dx of _max_pool2d for dL/dy = g: each g to the first arg-max of its window
-    (row-major, as PyTorch and the NumPy helper), added up where windows overlap. Offset
-    by offset in the window in row-major order, the entries equal to the window's maximum
-    that no earlier offset claimed (so a tie goes to the first) get g at their strided
-    place: kh*kw vectorized steps."""
+    (row-major, as PyTorch and the NumPy helper), added up where windows overlap. The
+    window's entries at its kh*kw offsets are stacked and jnp.argmax (the first maximum)
+    picks the offset of each window, so that the choice never compares x with a maximum
+    computed apart (XLA may compute x again inside another fusion, rounded otherwise);
+    then, offset by offset, the windows that chose it get g at their strided place."""
     h, w = x.shape[2:]
     ho, wo = g.shape[2:]
     pads = ((0, 0), (0, 0)) + tuple((p, p) for p in padding)
     xp = jnp.pad(x, pads, constant_values=-jnp.inf)
-    m = _max_pool2d(x, k, stride, padding)
-    free = jnp.ones(m.shape, bool)  # windows whose maximum no offset has claimed yet
+    at = [(slice(None), slice(None), slice(i, i + stride[0] * (ho - 1) + 1, stride[0]),
+           slice(j, j + stride[1] * (wo - 1) + 1, stride[1]))
+          for i in range(k[0]) for j in range(k[1])]
+    first = jnp.argmax(jnp.stack([xp[a] for a in at]), axis=0)  # row-major offset
     dxp = jnp.zeros(xp.shape, g.dtype)
-    for i in range(k[0]):
-        for j in range(k[1]):
-            at = (slice(None), slice(None), slice(i, i + stride[0] * (ho - 1) + 1, stride[0]),
-                  slice(j, j + stride[1] * (wo - 1) + 1, stride[1]))
-            hit = (xp[at] == m) & free
-            free = free & ~hit
-            dxp = dxp.at[at].add(jnp.where(hit, g, 0))
+    for offset, a in enumerate(at):
+        dxp = dxp.at[a].add(jnp.where(first == offset, g, 0))
     return dxp[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w]
 
 
@@ -197,3 +195,58 @@ def _avg_pool2d_grad(g, k, stride, padding, size):
     c = g.shape[1]
     w = jnp.full((c, 1) + tuple(k), 1 / (k[0] * k[1]), dtype=g.dtype)
     return _conv_grad_input(g, w, size, stride, padding, (1, 1), c)
+
+
+# -- normalization and dropout (issue 15): batch norm's running statistics and dropout's
+# key are arguments, and what changes comes back as new arrays (nothing is updated in place)
+def _batch_norm(x, axis, eps, momentum, training, running, key):
+    """x normalized per feature of axis, the statistics taken over the other axes. Training:
+    the batch's mean and population variance, and, when running is given (the calling
+    function's own copy of the dict, which it returns), its entries key + '.mean' and
+    key + '.var' replaced by new arrays as PyTorch updates them:
+    running = (1 - momentum) * running + momentum * batch, the variance unbiased (n/(n-1)).
+    Evaluation: the running statistics. training is a Python bool (static under jax.jit)."""
+    axes = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
+    if training:
+        n = x.size // x.shape[axis]
+        if n < 2:
+            raise ValueError(f"batch norm {key!r}: 1 value per feature in this batch (shape "
+                             f"{x.shape}); training needs at least 2 to take a variance")
+        mean = x.mean(axis=axes, keepdims=True)
+        xc = x - mean
+        var = (xc * xc).mean(axis=axes, keepdims=True)
+        if running is not None:
+            rm, rv = running[key + ".mean"], running[key + ".var"]
+            running[key + ".mean"] = rm * (1 - momentum) + momentum * mean.reshape(-1)
+            running[key + ".var"] = rv * (1 - momentum) + (momentum * n / (n - 1)) * var.reshape(-1)
+        return xc / jnp.sqrt(var + eps)
+    if running is None:
+        raise ValueError(f"batch norm {key!r} in evaluation mode (training=False) needs the "
+                         "running statistics: pass running=init_running(), updated by training")
+    shape = [1] * x.ndim
+    shape[axis] = -1  # a feature vector, broadcast along the other axes
+    mean = running[key + ".mean"].reshape(shape)
+    return (x - mean) / jnp.sqrt(running[key + ".var"].reshape(shape) + eps)
+
+
+def _prng_key(rng):
+    """A jax.random key from rng: a seed (an int, traced or not), a key (jax.random.key)
+    or the raw uint32 pair of jax.random.PRNGKey."""
+    if isinstance(rng, int):
+        return jax.random.key(rng)
+    if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        return rng
+    if rng.ndim == 0:
+        return jax.random.key(rng)
+    return jax.random.wrap_key_data(rng)
+
+
+def _dropout_mask(x, p, rng, number, training):
+    """Inverted dropout's mask for x: 1/(1-p) with probability 1-p, else 0, when training
+    (and p > 0); ones otherwise. Drawn with jax.random from the key rng folded with the
+    mask's number in the graph, so that every mask of one call has a stream of its own
+    (pass a new rng every step: jax.random.fold_in(key, step))."""
+    if not training or p == 0:
+        return jnp.ones(x.shape, x.dtype)
+    keep = jax.random.bernoulli(jax.random.fold_in(rng, number), 1 - p, x.shape)
+    return keep.astype(x.dtype) * (1 / (1 - p))

@@ -16,9 +16,20 @@ parameters are an uninterrupted run's. The generated script copies these functio
 ``init_params``, ``init_state``, ``train_step``, ``evaluate``, ``DTYPE`` and the
 constants below are the generated module's (here stand-ins, so that the file runs and
 ruff checks it). NumPy, which JAX depends on, reads the data and writes the checkpoints.
+
+A network with batch norm or dropout (``BUFFERS``) keeps buffers besides its parameters
+(``init_buffers``, the generated module's): the running statistics, replicated as the
+parameters and returned anew by every step, and dropout's key, which ``train_batch``
+folds with the epoch and the batch's number (one key for every process and device:
+each device draws the bits of its own rows, so the masks are a one-device run's). The
+checkpoints hold them under ``buffers/`` (``buffers/running/NAME``, ``buffers/key``: the
+key's raw data). ``--metrics FILE.csv`` and ``--log-grad-norms`` are the NumPy script's
+(its ``GradNorms``, copied beside these); ``--data`` may be a ``.csv`` as the NumPy
+script's (numbers only, the target in the last column(s), an optional header line).
 """
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -42,6 +53,11 @@ TARGET = "y"  # the input fed from the data's y (None: the loss needs X alone)
 NETWORK = "network"
 OPTIMIZER = "sgd"
 METRIC = "loss"  # evaluate() returns: 'acc' (accuracy) or 'loss'
+LAYERS = {"all": ("w",)}  # each layer's weights: --log-grad-norms, --metrics
+FEATURE_SHAPE = (2,)  # one row of X
+TARGET_KIND = "values"  # y holds: 'labels', 'values' or None (no y)
+TARGET_SHAPE = (1,)  # one entry of y
+BUFFERS = None  # batch norm or dropout: what init_buffers() makes ('running', 'key')
 
 
 def init_params(seed=0):  # stand-in: the generated module's
@@ -56,7 +72,19 @@ def train_step(params, state, lr=LR, **batch):  # stand-in: the generated module
     raise NotImplementedError
 
 
-def evaluate(params, X, y):  # stand-in: the generated module's
+def evaluate(params, X, y, running=None):  # stand-in: the generated module's
+    raise NotImplementedError
+
+
+def grad_norms(params, X, y):  # stand-in: the generated module's
+    raise NotImplementedError
+
+
+def init_buffers(seed):  # stand-in: the generated module's (batch norm, dropout)
+    raise NotImplementedError
+
+
+def train_batch(params, state, buffers, epoch, number, lr, batch):  # stand-in: likewise
     raise NotImplementedError
 
 
@@ -69,7 +97,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Train the network with JAX: every global batch is split over all "
         "devices (jax.sharding, a 'data' axis), the parameters are replicated.")
-    p.add_argument("--data", required=True, help=".npz holding X (and y)")
+    p.add_argument("--data", required=True,
+                   help=".npz holding X (and y, X_test, y_test), or .csv: numbers only, the "
+                   "target in the last column(s)")
     p.add_argument("--epochs", type=int, default=EPOCHS, help=f"passes over the data ({EPOCHS})")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                    help=f"the global batch, split over the devices ({BATCH_SIZE})")
@@ -83,6 +113,13 @@ def parse_args(argv=None):
     p.add_argument("--resume", metavar="FILE",
                    help="continue from a checkpoint of this network: the same options give the "
                    "final parameters of a run that was never interrupted")
+    p.add_argument("--log-grad-norms", action="store_true",
+                   help="after each epoch print the gradient norm of each layer's weights "
+                   "(on the first --batch-size rows) and warn when a layer falls below 1e-3 "
+                   "or rises above 1e3 times the last layer's norm")
+    p.add_argument("--metrics", metavar="FILE.csv",
+                   help="append one row per epoch: epoch, loss, the accuracy or test loss as "
+                   "printed, and each layer's gradient norm (grad_norm_LAYER)")
     p.add_argument("--coordinator", help="host:port of process 0: train on several hosts "
                    "(jax.distributed.initialize)")
     p.add_argument("--num-processes", type=int, default=1, help="with --coordinator")
@@ -101,10 +138,11 @@ def first_copy(x):
     return np.asarray(x.addressable_data(0))
 
 
-def save_checkpoint(path, params, state, epoch, rng):
-    """params, optimizer state, the epoch done and the shuffling generator's state to path,
-    atomically: a temporary file in the same directory, then os.replace, so that an
-    interruption never leaves half a file. Process 0 alone writes (the others return)."""
+def save_checkpoint(path, params, state, epoch, rng, buffers=None):
+    """params, optimizer state, the epoch done and the shuffling generator's state (and
+    the buffers of batch norm and dropout) to path, atomically: a temporary file in the
+    same directory, then os.replace, so that an interruption never leaves half a file.
+    Process 0 alone writes (the others return)."""
     if jax.process_index():
         return
     arrays = {"network": np.array(NETWORK), "optimizer": np.array(OPTIMIZER),
@@ -117,6 +155,11 @@ def save_checkpoint(path, params, state, epoch, rng):
         else:
             arrays["state/" + key] = first_copy(value) if hasattr(value, "addressable_data") \
                 else np.array(value)
+    if BUFFERS is not None:  # variant: buffers
+        arrays.update({"buffers/running/" + k: first_copy(v)
+                       for k, v in buffers.get("running", {}).items()})
+        if "key" in buffers:  # the key's raw data (uint32)
+            arrays["buffers/key"] = first_copy(jax.random.key_data(buffers["key"]))
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
                                prefix=".checkpoint-", suffix=".npz")
     try:
@@ -132,9 +175,10 @@ def save_checkpoint(path, params, state, epoch, rng):
 
 
 def load_checkpoint(path):
-    """params and optimizer state (NumPy arrays, init_state's structure), the epoch done
-    and the shuffling generator, from a checkpoint of this network and optimizer; raises
-    CheckpointError saying in one line what is wrong."""
+    """params and optimizer state (NumPy arrays, init_state's structure), the epoch done,
+    the shuffling generator and the buffers (None without batch norm and dropout), from a
+    checkpoint of this network and optimizer; raises CheckpointError saying in one line
+    what is wrong."""
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
@@ -166,6 +210,15 @@ def load_checkpoint(path):
             state[key] = {k: array(f"state/{key}/{k}", v) for k, v in value.items()}
         else:  # a count such as Adam's t: the type init_state gives it
             state[key] = type(value)(array("state/" + key, value))
+    buffers = None
+    if BUFFERS is not None:  # variant: buffers
+        fresh_buffers, buffers = init_buffers(0), {}
+        if "running" in fresh_buffers:
+            buffers["running"] = {k: array("buffers/running/" + k, v)
+                                  for k, v in fresh_buffers["running"].items()}
+        if "key" in fresh_buffers:
+            raw = array("buffers/key", jax.random.key_data(fresh_buffers["key"]))
+            buffers["key"] = jax.random.wrap_key_data(raw)
     try:
         epoch = int(arrays["progress/epoch"])
         rng = np.random.default_rng()
@@ -173,12 +226,87 @@ def load_checkpoint(path):
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} lacks the progress entry {e}; expected a "
                               "file written by this script's --out") from None
-    return params, state, epoch, rng
+    return params, state, epoch, rng, buffers
+
+
+def read_csv(path):
+    """X and y from a .csv file, as the NumPy script reads one: numbers only, the target in
+    the last column(s) (one label column for a classifier); a first line without any
+    number is a header and is skipped. A bad cell or row count fails in one line."""
+    def number(cell):
+        try:
+            return float(cell)
+        except ValueError:
+            return None
+
+    n_features = int(np.prod(FEATURE_SHAPE))
+    n_target = 0 if TARGET_KIND is None else 1 if TARGET_KIND == "labels" \
+        else int(np.prod(TARGET_SHAPE))
+    rows = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for line, cells in enumerate(csv.reader(f), start=1):
+            if not any(cell.strip() for cell in cells):
+                continue
+            values = [number(cell) for cell in cells]
+            if not rows and all(v is None for v in values):
+                continue  # a header
+            if None in values:
+                bad = cells[values.index(None)].strip()
+                fail(f"{path}, line {line}: {bad!r} is not a number; expected numeric cells "
+                     "only")
+            if len(values) != n_features + n_target:
+                fail(f"{path}, line {line}: {len(values)} columns; expected "
+                     f"{n_features + n_target} ({n_features} features, then {n_target} "
+                     "target)")
+            rows.append(values)
+    if not rows:
+        fail(f"{path} has no data rows")
+    table = np.array(rows)
+    arrays = {"X": table[:, :n_features].reshape((len(table),) + FEATURE_SHAPE)}
+    if TARGET_KIND == "labels":
+        arrays["y"] = table[:, -1].astype(np.int64)
+    elif TARGET_KIND == "values":
+        arrays["y"] = table[:, n_features:].reshape((len(table),) + TARGET_SHAPE)
+    return arrays
 
 
 def host(params):
     """The parameters as NumPy arrays (one copy each), for evaluate."""
     return {k: first_copy(v) for k, v in params.items()}
+
+
+def read_data(path):
+    """The training data (by input name) and the test split (None without one) of a .npz
+    or .csv file, as NumPy arrays; a file that cannot be read fails in one line."""
+    if not os.path.isfile(path):
+        fail(f"data file {path} does not exist; expected a .npz or .csv file")
+    if path.endswith(".csv"):
+        arrays = read_csv(path)
+    else:
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+        except (OSError, ValueError, EOFError) as e:
+            fail(f"{path} is not a readable .npz file ({e})")
+    for name in ("X", "y") if TARGET else ("X",):
+        if name not in arrays:
+            fail(f"{path} has no array {name!r} (found {', '.join(sorted(arrays)) or 'none'})")
+    data = {FEATURES: arrays["X"]} | ({TARGET: arrays["y"]} if TARGET else {})
+    if TARGET and ("X_test" in arrays) != ("y_test" in arrays):
+        has, lacks = ("X_test", "y_test") if "X_test" in arrays else ("y_test", "X_test")
+        fail(f"{path} has {has} but no {lacks}; give both for a test split, or neither.")
+    # a held-out split: evaluated after every epoch (each process, on its own devices)
+    test = (arrays["X_test"], arrays["y_test"] if TARGET else None) \
+        if "X_test" in arrays else None
+    return data, test
+
+
+class GradNorms:  # stand-in: the NumPy script's (codegen/runtime/script.py), copied
+    def __init__(self, args, data):
+        raise NotImplementedError
+
+    def log(self, epoch, params, loss, score):
+        raise NotImplementedError
 
 
 def main(argv=None):
@@ -196,13 +324,7 @@ def main(argv=None):
     mesh = jax.sharding.Mesh(np.array(devices), ("data",))
     rows_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    with np.load(a.data) as f:
-        data = {FEATURES: f["X"]} | ({TARGET: f["y"]} if TARGET else {})
-        if TARGET and ("X_test" in f.files) != ("y_test" in f.files):
-            has, lacks = ("X_test", "y_test") if "X_test" in f.files else ("y_test", "X_test")
-            fail(f"{a.data} has {has} but no {lacks}; give both for a test split, or neither.")
-        # a held-out split: evaluated after every epoch (each process, on its own devices)
-        test = (f["X_test"], f["y_test"] if TARGET else None) if "X_test" in f.files else None
+    data, test = read_data(a.data)
     n = len(data[FEATURES])
     if n < a.batch_size:
         fail(f"--batch-size {a.batch_size} is larger than the {n} examples of {a.data}.")
@@ -214,14 +336,23 @@ def main(argv=None):
         fail(f"--checkpoint-every {a.checkpoint_every} writes to --out FILE: pass one.")
     if a.resume:
         try:
-            params, state, done, order_rng = load_checkpoint(a.resume)
+            params, state, done, order_rng, buffers = load_checkpoint(a.resume)
         except CheckpointError as e:
             fail(e)
-        params, state = jax.device_put((params, state), replicated)
+        params, state, buffers = jax.device_put((params, state, buffers), replicated)
     else:
         params = jax.device_put(init_params(a.seed), replicated)
         state = jax.device_put(init_state(params), replicated)
-        done, order_rng = 0, np.random.default_rng(a.seed)
+        done, order_rng, buffers = 0, np.random.default_rng(a.seed), None
+        if BUFFERS is not None:  # variant: buffers
+            buffers = jax.device_put(init_buffers(a.seed), replicated)
+    norms = None  # --log-grad-norms, --metrics: process 0 alone
+    if (a.log_grad_norms or a.metrics) and jax.process_index() == 0:
+        try:
+            norms = GradNorms(a, {"X": data[FEATURES], "y": data.get(TARGET),
+                                  "X_test": None if test is None else test[0]})
+        except OSError as e:
+            fail(f"cannot write --metrics {a.metrics}: {e.strerror or e}")
     if done >= a.epochs and jax.process_index() == 0:
         print(f"the checkpoint is at epoch {done}; nothing to do for --epochs {a.epochs}")
     for epoch in range(done + 1, a.epochs + 1):
@@ -235,22 +366,33 @@ def main(argv=None):
                 if local.dtype.kind == "f":
                     local = local.astype(DTYPE)
                 batch[name] = jax.make_array_from_process_local_data(rows_sharding, local)
-            loss, params, state = train_step(params, state, lr=a.lr, **batch)
+            if BUFFERS is None:  # variant: plain
+                loss, params, state = train_step(params, state, lr=a.lr, **batch)
+            if BUFFERS is not None:  # variant: buffers
+                loss, params, state, buffers = train_batch(params, state, buffers, epoch, b,
+                                                           a.lr, batch)
             losses.append(loss)
         mean = float(np.mean([first_copy(v) for v in losses]))
         if not np.isfinite(mean):
             fail(f"the loss is {mean} in epoch {epoch}; lower --lr.")
-        score = ""  # the NumPy script's report: test accuracy or loss, else train accuracy
-        if test is not None:
-            score = f"  test_{METRIC} {evaluate(host(params), *test):.4f}"
-        elif METRIC == "acc":
-            score = f"  train_acc {evaluate(host(params), data[FEATURES], data[TARGET]):.4f}"
+        # the NumPy script's report: test accuracy or loss, else train accuracy
+        split = test if test is not None else (data[FEATURES], data[TARGET]) \
+            if METRIC == "acc" else None
+        score, value = "", None
+        if split is not None:
+            if BUFFERS is None:  # variant: plain
+                value = evaluate(host(params), *split)
+            if BUFFERS is not None:  # variant: buffers
+                value = evaluate(host(params), *split, host(buffers.get("running", {})))
+            score = f"  {'test' if test is not None else 'train'}_{METRIC} {value:.4f}"
         if jax.process_index() == 0:
             print(f"epoch {epoch}/{a.epochs}  loss {mean:.6f}{score}  {len(devices)} "
                   f"device(s)  {time.perf_counter() - start:.2f} s", flush=True)
+        if norms is not None:
+            norms.log(epoch, host(params), mean, value)
         if a.out and (epoch == a.epochs or a.checkpoint_every
                       and epoch % a.checkpoint_every == 0):
-            save_checkpoint(a.out, params, state, epoch, order_rng)
+            save_checkpoint(a.out, params, state, epoch, order_rng, buffers)
     return 0
 
 
