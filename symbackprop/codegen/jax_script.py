@@ -25,7 +25,7 @@ from ..graph import Graph
 from . import backends, functional
 from .emit import safe_text
 from .module import call_lines, step_doc, wrap
-from .runtime import jax_script, source_of
+from .runtime import jax_mixed, jax_script, source_of
 
 MAIN = ("CheckpointError", "parse_args", "fail", "first_copy", "host", "save_checkpoint",
         "load_checkpoint", "main", "__main__")
@@ -61,10 +61,14 @@ def _evaluate(m, task) -> tuple[str, str]:
 def data_parallel_script(g: Graph, of=None, optimizer: str = "sgd", lr=None, epochs: int = 10,
                          batch_size: int = 32, seed: int = 0, wrt=None, dtype: str = "float64",
                          optimize=True, features=None, target=None, backend="jax",
-                         **hyper) -> str:
+                         precision=None, growth_interval=2000, **hyper) -> str:
     """The source of the JAX training script (see the module's docstring); the parameters
     are :func:`~symbackprop.codegen.script.training_script`'s. ``batch_size`` is the
-    global batch: the script refuses one that the devices do not divide.
+    global batch: the script refuses one that the devices do not divide. ``precision``
+    ``"mixed"`` or ``"bfloat16"`` (``dtype`` then the half dtype,
+    :func:`~symbackprop.codegen.mixed.functional_precision`) trains in mixed precision
+    (:mod:`~symbackprop.codegen.jax_mixed`) and prints the underflow counts after every
+    epoch; the loss scaler's state is replicated and kept in the checkpoints.
 
     Examples
     --------
@@ -80,7 +84,8 @@ def data_parallel_script(g: Graph, of=None, optimizer: str = "sgd", lr=None, epo
     epochs, batch_size = _positive("epochs", epochs), _positive("batch_size", batch_size)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed={seed!r}; expected an int >= 0.")
-    m = functional.build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, b.name)
+    m = functional.build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, b.name,
+                         precision=precision, growth_interval=growth_interval)
     task = _data_task(g, m.of, features, target)
     nm = m.em.namer
     name = safe_text(g.nx.graph.get("name", "network"))
@@ -110,8 +115,12 @@ def data_parallel_script(g: Graph, of=None, optimizer: str = "sgd", lr=None, epo
                  f"NETWORK = {str(g.nx.graph.get('name', 'network'))!r}",
                  f"OPTIMIZER = {m.opt.name!r}",
                  f"METRIC = {metric!r}  # evaluate() returns: 'acc' (accuracy) or 'loss'"]
+    mixed = bool(m.precision)  # the step's underflow() and its log line (codegen/jax_mixed.py)
+    main = source_of(jax_script, *MAIN, variants={"mixed": mixed})
+    blocks = [evaluate, source_of(jax_mixed, "underflow_line"), main] if mixed \
+        else [evaluate, main]
     return functional.model_text(
-        m, doc, blocks=[evaluate, source_of(jax_script, *MAIN)],
+        m, doc, blocks=blocks,
         imports=("argparse", "json", "os", "sys", "tempfile", "time"),
         constants=constants, library=b.imports() + "\nimport numpy as np")
 

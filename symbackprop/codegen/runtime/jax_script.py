@@ -42,6 +42,7 @@ TARGET = "y"  # the input fed from the data's y (None: the loss needs X alone)
 NETWORK = "network"
 OPTIMIZER = "sgd"
 METRIC = "loss"  # evaluate() returns: 'acc' (accuracy) or 'loss'
+MIXED = False  # mixed precision: the module has underflow() (codegen/jax_mixed.py)
 
 
 def init_params(seed=0):  # stand-in: the generated module's
@@ -57,6 +58,14 @@ def train_step(params, state, lr=LR, **batch):  # stand-in: the generated module
 
 
 def evaluate(params, X, y):  # stand-in: the generated module's
+    raise NotImplementedError
+
+
+def underflow(params, state, **batch):  # stand-in: a mixed-precision module's
+    raise NotImplementedError
+
+
+def underflow_line(counts, state):  # stand-in: runtime/jax_mixed.py's
     raise NotImplementedError
 
 
@@ -248,6 +257,12 @@ def main(argv=None):
         if jax.process_index() == 0:
             print(f"epoch {epoch}/{a.epochs}  loss {mean:.6f}{score}  {len(devices)} "
                   f"device(s)  {time.perf_counter() - start:.2f} s", flush=True)
+        if MIXED and jax.process_index() == 0:  # variant: mixed
+            rows = np.arange(a.batch_size)  # the first --batch-size rows, as NumPy's script
+            scaler = {k: first_copy(v) for k, v in state.items() if not isinstance(v, dict)}
+            counts = underflow(host(params), scaler,
+                               **{k: v[rows] for k, v in data.items()})
+            print(underflow_line(counts, scaler), flush=True)
         if a.out and (epoch == a.epochs or a.checkpoint_every
                       and epoch % a.checkpoint_every == 0):
             save_checkpoint(a.out, params, state, epoch, order_rng)
