@@ -106,8 +106,8 @@ def underflow_line(counts, state):
     share = 100.0 / max(nonzero, 1)
     half = jnp.dtype(DTYPE).name
     line = (f"  {half} gradients: {plain} of {nonzero} nonzero entries ({plain * share:.1f}%) "
-            "flush to zero without loss scaling")
+            "flush to zero")
     if "scale" not in state:
         return line + f" (no loss scaling: {half} has float32's exponent range)"
-    return (line + f", {scaled} ({scaled * share:.1f}%) with scale {float(state['scale']):g}; "
-            f"{int(state['skipped'])} steps skipped on overflow so far")
+    return (line + f" without loss scaling, {scaled} ({scaled * share:.1f}%) with scale "
+            f"{float(state['scale']):g}; {int(state['skipped'])} steps skipped on overflow so far")
