@@ -257,12 +257,13 @@ def main(argv=None):
         if jax.process_index() == 0:
             print(f"epoch {epoch}/{a.epochs}  loss {mean:.6f}{score}  {len(devices)} "
                   f"device(s)  {time.perf_counter() - start:.2f} s", flush=True)
-        if MIXED and jax.process_index() == 0:  # variant: mixed
-            rows = np.arange(a.batch_size)  # the first --batch-size rows, as NumPy's script
+        if MIXED:  # variant: mixed
+            # on the first --batch-size rows, as NumPy's script (each process: as evaluate)
             scaler = {k: first_copy(v) for k, v in state.items() if not isinstance(v, dict)}
             counts = underflow(host(params), scaler,
-                               **{k: v[rows] for k, v in data.items()})
-            print(underflow_line(counts, scaler), flush=True)
+                               **{k: v[:a.batch_size] for k, v in data.items()})
+            if jax.process_index() == 0:
+                print(underflow_line(counts, scaler), flush=True)
         if a.out and (epoch == a.epochs or a.checkpoint_every
                       and epoch % a.checkpoint_every == 0):
             save_checkpoint(a.out, params, state, epoch, order_rng)
