@@ -450,9 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--distributed", choices=["mpi"],
                    help="mpi: a data-parallel script for `mpirun -n K python train.py` "
                    "(mpi4py: pip install symbackprop[distributed])")
-    c.add_argument("--precision", metavar="{float64,float32,mixed}",
+    c.add_argument("--precision", metavar="{float64,float32,mixed,bfloat16}",
                    help="mixed: float16 forward and backward, float32 master parameters, "
-                   "dynamic loss scaling (default: --dtype)")
+                   "dynamic loss scaling; bfloat16 (--backend jax): bfloat16 forward and "
+                   "backward, float32 masters, no loss scaling (default: --dtype)")
     c.add_argument("--growth-interval", type=int, default=2000, metavar="K",
                    help="mixed precision: good steps before the loss scale doubles (2000)")
     c.set_defaults(run=cmd_train_script)

@@ -497,15 +497,15 @@ def test_train_script_backend_without_a_script_is_one_line(capsys):
 
 
 def test_options_of_the_numpy_backend_alone_are_refused_in_one_line(capsys):
-    """Mixed precision and MPI are the numpy backend's so far: a functional backend says so
-    instead of ignoring them."""
+    """Mixed precision is numpy's and jax's (tests/test_jax_mixed.py), MPI numpy's: another
+    backend says so instead of ignoring them."""
     g = sb.models.mlp([4, 3, 2])
-    with pytest.raises(ValueError, match="precision 'mixed' is written for the numpy backend"):
-        sb.compile(g, optimizer="sgd", precision="mixed", backend="jax")
-    with pytest.raises(ValueError, match="precision 'mixed' is written for the numpy backend"):
+    with pytest.raises(ValueError, match="precision 'mixed' is written for the numpy and jax"):
         sb.train_step(g, precision="mixed", backend="array_api")
+    with pytest.raises(ValueError, match="bfloat16.*array_api has none"):
+        sb.train_step(g, precision="bfloat16", backend="array_api")
     assert "jnp.float32" in sb.train_step(g, precision="float32", backend="jax")
-    for extra in (["--precision", "mixed"], ["--distributed", "mpi"]):
+    for extra in (["--distributed", "mpi"],):
         assert main(["train-script", "mlp:4-3-2", "--backend", "jax", *extra]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and ("numpy" in err), err

@@ -11,7 +11,11 @@ test accuracy and, after every epoch, how many gradient entries float16 flushes 
 without loss scaling and with it. NumPy's float16 is emulated on CPUs, so this is
 slower than float32: it shows the mechanism, not the speed.
 
-    python examples/digits/mixed.py [--out DIR]
+``--backend jax`` writes the JAX script instead (``train-script ... --backend jax``: the
+same plan inside one jitted step, docs/backends.md), and ``--precision bfloat16`` (JAX
+only) trains in bfloat16 with float32 masters and no loss scaling.
+
+    python examples/digits/mixed.py [--out DIR] [--backend jax] [--precision bfloat16]
 
 Needs scikit-learn (``pip install symbackprop[examples]``).
 """
@@ -33,12 +37,12 @@ HERE = Path(__file__).resolve().parent
 RUN = runpy.run_path(str(HERE / "run.py"))  # its split and settings
 
 
-def generate() -> str:
+def generate(backend: str = "numpy", precision: str = "mixed") -> str:
     """The mixed-precision training script of the digits MLP."""
     g = sb.models.mlp(RUN["SIZES"], activation="relu", loss="softmax_cross_entropy")
     return sb.training_script(g, of="L", optimizer=RUN["OPTIMIZER"], lr=RUN["LR"],
                               epochs=RUN["EPOCHS"], batch_size=RUN["BATCH_SIZE"],
-                              seed=RUN["SEED"], precision="mixed")
+                              seed=RUN["SEED"], precision=precision, backend=backend)
 
 
 def main(argv=None) -> dict:
@@ -46,29 +50,40 @@ def main(argv=None) -> dict:
     (flushed: without loss scaling, flushed_scaled: with it) and the last scale."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="out/digits", help="working directory (out/digits)")
+    p.add_argument("--backend", default="numpy", choices=["numpy", "jax"],
+                   help="the script's array library (numpy)")
+    p.add_argument("--precision", default="mixed", choices=["mixed", "bfloat16"],
+                   help="mixed: float16 with loss scaling; bfloat16: --backend jax only")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     X_train, X_test, y_train, y_test = RUN["digits_split"]()
     data = out / "digits.npz"
     np.savez(data, X=X_train, y=y_train, X_test=X_test, y_test=y_test)
-    script = out / "train_digits_mixed.py"
-    script.write_text(generate(), encoding="utf-8")
+    name = "mixed" if args.backend == "numpy" else f"{args.precision}_{args.backend}"
+    script = out / f"train_digits_{name}.py"
+    script.write_text(generate(args.backend, args.precision), encoding="utf-8")
     proc = subprocess.run([sys.executable, str(script), "--data", str(data), "--out",
-                           str(out / "checkpoint_mixed.npz")], cwd=out, capture_output=True,
+                           str(out / f"checkpoint_{name}.npz")], cwd=out, capture_output=True,
                           text=True, check=False, timeout=600)
     sys.stdout.write(proc.stdout)
     if proc.returncode != 0:
         raise RuntimeError(f"{script.name} failed ({proc.returncode}): {proc.stderr.strip()}")
     acc = float(re.findall(r"test_acc ([0-9.]+)", proc.stdout)[-1])
-    flushed, nonzero, scaled, scale = re.findall(
-        r"float16 gradients: (\d+) of (\d+) nonzero entries \S+ flush to zero without loss "
-        r"scaling, (\d+) \S+ with scale (\S+);", proc.stdout)[-1]
+    if args.precision == "bfloat16":  # no loss scale: as many flush with it as without
+        flushed, nonzero = re.findall(r"bfloat16 gradients: (\d+) of (\d+) nonzero entries",
+                                      proc.stdout)[-1]
+        scaled, scale = flushed, "1"
+    else:
+        flushed, nonzero, scaled, scale = re.findall(
+            r"float16 gradients: (\d+) of (\d+) nonzero entries \S+ flush to zero without "
+            r"loss scaling, (\d+) \S+ with scale (\S+);", proc.stdout)[-1]
     result = {"test_acc": acc, "flushed": int(flushed), "nonzero": int(nonzero),
               "flushed_scaled": int(scaled), "scale": float(scale)}
-    print(f"\nmixed precision: test accuracy {acc:.4f}; last epoch: {flushed} of {nonzero} "
-          f"gradient entries flush to zero in float16 without loss scaling, {scaled} with "
-          f"scale {scale}")
+    half = "bfloat16" if args.precision == "bfloat16" else "float16"
+    print(f"\nmixed precision ({args.backend}): test accuracy {acc:.4f}; last epoch: "
+          f"{flushed} of {nonzero} gradient entries flush to zero in {half} without loss "
+          f"scaling, {scaled} with scale {scale}")
     return result
 
 

@@ -78,6 +78,10 @@ class Backend:
     functional = False
     reserved: tuple = ()
     sharded_script = False  # writes a data-parallel training script (codegen/jax_script.py)
+    # the dtypes its mixed-precision training step computes in, with float32 masters
+    # (codegen/jax_mixed.py): "float16" for precision="mixed", "bfloat16"; NumPy's mixed
+    # step is the planned one (codegen/mixed.py)
+    half_dtypes: tuple = ()
 
     # -- the module ------------------------------------------------------------------------
     def imports(self) -> str:

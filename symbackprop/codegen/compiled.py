@@ -18,7 +18,7 @@ from . import backends, functional
 from .emit import prepare
 from .gradient_module import model_source
 from .loader import load_source, module_name, plain
-from .mixed import plain_dtype, resolve_precision
+from .mixed import functional_precision, resolve_precision
 from .module import build_model
 from .train import step_source
 
@@ -284,6 +284,29 @@ class FunctionalTrainStep(Compiled):
             return {}
         return {"xp": next(iter(params.values())).__array_namespace__()}
 
+    def underflow(self, params: dict, state: dict, **batch) -> dict:
+        """Mixed precision (``precision="mixed"`` or ``"bfloat16"``): the gradient entries
+        that the step's dtype flushes to zero on one batch, per trained parameter, as
+        ``(entries, nonzero in float32, of those zero without loss scaling, zero with
+        state["scale"])`` (bfloat16: no loss scale, the last two are equal), as
+        :meth:`CompiledTrainStep.underflow`; nothing changes.
+
+        Examples
+        --------
+        >>> step = sb.compile(sb.models.mlp([4, 3, 2]), optimizer="sgd", precision="mixed",
+        ...                   backend="jax")
+        >>> params = step.init_params(0)
+        >>> state = step.init_state(params)
+        >>> counts = step.underflow(params, state, X=np.ones((5, 4)), y=np.zeros(5, int))
+        >>> counts["W1"][0], state["scale"]
+        (12, 65536.0)
+        """
+        if not hasattr(self.module, "underflow"):
+            raise GraphError("underflow() needs a mixed-precision step: sb.compile(g, "
+                             "optimizer=..., precision='mixed', backend=...).")
+        batch = {self.arg_names.get(k, k): v for k, v in batch.items()}
+        return self.module.underflow(params, state, **{n: batch[n] for n in self.inputs})
+
 
 def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float64",
                   optimize=True, optimizer: str | None = None, checkpoint="none",
@@ -333,7 +356,7 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
     b = backends.get(backend)
     b.require()
     if b.functional:
-        dtype = plain_dtype(precision, dtype, b.name)
+        precision, dtype = functional_precision(precision, dtype, b)
     if fuse_update and optimizer is None:
         raise TypeError("compile() got fuse_update=True without optimizer=; the fused update "
                         "is a training step's: pass optimizer='sgd', 'momentum' or 'adam'.")
@@ -343,7 +366,7 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
     if optimizer is not None and b.functional:
         lr = hyper.pop("lr", None)
         m = functional.build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, b.name,
-                             checkpoint)
+                             checkpoint, precision, growth_interval)
         return FunctionalTrainStep(functional.model_text(m), module_name(g, "_train_step"),
                                    [m.em.namer(n) for n in m.inputs], m.arg_names)
     if optimizer is not None:
@@ -353,9 +376,15 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
                         growth_interval=growth_interval, fuse_update=fuse_update)
         return CompiledTrainStep(step_source(m), module_name(g, "_train_step"),
                                  [m.em.namer(n) for n in m.inputs], m.arg_names)
-    if precision is not None and resolve_precision(precision, dtype)[0] == "mixed":
-        raise TypeError("compile() got precision='mixed' without optimizer=; mixed precision "
-                        "is a training step's (float32 masters, loss scaling): pass optimizer=.")
+    if b.functional:  # dtype is the precision's; mixed ones need a training step
+        mixed, precision = (precision if precision in ("mixed", "bfloat16") else None), None
+    else:
+        mixed = (precision if precision is not None
+                 and resolve_precision(precision, dtype)[0] == "mixed" else None)
+    if mixed:
+        raise TypeError(f"compile() got precision={mixed!r} without optimizer=; "
+                        "mixed precision is a training step's (float32 masters, loss scaling): "
+                        "pass optimizer=.")
     if precision is not None:
         dtype = resolve_precision(precision, dtype)[1]
     if hyper:

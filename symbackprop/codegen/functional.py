@@ -29,7 +29,11 @@ from .emit import (
     safe_text,
 )
 from .init import plan_init
+from .jax_mixed import HALF, make_mixed
+from .jax_mixed import blocks as mixed_blocks
+from .jax_mixed import constant_lines as mixed_constants
 from .lowering import CONTEXT
+from .mixed import scaler_settings
 from .module import Model, params_of, step_doc
 from .optimizers import constant_lines, resolve_optimizer
 from .runtime import source_of
@@ -40,10 +44,18 @@ RUNTIME = {"sgd": sgd, "momentum": momentum, "adam": adam}
 
 
 def build(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None, hyper=None,
-          dtype: str = "float64", optimize=True, backend="jax", checkpoint="none") -> Model:
+          dtype: str = "float64", optimize=True, backend="jax", checkpoint="none",
+          precision=None, growth_interval=2000) -> Model:
     """The model of a functional training module: ``forward`` and the plain
-    ``value_and_grad`` written for ``backend``."""
+    ``value_and_grad`` written for ``backend``. ``precision`` ``"mixed"`` or
+    ``"bfloat16"`` (resolved by :func:`~symbackprop.codegen.mixed.functional_precision`;
+    ``dtype`` is then the half dtype) writes the mixed-precision step of
+    :mod:`~symbackprop.codegen.jax_mixed`."""
     opt, values = resolve_optimizer(optimizer, lr, hyper)
+    half = precision in HALF
+    scaler = scaler_settings(growth_interval) if precision == "mixed" else {}
+    if half:  # emitted in float32; make_mixed defines DTYPE as the half dtype
+        dtype = "float32"
     of, wrt = params_of(g, of, wrt)
     adj = prepare(g, of, wrt, optimize)
     _, em, fwd = emit_forward(adj, dtype, optimize, checkpoint=checkpoint, backend=backend)
@@ -55,14 +67,18 @@ def build(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None, hyper=No
     if clash:
         raise CodegenError(f"input {clash[0]!r} has the name of a variable of the training "
                            "step; rename the input (e.g. g.rename).")
-    return Model(g, of, wrt, em, [fwd, vg, *running_function(em)], inputs, opt, values, plan_init(g), dtype,
-                 grads=[adj.adjoint[w] for w in wrt])
+    m = Model(g, of, wrt, em, [fwd, vg, *running_function(em)], inputs, opt, values,
+              plan_init(g), dtype, grads=[adj.adjoint[w] for w in wrt])
+    if half:
+        make_mixed(m, precision, scaler)
+    return m
 
 
 def context_of(m: Model) -> list[str]:
     """The call-time arguments (:data:`~symbackprop.codegen.lowering.CONTEXT`) that
     ``value_and_grad`` takes: ``running`` (batch norm), ``rng`` (dropout)."""
-    return [p.split("=")[0] for p in m.functions[1].params if "=" in p]
+    named = (p.split("=")[0] for p in m.functions[1].params if "=" in p)
+    return [n for n in named if n in CONTEXT]  # not mixed precision's scale=
 
 
 def train_step_block(m: Model) -> str:
@@ -102,7 +118,8 @@ def train_step_block(m: Model) -> str:
 
 
 def step_source(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None, hyper=None,
-                dtype: str = "float64", optimize=True, backend="jax", checkpoint="none") -> str:
+                dtype: str = "float64", optimize=True, backend="jax", checkpoint="none",
+                precision=None, growth_interval=2000) -> str:
     """The source of a functional training module (see the module's docstring).
 
     Examples
@@ -120,7 +137,7 @@ def step_source(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None, hy
         return loss, params, state
     """
     return model_text(build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, backend,
-                            checkpoint))
+                            checkpoint, precision, growth_interval))
 
 
 def model_text(m: Model, doc: str | None = None, blocks=(), imports=(), constants=(),
@@ -139,8 +156,12 @@ def model_text(m: Model, doc: str | None = None, blocks=(), imports=(), constant
                 "Gradients (value_and_grad)\nand the optimizer (init_state, update) are "
                 "separate functions; train_step runs both and\nreturns new parameters and "
                 f"state. Needs only {b.title}. Do not edit: regenerate instead.")
-    blocks = [*b.init_source(m.plan), source_of(runtime, "init_state"),
-              source_of(runtime, "update"), train_step_block(m), *blocks]
+    if m.precision:  # mixed precision (codegen/jax_mixed.py)
+        blocks = [*mixed_blocks(m, runtime), *blocks]
+        constants = mixed_constants(m) + list(constants)
+    else:
+        blocks = [*b.init_source(m.plan), source_of(runtime, "init_state"),
+                  source_of(runtime, "update"), train_step_block(m), *blocks]
     text = "".join(blocks)  # the standard-library modules its blocks use
     imports = [*imports, *(i for i in b.step_imports() if re.search(rf"\b{i}\.", text))]
     return render_module(doc, m.em, m.functions, imports=imports,

@@ -159,6 +159,7 @@ class JaxBackend(Backend):
     functional = True
     reserved = ("jax", "jnp", "functools")
     sharded_script = True
+    half_dtypes = ("float16", "bfloat16")  # precision "mixed" and "bfloat16" (codegen/jax_mixed.py)
 
     def imports(self) -> str:
         return "import jax\nimport jax.numpy as jnp"

@@ -26,7 +26,7 @@ from ..graph import Graph
 from . import backends, functional
 from .emit import returns_running, safe_text
 from .module import call_lines, step_doc, wrap
-from .runtime import jax_script, source_of
+from .runtime import jax_mixed, jax_script, source_of
 from .runtime import script as runtime_script
 
 MAIN = ("CheckpointError", "parse_args", "fail", "first_copy", "host", "save_checkpoint",
@@ -129,10 +129,14 @@ def _buffers(m) -> list[str]:
 def data_parallel_script(g: Graph, of=None, optimizer: str = "sgd", lr=None, epochs: int = 10,
                          batch_size: int = 32, seed: int = 0, wrt=None, dtype: str = "float64",
                          optimize=True, features=None, target=None, backend="jax",
-                         **hyper) -> str:
+                         precision=None, growth_interval=2000, **hyper) -> str:
     """The source of the JAX training script (see the module's docstring); the parameters
     are :func:`~symbackprop.codegen.script.training_script`'s. ``batch_size`` is the
-    global batch: the script refuses one that the devices do not divide.
+    global batch: the script refuses one that the devices do not divide. ``precision``
+    ``"mixed"`` or ``"bfloat16"`` (``dtype`` then the half dtype,
+    :func:`~symbackprop.codegen.mixed.functional_precision`) trains in mixed precision
+    (:mod:`~symbackprop.codegen.jax_mixed`) and prints the underflow counts after every
+    epoch; the loss scaler's state is replicated and kept in the checkpoints.
 
     Examples
     --------
@@ -149,7 +153,8 @@ def data_parallel_script(g: Graph, of=None, optimizer: str = "sgd", lr=None, epo
     epochs, batch_size = _positive("epochs", epochs), _positive("batch_size", batch_size)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed={seed!r}; expected an int >= 0.")
-    m = functional.build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, b.name)
+    m = functional.build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, b.name,
+                         precision=precision, growth_interval=growth_interval)
     task = _data_task(g, m.of, features, target)
     nm = m.em.namer
     name = safe_text(g.nx.graph.get("name", "network"))
@@ -197,9 +202,11 @@ def data_parallel_script(g: Graph, of=None, optimizer: str = "sgd", lr=None, epo
             "# dropout's masks are drawn inside the sharded step: each device draws the bits of its",
             "# own rows (the same masks as on one device)",
             'jax.config.update("jax_threefry_partitionable", True)']
-    blocks += [source_of(runtime_script, "GradNorms"),
-               source_of(jax_script, *MAIN, variants={"buffers": bool(context),
-                                                      "plain": not context})]
+    mixed = bool(m.precision)  # the step's underflow() and its log line (codegen/jax_mixed.py)
+    blocks += [source_of(runtime_script, "GradNorms")]
+    blocks += [source_of(jax_mixed, "underflow_line")] if mixed else []
+    blocks += [source_of(jax_script, *MAIN, variants={"buffers": bool(context),
+                                                      "plain": not context, "mixed": mixed})]
     return functional.model_text(
         m, doc, blocks=blocks,
         imports=("argparse", "csv", "json", "os", "sys", "tempfile", "time"),

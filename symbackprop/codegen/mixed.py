@@ -87,6 +87,33 @@ def plain_dtype(precision, dtype: str, backend: str) -> str:
     return computed
 
 
+def functional_precision(precision, dtype: str, backend) -> tuple[str, str]:
+    """``(precision, dtype of the generated step)`` for a functional backend (a
+    :class:`~symbackprop.codegen.backends.Backend`): float32/float64 as
+    :func:`plain_dtype`; ``"mixed"`` (float16) and ``"bfloat16"`` where the backend
+    computes in that dtype (its ``half_dtypes``), else ``ValueError``.
+
+    Examples
+    --------
+    >>> from symbackprop.codegen import backends
+    >>> functional_precision("bfloat16", "float64", backends.get("jax"))
+    ('bfloat16', 'bfloat16')
+    """
+    half = {"mixed": "float16", "bfloat16": "bfloat16"}.get(precision)
+    if half is None:
+        computed = plain_dtype(precision, dtype, backend.name)
+        return computed, computed
+    if half not in backend.half_dtypes:
+        if precision == "bfloat16":
+            raise ValueError(f"precision 'bfloat16' needs a backend that has bfloat16 "
+                             f"({BFLOAT16_BACKENDS}); {backend.name} has none. Use precision "
+                             "'float32'.")
+        raise ValueError(f"precision 'mixed' is written for the numpy and jax backends only "
+                         f"so far, not {backend.name}; use backend='numpy' or 'jax', or "
+                         "precision 'float32'.")
+    return precision, half
+
+
 def scaler_settings(growth_interval=GROWTH_INTERVAL) -> dict:
     """The dynamic loss scaler's settings (torch.amp.GradScaler's defaults); raises
     ``ValueError`` for a ``growth_interval`` that is not an int >= 1.
@@ -147,6 +174,10 @@ def loss_in_float32(m) -> None:
 def precision_text(m) -> str:
     """The module docstring's words on precision."""
     s = m.scaler
+    if m.precision == "bfloat16":  # a backend's that has it (codegen/jax_mixed.py)
+        return ("precision bfloat16: forward and backward in bfloat16, float32 master "
+                "parameters and optimizer state; no loss scaling (bfloat16 has float32's "
+                "exponent range).")
     return (f"precision mixed: forward and backward in float16, float32 master parameters "
             f"and optimizer state; dynamic loss scaling from {s['loss_scale']:g}, times "
             f"{s['growth_factor']:g} after {s['growth_interval']} good steps, times "
@@ -264,5 +295,5 @@ def _underflow_block(m) -> str:
         "    return _flushed({name: reference[name] for name in TRAINED}, plain, scaled)"]) + "\n"
 
 
-__all__ = ["PRECISIONS", "check_mixed", "constant_lines", "mixed_blocks", "precision_text",
-           "resolve_precision", "scaler_settings"]
+__all__ = ["PRECISIONS", "check_mixed", "constant_lines", "functional_precision", "mixed_blocks",
+           "precision_text", "resolve_precision", "scaler_settings"]

@@ -114,7 +114,7 @@ class Model:
     fast: Function | None = None  # loss_and_grads_into: the planned step, if optimizing
     pool: object = None  # its workspace buffers
     grads: list = field(default_factory=list)  # the gradient node of each wrt, in order
-    precision: str = ""  # "mixed": float16 step, float32 masters (codegen/mixed.py)
+    precision: str = ""  # "mixed": float16 step, float32 masters (codegen/mixed.py); "bfloat16"
     scaler: dict = field(default_factory=dict)  # mixed: the loss scaler's settings
     fused: bool = False  # fuse_update: each part updated in the backward (runtime/fused.py)
 
@@ -497,7 +497,7 @@ def step_doc(m: Model, what: str) -> str:
         f"Optimizer: {m.opt.title} ({m.opt.rule}); {hyper_text(m.hyper)}.",
         f"Initialisation: {safe_text(init_text(m.plan))}.",
         f"Trained parameters: {', '.join(map(safe_text, m.wrt))}; "
-        + (precision_text(m) if m.precision == "mixed" else f"dtype {m.dtype}.")) + "\n"
+        + (precision_text(m) if m.precision else f"dtype {m.dtype}.")) + "\n"
 
 
 def assemble(doc: str, m: Model, functions: list, blocks: list, imports=(),

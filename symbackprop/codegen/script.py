@@ -26,7 +26,7 @@ from ..layers import layers
 from . import backends
 from .emit import Function, call_lines, safe_text
 from .mixed import constant_lines as mixed_constants
-from .mixed import plain_dtype, resolve_precision
+from .mixed import functional_precision, resolve_precision
 from .module import (
     Model,
     assemble,
@@ -331,7 +331,10 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         the script saves, saying so).
         ``precision="mixed"``: the script trains in mixed precision, its checkpoints keep
         the loss scaler's state, and every epoch it prints how many gradient entries
-        float16 flushes to zero without and with loss scaling.
+        float16 flushes to zero without and with loss scaling. With ``backend="jax"``,
+        ``"mixed"`` and ``"bfloat16"`` (no loss scaling) as in
+        :mod:`~symbackprop.codegen.jax_mixed`; the scaler's state is replicated over the
+        devices and saved in the checkpoints.
     epochs, batch_size, seed : int
         The script's defaults for ``--epochs``, ``--batch-size`` and ``--seed``.
     features, target : str, optional
@@ -395,9 +398,11 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         if distributed is not None:
             raise ValueError(f"distributed={distributed!r} is the numpy script's (mpirun); the "
                              f"{backend} script splits each batch over devices itself.")
+        precision, dtype = functional_precision(precision, dtype, backends.get(backend))
         return data_parallel_script(g, of, optimizer, lr, epochs, batch_size, seed, wrt,
-                                    plain_dtype(precision, dtype, backend), optimize,
-                                    features, target, backend, **hyper)
+                                    dtype, optimize, features, target, backend,
+                                    precision=precision, growth_interval=growth_interval,
+                                    **hyper)
     epochs = _positive_int("epochs", epochs)
     batch_size = _positive_int("batch_size", batch_size)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:

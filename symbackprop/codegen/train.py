@@ -26,7 +26,7 @@ from ..graph import Graph
 from . import backends, functional
 from .emit import safe_text
 from .mixed import constant_lines as mixed_constants
-from .mixed import plain_dtype
+from .mixed import functional_precision
 from .module import Model, assemble, build_model, step_blocks, step_doc
 from .optimizers import constant_lines
 
@@ -65,7 +65,10 @@ def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: floa
         after ``growth_interval`` good steps); the state then holds ``scale``,
         ``good_steps`` and ``skipped``, and the module has ``underflow(params, state,
         <inputs>)`` (docs/training.md, "Mixed precision"). ``"bfloat16"`` is refused:
-        NumPy has no bfloat16.
+        NumPy has no bfloat16. With ``backend="jax"`` both are written functionally
+        (:mod:`~symbackprop.codegen.jax_mixed`): ``"mixed"`` as above, the scaler's state
+        in and out of the jitted step; ``"bfloat16"`` computes in bfloat16 for float32
+        masters with no loss scaling (bfloat16 has float32's exponent range).
     growth_interval : int
         Mixed precision: good steps in a row before the loss scale doubles (2000).
     backend : {"numpy", "jax", "array_api"}
@@ -122,13 +125,14 @@ def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: floa
     symbackprop.training_script : the same code inside a complete training program.
     symbackprop.compile : ``optimizer=`` loads it as a :class:`CompiledTrainStep`.
     """
-    if backends.get(backend).functional:
+    b = backends.get(backend)
+    if b.functional:
         if fuse_update:
             raise CodegenError(f"fuse_update=True is NumPy's planned step; the {backend} "
                                "backend's update returns new arrays (XLA plans its memory).")
-        return functional.step_source(g, of, wrt, optimizer, lr, hyper,
-                                      plain_dtype(precision, dtype, backend), optimize,
-                                      backend, checkpoint)
+        precision, dtype = functional_precision(precision, dtype, b)
+        return functional.step_source(g, of, wrt, optimizer, lr, hyper, dtype, optimize,
+                                      backend, checkpoint, precision, growth_interval)
     return step_source(build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize,
                                    checkpoint=checkpoint, precision=precision,
                                    growth_interval=growth_interval, fuse_update=fuse_update))

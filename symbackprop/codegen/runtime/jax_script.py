@@ -58,6 +58,7 @@ FEATURE_SHAPE = (2,)  # one row of X
 TARGET_KIND = "values"  # y holds: 'labels', 'values' or None (no y)
 TARGET_SHAPE = (1,)  # one entry of y
 BUFFERS = None  # batch norm or dropout: what init_buffers() makes ('running', 'key')
+MIXED = False  # mixed precision: the module has underflow() (codegen/jax_mixed.py)
 
 
 def init_params(seed=0):  # stand-in: the generated module's
@@ -85,6 +86,14 @@ def init_buffers(seed):  # stand-in: the generated module's (batch norm, dropout
 
 
 def train_batch(params, state, buffers, epoch, number, lr, batch):  # stand-in: likewise
+    raise NotImplementedError
+
+
+def underflow(params, state, **batch):  # stand-in: a mixed-precision module's
+    raise NotImplementedError
+
+
+def underflow_line(counts, state):  # stand-in: runtime/jax_mixed.py's
     raise NotImplementedError
 
 
@@ -390,6 +399,13 @@ def main(argv=None):
                   f"device(s)  {time.perf_counter() - start:.2f} s", flush=True)
         if norms is not None:
             norms.log(epoch, host(params), mean, value)
+        if MIXED:  # variant: mixed
+            # on the first --batch-size rows, as NumPy's script (each process: as evaluate)
+            scaler = {k: first_copy(v) for k, v in state.items() if not isinstance(v, dict)}
+            counts = underflow(host(params), scaler,
+                               **{k: v[:a.batch_size] for k, v in data.items()})
+            if jax.process_index() == 0:
+                print(underflow_line(counts, scaler), flush=True)
         if a.out and (epoch == a.epochs or a.checkpoint_every
                       and epoch % a.checkpoint_every == 0):
             save_checkpoint(a.out, params, state, epoch, order_rng, buffers)
