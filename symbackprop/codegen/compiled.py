@@ -266,10 +266,11 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
     the backward pass instead of keeping them (gradient checkpointing,
     :mod:`symbackprop.codegen.checkpoint`): less memory, bit-identical results.
 
-    ``backend="jax"`` or ``"array_api"`` writes the code for that array library
+    ``backend="jax"``, ``"array_api"`` or ``"torch"`` writes the code for that array library
     (:func:`~symbackprop.codegen.gradient_module.source`); its results are that library's
     arrays (``array_api``: the library of the arrays passed). A training step of a
-    functional backend is a :class:`FunctionalTrainStep`. A backend whose library is not
+    functional backend is a :class:`FunctionalTrainStep`; torch's, in place, a
+    :class:`CompiledTrainStep` (its arrays are torch tensors). A backend whose library is not
     installed raises :class:`~symbackprop.errors.CodegenError` naming the extra to install.
 
     Returns
@@ -287,6 +288,14 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
     """
     b = backends.get(backend)
     b.require()
+    if optimizer is not None and b.trainer() is not None:  # in place, the backend's own (torch)
+        lr = hyper.pop("lr", None)
+        return b.trainer().compile_step(g, of, wrt, optimizer, lr, hyper,
+                                        plain_dtype(precision, dtype, b.name), optimize,
+                                        checkpoint)
+    if b.trainer() is not None:
+        dtype = plain_dtype(precision, dtype, b.name)
+        precision = None
     if b.functional:
         dtype = plain_dtype(precision, dtype, b.name)
     if optimizer is not None and b.functional:

@@ -67,8 +67,11 @@ def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: floa
         NumPy has no bfloat16.
     growth_interval : int
         Mixed precision: good steps in a row before the loss scale doubles (2000).
-    backend : {"numpy", "jax", "array_api"}
-        The array library (:mod:`~symbackprop.codegen.backends`). ``"jax"`` and
+    backend : {"numpy", "jax", "array_api", "torch"}
+        The array library (:mod:`~symbackprop.codegen.backends`). ``"torch"`` writes an
+        in-place module as NumPy's (:mod:`~symbackprop.codegen.torch_train`): its
+        functions run under ``torch.inference_mode()`` on the device of the tensors
+        passed, ``init_params(seed, device=None)`` draws with a ``torch.Generator``. ``"jax"`` and
         ``"array_api"`` write a functional module (:mod:`~symbackprop.codegen.functional`):
         ``update`` and ``train_step`` return new parameters and state, ``train_step``
         returns ``(loss, params, state)``. JAX's runs under ``jax.jit`` with the buffers of
@@ -111,6 +114,10 @@ def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: floa
     symbackprop.training_script : the same code inside a complete training program.
     symbackprop.compile : ``optimizer=`` loads it as a :class:`CompiledTrainStep`.
     """
+    trainer = backends.get(backend).trainer()
+    if trainer is not None:  # a backend's own in-place module (torch)
+        return trainer.step_source(g, of, wrt, optimizer, lr, hyper,
+                                   plain_dtype(precision, dtype, backend), optimize, checkpoint)
     if backends.get(backend).functional:
         return functional.step_source(g, of, wrt, optimizer, lr, hyper,
                                       plain_dtype(precision, dtype, backend), optimize,
