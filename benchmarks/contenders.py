@@ -165,7 +165,8 @@ def generated_class():
 def available_frameworks() -> dict:
     """Name -> contender class for PyTorch and JAX, when they import."""
     out = {}
-    for name, cls in (("pytorch", TorchEager), ("jax", JaxJit), ("generated jax", GeneratedJax)):
+    for name, cls in (("pytorch", TorchEager), ("jax", JaxJit), ("generated jax", GeneratedJax),
+                      ("generated torch", GeneratedTorch)):
         module = cls.module
         if module not in _IMPORTABLE:
             try:
@@ -304,6 +305,38 @@ class GeneratedJax:
 
     def params(self):
         return {k: np.asarray(v) for k, v in self.ps.items()}
+
+
+class GeneratedTorch:
+    """The generated training step of the ``torch`` backend (issue 15): ``sb.compile(g,
+    optimizer="sgd", backend="torch")``, whose ``train_step`` runs symbackprop's gradients
+    under ``torch.inference_mode()`` (no tape) and updates the parameters in place, against
+    PyTorch eager with autograd (:class:`TorchEager`, the same threads)."""
+
+    label = "generated torch"
+    module = "torch"
+
+    def __init__(self, g, params, X, y, lr, dtype, activation="relu"):
+        import torch
+
+        torch.set_num_threads(2)  # as TorchEager
+        if g is None:  # given the parameters alone (tests/test_bench.py): the MLP they fit
+            depth = len(params) // 2
+            g = sb.models.mlp([params["W1"].shape[0]]
+                              + [params[f"W{k}"].shape[1] for k in range(1, depth + 1)],
+                              activation=activation)
+        self.compiled = sb.compile(g, optimizer="sgd", lr=lr, dtype=_dtype_name(dtype),
+                                   backend="torch")
+        self.ps = {k: torch.tensor(v) for k, v in params.items()}
+        self.state = self.compiled.init_state(self.ps)
+        self._step = functools.partial(self.compiled.module.train_step, self.ps, self.state,
+                                       torch.from_numpy(X), torch.from_numpy(y))
+
+    def step(self):
+        return self._step()  # the loss as a Python float, as TorchEager's loss.item()
+
+    def params(self):
+        return {k: v.numpy() for k, v in self.ps.items()}
 
 
 # -- workloads D and E (issue 13): PyTorch eager, when importable ------------------------------
