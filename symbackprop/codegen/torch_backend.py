@@ -164,11 +164,28 @@ def special_helper(name: str) -> str:
     return f"def _{name}(x):\n    return {SPECIAL[name]}\n"
 
 
+def _step_product(e) -> tuple | None:
+    """``(g, x)`` when ``e`` is a product ``g * Heaviside(x, 0)`` (g: the other factors,
+    not all numbers): the gradient of a relu, which PyTorch computes in one pass
+    (``_step_grad``); None otherwise."""
+    if not isinstance(e, sp.Mul):
+        return None
+    steps = [f for f in e.args if isinstance(f, sp.Heaviside) and len(f.args) > 1
+             and f.args[1] == 0]
+    rest = [f for f in e.args if not (isinstance(f, sp.Heaviside) and f in steps)]
+    if len(steps) != 1 or all(f.is_number for f in rest):
+        return None
+    return sp.Mul(*rest), steps[0].args[0]
+
+
 class TorchPrinter(Printer):
     """Elementwise expressions as PyTorch code (``torch.exp``, ``torch.clamp(z, min=0)``).
 
     PyTorch's ``maximum`` and ``heaviside`` take tensors only: a maximum with a number is
     ``torch.clamp``, a step with another value at 0 than 0 or 1 the helper ``_heaviside``.
+    A product with a step, ``g * (x > 0)`` (a relu's gradient), is ``_step_grad(g, x)``:
+    one pass, where PyTorch's boolean comparison and the product with it take two, each
+    several times slower.
 
     Examples
     --------
@@ -178,9 +195,17 @@ class TorchPrinter(Printer):
     'torch.clamp(h, min=0)'
     >>> expr_code(1 / (1 + sp.exp(-h)), printer=TorchPrinter)
     '1 / (1 + torch.exp(-h))'
+    >>> expr_code(sp.Symbol("dh") * sp.Heaviside(h, 0), printer=TorchPrinter)
+    '_step_grad(dh, h)'
     """
 
     prefix = "torch"
+
+    def _print_Mul(self, e):
+        step = _step_product(e)
+        if step is None:
+            return super()._print_Mul(e)
+        return f"_step_grad({self._print(step[0])}, {self._print(step[1])})"
 
     def _pairwise(self, fn, args):
         args = sorted(args, key=lambda a: a.is_number)
@@ -232,6 +257,8 @@ class TorchBackend(Backend):
             elif name in MATH_ONLY:
                 out[f"_{MATH_ONLY[name]}"] = special_helper(MATH_ONLY[name])
         steps = float_steps(e)
+        if any(_step_product(m) for m in steps.atoms(sp.Mul)):
+            out["_step_grad"] = source(ops._step_grad)
         if steps.atoms(FloatStep) or any(len(h.args) > 1 and h.args[1] not in (0, 1)
                                          for h in steps.atoms(sp.Heaviside)):
             out["_heaviside"] = source(ops._heaviside)

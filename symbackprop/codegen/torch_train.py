@@ -91,11 +91,11 @@ def train_step_block(m: Model) -> str:
     lines += ["    " + ln for ln in call_lines("loss, grads = ", "value_and_grad",
                                                  m.args(m.functions[1]))]
     lines += [
-        "    # A norm is finite only if every entry is: one number screens every gradient, read",
-        "    # with the loss in one transfer; check_finite, exact, runs only when it trips (a",
-        "    # norm can overflow: it then raises only for nan or inf).",
-        "    norms = torch._foreach_norm(list(grads.values()))",
-        "    loss, screen = torch.stack([loss, torch.stack(norms).sum()]).tolist()",
+        "    # A sum is finite only if every entry is (inf - inf is nan): one number screens",
+        "    # every gradient, read with the loss in one transfer; check_finite, exact, runs only",
+        "    # when it trips (a sum can overflow: it then raises only for nan or inf).",
+        "    total = torch.stack([grad.sum() for grad in grads.values()]).sum()",
+        "    loss, screen = torch.stack([loss, total]).tolist()",
         "    if not math.isfinite(loss + screen):",
         "        check_finite(loss, grads)  # says which gradient",
         "    update(params, grads, state, lr=lr)",
