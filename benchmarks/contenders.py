@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib
+import os
 
 import numpy as np
 
@@ -162,6 +163,13 @@ def generated_class():
 
 # -- optional frameworks: used only when importable; never installed by the benchmark ---------
 
+def _torch_threads() -> int:
+    """PyTorch's threads: bench.py's BLAS threads (``--blas-threads``, 2 by default, set in
+    OMP_NUM_THREADS before anything loads), so that its contenders and NumPy's compute with
+    as many cores (1 on a loaded machine, where a second thread waits for a core)."""
+    return int(os.environ.get("OMP_NUM_THREADS", "2"))
+
+
 def available_frameworks() -> dict:
     """Name -> contender class for PyTorch and JAX, when they import."""
     out = {}
@@ -197,7 +205,7 @@ class TorchEager:
     def __init__(self, g, params, X, y, lr, dtype, activation="relu"):
         import torch
 
-        torch.set_num_threads(2)
+        torch.set_num_threads(_torch_threads())
         self.torch = torch
         depth = len(params) // 2
         self.names = [n for k in range(1, depth + 1) for n in (f"W{k}", f"b{k}")]
@@ -319,7 +327,7 @@ class GeneratedTorch:
     def __init__(self, g, params, X, y, lr, dtype, activation="relu"):
         import torch
 
-        torch.set_num_threads(2)  # as TorchEager
+        torch.set_num_threads(_torch_threads())  # as TorchEager
         if g is None:  # given the parameters alone (tests/test_bench.py): the MLP they fit
             depth = len(params) // 2
             g = sb.models.mlp([params["W1"].shape[0]]
@@ -352,7 +360,7 @@ class TorchCNN:
     def __init__(self, params, X, y, lr):
         import torch
 
-        torch.set_num_threads(2)
+        torch.set_num_threads(_torch_threads())
         self.torch = torch
         self.names = list(params)
         self.ps = {k: torch.tensor(v).requires_grad_(True) for k, v in params.items()}
@@ -389,7 +397,7 @@ class TorchBlock:
     def __init__(self, params, X, heads):
         import torch
 
-        torch.set_num_threads(2)
+        torch.set_num_threads(_torch_threads())
         self.torch = torch
         self.names = list(params)
         self.ps = {k: torch.tensor(v).requires_grad_(True) for k, v in params.items()}
