@@ -468,6 +468,8 @@ def run_workload(w: Workload, args, rng: random.Random) -> dict:
             ratios[f"generated/{kind}"] = med["generated"] / med[kind]
     if "generated jax" in med and "jax" in med:  # issue 15: the JAX backend's own step
         ratios["generated jax/jax"] = med["generated jax"] / med["jax"]
+    if "generated torch" in med and "pytorch" in med:  # issue 15: the torch backend's step
+        ratios["generated torch/pytorch"] = med["generated torch"] / med["pytorch"]
 
     memory = {}
     for kind in ("generated", "idiomatic", "tuned"):
@@ -975,6 +977,11 @@ def targets(res: dict) -> list[dict]:
         if ratio(key, "generated jax/jax") is not None:
             add(f"{key}: generated JAX step / hand-written jax.jit step",
                 ratio(key, "generated jax/jax"), limit, key=key, uses=("generated jax", "jax"))
+    # issue 15: the torch backend's step (no tape) against PyTorch eager with autograd
+    if ratio("A-b128-f32", "generated torch/pytorch") is not None:
+        add("A-b128-f32: generated torch step / PyTorch eager with autograd",
+            ratio("A-b128-f32", "generated torch/pytorch"), 1.00, key="A-b128-f32",
+            uses=("generated torch", "pytorch"))
     N = res.get("networks", {})
     for key, job in (("D", "training step"), ("E", "forward + backward")):
         r = N.get(key)

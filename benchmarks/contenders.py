@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib
+import os
 
 import numpy as np
 
@@ -164,10 +165,18 @@ def generated_class():
 
 # -- optional frameworks: used only when importable; never installed by the benchmark ---------
 
+def _torch_threads() -> int:
+    """PyTorch's threads: bench.py's BLAS threads (``--blas-threads``, 2 by default, set in
+    OMP_NUM_THREADS before anything loads), so that its contenders and NumPy's compute with
+    as many cores (1 on a loaded machine, where a second thread waits for a core)."""
+    return int(os.environ.get("OMP_NUM_THREADS", "2"))
+
+
 def available_frameworks() -> dict:
     """Name -> contender class for PyTorch and JAX, when they import."""
     out = {}
-    for name, cls in (("pytorch", TorchEager), ("jax", JaxJit), ("generated jax", GeneratedJax)):
+    for name, cls in (("pytorch", TorchEager), ("jax", JaxJit), ("generated jax", GeneratedJax),
+                      ("generated torch", GeneratedTorch)):
         module = cls.module
         if module not in _IMPORTABLE:
             try:
@@ -198,7 +207,7 @@ class TorchEager:
     def __init__(self, g, params, X, y, lr, dtype, activation="relu"):
         import torch
 
-        torch.set_num_threads(2)
+        torch.set_num_threads(_torch_threads())
         self.torch = torch
         depth = len(params) // 2
         self.names = [n for k in range(1, depth + 1) for n in (f"W{k}", f"b{k}")]
@@ -308,6 +317,38 @@ class GeneratedJax:
         return {k: np.asarray(v) for k, v in self.ps.items()}
 
 
+class GeneratedTorch:
+    """The generated training step of the ``torch`` backend (issue 15): ``sb.compile(g,
+    optimizer="sgd", backend="torch")``, whose ``train_step`` runs symbackprop's gradients
+    under ``torch.inference_mode()`` (no tape) and updates the parameters in place, against
+    PyTorch eager with autograd (:class:`TorchEager`, the same threads)."""
+
+    label = "generated torch"
+    module = "torch"
+
+    def __init__(self, g, params, X, y, lr, dtype, activation="relu"):
+        import torch
+
+        torch.set_num_threads(_torch_threads())  # as TorchEager
+        if g is None:  # given the parameters alone (tests/test_bench.py): the MLP they fit
+            depth = len(params) // 2
+            g = sb.models.mlp([params["W1"].shape[0]]
+                              + [params[f"W{k}"].shape[1] for k in range(1, depth + 1)],
+                              activation=activation)
+        self.compiled = sb.compile(g, optimizer="sgd", lr=lr, dtype=_dtype_name(dtype),
+                                   backend="torch")
+        self.ps = {k: torch.tensor(v) for k, v in params.items()}
+        self.state = self.compiled.init_state(self.ps)
+        self._step = functools.partial(self.compiled.module.train_step, self.ps, self.state,
+                                       torch.from_numpy(X), torch.from_numpy(y))
+
+    def step(self):
+        return self._step()  # the loss as a Python float, as TorchEager's loss.item()
+
+    def params(self):
+        return {k: v.numpy() for k, v in self.ps.items()}
+
+
 # -- workloads D and E (issue 13): PyTorch eager, when importable ------------------------------
 
 class TorchCNN:
@@ -321,7 +362,7 @@ class TorchCNN:
     def __init__(self, params, X, y, lr):
         import torch
 
-        torch.set_num_threads(2)
+        torch.set_num_threads(_torch_threads())
         self.torch = torch
         self.names = list(params)
         self.ps = {k: torch.tensor(v).requires_grad_(True) for k, v in params.items()}
@@ -358,7 +399,7 @@ class TorchBlock:
     def __init__(self, params, X, heads):
         import torch
 
-        torch.set_num_threads(2)
+        torch.set_num_threads(_torch_threads())
         self.torch = torch
         self.names = list(params)
         self.ps = {k: torch.tensor(v).requires_grad_(True) for k, v in params.items()}

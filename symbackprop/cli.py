@@ -403,8 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="output .py file (default: stdout)")
     c.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     c.add_argument("--backend", default="numpy",
-                   help="the array library: numpy (default), jax (functional, jax.jit) or "
-                   "array_api (the Python array API standard only)")
+                   help="the array library: numpy (default), jax (functional, jax.jit), "
+                   "array_api (the Python array API standard only) or torch (under "
+                   "torch.inference_mode(), on the tensors' device)")
     c.add_argument("--no-opt", action="store_true", help="skip the optimization passes")
     c.add_argument("--passes", help="comma-separated passes to run, in order "
                    "(default: simplify,fold,cse,fuse,dce)")
@@ -439,8 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--features", help="the input fed from the data's X (default: inferred)")
     c.add_argument("--target", help="the input fed from the data's y (default: inferred)")
     c.add_argument("--backend", default="numpy",
-                   help="numpy (default) or jax: a JAX script splitting every batch over all "
-                   "devices (jax.sharding), on several hosts with jax.distributed")
+                   help="numpy (default), jax: a JAX script splitting every batch over all "
+                   "devices (jax.sharding), on several hosts with jax.distributed, or torch: "
+                   "a PyTorch script on --device")
     _checkpoint_arg(c)
     c.add_argument("--fuse-update", action="store_true",
                    help="apply each parameter's update in the backward sweep as soon as its "

@@ -399,8 +399,8 @@ def test_jax_init_params_and_update_are_functional():
 
 # -- bad input -------------------------------------------------------------------------------
 def test_unknown_backend_is_one_clear_error(capsys):
-    with pytest.raises(sb.CodegenError, match="unknown backend 'torch'; use one of numpy, jax"):
-        sb.source(sb.models.mlp([4, 3, 2]), backend="torch")
+    with pytest.raises(sb.CodegenError, match="unknown backend 'tensorflow'; use one of numpy, jax"):
+        sb.source(sb.models.mlp([4, 3, 2]), backend="tensorflow")
     assert main(["codegen", "mlp:4-3-2", "--backend", "cupyy"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown backend 'cupyy'" in err

@@ -48,7 +48,8 @@ def test_bench_quick_writes_json(tmp_path):
 # importorskip in each test then catches an install that is there but does not import.
 FRAMEWORKS = [pytest.param(name, module, marks=pytest.mark.skipif(
     importlib.util.find_spec(module) is None, reason=f"{module} is not installed"))
-    for name, module in (("pytorch", "torch"), ("jax", "jax"), ("generated jax", "jax"))]
+    for name, module in (("pytorch", "torch"), ("jax", "jax"), ("generated jax", "jax"),
+                         ("generated torch", "torch"))]
 
 
 def tiny_run(folder, only: str) -> tuple[str, dict]:

@@ -14,6 +14,9 @@ record and never tests a backend's name.
 * ``jax`` (:mod:`~symbackprop.codegen.jax_backend`): functional code under ``jax.jit``.
 * ``array_api`` (:mod:`~symbackprop.codegen.array_api_backend`): functional code that
   uses only the Python array API standard, on the namespace of the arrays it is given.
+* ``torch`` (:mod:`~symbackprop.codegen.torch_backend`): plain tensor code under
+  ``torch.inference_mode()``, on the device of the tensors given; its training step
+  changes parameters in place (:mod:`~symbackprop.codegen.torch_train`).
 
 The records of ``jax`` and ``array_api`` live in their own modules, imported when first
 asked for (:func:`get`), so ``import symbackprop`` imports no JAX.
@@ -25,7 +28,7 @@ Examples
 >>> get("tensorflow")
 Traceback (most recent call last):
 ...
-symbackprop.errors.CodegenError: unknown backend 'tensorflow'; use one of numpy, jax, array_api.
+symbackprop.errors.CodegenError: unknown backend 'tensorflow'; use one of numpy, jax, array_api, torch.
 """
 
 from __future__ import annotations
@@ -172,6 +175,13 @@ class Backend:
         of :func:`~symbackprop.codegen.init.plan_init`."""
         raise CodegenError(f"backend {self.name!r} writes no functional training module.")
 
+    # -- a training module of its own (torch: in place, not planned) ------------------------
+    def trainer(self):
+        """The module writing this backend's training module and script
+        (:mod:`~symbackprop.codegen.torch_train`: ``step_source``, ``compile_step``,
+        ``script_source``), or None: NumPy's planned module, or the functional one."""
+        return None  # noqa: RET501 -- the answer "none", not a procedure's end
+
     # -- installation -------------------------------------------------------------------------
     def require(self) -> None:
         """Raise :class:`~symbackprop.errors.CodegenError` (one line naming the extra to
@@ -186,6 +196,7 @@ NUMPY = Backend()
 
 # name -> the module defining its record (BACKEND), imported on first use
 _MODULES = {"jax": "jax_backend", "array_api": "array_api_backend"}
+_MODULES["torch"] = "torch_backend"  # issue 15: plain tensor code under torch.inference_mode()
 _LOADED: dict[str, Backend] = {"numpy": NUMPY}
 NAMES = ("numpy", *_MODULES)
 

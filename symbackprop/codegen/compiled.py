@@ -12,14 +12,14 @@ import inspect
 
 import numpy as np
 
-from ..errors import CodegenError, GraphError
+from ..errors import GraphError
 from ..graph import Graph
 from . import backends, functional
 from .emit import prepare
 from .gradient_module import model_source
 from .loader import load_source, module_name, plain
 from .mixed import functional_precision, resolve_precision
-from .module import build_model
+from .module import build_model, check_fusable_backend
 from .train import step_source
 
 
@@ -334,10 +334,11 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
     gradient is kept to the end of the step; bit-identical results, but a nan/inf gradient
     leaves a partial step (``FloatingPointError`` with ``.skipped`` and ``.updated``).
 
-    ``backend="jax"`` or ``"array_api"`` writes the code for that array library
+    ``backend="jax"``, ``"array_api"`` or ``"torch"`` writes the code for that array library
     (:func:`~symbackprop.codegen.gradient_module.source`); its results are that library's
     arrays (``array_api``: the library of the arrays passed). A training step of a
-    functional backend is a :class:`FunctionalTrainStep`. A backend whose library is not
+    functional backend is a :class:`FunctionalTrainStep`; torch's, in place, a
+    :class:`CompiledTrainStep` (its arrays are torch tensors). A backend whose library is not
     installed raises :class:`~symbackprop.errors.CodegenError` naming the extra to install.
 
     Returns
@@ -355,14 +356,21 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
     """
     b = backends.get(backend)
     b.require()
-    if b.functional:
-        precision, dtype = functional_precision(precision, dtype, b)
     if fuse_update and optimizer is None:
         raise TypeError("compile() got fuse_update=True without optimizer=; the fused update "
                         "is a training step's: pass optimizer='sgd', 'momentum' or 'adam'.")
-    if fuse_update and b.functional:
-        raise CodegenError(f"fuse_update=True is NumPy's planned step; the {b.name} backend's "
-                           "update returns new arrays (XLA plans its memory).")
+    if fuse_update:
+        check_fusable_backend(b)
+    if optimizer is not None and b.trainer() is not None:  # in place, the backend's own (torch)
+        lr = hyper.pop("lr", None)
+        return b.trainer().compile_step(g, of, wrt, optimizer, lr, hyper,
+                                        functional_precision(precision, dtype, b)[1], optimize,
+                                        checkpoint)
+    if b.trainer() is not None:
+        dtype = functional_precision(precision, dtype, b)[1]
+        precision = None
+    if b.functional:
+        precision, dtype = functional_precision(precision, dtype, b)
     if optimizer is not None and b.functional:
         lr = hyper.pop("lr", None)
         m = functional.build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, b.name,

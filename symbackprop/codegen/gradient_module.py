@@ -181,8 +181,10 @@ def source(g: Graph, of: str | None = None, wrt=None, dtype: str = "float64", op
     """Standalone source with ``forward`` and ``value_and_grad`` for the array library
     ``backend``: ``"numpy"`` (:func:`numpy_source`, memory-planned), ``"jax"`` (functional
     ``jax.numpy`` code, ``@jax.jit`` on each function, float64 turning on JAX's 64-bit
-    mode) or ``"array_api"`` (functional code using only the Python array API standard, on
-    the namespace of the arrays passed). The other parameters are :func:`numpy_source`'s.
+    mode), ``"array_api"`` (functional code using only the Python array API standard, on
+    the namespace of the arrays passed) or ``"torch"`` (plain PyTorch tensor code under
+    ``torch.inference_mode()``, on the device of the tensors passed). The other parameters
+    are :func:`numpy_source`'s.
 
     The module imports only its array library (the array API one imports nothing) and is
     written one statement per node, each backward line commented with the gradient it

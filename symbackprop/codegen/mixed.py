@@ -43,7 +43,7 @@ LOSS_SCALE = 2.0**16
 GROWTH_FACTOR = 2.0
 BACKOFF_FACTOR = 0.5
 GROWTH_INTERVAL = 2000
-BFLOAT16_BACKENDS = "jax, torch"  # the backends of issue 15 that have bfloat16
+BFLOAT16_BACKENDS = "jax"  # the backends whose generated code computes in bfloat16
 
 
 def resolve_precision(precision, dtype: str = "float64") -> tuple[str, str]:

@@ -203,6 +203,22 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
     return m
 
 
+def check_fusable_backend(b) -> None:
+    """``fuse_update=True`` is the memory-planned step's (its updates are calls placed by
+    :mod:`~symbackprop.codegen.plan`): one ``CodegenError`` line for a backend without it
+    (a :class:`~symbackprop.codegen.backends.Backend` whose ``planned`` is false).
+
+    Examples
+    --------
+    >>> from symbackprop.codegen import backends
+    >>> check_fusable_backend(backends.get("numpy"))
+    """
+    if not b.planned:
+        raise CodegenError(f"fuse_update=True is the memory-planned step's (numpy, cupy); the "
+                           f"{b.name} backend's step is not planned by symbackprop (its "
+                           "library places the arrays): drop fuse_update or use numpy.")
+
+
 def check_fusable(optimize, mixed: bool = False, distributed=None) -> None:
     """``fuse_update=True`` needs the planned step, and refuses what needs every gradient
     at once: mixed precision's loss scaler (a step skipped for an inf anywhere) and MPI's

@@ -32,6 +32,7 @@ from .module import (
     assemble,
     build_model,
     check_fusable,
+    check_fusable_backend,
     params_of,
     step_blocks,
     step_doc,
@@ -349,9 +350,11 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         gradient buffer sums them; rank 0 alone prints and writes checkpoints, which
         resume on any K. Without ``mpirun`` it runs as one process. See
         ``docs/training.md``, "Data parallel with MPI".
-    backend : {"numpy", "jax"}
+    backend : {"numpy", "jax", "torch"}
         ``"jax"``: a JAX script, each global batch split over every device
         (:func:`~symbackprop.codegen.jax_script.data_parallel_script`, docs/backends.md).
+        ``"torch"``: a PyTorch script on ``--device``
+        (:func:`~symbackprop.codegen.torch_train.script_source`).
 
     Returns
     -------
@@ -385,13 +388,19 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
     False
     """
     if fuse_update:
+        check_fusable_backend(backends.get(backend))
         check_fusable(optimize, distributed=distributed)
+    trainer = backends.get(backend).trainer()
+    if trainer is not None:  # issue 15: the backend's own script (torch)
+        if distributed is not None:
+            raise ValueError(f"distributed={distributed!r} is the numpy script's (mpirun); the "
+                             f"{backend} script runs as one process.")
+        return trainer.script_source(g, of, optimizer, lr, epochs, batch_size, seed, wrt,
+                                     functional_precision(precision, dtype, backends.get(backend))[1], optimize,
+                                     features, target, checkpoint, **hyper)
     if backends.get(backend).functional:  # issue 15: data parallelism through JAX
         from .jax_script import data_parallel_script
 
-        if fuse_update:
-            raise CodegenError(f"fuse_update=True is NumPy's planned step; the {backend} "
-                               "script's update returns new arrays (XLA plans its memory).")
         if checkpoint not in (None, "none"):
             raise CodegenError(f"checkpoint={checkpoint!r}: the {backend} script has no "
                                "gradient checkpointing (XLA decides what it keeps).")

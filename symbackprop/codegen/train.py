@@ -21,13 +21,12 @@ parameter.
 from __future__ import annotations
 
 from .. import __version__ as _version
-from ..errors import CodegenError
 from ..graph import Graph
 from . import backends, functional
 from .emit import safe_text
 from .mixed import constant_lines as mixed_constants
 from .mixed import functional_precision
-from .module import Model, assemble, build_model, step_blocks, step_doc
+from .module import Model, assemble, build_model, check_fusable_backend, step_blocks, step_doc
 from .optimizers import constant_lines
 
 
@@ -71,8 +70,11 @@ def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: floa
         masters with no loss scaling (bfloat16 has float32's exponent range).
     growth_interval : int
         Mixed precision: good steps in a row before the loss scale doubles (2000).
-    backend : {"numpy", "jax", "array_api"}
-        The array library (:mod:`~symbackprop.codegen.backends`). ``"jax"`` and
+    backend : {"numpy", "jax", "array_api", "torch"}
+        The array library (:mod:`~symbackprop.codegen.backends`). ``"torch"`` writes an
+        in-place module as NumPy's (:mod:`~symbackprop.codegen.torch_train`): its
+        functions run under ``torch.inference_mode()`` on the device of the tensors
+        passed, ``init_params(seed, device=None)`` draws with a ``torch.Generator``. ``"jax"`` and
         ``"array_api"`` write a functional module (:mod:`~symbackprop.codegen.functional`):
         ``update`` and ``train_step`` return new parameters and state, ``train_step``
         returns ``(loss, params, state)``. JAX's runs under ``jax.jit`` with the buffers of
@@ -126,10 +128,13 @@ def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: floa
     symbackprop.compile : ``optimizer=`` loads it as a :class:`CompiledTrainStep`.
     """
     b = backends.get(backend)
+    if fuse_update:
+        check_fusable_backend(b)
+    trainer = b.trainer()
+    if trainer is not None:  # a backend's own in-place module (torch)
+        return trainer.step_source(g, of, wrt, optimizer, lr, hyper,
+                                   functional_precision(precision, dtype, b)[1], optimize, checkpoint)
     if b.functional:
-        if fuse_update:
-            raise CodegenError(f"fuse_update=True is NumPy's planned step; the {backend} "
-                               "backend's update returns new arrays (XLA plans its memory).")
         precision, dtype = functional_precision(precision, dtype, b)
         return functional.step_source(g, of, wrt, optimizer, lr, hyper, dtype, optimize,
                                       backend, checkpoint, precision, growth_interval)

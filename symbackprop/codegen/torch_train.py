@@ -1,0 +1,231 @@
+"""Training modules and scripts of the ``torch`` backend (issue 15): in place, as NumPy's.
+
+The module carries the model's ``forward`` and plain ``value_and_grad`` (one statement
+per node, under ``torch.inference_mode()``: :mod:`~symbackprop.codegen.torch_backend`),
+``init_params(seed=0, device=None)`` (drawn by a seeded ``torch.Generator`` on the CPU,
+then moved to ``device``), the optimizer's ``init_state(params)`` and in-place
+``update(params, grads, state)`` (:mod:`symbackprop.codegen.runtime.torch_optimizers`:
+NumPy's rules, one ``torch._foreach_*`` call per operation), ``check_finite`` and
+``train_step(params, state, <inputs>, lr=LR)``, which changes the parameters and the
+state in place and returns the loss as a Python float. NumPy's contract holds: a nan or
+inf in the loss or a gradient raises ``FloatingPointError`` before anything changes.
+
+:func:`script_source` adds a main program (:mod:`~symbackprop.codegen.runtime.torch_script`)
+that trains on an ``.npz`` or ``.pt`` file on the device asked for.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from .. import __version__ as _version
+from ..graph import Graph
+from . import functional
+from .emit import call_lines, render_module, safe_text
+from .module import Model, step_doc, wrap
+from .optimizers import constant_lines
+from .runtime import source_of, torch_init, torch_script
+from .runtime.torch_optimizers import adam, momentum, sgd
+
+# optimizer name -> its runtime for torch tensors
+RUNTIME = {"sgd": sgd, "momentum": momentum, "adam": adam}
+SCRIPT = ("fail", "load_data", "save_params", "main", "__main__")
+
+
+def build(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None, hyper=None,
+          dtype: str = "float64", optimize=True, checkpoint="none") -> Model:
+    """The model of a torch training module: ``forward`` and the plain ``value_and_grad``
+    written for PyTorch (:func:`~symbackprop.codegen.functional.build`'s, which any
+    backend without the planned path shares)."""
+    return functional.build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, "torch",
+                            checkpoint)
+
+
+def init_block(plan: list) -> list[str]:
+    """The draws ``plan`` needs and ``init_params(seed=0, device=None)``."""
+    kinds = {i.kind for i in plan}
+    blocks = [source_of(torch_init, name) for kind, name in (
+        ("he", "he_normal"), ("xavier", "xavier_uniform"), ("uniform", "uniform_fan_in"))
+        if kind in kinds]
+    lines = ["def init_params(seed=0, device=None):",
+             ('    """Initial parameters from a seed, drawn by a torch.Generator on the CPU '
+              "(not the numbers"),
+             ("    of NumPy's init_params), then moved to device: He normal for weights "
+              "feeding a"),
+             '    rectifier, Xavier/Glorot uniform for the other weights, zero biases."""']
+    if any(i.kind != "zeros" for i in plan):
+        lines.append("    gen = torch.Generator().manual_seed(seed)")
+    lines.append("    params = {")
+    for i in plan:
+        key, note = repr(i.name), "  # " + i.note.encode("unicode_escape").decode("ascii")
+        if i.kind == "zeros":
+            lines.append(f"        {key}: torch.zeros({i.shape!r}, dtype=DTYPE),")
+        elif i.kind == "he":
+            gain = "" if i.gain2 == 2.0 else f", gain2={i.gain2!r}"
+            lines.append(f"        {key}: he_normal(gen, {i.shape!r}, fan_in={i.fan_in}{gain}),"
+                         f"{note}")
+        elif i.kind == "uniform":
+            lines.append(f"        {key}: uniform_fan_in(gen, {i.shape!r}, fan_in={i.fan_in}),"
+                         f"{note}")
+        else:
+            lines.append(f"        {key}: xavier_uniform(gen, {i.shape!r}, fan_in={i.fan_in}, "
+                         f"fan_out={i.fan_out}),{note}")
+    lines += ["    }", "    return {name: p.to(device) for name, p in params.items()}"]
+    return blocks + ["\n".join(lines) + "\n"]
+
+
+def train_step_block(m: Model) -> str:
+    """``train_step(params, state, <inputs>, lr=LR)``: value_and_grad, the nan/inf screen,
+    update in place; returns the loss."""
+    em = m.em
+    data = [em.namer(n) for n in m.inputs]
+    batch = ", ".join(data) or "no data"
+    lines = ["@torch.inference_mode()",
+             f"def train_step(params, state, {', '.join(data + ['lr=LR'])}):",
+             f'    """One training step on the minibatch ({batch}): forward and backward pass',
+             (f"    (value_and_grad), then one {m.opt.title} update (update). params and state "
+              "change in place."),
+             ("    Returns the loss. Raises FloatingPointError, before changing anything, when "
+              "the loss"),
+             '    or a gradient is nan or inf."""']
+    lines += ["    " + ln for ln in call_lines("loss, grads = ", "value_and_grad",
+                                                 m.args(m.functions[1]))]
+    lines += [
+        "    # A sum is finite only if every entry is (inf - inf is nan): one number screens",
+        "    # every gradient, read with the loss in one transfer; check_finite, exact, runs only",
+        "    # when it trips (a sum can overflow: it then raises only for nan or inf).",
+        "    total = torch.stack([grad.sum() for grad in grads.values()]).sum()",
+        "    loss, screen = torch.stack([loss, total]).tolist()",
+        "    if not math.isfinite(loss + screen):",
+        "        check_finite(loss, grads)  # says which gradient",
+        "    update(params, grads, state, lr=lr)",
+        "    return loss"]
+    return "\n".join(lines) + "\n"
+
+
+def model_text(m: Model, doc: str | None = None, blocks=(), imports=(), constants=()) -> str:
+    """The source of :func:`step_source` for a model made by :func:`build`; a training
+    script (:func:`script_source`) gives its own ``doc`` and adds ``blocks`` (its main
+    program), ``imports`` and ``constants``."""
+    runtime = RUNTIME[m.opt.name]
+    if doc is None:
+        doc = step_doc(m, f"Training step for the "
+                          f"{safe_text(m.g.nx.graph.get('name', 'network'))} network with "
+                          f"{m.opt.title}, written for PyTorch.")
+        doc += (f"Generated by symbackprop {_version} (sb.train_step, backend 'torch'). "
+                "Gradients (value_and_grad)\nand the optimizer (init_state, update) are "
+                "separate functions; train_step runs both, under\ntorch.inference_mode() "
+                "(no autograd: the gradients are these functions'), on the device of\nthe "
+                "tensors passed. Needs only PyTorch. Do not edit: regenerate instead.")
+    blocks = [*init_block(m.plan), source_of(runtime, "init_state"),
+              source_of(runtime, "update"), source_of(torch_script, "check_finite"),
+              train_step_block(m), *blocks]
+    return render_module(doc, m.em, m.functions, imports=("math", *imports),
+                         constants=constant_lines(m.hyper) + list(constants), blocks=blocks)
+
+
+def step_source(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None, hyper=None,
+                dtype: str = "float64", optimize=True, checkpoint="none") -> str:
+    """The source of a torch training module (see the module's docstring).
+
+    Examples
+    --------
+    >>> src = step_source(sb.models.mlp([4, 3, 2]), optimizer="sgd")
+    >>> print(src[src.index("def update"):src.index("def check_finite")].strip())
+    def update(params, grads, state, lr=LR):
+        \"\"\"One SGD step, in place: w <- w - lr * dL/dw for every parameter with a gradient (one
+        multi-tensor call).\"\"\"
+        names = list(grads)
+        torch._foreach_add_([params[n] for n in names], [grads[n] for n in names], alpha=-lr)
+    """
+    return model_text(build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, checkpoint))
+
+
+def compile_step(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None, hyper=None,
+                 dtype: str = "float64", optimize=True, checkpoint="none"):
+    """:func:`step_source` loaded as a :class:`~symbackprop.codegen.compiled.CompiledTrainStep`
+    (``sb.compile(g, optimizer=..., backend="torch")``)."""
+    from .compiled import CompiledTrainStep
+    from .loader import module_name
+
+    m = build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, checkpoint)
+    return CompiledTrainStep(model_text(m), module_name(g, "_train_step"),
+                             [m.em.namer(n) for n in m.inputs], m.arg_names)
+
+
+def _evaluate(m: Model, task) -> tuple[str, str]:
+    """``evaluate(params, X, y)`` through ``forward``, and its metric: the accuracy when
+    ``forward`` returns a classifier's scores (the NumPy script's rule: the argmax, or > 0
+    for binary logits), else the loss."""
+    fwd = m.functions[0]
+    data = {task.features: "X"} | ({task.target: "y"} if task.target else {})
+    body = call_lines("out = ", "forward", m.args(fwd, data))
+    if task.scores is not None and f"{task.scores!r}:" in (fwd.ret or ""):
+        s = f"out[{task.scores!r}]"
+        pred = f"({s} > 0)" if task.binary else f"{s}.argmax(dim=1)"
+        doc = "Accuracy: the fraction of rows of X whose predicted class is y."
+        body.append(f"return ({pred} == y).double().mean().item()")
+        metric = "acc"
+    else:
+        doc = f"The loss {safe_text(m.of)} on all of (X, y)."
+        body.append(f"return float(out[{m.of!r}])")
+        metric = "loss"
+    return "\n".join(["def evaluate(params, X, y):", f'    """{doc}"""']
+                     + ["    " + b for b in body]) + "\n", metric
+
+
+def script_source(g: Graph, of=None, optimizer: str = "sgd", lr=None, epochs: int = 10,
+                  batch_size: int = 32, seed: int = 0, wrt=None, dtype: str = "float64",
+                  optimize=True, features=None, target=None, checkpoint="none",
+                  **hyper) -> str:
+    """A standalone PyTorch training script: the training module and a main program that
+    reads ``--data`` (``.npz`` or ``.pt``), shuffles every epoch with a seeded generator,
+    trains on minibatches on ``--device`` and prints one line per epoch (the loss, and the
+    test accuracy or loss when the data has ``X_test``, ``y_test``; a classifier without
+    a test split reports its training accuracy). ``--out`` writes the parameters and the
+    optimizer state (``torch.save``).
+
+    Examples
+    --------
+    >>> src = script_source(sb.models.mlp([4, 3, 2]), optimizer="adam", lr=0.01)
+    >>> "def main(argv=None):" in src, "import symbackprop" in src
+    (True, False)
+    """
+    from .script import _data_task  # which input is X and which y: the NumPy script's rule
+
+    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"{name}={v!r}; expected an int >= 1.")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed={seed!r}; expected an int >= 0.")
+    m = build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, checkpoint)
+    task = _data_task(g, m.of, features, target)
+    nm = m.em.namer
+    name = safe_text(g.nx.graph.get("name", "network"))
+    doc = step_doc(m, f"Train the network {name} with {m.opt.title}: a standalone PyTorch "
+                      "training script.")
+    doc += wrap(
+        f"Data: an .npz or .pt file with X (fed to {safe_text(task.features)})"
+        + (f" and y (fed to {safe_text(task.target)})" if task.target else "")
+        + ", optionally X_test and y_test.",
+        "Runs on --device (default: cuda when available), under torch.inference_mode(): "
+        "the gradients are value_and_grad's, not autograd's.") + "\n" + (
+        f"Generated by symbackprop {_version} (sb.training_script, backend 'torch'). Needs "
+        "only PyTorch\n(and NumPy to read an .npz). Do not edit: regenerate instead.\n\n"
+        "Usage:\n"
+        "    python train.py --data data.npz --out params.pt\n"
+        "    python train.py --data data.npz --device cuda --epochs 20")
+    evaluate, metric = _evaluate(m, task)
+    constants = [f"EPOCHS = {epochs}", f"BATCH_SIZE = {batch_size}", f"SEED = {seed}",
+                 f"FEATURES = {nm(task.features)!r}  # the input fed from the data's X",
+                 (f"TARGET = {nm(task.target) if task.target else None!r}  # the input fed "
+                  "from the data's y"),
+                 f"NETWORK = {str(g.nx.graph.get('name', 'network'))!r}",
+                 f"OPTIMIZER = {m.opt.name!r}",
+                 f"METRIC = {metric!r}  # evaluate() returns: 'acc' (accuracy) or 'loss'"]
+    return model_text(m, doc, blocks=[evaluate, source_of(torch_script, *SCRIPT)],
+                      imports=("argparse", "os", "sys", "tempfile", "time"),
+                      constants=constants)
+
+
+__all__ = ["build", "compile_step", "model_text", "script_source", "step_source"]

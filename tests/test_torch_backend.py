@@ -1,0 +1,421 @@
+"""The ``torch`` backend of issue 15: plain PyTorch tensor code under
+``torch.inference_mode()``, checked against the NumPy backend.
+
+* the op harness of tests/test_ops_grad.py (its case list) through torch: forward values,
+  loss and gradients against the NumPy backend's in float64, and float32 staying float32;
+* generated modules pass ruff, import only torch (checked on the AST) and name no device;
+  they run on whatever device their tensors are on (the ``meta`` device here: any tensor
+  made elsewhere would raise);
+* the lessons' models (MLP, residual MLP, layer norm, CNN, transformer) give NumPy's loss
+  and gradients; the in-place training step gives the NumPy step's losses and parameters
+  step after step (float64 to 1e-10), and keeps NumPy's nan contract;
+* a generated training script runs in a fresh interpreter without symbackprop;
+* bad input: torch not installed, ops without torch code, options of the numpy backend
+  alone: one clear line (the CLI exits 2).
+
+Everything here is skipped with the reason when PyTorch is not installed (``make test``
+installs its CPU build).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+import test_ops_grad as harness
+from standalone import assert_ruff_clean, run_without_symbackprop
+
+import symbackprop as sb
+from symbackprop.cli import main
+from symbackprop.codegen import backends
+
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch is not installed "
+                                 "(pip install 'symbackprop[torch]')")
+if HAVE_TORCH:
+    import torch
+
+# ops with no torch code: batch norm's running statistics and dropout's generator are
+# NumPy's (the code that makes them is written with NumPy)
+WITHOUT = {"batch_norm", "dropout_mask"}
+
+
+def _np(v):
+    return v.detach().cpu().numpy() if HAVE_TORCH and isinstance(v, torch.Tensor) \
+        else np.asarray(v)
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(name: str, case, dtype: str = "float64"):
+    key = (name, id(case), dtype)
+    if key not in _COMPILED:
+        b = harness.build(name, case)
+        _COMPILED[key] = b, sb.compile(b.graph, of="L", wrt=b.wrt, dtype=dtype, backend="torch")
+    return _COMPILED[key]
+
+
+def _why_no_code(name: str, case) -> str | None:
+    b = harness.build(name, case)
+    try:
+        sb.source(b.graph, of="L", wrt=b.wrt, backend="torch")
+    except sb.CodegenError as e:
+        return str(e)
+    return None
+
+
+@needs_torch
+@pytest.mark.parametrize(("name", "case"), harness.ALL_CASES)
+def test_op_matches_numpy_backend(name, case):
+    """Forward outputs, loss and gradients in float64 equal the NumPy backend's; an op
+    without torch code (WITHOUT) raises the one clear error instead."""
+    why = _why_no_code(name, case)
+    if why is not None:
+        assert name in WITHOUT and "has no torch code" in why, why
+        return
+    b, ref = harness.compiled(name, case)
+    _, fn = _compiled(name, case)
+    out, want = fn.forward(**b.arrays), ref.forward(**b.arrays)
+    for k in want:
+        got = _np(out[k])
+        assert got.shape == np.shape(want[k]), k
+        np.testing.assert_allclose(got, want[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    loss, grads = fn.value_and_grad(**b.arrays)
+    ref_loss, ref_grads = ref.value_and_grad(**b.arrays)
+    assert isinstance(loss, torch.Tensor) and loss.dtype == torch.float64
+    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-10, abs=1e-12)
+    assert sorted(grads) == sorted(ref_grads)
+    for w in ref_grads:
+        got = _np(grads[w])
+        assert got.shape == np.shape(ref_grads[w]), w
+        np.testing.assert_allclose(got, ref_grads[w], rtol=1e-9, atol=1e-11,
+                                   err_msg=f"d{w} of {name} on torch")
+
+
+@needs_torch
+@pytest.mark.parametrize(("name", "case"), [c for c in harness.ALL_CASES
+                                            if c.values[0] in ("matmul", "tanh", "relu",
+                                                               "softmax_cross_entropy",
+                                                               "layer_norm", "mean", "conv2d",
+                                                               "max_pool2d")])
+def test_float32_stays_float32(name, case):
+    b, ref = harness.compiled(name, case, "float32")
+    _, fn = _compiled(name, case, "float32")
+    loss, grads = fn.value_and_grad(**b.arrays)
+    ref_loss, ref_grads = ref.value_and_grad(**b.arrays)
+    assert loss.dtype == torch.float32
+    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-4, abs=1e-5)
+    for w in ref_grads:
+        assert grads[w].dtype == torch.float32, f"d{w} is {grads[w].dtype}"
+        np.testing.assert_allclose(_np(grads[w]), ref_grads[w], rtol=1e-4, atol=1e-5)
+
+
+def test_every_op_but_the_stateful_ones_has_torch_code():
+    """Every registered op has torch code but batch norm and dropout: adding an op asks
+    for its torch code here (generating needs no PyTorch)."""
+    names = {op.name for op in sb.ops.all_ops()} - {"swish"}
+    missing = {n for n in names if not backends.has_code(n, "torch")}
+    assert missing == WITHOUT, sorted(missing ^ WITHOUT)
+
+
+# -- the generated modules ----------------------------------------------------------------
+def _models():
+    g_ln = sb.Graph(name="layer_norm_net")
+    X = g_ln.input("X", shape=("N", 6))
+    y = g_ln.input("y", shape=("N",), dtype="int")
+    h = sb.layer_norm(sb.tanh(X @ g_ln.param("W1", shape=(6, 5)) + g_ln.param("b1", shape=(5,))))
+    g_ln.output("L", sb.softmax_cross_entropy(h @ g_ln.param("W2", shape=(5, 3)), y))
+    return {"mlp": sb.models.mlp([6, 5, 4, 3]),
+            "residual_mlp": sb.models.residual_mlp(6, 5, 2, 3),
+            "layer_norm": g_ln}
+
+
+MODELS = _models()
+CNN = sb.models.cnn((1, 6, 6), channels=(2, 3), hidden=(4,), classes=3)
+TRANSFORMER = sb.models.transformer_classifier(vocab=12, seq_len=6, d_model=8, heads=2,
+                                               d_ff=16, layers=1, classes=2)
+
+
+def _imported(src: str) -> set[str]:
+    """Top-level packages a module imports, the standard library's left out."""
+    found = set()
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            found.add((node.module or "").split(".")[0])
+    return {m for m in found if m not in sys.stdlib_module_names}
+
+
+def test_generated_modules_pass_ruff_import_only_torch_and_name_no_device(tmp_path):
+    files = []
+    for name, g in {**MODELS, "cnn": CNN, "transformer": TRANSFORMER}.items():
+        for dtype in ("float64", "float32"):
+            files.append((f"{name}_{dtype}.py", sb.source(g, dtype=dtype, backend="torch")))
+        files.append((f"{name}_noopt.py", sb.source(g, optimize=False, backend="torch")))
+        for opt in ("sgd", "momentum", "adam"):
+            files.append((f"{name}_step_{opt}.py", sb.train_step(g, optimizer=opt,
+                                                                 backend="torch")))
+    scalar = sb.parse("L = (w*x - y)**2", params=["w"])  # no weight drawn at random
+    files.append(("scalar_step.py", sb.train_step(scalar, optimizer="momentum",
+                                                  backend="torch")))
+    for fname, src in files:
+        assert _imported(src) == {"torch"}, fname
+        assert "'cpu'" not in src and '"cpu"' not in src and "cuda" not in src, fname
+        assert "@torch.inference_mode()\ndef value_and_grad(" in src, fname
+        (tmp_path / fname).write_text(src)
+        assert "  # dL/dW1 via " in src or "  # dL/dw via " in src or "  # dL/dW_" in src, fname
+    assert_ruff_clean(tmp_path, *[f for f, _ in files])
+
+
+def _arrays(g, batch=7, seed=0):
+    """Parameters (the NumPy step's init_params) and a batch for the models here."""
+    rng = np.random.default_rng(seed)
+    params = {k: np.array(v) for k, v in sb.compile(g, optimizer="sgd").init_params(0).items()}
+    X = g.nx.nodes["X"]
+    shape = tuple(batch if d == "N" else d for d in X["shape"])
+    if X["dtype"] == "int":
+        data = {"X": rng.integers(0, 12, shape), "y": rng.integers(0, 2, batch)}
+    else:
+        data = {"X": rng.standard_normal(shape), "y": rng.integers(0, 3, batch)}
+    return {**params, **data}
+
+
+@needs_torch
+@pytest.mark.parametrize("model", [*MODELS, "cnn", "transformer"])
+def test_models_match_numpy(model):
+    """The lessons' models: loss and gradients equal NumPy's (float64); the CNN's
+    convolutions and pools are torch.nn.functional's, the transformer's embedding
+    gradient an index_add_."""
+    g = {**MODELS, "cnn": CNN, "transformer": TRANSFORMER}[model]
+    arrays = _arrays(g)
+    loss, grads = sb.compile(g).value_and_grad(**arrays)
+    tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    got_loss, got = sb.compile(g, backend="torch").value_and_grad(**tensors)
+    assert float(got_loss) == pytest.approx(loss, rel=1e-12)
+    for k in grads:
+        assert got[k].dtype == torch.float64
+        np.testing.assert_allclose(_np(got[k]), grads[k], rtol=1e-10, atol=1e-13, err_msg=k)
+
+
+@needs_torch
+@pytest.mark.parametrize("model", ["mlp", "cnn", "transformer"])
+def test_code_runs_on_the_device_of_its_tensors(model):
+    """On the meta device (shapes without values) every tensor the code makes must be
+    made there: a constant, a seed or a helper's tensor on the CPU would raise. The
+    results are meta tensors of the right shapes; the training step's update runs there
+    too."""
+    g = {**MODELS, "cnn": CNN, "transformer": TRANSFORMER}[model]
+    arrays = _arrays(g)
+    meta = {k: torch.from_numpy(v).to("meta") for k, v in arrays.items()}
+    loss, grads = sb.compile(g, backend="torch").value_and_grad(**meta)
+    assert loss.device.type == "meta" and loss.shape == ()
+    for k, v in grads.items():
+        assert v.device.type == "meta" and tuple(v.shape) == arrays[k].shape, k
+    step = sb.compile(g, optimizer="adam", backend="torch")
+    params = step.module.init_params(0, device="meta")  # drawn on the CPU, moved
+    assert all(v.device.type == "meta" for v in params.values())
+    state = step.init_state(params)
+    step.update(params, grads, state)
+    assert state["t"] == 1 and all(v.device.type == "meta" for v in state["m"].values())
+
+
+# -- training -------------------------------------------------------------------------------
+@needs_torch
+@pytest.mark.parametrize(("optimizer", "dtype"), [("sgd", "float64"), ("momentum", "float64"),
+                                                  ("adam", "float64"), ("adam", "float32")])
+def test_train_step_sequence_equals_numpy(optimizer, dtype):
+    """The digits MLP: 30 in-place torch steps from the NumPy step's initial parameters
+    give the NumPy step's losses step by step (float64 to 1e-10, float32 to 1e-4) and its
+    parameters; the parameters stay the tensors passed (changed in place)."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(dtype)
+    g = sb.models.mlp([64, 32, 10])
+    lr = {"sgd": 0.5, "momentum": 0.1, "adam": 0.01}[optimizer]
+    ref = sb.compile(g, optimizer=optimizer, lr=lr, dtype=dtype)
+    fn = sb.compile(g, optimizer=optimizer, lr=lr, dtype=dtype, backend="torch")
+    params = ref.init_params(0)
+    p_t = {k: torch.tensor(v) for k, v in params.items()}
+    ids = {k: id(v) for k, v in p_t.items()}
+    state, s_t = ref.init_state(params), fn.init_state(p_t)
+    rtol = 1e-10 if dtype == "float64" else 1e-4
+    losses = []
+    for step in range(30):
+        i = np.arange(step * 64, step * 64 + 64) % len(X)
+        want = ref.train_step(params, state, X=X[i], y=y[i])
+        loss = fn.train_step(p_t, s_t, X=torch.from_numpy(X[i]), y=torch.from_numpy(y[i]))
+        assert isinstance(loss, float)
+        assert loss == pytest.approx(float(want), rel=rtol), f"step {step}"
+        losses.append(loss)
+    assert losses[-1] < 0.7 * losses[0]
+    for k in params:
+        assert id(p_t[k]) == ids[k] and p_t[k].dtype == getattr(torch, dtype)
+        scale = float(np.abs(params[k]).max())
+        np.testing.assert_allclose(_np(p_t[k]), params[k], rtol=0, atol=rtol * 10 * scale,
+                                   err_msg=k)
+
+
+@needs_torch
+def test_cnn_train_step_equals_numpy():
+    """A small CNN on the 8x8 digits: 10 torch steps (Adam) give NumPy's losses."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).reshape(-1, 1, 8, 8)
+    g = sb.models.cnn((1, 8, 8), channels=(4, 6), hidden=(16,), classes=10)
+    ref = sb.compile(g, optimizer="adam", lr=0.02)
+    fn = sb.compile(g, optimizer="adam", lr=0.02, backend="torch")
+    params = ref.init_params(0)
+    p_t = {k: torch.tensor(v) for k, v in params.items()}
+    state, s_t = ref.init_state(params), fn.init_state(p_t)
+    for step in range(10):
+        i = np.arange(step * 32, step * 32 + 32)
+        want = ref.train_step(params, state, X=X[i], y=y[i])
+        got = fn.train_step(p_t, s_t, X=torch.from_numpy(X[i]), y=torch.from_numpy(y[i]))
+        assert got == pytest.approx(want, rel=1e-10), f"step {step}"
+
+
+@needs_torch
+def test_nan_loss_or_gradient_leaves_parameters_untouched():
+    """NumPy's contract: a nan in the batch raises FloatingPointError naming the loss or
+    the gradient, and no parameter or optimizer state changes."""
+    g = sb.models.mlp([4, 3, 2])
+    fn = sb.compile(g, optimizer="adam", backend="torch")
+    params = fn.init_params(0)
+    state = fn.init_state(params)
+    before = {k: v.clone() for k, v in params.items()}
+    X = torch.ones(5, 4, dtype=torch.float64)
+    X[2, 1] = float("nan")
+    with pytest.raises(FloatingPointError, match="the loss is nan|nan or inf entries"):
+        fn.train_step(params, state, X=X, y=torch.zeros(5, dtype=torch.int64))
+    assert state["t"] == 0
+    for k in params:
+        assert torch.equal(params[k], before[k]), k
+    loss = fn.train_step(params, state, X=torch.ones(5, 4), y=torch.zeros(5, dtype=torch.int64))
+    assert np.isfinite(loss) and state["t"] == 1
+    from symbackprop.codegen.runtime.torch_script import check_finite
+
+    with pytest.raises(FloatingPointError, match="dL/dW1 has 1 nan or inf entries"):
+        check_finite(0.5, {"W1": torch.tensor([1.0, float("inf")])})
+
+
+@needs_torch
+def test_init_params_draws_with_a_torch_generator():
+    """init_params(seed, device): the same numbers for the same seed, other for another,
+    He weights for relu (std sqrt(2 / fan_in)), zero biases, float32 when asked."""
+    g = sb.models.mlp([400, 300, 10])
+    fn = sb.compile(g, optimizer="sgd", backend="torch", dtype="float32")
+    a, b, c = fn.init_params(0), fn.init_params(0), fn.init_params(1)
+    assert torch.equal(a["W1"], b["W1"]) and not torch.equal(a["W1"], c["W1"])
+    assert a["W1"].dtype == torch.float32 and float(a["b1"].abs().max()) == 0
+    assert float(a["W1"].std()) == pytest.approx((2 / 400) ** 0.5, rel=0.02)
+    assert fn.module.init_params(0, device="meta")["W1"].device.type == "meta"
+
+
+# -- the training script ---------------------------------------------------------------------
+@needs_torch
+@pytest.mark.slow
+def test_training_script_runs_without_symbackprop(tmp_path):
+    """train-script --backend torch: a standalone program (torch, and NumPy to read the
+    .npz), ruff-clean, that trains the digits MLP in a fresh interpreter without
+    symbackprop, prints one line per epoch with the test accuracy, and saves the
+    parameters; a nan in the data stops it with one line naming the batch, exit 2."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    np.savez(tmp_path / "digits.npz", X=X[:600] / 16.0, y=y[:600], X_test=X[600:800] / 16.0,
+             y_test=y[600:800])
+    bad = X[:64] / 16.0
+    bad[5, 3] = np.nan
+    np.savez(tmp_path / "bad.npz", X=bad, y=y[:64])
+    spec = tmp_path / "net.json"
+    sb.save(sb.models.mlp([64, 32, 10]), str(spec))
+    assert main(["train-script", str(spec), "--backend", "torch", "--optimizer", "adam",
+                 "--lr", "0.01", "--batch-size", "32", "--epochs", "3",
+                 "-o", str(tmp_path / "train.py")]) == 0
+    src = (tmp_path / "train.py").read_text()
+    assert _imported(src) == {"torch", "numpy"}
+    assert "import numpy as np  # only to read the .npz" in src
+    assert_ruff_clean(tmp_path, "train.py")
+    res = run_without_symbackprop(tmp_path, """
+        import runpy
+        sys.argv = ["train.py", "--data", "digits.npz", "--device", "cpu", "--out", "p.pt"]
+        try:
+            runpy.run_path("train.py", run_name="__main__")
+        except SystemExit as e:
+            assert e.code == 0, e.code
+        import torch
+        saved = torch.load("p.pt", weights_only=True)
+        assert saved["epoch"] == 3 and saved["network"] == "mlp_64_32_10", saved.keys()
+        assert sorted(saved["params"]) == ["W1", "W2", "b1", "b2"]
+        print("saved", saved["state"]["t"])
+        sys.argv = ["train.py", "--data", "bad.npz", "--device", "cpu"]
+        try:
+            runpy.run_path("train.py", run_name="__main__")
+        except SystemExit as e:
+            print("bad exit", e.code)
+        """, timeout=300)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("epoch")]
+    assert len(lines) == 3 and "test_acc" in lines[-1] and "cpu" in lines[-1], res.stdout
+    assert float(lines[-1].split("test_acc")[1].split()[0]) > 0.8, lines
+    assert "saved 57" in res.stdout  # 3 epochs of 19 batches
+    assert "bad exit 2" in res.stdout
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and "epoch 1, batch at row" in err[0] and "nan" in err[0], res.stderr
+
+
+# -- bad input -------------------------------------------------------------------------------
+def test_torch_not_installed_names_the_extra_and_the_cpu_build(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real(name, *a))
+    g = sb.models.mlp([4, 3, 2])
+    for kwargs in ({}, {"optimizer": "sgd"}):
+        with pytest.raises(sb.CodegenError) as e:
+            sb.compile(g, backend="torch", **kwargs)
+        msg = str(e.value)
+        assert "\n" not in msg and "pip install 'symbackprop[torch]'" in msg
+        assert "download.pytorch.org/whl/cpu" in msg
+    # writing the source needs no PyTorch
+    assert "import torch" in sb.source(g, backend="torch")
+    assert "import torch" in sb.train_step(g, backend="torch")
+
+
+def test_batch_norm_has_no_torch_code_in_one_line(capsys, tmp_path):
+    g = sb.models.cnn((1, 6, 6), channels=(2,), hidden=(), classes=3, batch_norm=True)
+    with pytest.raises(sb.CodegenError, match="op 'batch_norm' has no torch code"):
+        sb.source(g, backend="torch")
+    spec = tmp_path / "net.json"
+    sb.save(g, str(spec))
+    for cmd in (["codegen", str(spec)], ["train-script", str(spec)]):
+        assert main([*cmd, "--backend", "torch"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "op 'batch_norm' has no torch code" in err
+
+
+def test_options_of_the_numpy_backend_alone_are_refused_in_one_line(capsys):
+    g = sb.models.mlp([4, 3, 2])
+    with pytest.raises(ValueError, match="precision 'mixed' is written for the numpy and jax backends only so far, not torch"):
+        sb.train_step(g, precision="mixed", backend="torch")
+    if HAVE_TORCH:  # (without it, compile says first that PyTorch is missing)
+        with pytest.raises(ValueError, match="precision 'mixed' is written for the numpy"):
+            sb.compile(g, optimizer="sgd", precision="mixed", backend="torch")
+    assert "DTYPE = torch.float32" in sb.train_step(g, precision="float32", backend="torch")
+    for extra in (["--precision", "mixed"], ["--distributed", "mpi"]):
+        assert main(["train-script", "mlp:4-3-2", "--backend", "torch", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "numpy" in err, err
+
+
+def test_cli_writes_torch_code(tmp_path):
+    out = tmp_path / "model_torch.py"
+    assert main(["codegen", "mlp:8-4-3", "--backend", "torch", "--dtype", "float32",
+                 "-o", str(out)]) == 0
+    src = out.read_text()
+    assert "DTYPE = torch.float32" in src and _imported(src) == {"torch"}
