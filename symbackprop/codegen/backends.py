@@ -14,6 +14,8 @@ record and never tests a backend's name.
 * ``jax`` (:mod:`~symbackprop.codegen.jax_backend`): functional code under ``jax.jit``.
 * ``array_api`` (:mod:`~symbackprop.codegen.array_api_backend`): functional code that
   uses only the Python array API standard, on the namespace of the arrays it is given.
+* ``cupy`` (:mod:`~symbackprop.codegen.cupy_backend`): NumPy's memory-planned code with
+  ``cp`` for ``np``, on the GPU.
 
 The records of ``jax`` and ``array_api`` live in their own modules, imported when first
 asked for (:func:`get`), so ``import symbackprop`` imports no JAX.
@@ -25,7 +27,7 @@ Examples
 >>> get("tensorflow")
 Traceback (most recent call last):
 ...
-symbackprop.errors.CodegenError: unknown backend 'tensorflow'; use one of numpy, jax, array_api.
+symbackprop.errors.CodegenError: unknown backend 'tensorflow'; use one of numpy, jax, array_api, cupy.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class Backend:
     functional = False
     reserved: tuple = ()
     sharded_script = False  # writes a data-parallel training script (codegen/jax_script.py)
+    numpy_script = True  # a planned backend writing the NumPy training script (codegen/script.py)
 
     # -- the module ------------------------------------------------------------------------
     def imports(self) -> str:
@@ -125,6 +128,11 @@ class Backend:
         cast = ", dtype=DTYPE" if floating else ""
         return f"{name} = np.asarray({name}{cast})"
 
+    def finish(self, text: str) -> str:
+        """The finished module text as this backend writes it: NumPy's as it is; a
+        library mirroring NumPy's API (CuPy) rewrites NumPy's text here."""
+        return text
+
     def prologue(self, names: list[str]) -> tuple[list[str], dict]:
         """Lines that open every generated function taking the arguments ``names``,
         before :meth:`asarray` (with the helpers they call)."""
@@ -161,7 +169,8 @@ class Backend:
 NUMPY = Backend()
 
 # name -> the module defining its record (BACKEND), imported on first use
-_MODULES = {"jax": "jax_backend", "array_api": "array_api_backend"}
+_MODULES = {"jax": "jax_backend", "array_api": "array_api_backend",
+            "cupy": "cupy_backend"}
 _LOADED: dict[str, Backend] = {"numpy": NUMPY}
 NAMES = ("numpy", *_MODULES)
 

@@ -299,7 +299,7 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
         lr = hyper.pop("lr", None)
         m = build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize,
                         checkpoint=checkpoint, precision=precision,
-                        growth_interval=growth_interval)
+                        growth_interval=growth_interval, backend=b.name)
         return CompiledTrainStep(step_source(m), module_name(g, "_train_step"),
                                  [m.em.namer(n) for n in m.inputs], m.arg_names)
     if precision is not None and resolve_precision(precision, dtype)[0] == "mixed":

@@ -149,12 +149,13 @@ _STEP_LOCALS = {"params", "state", "lr", "loss", "grads", "value_and_grad", "che
 def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
                 hyper: dict | None = None, dtype: str = "float64", optimize=True,
                 extra_outputs=(), checkpoint="none", precision=None,
-                growth_interval=2000) -> Model:
+                growth_interval=2000, backend="numpy") -> Model:
     """Differentiate and emit ``g`` for training with ``optimizer``; with the optimization
     passes on, also plan ``loss_and_grads_into`` (the step on the workspace). Nodes in
     ``extra_outputs`` become outputs of ``forward`` (a script's class scores).
     ``precision="mixed"`` (:mod:`~symbackprop.codegen.mixed`) emits the model in float16
-    for float32 master parameters, with dynamic loss scaling.
+    for float32 master parameters, with dynamic loss scaling. ``backend`` is a backend
+    with the planned path (:attr:`~symbackprop.codegen.backends.Backend.planned`).
 
     Examples
     --------
@@ -174,7 +175,8 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
             if n not in g2.outputs:
                 g2.nx.graph["outputs"].append(n)
     adj = prepare(g2, of, wrt, optimize)
-    _, em, fns = emit_model(adj, "float32" if mixed else dtype, optimize, checkpoint=checkpoint)
+    _, em, fns = emit_model(adj, "float32" if mixed else dtype, optimize, checkpoint=checkpoint,
+                            backend=backend)
     if mixed:  # the code names DTYPE only; the module defines it float16 (codegen/mixed.py)
         em.dtype = dtype
     vg = fns[1]

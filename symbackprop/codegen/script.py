@@ -388,6 +388,10 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         return data_parallel_script(g, of, optimizer, lr, epochs, batch_size, seed, wrt,
                                     plain_dtype(precision, dtype, backend), optimize,
                                     features, target, backend, **hyper)
+    if not backends.get(backend).numpy_script:
+        raise CodegenError(f"backend {backend!r} writes no training script yet; use numpy or "
+                           f"jax, or sb.train_step(..., backend={backend!r}) for its training "
+                           "step.")
     epochs = _positive_int("epochs", epochs)
     batch_size = _positive_int("batch_size", batch_size)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
