@@ -403,8 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="output .py file (default: stdout)")
     c.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     c.add_argument("--backend", default="numpy",
-                   help="the array library: numpy (default), jax (functional, jax.jit) or "
-                   "array_api (the Python array API standard only)")
+                   help="the array library: numpy (default), jax (functional, jax.jit), "
+                   "array_api (the Python array API standard only) or cupy (numpy's code on "
+                   "the GPU)")
     c.add_argument("--no-opt", action="store_true", help="skip the optimization passes")
     c.add_argument("--passes", help="comma-separated passes to run, in order "
                    "(default: simplify,fold,cse,fuse,dce)")

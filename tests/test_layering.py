@@ -38,10 +38,11 @@ LAYERS = [
      "codegen.runtime.optimizers.adam", "codegen.runtime.workspace", "codegen.runtime.mixed",
      "codegen.runtime.functional", "codegen.runtime.functional.sgd",
      "codegen.runtime.functional.momentum", "codegen.runtime.functional.adam",
-     "codegen.runtime.jax_script"],
+     "codegen.runtime.jax_script", "codegen.runtime.cupy_ops"],
     ["codegen", "codegen.stability", "codegen.loader", "codegen.emit", "codegen.plan", "codegen.gradient_module",
      "codegen.optimizers", "codegen.init", "codegen.module", "codegen.train", "codegen.script",
-     "codegen.checkpoint", "codegen.mixed", "codegen.functional", "codegen.jax_script"],
+     "codegen.checkpoint", "codegen.mixed", "codegen.functional", "codegen.jax_script",
+     "codegen.cupy_backend"],  # NumPy's module, rewritten: it reads the runtime's flat
     ["codegen.compiled", "testing", "cost", "flow"],
     ["render"],
     ["report"],
