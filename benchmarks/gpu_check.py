@@ -81,6 +81,8 @@ def _torch_device(device: str):
         raise Skip("PyTorch is not installed") from None
     if device == "cuda" and not torch.cuda.is_available():
         raise Skip("PyTorch sees no CUDA device")
+    if device == "cpu":  # the smoke test: PyTorch's thread pool spins on a shared machine
+        torch.set_num_threads(1)
     return torch, torch.device(device)
 
 
