@@ -266,6 +266,8 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
     the backward pass instead of keeping them (gradient checkpointing,
     :mod:`symbackprop.codegen.checkpoint`): less memory, bit-identical results.
 
+    ``backend="cupy"`` loads NumPy's code written against CuPy (the same memory-planned,
+    in-place step; arrays passed are moved to the GPU, results are CuPy arrays).
     ``backend="jax"`` or ``"array_api"`` writes the code for that array library
     (:func:`~symbackprop.codegen.gradient_module.source`); its results are that library's
     arrays (``array_api``: the library of the arrays passed). A training step of a

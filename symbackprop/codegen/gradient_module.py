@@ -182,7 +182,8 @@ def source(g: Graph, of: str | None = None, wrt=None, dtype: str = "float64", op
     ``backend``: ``"numpy"`` (:func:`numpy_source`, memory-planned), ``"jax"`` (functional
     ``jax.numpy`` code, ``@jax.jit`` on each function, float64 turning on JAX's 64-bit
     mode) or ``"array_api"`` (functional code using only the Python array API standard, on
-    the namespace of the arrays passed). The other parameters are :func:`numpy_source`'s.
+    the namespace of the arrays passed) or ``"cupy"`` (:func:`numpy_source`'s module with
+    ``import cupy as cp``, on the GPU). The other parameters are :func:`numpy_source`'s.
 
     The module imports only its array library (the array API one imports nothing) and is
     written one statement per node, each backward line commented with the gradient it
