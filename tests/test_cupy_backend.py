@@ -9,9 +9,10 @@ is stated plainly:
   module when it is installed (it imports without a GPU), and always in
   ``tests/cupy_api.txt``, the names of CuPy 14.2.0's API written by ``tools/cupy_api.py``;
 * the modules' VALUES, with **NumPy standing in for CuPy** (a test double:
-  :func:`numpy_as_cupy` makes ``import cupy as cp`` give NumPy and ``cupyx`` a stub of
-  NumPy's and SciPy's functions of the same names), against the numpy backend: the op
-  harness, the lessons' models and training steps. This checks the generated program
+  :func:`numpy_as_cupy` makes ``import cupy as cp`` give NumPy, made as strict as CuPy
+  where the code could tell (:func:`strict_numpy`), and ``cupyx`` a stub of NumPy's and
+  SciPy's functions of the same names), against the numpy backend: the op harness, the
+  lessons' models and training steps. This checks the generated program
   (its statements, its planner's buffers, its rewrites), not CuPy's kernels; running it
   on a GPU is ``benchmarks/gpu_check.py`` (docs/performance.md, "GPU checks").
 """
@@ -42,11 +43,59 @@ from symbackprop.ops import registry
 API = Path(__file__).with_name("cupy_api.txt")
 
 
+def _generator_methods() -> set[str]:
+    return {ln.rsplit(".", 1)[1] for ln in API.read_text().splitlines()
+            if ln.startswith("cupy.random.Generator.")}
+
+
+def strict_numpy() -> types.ModuleType:
+    """NumPy as the test double's ``cupy``, made as strict as CuPy where the generated
+    code could tell: reductions (``prod``, ``sum``, ...) take only arrays (CuPy's call
+    ``a.prod()``: ``cp.prod((2, 3))`` fails on a GPU; NumPy scalars pass, as CuPy's
+    0-d arrays), and ``random.default_rng`` gives a generator with only the methods of
+    CuPy's ``Generator`` (tests/cupy_api.txt: no ``normal``)."""
+    cp = types.ModuleType("cupy")
+    cp.__dict__.update({k: v for k, v in vars(np).items() if not k.startswith("__")})
+    cp.__spec__ = np.__spec__  # importlib.util.find_spec("cupy"): found
+
+    def arrays_only(name):
+        f = getattr(np, name)
+
+        def call(a, *args, **kw):
+            if not isinstance(a, (np.ndarray, np.generic)):
+                raise TypeError(f"cupy.{name} takes an array, not {type(a).__name__} "
+                                f"(CuPy calls a.{name}())")
+            return f(a, *args, **kw)
+        return call
+
+    for name in ("prod", "sum", "mean", "max", "min", "var", "std", "argmax", "argmin",
+                 "cumsum", "all", "any"):
+        setattr(cp, name, arrays_only(name))
+    methods = _generator_methods()
+
+    class Generator:
+        """CuPy's Generator, by its methods' names: NumPy's draws behind them."""
+
+        def __init__(self, seed):
+            self._rng = np.random.default_rng(seed)
+
+        def __getattr__(self, name):
+            if name not in methods:
+                raise AttributeError(f"cupy.random.Generator has no {name!r}")
+            return getattr(self._rng, name)
+
+    cp.random = types.SimpleNamespace(
+        Generator=Generator,
+        default_rng=lambda seed=None: seed if isinstance(seed, Generator) else Generator(seed))
+    return cp
+
+
 @contextlib.contextmanager
 def numpy_as_cupy():
-    """The test double: while active, ``import cupy`` is NumPy and ``import cupyx`` a stub
-    whose ``errstate`` is NumPy's and ``scipy.special`` SciPy's. Generated cupy modules
-    then run on the CPU, computing with NumPy what they would compute with CuPy."""
+    """The test double: while active, ``import cupy`` is NumPy (:func:`strict_numpy`) and
+    ``import cupyx`` a stub whose ``errstate`` is NumPy's and ``scipy.special`` SciPy's.
+    Generated cupy modules then run on the CPU, computing with NumPy what they would
+    compute with CuPy."""
     import scipy.special
 
     cupyx = types.ModuleType("cupyx")
@@ -54,7 +103,7 @@ def numpy_as_cupy():
     cupyx.scipy = types.SimpleNamespace(special=scipy.special)
     saved = {k: sys.modules.get(k) for k in ("cupy", "cupyx", "cupyx.scipy",
                                                "cupyx.scipy.special")}
-    sys.modules.update({"cupy": np, "cupyx": cupyx, "cupyx.scipy": cupyx.scipy,
+    sys.modules.update({"cupy": strict_numpy(), "cupyx": cupyx, "cupyx.scipy": cupyx.scipy,
                         "cupyx.scipy.special": scipy.special})
     try:
         yield
@@ -128,6 +177,25 @@ def test_train_step_matches_numpy(optimizer, precision, dtype, checkpoint):
             assert cp_step.train_step(p_cp, s_cp, **batch) == pytest.approx(want, rel=rtol)
     for k in p_ref:
         np.testing.assert_allclose(p_cp[k], p_ref[k], rtol=rtol, atol=rtol, err_msg=k)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_init_params_and_a_step_run_with_cupys_generator(optimizer):
+    """init_params draws with CuPy's Generator (standard_normal, uniform: the double has
+    only CuPy's methods), a CNN's workspace sizes its buffers with math.prod (CuPy's prod
+    takes no tuple), and a step from those parameters runs; He normal's spread is
+    sqrt(2 / fan_in)."""
+    g = sb.models.cnn((1, 6, 6), channels=(2,), hidden=(8,), classes=3)
+    step = _compile(g, optimizer=optimizer, lr=0.01)
+    with numpy_as_cupy():
+        params = step.init_params(0)
+        state = step.init_state(params)
+        rng = np.random.default_rng(0)
+        loss = step.train_step(params, state, X=rng.standard_normal((4, 1, 6, 6)),
+                               y=np.array([0, 1, 2, 0]))
+    assert np.isfinite(loss) and all(v.dtype == np.float64 for v in params.values())
+    big = _compile(sb.models.mlp([400, 300, 3]), optimizer="sgd").init_params(1)
+    assert np.std(big["W1"]) == pytest.approx(np.sqrt(2 / 400), rel=0.02)
 
 
 def test_flat_buffer_check_of_cupy_finds_views_and_refuses_others():

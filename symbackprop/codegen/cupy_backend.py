@@ -95,9 +95,14 @@ REWRITES: list[tuple[str, str]] = [
      _tail(source_of(cupy_ops, "_flat_base"), "    start = 0")),
     # the read-only caches (_rows, _ones, _constant): a CuPy array has no writeable flag
     ("\n        v.flags.writeable = False", ""),
-    # He normal: CuPy's Generator draws standard_normal, not normal(loc, scale)
+    # the initial draws: CuPy's Generator draws standard_normal, not normal(loc, scale),
+    # and the scales are numbers (cp.sqrt of a number is an array on the device)
     ("rng.normal(0.0, cp.sqrt(gain2 / fan_in), size=shape)",
-     "cp.sqrt(gain2 / fan_in) * rng.standard_normal(size=shape)"),
+     "(math.sqrt(gain2 / fan_in) * rng.standard_normal(size=shape))"),
+    ("cp.sqrt(6.0 / (fan_in + fan_out))", "math.sqrt(6.0 / (fan_in + fan_out))"),
+    ("1.0 / cp.sqrt(fan_in)", "1.0 / math.sqrt(fan_in)"),
+    # sizes of shapes (tuples): CuPy's prod takes only device arrays
+    ("int(cp.prod(", "int(math.prod("),
     # the labels' flat positions: NumPy's ravel_multi_index raises for a label out of
     # range, CuPy's wraps it unless asked to raise (a check that waits for the GPU)
     ("cp.ravel_multi_index((_rows(n), labels), logits.shape)",
@@ -107,7 +112,19 @@ REWRITES: list[tuple[str, str]] = [
 ]
 # what must not be left in a cupy module (the tests check): NumPy's constructs above
 LEFT_OUT = ("np.", "__array_interface__", "writeable", "rng.normal(", "cp.errstate(",
-            "cp.vectorize", "optimize=True")
+            "cp.vectorize", "optimize=True", "cp.prod(", "cp.sqrt(fan_in)", "cp.sqrt(6.0")
+
+
+def _import_math(text: str) -> str:
+    """``text`` importing math (which the rewrites call), sorted into the module's
+    standard-library imports, or as their block before ``import cupy as cp``."""
+    at = text.index("import cupy as cp\n")
+    start = text.rindex("\n\n", 0, at - 2) + 2
+    block = text[start:at].strip("\n").split("\n")
+    if all(ln.startswith("import ") for ln in block):  # the standard library's imports
+        lines = sorted([*block, "import math"])
+        return text[:start] + "\n".join(lines) + "\n\n" + text[at:]
+    return text[:at] + "import math\n\n" + text[at:]
 
 
 class CupyPrinter(Printer):
@@ -180,6 +197,8 @@ class CupyBackend(Backend):
         if "cupyx." in text:  # cupyx ships with cupy; its scipy module is imported alone
             sub = "cupyx.scipy.special" if "cupyx.scipy.special." in text else "cupyx"
             text = text.replace("import cupy as cp\n", f"import cupy as cp\nimport {sub}\n", 1)
+        if "math." in text and not re.search(r"^import math$", text, re.MULTILINE):
+            text = _import_math(text)
         return text
 
 
