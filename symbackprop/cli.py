@@ -404,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     c.add_argument("--backend", default="numpy",
                    help="the array library: numpy (default), jax (functional, jax.jit), "
-                   "array_api (the Python array API standard only) or torch (under "
+                   "array_api (the Python array API standard only), cupy (numpy's code on the GPU) "
+                   "or torch (under "
                    "torch.inference_mode(), on the tensors' device)")
     c.add_argument("--no-opt", action="store_true", help="skip the optimization passes")
     c.add_argument("--passes", help="comma-separated passes to run, in order "

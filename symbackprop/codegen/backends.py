@@ -17,6 +17,8 @@ record and never tests a backend's name.
 * ``torch`` (:mod:`~symbackprop.codegen.torch_backend`): plain tensor code under
   ``torch.inference_mode()``, on the device of the tensors given; its training step
   changes parameters in place (:mod:`~symbackprop.codegen.torch_train`).
+* ``cupy`` (:mod:`~symbackprop.codegen.cupy_backend`): NumPy's memory-planned code with
+  ``cp`` for ``np``, on the GPU.
 
 The records of ``jax`` and ``array_api`` live in their own modules, imported when first
 asked for (:func:`get`), so ``import symbackprop`` imports no JAX.
@@ -28,7 +30,7 @@ Examples
 >>> get("tensorflow")
 Traceback (most recent call last):
 ...
-symbackprop.errors.CodegenError: unknown backend 'tensorflow'; use one of numpy, jax, array_api, torch.
+symbackprop.errors.CodegenError: unknown backend 'tensorflow'; use one of numpy, jax, array_api, torch, cupy.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class Backend:
     # (codegen/jax_mixed.py): "float16" for precision="mixed", "bfloat16"; NumPy's mixed
     # step is the planned one (codegen/mixed.py)
     half_dtypes: tuple = ()
+    numpy_script = True  # a planned backend writing the NumPy training script (codegen/script.py)
 
     # -- the module ------------------------------------------------------------------------
     def imports(self) -> str:
@@ -132,6 +135,11 @@ class Backend:
         """A function's first look at an argument: an array (of DTYPE when floating)."""
         cast = ", dtype=DTYPE" if floating else ""
         return f"{name} = np.asarray({name}{cast})"
+
+    def finish(self, text: str) -> str:
+        """The finished module text as this backend writes it: NumPy's as it is; a
+        library mirroring NumPy's API (CuPy) rewrites NumPy's text here."""
+        return text
 
     def prologue(self, names: list[str]) -> tuple[list[str], dict]:
         """Lines that open every generated function taking the arguments ``names``,
@@ -197,6 +205,7 @@ NUMPY = Backend()
 # name -> the module defining its record (BACKEND), imported on first use
 _MODULES = {"jax": "jax_backend", "array_api": "array_api_backend"}
 _MODULES["torch"] = "torch_backend"  # issue 15: plain tensor code under torch.inference_mode()
+_MODULES["cupy"] = "cupy_backend"  # issue 15: NumPy's planned code with cp for np
 _LOADED: dict[str, Backend] = {"numpy": NUMPY}
 NAMES = ("numpy", *_MODULES)
 

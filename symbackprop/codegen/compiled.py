@@ -334,6 +334,8 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
     gradient is kept to the end of the step; bit-identical results, but a nan/inf gradient
     leaves a partial step (``FloatingPointError`` with ``.skipped`` and ``.updated``).
 
+    ``backend="cupy"`` loads NumPy's code written against CuPy (the same memory-planned,
+    in-place step; arrays passed are moved to the GPU, results are CuPy arrays).
     ``backend="jax"``, ``"array_api"`` or ``"torch"`` writes the code for that array library
     (:func:`~symbackprop.codegen.gradient_module.source`); its results are that library's
     arrays (``array_api``: the library of the arrays passed). A training step of a
@@ -381,7 +383,8 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
         lr = hyper.pop("lr", None)
         m = build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize,
                         checkpoint=checkpoint, precision=precision,
-                        growth_interval=growth_interval, fuse_update=fuse_update)
+                        growth_interval=growth_interval, fuse_update=fuse_update,
+                        backend=b.name)
         return CompiledTrainStep(step_source(m), module_name(g, "_train_step"),
                                  [m.em.namer(n) for n in m.inputs], m.arg_names)
     if b.functional:  # dtype is the precision's; mixed ones need a training step

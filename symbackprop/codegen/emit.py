@@ -390,7 +390,8 @@ def render_module(doc: str, em: Emitter, functions: list[Function], extra: str =
         em.backend.dtype_lines(em.dtype) + sorted(set(em.constants)) + list(constants))]
     body = ([em.helpers[k] for k in sorted(em.helpers)] + [render_function(f) for f in functions]
             + list(blocks) + ([extra] if extra else []))
-    return "\n\n".join(head) + "\n\n\n" + "\n\n\n".join(b.strip("\n") for b in body) + "\n"
+    return em.backend.finish(
+        "\n\n".join(head) + "\n\n\n" + "\n\n\n".join(b.strip("\n") for b in body) + "\n")
 
 
 def dict_code(items) -> str:
@@ -510,10 +511,11 @@ def running_function(em: Emitter) -> list[Function]:
 
 
 def emit_model(adj: Adjoints, dtype: str = "float64", optimize=True,
-               explain: list | None = None, checkpoint="none") -> tuple[str, Emitter, list[Function]]:
+               explain: list | None = None, checkpoint="none",
+               backend="numpy") -> tuple[str, Emitter, list[Function]]:
     """The ``forward`` and plain ``value_and_grad`` functions for a differentiated graph,
     after the optimization passes ``optimize`` (see :func:`symbackprop.optimize.optimize`;
     ``explain`` collects what each pass changed). The module that ``sb.numpy_source``
     writes plans ``value_and_grad``'s memory instead (:mod:`symbackprop.codegen.gradient_module`)."""
-    doc, em, fwd = emit_forward(adj, dtype, optimize, explain, checkpoint)
+    doc, em, fwd = emit_forward(adj, dtype, optimize, explain, checkpoint, backend)
     return doc, em, [fwd, emit_value_and_grad(em, adj), *running_function(em)]

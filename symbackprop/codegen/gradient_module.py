@@ -182,8 +182,9 @@ def source(g: Graph, of: str | None = None, wrt=None, dtype: str = "float64", op
     ``backend``: ``"numpy"`` (:func:`numpy_source`, memory-planned), ``"jax"`` (functional
     ``jax.numpy`` code, ``@jax.jit`` on each function, float64 turning on JAX's 64-bit
     mode), ``"array_api"`` (functional code using only the Python array API standard, on
-    the namespace of the arrays passed) or ``"torch"`` (plain PyTorch tensor code under
-    ``torch.inference_mode()``, on the device of the tensors passed). The other parameters
+    the namespace of the arrays passed), ``"torch"`` (plain PyTorch tensor code under
+    ``torch.inference_mode()``, on the device of the tensors passed) or ``"cupy"``
+    (:func:`numpy_source`'s module with ``import cupy as cp``, on the GPU). The other parameters
     are :func:`numpy_source`'s.
 
     The module imports only its array library (the array API one imports nothing) and is

@@ -150,7 +150,7 @@ _STEP_LOCALS = {"params", "state", "lr", "loss", "grads", "value_and_grad", "che
 def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
                 hyper: dict | None = None, dtype: str = "float64", optimize=True,
                 extra_outputs=(), checkpoint="none", precision=None,
-                growth_interval=2000, fuse_update: bool = False) -> Model:
+                growth_interval=2000, fuse_update: bool = False, backend="numpy") -> Model:
     """Differentiate and emit ``g`` for training with ``optimizer``; with the optimization
     passes on, also plan ``loss_and_grads_into`` (the step on the workspace). Nodes in
     ``extra_outputs`` become outputs of ``forward`` (a script's class scores).
@@ -159,6 +159,8 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
     ``loss_and_update`` instead of ``loss_and_grads_into``: the optimizer's rule runs in
     the backward sweep, each parameter as soon as its gradient is final
     (:mod:`~symbackprop.codegen.runtime.fused`).
+    ``backend`` is a backend with the planned path
+    (:attr:`~symbackprop.codegen.backends.Backend.planned`).
 
     Examples
     --------
@@ -180,7 +182,8 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
             if n not in g2.outputs:
                 g2.nx.graph["outputs"].append(n)
     adj = prepare(g2, of, wrt, optimize)
-    _, em, fns = emit_model(adj, "float32" if mixed else dtype, optimize, checkpoint=checkpoint)
+    _, em, fns = emit_model(adj, "float32" if mixed else dtype, optimize, checkpoint=checkpoint,
+                            backend=backend)
     if mixed:  # the code names DTYPE only; the module defines it float16 (codegen/mixed.py)
         em.dtype = dtype
     vg = fns[1]

@@ -40,7 +40,6 @@ from ..graph import fmt_shape
 from ..ops.elementwise import broadcast_shapes
 from .emit import Emitter, Function, safe_text
 from .layout import transposable
-from .lowering import lowering
 from .printer import FloatStep, expr_code, float_steps
 from .runtime import flat, source_of
 from .runtime.workspace import CONSTANT, PACK  # noqa: F401 -- PACK: generated modules carry it
@@ -385,7 +384,7 @@ def _fold(em: Emitter, steps, W, dW, b, db, planned, taken) -> tuple[Fold | None
         return None, f"d{em.namer(W)} is not the gradient of one product's weight"
     product = via[dW][1]
     op = j.opdef(product) if product in inside else None
-    if op is None or not lowering(op).bias_fold or j.args(product)[1:] != [W]:
+    if op is None or not em.backend.lowering(op).bias_fold or j.args(product)[1:] != [W]:
         return None, f"{em.namer(W)} is not read by a product that can carry a bias"
     h = j.args(product)[0]
     uses = j.consumers(product)
@@ -608,17 +607,18 @@ def _liveness(em: Emitter, steps: list[str], targets: list[str], together: dict)
     # twice, x.reshape(...), np.broadcast_to): the argument's buffer lives as long as it.
     for n in reversed(steps):
         op = j.opdef(n)
-        if op is not None and not op.elementwise and lowering(op).out is None and n in last \
+        if op is not None and not op.elementwise and em.backend.lowering(op).out is None \
+                and n in last \
                 and n not in together:  # (those return a new scalar)
             for a in _reads(em, n):
                 last[a] = max(last.get(a, -1), last[n])
     return last
 
 
-def _out_op(op) -> bool:
+def _out_op(em: Emitter, op) -> bool:
     """Whether an op can write into a given array: ufunc calls of its elementwise
     expression, or its own ``out=`` call."""
-    low = lowering(op)
+    low = em.backend.lowering(op)
     return op.elementwise and low.expr is None or low.out is not None
 
 
@@ -675,7 +675,7 @@ def _plain_reason(em: Emitter, n: str) -> str:
         return "a scalar"
     if d["dtype"] != "float":
         return "not floats"
-    if not _out_op(j.opdef(n)):
+    if not _out_op(em, j.opdef(n)):
         return f"{j.opdef(n).name} has no out= form"
     return "its expression has a function the ufunc lowering does not know"
 
@@ -705,7 +705,8 @@ def _lowered(em: Emitter, p: Plan, i: int, n: str, sources: dict, held: set,
     if chosen is not None and n not in sources:
         return Lowered(f"out= calls over {em.namer(chosen)}, read for the last time", lines,
                        wanted, overwrites=chosen)
-    any_layout = lowering(op).out is None or f is not None or lowering(op).any_layout
+    low = em.backend.lowering(op)
+    any_layout = low.out is None or f is not None or low.any_layout
     ones = sources.get(n)
     why = "out= calls into a buffer of its own"
     if ones is not None:
@@ -774,7 +775,7 @@ def _assign(em: Emitter, p: Plan, pool: Pool) -> _Buffers:
         elif isinstance(dec, FoldGrads):
             pool.writes[into[dec.fold.dW]] = pool.writes[into[dec.fold.db]] = i
         elif isinstance(dec, FoldProduct):
-            take(n, i, lowering(j.opdef(n)).any_layout)
+            take(n, i, em.backend.lowering(j.opdef(n)).any_layout)
         elif isinstance(dec, BiasOnly):
             move(dec.fold.product, n)
         elif isinstance(dec, Lowered):
@@ -809,7 +810,8 @@ def _text(em: Emitter, p: Plan, b: _Buffers, of, marker: bool, start=()) -> list
 
     def product(f, x, y, shapes, out):  # x @ y, written by the op of the fold's product
         op = j.opdef(f.product)
-        return em.use(op, lowering(op).out([x, y], j.nx.nodes[f.product]["attrs"], out, shapes))
+        return em.use(op, em.backend.lowering(op).out([x, y], j.nx.nodes[f.product]["attrs"],
+                                                      out, shapes))
 
     for i, n in enumerate(p.steps):
         dec = p.decisions[n]
@@ -825,7 +827,7 @@ def _text(em: Emitter, p: Plan, b: _Buffers, of, marker: bool, start=()) -> list
             op, c = j.opdef(n), dec.grad
             args = j.args(c)
             seed = "scale" if p.scaled and n == of else em.rhs(args[-1])  # a constant
-            call = em.use(op, lowering(op).with_grad([em.code(a) for a in args[:-1]],
+            call = em.use(op, em.backend.lowering(op).with_grad([em.code(a) for a in args[:-1]],
                                                      j.nx.nodes[n]["attrs"], seed, em.code(c)))
             body.append(f"{nm(n)} = {call}  # and {nm(c)}, its gradient")
         elif isinstance(dec, FoldGrads):
@@ -938,7 +940,7 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
         planned and whether it can overwrite an argument, and are then the code), or None."""
         if n not in cache:
             d, op = j.nx.nodes[n], j.opdef(n)
-            ok = (op is not None and _out_op(op) and d["shape"] != () and d["dtype"] == "float"
+            ok = (op is not None and _out_op(em, op) and d["shape"] != () and d["dtype"] == "float"
                   and n not in together and n not in together.values() and n not in unread)
             fold = p.folds.get(n)
             cache[n] = _lower_node(em, n, op, fold.expr if fold else None) if ok else None
@@ -1092,8 +1094,8 @@ def _lower_node(em: Emitter, n: str, op, expr=None, out=None) -> tuple[list, tup
     d = j.nx.nodes[n]
     args = j.args(n)
     out = out or em.code(n)
-    if lowering(op).out is not None and expr is None:
-        code = em.use(op, lowering(op).out([em.code(a) for a in args], d["attrs"], out,
+    if em.backend.lowering(op).out is not None and expr is None:
+        code = em.use(op, em.backend.lowering(op).out([em.code(a) for a in args], d["attrs"], out,
                                        [j.nx.nodes[a]["shape"] for a in args]))
         return [(code, {em.code(a) for a in args}, out)], ()
     (syms, e), args = expr if expr is not None else (op.code_expr(d["attrs"]), args)
@@ -1121,7 +1123,7 @@ def _with_grad(em: Emitter, steps: list[str]) -> dict:
     arguments and an incoming adjoint known by then (the loss's seed)."""
     j, out = em.j, {}
     for n in steps:
-        if j.is_leaf(n) or lowering(j.opdef(n)).with_grad is None:
+        if j.is_leaf(n) or em.backend.lowering(j.opdef(n)).with_grad is None:
             continue
         for c in steps:
             args = j.args(c)

@@ -412,6 +412,10 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
                                     dtype, optimize, features, target, backend,
                                     precision=precision, growth_interval=growth_interval,
                                     **hyper)
+    if not backends.get(backend).numpy_script:
+        raise CodegenError(f"backend {backend!r} writes no training script yet; use numpy, jax or "
+                           f"torch, or sb.train_step(..., backend={backend!r}) for its training "
+                           "step.")
     epochs = _positive_int("epochs", epochs)
     batch_size = _positive_int("batch_size", batch_size)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
