@@ -5,8 +5,9 @@ workspace allocated once per batch shape and reused across calls, and writes
 the gradients into arrays the caller owns (in the training step, views of the
 flat gradient buffer at the start of the same arena). Elementwise expressions
 are lowered to ufunc calls with ``out=``; a node may overwrite an argument it
-is the last reader of (in place) when the lowered calls read that argument
-before writing.
+is the last reader of (in place) when the lowered calls read that argument, and
+every view of it they read (``h.T``, ``x.reshape(...)``: a view shares its
+base's buffer), before writing.
 
 Each buffer is alive from the step that first writes it to the step that last
 reads it. Where buffers go is decided when the workspace is made, for its
