@@ -549,3 +549,97 @@ def test_plan_decisions_are_typed():
     assert plan.decisions[plan.steps[[em.namer(n) for n in plan.steps].index("h1")]].ones
     inplace = [n for n, d in plan.decisions.items() if isinstance(d, P.Lowered) and d.overwrites]
     assert {em.namer(n) for n in inplace} >= {"h3", "dz1", "dz2", "dz3"}
+
+
+# A view (x.T, x.reshape(...), x[::-1], np.broadcast_to) shares its base's buffer: a step
+# must not overwrite the base in place while it still reads the view after its first write.
+# Each case: the view as a graph op, the same view in NumPy (the independent evaluation),
+# and the shape of x.
+VIEWS = {
+    "transpose_1d": (sb.transpose, np.transpose, (3,)),
+    "transpose_2d": (sb.transpose, np.transpose, (3, 3)),
+    "reshape_same": (lambda v: sb.reshape(v, shape=(3,)), lambda v: v.reshape(3), (3,)),
+    "reshape_there_and_back": (lambda v: sb.reshape(sb.reshape(v, shape=(9,)), shape=(3, 3)),
+                               lambda v: v.reshape(9).reshape(3, 3), (3, 3)),
+    "slice_reversed": (lambda v: v[::-1], lambda v: v[::-1], (3,)),
+    "slice_columns_reversed": (lambda v: v[:, ::-1], lambda v: v[:, ::-1], (3, 3)),
+    "broadcast_same": (lambda v: sb.broadcast_to(v, shape=(3,)),
+                       lambda v: np.broadcast_to(v, (3,)), (3,)),
+    "expand_then_broadcast": (
+        lambda v: sb.broadcast_to(sb.reshape(v, shape=(1, 3)), shape=(1, 3)),
+        lambda v: np.broadcast_to(v.reshape(1, 3), (1, 3)), (1, 3)),
+    "transpose_reshape_transpose": (
+        lambda v: sb.transpose(sb.reshape(sb.transpose(v), shape=(3, 3))),
+        lambda v: v.T.reshape(3, 3).T, (3, 3)),
+}
+
+
+def _view_graph(view, shape):
+    """n1 = -x; a = (-view(n1) + w) + n1: the sum reads n1 directly (its last read, so a
+    candidate to be overwritten in place) and through a view, after the first call writes."""
+    g = sb.Graph(name="alias")
+    w = g.param("w", shape=())
+    x = g.param("x", shape=shape)
+    n1 = sb.neg(x)
+    a = (sb.neg(view(n1)) + w) + n1
+    g.output("L", sb.sum(a * a))
+    return g
+
+
+def test_in_place_step_keeps_an_argument_a_view_still_reads():
+    """The graph test_properties found: a2 = -n1.T + w0 + n1 was written over n1's buffer
+    (np.add(w0, neg_1, out=add_2); np.subtract(add_2, neg_1.T, out=add_2)), so neg_1.T read
+    w0 + n1 and L came out 0 instead of 3 * w0."""
+    g = sb.Graph(name="random")
+    w0 = g.param("w0", shape=())
+    g.input("x1", shape=())
+    x2 = g.input("x2", shape=(3,))
+    n1 = sb.neg(x2)
+    a1 = sb.neg(sb.transpose(n1)) + w0
+    g.output("L", sb.sum(a1 + n1))
+    arrays = {"w0": np.array(0.6), "x1": np.array(0.3), "x2": np.array([0.1, 0.5, -0.2])}
+    for optimize in (False, True):
+        loss, grads = sb.compile(g, optimize=optimize).value_and_grad(**arrays)
+        assert loss == pytest.approx(3 * 0.6, rel=1e-12)  # x2 - x2 + w0 in each entry
+        assert grads["w0"] == pytest.approx(3.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("case", list(VIEWS))
+def test_in_place_step_keeps_an_argument_its_views_still_read(case):
+    view, np_view, shape = VIEWS[case]
+    g = _view_graph(view, shape)
+    rng = np.random.default_rng(1)
+    arrays = {"w": np.array(0.6), "x": rng.normal(size=shape)}
+
+    def loss(w, x):  # the same loss in NumPy, written independently
+        n1 = -x
+        return float(np.sum((-np_view(n1) + w + n1) ** 2))
+
+    l0, g0 = sb.compile(g, optimize=False).value_and_grad(**arrays)
+    l1, g1 = sb.compile(g).value_and_grad(**arrays)
+    expected = loss(**arrays)
+    assert l0 == pytest.approx(expected, rel=1e-12)
+    assert l1 == pytest.approx(expected, rel=1e-12)
+    eps = 1e-6
+    for name in ("w", "x"):
+        flat = np.array(arrays[name], dtype=float).reshape(-1)
+        fd = np.empty_like(flat)
+        for i in range(flat.size):
+            xp, xm = flat.copy(), flat.copy()
+            xp[i] += eps
+            xm[i] -= eps
+            shape_ = np.shape(arrays[name])
+            fd[i] = (loss(**{**arrays, name: xp.reshape(shape_)})
+                     - loss(**{**arrays, name: xm.reshape(shape_)})) / (2 * eps)
+        for grads in (g0, g1):
+            np.testing.assert_allclose(np.reshape(grads[name], -1), fd, rtol=1e-6, atol=1e-8,
+                                       err_msg=f"dL/d{name}")
+    # the planned training step too (its loss is computed before the update)
+    fast = sb.compile(g, optimizer="sgd", lr=0.1)
+    plain = sb.compile(g, optimizer="sgd", lr=0.1, optimize=False)
+    pf = {k: np.array(v, dtype=float) for k, v in arrays.items()}
+    pp = {k: np.array(v, dtype=float) for k, v in arrays.items()}
+    assert fast.train_step(pf, fast.init_state(pf)) == pytest.approx(expected, rel=1e-12)
+    assert plain.train_step(pp, plain.init_state(pp)) == pytest.approx(expected, rel=1e-12)
+    for k, v in pp.items():
+        np.testing.assert_allclose(pf[k], v, rtol=1e-12, atol=1e-15)

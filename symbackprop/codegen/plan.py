@@ -5,8 +5,9 @@ workspace allocated once per batch shape and reused across calls, and writes
 the gradients into arrays the caller owns (in the training step, views of the
 flat gradient buffer at the start of the same arena). Elementwise expressions
 are lowered to ufunc calls with ``out=``; a node may overwrite an argument it
-is the last reader of (in place) when the lowered calls read that argument
-before writing.
+is the last reader of (in place) when the lowered calls read that argument, and
+every view of it they read (``h.T``, ``x.reshape(...)``: a view shares its
+base's buffer), before writing.
 
 Each buffer is alive from the step that first writes it to the step that last
 reads it. Where buffers go is decided when the workspace is made, for its
@@ -595,21 +596,41 @@ def _reads(em: Emitter, n: str) -> list[str]:
     return out
 
 
+def _may_view(em: Emitter, n: str, together: dict) -> bool:
+    """Whether step ``n``, computed the plain way, may return a view of its arguments'
+    memory: a structural op without an ``out=`` form (h.T used twice, x.reshape(...),
+    x[::-1], np.broadcast_to). Those with a gradient in the same call return a new scalar."""
+    op = em.j.opdef(n)
+    return op is not None and not op.elementwise and em.backend.lowering(op).out is None \
+        and n not in together
+
+
+def _bases(em: Emitter, n: str, together: dict) -> set[str]:
+    """The values whose buffers the array ``n`` stands for may lie in: ``n`` itself, and
+    through views (inlined ones such as ``h.T``, or steps :func:`_may_view`) the values
+    they are views of, transitively."""
+    j = em.j
+    if j.is_leaf(n):
+        return {n}
+    if em.inline(n) and j.role(n) != "const":  # written inside its reader: no array of its own
+        return set().union(*(_bases(em, a, together) for a in j.args(n)))
+    if _may_view(em, n, together):
+        return {n}.union(*(_bases(em, a, together) for a in j.args(n)))
+    return {n}
+
+
 def _liveness(em: Emitter, steps: list[str], targets: list[str], together: dict) -> dict:
     """The last step reading each value (``len(steps)`` for the function's results)."""
-    j, last = em.j, {}
+    last = {}
     for i, n in enumerate(steps):
         for a in _reads(em, n):
             last[a] = i
     for t in targets:
         last[t] = len(steps)
-    # A structural op computed the plain way may return a view of its argument (h.T used
-    # twice, x.reshape(...), np.broadcast_to): the argument's buffer lives as long as it.
+    # A view shares its base's buffer (h.T used twice, x.reshape(...), np.broadcast_to):
+    # the base's buffer lives as long as the view.
     for n in reversed(steps):
-        op = j.opdef(n)
-        if op is not None and not op.elementwise and em.backend.lowering(op).out is None \
-                and n in last \
-                and n not in together:  # (those return a new scalar)
+        if n in last and _may_view(em, n, together):
             for a in _reads(em, n):
                 last[a] = max(last.get(a, -1), last[n])
     return last
@@ -696,12 +717,16 @@ def _lowered(em: Emitter, p: Plan, i: int, n: str, sources: dict, held: set,
     # would copy it), nor into or out of the buffer of an h of a fold (written beside its
     # column of ones, strided in the plain layout: ufuncs run slower there than on a
     # contiguous array). Only an argument read directly: one read through a view (h.T) is
-    # another layout of the same memory, which the calls would overwrite under it.
+    # another layout of the same memory, which the calls would overwrite under it. For the
+    # same reason, every argument that may be a view of it (neg_1.T, reshape_1 =
+    # neg_1.reshape(...)) is read by the calls before they write, as the argument itself.
+    views = {a: {em.code(x) for x in j.args(n) if a in _bases(em, x, p.together)}
+             for a in j.args(n)}
     chosen = next((a for a in dict.fromkeys(j.args(n))
                    if a in held and p.last.get(a) == i and op.elementwise
                    and a not in sources and a not in p.pinned
                    and j.nx.nodes[a]["shape"] == d["shape"]
-                   and alias_safe(lines, out, em.code(a))), None)
+                   and all(alias_safe(lines, out, c) for c in views[a])), None)
     if chosen is not None and n not in sources:
         return Lowered(f"out= calls over {em.namer(chosen)}, read for the last time", lines,
                        wanted, overwrites=chosen)
