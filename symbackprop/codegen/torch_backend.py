@@ -7,9 +7,11 @@ are symbackprop's, one statement per node) on the device of the tensors they are
 every function opens with ``device = _device(<its arguments>)``, turns what it is given
 into tensors there (``torch.as_tensor(X, dtype=DTYPE, device=device)``) and makes every
 new tensor with that device and ``DTYPE``. Convolution and pooling call
-``torch.nn.functional``'s and ``torch.nn.grad``'s plain tensor functions. Batch norm
-and dropout have no torch code (their running statistics and generator are NumPy's):
-``CodegenError: op 'batch_norm' has no torch code``.
+``torch.nn.functional``'s and ``torch.nn.grad``'s plain tensor functions. Batch norm and
+dropout follow NumPy's code: ``training=True, running=None`` (a dict of tensors from
+``init_running(device=None)``, updated in place) and ``rng=0`` (a seed or a
+``torch.Generator``; a seed makes a CPU generator, whose masks are moved to the tensors'
+device: the same seed, the same masks on every device).
 
 The training module is in place, as NumPy's: :mod:`~symbackprop.codegen.torch_train`.
 
@@ -137,6 +139,15 @@ TORCH: dict[str, Lowering] = {
     "avg_pool2d_grad": Lowering(
         lambda c, a: _pool_code("_avg_pool2d_grad", c, a, [_shape_code(a["size"])]),
         helpers=_helpers(ops._avg_pool2d_grad)),
+    # -- batch norm and dropout: NumPy's calls (the running statistics a dict of tensors
+    # updated in place, the masks drawn by a torch.Generator)
+    "batch_norm": Lowering(
+        lambda c, a: f"_batch_norm({c[0]}, {a['axis']}, {a['eps']!r}, {a['momentum']!r}, "
+                     f"training, running, {a.get('node')!r})",
+        helpers=_helpers(ops._batch_norm), context=("training", "running")),
+    "dropout_mask": Lowering(lambda c, a: f"_dropout_mask({c[0]}, {a['p']!r}, rng, training)",
+                             helpers=_helpers(ops._dropout_mask),
+                             context=("training", "rng")),
 }
 TABLES["torch"] = TORCH
 
@@ -280,6 +291,20 @@ class TorchBackend(Backend):
 
     def prologue(self, names: list[str]) -> tuple[list[str], dict]:
         return ([f"device = _device({', '.join(names)})"], {"_device": source(ops._device)})
+
+    def context_lines(self, used) -> tuple[list[str], dict]:
+        """The generator, made once: a seed becomes a CPU ``torch.Generator``."""
+        if "rng" not in used:
+            return [], {}
+        return (["rng = _generator(rng)  # a seed or a torch.Generator"],
+                {"_generator": source(ops._generator)})
+
+    def running_init(self, size: int) -> tuple[str, str]:
+        return (f"torch.zeros({size}, dtype=DTYPE, device=device)",
+                f"torch.ones({size}, dtype=DTYPE, device=device)")
+
+    def running_params(self) -> list[str]:
+        return ["device=None"]
 
     def trainer(self):
         from . import torch_train

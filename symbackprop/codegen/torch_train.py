@@ -22,6 +22,7 @@ from .. import __version__ as _version
 from ..graph import Graph
 from . import functional
 from .emit import call_lines, render_module, safe_text
+from .lowering import CONTEXT
 from .module import Model, step_doc, wrap
 from .optimizers import constant_lines
 from .runtime import source_of, torch_init, torch_script
@@ -80,16 +81,29 @@ def train_step_block(m: Model) -> str:
     em = m.em
     data = [em.namer(n) for n in m.inputs]
     batch = ", ".join(data) or "no data"
+    # batch norm's running statistics and dropout's generator, passed on (NumPy's rule)
+    context = functional.context_of(m)
+    kwargs = [f"{c}={CONTEXT[c]}" for c in context]
     lines = ["@torch.inference_mode()",
-             f"def train_step(params, state, {', '.join(data + ['lr=LR'])}):",
+             f"def train_step(params, state, {', '.join(data + ['lr=LR'] + kwargs)}):",
              f'    """One training step on the minibatch ({batch}): forward and backward pass',
              (f"    (value_and_grad), then one {m.opt.title} update (update). params and state "
               "change in place."),
              ("    Returns the loss. Raises FloatingPointError, before changing anything, when "
               "the loss"),
              '    or a gradient is nan or inf."""']
+    if context:  # the docstring says what they are
+        lines[-1] = lines[-1][:-3]
+        text = {"running": "running: from init_running(device), updated in place by the forward "
+                           "pass|(even when the step raises).",
+                "rng": "rng: a seed or a torch.Generator, which draws the dropout masks (pass "
+                       "one|Generator to every step; a seed makes a CPU generator)."}
+        lines += ["", "    Training mode."] + ["    " + t for c in context
+                                                for t in text[c].split("|")]
+        lines[-1] += '"""'
     lines += ["    " + ln for ln in call_lines("loss, grads = ", "value_and_grad",
-                                                 m.args(m.functions[1]))]
+                                                 m.args(m.functions[1])
+                                                 + [f"{c}={c}" for c in context])]
     lines += [
         "    # A sum is finite only if every entry is (inf - inf is nan): one number screens",
         "    # every gradient, read with the loss in one transfer; check_finite, exact, runs only",
@@ -149,8 +163,13 @@ def compile_step(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None, h
     from .loader import module_name
 
     m = build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, checkpoint)
-    return CompiledTrainStep(model_text(m), module_name(g, "_train_step"),
+    step = CompiledTrainStep(model_text(m), module_name(g, "_train_step"),
                              [m.em.namer(n) for n in m.inputs], m.arg_names)
+    if "rng" in functional.context_of(m):  # dropout: the step's own generator is torch's
+        import torch
+
+        step.rng = torch.Generator().manual_seed(0)
+    return step
 
 
 def _evaluate(m: Model, task) -> tuple[str, str]:
@@ -159,7 +178,11 @@ def _evaluate(m: Model, task) -> tuple[str, str]:
     for binary logits), else the loss."""
     fwd = m.functions[0]
     data = {task.features: "X"} | ({task.target: "y"} if task.target else {})
-    body = call_lines("out = ", "forward", m.args(fwd, data))
+    context = functional.context_of(m)
+    # evaluation mode: batch norm's running statistics, no dropout
+    mode = ["training=False"] if context else []
+    mode += ["running=running"] if "running" in context else []
+    body = call_lines("out = ", "forward", m.args(fwd, data) + mode)
     if task.scores is not None and f"{task.scores!r}:" in (fwd.ret or ""):
         s = f"out[{task.scores!r}]"
         pred = f"({s} > 0)" if task.binary else f"{s}.argmax(dim=1)"
@@ -170,8 +193,26 @@ def _evaluate(m: Model, task) -> tuple[str, str]:
         doc = f"The loss {safe_text(m.of)} on all of (X, y)."
         body.append(f"return float(out[{m.of!r}])")
         metric = "loss"
-    return "\n".join(["def evaluate(params, X, y):", f'    """{doc}"""']
+    head = "def evaluate(params, X, y, running=None):" if "running" in context else \
+        "def evaluate(params, X, y):"
+    return "\n".join([head, f'    """{doc}"""']
                      + ["    " + b for b in body]) + "\n", metric
+
+
+def _buffers(m: Model) -> str:
+    """``init_buffers(device, seed)``: what the script's train_step also takes, made once
+    and carried through the training: batch norm's running statistics (updated in place,
+    used by evaluate and saved with --out) and dropout's generator (on the CPU, seeded
+    apart from the shuffles': the same masks on every device)."""
+    context = functional.context_of(m)
+    items = (['"running": init_running(device)'] if "running" in context else []) + \
+        (['"rng": torch.Generator().manual_seed(seed + 1)'] if "rng" in context else [])
+    return "\n".join([
+        "def init_buffers(device, seed):",
+        ('    """What train_step also takes: batch norm\'s running statistics (running), '
+         "dropout's"),
+        '    generator (rng, on the CPU, seeded apart from the shuffles\'); none: {}."""',
+        f"    return {{{', '.join(items)}}}"]) + "\n"
 
 
 def script_source(g: Graph, of=None, optimizer: str = "sgd", lr=None, epochs: int = 10,
@@ -223,7 +264,7 @@ def script_source(g: Graph, of=None, optimizer: str = "sgd", lr=None, epochs: in
                  f"NETWORK = {str(g.nx.graph.get('name', 'network'))!r}",
                  f"OPTIMIZER = {m.opt.name!r}",
                  f"METRIC = {metric!r}  # evaluate() returns: 'acc' (accuracy) or 'loss'"]
-    return model_text(m, doc, blocks=[evaluate, source_of(torch_script, *SCRIPT)],
+    return model_text(m, doc, blocks=[evaluate, _buffers(m), source_of(torch_script, *SCRIPT)],
                       imports=("argparse", "os", "sys", "tempfile", "time"),
                       constants=constants)
 

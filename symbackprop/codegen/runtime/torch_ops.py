@@ -209,3 +209,55 @@ def _avg_pool2d_grad(g, k, stride, padding, size):
     w = g.new_full((c, 1) + tuple(k), 1 / (k[0] * k[1]))
     return torch.nn.grad.conv2d_input((g.shape[0], c) + tuple(size), w, g, stride=stride,
                                       padding=padding, groups=c)
+
+
+# -- batch norm and dropout: NumPy's helpers' semantics (running statistics updated in
+# place, inverted dropout), with tensors and a torch.Generator
+def _batch_norm(x, axis, eps, momentum, training, running, key):
+    """x normalized per feature of axis, the statistics taken over the other axes. Training:
+    the batch's mean and population variance, and, when running is given, its tensors
+    key + '.mean' and key + '.var' updated in place as PyTorch does:
+    running = (1 - momentum) * running + momentum * batch, the variance unbiased (n/(n-1)).
+    Evaluation: the running statistics (NumPy's helper, operation for operation)."""
+    axes = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
+    if training:
+        n = x.numel() // x.shape[axis]
+        if n < 2:
+            raise ValueError(f"batch norm {key!r}: 1 value per feature in this batch (shape "
+                             f"{tuple(x.shape)}); training needs at least 2 to take a variance")
+        mean = x.mean(dim=axes, keepdim=True)
+        xc = x - mean
+        var = (xc * xc).mean(dim=axes, keepdim=True)
+        if running is not None:
+            rm, rv = running[key + ".mean"], running[key + ".var"]
+            rm *= 1 - momentum
+            rm += momentum * mean.reshape(-1).to(rm.device)
+            rv *= 1 - momentum
+            rv += (momentum * n / (n - 1)) * var.reshape(-1).to(rv.device)
+        return xc / torch.sqrt(var + eps)
+    if running is None:
+        raise ValueError(f"batch norm {key!r} in evaluation mode (training=False) needs the "
+                         "running statistics: pass running=init_running(), updated by training")
+    shape = [1] * x.ndim
+    shape[axis] = -1  # a feature vector, broadcast along the other axes
+    mean = running[key + ".mean"].to(x.device, x.dtype).reshape(shape)
+    var = running[key + ".var"].to(x.device, x.dtype).reshape(shape)
+    return (x - mean) / torch.sqrt(var + eps)
+
+
+def _generator(rng):
+    """The torch.Generator that draws the dropout masks: rng itself, or a new one on the
+    CPU seeded with rng (an int): the same seed gives the same masks on every device."""
+    if isinstance(rng, torch.Generator):
+        return rng
+    return torch.Generator().manual_seed(int(rng))
+
+
+def _dropout_mask(x, p, rng, training):
+    """Inverted dropout's mask for x: 1/(1-p) with probability 1-p, else 0, one float64 draw
+    of the generator rng per entry (the same mask in float32 and float64) on rng's device,
+    moved to x's, when training (and p > 0); ones otherwise."""
+    if not training or p == 0:
+        return torch.ones_like(x)
+    keep = torch.rand(x.shape, generator=rng, dtype=torch.float64, device=rng.device) >= p
+    return (keep.to(x.dtype) * (1 / (1 - p))).to(x.device)

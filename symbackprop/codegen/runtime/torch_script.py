@@ -38,11 +38,15 @@ def init_state(params):  # the generated module's
     raise NotImplementedError
 
 
+def init_buffers(device, seed):  # the generated script's
+    raise NotImplementedError
+
+
 def train_step(params, state, lr=LR, **batch):  # the generated module's
     raise NotImplementedError
 
 
-def evaluate(params, X, y):  # the generated module's
+def evaluate(params, X, y, **running):  # the generated module's
     raise NotImplementedError
 
 
@@ -91,15 +95,18 @@ def load_data(path, device):
     return tensor("X"), tensor("y"), tensor("X_test"), tensor("y_test")
 
 
-def save_params(params, state, epoch, path):
-    """Write the parameters, the optimizer state and the epochs done to ``path``
-    (torch.save), atomically: a temporary file in the same folder, then os.replace."""
+def save_params(params, state, epoch, path, running=None):
+    """Write the parameters, the optimizer state, the epochs done and, with batch norm, the
+    running statistics to ``path`` (torch.save), atomically: a temporary file in the same
+    folder, then os.replace."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
     os.close(fd)
-    torch.save({"network": NETWORK, "optimizer": OPTIMIZER, "epoch": epoch,
-                "params": {k: v.cpu() for k, v in params.items()},
-                "state": state}, tmp)
+    saved = {"network": NETWORK, "optimizer": OPTIMIZER, "epoch": epoch,
+             "params": {k: v.cpu() for k, v in params.items()}, "state": state}
+    if running is not None:
+        saved["running"] = {k: v.cpu() for k, v in running.items()}
+    torch.save(saved, tmp)
     os.replace(tmp, path)
 
 
@@ -124,6 +131,8 @@ def main(argv=None):
     params = init_params(a.seed, device=device)
     state = init_state(params)
     gen = torch.Generator().manual_seed(a.seed)  # the shuffles, on the CPU: any device alike
+    buffers = init_buffers(device, a.seed)  # batch norm's running statistics, dropout's rng
+    running = {k: v for k, v in buffers.items() if k == "running"}  # evaluate's
     n = len(X)
     for epoch in range(1, a.epochs + 1):
         start = time.perf_counter()
@@ -133,18 +142,18 @@ def main(argv=None):
             rows = order[first:first + a.batch_size]
             batch = {FEATURES: X[rows]} | ({TARGET: y[rows]} if TARGET is not None else {})
             try:
-                total += train_step(params, state, lr=a.lr, **batch) * len(rows)
+                total += train_step(params, state, lr=a.lr, **batch, **buffers) * len(rows)
             except FloatingPointError as e:
                 fail(f"epoch {epoch}, batch at row {first}: {e}; the parameters are those "
                      "before this batch")
         line = f"epoch {epoch}/{a.epochs}  loss {total / n:.6f}"
         if X_test is not None:
-            line += f"  test_{METRIC} {evaluate(params, X_test, y_test):.4f}"
+            line += f"  test_{METRIC} {evaluate(params, X_test, y_test, **running):.4f}"
         elif METRIC == "acc":
-            line += f"  train_acc {evaluate(params, X, y):.4f}"
+            line += f"  train_acc {evaluate(params, X, y, **running):.4f}"
         print(f"{line}  {device}  {time.perf_counter() - start:.2f} s", flush=True)
     if a.out:
-        save_params(params, state, a.epochs, a.out)
+        save_params(params, state, a.epochs, a.out, buffers.get("running"))
     return 0
 
 
