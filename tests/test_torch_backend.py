@@ -38,9 +38,11 @@ needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch is not installe
 if HAVE_TORCH:
     import torch
 
-# ops with no torch code: batch norm's running statistics and dropout's generator are
-# NumPy's (the code that makes them is written with NumPy)
-WITHOUT = {"batch_norm", "dropout_mask"}
+# ops with no torch code: none (batch norm and dropout have had torch code since their
+# running statistics became tensors and their masks a torch.Generator's)
+WITHOUT: set = set()
+# ops drawing random numbers: their output is torch's generator's (seed 0), not NumPy's
+RANDOM = {"dropout_mask"}
 
 
 def _np(v):
@@ -80,12 +82,16 @@ def test_op_matches_numpy_backend(name, case):
     b, ref = harness.compiled(name, case)
     _, fn = _compiled(name, case)
     out, want = fn.forward(**b.arrays), ref.forward(**b.arrays)
+    if name in RANDOM:  # the mask of torch's seed-0 generator, by its formula
+        want["out"] = _torch_mask(b.arrays["a0"].shape, case.attrs["p"])
+        want["L"] = np.sum(b.arrays["C"] * want["out"])
     for k in want:
         got = _np(out[k])
         assert got.shape == np.shape(want[k]), k
         np.testing.assert_allclose(got, want[k], rtol=1e-10, atol=1e-12, err_msg=k)
     loss, grads = fn.value_and_grad(**b.arrays)
     ref_loss, ref_grads = ref.value_and_grad(**b.arrays)
+    ref_loss = want["L"] if name in RANDOM else ref_loss
     assert isinstance(loss, torch.Tensor) and loss.dtype == torch.float64
     assert float(loss) == pytest.approx(float(ref_loss), rel=1e-10, abs=1e-12)
     assert sorted(grads) == sorted(ref_grads)
@@ -114,9 +120,9 @@ def test_float32_stays_float32(name, case):
         np.testing.assert_allclose(_np(grads[w]), ref_grads[w], rtol=1e-4, atol=1e-5)
 
 
-def test_every_op_but_the_stateful_ones_has_torch_code():
-    """Every registered op has torch code but batch norm and dropout: adding an op asks
-    for its torch code here (generating needs no PyTorch)."""
+def test_every_op_has_torch_code():
+    """Every registered op has torch code: adding an op asks for its torch code here
+    (generating needs no PyTorch)."""
     names = {op.name for op in sb.ops.all_ops()} - {"swish"}
     missing = {n for n in names if not backends.has_code(n, "torch")}
     assert missing == WITHOUT, sorted(missing ^ WITHOUT)
@@ -387,18 +393,6 @@ def test_torch_not_installed_names_the_extra_and_the_cpu_build(monkeypatch):
     assert "import torch" in sb.train_step(g, backend="torch")
 
 
-def test_batch_norm_has_no_torch_code_in_one_line(capsys, tmp_path):
-    g = sb.models.cnn((1, 6, 6), channels=(2,), hidden=(), classes=3, batch_norm=True)
-    with pytest.raises(sb.CodegenError, match="op 'batch_norm' has no torch code"):
-        sb.source(g, backend="torch")
-    spec = tmp_path / "net.json"
-    sb.save(g, str(spec))
-    for cmd in (["codegen", str(spec)], ["train-script", str(spec)]):
-        assert main([*cmd, "--backend", "torch"]) == 2
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "op 'batch_norm' has no torch code" in err
-
-
 def test_options_of_the_numpy_backend_alone_are_refused_in_one_line(capsys):
     g = sb.models.mlp([4, 3, 2])
     with pytest.raises(ValueError, match="precision 'mixed' is written for the numpy and jax backends only so far, not torch"):
@@ -419,3 +413,237 @@ def test_cli_writes_torch_code(tmp_path):
                  "-o", str(out)]) == 0
     src = out.read_text()
     assert "DTYPE = torch.float32" in src and _imported(src) == {"torch"}
+
+
+# -- batch norm and dropout (NumPy's semantics: running statistics in place, a generator) -----
+def _torch_mask(shape, p, seed=0):
+    """Inverted dropout's mask of a CPU torch.Generator of ``seed``: one float64 draw per
+    entry, kept where the draw is >= p, scaled by 1/(1-p)."""
+    u = torch.rand(tuple(shape), generator=torch.Generator().manual_seed(seed),
+                   dtype=torch.float64).numpy()
+    return np.where(u >= p, 1 / (1 - p), 0.0)
+
+
+def _bn_graph(shape=(4, 3, 2, 2)):
+    g = sb.Graph(name="bn_net")
+    X = g.input("X", shape=("N", *shape[1:]))
+    C = g.input("C", shape=("N", *shape[1:]))
+    gamma = g.param("gamma", shape=(1, shape[1]) + (1,) * (len(shape) - 2))
+    beta = g.param("beta", shape=(1, shape[1]) + (1,) * (len(shape) - 2))
+    h = g.output("h", sb.batch_norm(X, axis=1) * gamma + beta)
+    g.output("L", sb.sum(C * h * h))
+    return g
+
+
+def _bn_arrays(shape=(4, 3, 2, 2), seed=3):
+    rng = np.random.default_rng(seed)
+    c = (1, shape[1]) + (1,) * (len(shape) - 2)
+    return {"X": rng.normal(2.0, 3.0, size=shape), "C": rng.normal(size=shape),
+            "gamma": rng.normal(1.0, 0.2, size=c), "beta": rng.normal(size=c)}
+
+
+@needs_torch
+@pytest.mark.parametrize("shape", [(4, 3, 2, 2), (5, 3)], ids=["NCHW", "ND"])
+def test_batch_norm_values_gradients_and_running_stats_match_numpy(shape):
+    """Training-mode values, loss and gradients, the running statistics after several
+    updates (momentum 0.1, unbiased variance) and evaluation-mode values equal the NumPy
+    backend's in float64 (1e-10)."""
+    g = _bn_graph(shape)
+    ref = sb.compile(g, of="L", wrt=["X", "gamma", "beta"])
+    fn = sb.compile(g, of="L", wrt=["X", "gamma", "beta"], backend="torch")
+    a = _bn_arrays(shape)
+    t = {k: torch.as_tensor(v) for k, v in a.items()}
+    run_np, run_t = ref.init_running(), fn.init_running()
+    assert sorted(run_t) == ["bn1.mean", "bn1.var"] or sorted(run_t) == sorted(run_np)
+    assert all(isinstance(v, torch.Tensor) and v.dtype == torch.float64 for v in run_t.values())
+    np.testing.assert_array_equal(_np(run_t[sorted(run_t)[1]]), run_np[sorted(run_np)[1]])
+    for _ in range(3):  # forward and value_and_grad both update the running statistics
+        want, got = ref.forward(**a, running=run_np), fn.forward(**t, running=run_t)
+        np.testing.assert_allclose(_np(got["h"]), want["h"], rtol=1e-10, atol=1e-12)
+        ref_loss, ref_grads = ref.value_and_grad(**a, running=run_np)
+        loss, grads = fn.value_and_grad(**t, running=run_t)
+        assert float(loss) == pytest.approx(float(ref_loss), rel=1e-10)
+        for w in ref_grads:
+            np.testing.assert_allclose(_np(grads[w]), ref_grads[w], rtol=1e-10, atol=1e-10,
+                                       err_msg=w)
+    assert sorted(run_t) == sorted(run_np)
+    for k in run_np:
+        assert not np.allclose(run_np[k], 1.0 if k.endswith("var") else 0.0), k  # updated
+        np.testing.assert_allclose(_np(run_t[k]), run_np[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    want = ref.forward(**a, training=False, running=run_np)["h"]
+    got = fn.forward(**t, training=False, running=run_t)["h"]
+    np.testing.assert_allclose(_np(got), want, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="needs the running statistics"):
+        fn.forward(**t, training=False)
+
+
+@needs_torch
+def test_batch_norm_gradients_match_central_differences():
+    """dL/dX, dL/dgamma, dL/dbeta of the torch code against central differences of its
+    own training-mode loss in float64 (the batch statistics depend on X)."""
+    g = _bn_graph()
+    fn = sb.compile(g, of="L", wrt=["X", "gamma", "beta"], backend="torch")
+    a = {k: torch.as_tensor(v) for k, v in _bn_arrays().items()}
+    _, grads = fn.value_and_grad(**a)
+    h = 1e-6
+    for w in ("X", "gamma", "beta"):
+        num = np.zeros(a[w].shape)
+        for i in np.ndindex(*a[w].shape):
+            plus = {k: v.clone() for k, v in a.items()}
+            minus = {k: v.clone() for k, v in a.items()}
+            plus[w][i] += h
+            minus[w][i] -= h
+            num[i] = (float(fn.forward(**plus)["L"]) - float(fn.forward(**minus)["L"])) / (2 * h)
+        np.testing.assert_allclose(_np(grads[w]), num, rtol=1e-6, atol=1e-7, err_msg=w)
+
+
+def _dropout_graph(p, shape=(200, 100)):
+    g = sb.Graph(name="dropout_net")
+    X = g.input("X", shape=shape)
+    C = g.input("C", shape=shape)
+    y = g.output("y", sb.dropout(X, p))
+    g.output("L", sb.sum(C * y))
+    return g
+
+
+@needs_torch
+def test_dropout_masks_rate_values_eval_and_generators():
+    """The mask keeps 1-p of the entries, scaled by 1/(1-p) (0 elsewhere); a seed gives
+    the CPU generator's mask of that seed (the same in float32 and float64); a Generator
+    passed draws new masks at every call; evaluation mode is the identity."""
+    p = 0.3
+    g = _dropout_graph(p)
+    fn = sb.compile(g, of="L", wrt=["X"], backend="torch")
+    X = torch.ones(200, 100, dtype=torch.float64)
+    C = torch.zeros(200, 100, dtype=torch.float64)
+    y = _np(fn.forward(X=X, C=C, rng=7)["y"])
+    assert set(np.unique(y)) == {0.0, 1 / (1 - p)}
+    assert abs((y == 0).mean() - p) < 0.02  # 20000 entries: 0.02 is 6 standard deviations
+    np.testing.assert_array_equal(y, _torch_mask(X.shape, p, seed=7))
+    fn32 = sb.compile(g, of="L", wrt=["X"], backend="torch", dtype="float32")
+    y32 = fn32.forward(X=X.float(), C=C.float(), rng=7)["y"]
+    assert y32.dtype == torch.float32
+    np.testing.assert_array_equal(_np(y32) == 0, y == 0)
+    gen = torch.Generator().manual_seed(7)
+    first, second = (_np(fn.forward(X=X, C=C, rng=gen)["y"]) for _ in range(2))
+    np.testing.assert_array_equal(first, y)  # the same draws as the seed
+    assert (first != second).any()  # the generator moved on
+    Xr = torch.as_tensor(np.random.default_rng(0).normal(size=(200, 100)))
+    np.testing.assert_array_equal(_np(fn.forward(X=Xr, C=C, training=False)["y"]), _np(Xr))
+    assert torch.equal(fn.forward(X=Xr, C=C, rng=3)["y"], fn.forward(X=Xr, C=C, rng=3)["y"])
+
+
+@needs_torch
+def test_dropout_gradient_is_the_mask_of_the_forward_pass():
+    """dL/dX of L = sum(C * dropout(X)) is C * mask, the mask drawn from the same seed
+    (read off the forward output y = X * mask), and equals the NumPy backend's gradient
+    given that mask (NumPy's code for L = sum(C * mask * X), the mask as an input)."""
+    p = 0.4
+    g = _dropout_graph(p, shape=(6, 5))
+    fn = sb.compile(g, of="L", wrt=["X"], backend="torch")
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(6, 5)) + 5.0  # away from 0: y / X recovers the mask
+    C = rng.normal(size=(6, 5))
+    y = _np(fn.forward(X=torch.as_tensor(X), C=torch.as_tensor(C), rng=11)["y"])
+    mask = y / X
+    np.testing.assert_allclose(mask, _torch_mask((6, 5), p, seed=11), rtol=1e-12)
+    loss, grads = fn.value_and_grad(X=torch.as_tensor(X), C=torch.as_tensor(C), rng=11)
+    np.testing.assert_allclose(_np(grads["X"]), C * mask, rtol=1e-12, atol=1e-14)
+    ref_g = sb.Graph(name="masked")
+    Xn, Cn, Mn = (ref_g.input(n, shape=(6, 5)) for n in ("X", "C", "M"))
+    ref_g.output("L", sb.sum(Cn * (Xn * Mn)))
+    ref = sb.compile(ref_g, of="L", wrt=["X"])
+    ref_loss, ref_grads = ref.value_and_grad(X=X, C=C, M=mask)
+    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-12)
+    np.testing.assert_allclose(_np(grads["X"]), ref_grads["X"], rtol=1e-12, atol=1e-14)
+
+
+@needs_torch
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_cnn_with_batch_norm_trains_like_numpy(optimizer):
+    """sb.compile(cnn(batch_norm=True), backend="torch"): step after step the losses,
+    parameters and the step's own running statistics (step.running) equal the NumPy
+    step's (float64, 1e-10), and evaluation mode with them gives NumPy's logits."""
+    g = sb.models.cnn((1, 6, 6), channels=(2, 3), hidden=(4,), classes=3, batch_norm=True)
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(5, 1, 6, 6)), rng.integers(0, 3, 5)
+    ref = sb.compile(g, optimizer=optimizer, lr=0.05)
+    step = sb.compile(g, optimizer=optimizer, lr=0.05, backend="torch")
+    p_np = ref.init_params(0)
+    p_t = {k: torch.as_tensor(v.copy()) for k, v in p_np.items()}
+    s_np, s_t = ref.init_state(p_np), step.init_state(p_t)
+    Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
+    for _ in range(4):
+        want = ref.train_step(p_np, s_np, X=X, y=y)
+        assert step.train_step(p_t, s_t, X=Xt, y=yt) == pytest.approx(want, rel=1e-10)
+    for k in p_np:
+        np.testing.assert_allclose(_np(p_t[k]), p_np[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    assert sorted(step.running) == sorted(ref.running) and step.running
+    for k in ref.running:
+        np.testing.assert_allclose(_np(step.running[k]), ref.running[k], rtol=1e-10,
+                                   atol=1e-12, err_msg=k)
+    fwd = sb.compile(g, backend="torch")
+    got = fwd.forward(X=Xt, y=yt, **{k: p_t[k] for k in p_t}, training=False,
+                      running=step.running)["logits"]
+    want = sb.compile(g).forward(X=X, y=y, **p_np, training=False,
+                                 running=ref.running)["logits"]
+    np.testing.assert_allclose(_np(got), want, rtol=1e-10, atol=1e-12)
+
+
+@needs_torch
+def test_compiled_step_with_dropout_draws_new_masks_from_its_generator():
+    """The torch step's own generator (step.rng) is a torch.Generator of seed 0 that every
+    step draws from: two steps on the same batch and parameters give different losses,
+    and a step given rng=<seed> is reproducible."""
+    g = sb.models.cnn((1, 6, 6), channels=(2,), hidden=(8,), classes=3, dropout=0.5)
+    step = sb.compile(g, optimizer="sgd", lr=1e-300, backend="torch")  # params stay
+    assert isinstance(step.rng, torch.Generator)
+    params = step.init_params(0)
+    state = step.init_state(params)
+    rng = np.random.default_rng(0)
+    X = torch.as_tensor(rng.normal(size=(8, 1, 6, 6)))
+    y = torch.as_tensor(rng.integers(0, 3, 8))
+    a, b = (step.train_step(params, state, X=X, y=y) for _ in range(2))
+    assert a != b
+    assert step.train_step(params, state, X=X, y=y, rng=4) == \
+        step.train_step(params, state, X=X, y=y, rng=4)
+
+
+@needs_torch
+@pytest.mark.slow
+def test_training_script_with_batch_norm_and_dropout_runs_without_symbackprop(tmp_path):
+    """train-script --backend torch of a CNN with batch norm and dropout: ruff-clean,
+    trains in a fresh interpreter without symbackprop (the loss falls), evaluates with
+    the running statistics and saves them with --out."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(96, 1, 6, 6))
+    y = (X[:, 0, :3].sum(axis=(1, 2)) > 0).astype(int)
+    np.savez(tmp_path / "d.npz", X=X[:64], y=y[:64], X_test=X[64:], y_test=y[64:])
+    g = sb.models.cnn((1, 6, 6), channels=(3,), hidden=(8,), classes=2, batch_norm=True,
+                      dropout=0.25)
+    spec = tmp_path / "net.json"
+    sb.save(g, str(spec))
+    assert main(["train-script", str(spec), "--backend", "torch", "--optimizer", "adam",
+                 "--lr", "0.01", "--batch-size", "16", "--epochs", "4",
+                 "-o", str(tmp_path / "train.py")]) == 0
+    assert_ruff_clean(tmp_path, "train.py")
+    res = run_without_symbackprop(tmp_path, """
+        import runpy
+        sys.argv = ["train.py", "--data", "d.npz", "--device", "cpu", "--out", "p.pt"]
+        try:
+            runpy.run_path("train.py", run_name="__main__")
+        except SystemExit as e:
+            assert e.code == 0, e.code
+        import torch
+        saved = torch.load("p.pt", weights_only=True)
+        run = saved["running"]
+        assert sorted(run) == ["bn1.mean", "bn1.var"], sorted(run)
+        assert run["bn1.mean"].shape == (3,) and float(run["bn1.var"].min()) > 0
+        assert not torch.equal(run["bn1.var"], torch.ones(3, dtype=run["bn1.var"].dtype))
+        print("saved running", saved["epoch"])
+        """, timeout=300)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("epoch")]
+    assert len(lines) == 4 and "test_acc" in lines[-1], res.stdout
+    losses = [float(ln.split("loss")[1].split()[0]) for ln in lines]
+    assert losses[-1] < losses[0], losses
+    assert "saved running 4" in res.stdout
