@@ -10,7 +10,10 @@
   and gradients; the in-place training step gives the NumPy step's losses and parameters
   step after step (float64 to 1e-10), and keeps NumPy's nan contract;
 * a generated training script runs in a fresh interpreter without symbackprop;
-* bad input: torch not installed, ops without torch code, options of the numpy backend
+* batch norm and dropout: NumPy's values, gradients and running statistics, central
+  differences, the masks' rate and values, a CNN with batch norm trained like NumPy's,
+  and the script of a CNN with batch norm and dropout;
+* bad input: torch not installed, options of the numpy backend
   alone: one clear line (the CLI exits 2).
 
 Everything here is skipped with the reason when PyTorch is not installed (``make test``
