@@ -346,7 +346,7 @@ def test_cli_bfloat16_script_and_refusals(tmp_path, capsys):
                  "--backend", "jax", "--precision", "bfloat16", "-o", str(out)]) == 0
     assert "DTYPE = jnp.bfloat16" in out.read_text()
     capsys.readouterr()
-    for args, words in [(["--backend", "array_api", "--precision", "mixed"], "numpy and jax backends only"),
+    for args, words in [(["--backend", "array_api", "--precision", "mixed"], "numpy, jax and torch backends only"),
                         (["--precision", "bfloat16"], "needs a backend that has bfloat16"),
                         (["--backend", "jax", "--loss", "mse", "--precision", "mixed"],
                          "softmax_cross_entropy")]:

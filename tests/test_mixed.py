@@ -209,7 +209,7 @@ def _cli(*args, cwd=None):
 
 
 @pytest.mark.parametrize("precision, words", [
-    ("bfloat16", "needs a backend that has bfloat16 (jax)"),
+    ("bfloat16", "needs a backend that has bfloat16 (jax, torch)"),
     ("half", "is not one of float64, float32, mixed, bfloat16"),
 ])
 def test_cli_bad_precision_is_one_line_exit_2(precision, words):

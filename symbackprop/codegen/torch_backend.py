@@ -38,6 +38,7 @@ from .lowering import TABLES, Lowering, _axis_code, _conv_code, _pool_code, _sha
 from .printer import MATH_ONLY, FloatStep, Printer, float_steps
 from .runtime import source
 from .runtime import torch_ops as ops
+from .runtime import torch_mixed as torch_mixed_runtime
 
 
 def _helpers(*fns) -> dict:
@@ -239,6 +240,11 @@ class TorchBackend(Backend):
     planned = False
     functional = False
     reserved = ("torch", "device")
+    half_dtypes = ("float16", "bfloat16")  # precision "mixed" and "bfloat16" (codegen/torch_mixed.py)
+    # how the mixed step (jax_mixed.make_mixed) writes a cast, the scaled seed, _in_float32
+    mixed_spelling = {"cast": ".to({})",
+                      "seed": "torch.full((), scale, dtype=MASTER, device=device)",
+                      "runtime": torch_mixed_runtime}
     def imports(self) -> str:
         return "import torch"
 
