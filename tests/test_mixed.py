@@ -188,7 +188,7 @@ def test_bad_precision():
     g = _mlp()
     with pytest.raises(ValueError, match="is not one of float64, float32, mixed"):
         sb.train_step(g, precision="half")
-    with pytest.raises(ValueError, match=r"bfloat16.*\(jax\)"):
+    with pytest.raises(ValueError, match=r"bfloat16.*\(jax, torch\)"):
         sb.compile(g, optimizer="sgd", precision="bfloat16")
     with pytest.raises(ValueError, match="growth_interval"):
         sb.train_step(g, precision="mixed", growth_interval=0)

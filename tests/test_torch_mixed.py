@@ -161,7 +161,7 @@ def test_underflow_counts_like_numpy():
     small = {k: v * 1e-3 for k, v in params.items()}  # tiny gradients: float16 flushes some
     counts = step.underflow(small, state, X=X * 1e-3, y=y)
     assert set(counts) == {"W1", "b1", "W2", "b2"}
-    entries, nonzero, plain, scaled = counts["W1"]
+    entries, _, plain, scaled = counts["W1"]
     assert entries == 32 and plain > 0 and scaled <= plain
     assert all(isinstance(c, int) for t in counts.values() for c in t)
 

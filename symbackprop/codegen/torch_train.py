@@ -21,7 +21,6 @@ import numbers
 from .. import __version__ as _version
 from ..graph import Graph
 from . import functional, torch_mixed
-from .emit import call_lines
 from .emit import call_lines, render_module, safe_text
 from .jax_mixed import HALF
 from .module import Model, step_doc, wrap
