@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from standalone import assert_ruff_clean, run_without_symbackprop
 
 import symbackprop as sb
 from symbackprop.cli import main
@@ -179,13 +180,46 @@ def test_source_precisions_and_refusals():
         sb.train_step(g, precision="bfloat16")  # NumPy has none
 
 
-def test_cli_train_script_mixed_on_torch(tmp_path):
-    out = tmp_path / "t.py"
-    assert main(["train-script", "mlp:4-3-2", "--loss", "softmax_cross_entropy", "--backend",
-                 "torch", "--precision", "mixed", "-o", str(out)]) == 0
+def test_generated_mixed_modules_pass_ruff(tmp_path):
+    g = _mlp()
+    files = []
+    for precision in ("mixed", "bfloat16"):
+        for opt in ("sgd", "momentum", "adam"):
+            files.append((f"{precision}_{opt}.py", sb.train_step(g, optimizer=opt,
+                                                                 precision=precision,
+                                                                 backend="torch")))
+        files.append((f"{precision}_script.py", sb.training_script(
+            g, optimizer="adam", precision=precision, backend="torch")))
+    for fname, src in files:
+        (tmp_path / fname).write_text(src)
+    assert_ruff_clean(tmp_path, *[f for f, _ in files])
+
+
+def test_cli_train_script_mixed_on_torch_trains_and_saves_the_scaler(tmp_path):
+    """train-script --backend torch --precision mixed: a standalone program that trains
+    in float16 with float32 masters and saves the loss scaler's state with Adam's."""
+    out = tmp_path / "train.py"
+    assert main(["train-script", "mlp:4-8-3", "--loss", "softmax_cross_entropy", "--backend",
+                 "torch", "--precision", "mixed", "--optimizer", "adam", "--lr", "0.01",
+                 "--epochs", "3", "--batch-size", "16", "-o", str(out)]) == 0
     text = out.read_text()
     assert "DTYPE = torch.float16" in text and "_scaled_update" in text
-    compile(text, str(out), "exec")
+    X, y = _batch(64)
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    res = run_without_symbackprop(tmp_path, """
+        import runpy
+        sys.argv = ["train.py", "--data", "d.npz", "--device", "cpu", "--out", "p.pt"]
+        try:
+            runpy.run_path("train.py", run_name="__main__")
+        except SystemExit as e:
+            assert e.code == 0, e.code
+        import torch
+        saved = torch.load("p.pt", weights_only=True)
+        assert {p.dtype for p in saved["params"].values()} == {torch.float32}
+        print("scale", saved["state"]["scale"], saved["state"]["t"])
+    """)
+    assert res.returncode == 0, res.stderr
+    assert "scale 65536.0 12" in res.stdout, res.stdout
 
 
 def _digits_step(precision):
