@@ -220,6 +220,8 @@ def test_cli_train_script_mixed_on_torch_trains_and_saves_the_scaler(tmp_path):
     """)
     assert res.returncode == 0, res.stderr
     assert "scale 65536.0 12" in res.stdout, res.stdout
+    lines = [ln for ln in res.stdout.splitlines() if "float16 gradients:" in ln]
+    assert len(lines) == 3 and "with scale 65536;" in lines[-1], res.stdout
 
 
 def _digits_step(precision):

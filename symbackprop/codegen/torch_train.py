@@ -26,6 +26,7 @@ from .jax_mixed import HALF
 from .module import Model, step_doc, wrap
 from .optimizers import constant_lines
 from .runtime import source_of, torch_init, torch_script
+from .runtime import torch_mixed as torch_mixed_runtime
 from .runtime.torch_optimizers import adam, momentum, sgd
 
 # optimizer name -> its runtime for torch tensors
@@ -237,7 +238,10 @@ def script_source(g: Graph, of=None, optimizer: str = "sgd", lr=None, epochs: in
                  f"NETWORK = {str(g.nx.graph.get('name', 'network'))!r}",
                  f"OPTIMIZER = {m.opt.name!r}",
                  f"METRIC = {metric!r}  # evaluate() returns: 'acc' (accuracy) or 'loss'"]
-    return model_text(m, doc, blocks=[evaluate, source_of(torch_script, *SCRIPT)],
+    # mixed precision: the underflow line after every epoch (runtime/torch_mixed.py)
+    mixed = [source_of(torch_mixed_runtime, "underflow_line")] if m.precision else []
+    main = source_of(torch_script, *SCRIPT, variants={"mixed": bool(m.precision)})
+    return model_text(m, doc, blocks=[evaluate, *mixed, main],
                       imports=("argparse", "os", "sys", "tempfile", "time"),
                       constants=constants)
 
