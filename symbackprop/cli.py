@@ -455,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(mpi4py: pip install symbackprop[distributed])")
     c.add_argument("--precision", metavar="{float64,float32,mixed,bfloat16}",
                    help="mixed: float16 forward and backward, float32 master parameters, "
-                   "dynamic loss scaling; bfloat16 (--backend jax): bfloat16 forward and "
+                   "dynamic loss scaling; bfloat16 (--backend jax or torch): bfloat16 forward and "
                    "backward, float32 masters, no loss scaling (default: --dtype)")
     c.add_argument("--growth-interval", type=int, default=2000, metavar="K",
                    help="mixed precision: good steps before the loss scale doubles (2000)")

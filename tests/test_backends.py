@@ -497,10 +497,10 @@ def test_train_script_backend_without_a_script_is_one_line(capsys):
 
 
 def test_options_of_the_numpy_backend_alone_are_refused_in_one_line(capsys):
-    """Mixed precision is numpy's and jax's (tests/test_jax_mixed.py), MPI numpy's: another
+    """Mixed precision is numpy's, jax's and torch's (tests/test_*mixed.py), MPI numpy's: another
     backend says so instead of ignoring them."""
     g = sb.models.mlp([4, 3, 2])
-    with pytest.raises(ValueError, match="precision 'mixed' is written for the numpy and jax"):
+    with pytest.raises(ValueError, match="precision 'mixed' is written for the numpy, jax and torch"):
         sb.train_step(g, precision="mixed", backend="array_api")
     with pytest.raises(ValueError, match="bfloat16.*array_api has none"):
         sb.train_step(g, precision="bfloat16", backend="array_api")

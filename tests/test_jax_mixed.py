@@ -270,8 +270,8 @@ def test_refusals():
     params = step.init_params(0)
     loss, params, state = step.train_step(params, step.init_state(params), **_batch())
     assert np.isfinite(loss) and int(state["good_steps"]) == 1
-    # NumPy still refuses bfloat16, naming the backends that have it: JAX is one now
-    with pytest.raises(ValueError, match=r"bfloat16.*\(jax\)"):
+    # NumPy still refuses bfloat16, naming the backends that have it: JAX and torch now
+    with pytest.raises(ValueError, match=r"bfloat16.*\(jax, torch\)"):
         sb.compile(g, optimizer="sgd", precision="bfloat16")
     # plain precisions are the plain step's
     assert "DTYPE = jnp.float32" in sb.train_step(g, precision="float32", backend="jax")
@@ -346,7 +346,7 @@ def test_cli_bfloat16_script_and_refusals(tmp_path, capsys):
                  "--backend", "jax", "--precision", "bfloat16", "-o", str(out)]) == 0
     assert "DTYPE = jnp.bfloat16" in out.read_text()
     capsys.readouterr()
-    for args, words in [(["--backend", "array_api", "--precision", "mixed"], "numpy and jax backends only"),
+    for args, words in [(["--backend", "array_api", "--precision", "mixed"], "numpy, jax and torch backends only"),
                         (["--precision", "bfloat16"], "needs a backend that has bfloat16"),
                         (["--backend", "jax", "--loss", "mse", "--precision", "mixed"],
                          "softmax_cross_entropy")]:

@@ -31,7 +31,8 @@ LAYERS = [
      # the backends (issue 15): each one's table, printer and runtime helpers
      "codegen.runtime.jax_ops", "codegen.runtime.jax_init", "codegen.runtime.array_api_ops",
      "codegen.backends", "codegen.jax_backend", "codegen.array_api_backend",
-     "codegen.runtime.torch_ops", "codegen.runtime.torch_init", "codegen.torch_backend"],
+     "codegen.runtime.torch_ops", "codegen.runtime.torch_init", "codegen.torch_backend",
+     "codegen.runtime.torch_mixed"],
     ["derivation"],
     ["codegen.runtime.flat", "codegen.runtime.init", "codegen.runtime.check", "codegen.runtime.fused",
      "codegen.runtime.script", "codegen.runtime.optimizers", "codegen.runtime.optimizers.sgd",
@@ -45,7 +46,7 @@ LAYERS = [
     ["codegen", "codegen.stability", "codegen.loader", "codegen.emit", "codegen.plan", "codegen.gradient_module",
      "codegen.optimizers", "codegen.init", "codegen.module", "codegen.train", "codegen.script",
      "codegen.checkpoint", "codegen.mixed", "codegen.functional", "codegen.jax_script",
-     "codegen.jax_mixed", "codegen.torch_train",
+     "codegen.jax_mixed", "codegen.torch_train", "codegen.torch_mixed",
      "codegen.cupy_backend"],  # NumPy's module, rewritten: it reads the runtime's flat
     ["codegen.compiled", "testing", "cost", "flow"],
     ["render"],

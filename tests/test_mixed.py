@@ -188,7 +188,7 @@ def test_bad_precision():
     g = _mlp()
     with pytest.raises(ValueError, match="is not one of float64, float32, mixed"):
         sb.train_step(g, precision="half")
-    with pytest.raises(ValueError, match=r"bfloat16.*\(jax\)"):
+    with pytest.raises(ValueError, match=r"bfloat16.*\(jax, torch\)"):
         sb.compile(g, optimizer="sgd", precision="bfloat16")
     with pytest.raises(ValueError, match="growth_interval"):
         sb.train_step(g, precision="mixed", growth_interval=0)
@@ -209,7 +209,7 @@ def _cli(*args, cwd=None):
 
 
 @pytest.mark.parametrize("precision, words", [
-    ("bfloat16", "needs a backend that has bfloat16 (jax)"),
+    ("bfloat16", "needs a backend that has bfloat16 (jax, torch)"),
     ("half", "is not one of float64, float32, mixed, bfloat16"),
 ])
 def test_cli_bad_precision_is_one_line_exit_2(precision, words):

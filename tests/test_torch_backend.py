@@ -398,13 +398,9 @@ def test_torch_not_installed_names_the_extra_and_the_cpu_build(monkeypatch):
 
 def test_options_of_the_numpy_backend_alone_are_refused_in_one_line(capsys):
     g = sb.models.mlp([4, 3, 2])
-    with pytest.raises(ValueError, match="precision 'mixed' is written for the numpy and jax backends only so far, not torch"):
-        sb.train_step(g, precision="mixed", backend="torch")
-    if HAVE_TORCH:  # (without it, compile says first that PyTorch is missing)
-        with pytest.raises(ValueError, match="precision 'mixed' is written for the numpy"):
-            sb.compile(g, optimizer="sgd", precision="mixed", backend="torch")
+    # (precision 'mixed' and 'bfloat16' are torch's too: tests/test_torch_mixed.py)
     assert "DTYPE = torch.float32" in sb.train_step(g, precision="float32", backend="torch")
-    for extra in (["--precision", "mixed"], ["--distributed", "mpi"]):
+    for extra in (["--distributed", "mpi"],):
         assert main(["train-script", "mlp:4-3-2", "--backend", "torch", *extra]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "numpy" in err, err

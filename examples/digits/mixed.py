@@ -12,10 +12,11 @@ without loss scaling and with it. NumPy's float16 is emulated on CPUs, so this i
 slower than float32: it shows the mechanism, not the speed.
 
 ``--backend jax`` writes the JAX script instead (``train-script ... --backend jax``: the
-same plan inside one jitted step, docs/backends.md), and ``--precision bfloat16`` (JAX
-only) trains in bfloat16 with float32 masters and no loss scaling.
+same plan inside one jitted step, docs/backends.md), ``--backend torch`` the PyTorch one
+(in place, on ``cuda`` when there is one), and ``--precision bfloat16`` (JAX and torch)
+trains in bfloat16 with float32 masters and no loss scaling.
 
-    python examples/digits/mixed.py [--out DIR] [--backend jax] [--precision bfloat16]
+    python examples/digits/mixed.py [--out DIR] [--backend jax|torch] [--precision bfloat16]
 
 Needs scikit-learn (``pip install symbackprop[examples]``).
 """
@@ -50,10 +51,10 @@ def main(argv=None) -> dict:
     (flushed: without loss scaling, flushed_scaled: with it) and the last scale."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="out/digits", help="working directory (out/digits)")
-    p.add_argument("--backend", default="numpy", choices=["numpy", "jax"],
+    p.add_argument("--backend", default="numpy", choices=["numpy", "jax", "torch"],
                    help="the script's array library (numpy)")
     p.add_argument("--precision", default="mixed", choices=["mixed", "bfloat16"],
-                   help="mixed: float16 with loss scaling; bfloat16: --backend jax only")
+                   help="mixed: float16 with loss scaling; bfloat16: --backend jax or torch")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -63,8 +64,9 @@ def main(argv=None) -> dict:
     name = "mixed" if args.backend == "numpy" else f"{args.precision}_{args.backend}"
     script = out / f"train_digits_{name}.py"
     script.write_text(generate(args.backend, args.precision), encoding="utf-8")
+    saved = out / f"checkpoint_{name}.{'pt' if args.backend == 'torch' else 'npz'}"  # torch.save
     proc = subprocess.run([sys.executable, str(script), "--data", str(data), "--out",
-                           str(out / f"checkpoint_{name}.npz")], cwd=out, capture_output=True,
+                           str(saved)], cwd=out, capture_output=True,
                           text=True, check=False, timeout=600)
     sys.stdout.write(proc.stdout)
     if proc.returncode != 0:

@@ -365,10 +365,15 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
         check_fusable_backend(b)
     if optimizer is not None and b.trainer() is not None:  # in place, the backend's own (torch)
         lr = hyper.pop("lr", None)
-        return b.trainer().compile_step(g, of, wrt, optimizer, lr, hyper,
-                                        functional_precision(precision, dtype, b)[1], optimize,
-                                        checkpoint)
-    if b.trainer() is not None:
+        precision, dtype = functional_precision(precision, dtype, b)
+        return b.trainer().compile_step(g, of, wrt, optimizer, lr, hyper, dtype, optimize,
+                                        checkpoint, precision, growth_interval)
+    if b.trainer() is not None:  # mixed ones need a training step (below)
+        mixed = precision if precision in ("mixed", "bfloat16") else None
+        if mixed:
+            raise TypeError(f"compile() got precision={mixed!r} without optimizer=; "
+                            "mixed precision is a training step's (float32 masters, loss "
+                            "scaling): pass optimizer=.")
         dtype = functional_precision(precision, dtype, b)[1]
         precision = None
     if b.functional:

@@ -68,6 +68,15 @@ def _refuse(m, why: str) -> CodegenError:
                         "passes on, or precision 'float32'.")
 
 
+def _spelling(backend) -> dict:
+    """How ``backend`` writes the mixed step's casts: ``cast`` (``.astype({})``, format
+    with a dtype), ``seed`` (the loss scale as a float32 scalar) and ``runtime`` (the
+    module whose ``_in_float32`` it copies). JAX's unless the backend has its own
+    ``mixed_spelling`` (torch: :mod:`~symbackprop.codegen.torch_mixed`)."""
+    return getattr(backend, "mixed_spelling", None) or {
+        "cast": ".astype({})", "seed": "jnp.asarray(scale, MASTER)", "runtime": runtime}
+
+
 def make_mixed(m, precision: str, scaler: dict) -> None:
     """Turn the functional model ``m`` (emitted in float32) into the mixed one, in place:
     ``DTYPE`` the half dtype, the loss and its gradient in float32, the seed the loss
@@ -85,7 +94,9 @@ def make_mixed(m, precision: str, scaler: dict) -> None:
     readers = [c for c, _ in j.consumers(seed)]
     if any(em.inline(c) for c in readers):
         raise _refuse(m, "the seed is read inside another statement")
-    em.helpers["_in_float32"] = source_of(runtime, "_in_float32")
+    spelling = _spelling(em.backend)
+    cast = spelling["cast"].format("DTYPE")
+    em.helpers["_in_float32"] = source_of(spelling["runtime"], "_in_float32")
 
     def loss_line(stmt, comment):
         call = _one_call(stmt)
@@ -98,7 +109,7 @@ def make_mixed(m, precision: str, scaler: dict) -> None:
         call = _one_call(stmt)
         lhs, rhs = stmt.split(" = ", 1)
         rhs = f"_in_float32({call[1]}, {call[2]})" if call else f"({rhs})"
-        return f"{lhs} = {rhs}.astype(DTYPE)  # {comment}{_ROUNDED}"
+        return f"{lhs} = {rhs}{cast}  # {comment}{_ROUNDED}"
 
     fwd, vg = m.functions[0], m.functions[1]
     for fn in (fwd, vg):
@@ -108,7 +119,7 @@ def make_mixed(m, precision: str, scaler: dict) -> None:
         _rewrite(vg.body, em.namer(c), grad_line)
     if scaler:  # float16: the seed is the loss scale, float32
         _rewrite(vg.body, em.namer(seed), lambda stmt, comment: (
-            f"{em.namer(seed)} = jnp.asarray(scale, MASTER)  # {comment}, times the loss "
+            f"{em.namer(seed)} = {spelling['seed']}  # {comment}, times the loss "
             "scale (float32: 2**16 is above float16's largest number)"))
         vg.params.append("scale=1.0")
         vg.doc += ("\n    The loss in float32, the gradients in DTYPE multiplied by scale (the "
@@ -192,9 +203,10 @@ def _reference_block(m) -> str:
     """``reference_value_and_grad``: value_and_grad computed in float32 (MASTER), the
     reference of ``underflow``."""
     vg = m.functions[1]
+    cast = _spelling(m.em.backend)["cast"].format("DTYPE")
     ref = Function("reference_value_and_grad", list(vg.params),
                    "value_and_grad computed in float32 (MASTER): the reference of "
-                   "underflow().", [_master(x.replace(_ROUNDED, "").replace(".astype(DTYPE)", ""))
+                   "underflow().", [_master(x.replace(_ROUNDED, "").replace(cast, ""))
                                     for x in vg.body], vg.ret,
                    list(vg.decorators))
     return render_function(ref)

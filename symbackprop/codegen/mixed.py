@@ -43,7 +43,7 @@ LOSS_SCALE = 2.0**16
 GROWTH_FACTOR = 2.0
 BACKOFF_FACTOR = 0.5
 GROWTH_INTERVAL = 2000
-BFLOAT16_BACKENDS = "jax"  # the backends whose generated code computes in bfloat16
+BFLOAT16_BACKENDS = "jax, torch"  # the backends whose generated code computes in bfloat16
 
 
 def resolve_precision(precision, dtype: str = "float64") -> tuple[str, str]:
@@ -108,9 +108,9 @@ def functional_precision(precision, dtype: str, backend) -> tuple[str, str]:
             raise ValueError(f"precision 'bfloat16' needs a backend that has bfloat16 "
                              f"({BFLOAT16_BACKENDS}); {backend.name} has none. Use precision "
                              "'float32'.")
-        raise ValueError(f"precision 'mixed' is written for the numpy and jax backends only "
-                         f"so far, not {backend.name}; use backend='numpy' or 'jax', or "
-                         "precision 'float32'.")
+        raise ValueError(f"precision 'mixed' is written for the numpy, jax and torch backends "
+                         f"only so far, not {backend.name}; use backend='numpy', 'jax' or "
+                         "'torch', or precision 'float32'.")
     return precision, half
 
 

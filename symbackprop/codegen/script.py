@@ -395,9 +395,11 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         if distributed is not None:
             raise ValueError(f"distributed={distributed!r} is the numpy script's (mpirun); the "
                              f"{backend} script runs as one process.")
+        precision, dtype = functional_precision(precision, dtype, backends.get(backend))
         return trainer.script_source(g, of, optimizer, lr, epochs, batch_size, seed, wrt,
-                                     functional_precision(precision, dtype, backends.get(backend))[1], optimize,
-                                     features, target, checkpoint, **hyper)
+                                     dtype, optimize, features, target, checkpoint,
+                                     precision=precision, growth_interval=growth_interval,
+                                     **hyper)
     if backends.get(backend).functional:  # issue 15: data parallelism through JAX
         from .jax_script import data_parallel_script
 

@@ -39,6 +39,7 @@ from .backends import Backend
 from .lowering import TABLES, Lowering, _axis_code, _conv_code, _pool_code, _shape_code, _tuple_code
 from .printer import MATH_ONLY, FloatStep, Printer, float_steps
 from .runtime import source
+from .runtime import torch_mixed as torch_mixed_runtime
 from .runtime import torch_ops as ops
 
 
@@ -250,6 +251,15 @@ class TorchBackend(Backend):
     planned = False
     functional = False
     reserved = ("torch", "device")
+    half_dtypes = ("float16", "bfloat16")  # precision "mixed" and "bfloat16" (codegen/torch_mixed.py)
+
+    @property
+    def mixed_spelling(self) -> dict:
+        """How the mixed step (:func:`~symbackprop.codegen.jax_mixed.make_mixed`) writes a
+        cast, the scaled seed of backprop and where ``_in_float32`` comes from."""
+        return {"cast": ".to({})", "seed": "torch.full((), scale, dtype=MASTER, device=device)",
+                "runtime": torch_mixed_runtime}
+
     def imports(self) -> str:
         return "import torch"
 

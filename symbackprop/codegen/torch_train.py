@@ -20,12 +20,14 @@ import numbers
 
 from .. import __version__ as _version
 from ..graph import Graph
-from . import functional
+from . import functional, torch_mixed
 from .emit import call_lines, render_module, safe_text
+from .jax_mixed import HALF
 from .lowering import CONTEXT
 from .module import Model, step_doc, wrap
 from .optimizers import constant_lines
 from .runtime import source_of, torch_init, torch_script
+from .runtime import torch_mixed as torch_mixed_runtime
 from .runtime.torch_optimizers import adam, momentum, sgd
 
 # optimizer name -> its runtime for torch tensors
@@ -34,12 +36,16 @@ SCRIPT = ("fail", "load_data", "save_params", "main", "__main__")
 
 
 def build(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None, hyper=None,
-          dtype: str = "float64", optimize=True, checkpoint="none") -> Model:
+          dtype: str = "float64", optimize=True, checkpoint="none", precision=None,
+          growth_interval=2000) -> Model:
     """The model of a torch training module: ``forward`` and the plain ``value_and_grad``
     written for PyTorch (:func:`~symbackprop.codegen.functional.build`'s, which any
-    backend without the planned path shares)."""
+    backend without the planned path shares). ``precision`` ``"mixed"`` (float16, loss
+    scaling) or ``"bfloat16"`` writes them in that dtype for float32 masters
+    (:mod:`~symbackprop.codegen.torch_mixed`)."""
     return functional.build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, "torch",
-                            checkpoint)
+                            checkpoint, precision if precision in HALF else None,
+                            growth_interval)
 
 
 def init_block(plan: list) -> list[str]:
@@ -131,15 +137,20 @@ def model_text(m: Model, doc: str | None = None, blocks=(), imports=(), constant
                 "separate functions; train_step runs both, under\ntorch.inference_mode() "
                 "(no autograd: the gradients are these functions'), on the device of\nthe "
                 "tensors passed. Needs only PyTorch. Do not edit: regenerate instead.")
-    blocks = [*init_block(m.plan), source_of(runtime, "init_state"),
-              source_of(runtime, "update"), source_of(torch_script, "check_finite"),
-              train_step_block(m), *blocks]
+    if m.precision:  # mixed precision (codegen/torch_mixed.py)
+        blocks = [*torch_mixed.blocks(m, init_block(m.plan), runtime), *blocks]
+        constants = torch_mixed.constant_lines(m) + list(constants)
+    else:
+        blocks = [*init_block(m.plan), source_of(runtime, "init_state"),
+                  source_of(runtime, "update"), source_of(torch_script, "check_finite"),
+                  train_step_block(m), *blocks]
     return render_module(doc, m.em, m.functions, imports=("math", *imports),
                          constants=constant_lines(m.hyper) + list(constants), blocks=blocks)
 
 
 def step_source(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None, hyper=None,
-                dtype: str = "float64", optimize=True, checkpoint="none") -> str:
+                dtype: str = "float64", optimize=True, checkpoint="none", precision=None,
+                growth_interval=2000) -> str:
     """The source of a torch training module (see the module's docstring).
 
     Examples
@@ -152,17 +163,20 @@ def step_source(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None, hy
         names = list(grads)
         torch._foreach_add_([params[n] for n in names], [grads[n] for n in names], alpha=-lr)
     """
-    return model_text(build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, checkpoint))
+    return model_text(build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, checkpoint,
+                            precision, growth_interval))
 
 
 def compile_step(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None, hyper=None,
-                 dtype: str = "float64", optimize=True, checkpoint="none"):
+                 dtype: str = "float64", optimize=True, checkpoint="none", precision=None,
+                 growth_interval=2000):
     """:func:`step_source` loaded as a :class:`~symbackprop.codegen.compiled.CompiledTrainStep`
     (``sb.compile(g, optimizer=..., backend="torch")``)."""
     from .compiled import CompiledTrainStep
     from .loader import module_name
 
-    m = build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, checkpoint)
+    m = build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, checkpoint, precision,
+              growth_interval)
     step = CompiledTrainStep(model_text(m), module_name(g, "_train_step"),
                              [m.em.namer(n) for n in m.inputs], m.arg_names)
     if "rng" in functional.context_of(m):  # dropout: the step's own generator is torch's
@@ -218,7 +232,7 @@ def _buffers(m: Model) -> str:
 def script_source(g: Graph, of=None, optimizer: str = "sgd", lr=None, epochs: int = 10,
                   batch_size: int = 32, seed: int = 0, wrt=None, dtype: str = "float64",
                   optimize=True, features=None, target=None, checkpoint="none",
-                  **hyper) -> str:
+                  precision=None, growth_interval=2000, **hyper) -> str:
     """A standalone PyTorch training script: the training module and a main program that
     reads ``--data`` (``.npz`` or ``.pt``), shuffles every epoch with a seeded generator,
     trains on minibatches on ``--device`` and prints one line per epoch (the loss, and the
@@ -239,7 +253,8 @@ def script_source(g: Graph, of=None, optimizer: str = "sgd", lr=None, epochs: in
             raise ValueError(f"{name}={v!r}; expected an int >= 1.")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed={seed!r}; expected an int >= 0.")
-    m = build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, checkpoint)
+    m = build(g, of, wrt, optimizer, lr, hyper, dtype, optimize, checkpoint, precision,
+              growth_interval)
     task = _data_task(g, m.of, features, target)
     nm = m.em.namer
     name = safe_text(g.nx.graph.get("name", "network"))
@@ -264,7 +279,10 @@ def script_source(g: Graph, of=None, optimizer: str = "sgd", lr=None, epochs: in
                  f"NETWORK = {str(g.nx.graph.get('name', 'network'))!r}",
                  f"OPTIMIZER = {m.opt.name!r}",
                  f"METRIC = {metric!r}  # evaluate() returns: 'acc' (accuracy) or 'loss'"]
-    return model_text(m, doc, blocks=[evaluate, _buffers(m), source_of(torch_script, *SCRIPT)],
+    # mixed precision: the underflow line after every epoch (runtime/torch_mixed.py)
+    mixed = [source_of(torch_mixed_runtime, "underflow_line")] if m.precision else []
+    main = source_of(torch_script, *SCRIPT, variants={"mixed": bool(m.precision)})
+    return model_text(m, doc, blocks=[evaluate, _buffers(m), *mixed, main],
                       imports=("argparse", "os", "sys", "tempfile", "time"),
                       constants=constants)
 

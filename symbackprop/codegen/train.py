@@ -133,8 +133,9 @@ def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: floa
         check_fusable_backend(b)
     trainer = b.trainer()
     if trainer is not None:  # a backend's own in-place module (torch)
-        return trainer.step_source(g, of, wrt, optimizer, lr, hyper,
-                                   functional_precision(precision, dtype, b)[1], optimize, checkpoint)
+        precision, dtype = functional_precision(precision, dtype, b)
+        return trainer.step_source(g, of, wrt, optimizer, lr, hyper, dtype, optimize,
+                                   checkpoint, precision, growth_interval)
     if b.functional:
         precision, dtype = functional_precision(precision, dtype, b)
         return functional.step_source(g, of, wrt, optimizer, lr, hyper, dtype, optimize,

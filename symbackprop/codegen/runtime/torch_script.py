@@ -28,6 +28,7 @@ TARGET = "y"
 NETWORK = "network"
 OPTIMIZER = "sgd"
 METRIC = "acc"
+MIXED = False  # mixed precision: the module has underflow() (codegen/torch_mixed.py)
 
 
 def init_params(seed=0, device=None):  # the generated module's
@@ -47,6 +48,14 @@ def train_step(params, state, lr=LR, **batch):  # the generated module's
 
 
 def evaluate(params, X, y, **running):  # the generated module's
+    raise NotImplementedError
+
+
+def underflow(params, state, **batch):  # stand-in: a mixed-precision module's
+    raise NotImplementedError
+
+
+def underflow_line(counts, state):  # stand-in: runtime/torch_mixed.py's
     raise NotImplementedError
 
 
@@ -152,6 +161,11 @@ def main(argv=None):
         elif METRIC == "acc":
             line += f"  train_acc {evaluate(params, X, y, **running):.4f}"
         print(f"{line}  {device}  {time.perf_counter() - start:.2f} s", flush=True)
+        if MIXED:  # variant: mixed
+            # gradient entries the half dtype flushes to zero, on the first rows
+            rows = slice(0, a.batch_size)
+            batch = {FEATURES: X[rows]} | ({TARGET: y[rows]} if TARGET is not None else {})
+            print(underflow_line(underflow(params, state, **batch), state), flush=True)
     if a.out:
         save_params(params, state, a.epochs, a.out, buffers.get("running"))
     return 0
