@@ -378,3 +378,11 @@ def test_digits_mixed_on_jax_reach_97_percent(tmp_path, precision):
     else:  # bfloat16 keeps float32's range: next to nothing flushes (a sum may cancel)
         flushed, nonzero = map(int, re.findall(r"last epoch: (\d+) of (\d+)", r.stdout)[-1])
         assert flushed <= nonzero // 100
+
+
+def test_mixed_with_batch_norm_or_dropout_is_one_line():
+    g = sb.models.cnn(input_shape=(1, 8, 8), channels=(4,), hidden=(8,), classes=3,
+                      batch_norm=True, dropout=0.25)
+    for precision in ("mixed", "bfloat16"):
+        with pytest.raises(sb.CodegenError, match="does not support the state of batch norm"):
+            sb.compile(g, optimizer="sgd", precision=precision, backend="jax")

@@ -250,3 +250,11 @@ def _digits_step(precision):
 def test_digits_mixed_on_torch_reach_97_percent(precision):
     acc, state = _digits_step(precision)
     assert acc >= 0.97, (precision, acc, state.get("scale"))
+
+
+def test_mixed_with_batch_norm_is_one_line():
+    g = sb.models.cnn(input_shape=(1, 8, 8), channels=(4,), hidden=(8,), classes=3,
+                      batch_norm=True)
+    for precision in ("mixed", "bfloat16"):
+        with pytest.raises(sb.CodegenError, match="does not support the state of batch norm"):
+            sb.train_step(g, optimizer="sgd", precision=precision, backend="torch")
