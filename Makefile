@@ -16,7 +16,7 @@ TORCH  := torch==2.13.0
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[dev,examples,plots,jax,torch,distributed,browser]" $(TORCH)
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[dev,examples,plots,jax,torch,cupy,distributed,browser]" $(TORCH)
 	touch $(STAMP)
 
 # The real `dot` program renders diagrams: install Debian's graphviz when missing.
