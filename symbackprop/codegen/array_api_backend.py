@@ -38,11 +38,10 @@ from .lowering import (
     TABLES,
     Lowering,
     _axis_code,
-    _conv_code,
-    _pool_code,
     _shape_code,
     _tuple_code,
     einsum_as_matmul,
+    numpy_call,
 )
 from .printer import MATH_ONLY, FloatStep, Printer, float_steps
 from .runtime import array_api_ops as ops
@@ -151,20 +150,14 @@ ARRAY_API: dict[str, Lowering] = {
                           helpers=_helpers(ops._take_grad, ops._onehot)),
     # -- convolution, pooling and batch norm (issue 15): NumPy's calls, of helpers written
     # with the standard's strided slices and matmul (a loop over the kernel's offsets only)
-    "conv1d": Lowering(lambda c, a: _conv_code("_conv", c, a, 1), helpers=_CONV),
-    "conv2d": Lowering(lambda c, a: _conv_code("_conv", c, a, 2), helpers=_CONV),
-    "conv_grad_input": Lowering(NUMPY["conv_grad_input"].expr,
-                                helpers=_WINDOWS | _helpers(ops._conv_grad_input)),
-    "conv_grad_weight": Lowering(NUMPY["conv_grad_weight"].expr,
-                                 helpers=_CONV | _helpers(ops._conv_grad_weight)),
-    "max_pool2d": Lowering(lambda c, a: _pool_code("_max_pool2d", c, a),
-                           helpers=_WINDOWS | _helpers(ops._max_pool2d)),
-    "max_pool2d_grad": Lowering(lambda c, a: _pool_code("_max_pool2d_grad", c, a),
-                                helpers=_WINDOWS | _helpers(ops._max_pool2d_grad)),
-    "avg_pool2d": Lowering(lambda c, a: _pool_code("_avg_pool2d", c, a),
-                           helpers=_WINDOWS | _helpers(ops._avg_pool2d)),
-    "avg_pool2d_grad": Lowering(NUMPY["avg_pool2d_grad"].expr,
-                                helpers=_WINDOWS | _helpers(ops._avg_pool2d_grad)),
+    "conv1d": numpy_call("conv1d", _CONV),
+    "conv2d": numpy_call("conv2d", _CONV),
+    "conv_grad_input": numpy_call("conv_grad_input", _WINDOWS | _helpers(ops._conv_grad_input)),
+    "conv_grad_weight": numpy_call("conv_grad_weight", _CONV | _helpers(ops._conv_grad_weight)),
+    "max_pool2d": numpy_call("max_pool2d", _WINDOWS | _helpers(ops._max_pool2d)),
+    "max_pool2d_grad": numpy_call("max_pool2d_grad", _WINDOWS | _helpers(ops._max_pool2d_grad)),
+    "avg_pool2d": numpy_call("avg_pool2d", _WINDOWS | _helpers(ops._avg_pool2d)),
+    "avg_pool2d_grad": numpy_call("avg_pool2d_grad", _WINDOWS | _helpers(ops._avg_pool2d_grad)),
     # the new running statistics go into the function's copy of running, returned
     "batch_norm": Lowering(NUMPY["batch_norm"].expr, helpers=_helpers(ops._batch_norm),
                            context=("training", "running")),

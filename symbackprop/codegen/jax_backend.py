@@ -31,7 +31,14 @@ from ..errors import CodegenError
 from ..ops.arrays import index_text
 from ..ops.stable import StableFunction
 from .backends import Backend
-from .lowering import NUMPY, TABLES, Lowering, _axis_code, _conv_code, _pool_code, _shape_code
+from .lowering import (
+    NUMPY,
+    TABLES,
+    Lowering,
+    _axis_code,
+    _shape_code,
+    numpy_call,
+)
 from .printer import MATH_ONLY, Printer
 from .runtime import jax_init, jax_ops, source, source_of
 
@@ -81,25 +88,14 @@ JAX: dict[str, Lowering] = {
     "take_grad": Lowering(lambda c, a: f"_take_grad({c[0]}, {c[1]}, {a['size']}, {a['axis']})",
                           helpers=_helpers(jax_ops._take_grad)),
     # -- convolution and pooling (issue 15)
-    "conv1d": Lowering(lambda c, a: _conv_code("_conv", c, a, 1), helpers=_CONV),
-    "conv2d": Lowering(lambda c, a: _conv_code("_conv", c, a, 2), helpers=_CONV),
-    "conv_grad_input": Lowering(
-        lambda c, a: _conv_code("_conv_grad_input", c + [_shape_code(a["size"])], a,
-                                len(a["size"])),
-        helpers=_CONV_GRAD_INPUT),
-    "conv_grad_weight": Lowering(
-        lambda c, a: _conv_code("_conv_grad_weight", c + [_shape_code(a["kernel"])], a,
-                                len(a["kernel"])),
-        helpers=_helpers(jax_ops._conv_grad_weight)),
-    "max_pool2d": Lowering(lambda c, a: _pool_code("_max_pool2d", c, a),
-                           helpers=_helpers(jax_ops._max_pool2d)),
-    "max_pool2d_grad": Lowering(lambda c, a: _pool_code("_max_pool2d_grad", c, a),
-                                helpers=_helpers(jax_ops._max_pool2d_grad)),
-    "avg_pool2d": Lowering(lambda c, a: _pool_code("_avg_pool2d", c, a),
-                           helpers=_helpers(jax_ops._avg_pool2d)),
-    "avg_pool2d_grad": Lowering(
-        lambda c, a: _pool_code("_avg_pool2d_grad", c, a, [_shape_code(a["size"])]),
-        helpers=_CONV_GRAD_INPUT | _helpers(jax_ops._avg_pool2d_grad)),
+    "conv1d": numpy_call("conv1d", _CONV),
+    "conv2d": numpy_call("conv2d", _CONV),
+    "conv_grad_input": numpy_call("conv_grad_input", _CONV_GRAD_INPUT),
+    "conv_grad_weight": numpy_call("conv_grad_weight", _helpers(jax_ops._conv_grad_weight)),
+    "max_pool2d": numpy_call("max_pool2d", _helpers(jax_ops._max_pool2d)),
+    "max_pool2d_grad": numpy_call("max_pool2d_grad", _helpers(jax_ops._max_pool2d_grad)),
+    "avg_pool2d": numpy_call("avg_pool2d", _helpers(jax_ops._avg_pool2d)),
+    "avg_pool2d_grad": numpy_call("avg_pool2d_grad", _CONV_GRAD_INPUT | _helpers(jax_ops._avg_pool2d_grad)),
     # -- normalization and dropout (issue 15): NumPy's call, with functional helpers; the
     # new running statistics go into the function's copy of running (returned), and each
     # mask is drawn from the key rng folded with the mask's number

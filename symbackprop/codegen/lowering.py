@@ -410,6 +410,12 @@ def function_helpers(e: sp.Expr) -> dict:
 
 # Backend name -> its table.
 TABLES: dict[str, dict[str, Lowering]] = {"numpy": NUMPY}
+
+
+def numpy_call(op: str, helpers: dict) -> Lowering:
+    """Another backend's lowering of ``op`` that writes NumPy's call (the same helper name
+    and arguments, as the convolution family's) with that backend's own ``helpers``."""
+    return Lowering(NUMPY[op].expr, helpers=helpers)
 BACKENDS = tuple(TABLES)
 _PRINTED = Lowering()  # an elementwise op: the printer writes it from its expression
 

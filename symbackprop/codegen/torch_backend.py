@@ -36,7 +36,14 @@ from ..ops.arrays import index_text
 from ..ops.stable import StableFunction
 from .array_api_backend import index_code
 from .backends import Backend
-from .lowering import TABLES, Lowering, _axis_code, _conv_code, _pool_code, _shape_code, _tuple_code
+from .lowering import (
+    TABLES,
+    Lowering,
+    _axis_code,
+    _shape_code,
+    _tuple_code,
+    numpy_call,
+)
 from .printer import MATH_ONLY, FloatStep, Printer, float_steps
 from .runtime import source
 from .runtime import torch_mixed as torch_mixed_runtime
@@ -121,25 +128,14 @@ TORCH: dict[str, Lowering] = {
     "take_grad": Lowering(lambda c, a: f"_take_grad({c[0]}, {c[1]}, {a['size']}, {a['axis']})",
                           helpers=_helpers(ops._take_grad)),
     # -- convolution and pooling: torch.nn.functional and torch.nn.grad
-    "conv1d": Lowering(lambda c, a: _conv_code("_conv", c, a, 1), helpers=_CONV),
-    "conv2d": Lowering(lambda c, a: _conv_code("_conv", c, a, 2), helpers=_CONV),
-    "conv_grad_input": Lowering(
-        lambda c, a: _conv_code("_conv_grad_input", c + [_shape_code(a["size"])], a,
-                                len(a["size"])),
-        helpers=_helpers(ops._conv_grad_input)),
-    "conv_grad_weight": Lowering(
-        lambda c, a: _conv_code("_conv_grad_weight", c + [_shape_code(a["kernel"])], a,
-                                len(a["kernel"])),
-        helpers=_helpers(ops._conv_grad_weight)),
-    "max_pool2d": Lowering(lambda c, a: _pool_code("_max_pool2d", c, a),
-                           helpers=_helpers(ops._max_pool2d)),
-    "max_pool2d_grad": Lowering(lambda c, a: _pool_code("_max_pool2d_grad", c, a),
-                                helpers=_helpers(ops._max_pool2d_grad)),
-    "avg_pool2d": Lowering(lambda c, a: _pool_code("_avg_pool2d", c, a),
-                           helpers=_helpers(ops._avg_pool2d)),
-    "avg_pool2d_grad": Lowering(
-        lambda c, a: _pool_code("_avg_pool2d_grad", c, a, [_shape_code(a["size"])]),
-        helpers=_helpers(ops._avg_pool2d_grad)),
+    "conv1d": numpy_call("conv1d", _CONV),
+    "conv2d": numpy_call("conv2d", _CONV),
+    "conv_grad_input": numpy_call("conv_grad_input", _helpers(ops._conv_grad_input)),
+    "conv_grad_weight": numpy_call("conv_grad_weight", _helpers(ops._conv_grad_weight)),
+    "max_pool2d": numpy_call("max_pool2d", _helpers(ops._max_pool2d)),
+    "max_pool2d_grad": numpy_call("max_pool2d_grad", _helpers(ops._max_pool2d_grad)),
+    "avg_pool2d": numpy_call("avg_pool2d", _helpers(ops._avg_pool2d)),
+    "avg_pool2d_grad": numpy_call("avg_pool2d_grad", _helpers(ops._avg_pool2d_grad)),
     # -- batch norm and dropout: NumPy's calls (the running statistics a dict of tensors
     # updated in place, the masks drawn by a torch.Generator)
     "batch_norm": Lowering(
