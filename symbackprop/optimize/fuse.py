@@ -29,7 +29,7 @@ def _expand(g: Graph, n: str, into: str, keep: set, allow=None) -> tuple[sp.Expr
     inline = (n not in keep and fusable(g, n) and (allow is None or allow(n))
               and {c for c, _ in g.consumers(n)} == {into})
     if not inline:
-        s = sp.Dummy(n)
+        s = sp.Dummy(n, real=True)
         return s, [(s, n)]
     syms, e = g.opdef(n).code_expr(g.nx.nodes[n]["attrs"])
     syms = tuple(syms) + X[len(syms):len(g.args(n))]  # an ew expression may skip its last args
@@ -40,7 +40,7 @@ def _expand(g: Graph, n: str, into: str, keep: set, allow=None) -> tuple[sp.Expr
         if v is not None:
             subs[sym] = v
         else:
-            subs[sym] = sp.Dummy(a)
+            subs[sym] = sp.Dummy(a, real=True)
             leaves.append((subs[sym], a))
     return e.xreplace(subs), leaves
 
