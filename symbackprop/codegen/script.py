@@ -512,6 +512,13 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
                 "buffers; rank 0 alone prints\nand writes checkpoints, which resume on any K. "
                 "Set OPENBLAS_NUM_THREADS (e.g. 1) so\nthat the ranks do not share cores. "
                 "Without mpirun it runs as one process.")
+        if "rng" in _context(m):
+            doc += ("\nDropout: every rank draws the masks of the whole global batch and keeps "
+                    "its rows'\n(RowDraws): the one process's masks and generator state.")
+        if mixed:
+            doc += ("\nMixed precision: the ranks sum float32 gradients (_summed_update) and "
+                    "all take the\none process's overflow decisions, so the scaler's state "
+                    "is the same on every rank.")
     constants = _script_constants(m, task, epochs, batch_size, seed)
     constants.append(f"METRIC = {metric!r}  # evaluate() returns: 'acc' (accuracy) or 'loss'")
     constants.append(_layers_constant(m))
