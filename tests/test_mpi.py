@@ -224,7 +224,7 @@ def test_generation_refuses_what_it_cannot_distribute():
         sb.training_script(g, optimize=False, distributed="mpi")
     cnn = sb.models.cnn((1, 4, 4), channels=(3,), hidden=(6,), classes=3, batch_norm=True)
     with pytest.raises(CodegenError, match="distributed=mpi cannot train a network with "
-                       "batch norm: each rank"):
+                       "batch norm yet: each rank"):
         sb.training_script(cnn, distributed="mpi")
 
 

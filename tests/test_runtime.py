@@ -193,7 +193,9 @@ def test_generated_code_carries_the_runtime_verbatim():
     assert script.endswith(source_of(rs, *RUNTIME, variants={"tokens": False, "floats": True,
                                                              "buffers": False, "mpi": False,
                                                              "single": True, "mixed": False,
-                                                             "fused": False}))
+                                                             "fused": False, "mixed_mpi": False,
+                                                             "mpi_plain": False,
+                                                             "mpi_dropout": False}))
 
 
 # -- the training script's runtime -------------------------------------------------------

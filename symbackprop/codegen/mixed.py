@@ -199,20 +199,24 @@ def _master(text: str) -> str:
     return re.sub(r"\bDTYPE\b", "MASTER", text)
 
 
-def mixed_blocks(m) -> list[str]:
+def mixed_blocks(m, distributed: str | None = None) -> list[str]:
     """The source blocks after the model's functions in a mixed module: the float32
     module's master-side blocks (flat buffers, initialisation, optimizer, check) on
     MASTER, the float16 workspace, ``_half``, ``_scaled_update``, ``scaled_grads``,
-    ``train_step``, ``reference_value_and_grad`` (float32) and ``underflow``."""
+    ``train_step``, ``reference_value_and_grad`` (float32) and ``underflow``. With
+    ``distributed="mpi"`` (a data-parallel training script), ``_summed_update`` replaces
+    ``_scaled_update``: the gradients summed over the ranks in float32, one overflow
+    decision for all (:func:`_train_step_block`)."""
+    mpi = distributed == "mpi"
     layout, consts, buffers = flat_gradients(m.g, m.wrt, m.grads, m.em.namer, m.pool)
     opt_state = m.opt.init_state.replace("def init_state(", "def _optimizer_state(", 1)
     return ([_master(source_of(flat, "flat_views"))] + [_master(b) for b in init_source(m.plan)]
             + [opt_state, source_of(runtime_mixed, "init_state"), m.opt.update,
                source_of(check, "check_finite"), consts + _master(buffers), m.opt.flat_update,
                PACK, workspace_source(m.em, m.pool, layout),
-               source_of(runtime_mixed, "_half", "_scaled_update",
+               source_of(runtime_mixed, "_half", "_summed_update" if mpi else "_scaled_update",
                          variants={"folded": bool(m.pool.folds)}),
-               _scaled_grads_block(m), _train_step_block(m), _reference_block(m),
+               _scaled_grads_block(m), _train_step_block(m, mpi), _reference_block(m),
                source_of(runtime_mixed, "_flushed"), _underflow_block(m)])
 
 
@@ -250,8 +254,12 @@ def _scaled_grads_block(m) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _train_step_block(m) -> str:
+def _train_step_block(m, mpi: bool = False) -> str:
+    """``train_step``; with ``mpi`` (a data-parallel script, issue 15) it takes ``share=1.0``
+    and this rank's rows, and ``_summed_update`` sums the gradients over the ranks."""
     data = _data(m)
+    if mpi:
+        return _mpi_train_step_block(m, data)
     doc = (f"One mixed-precision training step on the minibatch ({', '.join(data) or 'no data'}):"
            " forward and backward pass in float16 with the loss multiplied by state['scale'] "
            f"(scaled_grads), then one {m.opt.title} update of the float32 master parameters "
@@ -267,6 +275,32 @@ def _train_step_block(m) -> str:
         "    with np.errstate(over='ignore', invalid='ignore'):  # overflow: the scaler's",
         call,
         "    return _scaled_update(_flat(params, state), G, grads, loss, state, lr)"]) + "\n"
+
+
+def _mpi_train_step_block(m, data: list) -> str:
+    doc = (f"One mixed-precision training step on this rank's rows ({', '.join(data)}) of the "
+           "global batch, share its fraction of it (data parallel, MPI): forward and backward "
+           "pass in float16 with the loss multiplied by state['scale'] * share "
+           "(scaled_grads: every float16 value is then the one process's for these rows); the "
+           "gradients, unscaled into float32, are summed over the ranks by one Allreduce, "
+           f"then one {m.opt.title} update of the float32 master parameters "
+           "(_summed_update). On an overflow (inf or nan in any rank's scaled gradients, or a "
+           "summed one float16 cannot hold: the one process's overflow) every rank skips the "
+           "step (params and the optimizer state unchanged) and halves the scale. params "
+           "and state change in place. Returns this rank's loss (the mean over its rows; 0.0 "
+           "for none). Raises FloatingPointError on every rank, before changing anything, "
+           'when a rank\'s loss is nan or inf."""')
+    call = (f"            loss, G, grads = scaled_grads(params, state, {', '.join(data)}, "
+            "state['scale'] * share)")
+    return "\n".join([
+        f"def train_step(params, state, {', '.join(data + ['lr=LR', 'share=1.0'])}):",
+        *textwrap.wrap(doc, 88, initial_indent='    """', subsequent_indent="    "),
+        "    loss, G, grads = 0.0, None, None  # a rank with no rows adds zeros",
+        f"    if {data[0]}.shape[0]:",
+        "        with np.errstate(over='ignore', invalid='ignore'):  # overflow: the scaler's",
+        call,
+        "    return _summed_update(_flat(params, state), G, grads, loss, state, lr)"]) \
+        + "\n"
 
 
 def _reference_block(m) -> str:

@@ -348,7 +348,7 @@ def step_blocks(m: Model, distributed: str | None = None) -> list[str]:
      'def init_state', 'def update', 'def check_finite', 'def train_step']
     """
     if m.precision == "mixed":
-        return mixed_blocks(m)
+        return mixed_blocks(m, distributed)
     fast = []
     if m.fused:
         check_fusable(True, distributed=distributed)

@@ -281,6 +281,33 @@ def _context(m: Model) -> list[str]:
     return [p.split("=")[0] for p in m.functions[1].params if "=" in p]
 
 
+def _check_distributable(m: Model, task: _Task) -> None:
+    """Refuse, with one line, what ``distributed="mpi"`` cannot train as one process does:
+    batch norm (its statistics would be each rank's rows', not the global batch's) and a
+    random draw (dropout's mask) whose first axis is not the batch's rows (RowDraws, in
+    the script, draws the global batch's mask and keeps this rank's rows)."""
+    context = _context(m)
+    if "running" in context:
+        raise _option_error(lambda opt: (
+            f"{opt('distributed')}mpi cannot train a network with batch norm yet: each rank "
+            "would normalize by the statistics of its own rows, not of the global batch "
+            "(synchronised batch norm is not written); train this network in one process, "
+            f"or without batch norm under {opt('distributed')}mpi."))
+    if "rng" not in context:
+        return
+    batch = m.g.nx.nodes[task.features]["shape"][0]
+    for n in m.g.nx:
+        if m.g.is_leaf(n) or "rng" not in m.em.backend.lowering(m.g.opdef(n)).context:
+            continue
+        shape = tuple(m.g.nx.nodes[n]["shape"])  # the draw's shape: the node's own
+        if not shape or shape[0] != batch or batch in shape[1:]:
+            raise _option_error(lambda opt, n=n, shape=shape: (
+                f"{opt('distributed')}mpi draws dropout masks by rows of the global batch, "
+                f"but the mask {safe_text(n)} has shape {fmt_shape(shape)}, whose first axis is not "
+                f"the batch {batch!r} alone; apply dropout to arrays of shape ({batch}, ...), "
+                "or train this network in one process."))
+
+
 def _init_buffers(context: list[str]) -> str:
     """The script's ``init_buffers(seed)``: what ``BUFFERS`` starts with."""
     items = {"running": '"running": init_running()',
@@ -348,8 +375,11 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         data and shuffles alike, computes the gradient of its K-th of each global
         batch (``--batch-size``, a multiple of K), and one ``Allreduce`` of the flat
         gradient buffer sums them; rank 0 alone prints and writes checkpoints, which
-        resume on any K. Without ``mpirun`` it runs as one process. See
-        ``docs/training.md``, "Data parallel with MPI".
+        resume on any K. Without ``mpirun`` it runs as one process. With dropout,
+        every rank draws the global batch's masks and keeps its rows' (the one-process
+        masks); with ``precision="mixed"`` the float32 gradients are summed and every rank
+        skips the same overflowing steps. See ``docs/training.md``, "Data parallel with
+        MPI".
     backend : {"numpy", "jax", "torch"}
         ``"jax"``: a JAX script, each global batch split over every device
         (:func:`~symbackprop.codegen.jax_script.data_parallel_script`, docs/backends.md).
@@ -376,8 +406,9 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         For a bad optimizer, hyper-parameter, epochs, batch size or seed.
     CodegenError
         When the graph's inputs cannot be mapped to ``X`` and ``y``; with
-        ``distributed="mpi"``, for batch norm or dropout (their statistics and masks
-        would be per rank) or ``optimize=False`` (no flat gradient buffer).
+        ``distributed="mpi"``, for batch norm (its statistics would be per rank), dropout
+        on an array whose first axis is not the batch, or ``optimize=False`` (no flat
+        gradient buffer).
 
     Examples
     --------
@@ -427,9 +458,6 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
                          "(data parallel under mpirun).")
     precision, computed = resolve_precision(precision, dtype)
     mixed = precision == "mixed"
-    if mixed and distributed == "mpi":
-        raise ValueError("distributed='mpi' with precision='mixed' is not supported yet: "
-                         "train in mixed precision in one process, or in float32 under mpirun.")
     of0, _ = params_of(g, of, wrt)
     task = _data_task(g, of0, features, target)
     extra = [n for n in (task.scores, of0) if n is not None]
@@ -438,12 +466,8 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
                     fuse_update=fuse_update)
     fns, blocks, metric = _script_functions(m, task)
     mpi = distributed == "mpi"
-    if mpi and _context(m):
-        what = " and ".join({"running": "batch norm", "rng": "dropout"}[c] for c in _context(m))
-        raise _option_error(lambda opt: (
-            f"{opt('distributed')}mpi cannot train a network with {what}: each rank would "
-            "compute its own batch statistics or draw its own masks, not those of the "
-            "one-process training; train this network in one process."))
+    if mpi:
+        _check_distributable(m, task)
     name = safe_text(g.nx.graph.get("name", "network"))
     given = "".join(f", {k}={float(v)!r}" for k, v in sorted(hyper.items()))
     given += "" if mixed or computed == "float64" else f", dtype={computed!r}"
@@ -488,6 +512,13 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
                 "buffers; rank 0 alone prints\nand writes checkpoints, which resume on any K. "
                 "Set OPENBLAS_NUM_THREADS (e.g. 1) so\nthat the ranks do not share cores. "
                 "Without mpirun it runs as one process.")
+        if "rng" in _context(m):
+            doc += ("\nDropout: every rank draws the masks of the whole global batch and keeps "
+                    "its rows'\n(RowDraws): the one process's masks and generator state.")
+        if mixed:
+            doc += ("\nMixed precision: the ranks sum float32 gradients (_summed_update) and "
+                    "all take the\none process's overflow decisions, so the scaler's state "
+                    "is the same on every rank.")
     constants = _script_constants(m, task, epochs, batch_size, seed)
     constants.append(f"METRIC = {metric!r}  # evaluate() returns: 'acc' (accuracy) or 'loss'")
     constants.append(_layers_constant(m))
@@ -502,15 +533,20 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
                          "main fills it")
         runtime = tuple(n for name in runtime for n in (
             ("buffers_state", "restore_buffers", name) if name == "save_checkpoint" else (name,)))
+    dropout = mpi and "rng" in _context(m)
     if mpi:  # data parallel (issue 15)
         runtime = tuple(n for name in runtime for n in (
             (*MPI_RUNTIME.get(name, ()), name) if name == "InputError"
-            else (name, *MPI_RUNTIME.get(name, ())) if name == "last_good_path" else (name,)))
+            else (name, *MPI_RUNTIME.get(name, ()), *(("RowDraws",) if dropout else ()))
+            if name == "last_good_path" else (name,)))
     blocks = step_blocks(m, distributed) + blocks + ([source_of(runtime_mixed, "underflow_line")]
                                                      if mixed else []) + [source_of(
         runtime_script, *runtime, variants={"tokens": task.tokens, "floats": not task.tokens,
-                                            "buffers": buffers, "mixed": mixed, "mpi": mpi,
-                                            "single": not mpi, "fused": m.fused})]
+                                            "buffers": buffers, "mixed": mixed and not mpi,
+                                            "mixed_mpi": mixed and mpi, "mpi": mpi,
+                                            "mpi_plain": mpi and not dropout,
+                                            "mpi_dropout": dropout, "single": not mpi,
+                                            "fused": m.fused})]
     return assemble(doc, m, m.functions + fns, blocks,
                    imports=("argparse", "csv", "json", "os", "sys", "tempfile", "time",
                             "zipfile"), constants=constants)

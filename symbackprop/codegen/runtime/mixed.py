@@ -108,6 +108,57 @@ def _scaled_update(flat, G, grads, loss, state, lr):
     return float(loss)
 
 
+def allreduce(G, loss, share):
+    """Stand-in for the MPI training script's allreduce (runtime/script.py): G times share,
+    summed over the ranks in place; one process has nothing to add."""
+    if share != 1.0:
+        G *= share
+    return loss
+
+
+def _summed_update(flat, G, grads, loss, state, lr):
+    """_scaled_update under MPI (a data-parallel script), where every rank takes the same
+    decision on the same numbers. G: this rank's float16 gradients scaled by its share of
+    the global batch times the scale (train_step seeds backprop with both, so that every
+    float16 value of the backward pass is the one process's for the same rows), or None
+    for a rank with no rows, which adds zeros. G is unscaled into float32, with one more
+    entry that carries the loss when it is nan or inf, and one Allreduce (allreduce) sums
+    the ranks' buffers: every rank then holds the global batch's float32 gradient. A nan
+    or inf in the last entry (some rank's loss) raises FloatingPointError on every rank,
+    changing nothing. The step is skipped on every rank, and the scale halved, when the
+    sum holds an inf or nan (an overflow on some rank survives the sum) or an entry that
+    the one process's float16 gradient could not hold (its scaled magnitude rounds to
+    inf in float16); else every rank runs the optimizer's flat rule on the masters. The
+    scaler's state thus stays the same on every rank, and its decisions are the one
+    process's."""
+    g = flat.get("g32")
+    if g is None:  # the unscaled gradients and the loss's entry, made once
+        g = flat["g32"] = np.empty(flat["P"].size + 1, MASTER)
+    if G is None:
+        g[...] = 0.0
+    else:  # in float32 before the sum: a float16 sum of K ranks' gradients could overflow
+        np.multiply(G, 1.0 / state["scale"], out=g[:-1], dtype=MASTER)
+        g[-1] = 0.0 if math.isfinite(loss) else loss
+    allreduce(g, 0.0, 1.0)  # in place, over every rank
+    if not math.isfinite(g[-1]):
+        if not math.isfinite(loss):
+            check_finite(loss, grads)
+        raise FloatingPointError(f"the loss is {float(g[-1])} on another rank's rows")
+    info = np.finfo(DTYPE)  # float16 rounds to inf from max + half its last step: 65520
+    limit = float(info.max) + 2.0 ** (info.maxexp - info.nmant - 2)
+    if not float(np.max(np.abs(g[:-1]))) * state["scale"] < limit:  # nan and inf fail too
+        state["scale"] *= BACKOFF_FACTOR
+        state["good_steps"] = 0
+        state["skipped"] += 1
+        return float(loss)
+    _update_flat(flat, g[:-1], state, lr)
+    state["good_steps"] += 1
+    if state["good_steps"] >= GROWTH_INTERVAL:
+        state["scale"] *= GROWTH_FACTOR
+        state["good_steps"] = 0
+    return float(loss)
+
+
 def _flushed(reference, plain, scaled):
     """Per parameter: (entries, nonzero in the float32 reference gradient, of those zero
     in the float16 gradient without loss scaling, zero in the scaled float16 gradient)."""

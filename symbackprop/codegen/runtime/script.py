@@ -376,7 +376,7 @@ def load_checkpoint(path):
             targets.update({f"state/{key}/{name}": a for name, a in value.items()})
     if BUFFERS is not None:  # variant: buffers
         fresh = init_buffers(0)
-        targets.update({"buffers/running/" + k: a for k, a in fresh["running"].items()})
+        targets.update({"buffers/running/" + k: a for k, a in fresh.get("running", {}).items()})
     for key, target in targets.items():
         if key not in arrays or arrays[key].shape != target.shape:
             found = arrays[key].shape if key in arrays else "nothing"
@@ -455,6 +455,27 @@ def allreduce(G, loss, share):
     if COMM is not None and COMM.Get_size() > 1:
         COMM.Allreduce(MPI.IN_PLACE, G, op=MPI.SUM)
     return loss
+
+
+class RowDraws(np.random.Generator):
+    """Dropout under MPI: the script's dropout generator (its bit generator, shared) drawing
+    the masks of the whole global batch idx, as the one process draws them, and keeping
+    this rank's rows (mine, as shard cuts them). Every rank then holds the one process's
+    masks for its rows, and every rank's generator the one process's state."""
+
+    def __init__(self, generator, idx, mine):
+        super().__init__(generator.bit_generator)
+        self.rows, self.total = len(mine), len(idx)
+        self.start = len(idx) * COMM.Get_rank() // COMM.Get_size()  # shard's first row
+
+    def random(self, size=None, dtype=np.float64, out=None):
+        """Uniform draws of shape size, whose first axis holds this rank's rows: those rows
+        of the draws of the global batch's shape."""
+        if size is None or out is not None or size[0] != self.rows:
+            raise ValueError(f"RowDraws draws arrays whose first axis is the batch's "
+                             f"{self.rows} rows, not {size} (out={out is not None})")
+        draws = super().random((self.total, *size[1:]), dtype)
+        return draws[self.start:self.start + self.rows]
 
 
 def last_good_path(out):
@@ -543,10 +564,21 @@ def train(args, data, params, state, progress, norms=None):
             try:
                 if COMM is None:  # variant: single
                     loss = train_step(params, state, **minibatch(X, y, idx), lr=args.lr)
-                if COMM is not None:  # variant: mpi
+                if COMM is not None and BUFFERS is None:  # variant: mpi_plain
                     mine, share = shard(idx)  # this rank's rows of the global batch
                     loss = train_step(params, state, **minibatch(X, y, mine), lr=args.lr,
                                       share=share)
+                if COMM is not None and BUFFERS is not None:  # variant: mpi_dropout
+                    mine, share = shard(idx)  # this rank's rows of the global batch
+                    batch = minibatch(X, y, mine)
+                    # dropout: every rank draws the masks of the whole global batch, as the
+                    # one process does, and keeps those of its rows
+                    batch["rng"] = RowDraws(batch["rng"], idx, mine)
+                    loss = train_step(params, state, **batch, lr=args.lr, share=share)
+                    if len(idx) < COMM.Get_size():  # a rank had no rows and drew nothing:
+                        # the last rank always has rows; its generator's state is every rank's
+                        BUFFERS["rng"].bit_generator.state = COMM.bcast(
+                            BUFFERS["rng"].bit_generator.state, root=COMM.Get_size() - 1)
             except FloatingPointError as e:
                 path = last_good_path(args.out)
                 if BUFFERS is not None:  # variant: buffers
@@ -587,6 +619,11 @@ def train(args, data, params, state, progress, norms=None):
             rows = np.arange(min(n, args.batch_size))  # the first --batch-size rows
             print(underflow_line(underflow(params, state, **minibatch(X, y, rows)), state),
                   flush=True)
+        if MIXED and COMM is not None:  # variant: mixed_mpi
+            rows = np.arange(min(n, args.batch_size))  # the first --batch-size rows
+            if not COMM.Get_rank():  # rank 0 alone prints: the others need no counts
+                print(underflow_line(underflow(params, state, **minibatch(X, y, rows)), state),
+                      flush=True)
         if norms is not None:
             norms.log(epoch, params, loss_sum / n, score)
         seen, loss_sum = 0, 0.0
