@@ -112,6 +112,7 @@ def _choose(text: str, variants: dict) -> str:
         while body and not body[-1].strip():  # blank lines after the block stay
             body.pop()
             i -= 1
-        if variants[name]:
-            out += [ln[4:] if ln.strip() else ln for ln in body]
+        if variants[name]:  # a variant inside it is chosen too
+            out += _choose("\n".join(ln[4:] if ln.strip() else ln for ln in body),
+                           variants).split("\n")
     return "\n".join(out)
