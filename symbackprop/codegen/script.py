@@ -350,11 +350,16 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         gradient buffer sums them; rank 0 alone prints and writes checkpoints, which
         resume on any K. Without ``mpirun`` it runs as one process. See
         ``docs/training.md``, "Data parallel with MPI".
-    backend : {"numpy", "jax", "torch"}
+    backend : {"numpy", "jax", "torch", "cupy"}
         ``"jax"``: a JAX script, each global batch split over every device
         (:func:`~symbackprop.codegen.jax_script.data_parallel_script`, docs/backends.md).
         ``"torch"``: a PyTorch script on ``--device``
         (:func:`~symbackprop.codegen.torch_train.script_source`).
+        ``"cupy"``: this script with the cupy training step, on the GPU: the data copied
+        there once and each epoch's order (NumPy's) once an epoch, the initial parameters
+        NumPy's draws copied there, checkpoints through ``cp.asnumpy``; the same seed
+        trains as the NumPy script. Refused: ``distributed``, and dropout (a CuPy
+        generator's state cannot be checkpointed).
 
     Returns
     -------
@@ -377,7 +382,8 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
     CodegenError
         When the graph's inputs cannot be mapped to ``X`` and ``y``; with
         ``distributed="mpi"``, for batch norm or dropout (their statistics and masks
-        would be per rank) or ``optimize=False`` (no flat gradient buffer).
+        would be per rank) or ``optimize=False`` (no flat gradient buffer); with
+        ``backend="cupy"``, for dropout.
 
     Examples
     --------
