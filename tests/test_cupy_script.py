@@ -199,7 +199,7 @@ def test_resume_is_bit_for_bit_with_batch_norm(tmp_path, capsys):
     """A CNN with batch norm (running statistics on the GPU, saved with cp.asnumpy): 2
     epochs with --checkpoint-every 1, then --resume to 4, give the uninterrupted 4-epoch
     run's checkpoint (parameters, Adam state, running statistics, progress), which is
-    the NumPy script's."""
+    the NumPy script's; the NumPy script's 2-epoch checkpoint resumes to it too."""
     rng = np.random.default_rng(0)
     data = tmp_path / "img.npz"
     np.savez(data, X=rng.standard_normal((40, 1, 6, 6)), y=rng.integers(0, 3, 40))
@@ -222,6 +222,13 @@ def test_resume_is_bit_for_bit_with_batch_norm(tmp_path, capsys):
     assert _run(ref, tmp_path / "n.py", [*base, "--epochs", "4", "--out",
                                          str(tmp_path / "numpy.npz")], capsys)[0] == 0
     _assert_same_checkpoint(tmp_path / "numpy.npz", tmp_path / "full.npz")
+    # a checkpoint of the NumPy script resumes in the cupy script
+    assert _run(ref, tmp_path / "n2.py", [*base, "--epochs", "2", "--out",
+                                          str(tmp_path / "numpy2.npz")], capsys)[0] == 0
+    assert _run(src, tmp_path / "d.py", [*base, "--resume", str(tmp_path / "numpy2.npz"),
+                                         "--epochs", "4", "--out", str(tmp_path / "x.npz")],
+                capsys)[0] == 0
+    _assert_same_checkpoint(tmp_path / "x.npz", tmp_path / "full.npz")
 
 
 # -- the script's text ------------------------------------------------------------------------
