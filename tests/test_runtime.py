@@ -193,7 +193,8 @@ def test_generated_code_carries_the_runtime_verbatim():
     assert script.endswith(source_of(rs, *RUNTIME, variants={"tokens": False, "floats": True,
                                                              "buffers": False, "mpi": False,
                                                              "single": True, "mixed": False,
-                                                             "fused": False}))
+                                                             "fused": False,
+                                                             "device": False, "host": True}))
 
 
 # -- the training script's runtime -------------------------------------------------------
