@@ -7,8 +7,9 @@ or whose library is missing, is skipped with the reason), next to PyTorch eager 
 autograd on the same GPU, in float32 and, where the backend has it, in mixed precision
 (float16 forward and backward, float32 masters, loss scaling; PyTorch eager: autocast
 and GradScaler). Before timing, it checks on the GPU that each generated step gives the
-NumPy backend's loss and gradients (float64 where the backend has it) and that five CuPy
-training steps give NumPy's parameters.
+NumPy backend's loss and gradients (float64 where the backend has it), that five CuPy
+training steps give NumPy's parameters, and that the CuPy training script (``train-script
+--backend cupy``: 2 epochs on 512 rows, then a resumed run) trains as the NumPy script.
 
 Timing: every contender runs in blocks of ``--block`` seconds, interleaved, in a fresh
 order every round, until ``--seconds`` are spent (at least 3 rounds); every step ends by
@@ -257,6 +258,49 @@ def check_cupy_steps(g, p0, X, y, steps=5) -> dict:
     return {"param_rel_err": err, "losses": losses, "ok": err < 1e-9}
 
 
+def check_cupy_script(g, X, y, seed, timeout=300) -> dict:
+    """The CuPy training script (``sb.training_script(g, backend="cupy")``) on the GPU, in
+    subprocesses on up to 512 rows (a quarter of them the test split), SGD in float64,
+    batch 64: 2 epochs against the NumPy script's 2 epochs from the same seed (the same
+    initial parameters and order: equal up to the GPU's rounding), and 1 epoch then
+    ``--resume`` to 2 against the uninterrupted run (``bitwise``: to the bit)."""
+    import tempfile
+
+    n = min(len(X), 512)
+    runs, seconds = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        np.savez(d / "data.npz", X=X[:n * 3 // 4], y=y[:n * 3 // 4], X_test=X[n * 3 // 4:n],
+                 y_test=y[n * 3 // 4:n])
+        for backend in ("numpy", "cupy"):
+            (d / f"train_{backend}.py").write_text(sb.training_script(
+                g, optimizer="sgd", lr=0.05, batch_size=64, seed=seed, backend=backend))
+        for name, backend, argv in (
+                ("numpy", "numpy", ["--epochs", "2"]), ("cupy", "cupy", ["--epochs", "2"]),
+                ("half", "cupy", ["--epochs", "1"]),
+                ("resumed", "cupy", ["--epochs", "2", "--resume", str(d / "half.npz")])):
+            start = time.perf_counter()
+            r = subprocess.run([sys.executable, str(d / f"train_{backend}.py"), "--data",
+                                str(d / "data.npz"), "--out", str(d / f"{name}.npz"), *argv],
+                               capture_output=True, text=True, timeout=timeout, check=False)
+            seconds[name] = time.perf_counter() - start
+            if r.returncode:
+                return {"ok": False, "failed": f"{name}: exit {r.returncode}: "
+                        f"{(r.stderr or r.stdout).strip()[-800:]}", "seconds": seconds}
+            with np.load(d / f"{name}.npz") as f:
+                runs[name] = {k: f[k] for k in f.files if k.startswith("params/")}
+            if name == "cupy":
+                lines = r.stdout.splitlines()
+
+    def rel(a, b):
+        return max(float(np.max(np.abs(a[k] - b[k]))) / max(float(np.max(np.abs(b[k]))),
+                                                             1e-30) for k in b)
+    err, resume_err = rel(runs["cupy"], runs["numpy"]), rel(runs["resumed"], runs["cupy"])
+    bitwise = all(np.array_equal(runs["resumed"][k], runs["cupy"][k]) for k in runs["cupy"])
+    return {"param_rel_err": err, "resume_rel_err": resume_err, "bitwise": bitwise,
+            "lines": lines, "seconds": seconds, "ok": err < 1e-9 and resume_err < 1e-12}
+
+
 # -- timing -------------------------------------------------------------------------------------
 def interleave(fns: dict, seconds: float, block: float, rng: random.Random) -> dict:
     """Per-step times of every function, in blocks of ``block`` seconds (the first tenth
@@ -341,9 +385,13 @@ def main(argv=None) -> int:
             res["skipped"][f"{b} check"] = str(e)
     if "cupy" in backends and "cupy check" not in res["skipped"]:
         res["checks"]["cupy train_step"] = check_cupy_steps(g, p0, X[:64], y[:64])
+        res["checks"]["cupy training script"] = check_cupy_script(g, X, y, a.seed)
+    elif "cupy" in backends:
+        res["skipped"]["cupy training script"] = res["skipped"]["cupy check"]
     for name, c in res["checks"].items():
         print(f"check {name}: {'ok' if c['ok'] else 'MISMATCH'}  "
-              + ", ".join(f"{k} {v:.2e}" for k, v in c.items() if k.endswith("err")))
+              + ", ".join(f"{k} {v:.2e}" for k, v in c.items() if k.endswith("err"))
+              + (f"  {c['failed']}" if "failed" in c else ""))
 
     fns = {}
     precisions = ["float32"] + ([] if a.no_mixed else ["mixed"])

@@ -442,8 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target", help="the input fed from the data's y (default: inferred)")
     c.add_argument("--backend", default="numpy",
                    help="numpy (default), jax: a JAX script splitting every batch over all "
-                   "devices (jax.sharding), on several hosts with jax.distributed, or torch: "
-                   "a PyTorch script on --device")
+                   "devices (jax.sharding), on several hosts with jax.distributed, torch: "
+                   "a PyTorch script on --device, or cupy: the NumPy script with its step on "
+                   "the GPU")
     _checkpoint_arg(c)
     c.add_argument("--fuse-update", action="store_true",
                    help="apply each parameter's update in the backward sweep as soon as its "

@@ -23,6 +23,7 @@ def test_gpu_check_runs_on_cpu(tmp_path):
     res = json.loads(out.read_text())
     assert res["network"] == "12-8-3" and res["machine"]["device"] == "cpu"
     assert res["skipped"]["cupy float32"] == "CuPy runs on a CUDA GPU only"
+    assert res["skipped"]["cupy training script"] == "CuPy runs on a CUDA GPU only"
     assert res["checks"]["numpy value_and_grad"]["ok"]
     assert all(c["ok"] for c in res["checks"].values())
     have = set(res["results"])

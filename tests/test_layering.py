@@ -41,6 +41,7 @@ LAYERS = [
      "codegen.runtime.functional", "codegen.runtime.functional.sgd",
      "codegen.runtime.functional.momentum", "codegen.runtime.functional.adam",
      "codegen.runtime.jax_script", "codegen.runtime.jax_mixed", "codegen.runtime.torch_script", "codegen.runtime.cupy_ops",
+     "codegen.runtime.cupy_script",
      "codegen.runtime.torch_optimizers", "codegen.runtime.torch_optimizers.sgd",
      "codegen.runtime.torch_optimizers.momentum", "codegen.runtime.torch_optimizers.adam"],
     ["codegen", "codegen.stability", "codegen.loader", "codegen.emit", "codegen.plan", "codegen.gradient_module",

@@ -195,7 +195,8 @@ def test_generated_code_carries_the_runtime_verbatim():
                                                              "single": True, "mixed": False,
                                                              "fused": False, "mixed_mpi": False,
                                                              "mpi_plain": False,
-                                                             "mpi_dropout": False}))
+                                                             "mpi_dropout": False,
+                                                             "device": False, "host": True}))
 
 
 # -- the training script's runtime -------------------------------------------------------

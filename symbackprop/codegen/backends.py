@@ -88,6 +88,10 @@ class Backend:
     # step is the planned one (codegen/mixed.py)
     half_dtypes: tuple = ()
     numpy_script = True  # a planned backend writing the NumPy training script (codegen/script.py)
+    # its arrays live on a device (cupy's GPU): the NumPy training script's data, shuffling
+    # and checkpoints stay NumPy arrays on the host, moved with cp.asarray and cp.asnumpy
+    # (the "device" variants of codegen/runtime/script.py)
+    on_device = False
 
     # -- the module ------------------------------------------------------------------------
     def imports(self) -> str:
@@ -97,6 +101,11 @@ class Backend:
     def dtype_lines(self, dtype: str) -> list[str]:
         """The lines defining ``DTYPE`` (before the module's constants)."""
         return [f"DTYPE = np.{dtype}"]
+
+    def script_imports(self) -> str:
+        """The library's import lines in a training script whose step runs on a device
+        (:attr:`on_device`): its own and NumPy's, for the host's arrays."""
+        return self.imports()
 
     def decorators(self, function: str, params=()) -> list[str]:
         """The decorator lines of a generated model function (``forward``,

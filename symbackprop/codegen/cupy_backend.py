@@ -154,10 +154,13 @@ class CupyBackend(Backend):
     planned = True
     functional = False
     reserved = ("cp", "cupyx")
-    numpy_script = False  # not yet: its data and checkpoints are host arrays
+    on_device = True  # the training script: the step on the GPU, data and checkpoints NumPy's
 
     def imports(self) -> str:
         return "import cupy as cp"
+
+    def script_imports(self) -> str:
+        return "import cupy as cp\nimport numpy as np"
 
     def dtype_lines(self, dtype: str) -> list[str]:
         return [f"DTYPE = cp.{dtype}"]

@@ -520,12 +520,13 @@ def step_doc(m: Model, what: str) -> str:
 
 
 def assemble(doc: str, m: Model, functions: list, blocks: list, imports=(),
-             constants=()) -> str:
+             constants=(), library: str | None = None) -> str:
     """The module text (:func:`~symbackprop.codegen.emit.render_module`): ``math`` joins
-    the standard-library ``imports`` when the fast path's train_step uses it."""
+    the standard-library ``imports`` when the fast path's train_step uses it; ``library``
+    replaces the backend's import lines (the cupy script imports NumPy too)."""
     imports = {*imports, *(("math",) if m.fast is not None else ())}
     return render_module(doc, m.em, functions, imports=imports, constants=constants,
-                         blocks=blocks)
+                         blocks=blocks, library=library)
 
 
 __all__ = ["Model", "assemble", "build_model", "formula", "params_of",

@@ -39,9 +39,9 @@ from .module import (
     wrap,
 )
 from .optimizers import constant_lines
+from .runtime import cupy_script, source_of
 from .runtime import mixed as runtime_mixed
 from .runtime import script as runtime_script
-from .runtime import source_of
 
 # The fixed part of every training script, in this order; it reads the constants above it.
 RUNTIME = ("InputError", "is_number", "read_npz", "read_csv", "check_split", "load_data",
@@ -380,11 +380,16 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         masks); with ``precision="mixed"`` the float32 gradients are summed and every rank
         skips the same overflowing steps. See ``docs/training.md``, "Data parallel with
         MPI".
-    backend : {"numpy", "jax", "torch"}
+    backend : {"numpy", "jax", "torch", "cupy"}
         ``"jax"``: a JAX script, each global batch split over every device
         (:func:`~symbackprop.codegen.jax_script.data_parallel_script`, docs/backends.md).
         ``"torch"``: a PyTorch script on ``--device``
         (:func:`~symbackprop.codegen.torch_train.script_source`).
+        ``"cupy"``: this script with the cupy training step, on the GPU: the data copied
+        there once and each epoch's order (NumPy's) once an epoch, the initial parameters
+        NumPy's draws copied there, checkpoints through ``cp.asnumpy``; the same seed
+        trains as the NumPy script. Refused: ``distributed``, and dropout (a CuPy
+        generator's state cannot be checkpointed).
 
     Returns
     -------
@@ -408,7 +413,7 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         When the graph's inputs cannot be mapped to ``X`` and ``y``; with
         ``distributed="mpi"``, for batch norm (its statistics would be per rank), dropout
         on an array whose first axis is not the batch, or ``optimize=False`` (no flat
-        gradient buffer).
+        gradient buffer); with ``backend="cupy"``, for dropout.
 
     Examples
     --------
@@ -445,7 +450,8 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
                                     dtype, optimize, features, target, backend,
                                     precision=precision, growth_interval=growth_interval,
                                     **hyper)
-    if not backends.get(backend).numpy_script:
+    b = backends.get(backend)
+    if not b.numpy_script:
         raise CodegenError(f"backend {backend!r} writes no training script yet; use numpy, jax or "
                            f"torch, or sb.train_step(..., backend={backend!r}) for its training "
                            "step.")
@@ -458,13 +464,22 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
                          "(data parallel under mpirun).")
     precision, computed = resolve_precision(precision, dtype)
     mixed = precision == "mixed"
+    if b.on_device and distributed is not None:  # issue 15: the step on the GPU (cupy)
+        raise ValueError(f"distributed={distributed!r} is the numpy script's (mpirun); the "
+                         f"{backend} script runs as one process on one GPU.")
     of0, _ = params_of(g, of, wrt)
     task = _data_task(g, of0, features, target)
     extra = [n for n in (task.scores, of0) if n is not None]
     m = build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize, extra_outputs=extra,
                     checkpoint=checkpoint, precision=precision, growth_interval=growth_interval,
-                    fuse_update=fuse_update)
+                    fuse_update=fuse_update, backend=backend)
     fns, blocks, metric = _script_functions(m, task)
+    if b.on_device and "rng" in _context(m):
+        raise CodegenError(f"the {backend} script cannot train a network with dropout: its "
+                           f"masks come from a {b.title} generator whose state a checkpoint "
+                           "cannot keep, so --resume would draw other masks; use the numpy or "
+                           f"torch script, or sb.train_step(..., backend={backend!r}) in your "
+                           "own loop.")
     mpi = distributed == "mpi"
     if mpi:
         _check_distributable(m, task)
@@ -477,6 +492,7 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
     given += "" if checkpoint in (None, "none") else f", checkpoint={checkpoint!r}"
     given += f", distributed={distributed!r}" if mpi else ""
     given += ", fuse_update=True" if m.fused else ""
+    given += f", backend={backend!r}" if b.on_device else ""
     call = (f"sb.training_script(graph, of={m.of!r}, optimizer={m.opt.name!r}, "
             f"lr={m.hyper['lr']!r}{given},\n{' ' * 19}epochs={epochs}, "
             f"batch_size={batch_size}, seed={seed})")
@@ -489,11 +505,14 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         what = f"unsupervised: the loss needs only X (fed to {safe_text(task.features)})"
     else:
         what = f"y holds {task.kind} fed to {safe_text(task.target)}; the script reports loss"
-    doc = step_doc(m, f"Train the network {name} with {m.opt.title}: a standalone NumPy "
+    doc = step_doc(m, f"Train the network {name} with {m.opt.title}: a standalone {b.title} "
                        "training script.")
     needs = ("Needs only NumPy and the Python standard library." if not mpi else
              "Needs NumPy, the Python standard library and mpi4py with an MPI library (pip "
              "install mpi4py mpich).")
+    if b.on_device:
+        needs = (f"Needs {b.title} with a GPU (the training step), NumPy (the data and\n"
+                 "checkpoints, on the host) and the Python standard library.")
     run = "python train.py" if not mpi else "mpirun -n 2 python train.py"
     doc += wrap(f"Data: X feeds {safe_text(task.features)}; {what}.") + "\n" + (
             f"Generated by symbackprop {_version} with\n    "
@@ -505,6 +524,11 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
             f"    {run} --data data.npz --epochs {2 * epochs} --resume "
             "checkpoint.npz\n"
             "Run it with --help for every option.")
+    if b.on_device:
+        doc += ("\n\nOn the GPU: the data is copied to the GPU once, each epoch's order (NumPy's, "
+                "from --seed)\nonce per epoch, and the batches are taken there; the initial "
+                "parameters are NumPy's\ndraws, copied; checkpoints are NumPy arrays. The same "
+                "seed trains as the NumPy script.")
     if mpi:
         doc += ("\n\nData parallel (MPI): each of the K ranks (mpirun -n K) reads the data and "
                 "shuffles\nalike, computes the gradient of its K-th of every global batch "
@@ -540,16 +564,23 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
             else (name, *MPI_RUNTIME.get(name, ()), *(("RowDraws",) if dropout else ()))
             if name == "last_good_path" else (name,)))
     blocks = step_blocks(m, distributed) + blocks + ([source_of(runtime_mixed, "underflow_line")]
-                                                     if mixed else []) + [source_of(
-        runtime_script, *runtime, variants={"tokens": task.tokens, "floats": not task.tokens,
-                                            "buffers": buffers, "mixed": mixed and not mpi,
-                                            "mixed_mpi": mixed and mpi, "mpi": mpi,
-                                            "mpi_plain": mpi and not dropout,
-                                            "mpi_dropout": dropout, "single": not mpi,
-                                            "fused": m.fused})]
-    return assemble(doc, m, m.functions + fns, blocks,
-                   imports=("argparse", "csv", "json", "os", "sys", "tempfile", "time",
-                            "zipfile"), constants=constants)
+                                                     if mixed else [])
+    if b.on_device:
+        blocks.append(source_of(cupy_script, "HostGenerator"))
+    host = source_of(runtime_script, *runtime, variants={
+        "tokens": task.tokens, "floats": not task.tokens, "buffers": buffers,
+        "mixed": mixed and not mpi, "mixed_mpi": mixed and mpi, "mpi": mpi,
+        "mpi_plain": mpi and not dropout, "mpi_dropout": dropout, "single": not mpi,
+        "fused": m.fused, "device": b.on_device, "host": not b.on_device})
+    imports = ("argparse", "csv", "json", "os", "sys", "tempfile", "time", "zipfile")
+    if not b.on_device:
+        return assemble(doc, m, m.functions + fns, blocks + [host], imports=imports,
+                        constants=constants)
+    # the step's code as the backend writes it (cupy: cp for np, its rewrites); the host's
+    # code after it as NumPy's (data, shuffling, checkpoints: NumPy arrays)
+    text = assemble(doc, m, m.functions + fns, blocks, imports=imports, constants=constants,
+                    library=b.script_imports())
+    return text + "\n\n" + host
 
 
 __all__ = ["training_script"]

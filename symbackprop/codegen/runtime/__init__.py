@@ -8,7 +8,8 @@ templates.
 Where generated code comes in variants, the runtime holds the fullest one as a real
 code path, ``if CONDITION:  # variant: NAME``, and generation chooses:
 ``variants={"NAME": True}`` keeps the block's body (one level less indented) without
-the ``if`` line, ``False`` drops the whole block. The ``if`` stays correct when the
+the ``if`` line, ``False`` drops the whole block; a variant inside a kept block is
+chosen in turn. The ``if`` stays correct when the
 module runs alone.
 
 Modules: :mod:`.flat` (flat buffers), :mod:`.init` (weight draws), :mod:`.check`
@@ -112,6 +113,7 @@ def _choose(text: str, variants: dict) -> str:
         while body and not body[-1].strip():  # blank lines after the block stay
             body.pop()
             i -= 1
-        if variants[name]:
-            out += [ln[4:] if ln.strip() else ln for ln in body]
+        if variants[name]:  # a variant inside it is chosen too
+            out += _choose("\n".join(ln[4:] if ln.strip() else ln for ln in body),
+                           variants).split("\n")
     return "\n".join(out)

@@ -45,6 +45,8 @@ LAYERS = {"linear": ("w",)}  # each layer's weights: --log-grad-norms, --metrics
 DISTRIBUTED = None  # "mpi": a data-parallel script (sb.training_script(..., distributed="mpi"))
 FUSED = False  # the fused update (sb.training_script(..., fuse_update=True))
 MIXED = False  # precision mixed: the step has underflow() and the loss scaler's state
+DEVICE = False  # backend="cupy": the step's arrays are on the GPU, the data and checkpoints NumPy's
+cp = np  # stands in for CuPy (a script with DEVICE imports cupy as cp)
 
 
 def init_params(rng=0):
@@ -72,6 +74,11 @@ def train_step(params, state, X, y, lr=LR):
         v += grad
         params[name] -= lr * v
     return loss
+
+
+def HostGenerator(rng):  # stands in for the class of runtime/cupy_script.py
+    """NumPy's draws for init_params (DEVICE: copied to the GPU)."""
+    return rng
 
 
 def underflow(params, state, X, y):
@@ -323,17 +330,26 @@ def save_checkpoint(path, params, state, progress):
               "progress/loss_sum": np.array(progress["loss_sum"]),
               "progress/rng": np.array(json.dumps(progress["rng"]))}
     for name, w in params.items():
-        arrays["params/" + name] = w
+        if DEVICE:  # variant: device
+            arrays["params/" + name] = cp.asnumpy(w)  # from the GPU
+        if not DEVICE:  # variant: host
+            arrays["params/" + name] = w
     for key, value in state.items():
         if isinstance(value, dict):
             for name, a in value.items():
-                arrays[f"state/{key}/{name}"] = a
+                if DEVICE:  # variant: device
+                    arrays[f"state/{key}/{name}"] = cp.asnumpy(a)
+                if not DEVICE:  # variant: host
+                    arrays[f"state/{key}/{name}"] = a
         else:
             arrays["state/" + key] = np.array(value)
     if BUFFERS is not None:  # variant: buffers
         saved = buffers_state()
         for name, a in saved["running"].items():
-            arrays["buffers/running/" + name] = a
+            if DEVICE:  # variant: device
+                arrays["buffers/running/" + name] = cp.asnumpy(a)
+            if not DEVICE:  # variant: host
+                arrays["buffers/running/" + name] = a
         if "rng" in saved:
             arrays["buffers/rng"] = np.array(json.dumps(saved["rng"]))
     directory = os.path.dirname(os.path.abspath(path))
@@ -382,7 +398,10 @@ def load_checkpoint(path):
             found = arrays[key].shape if key in arrays else "nothing"
             raise InputError(f"checkpoint {path}: {key} is {found}; expected an array of "
                              f"shape {target.shape}")
-        target[...] = arrays[key]
+        if DEVICE:  # variant: device
+            target[...] = cp.asarray(arrays[key])  # to the GPU
+        if not DEVICE:  # variant: host
+            target[...] = arrays[key]
     try:
         for key, value in state.items():
             if not isinstance(value, dict):
@@ -557,6 +576,8 @@ def train(args, data, params, state, progress, norms=None):
         start = time.perf_counter()
         rng_state = rng.bit_generator.state  # a checkpoint inside this epoch restarts here
         order = rng.permutation(n)
+        if DEVICE:  # variant: device
+            order = cp.asarray(order)  # to the GPU, once an epoch: the batches are taken there
         while seen < n:
             idx = order[seen:seen + args.batch_size]
             if BUFFERS is not None:  # variant: buffers
@@ -733,7 +754,10 @@ def main(argv=None):
             params, state, progress = load_checkpoint(args.resume)
         else:
             rng = np.random.default_rng(args.seed)
-            params = init_params(rng)
+            if DEVICE:  # variant: device
+                params = init_params(HostGenerator(rng))  # drawn by rng, copied to the GPU
+            if not DEVICE:  # variant: host
+                params = init_params(rng)
             state = init_state(params)
             if BUFFERS is not None:  # variant: buffers
                 BUFFERS.update(init_buffers(args.seed))
@@ -744,6 +768,10 @@ def main(argv=None):
         norms = GradNorms(args, data) if args.log_grad_norms or args.metrics else None
     except OSError as e:
         return fail(f"cannot write --metrics {args.metrics}: {e.strerror or e}", 2)
+    if DEVICE:  # variant: device
+        # the data to the GPU, once (GradNorms keeps its rows on the host: the step's
+        # functions copy what they are given)
+        data = {k: None if a is None else cp.asarray(a) for k, a in data.items()}
     with np.errstate(all="ignore"):  # a nan or inf is reported by train_step, once
         return train(args, data, params, state, progress, norms)
 

@@ -1,0 +1,34 @@
+"""What the CuPy training script adds to the NumPy script's runtime
+(``sb.training_script(g, backend="cupy")``, :mod:`symbackprop.codegen.script`).
+
+The script's step runs on the GPU; its data, shuffling order and checkpoints stay NumPy
+arrays on the host (the ``device`` variants of :mod:`.script`: ``cp.asarray`` of the data
+once, of each epoch's order once; ``cp.asnumpy`` into the checkpoints). The initial
+parameters are the NumPy script's: :class:`HostGenerator` makes ``init_params``' draws
+with the script's NumPy generator on the host and copies them to the GPU, so the same
+seed gives the NumPy script's initial parameters and, the generator moved on as far, its
+shuffling order.
+
+Here ``cp`` is NumPy, so that this module imports, and its tests run, on a machine
+without a GPU; the generated script imports cupy as cp.
+"""
+
+from __future__ import annotations
+
+import numpy as cp  # stands in for CuPy here; the generated script imports cupy as cp
+
+
+class HostGenerator(cp.random.Generator):
+    """A cupy.random.Generator whose draws a NumPy Generator makes on the host, copied to
+    the GPU: init_params (which takes a cupy Generator as it is) then draws the NumPy
+    script's initial parameters for the same seed, and moves the NumPy generator on as
+    the NumPy script's init_params does. It has only the two draws init_params makes."""
+
+    def __init__(self, rng):  # nothing is drawn on the GPU: no CuPy bit generator
+        self.rng = rng
+
+    def standard_normal(self, size=None):
+        return cp.asarray(self.rng.standard_normal(size=size))
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        return cp.asarray(self.rng.uniform(low, high, size=size))
