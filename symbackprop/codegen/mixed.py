@@ -158,7 +158,12 @@ def float32_nodes(j) -> tuple[set, set]:
 
     Examples
     --------
-    >>> from symbackprop.autodiff import grad  # doctest: +SKIP
+    >>> from symbackprop.codegen.module import build_model
+    >>> g = sb.models.cnn((1, 6, 6), channels=(2,), hidden=(4,), classes=3, batch_norm=True)
+    >>> m = build_model(g, optimizer="sgd", precision="mixed")
+    >>> ops, vjp = float32_nodes(m.em.j)
+    >>> sorted(ops), sorted(m.em.namer(n) for n in vjp)
+    (['bn1'], ['dconv2d_1', 'mean_1', 'mean_2', 'mul_2', 'mul_5', 'sum_6', 'sum_7'])
     """
     ops = {n for n in j.nx if not j.is_leaf(n) and j.opdef(n) is not None
            and j.opdef(n).mixed_float32}
@@ -167,7 +172,7 @@ def float32_nodes(j) -> tuple[set, set]:
     return ops, vjp
 
 
-def rewrite_float32(em, body: list, ops: set, vjp: set, cast: str, helper: str) -> None:
+def _rewrite_float32(em, body: list, ops: set, vjp: set, cast: str, helper: tuple) -> None:
     """Rewrite the statements of ``body`` (lines ``code = rhs  # comment``) that compute
     ``ops`` and ``vjp`` (:func:`float32_nodes`) to run in float32, in place: an op's call
     ``f(args)`` becomes ``helper(f, args)`` (``_in_float32``: its half-precision arrays
@@ -217,10 +222,22 @@ def _note(comment: str, note: str) -> str:
 
 def float32_statements(m, cast: str = ".astype({})", runtime=runtime_mixed) -> None:
     """Batch norm in mixed precision, for every function of the model ``m``: the
-    statements of :func:`float32_nodes` in float32 (:func:`rewrite_float32`, the helper
+    statements of :func:`float32_nodes` in float32 (:func:`_rewrite_float32`, the helper
     ``_in_float32`` copied from ``runtime``) and the running statistics of
     ``init_running`` float32 (MASTER), as ``torch.amp`` keeps them. Nothing changes for a
-    network without such an op."""
+    network without such an op. :func:`~symbackprop.codegen.module.build_model` calls it
+    for NumPy, :func:`~symbackprop.codegen.jax_mixed.make_mixed` for JAX and torch.
+
+    Examples
+    --------
+    >>> from symbackprop.codegen.module import build_model
+    >>> g = sb.models.cnn((1, 6, 6), channels=(2,), hidden=(4,), classes=3, batch_norm=True)
+    >>> m = build_model(g, optimizer="sgd", precision="mixed")  # calls it
+    >>> print(next(s for s in m.functions[1].body if s.startswith("bn1 = ")))
+    bn1 = _in_float32(_batch_norm, conv2d_1, 1, 1e-05, 0.1, training, running, 'bn1').astype(DTYPE)  # in float32, rounded to DTYPE
+    >>> m.functions[2].ret
+    "{'bn1.mean': np.zeros(2, MASTER), 'bn1.var': np.ones(2, MASTER)}"
+    """
     ops, vjp = float32_nodes(m.em.j)
     if not ops:
         return
@@ -229,7 +246,7 @@ def float32_statements(m, cast: str = ".astype({})", runtime=runtime_mixed) -> N
         if fn.name == "init_running":
             fn.ret = _master(fn.ret)
         else:
-            rewrite_float32(m.em, fn.body, ops, vjp, cast, helper)
+            _rewrite_float32(m.em, fn.body, ops, vjp, cast, helper)
 
 
 def loss_in_float32(m) -> None:
@@ -367,9 +384,9 @@ def _train_step_block(m) -> str:
             doc_lines += textwrap.wrap(text[c], 88, initial_indent="    ",
                                        subsequent_indent="    ")
         doc_lines[-1] += '"""'
+    kwargs = [f"{c}={CONTEXT[c]}" for c in context]
     return "\n".join([
-        f"def train_step(params, state, {', '.join(data + ['lr=LR'])}"
-        f"{''.join(f', {c}={CONTEXT[c]}' for c in context)}):",
+        f"def train_step(params, state, {', '.join(data + ['lr=LR'] + kwargs)}):",
         *doc_lines,
         "    with np.errstate(over='ignore', invalid='ignore'):  # overflow: the scaler's",
         call,
@@ -413,4 +430,4 @@ def _underflow_block(m) -> str:
 
 __all__ = ["PRECISIONS", "check_mixed", "constant_lines", "float32_nodes", "float32_statements",
            "functional_precision", "mixed_blocks", "precision_text", "resolve_precision",
-           "rewrite_float32", "scaler_settings"]
+           "scaler_settings"]
