@@ -17,6 +17,7 @@ differences elsewhere (tests/test_norm.py, tests/test_jax_stateful.py).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
 
@@ -99,18 +100,23 @@ def _opt(state: dict) -> dict:
     return {k: v for k, v in state.items() if k not in ("scale", "good_steps", "skipped")}
 
 
+@functools.cache
+def _modules(backend, optimizer, lr):
+    """The mixed and float32 training modules, made (and JAX's jitted) once per session."""
+    g = _net()
+    return tuple(sb.compile(g, optimizer=optimizer, lr=lr, backend=backend, **kw).module
+                 for kw in ({"precision": "mixed"}, {"dtype": "float32"}))
+
+
 class Pass:
     """One training-mode forward and backward pass of a backend's mixed step (gradients
     unscaled to float64) or of its float32 step, from the same float32 parameters."""
 
     def __init__(self, backend, optimizer="sgd", lr=0.05):
-        g = _net()
         self.backend = backend
-        self.mixed = sb.compile(g, optimizer=optimizer, lr=lr, precision="mixed",
-                                backend=backend).module
-        self.plain = sb.compile(g, optimizer=optimizer, lr=lr, dtype="float32",
-                                backend=backend).module
+        self.mixed, self.plain = _modules(backend, optimizer, lr)
         self.params = _host(self.mixed.init_params(0))
+
 
     def grads(self, mixed, X, y, running, rng, scale=2.0**10):
         """(loss, gradients as float64 NumPy, the running statistics after the pass)."""
@@ -281,8 +287,12 @@ def _clusters(path, n=480, seed=0):
     np.savez(path, X=X[:360], y=y[:360], X_test=X[360:], y_test=y[360:])
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("numpy", "jax")])
+@pytest.mark.parametrize("backend", [
+    "numpy", *([pytest.param("jax", marks=pytest.mark.slow)] if "jax" in BACKENDS else [])])
 def test_training_script_mixed_with_batch_norm_and_dropout_learns(tmp_path, backend):
+    """The generated script (ruff-clean, run without symbackprop) trains the network in
+    mixed precision on four clusters: >= 90% test accuracy in 6 epochs, no step skipped,
+    the checkpoint's running statistics float32."""
     src = sb.training_script(_net(), optimizer="adam", lr=0.01, epochs=6, batch_size=32,
                              precision="mixed", backend=backend)
     (tmp_path / "train.py").write_text(src)
