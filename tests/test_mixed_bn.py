@@ -314,3 +314,21 @@ def test_training_script_mixed_with_batch_norm_and_dropout_learns(tmp_path, back
     with np.load(tmp_path / "ck.npz") as ck:
         running = [k for k in ck.files if "bn1.mean" in k]
         assert running and ck[running[0]].dtype == np.float32, ck.files
+
+
+def test_cli_train_script_precision_mixed_with_batch_norm_and_dropout(tmp_path):
+    """``train-script --precision mixed`` on a CNN with batch norm and dropout (a .py SPEC)
+    writes a ruff-clean script for every backend with mixed precision; no refusal."""
+    from symbackprop.cli import main
+
+    (tmp_path / "net.py").write_text(
+        "import symbackprop as sb\n"
+        "graph = sb.models.cnn(input_shape=(1, 8, 8), channels=(4,), hidden=(16,), "
+        "batch_norm=True, dropout=0.2)\n")
+    for backend in BACKENDS:
+        out = tmp_path / f"train_{backend}.py"
+        assert main(["train-script", str(tmp_path / "net.py"), "--optimizer", "adam",
+                     "--precision", "mixed", "--backend", backend, "-o", str(out)]) == 0
+        src = out.read_text()
+        assert "running=None, rng=0" in src and "_in_float32(_batch_norm, " in src, backend
+    assert_ruff_clean(tmp_path, *(f"train_{b}.py" for b in BACKENDS))
