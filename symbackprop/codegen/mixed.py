@@ -367,9 +367,12 @@ def _train_step_block(m) -> str:
            "and the scale halved. params and state change in place. Returns the loss. Raises "
            'FloatingPointError, before changing anything, when the loss is nan or inf."""')
     context = _context(m)
-    call = "\n".join("        " + ln for ln in call_lines(
-        "loss, G, grads = ", "scaled_grads", ["params", "state", *data, "state['scale']"]
-        + [f"{c}={c}" for c in context], indent=8))
+    call = (f"        loss, G, grads = scaled_grads(params, state, {', '.join(data)}, "
+            "state['scale'])")
+    if context:  # batch norm's running statistics, dropout's generator
+        call = "\n".join("        " + ln for ln in call_lines(
+            "loss, G, grads = ", "scaled_grads", ["params", "state", *data, "state['scale']"]
+            + [f"{c}={c}" for c in context], indent=8))
     doc_lines = textwrap.wrap(doc, 88, initial_indent='    """', subsequent_indent="    ")
     if context:  # as the float32 step's, and what a skipped step does to them
         text = {"running": "running: from init_running() (float32), updated in place by the "
