@@ -380,9 +380,13 @@ def test_digits_mixed_on_jax_reach_97_percent(tmp_path, precision):
         assert flushed <= nonzero // 100
 
 
-def test_mixed_with_batch_norm_or_dropout_is_one_line():
+def test_mixed_with_batch_norm_and_dropout_takes_their_state():
+    """No longer refused: the step takes and returns the running statistics (float32)
+    and takes dropout's key (tests/test_mixed_bn.py checks the numbers)."""
     g = sb.models.cnn(input_shape=(1, 8, 8), channels=(4,), hidden=(8,), classes=3,
                       batch_norm=True, dropout=0.25)
     for precision in ("mixed", "bfloat16"):
-        with pytest.raises(sb.CodegenError, match="does not support the state of batch norm"):
-            sb.compile(g, optimizer="sgd", precision=precision, backend="jax")
+        src = sb.train_step(g, optimizer="sgd", precision=precision, backend="jax")
+        assert "def train_step(params, state, X, y, lr=LR, running=None, rng=0):" in src
+        assert "return loss, params, state, running" in src
+        assert "'bn1.mean': jnp.zeros(4, MASTER)" in src

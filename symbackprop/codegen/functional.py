@@ -69,11 +69,7 @@ def build(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None, hyper=No
                            "step; rename the input (e.g. g.rename).")
     m = Model(g, of, wrt, em, [fwd, vg, *running_function(em)], inputs, opt, values,
               plan_init(g), dtype, grads=[adj.adjoint[w] for w in wrt])
-    if half and context_of(m):  # the scaler's step does not carry running statistics or keys
-        raise CodegenError(f"precision {precision!r} on {backend} does not support the state of "
-                           f"batch norm or dropout ({', '.join(context_of(m))}) yet; use "
-                           "precision 'float32'.")
-    if half:
+    if half:  # batch norm in float32 (its running statistics too), dropout's key as float32's
         make_mixed(m, precision, scaler)
     return m
 

@@ -29,7 +29,9 @@ import re
 import textwrap
 
 from ..errors import CodegenError
-from .emit import Function, call_lines, render_function
+from .emit import Function, call_lines, render_function, returns_running
+from .lowering import CONTEXT
+from .mixed import float32_statements
 from .runtime import jax_mixed as runtime
 from .runtime import source_of
 
@@ -126,6 +128,8 @@ def make_mixed(m, precision: str, scaler: dict) -> None:
                    "seed of backprop).")
     else:
         vg.doc += "\n    The loss in float32, the gradients in DTYPE."
+    # batch norm: its statistics, the running ones and its backward's sums in float32
+    float32_statements(m, spelling["cast"], spelling["runtime"])
 
 
 def constant_lines(m) -> list[str]:
@@ -187,16 +191,43 @@ def _train_step_block(m) -> str:
     else:
         doc += (f", then one {m.opt.title} update of the masters from the gradients cast to "
                 "float32 (no loss scaling: bfloat16 has float32's exponent range).")
-    doc += (" Returns the loss, the new parameters and the new state; nothing changes in "
-            "place. " + " ".join(em.backend.step_note().split()) + '"""')
+    context = _context(m)
+    running = "running" in context
+    doc += (" Returns the loss, the new parameters and the new state"
+            + (" and the new running statistics (batch norm)" if running else "")
+            + "; nothing changes in place. " + " ".join(em.backend.step_note().split()) + '"""')
     args = m.args(m.functions[1]) + (["scale=state['scale']"] if m.scaler else [])
-    lines = [*em.backend.step_decorators(),
-             f"def train_step(params, state, {', '.join(data + ['lr=LR'])}):", *_wrap_doc(doc)]
-    lines += ["    " + ln for ln in call_lines("loss, grads = ", "value_and_grad", args)]
+    args += [f"{c}={c}" for c in context]
+    kwargs = [f"{c}={CONTEXT[c]}" for c in context]
+    lines = [*em.backend.step_decorators(context),
+             f"def train_step(params, state, {', '.join(data + ['lr=LR'] + kwargs)}):",
+             *_wrap_doc(doc)]
+    if context:  # what they are, and what a skipped step does to them (torch.amp's rule)
+        lines[-1] = lines[-1][:-3]
+        lines += ["", "    Training mode."] + [ln for c in context for ln in textwrap.wrap(
+            _CONTEXT_DOC[c], 88, initial_indent="    ", subsequent_indent="    ")]
+        lines[-1] += '"""'
+    lhs = "loss, grads, running = " if running else "loss, grads = "
+    lines += ["    " + ln for ln in call_lines(lhs, "value_and_grad", args)]
     lines += (["    params, state = _scaled_update(params, grads, loss, state, lr)"] if m.scaler
               else ["    params, state = update(params, _to_master(grads), state, lr=lr)"])
-    lines += ["    return loss, params, state"]
+    lines += ["    return loss, params, state" + (", running" if running else "")]
     return "\n".join(lines) + "\n"
+
+
+_CONTEXT_DOC = {
+    "running": "running: from init_running() (float32) or the last step's; None: no running "
+               "statistics. The new ones are returned even when the step is skipped on "
+               "overflow: the forward pass ran (torch.amp's rule).",
+    "rng": "rng: a seed or a jax.random key, which draws the dropout masks (those of the "
+           "float32 step for the same key): pass a new one every step, such as "
+           "jax.random.fold_in(key, step)."}
+
+
+def _context(m) -> list[str]:
+    """``value_and_grad``'s call-time arguments: ``running`` (batch norm), ``rng`` (dropout)."""
+    named = (p.split("=")[0] for p in m.functions[1].params if "=" in p)
+    return [n for n in named if n in CONTEXT]
 
 
 def _reference_block(m) -> str:
@@ -222,10 +253,11 @@ def _underflow_block(m) -> str:
                         f"{half} with " + ("state['scale'])" if m.scaler else
                                            "no loss scaling either: bfloat16 needs none)")
                         + '. Changes nothing."""')]
-    calls = [("_, reference = ", "reference_value_and_grad", args),
-             ("_, plain = ", "value_and_grad", args)]
+    rest = ", _" if returns_running(m.em, m.functions[1]) else ""  # running=None: unchanged
+    calls = [(f"_, reference{rest} = ", "reference_value_and_grad", args),
+             (f"_, plain{rest} = ", "value_and_grad", args)]
     if m.scaler:
-        calls.append(("_, scaled = ", "value_and_grad", args + ["scale=state['scale']"]))
+        calls.append((f"_, scaled{rest} = ", "value_and_grad", args + ["scale=state['scale']"]))
     for lhs, f, a in calls:
         lines += ["    " + ln for ln in call_lines(lhs, f, a)]
     if m.scaler:

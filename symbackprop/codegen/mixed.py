@@ -34,6 +34,7 @@ import textwrap
 from ..errors import CodegenError
 from .emit import Function, call_lines, render_function
 from .init import init_source
+from .lowering import CONTEXT
 from .plan import PACK, flat_gradients, workspace_source
 from .runtime import check, flat, source_of
 from .runtime import mixed as runtime_mixed
@@ -140,10 +141,6 @@ def check_mixed(m) -> None:
     if clash:
         raise CodegenError(f"input {clash[0]!r} has the name of a variable of the mixed-precision "
                            "step; rename the input (e.g. g.rename).")
-    context = [p.split("=")[0] for p in m.functions[1].params if "=" in p]
-    if context:
-        raise CodegenError(f"precision 'mixed' does not support the state of batch norm or "
-                           f"dropout ({', '.join(context)}) yet; use precision 'float32'.")
     if m.fast is None or not m.pool.scaled:
         why = ("the optimization passes are off" if m.fast is None else
                f"the loss {m.of!r} ({m.g.nx.nodes[m.of].get('op')}) does not compute its "
@@ -151,6 +148,105 @@ def check_mixed(m) -> None:
         raise CodegenError(f"precision 'mixed' needs the loss scale as the seed of backprop: "
                            f"{why}. Use softmax_cross_entropy as the loss with the optimization "
                            "passes on, or precision 'float32'.")
+
+
+def float32_nodes(j) -> tuple[set, set]:
+    """``(ops, vjp)``: the nodes of the joint graph ``j`` whose op computes in float32 in
+    mixed precision (:attr:`~symbackprop.ops.registry.OpDef.mixed_float32`: batch norm,
+    its statistics), and the backward nodes of their VJPs (the statistics recomputed for
+    the backward, its sums, the gradient they pass on).
+
+    Examples
+    --------
+    >>> from symbackprop.codegen.module import build_model
+    >>> g = sb.models.cnn((1, 6, 6), channels=(2,), hidden=(4,), classes=3, batch_norm=True)
+    >>> m = build_model(g, optimizer="sgd", precision="mixed")
+    >>> ops, vjp = float32_nodes(m.em.j)
+    >>> sorted(ops), sorted(m.em.namer(n) for n in vjp)
+    (['bn1'], ['dconv2d_1', 'mean_1', 'mean_2', 'mul_2', 'mul_5', 'sum_6', 'sum_7'])
+    """
+    ops = {n for n in j.nx if not j.is_leaf(n) and j.opdef(n) is not None
+           and j.opdef(n).mixed_float32}
+    vjp = {n for n in j.nx if j.is_backward(n) and n not in ops
+           and (j.vjp_of(n) in ops or (j.via(n) in ops and j.grad_of(n) is not None))}
+    return ops, vjp
+
+
+def _rewrite_float32(em, body: list, ops: set, vjp: set, cast: str, helper: tuple) -> None:
+    """Rewrite the statements of ``body`` (lines ``code = rhs  # comment``) that compute
+    ``ops`` and ``vjp`` (:func:`float32_nodes`) to run in float32, in place: an op's call
+    ``f(args)`` becomes ``helper(f, args)`` (``_in_float32``: its half-precision arrays
+    cast to MASTER, so batch norm takes its statistics and updates the float32 running
+    ones in float32) rounded to DTYPE; a VJP statement reads the half-precision arrays
+    from outside the VJP cast to MASTER (``cast``: ``.astype({})`` or ``.to({})``), so
+    its sums and ``n·δ`` stay in float32, and the statement whose value leaves the VJP
+    (the gradient passed on) is rounded to DTYPE."""
+    j = em.j
+    group = ops | vjp
+    codes = {em.namer(n): n for n in group if n in em.namer.names}
+    outside = {code for n, code in em.namer.names.items()
+               if n in j.nx and n not in group and j.nx.nodes[n].get("dtype") == "float"}
+    read = re.compile(r"(?<![\w.'\"])(" + "|".join(map(re.escape, sorted(outside, key=len,
+                                                                            reverse=True)))
+                      + r")(?![\w'\"(]|\s*=[^=])") if outside else None
+    to_master, to_half = cast.format("MASTER"), cast.format("DTYPE")
+    for i, line in enumerate(body):
+        found = re.fullmatch(r"(\s*)(\w+) = (.*?)(  # .*)?", line)
+        if found is None or found.group(2) not in codes:
+            continue
+        pad, code, rhs, comment = found.group(1), found.group(2), found.group(3), \
+            found.group(4) or ""
+        n = codes[code]
+        if n in ops:
+            call = re.fullmatch(r"(\w+)\((.*)\)", rhs)
+            if call is None:
+                raise CodegenError(f"mixed precision computes {n!r} in float32, but its "
+                                   f"statement is not one call ({rhs}); use precision "
+                                   "'float32'.")
+            em.helpers.setdefault(helper[0], helper[1])
+            body[i] = (f"{pad}{code} = {helper[0]}({call.group(1)}, {call.group(2)})"
+                       f"{to_half}{_note(comment, 'in float32, rounded to DTYPE')}")
+            continue
+        if read is not None:
+            rhs = read.sub(lambda r: r.group(1) + to_master, rhs)
+        leaves = any(c not in group for c, _ in j.consumers(n)) or not j.consumers(n)
+        if leaves:
+            rhs = f"({rhs}){to_half}"
+        body[i] = f"{pad}{code} = {rhs}" + _note(
+            comment, "in float32" + (", rounded to DTYPE" if leaves else ""))
+
+
+def _note(comment: str, note: str) -> str:
+    return f"{comment}; {note}" if comment else f"  # {note}"
+
+
+def float32_statements(m, cast: str = ".astype({})", runtime=runtime_mixed) -> None:
+    """Batch norm in mixed precision, for every function of the model ``m``: the
+    statements of :func:`float32_nodes` in float32 (:func:`_rewrite_float32`, the helper
+    ``_in_float32`` copied from ``runtime``) and the running statistics of
+    ``init_running`` float32 (MASTER), as ``torch.amp`` keeps them. Nothing changes for a
+    network without such an op. :func:`~symbackprop.codegen.module.build_model` calls it
+    for NumPy, :func:`~symbackprop.codegen.jax_mixed.make_mixed` for JAX and torch.
+
+    Examples
+    --------
+    >>> from symbackprop.codegen.module import build_model
+    >>> g = sb.models.cnn((1, 6, 6), channels=(2,), hidden=(4,), classes=3, batch_norm=True)
+    >>> m = build_model(g, optimizer="sgd", precision="mixed")  # calls it
+    >>> print(next(s for s in m.functions[1].body if s.startswith("bn1 = ")))
+    bn1 = _in_float32(_batch_norm, conv2d_1, 1, 1e-05, 0.1, training, running, 'bn1').astype(DTYPE)  # in float32, rounded to DTYPE
+    >>> m.functions[2].ret
+    "{'bn1.mean': np.zeros(2, MASTER), 'bn1.var': np.ones(2, MASTER)}"
+    """
+    ops, vjp = float32_nodes(m.em.j)
+    if not ops:
+        return
+    helper = ("_in_float32", source_of(runtime, "_in_float32"))
+    for fn in m.functions:
+        if fn.name == "init_running":
+            fn.ret = _master(fn.ret)
+        else:
+            _rewrite_float32(m.em, fn.body, ops, vjp, cast, helper)
 
 
 def loss_in_float32(m) -> None:
@@ -224,6 +320,11 @@ def _data(m) -> list[str]:
     return [m.em.namer(n) for n in m.inputs]
 
 
+def _context(m) -> list[str]:
+    """The planned step's call-time arguments: ``running`` (batch norm), ``rng`` (dropout)."""
+    return [p.split("=")[0] for p in m.fast.params if "=" in p and p.split("=")[0] in CONTEXT]
+
+
 def _scaled_grads_block(m) -> str:
     em = m.em
     data = _data(m)
@@ -240,7 +341,13 @@ def _scaled_grads_block(m) -> str:
            "from float16 copies of the master parameters (_half): (loss, G, grads), the "
            "gradients as views of G, the flat buffer in the workspace (valid until the next "
            'call)."""')
-    lines = [f"def scaled_grads(params, state, {', '.join(data)}, scale):",
+    context = _context(m)
+    args += [f"{c}={c}" for c in context]
+    if context:
+        doc = doc[:-3] + (" running (batch norm's float32 statistics, updated in place) and "
+                          'rng (the dropout masks\' generator) as train_step\'s."""')
+    kwargs = "".join(f", {c}={CONTEXT[c]}" for c in context)
+    lines = [f"def scaled_grads(params, state, {', '.join(data)}, scale{kwargs}):",
              *textwrap.wrap(doc, 88, initial_indent='    """', subsequent_indent="    ")]
     lines += ["    " + ln for ln in em.as_arrays(m.inputs)]
     lines += ["    flat = _flat(params, state)", "    half = _half(flat, params)"]
@@ -267,11 +374,31 @@ def _train_step_block(m, mpi: bool = False) -> str:
            "scaled gradients the step is skipped (params and the optimizer state unchanged) "
            "and the scale halved. params and state change in place. Returns the loss. Raises "
            'FloatingPointError, before changing anything, when the loss is nan or inf."""')
+    context = _context(m)
     call = (f"        loss, G, grads = scaled_grads(params, state, {', '.join(data)}, "
             "state['scale'])")
+    if context:  # batch norm's running statistics, dropout's generator
+        call = "\n".join("        " + ln for ln in call_lines(
+            "loss, G, grads = ", "scaled_grads", ["params", "state", *data, "state['scale']"]
+            + [f"{c}={c}" for c in context], indent=8))
+    doc_lines = textwrap.wrap(doc, 88, initial_indent='    """', subsequent_indent="    ")
+    if context:  # as the float32 step's, and what a skipped step does to them
+        text = {"running": "running: from init_running() (float32), updated in place by the "
+                           "forward pass, even when the step is skipped on overflow or raises "
+                           "(the forward pass ran: torch.amp's too).",
+                "rng": "rng: a seed or a np.random.Generator, which draws the dropout masks "
+                       "(pass one Generator to every step): the float32 step's masks, drawn "
+                       "on a skipped step too."}
+        doc_lines[-1] = doc_lines[-1][:-3]
+        doc_lines += ["", "    Training mode."]
+        for c in context:
+            doc_lines += textwrap.wrap(text[c], 88, initial_indent="    ",
+                                       subsequent_indent="    ")
+        doc_lines[-1] += '"""'
+    kwargs = [f"{c}={CONTEXT[c]}" for c in context]
     return "\n".join([
-        f"def train_step(params, state, {', '.join(data + ['lr=LR'])}):",
-        *textwrap.wrap(doc, 88, initial_indent='    """', subsequent_indent="    "),
+        f"def train_step(params, state, {', '.join(data + ['lr=LR'] + kwargs)}):",
+        *doc_lines,
         "    with np.errstate(over='ignore', invalid='ignore'):  # overflow: the scaler's",
         call,
         "    return _scaled_update(_flat(params, state), G, grads, loss, state, lr)"]) + "\n"
@@ -317,11 +444,20 @@ def _underflow_block(m) -> str:
     data = _data(m)
     ref = call_lines("_, reference = ", "reference_value_and_grad", m.args(m.functions[1]),
                      indent=4)
+    context = _context(m)
+    ignored = "".join(f", {c}=None" for c in context)
+    doc = ["    without loss scaling, zero in float16 with state['scale']). Changes nothing.\"\"\""]
+    if context:  # a training script passes its minibatch(), which carries them
+        doc = [doc[0][:-3], "", *textwrap.wrap(
+            f"{' and '.join(context)}: accepted, as a training script's minibatch() carries "
+            "them, and left alone: the counts take the batch's own statistics and the masks "
+            'of seed 0, the same in the three passes."""', 88, initial_indent="    ",
+            subsequent_indent="    ")]
     return "\n".join([
-        f"def underflow(params, state, {', '.join(data)}):",
+        f"def underflow(params, state, {', '.join(data)}{ignored}):",
         f'    """Gradient entries that float16 flushes to zero on the minibatch ({", ".join(data)}),',
         "    per trained parameter: (entries, nonzero in float32, of those zero in float16",
-        "    without loss scaling, zero in float16 with state['scale']). Changes nothing.\"\"\"",
+        *doc,
         *("    " + ln for ln in ref),
         "    _, _, plain = scaled_grads(params, state, " + ", ".join(data) + ", 1.0)",
         "    plain = {name: g.copy() for name, g in plain.items()}",
@@ -329,5 +465,6 @@ def _underflow_block(m) -> str:
         "    return _flushed({name: reference[name] for name in TRAINED}, plain, scaled)"]) + "\n"
 
 
-__all__ = ["PRECISIONS", "check_mixed", "constant_lines", "functional_precision", "mixed_blocks",
-           "precision_text", "resolve_precision", "scaler_settings"]
+__all__ = ["PRECISIONS", "check_mixed", "constant_lines", "float32_nodes", "float32_statements",
+           "functional_precision", "mixed_blocks", "precision_text", "resolve_precision",
+           "scaler_settings"]

@@ -36,6 +36,8 @@ from .init import init_source, init_text, plan_init
 from .lowering import CONTEXT
 from .mixed import (
     check_mixed,
+    float32_nodes,
+    float32_statements,
     loss_in_float32,
     mixed_blocks,
     precision_text,
@@ -186,6 +188,7 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
                             backend=backend)
     if mixed:  # the code names DTYPE only; the module defines it float16 (codegen/mixed.py)
         em.dtype = dtype
+        em.unplanned = set().union(*float32_nodes(em.j))  # plain statements, in float32
     vg = fns[1]
     fast, pool = None, None
     if resolve_passes(optimize):  # memory planning goes with the other optimizations
@@ -203,6 +206,7 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
         m.precision, m.scaler = precision, scaler
         check_mixed(m)
         loss_in_float32(m)
+        float32_statements(m)  # batch norm's
     return m
 
 

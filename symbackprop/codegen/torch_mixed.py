@@ -21,6 +21,7 @@ import textwrap
 
 from .emit import call_lines
 from .jax_mixed import HALF, _reference_block, _underflow_block
+from .lowering import CONTEXT
 from .runtime import source_of, torch_mixed, torch_script
 
 
@@ -76,11 +77,26 @@ def _train_step_block(m) -> str:
     doc += (" params and state change in place. Returns the loss. Raises FloatingPointError, "
             "before changing anything, when the loss is nan or inf" +
             ("." if m.scaler else " or a gradient is.") + '"""')
+    context = [p.split("=")[0] for p in m.functions[1].params
+               if "=" in p and p.split("=")[0] in CONTEXT]
     args = m.args(m.functions[1]) + (["scale=state['scale']"] if m.scaler else [])
+    args += [f"{c}={c}" for c in context]
     rule = "_scaled_update" if m.scaler else "_master_update"
+    kwargs = [f"{c}={CONTEXT[c]}" for c in context]
     lines = ["@torch.inference_mode()",
-             f"def train_step(params, state, {', '.join(data + ['lr=LR'])}):",
+             f"def train_step(params, state, {', '.join(data + ['lr=LR'] + kwargs)}):",
              *textwrap.wrap(doc, 88, initial_indent='    """', subsequent_indent="    ")]
+    if context:  # what they are, and what a skipped step does to them (torch.amp's rule)
+        text = {"running": "running: from init_running(device) (float32), updated in place by "
+                           "the forward pass, even when the step is skipped on overflow or "
+                           "raises (the forward pass ran: torch.amp's rule).",
+                "rng": "rng: a seed or a torch.Generator, which draws the dropout masks (pass "
+                       "one Generator to every step; a seed makes a CPU generator): the "
+                       "float32 step's masks, drawn on a skipped step too."}
+        lines[-1] = lines[-1][:-3]
+        lines += ["", "    Training mode."] + [ln for c in context for ln in textwrap.wrap(
+            text[c], 88, initial_indent="    ", subsequent_indent="    ")]
+        lines[-1] += '"""'
     lines += ["    " + ln for ln in call_lines("loss, grads = ", "value_and_grad", args)]
     lines += [f"    return {rule}(params, grads, loss, state, lr)"]
     return "\n".join(lines) + "\n"

@@ -98,6 +98,11 @@ class OpDef:
         an op that only moves or views data is 0, :func:`moves_data`). ``None`` for an
         elementwise op: one per output entry for each operation of its code expression
         (:meth:`flop_count`); every other op declares it.
+    mixed_float32 : bool
+        Mixed precision computes the op, and the statements of its VJP, in float32 from
+        the half-precision values, the results rounded back (as ``torch.autocast`` runs
+        normalizations in float32): statistics that float16 would lose (batch norm's
+        mean and variance, the sums of its backward). :mod:`symbackprop.codegen.mixed`.
 
     The display:
 
@@ -133,6 +138,7 @@ class OpDef:
     opaque: bool = False
     commutative: bool = False
     flops: Callable | None = None
+    mixed_float32: bool = False
     # the display
     notation: str | Callable | None = None
     display: Callable | None = None

@@ -58,6 +58,14 @@ def _loss_in_float32(with_grad, *args):
     return loss
 
 
+def _in_float32(f, *args):
+    """f(*args) computed in float32: the DTYPE arrays among args cast to MASTER first
+    (batch norm: its mean and variance, and the float32 running statistics it updates,
+    want float32's range and precision). The caller rounds the result to DTYPE."""
+    return f(*(a.astype(MASTER) if isinstance(a, np.ndarray) and a.dtype == DTYPE else a
+               for a in args))
+
+
 def _half(flat, params):
     """The float16 copies of the parameters for one forward and backward pass: the
     trained ones (and their [W; b] blocks) are views of one DTYPE buffer, cast from the
