@@ -71,7 +71,8 @@ MIXED = {"precision": "mixed", "growth_interval": 2}
 def scripts(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("mpi_ext_scripts")
     mlp = sb.models.mlp([4, 8, 3])
-    for name, g, kw in (("drop", drop_mlp(), {}), ("mixed", mlp, MIXED)):
+    for name, g, kw in (("drop", drop_mlp(), {}), ("mixed", mlp, MIXED),
+                        ("dropmixed", drop_mlp(), MIXED)):
         (d / f"{name}.py").write_text(sb.training_script(g, **KW, **kw))
         (d / f"{name}_mpi.py").write_text(sb.training_script(g, distributed="mpi", **KW, **kw))
     (d / "ranks.py").write_text(RANKS)
@@ -195,6 +196,26 @@ def test_mixed_k_ranks_take_the_one_process_decisions(scripts, data, tmp_path, r
     assert re.findall(r"\d+ steps skipped", par.stdout) == \
         re.findall(r"\d+ steps skipped", one.stdout)
     assert par.stderr == ""
+
+
+@needs_mpi
+def test_mixed_with_dropout_two_ranks_take_the_one_process_masks_and_decisions(scripts, data,
+                                                                               tmp_path):
+    """Both at once: the global batch's masks (RowDraws) in the mixed step, the float32 sums
+    and the one process's overflow decisions."""
+    one = run(scripts / "dropmixed.py", "--data", data, "--epochs", 5, "--out", "one.npz",
+              ranks=None, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    par = on_ranks(scripts, "dropmixed", 2, tmp_path, "--data", data, "--epochs", 5,
+                   "--out", "par.npz")
+    assert par.returncode == 0, par.stderr
+    single = arrays(tmp_path / "one.npz")
+    assert int(single["state/skipped"]) >= 3
+    assert_close(single, arrays(tmp_path / "par.npz"), 1e-3)
+    held = ranks_agree(tmp_path, 2)
+    assert str(held["rng"]) == str(single["buffers/rng"])
+    assert re.findall(r"\d+ steps skipped", par.stdout) == \
+        re.findall(r"\d+ steps skipped", one.stdout)
 
 
 @needs_mpi

@@ -375,12 +375,7 @@ def _train_step_block(m, mpi: bool = False) -> str:
            "and the scale halved. params and state change in place. Returns the loss. Raises "
            'FloatingPointError, before changing anything, when the loss is nan or inf."""')
     context = _context(m)
-    call = (f"        loss, G, grads = scaled_grads(params, state, {', '.join(data)}, "
-            "state['scale'])")
-    if context:  # batch norm's running statistics, dropout's generator
-        call = "\n".join("        " + ln for ln in call_lines(
-            "loss, G, grads = ", "scaled_grads", ["params", "state", *data, "state['scale']"]
-            + [f"{c}={c}" for c in context], indent=8))
+    call = _scaled_grads_call(m, data, "state['scale']", 8)
     doc_lines = textwrap.wrap(doc, 88, initial_indent='    """', subsequent_indent="    ")
     if context:  # as the float32 step's, and what a skipped step does to them
         text = {"running": "running: from init_running() (float32), updated in place by the "
@@ -417,10 +412,10 @@ def _mpi_train_step_block(m, data: list) -> str:
            "and state change in place. Returns this rank's loss (the mean over its rows; 0.0 "
            "for none). Raises FloatingPointError on every rank, before changing anything, "
            'when a rank\'s loss is nan or inf."""')
-    call = (f"            loss, G, grads = scaled_grads(params, state, {', '.join(data)}, "
-            "state['scale'] * share)")
+    call = _scaled_grads_call(m, data, "state['scale'] * share", 12)
+    kwargs = [f"{c}={CONTEXT[c]}" for c in _context(m)]
     return "\n".join([
-        f"def train_step(params, state, {', '.join(data + ['lr=LR', 'share=1.0'])}):",
+        f"def train_step(params, state, {', '.join(data + ['lr=LR', 'share=1.0'] + kwargs)}):",
         *textwrap.wrap(doc, 88, initial_indent='    """', subsequent_indent="    "),
         "    loss, G, grads = 0.0, None, None  # a rank with no rows adds zeros",
         f"    if {data[0]}.shape[0]:",
@@ -428,6 +423,18 @@ def _mpi_train_step_block(m, data: list) -> str:
         call,
         "    return _summed_update(_flat(params, state), G, grads, loss, state, lr)"]) \
         + "\n"
+
+
+def _scaled_grads_call(m, data: list, scale: str, indent: int) -> str:
+    """train_step's call of scaled_grads, passing on batch norm's running statistics and
+    dropout's generator where the network has them."""
+    context = _context(m)
+    if not context:
+        return (" " * indent + "loss, G, grads = scaled_grads(params, state, "
+                + ", ".join([*data, scale]) + ")")
+    return "\n".join(" " * indent + ln for ln in call_lines(
+        "loss, G, grads = ", "scaled_grads", ["params", "state", *data, scale]
+        + [f"{c}={c}" for c in context], indent=indent))
 
 
 def _reference_block(m) -> str:
