@@ -55,8 +55,10 @@ demo: $(STAMP) graphviz chromium
 	@echo "The symbackprop command is in $(VENV): run 'source $(VENV)/bin/activate' in a shell to"
 	@echo "put it on the PATH (or call $(VENV)/bin/symbackprop), then 'symbackprop --help'."
 
+# one pytest worker per core (pytest-xdist), each with one BLAS/OpenMP thread: the cores are
+# the workers', not shared by threads that wait on each other
 test: $(STAMP) graphviz chromium
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
