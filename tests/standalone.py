@@ -52,3 +52,17 @@ def run_without_symbackprop(folder: Path, body: str,
                          env=env, capture_output=True, text=True, timeout=timeout, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
+
+
+def run_script_without_symbackprop(folder: Path, *argv: str,
+                                   timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the generated ``train.py`` in ``folder`` with the command-line arguments ``argv``,
+    as :func:`run_without_symbackprop` runs its body; assert it exited with 0."""
+    return run_without_symbackprop(folder, f"""
+        import runpy, sys
+        sys.argv = ["train.py", *{list(argv)!r}]
+        try:
+            runpy.run_path("train.py", run_name="__main__")
+        except SystemExit as e:
+            assert e.code == 0, e.code
+    """, timeout=timeout)

@@ -84,17 +84,20 @@ def scripts(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """Three blobs in 4-D: 122 training rows (the last batch of 24 holds 2: under 3 ranks
-    one rank has none of it) and 30 test rows."""
-    d = tmp_path_factory.mktemp("mpi_data")
+def blobs(d: Path) -> Path:
+    """Three blobs in 4-D, written to d/blobs.npz: 122 training rows (the last batch of 24
+    holds 2: under 3 ranks one rank has none of it) and 30 test rows."""
     rng = np.random.default_rng(0)
     centers = rng.normal(scale=3, size=(3, 4))
     y = rng.integers(0, 3, size=152)
     X = centers[y] + rng.normal(size=(152, 4))
     np.savez(d / "blobs.npz", X=X[:122], y=y[:122], X_test=X[122:], y_test=y[122:])
     return d / "blobs.npz"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return blobs(tmp_path_factory.mktemp("mpi_data"))
 
 
 # -- the same training on K ranks as in one process ---------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_mpi import RUFF, arrays, losses, needs_mpi, run
+from test_mpi import RUFF, arrays, blobs, losses, needs_mpi, run
 
 import symbackprop as sb
 from symbackprop.cli import main as cli_main
@@ -81,15 +81,8 @@ def scripts(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """test_mpi's blobs: 122 training rows (the last batch of 24 holds 2: under 3 ranks one
-    rank has none of it) and 30 test rows."""
-    d = tmp_path_factory.mktemp("mpi_ext_data")
-    rng = np.random.default_rng(0)
-    centers = rng.normal(scale=3, size=(3, 4))
-    y = rng.integers(0, 3, size=152)
-    X = centers[y] + rng.normal(size=(152, 4))
-    np.savez(d / "blobs.npz", X=X[:122], y=y[:122], X_test=X[122:], y_test=y[122:])
-    return d / "blobs.npz"
+    """test_mpi's blobs."""
+    return blobs(tmp_path_factory.mktemp("mpi_ext_data"))
 
 
 def on_ranks(scripts: Path, name: str, ranks: int, cwd: Path, *args):

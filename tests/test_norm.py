@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from central import assert_central_differences
-from standalone import assert_ruff_clean, run_without_symbackprop
+from standalone import assert_ruff_clean, run_script_without_symbackprop, run_without_symbackprop
 
 import symbackprop as sb
 from symbackprop.cli import main as cli_main
@@ -300,14 +300,7 @@ def test_cnn_script_trains_on_a_digits_subset(tmp_path):
                              epochs=8, batch_size=32, dtype="float32")
     (tmp_path / "train.py").write_text(src)
     assert_ruff_clean(tmp_path, "train.py")
-    res = run_without_symbackprop(tmp_path, """
-        import runpy, sys
-        sys.argv = ["train.py", "--data", "d.npz", "--out", "ck.npz"]
-        try:
-            runpy.run_path("train.py", run_name="__main__")
-        except SystemExit as e:
-            assert e.code == 0, e.code
-    """)
+    res = run_script_without_symbackprop(tmp_path, "--data", "d.npz", "--out", "ck.npz")
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("epoch")]
     loss = [float(ln.split()[3]) for ln in lines]
     acc = float(lines[-1].split()[5])
