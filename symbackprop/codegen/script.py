@@ -39,11 +39,14 @@ from .module import (
     wrap,
 )
 from .optimizers import constant_lines
+from .runtime import atomic
 from .runtime import mixed as runtime_mixed
 from .runtime import script as runtime_script
 from .runtime import source_of
 
-# The fixed part of every training script, in this order; it reads the constants above it.
+# The fixed part of every training script, in this order; it reads the constants above it
+# (and runtime/atomic.py's atomic_write, shared with the JAX and torch scripts, goes just
+# before save_checkpoint).
 RUNTIME = ("InputError", "is_number", "read_npz", "read_csv", "check_split", "load_data",
            "save_checkpoint", "load_checkpoint", "fail", "last_good_path", "GradNorms", "train",
            "option", "shape_option", "parse_args", "main", "__main__")
@@ -506,11 +509,14 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         runtime = tuple(n for name in runtime for n in (
             (*MPI_RUNTIME.get(name, ()), name) if name == "InputError"
             else (name, *MPI_RUNTIME.get(name, ())) if name == "last_good_path" else (name,)))
+    variants = {"tokens": task.tokens, "floats": not task.tokens, "buffers": buffers,
+                "mixed": mixed, "mpi": mpi, "single": not mpi, "fused": m.fused}
+    cut = runtime.index("save_checkpoint")  # the shared atomic write comes just before it
     blocks = step_blocks(m, distributed) + blocks + ([source_of(runtime_mixed, "underflow_line")]
-                                                     if mixed else []) + [source_of(
-        runtime_script, *runtime, variants={"tokens": task.tokens, "floats": not task.tokens,
-                                            "buffers": buffers, "mixed": mixed, "mpi": mpi,
-                                            "single": not mpi, "fused": m.fused})]
+                                                     if mixed else []) + [
+        source_of(runtime_script, *runtime[:cut], variants=variants),
+        source_of(atomic, "atomic_write"),
+        source_of(runtime_script, *runtime[cut:], variants=variants)]
     return assemble(doc, m, m.functions + fns, blocks,
                    imports=("argparse", "csv", "json", "os", "sys", "tempfile", "time",
                             "zipfile"), constants=constants)
