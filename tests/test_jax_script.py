@@ -114,6 +114,65 @@ def test_resume_is_bit_identical_on_one_device(digits):
     assert again.returncode == 0 and "the checkpoint is at epoch 4; nothing to do" in again.stdout
 
 
+# runs the script's main(argv) for each argv (a JSON list), in one interpreter: JAX starts
+# once; prints [[exit status, stdout, stderr], ...] as JSON
+DRIVER = """
+import contextlib, importlib.util, io, json, sys
+spec = importlib.util.spec_from_file_location("train", "train.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+runs = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = module.main(argv)
+        except SystemExit as e:
+            code = e.code
+    runs.append([code, out.getvalue(), err.getvalue()])
+print(json.dumps(runs))
+"""
+
+
+def test_nan_mid_epoch_leaves_a_last_good_checkpoint_that_resumes_bit_for_bit(digits):
+    """An inf in the 3rd batch of epoch 2 stops the run (exit 1, one line naming the epoch,
+    batch and file; --out keeps epoch 1's checkpoint). NAME.last_good.npz holds the
+    parameters and Adam state from before that batch, with the samples seen (2 batches):
+    resumed on the clean data it ends with the uninterrupted run's checkpoint and epoch
+    lines, to the bit (float64, one device)."""
+    import json
+
+    with np.load(digits / "digits.npz") as f:
+        data = {k: f[k] for k in f.files}
+    order = np.random.default_rng(0)  # --seed 0 shuffles: epoch 1's order, then epoch 2's
+    order.permutation(640)
+    data["X"] = data["X"].copy()
+    data["X"][order.permutation(640)[2 * 64 + 5], 3] = np.inf
+    np.savez(digits / "inf.npz", **data)
+    (digits / "driver.py").write_text(DRIVER)
+    runs = [["--data", "digits.npz", "--epochs", "3", "--out", "lg_full.npz"],
+            ["--data", "inf.npz", "--epochs", "3", "--checkpoint-every", "1", "--out",
+             "lg.npz"],
+            ["--data", "digits.npz", "--epochs", "3", "--resume", "lg.last_good.npz", "--out",
+             "lg_resumed.npz"]]
+    r = _run(digits, 1, json.dumps(runs), script="driver.py")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (code, full, _), (code_bad, _, err), (code_res, rest, _) = json.loads(r.stdout)
+    assert code == 0 and code_res == 0 and code_bad == 1
+    assert err.count("\n") == 1 and ("error: stopped at epoch 2, batch 3 of 10: the loss is nan."
+                                     " The last good parameters (before this batch) are saved "
+                                     "in lg.last_good.npz; lg.npz is unchanged") in err, err
+    assert int(_load(digits / "lg.npz")["progress/epoch"]) == 1
+    good = _load(digits / "lg.last_good.npz")
+    assert int(good["progress/epoch"]) == 1 and int(good["progress/seen"]) == 2 * 64
+    assert int(good["state/t"]) == 12 and np.isfinite(good["params/W1"]).all()
+    assert _epoch_lines(rest) == _epoch_lines(full)[1:]
+    a, b = _load(digits / "lg_full.npz"), _load(digits / "lg_resumed.npz")
+    assert sorted(a) == sorted(b)
+    assert all(a[k].tobytes() == b[k].tobytes() for k in a), [
+        k for k in a if a[k].tobytes() != b[k].tobytes()]
+
+
 def test_resume_on_four_devices_of_a_one_device_checkpoint(digits):
     """A checkpoint written on 1 device resumed on 4 simulated devices: the final
     parameters of the uninterrupted 1-device run, to the 4-device tolerance (the devices

@@ -39,10 +39,9 @@ from .module import (
     wrap,
 )
 from .optimizers import constant_lines
-from .runtime import atomic
+from .runtime import atomic, source_of
 from .runtime import mixed as runtime_mixed
 from .runtime import script as runtime_script
-from .runtime import source_of
 
 # The fixed part of every training script, in this order; it reads the constants above it
 # (and runtime/atomic.py's atomic_write, shared with the JAX and torch scripts, goes just

@@ -315,8 +315,8 @@ def script_source(g: Graph, of=None, optimizer: str = "sgd", lr=None, epochs: in
                  f"OPTIMIZER = {m.opt.name!r}",
                  f"METRIC = {metric!r}  # evaluate() returns: 'acc' (accuracy) or 'loss'",
                  _layers_constant(m),
-                 f"FEATURE_SHAPE = {tuple(g.nx.nodes[task.features]['shape'][1:])!r}  # one "
-                 "row of X",
+                 (f"FEATURE_SHAPE = {tuple(g.nx.nodes[task.features]['shape'][1:])!r}  # one "
+                  "row of X"),
                  f"TARGET_KIND = {task.kind!r}  # y holds: 'labels', 'values' or None (no y)",
                  f"TARGET_SHAPE = {tshape!r}  # one entry of y"]
     # mixed precision: the underflow line after every epoch (runtime/torch_mixed.py)

@@ -339,9 +339,8 @@ def guarded_step(params, state, buffers, ok, epoch, number, lr, batch):
         return jax.tree_util.tree_map(lambda x, y: jax.numpy.where(ok, x, y), a, b)
 
     if BUFFERS is not None:  # variant: buffers
-        if "running" in new_buffers:  # (dropout's key does not change)
-            new_buffers = {**new_buffers, "running": keep(new_buffers["running"],
-                                                          buffers["running"])}
+        kept = {k: keep(v, buffers[k]) for k, v in new_buffers.items() if k == "running"}
+        new_buffers = {**new_buffers, **kept}  # (dropout's key does not change)
     return loss, keep(new, params), keep(new_state, state), new_buffers, ok
 
 

@@ -16,7 +16,6 @@ a ``last_good`` checkpoint when a batch meets nan or inf, ``--metrics`` and
 """
 
 import argparse
-import csv
 import math
 import os
 import sys
