@@ -235,3 +235,30 @@ def test_train_accuracy_without_a_test_split_and_test_loss_of_a_regressor(digits
     losses = re.findall(r"^epoch \d/2  loss \S+  test_loss (\S+)  1 device", r.stdout,
                         re.MULTILINE)
     assert len(losses) == 2 and all(np.isfinite(float(v)) for v in losses), r.stdout
+
+
+def test_input_shape_reshapes_flat_image_rows(tmp_path, capsys):
+    """--input-shape, as the NumPy script's: flat rows of X and X_test reshaped row-major
+    to the CNN's (1, 4, 4); without it, or with another shape, one line and exit 2. (The
+    script is loaded in this process: reading the data needs no device.)"""
+    g = sb.models.cnn((1, 4, 4), channels=(2,), hidden=(4,), classes=2)
+    path = tmp_path / "cnn_train.py"
+    path.write_text(sb.training_script(g, optimizer="sgd", backend="jax", dtype="float32"))
+    spec = importlib.util.spec_from_file_location("cnn_train", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    X = np.arange(3 * 16.0).reshape(3, 16)
+    np.savez(tmp_path / "flat.npz", X=X, y=[0, 1, 0], X_test=X[:2], y_test=[1, 0])
+    flat = str(tmp_path / "flat.npz")
+    a = module.parse_args(["--data", flat, "--input-shape", "1,4,4"])
+    data, (X_test, _) = module.read_data(a.data, a.input_shape)
+    assert np.array_equal(data[module.FEATURES], X.reshape(3, 1, 4, 4))
+    assert X_test.shape == (2, 1, 4, 4)
+    without = ("X has rows of shape (16,) (shape (3, 16)); the network expects rows of shape "
+               "(1, 4, 4); pass --input-shape 1,4,4 to reshape flat rows")
+    for shape, says in ((None, without),
+                        ((4, 4, 1), "--input-shape 4,4,1 is not the network's input shape")):
+        with pytest.raises(SystemExit) as e:
+            module.read_data(flat, shape)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and says in err, err

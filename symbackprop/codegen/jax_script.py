@@ -33,7 +33,8 @@ from .runtime import script as runtime_script
 # the main program (runtime/jax_script.py), with the shared atomic write (runtime/atomic.py)
 # before save_checkpoint
 MAIN = ("CheckpointError", "parse_args", "fail", "first_copy", "host", "save_checkpoint",
-        "load_checkpoint", "read_csv", "read_data", "guarded_step", "main", "__main__")
+        "load_checkpoint", "read_csv", "rows_of", "read_data", "guarded_step", "main",
+        "__main__")
 
 
 def _positive(name: str, v) -> int:
@@ -206,7 +207,7 @@ def data_parallel_script(g: Graph, of=None, optimizer: str = "sgd", lr=None, epo
             "# own rows (the same masks as on one device)",
             'jax.config.update("jax_threefry_partitionable", True)']
     mixed = bool(m.precision)  # the step's underflow() and its log line (codegen/jax_mixed.py)
-    blocks += [source_of(runtime_script, "GradNorms", "last_good_path")]
+    blocks += [source_of(runtime_script, "shape_option", "GradNorms", "last_good_path")]
     blocks += [source_of(jax_mixed, "underflow_line")] if mixed else []
     variants = {"buffers": bool(context), "plain": not context, "mixed": mixed}
     cut = MAIN.index("save_checkpoint")

@@ -38,7 +38,7 @@ RUNTIME = {"sgd": sgd, "momentum": momentum, "adam": adam}
 # script's runtime (runtime/script.py), the JAX script's (read_csv) and the shared
 # atomic write (runtime/atomic.py), in this order
 SCRIPT = ((torch_script, ("fail",)), (runtime_script, ("option", "shape_option")),
-          (jax_script, ("read_csv",)), (torch_script, ("load_data",)),
+          (jax_script, ("read_csv", "rows_of")), (torch_script, ("load_data",)),
           (atomic, ("atomic_write",)), (torch_script, ("save_checkpoint", "load_checkpoint")),
           (torch_script, ("buffers_state", "restore_buffers")),  # batch norm, dropout only
           (runtime_script, ("last_good_path", "GradNorms")),

@@ -53,7 +53,7 @@ except ImportError:  # generating the script needs no JAX; running it does
     jax = None
 
 from .atomic import atomic_write
-from .script import last_good_path
+from .script import last_good_path, shape_option
 
 DTYPE = np.float32
 EPOCHS = 10
@@ -143,6 +143,11 @@ def parse_args(argv=None):
     p.add_argument("--metrics", metavar="FILE.csv",
                    help="append one row per epoch: epoch, loss, the accuracy or test loss as "
                    "printed, and each layer's gradient norm (grad_norm_LAYER)")
+    if len(FEATURE_SHAPE) > 1:  # images: X may also be given as flat rows
+        p.add_argument("--input-shape", type=shape_option, metavar="SHAPE",
+                       help="X (and X_test) hold flat rows, each the row-major flattening of "
+                       f"one sample of this shape, which must be the network's "
+                       f"{','.join(map(str, FEATURE_SHAPE))}")
     p.add_argument("--coordinator", help="host:port of process 0: train on several hosts "
                    "(jax.distributed.initialize)")
     p.add_argument("--num-processes", type=int, default=1, help="with --coordinator")
@@ -292,9 +297,28 @@ def host(params):
     return {k: first_copy(v) for k, v in params.items()}
 
 
-def read_data(path):
+def rows_of(path, name, X, input_shape=None):
+    """X (or X_test; NumPy's or torch's) with rows of the network's FEATURE_SHAPE: flat
+    rows are reshaped to it, row-major, when --input-shape (input_shape, which must be
+    FEATURE_SHAPE) says so; rows of another shape fail in one line."""
+    if input_shape is not None and tuple(input_shape) != FEATURE_SHAPE:
+        fail(f"--input-shape {','.join(map(str, input_shape))} is not the network's input "
+             f"shape {FEATURE_SHAPE}; pass --input-shape {','.join(map(str, FEATURE_SHAPE))}")
+    flat = X.ndim == 2 and len(FEATURE_SHAPE) > 1 and X.shape[1] == int(np.prod(FEATURE_SHAPE))
+    if flat and input_shape is not None:
+        X = X.reshape((len(X),) + FEATURE_SHAPE)
+    if tuple(X.shape[1:]) != FEATURE_SHAPE:
+        fix = (f"; pass --input-shape {','.join(map(str, FEATURE_SHAPE))} to reshape flat "
+               "rows" if flat else "")
+        fail(f"{path}: {name} has rows of shape {tuple(X.shape[1:])} (shape {tuple(X.shape)});"
+             f" the network expects rows of shape {FEATURE_SHAPE}{fix}")
+    return X
+
+
+def read_data(path, input_shape=None):
     """The training data (by input name) and the test split (None without one) of a .npz
-    or .csv file, as NumPy arrays; a file that cannot be read fails in one line."""
+    or .csv file, as NumPy arrays; a file that cannot be read, or rows of X that are not
+    the network's (rows_of), fail in one line."""
     if not os.path.isfile(path):
         fail(f"data file {path} does not exist; expected a .npz or .csv file")
     if path.endswith(".csv"):
@@ -308,6 +332,9 @@ def read_data(path):
     for name in ("X", "y") if TARGET else ("X",):
         if name not in arrays:
             fail(f"{path} has no array {name!r} (found {', '.join(sorted(arrays)) or 'none'})")
+    for name in ("X", "X_test"):
+        if name in arrays:
+            arrays[name] = rows_of(path, name, arrays[name], input_shape)
     data = {FEATURES: arrays["X"]} | ({TARGET: arrays["y"]} if TARGET else {})
     if TARGET and ("X_test" in arrays) != ("y_test" in arrays):
         has, lacks = ("X_test", "y_test") if "X_test" in arrays else ("y_test", "X_test")
@@ -367,7 +394,7 @@ def main(argv=None):
     mesh = jax.sharding.Mesh(np.array(devices), ("data",))
     rows_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    data, test = read_data(a.data)
+    data, test = read_data(a.data, getattr(a, "input_shape", None))
     n = len(data[FEATURES])
     if n < a.batch_size:
         fail(f"--batch-size {a.batch_size} is larger than the {n} examples of {a.data}.")

@@ -29,7 +29,7 @@ except ImportError:  # the source is copied without PyTorch
     torch = None
 
 from .atomic import atomic_write
-from .jax_script import read_csv
+from .jax_script import read_csv, rows_of
 from .script import GradNorms, last_good_path, option, shape_option
 
 DTYPE = None  # the generated module's: torch.float64 or torch.float32
@@ -105,9 +105,6 @@ def load_data(path, device, input_shape=None):
     reads one) or a .pt file (torch.save of a dict of tensors). Float arrays become
     DTYPE, integer ones int64. input_shape (--input-shape, which must be FEATURE_SHAPE)
     reshapes flat rows of X and X_test, row-major."""
-    if input_shape is not None and tuple(input_shape) != FEATURE_SHAPE:
-        fail(f"--input-shape {','.join(map(str, input_shape))} is not the network's input "
-             f"shape {FEATURE_SHAPE}; pass --input-shape {','.join(map(str, FEATURE_SHAPE))}")
     if not os.path.isfile(path):
         fail(f"data file {path} does not exist; expected a .npz, .csv or .pt file")
     try:
@@ -129,16 +126,8 @@ def load_data(path, device, input_shape=None):
         if k not in data:
             return None
         v = torch.as_tensor(data[k])
-        if k.startswith("X") and v.dim() == 2 and len(FEATURE_SHAPE) > 1 \
-                and input_shape is not None and v.shape[1] == math.prod(FEATURE_SHAPE):
-            v = v.reshape((len(v),) + FEATURE_SHAPE)
-        if k.startswith("X") and tuple(v.shape[1:]) != FEATURE_SHAPE:
-            flat = v.dim() == 2 and len(FEATURE_SHAPE) > 1 \
-                and v.shape[1] == math.prod(FEATURE_SHAPE)
-            fix = (f"; pass --input-shape {','.join(map(str, FEATURE_SHAPE))} to reshape flat "
-                   "rows" if flat else "")
-            fail(f"{path}: {k} has rows of shape {tuple(v.shape[1:])} (shape {tuple(v.shape)});"
-                 f" the network expects rows of shape {FEATURE_SHAPE}{fix}")
+        if k.startswith("X"):  # rows of the network's input shape (--input-shape: flat rows)
+            v = rows_of(path, k, v, input_shape)
         return v.to(device, DTYPE if v.is_floating_point() else torch.int64)
 
     return tensor("X"), tensor("y"), tensor("X_test"), tensor("y_test")
