@@ -266,7 +266,8 @@ class Emitter:
             stmts.append(f"{self.namer(n)} = {rhs}" + (f"  # {safe_text(c)}" if c else ""))
         # array constants, made at import: where the backend moves them to the function's
         # device (torch), a line for each one the statements read
-        consts = [self.namer(n) for n in order if j.role(n) == "const" and not self.rhs(n)]
+        consts = [self.namer(n) for n in order
+                  if j.role(n) == "const" and not self.inline(n) and not self.rhs(n)]
         lines, helpers = self.backend.constant_lines(consts)
         for key, src in helpers.items():
             self.helpers.setdefault(key, src)

@@ -356,7 +356,8 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         ``"jax"``: a JAX script, each global batch split over every device
         (:func:`~symbackprop.codegen.jax_script.data_parallel_script`, docs/backends.md).
         ``"torch"``: a PyTorch script on ``--device``
-        (:func:`~symbackprop.codegen.torch_train.script_source`).
+        (:func:`~symbackprop.codegen.torch_train.script_source`). Both have this script's
+        resumable checkpoints, ``last_good``, ``--metrics`` and ``--log-grad-norms``.
 
     Returns
     -------
