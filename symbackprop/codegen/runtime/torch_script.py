@@ -115,7 +115,7 @@ def load_data(path, device, input_shape=None):
         else:
             with np.load(path) as f:
                 data = {k: torch.from_numpy(f[k]) for k in f.files}
-    except (OSError, ValueError, RuntimeError, EOFError) as e:
+    except Exception as e:  # noqa: BLE001 -- np.load and torch.load raise many kinds
         fail(f"cannot read {path}: {e}")
     if "X" not in data:
         fail(f"{path} has no array X (it has {', '.join(sorted(data)) or 'none'})")
