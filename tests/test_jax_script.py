@@ -114,6 +114,66 @@ def test_resume_is_bit_identical_on_one_device(digits):
     assert again.returncode == 0 and "the checkpoint is at epoch 4; nothing to do" in again.stdout
 
 
+# runs the script's main(argv) for each argv (a JSON list), in one interpreter: JAX starts
+# once; prints [[exit status, stdout, stderr], ...] as JSON
+DRIVER = """
+import contextlib, importlib.util, io, json, sys
+spec = importlib.util.spec_from_file_location("train", "train.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+runs = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = module.main(argv)
+        except SystemExit as e:
+            code = e.code
+    runs.append([code, out.getvalue(), err.getvalue()])
+print(json.dumps(runs))
+"""
+
+
+def test_nan_mid_epoch_leaves_a_last_good_checkpoint_that_resumes_bit_for_bit(digits):
+    """An inf in the 3rd batch of epoch 2 stops the run (exit 1, one line naming the epoch,
+    batch and file; --out keeps epoch 1's checkpoint). NAME.last_good.npz holds the
+    parameters and Adam state from before that batch, with the samples seen (2 batches):
+    resumed on the clean data it ends with the uninterrupted run's checkpoint and epoch
+    lines, to the bit (float64, one device). One interpreter runs the four commands."""
+    import json
+
+    with np.load(digits / "digits.npz") as f:
+        data = {k: f[k] for k in f.files}
+    order = np.random.default_rng(0)  # --seed 0 shuffles: epoch 1's order, then epoch 2's
+    order.permutation(640)
+    data["X"] = data["X"].copy()
+    data["X"][order.permutation(640)[2 * 64 + 5], 3] = np.inf
+    np.savez(digits / "inf.npz", **data)
+    (digits / "driver.py").write_text(DRIVER)
+    runs = [["--data", "digits.npz", "--epochs", "3", "--out", "lg_full.npz"],
+            ["--data", "digits.npz", "--epochs", "1", "--out", "lg.npz"],
+            ["--data", "inf.npz", "--epochs", "3", "--resume", "lg.npz", "--out", "lg.npz"],
+            ["--data", "digits.npz", "--epochs", "3", "--resume", "lg.last_good.npz", "--out",
+             "lg_resumed.npz"]]
+    r = _run(digits, 1, json.dumps(runs), script="driver.py")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (code, full, _), (code_1, _, _), (code_bad, _, err), (code_res, rest, _) = \
+        json.loads(r.stdout)
+    assert code == 0 and code_1 == 0 and code_res == 0 and code_bad == 1
+    assert err.count("\n") == 1 and ("error: stopped at epoch 2, batch 3 of 10: the loss is nan."
+                                     " The last good parameters (before this batch) are saved "
+                                     "in lg.last_good.npz; lg.npz is unchanged") in err, err
+    assert int(_load(digits / "lg.npz")["progress/epoch"]) == 1
+    good = _load(digits / "lg.last_good.npz")
+    assert int(good["progress/epoch"]) == 1 and int(good["progress/seen"]) == 2 * 64
+    assert int(good["state/t"]) == 12 and np.isfinite(good["params/W1"]).all()
+    assert _epoch_lines(rest) == _epoch_lines(full)[1:]
+    a, b = _load(digits / "lg_full.npz"), _load(digits / "lg_resumed.npz")
+    assert sorted(a) == sorted(b)
+    assert all(a[k].tobytes() == b[k].tobytes() for k in a), [
+        k for k in a if a[k].tobytes() != b[k].tobytes()]
+
+
 def test_resume_on_four_devices_of_a_one_device_checkpoint(digits):
     """A checkpoint written on 1 device resumed on 4 simulated devices: the final
     parameters of the uninterrupted 1-device run, to the 4-device tolerance (the devices
@@ -175,3 +235,30 @@ def test_train_accuracy_without_a_test_split_and_test_loss_of_a_regressor(digits
     losses = re.findall(r"^epoch \d/2  loss \S+  test_loss (\S+)  1 device", r.stdout,
                         re.MULTILINE)
     assert len(losses) == 2 and all(np.isfinite(float(v)) for v in losses), r.stdout
+
+
+def test_input_shape_reshapes_flat_image_rows(tmp_path, capsys):
+    """--input-shape, as the NumPy script's: flat rows of X and X_test reshaped row-major
+    to the CNN's (1, 4, 4); without it, or with another shape, one line and exit 2. (The
+    script is loaded in this process: reading the data needs no device.)"""
+    g = sb.models.cnn((1, 4, 4), channels=(2,), hidden=(4,), classes=2)
+    path = tmp_path / "cnn_train.py"
+    path.write_text(sb.training_script(g, optimizer="sgd", backend="jax", dtype="float32"))
+    spec = importlib.util.spec_from_file_location("cnn_train", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    X = np.arange(3 * 16.0).reshape(3, 16)
+    np.savez(tmp_path / "flat.npz", X=X, y=[0, 1, 0], X_test=X[:2], y_test=[1, 0])
+    flat = str(tmp_path / "flat.npz")
+    a = module.parse_args(["--data", flat, "--input-shape", "1,4,4"])
+    data, (X_test, _) = module.read_data(a.data, a.input_shape)
+    assert np.array_equal(data[module.FEATURES], X.reshape(3, 1, 4, 4))
+    assert X_test.shape == (2, 1, 4, 4)
+    without = ("X has rows of shape (16,) (shape (3, 16)); the network expects rows of shape "
+               "(1, 4, 4); pass --input-shape 1,4,4 to reshape flat rows")
+    for shape, says in ((None, without),
+                        ((4, 4, 1), "--input-shape 4,4,1 is not the network's input shape")):
+        with pytest.raises(SystemExit) as e:
+            module.read_data(flat, shape)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and says in err, err

@@ -35,7 +35,7 @@ LAYERS = [
      "codegen.runtime.torch_mixed"],
     ["derivation"],
     ["codegen.runtime.flat", "codegen.runtime.init", "codegen.runtime.check", "codegen.runtime.fused",
-     "codegen.runtime.script", "codegen.runtime.optimizers", "codegen.runtime.optimizers.sgd",
+     "codegen.runtime.script", "codegen.runtime.atomic", "codegen.runtime.optimizers", "codegen.runtime.optimizers.sgd",
      "codegen.runtime.optimizers.sgd_scaled", "codegen.runtime.optimizers.momentum",
      "codegen.runtime.optimizers.adam", "codegen.runtime.workspace", "codegen.runtime.mixed",
      "codegen.runtime.functional", "codegen.runtime.functional.sgd",

@@ -13,7 +13,7 @@ import pytest
 import symbackprop as sb
 from symbackprop.codegen import runtime
 from symbackprop.codegen.optimizers import OPTIMIZERS
-from symbackprop.codegen.runtime import check, flat, init, source_of
+from symbackprop.codegen.runtime import atomic, check, flat, init, source_of
 from symbackprop.codegen.runtime import script as rs
 from symbackprop.codegen.runtime.optimizers import adam, momentum, sgd, sgd_scaled
 from symbackprop.codegen.script import RUNTIME
@@ -190,13 +190,13 @@ def test_generated_code_carries_the_runtime_verbatim():
                                variants={"folded": folded})):
             assert text.rstrip("\n") in step
     script = sb.training_script(sb.models.mlp([4, 3, 2]), optimizer="adam")
-    assert script.endswith(source_of(rs, *RUNTIME, variants={"tokens": False, "floats": True,
-                                                             "buffers": False, "mpi": False,
-                                                             "single": True, "mixed": False,
-                                                             "fused": False, "mixed_mpi": False,
-                                                             "mpi_plain": False,
-                                                             "mpi_dropout": False,
-                                                             "device": False, "host": True}))
+    variants = {"tokens": False, "floats": True, "buffers": False, "mpi": False,
+                "single": True, "mixed": False, "fused": False, "mixed_mpi": False,
+                "mpi_plain": False, "mpi_dropout": False, "device": False, "host": True}
+    cut = RUNTIME.index("save_checkpoint")  # the scripts' shared atomic write comes before it
+    assert script.endswith("\n\n".join([source_of(rs, *RUNTIME[:cut], variants=variants),
+                                         source_of(atomic, "atomic_write"),
+                                         source_of(rs, *RUNTIME[cut:], variants=variants)]))
 
 
 # -- the training script's runtime -------------------------------------------------------

@@ -1660,10 +1660,28 @@ def load_data(path, input_shape=None):
     return data
 
 
+def atomic_write(path, write):
+    """Call write(f) on a new file in path's folder, flush and fsync it, then move it onto
+    path (os.replace): an interruption leaves the old file or the new one, never half a
+    file. On any error the temporary file is removed and the error raised again."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                               prefix=".checkpoint-", suffix=os.path.splitext(path)[1] or ".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def save_checkpoint(path, params, state, progress):
     """Write params, optimizer state and progress (epoch, samples seen in the next epoch,
-    their loss sum, random state) to path atomically: a temporary file in the same
-    directory, then os.replace, so an interruption never leaves half a file."""
+    their loss sum, random state) to path atomically (atomic_write: a temporary file in
+    the same directory, then os.replace, so an interruption never leaves half a file)."""
     arrays = {"network": np.array(NETWORK), "optimizer": np.array(OPTIMIZER),
               "progress/epoch": np.array(progress["epoch"]),
               "progress/seen": np.array(progress["seen"]),
@@ -1677,18 +1695,7 @@ def save_checkpoint(path, params, state, progress):
                 arrays[f"state/{key}/{name}"] = a
         else:
             arrays["state/" + key] = np.array(value)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_checkpoint(path):

@@ -140,6 +140,12 @@ class Backend:
         """The module-level line defining a constant array."""
         return f"{name} = np.array({value!r}, dtype=DTYPE)"
 
+    def constant_lines(self, names: list[str]) -> tuple[list[str], dict]:
+        """Lines before a function's statements for the module's array constants
+        ``names`` that it reads, with the helpers they call: none where the constant made at
+        import serves every call (torch moves it to the function's device)."""
+        return [], {}
+
     def asarray(self, name: str, floating: bool) -> str:
         """A function's first look at an argument: an array (of DTYPE when floating)."""
         cast = ", dtype=DTYPE" if floating else ""

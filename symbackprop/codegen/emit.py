@@ -264,7 +264,14 @@ class Emitter:
             stmts += self.recompute_note(n, order)
             c = self.comment(n, of) if of else ""
             stmts.append(f"{self.namer(n)} = {rhs}" + (f"  # {safe_text(c)}" if c else ""))
-        fn.body += self.bind_sizes(name, leaves, stmts) + stmts
+        # array constants, made at import: where the backend moves them to the function's
+        # device (torch), a line for each one the statements read
+        consts = [self.namer(n) for n in order
+                  if j.role(n) == "const" and not self.inline(n) and not self.rhs(n)]
+        lines, helpers = self.backend.constant_lines(consts)
+        for key, src in helpers.items():
+            self.helpers.setdefault(key, src)
+        fn.body += lines + self.bind_sizes(name, leaves, stmts) + stmts
         return fn
 
     def recompute_note(self, n: str, steps: list[str]) -> list[str]:

@@ -10,9 +10,10 @@ along it, parameters and state replicated, several hosts through
 ``--process-id``). On one CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=4``
 simulates four devices; the parameters after N steps are the one-device run's. As the
 NumPy script, it writes checkpoints (``--out``, ``--checkpoint-every``; process 0,
-atomically), resumes from them (``--resume``, checked against the network's name) and
-reports the test accuracy or loss after every epoch (``evaluate``, written here from
-``forward``).
+atomically), resumes from them (``--resume``, checked against the network's name; also
+mid-epoch, from a ``last_good`` checkpoint, which a batch meeting nan or inf leaves:
+``guarded_step``) and reports the test accuracy or loss after every epoch
+(``evaluate``, written here from ``forward``).
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ from ..graph import Graph
 from . import backends, functional
 from .emit import returns_running, safe_text
 from .module import call_lines, step_doc, wrap
-from .runtime import jax_mixed, jax_script, source_of
+from .runtime import atomic, jax_mixed, jax_script, source_of
 from .runtime import script as runtime_script
 
+# the main program (runtime/jax_script.py), with the shared atomic write (runtime/atomic.py)
+# before save_checkpoint
 MAIN = ("CheckpointError", "parse_args", "fail", "first_copy", "host", "save_checkpoint",
-        "load_checkpoint", "read_csv", "read_data", "main", "__main__")
+        "load_checkpoint", "read_csv", "rows_of", "read_data", "guarded_step", "main",
+        "__main__")
 
 
 def _positive(name: str, v) -> int:
@@ -203,10 +207,13 @@ def data_parallel_script(g: Graph, of=None, optimizer: str = "sgd", lr=None, epo
             "# own rows (the same masks as on one device)",
             'jax.config.update("jax_threefry_partitionable", True)']
     mixed = bool(m.precision)  # the step's underflow() and its log line (codegen/jax_mixed.py)
-    blocks += [source_of(runtime_script, "GradNorms")]
+    blocks += [source_of(runtime_script, "shape_option", "GradNorms", "last_good_path")]
     blocks += [source_of(jax_mixed, "underflow_line")] if mixed else []
-    blocks += [source_of(jax_script, *MAIN, variants={"buffers": bool(context),
-                                                      "plain": not context, "mixed": mixed})]
+    variants = {"buffers": bool(context), "plain": not context, "mixed": mixed}
+    cut = MAIN.index("save_checkpoint")
+    blocks += [source_of(jax_script, *MAIN[:cut], variants=variants),
+               source_of(atomic, "atomic_write"),
+               source_of(jax_script, *MAIN[cut:], variants=variants)]
     return functional.model_text(
         m, doc, blocks=blocks,
         imports=("argparse", "csv", "json", "os", "sys", "tempfile", "time"),

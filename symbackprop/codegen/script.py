@@ -39,11 +39,13 @@ from .module import (
     wrap,
 )
 from .optimizers import constant_lines
-from .runtime import cupy_script, source_of
+from .runtime import atomic, cupy_script, source_of
 from .runtime import mixed as runtime_mixed
 from .runtime import script as runtime_script
 
-# The fixed part of every training script, in this order; it reads the constants above it.
+# The fixed part of every training script, in this order; it reads the constants above it
+# (and runtime/atomic.py's atomic_write, shared with the JAX and torch scripts, goes just
+# before save_checkpoint).
 RUNTIME = ("InputError", "is_number", "read_npz", "read_csv", "check_split", "load_data",
            "save_checkpoint", "load_checkpoint", "fail", "last_good_path", "GradNorms", "train",
            "option", "shape_option", "parse_args", "main", "__main__")
@@ -389,7 +391,9 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         there once and each epoch's order (NumPy's) once an epoch, the initial parameters
         NumPy's draws copied there, checkpoints through ``cp.asnumpy``; the same seed
         trains as the NumPy script. Refused: ``distributed``, and dropout (a CuPy
-        generator's state cannot be checkpointed).
+        generator's state cannot be checkpointed). The NumPy, torch and cupy
+        scripts (and JAX's) have resumable checkpoints, ``last_good``, ``--metrics`` and
+        ``--log-grad-norms``.
 
     Returns
     -------
@@ -563,24 +567,27 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
             (*MPI_RUNTIME.get(name, ()), name) if name == "InputError"
             else (name, *MPI_RUNTIME.get(name, ()), *(("RowDraws",) if dropout else ()))
             if name == "last_good_path" else (name,)))
+    variants = {"tokens": task.tokens, "floats": not task.tokens, "buffers": buffers,
+                "mixed": mixed and not mpi, "mixed_mpi": mixed and mpi, "mpi": mpi,
+                "mpi_plain": mpi and not dropout, "mpi_dropout": dropout, "single": not mpi,
+                "fused": m.fused, "device": b.on_device, "host": not b.on_device}
+    cut = runtime.index("save_checkpoint")  # the shared atomic write comes just before it
+    host = [source_of(runtime_script, *runtime[:cut], variants=variants),
+            source_of(atomic, "atomic_write"),
+            source_of(runtime_script, *runtime[cut:], variants=variants)]
     blocks = step_blocks(m, distributed) + blocks + ([source_of(runtime_mixed, "underflow_line")]
                                                      if mixed else [])
     if b.on_device:
         blocks.append(source_of(cupy_script, "HostGenerator"))
-    host = source_of(runtime_script, *runtime, variants={
-        "tokens": task.tokens, "floats": not task.tokens, "buffers": buffers,
-        "mixed": mixed and not mpi, "mixed_mpi": mixed and mpi, "mpi": mpi,
-        "mpi_plain": mpi and not dropout, "mpi_dropout": dropout, "single": not mpi,
-        "fused": m.fused, "device": b.on_device, "host": not b.on_device})
     imports = ("argparse", "csv", "json", "os", "sys", "tempfile", "time", "zipfile")
     if not b.on_device:
-        return assemble(doc, m, m.functions + fns, blocks + [host], imports=imports,
+        return assemble(doc, m, m.functions + fns, blocks + host, imports=imports,
                         constants=constants)
     # the step's code as the backend writes it (cupy: cp for np, its rewrites); the host's
     # code after it as NumPy's (data, shuffling, checkpoints: NumPy arrays)
     text = assemble(doc, m, m.functions + fns, blocks, imports=imports, constants=constants,
                     library=b.script_imports())
-    return text + "\n\n" + host
+    return text + "\n\n" + "\n\n".join(host)
 
 
 __all__ = ["training_script"]

@@ -288,8 +288,17 @@ class TorchBackend(Backend):
         return f"torch.broadcast_to({code}, {shape})"
 
     def constant(self, name: str, value) -> str:
-        # made once at import, on the default device; .to(device) would copy it per call
+        # made once at import, on the default device; each function reads it on its own
+        # device through _constant (constant_lines)
         return f"{name} = torch.tensor({value!r}, dtype=DTYPE)"
+
+    def constant_lines(self, names: list[str]) -> tuple[list[str], dict]:
+        """``C = _constant('C', device)``: the constant on the function's device (the one
+        made at import when it is there, else a copy made once per device and kept)."""
+        if not names:
+            return [], {}
+        return ([f"{c} = _constant({c!r}, device)  # on the inputs' device" for c in names],
+                {"_constant": source(ops._constant)})
 
     def asarray(self, name: str, floating: bool) -> str:
         dtype = "DTYPE" if floating else "torch.int64"

@@ -11,7 +11,8 @@ state in place and returns the loss as a Python float. NumPy's contract holds: a
 inf in the loss or a gradient raises ``FloatingPointError`` before anything changes.
 
 :func:`script_source` adds a main program (:mod:`~symbackprop.codegen.runtime.torch_script`)
-that trains on an ``.npz`` or ``.pt`` file on the device asked for.
+that trains on an ``.npz``, ``.csv`` or ``.pt`` file on the device asked for, with the
+NumPy script's resumable checkpoints, ``last_good``, ``--metrics`` and ``--log-grad-norms``.
 """
 
 from __future__ import annotations
@@ -26,13 +27,22 @@ from .jax_mixed import HALF
 from .lowering import CONTEXT
 from .module import Model, step_doc, wrap
 from .optimizers import constant_lines
-from .runtime import source_of, torch_init, torch_script
+from .runtime import atomic, jax_script, source_of, torch_init, torch_script
+from .runtime import script as runtime_script
 from .runtime import torch_mixed as torch_mixed_runtime
 from .runtime.torch_optimizers import adam, momentum, sgd
 
 # optimizer name -> its runtime for torch tensors
 RUNTIME = {"sgd": sgd, "momentum": momentum, "adam": adam}
-SCRIPT = ("fail", "load_data", "save_params", "main", "__main__")
+# the script's main program (runtime/torch_script.py), with what it copies of the NumPy
+# script's runtime (runtime/script.py), the JAX script's (read_csv) and the shared
+# atomic write (runtime/atomic.py), in this order
+SCRIPT = ((torch_script, ("fail",)), (runtime_script, ("option", "shape_option")),
+          (jax_script, ("read_csv", "rows_of")), (torch_script, ("load_data",)),
+          (atomic, ("atomic_write",)), (torch_script, ("save_checkpoint", "load_checkpoint")),
+          (torch_script, ("buffers_state", "restore_buffers")),  # batch norm, dropout only
+          (runtime_script, ("last_good_path", "GradNorms")),
+          (torch_script, ("parse_args", "train", "main", "__main__")))
 
 
 def build(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None, hyper=None,
@@ -123,7 +133,8 @@ def train_step_block(m: Model) -> str:
     return "\n".join(lines) + "\n"
 
 
-def model_text(m: Model, doc: str | None = None, blocks=(), imports=(), constants=()) -> str:
+def model_text(m: Model, doc: str | None = None, blocks=(), imports=(), constants=(),
+               library: str | None = None) -> str:
     """The source of :func:`step_source` for a model made by :func:`build`; a training
     script (:func:`script_source`) gives its own ``doc`` and adds ``blocks`` (its main
     program), ``imports`` and ``constants``."""
@@ -145,7 +156,8 @@ def model_text(m: Model, doc: str | None = None, blocks=(), imports=(), constant
                   source_of(runtime, "update"), source_of(torch_script, "check_finite"),
                   train_step_block(m), *blocks]
     return render_module(doc, m.em, m.functions, imports=("math", *imports),
-                         constants=constant_lines(m.hyper) + list(constants), blocks=blocks)
+                         constants=constant_lines(m.hyper) + list(constants), blocks=blocks,
+                         library=library)
 
 
 def step_source(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None, hyper=None,
@@ -229,16 +241,34 @@ def _buffers(m: Model) -> str:
         f"    return {{{', '.join(items)}}}"]) + "\n"
 
 
+def _grad_norms(m: Model, task) -> str:
+    """``grad_norms(params, X, y)``: the norm of each layer's weights' gradient, for the
+    NumPy script's ``--log-grad-norms`` and ``--metrics`` (its ``GradNorms``); in mixed
+    precision those of the float32 gradients (``reference_value_and_grad``), as NumPy's."""
+    vg = m.functions[1]
+    data = {task.features: "X"} | ({task.target: "y"} if task.target else {})
+    name = "reference_value_and_grad" if m.precision else "value_and_grad"
+    return "\n".join([
+        "def grad_norms(params, X, y):",
+        '    """The norm of the gradient of each layer\'s weights (LAYERS) on (X, y)."""',
+        *("    " + b for b in call_lines("_, grads = ", name, m.args(vg, data))),
+        "    return {layer: math.sqrt(sum(float((grads[w] * grads[w]).sum()) for w in weights))",
+        "            for layer, weights in LAYERS.items()}"]) + "\n"
+
+
 def script_source(g: Graph, of=None, optimizer: str = "sgd", lr=None, epochs: int = 10,
                   batch_size: int = 32, seed: int = 0, wrt=None, dtype: str = "float64",
                   optimize=True, features=None, target=None, checkpoint="none",
                   precision=None, growth_interval=2000, **hyper) -> str:
     """A standalone PyTorch training script: the training module and a main program that
-    reads ``--data`` (``.npz`` or ``.pt``), shuffles every epoch with a seeded generator,
-    trains on minibatches on ``--device`` and prints one line per epoch (the loss, and the
-    test accuracy or loss when the data has ``X_test``, ``y_test``; a classifier without
-    a test split reports its training accuracy). ``--out`` writes the parameters and the
-    optimizer state (``torch.save``).
+    reads ``--data`` (``.npz``, ``.csv`` or ``.pt``), shuffles every epoch with a seeded
+    generator, trains on minibatches on ``--device`` and prints one line per epoch (the
+    loss, and the test accuracy or loss when the data has ``X_test``, ``y_test``; a
+    classifier without a test split reports its training accuracy). It has the NumPy
+    script's options: checkpoints (``--out``, default ``checkpoint.pt``, and
+    ``--checkpoint-every``; ``torch.save``, atomically) that ``--resume`` continues bit
+    for bit, a ``last_good`` checkpoint when a batch meets nan or inf (exit status 1),
+    ``--metrics`` and ``--log-grad-norms``, ``--input-shape`` for images.
 
     Examples
     --------
@@ -246,7 +276,8 @@ def script_source(g: Graph, of=None, optimizer: str = "sgd", lr=None, epochs: in
     >>> "def main(argv=None):" in src, "import symbackprop" in src
     (True, False)
     """
-    from .script import _data_task  # which input is X and which y: the NumPy script's rule
+    # which input is X and which y, and each layer's weights: the NumPy script's rules
+    from .script import _data_task, _layers_constant
 
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
@@ -261,30 +292,43 @@ def script_source(g: Graph, of=None, optimizer: str = "sgd", lr=None, epochs: in
     doc = step_doc(m, f"Train the network {name} with {m.opt.title}: a standalone PyTorch "
                       "training script.")
     doc += wrap(
-        f"Data: an .npz or .pt file with X (fed to {safe_text(task.features)})"
+        f"Data: an .npz, .csv or .pt file with X (fed to {safe_text(task.features)})"
         + (f" and y (fed to {safe_text(task.target)})" if task.target else "")
         + ", optionally X_test and y_test.",
         "Runs on --device (default: cuda when available), under torch.inference_mode(): "
         "the gradients are value_and_grad's, not autograd's.") + "\n" + (
         f"Generated by symbackprop {_version} (sb.training_script, backend 'torch'). Needs "
-        "only PyTorch\n(and NumPy to read an .npz). Do not edit: regenerate instead.\n\n"
+        "only PyTorch\nand NumPy (which reads .npz and .csv data). Do not edit: regenerate "
+        "instead.\n\n"
         "Usage:\n"
-        "    python train.py --data data.npz --out params.pt\n"
-        "    python train.py --data data.npz --device cuda --epochs 20")
+        "    python train.py --data data.npz --out checkpoint.pt\n"
+        f"    python train.py --data data.npz --epochs {2 * epochs} --resume checkpoint.pt\n"
+        "    python train.py --data data.npz --device cuda --metrics run.csv\n"
+        "Run it with --help for every option.")
     evaluate, metric = _evaluate(m, task)
+    tshape = tuple(g.nx.nodes[task.target]["shape"][1:]) if task.target else ()
     constants = [f"EPOCHS = {epochs}", f"BATCH_SIZE = {batch_size}", f"SEED = {seed}",
                  f"FEATURES = {nm(task.features)!r}  # the input fed from the data's X",
                  (f"TARGET = {nm(task.target) if task.target else None!r}  # the input fed "
                   "from the data's y"),
                  f"NETWORK = {str(g.nx.graph.get('name', 'network'))!r}",
                  f"OPTIMIZER = {m.opt.name!r}",
-                 f"METRIC = {metric!r}  # evaluate() returns: 'acc' (accuracy) or 'loss'"]
+                 f"METRIC = {metric!r}  # evaluate() returns: 'acc' (accuracy) or 'loss'",
+                 _layers_constant(m),
+                 (f"FEATURE_SHAPE = {tuple(g.nx.nodes[task.features]['shape'][1:])!r}  # one "
+                  "row of X"),
+                 f"TARGET_KIND = {task.kind!r}  # y holds: 'labels', 'values' or None (no y)",
+                 f"TARGET_SHAPE = {tshape!r}  # one entry of y"]
     # mixed precision: the underflow line after every epoch (runtime/torch_mixed.py)
     mixed = [source_of(torch_mixed_runtime, "underflow_line")] if m.precision else []
-    main = source_of(torch_script, *SCRIPT, variants={"mixed": bool(m.precision)})
-    return model_text(m, doc, blocks=[evaluate, _buffers(m), *mixed, main],
-                      imports=("argparse", "os", "sys", "tempfile", "time"),
-                      constants=constants)
+    buffers = bool(functional.context_of(m))
+    variants = {"mixed": bool(m.precision), "buffers": buffers}
+    main = [source_of(module, *names, variants=variants) for module, names in SCRIPT
+            if buffers or "buffers_state" not in names]
+    return model_text(m, doc, blocks=[evaluate, _grad_norms(m, task), _buffers(m), *mixed,
+                                      *main],
+                      imports=("argparse", "csv", "os", "sys", "tempfile", "time"),
+                      constants=constants, library="import numpy as np\nimport torch")
 
 
 __all__ = ["build", "compile_step", "model_text", "script_source", "step_source"]

@@ -8,11 +8,21 @@ SPMD program: XLA sums the gradients across devices. On several hosts,
 ``--coordinator``, ``--num-processes`` and ``--process-id`` call
 ``jax.distributed.initialize``, and each process feeds its rows of every global batch
 (``jax.make_array_from_process_local_data``). Process 0 alone prints and writes the
-checkpoints (``--out``, ``--checkpoint-every``), atomically, in the NumPy script's
+checkpoints (``--out``, ``--checkpoint-every``), atomically (:mod:`.atomic`'s
+``atomic_write``, shared with the NumPy and torch scripts), in the NumPy script's
 layout (``network``, ``optimizer``, ``params/NAME``, ``state/KEY[/NAME]``,
-``progress/epoch``, ``progress/rng``: the shuffling generator's state as JSON);
-``--resume`` continues from one at the epoch it was written, so that the final
-parameters are an uninterrupted run's. The generated script copies these functions;
+``progress/epoch``, ``progress/seen``, ``progress/loss_sum``, ``progress/rng``: the
+shuffling generator's state as JSON); ``--resume`` continues from one where it was
+written, so that the final parameters are an uninterrupted run's.
+
+A nan or inf stops the run at the batch that met it, as the NumPy script's does, without
+a transfer from the devices per step: ``guarded_step`` runs each step inside one more
+``jax.jit``, and once a step's loss or new parameters are not finite it and every later
+step of the epoch return their inputs unchanged (``jnp.where`` on a flag the steps carry).
+At the epoch's end the flag is read with the losses; if a step failed, the parameters,
+optimizer state and buffers from before that batch are written to ``NAME.last_good.npz``
+beside ``--out`` (with the samples seen in the epoch, so that ``--resume`` continues from
+that batch) and the script stops with one line, exit status 1. The generated script copies these functions;
 ``init_params``, ``init_state``, ``train_step``, ``evaluate``, ``DTYPE`` and the
 constants below are the generated module's (here stand-ins, so that the file runs and
 ruff checks it). NumPy, which JAX depends on, reads the data and writes the checkpoints.
@@ -33,7 +43,6 @@ import csv
 import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -42,6 +51,9 @@ try:
     import jax
 except ImportError:  # generating the script needs no JAX; running it does
     jax = None
+
+from .atomic import atomic_write
+from .script import last_good_path, shape_option
 
 DTYPE = np.float32
 EPOCHS = 10
@@ -116,7 +128,9 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=LR, help=f"learning rate ({LR})")
     p.add_argument("--out", metavar="FILE",
                    help="write a checkpoint here after the last epoch (process 0, atomically): "
-                   "parameters, optimizer state, epoch and the shuffling generator's state")
+                   "parameters, optimizer state, epoch and the shuffling generator's state; a "
+                   "nan or inf writes the state before that batch to NAME.last_good.npz "
+                   "beside it (beside checkpoint.npz without --out)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
                    help="with --out: also write it every K epochs (default 0: at the end only)")
     p.add_argument("--resume", metavar="FILE",
@@ -129,6 +143,11 @@ def parse_args(argv=None):
     p.add_argument("--metrics", metavar="FILE.csv",
                    help="append one row per epoch: epoch, loss, the accuracy or test loss as "
                    "printed, and each layer's gradient norm (grad_norm_LAYER)")
+    if len(FEATURE_SHAPE) > 1:  # images: X may also be given as flat rows
+        p.add_argument("--input-shape", type=shape_option, metavar="SHAPE",
+                       help="X (and X_test) hold flat rows, each the row-major flattening of "
+                       f"one sample of this shape, which must be the network's "
+                       f"{','.join(map(str, FEATURE_SHAPE))}")
     p.add_argument("--coordinator", help="host:port of process 0: train on several hosts "
                    "(jax.distributed.initialize)")
     p.add_argument("--num-processes", type=int, default=1, help="with --coordinator")
@@ -136,10 +155,10 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def fail(message):
-    """One line on stderr, exit status 2."""
+def fail(message, status=2):
+    """One line on stderr, then exit with status (2: bad input; 1: stopped on nan/inf)."""
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
 
 
 def first_copy(x):
@@ -147,16 +166,18 @@ def first_copy(x):
     return np.asarray(x.addressable_data(0))
 
 
-def save_checkpoint(path, params, state, epoch, rng, buffers=None):
-    """params, optimizer state, the epoch done and the shuffling generator's state (and
-    the buffers of batch norm and dropout) to path, atomically: a temporary file in the
-    same directory, then os.replace, so that an interruption never leaves half a file.
+def save_checkpoint(path, params, state, progress, buffers=None):
+    """params, optimizer state, progress (the epochs done, the samples already trained in
+    the next epoch and their summed loss, the shuffling generator's state at that epoch's
+    start) and the buffers of batch norm and dropout to path, atomically (atomic_write).
     Process 0 alone writes (the others return)."""
     if jax.process_index():
         return
     arrays = {"network": np.array(NETWORK), "optimizer": np.array(OPTIMIZER),
-              "progress/epoch": np.array(epoch),
-              "progress/rng": np.array(json.dumps(rng.bit_generator.state))}
+              "progress/epoch": np.array(progress["epoch"]),
+              "progress/seen": np.array(progress["seen"]),
+              "progress/loss_sum": np.array(progress["loss_sum"]),
+              "progress/rng": np.array(json.dumps(progress["rng"]))}
     arrays.update({"params/" + k: first_copy(v) for k, v in params.items()})
     for key, value in state.items():
         if isinstance(value, dict):
@@ -169,24 +190,14 @@ def save_checkpoint(path, params, state, epoch, rng, buffers=None):
                        for k, v in buffers.get("running", {}).items()})
         if "key" in buffers:  # the key's raw data (uint32)
             arrays["buffers/key"] = first_copy(jax.random.key_data(buffers["key"]))
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                               prefix=".checkpoint-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_checkpoint(path):
-    """params and optimizer state (NumPy arrays, init_state's structure), the epoch done,
-    the shuffling generator and the buffers (None without batch norm and dropout), from a
-    checkpoint of this network and optimizer; raises CheckpointError saying in one line
+    """params and optimizer state (NumPy arrays, init_state's structure), the progress
+    (epoch, seen, loss_sum, rng: save_checkpoint's; seen 0 in a checkpoint written before
+    there were mid-epoch ones) and the buffers (None without batch norm and dropout), from
+    a checkpoint of this network and optimizer; raises CheckpointError saying in one line
     what is wrong."""
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -229,13 +240,15 @@ def load_checkpoint(path):
             raw = array("buffers/key", jax.random.key_data(fresh_buffers["key"]))
             buffers["key"] = jax.random.wrap_key_data(raw)
     try:
-        epoch = int(arrays["progress/epoch"])
-        rng = np.random.default_rng()
-        rng.bit_generator.state = json.loads(str(arrays["progress/rng"]))
+        progress = {"epoch": int(arrays["progress/epoch"]),
+                    "seen": int(arrays.get("progress/seen", 0)),
+                    "loss_sum": float(arrays.get("progress/loss_sum", 0.0)),
+                    "rng": json.loads(str(arrays["progress/rng"]))}
+        np.random.default_rng().bit_generator.state = progress["rng"]  # checked
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} lacks the progress entry {e}; expected a "
                               "file written by this script's --out") from None
-    return params, state, epoch, rng, buffers
+    return params, state, progress, buffers
 
 
 def read_csv(path):
@@ -284,9 +297,28 @@ def host(params):
     return {k: first_copy(v) for k, v in params.items()}
 
 
-def read_data(path):
+def rows_of(path, name, X, input_shape=None):
+    """X (or X_test; NumPy's or torch's) with rows of the network's FEATURE_SHAPE: flat
+    rows are reshaped to it, row-major, when --input-shape (input_shape, which must be
+    FEATURE_SHAPE) says so; rows of another shape fail in one line."""
+    if input_shape is not None and tuple(input_shape) != FEATURE_SHAPE:
+        fail(f"--input-shape {','.join(map(str, input_shape))} is not the network's input "
+             f"shape {FEATURE_SHAPE}; pass --input-shape {','.join(map(str, FEATURE_SHAPE))}")
+    flat = X.ndim == 2 and len(FEATURE_SHAPE) > 1 and X.shape[1] == int(np.prod(FEATURE_SHAPE))
+    if flat and input_shape is not None:
+        X = X.reshape((len(X),) + FEATURE_SHAPE)
+    if tuple(X.shape[1:]) != FEATURE_SHAPE:
+        fix = (f"; pass --input-shape {','.join(map(str, FEATURE_SHAPE))} to reshape flat "
+               "rows" if flat else "")
+        fail(f"{path}: {name} has rows of shape {tuple(X.shape[1:])} (shape {tuple(X.shape)});"
+             f" the network expects rows of shape {FEATURE_SHAPE}{fix}")
+    return X
+
+
+def read_data(path, input_shape=None):
     """The training data (by input name) and the test split (None without one) of a .npz
-    or .csv file, as NumPy arrays; a file that cannot be read fails in one line."""
+    or .csv file, as NumPy arrays; a file that cannot be read, or rows of X that are not
+    the network's (rows_of), fail in one line."""
     if not os.path.isfile(path):
         fail(f"data file {path} does not exist; expected a .npz or .csv file")
     if path.endswith(".csv"):
@@ -300,6 +332,9 @@ def read_data(path):
     for name in ("X", "y") if TARGET else ("X",):
         if name not in arrays:
             fail(f"{path} has no array {name!r} (found {', '.join(sorted(arrays)) or 'none'})")
+    for name in ("X", "X_test"):
+        if name in arrays:
+            arrays[name] = rows_of(path, name, arrays[name], input_shape)
     data = {FEATURES: arrays["X"]} | ({TARGET: arrays["y"]} if TARGET else {})
     if TARGET and ("X_test" in arrays) != ("y_test" in arrays):
         has, lacks = ("X_test", "y_test") if "X_test" in arrays else ("y_test", "X_test")
@@ -308,6 +343,32 @@ def read_data(path):
     test = (arrays["X_test"], arrays["y_test"] if TARGET else None) \
         if "X_test" in arrays else None
     return data, test
+
+
+def guarded_step(params, state, buffers, ok, epoch, number, lr, batch):
+    """One training step (jitted by main, params, state and buffers donated) that changes
+    nothing once a step has met nan or inf: ok, a boolean array, becomes False at a step
+    whose loss or new parameters are not finite, and from then on every step returns
+    params, state and the running statistics as it got them. So nothing is read back from
+    the devices per step, and the state from before the bad batch is still there at the
+    epoch's end. Returns the loss, params, state, buffers and ok."""
+    if BUFFERS is None:  # variant: plain
+        loss, new, new_state = train_step(params, state, lr=lr, **batch)
+        new_buffers = buffers
+    if BUFFERS is not None:  # variant: buffers
+        loss, new, new_state, new_buffers = train_batch(params, state, buffers, epoch, number,
+                                                        lr, batch)
+    leaves = jax.tree_util.tree_leaves(new)
+    ok = ok & jax.numpy.isfinite(loss) & jax.numpy.all(
+        jax.numpy.stack([jax.numpy.isfinite(w).all() for w in leaves]))
+
+    def keep(a, b):  # the new value while every step has been finite, else the old one
+        return jax.tree_util.tree_map(lambda x, y: jax.numpy.where(ok, x, y), a, b)
+
+    if BUFFERS is not None:  # variant: buffers
+        kept = {k: keep(v, buffers[k]) for k, v in new_buffers.items() if k == "running"}
+        new_buffers = {**new_buffers, **kept}  # (dropout's key does not change)
+    return loss, keep(new, params), keep(new_state, state), new_buffers, ok
 
 
 class GradNorms:  # stand-in: the NumPy script's (codegen/runtime/script.py), copied
@@ -333,7 +394,7 @@ def main(argv=None):
     mesh = jax.sharding.Mesh(np.array(devices), ("data",))
     rows_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    data, test = read_data(a.data)
+    data, test = read_data(a.data, getattr(a, "input_shape", None))
     n = len(data[FEATURES])
     if n < a.batch_size:
         fail(f"--batch-size {a.batch_size} is larger than the {n} examples of {a.data}.")
@@ -345,14 +406,21 @@ def main(argv=None):
         fail(f"--checkpoint-every {a.checkpoint_every} writes to --out FILE: pass one.")
     if a.resume:
         try:
-            params, state, done, order_rng, buffers = load_checkpoint(a.resume)
+            params, state, progress, buffers = load_checkpoint(a.resume)
         except CheckpointError as e:
             fail(e)
         params, state, buffers = jax.device_put((params, state, buffers), replicated)
+        if progress["seen"] >= n or progress["seen"] % a.batch_size:
+            fail(f"the checkpoint has seen {progress['seen']} samples of epoch "
+                 f"{progress['epoch'] + 1}, which is not a whole number of batches of "
+                 f"--batch-size {a.batch_size} within the {n} rows of {a.data}; resume with "
+                 "the data and --batch-size it was written with")
     else:
         params = jax.device_put(init_params(a.seed), replicated)
         state = jax.device_put(init_state(params), replicated)
-        done, order_rng, buffers = 0, np.random.default_rng(a.seed), None
+        buffers = None
+        progress = {"epoch": 0, "seen": 0, "loss_sum": 0.0,
+                    "rng": np.random.default_rng(a.seed).bit_generator.state}
         if BUFFERS is not None:  # variant: buffers
             buffers = jax.device_put(init_buffers(a.seed), replicated)
     norms = None  # --log-grad-norms, --metrics: process 0 alone
@@ -362,12 +430,20 @@ def main(argv=None):
                                   "X_test": None if test is None else test[0]})
         except OSError as e:
             fail(f"cannot write --metrics {a.metrics}: {e.strerror or e}")
+    done, loss_sum = progress["epoch"], progress["loss_sum"]
     if done >= a.epochs and jax.process_index() == 0:
         print(f"the checkpoint is at epoch {done}; nothing to do for --epochs {a.epochs}")
+    order_rng = np.random.default_rng()
+    order_rng.bit_generator.state = progress["rng"]
+    step = jax.jit(guarded_step, donate_argnums=(0, 1, 2))
+    ok = jax.device_put(np.array(True), replicated)  # no step has met nan or inf
+    n_batches = n // a.batch_size  # full batches only: each splits evenly
     for epoch in range(done + 1, a.epochs + 1):
         start, losses = time.perf_counter(), []
+        rng_state = order_rng.bit_generator.state  # a checkpoint inside this epoch restarts here
         order = order_rng.permutation(n)
-        for b in range(n // a.batch_size):  # full batches only: each splits evenly
+        skip = progress["seen"] // a.batch_size if epoch == done + 1 else 0  # resumed
+        for b in range(skip, n_batches):
             rows = order[b * a.batch_size + first:b * a.batch_size + first + per]
             batch = {}
             for name, values in data.items():
@@ -375,15 +451,26 @@ def main(argv=None):
                 if local.dtype.kind == "f":
                     local = local.astype(DTYPE)
                 batch[name] = jax.make_array_from_process_local_data(rows_sharding, local)
-            if BUFFERS is None:  # variant: plain
-                loss, params, state = train_step(params, state, lr=a.lr, **batch)
-            if BUFFERS is not None:  # variant: buffers
-                loss, params, state, buffers = train_batch(params, state, buffers, epoch, b,
-                                                           a.lr, batch)
-            losses.append(loss)
-        mean = float(np.mean([first_copy(v) for v in losses]))
-        if not np.isfinite(mean):
-            fail(f"the loss is {mean} in epoch {epoch}; lower --lr.")
+            loss, params, state, buffers, ok = step(params, state, buffers, ok, epoch, b, a.lr,
+                                                    batch)
+            losses.append((loss, ok))
+        values = [float(first_copy(v)) for v, _ in losses]  # one read back per epoch
+        good = [bool(first_copy(f)) for _, f in losses]
+        if not all(good):  # the first step that met nan or inf changed nothing, nor did later ones
+            bad = good.index(False)
+            path = last_good_path(a.out or "checkpoint.npz")
+            loss_sum += sum(values[:bad]) * a.batch_size
+            save_checkpoint(path, params, state, {"epoch": epoch - 1,
+                                                  "seen": (skip + bad) * a.batch_size,
+                                                  "loss_sum": loss_sum, "rng": rng_state},
+                            buffers)
+            kept = f"; {a.out} is unchanged" if a.out and os.path.exists(a.out) else ""
+            what = f"the loss is {values[bad]}" if not np.isfinite(values[bad]) else \
+                "a gradient is nan or inf (the updated parameters were not finite)"
+            fail(f"stopped at epoch {epoch}, batch {skip + bad + 1} of {n_batches}: {what}. The "
+                 f"last good parameters (before this batch) are saved in {path}{kept}", 1)
+        loss_sum += sum(values) * a.batch_size
+        mean = loss_sum / (n_batches * a.batch_size)
         # the NumPy script's report: test accuracy or loss, else train accuracy
         split = test if test is not None else (data[FEATURES], data[TARGET]) \
             if METRIC == "acc" else None
@@ -406,9 +493,12 @@ def main(argv=None):
                                **{k: v[:a.batch_size] for k, v in data.items()})
             if jax.process_index() == 0:
                 print(underflow_line(counts, scaler), flush=True)
+        loss_sum = 0.0
         if a.out and (epoch == a.epochs or a.checkpoint_every
                       and epoch % a.checkpoint_every == 0):
-            save_checkpoint(a.out, params, state, epoch, order_rng, buffers)
+            save_checkpoint(a.out, params, state, {"epoch": epoch, "seen": 0, "loss_sum": 0.0,
+                                                   "rng": order_rng.bit_generator.state},
+                            buffers)
     return 0
 
 

@@ -15,11 +15,15 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import zipfile
 
 import numpy as np
+
+try:  # copied into the script before save_checkpoint
+    from .atomic import atomic_write
+except ImportError:  # this file run alone (python .../runtime/script.py)
+    from atomic import atomic_write
 
 # -- stand-ins for what a generated script defines (not copied) -------------------------
 
@@ -318,8 +322,8 @@ def restore_buffers(saved):
 
 def save_checkpoint(path, params, state, progress):
     """Write params, optimizer state and progress (epoch, samples seen in the next epoch,
-    their loss sum, random state) to path atomically: a temporary file in the same
-    directory, then os.replace, so an interruption never leaves half a file."""
+    their loss sum, random state) to path atomically (atomic_write: a temporary file in
+    the same directory, then os.replace, so an interruption never leaves half a file)."""
     if COMM is not None:  # variant: mpi
         rank = COMM.Get_rank()  # every rank holds the same parameters: rank 0 alone writes
         if rank:
@@ -352,18 +356,7 @@ def save_checkpoint(path, params, state, progress):
                 arrays["buffers/running/" + name] = a
         if "rng" in saved:
             arrays["buffers/rng"] = np.array(json.dumps(saved["rng"]))
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_checkpoint(path):

@@ -29,6 +29,20 @@ def _device(*args):
     return torch.get_default_device()
 
 
+def _constant(name, device):
+    """The module's constant array ``name`` (made at import, on PyTorch's default device)
+    on ``device``: the tensor itself when it is there, else a copy made once for that
+    device and kept, so that a function computes on its inputs' device without copying
+    the constant on every call."""
+    t = globals()[name]
+    if t.device == device:
+        return t
+    copies = _constant.__dict__.setdefault("copies", {})
+    if (name, device) not in copies:
+        copies[name, device] = t.to(device)
+    return copies[name, device]
+
+
 def _softmax(x, axis=-1):
     """Softmax along axis (PyTorch's, shifted by the maximum: exp never overflows)."""
     return torch.softmax(x, dim=axis)
@@ -250,6 +264,11 @@ def _generator(rng):
     CPU seeded with rng (an int): the same seed gives the same masks on every device."""
     if isinstance(rng, torch.Generator):
         return rng
+    if isinstance(rng, bool) or not hasattr(rng, "__index__"):  # an int, or NumPy's
+        kind = f"{type(rng).__module__}.{type(rng).__qualname__}".removeprefix("builtins.")
+        raise TypeError(f"rng={kind} given; expected a seed (an int) or a torch.Generator, "
+                        "which draws the torch backend's dropout masks: pass rng=SEED or "
+                        "rng=torch.Generator().manual_seed(SEED)")
     return torch.Generator().manual_seed(int(rng))
 
 
