@@ -205,8 +205,9 @@ def test_kink_conventions():
 
 
 def test_deriving_a_user_op_is_bounded_in_time():
-    """The fast GELU hung in sympy.solve; now the search through its output stops after
-    SOLVE_SECONDS and says why in NOTES (codegen --explain prints it)."""
+    """The fast GELU hung in sympy.solve; now the rules on its expression stop the search
+    through its output before any solve, and say why in NOTES (codegen --explain prints
+    it)."""
     import time
 
     from symbackprop.ops import elementwise as ew
@@ -217,6 +218,29 @@ def test_deriving_a_user_op_is_bounded_in_time():
     assert time.perf_counter() - t < 10 * ew.SOLVE_SECONDS + 5
     assert Y not in grads[0].free_symbols and "not inverted" in ew.NOTES["gelu_tanh_timed"]
     assert op.__name__ == "gelu_tanh_timed"
+
+
+def test_which_derivatives_go_through_the_output_is_decided_by_rules_not_time(monkeypatch):
+    """x occurring twice (x + exp(x): no closed-form inverse) is never handed to sympy.solve,
+    however fast the machine, so the generated code is the same on a loaded machine; x
+    occurring once is solved (softplus: through its output)."""
+    from symbackprop.ops import elementwise as ew
+
+    solved = []
+    real_solve = sp.solve
+
+    def solve(*args, **kwargs):
+        solved.append(args[0])
+        return real_solve(*args, **kwargs)
+
+    monkeypatch.setattr(sp, "solve", solve)
+    sb.elementwise("x_plus_exp_rules", lambda x: x + sp.exp(x))
+    grads = registry.get("x_plus_exp_rules").local_grads({})
+    assert Y not in grads[0].free_symbols and not solved
+    assert ew.NOTES["x_plus_exp_rules"] == "x occurs more than once in y = f(x): not inverted"
+    sb.elementwise("softplus_rules", USER["softplus_user"])
+    grads = registry.get("softplus_rules").local_grads({})
+    assert Y in grads[0].free_symbols and len(solved) == 1
 
 
 def test_an_unstable_user_op_is_named_in_a_warning():
