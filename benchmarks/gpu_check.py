@@ -9,7 +9,8 @@ autograd on the same GPU, in float32 and, where the backend has it, in mixed pre
 and GradScaler). Before timing, it checks on the GPU that each generated step gives the
 NumPy backend's loss and gradients (float64 where the backend has it), that five CuPy
 training steps give NumPy's parameters, and that the CuPy training script (``train-script
---backend cupy``: 2 epochs on 512 rows, then a resumed run) trains as the NumPy script.
+--backend cupy``: 2 epochs on 512 rows, then a resumed run) trains as the NumPy script,
+and so does a small CNN with dropout on the same rows as images (its masks: NumPy's draws).
 
 Timing: every contender runs in blocks of ``--block`` seconds, interleaved, in a fresh
 order every round, until ``--seconds`` are spent (at least 3 rounds); every step ends by
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import platform
 import random
 import shutil
@@ -386,6 +388,12 @@ def main(argv=None) -> int:
     if "cupy" in backends and "cupy check" not in res["skipped"]:
         res["checks"]["cupy train_step"] = check_cupy_steps(g, p0, X[:64], y[:64])
         res["checks"]["cupy training script"] = check_cupy_script(g, X, y, a.seed)
+        side = math.isqrt(sizes[0])  # X's first side**2 columns as one-channel images
+        if side >= 2:  # dropout: the masks NumPy's draws, copied (HostDraws)
+            drop = sb.models.cnn((1, side, side), channels=(4,), hidden=(32,),
+                                 classes=sizes[-1], dropout=0.2)
+            res["checks"]["cupy training script, dropout"] = check_cupy_script(
+                drop, X[:, :side * side].reshape(-1, 1, side, side), y, a.seed)
     elif "cupy" in backends:
         res["skipped"]["cupy training script"] = res["skipped"]["cupy check"]
     for name, c in res["checks"].items():

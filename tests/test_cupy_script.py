@@ -18,6 +18,7 @@ import ast
 import contextlib
 import functools
 import importlib.util
+import json
 import re
 import sys
 import types
@@ -231,6 +232,103 @@ def test_resume_is_bit_for_bit_with_batch_norm(tmp_path, capsys):
     _assert_same_checkpoint(tmp_path / "x.npz", tmp_path / "full.npz")
 
 
+# -- dropout: the NumPy script's masks, drawn on the host ---------------------------------------
+def _dropout_cnn(batch_norm=False):
+    return sb.models.cnn((1, 6, 6), channels=(2,), hidden=(8,), classes=3, dropout=0.25,
+                         batch_norm=batch_norm)
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    rng = np.random.default_rng(1)
+    path = tmp_path / "img.npz"
+    np.savez(path, X=rng.standard_normal((40, 1, 6, 6)), y=rng.integers(0, 3, 40),
+             X_test=rng.standard_normal((12, 1, 6, 6)), y_test=rng.integers(0, 3, 12))
+    return path
+
+
+@pytest.mark.parametrize("kw", [{}, {"precision": "mixed"}])
+def test_dropout_trains_as_the_numpy_script(tmp_path, images, capsys, kw):
+    """A CNN with dropout, 3 epochs: the cupy script's masks are the NumPy script's
+    generator's draws (HostDraws, copied to the GPU), so its epoch lines, --metrics rows
+    (the gradient norms' masks too) and checkpoint, the dropout generator's state
+    included, are the NumPy script's bit for bit; and dropout is on (another generator
+    state, or p=0, trains otherwise)."""
+    runs = {}
+    for name, g, backend in (("numpy", _dropout_cnn(), "numpy"), ("cupy", _dropout_cnn(), "cupy"),
+                             ("plain", sb.models.cnn((1, 6, 6), channels=(2,), hidden=(8,),
+                                                     classes=3), "cupy")):
+        d = tmp_path / name
+        d.mkdir()
+        src = sb.training_script(g, optimizer="adam", lr=0.01, backend=backend, epochs=3,
+                                 batch_size=16, **kw)
+        runs[name] = _run(src, d / "train.py", ["--data", str(images), "--out", str(d / "c.npz"),
+                                                "--metrics", str(d / "m.csv")], capsys)
+        assert runs[name][0] == 0
+    assert runs["cupy"][1] == runs["numpy"][1] and len(runs["numpy"][1]) >= 3
+    assert (tmp_path / "cupy" / "m.csv").read_text() == (tmp_path / "numpy" / "m.csv").read_text()
+    _assert_same_checkpoint(tmp_path / "cupy" / "c.npz", tmp_path / "numpy" / "c.npz")
+    saved = _arrays(tmp_path / "cupy" / "c.npz")
+    fresh = np.random.default_rng([0, 1]).bit_generator.state  # init_buffers(seed 0)
+    assert json.loads(str(saved["buffers/rng"])) != fresh  # the masks were drawn from it
+    plain = _arrays(tmp_path / "plain" / "c.npz")
+    assert not np.array_equal(plain["params/W1"], saved["params/W1"])
+
+
+def test_dropout_resume_is_bit_for_bit(tmp_path, images, capsys):
+    """Dropout (and batch norm) on the GPU: 2 epochs with --checkpoint-every 1, then
+    --resume to 4, give the uninterrupted 4-epoch run's checkpoint, which is the NumPy
+    script's: the checkpoint keeps the host generator's state, and the resumed run draws
+    the masks the whole run draws."""
+    g = _dropout_cnn(batch_norm=True)
+    src = sb.training_script(g, optimizer="adam", lr=0.01, backend="cupy", batch_size=16)
+    base = ["--data", str(images)]
+    assert _run(src, tmp_path / "a.py", [*base, "--epochs", "4", "--out",
+                                         str(tmp_path / "full.npz")], capsys)[0] == 0
+    status, first = _run(src, tmp_path / "b.py", [*base, "--epochs", "2", "--checkpoint-every",
+                                                  "1", "--out", str(tmp_path / "half.npz")],
+                         capsys)
+    assert status == 0 and len(first) == 2
+    status, rest = _run(src, tmp_path / "c.py", [*base, "--epochs", "4", "--resume",
+                                                 str(tmp_path / "half.npz"), "--out",
+                                                 str(tmp_path / "resumed.npz")], capsys)
+    assert status == 0 and len(rest) == 2
+    _assert_same_checkpoint(tmp_path / "resumed.npz", tmp_path / "full.npz")
+    ref = sb.training_script(g, optimizer="adam", lr=0.01, batch_size=16)
+    assert _run(ref, tmp_path / "n.py", [*base, "--epochs", "4", "--out",
+                                         str(tmp_path / "numpy.npz")], capsys)[0] == 0
+    _assert_same_checkpoint(tmp_path / "numpy.npz", tmp_path / "full.npz")
+    # the cupy script's checkpoint resumes in the NumPy script (the generator's state: NumPy's)
+    assert _run(ref, tmp_path / "n2.py", [*base, "--epochs", "4", "--resume",
+                                          str(tmp_path / "half.npz"), "--out",
+                                          str(tmp_path / "x.npz")], capsys)[0] == 0
+    _assert_same_checkpoint(tmp_path / "x.npz", tmp_path / "full.npz")
+    half, full = _arrays(tmp_path / "half.npz"), _arrays(tmp_path / "full.npz")
+    assert str(half["buffers/rng"]) != str(full["buffers/rng"])
+
+
+def test_train_step_still_takes_a_cupy_generator():
+    """The step's code is unchanged: sb.train_step(..., backend="cupy") takes a cupy
+    Generator as its rng (the double's draws: NumPy's for the same seed), and gives the
+    NumPy step's loss and parameters."""
+    g = _dropout_cnn()
+    X, y = np.random.default_rng(2).standard_normal((5, 1, 6, 6)), np.array([0, 1, 2, 0, 1])
+    out = {}
+    for backend in ("numpy", "cupy"):
+        ns = {}
+        with fake_cupy():
+            import cupy
+
+            exec(sb.train_step(g, optimizer="adam", backend=backend), ns)  # noqa: S102
+            rng = cupy.random.default_rng(3) if backend == "cupy" else np.random.default_rng(3)
+            params = ns["init_params"](0)
+            state = ns["init_state"](params)
+            loss = ns["train_step"](params, state, X, y, rng=rng)
+            out[backend] = loss, {k: np.asarray(v).view(np.ndarray) for k, v in params.items()}
+    assert out["cupy"][0] == out["numpy"][0]
+    assert all(np.array_equal(out["cupy"][1][k], w) for k, w in out["numpy"][1].items())
+
+
 # -- the script's text ------------------------------------------------------------------------
 @functools.cache
 def _scripts() -> dict:
@@ -240,7 +338,9 @@ def _scripts() -> dict:
             "mixed.py": sb.training_script(g, optimizer="adam", precision="mixed",
                                            backend="cupy"),
             "cnn.py": sb.training_script(cnn, optimizer="sgd", dtype="float32",
-                                         backend="cupy", checkpoint="sqrt")}
+                                         backend="cupy", checkpoint="sqrt"),
+            "dropout.py": sb.training_script(_dropout_cnn(batch_norm=True), optimizer="adam",
+                                             precision="mixed", backend="cupy")}
 
 
 def test_script_passes_ruff_and_imports_only_cupy_and_numpy(tmp_path):
@@ -253,8 +353,16 @@ def test_script_passes_ruff_and_imports_only_cupy_and_numpy(tmp_path):
         assert not re.search(r"\bnp\.", device), name
         assert set(re.findall(r"\bcp\.\w+", host)) == {"cp.asarray", "cp.asnumpy"}, name
         step = device[:device.index("class HostGenerator")]
-        assert set(re.findall(r"\brng\.(\w+)\(", step)) <= {"standard_normal", "uniform"}
+        draws = {"standard_normal", "uniform"} | ({"random"} if name == "dropout.py" else set())
+        assert set(re.findall(r"\brng\.(\w+)\(", step)) <= draws, name
         assert "init_params(HostGenerator(rng))" in host and "order = cp.asarray(order)" in host
+        # dropout: BUFFERS["rng"] is NumPy's generator (made on the host, by init_buffers
+        # there), the step's rng a HostDraws of it
+        assert ("HostDraws" in src) == (name == "dropout.py"), name
+        if name == "dropout.py":
+            assert 'return {"running": init_running(), "rng": np.random.default_rng([seed, 1])}' \
+                in host
+            assert "'rng': HostDraws(BUFFERS['rng'])}" in device
         (tmp_path / name).write_text(src)
     assert_ruff_clean(tmp_path, *_scripts())
 
@@ -284,25 +392,32 @@ def test_names_exist_in_cupy():
     src = _scripts()["mlp.py"]
     found = next(n for n in ast.parse(src).body
                  if isinstance(n, ast.ClassDef) and n.name == "HostGenerator")
-    namespace = {"cp": cupy}
+    namespace = {"cp": cupy, "np": np}
     exec(ast.get_source_segment(src, found), namespace)  # noqa: S102 -- the script's own class
     host = namespace["HostGenerator"](np.random.default_rng(0))
     assert isinstance(host, cupy.random.Generator)
     assert cupy.random.default_rng(host) is host
+    src = _scripts()["dropout.py"]
+    found = next(n for n in ast.parse(src).body
+                 if isinstance(n, ast.ClassDef) and n.name == "HostDraws")
+    exec(ast.get_source_segment(src, found), namespace)  # noqa: S102 -- the script's own class
+    draws = namespace["HostDraws"](np.random.default_rng(0))
+    assert isinstance(draws, cupy.random.Generator) and cupy.random.default_rng(draws) is draws
 
 
 # -- bad input -----------------------------------------------------------------------------
 def test_refused_in_one_line(tmp_path, capsys):
-    g = sb.models.cnn((1, 6, 6), channels=(2,), hidden=(8,), classes=3, dropout=0.25)
-    with pytest.raises(sb.CodegenError, match="cannot train a network with dropout") as e:
-        sb.training_script(g, backend="cupy")
-    assert "\n" not in str(e.value) and "numpy or torch script" in str(e.value)
     with pytest.raises(ValueError, match="runs as one process on one GPU"):
         sb.training_script(sb.models.mlp([4, 3, 2]), backend="cupy", distributed="mpi")
     out = tmp_path / "t.py"
     assert cli(["train-script", "mlp:4-3-2", "--backend", "cupy", "--precision", "mixed",
                 "-o", str(out)]) == 0
     assert "import cupy as cp" in out.read_text() and "precision='mixed'" in out.read_text()
+    (tmp_path / "net.py").write_text("import symbackprop as sb\ngraph = sb.models.cnn((1, 6, 6), "
+                                     "channels=(2,), hidden=(8,), classes=3, dropout=0.25)\n")
+    assert cli(["train-script", str(tmp_path / "net.py"), "--backend", "cupy", "-o",
+                str(out)]) == 0  # dropout: no longer refused
+    assert "'rng': HostDraws(BUFFERS['rng'])" in out.read_text()
     capsys.readouterr()
     assert cli(["train-script", "mlp:4-3-2", "--backend", "cupy", "--distributed", "mpi"]) == 2
     err = capsys.readouterr().err

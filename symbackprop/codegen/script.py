@@ -232,14 +232,20 @@ def _script_functions(m: Model, task: _Task) -> tuple[list[Function], list[str],
     keys = [(x, "X")] + ([(y, "y")] if y else [])
     sources = ", ".join(f"{k} from {v}" for k, v in keys)
     context = _context(m)
+    # the cupy script's dropout: NumPy's generator on the host, its draws copied (HostDraws)
+    host_draws = em.backend.on_device and "rng" in context
     if context:  # batch norm, dropout: their state rides with every minibatch (issue 13)
-        blocks.append(_init_buffers(context))
+        if not host_draws:  # else init_buffers is the host's (a NumPy generator)
+            blocks.append(_init_buffers(context))
         sources += ", and BUFFERS"
+    if host_draws:
+        sources += ";\n    dropout's generator draws through HostDraws (NumPy's draws, copied to the GPU)"
     blocks.append("\n".join([
         "def minibatch(X, y, idx):",
         f'    """The network\'s inputs for the rows idx of the data: {sources}."""',
         "    return {" + ", ".join(f"{k!r}: {v}[idx]" for k, v in keys)
-        + (", **BUFFERS" if context else "") + "}"]) + "\n")
+        + (", **BUFFERS" if context else "")
+        + (", 'rng': HostDraws(BUFFERS['rng'])" if host_draws else "") + "}"]) + "\n")
     # evaluation mode: the running statistics, no dropout
     fixed = (["training=False"] + (["running=BUFFERS['running']"] if "running" in context
                                    else [])) if context else []
@@ -266,8 +272,10 @@ def _script_functions(m: Model, task: _Task) -> tuple[list[Function], list[str],
                             + ["    " + b for b in body]) + "\n")
     vg = next(f for f in m.functions if f.name == "value_and_grad")
     # mixed precision: the norms of the float32 gradients (float16's flush to zero)
+    # the cupy script's dropout: the NumPy script's masks (its rng=0: default_rng(0)'s draws)
     call = call_lines("_, grads = ", "reference_value_and_grad" if m.precision == "mixed"
-                      else "value_and_grad", m.args(vg, data))
+                      else "value_and_grad", m.args(vg, data)
+                      + (["rng=HostDraws(0)"] if host_draws else []))
     blocks.append("\n".join([
         "def grad_norms(params, X, y):",
         '    """The norm of the gradient of each layer\'s weights (LAYERS) on (X, y)."""',
@@ -390,10 +398,12 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         ``"cupy"``: this script with the cupy training step, on the GPU: the data copied
         there once and each epoch's order (NumPy's) once an epoch, the initial parameters
         NumPy's draws copied there, checkpoints through ``cp.asnumpy``; the same seed
-        trains as the NumPy script. Refused: ``distributed``, and dropout (a CuPy
-        generator's state cannot be checkpointed). The NumPy, torch and cupy
-        scripts (and JAX's) have resumable checkpoints, ``last_good``, ``--metrics`` and
-        ``--log-grad-norms``.
+        trains as the NumPy script. With dropout, the masks' uniform draws are the NumPy
+        script's generator's, made on the host and copied to the GPU every step
+        (``HostDraws``): the NumPy script's masks, and a generator state the checkpoints
+        keep. Refused: ``distributed``. The NumPy, torch and
+        cupy scripts (and JAX's) have resumable checkpoints, ``last_good``, ``--metrics``
+        and ``--log-grad-norms``.
 
     Returns
     -------
@@ -417,7 +427,7 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         When the graph's inputs cannot be mapped to ``X`` and ``y``; with
         ``distributed="mpi"``, for batch norm (its statistics would be per rank), dropout
         on an array whose first axis is not the batch, or ``optimize=False`` (no flat
-        gradient buffer); with ``backend="cupy"``, for dropout.
+        gradient buffer).
 
     Examples
     --------
@@ -478,12 +488,6 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
                     checkpoint=checkpoint, precision=precision, growth_interval=growth_interval,
                     fuse_update=fuse_update, backend=backend)
     fns, blocks, metric = _script_functions(m, task)
-    if b.on_device and "rng" in _context(m):
-        raise CodegenError(f"the {backend} script cannot train a network with dropout: its "
-                           f"masks come from a {b.title} generator whose state a checkpoint "
-                           "cannot keep, so --resume would draw other masks; use the numpy or "
-                           f"torch script, or sb.train_step(..., backend={backend!r}) in your "
-                           "own loop.")
     mpi = distributed == "mpi"
     if mpi:
         _check_distributable(m, task)
@@ -533,6 +537,10 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
                 "from --seed)\nonce per epoch, and the batches are taken there; the initial "
                 "parameters are NumPy's\ndraws, copied; checkpoints are NumPy arrays. The same "
                 "seed trains as the NumPy script.")
+        if "rng" in _context(m):
+            doc += ("\nDropout: the masks are NumPy's draws on the host, copied to the GPU "
+                    "every step\n(HostDraws): the NumPy script's masks, and a generator "
+                    "state the checkpoints keep.")
     if mpi:
         doc += ("\n\nData parallel (MPI): each of the K ranks (mpirun -n K) reads the data and "
                 "shuffles\nalike, computes the gradient of its K-th of every global batch "
@@ -579,6 +587,11 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
                                                      if mixed else [])
     if b.on_device:
         blocks.append(source_of(cupy_script, "HostGenerator"))
+    if b.on_device and "rng" in _context(m):  # dropout on the GPU: NumPy's generator, on the
+        # host (written with np, after the host's runtime and before its __main__ block)
+        host[-1:] = [source_of(runtime_script, *runtime[cut:-1], variants=variants),
+                     _init_buffers(_context(m)), source_of(cupy_script, "HostDraws"),
+                     source_of(runtime_script, runtime[-1], variants=variants)]
     imports = ("argparse", "csv", "json", "os", "sys", "tempfile", "time", "zipfile")
     if not b.on_device:
         return assemble(doc, m, m.functions + fns, blocks + host, imports=imports,

@@ -7,15 +7,20 @@ once, of each epoch's order once; ``cp.asnumpy`` into the checkpoints). The init
 parameters are the NumPy script's: :class:`HostGenerator` makes ``init_params``' draws
 with the script's NumPy generator on the host and copies them to the GPU, so the same
 seed gives the NumPy script's initial parameters and, the generator moved on as far, its
-shuffling order.
+shuffling order. With dropout, :class:`HostDraws` does the same for the masks: their
+uniform draws are the NumPy script's generator's (``BUFFERS["rng"]``, whose state the
+checkpoints keep as the NumPy script's do), made on the host and copied to the GPU.
 
 Here ``cp`` is NumPy, so that this module imports, and its tests run, on a machine
-without a GPU; the generated script imports cupy as cp.
+without a GPU; the generated script imports cupy as cp. HostGenerator is copied with the
+step's code (which writes no ``np.``); HostDraws, which makes a NumPy generator, with the
+host's.
 """
 
 from __future__ import annotations
 
 import numpy as cp  # stands in for CuPy here; the generated script imports cupy as cp
+import numpy as np
 
 
 class HostGenerator(cp.random.Generator):
@@ -32,3 +37,18 @@ class HostGenerator(cp.random.Generator):
 
     def uniform(self, low=0.0, high=1.0, size=None):
         return cp.asarray(self.rng.uniform(low, high, size=size))
+
+
+class HostDraws(HostGenerator):
+    """Dropout's generator in the cupy script: the NumPy generator rng (a seed, or the
+    script's BUFFERS["rng"], whose state the checkpoints keep) drawing the masks' uniform
+    numbers on the host, copied to the GPU. The step's default_rng(rng) passes it
+    through, as a cupy Generator, and its _dropout_mask calls only random(): the masks are
+    the NumPy script's, and a resumed run draws the uninterrupted run's. The price: each
+    mask is drawn by the CPU and copied to the GPU, every step."""
+
+    def __init__(self, rng):
+        super().__init__(np.random.default_rng(rng))  # a NumPy Generator passes through
+
+    def random(self, size=None, dtype=np.float64):
+        return cp.asarray(self.rng.random(size, dtype=dtype))
