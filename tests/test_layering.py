@@ -90,3 +90,19 @@ def test_imports_flow_one_way(path):
     backward = sorted(m for m in _imports(path) if LAYER[m] > LAYER[mod]
                       and not (mod.startswith(m + ".") or m == mod))
     assert not backward, f"{mod} imports {backward}, which come later in the layering"
+
+
+def test_importing_symbackprop_loads_no_optional_library():
+    """The backends' libraries are imported when their code is run (or their source written
+    from a runtime module that imports them: read by name, runtime.source_of), never by
+    ``import symbackprop``: JAX alone added 1.2 s to every command's start."""
+    import subprocess
+    import sys
+
+    optional = ("jax", "torch", "cupy", "mpi4py", "array_api_strict", "matplotlib", "sklearn",
+                "selenium")
+    code = ("import sys, symbackprop, symbackprop.cli; "
+            f"print([m for m in {optional!r} if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, check=True)
+    assert r.stdout.strip() == "[]", r.stdout

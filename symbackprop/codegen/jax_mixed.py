@@ -32,8 +32,9 @@ from ..errors import CodegenError
 from .emit import Function, call_lines, render_function, returns_running
 from .lowering import CONTEXT
 from .mixed import float32_statements
-from .runtime import jax_mixed as runtime
 from .runtime import source_of
+
+runtime = "jax_mixed"  # the runtime module, by name: importing it would import JAX
 
 HALF = {"mixed": "float16", "bfloat16": "bfloat16"}  # precision -> the step's dtype
 _ROUNDED = "; in float32, rounded to DTYPE"

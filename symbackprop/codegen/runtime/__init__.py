@@ -20,10 +20,12 @@ Modules: :mod:`.flat` (flat buffers), :mod:`.init` (weight draws), :mod:`.check`
 from __future__ import annotations
 
 import ast
+import importlib.util
 import inspect
 import re
 import textwrap
 from functools import cache
+from pathlib import Path
 
 _VARIANT = re.compile(r"^(\s*)if .*:\s*# variant: (\w+)$")
 
@@ -50,7 +52,10 @@ def source_of(module, *names: str, variants: dict | None = None) -> str:
     ``if __name__ == "__main__":`` block; two blank lines apart, ending in a newline.
 
     ``variants`` chooses the blocks marked ``# variant: NAME`` (see the module's
-    docstring); every marked block of the copied text must be chosen.
+    docstring); every marked block of the copied text must be chosen. ``module`` may be
+    a runtime module's name (``"jax_mixed"``): its source is then read without importing
+    it, for the modules that import an optional library (JAX), which ``import
+    symbackprop`` must not load.
 
     Examples
     --------
@@ -64,13 +69,17 @@ def source_of(module, *names: str, variants: dict | None = None) -> str:
     found = _statements(module)
     missing = [n for n in names if n not in found]
     if missing:
-        raise KeyError(f"{module.__name__} defines no top-level {missing[0]!r}")
+        name = module if isinstance(module, str) else module.__name__
+        raise KeyError(f"{name} defines no top-level {missing[0]!r}")
     return _join([found[n] for n in names], variants)
 
 
 @cache
 def _statements(module) -> dict:
-    text = inspect.getsource(module)
+    if isinstance(module, str):  # a runtime module by name: read, not imported
+        text = Path(importlib.util.find_spec(f"{__name__}.{module}").origin).read_text()
+    else:
+        text = inspect.getsource(module)
     lines = text.splitlines(True)
     out = {}
     for node in ast.parse(text).body:
