@@ -350,3 +350,12 @@ def test_cli_codegen_and_train_script(tmp_path, capsys):
     script = tmp_path / "train.py"  # the training script: tests/test_cupy_script.py
     assert main(["train-script", "mlp:4-3-2", "--backend", "cupy", "-o", str(script)]) == 0
     assert "import cupy as cp" in script.read_text()
+
+
+@pytest.mark.parametrize("write", [
+    lambda g: sb.train_step(g, backend="cupy", precision="bfloat16"),
+    lambda g: sb.training_script(g, backend="cupy", precision="bfloat16")])
+def test_bfloat16_on_cupy_names_cupy(write):
+    with pytest.raises(ValueError, match=r"\(jax, torch\); CuPy has none\. On CuPy use "
+                                         r"precision 'mixed'"):
+        write(sb.models.mlp([4, 3, 2]))

@@ -47,11 +47,12 @@ GROWTH_INTERVAL = 2000
 BFLOAT16_BACKENDS = "jax, torch"  # the backends whose generated code computes in bfloat16
 
 
-def resolve_precision(precision, dtype: str = "float64") -> tuple[str, str]:
+def resolve_precision(precision, dtype: str = "float64",
+                      library: str = "NumPy") -> tuple[str, str]:
     """``(precision, dtype of the generated step)``: ``None`` keeps ``dtype``;
     ``"float32"``/``"float64"`` are that dtype; ``"mixed"`` computes in float16 for
     float32 masters. Raises ``ValueError`` for an unknown precision and for
-    ``"bfloat16"``, which NumPy lacks.
+    ``"bfloat16"``, which the planned backends' ``library`` (NumPy, CuPy) lacks.
 
     Examples
     --------
@@ -65,8 +66,8 @@ def resolve_precision(precision, dtype: str = "float64") -> tuple[str, str]:
         return dtype, dtype
     if precision == "bfloat16":
         raise ValueError(f"precision 'bfloat16' needs a backend that has bfloat16 "
-                         f"({BFLOAT16_BACKENDS}); NumPy has none. On NumPy use precision "
-                         "'mixed' (float16 with float32 masters).")
+                         f"({BFLOAT16_BACKENDS}); {library} has none. On {library} use "
+                         "precision 'mixed' (float16 with float32 masters).")
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
     return precision, ("float16" if precision == "mixed" else precision)

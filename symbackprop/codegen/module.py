@@ -21,6 +21,7 @@ from ..autodiff import check_of_wrt
 from ..errors import CodegenError
 from ..graph import Graph, fmt_shape
 from ..optimize import resolve as resolve_passes
+from . import backends
 from .emit import (
     Emitter,
     Function,
@@ -171,7 +172,7 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
     ('adam', ['forward', 'value_and_grad', 'loss_and_grads_into'], ['X', 'y'])
     """
     opt, values = resolve_optimizer(optimizer, lr, hyper)
-    precision, dtype = resolve_precision(precision, dtype)
+    precision, dtype = resolve_precision(precision, dtype, backends.get(backend).title)
     mixed = precision == "mixed"
     if fuse_update:
         check_fusable(optimize, mixed)

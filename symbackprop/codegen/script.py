@@ -476,7 +476,7 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
     if distributed not in (None, "mpi"):
         raise ValueError(f"distributed={distributed!r}; expected None (one process) or 'mpi' "
                          "(data parallel under mpirun).")
-    precision, computed = resolve_precision(precision, dtype)
+    precision, computed = resolve_precision(precision, dtype, b.title)
     mixed = precision == "mixed"
     if b.on_device and distributed is not None:  # issue 15: the step on the GPU (cupy)
         raise ValueError(f"distributed={distributed!r} is the numpy script's (mpirun); the "
