@@ -7,6 +7,11 @@ cache entry, and the second step through JAX's slower dispatch path."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -14,6 +19,7 @@ import symbackprop as sb
 
 jax = pytest.importorskip("jax", reason="the jax backend needs JAX: pip install 'symbackprop[jax]'")
 
+ROOT = Path(__file__).resolve().parent.parent
 SIZES = [6, 5, 3]
 
 
@@ -90,3 +96,23 @@ def test_adam_state_counts_steps_in_int32():
     assert state["t"].dtype == np.int32 and int(state["t"]) == 3
     for name, w in params.items():
         assert state["m"][name].dtype == w.dtype == np.float32
+
+
+def test_generated_step_compiles_to_no_more_work_than_a_hand_written_jit(tmp_path):
+    """benchmarks/jax_step.py on A at batch 128, programs only (no timing), in a new process
+    (it sets JAX's 64-bit mode per workload): the generated step's optimized HLO has the
+    hand-written step's matrix products, no transpose, no more copies, every parameter
+    buffer donated, and no more flops or bytes."""
+    out = tmp_path / "programs.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "jax_step.py"),
+                          "--only", "A-b128-f32", "--no-timing", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    p = json.loads(out.read_text())["A-b128-f32"]["programs"]
+    hand, gen = p["hand"], p["generated"]
+    assert gen["dots"] == hand["dots"] == 11  # 4 forward, 7 backward (no dX)
+    assert gen["transposes"] == 0
+    assert gen["copies"] <= hand["copies"]
+    assert gen["aliased_buffers"] == hand["aliased_buffers"] == 8  # all parameters donated
+    assert gen["flops"] <= hand["flops"] * 1.001
+    assert gen["bytes_accessed"] <= hand["bytes_accessed"] * 1.001
