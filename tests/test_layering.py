@@ -30,6 +30,7 @@ LAYERS = [
      "codegen.lowering",
      # the backends (issue 15): each one's table, printer and runtime helpers
      "codegen.runtime.jax_ops", "codegen.runtime.jax_init", "codegen.runtime.array_api_ops",
+     "codegen.runtime.jax_optimizers", "codegen.runtime.jax_optimizers.adam",
      "codegen.backends", "codegen.jax_backend", "codegen.array_api_backend",
      "codegen.runtime.torch_ops", "codegen.runtime.torch_init", "codegen.torch_backend",
      "codegen.runtime.torch_mixed"],

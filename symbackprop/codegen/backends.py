@@ -44,6 +44,7 @@ from ..errors import CodegenError
 from ..ops import registry
 from . import lowering as _lowering
 from .printer import Printer, expr_code
+from .runtime import source_of
 
 
 class Backend:
@@ -197,6 +198,13 @@ class Backend:
         """The blocks drawing the initial parameters (``init_params(seed=0)``) for the plan
         of :func:`~symbackprop.codegen.init.plan_init`."""
         raise CodegenError(f"backend {self.name!r} writes no functional training module.")
+
+    def state_source(self, runtime) -> str:
+        """The source of the optimizer's ``init_state(params)`` in the functional training
+        module: that of ``runtime``, its module in
+        :mod:`~symbackprop.codegen.runtime.functional` (JAX writes its own where that
+        one holds a Python number)."""
+        return source_of(runtime, "init_state")
 
     # -- a training module of its own (torch: in place, not planned) ------------------------
     def trainer(self):

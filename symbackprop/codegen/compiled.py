@@ -205,7 +205,7 @@ class CompiledTrainStep(Compiled):
         >>> params = step.init_params(0)
         >>> state = step.init_state(params)
         >>> counts = step.underflow(params, state, X=np.ones((5, 4)), y=np.zeros(5, int))
-        >>> counts["W1"][0], state["scale"]
+        >>> counts["W1"][0], float(state["scale"])
         (12, 65536.0)
         """
         if not hasattr(self.module, "underflow"):
@@ -298,7 +298,7 @@ class FunctionalTrainStep(Compiled):
         >>> params = step.init_params(0)
         >>> state = step.init_state(params)
         >>> counts = step.underflow(params, state, X=np.ones((5, 4)), y=np.zeros(5, int))
-        >>> counts["W1"][0], state["scale"]
+        >>> counts["W1"][0], float(state["scale"])
         (12, 65536.0)
         """
         if not hasattr(self.module, "underflow"):

@@ -160,7 +160,7 @@ def model_text(m: Model, doc: str | None = None, blocks=(), imports=(), constant
         blocks = [*mixed_blocks(m, runtime), *blocks]
         constants = mixed_constants(m) + list(constants)
     else:
-        blocks = [*b.init_source(m.plan), source_of(runtime, "init_state"),
+        blocks = [*b.init_source(m.plan), b.state_source(runtime),
                   source_of(runtime, "update"), train_step_block(m), *blocks]
     text = "".join(blocks)  # the standard-library modules its blocks use
     imports = [*imports, *(i for i in b.step_imports() if re.search(rf"\b{i}\.", text))]

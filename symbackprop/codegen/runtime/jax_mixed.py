@@ -39,8 +39,11 @@ def update(params, grads, state, lr=0.01):
 def init_state(params):
     """The optimizer's state (_optimizer_state, float32) and the dynamic loss scaler's:
     scale (the loss is multiplied by it before backprop), good_steps (steps since the
-    scale last changed) and skipped (steps skipped on overflow, in all)."""
-    return {**_optimizer_state(params), "scale": LOSS_SCALE, "good_steps": 0, "skipped": 0}
+    scale last changed) and skipped (steps skipped on overflow, in all). The scaler's
+    numbers are arrays of the dtypes every step returns (float32, int32): Python numbers
+    would give the jitted train_step a second signature after the first step."""
+    return {**_optimizer_state(params), "scale": jnp.asarray(LOSS_SCALE, MASTER),
+            "good_steps": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
 
 
 def _in_float32(f, *args):

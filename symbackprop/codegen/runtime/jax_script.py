@@ -228,8 +228,8 @@ def load_checkpoint(path):
     for key, value in fresh_state.items():
         if isinstance(value, dict):
             state[key] = {k: array(f"state/{key}/{k}", v) for k, v in value.items()}
-        else:  # a count such as Adam's t: the type init_state gives it
-            state[key] = type(value)(array("state/" + key, value))
+        else:  # a count such as Adam's t, the loss scale: the dtype init_state gives it
+            state[key] = array("state/" + key, value)
     buffers = None
     if BUFFERS is not None:  # variant: buffers
         fresh_buffers, buffers = init_buffers(0), {}
