@@ -29,6 +29,8 @@ def _expand(g: Graph, n: str, into: str, keep: set, allow=None) -> tuple[sp.Expr
     inline = (n not in keep and fusable(g, n) and (allow is None or allow(n))
               and {c for c, _ in g.consumers(n)} == {into})
     if not inline:
+        # real, as the arguments they stand for: without it SymPy's tanh asks assumption
+        # queries down every nested chain (seconds for a 40-node graph)
         s = sp.Dummy(n, real=True)
         return s, [(s, n)]
     syms, e = g.opdef(n).code_expr(g.nx.nodes[n]["attrs"])
