@@ -106,6 +106,9 @@ class Emitter:
         self.sizes = sorted({x for n in j.nx for x in sizes.names(j.nx.nodes[n]["shape"])})
         self.helpers: dict[str, str] = {}
         self.constants: list[str] = []
+        # nodes the memory planner leaves as plain statements (mixed precision's float32
+        # batch norm: new float32 arrays each step, not half-precision buffers)
+        self.unplanned: set[str] = set()
         # the call-time arguments the ops' code reads (batch norm, dropout): names taken
         self.context = [c for c in CONTEXT if any(
             c in lowering(j.opdef(n)).context for n in j.nx if not j.is_leaf(n))]

@@ -967,7 +967,7 @@ def plan_function(em: Emitter, name: str, targets: list[str], into: list[str], d
             d, op = j.nx.nodes[n], j.opdef(n)
             ok = (op is not None and _out_op(em, op) and d["shape"] != () and d["dtype"] == "float"
                   and n not in together and n not in together.values() and n not in unread
-                  and n not in getattr(em, "unplanned", ()))  # mixed precision's float32 ones
+                  and n not in em.unplanned)  # mixed precision's float32 ones
             fold = p.folds.get(n)
             cache[n] = _lower_node(em, n, op, fold.expr if fold else None) if ok else None
         return cache[n]
