@@ -74,12 +74,6 @@ def build(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None, hyper=No
     return m
 
 
-def context_of(m: Model) -> list[str]:
-    """The call-time arguments (:data:`~symbackprop.codegen.lowering.CONTEXT`) that
-    ``value_and_grad`` takes: ``running`` (batch norm), ``rng`` (dropout)."""
-    named = (p.split("=")[0] for p in m.functions[1].params if "=" in p)
-    return [n for n in named if n in CONTEXT]  # not mixed precision's scale=
-
 
 def train_step_block(m: Model) -> str:
     """``train_step(params, state, <inputs>, lr=LR)``: value_and_grad, then update. A
@@ -88,7 +82,7 @@ def train_step_block(m: Model) -> str:
     em = m.em
     data = [em.namer(n) for n in m.inputs]
     batch = ", ".join(data) or "no data"
-    context = context_of(m)
+    context = m.context
     kwargs = [f"{c}={CONTEXT[c]}" for c in context]
     running = "running" in context
     lines = [*em.backend.step_decorators(context),
@@ -169,4 +163,4 @@ def model_text(m: Model, doc: str | None = None, blocks=(), imports=(), constant
                          library=library)
 
 
-__all__ = ["RUNTIME", "build", "context_of", "model_text", "step_source", "train_step_block"]
+__all__ = ["RUNTIME", "build", "model_text", "step_source", "train_step_block"]

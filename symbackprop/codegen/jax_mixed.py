@@ -192,7 +192,7 @@ def _train_step_block(m) -> str:
     else:
         doc += (f", then one {m.opt.title} update of the masters from the gradients cast to "
                 "float32 (no loss scaling: bfloat16 has float32's exponent range).")
-    context = _context(m)
+    context = m.context
     running = "running" in context
     doc += (" Returns the loss, the new parameters and the new state"
             + (" and the new running statistics (batch norm)" if running else "")
@@ -224,11 +224,6 @@ _CONTEXT_DOC = {
            "float32 step for the same key): pass a new one every step, such as "
            "jax.random.fold_in(key, step)."}
 
-
-def _context(m) -> list[str]:
-    """``value_and_grad``'s call-time arguments: ``running`` (batch norm), ``rng`` (dropout)."""
-    named = (p.split("=")[0] for p in m.functions[1].params if "=" in p)
-    return [n for n in named if n in CONTEXT]
 
 
 def _reference_block(m) -> str:

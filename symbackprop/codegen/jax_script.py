@@ -51,7 +51,7 @@ def _evaluate(m, task) -> tuple[str, str]:
     running statistics (issue 15)."""
     fwd = m.functions[0]
     data = {task.features: "X"} | ({task.target: "y"} if task.target else {})
-    context = functional.context_of(m)
+    context = m.context
     fixed = (["training=False"] + (["running=running"] if "running" in context else [])
              if context else [])
     lhs = "out, _ = " if returns_running(m.em, fwd) else "out = "
@@ -89,7 +89,7 @@ def _grad_norms(m, task) -> str:
 def _buffers(m) -> list[str]:
     """``init_buffers(seed)`` and ``train_batch``: batch norm's running statistics and
     dropout's key, kept beside the parameters by the main program (issue 15)."""
-    context = functional.context_of(m)
+    context = m.context
     running, dropout = "running" in context, "rng" in context
     items, what = [], []
     if running:
@@ -183,7 +183,7 @@ def data_parallel_script(g: Graph, of=None, optimizer: str = "sgd", lr=None, epo
     evaluate, metric = _evaluate(m, task)
     g_shape = g.nx.nodes
     tshape = tuple(g_shape[task.target]["shape"][1:]) if task.target else ()
-    context = functional.context_of(m)
+    context = m.context
     constants = [f"EPOCHS = {epochs}", f"BATCH_SIZE = {batch_size}", f"SEED = {seed}",
                  f"FEATURES = {nm(task.features)!r}  # the input fed from the data's X",
                  (f"TARGET = {nm(task.target) if task.target else None!r}  # the input fed "

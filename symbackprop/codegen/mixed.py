@@ -321,10 +321,6 @@ def _data(m) -> list[str]:
     return [m.em.namer(n) for n in m.inputs]
 
 
-def _context(m) -> list[str]:
-    """The planned step's call-time arguments: ``running`` (batch norm), ``rng`` (dropout)."""
-    return [p.split("=")[0] for p in m.fast.params if "=" in p and p.split("=")[0] in CONTEXT]
-
 
 def _scaled_grads_block(m) -> str:
     em = m.em
@@ -342,7 +338,7 @@ def _scaled_grads_block(m) -> str:
            "from float16 copies of the master parameters (_half): (loss, G, grads), the "
            "gradients as views of G, the flat buffer in the workspace (valid until the next "
            'call)."""')
-    context = _context(m)
+    context = m.context
     args += [f"{c}={c}" for c in context]
     if context:
         doc = doc[:-3] + (" running (batch norm's float32 statistics, updated in place) and "
@@ -375,7 +371,7 @@ def _train_step_block(m, mpi: bool = False) -> str:
            "scaled gradients the step is skipped (params and the optimizer state unchanged) "
            "and the scale halved. params and state change in place. Returns the loss. Raises "
            'FloatingPointError, before changing anything, when the loss is nan or inf."""')
-    context = _context(m)
+    context = m.context
     call = _scaled_grads_call(m, data, "state['scale']", 8)
     doc_lines = textwrap.wrap(doc, 88, initial_indent='    """', subsequent_indent="    ")
     if context:  # as the float32 step's, and what a skipped step does to them
@@ -414,7 +410,7 @@ def _mpi_train_step_block(m, data: list) -> str:
            "for none). Raises FloatingPointError on every rank, before changing anything, "
            'when a rank\'s loss is nan or inf."""')
     call = _scaled_grads_call(m, data, "state['scale'] * share", 12)
-    kwargs = [f"{c}={CONTEXT[c]}" for c in _context(m)]
+    kwargs = [f"{c}={CONTEXT[c]}" for c in m.context]
     return "\n".join([
         f"def train_step(params, state, {', '.join(data + ['lr=LR', 'share=1.0'] + kwargs)}):",
         *textwrap.wrap(doc, 88, initial_indent='    """', subsequent_indent="    "),
@@ -429,7 +425,7 @@ def _mpi_train_step_block(m, data: list) -> str:
 def _scaled_grads_call(m, data: list, scale: str, indent: int) -> str:
     """train_step's call of scaled_grads, passing on batch norm's running statistics and
     dropout's generator where the network has them."""
-    context = _context(m)
+    context = m.context
     if not context:
         return (" " * indent + "loss, G, grads = scaled_grads(params, state, "
                 + ", ".join([*data, scale]) + ")")
@@ -452,7 +448,7 @@ def _underflow_block(m) -> str:
     data = _data(m)
     ref = call_lines("_, reference = ", "reference_value_and_grad", m.args(m.functions[1]),
                      indent=4)
-    context = _context(m)
+    context = m.context
     ignored = "".join(f", {c}=None" for c in context)
     doc = ["    without loss scaling, zero in float16 with state['scale']). Changes nothing.\"\"\""]
     if context:  # a training script passes its minibatch(), which carries them

@@ -141,6 +141,14 @@ class Model:
         return out
 
     @property
+    def context(self) -> list[str]:
+        """The call-time arguments (:data:`~symbackprop.codegen.lowering.CONTEXT`) that
+        ``value_and_grad`` takes: ``running`` (batch norm), ``rng`` (dropout); not mixed
+        precision's ``scale=``."""
+        named = (p.split("=")[0] for p in self.functions[1].params if "=" in p)
+        return [n for n in named if n in CONTEXT]
+
+    @property
     def arg_names(self) -> dict:
         """Graph name -> the generated code's name of every input and parameter."""
         return {n: self.em.namer(n) for n in self.g.nodes("input") + self.g.nodes("param")}

@@ -231,7 +231,7 @@ def _script_functions(m: Model, task: _Task) -> tuple[list[Function], list[str],
     x, y = em.namer(task.features), (em.namer(task.target) if task.target else None)
     keys = [(x, "X")] + ([(y, "y")] if y else [])
     sources = ", ".join(f"{k} from {v}" for k, v in keys)
-    context = _context(m)
+    context = m.context
     # the cupy script's dropout: NumPy's generator on the host, its draws copied (HostDraws)
     host_draws = em.backend.on_device and "rng" in context
     if context:  # batch norm, dropout: their state rides with every minibatch (issue 13)
@@ -285,18 +285,13 @@ def _script_functions(m: Model, task: _Task) -> tuple[list[Function], list[str],
     return fns, blocks, metric
 
 
-def _context(m: Model) -> list[str]:
-    """The state that the network's ops keep besides the parameters: ``running`` (batch
-    norm) and ``rng`` (dropout), the keyword arguments of its value_and_grad."""
-    return [p.split("=")[0] for p in m.functions[1].params if "=" in p]
-
 
 def _check_distributable(m: Model, task: _Task) -> None:
     """Refuse, with one line, what ``distributed="mpi"`` cannot train as one process does:
     batch norm (its statistics would be each rank's rows', not the global batch's) and a
     random draw (dropout's mask) whose first axis is not the batch's rows (RowDraws, in
     the script, draws the global batch's mask and keeps this rank's rows)."""
-    context = _context(m)
+    context = m.context
     if "running" in context:
         raise _option_error(lambda opt: (
             f"{opt('distributed')}mpi cannot train a network with batch norm yet: each rank "
@@ -537,7 +532,7 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
                 "from --seed)\nonce per epoch, and the batches are taken there; the initial "
                 "parameters are NumPy's\ndraws, copied; checkpoints are NumPy arrays. The same "
                 "seed trains as the NumPy script.")
-        if "rng" in _context(m):
+        if "rng" in m.context:
             doc += ("\nDropout: the masks are NumPy's draws on the host, copied to the GPU "
                     "every step\n(HostDraws): the NumPy script's masks, and a generator "
                     "state the checkpoints keep.")
@@ -548,7 +543,7 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
                 "buffers; rank 0 alone prints\nand writes checkpoints, which resume on any K. "
                 "Set OPENBLAS_NUM_THREADS (e.g. 1) so\nthat the ranks do not share cores. "
                 "Without mpirun it runs as one process.")
-        if "rng" in _context(m):
+        if "rng" in m.context:
             doc += ("\nDropout: every rank draws the masks of the whole global batch and keeps "
                     "its rows'\n(RowDraws): the one process's masks and generator state.")
         if mixed:
@@ -563,13 +558,13 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
     runtime = RUNTIME if not task.tokens else tuple(
         n for name in RUNTIME for n in (("check_tokens", name) if name == "check_split"
                                         else (name,)))
-    buffers = bool(_context(m))
+    buffers = bool(m.context)
     if buffers:  # batch norm, dropout: their state in checkpoints (issue 13)
         constants.append("BUFFERS = {}  # batch norm's running statistics, dropout's generator: "
                          "main fills it")
         runtime = tuple(n for name in runtime for n in (
             ("buffers_state", "restore_buffers", name) if name == "save_checkpoint" else (name,)))
-    dropout = mpi and "rng" in _context(m)
+    dropout = mpi and "rng" in m.context
     if mpi:  # data parallel (issue 15)
         runtime = tuple(n for name in runtime for n in (
             (*MPI_RUNTIME.get(name, ()), name) if name == "InputError"
@@ -587,10 +582,10 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
                                                      if mixed else [])
     if b.on_device:
         blocks.append(source_of(cupy_script, "HostGenerator"))
-    if b.on_device and "rng" in _context(m):  # dropout on the GPU: NumPy's generator, on the
+    if b.on_device and "rng" in m.context:  # dropout on the GPU: NumPy's generator, on the
         # host (written with np, after the host's runtime and before its __main__ block)
         host[-1:] = [source_of(runtime_script, *runtime[cut:-1], variants=variants),
-                     _init_buffers(_context(m)), source_of(cupy_script, "HostDraws"),
+                     _init_buffers(m.context), source_of(cupy_script, "HostDraws"),
                      source_of(runtime_script, runtime[-1], variants=variants)]
     imports = ("argparse", "csv", "json", "os", "sys", "tempfile", "time", "zipfile")
     if not b.on_device:

@@ -77,8 +77,7 @@ def _train_step_block(m) -> str:
     doc += (" params and state change in place. Returns the loss. Raises FloatingPointError, "
             "before changing anything, when the loss is nan or inf" +
             ("." if m.scaler else " or a gradient is.") + '"""')
-    context = [p.split("=")[0] for p in m.functions[1].params
-               if "=" in p and p.split("=")[0] in CONTEXT]
+    context = m.context
     args = m.args(m.functions[1]) + (["scale=state['scale']"] if m.scaler else [])
     args += [f"{c}={c}" for c in context]
     rule = "_scaled_update" if m.scaler else "_master_update"

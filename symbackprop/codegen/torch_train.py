@@ -98,7 +98,7 @@ def train_step_block(m: Model) -> str:
     data = [em.namer(n) for n in m.inputs]
     batch = ", ".join(data) or "no data"
     # batch norm's running statistics and dropout's generator, passed on (NumPy's rule)
-    context = functional.context_of(m)
+    context = m.context
     kwargs = [f"{c}={CONTEXT[c]}" for c in context]
     lines = ["@torch.inference_mode()",
              f"def train_step(params, state, {', '.join(data + ['lr=LR'] + kwargs)}):",
@@ -191,7 +191,7 @@ def compile_step(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None, h
               growth_interval)
     step = CompiledTrainStep(model_text(m), module_name(g, "_train_step"),
                              [m.em.namer(n) for n in m.inputs], m.arg_names)
-    if "rng" in functional.context_of(m):  # dropout: the step's own generator is torch's
+    if "rng" in m.context:  # dropout: the step's own generator is torch's
         import torch
 
         step.rng = torch.Generator().manual_seed(0)
@@ -204,7 +204,7 @@ def _evaluate(m: Model, task) -> tuple[str, str]:
     for binary logits), else the loss."""
     fwd = m.functions[0]
     data = {task.features: "X"} | ({task.target: "y"} if task.target else {})
-    context = functional.context_of(m)
+    context = m.context
     # evaluation mode: batch norm's running statistics, no dropout
     mode = ["training=False"] if context else []
     mode += ["running=running"] if "running" in context else []
@@ -230,7 +230,7 @@ def _buffers(m: Model) -> str:
     and carried through the training: batch norm's running statistics (updated in place,
     used by evaluate and saved with --out) and dropout's generator (on the CPU, seeded
     apart from the shuffles': the same masks on every device)."""
-    context = functional.context_of(m)
+    context = m.context
     items = (['"running": init_running(device)'] if "running" in context else []) + \
         (['"rng": torch.Generator().manual_seed(seed + 1)'] if "rng" in context else [])
     return "\n".join([
@@ -321,7 +321,7 @@ def script_source(g: Graph, of=None, optimizer: str = "sgd", lr=None, epochs: in
                  f"TARGET_SHAPE = {tshape!r}  # one entry of y"]
     # mixed precision: the underflow line after every epoch (runtime/torch_mixed.py)
     mixed = [source_of(torch_mixed_runtime, "underflow_line")] if m.precision else []
-    buffers = bool(functional.context_of(m))
+    buffers = bool(m.context)
     variants = {"mixed": bool(m.precision), "buffers": buffers}
     main = [source_of(module, *names, variants=variants) for module, names in SCRIPT
             if buffers or "buffers_state" not in names]
