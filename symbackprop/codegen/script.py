@@ -388,8 +388,9 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         resume on any K. Without ``mpirun`` it runs as one process. With dropout,
         every rank draws the global batch's masks and keeps its rows' (the one-process
         masks); with ``precision="mixed"`` the float32 gradients are summed and every rank
-        skips the same overflowing steps. See ``docs/training.md``, "Data parallel with
-        MPI".
+        skips the same overflowing steps; batch norm takes the global batch's statistics
+        over every rank's rows (SyncBatchNorm, :mod:`~symbackprop.codegen.sync`). See
+        ``docs/training.md``, "Data parallel with MPI".
     backend : {"numpy", "jax", "torch", "cupy"}
         ``"jax"``: a JAX script, each global batch split over every device
         (:func:`~symbackprop.codegen.jax_script.data_parallel_script`, docs/backends.md).
@@ -425,9 +426,9 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         For a bad optimizer, hyper-parameter, epochs, batch size or seed.
     CodegenError
         When the graph's inputs cannot be mapped to ``X`` and ``y``; with
-        ``distributed="mpi"``, for batch norm (its statistics would be per rank), dropout
-        on an array whose first axis is not the batch, or ``optimize=False`` (no flat
-        gradient buffer).
+        ``distributed="mpi"``, for batch norm with ``precision="mixed"``, dropout on an
+        array whose first axis is not the batch, or ``optimize=False`` (no flat gradient
+        buffer).
 
     Examples
     --------
