@@ -19,8 +19,6 @@ import pytest
 from test_mpi import RUFF, arrays, blobs, losses, needs_mpi, run
 
 import symbackprop as sb
-from symbackprop.cli import main as cli_main
-from symbackprop.errors import CodegenError
 from symbackprop.models import _loss, dense
 
 RANKS = '''
@@ -69,6 +67,8 @@ CNN = {"graph": lambda: sb.models.cnn((1, 2, 2), channels=(2,), hidden=(4,), cla
        "args": ("--input-shape", "1,2,2")}
 NETS = {"bn": (bn_mlp, ()), "bndrop": (lambda: bn_mlp(0.3), ()), "cnn": (CNN["graph"],
                                                                         CNN["args"])}
+# mixed precision: growth_interval=2, so that the scale doubles until steps overflow
+MIXED = {"precision": "mixed", "growth_interval": 2}
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,9 @@ def scripts(tmp_path_factory) -> Path:
     for name, (net, _) in NETS.items():
         (d / f"{name}.py").write_text(sb.training_script(net(), **KW))
         (d / f"{name}_mpi.py").write_text(sb.training_script(net(), distributed="mpi", **KW))
+    (d / "mixed.py").write_text(sb.training_script(bn_mlp(), **KW, **MIXED))
+    (d / "mixed_mpi.py").write_text(sb.training_script(bn_mlp(), distributed="mpi", **KW,
+                                                       **MIXED))
     (d / "ranks.py").write_text(RANKS)
     return d
 
@@ -169,21 +172,33 @@ def test_only_the_mpi_step_changes(scripts):
     # the one process's
     assert mpi.split("\ndef forward(")[1].split("\ndef ")[0] == \
         one.split("\ndef forward(")[1].split("\ndef ")[0]
-    for src in (mpi, (scripts / "bndrop_mpi.py").read_text()):  # as test_mpi checks
+    for src in (mpi, *((scripts / f"{n}_mpi.py").read_text() for n in ("bndrop", "mixed"))):
         lint = subprocess.run([str(RUFF), "check", "--no-cache", "--stdin-filename", "t.py",
                                "-"], input=src, capture_output=True, text=True, timeout=60,
                               check=False)
         assert lint.returncode == 0, lint.stdout
 
 
-def test_mixed_precision_with_batch_norm_under_mpi_is_refused(tmp_path, capsys):
-    with pytest.raises(CodegenError, match=r"precision=mixed cannot train a network with "
-                                           r"batch norm yet"):
-        sb.training_script(bn_mlp(), distributed="mpi", precision="mixed", **KW)
-    spec = tmp_path / "bn.json"
-    bn_mlp().save(spec)
-    status = cli_main(["train-script", str(spec), "--distributed", "mpi", "--precision",
-                       "mixed", "-o", str(tmp_path / "t.py")])
-    err = capsys.readouterr().err
-    assert status == 2 and len(err.strip().splitlines()) == 1
-    assert "--precision mixed cannot train a network with batch norm" in err
+@needs_mpi
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_mixed_precision_takes_the_one_process_decisions(scripts, data, tmp_path, ranks):
+    """Batch norm in float32 inside the float16 step, its sums over every rank's rows: the
+    scaler's decisions are the one process's (steps overflow: growth_interval=2), the
+    parameters and running statistics equal to float16's tolerance."""
+    one = run(scripts / "mixed.py", "--data", data, "--out", "one.npz", ranks=None,
+              cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    par = on_ranks(scripts, "mixed", ranks, tmp_path, "--data", data, "--out", "par.npz")
+    assert par.returncode == 0, par.stderr
+    single, parallel = arrays(tmp_path / "one.npz"), arrays(tmp_path / "par.npz")
+    assert single["state/skipped"] > 0  # the test exercises skipped steps
+    exact = ("state/scale", "state/good_steps", "state/skipped", "state/t")
+    assert [(k, single[k], parallel[k]) for k in exact if single[k] != parallel[k]] == []
+    assert_close({k: v for k, v in single.items() if k not in exact},
+                 {k: v for k, v in parallel.items() if k not in exact}, 1e-3)
+    held = ranks_agree(tmp_path, ranks)
+    assert all(held[k] == single[k] for k in exact)
+    # rank 0's underflow counts each epoch, on its own rows' statistics (the step's sync
+    # when none is passed: _OneProcess)
+    assert par.stdout.count("flush to zero") == one.stdout.count("flush to zero") == 3
+    assert par.stderr == ""

@@ -195,7 +195,7 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
         em.dtype = dtype
         em.unplanned = set().union(*float32_nodes(em.j))  # plain statements, in float32
     if sync_batch_norm:  # data parallel: batch norm's statements, plain, summed over ranks
-        em.unplanned = set().union(*synced_nodes(em.j))
+        em.unplanned = getattr(em, "unplanned", set()).union(*synced_nodes(em.j))
     vg = fns[1]
     fast, pool = None, None
     if resolve_passes(optimize):  # memory planning goes with the other optimizations
@@ -209,13 +209,13 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
                            "step; rename the input (e.g. g.rename).")
     m = Model(g, of, wrt, em, fns, inputs, opt, values, plan_init(g), dtype, fast, pool,
               [adj.adjoint[w] for w in wrt], fused=bool(fuse_update))
+    if sync_batch_norm and m.fast is not None and not m.fused:
+        m.synced = sync_statements(m)  # before mixed precision's float32 rewrite of them
     if mixed:
         m.precision, m.scaler = precision, scaler
         check_mixed(m)
         loss_in_float32(m)
         float32_statements(m)  # batch norm's
-    if sync_batch_norm and m.fast is not None and not m.fused:
-        m.synced = sync_statements(m)
     return m
 
 

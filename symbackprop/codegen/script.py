@@ -293,16 +293,10 @@ def _context(m: Model) -> list[str]:
 
 def _check_distributable(m: Model, task: _Task) -> None:
     """Refuse, with one line, what ``distributed="mpi"`` cannot train as one process does:
-    batch norm in mixed precision (its synchronised statistics, :mod:`.sync`, are written
-    for the float32 and float64 step) and a random draw (dropout's mask) whose first axis
-    is not the batch's rows (RowDraws, in the script, draws the global batch's mask and
-    keeps this rank's rows)."""
+    a random draw (dropout's mask) whose first axis is not the batch's rows (RowDraws, in
+    the script, draws the global batch's mask and keeps this rank's rows). Batch norm
+    trains with its statistics over every rank's rows (:mod:`.sync`)."""
     context = _context(m)
-    if "running" in context and m.precision == "mixed":
-        raise _option_error(lambda opt: (
-            f"{opt('distributed')}mpi {opt('precision')}mixed cannot train a network with "
-            "batch norm yet (its statistics over every rank's rows are written for float32 "
-            f"and float64); pass {opt('precision')}float32, or train it in one process."))
     if "rng" not in context:
         return
     batch = m.g.nx.nodes[task.features]["shape"][0]
@@ -426,9 +420,8 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         For a bad optimizer, hyper-parameter, epochs, batch size or seed.
     CodegenError
         When the graph's inputs cannot be mapped to ``X`` and ``y``; with
-        ``distributed="mpi"``, for batch norm with ``precision="mixed"``, dropout on an
-        array whose first axis is not the batch, or ``optimize=False`` (no flat gradient
-        buffer).
+        ``distributed="mpi"``, for dropout on an array whose first axis is not the batch,
+        or ``optimize=False`` (no flat gradient buffer).
 
     Examples
     --------
@@ -489,7 +482,7 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
                     checkpoint=checkpoint, precision=precision, growth_interval=growth_interval,
                     fuse_update=fuse_update, backend=backend,
                     # data parallel: batch norm over every rank's rows (codegen/sync.py)
-                    sync_batch_norm=distributed == "mpi" and precision != "mixed")
+                    sync_batch_norm=distributed == "mpi")
     fns, blocks, metric = _script_functions(m, task)
     mpi = distributed == "mpi"
     if mpi:

@@ -28,7 +28,9 @@ from __future__ import annotations
 import re
 
 from ..errors import CodegenError
+from . import runtime
 from .emit import safe_text
+from .runtime import numpy_ops
 
 
 def synced_nodes(j) -> tuple[set, set]:
@@ -130,6 +132,13 @@ def sync_statements(m) -> bool:
                            "it has no statement of its own in the planned step; train this "
                            "network in one process.")
     m.fast.params.append("sync=None")
+    # called without a data-parallel script's RowSums (underflow counts, a direct call): the
+    # batch's own rows are every row
+    rows = next(f"{em.namer(x)}.shape[0]" for x in m.inputs
+                if tuple(j.nx.nodes[x]["shape"])[:1] == (batch,))
+    m.fast.body.insert(0, f"sync = _OneProcess({rows}) if sync is None else sync  # one "
+                          "process: its rows are the batch's")
+    em.helpers.setdefault("_OneProcess", runtime.source(numpy_ops._OneProcess))
     return True
 
 
