@@ -19,8 +19,10 @@ statements (made plain statements, one per node, by :func:`synced_nodes` through
   (``sync.rows``) for the batch's size.
 
 ``sync`` is an argument of the step that the MPI script passes (``RowSums``, in
-:mod:`~symbackprop.codegen.runtime.script`). Nothing is rewritten without such an op, and
-no other generated function changes: the one-process script is untouched.
+:mod:`~symbackprop.codegen.runtime.script`); called without it (rank 0's underflow counts
+in mixed precision, a direct call) the step takes its own rows as the batch
+(``_OneProcess``). Nothing is rewritten without such an op, and no other generated
+function changes: the one-process script is untouched.
 """
 
 from __future__ import annotations
