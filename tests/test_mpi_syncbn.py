@@ -202,3 +202,21 @@ def test_mixed_precision_takes_the_one_process_decisions(scripts, data, tmp_path
     # when none is passed: _OneProcess)
     assert par.stdout.count("flush to zero") == one.stdout.count("flush to zero") == 3
     assert par.stderr == ""
+
+
+def test_sync_batch_norm_of_one_process_is_batch_norm():
+    """With every row on one rank (_OneProcess: sums of one rank) the synchronised batch
+    norm is batch norm to the byte: the sum over the rows divided by the count is how
+    NumPy takes the mean; the running statistics too."""
+    from symbackprop.codegen.runtime import numpy_ops as ops
+
+    x = np.random.default_rng(3).normal(size=(5, 3, 2, 2)) * 3 + 40  # a mean far from 0
+    plain = {"k.mean": np.zeros(3), "k.var": np.ones(3)}
+    synced = {k: v.copy() for k, v in plain.items()}
+    a = ops._batch_norm(x, 1, 1e-5, 0.1, True, plain, "k")
+    b = ops._sync_batch_norm(x, 1, 1e-5, 0.1, True, synced, "k", ops._OneProcess(5))
+    assert a.tobytes() == b.tobytes()
+    assert all(plain[k].tobytes() == synced[k].tobytes() for k in plain)
+    # evaluation (the running statistics): batch norm's own code
+    c = ops._sync_batch_norm(x, 1, 1e-5, 0.1, False, synced, "k", None)
+    assert c.tobytes() == ops._batch_norm(x, 1, 1e-5, 0.1, False, synced, "k").tobytes()
