@@ -47,7 +47,7 @@ LAYERS = [
      "codegen.runtime.torch_optimizers.momentum", "codegen.runtime.torch_optimizers.adam"],
     ["codegen", "codegen.stability", "codegen.loader", "codegen.emit", "codegen.plan", "codegen.gradient_module",
      "codegen.optimizers", "codegen.init", "codegen.module", "codegen.train", "codegen.script",
-     "codegen.checkpoint", "codegen.mixed", "codegen.functional", "codegen.jax_script",
+     "codegen.checkpoint", "codegen.mixed", "codegen.sync", "codegen.functional", "codegen.jax_script",
      "codegen.jax_mixed", "codegen.torch_train", "codegen.torch_mixed",
      "codegen.cupy_backend"],  # NumPy's module, rewritten: it reads the runtime's flat
     ["codegen.compiled", "testing", "cost", "flow"],

@@ -76,6 +76,10 @@ class Lowering:
         Names of :data:`CONTEXT` the code reads (``training``, ``running``, ``rng``):
         every generated function computing the op takes them as keyword arguments, and
         ``expr`` gets the node's name as ``attrs["node"]`` (to key its running state).
+    synced : callable or None
+        ``synced(codes, attrs) -> str``: the op's code with its batch statistics taken
+        over every rank's rows (:attr:`~symbackprop.ops.registry.OpDef.batch_statistics`,
+        data parallel: :mod:`~symbackprop.codegen.sync`); it reads ``sync``.
     """
 
     expr: Callable | None = None
@@ -86,6 +90,7 @@ class Lowering:
     bias_fold: bool = False
     any_layout: bool = False
     context: tuple = ()
+    synced: Callable | None = None
 
 
 # The call-time arguments an op's code may read (Lowering.context), with their defaults:
@@ -349,7 +354,11 @@ NUMPY: dict[str, Lowering] = {
     "batch_norm": Lowering(
         lambda c, a: f"_batch_norm({c[0]}, {a['axis']}, {a['eps']!r}, {a['momentum']!r}, "
                      f"training, running, {a.get('node')!r})",
-        helpers=_helpers(numpy_ops._batch_norm), context=("training", "running")),
+        helpers=_helpers(numpy_ops._batch_norm, numpy_ops._sync_batch_norm),
+        context=("training", "running"),
+        # data parallel (MPI): the global batch's statistics (codegen/sync.py, issue 15)
+        synced=lambda c, a: f"_sync_batch_norm({c[0]}, {a['axis']}, {a['eps']!r}, "
+                            f"{a['momentum']!r}, training, running, {a.get('node')!r}, sync)"),
     "dropout_mask": Lowering(lambda c, a: f"_dropout_mask({c[0]}, {a['p']!r}, rng, training)",
                              helpers=_helpers(numpy_ops._dropout_mask),
                              context=("training", "rng")),

@@ -344,6 +344,10 @@ def _scaled_grads_block(m) -> str:
         doc = doc[:-3] + (" running (batch norm's float32 statistics, updated in place) and "
                           'rng (the dropout masks\' generator) as train_step\'s."""')
     kwargs = "".join(f", {c}={CONTEXT[c]}" for c in context)
+    if m.synced:  # data parallel: batch norm over every rank's rows (codegen/sync.py)
+        args.append("sync=sync")
+        kwargs += ", sync=None"
+        doc = doc[:-3] + ' sync: the MPI script\'s RowSums (SyncBatchNorm)."""'
     lines = [f"def scaled_grads(params, state, {', '.join(data)}, scale{kwargs}):",
              *textwrap.wrap(doc, 88, initial_indent='    """', subsequent_indent="    ")]
     lines += ["    " + ln for ln in em.as_arrays(m.inputs)]
@@ -411,6 +415,10 @@ def _mpi_train_step_block(m, data: list) -> str:
            'when a rank\'s loss is nan or inf."""')
     call = _scaled_grads_call(m, data, "state['scale'] * share", 12)
     kwargs = [f"{c}={CONTEXT[c]}" for c in m.context]
+    if m.synced:  # batch norm's statistics over every rank's rows (codegen/sync.py)
+        doc = doc[:-3] + (" sync (RowSums, from the script): batch norm's statistics and "
+                          'backward sums over every rank\'s rows (SyncBatchNorm)."""')
+        kwargs.append("sync=None")
     return "\n".join([
         f"def train_step(params, state, {', '.join(data + ['lr=LR', 'share=1.0'] + kwargs)}):",
         *textwrap.wrap(doc, 88, initial_indent='    """', subsequent_indent="    "),
@@ -429,9 +437,10 @@ def _scaled_grads_call(m, data: list, scale: str, indent: int) -> str:
     if not context:
         return (" " * indent + "loss, G, grads = scaled_grads(params, state, "
                 + ", ".join([*data, scale]) + ")")
+    synced = ["sync=sync"] if m.synced else []  # the MPI script's batch norm (sync.py)
     return "\n".join(" " * indent + ln for ln in call_lines(
         "loss, G, grads = ", "scaled_grads", ["params", "state", *data, scale]
-        + [f"{c}={c}" for c in context], indent=indent))
+        + [f"{c}={c}" for c in context] + synced, indent=indent))
 
 
 def _reference_block(m) -> str:

@@ -48,6 +48,7 @@ from .mixed import (
 from .optimizers import Optimizer, hyper_text, resolve_optimizer
 from .plan import PACK, flat_gradients, flat_pairs, plan_function, workspace_source
 from .runtime import check, flat, fused, source_of
+from .sync import sync_statements, synced_nodes
 
 # -- reading the graph -------------------------------------------------------------------
 
@@ -120,6 +121,7 @@ class Model:
     precision: str = ""  # "mixed": float16 step, float32 masters (codegen/mixed.py); "bfloat16"
     scaler: dict = field(default_factory=dict)  # mixed: the loss scaler's settings
     fused: bool = False  # fuse_update: each part updated in the backward (runtime/fused.py)
+    synced: bool = False  # the planned step takes sync: batch statistics over MPI ranks (sync.py)
 
     def args(self, fn: Function, data: dict | None = None, fixed: dict | None = None) -> list[str]:
         """Arguments calling an emitted function: ``params['W1']`` for parameters,
@@ -161,7 +163,8 @@ _STEP_LOCALS = {"params", "state", "lr", "loss", "grads", "value_and_grad", "che
 def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
                 hyper: dict | None = None, dtype: str = "float64", optimize=True,
                 extra_outputs=(), checkpoint="none", precision=None,
-                growth_interval=2000, fuse_update: bool = False, backend="numpy") -> Model:
+                growth_interval=2000, fuse_update: bool = False, backend="numpy",
+                sync_batch_norm: bool = False) -> Model:
     """Differentiate and emit ``g`` for training with ``optimizer``; with the optimization
     passes on, also plan ``loss_and_grads_into`` (the step on the workspace). Nodes in
     ``extra_outputs`` become outputs of ``forward`` (a script's class scores).
@@ -171,7 +174,9 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
     the backward sweep, each parameter as soon as its gradient is final
     (:mod:`~symbackprop.codegen.runtime.fused`).
     ``backend`` is a backend with the planned path
-    (:attr:`~symbackprop.codegen.backends.Backend.planned`).
+    (:attr:`~symbackprop.codegen.backends.Backend.planned`). ``sync_batch_norm``
+    (the MPI training script's): the planned step takes ``sync`` and batch norm's
+    statistics over every rank's rows (:mod:`~symbackprop.codegen.sync`).
 
     Examples
     --------
@@ -198,6 +203,8 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
     if mixed:  # the code names DTYPE only; the module defines it float16 (codegen/mixed.py)
         em.dtype = dtype
         em.unplanned = set().union(*float32_nodes(em.j))  # plain statements, in float32
+    if sync_batch_norm:  # data parallel: batch norm's statements, plain, summed over ranks
+        em.unplanned = getattr(em, "unplanned", set()).union(*synced_nodes(em.j))
     vg = fns[1]
     fast, pool = None, None
     if resolve_passes(optimize):  # memory planning goes with the other optimizations
@@ -211,6 +218,8 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
                            "step; rename the input (e.g. g.rename).")
     m = Model(g, of, wrt, em, fns, inputs, opt, values, plan_init(g), dtype, fast, pool,
               [adj.adjoint[w] for w in wrt], fused=bool(fuse_update))
+    if sync_batch_norm and m.fast is not None and not m.fused:
+        m.synced = sync_statements(m)  # before mixed precision's float32 rewrite of them
     if mixed:
         m.precision, m.scaler = precision, scaler
         check_mixed(m)
@@ -396,6 +405,8 @@ def _train_step_block(m: Model, distributed: str | None = None) -> str:
     kwargs = [f"{c}={CONTEXT[c]}" for c in context]
     mpi = distributed == "mpi"
     share = ["share=1.0"] if mpi else []
+    if mpi and m.synced:  # batch norm's statistics over every rank's rows (codegen/sync.py)
+        share.append("sync=None")
     lines = [f"def train_step(params, state, {', '.join(data + ['lr=LR'] + kwargs + share)}):",
              f'    """One training step on the minibatch ({batch}): forward and backward pass',
              (f"    ({m.fast.name if m.fast else 'value_and_grad'}), then one {m.opt.title} "
@@ -428,6 +439,13 @@ def _train_step_block(m: Model, distributed: str | None = None) -> str:
             "ranks by one Allreduce of the flat buffer G (allreduce), so that every rank "
             "applies the global batch's gradient. Returns this rank's loss (the mean over its "
             'rows; 0.0 for none)."""', 88, initial_indent="    ", subsequent_indent="    ")]
+        if m.synced:
+            lines[-1] = lines[-1][:-3]
+            lines += ["", *textwrap.wrap(
+                "sync (RowSums, from the script): batch norm takes the global batch's mean and "
+                "variance, and its backward the sums over the global batch, through sums over "
+                "the rows of every rank (SyncBatchNorm); sync.rows is the global batch's rows."
+                '"""', 88, initial_indent="    ", subsequent_indent="    ")]
     passed = [f"{c}={c}" for c in context]
     if m.fast is None:
         if mpi:
@@ -448,7 +466,7 @@ def _train_step_block(m: Model, distributed: str | None = None) -> str:
     fixed = {em.namer(n): f"grads[{w!r}]" for n, w in first.items()}
     for w, b, block, grad_block in m.pool.folds:  # [W; b] and [dW; db]: made once
         fixed[block], fixed[grad_block] = f"flat[{w!r}, {b!r}]", f"blocks[{w!r}, {b!r}]"
-    args = m.args(m.fast, fixed=fixed) + passed
+    args = m.args(m.fast, fixed=fixed) + passed + (["sync=sync"] if mpi and m.synced else [])
     ws = f"_workspace({', '.join(m.pool.sizes)})"
     # the data as arrays of DTYPE, as value_and_grad takes them (a float64 batch for a
     # float32 step, or a list): loss_and_grads_into's products need that, np.dot above all

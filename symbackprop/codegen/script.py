@@ -288,16 +288,10 @@ def _script_functions(m: Model, task: _Task) -> tuple[list[Function], list[str],
 
 def _check_distributable(m: Model, task: _Task) -> None:
     """Refuse, with one line, what ``distributed="mpi"`` cannot train as one process does:
-    batch norm (its statistics would be each rank's rows', not the global batch's) and a
-    random draw (dropout's mask) whose first axis is not the batch's rows (RowDraws, in
-    the script, draws the global batch's mask and keeps this rank's rows)."""
+    a random draw (dropout's mask) whose first axis is not the batch's rows (RowDraws, in
+    the script, draws the global batch's mask and keeps this rank's rows). Batch norm
+    trains with its statistics over every rank's rows (:mod:`.sync`)."""
     context = m.context
-    if "running" in context:
-        raise _option_error(lambda opt: (
-            f"{opt('distributed')}mpi cannot train a network with batch norm yet: each rank "
-            "would normalize by the statistics of its own rows, not of the global batch "
-            "(synchronised batch norm is not written); train this network in one process, "
-            f"or without batch norm under {opt('distributed')}mpi."))
     if "rng" not in context:
         return
     batch = m.g.nx.nodes[task.features]["shape"][0]
@@ -383,8 +377,9 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         resume on any K. Without ``mpirun`` it runs as one process. With dropout,
         every rank draws the global batch's masks and keeps its rows' (the one-process
         masks); with ``precision="mixed"`` the float32 gradients are summed and every rank
-        skips the same overflowing steps. See ``docs/training.md``, "Data parallel with
-        MPI".
+        skips the same overflowing steps; batch norm takes the global batch's statistics
+        over every rank's rows (SyncBatchNorm, :mod:`~symbackprop.codegen.sync`). See
+        ``docs/training.md``, "Data parallel with MPI".
     backend : {"numpy", "jax", "torch", "cupy"}
         ``"jax"``: a JAX script, each global batch split over every device
         (:func:`~symbackprop.codegen.jax_script.data_parallel_script`, docs/backends.md).
@@ -420,9 +415,8 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         For a bad optimizer, hyper-parameter, epochs, batch size or seed.
     CodegenError
         When the graph's inputs cannot be mapped to ``X`` and ``y``; with
-        ``distributed="mpi"``, for batch norm (its statistics would be per rank), dropout
-        on an array whose first axis is not the batch, or ``optimize=False`` (no flat
-        gradient buffer).
+        ``distributed="mpi"``, for dropout on an array whose first axis is not the batch,
+        or ``optimize=False`` (no flat gradient buffer).
 
     Examples
     --------
@@ -481,7 +475,9 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
     extra = [n for n in (task.scores, of0) if n is not None]
     m = build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize, extra_outputs=extra,
                     checkpoint=checkpoint, precision=precision, growth_interval=growth_interval,
-                    fuse_update=fuse_update, backend=backend)
+                    fuse_update=fuse_update, backend=backend,
+                    # data parallel: batch norm over every rank's rows (codegen/sync.py)
+                    sync_batch_norm=distributed == "mpi")
     fns, blocks, metric = _script_functions(m, task)
     mpi = distributed == "mpi"
     if mpi:
@@ -546,6 +542,10 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         if "rng" in m.context:
             doc += ("\nDropout: every rank draws the masks of the whole global batch and keeps "
                     "its rows'\n(RowDraws): the one process's masks and generator state.")
+        if m.synced:
+            doc += ("\nBatch norm: the global batch's mean and variance, and the sums of its "
+                    "backward, over\nevery rank's rows (RowSums, SyncBatchNorm): the one "
+                    "process's running statistics.")
         if mixed:
             doc += ("\nMixed precision: the ranks sum float32 gradients (_summed_update) and "
                     "all take the\none process's overflow decisions, so the scaler's state "
@@ -565,14 +565,18 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         runtime = tuple(n for name in runtime for n in (
             ("buffers_state", "restore_buffers", name) if name == "save_checkpoint" else (name,)))
     dropout = mpi and "rng" in m.context
+    synced = mpi and m.synced  # batch norm over every rank's rows (RowSums)
     if mpi:  # data parallel (issue 15)
         runtime = tuple(n for name in runtime for n in (
             (*MPI_RUNTIME.get(name, ()), name) if name == "InputError"
-            else (name, *MPI_RUNTIME.get(name, ()), *(("RowDraws",) if dropout else ()))
+            else (name, *MPI_RUNTIME.get(name, ()), *(("RowDraws",) if dropout else ()),
+                  *(("RowSums",) if synced else ()))
             if name == "last_good_path" else (name,)))
     variants = {"tokens": task.tokens, "floats": not task.tokens, "buffers": buffers,
                 "mixed": mixed and not mpi, "mixed_mpi": mixed and mpi, "mpi": mpi,
-                "mpi_plain": mpi and not dropout, "mpi_dropout": dropout, "single": not mpi,
+                "mpi_plain": mpi and not dropout and not synced,
+                "mpi_dropout": dropout and not synced, "mpi_syncbn": synced,
+                "syncbn_dropout": synced and dropout, "single": not mpi,
                 "fused": m.fused, "device": b.on_device, "host": not b.on_device}
     cut = runtime.index("save_checkpoint")  # the shared atomic write comes just before it
     host = [source_of(runtime_script, *runtime[:cut], variants=variants),

@@ -92,6 +92,7 @@ register(OpDef(
     name="batch_norm", arity=1, attrs={"axis": 1, "eps": 1e-5, "momentum": 0.1},
     shape=_bn_shape, vjp=_bn_vjp, notation=_bn_notation,
     mixed_float32=True,  # its statistics in float32 in mixed precision, as torch.autocast's
+    batch_statistics=True,  # data parallel: over every rank's rows (SyncBatchNorm)
     # per entry: the mean, the centring, its square for the variance, then (x - μ)·(1/σ)
     flops=per_entry(5),
     display=lambda args, attrs: sp.Function("BN")(args[0]),

@@ -103,6 +103,15 @@ class OpDef:
         the half-precision values, the results rounded back (as ``torch.autocast`` runs
         normalizations in float32): statistics that float16 would lose (batch norm's
         mean and variance, the sums of its backward). :mod:`symbackprop.codegen.mixed`.
+    batch_statistics : bool
+        The op takes statistics over the batch's rows (batch norm): data parallel (MPI),
+        each rank holds some of the rows, and the op's code and its VJP's reductions over
+        the rows are taken over every rank's rows (synchronised, as
+        ``torch.nn.SyncBatchNorm``). :mod:`symbackprop.codegen.sync`.
+    over_shards : str or None
+        How a reduction's value over a batch's rows comes from its values over shards of
+        the rows (data parallel): ``"sum"`` adds them, ``"mean"`` adds them weighted by
+        each shard's share of the rows; ``None``: it cannot (a synchronised VJP refuses it).
 
     The display:
 
@@ -139,6 +148,8 @@ class OpDef:
     commutative: bool = False
     flops: Callable | None = None
     mixed_float32: bool = False
+    batch_statistics: bool = False
+    over_shards: str | None = None
     # the display
     notation: str | Callable | None = None
     display: Callable | None = None

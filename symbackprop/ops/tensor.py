@@ -217,12 +217,14 @@ register(OpDef(
     name="sum", arity=1, attrs={"axis": None, "keepdims": False}, shape=_reduce_shape,
     flops=per_entry(1, of=0),
     vjp=lambda g, args, out, attrs: [_unreduce(g, args[0], attrs)],
+    over_shards="sum",  # over shards of the rows: the sum of their sums (data parallel)
     display=_reduce_display("sum"), doc="sum over axis (all axes when None)"))
 register(OpDef(
     name="mean", arity=1, attrs={"axis": None, "keepdims": False}, shape=_reduce_shape,
     flops=per_entry(1, of=0),
     vjp=lambda g, args, out, attrs: [_unreduce(
         g, args[0], attrs, 1 / sp.sympify(count(args[0].shape, norm_axes(attrs["axis"], args[0].ndim))))],
+    over_shards="mean",  # over shards of the rows: their means weighted by their rows
     display=_reduce_display("mean"), doc="mean over axis (all axes when None)"))
 
 

@@ -370,3 +370,44 @@ def _dropout_mask(x, p, rng, training):
         return np.ones(x.shape, x.dtype)
     keep = rng.random(x.shape) >= p
     return np.multiply(keep, 1 / (1 - p), dtype=x.dtype)
+
+
+# -- synchronised batch norm: data parallel (MPI) training scripts (issue 15) --------------
+def _sync_batch_norm(x, axis, eps, momentum, training, running, key, sync):
+    """_batch_norm with the statistics of the global batch, of which x holds this rank's
+    rows (SyncBatchNorm): sync.sum sums an array over the ranks holding rows, sync.rows
+    is the global batch's. Two passes, as _batch_norm: the mean from the sums, then the
+    variance from the sums of squares of the centred values (a sum of squares less the
+    squared sum would lose digits when the mean is large beside the spread)."""
+    axes = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
+    if not training or 0 not in axes:  # running statistics, or statistics of each row
+        return _batch_norm(x, axis, eps, momentum, training, running, key)
+    # values per feature over every rank's rows: the global batch's rows times the rest
+    n = int(np.prod([x.shape[a] for a in axes[1:]])) * sync.rows
+    if n < 2:
+        raise ValueError(f"batch norm {key!r}: 1 value per feature in this batch (shape "
+                         f"{x.shape}); training needs at least 2 to take a variance")
+    mean = sync.sum(x.sum(axis=axes, keepdims=True)) / n
+    xc = x - mean
+    var = sync.sum((xc * xc).sum(axis=axes, keepdims=True)) / n
+    if running is not None:
+        rm, rv = running[key + ".mean"], running[key + ".var"]
+        rm *= 1 - momentum
+        rm += momentum * mean.reshape(-1)
+        rv *= 1 - momentum
+        rv += (momentum * n / (n - 1)) * var.reshape(-1)
+    return xc / np.sqrt(var + eps)
+
+
+class _OneProcess:
+    """The step's sync when it holds the whole batch (called without a data-parallel
+    script's RowSums): sums over its own rows, which are every row."""
+
+    def __init__(self, rows):
+        self.rows = rows  # the batch's rows
+
+    def sum(self, a):
+        return a
+
+    def mean(self, a):
+        return a

@@ -490,6 +490,36 @@ class RowDraws(np.random.Generator):
         return draws[self.start:self.start + self.rows]
 
 
+class RowSums:
+    """Synchronised batch norm (SyncBatchNorm) under MPI, passed to train_step as sync: sums
+    over the rows of every rank that holds rows of the global batch idx (this rank's:
+    mine). rows: the global batch's; share: this rank's fraction of it. When some rank holds
+    none (a last batch of fewer rows than ranks), the others sum among themselves (a
+    communicator split off for the batch: the rank without rows runs no step)."""
+
+    def __init__(self, idx, mine):
+        self.rows, self.share, self.comm = len(idx), len(mine) / len(idx), COMM
+        if len(idx) < COMM.Get_size():  # every rank takes part in the split
+            self.comm = COMM.Split(0 if len(mine) else MPI.UNDEFINED, COMM.Get_rank())
+
+    def sum(self, a):
+        """a (this rank's sum over its rows) summed over the ranks: a new array."""
+        if self.comm.Get_size() == 1:  # one process: a itself, the one process's numbers
+            return a
+        out = np.empty_like(a)
+        self.comm.Allreduce(np.ascontiguousarray(a), out, op=MPI.SUM)
+        return out
+
+    def mean(self, a):
+        """a (this rank's mean over its rows): the mean over every rank's rows."""
+        return self.sum(a * self.share)
+
+    def free(self):
+        """Free the communicator split off for a batch some rank holds no rows of."""
+        if self.comm is not COMM and self.comm != MPI.COMM_NULL:
+            self.comm.Free()
+
+
 def last_good_path(out):
     root, ext = os.path.splitext(out)
     return f"{root}.last_good{ext or '.npz'}"
@@ -582,6 +612,30 @@ def train(args, data, params, state, progress, norms=None):
                     mine, share = shard(idx)  # this rank's rows of the global batch
                     loss = train_step(params, state, **minibatch(X, y, mine), lr=args.lr,
                                       share=share)
+                if COMM is not None and BUFFERS is not None:  # variant: mpi_syncbn
+                    mine, share = shard(idx)  # this rank's rows of the global batch
+                    batch = minibatch(X, y, mine)
+                    if "rng" in BUFFERS:  # variant: syncbn_dropout
+                        # dropout: every rank draws the masks of the whole global batch, as
+                        # the one process does, and keeps those of its rows
+                        batch["rng"] = RowDraws(batch["rng"], idx, mine)
+                    # batch norm: the mean and variance of the global batch, and the sums of
+                    # its backward, over every rank's rows (SyncBatchNorm)
+                    sync = RowSums(idx, mine)
+                    try:
+                        loss = train_step(params, state, **batch, lr=args.lr, share=share,
+                                          sync=sync)
+                    finally:
+                        sync.free()
+                    if len(idx) < COMM.Get_size():  # a rank had no rows and ran no batch norm:
+                        # the last rank always has rows; its running statistics (and dropout
+                        # generator) are every rank's
+                        last = COMM.Get_size() - 1
+                        for a in BUFFERS["running"].values():
+                            COMM.Bcast(a, root=last)
+                        if "rng" in BUFFERS:  # variant: syncbn_dropout
+                            BUFFERS["rng"].bit_generator.state = COMM.bcast(
+                                BUFFERS["rng"].bit_generator.state, root=last)
                 if COMM is not None and BUFFERS is not None:  # variant: mpi_dropout
                     mine, share = shard(idx)  # this rank's rows of the global batch
                     batch = minibatch(X, y, mine)

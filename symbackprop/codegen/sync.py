@@ -1,0 +1,159 @@
+"""Synchronised batch statistics in the data-parallel (MPI) training step (issue 15).
+
+Under ``distributed="mpi"`` each rank holds some rows of every global batch. An op that
+takes statistics over the batch's rows
+(:attr:`~symbackprop.ops.registry.OpDef.batch_statistics`: batch norm) must take them
+over every rank's rows, as ``torch.nn.SyncBatchNorm`` does, or each rank would normalize
+by its own rows' mean and variance. :func:`sync_statements` rewrites the planned step's
+statements (made plain statements, one per node, by :func:`synced_nodes` through
+``Emitter.unplanned``, as mixed precision's float32 ones):
+
+* the op itself: its lowering's ``synced`` code (NumPy: ``_sync_batch_norm``, the mean,
+  then the variance of the centred values, each from sums over the ranks);
+* each reduction over the rows among the statements of its VJP (the statistics
+  recomputed for the backward, the sums of the incoming gradient): its value over this
+  rank's rows, combined over the ranks as its op declares
+  (:attr:`~symbackprop.ops.registry.OpDef.over_shards`: ``sync.sum`` of sums,
+  ``sync.mean`` of means weighted by the rank's share of the rows);
+* the count of values per feature in the VJP's constants: the global batch's rows
+  (``sync.rows``) for the batch's size.
+
+``sync`` is an argument of the step that the MPI script passes (``RowSums``, in
+:mod:`~symbackprop.codegen.runtime.script`); called without it (rank 0's underflow counts
+in mixed precision, a direct call) the step takes its own rows as the batch
+(``_OneProcess``). Nothing is rewritten without such an op, and no other generated
+function changes: the one-process script is untouched.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import CodegenError
+from . import runtime
+from .emit import safe_text
+from .runtime import numpy_ops
+
+
+def synced_nodes(j) -> tuple[set, set]:
+    """``(ops, vjp)``: the nodes of the joint graph ``j`` whose op takes batch statistics
+    (:attr:`~symbackprop.ops.registry.OpDef.batch_statistics`) and the backward nodes of
+    their VJPs, found as :func:`~symbackprop.codegen.mixed.float32_nodes` finds them.
+
+    Examples
+    --------
+    >>> from symbackprop.codegen.module import build_model
+    >>> g = sb.models.cnn((1, 6, 6), channels=(2,), hidden=(4,), classes=3, batch_norm=True)
+    >>> m = build_model(g, optimizer="sgd")
+    >>> ops, vjp = synced_nodes(m.em.j)
+    >>> sorted(ops), sorted(m.em.namer(n) for n in vjp)
+    (['bn1'], ['dconv2d_1', 'mean_1', 'mean_2', 'mul_2', 'mul_5', 'sum_6', 'sum_7'])
+    """
+    ops = {n for n in j.nx if not j.is_leaf(n) and j.opdef(n) is not None
+           and j.opdef(n).batch_statistics}
+    vjp = {n for n in j.nx if j.is_backward(n) and n not in ops
+           and (j.vjp_of(n) in ops or (j.via(n) in ops and j.grad_of(n) is not None))}
+    return ops, vjp
+
+
+def batch_size_of(j, ops: set) -> str:
+    """The name of the batch's size: the first axis of the inputs of ``ops`` (the axis
+    that the MPI script cuts into ranks' rows). CodegenError when it is a number."""
+    sizes = {j.nx.nodes[a]["shape"][0] for n in ops for a in j.args(n)}
+    if len(sizes) != 1 or not isinstance(next(iter(sizes)), str):
+        raise CodegenError(
+            f"distributed='mpi' synchronises the batch statistics of "
+            f"{', '.join(sorted(map(safe_text, ops)))} over the ranks' rows, but their "
+            f"inputs' first axes are {sorted(map(str, sizes))}, not one named batch size; "
+            "declare the inputs with a named batch axis, e.g. shape=('N', 4).")
+    return next(iter(sizes))
+
+
+def sync_statements(m) -> bool:
+    """Rewrite the planned step ``m.fast`` so that the ops of :func:`synced_nodes` and
+    their VJPs take their statistics over every rank's rows (see the module's
+    docstring); add its parameter ``sync=None``. Returns whether there were any.
+
+    Examples
+    --------
+    >>> from symbackprop.codegen.module import build_model
+    >>> g = sb.models.cnn((1, 6, 6), channels=(2,), hidden=(4,), classes=3, batch_norm=True)
+    >>> m = build_model(g, optimizer="sgd", sync_batch_norm=True)  # calls it
+    >>> print(next(s for s in m.fast.body if s.startswith("sum_6 = ")))
+    sum_6 = sync.sum(dbn1.sum(axis=(0, 2, 3), keepdims=True))  # for the backward of bn1; batch norm's sum over every rank's rows (SyncBatchNorm)
+    """
+    em, j = m.em, m.em.j
+    ops, vjp = synced_nodes(j)
+    if not ops:
+        return False
+    batch = batch_size_of(j, ops)
+    size = re.compile(rf"(?<![\w.'\"]){re.escape(batch)}(?![\w'\"])")
+    codes = {em.namer(n): n for n in ops | vjp if n in em.namer.names}
+    done = set()
+    for i, line in enumerate(m.fast.body):
+        found = re.fullmatch(r"(\s*)(\w+) = (.*?)(  # .*)?", line)
+        if found is None or found.group(2) not in codes:
+            continue
+        pad, code, rhs, comment = found.groups()
+        n = codes[code]
+        op = j.opdef(n)
+        if n in ops:
+            what = op.name.replace("_", " ")
+            how = em.backend.lowering(op)
+            if how.synced is None:
+                raise CodegenError(f"distributed='mpi': {safe_text(n)} ({op.name}) has no code "
+                                   "taking its statistics over every rank's rows; train it in "
+                                   "one process.")
+            rhs = how.synced([em.code(a) for a in j.args(n)],
+                             {**j.nx.nodes[n]["attrs"], "node": n})
+            for name, src in how.helpers.items():
+                if re.search(rf"\b{name}\(", "\n".join(em.helpers.values()) + rhs):
+                    em.helpers.setdefault(name, src)
+            comment = _note(comment, f"{what} over every rank's rows (SyncBatchNorm)")
+        elif _reduces_rows(j, n, batch):
+            what = j.opdef(j.vjp_of(n) or j.via(n)).name.replace("_", " ")
+            if op is None or op.over_shards not in ("sum", "mean"):
+                raise CodegenError(
+                    f"distributed='mpi' sums the batch statistics' reductions over the "
+                    f"ranks, but {safe_text(n)} ({getattr(op, 'name', '?')}) reduces the rows "
+                    "in a way that shards cannot be combined; train this network in one "
+                    "process.")
+            rhs = f"sync.{op.over_shards}({rhs})"
+            comment = _note(comment, f"{what}'s {op.over_shards} over every rank's rows "
+                                     "(SyncBatchNorm)")
+        elif size.search(rhs):
+            rhs = size.sub("sync.rows", rhs)
+            comment = _note(comment, f"{batch}: the global batch's rows (SyncBatchNorm)")
+        else:
+            continue
+        m.fast.body[i] = f"{pad}{code} = {rhs}{comment}"
+        done.add(n)
+    missed = [n for n in ops | vjp if n not in done and (n in ops or _reduces_rows(j, n, batch))]
+    if missed:
+        raise CodegenError(f"distributed='mpi' cannot synchronise {safe_text(min(missed))}: "
+                           "it has no statement of its own in the planned step; train this "
+                           "network in one process.")
+    m.fast.params.append("sync=None")
+    # called without a data-parallel script's RowSums (underflow counts, a direct call): the
+    # batch's own rows are every row
+    rows = next(f"{em.namer(x)}.shape[0]" for x in m.inputs
+                if tuple(j.nx.nodes[x]["shape"])[:1] == (batch,))
+    m.fast.body.insert(0, f"sync = _OneProcess({rows}) if sync is None else sync  # one "
+                          "process: its rows are the batch's")
+    em.helpers.setdefault("_OneProcess", runtime.source(numpy_ops._OneProcess))
+    return True
+
+
+def _reduces_rows(j, n, batch: str) -> bool:
+    """Whether node ``n`` reduces over the batch's rows: an argument has them as its first
+    axis, ``n`` has not."""
+    shape = tuple(j.nx.nodes[n]["shape"])
+    return (not j.is_leaf(n) and (not shape or shape[0] != batch)
+            and any(tuple(j.nx.nodes[a]["shape"])[:1] == (batch,) for a in j.args(n)))
+
+
+def _note(comment: str | None, note: str) -> str:
+    return f"{comment}; {note}" if comment else f"  # {note}"
+
+
+__all__ = ["batch_size_of", "sync_statements", "synced_nodes"]
