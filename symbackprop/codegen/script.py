@@ -570,13 +570,11 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
         runtime = tuple(n for name in runtime for n in (
             (*MPI_RUNTIME.get(name, ()), name) if name == "InputError"
             else (name, *MPI_RUNTIME.get(name, ()), *(("RowDraws",) if dropout else ()),
-                  *(("RowSums",) if synced else ()))
+                  *(("RowSums",) if synced else ()), *(("last_rank_buffers",) if buffers else ()))
             if name == "last_good_path" else (name,)))
     variants = {"tokens": task.tokens, "floats": not task.tokens, "buffers": buffers,
                 "mixed": mixed and not mpi, "mixed_mpi": mixed and mpi, "mpi": mpi,
-                "mpi_plain": mpi and not dropout and not synced,
-                "mpi_dropout": dropout and not synced, "mpi_syncbn": synced,
-                "syncbn_dropout": synced and dropout, "single": not mpi,
+                "mpi_dropout": dropout, "mpi_syncbn": synced, "single": not mpi,
                 "fused": m.fused, "device": b.on_device, "host": not b.on_device}
     cut = runtime.index("save_checkpoint")  # the shared atomic write comes just before it
     host = [source_of(runtime_script, *runtime[:cut], variants=variants),

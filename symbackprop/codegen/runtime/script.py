@@ -520,6 +520,18 @@ class RowSums:
             self.comm.Free()
 
 
+def last_rank_buffers():
+    """After a global batch of fewer rows than ranks, where a rank held no rows and ran no
+    step (no batch norm statistics, no dropout draws): every rank takes the last rank's
+    running statistics and dropout generator (the last rank always holds rows)."""
+    last = COMM.Get_size() - 1
+    for a in BUFFERS.get("running", {}).values():
+        COMM.Bcast(a, root=last)
+    if "rng" in BUFFERS:
+        BUFFERS["rng"].bit_generator.state = COMM.bcast(BUFFERS["rng"].bit_generator.state,
+                                                        root=last)
+
+
 def last_good_path(out):
     root, ext = os.path.splitext(out)
     return f"{root}.last_good{ext or '.npz'}"
@@ -608,45 +620,22 @@ def train(args, data, params, state, progress, norms=None):
             try:
                 if COMM is None:  # variant: single
                     loss = train_step(params, state, **minibatch(X, y, idx), lr=args.lr)
-                if COMM is not None and BUFFERS is None:  # variant: mpi_plain
-                    mine, share = shard(idx)  # this rank's rows of the global batch
-                    loss = train_step(params, state, **minibatch(X, y, mine), lr=args.lr,
-                                      share=share)
-                if COMM is not None and BUFFERS is not None:  # variant: mpi_syncbn
+                if COMM is not None:  # variant: mpi
                     mine, share = shard(idx)  # this rank's rows of the global batch
                     batch = minibatch(X, y, mine)
-                    if "rng" in BUFFERS:  # variant: syncbn_dropout
+                    if BUFFERS and "rng" in BUFFERS:  # variant: mpi_dropout
                         # dropout: every rank draws the masks of the whole global batch, as
                         # the one process does, and keeps those of its rows
                         batch["rng"] = RowDraws(batch["rng"], idx, mine)
-                    # batch norm: the mean and variance of the global batch, and the sums of
-                    # its backward, over every rank's rows (SyncBatchNorm)
-                    sync = RowSums(idx, mine)
-                    try:
-                        loss = train_step(params, state, **batch, lr=args.lr, share=share,
-                                          sync=sync)
-                    finally:
-                        sync.free()
-                    if len(idx) < COMM.Get_size():  # a rank had no rows and ran no batch norm:
-                        # the last rank always has rows; its running statistics (and dropout
-                        # generator) are every rank's
-                        last = COMM.Get_size() - 1
-                        for a in BUFFERS["running"].values():
-                            COMM.Bcast(a, root=last)
-                        if "rng" in BUFFERS:  # variant: syncbn_dropout
-                            BUFFERS["rng"].bit_generator.state = COMM.bcast(
-                                BUFFERS["rng"].bit_generator.state, root=last)
-                if COMM is not None and BUFFERS is not None:  # variant: mpi_dropout
-                    mine, share = shard(idx)  # this rank's rows of the global batch
-                    batch = minibatch(X, y, mine)
-                    # dropout: every rank draws the masks of the whole global batch, as the
-                    # one process does, and keeps those of its rows
-                    batch["rng"] = RowDraws(batch["rng"], idx, mine)
+                    if BUFFERS and "running" in BUFFERS:  # variant: mpi_syncbn
+                        # batch norm: the mean and variance of the global batch, and the sums
+                        # of its backward, over every rank's rows (SyncBatchNorm)
+                        batch["sync"] = RowSums(idx, mine)
                     loss = train_step(params, state, **batch, lr=args.lr, share=share)
-                    if len(idx) < COMM.Get_size():  # a rank had no rows and drew nothing:
-                        # the last rank always has rows; its generator's state is every rank's
-                        BUFFERS["rng"].bit_generator.state = COMM.bcast(
-                            BUFFERS["rng"].bit_generator.state, root=COMM.Get_size() - 1)
+                    if BUFFERS and "running" in BUFFERS:  # variant: mpi_syncbn
+                        batch["sync"].free()  # (after an error the ranks stop: no need)
+                    if BUFFERS and len(idx) < COMM.Get_size():  # variant: buffers
+                        last_rank_buffers()  # a rank had no rows: it ran no step
             except FloatingPointError as e:
                 path = last_good_path(args.out)
                 if BUFFERS is not None:  # variant: buffers
@@ -683,7 +672,7 @@ def train(args, data, params, state, progress, norms=None):
             score = evaluate(params, X, y)
             line += f"  train_acc {score:.4f}"
         print(f"{line}  {time.perf_counter() - start:.3f}s", flush=True)
-        if MIXED:  # variant: mixed
+        if MIXED and COMM is None:  # variant: mixed
             rows = np.arange(min(n, args.batch_size))  # the first --batch-size rows
             print(underflow_line(underflow(params, state, **minibatch(X, y, rows)), state),
                   flush=True)
