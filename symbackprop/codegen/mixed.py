@@ -312,6 +312,7 @@ def mixed_blocks(m, distributed: str | None = None) -> list[str]:
                source_of(check, "check_finite"), consts + _master(buffers), m.opt.flat_update,
                PACK, workspace_source(m.em, m.pool, layout),
                source_of(runtime_mixed, "_half", "_summed_update" if mpi else "_scaled_update",
+                         "_scaler_step",
                          variants={"folded": bool(m.pool.folds)}),
                _scaled_grads_block(m), _train_step_block(m, mpi), _reference_block(m),
                source_of(runtime_mixed, "_flushed"), _underflow_block(m)])

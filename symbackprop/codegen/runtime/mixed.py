@@ -99,21 +99,31 @@ def _scaled_update(flat, G, grads, loss, state, lr):
     scale does not enter the loss, so a smaller one cannot help."""
     if not math.isfinite(loss):
         check_finite(loss, grads)
-    if not np.isfinite(G).all():
-        state["scale"] *= BACKOFF_FACTOR
-        state["good_steps"] = 0
-        state["skipped"] += 1
-        return float(loss)
+    overflow = not np.isfinite(G).all()
     g = flat.get("g32")
     if g is None:  # the unscaled gradients, made once
         g = flat["g32"] = np.empty(G.size, MASTER)
-    np.multiply(G, 1.0 / state["scale"], out=g, dtype=MASTER)  # in float32: no underflow
+    if not overflow:
+        np.multiply(G, 1.0 / state["scale"], out=g, dtype=MASTER)  # in float32: no underflow
+    _scaler_step(flat, g, state, lr, overflow)
+    return float(loss)
+
+
+def _scaler_step(flat, g, state, lr, overflow):
+    """The loss scaler's decision. On overflow: halve the scale and skip the step, leaving
+    the parameters and the optimizer state untouched. Else: the optimizer's flat rule on
+    the masters with the unscaled float32 gradients g, and the scale doubled after
+    GROWTH_INTERVAL good steps in a row."""
+    if overflow:
+        state["scale"] *= BACKOFF_FACTOR
+        state["good_steps"] = 0
+        state["skipped"] += 1
+        return
     _update_flat(flat, g, state, lr)
     state["good_steps"] += 1
     if state["good_steps"] >= GROWTH_INTERVAL:
         state["scale"] *= GROWTH_FACTOR
         state["good_steps"] = 0
-    return float(loss)
 
 
 def allreduce(G, loss, share):
@@ -154,16 +164,8 @@ def _summed_update(flat, G, grads, loss, state, lr):
         raise FloatingPointError(f"the loss is {float(g[-1])} on another rank's rows")
     info = np.finfo(DTYPE)  # float16 rounds to inf from max + half its last step: 65520
     limit = float(info.max) + 2.0 ** (info.maxexp - info.nmant - 2)
-    if not float(np.max(np.abs(g[:-1]))) * state["scale"] < limit:  # nan and inf fail too
-        state["scale"] *= BACKOFF_FACTOR
-        state["good_steps"] = 0
-        state["skipped"] += 1
-        return float(loss)
-    _update_flat(flat, g[:-1], state, lr)
-    state["good_steps"] += 1
-    if state["good_steps"] >= GROWTH_INTERVAL:
-        state["scale"] *= GROWTH_FACTOR
-        state["good_steps"] = 0
+    overflow = not float(np.max(np.abs(g[:-1]))) * state["scale"] < limit  # nan, inf too
+    _scaler_step(flat, g[:-1], state, lr, overflow)
     return float(loss)
 
 
