@@ -32,6 +32,7 @@ from test_cupy_backend import API, _used, numpy_as_cupy
 
 import symbackprop as sb
 from symbackprop.cli import main as cli
+from symbackprop.errors import CodegenError
 
 HOST_START = "class InputError"  # the first line of the host's runtime in every script
 
@@ -407,7 +408,9 @@ def test_names_exist_in_cupy():
 
 # -- bad input -----------------------------------------------------------------------------
 def test_refused_in_one_line(tmp_path, capsys):
-    with pytest.raises(ValueError, match="runs as one process on one GPU"):
+    with pytest.raises(CodegenError, match=r"distributed=mpi is the numpy script's \(mpirun\); "
+                       r"the cupy script runs as one process: drop distributed=mpi, or use "
+                       r"backend=numpy\."):
         sb.training_script(sb.models.mlp([4, 3, 2]), backend="cupy", distributed="mpi")
     out = tmp_path / "t.py"
     assert cli(["train-script", "mlp:4-3-2", "--backend", "cupy", "--precision", "mixed",
@@ -421,4 +424,4 @@ def test_refused_in_one_line(tmp_path, capsys):
     capsys.readouterr()
     assert cli(["train-script", "mlp:4-3-2", "--backend", "cupy", "--distributed", "mpi"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "one process" in err
+    assert err.count("\n") == 1 and "drop --distributed mpi, or use --backend numpy" in err

@@ -88,7 +88,6 @@ class Backend:
     # (codegen/jax_mixed.py): "float16" for precision="mixed", "bfloat16"; NumPy's mixed
     # step is the planned one (codegen/mixed.py)
     half_dtypes: tuple = ()
-    numpy_script = True  # a planned backend writing the NumPy training script (codegen/script.py)
     # its arrays live on a device (cupy's GPU): the NumPy training script's data, shuffling
     # and checkpoints stay NumPy arrays on the host, moved with cp.asarray and cp.asnumpy
     # (the "device" variants of codegen/runtime/script.py)
