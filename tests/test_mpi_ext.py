@@ -26,8 +26,8 @@ from symbackprop.cli import main as cli_main
 from symbackprop.errors import CodegenError
 from symbackprop.models import _loss, dense
 
-# runs a generated script's main, then saves this rank's parameters, optimizer state and
-# dropout generator state as rank<r>.npz in the working directory
+# runs a generated script's main, then saves this rank's parameters, optimizer state, batch
+# norm's running statistics and dropout generator state as rank<r>.npz in the working directory
 RANKS = '''
 import importlib.util, json, sys
 import numpy as np
@@ -43,8 +43,10 @@ def train(args, data, params, state, progress, norms=None):
             out.update({f"state/{k}/{n}": a for n, a in v.items()})
         else:
             out["state/" + k] = np.asarray(v)
-    if getattr(mod, "BUFFERS", None):
-        out["rng"] = np.asarray(json.dumps(mod.BUFFERS["rng"].bit_generator.state))
+    buffers = getattr(mod, "BUFFERS", None) or {}
+    out.update({"buffers/running/" + k: v for k, v in buffers.get("running", {}).items()})
+    if "rng" in buffers:
+        out["rng"] = np.asarray(json.dumps(buffers["rng"].bit_generator.state))
     np.savez(f"rank{mod.COMM.Get_rank()}.npz", **out)
     return status
 mod.train = train

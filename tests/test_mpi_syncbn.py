@@ -17,33 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_mpi import RUFF, arrays, blobs, losses, needs_mpi, run
+from test_mpi_ext import RANKS
 
 import symbackprop as sb
 from symbackprop.models import _loss, dense
-
-RANKS = '''
-import importlib.util, json, sys
-import numpy as np
-spec = importlib.util.spec_from_file_location("trainmod", sys.argv[1])
-mod = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mod)
-inner = mod.train
-def train(args, data, params, state, progress, norms=None):
-    status = inner(args, data, params, state, progress, norms)
-    out = {"params/" + k: v for k, v in params.items()}
-    for k, v in state.items():
-        if isinstance(v, dict):
-            out.update({f"state/{k}/{n}": a for n, a in v.items()})
-        else:
-            out["state/" + k] = np.asarray(v)
-    out.update({"buffers/running/" + k: v for k, v in mod.BUFFERS["running"].items()})
-    if "rng" in mod.BUFFERS:
-        out["rng"] = np.asarray(json.dumps(mod.BUFFERS["rng"].bit_generator.state))
-    np.savez(f"rank{mod.COMM.Get_rank()}.npz", **out)
-    return status
-mod.train = train
-sys.exit(mod.main(sys.argv[2:]))
-'''
 
 
 def bn_mlp(dropout: float = 0.0) -> sb.Graph:
