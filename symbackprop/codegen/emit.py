@@ -346,6 +346,27 @@ def context_args(em: Emitter, nodes) -> tuple[list[str], list[str]]:
     return params, lines + more
 
 
+def flagged_nodes(j: Graph, flag: str) -> tuple[set, set]:
+    """``(ops, vjp)``: the nodes of the joint graph ``j`` whose :class:`OpDef
+    <symbackprop.ops.registry.OpDef>` sets ``flag`` (``mixed_float32``,
+    ``batch_statistics``), and the backward nodes of their VJPs: the statistics recomputed
+    for the backward, its sums, the gradient they pass on.
+
+    Examples
+    --------
+    >>> g = sb.Graph(); x = g.input("x", shape=("N", 3))
+    >>> _ = g.output("L", sb.sum(sb.batch_norm(x, axis=1)))
+    >>> ops, vjp = flagged_nodes(sb.differentiate(g, wrt=["x"]).graph, "batch_statistics")
+    >>> len(ops), len(vjp) > 0
+    (1, True)
+    """
+    ops = {n for n in j.nx if not j.is_leaf(n) and j.opdef(n) is not None
+           and getattr(j.opdef(n), flag)}
+    vjp = {n for n in j.nx if j.is_backward(n) and n not in ops
+           and (j.vjp_of(n) in ops or (j.via(n) in ops and j.grad_of(n) is not None))}
+    return ops, vjp
+
+
 def add_context(em: Emitter, fn: Function, nodes) -> list[str]:
     """Add :func:`context_args` to ``fn`` (its parameters last, its lines first); returns
     the names of the parameters added."""

@@ -32,7 +32,7 @@ import re
 import textwrap
 
 from ..errors import CodegenError
-from .emit import Function, call_lines, render_function
+from .emit import Function, call_lines, flagged_nodes, render_function
 from .init import init_source
 from .lowering import CONTEXT
 from .plan import PACK, flat_gradients, workspace_source
@@ -166,11 +166,7 @@ def float32_nodes(j) -> tuple[set, set]:
     >>> sorted(ops), sorted(m.em.namer(n) for n in vjp)
     (['bn1'], ['dconv2d_1', 'mean_1', 'mean_2', 'mul_2', 'mul_5', 'sum_6', 'sum_7'])
     """
-    ops = {n for n in j.nx if not j.is_leaf(n) and j.opdef(n) is not None
-           and j.opdef(n).mixed_float32}
-    vjp = {n for n in j.nx if j.is_backward(n) and n not in ops
-           and (j.vjp_of(n) in ops or (j.via(n) in ops and j.grad_of(n) is not None))}
-    return ops, vjp
+    return flagged_nodes(j, "mixed_float32")
 
 
 def _rewrite_float32(em, body: list, ops: set, vjp: set, cast: str, helper: tuple) -> None:

@@ -31,7 +31,7 @@ import re
 
 from ..errors import CodegenError
 from . import runtime
-from .emit import safe_text
+from .emit import flagged_nodes, safe_text
 from .runtime import numpy_ops
 
 
@@ -49,11 +49,7 @@ def synced_nodes(j) -> tuple[set, set]:
     >>> sorted(ops), sorted(m.em.namer(n) for n in vjp)
     (['bn1'], ['dconv2d_1', 'mean_1', 'mean_2', 'mul_2', 'mul_5', 'sum_6', 'sum_7'])
     """
-    ops = {n for n in j.nx if not j.is_leaf(n) and j.opdef(n) is not None
-           and j.opdef(n).batch_statistics}
-    vjp = {n for n in j.nx if j.is_backward(n) and n not in ops
-           and (j.vjp_of(n) in ops or (j.via(n) in ops and j.grad_of(n) is not None))}
-    return ops, vjp
+    return flagged_nodes(j, "batch_statistics")
 
 
 def batch_size_of(j, ops: set) -> str:
