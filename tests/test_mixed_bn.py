@@ -325,3 +325,19 @@ def test_cli_train_script_precision_mixed_with_batch_norm_and_dropout(tmp_path):
         src = out.read_text()
         assert "running=None, rng=0" in src and "_in_float32(_batch_norm, " in src, backend
     assert_ruff_clean(tmp_path, *(f"train_{b}.py" for b in BACKENDS))
+
+
+def test_a_float32_statement_written_into_a_buffer_is_refused():
+    """The rewrite to float32 reads ``code = rhs`` statements; one writing into a buffer
+    (the memory planner's out=) would stay in float16 unseen: it is refused instead."""
+    from symbackprop.codegen.mixed import _rewrite_float32, float32_nodes
+    from symbackprop.codegen.module import build_model
+    from symbackprop.errors import CodegenError
+
+    m = build_model(_net(), optimizer="sgd", precision="mixed")
+    ops, vjp = float32_nodes(m.em.j)
+    code = m.em.namer(min(vjp))
+    for line in (f"np.add(a, b, out={code})  # planned", f"{code}[...] = a"):
+        with pytest.raises(CodegenError, match=r"computes .* in float32, but its statement "
+                                               r"writes into a buffer"):
+            _rewrite_float32(m.em, [line], ops, vjp, ".astype({})", ("_in_float32", ""))

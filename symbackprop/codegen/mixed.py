@@ -187,9 +187,20 @@ def _rewrite_float32(em, body: list, ops: set, vjp: set, cast: str, helper: tupl
                                                                             reverse=True)))
                       + r")(?![\w'\"(]|\s*=[^=])") if outside else None
     to_master, to_half = cast.format("MASTER"), cast.format("DTYPE")
+    # a statement writing into a buffer (out=, x[...] =) is not one this rewrites: the
+    # planner leaves the group's statements plain (Emitter.unplanned), and this says so
+    # rather than leave one in the half dtype
+    into = re.compile(r"\bout=(" + "|".join(map(re.escape, codes)) + r")\b|^\s*("
+                      + "|".join(map(re.escape, codes)) + r")\[") if codes else None
     for i, line in enumerate(body):
         found = re.fullmatch(r"(\s*)(\w+) = (.*?)(  # .*)?", line)
         if found is None or found.group(2) not in codes:
+            written = into.search(line.split("  # ")[0]) if into is not None else None
+            if written:
+                n = codes[written.group(1) or written.group(2)]
+                raise CodegenError(f"mixed precision computes {n!r} in float32, but its "
+                                   f"statement writes into a buffer ({line.strip()}), which "
+                                   "is not rewritten; use precision 'float32'.")
             continue
         pad, code, rhs, comment = found.group(1), found.group(2), found.group(3), \
             found.group(4) or ""
