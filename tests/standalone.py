@@ -30,14 +30,26 @@ assert not bad, bad
 """
 
 
-def assert_ruff_clean(folder: Path, *paths: str) -> None:
-    """ruff (the venv's, or one on the PATH; skipped when there is none) finds nothing in
-    ``paths`` of ``folder``."""
+def _ruff() -> str:
+    """The venv's ruff, or one on the PATH (the extra ``dev`` installs it: make test has it)."""
     ruff = shutil.which("ruff", path=os.path.dirname(sys.executable)) or shutil.which("ruff")
-    if ruff is None:
-        return
-    res = subprocess.run([ruff, "check", "--isolated", "--no-cache", "--output-format=concise",
-                          *paths], cwd=folder, capture_output=True, text=True, check=False)
+    assert ruff is not None, "ruff is not installed: pip install -e '.[dev]'"
+    return ruff
+
+
+def assert_ruff_clean(folder: Path, *paths: str) -> None:
+    """ruff finds nothing in ``paths`` of ``folder``."""
+    res = subprocess.run([_ruff(), "check", "--isolated", "--no-cache",
+                          "--output-format=concise", *paths], cwd=folder, capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def assert_source_ruff_clean(src: str) -> None:
+    """ruff finds nothing in the Python source ``src``."""
+    res = subprocess.run([_ruff(), "check", "--isolated", "--no-cache",
+                          "--output-format=concise", "--stdin-filename", "generated.py", "-"],
+                         input=src, capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
 
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_mpi import RUFF, arrays, blobs, losses, needs_mpi, run
+from standalone import assert_source_ruff_clean
+from test_mpi import arrays, blobs, losses, needs_mpi, run
 
 import symbackprop as sb
 from symbackprop.cli import main as cli_main
@@ -238,11 +238,7 @@ def test_mixed_nan_loss_on_one_rank_stops_every_rank(scripts, data, tmp_path):
 def test_mixed_and_dropout_scripts_ruff_clean_one_allreduce(scripts):
     for name in ("mixed_mpi.py", "drop_mpi.py"):
         src = (scripts / name).read_text()
-        if RUFF.exists():
-            r = subprocess.run([str(RUFF), "check", "--no-cache", "--stdin-filename", "t.py",
-                                "-"], input=src, capture_output=True, text=True, timeout=60,
-                               check=False)
-            assert r.returncode == 0, r.stdout
+        assert_source_ruff_clean(src)
         assert src.count(".Allreduce(") == 1, name
     # the one-process scripts have none of it
     for name in ("mixed.py", "drop.py"):

@@ -11,12 +11,12 @@ row of each epoch's last batch (2 rows).
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_mpi import RUFF, arrays, blobs, losses, needs_mpi, run
+from standalone import assert_source_ruff_clean
+from test_mpi import arrays, blobs, losses, needs_mpi, run
 from test_mpi_ext import RANKS
 
 import symbackprop as sb
@@ -150,10 +150,7 @@ def test_only_the_mpi_step_changes(scripts):
     assert mpi.split("\ndef forward(")[1].split("\ndef ")[0] == \
         one.split("\ndef forward(")[1].split("\ndef ")[0]
     for src in (mpi, *((scripts / f"{n}_mpi.py").read_text() for n in ("bndrop", "mixed"))):
-        lint = subprocess.run([str(RUFF), "check", "--no-cache", "--stdin-filename", "t.py",
-                               "-"], input=src, capture_output=True, text=True, timeout=60,
-                              check=False)
-        assert lint.returncode == 0, lint.stdout
+        assert_source_ruff_clean(src)
 
 
 @needs_mpi
