@@ -31,7 +31,7 @@ import textwrap
 from ..errors import CodegenError
 from .emit import Function, call_lines, render_function, returns_running
 from .lowering import CONTEXT
-from .mixed import float32_statements
+from .mixed import float32_statements, training_mode_doc
 from .runtime import source_of
 
 runtime = "jax_mixed"  # the runtime module, by name: importing it would import JAX
@@ -204,10 +204,7 @@ def _train_step_block(m) -> str:
              f"def train_step(params, state, {', '.join(data + ['lr=LR'] + kwargs)}):",
              *_wrap_doc(doc)]
     if context:  # what they are, and what a skipped step does to them (torch.amp's rule)
-        lines[-1] = lines[-1][:-3]
-        lines += ["", "    Training mode."] + [ln for c in context for ln in textwrap.wrap(
-            _CONTEXT_DOC[c], 88, initial_indent="    ", subsequent_indent="    ")]
-        lines[-1] += '"""'
+        training_mode_doc(lines, context, _CONTEXT_DOC)
     lhs = "loss, grads, running = " if running else "loss, grads = "
     lines += ["    " + ln for ln in call_lines(lhs, "value_and_grad", args)]
     lines += (["    params, state = _scaled_update(params, grads, loss, state, lr)"] if m.scaler

@@ -393,12 +393,7 @@ def _train_step_block(m, mpi: bool = False) -> str:
                 "rng": "rng: a seed or a np.random.Generator, which draws the dropout masks "
                        "(pass one Generator to every step): the float32 step's masks, drawn "
                        "on a skipped step too."}
-        doc_lines[-1] = doc_lines[-1][:-3]
-        doc_lines += ["", "    Training mode."]
-        for c in context:
-            doc_lines += textwrap.wrap(text[c], 88, initial_indent="    ",
-                                       subsequent_indent="    ")
-        doc_lines[-1] += '"""'
+        training_mode_doc(doc_lines, context, text)
     kwargs = [f"{c}={CONTEXT[c]}" for c in context]
     return "\n".join([
         f"def train_step(params, state, {', '.join(data + ['lr=LR'] + kwargs)}):",
@@ -406,6 +401,16 @@ def _train_step_block(m, mpi: bool = False) -> str:
         "    with np.errstate(over='ignore', invalid='ignore'):  # overflow: the scaler's",
         call,
         "    return _scaled_update(_flat(params, state), G, grads, loss, state, lr)"]) + "\n"
+
+
+def training_mode_doc(lines: list, context: list, text: dict) -> None:
+    """Append to a train_step's wrapped docstring ``lines`` (its closing quotes included) a
+    paragraph "Training mode." saying ``text[c]`` of each call-time argument ``c`` in
+    ``context`` (``running``, ``rng``): what it is, and what a skipped step does to it."""
+    lines[-1] = lines[-1][:-3]
+    lines += ["", "    Training mode."] + [ln for c in context for ln in textwrap.wrap(
+        text[c], 88, initial_indent="    ", subsequent_indent="    ")]
+    lines[-1] += '"""'
 
 
 def _mpi_train_step_block(m, data: list) -> str:

@@ -22,6 +22,7 @@ import textwrap
 from .emit import call_lines
 from .jax_mixed import HALF, _reference_block, _underflow_block
 from .lowering import CONTEXT
+from .mixed import training_mode_doc
 from .runtime import source_of, torch_mixed, torch_script
 
 
@@ -92,10 +93,7 @@ def _train_step_block(m) -> str:
                 "rng": "rng: a seed or a torch.Generator, which draws the dropout masks (pass "
                        "one Generator to every step; a seed makes a CPU generator): the "
                        "float32 step's masks, drawn on a skipped step too."}
-        lines[-1] = lines[-1][:-3]
-        lines += ["", "    Training mode."] + [ln for c in context for ln in textwrap.wrap(
-            text[c], 88, initial_indent="    ", subsequent_indent="    ")]
-        lines[-1] += '"""'
+        training_mode_doc(lines, context, text)
     lines += ["    " + ln for ln in call_lines("loss, grads = ", "value_and_grad", args)]
     lines += [f"    return {rule}(params, grads, loss, state, lr)"]
     return "\n".join(lines) + "\n"
