@@ -346,6 +346,12 @@ def context_args(em: Emitter, nodes) -> tuple[list[str], list[str]]:
     return params, lines + more
 
 
+def with_note(comment: str | None, note: str) -> str:
+    """A statement's comment (``"  # ..."``, or None) with ``note`` added: what a rewrite
+    of the statement changed."""
+    return f"{comment}; {note}" if comment else f"  # {note}"
+
+
 def flagged_nodes(j: Graph, flag: str) -> tuple[set, set]:
     """``(ops, vjp)``: the nodes of the joint graph ``j`` whose :class:`OpDef
     <symbackprop.ops.registry.OpDef>` sets ``flag`` (``mixed_float32``,

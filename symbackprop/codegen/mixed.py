@@ -32,7 +32,7 @@ import re
 import textwrap
 
 from ..errors import CodegenError
-from .emit import Function, call_lines, flagged_nodes, render_function
+from .emit import Function, call_lines, flagged_nodes, render_function, with_note
 from .init import init_source
 from .lowering import CONTEXT
 from .plan import PACK, flat_gradients, workspace_source
@@ -213,19 +213,15 @@ def _rewrite_float32(em, body: list, ops: set, vjp: set, cast: str, helper: tupl
                                    "'float32'.")
             em.helpers.setdefault(helper[0], helper[1])
             body[i] = (f"{pad}{code} = {helper[0]}({call.group(1)}, {call.group(2)})"
-                       f"{to_half}{_note(comment, 'in float32, rounded to DTYPE')}")
+                       f"{to_half}{with_note(comment, 'in float32, rounded to DTYPE')}")
             continue
         if read is not None:
             rhs = read.sub(lambda r: r.group(1) + to_master, rhs)
         leaves = any(c not in group for c, _ in j.consumers(n)) or not j.consumers(n)
         if leaves:
             rhs = f"({rhs}){to_half}"
-        body[i] = f"{pad}{code} = {rhs}" + _note(
+        body[i] = f"{pad}{code} = {rhs}" + with_note(
             comment, "in float32" + (", rounded to DTYPE" if leaves else ""))
-
-
-def _note(comment: str, note: str) -> str:
-    return f"{comment}; {note}" if comment else f"  # {note}"
 
 
 def float32_statements(m, cast: str = ".astype({})", runtime=runtime_mixed) -> None:

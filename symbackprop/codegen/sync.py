@@ -31,7 +31,7 @@ import re
 
 from ..errors import CodegenError
 from . import runtime
-from .emit import flagged_nodes, safe_text
+from .emit import flagged_nodes, safe_text, with_note
 from .runtime import numpy_ops
 
 
@@ -105,7 +105,7 @@ def sync_statements(m) -> bool:
             for name, src in how.helpers.items():
                 if re.search(rf"\b{name}\(", "\n".join(em.helpers.values()) + rhs):
                     em.helpers.setdefault(name, src)
-            comment = _note(comment, f"{what} over every rank's rows (SyncBatchNorm)")
+            comment = with_note(comment, f"{what} over every rank's rows (SyncBatchNorm)")
         elif _reduces_rows(j, n, batch):
             what = j.opdef(j.vjp_of(n) or j.via(n)).name.replace("_", " ")
             if op is None or op.over_shards not in ("sum", "mean"):
@@ -115,11 +115,11 @@ def sync_statements(m) -> bool:
                     "in a way that shards cannot be combined; train this network in one "
                     "process.")
             rhs = f"sync.{op.over_shards}({rhs})"
-            comment = _note(comment, f"{what}'s {op.over_shards} over every rank's rows "
+            comment = with_note(comment, f"{what}'s {op.over_shards} over every rank's rows "
                                      "(SyncBatchNorm)")
         elif size.search(rhs):
             rhs = size.sub("sync.rows", rhs)
-            comment = _note(comment, f"{batch}: the global batch's rows (SyncBatchNorm)")
+            comment = with_note(comment, f"{batch}: the global batch's rows (SyncBatchNorm)")
         else:
             continue
         m.fast.body[i] = f"{pad}{code} = {rhs}{comment}"
@@ -146,10 +146,6 @@ def _reduces_rows(j, n, batch: str) -> bool:
     shape = tuple(j.nx.nodes[n]["shape"])
     return (not j.is_leaf(n) and (not shape or shape[0] != batch)
             and any(tuple(j.nx.nodes[a]["shape"])[:1] == (batch,) for a in j.args(n)))
-
-
-def _note(comment: str | None, note: str) -> str:
-    return f"{comment}; {note}" if comment else f"  # {note}"
 
 
 __all__ = ["batch_size_of", "sync_statements", "synced_nodes"]
