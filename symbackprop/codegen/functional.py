@@ -50,7 +50,14 @@ def build(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None, hyper=No
     ``value_and_grad`` written for ``backend``. ``precision`` ``"mixed"`` or
     ``"bfloat16"`` (resolved by :func:`~symbackprop.codegen.mixed.functional_precision`;
     ``dtype`` is then the half dtype) writes the mixed-precision step of
-    :mod:`~symbackprop.codegen.jax_mixed`."""
+    :mod:`~symbackprop.codegen.jax_mixed`.
+
+    Examples
+    --------
+    >>> m = build(sb.models.mlp([4, 3, 2]), optimizer="adam", backend="jax")
+    >>> [f.name for f in m.functions], m.inputs
+    (['forward', 'value_and_grad'], ['X', 'y'])
+    """
     opt, values = resolve_optimizer(optimizer, lr, hyper)
     half = precision in HALF
     scaler = scaler_settings(growth_interval) if precision == "mixed" else {}

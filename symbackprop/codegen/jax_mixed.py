@@ -85,7 +85,15 @@ def make_mixed(m, precision: str, scaler: dict) -> None:
     ``DTYPE`` the half dtype, the loss and its gradient in float32, the seed the loss
     scale (float16). Raises :class:`~symbackprop.errors.CodegenError` when the loss is
     not one call or backprop has no seed statement (``mse``, whose seed the passes fold
-    away; no optimization passes)."""
+    away; no optimization passes).
+
+    Examples
+    --------
+    >>> from symbackprop.codegen.functional import build
+    >>> m = build(sb.models.mlp([4, 3, 2]), optimizer="sgd", precision="mixed")  # calls it
+    >>> m.dtype, m.precision, sorted(m.scaler)
+    ('float16', 'mixed', ['backoff_factor', 'growth_factor', 'growth_interval', 'loss_scale'])
+    """
     em, j = m.em, m.em.j
     em.dtype = HALF[precision]  # the code names DTYPE only: the module defines it
     m.dtype, m.precision, m.scaler = HALF[precision], precision, scaler

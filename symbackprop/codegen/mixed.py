@@ -306,7 +306,17 @@ def mixed_blocks(m, distributed: str | None = None) -> list[str]:
     ``train_step``, ``reference_value_and_grad`` (float32) and ``underflow``. With
     ``distributed="mpi"`` (a data-parallel training script), ``_summed_update`` replaces
     ``_scaled_update``: the gradients summed over the ranks in float32, one overflow
-    decision for all (:func:`_train_step_block`)."""
+    decision for all (:func:`_train_step_block`).
+
+    Examples
+    --------
+    >>> from symbackprop.codegen.module import build_model
+    >>> m = build_model(sb.models.mlp([4, 3, 2]), optimizer="sgd", precision="mixed")
+    >>> [b.split("(")[0] for b in mixed_blocks(m, "mpi") if b.startswith("def train_step")]
+    ['def train_step']
+    >>> any("def _summed_update(" in b for b in mixed_blocks(m, "mpi"))
+    True
+    """
     mpi = distributed == "mpi"
     layout, consts, buffers = flat_gradients(m.g, m.wrt, m.grads, m.em.namer, m.pool)
     opt_state = m.opt.init_state.replace("def init_state(", "def _optimizer_state(", 1)

@@ -554,7 +554,15 @@ def assemble(doc: str, m: Model, functions: list, blocks: list, imports=(),
              constants=(), library: str | None = None) -> str:
     """The module text (:func:`~symbackprop.codegen.emit.render_module`): ``math`` joins
     the standard-library ``imports`` when the fast path's train_step uses it; ``library``
-    replaces the backend's import lines (the cupy script imports NumPy too)."""
+    replaces the backend's import lines (the cupy script imports NumPy too).
+
+    Examples
+    --------
+    >>> m = build_model(sb.models.mlp([4, 3, 2]), optimizer="sgd")
+    >>> text = assemble("A module.", m, m.functions, [], library="import numpy as np")
+    >>> "A module." in text.splitlines()[0], "def forward(" in text
+    (True, True)
+    """
     imports = {*imports, *(("math",) if m.fast is not None else ())}
     return render_module(doc, m.em, functions, imports=imports, constants=constants,
                          blocks=blocks, library=library)
