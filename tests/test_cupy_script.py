@@ -197,42 +197,6 @@ def test_trains_as_the_numpy_script(tmp_path, digits, capsys, kw, flags):
         assert any("float16 gradients" in ln for ln in runs["cupy"][1])
 
 
-def test_resume_is_bit_for_bit_with_batch_norm(tmp_path, capsys):
-    """A CNN with batch norm (running statistics on the GPU, saved with cp.asnumpy): 2
-    epochs with --checkpoint-every 1, then --resume to 4, give the uninterrupted 4-epoch
-    run's checkpoint (parameters, Adam state, running statistics, progress), which is
-    the NumPy script's; the NumPy script's 2-epoch checkpoint resumes to it too."""
-    rng = np.random.default_rng(0)
-    data = tmp_path / "img.npz"
-    np.savez(data, X=rng.standard_normal((40, 1, 6, 6)), y=rng.integers(0, 3, 40))
-    g = sb.models.cnn((1, 6, 6), channels=(2,), hidden=(8,), classes=3, batch_norm=True)
-    src = sb.training_script(g, optimizer="adam", lr=0.01, backend="cupy", batch_size=16)
-    base = ["--data", str(data)]
-    assert _run(src, tmp_path / "a.py", [*base, "--epochs", "4", "--out",
-                                         str(tmp_path / "full.npz")], capsys)[0] == 0
-    status, first = _run(src, tmp_path / "b.py", [*base, "--epochs", "2", "--checkpoint-every",
-                                                  "1", "--out", str(tmp_path / "half.npz")],
-                         capsys)
-    assert status == 0 and len(first) == 2
-    status, rest = _run(src, tmp_path / "c.py", [*base, "--epochs", "4", "--resume",
-                                                 str(tmp_path / "half.npz"), "--out",
-                                                 str(tmp_path / "resumed.npz")], capsys)
-    assert status == 0 and len(rest) == 2
-    _assert_same_checkpoint(tmp_path / "resumed.npz", tmp_path / "full.npz")
-    assert any(k.startswith("buffers/running/") for k in _arrays(tmp_path / "full.npz"))
-    ref = sb.training_script(g, optimizer="adam", lr=0.01, batch_size=16)
-    assert _run(ref, tmp_path / "n.py", [*base, "--epochs", "4", "--out",
-                                         str(tmp_path / "numpy.npz")], capsys)[0] == 0
-    _assert_same_checkpoint(tmp_path / "numpy.npz", tmp_path / "full.npz")
-    # a checkpoint of the NumPy script resumes in the cupy script
-    assert _run(ref, tmp_path / "n2.py", [*base, "--epochs", "2", "--out",
-                                          str(tmp_path / "numpy2.npz")], capsys)[0] == 0
-    assert _run(src, tmp_path / "d.py", [*base, "--resume", str(tmp_path / "numpy2.npz"),
-                                         "--epochs", "4", "--out", str(tmp_path / "x.npz")],
-                capsys)[0] == 0
-    _assert_same_checkpoint(tmp_path / "x.npz", tmp_path / "full.npz")
-
-
 # -- dropout: the NumPy script's masks, drawn on the host ---------------------------------------
 def _dropout_cnn(batch_norm=False):
     return sb.models.cnn((1, 6, 6), channels=(2,), hidden=(8,), classes=3, dropout=0.25,
@@ -246,6 +210,40 @@ def images(tmp_path) -> Path:
     np.savez(path, X=rng.standard_normal((40, 1, 6, 6)), y=rng.integers(0, 3, 40),
              X_test=rng.standard_normal((12, 1, 6, 6)), y_test=rng.integers(0, 3, 12))
     return path
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.25])
+def test_resume_is_bit_for_bit(tmp_path, images, capsys, dropout):
+    """A CNN with batch norm (running statistics on the GPU, saved with cp.asnumpy), and
+    with dropout (the host generator's state in the checkpoint, so the resumed run draws
+    the masks the whole run draws): 2 epochs with --checkpoint-every 1, then --resume to
+    4, give the uninterrupted 4-epoch run's checkpoint, which is the NumPy script's; a
+    checkpoint of either script resumes in the other."""
+    g = sb.models.cnn((1, 6, 6), channels=(2,), hidden=(8,), classes=3, batch_norm=True,
+                      dropout=dropout)
+    src = sb.training_script(g, optimizer="adam", lr=0.01, backend="cupy", batch_size=16)
+    ref = sb.training_script(g, optimizer="adam", lr=0.01, batch_size=16)
+    base = ["--data", str(images)]
+
+    def run(script, name, *args):
+        status, lines = _run(script, tmp_path / f"{name}.py",
+                             [*base, *args, "--out", str(tmp_path / f"{name}.npz")], capsys)
+        assert status == 0
+        return lines
+
+    run(src, "full", "--epochs", "4")
+    assert len(run(src, "half", "--epochs", "2", "--checkpoint-every", "1")) == 2
+    assert len(run(src, "resumed", "--epochs", "4", "--resume", str(tmp_path / "half.npz"))) == 2
+    run(ref, "numpy", "--epochs", "4")
+    run(ref, "numpy_half", "--epochs", "2")
+    run(ref, "cupy_in_numpy", "--epochs", "4", "--resume", str(tmp_path / "half.npz"))
+    run(src, "numpy_in_cupy", "--epochs", "4", "--resume", str(tmp_path / "numpy_half.npz"))
+    for name in ("resumed", "numpy", "cupy_in_numpy", "numpy_in_cupy"):
+        _assert_same_checkpoint(tmp_path / f"{name}.npz", tmp_path / "full.npz")
+    full = _arrays(tmp_path / "full.npz")
+    assert any(k.startswith("buffers/running/") for k in full)
+    if dropout:
+        assert str(_arrays(tmp_path / "half.npz")["buffers/rng"]) != str(full["buffers/rng"])
 
 
 @pytest.mark.parametrize("kw", [{}, {"precision": "mixed"}])
@@ -274,38 +272,6 @@ def test_dropout_trains_as_the_numpy_script(tmp_path, images, capsys, kw):
     assert json.loads(str(saved["buffers/rng"])) != fresh  # the masks were drawn from it
     plain = _arrays(tmp_path / "plain" / "c.npz")
     assert not np.array_equal(plain["params/W1"], saved["params/W1"])
-
-
-def test_dropout_resume_is_bit_for_bit(tmp_path, images, capsys):
-    """Dropout (and batch norm) on the GPU: 2 epochs with --checkpoint-every 1, then
-    --resume to 4, give the uninterrupted 4-epoch run's checkpoint, which is the NumPy
-    script's: the checkpoint keeps the host generator's state, and the resumed run draws
-    the masks the whole run draws."""
-    g = _dropout_cnn(batch_norm=True)
-    src = sb.training_script(g, optimizer="adam", lr=0.01, backend="cupy", batch_size=16)
-    base = ["--data", str(images)]
-    assert _run(src, tmp_path / "a.py", [*base, "--epochs", "4", "--out",
-                                         str(tmp_path / "full.npz")], capsys)[0] == 0
-    status, first = _run(src, tmp_path / "b.py", [*base, "--epochs", "2", "--checkpoint-every",
-                                                  "1", "--out", str(tmp_path / "half.npz")],
-                         capsys)
-    assert status == 0 and len(first) == 2
-    status, rest = _run(src, tmp_path / "c.py", [*base, "--epochs", "4", "--resume",
-                                                 str(tmp_path / "half.npz"), "--out",
-                                                 str(tmp_path / "resumed.npz")], capsys)
-    assert status == 0 and len(rest) == 2
-    _assert_same_checkpoint(tmp_path / "resumed.npz", tmp_path / "full.npz")
-    ref = sb.training_script(g, optimizer="adam", lr=0.01, batch_size=16)
-    assert _run(ref, tmp_path / "n.py", [*base, "--epochs", "4", "--out",
-                                         str(tmp_path / "numpy.npz")], capsys)[0] == 0
-    _assert_same_checkpoint(tmp_path / "numpy.npz", tmp_path / "full.npz")
-    # the cupy script's checkpoint resumes in the NumPy script (the generator's state: NumPy's)
-    assert _run(ref, tmp_path / "n2.py", [*base, "--epochs", "4", "--resume",
-                                          str(tmp_path / "half.npz"), "--out",
-                                          str(tmp_path / "x.npz")], capsys)[0] == 0
-    _assert_same_checkpoint(tmp_path / "x.npz", tmp_path / "full.npz")
-    half, full = _arrays(tmp_path / "half.npz"), _arrays(tmp_path / "full.npz")
-    assert str(half["buffers/rng"]) != str(full["buffers/rng"])
 
 
 def test_train_step_still_takes_a_cupy_generator():
