@@ -27,7 +27,8 @@ import textwrap
 from functools import cache
 from pathlib import Path
 
-_VARIANT = re.compile(r"^(\s*)if .*:\s*# variant: (\w+)$")
+# a variant's if line may end in a ruff noqa (a nested if that generation unnests)
+_VARIANT = re.compile(r"^(\s*)if .*:\s*# variant: (\w+)(?:\s+# noqa: [^#]*)?$")
 
 
 def source(*objects, variants: dict | None = None) -> str:
