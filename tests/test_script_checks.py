@@ -104,6 +104,7 @@ def test_torch_script_bad_data_is_one_line(tmp_path, monkeypatch, capsys):
     Path("bad.csv").write_text("1,2,3,4,0\n1,2,x,4,1\n")
     _one_line(module, capsys, "bad.csv, line 2, column 3: 'x' is not a number",
               "--data", "bad.csv", "--device", "cpu")
+    _one_line(module, capsys, "--device nope: ", "--data", "label7.pt", "--device", "nope")
     torch.save({"X": torch.randn(8, 4), "y": torch.randint(0, 3, (8,))}, "ok.pt")
     assert _run(module, capsys, "--data", "ok.pt", "--device", "cpu", "--epochs", 1,
                 "--out", "ok_ck.pt")[0] == 0

@@ -9,8 +9,8 @@ The script has the NumPy script's features (:mod:`.script`, whose data checks
 ``InputError``, ``is_number``, ``read_npz``, ``read_csv``, ``check_split`` and
 ``load_data``, and ``fail``, ``GradNorms``, ``last_good_path`` and ``option`` it copies, as
 it copies :mod:`.atomic`'s ``atomic_write``): bad data (also a ``.pt`` file, checked
-alike), a bad option or checkpoint stops it with one line, exit status 2; checkpoints written atomically with
-``torch.save`` (parameters, optimizer state with the loss scaler's, batch norm's running
+alike), a bad option or checkpoint stops it with one line, exit status 2; checkpoints
+written atomically with ``torch.save`` (parameters, optimizer state with the loss scaler's, batch norm's running
 statistics, dropout's generator state, the shuffling generator's state and the samples
 already trained in the epoch) that ``--resume`` continues bit for bit, ``--checkpoint-every``,
 a ``last_good`` checkpoint when a batch meets nan or inf, ``--metrics`` and
@@ -375,7 +375,13 @@ def train(a, data, params, state, buffers, progress, gen, device, norms=None):
 
 def main(argv=None):
     a = parse_args(argv)
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as e:  # a malformed device string
+        return fail(f"--device {a.device}: {e}", 2)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return fail(f"--device {a.device}: this PyTorch sees no CUDA device; pass --device cpu",
+                    2)
     params = init_params(a.seed, device=device)
     state = init_state(params)
     gen = torch.Generator().manual_seed(a.seed)  # the shuffles, on the CPU: any device alike
