@@ -254,11 +254,14 @@ def test_input_shape_reshapes_flat_image_rows(tmp_path, capsys):
     data, (X_test, _) = module.read_data(a.data, a.input_shape)
     assert np.array_equal(data[module.FEATURES], X.reshape(3, 1, 4, 4))
     assert X_test.shape == (2, 1, 4, 4)
-    without = ("X has rows of shape (16,) (shape (3, 16)); the network expects rows of shape "
-               "(1, 4, 4); pass --input-shape 1,4,4 to reshape flat rows")
+    without = ("X has flat rows of 16 values (shape (3, 16)); the network expects rows of "
+               "shape (1, 4, 4); pass --input-shape 1,4,4 to reshape flat rows")
     for shape, says in ((None, without),
                         ((4, 4, 1), "--input-shape 4,4,1 is not the network's input shape")):
-        with pytest.raises(SystemExit) as e:
+        with pytest.raises(module.InputError) as e:
             module.read_data(flat, shape)
-        err = capsys.readouterr().err
-        assert e.value.code == 2 and err.count("\n") == 1 and says in err, err
+        assert says in str(e.value), e.value
+    # and main says it in one line, exit status 2
+    assert module.main(["--data", flat]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and without in err, err

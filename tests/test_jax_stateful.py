@@ -509,4 +509,4 @@ def test_jax_script_reads_csv_as_the_npz_and_refuses_a_bad_cell(cnn_script):
     (folder / "bad.csv").write_text("a,b\n1,x\n")
     r = _run(folder, 1, "--data", "bad.csv")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
-    assert "bad.csv, line 2: 'x' is not a number" in r.stderr
+    assert "bad.csv, line 2, column 2: 'x' is not a number" in r.stderr

@@ -287,26 +287,50 @@ def _clusters(path, n=480, seed=0):
     np.savez(path, X=X[:360], y=y[:360], X_test=X[360:], y_test=y[360:])
 
 
+def _torch_script_run(tmp_path, capsys):
+    """train.py (a torch script) run in this process on the CPU, as ``python train.py`` would
+    (it imports only torch and NumPy): its stdout, and the dtype of each running statistic
+    of its checkpoint by name."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("mixed_bn_train", tmp_path / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    capsys.readouterr()
+    code = module.main(["--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "ck.pt"),
+                        "--device", "cpu"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    running = torch.load(tmp_path / "ck.pt", weights_only=True)["running"]
+    return out.out, {k: np.dtype(str(v.dtype).removeprefix("torch.")) for k, v in running.items()}
+
+
 @pytest.mark.parametrize("backend", [
-    "numpy", *([pytest.param("jax", marks=pytest.mark.slow)] if "jax" in BACKENDS else [])])
-def test_training_script_mixed_with_batch_norm_and_dropout_learns(tmp_path, backend):
-    """The generated script (ruff-clean, run without symbackprop) trains the network in
-    mixed precision on four clusters: >= 90% test accuracy in 6 epochs, no step skipped,
-    the checkpoint's running statistics float32."""
+    "numpy", *([pytest.param("jax", marks=pytest.mark.slow)] if "jax" in BACKENDS else []),
+    *(["torch"] if "torch" in BACKENDS else [])])
+def test_training_script_mixed_with_batch_norm_and_dropout_learns(tmp_path, backend, capsys):
+    """The generated script (ruff-clean, run without symbackprop; torch's in this process)
+    trains the network in mixed precision on four clusters: >= 90% test accuracy in 6
+    epochs, no step skipped, the checkpoint's running statistics float32."""
     src = sb.training_script(_net(), optimizer="adam", lr=0.01, epochs=6, batch_size=32,
                              precision="mixed", backend=backend)
     (tmp_path / "train.py").write_text(src)
     assert_ruff_clean(tmp_path, "train.py")
     _clusters(tmp_path / "d.npz")
-    res = run_script_without_symbackprop(tmp_path, "--data", "d.npz", "--out", "ck.npz")
-    epochs = [ln for ln in res.stdout.splitlines() if ln.startswith("epoch")]
-    assert len(epochs) == 6, res.stdout
+    if backend == "torch":
+        stdout, running = _torch_script_run(tmp_path, capsys)
+    else:
+        stdout = run_script_without_symbackprop(tmp_path, "--data", "d.npz", "--out",
+                                                "ck.npz").stdout
+        with np.load(tmp_path / "ck.npz") as ck:
+            running = {k: ck[k].dtype for k in ck.files if k.startswith("buffers/running/")}
+    epochs = [ln for ln in stdout.splitlines() if ln.startswith("epoch")]
+    assert len(epochs) == 6, stdout
     acc = float(re.search(r"test_acc (\S+)", epochs[-1]).group(1))
-    assert acc >= 0.9, res.stdout
-    assert "float16 gradients:" in res.stdout and "0 steps skipped" in res.stdout
-    with np.load(tmp_path / "ck.npz") as ck:
-        running = [k for k in ck.files if "bn1.mean" in k]
-        assert running and ck[running[0]].dtype == np.float32, ck.files
+    assert acc >= 0.9, stdout
+    assert "float16 gradients:" in stdout and "0 steps skipped" in stdout, stdout
+    means = [k for k in running if "bn1.mean" in k]
+    assert means and running[means[0]] == np.float32, running
 
 
 def test_cli_train_script_precision_mixed_with_batch_norm_and_dropout(tmp_path):

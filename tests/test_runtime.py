@@ -190,8 +190,8 @@ def test_generated_code_carries_the_runtime_verbatim():
                                variants={"folded": folded})):
             assert text.rstrip("\n") in step
     script = sb.training_script(sb.models.mlp([4, 3, 2]), optimizer="adam")
-    variants = {"tokens": False, "floats": True, "buffers": False, "mpi": False,
-                "single": True, "mixed": False, "fused": False, "mixed_mpi": False,
+    variants = {"tokens": False, "floats": True, "cast": True, "raw": False, "buffers": False,
+                "mpi": False, "single": True, "mixed": False, "fused": False, "mixed_mpi": False,
                 "mpi_dropout": False, "mpi_syncbn": False, "device": False, "host": True}
     cut = RUNTIME.index("save_checkpoint")  # the scripts' shared atomic write comes before it
     assert script.endswith("\n\n".join([source_of(rs, *RUNTIME[:cut], variants=variants),

@@ -185,7 +185,7 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
                   "cnn.py", batch_size=4)
     code, _, err = _run(cnn, capsys, "--data", "flat.npz", "--epochs", 1)
     assert code == 2 and err.count("\n") == 1
-    assert "X has rows of shape (16,)" in err and "pass --input-shape 1,4,4" in err, err
+    assert "X has flat rows of 16 values" in err and "pass --input-shape 1,4,4" in err, err
     assert _run(cnn, capsys, "--data", "flat.npz", "--epochs", 1, "--input-shape", "1,4,4",
                 "--out", "cnn.pt")[0] == 0
     np.savez("d.npz", X=rng.normal(size=(8, 4)), y=rng.integers(0, 2, 8))

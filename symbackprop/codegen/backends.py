@@ -261,4 +261,23 @@ def has_code(op: str, backend: str) -> bool:
     return True
 
 
-__all__ = ["NAMES", "NUMPY", "Backend", "get", "has_code"]
+def script_backends() -> tuple[str, ...]:
+    """The backends that write a training script (``sb.training_script``, ``train-script``):
+    their own (a ``trainer``, torch), the data-parallel one (``sharded_script``, jax) or the
+    NumPy one (every planned backend: numpy, cupy).
+
+    Examples
+    --------
+    >>> script_backends()
+    ('numpy', 'jax', 'torch', 'cupy')
+    """
+    def writes(b: Backend) -> bool:
+        if b.trainer() is not None:
+            return True
+        return b.sharded_script if b.functional else True
+
+    return tuple(n for n in NAMES if writes(get(n)))
+
+
+__all__ = ["NAMES", "NUMPY", "Backend", "get", "has_code", "script_backends"]
+

@@ -32,9 +32,12 @@ from .runtime import script as runtime_script
 
 # the main program (runtime/jax_script.py), with the shared atomic write (runtime/atomic.py)
 # before save_checkpoint
-MAIN = ("CheckpointError", "parse_args", "fail", "first_copy", "host", "save_checkpoint",
-        "load_checkpoint", "read_csv", "rows_of", "read_data", "guarded_step", "main",
-        "__main__")
+MAIN = ("parse_args", "first_copy", "host", "save_checkpoint", "load_checkpoint",
+        "read_data", "guarded_step", "main", "__main__")
+# what it copies of the NumPy script's runtime (runtime/script.py): the data checks, fail and
+# the options (check_tokens: token inputs only)
+CHECKS = ("InputError", "is_number", "read_npz", "read_csv", "check_tokens", "check_split",
+          "load_data", "fail", "option")
 
 
 def _positive(name: str, v) -> int:
@@ -149,11 +152,12 @@ def data_parallel_script(g: Graph, of=None, optimizer: str = "sgd", lr=None, epo
     (True, False)
     """
     # which input is X and which y, and each layer's weights: the NumPy script's rules
-    from .script import _data_task, _layers_constant
+    from .script import _data_constants, _data_task, _layers_constant
 
     b = backends.get(backend)
     if not b.sharded_script:
-        raise CodegenError(f"backend {b.name!r} writes no training script; use numpy or jax.")
+        raise CodegenError(f"backend {b.name!r} writes no training script; use "
+                           f"{', '.join(backends.script_backends())}.")
     epochs, batch_size = _positive("epochs", epochs), _positive("batch_size", batch_size)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed={seed!r}; expected an int >= 0.")
@@ -181,21 +185,18 @@ def data_parallel_script(g: Graph, of=None, optimizer: str = "sgd", lr=None, epo
         "    XLA_FLAGS=--xla_force_host_platform_device_count=4 python train.py --data "
         "data.npz")
     evaluate, metric = _evaluate(m, task)
-    g_shape = g.nx.nodes
-    tshape = tuple(g_shape[task.target]["shape"][1:]) if task.target else ()
     context = m.context
     constants = [f"EPOCHS = {epochs}", f"BATCH_SIZE = {batch_size}", f"SEED = {seed}",
                  f"FEATURES = {nm(task.features)!r}  # the input fed from the data's X",
-                 (f"TARGET = {nm(task.target) if task.target else None!r}  # the input fed "
-                 "from the data's y"),
+                 (f"TARGET_INPUT = {nm(task.target) if task.target else None!r}  # the input "
+                  "fed from the data's y"),
                  f"NETWORK = {str(g.nx.graph.get('name', 'network'))!r}",
                  f"OPTIMIZER = {m.opt.name!r}",
                  f"METRIC = {metric!r}  # evaluate() returns: 'acc' (accuracy) or 'loss'",
                  _layers_constant(m),
-                 (f"FEATURE_SHAPE = {tuple(g_shape[task.features]['shape'][1:])!r}  # one row "
-                 "of X"),
-                 f"TARGET_KIND = {task.kind!r}  # y holds: 'labels', 'values' or None (no y)",
-                 f"TARGET_SHAPE = {tshape!r}  # one entry of y"]
+                 # the NumPy script's data checks read these (load_data, check_split)
+                 *_data_constants(g, task),
+                 *([] if task.tokens else ["VOCAB = None  # X holds floats"])]
     blocks = [evaluate, _grad_norms(m, task)]
     if context:  # batch norm, dropout (issue 15)
         kept = tuple(k for c, k in (("running", "running"), ("rng", "key")) if c in context)
@@ -207,7 +208,11 @@ def data_parallel_script(g: Graph, of=None, optimizer: str = "sgd", lr=None, epo
             "# own rows (the same masks as on one device)",
             'jax.config.update("jax_threefry_partitionable", True)']
     mixed = bool(m.precision)  # the step's underflow() and its log line (codegen/jax_mixed.py)
-    blocks += [source_of(runtime_script, "shape_option", "GradNorms", "last_good_path")]
+    # the NumPy script's checks leave the arrays' dtypes to main; one process per host (no MPI)
+    checks = {"tokens": task.tokens, "floats": False, "cast": False, "raw": True, "mpi": False}
+    blocks += [source_of(runtime_script, *(n for n in CHECKS if task.tokens
+                                           or n != "check_tokens"), variants=checks),
+               source_of(runtime_script, "shape_option", "GradNorms", "last_good_path")]
     blocks += [source_of(jax_mixed, "underflow_line")] if mixed else []
     variants = {"buffers": bool(context), "plain": not context, "mixed": mixed}
     cut = MAIN.index("save_checkpoint")
@@ -216,7 +221,7 @@ def data_parallel_script(g: Graph, of=None, optimizer: str = "sgd", lr=None, epo
                source_of(jax_script, *MAIN[cut:], variants=variants)]
     return functional.model_text(
         m, doc, blocks=blocks,
-        imports=("argparse", "csv", "json", "os", "sys", "tempfile", "time"),
+        imports=("argparse", "csv", "json", "os", "sys", "tempfile", "time", "zipfile"),
         constants=constants, library=b.imports() + "\nimport numpy as np")
 
 

@@ -184,7 +184,20 @@ def _positive_int(name: str, v) -> int:
 
 
 def _script_constants(m: Model, task: _Task, epochs, batch_size, seed) -> list[str]:
-    g = m.g
+    return [
+        f"NETWORK = {str(m.g.nx.graph.get('name', 'network'))!r}",
+        f"OPTIMIZER = {m.opt.name!r}",
+        *constant_lines(m.hyper),
+        f"EPOCHS = {epochs}",
+        f"BATCH_SIZE = {batch_size}",
+        f"SEED = {seed}",
+        *_data_constants(m.g, task),
+    ]
+
+
+def _data_constants(g: Graph, task: _Task) -> list[str]:
+    """The constants that the NumPy script's data checks read (``load_data``,
+    ``check_split``, ``read_csv``): the torch and JAX scripts copy those checks too."""
     fshape = tuple(g.nx.nodes[task.features]["shape"][1:])
     tshape = tuple(g.nx.nodes[task.target]["shape"][1:]) if task.target else ()
     n_feat = math.prod(fshape)
@@ -208,12 +221,6 @@ def _script_constants(m: Model, task: _Task, epochs, batch_size, seed) -> list[s
     tokens = [f"VOCAB = {task.vocab!r}  # X holds integer token ids 0..VOCAB-1"] \
         if task.tokens else []
     return [
-        f"NETWORK = {str(g.nx.graph.get('name', 'network'))!r}",
-        f"OPTIMIZER = {m.opt.name!r}",
-        *constant_lines(m.hyper),
-        f"EPOCHS = {epochs}",
-        f"BATCH_SIZE = {batch_size}",
-        f"SEED = {seed}",
         f"FEATURE_SHAPE = {fshape!r}  # one row of X",
         f"TARGET = {task.kind!r}  # y holds: 'labels' (class indices), 'values' or None (no y)",
         f"TARGET_SHAPE = {tshape!r}  # one entry of y",
@@ -565,7 +572,8 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
             else (name, *MPI_RUNTIME.get(name, ()), *(("RowDraws",) if dropout else ()),
                   *(("RowSums",) if synced else ()), *(("last_rank_buffers",) if buffers else ()))
             if name == "last_good_path" else (name,)))
-    variants = {"tokens": task.tokens, "floats": not task.tokens, "buffers": buffers,
+    variants = {"tokens": task.tokens, "floats": not task.tokens, "cast": True, "raw": False,
+                "buffers": buffers,
                 "mixed": mixed and not mpi, "mixed_mpi": mixed and mpi, "mpi": mpi,
                 "mpi_dropout": dropout, "mpi_syncbn": synced, "single": not mpi,
                 "fused": m.fused, "device": b.on_device, "host": not b.on_device}

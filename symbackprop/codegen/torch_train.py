@@ -27,7 +27,7 @@ from .jax_mixed import HALF
 from .lowering import CONTEXT
 from .module import Model, step_doc, wrap
 from .optimizers import constant_lines
-from .runtime import atomic, jax_script, source_of, torch_init, torch_script
+from .runtime import atomic, source_of, torch_init, torch_script
 from .runtime import script as runtime_script
 from .runtime import torch_mixed as torch_mixed_runtime
 from .runtime.torch_optimizers import adam, momentum, sgd
@@ -35,10 +35,12 @@ from .runtime.torch_optimizers import adam, momentum, sgd
 # optimizer name -> its runtime for torch tensors
 RUNTIME = {"sgd": sgd, "momentum": momentum, "adam": adam}
 # the script's main program (runtime/torch_script.py), with what it copies of the NumPy
-# script's runtime (runtime/script.py), the JAX script's (read_csv) and the shared
+# script's runtime (runtime/script.py: the data checks, fail, the options) and the shared
 # atomic write (runtime/atomic.py), in this order
-SCRIPT = ((torch_script, ("fail",)), (runtime_script, ("option", "shape_option")),
-          (jax_script, ("read_csv", "rows_of")), (torch_script, ("load_data",)),
+SCRIPT = ((runtime_script, ("InputError", "is_number", "read_npz", "read_csv")),
+          (runtime_script, ("check_tokens",)),  # token inputs only
+          (runtime_script, ("check_split", "load_data", "fail", "option", "shape_option")),
+          (torch_script, ("read_pt", "load_tensors")),
           (atomic, ("atomic_write",)), (torch_script, ("save_checkpoint", "load_checkpoint")),
           (torch_script, ("buffers_state", "restore_buffers")),  # batch norm, dropout only
           (runtime_script, ("last_good_path", "GradNorms")),
@@ -277,7 +279,7 @@ def script_source(g: Graph, of=None, optimizer: str = "sgd", lr=None, epochs: in
     (True, False)
     """
     # which input is X and which y, and each layer's weights: the NumPy script's rules
-    from .script import _data_task, _layers_constant
+    from .script import _data_constants, _data_task, _layers_constant
 
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
@@ -306,28 +308,29 @@ def script_source(g: Graph, of=None, optimizer: str = "sgd", lr=None, epochs: in
         "    python train.py --data data.npz --device cuda --metrics run.csv\n"
         "Run it with --help for every option.")
     evaluate, metric = _evaluate(m, task)
-    tshape = tuple(g.nx.nodes[task.target]["shape"][1:]) if task.target else ()
     constants = [f"EPOCHS = {epochs}", f"BATCH_SIZE = {batch_size}", f"SEED = {seed}",
                  f"FEATURES = {nm(task.features)!r}  # the input fed from the data's X",
-                 (f"TARGET = {nm(task.target) if task.target else None!r}  # the input fed "
-                  "from the data's y"),
+                 (f"TARGET_INPUT = {nm(task.target) if task.target else None!r}  # the input "
+                  "fed from the data's y"),
                  f"NETWORK = {str(g.nx.graph.get('name', 'network'))!r}",
                  f"OPTIMIZER = {m.opt.name!r}",
                  f"METRIC = {metric!r}  # evaluate() returns: 'acc' (accuracy) or 'loss'",
                  _layers_constant(m),
-                 (f"FEATURE_SHAPE = {tuple(g.nx.nodes[task.features]['shape'][1:])!r}  # one "
-                  "row of X"),
-                 f"TARGET_KIND = {task.kind!r}  # y holds: 'labels', 'values' or None (no y)",
-                 f"TARGET_SHAPE = {tshape!r}  # one entry of y"]
+                 # the NumPy script's data checks read these (load_data, check_split)
+                 *_data_constants(g, task),
+                 *([] if task.tokens else ["VOCAB = None  # X holds floats"])]
     # mixed precision: the underflow line after every epoch (runtime/torch_mixed.py)
     mixed = [source_of(torch_mixed_runtime, "underflow_line")] if m.precision else []
     buffers = bool(m.context)
-    variants = {"mixed": bool(m.precision), "buffers": buffers}
+    # the NumPy script's checks leave the arrays' dtypes to load_tensors; one process (no MPI)
+    variants = {"mixed": bool(m.precision), "buffers": buffers, "tokens": task.tokens,
+                "floats": False, "cast": False, "raw": True, "mpi": False}
     main = [source_of(module, *names, variants=variants) for module, names in SCRIPT
-            if buffers or "buffers_state" not in names]
+            if (buffers or "buffers_state" not in names)
+            and (task.tokens or "check_tokens" not in names)]
     return model_text(m, doc, blocks=[evaluate, _grad_norms(m, task), _buffers(m), *mixed,
                                       *main],
-                      imports=("argparse", "csv", "os", "sys", "tempfile", "time"),
+                      imports=("argparse", "csv", "os", "sys", "tempfile", "time", "zipfile"),
                       constants=constants, library="import numpy as np\nimport torch")
 
 

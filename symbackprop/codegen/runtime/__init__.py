@@ -10,7 +10,8 @@ code path, ``if CONDITION:  # variant: NAME``, and generation chooses:
 ``variants={"NAME": True}`` keeps the block's body (one level less indented) without
 the ``if`` line, ``False`` drops the whole block; a variant inside a kept block is
 chosen in turn. The ``if`` stays correct when the
-module runs alone.
+module runs alone. The ``if`` line may end in a ruff ``# noqa: CODE`` after the name (a
+nested ``if`` that ruff would merge, which generation unnests), dropped with it.
 
 Modules: :mod:`.flat` (flat buffers), :mod:`.init` (weight draws), :mod:`.check`
 (the nan/inf check), :mod:`.optimizers` (one module per optimizer), :mod:`.script`
@@ -27,7 +28,8 @@ import textwrap
 from functools import cache
 from pathlib import Path
 
-_VARIANT = re.compile(r"^(\s*)if .*:\s*# variant: (\w+)$")
+# a variant's if line may end in a ruff noqa (a nested if that generation unnests)
+_VARIANT = re.compile(r"^(\s*)if .*:\s*# variant: (\w+)(?:\s+# noqa: [^#]*)?$")
 
 
 def source(*objects, variants: dict | None = None) -> str:

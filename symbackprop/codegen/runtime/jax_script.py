@@ -34,12 +34,14 @@ folds with the epoch and the batch's number (one key for every process and devic
 each device draws the bits of its own rows, so the masks are a one-device run's). The
 checkpoints hold them under ``buffers/`` (``buffers/running/NAME``, ``buffers/key``: the
 key's raw data). ``--metrics FILE.csv`` and ``--log-grad-norms`` are the NumPy script's
-(its ``GradNorms``, copied beside these); ``--data`` may be a ``.csv`` as the NumPy
-script's (numbers only, the target in the last column(s), an optional header line).
+(its ``GradNorms``, copied beside these). The data is read and checked by the NumPy
+script's code (its ``InputError``, ``read_npz``, ``read_csv``, ``check_split`` and
+``load_data``, copied): ``.npz`` or ``.csv`` (numbers only, the target in the last
+column(s), an optional header line). As there, bad data, a bad option (its ``option``) or
+checkpoint stops the script with one line (its ``fail``), exit status 2.
 """
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -52,8 +54,12 @@ try:
 except ImportError:  # generating the script needs no JAX; running it does
     jax = None
 
-from .atomic import atomic_write
-from .script import last_good_path, shape_option
+try:  # copied into the script
+    from .atomic import atomic_write
+    from .script import InputError, fail, last_good_path, load_data, option, shape_option
+except ImportError:  # this file run alone (python .../runtime/jax_script.py)
+    from atomic import atomic_write
+    from script import InputError, fail, last_good_path, load_data, option, shape_option
 
 DTYPE = np.float32
 EPOCHS = 10
@@ -61,14 +67,19 @@ BATCH_SIZE = 32
 SEED = 0
 LR = 0.01
 FEATURES = "X"  # the input fed from the data's X
-TARGET = "y"  # the input fed from the data's y (None: the loss needs X alone)
+TARGET_INPUT = "y"  # the input fed from the data's y (None: the loss needs X alone)
 NETWORK = "network"
 OPTIMIZER = "sgd"
 METRIC = "loss"  # evaluate() returns: 'acc' (accuracy) or 'loss'
 LAYERS = {"all": ("w",)}  # each layer's weights: --log-grad-norms, --metrics
 FEATURE_SHAPE = (2,)  # one row of X
-TARGET_KIND = "values"  # y holds: 'labels', 'values' or None (no y)
+TARGET = "values"  # y holds: 'labels' (class indices), 'values' or None (no y)
 TARGET_SHAPE = (1,)  # one entry of y
+N_CLASSES = None
+CSV_COLUMNS = 3
+DATA_NPZ = "arrays X (N, 2) and y (N, 1) targets, optionally X_test and y_test"
+DATA_CSV = "rows of 2 feature columns then 1 target column"
+VOCAB = None  # X holds integer token ids 0..VOCAB-1 (None: X holds floats)
 BUFFERS = None  # batch norm or dropout: what init_buffers() makes ('running', 'key')
 MIXED = False  # mixed precision: the module has underflow() (codegen/jax_mixed.py)
 
@@ -109,29 +120,32 @@ def underflow_line(counts, state):  # stand-in: runtime/jax_mixed.py's
     raise NotImplementedError
 
 
-class CheckpointError(Exception):
-    """A checkpoint that this script cannot resume from; the message is one line."""
-
-
 def parse_args(argv=None):
     """The command line."""
     p = argparse.ArgumentParser(
         description="Train the network with JAX: every global batch is split over all "
-        "devices (jax.sharding, a 'data' axis), the parameters are replicated.")
+        "devices (jax.sharding, a 'data' axis), the parameters are replicated.",
+        epilog="Bad data, options or checkpoints stop the script with one line saying what is "
+        "wrong. A nan or inf loss or gradient stops it, naming the epoch and batch; the "
+        "parameters from before that batch are saved next to --out as NAME.last_good.npz. "
+        "Exit status: 0 done, 1 stopped on nan/inf, 2 bad input.")
     p.add_argument("--data", required=True,
                    help=".npz holding X (and y, X_test, y_test), or .csv: numbers only, the "
                    "target in the last column(s)")
-    p.add_argument("--epochs", type=int, default=EPOCHS, help=f"passes over the data ({EPOCHS})")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+    p.add_argument("--epochs", type=option(int, 1), default=EPOCHS,
+                   help=f"passes over the data ({EPOCHS})")
+    p.add_argument("--batch-size", type=option(int, 1), default=BATCH_SIZE,
                    help=f"the global batch, split over the devices ({BATCH_SIZE})")
-    p.add_argument("--seed", type=int, default=SEED, help="initial parameters and shuffling")
-    p.add_argument("--lr", type=float, default=LR, help=f"learning rate ({LR})")
+    p.add_argument("--seed", type=option(int, 0), default=SEED,
+                   help="initial parameters and shuffling")
+    p.add_argument("--lr", type=option(float, 0.0, strict=True), default=LR,
+                   help=f"learning rate ({LR})")
     p.add_argument("--out", metavar="FILE",
                    help="write a checkpoint here after the last epoch (process 0, atomically): "
                    "parameters, optimizer state, epoch and the shuffling generator's state; a "
                    "nan or inf writes the state before that batch to NAME.last_good.npz "
                    "beside it (beside checkpoint.npz without --out)")
-    p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
+    p.add_argument("--checkpoint-every", type=option(int, 0), default=0, metavar="K",
                    help="with --out: also write it every K epochs (default 0: at the end only)")
     p.add_argument("--resume", metavar="FILE",
                    help="continue from a checkpoint of this network: the same options give the "
@@ -150,15 +164,9 @@ def parse_args(argv=None):
                        f"{','.join(map(str, FEATURE_SHAPE))}")
     p.add_argument("--coordinator", help="host:port of process 0: train on several hosts "
                    "(jax.distributed.initialize)")
-    p.add_argument("--num-processes", type=int, default=1, help="with --coordinator")
-    p.add_argument("--process-id", type=int, default=0, help="with --coordinator")
+    p.add_argument("--num-processes", type=option(int, 1), default=1, help="with --coordinator")
+    p.add_argument("--process-id", type=option(int, 0), default=0, help="with --coordinator")
     return p.parse_args(argv)
-
-
-def fail(message, status=2):
-    """One line on stderr, then exit with status (2: bad input; 1: stopped on nan/inf)."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(status)
 
 
 def first_copy(x):
@@ -197,30 +205,30 @@ def load_checkpoint(path):
     """params and optimizer state (NumPy arrays, init_state's structure), the progress
     (epoch, seen, loss_sum, rng: save_checkpoint's; seen 0 in a checkpoint written before
     there were mid-epoch ones) and the buffers (None without batch norm and dropout), from
-    a checkpoint of this network and optimizer; raises CheckpointError saying in one line
-    what is wrong."""
+    a checkpoint of this network and optimizer; raises InputError saying in one line what
+    is wrong."""
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} does not exist; expected a .npz file "
-                              "written by this script's --out") from None
+        raise InputError(f"checkpoint {path} does not exist; expected a .npz file "
+                         "written by this script's --out") from None
     except (OSError, ValueError, EOFError) as e:
-        raise CheckpointError(f"checkpoint {path} is not a readable .npz file ({e})") from None
+        raise InputError(f"checkpoint {path} is not a readable .npz file ({e})") from None
     found = (str(arrays.get("network", "?")), str(arrays.get("optimizer", "?")))
     if found != (NETWORK, OPTIMIZER):
         net = [f"network {n}" if n != "network" else "an unnamed network"
                for n in (found[0], NETWORK)]
-        raise CheckpointError(f"checkpoint {path} is for {net[0]} with {found[1]}; "
-                              f"expected {net[1]} with {OPTIMIZER}")
+        raise InputError(f"checkpoint {path} is for {net[0]} with {found[1]}; "
+                         f"expected {net[1]} with {OPTIMIZER}")
     fresh = init_params(0)
     fresh_state = init_state(fresh)
 
     def array(key, like):
         if key not in arrays or arrays[key].shape != np.shape(like):
             shape = arrays[key].shape if key in arrays else "nothing"
-            raise CheckpointError(f"checkpoint {path}: {key} is {shape}; expected an array "
-                                  f"of shape {np.shape(like)}")
+            raise InputError(f"checkpoint {path}: {key} is {shape}; expected an array "
+                             f"of shape {np.shape(like)}")
         return arrays[key].astype(np.asarray(like).dtype)
 
     params = {k: array("params/" + k, v) for k, v in fresh.items()}
@@ -245,51 +253,13 @@ def load_checkpoint(path):
                     "loss_sum": float(arrays.get("progress/loss_sum", 0.0)),
                     "rng": json.loads(str(arrays["progress/rng"]))}
         np.random.default_rng().bit_generator.state = progress["rng"]  # checked
-    except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {path} lacks the progress entry {e}; expected a "
-                              "file written by this script's --out") from None
+    except KeyError as e:
+        raise InputError(f"checkpoint {path} lacks {e}; expected a file written by this "
+                         "script's --out") from None
+    except (ValueError, TypeError) as e:
+        raise InputError(f"checkpoint {path} has a bad entry: {e}; expected a file written "
+                         "by this script's --out") from None
     return params, state, progress, buffers
-
-
-def read_csv(path):
-    """X and y from a .csv file, as the NumPy script reads one: numbers only, the target in
-    the last column(s) (one label column for a classifier); a first line without any
-    number is a header and is skipped. A bad cell or row count fails in one line."""
-    def number(cell):
-        try:
-            return float(cell)
-        except ValueError:
-            return None
-
-    n_features = int(np.prod(FEATURE_SHAPE))
-    n_target = 0 if TARGET_KIND is None else 1 if TARGET_KIND == "labels" \
-        else int(np.prod(TARGET_SHAPE))
-    rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for line, cells in enumerate(csv.reader(f), start=1):
-            if not any(cell.strip() for cell in cells):
-                continue
-            values = [number(cell) for cell in cells]
-            if not rows and all(v is None for v in values):
-                continue  # a header
-            if None in values:
-                bad = cells[values.index(None)].strip()
-                fail(f"{path}, line {line}: {bad!r} is not a number; expected numeric cells "
-                     "only")
-            if len(values) != n_features + n_target:
-                fail(f"{path}, line {line}: {len(values)} columns; expected "
-                     f"{n_features + n_target} ({n_features} features, then {n_target} "
-                     "target)")
-            rows.append(values)
-    if not rows:
-        fail(f"{path} has no data rows")
-    table = np.array(rows)
-    arrays = {"X": table[:, :n_features].reshape((len(table),) + FEATURE_SHAPE)}
-    if TARGET_KIND == "labels":
-        arrays["y"] = table[:, -1].astype(np.int64)
-    elif TARGET_KIND == "values":
-        arrays["y"] = table[:, n_features:].reshape((len(table),) + TARGET_SHAPE)
-    return arrays
 
 
 def host(params):
@@ -297,51 +267,14 @@ def host(params):
     return {k: first_copy(v) for k, v in params.items()}
 
 
-def rows_of(path, name, X, input_shape=None):
-    """X (or X_test; NumPy's or torch's) with rows of the network's FEATURE_SHAPE: flat
-    rows are reshaped to it, row-major, when --input-shape (input_shape, which must be
-    FEATURE_SHAPE) says so; rows of another shape fail in one line."""
-    if input_shape is not None and tuple(input_shape) != FEATURE_SHAPE:
-        fail(f"--input-shape {','.join(map(str, input_shape))} is not the network's input "
-             f"shape {FEATURE_SHAPE}; pass --input-shape {','.join(map(str, FEATURE_SHAPE))}")
-    flat = X.ndim == 2 and len(FEATURE_SHAPE) > 1 and X.shape[1] == int(np.prod(FEATURE_SHAPE))
-    if flat and input_shape is not None:
-        X = X.reshape((len(X),) + FEATURE_SHAPE)
-    if tuple(X.shape[1:]) != FEATURE_SHAPE:
-        fix = (f"; pass --input-shape {','.join(map(str, FEATURE_SHAPE))} to reshape flat "
-               "rows" if flat else "")
-        fail(f"{path}: {name} has rows of shape {tuple(X.shape[1:])} (shape {tuple(X.shape)});"
-             f" the network expects rows of shape {FEATURE_SHAPE}{fix}")
-    return X
-
-
 def read_data(path, input_shape=None):
     """The training data (by input name) and the test split (None without one) of a .npz
-    or .csv file, as NumPy arrays; a file that cannot be read, or rows of X that are not
-    the network's (rows_of), fail in one line."""
-    if not os.path.isfile(path):
-        fail(f"data file {path} does not exist; expected a .npz or .csv file")
-    if path.endswith(".csv"):
-        arrays = read_csv(path)
-    else:
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                arrays = {k: f[k] for k in f.files}
-        except (OSError, ValueError, EOFError) as e:
-            fail(f"{path} is not a readable .npz file ({e})")
-    for name in ("X", "y") if TARGET else ("X",):
-        if name not in arrays:
-            fail(f"{path} has no array {name!r} (found {', '.join(sorted(arrays)) or 'none'})")
-    for name in ("X", "X_test"):
-        if name in arrays:
-            arrays[name] = rows_of(path, name, arrays[name], input_shape)
-    data = {FEATURES: arrays["X"]} | ({TARGET: arrays["y"]} if TARGET else {})
-    if TARGET and ("X_test" in arrays) != ("y_test" in arrays):
-        has, lacks = ("X_test", "y_test") if "X_test" in arrays else ("y_test", "X_test")
-        fail(f"{path} has {has} but no {lacks}; give both for a test split, or neither.")
+    or .csv file, as NumPy arrays, checked by the NumPy script's load_data (InputError:
+    one line saying what is wrong)."""
+    arrays = load_data(path, input_shape)
+    data = {FEATURES: arrays["X"]} | ({TARGET_INPUT: arrays["y"]} if TARGET else {})
     # a held-out split: evaluated after every epoch (each process, on its own devices)
-    test = (arrays["X_test"], arrays["y_test"] if TARGET else None) \
-        if "X_test" in arrays else None
+    test = (arrays["X_test"], arrays["y_test"]) if arrays["X_test"] is not None else None
     return data, test
 
 
@@ -386,35 +319,37 @@ def main(argv=None):
     if a.coordinator:
         jax.distributed.initialize(a.coordinator, a.num_processes, a.process_id)
     devices = jax.devices()
-    if a.batch_size < 1 or a.batch_size % len(devices):
-        fail(f"--batch-size {a.batch_size} does not split over the {len(devices)} devices: "
-             f"use a multiple of {len(devices)}.")
+    if a.batch_size % len(devices):
+        return fail(f"--batch-size {a.batch_size} does not split over the {len(devices)} "
+                    f"devices: use a multiple of {len(devices)}.", 2)
     # automatic sharding: XLA places the gradient sums across devices (an explicit mesh
     # would ask every product for its output's sharding)
     mesh = jax.sharding.Mesh(np.array(devices), ("data",))
     rows_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    data, test = read_data(a.data, getattr(a, "input_shape", None))
-    n = len(data[FEATURES])
-    if n < a.batch_size:
-        fail(f"--batch-size {a.batch_size} is larger than the {n} examples of {a.data}.")
+    try:
+        data, test = read_data(a.data, getattr(a, "input_shape", None))
+        n = len(data[FEATURES])
+        if n < a.batch_size:
+            raise InputError(f"--batch-size {a.batch_size} is larger than the {n} examples "
+                             f"of {a.data}.")
+        if a.checkpoint_every and not a.out:
+            raise InputError(f"--checkpoint-every {a.checkpoint_every} writes to --out FILE: "
+                             "pass one.")
+        if a.resume:
+            params, state, progress, buffers = load_checkpoint(a.resume)
+            if progress["seen"] >= n or progress["seen"] % a.batch_size:
+                raise InputError(f"the checkpoint has seen {progress['seen']} samples of epoch "
+                                 f"{progress['epoch'] + 1}, which is not a whole number of "
+                                 f"batches of --batch-size {a.batch_size} within the {n} rows "
+                                 f"of {a.data}; resume with the data and --batch-size it was "
+                                 "written with")
+    except InputError as e:
+        return fail(e, 2)
     per = a.batch_size // jax.process_count()  # this process's rows of each global batch
     first = jax.process_index() * per
-    if a.checkpoint_every < 0:
-        fail(f"--checkpoint-every {a.checkpoint_every}: expected K >= 0.")
-    if a.checkpoint_every and not a.out:
-        fail(f"--checkpoint-every {a.checkpoint_every} writes to --out FILE: pass one.")
     if a.resume:
-        try:
-            params, state, progress, buffers = load_checkpoint(a.resume)
-        except CheckpointError as e:
-            fail(e)
         params, state, buffers = jax.device_put((params, state, buffers), replicated)
-        if progress["seen"] >= n or progress["seen"] % a.batch_size:
-            fail(f"the checkpoint has seen {progress['seen']} samples of epoch "
-                 f"{progress['epoch'] + 1}, which is not a whole number of batches of "
-                 f"--batch-size {a.batch_size} within the {n} rows of {a.data}; resume with "
-                 "the data and --batch-size it was written with")
     else:
         params = jax.device_put(init_params(a.seed), replicated)
         state = jax.device_put(init_state(params), replicated)
@@ -426,10 +361,10 @@ def main(argv=None):
     norms = None  # --log-grad-norms, --metrics: process 0 alone
     if (a.log_grad_norms or a.metrics) and jax.process_index() == 0:
         try:
-            norms = GradNorms(a, {"X": data[FEATURES], "y": data.get(TARGET),
+            norms = GradNorms(a, {"X": data[FEATURES], "y": data.get(TARGET_INPUT),
                                   "X_test": None if test is None else test[0]})
         except OSError as e:
-            fail(f"cannot write --metrics {a.metrics}: {e.strerror or e}")
+            return fail(f"cannot write --metrics {a.metrics}: {e.strerror or e}", 2)
     done, loss_sum = progress["epoch"], progress["loss_sum"]
     if done >= a.epochs and jax.process_index() == 0:
         print(f"the checkpoint is at epoch {done}; nothing to do for --epochs {a.epochs}")
@@ -467,12 +402,13 @@ def main(argv=None):
             kept = f"; {a.out} is unchanged" if a.out and os.path.exists(a.out) else ""
             what = f"the loss is {values[bad]}" if not np.isfinite(values[bad]) else \
                 "a gradient is nan or inf (the updated parameters were not finite)"
-            fail(f"stopped at epoch {epoch}, batch {skip + bad + 1} of {n_batches}: {what}. The "
-                 f"last good parameters (before this batch) are saved in {path}{kept}", 1)
+            return fail(f"stopped at epoch {epoch}, batch {skip + bad + 1} of {n_batches}: "
+                        f"{what}. The last good parameters (before this batch) are saved in "
+                        f"{path}{kept}", 1)
         loss_sum += sum(values) * a.batch_size
         mean = loss_sum / (n_batches * a.batch_size)
         # the NumPy script's report: test accuracy or loss, else train accuracy
-        split = test if test is not None else (data[FEATURES], data[TARGET]) \
+        split = test if test is not None else (data[FEATURES], data[TARGET_INPUT]) \
             if METRIC == "acc" else None
         score, value = "", None
         if split is not None:

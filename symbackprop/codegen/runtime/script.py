@@ -262,8 +262,13 @@ def check_split(path, arrays, x_name, y_name, input_shape=None):
     if y.shape[1:] != TARGET_SHAPE:
         raise InputError(f"{path}: {y_name} has shape {y.shape}; expected "
                          f"{(len(X),) + TARGET_SHAPE}")
-    if TARGET == "values":
-        return X, y.astype(DTYPE)
+    if DTYPE is not None:  # variant: cast  # noqa: SIM102
+        if TARGET == "values":
+            return X, y.astype(DTYPE)
+    if DTYPE is None:  # variant: raw  # noqa: SIM102
+        # the torch and JAX scripts convert the checked arrays to their own dtypes
+        if TARGET == "values":
+            return X, y
     expected = f"integer labels 0..{N_CLASSES - 1}" if N_CLASSES else "integer labels >= 0"
     bad = np.flatnonzero(y != np.round(y)) if y.dtype.kind == "f" else []
     if len(bad):
@@ -593,9 +598,12 @@ def train(args, data, params, state, progress, norms=None):
     norms: a GradNorms to log gradient norms and metrics after every epoch."""
     X, y = data["X"], data["y"]
     n = len(X)
-    if progress["seen"] >= n:
-        return fail(f"the checkpoint has seen {progress['seen']} samples of the current "
-                    f"epoch but the data has {n} rows; expected the same data", 2)
+    if progress["seen"] >= n or progress["seen"] % args.batch_size:
+        # a resumed epoch continues at a batch boundary of the run that wrote it
+        return fail(f"the checkpoint has seen {progress['seen']} samples of epoch "
+                    f"{progress['epoch'] + 1}, which is not a whole number of batches of "
+                    f"--batch-size {args.batch_size} within the {n} rows of the data; resume "
+                    "with the data and --batch-size it was written with", 2)
     n_batches = -(-n // args.batch_size)
     rng = np.random.default_rng()
     rng.bit_generator.state = progress["rng"]

@@ -5,10 +5,12 @@ Code generation copies them after the training module
 (:mod:`~symbackprop.codegen.torch_train`); the module-level names below stand in for the
 generated module's (``train_step``, ``init_params``, the script's constants).
 
-The script has the NumPy script's features (:mod:`.script`, whose ``GradNorms``,
-``last_good_path`` and ``option`` it copies, as it copies the JAX script's ``read_csv``
-and :mod:`.atomic`'s ``atomic_write``): checkpoints written atomically with
-``torch.save`` (parameters, optimizer state with the loss scaler's, batch norm's running
+The script has the NumPy script's features (:mod:`.script`, whose data checks
+``InputError``, ``is_number``, ``read_npz``, ``read_csv``, ``check_split`` and
+``load_data``, and ``fail``, ``GradNorms``, ``last_good_path`` and ``option`` it copies, as
+it copies :mod:`.atomic`'s ``atomic_write``): bad data (also a ``.pt`` file, checked
+alike), a bad option or checkpoint stops it with one line, exit status 2; checkpoints
+written atomically with ``torch.save`` (parameters, optimizer state with the loss scaler's, batch norm's running
 statistics, dropout's generator state, the shuffling generator's state and the samples
 already trained in the epoch) that ``--resume`` continues bit for bit, ``--checkpoint-every``,
 a ``last_good`` checkpoint when a batch meets nan or inf, ``--metrics`` and
@@ -28,24 +30,50 @@ try:
 except ImportError:  # the source is copied without PyTorch
     torch = None
 
-from .atomic import atomic_write
-from .jax_script import read_csv, rows_of
-from .script import GradNorms, last_good_path, option, shape_option
+try:  # copied into the script
+    from .atomic import atomic_write
+    from .script import (
+        GradNorms,
+        InputError,
+        check_split,
+        fail,
+        last_good_path,
+        load_data,
+        option,
+        shape_option,
+    )
+except ImportError:  # this file run alone (python .../runtime/torch_script.py)
+    from atomic import atomic_write
+    from script import (
+        GradNorms,
+        InputError,
+        check_split,
+        fail,
+        last_good_path,
+        load_data,
+        option,
+        shape_option,
+    )
 
 DTYPE = None  # the generated module's: torch.float64 or torch.float32
 EPOCHS = 10
 BATCH_SIZE = 32
 SEED = 0
 LR = 0.01
-FEATURES = "X"
-TARGET = "y"
+FEATURES = "X"  # the input fed from the data's X
+TARGET_INPUT = "y"  # the input fed from the data's y (None: the loss needs X alone)
 NETWORK = "network"
 OPTIMIZER = "sgd"
 METRIC = "acc"
 LAYERS = {"all": ("w",)}  # each layer's weights: --log-grad-norms, --metrics
 FEATURE_SHAPE = (2,)  # one row of X
-TARGET_KIND = "labels"  # y holds: 'labels', 'values' or None (no y)
+TARGET = "labels"  # y holds: 'labels' (class indices), 'values' or None (no y)
 TARGET_SHAPE = ()  # one entry of y
+N_CLASSES = 3
+CSV_COLUMNS = 3
+DATA_NPZ = "arrays X (N, 2) and y (N,) integer labels in 0..2, optionally X_test and y_test"
+DATA_CSV = "rows of 2 feature columns then 1 label column"
+VOCAB = None  # X holds integer token ids 0..VOCAB-1 (None: X holds floats)
 BUFFERS = False  # batch norm or dropout: init_buffers() makes 'running' and/or 'rng'
 MIXED = False  # mixed precision: the module has underflow() (codegen/torch_mixed.py)
 
@@ -93,42 +121,64 @@ def check_finite(loss, grads):
             raise FloatingPointError(f"the gradient dL/d{name} has {bad} nan or inf entries")
 
 
-def fail(message, status=2):
-    """One line on stderr, then exit with status (2: bad input; 1: stopped on nan/inf)."""
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(status)
-
-
-def load_data(path, device, input_shape=None):
-    """X, y, X_test, y_test (None where the file has none) as tensors on ``device``: from an
-    .npz, a .csv (numbers only, the target in the last column(s), as the NumPy script
-    reads one) or a .pt file (torch.save of a dict of tensors). Float arrays become
-    DTYPE, integer ones int64. input_shape (--input-shape, which must be FEATURE_SHAPE)
-    reshapes flat rows of X and X_test, row-major."""
-    if not os.path.isfile(path):
-        fail(f"data file {path} does not exist; expected a .npz, .csv or .pt file")
+def read_pt(path):
+    """The arrays of a .pt file (torch.save of a dict of tensors), as NumPy arrays by name,
+    with read_npz's checks: X (and y) present, X_test and y_test both or neither."""
     try:
-        if path.endswith(".pt"):
-            data = torch.load(path, weights_only=True)
-        elif path.endswith(".csv"):
-            data = {k: torch.from_numpy(v) for k, v in read_csv(path).items()}
-        else:
-            with np.load(path) as f:
-                data = {k: torch.from_numpy(f[k]) for k in f.files}
-    except Exception as e:  # noqa: BLE001 -- np.load and torch.load raise many kinds
-        fail(f"cannot read {path}: {e}")
-    if "X" not in data:
-        fail(f"{path} has no array X (it has {', '.join(sorted(data)) or 'none'})")
-    if "X_test" in data and "y_test" not in data and TARGET is not None:
-        fail(f"{path} has X_test but no y_test")
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- torch.load raises many kinds: say it in one line
+        raise InputError(f"{path} is not a readable torch.save file ({e}); expected a dict "
+                         f"of tensors: {DATA_NPZ}") from None
+    if not isinstance(saved, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in saved.values()):
+        raise InputError(f"{path} holds a {type(saved).__name__}; expected a dict of tensors: "
+                         f"{DATA_NPZ}")
+    try:
+        arrays = {str(k): v.numpy(force=True) for k, v in saved.items()}
+    except (TypeError, RuntimeError) as e:  # a dtype NumPy lacks (bfloat16)
+        raise InputError(f"{path}: {e}; expected {DATA_NPZ}") from None
+    for name in ["X"] if TARGET is None else ["X", "y"]:
+        if name not in arrays:
+            found = ", ".join(sorted(arrays)) or "no tensors"
+            raise InputError(f"{path} has no tensor {name!r} (found {found}); expected {DATA_NPZ}")
+    if TARGET is not None and ("X_test" in arrays) != ("y_test" in arrays):
+        has, lacks = ("X_test", "y_test") if "X_test" in arrays else ("y_test", "X_test")
+        raise InputError(f"{path} has {has} but no {lacks}; expected both or neither")
+    return arrays
+
+
+def load_tensors(path, device, input_shape=None):
+    """X, y, X_test, y_test (None where the file has none) as tensors on ``device``: from
+    an .npz or .csv file through the NumPy script's load_data, or a .pt file (torch.save
+    of a dict of tensors) through the same checks (check_split); raises InputError with
+    one line saying what is wrong. Float data becomes DTYPE, labels and token ids int64.
+    input_shape (--input-shape, which must be FEATURE_SHAPE) reshapes flat rows of X and
+    X_test, row-major."""
+    if not os.path.isfile(path) or not path.endswith((".npz", ".csv", ".pt")):
+        what = "does not exist" if not os.path.isfile(path) else "is not .npz, .csv or .pt"
+        raise InputError(f"data file {path} {what}; expected a .npz or .pt file with "
+                         f"{DATA_NPZ}, or a .csv file with {DATA_CSV}")
+    if not path.endswith(".pt"):
+        data = load_data(path, input_shape)
+    else:
+        if input_shape is not None and tuple(input_shape) != FEATURE_SHAPE:
+            raise InputError(f"--input-shape {','.join(map(str, input_shape))} is not the "
+                             f"network's input shape {FEATURE_SHAPE}; pass --input-shape "
+                             f"{','.join(map(str, FEATURE_SHAPE))}")
+        arrays = read_pt(path)
+        data = dict(zip(("X", "y"), check_split(path, arrays, "X", "y", input_shape),
+                        strict=True))
+        data["X_test"] = data["y_test"] = None
+        if "X_test" in arrays:
+            data["X_test"], data["y_test"] = check_split(path, arrays, "X_test", "y_test",
+                                                         input_shape)
 
     def tensor(k):
-        if k not in data:
+        if data[k] is None:
             return None
-        v = torch.as_tensor(data[k])
-        if k.startswith("X"):  # rows of the network's input shape (--input-shape: flat rows)
-            v = rows_of(path, k, v, input_shape)
-        return v.to(device, DTYPE if v.is_floating_point() else torch.int64)
+        floats = k.startswith("X") and VOCAB is None or k.startswith("y") and TARGET == "values"
+        return torch.from_numpy(np.ascontiguousarray(data[k])).to(
+            device, DTYPE if floats else torch.int64)
 
     return tensor("X"), tensor("y"), tensor("X_test"), tensor("y_test")
 
@@ -154,31 +204,31 @@ def load_checkpoint(path, params, state, buffers):
     """Put a checkpoint of save_checkpoint into params, state and buffers (fresh ones of
     this network, on the training device: every tensor checked for its shape and copied
     in, keeping its dtype and device) and return its progress; a missing, unreadable or
-    foreign checkpoint fails in one line."""
+    foreign checkpoint raises InputError, one line."""
     if not os.path.isfile(path):
-        fail(f"checkpoint {path} does not exist; expected a file written by this script's "
-             "--out")
+        raise InputError(f"checkpoint {path} does not exist; expected a file written by this "
+                         "script's --out")
     try:
         saved = torch.load(path, weights_only=True)
     except Exception as e:  # noqa: BLE001 -- torch.load raises many kinds: say it in one line
-        fail(f"checkpoint {path} is not a readable torch.save file ({e})")
+        raise InputError(f"checkpoint {path} is not a readable torch.save file ({e})") from None
     if not isinstance(saved, dict):
-        fail(f"checkpoint {path} holds a {type(saved).__name__}; expected a file written by "
-             "this script's --out")
+        raise InputError(f"checkpoint {path} holds a {type(saved).__name__}; expected a file "
+                         "written by this script's --out")
     found = (str(saved.get("network", "?")), str(saved.get("optimizer", "?")))
     if found != (NETWORK, OPTIMIZER):
         net = [f"network {n}" if n != "network" else "an unnamed network"
                for n in (found[0], NETWORK)]
-        fail(f"checkpoint {path} is for {net[0]} with {found[1]}; expected {net[1]} with "
-             f"{OPTIMIZER}")
+        raise InputError(f"checkpoint {path} is for {net[0]} with {found[1]}; expected "
+                         f"{net[1]} with {OPTIMIZER}")
 
     def copy(key, into, part):
         for name, t in into.items():
             got = part.get(name) if isinstance(part, dict) else None
             if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(t.shape):
                 what = tuple(got.shape) if isinstance(got, torch.Tensor) else "nothing"
-                fail(f"checkpoint {path}: {key}/{name} is {what}; expected a tensor of shape "
-                     f"{tuple(t.shape)}")
+                raise InputError(f"checkpoint {path}: {key}/{name} is {what}; expected a "
+                                 f"tensor of shape {tuple(t.shape)}")
             t.copy_(got)
 
     try:
@@ -192,10 +242,15 @@ def load_checkpoint(path, params, state, buffers):
             copy("running", buffers["running"], saved["running"])
         if "rng" in buffers:
             buffers["rng"].set_state(saved["rng"])
-        return {k: saved[k] for k in ("epoch", "seen", "loss_sum", "shuffle")}
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        fail(f"checkpoint {path} lacks the entry {e}; expected a file written by this "
-             "script's --out")
+        torch.Generator().set_state(saved["shuffle"])  # checked here: main restores it
+        return {"epoch": int(saved["epoch"]), "seen": int(saved["seen"]),
+                "loss_sum": float(saved["loss_sum"]), "shuffle": saved["shuffle"]}
+    except KeyError as e:
+        raise InputError(f"checkpoint {path} lacks {e}; expected a file written by this "
+                         "script's --out") from None
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise InputError(f"checkpoint {path} has a bad entry: {e}; expected a file written "
+                         "by this script's --out") from None
 
 
 def buffers_state(buffers):
@@ -264,12 +319,9 @@ def train(a, data, params, state, buffers, progress, gen, device, norms=None):
     """Run the epochs after progress["epoch"] up to --epochs, from progress["seen"] samples
     into the next one (a resumed checkpoint), the order drawn by gen (a CPU
     torch.Generator) at each epoch's start. A nan or inf stops it: the state from before
-    that batch is saved as last_good, exit status 1."""
+    that batch is saved as last_good. Returns the exit status (1: stopped on nan/inf)."""
     X, y, X_test, y_test = data
     n = len(X)
-    if progress["seen"] >= n:
-        fail(f"the checkpoint has seen {progress['seen']} samples of the current epoch but "
-             f"the data has {n} rows; expected the same data")
     epoch, seen, total = progress["epoch"], progress["seen"], progress["loss_sum"]
     if epoch >= a.epochs:
         print(f"the checkpoint is at epoch {epoch}; nothing to do for --epochs {a.epochs}")
@@ -282,7 +334,7 @@ def train(a, data, params, state, buffers, progress, gen, device, norms=None):
         order = torch.randperm(n, generator=gen).to(device)
         while seen < n:
             rows = order[seen:seen + a.batch_size]
-            batch = {FEATURES: X[rows]} | ({TARGET: y[rows]} if TARGET is not None else {})
+            batch = {FEATURES: X[rows]} | ({TARGET_INPUT: y[rows]} if TARGET else {})
             if BUFFERS:  # variant: buffers
                 before = buffers_state(buffers)  # what a last_good checkpoint keeps
             try:
@@ -294,9 +346,9 @@ def train(a, data, params, state, buffers, progress, gen, device, norms=None):
                 save_checkpoint(path, params, state, buffers, {
                     "epoch": epoch, "seen": seen, "loss_sum": total, "shuffle": shuffle})
                 kept = f"; {a.out} is unchanged" if os.path.exists(a.out) else ""
-                fail(f"stopped at epoch {epoch + 1}, batch {seen // a.batch_size + 1} of "
-                     f"{n_batches}: {e}. The last good parameters (before this batch) are "
-                     f"saved in {path}{kept}", 1)
+                return fail(f"stopped at epoch {epoch + 1}, batch {seen // a.batch_size + 1} "
+                            f"of {n_batches}: {e}. The last good parameters (before this "
+                            f"batch) are saved in {path}{kept}", 1)
             seen += len(rows)
         epoch += 1
         line, score = f"epoch {epoch}/{a.epochs}  loss {total / n:.6f}", None
@@ -310,7 +362,7 @@ def train(a, data, params, state, buffers, progress, gen, device, norms=None):
         if MIXED:  # variant: mixed
             # gradient entries the half dtype flushes to zero, on the first rows
             first = slice(0, a.batch_size)
-            batch = {FEATURES: X[first]} | ({TARGET: y[first]} if TARGET is not None else {})
+            batch = {FEATURES: X[first]} | ({TARGET_INPUT: y[first]} if TARGET else {})
             print(underflow_line(underflow(params, state, **batch), state), flush=True)
         if norms is not None:
             norms.log(epoch, params, total / n, score)
@@ -323,26 +375,38 @@ def train(a, data, params, state, buffers, progress, gen, device, norms=None):
 
 def main(argv=None):
     a = parse_args(argv)
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    X, y, X_test, y_test = load_data(a.data, device, getattr(a, "input_shape", None))
-    if TARGET is not None and y is None:
-        fail(f"{a.data} has no array y (the target {TARGET})")
-    if y is not None and len(y) != len(X):
-        fail(f"X has {len(X)} rows but y has {len(y)}")
+    try:
+        device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as e:  # a malformed device string
+        return fail(f"--device {a.device}: {e}", 2)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return fail(f"--device {a.device}: this PyTorch sees no CUDA device; pass --device cpu",
+                    2)
     params = init_params(a.seed, device=device)
     state = init_state(params)
     gen = torch.Generator().manual_seed(a.seed)  # the shuffles, on the CPU: any device alike
     buffers = init_buffers(device, a.seed)  # batch norm's running statistics, dropout's rng
     progress = {"epoch": 0, "seen": 0, "loss_sum": 0.0}
-    if a.resume:
-        progress = load_checkpoint(a.resume, params, state, buffers)
-        gen.set_state(progress["shuffle"])
+    try:
+        X, y, X_test, y_test = load_tensors(a.data, device, getattr(a, "input_shape", None))
+        if a.resume:
+            progress = load_checkpoint(a.resume, params, state, buffers)
+            gen.set_state(progress["shuffle"])
+            if progress["seen"] >= len(X) or progress["seen"] % a.batch_size:
+                # a resumed epoch continues at a batch boundary of the run that wrote it
+                raise InputError(f"the checkpoint has seen {progress['seen']} samples of epoch "
+                                 f"{progress['epoch'] + 1}, which is not a whole number of "
+                                 f"batches of --batch-size {a.batch_size} within the "
+                                 f"{len(X)} rows of {a.data}; resume with the data and "
+                                 "--batch-size it was written with")
+    except InputError as e:
+        return fail(e, 2)
     norms = None
     if a.log_grad_norms or a.metrics:
         try:
             norms = GradNorms(a, {"X": X, "y": y, "X_test": X_test})
         except OSError as e:
-            fail(f"cannot write --metrics {a.metrics}: {e.strerror or e}")
+            return fail(f"cannot write --metrics {a.metrics}: {e.strerror or e}", 2)
     return train(a, (X, y, X_test, y_test), params, state, buffers, progress, gen, device,
                  norms)
 
