@@ -116,3 +116,26 @@ def test_generated_step_compiles_to_no_more_work_than_a_hand_written_jit(tmp_pat
     assert gen["aliased_buffers"] == hand["aliased_buffers"] == 8  # all parameters donated
     assert gen["flops"] <= hand["flops"] * 1.001
     assert gen["bytes_accessed"] <= hand["bytes_accessed"] * 1.001
+
+
+@pytest.mark.parametrize("precision", [None, "mixed"])
+def test_float32_adam_stays_float32_in_64_bit_mode(precision):
+    """A float64 JAX module turns on JAX's 64-bit mode for the whole process; Adam's
+    corrections 1 - beta**t of the int32 t are then float64, and divided the float32
+    moments into float64 parameters after the first step (a second compilation): they are
+    cast to the moments' dtype."""
+    kw = {"precision": precision} if precision else {"dtype": "float32"}
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        step = sb.compile(sb.models.mlp(SIZES), optimizer="adam", lr=0.01, backend="jax", **kw)
+        m = step.module
+        params = m.init_params(0)
+        state = m.init_state(params)
+        first = _signature((params, state))
+        for i in range(3):
+            _, params, state = m.train_step(params, state, **_batch(seed=i))
+            assert _signature((params, state)) == first, i
+        assert {np.dtype(w.dtype) for w in params.values()} == {np.dtype(np.float32)}
+    finally:
+        jax.config.update("jax_enable_x64", before)

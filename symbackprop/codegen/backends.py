@@ -198,12 +198,12 @@ class Backend:
         of :func:`~symbackprop.codegen.init.plan_init`."""
         raise CodegenError(f"backend {self.name!r} writes no functional training module.")
 
-    def state_source(self, runtime) -> str:
-        """The source of the optimizer's ``init_state(params)`` in the functional training
-        module: that of ``runtime``, its module in
-        :mod:`~symbackprop.codegen.runtime.functional` (JAX writes its own where that
-        one holds a Python number)."""
-        return source_of(runtime, "init_state")
+    def optimizer_source(self, runtime, name: str) -> str:
+        """The source of the optimizer's ``name`` (``init_state``, ``update``) in the
+        functional training module: that of ``runtime``, its module in
+        :mod:`~symbackprop.codegen.runtime.functional` (JAX writes its own Adam: an int32
+        step count, the bias corrections in the moments' dtype)."""
+        return source_of(runtime, name)
 
     # -- a training module of its own (torch: in place, not planned) ------------------------
     def trainer(self):

@@ -36,7 +36,6 @@ from .lowering import CONTEXT
 from .mixed import scaler_settings
 from .module import Model, params_of, step_doc
 from .optimizers import constant_lines, resolve_optimizer
-from .runtime import source_of
 from .runtime.functional import adam, momentum, sgd
 
 # optimizer name -> its functional runtime (the in-place ones: Optimizer.runtime)
@@ -161,8 +160,8 @@ def model_text(m: Model, doc: str | None = None, blocks=(), imports=(), constant
         blocks = [*mixed_blocks(m, runtime), *blocks]
         constants = mixed_constants(m) + list(constants)
     else:
-        blocks = [*b.init_source(m.plan), b.state_source(runtime),
-                  source_of(runtime, "update"), train_step_block(m), *blocks]
+        blocks = [*b.init_source(m.plan), b.optimizer_source(runtime, "init_state"),
+                  b.optimizer_source(runtime, "update"), train_step_block(m), *blocks]
     text = "".join(blocks)  # the standard-library modules its blocks use
     imports = [*imports, *(i for i in b.step_imports() if re.search(rf"\b{i}\.", text))]
     return render_module(doc, m.em, m.functions, imports=imports,

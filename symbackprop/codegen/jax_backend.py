@@ -41,7 +41,7 @@ from .lowering import (
 )
 from .printer import MATH_ONLY, Printer
 from .runtime import jax_init, jax_ops, source, source_of
-from .runtime.jax_optimizers import adam as _adam_state
+from .runtime.jax_optimizers import adam as _adam
 
 _NP = re.compile(r"\bnp\.")
 
@@ -113,9 +113,9 @@ FUNCTIONS = {"sigmoid": source(jax_ops._sigmoid), "softplus": source(jax_ops._so
              "sech2": source(jax_ops._sech2)}
 # SymPy's functions that jax.numpy lacks, by the helper name the printer calls: JAX's own
 SPECIAL = {"erf": "erf", "erfc": "erfc", "gamma": "gamma", "lgamma": "gammaln"}
-# The optimizers whose init_state JAX writes itself (runtime/jax_optimizers: an array where
-# the functional one holds a Python number), by the name of their functional module
-OWN_STATE = {"adam": _adam_state}
+# The optimizers JAX writes itself (runtime/jax_optimizers: an array where the functional
+# one holds a Python number), by the name of their functional module
+OWN_OPTIMIZERS = {"adam": _adam}
 
 
 def special_helper(name: str) -> str:
@@ -217,9 +217,9 @@ class JaxBackend(Backend):
     def step_imports(self) -> tuple:
         return ("functools",)
 
-    def state_source(self, runtime) -> str:
-        own = OWN_STATE.get(runtime.__name__.rpartition(".")[2])
-        return source_of(own or runtime, "init_state")
+    def optimizer_source(self, runtime, name: str) -> str:
+        own = OWN_OPTIMIZERS.get(runtime.__name__.rpartition(".")[2])
+        return source_of(own or runtime, name)
 
     def step_note(self) -> str:
         return ("The buffers of params and\n    state are donated to the result: use the "

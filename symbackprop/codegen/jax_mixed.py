@@ -166,14 +166,14 @@ def blocks(m, runtime_module) -> list[str]:
     b = m.em.backend
     init = [_master(x) for x in b.init_source(m.plan)]
     if m.scaler:
-        opt_state = b.state_source(runtime_module).replace(
+        opt_state = b.optimizer_source(runtime_module, "init_state").replace(
             "def init_state(", "def _optimizer_state(", 1)
         state = [opt_state, source_of(runtime, "init_state")]
         step = source_of(runtime, "_scaled_update")
     else:
-        state = [b.state_source(runtime_module)]
+        state = [b.optimizer_source(runtime_module, "init_state")]
         step = source_of(runtime, "_to_master")
-    return [*init, *state, source_of(runtime_module, "update"), step, _train_step_block(m),
+    return [*init, *state, b.optimizer_source(runtime_module, "update"), step, _train_step_block(m),
             _reference_block(m), source_of(runtime, "_flushed"), _underflow_block(m)]
 
 
