@@ -1185,6 +1185,14 @@ def parse_args(argv=None):
                    "same final parameters as a run that was never interrupted")
     p.add_argument("--out", default="checkpoint.npz", metavar="FILE",
                    help="checkpoint to write, atomically (default checkpoint.npz)")
+    add_watch_options(p)
+    return p.parse_args(argv)
+
+
+def add_watch_options(p):
+    """The options of every training script (NumPy, cupy, JAX, torch) for watching a run
+    and shaping its data: --log-grad-norms, --metrics and, for image inputs,
+    --input-shape."""
     p.add_argument("--log-grad-norms", action="store_true",
                    help="after each epoch print the gradient norm of each layer's weights "
                    "(on the first --batch-size rows) and warn when a layer falls below 1e-3 "
@@ -1199,7 +1207,6 @@ def parse_args(argv=None):
                        f"one sample of this shape, which must be the network's "
                        f"{','.join(map(str, FEATURE_SHAPE))} (default: X is "
                        f"(N, {', '.join(map(str, FEATURE_SHAPE))}))")
-    return p.parse_args(argv)
 
 
 def main(argv=None):

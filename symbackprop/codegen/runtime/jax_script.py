@@ -56,10 +56,24 @@ except ImportError:  # generating the script needs no JAX; running it does
 
 try:  # copied into the script
     from .atomic import atomic_write
-    from .script import InputError, fail, last_good_path, load_data, option, shape_option
+    from .script import (
+        InputError,
+        add_watch_options,
+        fail,
+        last_good_path,
+        load_data,
+        option,
+    )
 except ImportError:  # this file run alone (python .../runtime/jax_script.py)
     from atomic import atomic_write
-    from script import InputError, fail, last_good_path, load_data, option, shape_option
+    from script import (
+        InputError,
+        add_watch_options,
+        fail,
+        last_good_path,
+        load_data,
+        option,
+    )
 
 DTYPE = np.float32
 EPOCHS = 10
@@ -150,18 +164,7 @@ def parse_args(argv=None):
     p.add_argument("--resume", metavar="FILE",
                    help="continue from a checkpoint of this network: the same options give the "
                    "final parameters of a run that was never interrupted")
-    p.add_argument("--log-grad-norms", action="store_true",
-                   help="after each epoch print the gradient norm of each layer's weights "
-                   "(on the first --batch-size rows) and warn when a layer falls below 1e-3 "
-                   "or rises above 1e3 times the last layer's norm")
-    p.add_argument("--metrics", metavar="FILE.csv",
-                   help="append one row per epoch: epoch, loss, the accuracy or test loss as "
-                   "printed, and each layer's gradient norm (grad_norm_LAYER)")
-    if len(FEATURE_SHAPE) > 1:  # images: X may also be given as flat rows
-        p.add_argument("--input-shape", type=shape_option, metavar="SHAPE",
-                       help="X (and X_test) hold flat rows, each the row-major flattening of "
-                       f"one sample of this shape, which must be the network's "
-                       f"{','.join(map(str, FEATURE_SHAPE))}")
+    add_watch_options(p)
     p.add_argument("--coordinator", help="host:port of process 0: train on several hosts "
                    "(jax.distributed.initialize)")
     p.add_argument("--num-processes", type=option(int, 1), default=1, help="with --coordinator")

@@ -35,24 +35,24 @@ try:  # copied into the script
     from .script import (
         GradNorms,
         InputError,
+        add_watch_options,
         check_split,
         fail,
         last_good_path,
         load_data,
         option,
-        shape_option,
     )
 except ImportError:  # this file run alone (python .../runtime/torch_script.py)
     from atomic import atomic_write
     from script import (
         GradNorms,
         InputError,
+        add_watch_options,
         check_split,
         fail,
         last_good_path,
         load_data,
         option,
-        shape_option,
     )
 
 DTYPE = None  # the generated module's: torch.float64 or torch.float32
@@ -300,18 +300,7 @@ def parse_args(argv=None):
                    "same final parameters as a run that was never interrupted")
     p.add_argument("--out", default="checkpoint.pt", metavar="FILE",
                    help="checkpoint to write (torch.save), atomically (default checkpoint.pt)")
-    p.add_argument("--log-grad-norms", action="store_true",
-                   help="after each epoch print the gradient norm of each layer's weights "
-                   "(on the first --batch-size rows) and warn when a layer falls below 1e-3 "
-                   "or rises above 1e3 times the last layer's norm")
-    p.add_argument("--metrics", metavar="FILE.csv",
-                   help="append one row per epoch: epoch, loss, the accuracy or test loss as "
-                   "printed, and each layer's gradient norm (grad_norm_LAYER)")
-    if len(FEATURE_SHAPE) > 1:  # images: X may also be given as flat rows
-        p.add_argument("--input-shape", type=shape_option, metavar="SHAPE",
-                       help="X (and X_test) hold flat rows, each the row-major flattening of "
-                       f"one sample of this shape, which must be the network's "
-                       f"{','.join(map(str, FEATURE_SHAPE))}")
+    add_watch_options(p)
     return p.parse_args(argv)
 
 
