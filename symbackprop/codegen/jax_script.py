@@ -26,7 +26,7 @@ from ..errors import CodegenError
 from ..graph import Graph
 from . import backends, functional
 from .emit import returns_running, safe_text
-from .module import call_lines, step_doc, wrap
+from .module import call_lines, grad_norms_block, step_doc, wrap
 from .runtime import atomic, jax_mixed, jax_script, source_of
 from .runtime import script as runtime_script
 
@@ -81,12 +81,7 @@ def _grad_norms(m, task) -> str:
     vg = m.functions[1]
     data = {task.features: "X"} | ({task.target: "y"} if task.target else {})
     lhs = "_, grads, _ = " if returns_running(m.em, vg) else "_, grads = "
-    return "\n".join([
-        "def grad_norms(params, X, y):",
-        '    """The norm of the gradient of each layer\'s weights (LAYERS) on (X, y)."""',
-        *("    " + b for b in call_lines(lhs, "value_and_grad", m.args(vg, data))),
-        "    return {layer: float(np.sqrt(sum(np.vdot(grads[w], grads[w]) for w in weights)))",
-        "            for layer, weights in LAYERS.items()}"]) + "\n"
+    return grad_norms_block(call_lines(lhs, "value_and_grad", m.args(vg, data)))
 
 
 def _buffers(m) -> list[str]:

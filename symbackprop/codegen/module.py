@@ -568,5 +568,36 @@ def assemble(doc: str, m: Model, functions: list, blocks: list, imports=(),
                          blocks=blocks, library=library)
 
 
-__all__ = ["Model", "assemble", "build_model", "formula", "params_of",
-           "step_blocks", "step_doc", "wrap"]
+NUMPY_NORM = "float(np.sqrt(sum(np.vdot(grads[w], grads[w]) for w in weights)))"
+
+
+def grad_norms_block(call: list[str], norm: str = NUMPY_NORM) -> str:
+    """A training script's ``grad_norms(params, X, y)`` (``--log-grad-norms``,
+    ``--metrics``: the runtime's ``GradNorms``): ``call``, the lines computing ``grads``
+    (a value_and_grad of the script's library), then each layer's norm, the expression
+    ``norm`` over its ``weights`` (NumPy's, by default; torch's its own).
+
+    Examples
+    --------
+    >>> print(grad_norms_block(["_, grads = value_and_grad(X, y)"]).splitlines()[2])
+        _, grads = value_and_grad(X, y)
+    """
+    return "\n".join([
+        "def grad_norms(params, X, y):",
+        '    """The norm of the gradient of each layer\'s weights (LAYERS) on (X, y)."""',
+        *("    " + b for b in call),
+        f"    return {{layer: {norm}",
+        "            for layer, weights in LAYERS.items()}"]) + "\n"
+
+
+__all__ = [
+    "Model",
+    "assemble",
+    "build_model",
+    "formula",
+    "grad_norms_block",
+    "params_of",
+    "step_blocks",
+    "step_doc",
+    "wrap",
+]

@@ -33,6 +33,7 @@ from .module import (
     build_model,
     check_fusable,
     check_fusable_backend,
+    grad_norms_block,
     params_of,
     step_blocks,
     step_doc,
@@ -283,12 +284,7 @@ def _script_functions(m: Model, task: _Task) -> tuple[list[Function], list[str],
     call = call_lines("_, grads = ", "reference_value_and_grad" if m.precision == "mixed"
                       else "value_and_grad", m.args(vg, data)
                       + (["rng=HostDraws(0)"] if host_draws else []))
-    blocks.append("\n".join([
-        "def grad_norms(params, X, y):",
-        '    """The norm of the gradient of each layer\'s weights (LAYERS) on (X, y)."""',
-        *("    " + b for b in call),
-        "    return {layer: float(np.sqrt(sum(np.vdot(grads[w], grads[w]) for w in weights)))",
-        "            for layer, weights in LAYERS.items()}"]) + "\n")
+    blocks.append(grad_norms_block(call))
     return fns, blocks, metric
 
 

@@ -25,7 +25,7 @@ from . import functional, torch_mixed
 from .emit import call_lines, render_module, safe_text
 from .jax_mixed import HALF
 from .lowering import CONTEXT
-from .module import Model, step_doc, wrap
+from .module import Model, grad_norms_block, step_doc, wrap
 from .optimizers import constant_lines
 from .runtime import atomic, source_of, torch_init, torch_script
 from .runtime import script as runtime_script
@@ -251,12 +251,8 @@ def _grad_norms(m: Model, task) -> str:
     vg = m.functions[1]
     data = {task.features: "X"} | ({task.target: "y"} if task.target else {})
     name = "reference_value_and_grad" if m.precision else "value_and_grad"
-    return "\n".join([
-        "def grad_norms(params, X, y):",
-        '    """The norm of the gradient of each layer\'s weights (LAYERS) on (X, y)."""',
-        *("    " + b for b in call_lines("_, grads = ", name, m.args(vg, data))),
-        "    return {layer: math.sqrt(sum(float((grads[w] * grads[w]).sum()) for w in weights))",
-        "            for layer, weights in LAYERS.items()}"]) + "\n"
+    return grad_norms_block(call_lines("_, grads = ", name, m.args(vg, data)),
+                            "math.sqrt(sum(float((grads[w] * grads[w]).sum()) for w in weights))")
 
 
 def script_source(g: Graph, of=None, optimizer: str = "sgd", lr=None, epochs: int = 10,
