@@ -31,6 +31,7 @@ import textwrap
 from ..errors import CodegenError
 from .emit import Function, call_lines, render_function, returns_running
 from .lowering import CONTEXT
+from .mixed import constant_lines as constant_lines_of
 from .mixed import float32_statements, training_mode_doc
 from .runtime import source_of
 
@@ -142,16 +143,11 @@ def make_mixed(m, precision: str, scaler: dict) -> None:
 
 
 def constant_lines(m) -> list[str]:
-    """The mixed module's constants after the optimizer's."""
-    lines = ["MASTER = jnp.float32  # master parameters and optimizer state; DTYPE: the step"]
-    s = m.scaler
-    if s:
-        lines += [f"LOSS_SCALE = {s['loss_scale']!r}  # the first loss scale",
-                  f"GROWTH_FACTOR = {s['growth_factor']!r}",
-                  f"BACKOFF_FACTOR = {s['backoff_factor']!r}",
-                  f"GROWTH_INTERVAL = {s['growth_interval']!r}  # good steps before it grows",
-                  "SCALER = ('scale', 'good_steps', 'skipped')  # the loss scaler's state keys"]
-    return lines
+    """The mixed module's constants after the optimizer's (:func:`.mixed.constant_lines`),
+    and the names of the loss scaler's state, which the jitted step carries."""
+    return constant_lines_of(m, "jnp") + (
+        ["SCALER = ('scale', 'good_steps', 'skipped')  # the loss scaler's state keys"]
+        if m.scaler else [])
 
 
 def _master(text: str) -> str:

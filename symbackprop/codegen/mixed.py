@@ -284,14 +284,27 @@ def precision_text(m) -> str:
             f"{s['backoff_factor']:g} (step skipped) on overflow.")
 
 
-def constant_lines(m) -> list[str]:
-    """The mixed module's constants after the optimizer's."""
+def constant_lines(m, library: str = "np") -> list[str]:
+    """The mixed module's constants after the optimizer's: ``MASTER``, the float32 of
+    ``library`` (``np``, ``jnp``, ``torch``), and the loss scaler's settings (none for
+    bfloat16, which has no scaler).
+
+    Examples
+    --------
+    >>> from symbackprop.codegen.module import build_model
+    >>> constant_lines(build_model(sb.models.mlp([4, 3, 2]), precision="mixed"))[1]
+    'LOSS_SCALE = 65536.0  # the first loss scale'
+    """
+    lines = [(f"MASTER = {library}.float32  # master parameters and optimizer state; DTYPE: "
+              "the step")]
     s = m.scaler
-    return ["MASTER = np.float32  # master parameters and optimizer state; DTYPE: the step",
-            f"LOSS_SCALE = {s['loss_scale']!r}  # the first loss scale",
-            f"GROWTH_FACTOR = {s['growth_factor']!r}",
-            f"BACKOFF_FACTOR = {s['backoff_factor']!r}",
-            f"GROWTH_INTERVAL = {s['growth_interval']!r}  # good steps before the scale grows"]
+    if s:
+        lines += [f"LOSS_SCALE = {s['loss_scale']!r}  # the first loss scale",
+                  f"GROWTH_FACTOR = {s['growth_factor']!r}",
+                  f"BACKOFF_FACTOR = {s['backoff_factor']!r}",
+                  (f"GROWTH_INTERVAL = {s['growth_interval']!r}  # good steps before the "
+                   "scale grows")]
+    return lines
 
 
 def _master(text: str) -> str:

@@ -26,18 +26,6 @@ from .mixed import training_mode_doc
 from .runtime import source_of, torch_mixed, torch_script
 
 
-def constant_lines(m) -> list[str]:
-    """The mixed module's constants after the optimizer's."""
-    lines = ["MASTER = torch.float32  # master parameters and optimizer state; DTYPE: the step"]
-    s = m.scaler
-    if s:
-        lines += [f"LOSS_SCALE = {s['loss_scale']!r}  # the first loss scale",
-                  f"GROWTH_FACTOR = {s['growth_factor']!r}",
-                  f"BACKOFF_FACTOR = {s['backoff_factor']!r}",
-                  f"GROWTH_INTERVAL = {s['growth_interval']!r}  # good steps before it grows"]
-    return lines
-
-
 def _master(text: str) -> str:
     """A block reading MASTER (float32) where it reads DTYPE."""
     return re.sub(r"\bDTYPE\b", "MASTER", text)
@@ -99,4 +87,4 @@ def _train_step_block(m) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["blocks", "constant_lines"]
+__all__ = ["blocks"]

@@ -25,6 +25,7 @@ from . import functional, torch_mixed
 from .emit import call_lines, render_module, safe_text
 from .jax_mixed import HALF
 from .lowering import CONTEXT
+from .mixed import constant_lines as mixed_constants
 from .module import Model, grad_norms_block, step_doc, wrap
 from .optimizers import constant_lines
 from .runtime import atomic, source_of, torch_init, torch_script
@@ -153,7 +154,7 @@ def model_text(m: Model, doc: str | None = None, blocks=(), imports=(), constant
                 "tensors passed. Needs only PyTorch. Do not edit: regenerate instead.")
     if m.precision:  # mixed precision (codegen/torch_mixed.py)
         blocks = [*torch_mixed.blocks(m, init_block(m.plan), runtime), *blocks]
-        constants = torch_mixed.constant_lines(m) + list(constants)
+        constants = mixed_constants(m, "torch") + list(constants)
     else:
         blocks = [*init_block(m.plan), source_of(runtime, "init_state"),
                   source_of(runtime, "update"), source_of(torch_script, "check_finite"),
