@@ -233,6 +233,42 @@ def test_code_runs_on_the_device_of_its_tensors(model):
     assert state["t"] == 1 and all(v.device.type == "meta" for v in state["m"].values())
 
 
+@needs_torch
+def test_in_place_calls_write_only_into_the_tensors_their_arithmetic_makes():
+    """A node's outermost clamp, tanh or exp of arithmetic runs in place (the tensor the
+    arithmetic makes); of a bare name (a parameter) it does not. The values and gradients
+    are NumPy's and no tensor passed in changes."""
+    g = sb.Graph()
+    x, W, b = g.param("x", shape=(3, 4)), g.param("W", shape=(4, 4)), g.param("b", shape=(4,))
+    t = sb.tanh(sb.relu(x @ W + b) * 2 - x)
+    r = sb.relu(x)
+    g.output("L", sb.sum(t * sb.exp(x - 1)) + sb.sum(r * r))
+    src = sb.source(g, backend="torch")
+    for call in ("torch.clamp_(matmul_1 + b, min=0)", "torch.tanh_(", "torch.exp_(x - 1)",
+                 "torch.clamp(x, min=0)"):
+        assert call in src, call
+    rng = np.random.default_rng(0)
+    arrays = {k: rng.standard_normal(s) for k, s in (("x", (3, 4)), ("W", (4, 4)), ("b", (4,)))}
+    loss, grads = sb.compile(g).value_and_grad(**arrays)
+    tensors = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
+    compiled = sb.compile(g, backend="torch")
+    got_loss, got = compiled.value_and_grad(**tensors)
+    compiled.forward(**tensors)
+    assert float(got_loss) == pytest.approx(loss, rel=1e-12)
+    for k in grads:
+        np.testing.assert_allclose(_np(got[k]), grads[k], rtol=1e-12, err_msg=k)
+        np.testing.assert_array_equal(_np(tensors[k]), arrays[k], err_msg=k)
+    # central differences, independent of both backends
+    eps, i = 1e-6, (1, 2)
+    for k in ("x", "W"):
+        up, down = ({**arrays, k: arrays[k].copy()} for _ in range(2))
+        up[k][i] += eps
+        down[k][i] -= eps
+        fd = (float(compiled.value_and_grad(**up)[0])
+              - float(compiled.value_and_grad(**down)[0])) / (2 * eps)
+        assert _np(got[k])[i] == pytest.approx(fd, rel=1e-6), k
+
+
 # -- training -------------------------------------------------------------------------------
 @needs_torch
 @pytest.mark.parametrize(("optimizer", "dtype"), [("sgd", "float64"), ("momentum", "float64"),

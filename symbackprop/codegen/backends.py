@@ -125,6 +125,12 @@ class Backend:
         """The code of an elementwise expression (:func:`~symbackprop.codegen.printer.expr_code`)."""
         return expr_code(e, names, self.printer)
 
+    def node_code(self, e: sp.Expr, names: dict, floating: bool) -> str:
+        """The code of an elementwise node: its expression ``e`` over ``names`` (the codes of
+        the nodes it reads, at least one), of floats when ``floating``. A backend may compute
+        it in place where that is safe (torch's)."""
+        return self.expr_code(e, names)
+
     def function_helpers(self, e: sp.Expr) -> dict:
         """Name -> source of the helpers that the printed code of ``e`` calls."""
         return _lowering.function_helpers(e)

@@ -205,7 +205,7 @@ class Emitter:
                 names[s] = self.code(a)
         free = e.free_symbols  # a walk of the expression: once
         # no argument left (constants only, or x * 0): a NumPy scalar of DTYPE, not a Python number
-        code = (self.backend.expr_code(e, names) if free & set(names)
+        code = (self.backend.node_code(e, names, d["dtype"] == "float") if free & set(names)
                 else self.backend.scalar(self.backend.expr_code(e)))
         self.use_functions(e)
         kept = [j.nx.nodes[a]["shape"] for s, a in zip(syms, args) if s in free]

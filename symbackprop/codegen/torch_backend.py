@@ -234,6 +234,37 @@ class TorchPrinter(Printer):
         return f"_heaviside({self._print(e.args[0])}, {self._print(e.args[1])})"
 
 
+# The outermost calls of an elementwise expression that have an in-place form, by the
+# SymPy function printed as that call
+_IN_PLACE = {sp.Max: "torch.clamp", sp.Min: "torch.clamp", sp.tanh: "torch.tanh",
+             sp.exp: "torch.exp"}
+
+
+def in_place_call(e: sp.Expr, tensors) -> str | None:
+    """The call (``torch.clamp``) that may write the value of ``e`` into the tensor its
+    argument makes, when that argument is arithmetic (``+ - * / **``) on one of
+    ``tensors``: a new tensor of the value's shape and dtype that nothing else holds, so
+    ``torch.clamp_(matmul_1 + b1, min=0)`` saves the allocation and a pass of
+    ``torch.clamp(matmul_1 + b1, min=0)``. None otherwise (a bare name may be a
+    parameter, a function call may return its argument).
+
+    Examples
+    --------
+    >>> z, b = sp.symbols("z b")
+    >>> in_place_call(sp.Max(z + b, 0), {z, b})
+    'torch.clamp'
+    >>> in_place_call(sp.Max(z, 0), {z}) is None
+    True
+    """
+    call = _IN_PLACE.get(type(e))
+    args = [a for a in e.args if not a.is_number]
+    if call is None or len(args) != 1 or len(e.args) > 2:
+        return None
+    inner = args[0]
+    return call if isinstance(inner, (sp.Add, sp.Mul, sp.Pow)) \
+        and inner.free_symbols & set(tensors) else None
+
+
 class TorchBackend(Backend):
     """The module template of the ``torch`` backend: ``import torch``, ``DTYPE =
     torch.float64``, ``@torch.inference_mode()`` on ``forward`` and ``value_and_grad``,
@@ -264,6 +295,13 @@ class TorchBackend(Backend):
 
     def decorators(self, function: str, params=()) -> list[str]:
         return ["@torch.inference_mode()"]
+
+    def node_code(self, e: sp.Expr, names: dict, floating: bool) -> str:
+        """In place where :func:`in_place_call` allows it, on floats only (an integer
+        tensor's ``tanh`` is a new float tensor)."""
+        code = self.expr_code(e, names)
+        call = in_place_call(e, names) if floating else None
+        return f"{call}_{code[len(call):]}" if call and code.startswith(f"{call}(") else code
 
     def function_helpers(self, e: sp.Expr) -> dict:
         out = {}

@@ -125,12 +125,12 @@ def train_step_block(m: Model) -> str:
                                                  m.args(m.functions[1])
                                                  + [f"{c}={c}" for c in context])]
     lines += [
-        "    # A sum is finite only if every entry is (inf - inf is nan): one number screens",
-        "    # every gradient, read with the loss in one transfer; check_finite, exact, runs only",
-        "    # when it trips (a sum can overflow: it then raises only for nan or inf).",
-        "    total = torch.stack([grad.sum() for grad in grads.values()]).sum()",
-        "    loss, screen = torch.stack([loss, total]).tolist()",
-        "    if not math.isfinite(loss + screen):",
+        "    # A sum is finite only if every entry is (inf - inf is nan): the loss and one sum",
+        "    # per gradient, read in one transfer, screen every gradient; check_finite, exact,",
+        "    # runs only when they trip (a sum can overflow: it then raises only for nan or inf).",
+        "    screen = torch.stack([loss] + [grad.sum() for grad in grads.values()]).tolist()",
+        "    loss = screen[0]",
+        "    if not math.isfinite(sum(screen)):",
         "        check_finite(loss, grads)  # says which gradient",
         "    update(params, grads, state, lr=lr)",
         "    return loss"]

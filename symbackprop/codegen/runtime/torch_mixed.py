@@ -58,13 +58,14 @@ def _in_float32(f, *args):
 
 
 def _screen(loss, grads):
-    """(loss, sum of every gradient entry) as Python floats, in one transfer. The sum runs
-    in float32: the entries of DTYPE gradients are at most 65504 (float16) or float32's
-    range (bfloat16), so it is finite exactly when every entry is (no overflow of the sum
-    itself at any size a tensor can have, for float16)."""
-    total = torch.stack([g.sum(dtype=MASTER) for g in grads.values()]).sum()
-    loss, screen = torch.stack([loss.to(MASTER), total]).tolist()
-    return loss, screen
+    """(loss, sum of every gradient entry) as Python floats, in one transfer. Each
+    gradient's sum runs in float32: the entries of DTYPE gradients are at most 65504
+    (float16) or float32's range (bfloat16), so it is finite exactly when every entry is
+    (no overflow of the sum itself at any size a tensor can have, for float16); the sums
+    are added in Python's float64, which no float32 numbers overflow."""
+    sums = torch.stack([loss.to(MASTER)] + [g.sum(dtype=MASTER) for g in grads.values()])
+    loss, *sums = sums.tolist()
+    return loss, sum(sums)
 
 
 def _scaled_update(params, grads, loss, state, lr):

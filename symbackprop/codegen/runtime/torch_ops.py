@@ -61,10 +61,11 @@ def _softmax_cross_entropy(logits, labels):
 
 def _softmax_cross_entropy_grad(logits, labels, g):
     """dL/dlogits of the mean cross-entropy: (softmax(logits) - onehot(labels)) * g / N,
-    the one-hot subtracted in place from the new softmax at each row's label."""
+    computed in the new softmax: the one-hot subtracted at each row's label, then scaled."""
     p = torch.softmax(logits, dim=1)
-    p[torch.arange(len(labels), device=p.device), labels] -= 1
-    return p * (g / logits.shape[0])
+    minus_one = torch.full((len(labels), 1), -1, dtype=p.dtype, device=p.device)
+    p.scatter_add_(1, labels[:, None], minus_one)
+    return p.mul_(g / logits.shape[0])
 
 
 def _layer_norm(x, eps=1e-5):
