@@ -57,6 +57,21 @@ def main(out: str) -> None:
                 except Exception as e:  # noqa: BLE001
                     src = f"ERROR {type(e).__name__}: {e}\n"
                 (root / f"{tag}.script.py").write_text(src)
+    # the other backends: their modules, training steps and scripts, float32
+    for name in ("A", "residual", "sigmoid_mse"):
+        g = networks()[name]
+        for backend in ("torch", "jax", "cupy", "array_api"):
+            tag = f"{name}-{backend}"
+            for kind, make in (("module", lambda: sb.source(g, dtype="float32", backend=backend)),
+                               ("step-adam", lambda: sb.train_step(
+                                   g, optimizer="adam", dtype="float32", backend=backend)),
+                               ("script", lambda: sb.training_script(
+                                   g, optimizer="adam", dtype="float32", backend=backend))):
+                try:
+                    src = make()
+                except Exception as e:  # noqa: BLE001 -- record what happens
+                    src = f"ERROR {type(e).__name__}: {e}\n"
+                (root / f"{tag}.{kind}.py").write_text(src)
     # what each pass changed, as codegen --explain lists it
     g = sb.models.mlp([784, 256, 256, 256, 10])
     explain: list = []
