@@ -84,6 +84,24 @@ def test_bench_framework_column(name, module, framework_run):
     assert f"generated/{name}" in stdout
 
 
+def test_torch_step_checks_and_pairs_the_steps(tmp_path):
+    """benchmarks/torch_step.py, two tiny rounds in a new process: the generated torch step
+    agrees with PyTorch eager after a step (its build() refuses to time otherwise), and the
+    paired ratios of the generated step and of the null comparison are written. No time is
+    checked: a unit test is no benchmark."""
+    pytest.importorskip("torch")
+    out = tmp_path / "torch_step.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "torch_step.py"),
+                          "--rounds", "2", "--block", "0.02", "--drop", "0", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    res = json.loads(out.read_text())["A-b128-f32"]
+    for name in ("generated", "hand again"):
+        assert res[name]["wall"]["median"] > 0 and res[name]["cpu"]["median"] > 0
+        assert len(res["timing"][name]["wall"]) == 2
+    assert "generated  / PyTorch eager" in run.stdout
+
+
 # The run above is relu in float64: check tanh, and float32 after float64 (JAX's x64 switch is
 # process-wide), against the reference step directly, every framework in one process.
 _TANH_CHECK = """

@@ -62,13 +62,11 @@ def main(out: str) -> None:
         g = networks()[name]
         for backend in ("torch", "jax", "cupy", "array_api"):
             tag = f"{name}-{backend}"
-            for kind, make in (("module", lambda: sb.source(g, dtype="float32", backend=backend)),
-                               ("step-adam", lambda: sb.train_step(
-                                   g, optimizer="adam", dtype="float32", backend=backend)),
-                               ("script", lambda: sb.training_script(
-                                   g, optimizer="adam", dtype="float32", backend=backend))):
+            for kind, make, extra in (("module", sb.source, {}),
+                                      ("step-adam", sb.train_step, {"optimizer": "adam"}),
+                                      ("script", sb.training_script, {"optimizer": "adam"})):
                 try:
-                    src = make()
+                    src = make(g, dtype="float32", backend=backend, **extra)
                 except Exception as e:  # noqa: BLE001 -- record what happens
                     src = f"ERROR {type(e).__name__}: {e}\n"
                 (root / f"{tag}.{kind}.py").write_text(src)
