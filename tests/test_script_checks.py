@@ -182,6 +182,23 @@ def test_one_fail_and_the_numpy_data_checks_in_every_script(backend):
     assert "def rows_of(" not in src
 
 
+@pytest.mark.parametrize("backend, out", [
+    ("numpy", "checkpoint.npz"), pytest.param("torch", "checkpoint.pt", marks=needs["torch"]),
+    pytest.param("jax", None, marks=needs["jax"])])
+def test_one_add_run_options_in_every_script(tmp_path, backend, out):
+    """--data, --epochs, --batch-size, --lr, --seed, --checkpoint-every, --resume and --out
+    come from the one add_run_options of runtime/script.py: the defaults are those the
+    script was generated with, --out's the backend's (the JAX script's None: no checkpoint
+    unless asked for)."""
+    module = _script(tmp_path, backend, epochs=3, batch_size=8, seed=5)
+    src = Path(module.__file__).read_text()
+    own = runtime.source_of(runtime_script, "add_run_options")
+    assert own in src and src.count("def add_run_options(") == 1
+    a = module.parse_args(["--data", "d.npz"])
+    assert (a.data, a.epochs, a.batch_size, a.lr, a.seed, a.checkpoint_every, a.resume,
+            a.out) == ("d.npz", 3, 8, 0.1, 5, 0, None, out)
+
+
 @pytest.mark.parametrize("backend", [pytest.param("torch", marks=needs["torch"]),
                                      pytest.param("jax", marks=needs["jax"])])
 def test_checkpoint_entries_lacking_or_bad(tmp_path, monkeypatch, capsys, backend):

@@ -881,28 +881,42 @@ def parse_args(argv=None):
         "is written. A nan or inf loss or gradient stops it, naming the epoch and batch; "
         "the parameters from before that batch are saved next to --out as "
         "NAME.last_good.npz. Exit status: 0 done, 1 stopped on nan/inf, 2 bad input.")
+    add_run_options(p)
+    add_watch_options(p)
+    return p.parse_args(argv)
+
+
+def add_run_options(p, out="checkpoint.npz", formats=".npz", split=None):
+    """The options of every training script (NumPy, cupy, JAX, torch) for a run: --data,
+    --epochs, --batch-size, --lr, --seed, --checkpoint-every, --resume and --out. Where the
+    scripts differ: out, --out's default (None: a checkpoint only where --out names one,
+    JAX's); formats, the files --data reads besides .csv; split, what each global batch is
+    split over evenly (None: one process, one device)."""
     p.add_argument("--data", required=True, metavar="FILE",
-                   help="training data, .npz (X, y, optional X_test, y_test) or .csv "
-                   "(the label in the last column)")
+                   help=f"training data: {formats} with X (and y, X_test, y_test), or .csv: "
+                   "numbers only, the target in the last column(s)")
     p.add_argument("--epochs", type=option(int, 1), default=EPOCHS,
                    help=f"train until this epoch, counting the epochs of a resumed "
                    f"checkpoint (default {EPOCHS})")
+    each = f", split evenly over the {split}" if split else ""
     p.add_argument("--batch-size", type=option(int, 1), default=BATCH_SIZE,
-                   help=f"samples per minibatch; the loss is their mean (default {BATCH_SIZE})")
+                   help=f"samples per minibatch{each}; the loss is their mean "
+                   f"(default {BATCH_SIZE})")
     p.add_argument("--lr", type=option(float, 0.0, strict=True), default=LR,
                    help=f"learning rate of {OPTIMIZER} (default {LR})")
     p.add_argument("--seed", type=option(int, 0), default=SEED,
-                   help=f"seed of the initial parameters and of the shuffling (default {SEED});"
-                   " --resume restores the random state instead")
+                   help=f"seed of the initial parameters, the shuffling and any dropout masks "
+                   f"(default {SEED}); --resume restores the generators' states instead")
     p.add_argument("--checkpoint-every", type=option(int, 0), default=0, metavar="K",
-                   help="also save a checkpoint every K epochs (default 0: only at the end)")
+                   help="also save a checkpoint every K epochs (default 0: only at the end)"
+                   + ("; needs --out" if out is None else ""))
     p.add_argument("--resume", metavar="FILE",
                    help="continue from a checkpoint: the same seed and options give the "
                    "same final parameters as a run that was never interrupted")
-    p.add_argument("--out", default="checkpoint.npz", metavar="FILE",
-                   help="checkpoint to write, atomically (default checkpoint.npz)")
-    add_watch_options(p)
-    return p.parse_args(argv)
+    default = f"default {out}" if out else \
+        "default none: nothing is written but, on nan or inf, checkpoint.last_good.npz"
+    p.add_argument("--out", default=out, metavar="FILE",
+                   help=f"checkpoint to write, atomically ({default})")
 
 
 def add_watch_options(p):

@@ -207,8 +207,8 @@ def data_parallel_script(g: Graph, of=None, optimizer: str = "sgd", lr=None, epo
     checks = {"tokens": task.tokens, "floats": False, "cast": False, "raw": True, "mpi": False}
     blocks += [source_of(runtime_script, *(n for n in CHECKS if task.tokens
                                            or n != "check_tokens"), variants=checks),
-               source_of(runtime_script, "shape_option", "add_watch_options", "GradNorms",
-                         "last_good_path")]
+               source_of(runtime_script, "shape_option", "add_run_options", "add_watch_options",
+                         "GradNorms", "last_good_path")]
     blocks += [source_of(jax_mixed, "underflow_line")] if mixed else []
     variants = {"buffers": bool(context), "plain": not context, "mixed": mixed}
     cut = MAIN.index("save_checkpoint")

@@ -41,7 +41,7 @@ RUNTIME = {"sgd": sgd, "momentum": momentum, "adam": adam}
 SCRIPT = ((runtime_script, ("InputError", "is_number", "read_npz", "read_csv")),
           (runtime_script, ("check_tokens",)),  # token inputs only
           (runtime_script, ("check_split", "load_data", "fail", "option", "shape_option",
-                            "add_watch_options")),
+                            "add_run_options", "add_watch_options")),
           (torch_script, ("read_pt", "load_tensors")),
           (atomic, ("atomic_write",)), (torch_script, ("save_checkpoint", "load_checkpoint")),
           (torch_script, ("buffers_state", "restore_buffers")),  # batch norm, dropout only

@@ -58,6 +58,7 @@ try:  # copied into the script
     from .atomic import atomic_write
     from .script import (
         InputError,
+        add_run_options,
         add_watch_options,
         fail,
         last_good_path,
@@ -68,6 +69,7 @@ except ImportError:  # this file run alone (python .../runtime/jax_script.py)
     from atomic import atomic_write
     from script import (
         InputError,
+        add_run_options,
         add_watch_options,
         fail,
         last_good_path,
@@ -143,27 +145,7 @@ def parse_args(argv=None):
         "wrong. A nan or inf loss or gradient stops it, naming the epoch and batch; the "
         "parameters from before that batch are saved next to --out as NAME.last_good.npz. "
         "Exit status: 0 done, 1 stopped on nan/inf, 2 bad input.")
-    p.add_argument("--data", required=True,
-                   help=".npz holding X (and y, X_test, y_test), or .csv: numbers only, the "
-                   "target in the last column(s)")
-    p.add_argument("--epochs", type=option(int, 1), default=EPOCHS,
-                   help=f"passes over the data ({EPOCHS})")
-    p.add_argument("--batch-size", type=option(int, 1), default=BATCH_SIZE,
-                   help=f"the global batch, split over the devices ({BATCH_SIZE})")
-    p.add_argument("--seed", type=option(int, 0), default=SEED,
-                   help="initial parameters and shuffling")
-    p.add_argument("--lr", type=option(float, 0.0, strict=True), default=LR,
-                   help=f"learning rate ({LR})")
-    p.add_argument("--out", metavar="FILE",
-                   help="write a checkpoint here after the last epoch (process 0, atomically): "
-                   "parameters, optimizer state, epoch and the shuffling generator's state; a "
-                   "nan or inf writes the state before that batch to NAME.last_good.npz "
-                   "beside it (beside checkpoint.npz without --out)")
-    p.add_argument("--checkpoint-every", type=option(int, 0), default=0, metavar="K",
-                   help="with --out: also write it every K epochs (default 0: at the end only)")
-    p.add_argument("--resume", metavar="FILE",
-                   help="continue from a checkpoint of this network: the same options give the "
-                   "final parameters of a run that was never interrupted")
+    add_run_options(p, out=None, split="devices")
     add_watch_options(p)
     p.add_argument("--coordinator", help="host:port of process 0: train on several hosts "
                    "(jax.distributed.initialize)")

@@ -35,24 +35,24 @@ try:  # copied into the script
     from .script import (
         GradNorms,
         InputError,
+        add_run_options,
         add_watch_options,
         check_split,
         fail,
         last_good_path,
         load_data,
-        option,
     )
 except ImportError:  # this file run alone (python .../runtime/torch_script.py)
     from atomic import atomic_write
     from script import (
         GradNorms,
         InputError,
+        add_run_options,
         add_watch_options,
         check_split,
         fail,
         last_good_path,
         load_data,
-        option,
     )
 
 DTYPE = None  # the generated module's: torch.float64 or torch.float32
@@ -279,27 +279,8 @@ def parse_args(argv=None):
         epilog="A nan or inf loss or gradient stops the script, naming the epoch and batch; "
         "the parameters from before that batch are saved next to --out as "
         "NAME.last_good.pt. Exit status: 0 done, 1 stopped on nan/inf, 2 bad input.")
-    p.add_argument("--data", required=True, metavar="FILE",
-                   help=".npz or .pt with X (and y, X_test, y_test), or .csv (numbers only, "
-                   "the target in the last column(s))")
-    p.add_argument("--epochs", type=option(int, 1), default=EPOCHS,
-                   help=f"train until this epoch, counting the epochs of a resumed "
-                   f"checkpoint (default {EPOCHS})")
-    p.add_argument("--batch-size", type=option(int, 1), default=BATCH_SIZE,
-                   help=f"samples per minibatch; the loss is their mean (default {BATCH_SIZE})")
-    p.add_argument("--lr", type=option(float, 0.0, strict=True), default=LR,
-                   help=f"learning rate of {OPTIMIZER} (default {LR})")
-    p.add_argument("--seed", type=option(int, 0), default=SEED,
-                   help=f"seed of the initial parameters, the shuffling and dropout (default "
-                   f"{SEED}); --resume restores the generators' states instead")
+    add_run_options(p, out="checkpoint.pt", formats=".npz or .pt")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps, ... (default: cuda if available)")
-    p.add_argument("--checkpoint-every", type=option(int, 0), default=0, metavar="K",
-                   help="also save a checkpoint every K epochs (default 0: only at the end)")
-    p.add_argument("--resume", metavar="FILE",
-                   help="continue from a checkpoint: the same seed and options give the "
-                   "same final parameters as a run that was never interrupted")
-    p.add_argument("--out", default="checkpoint.pt", metavar="FILE",
-                   help="checkpoint to write (torch.save), atomically (default checkpoint.pt)")
     add_watch_options(p)
     return p.parse_args(argv)
 
