@@ -84,3 +84,13 @@ def test_activating_the_venv_puts_the_command_on_the_path(tmp_path):
                        cwd=tmp_path, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.splitlines()[0] == str(Path(sys.prefix) / "bin" / "symbackprop")
+
+
+def test_python_m_symbackprop_is_the_command():
+    """``python -m symbackprop`` runs the CLI: its help, and a bad command's exit status 2."""
+    run = subprocess.run([sys.executable, "-m", "symbackprop", "--help"], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT, check=False)
+    assert run.returncode == 0 and run.stdout.startswith("usage: symbackprop"), run.stderr
+    bad = subprocess.run([sys.executable, "-m", "symbackprop", "no-such-command"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
+    assert bad.returncode == 2 and "no-such-command" in bad.stderr
