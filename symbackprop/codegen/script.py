@@ -185,8 +185,12 @@ def _positive_int(name: str, v) -> int:
     return int(v)
 
 
-def _script_constants(m: Model, task: _Task, epochs, batch_size, seed) -> list[str]:
-    return [
+def _script_constants(m: Model, task: _Task, metric: str, epochs, batch_size,
+                      seed) -> list[str]:
+    """The script's constants: the network's and optimizer's, the run's defaults, the
+    data's (:func:`_data_constants`), METRIC, LAYERS, the loss scaler's (mixed
+    precision) and BUFFERS (batch norm, dropout)."""
+    constants = [
         f"NETWORK = {str(m.g.nx.graph.get('name', 'network'))!r}",
         f"OPTIMIZER = {m.opt.name!r}",
         *constant_lines(m.hyper),
@@ -194,7 +198,15 @@ def _script_constants(m: Model, task: _Task, epochs, batch_size, seed) -> list[s
         f"BATCH_SIZE = {batch_size}",
         f"SEED = {seed}",
         *_data_constants(m.g, task),
+        f"METRIC = {metric!r}  # evaluate() returns: 'acc' (accuracy) or 'loss'",
+        _layers_constant(m),
     ]
+    if m.precision == "mixed":
+        constants += mixed_constants(m)
+    if m.context:  # batch norm, dropout: their state in checkpoints (issue 13)
+        constants.append("BUFFERS = {}  # batch norm's running statistics, dropout's "
+                         "generator: main fills it")
+    return constants
 
 
 def _data_constants(g: Graph, task: _Task) -> list[str]:
@@ -431,6 +443,37 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
     False
     """
     b = backends.get(backend)
+    _check_backend_options(b, distributed, fuse_update, optimize)
+    own = _backend_script(b, backend, g, of, optimizer, lr, epochs, batch_size, seed, wrt, dtype,
+                          optimize, features, target, checkpoint, precision, growth_interval,
+                          hyper)
+    if own is not None:  # torch's script, JAX's
+        return own
+    epochs, batch_size = _check_run_options(epochs, batch_size, seed, distributed)
+    precision, _ = resolve_precision(precision, dtype, b.title)
+    of0, _ = params_of(g, of, wrt)
+    task = _data_task(g, of0, features, target)
+    m = build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize,
+                    extra_outputs=[n for n in (task.scores, of0) if n is not None],
+                    checkpoint=checkpoint, precision=precision, growth_interval=growth_interval,
+                    fuse_update=fuse_update, backend=backend,
+                    # data parallel: batch norm over every rank's rows (codegen/sync.py)
+                    sync_batch_norm=distributed == "mpi")
+    fns, blocks, metric = _script_functions(m, task)
+    if distributed == "mpi":
+        _check_distributable(m, task)
+    call = _generated_call(m, b, backend, hyper, checkpoint, distributed, growth_interval,
+                           epochs, batch_size, seed)
+    doc = _script_doc(m, task, b, call, epochs, distributed)
+    constants = _script_constants(m, task, metric, epochs, batch_size, seed)
+    host = _host_sources(m, task, b, distributed)
+    return _assemble_script(doc, m, b, fns, step_blocks(m, distributed) + blocks, host,
+                            constants)
+
+
+def _check_backend_options(b, distributed, fuse_update, optimize) -> None:
+    """Refuse the options that backend ``b`` (a :class:`~.backends.Backend`) cannot take:
+    ``fuse_update`` without the planned step, ``distributed`` but for NumPy's script."""
     if fuse_update:
         check_fusable_backend(b)
         check_fusable(optimize, distributed=distributed)
@@ -440,24 +483,36 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
             f"{opt('distributed')}{distributed} is the numpy script's (mpirun); the {b.name} "
             f"script runs as one process{alone}: drop {opt('distributed')}{distributed}, or "
             f"use {opt('backend')}numpy."))
+
+
+def _backend_script(b, backend, g, of, optimizer, lr, epochs, batch_size, seed, wrt, dtype,
+                    optimize, features, target, checkpoint, precision, growth_interval,
+                    hyper) -> str | None:
+    """The script of a backend that writes its own (torch: its ``trainer``; JAX: the
+    data-parallel one), or None for the backends with NumPy's script (numpy, cupy)."""
     trainer = b.trainer()
     if trainer is not None:  # issue 15: the backend's own script (torch)
-        precision, dtype = functional_precision(precision, dtype, backends.get(backend))
+        precision, dtype = functional_precision(precision, dtype, b)
         return trainer.script_source(g, of, optimizer, lr, epochs, batch_size, seed, wrt,
                                      dtype, optimize, features, target, checkpoint,
                                      precision=precision, growth_interval=growth_interval,
                                      **hyper)
-    if backends.get(backend).functional:  # issue 15: data parallelism through JAX
-        from .jax_script import data_parallel_script
+    if not b.functional:
+        return None
+    from .jax_script import data_parallel_script  # issue 15: data parallelism through JAX
 
-        if checkpoint not in (None, "none"):
-            raise CodegenError(f"checkpoint={checkpoint!r}: the {backend} script has no "
-                               "gradient checkpointing (XLA decides what it keeps).")
-        precision, dtype = functional_precision(precision, dtype, backends.get(backend))
-        return data_parallel_script(g, of, optimizer, lr, epochs, batch_size, seed, wrt,
-                                    dtype, optimize, features, target, backend,
-                                    precision=precision, growth_interval=growth_interval,
-                                    **hyper)
+    if checkpoint not in (None, "none"):
+        raise CodegenError(f"checkpoint={checkpoint!r}: the {backend} script has no "
+                           "gradient checkpointing (XLA decides what it keeps).")
+    precision, dtype = functional_precision(precision, dtype, b)
+    return data_parallel_script(g, of, optimizer, lr, epochs, batch_size, seed, wrt, dtype,
+                                optimize, features, target, backend, precision=precision,
+                                growth_interval=growth_interval, **hyper)
+
+
+def _check_run_options(epochs, batch_size, seed, distributed) -> tuple[int, int]:
+    """``(epochs, batch_size)`` as ints; ``ValueError`` for a bad one, a bad ``seed`` or
+    ``distributed``."""
     epochs = _positive_int("epochs", epochs)
     batch_size = _positive_int("batch_size", batch_size)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
@@ -465,52 +520,46 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
     if distributed not in (None, "mpi"):
         raise ValueError(f"distributed={distributed!r}; expected None (one process) or 'mpi' "
                          "(data parallel under mpirun).")
-    precision, computed = resolve_precision(precision, dtype, b.title)
-    mixed = precision == "mixed"
-    of0, _ = params_of(g, of, wrt)
-    task = _data_task(g, of0, features, target)
-    extra = [n for n in (task.scores, of0) if n is not None]
-    m = build_model(g, of, wrt, optimizer, lr, hyper, dtype, optimize, extra_outputs=extra,
-                    checkpoint=checkpoint, precision=precision, growth_interval=growth_interval,
-                    fuse_update=fuse_update, backend=backend,
-                    # data parallel: batch norm over every rank's rows (codegen/sync.py)
-                    sync_batch_norm=distributed == "mpi")
-    fns, blocks, metric = _script_functions(m, task)
-    mpi = distributed == "mpi"
-    if mpi:
-        _check_distributable(m, task)
-    name = safe_text(g.nx.graph.get("name", "network"))
+    return epochs, batch_size
+
+
+def _generated_call(m: Model, b, backend, hyper, checkpoint, distributed, growth_interval,
+                    epochs, batch_size, seed) -> str:
+    """The ``sb.training_script(...)`` call that wrote the script, for its docstring: the
+    options that differ from their defaults, and the run's defaults."""
+    mixed = m.precision == "mixed"
     given = "".join(f", {k}={float(v)!r}" for k, v in sorted(hyper.items()))
-    given += "" if mixed or computed == "float64" else f", dtype={computed!r}"
+    given += "" if mixed or m.dtype == "float64" else f", dtype={m.dtype!r}"
     if mixed:
         given += ", precision='mixed'" + ("" if growth_interval == 2000
                                           else f", growth_interval={growth_interval!r}")
     given += "" if checkpoint in (None, "none") else f", checkpoint={checkpoint!r}"
-    given += f", distributed={distributed!r}" if mpi else ""
+    given += f", distributed={distributed!r}" if distributed == "mpi" else ""
     given += ", fuse_update=True" if m.fused else ""
     given += f", backend={backend!r}" if b.on_device else ""
-    call = (f"sb.training_script(graph, of={m.of!r}, optimizer={m.opt.name!r}, "
+    return (f"sb.training_script(graph, of={m.of!r}, optimizer={m.opt.name!r}, "
             f"lr={m.hyper['lr']!r}{given},\n{' ' * 19}epochs={epochs}, "
             f"batch_size={batch_size}, seed={seed})")
-    if task.kind == "labels" and task.scores:
-        what = (f"classification into {task.n_classes} classes: y holds integer labels, the "
-                f"predicted class is {'1 where' if task.binary else 'the argmax of'} "
-                f"{safe_text(task.scores)}{' > 0' if task.binary else ''}; the script reports "
-                "accuracy")
-    elif task.kind is None:
-        what = f"unsupervised: the loss needs only X (fed to {safe_text(task.features)})"
-    else:
-        what = f"y holds {task.kind} fed to {safe_text(task.target)}; the script reports loss"
+
+
+def _script_doc(m: Model, task: _Task, b, call: str, epochs: int, distributed) -> str:
+    """The generated script's docstring: the step's description (:func:`step_doc`), the
+    data, the ``call`` that wrote it, what it needs, its usage, then a paragraph for the
+    GPU (cupy) or for MPI."""
+    mpi = distributed == "mpi"
+    name = safe_text(m.g.nx.graph.get("name", "network"))
     doc = step_doc(m, f"Train the network {name} with {m.opt.title}: a standalone {b.title} "
-                       "training script.")
-    needs = ("Needs only NumPy and the Python standard library." if not mpi else
-             "Needs NumPy, the Python standard library and mpi4py with an MPI library (pip "
-             "install mpi4py mpich).")
+                      "training script.")
     if b.on_device:
         needs = (f"Needs {b.title} with a GPU (the training step), NumPy (the data and\n"
                  "checkpoints, on the host) and the Python standard library.")
+    elif mpi:
+        needs = ("Needs NumPy, the Python standard library and mpi4py with an MPI library (pip "
+                 "install mpi4py mpich).")
+    else:
+        needs = "Needs only NumPy and the Python standard library."
     run = "python train.py" if not mpi else "mpirun -n 2 python train.py"
-    doc += wrap(f"Data: X feeds {safe_text(task.features)}; {what}.") + "\n" + (
+    doc += wrap(f"Data: X feeds {safe_text(task.features)}; {_data_text(task)}.") + "\n" + (
             f"Generated by symbackprop {_version} with\n    "
             + "\n    ".join(map(safe_text, call.split("\n"))) + "\n"
             f"{needs} Do not edit: regenerate "
@@ -521,78 +570,123 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
             "checkpoint.npz\n"
             "Run it with --help for every option.")
     if b.on_device:
-        doc += ("\n\nOn the GPU: the data is copied to the GPU once, each epoch's order (NumPy's, "
-                "from --seed)\nonce per epoch, and the batches are taken there; the initial "
-                "parameters are NumPy's\ndraws, copied; checkpoints are NumPy arrays. The same "
-                "seed trains as the NumPy script.")
-        if "rng" in m.context:
-            doc += ("\nDropout: the masks are NumPy's draws on the host, copied to the GPU "
-                    "every step\n(HostDraws): the NumPy script's masks, and a generator "
-                    "state the checkpoints keep.")
+        doc += _device_text(m)
     if mpi:
-        doc += ("\n\nData parallel (MPI): each of the K ranks (mpirun -n K) reads the data and "
-                "shuffles\nalike, computes the gradient of its K-th of every global batch "
-                "(--batch-size, a\nmultiple of K) and one Allreduce sums the flat gradient "
-                "buffers; rank 0 alone prints\nand writes checkpoints, which resume on any K. "
-                "Set OPENBLAS_NUM_THREADS (e.g. 1) so\nthat the ranks do not share cores. "
-                "Without mpirun it runs as one process.")
-        if "rng" in m.context:
-            doc += ("\nDropout: every rank draws the masks of the whole global batch and keeps "
-                    "its rows'\n(RowDraws): the one process's masks and generator state.")
-        if m.synced:
-            doc += ("\nBatch norm: the global batch's mean and variance, and the sums of its "
-                    "backward, over\nevery rank's rows (RowSums, SyncBatchNorm): the one "
-                    "process's running statistics.")
-        if mixed:
-            doc += ("\nMixed precision: the ranks sum float32 gradients (_summed_update) and "
-                    "all take the\none process's overflow decisions, so the scaler's state "
-                    "is the same on every rank.")
-    constants = _script_constants(m, task, epochs, batch_size, seed)
-    constants.append(f"METRIC = {metric!r}  # evaluate() returns: 'acc' (accuracy) or 'loss'")
-    constants.append(_layers_constant(m))
-    if mixed:
-        constants += mixed_constants(m)
+        doc += _mpi_text(m)
+    return doc
+
+
+def _data_text(task: _Task) -> str:
+    """What y holds and what the script reports, for the docstring's "Data:" line."""
+    if task.kind == "labels" and task.scores:
+        return (f"classification into {task.n_classes} classes: y holds integer labels, the "
+                f"predicted class is {'1 where' if task.binary else 'the argmax of'} "
+                f"{safe_text(task.scores)}{' > 0' if task.binary else ''}; the script reports "
+                "accuracy")
+    if task.kind is None:
+        return f"unsupervised: the loss needs only X (fed to {safe_text(task.features)})"
+    return f"y holds {task.kind} fed to {safe_text(task.target)}; the script reports loss"
+
+
+def _device_text(m: Model) -> str:
+    """The docstring's paragraph on the GPU script (cupy): what is copied, and when."""
+    text = ("\n\nOn the GPU: the data is copied to the GPU once, each epoch's order (NumPy's, "
+            "from --seed)\nonce per epoch, and the batches are taken there; the initial "
+            "parameters are NumPy's\ndraws, copied; checkpoints are NumPy arrays. The same "
+            "seed trains as the NumPy script.")
+    if "rng" in m.context:
+        text += ("\nDropout: the masks are NumPy's draws on the host, copied to the GPU "
+                 "every step\n(HostDraws): the NumPy script's masks, and a generator "
+                 "state the checkpoints keep.")
+    return text
+
+
+def _mpi_text(m: Model) -> str:
+    """The docstring's paragraph on the data-parallel script: how the ranks split the
+    work, and how dropout, batch norm and mixed precision stay the one process's."""
+    text = ("\n\nData parallel (MPI): each of the K ranks (mpirun -n K) reads the data and "
+            "shuffles\nalike, computes the gradient of its K-th of every global batch "
+            "(--batch-size, a\nmultiple of K) and one Allreduce sums the flat gradient "
+            "buffers; rank 0 alone prints\nand writes checkpoints, which resume on any K. "
+            "Set OPENBLAS_NUM_THREADS (e.g. 1) so\nthat the ranks do not share cores. "
+            "Without mpirun it runs as one process.")
+    if "rng" in m.context:
+        text += ("\nDropout: every rank draws the masks of the whole global batch and keeps "
+                 "its rows'\n(RowDraws): the one process's masks and generator state.")
+    if m.synced:
+        text += ("\nBatch norm: the global batch's mean and variance, and the sums of its "
+                 "backward, over\nevery rank's rows (RowSums, SyncBatchNorm): the one "
+                 "process's running statistics.")
+    if m.precision == "mixed":
+        text += ("\nMixed precision: the ranks sum float32 gradients (_summed_update) and "
+                 "all take the\none process's overflow decisions, so the scaler's state "
+                 "is the same on every rank.")
+    return text
+
+
+def _runtime_names(m: Model, task: _Task, mpi: bool) -> tuple[str, ...]:
+    """:data:`RUNTIME` with the functions that the data and the options add: check_tokens
+    (token ids), the buffers' state in checkpoints (batch norm, dropout) and, with MPI,
+    :data:`MPI_RUNTIME`, RowDraws (dropout), RowSums (batch norm) and last_rank_buffers."""
     runtime = RUNTIME if not task.tokens else tuple(
         n for name in RUNTIME for n in (("check_tokens", name) if name == "check_split"
                                         else (name,)))
     buffers = bool(m.context)
     if buffers:  # batch norm, dropout: their state in checkpoints (issue 13)
-        constants.append("BUFFERS = {}  # batch norm's running statistics, dropout's generator: "
-                         "main fills it")
         runtime = tuple(n for name in runtime for n in (
             ("buffers_state", "restore_buffers", name) if name == "save_checkpoint" else (name,)))
-    dropout = mpi and "rng" in m.context
-    synced = mpi and m.synced  # batch norm over every rank's rows (RowSums)
     if mpi:  # data parallel (issue 15)
+        dropout, synced = "rng" in m.context, m.synced  # synced: batch norm (RowSums)
         runtime = tuple(n for name in runtime for n in (
             (*MPI_RUNTIME.get(name, ()), name) if name == "InputError"
             else (name, *MPI_RUNTIME.get(name, ()), *(("RowDraws",) if dropout else ()),
                   *(("RowSums",) if synced else ()), *(("last_rank_buffers",) if buffers else ()))
             if name == "last_good_path" else (name,)))
-    variants = {"tokens": task.tokens, "floats": not task.tokens, "cast": True, "raw": False,
-                "buffers": buffers,
-                "mixed": mixed and not mpi, "mixed_mpi": mixed and mpi, "mpi": mpi,
-                "mpi_dropout": dropout, "mpi_syncbn": synced, "single": not mpi,
-                "fused": m.fused, "device": b.on_device, "host": not b.on_device}
+    return runtime
+
+
+def _variants(m: Model, task: _Task, b, mpi: bool) -> dict[str, bool]:
+    """The ``# variant:`` blocks of the runtime functions that the script keeps."""
+    mixed = m.precision == "mixed"
+    return {"tokens": task.tokens, "floats": not task.tokens, "cast": True, "raw": False,
+            "buffers": bool(m.context),
+            "mixed": mixed and not mpi, "mixed_mpi": mixed and mpi, "mpi": mpi,
+            "mpi_dropout": mpi and "rng" in m.context, "mpi_syncbn": mpi and m.synced,
+            "single": not mpi, "fused": m.fused, "device": b.on_device, "host": not b.on_device}
+
+
+def _host_sources(m: Model, task: _Task, b, distributed) -> list[str]:
+    """The runtime's source blocks (NumPy code on the host: data, shuffling, checkpoints,
+    the command line), the shared atomic write just before save_checkpoint; on the GPU
+    with dropout, the host's init_buffers and HostDraws before the ``__main__`` block."""
+    mpi = distributed == "mpi"
+    runtime = _runtime_names(m, task, mpi)
+    variants = _variants(m, task, b, mpi)
     cut = runtime.index("save_checkpoint")  # the shared atomic write comes just before it
     host = [source_of(runtime_script, *runtime[:cut], variants=variants),
             source_of(atomic, "atomic_write"),
             source_of(runtime_script, *runtime[cut:], variants=variants)]
-    blocks = step_blocks(m, distributed) + blocks + ([source_of(runtime_mixed, "underflow_line")]
-                                                     if mixed else [])
-    if b.on_device:
-        blocks.append(source_of(cupy_script, "HostGenerator"))
     if b.on_device and "rng" in m.context:  # dropout on the GPU: NumPy's generator, on the
         # host (written with np, after the host's runtime and before its __main__ block)
         host[-1:] = [source_of(runtime_script, *runtime[cut:-1], variants=variants),
                      _init_buffers(m.context), source_of(cupy_script, "HostDraws"),
                      source_of(runtime_script, runtime[-1], variants=variants)]
+    return host
+
+
+def _assemble_script(doc: str, m: Model, b, fns: list[Function], blocks: list[str],
+                     host: list[str], constants: list[str]) -> str:
+    """The script's text: the model's functions and ``fns``, then ``blocks`` (the step's,
+    the script's) and, with mixed precision, underflow_line; then the ``host`` runtime.
+    On the GPU the step's part is the backend's code (cupy: cp for np, its rewrites) and
+    the host's part NumPy's (data, shuffling, checkpoints: NumPy arrays)."""
+    if m.precision == "mixed":
+        blocks = blocks + [source_of(runtime_mixed, "underflow_line")]
     imports = ("argparse", "csv", "json", "os", "sys", "tempfile", "time", "zipfile")
     if not b.on_device:
         return assemble(doc, m, m.functions + fns, blocks + host, imports=imports,
                         constants=constants)
-    # the step's code as the backend writes it (cupy: cp for np, its rewrites); the host's
-    # code after it as NumPy's (data, shuffling, checkpoints: NumPy arrays)
+    blocks = blocks + [source_of(cupy_script, "HostGenerator")]
     text = assemble(doc, m, m.functions + fns, blocks, imports=imports, constants=constants,
                     library=b.script_imports())
     return text + "\n\n" + "\n\n".join(host)
