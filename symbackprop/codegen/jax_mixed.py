@@ -138,7 +138,8 @@ def make_mixed(m, precision: str, scaler: dict) -> None:
                    "seed of backprop).")
     else:
         vg.doc += "\n    The loss in float32, the gradients in DTYPE."
-    # batch norm: its statistics, the running ones and its backward's sums in float32
+    # batch norm, layer norm: their statistics (batch norm's running ones) and their
+    # backward's sums in float32
     float32_statements(m, spelling["cast"], spelling["runtime"])
 
 

@@ -27,6 +27,7 @@ module reads ``DTYPE``. A backend (JAX, PyTorch) reuses the same plan: the
 
 from __future__ import annotations
 
+import ast
 import numbers
 import re
 import textwrap
@@ -153,9 +154,9 @@ def check_mixed(m) -> None:
 
 def float32_nodes(j) -> tuple[set, set]:
     """``(ops, vjp)``: the nodes of the joint graph ``j`` whose op computes in float32 in
-    mixed precision (:attr:`~symbackprop.ops.registry.OpDef.mixed_float32`: batch norm,
-    its statistics), and the backward nodes of their VJPs (the statistics recomputed for
-    the backward, its sums, the gradient they pass on).
+    mixed precision (:attr:`~symbackprop.ops.registry.OpDef.mixed_float32`: batch norm and
+    layer norm, their statistics), and the backward nodes of their VJPs (the statistics
+    recomputed for the backward, its sums, the gradient they pass on).
 
     Examples
     --------
@@ -174,7 +175,10 @@ def _rewrite_float32(em, body: list, ops: set, vjp: set, cast: str, helper: tupl
     ``ops`` and ``vjp`` (:func:`float32_nodes`) to run in float32, in place: an op's call
     ``f(args)`` becomes ``helper(f, args)`` (``_in_float32``: its half-precision arrays
     cast to MASTER, so batch norm takes its statistics and updates the float32 running
-    ones in float32) rounded to DTYPE; a VJP statement reads the half-precision arrays
+    ones in float32) rounded to DTYPE, or, for a call with keyword arguments, which
+    ``helper(f, *args)`` does not pass on (layer norm's ``eps=``), ``f`` of its
+    half-precision arrays cast (``_layer_norm(a1.astype(MASTER), eps=1e-05)``), rounded
+    to DTYPE; a VJP statement reads the half-precision arrays
     from outside the VJP cast to MASTER (``cast``: ``.astype({})`` or ``.to({})``), so
     its sums and ``n·δ`` stay in float32, and the statement whose value leaves the VJP
     (the gradient passed on) is rounded to DTYPE."""
@@ -211,6 +215,17 @@ def _rewrite_float32(em, body: list, ops: set, vjp: set, cast: str, helper: tupl
                 raise CodegenError(f"mixed precision computes {n!r} in float32, but its "
                                    f"statement is not one call ({rhs}); use precision "
                                    "'float32'.")
+            if ast.parse(rhs, mode="eval").body.keywords:
+                # helper(f, *args) passes no keyword (layer norm's eps=): the call reads
+                # its half-precision arrays cast, as the VJP's statements do
+                cast_rhs = read.sub(lambda r: r.group(1) + to_master, rhs) if read else rhs
+                if cast_rhs == rhs:
+                    raise CodegenError(f"mixed precision computes {n!r} in float32, but its "
+                                       f"call reads no half-precision array to cast ({rhs}); "
+                                       "use precision 'float32'.")
+                body[i] = (f"{pad}{code} = {cast_rhs}{to_half}"
+                           f"{with_note(comment, 'in float32, rounded to DTYPE')}")
+                continue
             em.helpers.setdefault(helper[0], helper[1])
             body[i] = (f"{pad}{code} = {helper[0]}({call.group(1)}, {call.group(2)})"
                        f"{to_half}{with_note(comment, 'in float32, rounded to DTYPE')}")
@@ -225,9 +240,9 @@ def _rewrite_float32(em, body: list, ops: set, vjp: set, cast: str, helper: tupl
 
 
 def float32_statements(m, cast: str = ".astype({})", runtime=runtime_mixed) -> None:
-    """Batch norm in mixed precision, for every function of the model ``m``: the
-    statements of :func:`float32_nodes` in float32 (:func:`_rewrite_float32`, the helper
-    ``_in_float32`` copied from ``runtime``) and the running statistics of
+    """Batch norm and layer norm in mixed precision, for every function of the model
+    ``m``: the statements of :func:`float32_nodes` in float32 (:func:`_rewrite_float32`,
+    the helper ``_in_float32`` copied from ``runtime``) and the running statistics of
     ``init_running`` float32 (MASTER), as ``torch.amp`` keeps them. Nothing changes for a
     network without such an op. :func:`~symbackprop.codegen.module.build_model` calls it
     for NumPy, :func:`~symbackprop.codegen.jax_mixed.make_mixed` for JAX and torch.

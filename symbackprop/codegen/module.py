@@ -224,7 +224,7 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
         m.precision, m.scaler = precision, scaler
         check_mixed(m)
         loss_in_float32(m)
-        float32_statements(m)  # batch norm's
+        float32_statements(m)  # batch norm's, layer norm's
     return m
 
 

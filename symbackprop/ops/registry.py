@@ -102,7 +102,8 @@ class OpDef:
         Mixed precision computes the op, and the statements of its VJP, in float32 from
         the half-precision values, the results rounded back (as ``torch.autocast`` runs
         normalizations in float32): statistics that float16 would lose (batch norm's
-        mean and variance, the sums of its backward). :mod:`symbackprop.codegen.mixed`.
+        and layer norm's mean and variance, the sums of their backward).
+        :mod:`symbackprop.codegen.mixed`.
     batch_statistics : bool
         The op takes statistics over the batch's rows (batch norm): data parallel (MPI),
         each rank holds some of the rows, and the op's code and its VJP's reductions over

@@ -409,4 +409,5 @@ register(OpDef(
     name="layer_norm", arity=1, attrs={"eps": 1e-5}, shape=lambda s, a, n: s[0],
     flops=per_entry(5),  # mean, subtract, square, sum, divide
     vjp=_layer_norm_vjp,
+    mixed_float32=True,  # its statistics in float32 in mixed precision, as torch.autocast's
     doc="normalise over the last axis to mean 0, variance 1 (eps = 1e-5), no scale/shift"))
