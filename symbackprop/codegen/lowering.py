@@ -354,7 +354,8 @@ NUMPY: dict[str, Lowering] = {
     "batch_norm": Lowering(
         lambda c, a: f"_batch_norm({c[0]}, {a['axis']}, {a['eps']!r}, {a['momentum']!r}, "
                      f"training, running, {a.get('node')!r})",
-        helpers=_helpers(numpy_ops._batch_norm, numpy_ops._sync_batch_norm),
+        helpers=_helpers(numpy_ops._batch_norm, numpy_ops._sync_batch_norm,
+                         numpy_ops._update_running),
         context=("training", "running"),
         # data parallel (MPI): the global batch's statistics (codegen/sync.py, issue 15)
         synced=lambda c, a: f"_sync_batch_norm({c[0]}, {a['axis']}, {a['eps']!r}, "

@@ -100,11 +100,9 @@ def sync_statements(m) -> bool:
                 raise CodegenError(f"distributed='mpi': {safe_text(n)} ({op.name}) has no code "
                                    "taking its statistics over every rank's rows; train it in "
                                    "one process.")
-            rhs = how.synced([em.code(a) for a in j.args(n)],
-                             {**j.nx.nodes[n]["attrs"], "node": n})
-            for name, src in how.helpers.items():
-                if re.search(rf"\b{name}\(", "\n".join(em.helpers.values()) + rhs):
-                    em.helpers.setdefault(name, src)
+            # em.use: the helpers the call reaches, those they call in turn included
+            rhs = em.use(op, how.synced([em.code(a) for a in j.args(n)],
+                                        {**j.nx.nodes[n]["attrs"], "node": n}))
             comment = with_note(comment, f"{what} over every rank's rows (SyncBatchNorm)")
         elif _reduces_rows(j, n, batch):
             what = j.opdef(j.vjp_of(n) or j.via(n)).name.replace("_", " ")

@@ -333,10 +333,8 @@ def _avg_pool2d_grad(g, k, stride, padding, size):
 # -- normalization and dropout (issue 13)
 def _batch_norm(x, axis, eps, momentum, training, running, key):
     """x normalized per feature of axis, the statistics taken over the other axes. Training:
-    the batch's mean and population variance, and, when running is given, its entries
-    key + '.mean' and key + '.var' updated in place as PyTorch does:
-    running = (1 - momentum) * running + momentum * batch, the variance unbiased (n/(n-1)).
-    Evaluation: the running statistics."""
+    the batch's mean and population variance, and the running statistics, when given,
+    updated (_update_running). Evaluation: the running statistics."""
     axes = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
     if training:
         n = x.size // x.shape[axis]
@@ -346,12 +344,7 @@ def _batch_norm(x, axis, eps, momentum, training, running, key):
         mean = x.mean(axis=axes, keepdims=True)
         xc = x - mean
         var = (xc * xc).mean(axis=axes, keepdims=True)
-        if running is not None:
-            rm, rv = running[key + ".mean"], running[key + ".var"]
-            rm *= 1 - momentum
-            rm += momentum * mean.reshape(-1)
-            rv *= 1 - momentum
-            rv += (momentum * n / (n - 1)) * var.reshape(-1)
+        _update_running(running, key, momentum, mean, var, n)
         return xc / np.sqrt(var + eps)
     if running is None:
         raise ValueError(f"batch norm {key!r} in evaluation mode (training=False) needs the "
@@ -360,6 +353,20 @@ def _batch_norm(x, axis, eps, momentum, training, running, key):
     shape[axis] = -1  # a feature vector, broadcast along the other axes
     mean = running[key + ".mean"].reshape(shape)
     return (x - mean) / np.sqrt(running[key + ".var"].reshape(shape) + eps)
+
+
+def _update_running(running, key, momentum, mean, var, n):
+    """running's entries key + '.mean' and key + '.var' (one value per feature) updated in
+    place from a batch's mean and population variance over n values per feature, as
+    PyTorch does: running = (1 - momentum) * running + momentum * batch, the variance
+    unbiased (n/(n-1)). Nothing when running is None (no running statistics kept)."""
+    if running is None:
+        return
+    rm, rv = running[key + ".mean"], running[key + ".var"]
+    rm *= 1 - momentum
+    rm += momentum * mean.reshape(-1)
+    rv *= 1 - momentum
+    rv += (momentum * n / (n - 1)) * var.reshape(-1)
 
 
 def _dropout_mask(x, p, rng, training):
@@ -390,12 +397,7 @@ def _sync_batch_norm(x, axis, eps, momentum, training, running, key, sync):
     mean = sync.sum(x.sum(axis=axes, keepdims=True)) / n
     xc = x - mean
     var = sync.sum((xc * xc).sum(axis=axes, keepdims=True)) / n
-    if running is not None:
-        rm, rv = running[key + ".mean"], running[key + ".var"]
-        rm *= 1 - momentum
-        rm += momentum * mean.reshape(-1)
-        rv *= 1 - momentum
-        rv += (momentum * n / (n - 1)) * var.reshape(-1)
+    _update_running(running, key, momentum, mean, var, n)
     return xc / np.sqrt(var + eps)
 
 
