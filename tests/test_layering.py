@@ -54,6 +54,7 @@ LAYERS = [
     ["render"],
     ["report"],
     ["cli"],
+    ["__main__"],  # python -m symbackprop: the command
 ]
 LAYER = {m: i for i, ms in enumerate(LAYERS) for m in ms}
 
