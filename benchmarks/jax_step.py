@@ -137,6 +137,24 @@ def ratios(t: dict, name: str, kind: str) -> dict:
     return {"median": statistics.median(r), "q1": q[0], "q3": q[2]}
 
 
+def timed(key: str, made: dict, a, label: str) -> dict:
+    """Time ``made`` interleaved (``a``: the command line's rounds, block, drop, seed) and
+    print the generated step's and the null comparison's ratios to ``made["hand"]`` (called
+    ``label``). Returns the timings, the load average before and after, and the ratios."""
+    load0 = os.getloadavg()[0]
+    t = interleave(made, a.rounds, a.block, a.drop, a.seed)
+    load1 = os.getloadavg()[0]
+    res = {"timing": t, "load_average": [load0, load1]}
+    print(f"{key}: {a.rounds} rounds of {a.block} s blocks, load average {load0:.2f} "
+          f"-> {load1:.2f}")
+    for name in ("generated", "hand again"):
+        res[name] = {kind: ratios(t, name, kind) for kind in ("wall", "cpu")}
+        w, c = res[name]["wall"], res[name]["cpu"]
+        print(f"  {name:10s} / {label}: wall {w['median']:.3f}x ({w['q1']:.3f}-{w['q3']:.3f}), "
+              f"CPU {c['median']:.3f}x ({c['q1']:.3f}-{c['q3']:.3f})")
+    return res
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default=",".join(WORKLOADS), help="workloads: C, A-b128-f32, A-b1024-f32")
@@ -162,18 +180,7 @@ def main(argv=None) -> int:
                   f"{progs['generated'][field]!s:>14}")
         if a.no_timing:
             continue
-        load0 = os.getloadavg()[0]
-        t = interleave(made, a.rounds, a.block, a.drop, a.seed)
-        load1 = os.getloadavg()[0]
-        res["timing"] = t
-        res["load_average"] = [load0, load1]
-        print(f"{key}: {a.rounds} rounds of {a.block} s blocks, load average {load0:.2f} "
-              f"-> {load1:.2f}")
-        for name in ("generated", "hand again"):
-            res[name] = {kind: ratios(t, name, kind) for kind in ("wall", "cpu")}
-            w, c = res[name]["wall"], res[name]["cpu"]
-            print(f"  {name:10s} / hand: wall {w['median']:.3f}x ({w['q1']:.3f}-{w['q3']:.3f}), "
-                  f"CPU {c['median']:.3f}x ({c['q1']:.3f}-{c['q3']:.3f})")
+        res.update(timed(key, made, a, "hand"))
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1, default=float))
     return 0

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import contenders
 import handwritten as hw
-from jax_step import interleave, ratios
+from jax_step import timed
 
 import symbackprop as sb
 
@@ -78,18 +78,7 @@ def main(argv=None) -> int:
           f"load average {os.getloadavg()[0]:.2f}")
     results = {}
     for key in [k.strip() for k in a.only.split(",") if k.strip()]:
-        made = build(key)
-        load0 = os.getloadavg()[0]
-        t = interleave(made, a.rounds, a.block, a.drop, a.seed)
-        load1 = os.getloadavg()[0]
-        res = results[key] = {"timing": t, "load_average": [load0, load1]}
-        print(f"{key}: {a.rounds} rounds of {a.block} s blocks, load average {load0:.2f} "
-              f"-> {load1:.2f}")
-        for name in ("generated", "hand again"):
-            res[name] = {kind: ratios(t, name, kind) for kind in ("wall", "cpu")}
-            w, c = res[name]["wall"], res[name]["cpu"]
-            print(f"  {name:10s} / PyTorch eager: wall {w['median']:.3f}x ({w['q1']:.3f}-"
-                  f"{w['q3']:.3f}), CPU {c['median']:.3f}x ({c['q1']:.3f}-{c['q3']:.3f})")
+        results[key] = timed(key, build(key), a, "PyTorch eager")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1, default=float))
     return 0
