@@ -386,8 +386,16 @@ def cmd_report(a) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line (argparse prints its usage block
+    first), exit status 2; the subcommands' parsers are of this class too."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="symbackprop", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="A compiler for backpropagation: symbolic gradients of a network,\n"
         "step-by-step derivations, standalone NumPy code and Graphviz diagrams.")

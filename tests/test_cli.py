@@ -94,3 +94,14 @@ def test_python_m_symbackprop_is_the_command():
     bad = subprocess.run([sys.executable, "-m", "symbackprop", "no-such-command"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
     assert bad.returncode == 2 and "no-such-command" in bad.stderr
+
+
+@pytest.mark.parametrize("argv", [["no-such-command"], ["codegen", "mlp:4-8-3", "--no-such-option"],
+                                  ["train-script", "mlp:4-8-3", "--epochs"], []])
+def test_usage_errors_are_one_line(argv, capsys):
+    """A bad command, option or missing value: one line naming the fix, exit status 2."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "error:" in err and "--help" in err
