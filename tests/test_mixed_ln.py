@@ -327,7 +327,8 @@ def test_a_statement_reading_a_float32_statistic_is_rewritten_or_refused():
     body = ["dz1 = (mean_2 + 1e-05)**(-0.5) * (dh1 - h1 * mean_4) * (a1 > 0)  # dL/dz1",
             "dz1[...] = mean_2 * dh1"]
     _rewrite_float32(m.em, body, ops, vjp, ".astype({})", ("_in_float32", ""))
-    assert body == [("dz1 = ((mean_2 + 1e-05)**(-0.5) * (dh1.astype(MASTER) - h1 * mean_4) "
+    assert body == [("dz1 = ((mean_2 + 1e-05)**(-0.5) * (dh1.astype(MASTER) - h1.astype(MASTER) "
+                     "* mean_4) "
                      "* (a1.astype(MASTER) > 0)).astype(DTYPE)  # dL/dz1; in float32, "
                      "rounded to DTYPE"),
                     "dz1[...] = mean_2 * dh1.astype(MASTER)  # in float32, rounded to DTYPE"]

@@ -232,8 +232,9 @@ def _rewrite_float32(em, body: list, ops: set, vjp: set, cast: str, helper: tupl
     its sums and ``n·δ`` stay in float32, and the statement whose value leaves the VJP
     is rounded to DTYPE when it is the gradient passed on; a statistic read outside
     (:func:`float32_statistics`) stays float32, and the statement reading it
-    (:func:`statistic_readers`) computes in float32, its half-precision arrays cast as
-    a VJP statement's, and rounds its result once to DTYPE (written into a buffer,
+    (:func:`statistic_readers`) computes in float32, its half-precision arrays (the op's
+    output and the gradient passed on included) cast as a VJP statement's, and rounds
+    its result once to DTYPE (written into a buffer,
     ``dW1[...] = rhs``, the assignment rounds), so every array after it keeps DTYPE."""
     j = em.j
     group = ops | vjp
@@ -245,6 +246,12 @@ def _rewrite_float32(em, body: list, ops: set, vjp: set, cast: str, helper: tupl
     read = re.compile(r"(?<![\w.'\"])(" + "|".join(map(re.escape, sorted(outside, key=len,
                                                                             reverse=True)))
                       + r")(?![\w'\"(]|\s*=[^=])") if outside else None
+    # a reader's half-precision arrays: those from outside and the group's own DTYPE
+    # results (the op's output, the gradient passed on), every name but the statistics
+    halves = outside | {c for c, n in codes.items() if c not in stats and (
+        n in ops or j.grad_of(n) is not None)}
+    read_half = re.compile(r"(?<![\w.'\"])(" + "|".join(map(re.escape, sorted(
+        halves, key=len, reverse=True))) + r")(?![\w'\"(]|\s*=[^=])") if halves else None
     reads_stat = re.compile(r"(?<![\w.'\"])(" + "|".join(map(re.escape, sorted(stats)))
                             + r")(?![\w'\"(]|\s*=[^=])") if stats else None
     to_master, to_half = cast.format("MASTER"), cast.format("DTYPE")
@@ -257,8 +264,8 @@ def _rewrite_float32(em, body: list, ops: set, vjp: set, cast: str, helper: tupl
         found = re.fullmatch(r"(\s*)(\w+)(\[\.\.\.\])? = (.*?)(  # .*)?", line)
         if found and found.group(2) in readers and found.group(2) not in codes:
             pad, code, target, rhs, comment = found.groups()
-            if read is not None:  # as a VJP statement's: n·δ of a scaled δ passes 65504
-                rhs = read.sub(lambda r: r.group(1) + to_master, rhs)
+            if read_half is not None:  # as a VJP statement's: n·δ of a scaled δ passes 65504
+                rhs = read_half.sub(lambda r: r.group(1) + to_master, rhs)
             if target:  # written into a DTYPE buffer: the assignment rounds
                 body[i] = f"{pad}{code}{target} = {rhs}" + with_note(
                     comment, "in float32, rounded to DTYPE")
