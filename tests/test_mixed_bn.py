@@ -184,6 +184,85 @@ def test_batch_norm_statistics_in_float32_where_float16_loses_them(backend):
         assert np.abs(g16[k] - g32[k]).max() <= TOL * np.abs(g32[k]).max(), k
 
 
+# -- relu before batch norm: its gradient fused into relu's statement ---------------------
+EPS = 1e-5
+STEPS = [(b, f) for b in BACKENDS for f in (("planned", "value_and_grad") if b == "numpy"
+                                               else ("value_and_grad",))]
+
+
+def _relu_bn_net(n_in=12, hidden=16, classes=4):
+    """``bn1 = batch_norm(relu(X @ W1 + b1))``, ``bn1 @ W2 + b2``, softmax cross-entropy."""
+    g = sb.Graph("relu_bn_mlp")
+    X = g.input("X", shape=("N", n_in))
+    a = sb.relu(dense(g, X, n_in, hidden, 1))
+    h = g.name(sb.batch_norm(a, axis=1), "bn1")
+    logits = g.output("logits", dense(g, h, hidden, classes, 2))
+    y = g.input("y", shape=("N",), dtype="int")
+    g.output("L", sb.softmax_cross_entropy(logits, y))
+    return g
+
+
+@functools.cache
+def _relu_bn_module(backend):
+    return sb.compile(_relu_bn_net(), optimizer="sgd", lr=0.05, backend=backend,
+                      precision="mixed").module
+
+
+def _relu_bn_grads64(params: dict, X: np.ndarray, y: np.ndarray):
+    """The network's gradients by hand in float64 (batch norm in training mode: the
+    batch's statistics, over the rows), from ``a = relu(X @ W1 + b1)`` as float16 computes
+    it. Returns (a, gradients)."""
+    p16 = {k: np.asarray(v).astype(np.float16) for k, v in params.items()}
+    a16 = np.maximum(X.astype(np.float16) @ p16["W1"] + p16["b1"], np.float16(0))
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    a = a16.astype(np.float64)
+    ac = a - a.mean(axis=0)
+    rstd = 1 / np.sqrt((ac * ac).mean(axis=0) + EPS)
+    h = ac * rstd
+    logits = h @ p["W2"] + p["b2"]
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    dlogits = e / e.sum(axis=1, keepdims=True)
+    dlogits[np.arange(len(y)), y] -= 1
+    dlogits /= len(y)
+    dh = dlogits @ p["W2"].T
+    dz = rstd * (dh - dh.mean(axis=0) - h * (dh * h).mean(axis=0)) * (a > 0)
+    Xd = X.astype(np.float16).astype(np.float64)
+    return a16, {"W1": Xd.T @ dz, "b1": dz.sum(axis=0), "W2": h.T @ dlogits,
+                 "b2": dlogits.sum(axis=0)}
+
+
+@pytest.mark.parametrize(("backend", "step"), STEPS)
+def test_relu_then_batch_norm_of_wide_columns_backward_in_float32(backend, step):
+    """``batch_norm(relu(z))``: batch norm's gradient is fused into relu's statement, which
+    reads the backward's statistics (the variance, the sums). With W1 scaled by 400 the
+    features spread by more than 256 over the batch: the variance passes 65504, so read in
+    float16 it is inf and the gradient through relu 0; read in float32, every gradient
+    (W1's and b1's through that statement) is float64's within float16's tolerance, on
+    the planned NumPy step and every value_and_grad."""
+    M = _relu_bn_module(backend)
+    params = _host(M.init_params(0))
+    params["W1"] = params["W1"] * np.float32(400.0)
+    X, y = _batch(n=64, seed=4, shift=0.0)
+    a16, g64 = _relu_bn_grads64(params, X, y)
+    assert a16.astype(np.float64).var(axis=0).max() > 65504 and np.isfinite(a16).all()
+    p = _arrays(backend, params)
+    data = _arrays(backend, {"X": X, "y": y})
+    scale = 2.0**10
+    if step == "planned":
+        _, _, grads = M.scaled_grads(p, M.init_state(p), data["X"], data["y"], scale)
+    elif backend == "numpy":
+        _, grads = M.value_and_grad(**data, **p)
+        scale = 1.0
+    else:
+        grads = M.value_and_grad(**data, **p, scale=scale)[1]
+    g16 = {k: np.asarray(v, np.float64) / scale for k, v in _host(grads).items()}
+    assert sorted(g16) == sorted(g64)
+    for k, ref in g64.items():
+        assert np.isfinite(g16[k]).all(), (backend, step, k)
+        err = np.abs(g16[k] - ref).max() / np.abs(ref).max()
+        assert err <= TOL, (backend, step, k, err)
+
+
 # -- the scaler's skip with batch norm and dropout present --------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_overflow_skips_the_update_but_the_forward_pass_advanced_the_state(backend):

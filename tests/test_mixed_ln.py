@@ -1,7 +1,9 @@
 """Layer norm in mixed precision, on every backend that has it (numpy, jax, torch): the op
 declares ``mixed_float32`` (as ``torch.autocast`` runs ``layer_norm`` in float32), so its
 mean and variance, and the statistics and sums of its backward, are computed in float32
-from the float16 values, the results rounded to float16.
+from the float16 values, its output and the gradient it passes on rounded to float16; the
+statistics that a statement outside them reads (relu's, with layer norm's gradient fused
+into it) stay float32, and that statement computes in float32 and rounds once.
 
 The references are independent: layer norm's forward and the network's gradients by
 hand in float64 NumPy, from the float16 values the mixed step computes with. What
@@ -179,6 +181,74 @@ def test_layer_norm_of_wide_rows_in_float32_backward_included(backend):
     _assert_grads_close(backend, g16, g64)
 
 
+# -- relu before layer norm: its gradient fused into relu's statement -----------------------
+STEPS = [(b, f) for b in BACKENDS for f in (("planned", "value_and_grad") if b == "numpy"
+                                               else ("value_and_grad",))]
+
+
+@functools.cache
+def _mlp_module(backend: str):
+    return sb.compile(sb.models.mlp([D, 2 * D, CLASSES], layer_norm=True), optimizer="sgd",
+                      lr=0.05, backend=backend, precision="mixed").module
+
+
+def _mlp_mixed(backend: str, step: str, params: dict, X, y, scale=2.0**10) -> dict:
+    """The gradients of the mixed layer-norm MLP, unscaled to float64: NumPy's planned step
+    (scaled_grads) or value_and_grad (NumPy's unscaled, JAX's and torch's times scale)."""
+    M = _mlp_module(backend)
+    p = _tensors(backend, params)
+    data = _tensors(backend, {"X": X, "y": y})
+    if step == "planned":
+        _, _, grads = M.scaled_grads(p, M.init_state(p), data["X"], data["y"], scale)
+    elif backend == "numpy":
+        _, grads = M.value_and_grad(**data, **p)
+        scale = 1.0
+    else:
+        _, grads = M.value_and_grad(**data, **p, scale=scale)
+    return {k: _numpy(v).astype(np.float64) / scale for k, v in grads.items()}
+
+
+def _mlp_grads64(params: dict, X: np.ndarray, y: np.ndarray):
+    """``h1 = layer_norm(relu(X @ W1 + b1))``, ``h1 @ W2 + b2``, softmax cross-entropy: its
+    gradients by hand in float64, from ``a1 = relu(X @ W1 + b1)`` as float16 computes it
+    (the values the mixed step normalizes). Returns (a1, gradients)."""
+    p16 = {k: np.asarray(v).astype(np.float16) for k, v in params.items()}
+    a16 = np.maximum(X.astype(np.float16) @ p16["W1"] + p16["b1"], np.float16(0))
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    a = a16.astype(np.float64)
+    h, rstd = _ln64(a)
+    logits = h @ p["W2"] + p["b2"]
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    dlogits = e / e.sum(axis=1, keepdims=True)
+    dlogits[np.arange(len(y)), y] -= 1
+    dlogits /= len(y)
+    dh = dlogits @ p["W2"].T
+    dz = rstd * (dh - dh.mean(axis=-1, keepdims=True)
+                 - h * (dh * h).mean(axis=-1, keepdims=True)) * (a > 0)
+    Xd = X.astype(np.float16).astype(np.float64)
+    return a16, {"W1": Xd.T @ dz, "b1": dz.sum(axis=0), "W2": h.T @ dlogits,
+                 "b2": dlogits.sum(axis=0)}
+
+
+@pytest.mark.parametrize(("backend", "step"), STEPS)
+def test_mlp_layer_norm_after_relu_of_wide_rows_backward_in_float32(backend, step):
+    """``mlp(layer_norm=True)``: layer norm's gradient is fused into relu's statement
+    (``dz1 = (var + eps)**-0.5 * (...) * (a1 > 0)``), which reads the backward's
+    statistics. With W1 scaled by 400, rows of a1 spread by more than 256: the variance
+    passes float16's largest number (65504), so read in float16 it is inf and dz1 0; read
+    in float32, every gradient (W1's and b1's through that statement) is float64's
+    within float16's tolerance, on the planned NumPy step and every value_and_grad."""
+    X, y = _data(seed=3)
+    params = {k: np.asarray(_numpy(v), np.float32)
+              for k, v in _mlp_module("numpy").init_params(0).items()}
+    params["W1"] = params["W1"] * np.float32(400.0)
+    a16, g64 = _mlp_grads64(params, X, y)
+    var = a16.astype(np.float64).var(axis=-1)
+    assert var.max() > 65504 and np.isfinite(a16).all()  # float16 holds a1, not its variance
+    g16 = _mlp_mixed(backend, step, params, X, y)
+    _assert_grads_close(f"{backend} {step}", g16, g64)
+
+
 # -- training -------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_mlp_with_layer_norm_trains_in_mixed_precision_on_offset_data(backend):
@@ -241,3 +311,28 @@ def test_a_keyword_call_with_no_half_precision_array_to_cast_is_refused():
     body = [f"{m.em.namer(h)} = _layer_norm(add_1, eps=1e-05)"]
     _rewrite_float32(m.em, body, ops, vjp, ".astype({})", ("_in_float32", ""))
     assert body[0].startswith("h = _layer_norm(add_1.astype(MASTER), eps=1e-05).astype(DTYPE)")
+
+
+def test_a_statement_reading_a_float32_statistic_is_rewritten_or_refused():
+    """The statement that reads the backward's float32 statistics (relu's, layer norm's
+    gradient fused into it) computes in float32 and is rounded once to DTYPE; one that
+    writes into a buffer (out=) would round to float16 unseen: refused instead."""
+    from symbackprop.codegen.mixed import _rewrite_float32, float32_nodes
+    from symbackprop.codegen.module import build_model
+    from symbackprop.errors import CodegenError
+
+    m = build_model(sb.models.mlp([6, 8, 3], layer_norm=True), optimizer="sgd",
+                    precision="mixed")
+    ops, vjp = float32_nodes(m.em.j)
+    body = ["dz1 = (mean_2 + 1e-05)**(-0.5) * (dh1 - h1 * mean_4) * (a1 > 0)  # dL/dz1",
+            "dz1[...] = mean_2 * dh1"]
+    _rewrite_float32(m.em, body, ops, vjp, ".astype({})", ("_in_float32", ""))
+    assert body == [("dz1 = ((mean_2 + 1e-05)**(-0.5) * (dh1.astype(MASTER) - h1.astype(MASTER) "
+                     "* mean_4) "
+                     "* (a1.astype(MASTER) > 0)).astype(DTYPE)  # dL/dz1; in float32, "
+                     "rounded to DTYPE"),
+                    "dz1[...] = mean_2 * dh1.astype(MASTER)  # in float32, rounded to DTYPE"]
+    with pytest.raises(CodegenError, match=r"keeps 'mean_2' in float32, but a statement that "
+                                           r"is not rewritten reads it"):
+        _rewrite_float32(m.em, ["np.add((1e-05), mean_2, out=_ws[6])"], ops, vjp,
+                         ".astype({})", ("_in_float32", ""))

@@ -170,6 +170,55 @@ def float32_nodes(j) -> tuple[set, set]:
     return flagged_nodes(j, "mixed_float32")
 
 
+def float32_statistics(j, ops: set, vjp: set) -> set:
+    """The nodes of ``vjp`` (:func:`float32_nodes`) that stay float32 (MASTER) when they
+    leave the float32 statements: the statistics of the backward (a variance, a sum of
+    the incoming gradient) that a statement outside them reads, which happens where the
+    gradient the op passes on is fused into the statement of the op before it (``relu``
+    before the norm: ``dz1 = (mean_2 + 1e-05)**(-0.5) * (...) * (a1 > 0)``). Rounded to
+    the half dtype, a variance above 65504 would be inf there. The gradient passed on
+    itself (a node with ``grad_of``) is not one: the rest of the step holds it in DTYPE.
+
+    Examples
+    --------
+    >>> from symbackprop.codegen.module import build_model
+    >>> m = build_model(sb.models.mlp([6, 8, 3], layer_norm=True), precision="mixed")
+    >>> sorted(m.em.namer(n) for n in float32_statistics(m.em.j, *float32_nodes(m.em.j)))
+    ['mean_2', 'mean_3', 'mean_4']
+    """
+    group = ops | vjp
+    return {n for n in vjp if j.grad_of(n) is None
+            and any(c not in group for c, _ in j.consumers(n))}
+
+
+def statistic_readers(em, ops: set, vjp: set) -> set:
+    """The nodes outside ``ops | vjp`` whose statements read a
+    :func:`float32_statistics` node (through the nodes written inside their consumer,
+    ``Emitter.inline``): each computes in float32 and rounds its result once to DTYPE
+    (:func:`_rewrite_float32`), a plain statement in the planned step
+    (``Emitter.unplanned``), whose ``out=`` calls into DTYPE buffers would round every
+    intermediate.
+
+    Examples
+    --------
+    >>> from symbackprop.codegen.module import build_model
+    >>> m = build_model(sb.models.mlp([6, 8, 3], layer_norm=True), precision="mixed")
+    >>> [m.em.namer(n) for n in statistic_readers(m.em, *float32_nodes(m.em.j))]
+    ['dz1']
+    """
+    j, group = em.j, ops | vjp
+    todo = [c for n in float32_statistics(j, ops, vjp) for c, _ in j.consumers(n)
+            if c not in group]
+    readers = set()
+    while todo:
+        c = todo.pop()
+        if em.inline(c):  # written inside its consumer: that statement reads it
+            todo += [d for d, _ in j.consumers(c) if d not in group]
+        else:
+            readers.add(c)
+    return readers
+
+
 def _rewrite_float32(em, body: list, ops: set, vjp: set, cast: str, helper: tuple) -> None:
     """Rewrite the statements of ``body`` (lines ``code = rhs  # comment``) that compute
     ``ops`` and ``vjp`` (:func:`float32_nodes`) to run in float32, in place: an op's call
@@ -181,15 +230,30 @@ def _rewrite_float32(em, body: list, ops: set, vjp: set, cast: str, helper: tupl
     to DTYPE; a VJP statement reads the half-precision arrays
     from outside the VJP cast to MASTER (``cast``: ``.astype({})`` or ``.to({})``), so
     its sums and ``n·δ`` stay in float32, and the statement whose value leaves the VJP
-    (the gradient passed on) is rounded to DTYPE."""
+    is rounded to DTYPE when it is the gradient passed on; a statistic read outside
+    (:func:`float32_statistics`) stays float32, and the statement reading it
+    (:func:`statistic_readers`) computes in float32, its half-precision arrays (the op's
+    output and the gradient passed on included) cast as a VJP statement's, and rounds
+    its result once to DTYPE (written into a buffer,
+    ``dW1[...] = rhs``, the assignment rounds), so every array after it keeps DTYPE."""
     j = em.j
     group = ops | vjp
     codes = {em.namer(n): n for n in group if n in em.namer.names}
+    stats = {em.namer(n) for n in float32_statistics(j, ops, vjp)}
+    readers = {em.namer(n) for n in statistic_readers(em, ops, vjp)}
     outside = {code for n, code in em.namer.names.items()
                if n in j.nx and n not in group and j.nx.nodes[n].get("dtype") == "float"}
     read = re.compile(r"(?<![\w.'\"])(" + "|".join(map(re.escape, sorted(outside, key=len,
                                                                             reverse=True)))
                       + r")(?![\w'\"(]|\s*=[^=])") if outside else None
+    # a reader's half-precision arrays: those from outside and the group's own DTYPE
+    # results (the op's output, the gradient passed on), every name but the statistics
+    halves = outside | {c for c, n in codes.items() if c not in stats and (
+        n in ops or j.grad_of(n) is not None)}
+    read_half = re.compile(r"(?<![\w.'\"])(" + "|".join(map(re.escape, sorted(
+        halves, key=len, reverse=True))) + r")(?![\w'\"(]|\s*=[^=])") if halves else None
+    reads_stat = re.compile(r"(?<![\w.'\"])(" + "|".join(map(re.escape, sorted(stats)))
+                            + r")(?![\w'\"(]|\s*=[^=])") if stats else None
     to_master, to_half = cast.format("MASTER"), cast.format("DTYPE")
     # a statement writing into a buffer (out=, x[...] =) is not one this rewrites: the
     # planner leaves the group's statements plain (Emitter.unplanned), and this says so
@@ -197,17 +261,35 @@ def _rewrite_float32(em, body: list, ops: set, vjp: set, cast: str, helper: tupl
     into = re.compile(r"\bout=(" + "|".join(map(re.escape, codes)) + r")\b|^\s*("
                       + "|".join(map(re.escape, codes)) + r")\[") if codes else None
     for i, line in enumerate(body):
-        found = re.fullmatch(r"(\s*)(\w+) = (.*?)(  # .*)?", line)
-        if found is None or found.group(2) not in codes:
-            written = into.search(line.split("  # ")[0]) if into is not None else None
+        found = re.fullmatch(r"(\s*)(\w+)(\[\.\.\.\])? = (.*?)(  # .*)?", line)
+        if found and found.group(2) in readers and found.group(2) not in codes:
+            pad, code, target, rhs, comment = found.groups()
+            if read_half is not None:  # as a VJP statement's: n·δ of a scaled δ passes 65504
+                rhs = read_half.sub(lambda r: r.group(1) + to_master, rhs)
+            if target:  # written into a DTYPE buffer: the assignment rounds
+                body[i] = f"{pad}{code}{target} = {rhs}" + with_note(
+                    comment, "in float32, rounded to DTYPE")
+            else:
+                body[i] = f"{pad}{code} = ({rhs}){to_half}" + with_note(
+                    comment, "in float32, rounded to DTYPE")
+            continue
+        if found is None or found.group(3) or found.group(2) not in codes:
+            code_part = line.split("  # ")[0]
+            written = into.search(code_part) if into is not None else None
             if written:
                 n = codes[written.group(1) or written.group(2)]
                 raise CodegenError(f"mixed precision computes {n!r} in float32, but its "
                                    f"statement writes into a buffer ({line.strip()}), which "
                                    "is not rewritten; use precision 'float32'.")
+            stat = reads_stat.search(code_part) if reads_stat is not None else None
+            if stat:
+                raise CodegenError(f"mixed precision keeps {stat.group(1)!r} in float32, but "
+                                   f"a statement that is not rewritten reads it "
+                                   f"({line.strip()}), which could round what it computes "
+                                   "to the half dtype; use precision 'float32'.")
             continue
-        pad, code, rhs, comment = found.group(1), found.group(2), found.group(3), \
-            found.group(4) or ""
+        pad, code, rhs, comment = found.group(1), found.group(2), found.group(4), \
+            found.group(5) or ""
         n = codes[code]
         if n in ops:
             call = re.fullmatch(r"(\w+)\((.*)\)", rhs)
@@ -232,7 +314,8 @@ def _rewrite_float32(em, body: list, ops: set, vjp: set, cast: str, helper: tupl
             continue
         if read is not None:
             rhs = read.sub(lambda r: r.group(1) + to_master, rhs)
-        leaves = any(c not in group for c, _ in j.consumers(n)) or not j.consumers(n)
+        leaves = code not in stats and (any(c not in group for c, _ in j.consumers(n))
+                                        or not j.consumers(n))
         if leaves:
             rhs = f"({rhs}){to_half}"
         body[i] = f"{pad}{code} = {rhs}" + with_note(
@@ -526,5 +609,5 @@ def _underflow_block(m) -> str:
 
 
 __all__ = ["PRECISIONS", "check_mixed", "constant_lines", "float32_nodes", "float32_statements",
-           "functional_precision", "mixed_blocks", "precision_text", "resolve_precision",
-           "scaler_settings"]
+           "float32_statistics", "functional_precision", "mixed_blocks", "precision_text",
+           "resolve_precision", "scaler_settings", "statistic_readers"]

@@ -44,6 +44,7 @@ from .mixed import (
     precision_text,
     resolve_precision,
     scaler_settings,
+    statistic_readers,
 )
 from .optimizers import Optimizer, hyper_text, resolve_optimizer
 from .plan import PACK, flat_gradients, flat_pairs, plan_function, workspace_source
@@ -202,7 +203,10 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
                             backend=backend)
     if mixed:  # the code names DTYPE only; the module defines it float16 (codegen/mixed.py)
         em.dtype = dtype
-        em.unplanned = set().union(*float32_nodes(em.j))  # plain statements, in float32
+        # plain statements, in float32: the ops, their VJPs, the statements reading a
+        # statistic of those (a fused relu's)
+        flagged = float32_nodes(em.j)
+        em.unplanned = set().union(*flagged, statistic_readers(em, *flagged))
     if sync_batch_norm:  # data parallel: batch norm's statements, plain, summed over ranks
         em.unplanned = getattr(em, "unplanned", set()).union(*synced_nodes(em.j))
     vg = fns[1]
