@@ -70,6 +70,21 @@ def main(out: str) -> None:
                 except Exception as e:  # noqa: BLE001 -- record what happens
                     src = f"ERROR {type(e).__name__}: {e}\n"
                 (root / f"{tag}.{kind}.py").write_text(src)
+    # norms and dropout: the mixed-precision steps of every backend, the MPI script
+    norms = {"mlp_ln": sb.models.mlp([6, 8, 3], layer_norm=True),
+             "cnn_bn": sb.models.cnn(batch_norm=True, dropout=0.2)}
+    for name, g in norms.items():
+        jobs = {f"{b}.step-mixed": (sb.train_step, {"precision": "mixed", "backend": b})
+                for b in ("numpy", "cupy", "jax", "torch")}
+        jobs["numpy.step-float32"] = (sb.train_step, {"dtype": "float32"})
+        jobs["numpy.script-mixed-mpi"] = (sb.training_script, {"precision": "mixed",
+                                                               "distributed": "mpi"})
+        for kind, (make, kw) in jobs.items():
+            try:
+                src = make(g, optimizer="adam", **kw)
+            except Exception as e:  # noqa: BLE001 -- record what happens
+                src = f"ERROR {type(e).__name__}: {e}\n"
+            (root / f"{name}.{kind}.py").write_text(src)
     # what each pass changed, as codegen --explain lists it
     g = sb.models.mlp([784, 256, 256, 256, 10])
     explain: list = []
