@@ -81,6 +81,19 @@ def data(tmp_path_factory) -> Path:
     return blobs(tmp_path_factory.mktemp("mpi_syncbn_data"))
 
 
+@pytest.fixture(scope="module")
+def uneven(tmp_path_factory) -> Path:
+    """Blobs as test_mpi's with 125 training rows: each epoch's last batch of 24 holds 5,
+    which 2 ranks split 2 + 3 and 3 ranks 1 + 2 + 2, so the ranks' shares differ."""
+    rng = np.random.default_rng(1)
+    centers = rng.normal(scale=3, size=(3, 4))
+    y = rng.integers(0, 3, size=155)
+    X = centers[y] + rng.normal(size=(155, 4))
+    path = tmp_path_factory.mktemp("mpi_syncbn_uneven") / "uneven.npz"
+    np.savez(path, X=X[:125], y=y[:125], X_test=X[125:], y_test=y[125:])
+    return path
+
+
 def on_ranks(scripts: Path, name: str, ranks: int, cwd: Path, *args):
     return run(scripts / "ranks.py", scripts / f"{name}_mpi.py", *args, ranks=ranks, cwd=cwd)
 
@@ -111,6 +124,21 @@ def ranks_agree(cwd: Path, ranks: int) -> dict:
                                           ("relubn", 2), ("relubn", 3),
                                           ("relubndrop", 3)])
 def test_k_ranks_equal_one_process(scripts, data, tmp_path, net, ranks):
+    k_ranks_equal_one_process(scripts, data, tmp_path, net, ranks)
+
+
+@needs_mpi
+@pytest.mark.parametrize(("net", "ranks"), [("bn", 2), ("relubn", 3), ("cnn", 2)])
+def test_a_last_batch_split_unevenly(scripts, uneven, tmp_path, net, ranks):
+    """Ranks with different shares of a batch: each rank's gradients are of its own rows'
+    mean loss (times its share only after the step), so batch norm's backward sums weight
+    each rank's by its share (sync.grad_sum); a plain sum is 2% off in W1."""
+    k_ranks_equal_one_process(scripts, uneven, tmp_path, net, ranks)
+
+
+def k_ranks_equal_one_process(scripts: Path, data: Path, tmp_path: Path, net: str,
+                              ranks: int) -> None:
+    """The script of ``net`` on ``ranks`` ranks against one process, on ``data``."""
     extra = NETS[net][1]
     one = run(scripts / f"{net}.py", "--data", data, "--out", "one.npz", *extra, ranks=None,
               cwd=tmp_path)
@@ -160,7 +188,13 @@ def test_only_the_mpi_step_changes(scripts):
     step = mpi.split("def loss_and_grads_into(")[1].split("\ndef ")[0]
     assert "sync=None):" in step.split("\n")[0]
     assert "_sync_batch_norm(" in step
-    assert step.count("sync.mean(") == 2 and step.count("sync.sum(") == 2
+    # Adam's step is not seeded by the rank's share: sums of gradients weighted by it
+    assert step.count("sync.mean(") == 2 and step.count("sync.grad_sum(") == 2
+    assert "sync.sum(" not in step
+    # mixed precision's is (scale * share): plain sums
+    mixed = (scripts / "mixed_mpi.py").read_text().split("def loss_and_grads_into(")[1]
+    mixed = mixed.split("\ndef ")[0]
+    assert mixed.count("sync.sum(") == 2 and "grad_sum" not in mixed
     assert step.count("(SyncBatchNorm)") == 6
     # the other functions (forward, evaluation, value_and_grad for --log-grad-norms) are
     # the one process's
@@ -171,11 +205,17 @@ def test_only_the_mpi_step_changes(scripts):
 
 
 @needs_mpi
-@pytest.mark.parametrize(("net", "ranks"), [("mixed", 2), ("mixed", 3), ("mixed_relubn", 3)])
-def test_mixed_precision_takes_the_one_process_decisions(scripts, data, tmp_path, net, ranks):
+@pytest.mark.parametrize(("net", "ranks", "rows"), [("mixed", 2, "even"), ("mixed", 3, "even"),
+                                                   ("mixed_relubn", 3, "even"),
+                                                   ("mixed", 3, "uneven")])
+def test_mixed_precision_takes_the_one_process_decisions(scripts, data, uneven, tmp_path, net,
+                                                         ranks, rows):
     """Batch norm in float32 inside the float16 step, its sums over every rank's rows: the
     scaler's decisions are the one process's (steps overflow: growth_interval=2), the
-    parameters and running statistics equal to float16's tolerance."""
+    parameters and running statistics equal to float16's tolerance. Its step is seeded
+    by the rank's share (scale * share): its backward sums are plain sums, also where
+    the shares differ (uneven)."""
+    data = uneven if rows == "uneven" else data
     one = run(scripts / f"{net}.py", "--data", data, "--out", "one.npz", ranks=None,
               cwd=tmp_path)
     assert one.returncode == 0, one.stderr

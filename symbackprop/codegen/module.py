@@ -226,7 +226,9 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
     m = Model(g, of, wrt, em, fns, inputs, opt, values, plan_init(g), dtype, fast, pool,
               [adj.adjoint[w] for w in wrt], fused=bool(fuse_update))
     if sync_batch_norm and m.fast is not None and not m.fused:
-        m.synced = sync_statements(m)  # before mixed precision's float32 rewrite of them
+        # before mixed precision's float32 rewrite of them; its step is seeded by the
+        # rank's share (scale * share)
+        m.synced = sync_statements(m, seeded=mixed)
     if mixed:
         m.precision, m.scaler = precision, scaler
         check_mixed(m)

@@ -14,7 +14,10 @@ statements (made plain statements, one per node, by :func:`synced_nodes` through
   recomputed for the backward, the sums of the incoming gradient): its value over this
   rank's rows, combined over the ranks as its op declares
   (:attr:`~symbackprop.ops.registry.OpDef.over_shards`: ``sync.sum`` of sums,
-  ``sync.mean`` of means weighted by the rank's share of the rows);
+  ``sync.mean`` of means weighted by the rank's share of the rows; ``sync.grad_sum`` of
+  sums of gradients, where a rank's are those of its own rows' mean loss: each weighted by
+  the rank's share, as the gradients are after the step, so that a last batch split
+  unevenly adds them in one unit);
 * the count of values per feature in the VJP's constants: the global batch's rows
   (``sync.rows``) for the batch's size;
 * the same in a statement outside the VJP that reads its statistics
@@ -33,6 +36,8 @@ function changes: the one-process script is untouched.
 from __future__ import annotations
 
 import re
+
+import networkx as nx
 
 from ..errors import CodegenError
 from . import runtime
@@ -95,10 +100,14 @@ def batch_size_of(j, ops: set) -> str:
     return next(iter(sizes))
 
 
-def sync_statements(m) -> bool:
+def sync_statements(m, seeded: bool = False) -> bool:
     """Rewrite the planned step ``m.fast`` so that the ops of :func:`synced_nodes` and
     their VJPs take their statistics over every rank's rows (see the module's
     docstring); add its parameter ``sync=None``. Returns whether there were any.
+    ``seeded``: the MPI script seeds the step's backprop with the rank's share of the
+    global batch (mixed precision's ``scale * share``), so that every rank's gradients
+    are the global batch's; else (float32, float64: times share after the step) each sum
+    of gradients over the ranks weights each rank's by its share (``sync.grad_sum``).
 
     Examples
     --------
@@ -106,7 +115,7 @@ def sync_statements(m) -> bool:
     >>> g = sb.models.cnn((1, 6, 6), channels=(2,), hidden=(4,), classes=3, batch_norm=True)
     >>> m = build_model(g, optimizer="sgd", sync_batch_norm=True)  # calls it
     >>> print(next(s for s in m.fast.body if s.startswith("sum_6 = ")))
-    sum_6 = sync.sum(dbn1.sum(axis=(0, 2, 3), keepdims=True))  # for the backward of bn1; batch norm's sum over every rank's rows (SyncBatchNorm)
+    sum_6 = sync.grad_sum(dbn1.sum(axis=(0, 2, 3), keepdims=True))  # for the backward of bn1; batch norm's sum over every rank's rows (SyncBatchNorm)
     """
     em, j = m.em, m.em.j
     ops, vjp = synced_nodes(j)
@@ -146,7 +155,17 @@ def sync_statements(m) -> bool:
                     f"ranks, but {safe_text(n)} ({getattr(op, 'name', '?')}) reduces the rows "
                     "in a way that shards cannot be combined; train this network in one "
                     "process.")
-            rhs = f"sync.{op.over_shards}({rhs})"
+            how = op.over_shards
+            if not seeded and _reads_gradient(j, n):
+                # the rank's gradients are of its own rows' mean loss, times share only
+                # after the step (allreduce): in other units than another rank's
+                if how != "sum":
+                    raise CodegenError(
+                        f"distributed='mpi' combines {safe_text(n)} ({op.name}), a {how} of "
+                        "gradients, over the ranks, which it can only do for sums; train "
+                        "this network in one process.")
+                how = "grad_sum"
+            rhs = f"sync.{how}({rhs})"
             comment = with_note(comment, f"{what}'s {op.over_shards} over every rank's rows "
                                      "(SyncBatchNorm)")
         elif size.search(rhs):  # a VJP's count, or a reader's (the VJP fused into it)
@@ -171,6 +190,13 @@ def sync_statements(m) -> bool:
                           "process: its rows are the batch's")
     em.helpers.setdefault("_OneProcess", runtime.source(numpy_ops._OneProcess))
     return True
+
+
+def _reads_gradient(j, n) -> bool:
+    """Whether node ``n`` is computed from a gradient (in the units of the loss whose
+    gradient it is), not from forward values alone."""
+    return any(j.adjoint_of(a) is not None or j.grad_of(a) is not None
+               for a in nx.ancestors(j.nx, n))
 
 
 def _size_pattern(batch: str):
