@@ -11,6 +11,7 @@ row of each epoch's last batch (2 rows).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +38,26 @@ def bn_mlp(dropout: float = 0.0) -> sb.Graph:
     return g
 
 
+def bn_after_relu(dropout: float = 0.0) -> sb.Graph:
+    """A 4-8-3 classifier with batch norm after the activation, ``batch_norm(relu(X @ W1 +
+    b1))``: the gradient batch norm passes on is fused into relu's (one statement reading
+    its statistics and the batch's size), optionally dropout after it."""
+    g = sb.Graph("bn_after_relu" + ("_drop" if dropout else ""))
+    X = g.input("X", shape=("N", 4))
+    h = g.name(sb.batch_norm(sb.relu(dense(g, X, 4, 8, 1)), axis=1), "bn1")
+    g.output("logits", dense(g, sb.dropout(h, dropout) if dropout else h, 8, 3, 2))
+    _loss(g, "softmax_cross_entropy", g["logits"], 3)
+    return g
+
+
 KW = {"optimizer": "adam", "lr": 0.01, "epochs": 3, "batch_size": 24}
 # batch norm per channel over (N, H, W): X's flat rows of 4 as 1x2x2 images
 CNN = {"graph": lambda: sb.models.cnn((1, 2, 2), channels=(2,), hidden=(4,), classes=3,
                                       batch_norm=True),
        "args": ("--input-shape", "1,2,2")}
-NETS = {"bn": (bn_mlp, ()), "bndrop": (lambda: bn_mlp(0.3), ()), "cnn": (CNN["graph"],
-                                                                        CNN["args"])}
+NETS = {"bn": (bn_mlp, ()), "bndrop": (lambda: bn_mlp(0.3), ()),
+        "cnn": (CNN["graph"], CNN["args"]), "relubn": (bn_after_relu, ()),
+        "relubndrop": (lambda: bn_after_relu(0.3), ())}
 # mixed precision: growth_interval=2, so that the scale doubles until steps overflow
 MIXED = {"precision": "mixed", "growth_interval": 2}
 
@@ -54,9 +68,10 @@ def scripts(tmp_path_factory) -> Path:
     for name, (net, _) in NETS.items():
         (d / f"{name}.py").write_text(sb.training_script(net(), **KW))
         (d / f"{name}_mpi.py").write_text(sb.training_script(net(), distributed="mpi", **KW))
-    (d / "mixed.py").write_text(sb.training_script(bn_mlp(), **KW, **MIXED))
-    (d / "mixed_mpi.py").write_text(sb.training_script(bn_mlp(), distributed="mpi", **KW,
-                                                       **MIXED))
+    for name, net in (("mixed", bn_mlp), ("mixed_relubn", bn_after_relu)):
+        (d / f"{name}.py").write_text(sb.training_script(net(), **KW, **MIXED))
+        (d / f"{name}_mpi.py").write_text(sb.training_script(net(), distributed="mpi", **KW,
+                                                             **MIXED))
     (d / "ranks.py").write_text(RANKS)
     return d
 
@@ -64,6 +79,19 @@ def scripts(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return blobs(tmp_path_factory.mktemp("mpi_syncbn_data"))
+
+
+@pytest.fixture(scope="module")
+def uneven(tmp_path_factory) -> Path:
+    """Blobs as test_mpi's with 125 training rows: each epoch's last batch of 24 holds 5,
+    which 2 ranks split 2 + 3 and 3 ranks 1 + 2 + 2, so the ranks' shares differ."""
+    rng = np.random.default_rng(1)
+    centers = rng.normal(scale=3, size=(3, 4))
+    y = rng.integers(0, 3, size=155)
+    X = centers[y] + rng.normal(size=(155, 4))
+    path = tmp_path_factory.mktemp("mpi_syncbn_uneven") / "uneven.npz"
+    np.savez(path, X=X[:125], y=y[:125], X_test=X[125:], y_test=y[125:])
+    return path
 
 
 def on_ranks(scripts: Path, name: str, ranks: int, cwd: Path, *args):
@@ -92,8 +120,25 @@ def ranks_agree(cwd: Path, ranks: int) -> dict:
 
 
 @needs_mpi
-@pytest.mark.parametrize(("net", "ranks"), [("bn", 2), ("bn", 3), ("bndrop", 3), ("cnn", 3)])
+@pytest.mark.parametrize(("net", "ranks"), [("bn", 2), ("bn", 3), ("bndrop", 3), ("cnn", 3),
+                                          ("relubn", 2), ("relubn", 3),
+                                          ("relubndrop", 3)])
 def test_k_ranks_equal_one_process(scripts, data, tmp_path, net, ranks):
+    k_ranks_equal_one_process(scripts, data, tmp_path, net, ranks)
+
+
+@needs_mpi
+@pytest.mark.parametrize(("net", "ranks"), [("bn", 2), ("relubn", 3), ("cnn", 2)])
+def test_a_last_batch_split_unevenly(scripts, uneven, tmp_path, net, ranks):
+    """Ranks with different shares of a batch: each rank's gradients are of its own rows'
+    mean loss (times its share only after the step), so batch norm's backward sums weight
+    each rank's by its share (sync.grad_sum); a plain sum is 2% off in W1."""
+    k_ranks_equal_one_process(scripts, uneven, tmp_path, net, ranks)
+
+
+def k_ranks_equal_one_process(scripts: Path, data: Path, tmp_path: Path, net: str,
+                              ranks: int) -> None:
+    """The script of ``net`` on ``ranks`` ranks against one process, on ``data``."""
     extra = NETS[net][1]
     one = run(scripts / f"{net}.py", "--data", data, "--out", "one.npz", *extra, ranks=None,
               cwd=tmp_path)
@@ -143,7 +188,13 @@ def test_only_the_mpi_step_changes(scripts):
     step = mpi.split("def loss_and_grads_into(")[1].split("\ndef ")[0]
     assert "sync=None):" in step.split("\n")[0]
     assert "_sync_batch_norm(" in step
-    assert step.count("sync.mean(") == 2 and step.count("sync.sum(") == 2
+    # Adam's step is not seeded by the rank's share: sums of gradients weighted by it
+    assert step.count("sync.mean(") == 2 and step.count("sync.grad_sum(") == 2
+    assert "sync.sum(" not in step
+    # mixed precision's is (scale * share): plain sums
+    mixed = (scripts / "mixed_mpi.py").read_text().split("def loss_and_grads_into(")[1]
+    mixed = mixed.split("\ndef ")[0]
+    assert mixed.count("sync.sum(") == 2 and "grad_sum" not in mixed
     assert step.count("(SyncBatchNorm)") == 6
     # the other functions (forward, evaluation, value_and_grad for --log-grad-norms) are
     # the one process's
@@ -154,15 +205,21 @@ def test_only_the_mpi_step_changes(scripts):
 
 
 @needs_mpi
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_mixed_precision_takes_the_one_process_decisions(scripts, data, tmp_path, ranks):
+@pytest.mark.parametrize(("net", "ranks", "rows"), [("mixed", 2, "even"), ("mixed", 3, "even"),
+                                                   ("mixed_relubn", 3, "even"),
+                                                   ("mixed", 3, "uneven")])
+def test_mixed_precision_takes_the_one_process_decisions(scripts, data, uneven, tmp_path, net,
+                                                         ranks, rows):
     """Batch norm in float32 inside the float16 step, its sums over every rank's rows: the
     scaler's decisions are the one process's (steps overflow: growth_interval=2), the
-    parameters and running statistics equal to float16's tolerance."""
-    one = run(scripts / "mixed.py", "--data", data, "--out", "one.npz", ranks=None,
+    parameters and running statistics equal to float16's tolerance. Its step is seeded
+    by the rank's share (scale * share): its backward sums are plain sums, also where
+    the shares differ (uneven)."""
+    data = uneven if rows == "uneven" else data
+    one = run(scripts / f"{net}.py", "--data", data, "--out", "one.npz", ranks=None,
               cwd=tmp_path)
     assert one.returncode == 0, one.stderr
-    par = on_ranks(scripts, "mixed", ranks, tmp_path, "--data", data, "--out", "par.npz")
+    par = on_ranks(scripts, net, ranks, tmp_path, "--data", data, "--out", "par.npz")
     assert par.returncode == 0, par.stderr
     single, parallel = arrays(tmp_path / "one.npz"), arrays(tmp_path / "par.npz")
     assert single["state/skipped"] > 0  # the test exercises skipped steps
@@ -194,3 +251,18 @@ def test_sync_batch_norm_of_one_process_is_batch_norm():
     # evaluation (the running statistics): batch norm's own code
     c = ops._sync_batch_norm(x, 1, 1e-5, 0.1, False, synced, "k", None)
     assert c.tobytes() == ops._batch_norm(x, 1, 1e-5, 0.1, False, synced, "k").tobytes()
+
+
+def test_the_fused_relu_gradient_takes_the_global_rows(scripts):
+    """batch_norm(relu(...)): the gradient batch norm passes on is fused into relu's, one
+    statement outside the norm's own; it reads the summed statistics and must take the
+    global batch's rows (sync.rows) for the batch's size, as the norm's statements do, a
+    plain statement (its out= calls are not rewritten)."""
+    for name in ("relubn", "mixed_relubn"):
+        src = (scripts / f"{name}_mpi.py").read_text()
+        step = src.split("def loss_and_grads_into(")[1].split("\ndef ")[0]
+        fused = next(ln for ln in step.split("\n") if ln.strip().startswith("dadd_1 = "))
+        assert "sum_3" in fused and "sync.rows" in fused, fused
+        assert not re.search(r"\bN\b", fused.split("  # ")[0]), fused
+        assert "np.divide(dadd_1, N" not in step
+        assert_source_ruff_clean(src)

@@ -373,6 +373,57 @@ def flagged_nodes(j: Graph, flag: str) -> tuple[set, set]:
     return ops, vjp
 
 
+def statistics_read_outside(j: Graph, ops: set, vjp: set) -> set:
+    """The nodes of ``vjp`` (:func:`flagged_nodes`) other than the gradient passed on (a
+    node with ``grad_of``) that a node outside ``ops | vjp`` reads: the statistics of the
+    backward (a variance, a sum of the incoming gradient), read where the gradient the op
+    passes on is fused into the statement of the op before it (``relu`` before the norm:
+    ``dz1 = (mean_2 + 1e-05)**(-0.5) * (N * dbn1 - sum_2 - bn1 * sum_3) * (a1 > 0) / N``).
+
+    Examples
+    --------
+    >>> g = sb.Graph(); x = g.input("x", shape=("N", 3)); w = g.param("w", shape=(3,))
+    >>> _ = g.output("L", sb.sum(sb.batch_norm(sb.relu(x), axis=1) * w))
+    >>> em = Emitter(sb.optimize.optimize(sb.differentiate(g, wrt=["x"]).graph))
+    >>> sorted(map(em.namer, statistics_read_outside(
+    ...     em.j, *flagged_nodes(em.j, "batch_statistics"))))
+    ['mean_2', 'sum_3', 'sum_4']
+    """
+    group = ops | vjp
+    return {n for n in vjp if j.grad_of(n) is None
+            and any(c not in group for c, _ in j.consumers(n))}
+
+
+def statistic_readers(em: Emitter, ops: set, vjp: set) -> set:
+    """The nodes outside ``ops | vjp`` whose statements read a
+    :func:`statistics_read_outside` node (through the nodes written inside their consumer,
+    :meth:`Emitter.inline`): the statements that hold the VJP's last steps fused with
+    the op before it. Mixed precision computes them in float32 and the MPI step takes them
+    over every rank's rows (:mod:`~symbackprop.codegen.mixed`,
+    :mod:`~symbackprop.codegen.sync`), each a plain statement in the planned step
+    (``Emitter.unplanned``), as the ``out=`` calls are not rewritten.
+
+    Examples
+    --------
+    >>> g = sb.Graph(); x = g.input("x", shape=("N", 3)); w = g.param("w", shape=(3,))
+    >>> _ = g.output("L", sb.sum(sb.batch_norm(sb.relu(x), axis=1) * w))
+    >>> em = Emitter(sb.optimize.optimize(sb.differentiate(g, wrt=["x"]).graph))
+    >>> [em.namer(n) for n in statistic_readers(em, *flagged_nodes(em.j, "batch_statistics"))]
+    ['dx']
+    """
+    j, group = em.j, ops | vjp
+    todo = [c for n in statistics_read_outside(j, ops, vjp) for c, _ in j.consumers(n)
+            if c not in group]
+    readers = set()
+    while todo:
+        c = todo.pop()
+        if em.inline(c):  # written inside its consumer: that statement reads it
+            todo += [d for d, _ in j.consumers(c) if d not in group]
+        else:
+            readers.add(c)
+    return readers
+
+
 def add_context(em: Emitter, fn: Function, nodes) -> list[str]:
     """Add :func:`context_args` to ``fn`` (its parameters last, its lines first); returns
     the names of the parameters added."""

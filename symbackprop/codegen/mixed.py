@@ -33,7 +33,15 @@ import re
 import textwrap
 
 from ..errors import CodegenError
-from .emit import Function, call_lines, flagged_nodes, render_function, with_note
+from .emit import (
+    Function,
+    call_lines,
+    flagged_nodes,
+    render_function,
+    statistic_readers,
+    statistics_read_outside,
+    with_note,
+)
 from .init import init_source
 from .lowering import CONTEXT
 from .plan import PACK, flat_gradients, workspace_source
@@ -172,12 +180,12 @@ def float32_nodes(j) -> tuple[set, set]:
 
 def float32_statistics(j, ops: set, vjp: set) -> set:
     """The nodes of ``vjp`` (:func:`float32_nodes`) that stay float32 (MASTER) when they
-    leave the float32 statements: the statistics of the backward (a variance, a sum of
-    the incoming gradient) that a statement outside them reads, which happens where the
-    gradient the op passes on is fused into the statement of the op before it (``relu``
-    before the norm: ``dz1 = (mean_2 + 1e-05)**(-0.5) * (...) * (a1 > 0)``). Rounded to
-    the half dtype, a variance above 65504 would be inf there. The gradient passed on
-    itself (a node with ``grad_of``) is not one: the rest of the step holds it in DTYPE.
+    leave the float32 statements: the statistics of the backward that a statement outside
+    them reads (:func:`~symbackprop.codegen.emit.statistics_read_outside`: the gradient
+    the op passes on fused into the statement of the op before it). Rounded to the half
+    dtype, a variance above 65504 would be inf there. The gradient passed on itself is not
+    one: the rest of the step holds it in DTYPE. The statements reading them
+    (:func:`~symbackprop.codegen.emit.statistic_readers`) compute in float32.
 
     Examples
     --------
@@ -185,38 +193,10 @@ def float32_statistics(j, ops: set, vjp: set) -> set:
     >>> m = build_model(sb.models.mlp([6, 8, 3], layer_norm=True), precision="mixed")
     >>> sorted(m.em.namer(n) for n in float32_statistics(m.em.j, *float32_nodes(m.em.j)))
     ['mean_2', 'mean_3', 'mean_4']
-    """
-    group = ops | vjp
-    return {n for n in vjp if j.grad_of(n) is None
-            and any(c not in group for c, _ in j.consumers(n))}
-
-
-def statistic_readers(em, ops: set, vjp: set) -> set:
-    """The nodes outside ``ops | vjp`` whose statements read a
-    :func:`float32_statistics` node (through the nodes written inside their consumer,
-    ``Emitter.inline``): each computes in float32 and rounds its result once to DTYPE
-    (:func:`_rewrite_float32`), a plain statement in the planned step
-    (``Emitter.unplanned``), whose ``out=`` calls into DTYPE buffers would round every
-    intermediate.
-
-    Examples
-    --------
-    >>> from symbackprop.codegen.module import build_model
-    >>> m = build_model(sb.models.mlp([6, 8, 3], layer_norm=True), precision="mixed")
     >>> [m.em.namer(n) for n in statistic_readers(m.em, *float32_nodes(m.em.j))]
     ['dz1']
     """
-    j, group = em.j, ops | vjp
-    todo = [c for n in float32_statistics(j, ops, vjp) for c, _ in j.consumers(n)
-            if c not in group]
-    readers = set()
-    while todo:
-        c = todo.pop()
-        if em.inline(c):  # written inside its consumer: that statement reads it
-            todo += [d for d, _ in j.consumers(c) if d not in group]
-        else:
-            readers.add(c)
-    return readers
+    return statistics_read_outside(j, ops, vjp)
 
 
 def _rewrite_float32(em, body: list, ops: set, vjp: set, cast: str, helper: tuple) -> None:

@@ -32,6 +32,7 @@ from .emit import (
     prepare,
     render_module,
     safe_text,
+    statistic_readers,
 )
 from .init import init_source, init_text, plan_init
 from .lowering import CONTEXT
@@ -44,12 +45,11 @@ from .mixed import (
     precision_text,
     resolve_precision,
     scaler_settings,
-    statistic_readers,
 )
 from .optimizers import Optimizer, hyper_text, resolve_optimizer
 from .plan import PACK, flat_gradients, flat_pairs, plan_function, workspace_source
 from .runtime import check, flat, fused, source_of
-from .sync import sync_statements, synced_nodes
+from .sync import sync_statements, synced_nodes, synced_readers
 
 # -- reading the graph -------------------------------------------------------------------
 
@@ -207,8 +207,11 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
         # statistic of those (a fused relu's)
         flagged = float32_nodes(em.j)
         em.unplanned = set().union(*flagged, statistic_readers(em, *flagged))
-    if sync_batch_norm:  # data parallel: batch norm's statements, plain, summed over ranks
-        em.unplanned = getattr(em, "unplanned", set()).union(*synced_nodes(em.j))
+    if sync_batch_norm:  # data parallel: batch norm's statements, plain, summed over ranks,
+        # and those reading its statistics and the batch's size (a fused relu's)
+        synced = synced_nodes(em.j)
+        em.unplanned = getattr(em, "unplanned", set()).union(*synced,
+                                                              synced_readers(em, *synced))
     vg = fns[1]
     fast, pool = None, None
     if resolve_passes(optimize):  # memory planning goes with the other optimizations
@@ -223,7 +226,9 @@ def build_model(g: Graph, of=None, wrt=None, optimizer: str = "sgd", lr=None,
     m = Model(g, of, wrt, em, fns, inputs, opt, values, plan_init(g), dtype, fast, pool,
               [adj.adjoint[w] for w in wrt], fused=bool(fuse_update))
     if sync_batch_norm and m.fast is not None and not m.fused:
-        m.synced = sync_statements(m)  # before mixed precision's float32 rewrite of them
+        # before mixed precision's float32 rewrite of them; its step is seeded by the
+        # rank's share (scale * share)
+        m.synced = sync_statements(m, seeded=mixed)
     if mixed:
         m.precision, m.scaler = precision, scaler
         check_mixed(m)

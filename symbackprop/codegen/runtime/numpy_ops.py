@@ -413,3 +413,6 @@ class _OneProcess:
 
     def mean(self, a):
         return a
+
+    def grad_sum(self, a):
+        return a

@@ -519,6 +519,14 @@ class RowSums:
         """a (this rank's mean over its rows): the mean over every rank's rows."""
         return self.sum(a * self.share)
 
+    def grad_sum(self, a):
+        """a (this rank's sum over its rows of its gradients, those of the mean loss over
+        its own rows: the global batch's divided by share) summed over the ranks in those
+        units: each rank's times its share, the total divided by this rank's. A plain sum
+        would add the ranks' gradients in different units when the shares differ (a last
+        batch that the ranks do not split evenly)."""
+        return self.sum(a * self.share) / self.share
+
     def free(self):
         """Free the communicator split off for a batch some rank holds no rows of."""
         if self.comm is not COMM and self.comm != MPI.COMM_NULL:
