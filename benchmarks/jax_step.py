@@ -51,16 +51,19 @@ WORKLOADS = {  # make bench's
 }
 
 
-def build(key: str) -> dict:
-    """name -> contender (``step()``, ``params()``) of workload ``key``, checked to agree."""
-    sizes, act, batch, dtype = WORKLOADS[key]
+def build(key: str, hand=None, generated=None, workloads=WORKLOADS) -> dict:
+    """name -> contender (``step()``, ``params()``) of workload ``key``: ``hand`` (default
+    :class:`contenders.JaxJit`), ``generated`` (default :class:`contenders.GeneratedJax`)
+    and a second ``hand`` (the null comparison), checked to agree after one step (float32
+    to 1e-4, float64 to 1e-9)."""
+    hand, generated = hand or contenders.JaxJit, generated or contenders.GeneratedJax
+    sizes, act, batch, dtype = workloads[key]
     rng = np.random.default_rng(0)
     p0 = hw.init_params(sizes, act, np.dtype(dtype), rng)
     X, y = hw.make_batch(sizes, batch, np.dtype(dtype), rng)
     g = sb.models.mlp(list(sizes), activation=act)
     made = {name: cls(g, p0, X, y, LR, np.dtype(dtype), activation=act)
-            for name, cls in (("hand", contenders.JaxJit), ("generated", contenders.GeneratedJax),
-                              ("hand again", contenders.JaxJit))}
+            for name, cls in (("hand", hand), ("generated", generated), ("hand again", hand))}
     losses = {name: c.step() for name, c in made.items()}
     rtol = 1e-4 if dtype == "float32" else 1e-9
     for name, c in made.items():
@@ -69,7 +72,7 @@ def build(key: str) -> dict:
         for k, v in c.params().items():
             ref = made["hand"].params()[k]
             if not np.allclose(v, ref, rtol=rtol, atol=rtol * 1e-2):
-                raise AssertionError(f"{key}: {name}'s {k} differs from the hand-written step's")
+                raise AssertionError(f"{key}: {name}'s {k} differs from {hand.label}'s")
     return made
 
 

@@ -1,6 +1,6 @@
 """The generated torch training step against PyTorch eager with autograd (issue 15).
 
-``make bench``'s workload A (784-256-256-256-10 relu, float32, batch 128; and batch 1024
+``make bench``'s workload A (784-256-256-256-10 relu, float32, batch 128; batch 1024 and C
 with ``--only``) with ``make bench``'s own contenders (``benchmarks/contenders.py``:
 ``TorchEager``, ``GeneratedTorch``), timed as ``benchmarks/jax_step.py`` times JAX's:
 PyTorch eager, the generated step and a second, independent PyTorch eager step (the null
@@ -22,48 +22,15 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import contenders
-import handwritten as hw
-from jax_step import timed
-
-import symbackprop as sb
-
-LR = 0.01
-WORKLOADS = {  # make bench's
-    "A-b128-f32": ((784, 256, 256, 256, 10), "relu", 128, "float32"),
-    "A-b1024-f32": ((784, 256, 256, 256, 10), "relu", 1024, "float32"),
-}
-
-
-def build(key: str) -> dict:
-    """name -> contender (``step()``, ``params()``) of workload ``key``, checked to agree
-    after one step (float32: to 1e-4)."""
-    sizes, act, batch, dtype = WORKLOADS[key]
-    rng = np.random.default_rng(0)
-    p0 = hw.init_params(sizes, act, np.dtype(dtype), rng)
-    X, y = hw.make_batch(sizes, batch, np.dtype(dtype), rng)
-    g = sb.models.mlp(list(sizes), activation=act)
-    made = {name: cls(g, p0, X, y, LR, np.dtype(dtype), activation=act)
-            for name, cls in (("hand", contenders.TorchEager),
-                              ("generated", contenders.GeneratedTorch),
-                              ("hand again", contenders.TorchEager))}
-    losses = {name: c.step() for name, c in made.items()}
-    for name, c in made.items():
-        if not np.isclose(losses[name], losses["hand"], rtol=1e-4):
-            raise AssertionError(f"{key}: {name}'s loss {losses[name]} against {losses['hand']}")
-        for k, v in c.params().items():
-            if not np.allclose(v, made["hand"].params()[k], rtol=1e-4, atol=1e-6):
-                raise AssertionError(f"{key}: {name}'s {k} differs from PyTorch eager's")
-    return made
+from jax_step import build, timed
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="A-b128-f32", help="workloads: A-b128-f32, A-b1024-f32")
+    p.add_argument("--only", default="A-b128-f32", help="workloads: A-b128-f32, A-b1024-f32, C")
     p.add_argument("--threads", type=int, default=2, help="torch threads (make bench's: 2)")
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--block", type=float, default=0.15, help="timed seconds per block")
@@ -78,7 +45,8 @@ def main(argv=None) -> int:
           f"load average {os.getloadavg()[0]:.2f}")
     results = {}
     for key in [k.strip() for k in a.only.split(",") if k.strip()]:
-        results[key] = timed(key, build(key), a, "PyTorch eager")
+        made = build(key, contenders.TorchEager, contenders.GeneratedTorch)
+        results[key] = timed(key, made, a, "PyTorch eager")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1, default=float))
     return 0
