@@ -512,11 +512,16 @@ def read_npz(path):
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise InputError(f"{path} is not a readable .npz file ({e}); "
                          f"expected {DATA_NPZ}") from None
-    needed = ["X"] if TARGET is None else ["X", "y"]
-    for name in needed:
+    return check_arrays(path, arrays)
+
+
+def check_arrays(path, arrays, kind="array"):
+    """arrays (name -> array read from path), once X (and y) are among them and X_test and
+    y_test are both there or neither; kind names them in the message ("tensor": .pt)."""
+    for name in ["X"] if TARGET is None else ["X", "y"]:
         if name not in arrays:
-            found = ", ".join(sorted(arrays)) or "no arrays"
-            raise InputError(f"{path} has no array {name!r} (found {found}); expected {DATA_NPZ}")
+            found = ", ".join(sorted(arrays)) or f"no {kind}s"
+            raise InputError(f"{path} has no {kind} {name!r} (found {found}); expected {DATA_NPZ}")
     if TARGET is not None and ("X_test" in arrays) != ("y_test" in arrays):
         has, lacks = ("X_test", "y_test") if "X_test" in arrays else ("y_test", "X_test")
         raise InputError(f"{path} has {has} but no {lacks}; expected both or neither")

@@ -36,8 +36,8 @@ MAIN = ("parse_args", "first_copy", "host", "save_checkpoint", "load_checkpoint"
         "read_data", "guarded_step", "main", "__main__")
 # what it copies of the NumPy script's runtime (runtime/script.py): the data checks, fail and
 # the options (check_tokens: token inputs only)
-CHECKS = ("InputError", "is_number", "read_npz", "read_csv", "check_tokens", "check_split",
-          "load_data", "fail", "option")
+CHECKS = ("InputError", "is_number", "read_npz", "check_arrays", "read_csv", "check_tokens",
+          "check_split", "load_data", "fail", "option")
 
 
 def _positive(name: str, v) -> int:

@@ -38,7 +38,7 @@ RUNTIME = {"sgd": sgd, "momentum": momentum, "adam": adam}
 # the script's main program (runtime/torch_script.py), with what it copies of the NumPy
 # script's runtime (runtime/script.py: the data checks, fail, the options) and the shared
 # atomic write (runtime/atomic.py), in this order
-SCRIPT = ((runtime_script, ("InputError", "is_number", "read_npz", "read_csv")),
+SCRIPT = ((runtime_script, ("InputError", "is_number", "read_npz", "check_arrays", "read_csv")),
           (runtime_script, ("check_tokens",)),  # token inputs only
           (runtime_script, ("check_split", "load_data", "fail", "option", "shape_option",
                             "add_run_options", "add_watch_options")),

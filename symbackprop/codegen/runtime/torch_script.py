@@ -37,6 +37,7 @@ try:  # copied into the script
         InputError,
         add_run_options,
         add_watch_options,
+        check_arrays,
         check_split,
         fail,
         last_good_path,
@@ -49,6 +50,7 @@ except ImportError:  # this file run alone (python .../runtime/torch_script.py)
         InputError,
         add_run_options,
         add_watch_options,
+        check_arrays,
         check_split,
         fail,
         last_good_path,
@@ -123,7 +125,8 @@ def check_finite(loss, grads):
 
 def read_pt(path):
     """The arrays of a .pt file (torch.save of a dict of tensors), as NumPy arrays by name,
-    with read_npz's checks: X (and y) present, X_test and y_test both or neither."""
+    checked as read_npz's (check_arrays): X (and y) present, X_test and y_test both or
+    neither."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- torch.load raises many kinds: say it in one line
@@ -137,14 +140,7 @@ def read_pt(path):
         arrays = {str(k): v.numpy(force=True) for k, v in saved.items()}
     except (TypeError, RuntimeError) as e:  # a dtype NumPy lacks (bfloat16)
         raise InputError(f"{path}: {e}; expected {DATA_NPZ}") from None
-    for name in ["X"] if TARGET is None else ["X", "y"]:
-        if name not in arrays:
-            found = ", ".join(sorted(arrays)) or "no tensors"
-            raise InputError(f"{path} has no tensor {name!r} (found {found}); expected {DATA_NPZ}")
-    if TARGET is not None and ("X_test" in arrays) != ("y_test" in arrays):
-        has, lacks = ("X_test", "y_test") if "X_test" in arrays else ("y_test", "X_test")
-        raise InputError(f"{path} has {has} but no {lacks}; expected both or neither")
-    return arrays
+    return check_arrays(path, arrays, "tensor")
 
 
 def load_tensors(path, device, input_shape=None):
