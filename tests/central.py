@@ -1,4 +1,5 @@
-"""Gradients against central differences, entry by entry, on a random subset of entries."""
+"""Gradients against central differences, entry by entry, on a random subset of entries;
+and the mean softmax cross-entropy's gradient by hand, for references written in float64."""
 
 from __future__ import annotations
 
@@ -24,3 +25,12 @@ def assert_central_differences(fn, arrays: dict, names, grads: dict, count: int,
             fd = (lp - lm) / (2 * eps)
             assert grads[name].reshape(-1)[i] == pytest.approx(fd, rel=1e-5, abs=1e-8), \
                 f"dL/d{name}[{i}]"
+
+
+def softmax_cross_entropy_grad(logits, y):
+    """dL/dlogits of the mean over the rows of -log softmax(logits)[i, y[i]], by hand:
+    (softmax(logits) - onehot(y)) / N, the softmax shifted by each row's maximum."""
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    dlogits = e / e.sum(axis=1, keepdims=True)
+    dlogits[np.arange(len(y)), y] -= 1
+    return dlogits / len(y)

@@ -23,6 +23,7 @@ import re
 
 import numpy as np
 import pytest
+from central import softmax_cross_entropy_grad
 from standalone import assert_ruff_clean, run_script_without_symbackprop
 
 import symbackprop as sb
@@ -220,10 +221,7 @@ def _relu_bn_grads64(params: dict, X: np.ndarray, y: np.ndarray):
     rstd = 1 / np.sqrt((ac * ac).mean(axis=0) + EPS)
     h = ac * rstd
     logits = h @ p["W2"] + p["b2"]
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    dlogits = e / e.sum(axis=1, keepdims=True)
-    dlogits[np.arange(len(y)), y] -= 1
-    dlogits /= len(y)
+    dlogits = softmax_cross_entropy_grad(logits, y)
     dh = dlogits @ p["W2"].T
     dz = rstd * (dh - dh.mean(axis=0) - h * (dh * h).mean(axis=0)) * (a > 0)
     Xd = X.astype(np.float16).astype(np.float64)

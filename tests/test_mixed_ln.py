@@ -20,6 +20,7 @@ import importlib.util
 
 import numpy as np
 import pytest
+from central import softmax_cross_entropy_grad
 from standalone import assert_ruff_clean
 
 import symbackprop as sb
@@ -104,10 +105,7 @@ def _grads64(params: dict, X: np.ndarray, y: np.ndarray, z: np.ndarray | None = 
     h, rstd = _ln64(X if z is None else z)
     u = h * (1 + p["g1"]) + p["c1"]
     logits = u @ p["W2"] + p["b2"]
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    dlogits = e / e.sum(axis=1, keepdims=True)
-    dlogits[np.arange(len(y)), y] -= 1
-    dlogits /= len(y)
+    dlogits = softmax_cross_entropy_grad(logits, y)
     du = dlogits @ p["W2"].T
     grads = {"W2": u.T @ dlogits, "b2": dlogits.sum(axis=0), "g1": (du * h).sum(axis=0),
              "c1": du.sum(axis=0)}
@@ -218,10 +216,7 @@ def _mlp_grads64(params: dict, X: np.ndarray, y: np.ndarray):
     a = a16.astype(np.float64)
     h, rstd = _ln64(a)
     logits = h @ p["W2"] + p["b2"]
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    dlogits = e / e.sum(axis=1, keepdims=True)
-    dlogits[np.arange(len(y)), y] -= 1
-    dlogits /= len(y)
+    dlogits = softmax_cross_entropy_grad(logits, y)
     dh = dlogits @ p["W2"].T
     dz = rstd * (dh - dh.mean(axis=-1, keepdims=True)
                  - h * (dh * h).mean(axis=-1, keepdims=True)) * (a > 0)

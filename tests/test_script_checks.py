@@ -55,6 +55,16 @@ def _run(module, capsys, *argv):
     return code, out.out, out.err
 
 
+def _with_data(tmp_path, monkeypatch, backend):
+    """In tmp_path: backend's script of the MLP 4-3-3 as a module, d.npz (16 rows), and the
+    script's checkpoint name and device options: (module, out, device)."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(1)
+    np.savez("d.npz", X=rng.normal(size=(16, 4)), y=rng.integers(0, 3, 16))
+    return (_script(tmp_path, backend), "ck.pt" if backend == "torch" else "ck.npz",
+            ["--device", "cpu"] if backend == "torch" else [])
+
+
 def _one_line(module, capsys, says, *argv):
     code, out, err = _run(module, capsys, *argv)
     assert code == 2 and err.count("\n") == 1 and says in err, (code, err)
@@ -150,12 +160,7 @@ def test_resuming_mid_epoch_with_another_batch_size_is_refused(tmp_path, monkeyp
                                                                backend):
     """A checkpoint 4 samples into an epoch resumes with --batch-size 4 and is refused, in
     one line and exit 2, with --batch-size 3 (its batches would not be the run's)."""
-    monkeypatch.chdir(tmp_path)
-    module = _script(tmp_path, backend)
-    rng = np.random.default_rng(1)
-    np.savez("d.npz", X=rng.normal(size=(16, 4)), y=rng.integers(0, 3, 16))
-    out = "ck.pt" if backend == "torch" else "ck.npz"
-    device = ["--device", "cpu"] if backend == "torch" else []
+    module, out, device = _with_data(tmp_path, monkeypatch, backend)
     assert _run(module, capsys, "--data", "d.npz", "--epochs", 1, "--batch-size", 4,
                 "--out", out, *device)[0] == 0
     _mid_epoch(backend, out)
@@ -204,12 +209,7 @@ def test_one_add_run_options_in_every_script(tmp_path, backend, out):
 def test_checkpoint_entries_lacking_or_bad(tmp_path, monkeypatch, capsys, backend):
     """A checkpoint without an entry says which it lacks; one with an entry of the wrong
     kind says it has a bad entry (not that it lacks one)."""
-    monkeypatch.chdir(tmp_path)
-    module = _script(tmp_path, backend)
-    rng = np.random.default_rng(1)
-    np.savez("d.npz", X=rng.normal(size=(16, 4)), y=rng.integers(0, 3, 16))
-    out = "ck.pt" if backend == "torch" else "ck.npz"
-    device = ["--device", "cpu"] if backend == "torch" else []
+    module, out, device = _with_data(tmp_path, monkeypatch, backend)
     device += ["--batch-size", "4"]  # the JAX script trains full batches only
     assert _run(module, capsys, "--data", "d.npz", "--epochs", 1, "--out", out, *device)[0] == 0
     if backend == "torch":
