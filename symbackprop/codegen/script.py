@@ -444,9 +444,10 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
     """
     b = backends.get(backend)
     _check_backend_options(b, distributed, fuse_update, optimize)
-    own = _backend_script(b, backend, g, of, optimizer, lr, epochs, batch_size, seed, wrt, dtype,
-                          optimize, features, target, checkpoint, precision, growth_interval,
-                          hyper)
+    own = _backend_script(b, g, checkpoint, precision, dtype, of=of, optimizer=optimizer, lr=lr,
+                          epochs=epochs, batch_size=batch_size, seed=seed, wrt=wrt,
+                          optimize=optimize, features=features, target=target,
+                          growth_interval=growth_interval, **hyper)
     if own is not None:  # torch's script, JAX's
         return own
     epochs, batch_size = _check_run_options(epochs, batch_size, seed, distributed)
@@ -485,29 +486,23 @@ def _check_backend_options(b, distributed, fuse_update, optimize) -> None:
             f"use {opt('backend')}numpy."))
 
 
-def _backend_script(b, backend, g, of, optimizer, lr, epochs, batch_size, seed, wrt, dtype,
-                    optimize, features, target, checkpoint, precision, growth_interval,
-                    hyper) -> str | None:
+def _backend_script(b, g, checkpoint, precision, dtype, **options) -> str | None:
     """The script of a backend that writes its own (torch: its ``trainer``; JAX: the
-    data-parallel one), or None for the backends with NumPy's script (numpy, cupy)."""
+    data-parallel one), or None for the backends with NumPy's script (numpy, cupy).
+    ``options``: :func:`training_script`'s, by keyword, which both writers take."""
     trainer = b.trainer()
-    if trainer is not None:  # issue 15: the backend's own script (torch)
-        precision, dtype = functional_precision(precision, dtype, b)
-        return trainer.script_source(g, of, optimizer, lr, epochs, batch_size, seed, wrt,
-                                     dtype, optimize, features, target, checkpoint,
-                                     precision=precision, growth_interval=growth_interval,
-                                     **hyper)
-    if not b.functional:
+    if trainer is None and not b.functional:
         return None
-    from .jax_script import data_parallel_script  # issue 15: data parallelism through JAX
-
-    if checkpoint not in (None, "none"):
-        raise CodegenError(f"checkpoint={checkpoint!r}: the {backend} script has no "
+    if trainer is None and checkpoint not in (None, "none"):
+        raise CodegenError(f"checkpoint={checkpoint!r}: the {b.name} script has no "
                            "gradient checkpointing (XLA decides what it keeps).")
     precision, dtype = functional_precision(precision, dtype, b)
-    return data_parallel_script(g, of, optimizer, lr, epochs, batch_size, seed, wrt, dtype,
-                                optimize, features, target, backend, precision=precision,
-                                growth_interval=growth_interval, **hyper)
+    if trainer is not None:  # issue 15: the backend's own script (torch)
+        return trainer.script_source(g, checkpoint=checkpoint, precision=precision,
+                                     dtype=dtype, **options)
+    from .jax_script import data_parallel_script  # issue 15: data parallelism through JAX
+
+    return data_parallel_script(g, backend=b, precision=precision, dtype=dtype, **options)
 
 
 def _check_run_options(epochs, batch_size, seed, distributed) -> tuple[int, int]:
