@@ -78,3 +78,23 @@ def run_script_without_symbackprop(folder: Path, *argv: str,
         except SystemExit as e:
             assert e.code == 0, e.code
     """, timeout=timeout)
+
+
+def run_with_numpy_only(folder: Path, script: Path, *argv: str,
+                        timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``python script argv`` in ``folder`` in a fresh interpreter that finds NumPy and
+    no other installed package (mpi4py, JAX, PyTorch, CuPy: a user's machine without
+    them): ``-I -S``, with a folder linking NumPy's own entries of site-packages alone on
+    the path. The process is returned, whatever its exit status."""
+    site = Path(np.__file__).resolve().parent.parent
+    only = folder / "numpy_only"
+    only.mkdir(exist_ok=True)
+    for entry in site.iterdir():
+        numpy = entry.name == "numpy" or entry.name.startswith(("numpy.", "numpy-"))
+        if numpy and not (only / entry.name).exists():
+            (only / entry.name).symlink_to(entry)
+    runner = ("import runpy, sys; sys.path.insert(0, sys.argv[1]); sys.argv = sys.argv[2:]; "
+              "runpy.run_path(sys.argv[0], run_name='__main__')")
+    return subprocess.run([sys.executable, "-I", "-S", "-c", runner, str(only), str(script),
+                           *argv], cwd=folder, capture_output=True, text=True, timeout=timeout,
+                          check=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from standalone import assert_source_ruff_clean
+from standalone import assert_source_ruff_clean, run_with_numpy_only
 
 import symbackprop as sb
 from symbackprop.cli import main as cli_main
@@ -201,17 +201,8 @@ def test_global_batch_not_a_multiple_of_the_ranks_one_line(scripts, data, tmp_pa
 
 def test_without_mpi4py_one_line_naming_the_extra(scripts, data, tmp_path):
     """A child Python that finds NumPy but not mpi4py (-I -S: no site-packages)."""
-    site = Path(np.__file__).resolve().parent.parent
-    only = tmp_path / "numpy_only"
-    only.mkdir()
-    for entry in site.iterdir():
-        if entry.name == "numpy" or entry.name.startswith(("numpy.", "numpy-")):
-            (only / entry.name).symlink_to(entry)
-    runner = ("import runpy, sys; sys.path.insert(0, sys.argv[1]); sys.argv = sys.argv[2:]; "
-              "runpy.run_path(sys.argv[0], run_name='__main__')")
-    r = subprocess.run([sys.executable, "-I", "-S", "-c", runner, str(only),
-                        str(scripts / "adam_mpi.py"), "--data", str(data)], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    r = run_with_numpy_only(tmp_path, scripts / "adam_mpi.py", "--data", str(data),
+                            timeout=TIMEOUT)
     assert r.returncode == 2
     [line] = r.stderr.splitlines()
     assert "needs mpi4py" in line and "pip install symbackprop[distributed]" in line

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from standalone import run_with_numpy_only
 
 import symbackprop as sb
 from symbackprop.codegen import runtime
@@ -229,6 +230,28 @@ def test_checkpoint_entries_lacking_or_bad(tmp_path, monkeypatch, capsys, backen
               "--epochs", 2, "--resume", "lacks" + ext, *device)
     _one_line(module, capsys, f"checkpoint bad{ext} has a bad entry: ", "--data", "d.npz",
               "--epochs", 2, "--resume", "bad" + ext, *device)
+
+
+@pytest.mark.parametrize(("backend", "says"), [
+    ("jax", "JAX (No module named 'jax'); install it with: pip install 'symbackprop[jax]'"),
+    ("torch", ("PyTorch (No module named 'torch'); install it with: pip install "
+               "'symbackprop[torch]' (on a machine without a GPU, the CPU build first: pip "
+               "install torch --index-url https://download.pytorch.org/whl/cpu)")),
+    ("cupy", ("CuPy (No module named 'cupy'); install it with: pip install "
+              "'symbackprop[cupy]' (the wheel cupy-cuda12x, for CUDA 12)"))])
+def test_script_without_its_library_is_one_line_naming_it(tmp_path, backend, says):
+    """Run where its library is missing (a child Python that finds NumPy alone), a script
+    stops before any work with one line naming what to install and exit status 2, as the
+    MPI script does without mpi4py (tests/test_mpi.py), not with a traceback; the
+    backend's install hint is require()'s (sb.compile's error)."""
+    script = tmp_path / "train.py"
+    script.write_text(sb.training_script(sb.models.mlp([4, 3, 3]), backend=backend))
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "d.npz", X=rng.normal(size=(16, 4)), y=rng.integers(0, 3, 16))
+    r = run_with_numpy_only(tmp_path, script, "--data", "d.npz", "--out", "ck.npz")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.splitlines() == [f"train.py: error: this script needs {says}"]
+    assert r.stdout == "" and not (tmp_path / "ck.npz").exists()
 
 
 def test_a_backend_without_a_script_names_those_with_one():

@@ -103,9 +103,26 @@ class Backend:
         return [f"DTYPE = np.{dtype}"]
 
     def script_imports(self) -> str:
-        """The library's import lines in a training script whose step runs on a device
-        (:attr:`on_device`): its own and NumPy's, for the host's arrays."""
-        return self.imports()
+        """The import lines of a training script: NumPy's (its data, shuffling and
+        checkpoints are NumPy arrays), then the library's, guarded: run where the library
+        is missing, the script stops with one line naming what to install and exit status
+        2, as for bad input (the MPI script says the same of mpi4py), not a traceback. A
+        generated module keeps a plain import: a program imports it and may catch the
+        ImportError; exiting is a script's business."""
+        own = [ln for ln in self.imports().splitlines() if ln != _NUMPY_IMPORT]
+        if not own:
+            return _NUMPY_IMPORT
+        message = _string_lines(f"{_PROG}: error: this script needs {self.title} ({{e}}); "
+                                f"install it with: {self.install_hint()}")
+        message[-1] += ", file=sys.stderr)"
+        return "\n".join([
+            _NUMPY_IMPORT, "",
+            f"try:  # without {self.title}: one line naming what to install, exit status 2",
+            *(f"    {ln}" for ln in own),
+            "except ImportError as e:",
+            f"    print({message[0]}",
+            *(f"          {ln}" for ln in message[1:]),
+            "    sys.exit(2)"])
 
     def decorators(self, function: str, params=()) -> list[str]:
         """The decorator lines of a generated model function (``forward``,
@@ -219,13 +236,49 @@ class Backend:
         return None  # noqa: RET501 -- the answer "none", not a procedure's end
 
     # -- installation -------------------------------------------------------------------------
+    def install_hint(self) -> str:
+        """The command installing the library (in :meth:`require`'s error and in a
+        training script's line when the library is missing)."""
+        return f"pip install 'symbackprop[{self.extra or self.name}]'"
+
     def require(self) -> None:
         """Raise :class:`~symbackprop.errors.CodegenError` (one line naming the extra to
-        install) when running this backend's code needs a library that is missing."""
+        install) when running this backend's code needs a library that is missing (CuPy's:
+        or a CUDA device that it does not see)."""
         if self.library and importlib.util.find_spec(self.library) is None:
             raise CodegenError(
                 f"backend {self.name!r} needs {self.title}, which is not installed; install "
-                f"it with: pip install 'symbackprop[{self.extra or self.name}]'.")
+                f"it with: {self.install_hint()}.")
+
+
+_NUMPY_IMPORT = "import numpy as np"
+# a script's name in its one-line errors (runtime/script.py's fail), as one word for
+# _string_lines
+_PROG = "{os.path.basename(sys.argv[0]) or 'train.py'}".replace(" ", "\0")
+
+
+def _string_lines(text: str, width: int = 80) -> list[str]:
+    """``text`` as adjacent string literals of about ``width`` characters, split after
+    spaces; an f-string where a part has a ``{field}``. NUL stands for a space that must
+    not split (inside a field).
+
+    Examples
+    --------
+    >>> for part in _string_lines("this script needs JAX ({e}); install it with: pip "
+    ...                           "install jax", width=30):
+    ...     print(part)
+    f"this script needs JAX ({e}); "
+    "install it with: pip install "
+    "jax"
+    """
+    parts, line = [], ""
+    for word in text.split(" "):
+        if line and len(line) + len(word) > width:
+            parts.append(line)
+            line = ""
+        line += word + " "
+    parts.append(line[:-1])
+    return [("f" if "{" in p else "") + '"' + p.replace("\0", " ") + '"' for p in parts]
 
 
 NUMPY = Backend()

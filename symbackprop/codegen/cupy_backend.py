@@ -117,13 +117,14 @@ LEFT_OUT = ("np.", "__array_interface__", "writeable", "rng.normal(", "cp.errsta
 
 def _import_math(text: str) -> str:
     """``text`` importing math (which the rewrites call), sorted into the module's
-    standard-library imports, or as their block before ``import cupy as cp``."""
-    at = text.index("import cupy as cp\n")
-    start = text.rindex("\n\n", 0, at - 2) + 2
-    block = text[start:at].strip("\n").split("\n")
-    if all(ln.startswith("import ") for ln in block):  # the standard library's imports
-        lines = sorted([*block, "import math"])
-        return text[:start] + "\n".join(lines) + "\n\n" + text[at:]
+    standard-library imports (its first block of imports, none aliased), or as their block
+    before its first import (the library's: ``import cupy as cp``, or NumPy's in a
+    script)."""
+    at = re.search(r"^import ", text, re.MULTILINE).start()
+    std = re.match(r"(?:import \w+\n)+(?=\n)", text[at:])
+    if std:
+        lines = sorted([*std[0].splitlines(), "import math"])
+        return text[:at] + "\n".join(lines) + "\n" + text[at + std.end():]
     return text[:at] + "import math\n\n" + text[at:]
 
 
@@ -159,9 +160,6 @@ class CupyBackend(Backend):
     def imports(self) -> str:
         return "import cupy as cp"
 
-    def script_imports(self) -> str:
-        return "import cupy as cp\nimport numpy as np"
-
     def dtype_lines(self, dtype: str) -> list[str]:
         return [f"DTYPE = cp.{dtype}"]
 
@@ -187,11 +185,8 @@ class CupyBackend(Backend):
         cast = ", dtype=DTYPE" if floating else ""
         return f"{name} = cp.asarray({name}{cast})"
 
-    def require(self) -> None:
-        try:
-            super().require()
-        except CodegenError as e:  # the wheel's name, which pip needs, is not the module's
-            raise CodegenError(f"{str(e)[:-1]} (the wheel cupy-cuda12x, for CUDA 12).") from None
+    def install_hint(self) -> str:  # the wheel's name, which pip needs, is not the module's
+        return f"{super().install_hint()} (the wheel cupy-cuda12x, for CUDA 12)"
 
     def finish(self, text: str) -> str:
         text = _NP.sub("cp.", text)
@@ -199,7 +194,9 @@ class CupyBackend(Backend):
             text = text.replace(old, new)
         if "cupyx." in text:  # cupyx ships with cupy; its scipy module is imported alone
             sub = "cupyx.scipy.special" if "cupyx.scipy.special." in text else "cupyx"
-            text = text.replace("import cupy as cp\n", f"import cupy as cp\nimport {sub}\n", 1)
+            # after the alias's line, indented as it is (a script's is guarded: try:)
+            text = re.sub(r"^( *)import cupy as cp\n", lambda m: f"{m[0]}{m[1]}import {sub}\n",
+                          text, count=1, flags=re.MULTILINE)
         if "math." in text and not re.search(r"^import math$", text, re.MULTILINE):
             text = _import_math(text)
         return text

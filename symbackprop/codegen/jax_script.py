@@ -218,7 +218,7 @@ def data_parallel_script(g: Graph, of=None, optimizer: str = "sgd", lr=None, epo
     return functional.model_text(
         m, doc, blocks=blocks,
         imports=("argparse", "csv", "json", "os", "sys", "tempfile", "time", "zipfile"),
-        constants=constants, library=b.imports() + "\nimport numpy as np")
+        constants=constants, library=b.script_imports())
 
 
 __all__ = ["data_parallel_script"]

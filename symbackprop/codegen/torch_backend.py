@@ -27,8 +27,6 @@ Examples
 
 from __future__ import annotations
 
-import importlib.util
-
 import sympy as sp
 
 from ..errors import CodegenError
@@ -364,14 +362,11 @@ class TorchBackend(Backend):
 
         return torch_train
 
-    def require(self) -> None:
-        """One line naming the extra, and PyTorch's CPU build (a plain ``pip install
-        torch`` on Linux fetches a CUDA build of several GB)."""
-        if importlib.util.find_spec("torch") is None:
-            raise CodegenError(
-                "backend 'torch' needs PyTorch, which is not installed; install it with: pip "
-                "install 'symbackprop[torch]' (on a machine without a GPU, the CPU build first: "
-                "pip install torch --index-url https://download.pytorch.org/whl/cpu).")
+    def install_hint(self) -> str:
+        """The extra, and PyTorch's CPU build (a plain ``pip install torch`` on Linux
+        fetches a CUDA build of several GB)."""
+        return (f"{super().install_hint()} (on a machine without a GPU, the CPU build first: "
+                "pip install torch --index-url https://download.pytorch.org/whl/cpu)")
 
 
 BACKEND = TorchBackend()

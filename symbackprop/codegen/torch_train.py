@@ -329,7 +329,7 @@ def script_source(g: Graph, of=None, optimizer: str = "sgd", lr=None, epochs: in
     return model_text(m, doc, blocks=[evaluate, _grad_norms(m, task), _buffers(m), *mixed,
                                       *main],
                       imports=("argparse", "csv", "os", "sys", "tempfile", "time", "zipfile"),
-                      constants=constants, library="import numpy as np\nimport torch")
+                      constants=constants, library=m.em.backend.script_imports())
 
 
 __all__ = ["build", "compile_step", "model_text", "script_source", "step_source"]
