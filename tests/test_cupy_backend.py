@@ -87,7 +87,25 @@ def strict_numpy() -> types.ModuleType:
     cp.random = types.SimpleNamespace(
         Generator=Generator,
         default_rng=lambda seed=None: seed if isinstance(seed, Generator) else Generator(seed))
+    # one CUDA device (sb.compile and the script ask first); the tests of a machine without
+    # one replace getDeviceCount (no_driver)
+    cp.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
     return cp
+
+
+class CUDARuntimeError(RuntimeError):
+    """CuPy's error of a CUDA call (cupy_backends.cuda.api.runtime), a RuntimeError."""
+
+
+def no_driver():
+    """getDeviceCount of a machine without a CUDA driver, as CuPy raises it (a second line
+    added: the one-line messages keep the first)."""
+    raise CUDARuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient "
+                           "for CUDA runtime version\n(more detail)")
+
+
+NO_DRIVER = ("cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA "
+             "runtime version")
 
 
 @contextlib.contextmanager
@@ -341,6 +359,54 @@ def test_cupy_missing_names_the_extra(monkeypatch):
     assert "\n" not in msg and "pip install 'symbackprop[cupy]'" in msg and "cupy-cuda12x" in msg
     # writing the source needs no CuPy
     assert "import cupy as cp" in sb.source(sb.models.mlp([4, 3, 2]), backend="cupy")
+
+
+@pytest.mark.parametrize(("count", "says"), [(no_driver, NO_DRIVER),
+                                             (lambda: 0, "it finds no CUDA device")])
+def test_cupy_without_a_device_is_one_line_naming_numpy(count, says):
+    """CuPy imports without a GPU (or its driver) and fails at its first allocation with
+    CUDA's traceback: compile asks for a device first and says, in one line, why there is
+    none and to use backend='numpy'. Writing the source needs no device."""
+    g = sb.models.mlp([4, 3, 2])
+    with numpy_as_cupy():
+        sys.modules["cupy"].cuda.runtime.getDeviceCount = count
+        for kw in ({}, {"optimizer": "sgd"}, {"optimizer": "adam", "precision": "mixed"}):
+            with pytest.raises(sb.CodegenError) as e:
+                sb.compile(g, backend="cupy", **kw)
+            assert str(e.value) == (f"backend 'cupy' runs on a CUDA GPU, and CuPy sees no CUDA "
+                                    f"device here ({says}); on this machine use "
+                                    "backend='numpy' (the same code, on the CPU)."), kw
+        assert "import cupy as cp" in sb.source(g, backend="cupy")
+        assert "import cupy as cp" in sb.train_step(g, optimizer="sgd", backend="cupy")
+        assert "import cupy as cp" in sb.training_script(g, backend="cupy")
+
+
+def real_cupy():
+    """The installed CuPy and, where it sees no CUDA device, what its getDeviceCount raises
+    (the first line), else None; skips where CuPy is not installed."""
+    if importlib.util.find_spec("cupy") is None:
+        pytest.skip("cupy is not installed (pip install 'symbackprop[cupy]': cupy-cuda12x)")
+    import cupy
+
+    try:
+        return cupy, None if cupy.cuda.runtime.getDeviceCount() else "it finds no CUDA device"
+    except RuntimeError as e:  # CUDARuntimeError
+        return cupy, str(e).splitlines()[0]
+
+
+def test_real_cupy_compiles_where_it_sees_a_device_and_refuses_in_one_line_elsewhere():
+    """With the installed CuPy (no double): on a machine without a GPU (make test's), the
+    audit's ``sb.compile(..., backend='cupy').init_params(0)`` raised CUDA's traceback."""
+    cupy, problem = real_cupy()
+    g = sb.models.mlp([8, 16, 3])
+    if problem is None:  # a GPU: the step runs on it
+        params = sb.compile(g, optimizer="sgd", backend="cupy").init_params(0)
+        assert all(isinstance(w, cupy.ndarray) for w in params.values())
+        return
+    with pytest.raises(sb.CodegenError) as e:
+        sb.compile(g, optimizer="sgd", backend="cupy")
+    assert "\n" not in str(e.value) and f"CuPy sees no CUDA device here ({problem})" in str(e.value)
+    assert "backend='numpy'" in str(e.value)
 
 
 def test_cli_codegen_and_train_script(tmp_path, capsys):

@@ -20,6 +20,7 @@ import functools
 import importlib.util
 import json
 import re
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 import pytest
 from standalone import assert_ruff_clean
 from test_backends import _imported
-from test_cupy_backend import API, _used, numpy_as_cupy
+from test_cupy_backend import API, NO_DRIVER, _used, no_driver, numpy_as_cupy, real_cupy
 
 import symbackprop as sb
 from symbackprop.cli import main as cli
@@ -373,6 +374,44 @@ def test_names_exist_in_cupy():
 
 
 # -- bad input -----------------------------------------------------------------------------
+def test_without_a_device_one_line_before_any_work(tmp_path, digits, capsys):
+    """CuPy imports without a GPU (or its driver) and fails at its first allocation with
+    CUDA's traceback: the script asks first, before reading the data or writing anything,
+    and says in one line why there is none and to use the NumPy script."""
+    path = tmp_path / "train.py"
+    path.write_text(_scripts()["mlp.py"])
+    capsys.readouterr()
+    with fake_cupy():
+        sys.modules["cupy"].cuda.runtime.getDeviceCount = no_driver
+        status = _load(path).main(["--data", str(digits), "--out", str(tmp_path / "ck.npz"),
+                                   "--metrics", str(tmp_path / "m.csv")])
+    out, err = capsys.readouterr()
+    assert status == 2 and out == "" and err.count("\n") == 1, (status, out, err)
+    assert err.endswith(f": error: CuPy sees no CUDA device ({NO_DRIVER}); this script runs its "
+                        "steps on a GPU: on this machine, write and run the NumPy script "
+                        "instead (symbackprop train-script with --backend numpy)\n"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.npz", "train.py"]
+
+
+def test_real_cupy_without_a_device(tmp_path):
+    """The audit's run, with the installed CuPy, on a machine without a GPU (make test's):
+    one line and exit status 2, not CUDA's traceback from init_params."""
+    problem = real_cupy()[1]
+    if problem is None:
+        pytest.skip("a CUDA device is here: benchmarks/gpu_check.py trains the script on it")
+    (tmp_path / "c2.py").write_text(_scripts()["mlp.py"])  # an MLP 8-6-3
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "tiny.npz", X=rng.normal(size=(24, 8)), y=rng.integers(0, 3, 24))
+    r = subprocess.run([sys.executable, "c2.py", "--data", "tiny.npz", "--epochs", "1"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.splitlines() == [(
+        f"c2.py: error: CuPy sees no CUDA device ({problem}); this script runs its steps on a "
+        "GPU: on this machine, write and run the NumPy script instead (symbackprop "
+        "train-script with --backend numpy)")]
+    assert not (tmp_path / "checkpoint.npz").exists()
+
+
 def test_refused_in_one_line(tmp_path, capsys):
     with pytest.raises(CodegenError, match=r"distributed=mpi is the numpy script's \(mpirun\); "
                        r"the cupy script runs as one process: drop distributed=mpi, or use "

@@ -21,6 +21,7 @@ import cupyx
 import cupyx.scipy.special
 
 MODULES = ["cupy", "cupy.random", "cupy.linalg", "cupy.lib", "cupy.lib.stride_tricks",
+           "cupy.cuda.runtime",  # getDeviceCount: the cupy script asks for a device first
            "cupyx", "cupyx.scipy", "cupyx.scipy.special"]
 
 

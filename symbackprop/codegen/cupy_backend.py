@@ -28,6 +28,7 @@ Examples
 
 from __future__ import annotations
 
+import importlib
 import re
 
 import sympy as sp
@@ -37,7 +38,7 @@ from ..ops.stable import StableFunction
 from .backends import Backend
 from .lowering import NUMPY, NUMPY_FUNCTIONS, TABLES, Lowering, _einsum_operands
 from .printer import MATH_ONLY, Printer
-from .runtime import cupy_ops, flat, source_of
+from .runtime import cupy_ops, cupy_script, flat, source_of
 
 
 def _einsum_code(c, a, out=None) -> str:
@@ -187,6 +188,16 @@ class CupyBackend(Backend):
 
     def install_hint(self) -> str:  # the wheel's name, which pip needs, is not the module's
         return f"{super().install_hint()} (the wheel cupy-cuda12x, for CUDA 12)"
+
+    def require(self) -> None:
+        """Installed, and seeing a CUDA device: CuPy imports without one, and the compiled
+        code would fail at its first allocation with CUDA's traceback."""
+        super().require()
+        problem = cupy_script.no_device(importlib.import_module("cupy"))
+        if problem is not None:
+            raise CodegenError(
+                f"backend 'cupy' runs on a CUDA GPU, and CuPy sees no CUDA device here "
+                f"({problem}); on this machine use backend='numpy' (the same code, on the CPU).")
 
     def finish(self, text: str) -> str:
         text = _NP.sub("cp.", text)

@@ -681,7 +681,7 @@ def _assemble_script(doc: str, m: Model, b, fns: list[Function], blocks: list[st
     if not b.on_device:
         return assemble(doc, m, m.functions + fns, blocks + host, imports=imports,
                         constants=constants)
-    blocks = blocks + [source_of(cupy_script, "HostGenerator")]
+    blocks = blocks + [source_of(cupy_script, "HostGenerator", "no_device")]
     text = assemble(doc, m, m.functions + fns, blocks, imports=imports, constants=constants,
                     library=b.script_imports())
     return text + "\n\n" + "\n\n".join(host)

@@ -39,6 +39,20 @@ class HostGenerator(cp.random.Generator):
         return cp.asarray(self.rng.uniform(low, high, size=size))
 
 
+def no_device(cupy):
+    """Why the CuPy module cupy can run nothing here, on one line (the first of CuPy's
+    message), or None where it sees a CUDA device: CuPy imports without a driver or a GPU
+    and fails only at its first allocation, with CUDA's traceback."""
+    try:
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return None
+    # CUDA's error (CUDARuntimeError: no driver, no device) or CuPy's loading a CUDA
+    # library that is missing: either way there is no device to run on
+    except (RuntimeError, ImportError, OSError) as e:
+        return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return "it finds no CUDA device"
+
+
 class HostDraws(HostGenerator):
     """Dropout's generator in the cupy script: the NumPy generator rng (a seed, or the
     script's BUFFERS["rng"], whose state the checkpoints keep) drawing the masks' uniform

@@ -85,6 +85,11 @@ def HostGenerator(rng):  # stands in for the class of runtime/cupy_script.py
     return rng
 
 
+def no_device(cupy):  # stands in for the function of runtime/cupy_script.py
+    """DEVICE: why CuPy can run nothing here, on one line (None: it sees a CUDA device)."""
+    return None  # noqa: RET501 -- the answer "none", not a procedure's end
+
+
 def underflow(params, state, X, y):
     """Mixed precision: per parameter, (entries, nonzero in float32, zero in float16
     without loss scaling, zero with it)."""
@@ -811,6 +816,12 @@ def add_watch_options(p):
 
 def main(argv=None):
     args = parse_args(argv)
+    if DEVICE:  # variant: device
+        problem = no_device(cp)  # before any work: CuPy imports without a GPU, then fails
+        if problem is not None:
+            return fail(f"CuPy sees no CUDA device ({problem}); this script runs its steps on "
+                        "a GPU: on this machine, write and run the NumPy script instead "
+                        "(symbackprop train-script with --backend numpy)", 2)
     if DISTRIBUTED:  # variant: mpi
         global MPI, COMM
         try:
