@@ -233,12 +233,11 @@ def test_checkpoint_entries_lacking_or_bad(tmp_path, monkeypatch, capsys, backen
 
 
 @pytest.mark.parametrize(("backend", "says"), [
-    ("jax", "JAX (No module named 'jax'); install it with: pip install 'symbackprop[jax]'"),
-    ("torch", ("PyTorch (No module named 'torch'); install it with: pip install "
-               "'symbackprop[torch]' (on a machine without a GPU, the CPU build first: pip "
-               "install torch --index-url https://download.pytorch.org/whl/cpu)")),
-    ("cupy", ("CuPy (No module named 'cupy'); install it with: pip install "
-              "'symbackprop[cupy]' (the wheel cupy-cuda12x, for CUDA 12)"))])
+    ("jax", "JAX (No module named 'jax'); install it with: pip install jax"),
+    ("torch", ("PyTorch (No module named 'torch'); install it with: pip install torch (on a "
+               "machine without a GPU, the CPU build first: pip install torch --index-url "
+               "https://download.pytorch.org/whl/cpu)")),
+    ("cupy", "CuPy (No module named 'cupy'); install it with: pip install cupy-cuda12x")])
 def test_script_without_its_library_is_one_line_naming_it(tmp_path, backend, says):
     """Run where its library is missing (a child Python that finds NumPy alone), a script
     stops before any work with one line naming what to install and exit status 2, as the

@@ -214,6 +214,7 @@ class ArrayApiBackend(Backend):
     title = "the Python array API standard"
     library = None
     extra = "dev"
+    package = "array-api-strict"  # the standard's reference library, for the tests
     printer = ArrayApiPrinter
     planned = False
     functional = True

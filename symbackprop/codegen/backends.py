@@ -63,6 +63,9 @@ class Backend:
         module runs on whatever library its arrays come from).
     extra : str
         The extra of ``pip install symbackprop[extra]`` that installs the library.
+    package : str
+        The library's own package on PyPI, which a training script (which needs no
+        symbackprop) names when the library is missing.
     printer : type
         The :class:`~symbackprop.codegen.printer.Printer` writing elementwise code.
     planned : bool
@@ -79,6 +82,7 @@ class Backend:
     title = "NumPy"
     library: str | None = "numpy"
     extra = ""
+    package = "numpy"
     printer: type = Printer
     planned = True
     functional = False
@@ -113,7 +117,7 @@ class Backend:
         if not own:
             return _NUMPY_IMPORT
         message = _string_lines(f"{_PROG}: error: this script needs {self.title} ({{e}}); "
-                                f"install it with: {self.install_hint()}")
+                                f"install it with: {self.install_hint(alone=True)}")
         message[-1] += ", file=sys.stderr)"
         return "\n".join([
             _NUMPY_IMPORT, "",
@@ -236,10 +240,12 @@ class Backend:
         return None  # noqa: RET501 -- the answer "none", not a procedure's end
 
     # -- installation -------------------------------------------------------------------------
-    def install_hint(self) -> str:
-        """The command installing the library (in :meth:`require`'s error and in a
-        training script's line when the library is missing)."""
-        return f"pip install 'symbackprop[{self.extra or self.name}]'"
+    def install_hint(self, alone: bool = False) -> str:
+        """The command installing the library: symbackprop's extra (:meth:`require`'s
+        error), or ``alone`` the library's own package (a training script's line when the
+        library is missing: the script needs no symbackprop)."""
+        extra = f"'symbackprop[{self.extra or self.name}]'"
+        return f"pip install {self.package if alone else extra}"
 
     def require(self) -> None:
         """Raise :class:`~symbackprop.errors.CodegenError` (one line naming the extra to

@@ -152,6 +152,7 @@ class CupyBackend(Backend):
     title = "CuPy"
     library = "cupy"
     extra = "cupy"
+    package = "cupy-cuda12x"  # the wheel for CUDA 12; the module is cupy
     printer = CupyPrinter
     planned = True
     functional = False
@@ -186,8 +187,8 @@ class CupyBackend(Backend):
         cast = ", dtype=DTYPE" if floating else ""
         return f"{name} = cp.asarray({name}{cast})"
 
-    def install_hint(self) -> str:  # the wheel's name, which pip needs, is not the module's
-        return f"{super().install_hint()} (the wheel cupy-cuda12x, for CUDA 12)"
+    def install_hint(self, alone: bool = False) -> str:  # the wheel's name is not the module's
+        return super().install_hint(alone) + ("" if alone else f" (the wheel {self.package}, for CUDA 12)")
 
     def require(self) -> None:
         """Installed, and seeing a CUDA device: CuPy imports without one, and the compiled

@@ -154,6 +154,7 @@ class JaxBackend(Backend):
     title = "JAX"
     library = "jax"
     extra = "jax"
+    package = "jax"  # CPU; on a GPU 'jax[cuda12]'
     printer = JaxPrinter
     planned = False
     functional = True

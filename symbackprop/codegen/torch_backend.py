@@ -272,6 +272,7 @@ class TorchBackend(Backend):
     title = "PyTorch"
     library = "torch"
     extra = "torch"
+    package = "torch"
     printer = TorchPrinter
     planned = False
     functional = False
@@ -362,10 +363,10 @@ class TorchBackend(Backend):
 
         return torch_train
 
-    def install_hint(self) -> str:
+    def install_hint(self, alone: bool = False) -> str:
         """The extra, and PyTorch's CPU build (a plain ``pip install torch`` on Linux
         fetches a CUDA build of several GB)."""
-        return (f"{super().install_hint()} (on a machine without a GPU, the CPU build first: "
+        return (f"{super().install_hint(alone)} (on a machine without a GPU, the CPU build first: "
                 "pip install torch --index-url https://download.pytorch.org/whl/cpu)")
 
 
