@@ -477,21 +477,41 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
                             constants)
 
 
+def check_script_backend(backend) -> None:
+    """One ``CodegenError`` line for a backend (a name or a
+    :class:`~.backends.Backend`) that writes no training script, naming those that do
+    (:func:`~.backends.script_backends`); the command line checks it before its options.
+
+    Examples
+    --------
+    >>> check_script_backend("jax")
+    >>> check_script_backend("array_api")
+    Traceback (most recent call last):
+    ...
+    symbackprop.errors.CodegenError: backend='array_api' writes no training script, only a training step (sb.train_step); for a script use backend='numpy', 'jax', 'torch' or 'cupy'.
+    """
+    b = backends.get(backend)
+    scripts = backends.script_backends()
+    if b.name in scripts:
+        return
+
+    def names(fmt):
+        return f"{', '.join(map(fmt, scripts[:-1]))} or {fmt(scripts[-1])}"
+
+    e = CodegenError(f"backend={b.name!r} writes no training script, only a training step "
+                     f"(sb.train_step); for a script use backend={names(repr)}.")
+    e.cli_message = (f"--backend {b.name} writes no training script, only a training step "
+                     f"(codegen --optimizer); for a script use --backend {names(str)}.")
+    raise e
+
+
 def _check_backend_options(b, distributed, fuse_update, optimize) -> None:
     """Refuse the options that backend ``b`` (a :class:`~.backends.Backend`) cannot take,
     each in one line read from the records: first a backend that writes no training script
     at all, before any option is looked at; then ``fuse_update`` without the planned step
     and ``distributed`` but for the script that mpirun runs (NumPy's, on the host)."""
+    check_script_backend(b)
     scripts = backends.script_backends()
-    if b.name not in scripts:
-        def names(fmt):
-            return f"{', '.join(map(fmt, scripts[:-1]))} or {fmt(scripts[-1])}"
-
-        e = CodegenError(f"backend={b.name!r} writes no training script, only a training step "
-                         f"(sb.train_step); for a script use backend={names(repr)}.")
-        e.cli_message = (f"--backend {b.name} writes no training script, only a training step "
-                         f"(codegen --optimizer); for a script use --backend {names(str)}.")
-        raise e
     if fuse_update:
         check_fusable_backend(b)
         check_fusable(optimize, distributed=distributed)
