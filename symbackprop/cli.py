@@ -34,6 +34,7 @@ examples:
   symbackprop derive "a = 2*x; b = a + 3; c = b**2" --wrt x --at x=1
   symbackprop check mlp:784-256-10
   symbackprop codegen mlp:784-256-256-256-10 -o model.py
+  symbackprop codegen mlp:64-32-10 --optimizer adam --precision mixed -o step.py
   symbackprop render "L = (w*x - y)**2" --kind derivation --at w=2,x=3,y=10 -o loss.svg
   symbackprop train-script mlp:64-32-10 --optimizer adam --lr 0.01 -o train.py
   symbackprop cost mlp:784-256-256-256-10 --batch 64 --measure
@@ -43,6 +44,14 @@ examples:
 Mistakes print one line naming the node, what was expected and the fix, and exit
 with status 2; check exits 1 when a gradient disagrees with finite differences.
 `symbackprop COMMAND --help` lists a command's options."""
+
+
+CODEGEN = """\
+Write the code of SPEC's gradients: forward and value_and_grad, for the array library
+of --backend (NumPy by default). With --optimizer, write the training step's module
+instead (sb.train_step): forward, value_and_grad, init_params, init_state, update and
+train_step, set by --lr, --momentum, --beta1, --beta2, --eps, --precision,
+--growth-interval and --fuse-update, which need --optimizer."""
 
 
 def load_spec(spec: str, activation: str = "relu", loss: str = "softmax_cross_entropy") -> Graph:
@@ -191,9 +200,20 @@ def cmd_codegen(a) -> int:
     from .codegen.gradient_module import source
     from .ops.elementwise import derivative_notes
 
-    explain: list | None = [] if a.explain else None
     passes = False if a.no_opt else (a.passes or True)
-    src = source(_graph(a), a.of, _names(a.wrt), dtype=a.dtype, optimize=passes,
+    if a.optimizer is not None:  # the training step's module: sb.train_step
+        return _codegen_step(a, passes)
+    step_only = _given_step_options(a)
+    if step_only:  # a training step's option, and no training step
+        opt = step_only[0]
+        why = ("precision is a training step's (mixed: float16 with float32 master parameters "
+               "and loss scaling); --dtype sets forward and value_and_grad's"
+               if opt == "--precision" else "it is a training step's option")
+        print(f"error: {opt} needs --optimizer: {why}. Add --optimizer sgd|momentum|adam to "
+              f"write the training step, or drop {opt}.", file=sys.stderr)
+        return 2
+    explain: list | None = [] if a.explain else None
+    src = source(_graph(a), a.of, _names(a.wrt), dtype=a.dtype or "float64", optimize=passes,
                  explain=explain, checkpoint=_checkpoint(a.checkpoint), backend=a.backend)
     if explain is not None:
         for name, removed, added in explain:
@@ -212,6 +232,28 @@ def cmd_codegen(a) -> int:
     return 0
 
 
+def _codegen_step(a, passes) -> int:
+    """``codegen --optimizer``: the module of :func:`~symbackprop.codegen.train.train_step`
+    (forward, backward, update, train_step) instead of the gradient module."""
+    from .codegen.train import train_step
+
+    if a.explain:
+        print("error: --explain shows the passes of the gradient module, not of the training "
+              "step: drop --explain, or drop --optimizer.", file=sys.stderr)
+        return 2
+    try:
+        options = _step_options(a)
+        src = train_step(_graph(a), a.of, wrt=_names(a.wrt), optimize=passes,
+                         checkpoint=_checkpoint(a.checkpoint), backend=a.backend, **options)
+    except ValueError as e:
+        if isinstance(e, SymbackpropError):
+            raise
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    _write(src, a.output)
+    return 0
+
+
 def cmd_check(a) -> int:
     from .testing import check_grad
 
@@ -223,22 +265,15 @@ def cmd_check(a) -> int:
 
 
 def cmd_train_script(a) -> int:
-    from .codegen.optimizers import OPTIMIZERS
-    from .codegen.script import training_script
+    from .codegen.script import check_script_backend, training_script
 
-    hyper = {k: getattr(a, k) for k in OPTIMIZERS[a.optimizer].hyper
-             if k != "lr" and getattr(a, k, None) is not None}
-    others = [k for k in ("momentum", "beta1", "beta2", "eps")
-              if getattr(a, k) is not None and k not in hyper]
+    check_script_backend(a.backend)  # before any option: none applies to no script
     try:
-        if others:
-            raise ValueError(f"--{others[0]} does not apply to --optimizer {a.optimizer}.")
-        src = training_script(_graph(a), a.of, a.optimizer, a.lr, a.epochs, a.batch_size,
-                              a.seed, _names(a.wrt), dtype=a.dtype, features=a.features,
+        options = _step_options(a)
+        src = training_script(_graph(a), a.of, epochs=a.epochs, batch_size=a.batch_size,
+                              seed=a.seed, wrt=_names(a.wrt), features=a.features,
                               target=a.target, checkpoint=_checkpoint(a.checkpoint),
-                              distributed=a.distributed, precision=a.precision,
-                              growth_interval=a.growth_interval, backend=a.backend,
-                              fuse_update=a.fuse_update, **hyper)
+                              distributed=a.distributed, backend=a.backend, **options)
     except ValueError as e:
         if isinstance(e, SymbackpropError):
             raise
@@ -246,6 +281,50 @@ def cmd_train_script(a) -> int:
         return 2
     _write(src, a.output)
     return 0
+
+
+# the training step's options (_step_args) that codegen takes only with --optimizer
+_STEP_OPTIONS = ("lr", "momentum", "beta1", "beta2", "eps", "precision", "growth_interval",
+                 "fuse_update")
+
+
+def _given_step_options(a) -> list[str]:
+    """The flags of :data:`_STEP_OPTIONS` given on the command line."""
+    return [f"--{k.replace('_', '-')}" for k in _STEP_OPTIONS
+            if getattr(a, k) not in (None, False)]
+
+
+def _step_options(a) -> dict:
+    """The training step's keyword arguments from the options of :func:`_step_args`
+    (``train_step``, ``training_script``); ``ValueError`` for options that do not go
+    together: a hyper-parameter of another optimizer, ``--growth-interval`` without
+    ``--precision mixed``, ``--dtype`` disagreeing with ``--precision``."""
+    from .codegen.mixed import GROWTH_INTERVAL, HALF
+    from .codegen.optimizers import OPTIMIZERS
+
+    hyper = {k: getattr(a, k) for k in OPTIMIZERS[a.optimizer].hyper
+             if k != "lr" and getattr(a, k, None) is not None}
+    others = [k for k in ("momentum", "beta1", "beta2", "eps")
+              if getattr(a, k) is not None and k not in hyper]
+    if others:
+        raise ValueError(f"--{others[0]} does not apply to --optimizer {a.optimizer}.")
+    if a.growth_interval is not None and a.precision != "mixed":
+        raise ValueError(f"--growth-interval {a.growth_interval} sets the loss scaler of "
+                         "--precision mixed" + (f", and --precision {a.precision} has none"
+                                                if a.precision else "")
+                         + ": add --precision mixed, or drop --growth-interval.")
+    if a.dtype is not None and a.precision in HALF:
+        raise ValueError(f"--dtype {a.dtype} cannot go with --precision {a.precision}, which "
+                         f"computes in {HALF[a.precision]} with float32 master parameters: "
+                         "drop --dtype.")
+    if a.dtype is not None and a.precision is not None and a.dtype != a.precision:
+        raise ValueError(f"--dtype {a.dtype} and --precision {a.precision} disagree: give one "
+                         f"of them (--precision {a.precision} alone computes in "
+                         f"{a.precision}).")
+    return dict(optimizer=a.optimizer, lr=a.lr, dtype=a.dtype or "float64",
+                precision=a.precision, fuse_update=a.fuse_update,
+                growth_interval=GROWTH_INTERVAL if a.growth_interval is None
+                else a.growth_interval, **hyper)
 
 
 def cmd_derive(a) -> int:
@@ -310,6 +389,42 @@ def _checkpoint_arg(c, what="gradient checkpointing: recompute forward values in
                     "backward instead of keeping them") -> None:
     c.add_argument("--checkpoint", metavar="sqrt|none|NODES",
                    help=f"{what}: sqrt (√n segments), none, or comma-separated nodes to keep")
+
+
+def _dtype_arg(c) -> None:
+    c.add_argument("--dtype", choices=["float64", "float32"],
+                   help="the dtype of the arrays (default float64); --precision float64 or "
+                   "float32 sets it too (given both, they must agree); --precision mixed or "
+                   "bfloat16 takes no --dtype")
+
+
+def _step_args(c, optimizer: str | None, what: str) -> None:
+    """The training step's options (``sb.train_step``'s), shared by ``train-script`` and
+    ``codegen --optimizer``: the update rule and its hyper-parameters, the fused update,
+    the precision and the loss scaler's growth interval."""
+    from .codegen.mixed import precision_backends
+
+    bfloat16 = " or ".join(precision_backends("bfloat16"))
+    c.add_argument("--optimizer", default=optimizer, choices=["sgd", "momentum", "adam"],
+                   help=what)
+    c.add_argument("--lr", type=float, help="learning rate (default 0.01; adam 0.001)")
+    c.add_argument("--momentum", type=float, help="momentum: velocity decay (0.9)")
+    c.add_argument("--beta1", type=float, help="adam: first-moment decay (0.9)")
+    c.add_argument("--beta2", type=float, help="adam: second-moment decay (0.999)")
+    c.add_argument("--eps", type=float, help="adam: denominator epsilon (1e-8)")
+    c.add_argument("--fuse-update", action="store_true",
+                   help="apply each parameter's update in the backward sweep as soon as its "
+                   "gradient is final: no gradient kept to the end of the step (with "
+                   "--checkpoint sqrt, about one layer's); a nan/inf gradient leaves a "
+                   "partial step")
+    c.add_argument("--precision", metavar="{float64,float32,mixed,bfloat16}",
+                   help=f"float64 or float32: as --dtype; mixed: float16 forward and backward, "
+                   "float32 master parameters, dynamic loss scaling (NumPy's float16 is "
+                   "emulated on CPUs and slow: for correctness and the lesson; the speed "
+                   f"comes on a GPU backend); bfloat16 (--backend {bfloat16}): bfloat16 "
+                   "forward and backward, float32 masters, no loss scaling (default: --dtype)")
+    c.add_argument("--growth-interval", type=int, metavar="K",
+                   help="--precision mixed: good steps before the loss scale doubles (2000)")
 
 
 COMPARE_KEYS = ("activation", "model", "init")
@@ -398,7 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="symbackprop", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="A compiler for backpropagation: symbolic gradients of a network,\n"
-        "step-by-step derivations, standalone NumPy code and Graphviz diagrams.")
+        "step-by-step derivations, standalone code for an array library (--backend) and\n"
+        "Graphviz diagrams.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, text, description=None):
@@ -406,10 +522,11 @@ def build_parser() -> argparse.ArgumentParser:
                               + text[1:] + ".", epilog=SPECS,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    c = command("codegen", "write NumPy forward/backward code")
+    c = command("codegen", "write forward/backward code for an array library (--backend), or "
+                "with --optimizer a training step", description=CODEGEN)
     _spec_args(c)
     c.add_argument("-o", "--output", help="output .py file (default: stdout)")
-    c.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    _dtype_arg(c)
     c.add_argument("--backend", default="numpy",
                    help="the array library: numpy (default), jax (functional, jax.jit), "
                    "array_api (the Python array API standard only), cupy (numpy's code on the GPU) "
@@ -422,6 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--explain", action="store_true",
                    help="print what each pass changed and the memory planner's decisions, "
                    "folds included (the code goes to -o only)")
+    _step_args(c, None, "write the training step's module (sb.train_step: forward, backward, "
+               "update, train_step) with this update rule, instead of forward and "
+               "value_and_grad; the options below need it")
     c.set_defaults(run=cmd_codegen)
 
     c = command("check", "compare gradients with finite differences on random inputs")
@@ -432,20 +552,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(run=cmd_check)
 
-    c = command("train-script", "write a standalone NumPy training script")
+    c = command("train-script", "write a standalone training script (NumPy, or --backend)")
     _spec_args(c)
     c.add_argument("-o", "--output", help="output .py file (default: stdout)")
-    c.add_argument("--optimizer", default="sgd", choices=["sgd", "momentum", "adam"],
-                   help="update rule (default sgd)")
-    c.add_argument("--lr", type=float, help="learning rate (default 0.01; adam 0.001)")
+    _step_args(c, "sgd", "update rule (default sgd)")
     c.add_argument("--epochs", type=int, default=10, help="the script's default (10)")
     c.add_argument("--batch-size", type=int, default=32, help="the script's default (32)")
     c.add_argument("--seed", type=int, default=0, help="the script's default seed (0)")
-    c.add_argument("--momentum", type=float, help="momentum: velocity decay (0.9)")
-    c.add_argument("--beta1", type=float, help="adam: first-moment decay (0.9)")
-    c.add_argument("--beta2", type=float, help="adam: second-moment decay (0.999)")
-    c.add_argument("--eps", type=float, help="adam: denominator epsilon (1e-8)")
-    c.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    _dtype_arg(c)
     c.add_argument("--features", help="the input fed from the data's X (default: inferred)")
     c.add_argument("--target", help="the input fed from the data's y (default: inferred)")
     c.add_argument("--backend", default="numpy",
@@ -454,20 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "a PyTorch script on --device, or cupy: the NumPy script with its step on "
                    "the GPU")
     _checkpoint_arg(c)
-    c.add_argument("--fuse-update", action="store_true",
-                   help="apply each parameter's update in the backward sweep as soon as its "
-                   "gradient is final: no gradient kept to the end of the step (with "
-                   "--checkpoint sqrt, about one layer's); a nan/inf gradient leaves a "
-                   "partial step")
     c.add_argument("--distributed", choices=["mpi"],
                    help="mpi: a data-parallel script for `mpirun -n K python train.py` "
                    "(mpi4py: pip install symbackprop[distributed])")
-    c.add_argument("--precision", metavar="{float64,float32,mixed,bfloat16}",
-                   help="mixed: float16 forward and backward, float32 master parameters, "
-                   "dynamic loss scaling; bfloat16 (--backend jax or torch): bfloat16 forward and "
-                   "backward, float32 masters, no loss scaling (default: --dtype)")
-    c.add_argument("--growth-interval", type=int, default=2000, metavar="K",
-                   help="mixed precision: good steps before the loss scale doubles (2000)")
     c.set_defaults(run=cmd_train_script)
 
     c = command("cost", "count what a training step costs: parameters, FLOPs, memory")

@@ -493,14 +493,15 @@ def test_jax_script_on_4_devices_equals_one_device(tmp_path, dtype, optimizer, r
 def test_train_script_backend_without_a_script_is_one_line(capsys):
     assert main(["train-script", "mlp:4-3-2", "--backend", "array_api"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "backend 'array_api' writes no training script" in err
+    assert err.count("\n") == 1 and "--backend array_api writes no training script" in err
 
 
 def test_options_of_the_numpy_backend_alone_are_refused_in_one_line(capsys):
-    """Mixed precision is numpy's, jax's and torch's (tests/test_*mixed.py), MPI numpy's: another
-    backend says so instead of ignoring them."""
+    """Mixed precision is numpy's, jax's, torch's and cupy's (tests/test_*mixed.py), MPI numpy's:
+    another backend says so instead of ignoring them."""
     g = sb.models.mlp([4, 3, 2])
-    with pytest.raises(ValueError, match="precision 'mixed' is written for the numpy, jax and torch"):
+    with pytest.raises(ValueError, match="precision 'mixed' is written for the numpy, jax, "
+                       "torch and cupy"):
         sb.train_step(g, precision="mixed", backend="array_api")
     with pytest.raises(ValueError, match="bfloat16.*array_api has none"):
         sb.train_step(g, precision="bfloat16", backend="array_api")

@@ -270,6 +270,25 @@ def test_digits_mlp_97_percent_in_mixed_precision(tmp_path):
     assert result["flushed"] > result["flushed_scaled"], result
 
 
+@pytest.mark.parametrize(("args", "words"), [
+    (["--precision", "bfloat16"], "precision 'bfloat16' needs a backend that has bfloat16"),
+    (["--backend", "cupy"], "argument --backend: invalid choice: 'cupy'"),
+    (["--out", "{file}/sub"], "--out {file}/sub: Not a directory"),
+])
+def test_digits_mixed_example_bad_input_is_one_line_exit_2(args, words, tmp_path):
+    """examples/digits/mixed.py: a refused option or a --out it cannot make is one line and
+    exit status 2, before any data is read or script run (no traceback)."""
+    file = tmp_path / "a_file"
+    file.write_text("")
+    args = [a.format(file=file) for a in args]
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "digits" / "mixed.py"), *args],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False)
+    assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("mixed.py: error: ") and words.format(file=file) in r.stderr, \
+        r.stderr
+
+
 def test_gradient_flow_counts_float16_underflow_per_layer():
     g = sb.models.mlp([8] + [8] * 12 + [3], activation="sigmoid")
     r = sb.gradient_flow(g, batch=64, precision="mixed")

@@ -258,7 +258,7 @@ def test_a_backend_without_a_script_names_those_with_one():
     the registry."""
     with pytest.raises(CodegenError) as e:
         sb.training_script(sb.models.mlp([4, 3, 3]), backend="array_api")
-    assert "use numpy, jax, torch, cupy." in str(e.value), e.value
+    assert "use backend='numpy', 'jax', 'torch' or 'cupy'." in str(e.value), e.value
 
 
 @pytest.mark.parametrize("module", [pytest.param("torch_script", marks=needs["torch"]),

@@ -46,24 +46,45 @@ def generate(backend: str = "numpy", precision: str = "mixed") -> str:
                               seed=RUN["SEED"], precision=precision, backend=backend)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors on one line, exit status 2, as symbackprop's command line."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def main(argv=None) -> dict:
     """Train; returns the last test accuracy, the underflow counts of the last epoch
-    (flushed: without loss scaling, flushed_scaled: with it) and the last scale."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    (flushed: without loss scaling, flushed_scaled: with it) and the last scale. A bad
+    option (bfloat16 on NumPy, a backend that is not installed), a --out that cannot be
+    made or a missing scikit-learn is one line and exit status 2."""
+    p = _Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="out/digits", help="working directory (out/digits)")
     p.add_argument("--backend", default="numpy", choices=["numpy", "jax", "torch"],
                    help="the script's array library (numpy)")
     p.add_argument("--precision", default="mixed", choices=["mixed", "bfloat16"],
                    help="mixed: float16 with loss scaling; bfloat16: --backend jax or torch")
     args = p.parse_args(argv)
+    try:  # the options first: a refused one costs no data
+        source = generate(args.backend, args.precision)
+        sb.codegen.backends.get(args.backend).require()  # the script imports it
+    except (ValueError, sb.SymbackpropError) as e:
+        p.error(" ".join(str(e).split()))
+    try:
+        X_train, X_test, y_train, y_test = RUN["digits_split"]()
+    except ImportError:
+        p.error("the digits come from scikit-learn, which is not installed: pip install "
+                "'symbackprop[examples]'")
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    X_train, X_test, y_train, y_test = RUN["digits_split"]()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        p.error(f"--out {args.out}: {e.strerror or e}")
     data = out / "digits.npz"
     np.savez(data, X=X_train, y=y_train, X_test=X_test, y_test=y_test)
     name = "mixed" if args.backend == "numpy" else f"{args.precision}_{args.backend}"
     script = out / f"train_digits_{name}.py"
-    script.write_text(generate(args.backend, args.precision), encoding="utf-8")
+    script.write_text(source, encoding="utf-8")
     saved = out / f"checkpoint_{name}.{'pt' if args.backend == 'torch' else 'npz'}"  # torch.save
     proc = subprocess.run([sys.executable, str(script), "--data", str(data), "--out",
                            str(saved)], cwd=out, capture_output=True,

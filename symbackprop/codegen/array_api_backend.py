@@ -32,6 +32,7 @@ import sympy as sp
 from ..errors import CodegenError
 from ..ops.arrays import index_text
 from ..ops.stable import StableFunction
+from . import backends
 from .backends import Backend
 from .lowering import (
     NUMPY,
@@ -165,8 +166,9 @@ ARRAY_API: dict[str, Lowering] = {
 TABLES["array_api"] = ARRAY_API
 
 # Ops the standard cannot write, and why (one line, with the op's name and the backend's)
-REFUSED = {"dropout_mask": "the array API standard has no random numbers to draw dropout's "
-                           "mask from. Use the numpy or jax backend, or no dropout."}
+REFUSED = {  # op: (why, what to do instead); the backends that have it are read from theirs
+    "dropout_mask": ("the array API standard has no random numbers to draw dropout's mask from",
+                     "no dropout")}
 
 FUNCTIONS = {"sigmoid": source(ops._sigmoid), "softplus": source(ops._softplus),
              "sech2": source(ops._sech2)}
@@ -225,8 +227,11 @@ class ArrayApiBackend(Backend):
 
     def lowering(self, op) -> Lowering:
         name = op if isinstance(op, str) else op.name
-        if name in REFUSED:
-            raise CodegenError(f"op {name!r} has no array_api code: {REFUSED[name]}")
+        if name in REFUSED:  # the backends that have it, from their tables
+            why, instead = REFUSED[name]
+            have = [n for n in backends.NAMES if n != self.name and backends.has_code(name, n)]
+            raise CodegenError(f"op {name!r} has no array_api code: {why}. Use backend "
+                               f"{', '.join(have[:-1])} or {have[-1]}, or {instead}.")
         return super().lowering(op)
 
     def context_lines(self, used) -> tuple[list[str], dict]:

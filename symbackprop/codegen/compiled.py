@@ -18,7 +18,7 @@ from . import backends, functional
 from .emit import prepare
 from .gradient_module import model_source
 from .loader import load_source, module_name, plain
-from .mixed import functional_precision, resolve_precision
+from .mixed import check_growth_interval, functional_precision, resolve_precision
 from .module import build_model, check_fusable_backend
 from .train import step_source
 
@@ -363,6 +363,7 @@ def compile_graph(g: Graph, of: str | None = None, wrt=None, dtype: str = "float
                         "is a training step's: pass optimizer='sgd', 'momentum' or 'adam'.")
     if fuse_update:
         check_fusable_backend(b)
+    check_growth_interval(precision, growth_interval)
     if optimizer is not None and b.trainer() is not None:  # in place, the backend's own (torch)
         lr = hyper.pop("lr", None)
         precision, dtype = functional_precision(precision, dtype, b)

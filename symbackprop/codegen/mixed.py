@@ -33,6 +33,7 @@ import re
 import textwrap
 
 from ..errors import CodegenError
+from . import backends
 from .emit import (
     Function,
     call_lines,
@@ -53,7 +54,48 @@ LOSS_SCALE = 2.0**16
 GROWTH_FACTOR = 2.0
 BACKOFF_FACTOR = 0.5
 GROWTH_INTERVAL = 2000
-BFLOAT16_BACKENDS = "jax, torch"  # the backends whose generated code computes in bfloat16
+HALF = {"mixed": "float16", "bfloat16": "bfloat16"}  # the dtype each precision computes in
+
+
+def precision_backends(precision: str) -> tuple[str, ...]:
+    """The backends whose training step computes in ``precision`` (``"mixed"`` or
+    ``"bfloat16"``), read from their records: those whose ``half_dtypes`` hold its dtype,
+    and for ``"mixed"`` the planned ones too (NumPy's mixed step is planned:
+    :func:`mixed_blocks`).
+
+    Examples
+    --------
+    >>> precision_backends("mixed"), precision_backends("bfloat16")
+    (('numpy', 'jax', 'torch', 'cupy'), ('jax', 'torch'))
+    """
+    half = HALF[precision]
+    return tuple(n for n in backends.NAMES if half in backends.get(n).half_dtypes
+                 or (half == "float16" and backends.get(n).planned))
+
+
+def _listing(names, last: str = "and") -> str:
+    """``a, b and c`` (``last="or"``: ``a, b or c``)."""
+    names = list(names)
+    return ", ".join(names[:-1]) + (f" {last} " if len(names) > 1 else "") + names[-1]
+
+
+def check_growth_interval(precision, growth_interval) -> None:
+    """``growth_interval`` sets the loss scaler of ``precision="mixed"``: ``ValueError``
+    when it is not the default and there is no scaler (another precision, bfloat16's
+    included), rather than ignore it.
+
+    Examples
+    --------
+    >>> check_growth_interval("mixed", 5)
+    >>> check_growth_interval(None, 5)
+    Traceback (most recent call last):
+    ...
+    ValueError: growth_interval=5 sets the loss scaler of precision='mixed', and precision=None has none: drop growth_interval or pass precision='mixed'.
+    """
+    if precision != "mixed" and growth_interval != GROWTH_INTERVAL:
+        raise ValueError(f"growth_interval={growth_interval!r} sets the loss scaler of "
+                         f"precision='mixed', and precision={precision!r} has none: drop "
+                         "growth_interval or pass precision='mixed'.")
 
 
 def resolve_precision(precision, dtype: str = "float64",
@@ -75,7 +117,8 @@ def resolve_precision(precision, dtype: str = "float64",
         return dtype, dtype
     if precision == "bfloat16":
         raise ValueError(f"precision 'bfloat16' needs a backend that has bfloat16 "
-                         f"({BFLOAT16_BACKENDS}); {library} has none. On {library} use "
+                         f"({', '.join(precision_backends('bfloat16'))}); {library} has none. "
+                         f"On {library} use "
                          "precision 'mixed' (float16 with float32 masters).")
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
@@ -93,9 +136,16 @@ def plain_dtype(precision, dtype: str, backend: str) -> str:
     """
     precision, computed = resolve_precision(precision, dtype)
     if precision == "mixed":
-        raise ValueError(f"precision 'mixed' is written for the numpy backend only so far, "
-                         f"not {backend}; use backend='numpy' or precision 'float32'.")
+        raise _not_written("mixed", backend)
     return computed
+
+
+def _not_written(precision: str, backend: str) -> ValueError:
+    """Precision ``"mixed"`` refused on ``backend``, naming the backends that have it."""
+    have = precision_backends(precision)
+    return ValueError(f"precision {precision!r} is written for the {_listing(have)} backends "
+                      f"only so far, not {backend}; use one of those backends, or precision "
+                      "'float32'.")
 
 
 def functional_precision(precision, dtype: str, backend) -> tuple[str, str]:
@@ -110,18 +160,16 @@ def functional_precision(precision, dtype: str, backend) -> tuple[str, str]:
     >>> functional_precision("bfloat16", "float64", backends.get("jax"))
     ('bfloat16', 'bfloat16')
     """
-    half = {"mixed": "float16", "bfloat16": "bfloat16"}.get(precision)
+    half = HALF.get(precision)
     if half is None:
         computed = plain_dtype(precision, dtype, backend.name)
         return computed, computed
     if half not in backend.half_dtypes:
         if precision == "bfloat16":
             raise ValueError(f"precision 'bfloat16' needs a backend that has bfloat16 "
-                             f"({BFLOAT16_BACKENDS}); {backend.name} has none. Use precision "
-                             "'float32'.")
-        raise ValueError(f"precision 'mixed' is written for the numpy, jax and torch backends "
-                         f"only so far, not {backend.name}; use backend='numpy', 'jax' or "
-                         "'torch', or precision 'float32'.")
+                             f"({', '.join(precision_backends('bfloat16'))}); {backend.name} "
+                             "has none. Use precision 'float32'.")
+        raise _not_written("mixed", backend.name)
     return precision, half
 
 
@@ -356,10 +404,18 @@ def precision_text(m) -> str:
         return ("precision bfloat16: forward and backward in bfloat16, float32 master "
                 "parameters and optimizer state; no loss scaling (bfloat16 has float32's "
                 "exponent range).")
-    return (f"precision mixed: forward and backward in float16, float32 master parameters "
+    text = (f"precision mixed: forward and backward in float16, float32 master parameters "
             f"and optimizer state; dynamic loss scaling from {s['loss_scale']:g}, times "
             f"{s['growth_factor']:g} after {s['growth_interval']} good steps, times "
             f"{s['backoff_factor']:g} (step skipped) on overflow.")
+    b = m.em.backend
+    if b.planned and not b.on_device:  # NumPy's arrays, on the CPU
+        gpu = [n for n in precision_backends("mixed") if not backends.get(n).planned
+               or backends.get(n).on_device]
+        text += (f" {b.title}'s float16 is emulated on CPUs and slower than float32: this "
+                 "step is for correctness and the lesson; the speed comes on a GPU "
+                 f"(backend {_listing(gpu, 'or')}).")
+    return text
 
 
 def constant_lines(m, library: str = "np") -> list[str]:

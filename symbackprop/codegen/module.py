@@ -248,9 +248,16 @@ def check_fusable_backend(b) -> None:
     >>> check_fusable_backend(backends.get("numpy"))
     """
     if not b.planned:
-        raise CodegenError(f"fuse_update=True is the memory-planned step's (numpy, cupy); the "
-                           f"{b.name} backend's step is not planned by symbackprop (its "
-                           "library places the arrays): drop fuse_update or use numpy.")
+        planned = [n for n in backends.NAMES if backends.get(n).planned]
+
+        def text(fuse, backend):  # as keyword arguments, and as the command line's flags
+            return (f"{fuse} is the memory-planned step's ({', '.join(planned)}); the {b.name} "
+                    "backend's step is not planned by symbackprop (its library places the "
+                    f"arrays): drop {fuse.split('=')[0]} or use {backend}{planned[0]}.")
+
+        e = CodegenError(text("fuse_update=True", "backend="))
+        e.cli_message = text("--fuse-update", "--backend ")
+        raise e
 
 
 def check_fusable(optimize, mixed: bool = False, distributed=None) -> None:

@@ -25,8 +25,8 @@ from ..graph import Graph, fmt_shape
 from ..layers import layers
 from . import backends
 from .emit import Function, call_lines, safe_text
+from .mixed import check_growth_interval, functional_precision, resolve_precision
 from .mixed import constant_lines as mixed_constants
-from .mixed import functional_precision, resolve_precision
 from .module import (
     Model,
     assemble,
@@ -428,9 +428,13 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
     Raises
     ------
     ValueError
-        For a bad optimizer, hyper-parameter, epochs, batch size or seed.
+        For a bad optimizer, hyper-parameter, epochs, batch size or seed; for a
+        ``growth_interval`` other than 2000 without ``precision="mixed"`` (the loss
+        scaler's).
     CodegenError
-        When the graph's inputs cannot be mapped to ``X`` and ``y``; with
+        For a backend that writes no training script (array_api: see
+        :func:`~symbackprop.codegen.backends.script_backends`), checked before any other
+        option; when the graph's inputs cannot be mapped to ``X`` and ``y``; with
         ``distributed="mpi"``, for dropout on an array whose first axis is not the batch,
         or ``optimize=False`` (no flat gradient buffer).
 
@@ -444,6 +448,7 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
     """
     b = backends.get(backend)
     _check_backend_options(b, distributed, fuse_update, optimize)
+    check_growth_interval(precision, growth_interval)
     own = _backend_script(b, g, checkpoint, precision, dtype, of=of, optimizer=optimizer, lr=lr,
                           epochs=epochs, batch_size=batch_size, seed=seed, wrt=wrt,
                           optimize=optimize, features=features, target=target,
@@ -472,18 +477,56 @@ def training_script(g: Graph, of: str | None = None, optimizer: str = "sgd",
                             constants)
 
 
+def check_script_backend(backend) -> None:
+    """One ``CodegenError`` line for a backend (a name or a
+    :class:`~.backends.Backend`) that writes no training script, naming those that do
+    (:func:`~.backends.script_backends`); the command line checks it before its options.
+
+    Examples
+    --------
+    >>> check_script_backend("jax")
+    >>> check_script_backend("array_api")
+    Traceback (most recent call last):
+    ...
+    symbackprop.errors.CodegenError: backend='array_api' writes no training script, only a training step (sb.train_step); for a script use backend='numpy', 'jax', 'torch' or 'cupy'.
+    """
+    b = backends.get(backend)
+    scripts = backends.script_backends()
+    if b.name in scripts:
+        return
+
+    def names(fmt):
+        return f"{', '.join(map(fmt, scripts[:-1]))} or {fmt(scripts[-1])}"
+
+    e = CodegenError(f"backend={b.name!r} writes no training script, only a training step "
+                     f"(sb.train_step); for a script use backend={names(repr)}.")
+    e.cli_message = (f"--backend {b.name} writes no training script, only a training step "
+                     f"(codegen --optimizer); for a script use --backend {names(str)}.")
+    raise e
+
+
 def _check_backend_options(b, distributed, fuse_update, optimize) -> None:
-    """Refuse the options that backend ``b`` (a :class:`~.backends.Backend`) cannot take:
-    ``fuse_update`` without the planned step, ``distributed`` but for NumPy's script."""
+    """Refuse the options that backend ``b`` (a :class:`~.backends.Backend`) cannot take,
+    each in one line read from the records: first a backend that writes no training script
+    at all, before any option is looked at; then ``fuse_update`` without the planned step
+    and ``distributed`` but for the script that mpirun runs (NumPy's, on the host)."""
+    check_script_backend(b)
+    scripts = backends.script_backends()
     if fuse_update:
         check_fusable_backend(b)
         check_fusable(optimize, distributed=distributed)
-    if distributed is not None and b.name != "numpy":  # mpirun runs the NumPy script
-        alone = " and splits each batch over its devices itself" if b.functional else ""
+    # mpirun runs the NumPy script whose arrays are on the host: not torch's or JAX's own
+    # script, not the GPU's
+    mpi = [n for n in scripts if backends.get(n).trainer() is None
+           and not backends.get(n).functional and not backends.get(n).on_device]
+    if distributed is not None and b.name not in mpi:
+        how = (" splits each batch over its devices itself, across several processes too "
+               "with its own --coordinator, --num-processes and --process-id options "
+               "(jax.distributed)" if b.sharded_script else " runs as one process")
         raise _option_error(lambda opt: (
-            f"{opt('distributed')}{distributed} is the numpy script's (mpirun); the {b.name} "
-            f"script runs as one process{alone}: drop {opt('distributed')}{distributed}, or "
-            f"use {opt('backend')}numpy."))
+            f"{opt('distributed')}{distributed} is the {' and '.join(mpi)} script's (mpirun); "
+            f"the {b.name} script{how}: drop {opt('distributed')}{distributed}, or use "
+            f"{opt('backend')}{mpi[0]}."))
 
 
 def _backend_script(b, g, checkpoint, precision, dtype, **options) -> str | None:
@@ -493,9 +536,11 @@ def _backend_script(b, g, checkpoint, precision, dtype, **options) -> str | None
     trainer = b.trainer()
     if trainer is None and not b.functional:
         return None
-    if trainer is None and checkpoint not in (None, "none"):
-        raise CodegenError(f"checkpoint={checkpoint!r}: the {b.name} script has no "
-                           "gradient checkpointing (XLA decides what it keeps).")
+    if trainer is None and checkpoint not in (None, "none"):  # the data-parallel script
+        given = checkpoint if isinstance(checkpoint, str) else ",".join(checkpoint)
+        raise _option_error(lambda opt: (
+            f"{opt('checkpoint')}{given}: the {b.name} script has no gradient checkpointing "
+            f"(XLA decides what it keeps): drop {opt('checkpoint').strip(' =')}."))
     precision, dtype = functional_precision(precision, dtype, b)
     if trainer is not None:  # issue 15: the backend's own script (torch)
         return trainer.script_source(g, checkpoint=checkpoint, precision=precision,

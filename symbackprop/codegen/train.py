@@ -24,8 +24,8 @@ from .. import __version__ as _version
 from ..graph import Graph
 from . import backends, functional
 from .emit import safe_text
+from .mixed import check_growth_interval, functional_precision
 from .mixed import constant_lines as mixed_constants
-from .mixed import functional_precision
 from .module import Model, assemble, build_model, check_fusable_backend, step_blocks, step_doc
 from .optimizers import constant_lines
 
@@ -69,7 +69,8 @@ def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: floa
         in and out of the jitted step; ``"bfloat16"`` computes in bfloat16 for float32
         masters with no loss scaling (bfloat16 has float32's exponent range).
     growth_interval : int
-        Mixed precision: good steps in a row before the loss scale doubles (2000).
+        Mixed precision: good steps in a row before the loss scale doubles (2000); another
+        value without ``precision="mixed"`` is a ``ValueError`` (no loss scaler to set).
     backend : {"numpy", "jax", "array_api", "torch", "cupy"}
         The array library (:mod:`~symbackprop.codegen.backends`). ``"cupy"`` writes this
         module with CuPy for NumPy (the same planned, in-place step, on the GPU). ``"torch"`` writes an
@@ -131,6 +132,7 @@ def train_step(g: Graph, of: str | None = None, optimizer: str = "sgd", lr: floa
     b = backends.get(backend)
     if fuse_update:
         check_fusable_backend(b)
+    check_growth_interval(precision, growth_interval)
     trainer = b.trainer()
     if trainer is not None:  # a backend's own in-place module (torch)
         precision, dtype = functional_precision(precision, dtype, b)
