@@ -112,8 +112,12 @@ def test_k_ranks_equal_one_process(scripts, data, tmp_path, net, ranks):
               cwd=tmp_path)
     assert par.returncode == 0, par.stderr
     assert_close(arrays(tmp_path / "one.npz"), arrays(tmp_path / "par.npz"))
-    # rank 0 alone prints: one line per epoch and the last line, as one process does
-    assert len(par.stdout.splitlines()) == len(one.stdout.splitlines()) == 4
+    # rank 0 alone prints: the job it runs in, then one line per epoch and the last line, as
+    # one process does
+    first, *lines = par.stdout.splitlines()
+    assert first == (f"data parallel over {ranks} MPI rank(s): {24 // ranks} rows of each "
+                     "global batch of 24 per rank")
+    assert len(lines) == len(one.stdout.splitlines()) == 4
     assert np.allclose(losses(par.stdout), losses(one.stdout), rtol=1e-5)
     assert par.stderr == ""
     # rank 0 alone writes: no temporary files of other ranks

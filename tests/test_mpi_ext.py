@@ -186,8 +186,11 @@ def test_mixed_k_ranks_take_the_one_process_decisions(scripts, data, tmp_path, r
     assert_close(single, arrays(tmp_path / "par.npz"), 1e-3)
     held = ranks_agree(tmp_path, ranks)
     assert all(held[k].tobytes() == arrays(tmp_path / "par.npz")[k].tobytes() for k in held)
-    # rank 0 alone prints: the epoch lines and their float16 underflow lines, as one process
-    assert len(par.stdout.splitlines()) == len(one.stdout.splitlines()) == 2 * 5 + 1
+    # rank 0 alone prints: the job's ranks, then the epoch lines and their float16 underflow
+    # lines, as one process
+    first, *lines = par.stdout.splitlines()
+    assert first.startswith(f"data parallel over {ranks} MPI rank(s): ")
+    assert len(lines) == len(one.stdout.splitlines()) == 2 * 5 + 1
     assert re.findall(r"\d+ steps skipped", par.stdout) == \
         re.findall(r"\d+ steps skipped", one.stdout)
     assert par.stderr == ""

@@ -32,12 +32,13 @@ from .runtime import script as runtime_script
 
 # the main program (runtime/jax_script.py), with the shared atomic write (runtime/atomic.py)
 # before save_checkpoint
-MAIN = ("parse_args", "first_copy", "host", "save_checkpoint", "load_checkpoint",
+MAIN = ("parse_args", "host_port", "first_copy", "host", "save_checkpoint", "load_checkpoint",
         "read_data", "guarded_step", "main", "__main__")
-# what it copies of the NumPy script's runtime (runtime/script.py): the data checks, fail and
-# the options (check_tokens: token inputs only)
+# what it copies of the NumPy script's runtime (runtime/script.py): the data, checkpoint and
+# output checks, fail and the options (check_tokens: token inputs only)
 CHECKS = ("InputError", "is_number", "read_npz", "check_arrays", "read_csv", "check_tokens",
-          "check_split", "load_data", "fail", "option")
+          "check_split", "load_data", "fail", "ScriptParser", "check_network", "check_precision",
+          "check_out", "outputs", "option")
 
 
 def _positive(name: str, v) -> int:

@@ -48,12 +48,13 @@ from .runtime import script as runtime_script
 # (and runtime/atomic.py's atomic_write, shared with the JAX and torch scripts, goes just
 # before save_checkpoint).
 RUNTIME = ("InputError", "is_number", "read_npz", "check_arrays", "read_csv", "check_split",
-           "load_data", "save_checkpoint", "load_checkpoint", "fail", "last_good_path",
+           "load_data", "save_checkpoint", "load_checkpoint", "fail", "ScriptParser",
+           "check_network", "check_precision", "check_out", "outputs", "last_good_path",
            "GradNorms", "train", "option", "shape_option", "parse_args", "add_run_options",
            "add_watch_options", "main", "__main__")
 # and in a data-parallel script (distributed="mpi"), before InputError, fail and last_good_path
 MPI_RUNTIME = {"InputError": ("MPI",),
-               "last_good_path": ("mpi_world", "abort_all", "shard", "allreduce")}
+               "last_good_path": ("world_rank", "mpi_world", "abort_all", "shard", "allreduce")}
 
 
 @dataclass

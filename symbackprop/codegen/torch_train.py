@@ -40,7 +40,8 @@ RUNTIME = {"sgd": sgd, "momentum": momentum, "adam": adam}
 # atomic write (runtime/atomic.py), in this order
 SCRIPT = ((runtime_script, ("InputError", "is_number", "read_npz", "check_arrays", "read_csv")),
           (runtime_script, ("check_tokens",)),  # token inputs only
-          (runtime_script, ("check_split", "load_data", "fail", "option", "shape_option",
+          (runtime_script, ("check_split", "load_data", "fail", "ScriptParser", "check_network",
+                            "check_precision", "check_out", "outputs", "option", "shape_option",
                             "add_run_options", "add_watch_options")),
           (torch_script, ("read_pt", "load_tensors")),
           (atomic, ("atomic_write",)), (torch_script, ("save_checkpoint", "load_checkpoint")),

@@ -5,9 +5,9 @@ Each global batch is split over every device (``jax.sharding.Mesh`` over one ``d
 axis, the batch ``PartitionSpec("data")``), the parameters and optimizer state are
 replicated, and the generated ``train_step`` (jitted, its buffers donated) runs as one
 SPMD program: XLA sums the gradients across devices. On several hosts,
-``--coordinator``, ``--num-processes`` and ``--process-id`` call
-``jax.distributed.initialize``, and each process feeds its rows of every global batch
-(``jax.make_array_from_process_local_data``). Process 0 alone prints and writes the
+``--coordinator``, ``--num-processes`` and ``--process-id`` (all three or none, checked
+by ``parse_args`` first) call ``jax.distributed.initialize``, and each process feeds its
+rows of every global batch (``jax.make_array_from_process_local_data``). Process 0 alone prints and writes the
 checkpoints (``--out``, ``--checkpoint-every``), atomically (:mod:`.atomic`'s
 ``atomic_write``, shared with the NumPy and torch scripts), in the NumPy script's
 layout (``network``, ``optimizer``, ``params/NAME``, ``state/KEY[/NAME]``,
@@ -37,8 +37,10 @@ key's raw data). ``--metrics FILE.csv`` and ``--log-grad-norms`` are the NumPy s
 (its ``GradNorms``, copied beside these). The data is read and checked by the NumPy
 script's code (its ``InputError``, ``read_npz``, ``read_csv``, ``check_split`` and
 ``load_data``, copied): ``.npz`` or ``.csv`` (numbers only, the target in the last
-column(s), an optional header line). As there, bad data, a bad option (its ``option``) or
-checkpoint stops the script with one line (its ``fail``), exit status 2.
+column(s), an optional header line). As there, bad data, a bad option (its ``option`` and
+``ScriptParser``), an ``--out`` or ``--metrics`` that cannot be written (its ``outputs``) or
+a checkpoint of another network or precision (its ``check_network``, ``check_precision``)
+stops the script with one line (its ``fail``), exit status 2.
 """
 
 import argparse
@@ -58,23 +60,31 @@ try:  # copied into the script
     from .atomic import atomic_write
     from .script import (
         InputError,
+        ScriptParser,
         add_run_options,
         add_watch_options,
+        check_network,
+        check_precision,
         fail,
         last_good_path,
         load_data,
         option,
+        outputs,
     )
 except ImportError:  # this file run alone (python .../runtime/jax_script.py)
     from atomic import atomic_write
     from script import (
         InputError,
+        ScriptParser,
         add_run_options,
         add_watch_options,
+        check_network,
+        check_precision,
         fail,
         last_good_path,
         load_data,
         option,
+        outputs,
     )
 
 DTYPE = np.float32
@@ -138,20 +148,47 @@ def underflow_line(counts, state):  # stand-in: runtime/jax_mixed.py's
 
 def parse_args(argv=None):
     """The command line."""
-    p = argparse.ArgumentParser(
+    p = ScriptParser(
         description="Train the network with JAX: every global batch is split over all "
         "devices (jax.sharding, a 'data' axis), the parameters are replicated.",
         epilog="Bad data, options or checkpoints stop the script with one line saying what is "
         "wrong. A nan or inf loss or gradient stops it, naming the epoch and batch; the "
         "parameters from before that batch are saved next to --out as NAME.last_good.npz. "
         "Exit status: 0 done, 1 stopped on nan/inf, 2 bad input.")
-    add_run_options(p, out=None, split="devices")
+    add_run_options(p, out=None, split="devices", full_batches=True)
     add_watch_options(p)
-    p.add_argument("--coordinator", help="host:port of process 0: train on several hosts "
-                   "(jax.distributed.initialize)")
-    p.add_argument("--num-processes", type=option(int, 1), default=1, help="with --coordinator")
-    p.add_argument("--process-id", type=option(int, 0), default=0, help="with --coordinator")
-    return p.parse_args(argv)
+    hosts = "several hosts: all three of --coordinator, --num-processes and --process-id, " \
+        "or none (one host)"
+    p.add_argument("--coordinator", type=host_port, metavar="HOST:PORT",
+                   help="the address of process 0, which every process reaches (port: an int "
+                   f"1..65535), for jax.distributed.initialize; {hosts}")
+    p.add_argument("--num-processes", type=option(int, 1), metavar="K",
+                   help="how many processes train together, one per host, each started alike "
+                   "but for --process-id")
+    p.add_argument("--process-id", type=option(int, 0), metavar="I",
+                   help="this process's number, 0..K-1 (each process its own); process 0 "
+                   "prints and writes the checkpoints")
+    a = p.parse_args(argv)
+    given = [f"--{k.replace('_', '-')}" for k in ("coordinator", "num_processes", "process_id")
+             if getattr(a, k) is not None]
+    if 0 < len(given) < 3:
+        lacks = [k for k in ("--coordinator", "--num-processes", "--process-id")
+                 if k not in given]
+        p.error(f"{' and '.join(given)} without {' and '.join(lacks)}; expected {hosts}")
+    if given and a.process_id >= a.num_processes:
+        p.error(f"argument --process-id: {a.process_id} is not below --num-processes "
+                f"{a.num_processes}; expected 0..{a.num_processes - 1}, each process its own")
+    return a
+
+
+def host_port(text):
+    """An argparse type: HOST:PORT, the port an int 1..65535 (checked here: a bad address
+    would crash jax.distributed.initialize)."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT with a port 1..65535 "
+                                         "(such as 10.0.0.1:1234)")
+    return text
 
 
 def first_copy(x):
@@ -200,14 +237,10 @@ def load_checkpoint(path):
                          "written by this script's --out") from None
     except (OSError, ValueError, EOFError) as e:
         raise InputError(f"checkpoint {path} is not a readable .npz file ({e})") from None
-    found = (str(arrays.get("network", "?")), str(arrays.get("optimizer", "?")))
-    if found != (NETWORK, OPTIMIZER):
-        net = [f"network {n}" if n != "network" else "an unnamed network"
-               for n in (found[0], NETWORK)]
-        raise InputError(f"checkpoint {path} is for {net[0]} with {found[1]}; "
-                         f"expected {net[1]} with {OPTIMIZER}")
+    check_network(path, arrays)
     fresh = init_params(0)
     fresh_state = init_state(fresh)
+    check_precision(path, "state/scale" in arrays, "scale" in fresh_state)
 
     def array(key, like):
         if key not in arrays or arrays[key].shape != np.shape(like):
@@ -289,19 +322,11 @@ def guarded_step(params, state, buffers, ok, epoch, number, lr, batch):
     return loss, keep(new, params), keep(new_state, state), new_buffers, ok
 
 
-class GradNorms:  # stand-in: the NumPy script's (codegen/runtime/script.py), copied
-    def __init__(self, args, data):
-        raise NotImplementedError
-
-    def log(self, epoch, params, loss, score):
-        raise NotImplementedError
-
-
 def main(argv=None):
     """Train on --data for --epochs (from --resume's epoch), one line per epoch; --out
     saves a checkpoint (also every --checkpoint-every epochs)."""
     a = parse_args(argv)
-    if a.coordinator:
+    if a.coordinator:  # checked by parse_args: all three, valid
         jax.distributed.initialize(a.coordinator, a.num_processes, a.process_id)
     devices = jax.devices()
     if a.batch_size % len(devices):
@@ -343,13 +368,13 @@ def main(argv=None):
                     "rng": np.random.default_rng(a.seed).bit_generator.state}
         if BUFFERS is not None:  # variant: buffers
             buffers = jax.device_put(init_buffers(a.seed), replicated)
-    norms = None  # --log-grad-norms, --metrics: process 0 alone
-    if (a.log_grad_norms or a.metrics) and jax.process_index() == 0:
+    norms = None  # --out, --log-grad-norms, --metrics: process 0 alone writes and checks
+    if jax.process_index() == 0:
         try:
-            norms = GradNorms(a, {"X": data[FEATURES], "y": data.get(TARGET_INPUT),
-                                  "X_test": None if test is None else test[0]})
-        except OSError as e:
-            return fail(f"cannot write --metrics {a.metrics}: {e.strerror or e}", 2)
+            norms = outputs(a, {"X": data[FEATURES], "y": data.get(TARGET_INPUT),
+                                "X_test": None if test is None else test[0]})
+        except InputError as e:
+            return fail(e, 2)
     done, loss_sum = progress["epoch"], progress["loss_sum"]
     if done >= a.epochs and jax.process_index() == 0:
         print(f"the checkpoint is at epoch {done}; nothing to do for --epochs {a.epochs}")

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 import zipfile
 
@@ -385,15 +386,10 @@ def load_checkpoint(path):
             arrays = {name: f[name] for name in f.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise InputError(f"checkpoint {path} is not a readable .npz file ({e})") from None
-    found = (str(arrays.get("network", "?")), str(arrays.get("optimizer", "?")))
-    if found != (NETWORK, OPTIMIZER):
-        # a graph given no name is called "network"
-        net = [f"network {n}" if n != "network" else "an unnamed network"
-               for n in (found[0], NETWORK)]
-        raise InputError(f"checkpoint {path} is for {net[0]} with {found[1]}; "
-                         f"expected {net[1]} with {OPTIMIZER}")
+    check_network(path, arrays)
     params = init_params(0)
     state = init_state(params)
+    check_precision(path, "state/scale" in arrays, "scale" in state)
     targets = {"params/" + name: w for name, w in params.items()}
     for key, value in state.items():
         if isinstance(value, dict):
@@ -429,15 +425,107 @@ def load_checkpoint(path):
 
 def fail(message, status):
     """Print one line to stderr and return the exit status."""
-    if COMM is not None:  # variant: mpi
-        # the ranks meet the same error together: rank 0 says it (COMM is None when
-        # mpi4py is missing: then each process says it)
-        rank = 0 if COMM is None else COMM.Get_rank()
-        if rank:
+    if DISTRIBUTED:  # variant: mpi  # noqa: SIM102
+        # the ranks meet the same error together (a bad option or data file, mpi4py
+        # missing): rank 0 alone says it
+        if world_rank():
             return status
     prog = os.path.basename(sys.argv[0]) or "train.py"
     print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
     return status
+
+
+class ScriptParser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line, fail's (argparse prints its usage block
+    first), exit status 2: a bad option reads as bad data does, and under MPI rank 0
+    alone says it."""
+
+    def error(self, message):
+        sys.exit(fail(f"{message} (see --help)", 2))
+
+
+def check_network(path, entries):
+    """Raise InputError unless entries (a checkpoint's, by name) are those of a checkpoint
+    of this network and optimizer: a file without the entries network and optimizer is no
+    checkpoint of a symbackprop script (the data file, say)."""
+    lacks = [k for k in ("network", "optimizer") if k not in entries]
+    if lacks:
+        found = ", ".join(sorted(map(str, entries))) or "no entries"
+        raise InputError(f"{path} is not a checkpoint of a symbackprop training script: it has "
+                         f"no {' and no '.join(map(repr, lacks))} entry (found {found}); "
+                         "expected a file written by this script's --out")
+    found = (str(entries["network"]), str(entries["optimizer"]))
+    if found != (NETWORK, OPTIMIZER):
+        # a graph given no name is called "network"
+        net = [f"network {n}" if n != "network" else "an unnamed network"
+               for n in (found[0], NETWORK)]
+        raise InputError(f"checkpoint {path} is for {net[0]} with {found[1]}; "
+                         f"expected {net[1]} with {OPTIMIZER}")
+
+
+def check_precision(path, scaled, mixed):
+    """Raise InputError when the checkpoint at path was written in another precision than
+    this script trains in. scaled: whether it holds the loss scale (state scale), which
+    mixed precision alone keeps; mixed: whether this script's state has one."""
+    if scaled != mixed:
+        written, here = ("in", "without") if scaled else ("without", "in")
+        raise InputError(f"checkpoint {path} was written {written} mixed precision (it "
+                         f"{'holds' if scaled else 'lacks'} the loss scale state/scale), and "
+                         f"this script trains {here} mixed precision; resume it with a script "
+                         f"generated {'with' if scaled else 'without'} --precision mixed, as "
+                         "the one that wrote it, or train anew without --resume")
+
+
+def check_out(path):
+    """Raise InputError unless a checkpoint can be written to path as atomic_write writes
+    it (a new file in path's folder, then moved onto path): checked before training, so
+    that a bad --out stops the script at once, not after the last epoch."""
+    if os.path.isdir(path) or not os.path.basename(path):  # (runs/: a folder's name)
+        what = "is a directory" if os.path.isdir(path) else "names no file"
+        raise InputError(f"--out {path} {what}; expected the name of a checkpoint file to "
+                         "write")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".checkpoint-")
+    except OSError as e:
+        raise InputError(f"cannot write --out {path}: {e.strerror or e} (in {folder}); "
+                         "expected a file in an existing, writable folder") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def outputs(args, data):
+    """Check --out (check_out) and open --metrics (GradNorms, which writes its header) before
+    training: the GradNorms of --log-grad-norms and --metrics, or None without them; raises
+    InputError saying in one line what cannot be written. Under MPI rank 0 alone writes:
+    its answer is every rank's, so that all stop together (none waits for it in an
+    Allreduce)."""
+    problem = norms = None
+    try:
+        if args.out is not None:
+            check_out(args.out)
+        norms = GradNorms(args, data) if args.log_grad_norms or args.metrics else None
+    except InputError as e:
+        problem = str(e)
+    except OSError as e:
+        problem = f"cannot write --metrics {args.metrics}: {e.strerror or e}"
+    if DISTRIBUTED:  # variant: mpi
+        problem = COMM.bcast(problem, root=0)
+    if problem is not None:
+        raise InputError(problem)
+    return norms
+
+
+def world_rank():
+    """This process's rank in the MPI job: COMM's once mpi4py is imported; before (the
+    options are read first) or without mpi4py, the one that the launcher (mpirun of MPICH,
+    Open MPI, MVAPICH) puts in the environment; 0 without a launcher."""
+    if COMM is not None:
+        return COMM.Get_rank()
+    for name in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
 
 
 def mpi_world():
@@ -746,7 +834,7 @@ def shape_option(text):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
+    p = ScriptParser(
         description=__doc__.split("\n\n")[0],
         epilog="Data: a .npz file with " + DATA_NPZ + "; or a .csv file with " + DATA_CSV
         + ". Bad data stops the script with one line saying what is wrong, before anything "
@@ -761,12 +849,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def add_run_options(p, out="checkpoint.npz", formats=".npz", split=None):
+def add_run_options(p, out="checkpoint.npz", formats=".npz", split=None, full_batches=False):
     """The options of every training script (NumPy, cupy, JAX, torch) for a run: --data,
     --epochs, --batch-size, --lr, --seed, --checkpoint-every, --resume and --out. Where the
     scripts differ: out, --out's default (None: a checkpoint only where --out names one,
     JAX's); formats, the files --data reads besides .csv; split, what each global batch is
-    split over evenly (None: one process, one device)."""
+    split over evenly (None: one process, one device); full_batches, whether an epoch
+    trains full batches only (JAX's: the rows after the last full one are left out)."""
     p.add_argument("--data", required=True, metavar="FILE",
                    help=f"training data: {formats} with X (and y, X_test, y_test), or .csv: "
                    "numbers only, the target in the last column(s)")
@@ -774,8 +863,10 @@ def add_run_options(p, out="checkpoint.npz", formats=".npz", split=None):
                    help=f"train until this epoch, counting the epochs of a resumed "
                    f"checkpoint (default {EPOCHS})")
     each = f", split evenly over the {split}" if split else ""
+    left = ("; each epoch trains full batches only, leaving out the last N mod batch size "
+            "of its N shuffled rows (a new shuffle each epoch)" if full_batches else "")
     p.add_argument("--batch-size", type=option(int, 1), default=BATCH_SIZE,
-                   help=f"samples per minibatch{each}; the loss is their mean "
+                   help=f"samples per minibatch{each}; the loss is their mean{left} "
                    f"(default {BATCH_SIZE})")
     p.add_argument("--lr", type=option(float, 0.0, strict=True), default=LR,
                    help=f"learning rate of {OPTIMIZER} (default {LR})")
@@ -854,12 +945,13 @@ def main(argv=None):
             if BUFFERS is not None:  # variant: buffers
                 BUFFERS.update(init_buffers(args.seed))
             progress = {"epoch": 0, "seen": 0, "loss_sum": 0.0, "rng": rng.bit_generator.state}
+        norms = outputs(args, data)
     except InputError as e:
         return fail(e, 2)
-    try:
-        norms = GradNorms(args, data) if args.log_grad_norms or args.metrics else None
-    except OSError as e:
-        return fail(f"cannot write --metrics {args.metrics}: {e.strerror or e}", 2)
+    if DISTRIBUTED:  # variant: mpi
+        # the job that mpirun formed, said once (the other ranks' stdout is None)
+        print(f"data parallel over {ranks} MPI rank(s): {args.batch_size // ranks} rows of "
+              f"each global batch of {args.batch_size} per rank", flush=True)
     if DEVICE:  # variant: device
         # the data to the GPU, once (GradNorms keeps its rows on the host: the step's
         # functions copy what they are given)

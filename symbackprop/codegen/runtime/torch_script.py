@@ -7,7 +7,8 @@ generated module's (``train_step``, ``init_params``, the script's constants).
 
 The script has the NumPy script's features (:mod:`.script`, whose data checks
 ``InputError``, ``is_number``, ``read_npz``, ``read_csv``, ``check_split`` and
-``load_data``, and ``fail``, ``GradNorms``, ``last_good_path`` and ``option`` it copies, as
+``load_data``, and ``fail``, ``ScriptParser``, ``check_network``, ``check_precision``,
+``check_out``, ``outputs``, ``GradNorms``, ``last_good_path`` and ``option`` it copies, as
 it copies :mod:`.atomic`'s ``atomic_write``): bad data (also a ``.pt`` file, checked
 alike), a bad option or checkpoint stops it with one line, exit status 2; checkpoints
 written atomically with ``torch.save`` (parameters, optimizer state with the loss scaler's, batch norm's running
@@ -17,7 +18,6 @@ a ``last_good`` checkpoint when a batch meets nan or inf, ``--metrics`` and
 ``--log-grad-norms``, ``.csv`` data and ``--input-shape``.
 """
 
-import argparse
 import math
 import os
 import sys
@@ -33,28 +33,34 @@ except ImportError:  # the source is copied without PyTorch
 try:  # copied into the script
     from .atomic import atomic_write
     from .script import (
-        GradNorms,
         InputError,
+        ScriptParser,
         add_run_options,
         add_watch_options,
         check_arrays,
+        check_network,
+        check_precision,
         check_split,
         fail,
         last_good_path,
         load_data,
+        outputs,
     )
 except ImportError:  # this file run alone (python .../runtime/torch_script.py)
     from atomic import atomic_write
     from script import (
-        GradNorms,
         InputError,
+        ScriptParser,
         add_run_options,
         add_watch_options,
         check_arrays,
+        check_network,
+        check_precision,
         check_split,
         fail,
         last_good_path,
         load_data,
+        outputs,
     )
 
 DTYPE = None  # the generated module's: torch.float64 or torch.float32
@@ -211,12 +217,9 @@ def load_checkpoint(path, params, state, buffers):
     if not isinstance(saved, dict):
         raise InputError(f"checkpoint {path} holds a {type(saved).__name__}; expected a file "
                          "written by this script's --out")
-    found = (str(saved.get("network", "?")), str(saved.get("optimizer", "?")))
-    if found != (NETWORK, OPTIMIZER):
-        net = [f"network {n}" if n != "network" else "an unnamed network"
-               for n in (found[0], NETWORK)]
-        raise InputError(f"checkpoint {path} is for {net[0]} with {found[1]}; expected "
-                         f"{net[1]} with {OPTIMIZER}")
+    check_network(path, saved)
+    written = saved.get("state")
+    check_precision(path, isinstance(written, dict) and "scale" in written, "scale" in state)
 
     def copy(key, into, part):
         for name, t in into.items():
@@ -270,7 +273,7 @@ def restore_buffers(buffers, saved):
 
 def parse_args(argv=None):
     """The command line: the NumPy script's options, and --device."""
-    p = argparse.ArgumentParser(
+    p = ScriptParser(
         description=f"Train {NETWORK} with {OPTIMIZER} (PyTorch).",
         epilog="A nan or inf loss or gradient stops the script, naming the epoch and batch; "
         "the parameters from before that batch are saved next to --out as "
@@ -365,14 +368,9 @@ def main(argv=None):
                                  f"batches of --batch-size {a.batch_size} within the "
                                  f"{len(X)} rows of {a.data}; resume with the data and "
                                  "--batch-size it was written with")
+        norms = outputs(a, {"X": X, "y": y, "X_test": X_test})  # --out, --metrics
     except InputError as e:
         return fail(e, 2)
-    norms = None
-    if a.log_grad_norms or a.metrics:
-        try:
-            norms = GradNorms(a, {"X": X, "y": y, "X_test": X_test})
-        except OSError as e:
-            return fail(f"cannot write --metrics {a.metrics}: {e.strerror or e}", 2)
     return train(a, (X, y, X_test, y_test), params, state, buffers, progress, gen, device,
                  norms)
 
