@@ -185,6 +185,52 @@ def test_jax_multi_host_flags_are_checked_before_jax_distributed(folder, tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_processes(folder, tmp_path, *args):
+    """The JAX script as two processes on the loopback (jax.distributed, one CPU device
+    each): their CompletedProcess, process 0's first."""
+    flags = ["--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "XLA", "JAX"))}
+    env.update(JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen([sys.executable, str(folder / "train_jax.py"), *map(str, args),
+                               *flags, "--process-id", str(i)], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+        return [subprocess.CompletedProcess(p.args, p.returncode, *out)
+                for p, out in zip(procs, outs)]
+    finally:
+        for p in procs:
+            p.kill()
+
+
+@needs["jax"]
+@pytest.mark.slow
+def test_jax_two_processes_train_as_one_and_stop_together(folder, tmp_path):
+    """Two processes (--coordinator on 127.0.0.1) end with one process's parameters
+    (float32, same global batches); an --out that process 0 cannot write stops both, in one
+    line from process 0 (process 1 does not wait for it in the first step's collective)."""
+    data = ["--data", folder / "d.npz", "--epochs", 2]
+    alone = run(folder, "jax", *data, "--out", "alone.npz", cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    both = _two_processes(folder, tmp_path, *data, "--out", "two.npz")
+    assert [r.returncode for r in both] == [0, 0], [r.stderr[-2000:] for r in both]
+    with np.load(tmp_path / "alone.npz") as a, np.load(tmp_path / "two.npz") as b:
+        names = [k for k in a.files if k.startswith("params/")]
+        assert names and all(np.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in names)
+    bad = _two_processes(folder, tmp_path, *data, "--out", tmp_path / "no" / "x.npz")
+    assert [r.returncode for r in bad] == [2, 2], [r.stderr[-2000:] for r in bad]
+    assert "cannot write --out" in bad[0].stderr and "cannot write" not in bad[1].stderr
+
+
 @needs["jax"]
 def test_jax_help_says_what_the_multi_host_values_and_batch_size_mean(folder, tmp_path):
     r = run(folder, "jax", "--help", cwd=tmp_path)

@@ -368,13 +368,20 @@ def main(argv=None):
                     "rng": np.random.default_rng(a.seed).bit_generator.state}
         if BUFFERS is not None:  # variant: buffers
             buffers = jax.device_put(init_buffers(a.seed), replicated)
-    norms = None  # --out, --log-grad-norms, --metrics: process 0 alone writes and checks
+    norms = problem = None  # --out, --log-grad-norms, --metrics: process 0 alone writes
     if jax.process_index() == 0:
         try:
             norms = outputs(a, {"X": data[FEATURES], "y": data.get(TARGET_INPUT),
                                 "X_test": None if test is None else test[0]})
         except InputError as e:
-            return fail(e, 2)
+            problem = e
+    if jax.process_count() > 1:  # the others stop with process 0, not wait in its first step
+        from jax.experimental import multihost_utils
+
+        if multihost_utils.broadcast_one_to_all(np.array(problem is not None)):
+            return 2 if problem is None else fail(problem, 2)
+    elif problem is not None:
+        return fail(problem, 2)
     done, loss_sum = progress["epoch"], progress["loss_sum"]
     if done >= a.epochs and jax.process_index() == 0:
         print(f"the checkpoint is at epoch {done}; nothing to do for --epochs {a.epochs}")
