@@ -398,13 +398,25 @@ def _dtype_arg(c) -> None:
                    "bfloat16 takes no --dtype")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Fills ``{bfloat16_backends}`` in an option's help when the help is printed, not when
+    the parser is built: the list is read from the backends' records, and loading those
+    imports JAX and PyTorch where installed (seconds on every command otherwise)."""
+
+    def _get_help_string(self, action):
+        text = super()._get_help_string(action)
+        if "{bfloat16_backends}" in text:
+            from .codegen.mixed import precision_backends
+
+            text = text.replace("{bfloat16_backends}",
+                                " or ".join(precision_backends("bfloat16")))
+        return text
+
+
 def _step_args(c, optimizer: str | None, what: str) -> None:
     """The training step's options (``sb.train_step``'s), shared by ``train-script`` and
     ``codegen --optimizer``: the update rule and its hyper-parameters, the fused update,
     the precision and the loss scaler's growth interval."""
-    from .codegen.mixed import precision_backends
-
-    bfloat16 = " or ".join(precision_backends("bfloat16"))
     c.add_argument("--optimizer", default=optimizer, choices=["sgd", "momentum", "adam"],
                    help=what)
     c.add_argument("--lr", type=float, help="learning rate (default 0.01; adam 0.001)")
@@ -418,10 +430,10 @@ def _step_args(c, optimizer: str | None, what: str) -> None:
                    "--checkpoint sqrt, about one layer's); a nan/inf gradient leaves a "
                    "partial step")
     c.add_argument("--precision", metavar="{float64,float32,mixed,bfloat16}",
-                   help=f"float64 or float32: as --dtype; mixed: float16 forward and backward, "
+                   help="float64 or float32: as --dtype; mixed: float16 forward and backward, "
                    "float32 master parameters, dynamic loss scaling (NumPy's float16 is "
                    "emulated on CPUs and slow: for correctness and the lesson; the speed "
-                   f"comes on a GPU backend); bfloat16 (--backend {bfloat16}): bfloat16 "
+                   "comes on a GPU backend); bfloat16 (--backend {bfloat16_backends}): bfloat16 "
                    "forward and backward, float32 masters, no loss scaling (default: --dtype)")
     c.add_argument("--growth-interval", type=int, metavar="K",
                    help="--precision mixed: good steps before the loss scale doubles (2000)")
@@ -519,8 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name, text, description=None):
         return sub.add_parser(name, help=text, description=description or text[0].upper()
-                              + text[1:] + ".", epilog=SPECS,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              + text[1:] + ".", epilog=SPECS, formatter_class=_HelpFormatter)
 
     c = command("codegen", "write forward/backward code for an array library (--backend), or "
                 "with --optimizer a training step", description=CODEGEN)

@@ -348,3 +348,27 @@ def test_docs_train_script_synopsis_has_every_option():
     synopsis = synopsis[:synopsis.index("```")]
     missing = sorted(o for o in options if f"[{o}" not in synopsis)
     assert not missing, missing
+
+
+def test_numpy_commands_import_neither_jax_nor_torch(tmp_path):
+    """The NumPy commands load no other backend's record (loading one imports its library
+    where installed: seconds on every command, which once happened through the lists of
+    backends in the options' help and in the messages; a command's --help, which prints
+    such a list, reads the records when it prints it)."""
+    code = f"""
+import contextlib, io, sys
+from symbackprop.cli import main
+out = {str(tmp_path)!r}
+for argv in (["--help"], ["codegen", "mlp:4-3-2"],
+             ["codegen", "mlp:4-3-2", "--optimizer", "adam", "--precision", "mixed"],
+             ["train-script", "mlp:4-3-2", "-o", out + "/a.py"],
+             ["train-script", "mlp:4-3-2", "--precision", "mixed", "-o", out + "/b.py"],
+             ["train-script", "mlp:4-3-2", "--distributed", "mpi", "-o", out + "/c.py"]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        assert main(argv) in (0, None), argv
+    loaded = [m for m in ("jax", "torch") if m in sys.modules]
+    assert not loaded, (argv, loaded)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]

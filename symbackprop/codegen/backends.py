@@ -336,13 +336,18 @@ def script_backends() -> tuple[str, ...]:
     >>> script_backends()
     ('numpy', 'jax', 'torch', 'cupy')
     """
-    def writes(b: Backend) -> bool:
-        if b.trainer() is not None:
-            return True
-        return b.sharded_script if b.functional else True
-
-    return tuple(n for n in NAMES if writes(get(n)))
+    return tuple(n for n in NAMES if writes_script(get(n)))
 
 
-__all__ = ["NAMES", "NUMPY", "Backend", "get", "has_code", "script_backends"]
+def writes_script(b: Backend) -> bool:
+    """Whether backend ``b`` writes a training script: its own (a ``trainer``), the
+    data-parallel one (``sharded_script``) or, planned, the NumPy one. Loads no other
+    backend (a record's module imports its library where installed: seconds for JAX and
+    PyTorch), as :func:`script_backends` does."""
+    if b.trainer() is not None:
+        return True
+    return b.sharded_script if b.functional else True
+
+
+__all__ = ["NAMES", "NUMPY", "Backend", "get", "has_code", "script_backends", "writes_script"]
 

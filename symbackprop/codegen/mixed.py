@@ -410,11 +410,10 @@ def precision_text(m) -> str:
             f"{s['backoff_factor']:g} (step skipped) on overflow.")
     b = m.em.backend
     if b.planned and not b.on_device:  # NumPy's arrays, on the CPU
-        gpu = [n for n in precision_backends("mixed") if not backends.get(n).planned
-               or backends.get(n).on_device]
+        # (no list of the GPU backends: reading their records imports JAX and PyTorch)
         text += (f" {b.title}'s float16 is emulated on CPUs and slower than float32: this "
-                 "step is for correctness and the lesson; the speed comes on a GPU "
-                 f"(backend {_listing(gpu, 'or')}).")
+                 "step is for correctness and the lesson; the speed comes on a GPU, with "
+                 "another backend (docs/backends.md).")
     return text
 
 

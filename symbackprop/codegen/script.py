@@ -492,9 +492,9 @@ def check_script_backend(backend) -> None:
     symbackprop.errors.CodegenError: backend='array_api' writes no training script, only a training step (sb.train_step); for a script use backend='numpy', 'jax', 'torch' or 'cupy'.
     """
     b = backends.get(backend)
-    scripts = backends.script_backends()
-    if b.name in scripts:
+    if backends.writes_script(b):
         return
+    scripts = backends.script_backends()
 
     def names(fmt):
         return f"{', '.join(map(fmt, scripts[:-1]))} or {fmt(scripts[-1])}"
@@ -512,15 +512,17 @@ def _check_backend_options(b, distributed, fuse_update, optimize) -> None:
     at all, before any option is looked at; then ``fuse_update`` without the planned step
     and ``distributed`` but for the script that mpirun runs (NumPy's, on the host)."""
     check_script_backend(b)
-    scripts = backends.script_backends()
     if fuse_update:
         check_fusable_backend(b)
         check_fusable(optimize, distributed=distributed)
-    # mpirun runs the NumPy script whose arrays are on the host: not torch's or JAX's own
-    # script, not the GPU's
-    mpi = [n for n in scripts if backends.get(n).trainer() is None
-           and not backends.get(n).functional and not backends.get(n).on_device]
-    if distributed is not None and b.name not in mpi:
+
+    def mpirun_runs(x) -> bool:  # the NumPy script, arrays on the host: not torch's or
+        # JAX's own script, not the GPU's
+        return x.trainer() is None and not x.functional and not x.on_device
+
+    if distributed is not None and not mpirun_runs(b):
+        # the others' records only now: loading them imports JAX and PyTorch (seconds)
+        mpi = [n for n in backends.script_backends() if mpirun_runs(backends.get(n))]
         how = (" splits each batch over its devices itself, across several processes too "
                "with its own --coordinator, --num-processes and --process-id options "
                "(jax.distributed)" if b.sharded_script else " runs as one process")
