@@ -241,17 +241,9 @@ def _codegen_step(a, passes) -> int:
         print("error: --explain shows the passes of the gradient module, not of the training "
               "step: drop --explain, or drop --optimizer.", file=sys.stderr)
         return 2
-    try:
-        options = _step_options(a)
-        src = train_step(_graph(a), a.of, wrt=_names(a.wrt), optimize=passes,
-                         checkpoint=_checkpoint(a.checkpoint), backend=a.backend, **options)
-    except ValueError as e:
-        if isinstance(e, SymbackpropError):
-            raise
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    _write(src, a.output)
-    return 0
+    return _write_source(lambda: train_step(
+        _graph(a), a.of, wrt=_names(a.wrt), optimize=passes,
+        checkpoint=_checkpoint(a.checkpoint), backend=a.backend, **_step_options(a)), a.output)
 
 
 def cmd_check(a) -> int:
@@ -268,18 +260,25 @@ def cmd_train_script(a) -> int:
     from .codegen.script import check_script_backend, training_script
 
     check_script_backend(a.backend)  # before any option: none applies to no script
+    return _write_source(lambda: training_script(
+        _graph(a), a.of, epochs=a.epochs, batch_size=a.batch_size, seed=a.seed,
+        wrt=_names(a.wrt), features=a.features, target=a.target,
+        checkpoint=_checkpoint(a.checkpoint), distributed=a.distributed, backend=a.backend,
+        **_step_options(a)), a.output)
+
+
+def _write_source(make, output) -> int:
+    """Write the source that ``make()`` returns to ``output`` (stdout without one). A plain
+    ValueError (options that do not go together) is one line, exit 2; symbackprop's own
+    errors go on to :func:`main`, which prints them."""
     try:
-        options = _step_options(a)
-        src = training_script(_graph(a), a.of, epochs=a.epochs, batch_size=a.batch_size,
-                              seed=a.seed, wrt=_names(a.wrt), features=a.features,
-                              target=a.target, checkpoint=_checkpoint(a.checkpoint),
-                              distributed=a.distributed, backend=a.backend, **options)
+        src = make()
     except ValueError as e:
         if isinstance(e, SymbackpropError):
             raise
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    _write(src, a.output)
+    _write(src, output)
     return 0
 
 
