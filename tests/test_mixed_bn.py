@@ -24,6 +24,7 @@ import re
 import numpy as np
 import pytest
 from central import softmax_cross_entropy_grad
+from mixed_steps import step_arrays, unscaled_grads
 from standalone import assert_ruff_clean, run_script_without_symbackprop
 
 import symbackprop as sb
@@ -70,15 +71,6 @@ def _equal(a, b) -> bool:
     return np.array_equal(a, b)
 
 
-def _arrays(backend, arrays: dict) -> dict:
-    """The arrays as the backend's step takes them (torch: tensors; NumPy and JAX: NumPy)."""
-    if backend != "torch":
-        return dict(arrays)
-    import torch
-
-    return {k: torch.from_numpy(np.asarray(v).copy()) for k, v in arrays.items()}
-
-
 def _rng(backend, seed):
     """A generator for the dropout masks, one the step draws from (NumPy, torch), or the
     seed itself (JAX: a key, nothing to advance)."""
@@ -122,8 +114,8 @@ class Pass:
     def grads(self, mixed, X, y, running, rng, scale=2.0**10):
         """(loss, gradients as float64 NumPy, the running statistics after the pass)."""
         M = self.mixed if mixed else self.plain
-        params = _arrays(self.backend, self.params)
-        X, y = (_arrays(self.backend, {"X": X, "y": y}).values())
+        params = step_arrays(self.backend, self.params)
+        X, y = (step_arrays(self.backend, {"X": X, "y": y}).values())
         if self.backend == "numpy" and mixed:
             state = M.init_state(params)
             loss, _, grads = M.scaled_grads(params, state, X, y, scale, running=running, rng=rng)
@@ -147,8 +139,8 @@ def test_mixed_gradients_equal_float32_within_float16_tolerance(backend):
     with another seed the masks differ and so do the gradients (the comparison can fail)."""
     run = Pass(backend)
     X, y = _batch()
-    r16, r32 = (_arrays(backend, run.mixed.init_running()),
-                _arrays(backend, run.plain.init_running()))
+    r16, r32 = (step_arrays(backend, run.mixed.init_running()),
+                step_arrays(backend, run.plain.init_running()))
     assert {str(v.dtype) for v in r16.values()} <= {"float32", "torch.float32"}
     loss16, g16, run16 = run.grads(True, X, y, r16, _rng(backend, 5))
     loss32, g32, run32 = run.grads(False, X, y, r32, _rng(backend, 5))
@@ -161,7 +153,7 @@ def test_mixed_gradients_equal_float32_within_float16_tolerance(backend):
         assert run16[k].dtype == np.float32
         np.testing.assert_allclose(run16[k], run32[k], rtol=2e-3, atol=2e-3, err_msg=k)
     assert not np.allclose(run32["bn1.mean"], 0)  # the statistics moved
-    _, other, _ = run.grads(False, X, y, _arrays(backend, run.plain.init_running()),
+    _, other, _ = run.grads(False, X, y, step_arrays(backend, run.plain.init_running()),
                             _rng(backend, 6))
     assert max(np.abs(other[k] - g32[k]).max() / np.abs(g32[k]).max() for k in NAMES) > 0.1
 
@@ -243,17 +235,9 @@ def test_relu_then_batch_norm_of_wide_columns_backward_in_float32(backend, step)
     X, y = _batch(n=64, seed=4, shift=0.0)
     a16, g64 = _relu_bn_grads64(params, X, y)
     assert a16.astype(np.float64).var(axis=0).max() > 65504 and np.isfinite(a16).all()
-    p = _arrays(backend, params)
-    data = _arrays(backend, {"X": X, "y": y})
-    scale = 2.0**10
-    if step == "planned":
-        _, _, grads = M.scaled_grads(p, M.init_state(p), data["X"], data["y"], scale)
-    elif backend == "numpy":
-        _, grads = M.value_and_grad(**data, **p)
-        scale = 1.0
-    else:
-        grads = M.value_and_grad(**data, **p, scale=scale)[1]
-    g16 = {k: np.asarray(v, np.float64) / scale for k, v in _host(grads).items()}
+    p = step_arrays(backend, params)
+    data = step_arrays(backend, {"X": X, "y": y})
+    g16 = unscaled_grads(M, backend, step, p, data, scale=2.0**10)
     assert sorted(g16) == sorted(g64)
     for k, ref in g64.items():
         assert np.isfinite(g16[k]).all(), (backend, step, k)
@@ -269,10 +253,10 @@ def test_overflow_skips_the_update_but_the_forward_pass_advanced_the_state(backe
     dropout generator drew the masks, exactly as the float32 step's generator does."""
     run = Pass(backend, optimizer="adam", lr=0.01)
     M = run.mixed
-    params = _arrays(backend, run.params)
-    state, running = M.init_state(params), _arrays(backend, M.init_running())
+    params = step_arrays(backend, run.params)
+    state, running = M.init_state(params), step_arrays(backend, M.init_running())
     rng = _rng(backend, 7)
-    X, y = (_arrays(backend, dict(zip("Xy", _batch(seed=1)))).values())
+    X, y = (step_arrays(backend, dict(zip("Xy", _batch(seed=1)))).values())
     out = M.train_step(params, state, X, y, running=running, rng=rng)
     if backend == "jax":
         _, params, state, running = out
@@ -294,7 +278,7 @@ def test_overflow_skips_the_update_but_the_forward_pass_advanced_the_state(backe
     if backend != "jax":  # the generator drew two steps' masks, as the float32 step's
         twin = _rng(backend, 7)
         P = run.plain
-        p32 = _arrays(backend, run.params)
+        p32 = step_arrays(backend, run.params)
         s32, r32 = P.init_state(p32), P.init_running()
         for _ in range(2):
             P.train_step(p32, s32, X, y, running=r32, rng=twin)
@@ -310,11 +294,11 @@ def test_running_statistics_after_steps_close_to_float32(backend):
     runs = {}
     for mixed in (True, False):
         M = run.mixed if mixed else run.plain
-        params = _arrays(backend, run.params)
-        state, running = M.init_state(params), _arrays(backend, M.init_running())
+        params = step_arrays(backend, run.params)
+        state, running = M.init_state(params), step_arrays(backend, M.init_running())
         rng = _rng(backend, 11)
         for t in range(6):
-            X, y = (_arrays(backend, dict(zip("Xy", _batch(seed=t)))).values())
+            X, y = (step_arrays(backend, dict(zip("Xy", _batch(seed=t)))).values())
             out = M.train_step(params, state, X, y, running=running,
                                rng=rng if backend != "jax" else t)
             if backend == "jax":

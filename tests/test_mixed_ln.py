@@ -21,6 +21,7 @@ import importlib.util
 import numpy as np
 import pytest
 from central import softmax_cross_entropy_grad
+from mixed_steps import host, step_arrays, unscaled_grads
 from standalone import assert_ruff_clean
 
 import symbackprop as sb
@@ -54,30 +55,15 @@ def _module(backend: str, first_dense: bool):
                       precision="mixed").module
 
 
-def _tensors(backend: str, arrays: dict) -> dict:
-    if backend != "torch":
-        return dict(arrays)
-    import torch
-
-    return {k: torch.from_numpy(np.asarray(v).copy()) for k, v in arrays.items()}
-
-
-def _numpy(v) -> np.ndarray:
-    return np.asarray(v.detach() if hasattr(v, "detach") else v)
-
-
 def _mixed(backend: str, first_dense: bool, params: dict, X, y, scale=2.0**10):
     """The mixed module's layer norm output (float16) and its gradients, unscaled to
     float64, for float32 parameters and data."""
     M = _module(backend, first_dense)
-    p = _tensors(backend, params)
-    data = _tensors(backend, {"X": X, "y": y})
-    h = _numpy(M.forward(**data, **p)["h"])
-    if backend == "numpy":
-        _, _, grads = M.scaled_grads(p, M.init_state(p), data["X"], data["y"], scale)
-    else:
-        _, grads = M.value_and_grad(**data, **p, scale=scale)
-    return h, {k: _numpy(v).astype(np.float64) / scale for k, v in grads.items()}
+    p = step_arrays(backend, params)
+    data = step_arrays(backend, {"X": X, "y": y})
+    h = host(M.forward(**data, **p)["h"])
+    step = "planned" if backend == "numpy" else "value_and_grad"
+    return h, unscaled_grads(M, backend, step, p, data, scale)
 
 
 def _ln64(x: np.ndarray):
@@ -118,7 +104,7 @@ def _grads64(params: dict, X: np.ndarray, y: np.ndarray, z: np.ndarray | None = 
 
 
 def _params(first_dense: bool, seed: int = 0) -> dict:
-    return {k: np.asarray(_numpy(v), np.float32)
+    return {k: np.asarray(host(v), np.float32)
             for k, v in _module("numpy", first_dense).init_params(seed).items()}
 
 
@@ -194,16 +180,9 @@ def _mlp_mixed(backend: str, step: str, params: dict, X, y, scale=2.0**10) -> di
     """The gradients of the mixed layer-norm MLP, unscaled to float64: NumPy's planned step
     (scaled_grads) or value_and_grad (NumPy's unscaled, JAX's and torch's times scale)."""
     M = _mlp_module(backend)
-    p = _tensors(backend, params)
-    data = _tensors(backend, {"X": X, "y": y})
-    if step == "planned":
-        _, _, grads = M.scaled_grads(p, M.init_state(p), data["X"], data["y"], scale)
-    elif backend == "numpy":
-        _, grads = M.value_and_grad(**data, **p)
-        scale = 1.0
-    else:
-        _, grads = M.value_and_grad(**data, **p, scale=scale)
-    return {k: _numpy(v).astype(np.float64) / scale for k, v in grads.items()}
+    p = step_arrays(backend, params)
+    data = step_arrays(backend, {"X": X, "y": y})
+    return unscaled_grads(M, backend, step, p, data, scale)
 
 
 def _mlp_grads64(params: dict, X: np.ndarray, y: np.ndarray):
@@ -234,7 +213,7 @@ def test_mlp_layer_norm_after_relu_of_wide_rows_backward_in_float32(backend, ste
     in float32, every gradient (W1's and b1's through that statement) is float64's
     within float16's tolerance, on the planned NumPy step and every value_and_grad."""
     X, y = _data(seed=3)
-    params = {k: np.asarray(_numpy(v), np.float32)
+    params = {k: np.asarray(host(v), np.float32)
               for k, v in _mlp_module("numpy").init_params(0).items()}
     params["W1"] = params["W1"] * np.float32(400.0)
     a16, g64 = _mlp_grads64(params, X, y)
@@ -260,7 +239,7 @@ def test_mlp_with_layer_norm_trains_in_mixed_precision_on_offset_data(backend):
     for t in range(40):
         yv = rng.integers(0, CLASSES, 32)
         Xv = (centres[yv] + rng.normal(size=(32, D)) + 5.0).astype(np.float32)
-        batch = _tensors(backend, {"X": Xv, "y": yv})
+        batch = step_arrays(backend, {"X": Xv, "y": yv})
         out = M.train_step(params, state, batch["X"], batch["y"])
         if backend == "jax":
             loss, params, state = out
